@@ -1,0 +1,1 @@
+"""AMI: connection, message parsing, the call correlator, replay and the simulator."""

@@ -1,0 +1,114 @@
+"""AMI wire format: bytes in, messages (header dicts) out.
+
+AMI messages are `Key: Value` lines ended by `\\r\\n`, a blank line ends a
+message. This splitter works on bytes and decodes only complete messages,
+so a UTF-8 character split across two TCP reads survives (panoramisk 1.4
+decodes every read on its own and drops such characters). A message that
+is not `Key: Value` lines, or is larger than `max_message_bytes`, is
+counted in `malformed` and skipped; the stream goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+AmiMessage = dict[str, str]
+
+TERMINATOR = b"\r\n\r\n"
+MAX_MESSAGE_BYTES = 256 * 1024
+
+
+class MessageSplitter:
+    """Incremental AMI message splitter; feed it bytes as they arrive."""
+
+    def __init__(self, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+        self._buffer = bytearray()
+        self._skipping = False
+        self.max_message_bytes = max_message_bytes
+        self.banner: str | None = None
+        self.messages = 0
+        self.malformed = 0
+
+    def feed(self, data: bytes) -> list[AmiMessage]:
+        """Add bytes; return every message they complete, in order."""
+        buf = self._buffer
+        buf += data
+        out: list[AmiMessage] = []
+        start = 0
+        if self.banner is None and not self._skipping:
+            end = buf.find(b"\r\n")
+            if end < 0:
+                return out
+            first = bytes(buf[:end])
+            if b": " not in first and first.startswith(b"Asterisk Call Manager"):
+                self.banner = first.decode("utf-8", "replace")
+                start = end + 2
+            else:
+                self.banner = ""
+        while True:
+            end = buf.find(TERMINATOR, start)
+            if end < 0:
+                break
+            if self._skipping:
+                self._skipping = False
+            else:
+                message = parse_message(bytes(buf[start:end]))
+                if message is None:
+                    self.malformed += 1
+                elif message:
+                    self.messages += 1
+                    out.append(message)
+            start = end + 4
+        del buf[:start]
+        if len(buf) > self.max_message_bytes:
+            # Too large to be AMI: drop it and everything up to the next terminator.
+            if not self._skipping:
+                self.malformed += 1
+            self._skipping = True
+            keep = buf[-3:]
+            buf.clear()
+            buf += keep
+        return out
+
+    def reset(self) -> None:
+        """Forget partial input (a new connection starts with a banner again)."""
+        self._buffer.clear()
+        self._skipping = False
+        self.banner = None
+
+
+def parse_message(raw: bytes) -> AmiMessage | None:
+    """One message's bytes to a header dict; None when it is not AMI.
+
+    Lines split on the first ': '. A header repeated in one message (ChanVariable,
+    Variable) keeps its first value, as panoramisk does for plain headers. Empty
+    input (stray blank lines) gives an empty dict.
+    """
+    text = raw.decode("utf-8", "replace").strip("\r\n")
+    if not text:
+        return {}
+    message: AmiMessage = {}
+    for line in text.split("\r\n"):
+        key, sep, value = line.partition(":")
+        if not sep or not key or key != key.strip() or "\n" in key:
+            return None
+        message.setdefault(key, value[1:] if value.startswith(" ") else value)
+    if "Event" not in message and "Response" not in message and "Action" not in message:
+        return None
+    return message
+
+
+def iter_messages(chunks: Iterable[bytes], splitter: MessageSplitter | None = None
+                  ) -> Iterator[AmiMessage]:
+    """Messages from a sequence of byte chunks (TCP reads, file blocks)."""
+    splitter = splitter or MessageSplitter()
+    for chunk in chunks:
+        yield from splitter.feed(chunk)
+
+
+def iter_file_messages(path: str | Path, splitter: MessageSplitter | None = None
+                       ) -> Iterator[AmiMessage]:
+    """Messages of a recorded `.ami` file, read in blocks."""
+    with open(path, "rb") as fh:
+        yield from iter_messages(iter(lambda: fh.read(65536), b""), splitter)

@@ -1,0 +1,1 @@
+"""The HTTP API: routes, auth, JSON and CSV."""

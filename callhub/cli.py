@@ -1,0 +1,43 @@
+"""The `callhub` command: one sub-command per job, each defined beside the code it runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from callhub import config_cli
+from callhub.ami import replay
+from callhub.config import ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="callhub",
+        description="Call records, ring counts, rota routing and a callback worklist "
+                    "beside an Asterisk PBX.",
+    )
+    parser.add_argument("--config", metavar="FILE",
+                        help="TOML settings file (default: $CALLHUB_CONFIG, else built-in "
+                             "defaults)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    config_cli.add_parser(sub)
+    replay.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"callhub: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""`callhub config check`: validate a settings file and show the effective values, masked."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from callhub.config import load_settings
+
+
+def add_parser(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "config", help="check a settings file",
+        description="Validate settings and print the effective values (secrets masked).")
+    actions = parser.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    check = actions.add_parser("check", help="validate and print the effective settings")
+    check.add_argument("file", nargs="?", help="TOML file (default: --config or $CALLHUB_CONFIG)")
+    check.set_defaults(func=check_command)
+
+
+def check_command(args: argparse.Namespace) -> int:
+    settings = load_settings(args.file or args.config)
+    print(json.dumps(settings.masked(), indent=2, ensure_ascii=False))
+    return 0

@@ -1,0 +1,134 @@
+"""Finished call records: what the correlator emits and everything downstream consumes.
+
+Times are POSIX seconds (floats, UTC) as Asterisk stamps its events; `to_dict`
+turns them into ISO 8601 strings for JSON. Field names follow DESIGN.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+Direction = Literal["inbound", "outbound", "internal"]
+Outcome = Literal["answered", "abandoned", "missed", "unanswered"]
+AttemptResult = Literal["answered", "no_answer", "busy", "unavailable", "cancelled"]
+HangupBy = Literal["external", "agent", "system"]
+
+OUTCOMES: tuple[str, ...] = ("answered", "abandoned", "missed", "unanswered")
+REASONS: tuple[str, ...] = (
+    "in_ivr",
+    "in_queue",
+    "while_ringing",
+    "no_agent_on_duty",
+    "no_agent_available",
+    "not_answered",
+    "voicemail",
+)
+ATTEMPT_RESULTS: tuple[str, ...] = ("answered", "no_answer", "busy", "unavailable", "cancelled")
+
+TIME_FIELDS = ("arrived_at", "ring_started_at", "answered_at", "ended_at")
+ATTEMPT_TIME_FIELDS = ("offered_at", "ring_started_at", "ended_at")
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One offer of the call to one agent device."""
+
+    interface: str
+    agent_name: str | None
+    offered_at: float
+    ring_started_at: float | None = None
+    ended_at: float | None = None
+    result: AttemptResult | None = None
+    ring_seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class Transfer:
+    """A transfer of an answered call to another device."""
+
+    type: Literal["blind", "attended"]
+    to: str
+    at: float
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """Everything that shared one Linkedid on one PBX, finished."""
+
+    pbx: str
+    linkedid: str
+    direction: Direction
+    line: str | None
+    called_number: str | None
+    caller_number: str | None
+    caller_name: str | None
+    arrived_at: float
+    ring_started_at: float | None
+    answered_at: float | None
+    ended_at: float
+    ring_seconds: float
+    rings: int
+    wait_seconds: float
+    talk_seconds: float
+    hold_seconds: float
+    outcome: Outcome
+    reason: str | None
+    voicemail: bool
+    short_abandon: bool
+    agent: str | None
+    agent_name: str | None
+    hangup_by: HangupBy | None
+    hangup_cause: int | None
+    queue: str | None
+    incomplete: bool = False
+    transfers: list[Transfer] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def external_number(self) -> str | None:
+        """The outside party's number: the caller inbound, the dialled number outbound."""
+        return self.called_number if self.direction == "outbound" else self.caller_number
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: times as ISO 8601 UTC strings, field names as in DESIGN.md."""
+        data = asdict(self)
+        for key in TIME_FIELDS:
+            data[key] = iso(data[key])
+        for attempt in data["attempts"]:
+            for key in ATTEMPT_TIME_FIELDS:
+                attempt[key] = iso(attempt[key])
+        for transfer in data["transfers"]:
+            transfer["at"] = iso(transfer["at"])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CallRecord:
+        """The inverse of `to_dict` (used by the spool and tests)."""
+        values = dict(data)
+        for key in TIME_FIELDS:
+            values[key] = parse_iso(values.get(key))
+        values["attempts"] = [
+            Attempt(**{k: parse_iso(v) if k in ATTEMPT_TIME_FIELDS else v for k, v in a.items()})
+            for a in values.get("attempts", [])
+        ]
+        values["transfers"] = [
+            Transfer(type=t["type"], to=t["to"], at=parse_iso(t["at"]) or 0.0)
+            for t in values.get("transfers", [])
+        ]
+        return cls(**values)
+
+
+def iso(ts: float | None) -> str | None:
+    """POSIX seconds to an ISO 8601 UTC string with milliseconds."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+def parse_iso(value: Any) -> Any:
+    """ISO 8601 string back to POSIX seconds; anything else passes through."""
+    if isinstance(value, str):
+        return datetime.fromisoformat(value).timestamp()
+    return value

@@ -1,0 +1,1 @@
+"""Routing by rota: agents, shifts, the next-agent choice and the FastAGI server."""

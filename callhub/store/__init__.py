@@ -1,0 +1,1 @@
+"""Storage: tables, migrations, the batched writer, the worklist and queries."""
