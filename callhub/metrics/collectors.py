@@ -1,34 +1,66 @@
 """Prometheus collectors for callhub, on a registry of their own (tests make fresh ones).
 
-Labels never carry caller numbers or names. Agent and line labels come from
-configuration only; anything unknown collapses to `other`, so every label
-set is bounded.
+Labels never carry caller numbers or names. Every label value comes from a
+closed set: PBX names, agent interfaces and line names from configuration,
+directions, outcomes, reasons and attempt results from `callhub.records`;
+anything else collapses to `other`, so the number of series is bounded
+whatever the calls look like.
+
+Counters are declared without the `_total` suffix: the client adds it, so
+`Counter("callhub_calls")` is scraped as `callhub_calls_total`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
+from zoneinfo import ZoneInfo
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from callhub.records import CallRecord
+from callhub.config import Settings
+from callhub.metrics.windows import RingWindows, RingWindowsCollector
+from callhub.records import ATTEMPT_RESULTS, OUTCOMES, REASONS, CallRecord
 
 RING_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
 SECONDS_BUCKETS = (5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600)
+CALLBACK_BUCKETS = (300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800)
+DIRECTIONS = ("inbound", "outbound", "internal")
 OTHER = "other"
 
 
+def bounded(value: str | None, allowed: Iterable[str]) -> str:
+    """`value` if it is one of `allowed`, else `other`: the one rule for every label."""
+    return value if value is not None and value in allowed else OTHER
+
+
 class CallhubMetrics:
-    """Every metric callhub exports, and the few methods that update them."""
+    """Every metric callhub exports, and the few methods that update them.
+
+    `pbxs`, `agents` and `lines` are the configured names (the label values
+    allowed); an empty `pbxs` accepts any PBX name (replay without a config).
+    The windowed ratios read `clock` at scrape time.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None,
-                 agents: Iterable[str] = (), lines: Iterable[str] = ()) -> None:
+                 agents: Iterable[str] = (), lines: Iterable[str] = (), *,
+                 pbxs: Iterable[str] = (), within_rings: Sequence[int] = (3,),
+                 timezone: str = "UTC", exclude_short_abandons: bool = True,
+                 clock: Callable[[], float] = time.time) -> None:
         self.registry = registry or CollectorRegistry()
         self.known_agents = set(agents)
         self.known_lines = set(lines)
+        self.known_pbxs = set(pbxs)
         r = self.registry
         self.calls = Counter("callhub_calls", "Finished calls.",
                              ["pbx", "line", "direction", "outcome"], registry=r)
+        self.call_reasons = Counter("callhub_call_reasons",
+                                    "Unanswered inbound calls by why they were lost.",
+                                    ["pbx", "outcome", "reason"], registry=r)
+        self.short_abandons = Counter("callhub_short_abandons",
+                                      "Abandoned inbound calls whose wait was under the "
+                                      "short-abandon threshold (also in callhub_calls_total).",
+                                      ["pbx", "line"], registry=r)
         self.call_rings = Histogram("callhub_call_rings",
                                     "Rings before answer, answered inbound calls.",
                                     ["pbx"], buckets=RING_BUCKETS, registry=r)
@@ -57,27 +89,78 @@ class CallhubMetrics:
                                        "Finished calls not yet in the database.", registry=r)
         self.db_write_errors = Counter("callhub_db_write_errors",
                                        "Failed database write batches.", registry=r)
+        self.worklist_pending = Gauge("callhub_worklist_pending",
+                                      "Missed and abandoned calls waiting for a callback.",
+                                      registry=r)
+        self.worklist_oldest_pending = Gauge(
+            "callhub_worklist_oldest_pending_timestamp_seconds",
+            "Arrival time of the oldest call waiting for a callback (0 when none waits).",
+            registry=r)
+        self.callback_seconds = Histogram("callhub_callback_seconds",
+                                          "Time from a missed or abandoned call to its "
+                                          "callback.", buckets=CALLBACK_BUCKETS, registry=r)
+        self.windows = RingWindows(within_rings, ZoneInfo(timezone), exclude_short_abandons,
+                                   clock)
+        for pbx in self.known_pbxs:
+            self.windows.add_pbx(pbx)
+        r.register(RingWindowsCollector(self.windows))
+
+    @classmethod
+    def from_settings(cls, settings: Settings, registry: CollectorRegistry | None = None,
+                      clock: Callable[[], float] = time.time,
+                      within_rings: Sequence[int] = (3,)) -> CallhubMetrics:
+        """The metrics for a configuration: its PBXs, agents and lines are the label values."""
+        return cls(
+            registry,
+            agents=[a for p in settings.pbxs for a in p.agents],
+            lines=[line for p in settings.pbxs for line in p.lines.values()],
+            pbxs=[p.name for p in settings.pbxs],
+            within_rings=within_rings,
+            timezone=settings.timezone,
+            exclude_short_abandons=settings.stats_exclude_short_abandons,
+            clock=clock,
+        )
+
+    def pbx_label(self, pbx: str) -> str:
+        return pbx if not self.known_pbxs or pbx in self.known_pbxs else OTHER
 
     def agent_label(self, interface: str | None) -> str:
-        return interface if interface in self.known_agents else OTHER
+        return bounded(interface, self.known_agents)
 
     def line_label(self, line: str | None) -> str:
-        return line if line in self.known_lines else OTHER
+        return bounded(line, self.known_lines)
 
     def observe_call(self, record: CallRecord) -> None:
         """Count one finished call."""
-        self.calls.labels(record.pbx, self.line_label(record.line), record.direction,
-                          record.outcome).inc()
+        pbx = self.pbx_label(record.pbx)
+        line = self.line_label(record.line)
+        direction = bounded(record.direction, DIRECTIONS)
+        outcome = bounded(record.outcome, OUTCOMES)
+        self.calls.labels(pbx, line, direction, outcome).inc()
         for attempt in record.attempts:
             if attempt.result is not None:
                 self.agent_attempts.labels(self.agent_label(attempt.interface),
-                                           attempt.result).inc()
-        if record.direction != "inbound":
-            if record.outcome == "answered":
-                self.talk_seconds.labels(record.pbx).observe(record.talk_seconds)
+                                           bounded(attempt.result, ATTEMPT_RESULTS)).inc()
+        self.windows.observe(pbx, record)
+        if direction != "inbound":
+            if outcome == "answered":
+                self.talk_seconds.labels(pbx).observe(record.talk_seconds)
             return
-        self.ring_seconds.labels(record.pbx).observe(record.ring_seconds)
-        self.wait_seconds.labels(record.pbx).observe(record.wait_seconds)
-        if record.outcome == "answered":
-            self.call_rings.labels(record.pbx).observe(record.rings)
-            self.talk_seconds.labels(record.pbx).observe(record.talk_seconds)
+        if record.reason is not None and outcome != "answered":
+            self.call_reasons.labels(pbx, outcome, bounded(record.reason, REASONS)).inc()
+        if record.short_abandon:
+            self.short_abandons.labels(pbx, line).inc()
+        self.ring_seconds.labels(pbx).observe(record.ring_seconds)
+        self.wait_seconds.labels(pbx).observe(record.wait_seconds)
+        if outcome == "answered":
+            self.call_rings.labels(pbx).observe(record.rings)
+            self.talk_seconds.labels(pbx).observe(record.talk_seconds)
+
+    def set_worklist(self, pending: int, oldest_pending_at: float | None) -> None:
+        """The worklist's size and its oldest open call's arrival (None: nothing open)."""
+        self.worklist_pending.set(pending)
+        self.worklist_oldest_pending.set(oldest_pending_at or 0.0)
+
+    def observe_callback(self, seconds: float) -> None:
+        """A worklist entry was handled `seconds` after the call it was opened for."""
+        self.callback_seconds.observe(max(seconds, 0.0))
