@@ -19,6 +19,8 @@ DEFAULT_API_LISTEN = "127.0.0.1:8080"
 DEFAULT_FASTAGI_LISTEN = "127.0.0.1:4573"
 ROLES = ("viewer", "supervisor", "admin")
 DEFAULT_CATEGORIES = ("inquiry", "complaint", "repair", "other")
+DEFAULT_INBOUND_CONTEXTS = ("from-pstn", "from-trunk", "from-external")
+DEFAULT_OUTBOUND_CONTEXTS = ("to-pstn", "outbound-allroutes")
 
 
 class ConfigError(ValueError):
@@ -35,8 +37,8 @@ class PbxConfig:
     username: str | None = None
     secret: str | None = None
     ring_cadence_seconds: float = 5.0
-    inbound_contexts: tuple[str, ...] = ("from-pstn", "from-trunk", "from-external")
-    outbound_contexts: tuple[str, ...] = ("to-pstn", "outbound-allroutes")
+    inbound_contexts: tuple[str, ...] = DEFAULT_INBOUND_CONTEXTS
+    outbound_contexts: tuple[str, ...] = DEFAULT_OUTBOUND_CONTEXTS
     voicemail_extensions: tuple[str, ...] = ()
     short_abandon_seconds: float = 5.0
     agents: Mapping[str, str] = field(default_factory=dict)
@@ -231,8 +233,8 @@ def _pbx_from_table(table: Any, index: int) -> PbxConfig:
         username=r.get("username", str, None),
         secret=r.get("secret", str, None),
         ring_cadence_seconds=r.number("ring_cadence_seconds", 5.0, strictly=True),
-        inbound_contexts=r.strings("inbound_contexts", PbxConfig.inbound_contexts),
-        outbound_contexts=r.strings("outbound_contexts", PbxConfig.outbound_contexts),
+        inbound_contexts=r.strings("inbound_contexts", DEFAULT_INBOUND_CONTEXTS),
+        outbound_contexts=r.strings("outbound_contexts", DEFAULT_OUTBOUND_CONTEXTS),
         voicemail_extensions=r.strings("voicemail_extensions", ()),
         short_abandon_seconds=r.number("short_abandon_seconds", 5.0),
         agents=r.mapping("agents"),

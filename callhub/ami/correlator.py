@@ -1,44 +1,659 @@
-"""The call correlator: AMI events in, finished call records out (STUB, being written)."""
+"""The call correlator: AMI events in, finished call records out.
+
+A pure, synchronous state machine (no I/O; the clock is injected) that follows
+any number of interleaved calls. A call is everything sharing one `Linkedid`;
+it finishes when its last channel hangs up, and its state is freed at once.
+The definitions it implements (direction, attempts, rings, outcome, reason,
+hangup_by) are DESIGN.md's; `_finish` is where they turn into a record.
+
+How the channels of a call are told apart:
+- the *origin* is the call's first channel (its Uniqueid is the Linkedid) and,
+  for a Local channel, its other half: on an inbound call `;1` is the caller's
+  phone and `;2` (or a PJSIP trunk channel itself) runs the dialplan;
+- a *leg* is a channel dialled for the call (DialBegin, AgentCalled) and its
+  Local other half; on an inbound call a leg to an agent device is an attempt.
+"""
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from callhub.ami.parser import AmiMessage
 from callhub.config import PbxConfig
-from callhub.records import CallRecord
+from callhub.records import (
+    Attempt,
+    AttemptResult,
+    CallRecord,
+    Direction,
+    HangupBy,
+    Outcome,
+    Transfer,
+)
+
+_SUFFIX = re.compile(r"-[0-9a-fA-F]{6,}(;\d)?$")
+_HANGUP_EVENTS = frozenset({"HangupRequest", "SoftHangupRequest", "Hangup"})
+_GIVE_UP_APPS = frozenset({"Busy", "Congestion", "Hangup", "VoiceMail", "Playtones"})
+_DIAL_RESULTS: dict[str, AttemptResult] = {
+    "ANSWER": "answered",
+    "NOANSWER": "no_answer",
+    "BUSY": "busy",
+    "CHANUNAVAIL": "unavailable",
+    "CONGESTION": "unavailable",
+    "INVALIDARGS": "unavailable",
+}
+_CAUSE_RESULTS: dict[str, AttemptResult] = {
+    "17": "busy",
+    "19": "no_answer",
+    "1": "unavailable",
+    "3": "unavailable",
+    "20": "unavailable",
+    "27": "unavailable",
+    "34": "unavailable",
+    "38": "unavailable",
+}
+ROUTE_RESULT_VARIABLE = "CALLHUB_ROUTE_RESULT"
+FINISHED_MEMORY = 4096
+
+
+def interface_of(channel: str) -> str:
+    """The device interface of a channel: its name without the unique suffix."""
+    return _SUFFIX.sub("", channel)
+
+
+def base_of(channel: str) -> str:
+    """A channel's name without its Local half marker: both halves share it."""
+    if channel.endswith((";1", ";2")):
+        return channel[:-2]
+    return channel
+
+
+def _clean(value: str | None) -> str | None:
+    if not value or value == "<unknown>":
+        return None
+    return value
+
+
+@dataclass(slots=True)
+class _Leg:
+    """A channel dialled for the call; `attempt` is set when it is an offer to an agent."""
+
+    base: str
+    interface: str
+    offered_at: float
+    attempt: bool
+    ring_started_at: float | None = None
+    ended_at: float | None = None
+    result: AttemptResult | None = None
+
+    def ring(self, now: float) -> None:
+        if self.ring_started_at is None and self.result is None:
+            self.ring_started_at = now
+
+    def end(self, result: AttemptResult, now: float) -> None:
+        """The first result wins; an answer without a ringing indication rang from the offer."""
+        if self.result is not None:
+            return
+        self.result = result
+        self.ended_at = now
+        if result == "answered" and self.ring_started_at is None:
+            self.ring_started_at = self.offered_at
+
+    @property
+    def ringing(self) -> bool:
+        return self.ring_started_at is not None and self.result is None
+
+
+@dataclass(slots=True)
+class _Call:
+    linkedid: str
+    arrived_at: float
+    last_event_at: float
+    origin: str | None = None  # base name of the first channel
+    direction: Direction = "internal"
+    did: str | None = None
+    called_number: str | None = None
+    caller_number: str | None = None
+    caller_name: str | None = None
+    incomplete: bool = False
+    live: dict[str, str] = field(default_factory=dict)  # uniqueid -> channel name
+    last_app: dict[str, str] = field(default_factory=dict)  # channel name -> application
+    legs: dict[str, _Leg] = field(default_factory=dict)  # base name -> leg
+    bridges: dict[str, set[str]] = field(default_factory=dict)  # bridge id -> channel names
+    answered_at: float | None = None
+    answered_by: str | None = None
+    hangup_by: HangupBy | None = None
+    hangup_cause: int | None = None
+    caller_left: str | None = None  # abandon reason, once the caller gave up waiting
+    gave_up: bool = False  # the dialplan stopped looking for an agent (busy, voicemail)
+    voicemail: bool = False
+    route_result: str | None = None
+    queue: str | None = None
+    in_queue: bool = False
+    transfers: list[Transfer] = field(default_factory=list)
+    pending_blind: Transfer | None = None
+    hold_started: float | None = None
+    hold_seconds: float = 0.0
+    ended_at: float | None = None
+
+    def side(self, channel: str) -> str:
+        """'origin', 'leg' or 'other' for a channel of this call."""
+        base = base_of(channel)
+        if base == self.origin:
+            return "origin"
+        return "leg" if base in self.legs else "other"
+
+    def attempts(self) -> list[_Leg]:
+        return [leg for leg in self.legs.values() if leg.attempt]
+
+    def bridged_with_origin(self, base: str) -> bool:
+        for members in self.bridges.values():
+            bases = {base_of(m) for m in members}
+            if base in bases and self.origin in bases:
+                return True
+        return False
 
 
 class Correlator:
-    """Pure state machine: no I/O, clock injected."""
+    """Follows every call of one PBX; `feed` returns the calls an event finished."""
 
     def __init__(self, pbx: PbxConfig, clock: Callable[[], float] = time.time,
                  stale_after: float = 4 * 3600.0) -> None:
         self.pbx = pbx
         self.clock = clock
         self.stale_after = stale_after
+        self.inbound_contexts = frozenset(pbx.inbound_contexts)
+        self.outbound_contexts = frozenset(pbx.outbound_contexts)
+        self.voicemail_extensions = frozenset(pbx.voicemail_extensions)
+        self.agent_interfaces = frozenset(pbx.agents)
+        self.calls: dict[str, _Call] = {}
+        # Linkedids of recently finished calls: a late event must not start a ghost call.
+        self._finished: dict[str, None] = {}
+        self.errors = 0  # events that could not be applied (counted, skipped)
+        self._handlers: dict[str, Callable[[_Call, AmiMessage, float], None]] = {
+            "Newchannel": self._on_newchannel,
+            "NewCallerid": self._on_callerid,
+            "Newexten": self._on_newexten,
+            "VarSet": self._on_varset,
+            "DialBegin": self._on_dial_begin,
+            "AgentCalled": self._on_agent_called,
+            "DialState": self._on_dial_state,
+            "Newstate": self._on_newstate,
+            "DialEnd": self._on_dial_end,
+            "AgentConnect": self._on_agent_connect,
+            "AgentRingNoAnswer": self._on_agent_ring_no_answer,
+            "QueueCallerJoin": self._on_queue_join,
+            "QueueCallerLeave": self._on_queue_leave,
+            "QueueCallerAbandon": self._on_queue_abandon,
+            "BridgeEnter": self._on_bridge_enter,
+            "BridgeLeave": self._on_bridge_leave,
+            "BlindTransfer": self._on_blind_transfer,
+            "AttendedTransfer": self._on_attended_transfer,
+            "MusicOnHoldStart": self._on_hold_start,
+            "MusicOnHoldStop": self._on_hold_stop,
+            "HangupRequest": self._on_hangup_request,
+            "SoftHangupRequest": self._on_hangup_request,
+            "Hangup": self._on_hangup,
+        }
+
+    # -- public interface ---------------------------------------------------------------
 
     def feed(self, event: AmiMessage) -> list[CallRecord]:
-        """Take one AMI message; return the calls it finished."""
+        """Take one AMI message; return the calls it finished (usually none)."""
+        handler = self._handlers.get(event.get("Event", ""))
+        if handler is None:
+            return []
+        linkedid = _linkedid(event)
+        if linkedid is None:
+            return []
+        try:
+            now = float(event["Timestamp"])
+        except (KeyError, ValueError):
+            now = self.clock()
+        try:
+            call = self.calls.get(linkedid)
+            if call is None:
+                if linkedid in self._finished:
+                    return []
+                call = self._start_call(linkedid, event, now)
+            call.last_event_at = now
+            handler(call, event, now)
+            if call.ended_at is not None:
+                return [self._finish(call)]
+        except (KeyError, ValueError, TypeError):
+            self.errors += 1
         return []
 
     def expire(self, now: float | None = None) -> list[CallRecord]:
-        """Close calls whose events stopped longer than stale_after ago (incomplete)."""
-        return []
+        """Close calls whose events stopped more than `stale_after` ago, flagged incomplete."""
+        now = self.clock() if now is None else now
+        stale = [c for c in self.calls.values() if now - c.last_event_at > self.stale_after]
+        return [self._close(call, call.last_event_at) for call in stale]
 
     def reconcile(self, channels: list[AmiMessage]) -> list[CallRecord]:
-        """After a (re)connect: CoreShowChannel events of the live channels."""
-        return []
+        """Bring the state in line with `CoreShowChannel` events after a (re)connect.
+
+        Calls none of whose channels is still up ended while we were away: they
+        are closed (incomplete). Channels of calls we do not know are adopted, so
+        the call is recorded once, flagged incomplete since its start was missed.
+        """
+        now = self.clock()
+        live: dict[str, list[AmiMessage]] = {}
+        for channel in channels:
+            if channel.get("Linkedid") and channel.get("Uniqueid"):
+                live.setdefault(channel["Linkedid"], []).append(channel)
+        finished = []
+        for linkedid, call in list(self.calls.items()):
+            if linkedid not in live:
+                finished.append(self._close(call, now))
+                continue
+            up = {c["Uniqueid"] for c in live[linkedid]}
+            call.live = {u: n for u, n in call.live.items() if u in up}
+        for linkedid, members in live.items():
+            known = self.calls.get(linkedid)
+            if known is None:
+                oldest = max(members, key=lambda c: _duration(c.get("Duration")))
+                known = self._start_call(linkedid, oldest,
+                                         now - _duration(oldest.get("Duration")))
+                known.incomplete = True
+                members.sort(key=lambda c: c["Uniqueid"] != linkedid)
+                for channel in members:
+                    self._adopt(known, channel, now)
+            for channel in members:
+                known.live.setdefault(channel["Uniqueid"], channel.get("Channel", ""))
+        return finished
 
     def flush(self) -> list[CallRecord]:
         """Close every open call (end of a replay), flagged incomplete."""
-        return []
+        return [self._close(call, call.last_event_at) for call in list(self.calls.values())]
 
     @property
     def active_calls(self) -> int:
-        return 0
+        return len(self.calls)
 
     def busy_interfaces(self) -> set[str]:
-        """Agent device interfaces that are in a call right now."""
-        return set()
+        """Device interfaces with a channel up in a call right now."""
+        return {interface_of(name) for call in self.calls.values() for name in call.live.values()}
+
+    # -- call lifecycle -------------------------------------------------------------------
+
+    def _start_call(self, linkedid: str, event: AmiMessage, now: float) -> _Call:
+        call = _Call(linkedid=linkedid, arrived_at=now, last_event_at=now)
+        if event.get("Event") not in ("Newchannel", "CoreShowChannel"):
+            call.incomplete = True  # we joined a call in progress
+        self.calls[linkedid] = call
+        return call
+
+    def _adopt(self, call: _Call, channel: AmiMessage, now: float) -> None:
+        """Take a channel seen for the first time mid-call (resync)."""
+        name = channel.get("Channel", "")
+        if call.origin is None and channel.get("Uniqueid") == call.linkedid:
+            self._set_origin(call, channel)
+        elif call.origin is not None and base_of(name) != call.origin:
+            interface = interface_of(name)
+            is_attempt = call.direction == "inbound" and interface in self.agent_interfaces
+            leg = call.legs.setdefault(base_of(name), _Leg(base_of(name), interface, now,
+                                                            is_attempt))
+            state = channel.get("ChannelStateDesc")
+            if state == "Ringing":
+                leg.ring(now)
+            elif state == "Up" and channel.get("BridgeId"):
+                leg.end("answered", now)
+                self._answered(call, leg, now)
+        if channel.get("BridgeId"):
+            call.bridges.setdefault(channel["BridgeId"], set()).add(name)
+
+    def _close(self, call: _Call, ended_at: float) -> CallRecord:
+        """Finish a call whose end we did not see."""
+        call.incomplete = True
+        call.ended_at = ended_at
+        return self._finish(call)
+
+    def _set_origin(self, call: _Call, event: AmiMessage) -> None:
+        call.origin = base_of(event.get("Channel", ""))
+        context = event.get("Context", "")
+        exten = _clean(event.get("Exten"))
+        if context in self.inbound_contexts:
+            call.direction = "inbound"
+            call.did = exten if exten != "s" else None
+        elif context in self.outbound_contexts:
+            call.direction = "outbound"
+            call.called_number = exten
+        self._take_callerid(call, event)
+
+    def _take_callerid(self, call: _Call, event: AmiMessage) -> None:
+        number = _clean(event.get("CallerIDNum"))
+        name = _clean(event.get("CallerIDName"))
+        if number and (call.direction != "outbound" or call.caller_number is None):
+            call.caller_number = number
+        if name and (call.direction != "outbound" or call.caller_name is None):
+            call.caller_name = name
+
+    # -- one handler per event --------------------------------------------------------------
+
+    def _on_newchannel(self, call: _Call, event: AmiMessage, now: float) -> None:
+        first = not call.live
+        call.live[event["Uniqueid"]] = event["Channel"]
+        if call.origin is None and (event["Uniqueid"] == call.linkedid or first):
+            self._set_origin(call, event)
+            call.arrived_at = now
+        elif call.side(event["Channel"]) == "origin" and not call.legs:
+            self._take_callerid(call, event)
+
+    def _on_callerid(self, call: _Call, event: AmiMessage, now: float) -> None:
+        if call.side(event.get("Channel", "")) == "origin" and call.answered_at is None:
+            self._take_callerid(call, event)
+
+    def _on_newexten(self, call: _Call, event: AmiMessage, now: float) -> None:
+        channel = event.get("Channel", "")
+        app = event.get("Application", "")
+        call.last_app[channel] = app
+        if app == "VoiceMail":
+            call.voicemail = True
+        if call.side(channel) != "origin":
+            return
+        exten = event.get("Exten", "")
+        if exten in self.voicemail_extensions:
+            call.voicemail = True
+        if (call.direction == "internal" and app == "Dial"
+                and event.get("Context") in self.outbound_contexts and call.answered_at is None):
+            call.direction = "outbound"
+            call.called_number = _clean(exten)
+        # The caller's own phone half (;1) runs no dialplan of ours.
+        if (call.direction == "inbound" and call.answered_at is None
+                and not channel.endswith(";1")
+                and (app in _GIVE_UP_APPS or exten in self.voicemail_extensions)):
+            call.gave_up = True
+
+    def _on_varset(self, call: _Call, event: AmiMessage, now: float) -> None:
+        if event.get("Variable") == ROUTE_RESULT_VARIABLE:
+            call.route_result = event.get("Value")
+
+    def _on_dial_begin(self, call: _Call, event: AmiMessage, now: float) -> None:
+        dest = event.get("DestChannel", "")
+        caller = event.get("Channel")
+        if not dest or call.side(dest) == "origin" or base_of(dest) in call.legs:
+            return
+        interface = interface_of(dest)
+        if call.direction == "inbound":
+            own = caller is not None and call.side(caller) == "origin"
+            is_attempt = own or interface in self.agent_interfaces
+        else:
+            is_attempt = False
+            if caller is None or call.side(caller) != "origin":
+                return  # only the placing agent's dials are legs of an outbound call
+        self._new_leg(call, dest, interface, now, is_attempt)
+
+    def _on_agent_called(self, call: _Call, event: AmiMessage, now: float) -> None:
+        dest = event.get("DestChannel", "")
+        if dest and base_of(dest) not in call.legs:
+            interface = event.get("Interface") or interface_of(dest)
+            self._new_leg(call, dest, interface, now, call.direction == "inbound")
+        call.queue = call.queue or event.get("Queue")
+
+    def _new_leg(self, call: _Call, dest: str, interface: str, now: float,
+                 is_attempt: bool) -> None:
+        call.legs[base_of(dest)] = _Leg(base_of(dest), interface, now, is_attempt)
+        if is_attempt and call.pending_blind is not None:
+            call.pending_blind.to = interface
+            call.pending_blind = None
+
+    def _dialled_leg(self, call: _Call, event: AmiMessage, now: float) -> _Leg | None:
+        """The leg a DialState/DialEnd is about; an agent dial whose DialBegin never
+        came (an attended transfer's consult call) starts its leg here."""
+        dest = event.get("DestChannel", "")
+        leg = call.legs.get(base_of(dest))
+        if (leg is None and dest and call.direction == "inbound"
+                and call.side(dest) != "origin" and interface_of(dest) in self.agent_interfaces):
+            self._new_leg(call, dest, interface_of(dest), now, True)
+            leg = call.legs[base_of(dest)]
+        return leg
+
+    def _on_dial_state(self, call: _Call, event: AmiMessage, now: float) -> None:
+        leg = self._dialled_leg(call, event, now)
+        if leg is not None and event.get("DialStatus") == "RINGING":
+            leg.ring(now)
+
+    def _on_newstate(self, call: _Call, event: AmiMessage, now: float) -> None:
+        leg = call.legs.get(base_of(event.get("Channel", "")))
+        if leg is not None and event.get("ChannelStateDesc") == "Ringing":
+            leg.ring(now)
+
+    def _on_dial_end(self, call: _Call, event: AmiMessage, now: float) -> None:
+        leg = self._dialled_leg(call, event, now)
+        if leg is None:
+            return
+        leg.end(_DIAL_RESULTS.get(event.get("DialStatus", ""), "cancelled"), now)
+        if leg.result == "answered":
+            self._answered(call, leg, now)
+
+    def _on_agent_connect(self, call: _Call, event: AmiMessage, now: float) -> None:
+        leg = call.legs.get(base_of(event.get("DestChannel", "")))
+        if leg is not None:
+            leg.end("answered", now)
+            self._answered(call, leg, now)
+
+    def _on_agent_ring_no_answer(self, call: _Call, event: AmiMessage, now: float) -> None:
+        leg = call.legs.get(base_of(event.get("DestChannel", "")))
+        if leg is not None:
+            leg.end("no_answer", now)
+
+    def _answered(self, call: _Call, leg: _Leg, now: float) -> None:
+        if call.answered_at is None and (leg.attempt or call.direction != "inbound"):
+            call.answered_at = now
+            call.answered_by = leg.interface
+
+    def _on_queue_join(self, call: _Call, event: AmiMessage, now: float) -> None:
+        call.queue = call.queue or event.get("Queue")
+        call.in_queue = True
+
+    def _on_queue_leave(self, call: _Call, event: AmiMessage, now: float) -> None:
+        call.in_queue = False
+
+    def _on_queue_abandon(self, call: _Call, event: AmiMessage, now: float) -> None:
+        if call.answered_at is None and call.caller_left is None and not call.gave_up:
+            call.caller_left = self._waiting_reason(call)
+
+    def _on_bridge_enter(self, call: _Call, event: AmiMessage, now: float) -> None:
+        call.bridges.setdefault(event.get("BridgeUniqueid", ""), set()).add(
+            event.get("Channel", ""))
+
+    def _on_bridge_leave(self, call: _Call, event: AmiMessage, now: float) -> None:
+        members = call.bridges.get(event.get("BridgeUniqueid", ""))
+        if members is not None:
+            members.discard(event.get("Channel", ""))
+
+    def _on_blind_transfer(self, call: _Call, event: AmiMessage, now: float) -> None:
+        if event.get("Result") != "Success":
+            return
+        target = f"{event.get('Extension', '')}@{event.get('Context', '')}"
+        transfer = Transfer(type="blind", to=target, at=now)
+        call.transfers.append(transfer)
+        call.pending_blind = transfer
+
+    def _on_attended_transfer(self, call: _Call, event: AmiMessage, now: float) -> None:
+        if event.get("Result") != "Success":
+            return
+        transferers = {base_of(event.get(k, "")) for k in
+                       ("OrigTransfererChannel", "SecondTransfererChannel")}
+        answered = [leg for leg in call.legs.values()
+                    if leg.attempt and leg.result == "answered" and leg.base not in transferers]
+        target = answered[-1].interface if answered else event.get("TransferTargetChannel", "")
+        call.transfers.append(Transfer(type="attended", to=target, at=now))
+
+    def _on_hold_start(self, call: _Call, event: AmiMessage, now: float) -> None:
+        if (call.answered_at is not None and call.hold_started is None
+                and call.side(event.get("Channel", "")) == "origin"):
+            call.hold_started = now
+
+    def _on_hold_stop(self, call: _Call, event: AmiMessage, now: float) -> None:
+        if call.hold_started is not None and call.side(event.get("Channel", "")) == "origin":
+            call.hold_seconds += now - call.hold_started
+            call.hold_started = None
+
+    def _on_hangup_request(self, call: _Call, event: AmiMessage, now: float) -> None:
+        channel = event.get("Channel", "")
+        side = call.side(channel)
+        if call.answered_at is None:
+            if (side == "origin" and call.direction == "inbound" and call.caller_left is None
+                    and not call.gave_up):
+                if self._dialplan_hangs_up(call, channel):
+                    call.gave_up = True
+                else:
+                    call.caller_left = self._waiting_reason(call)
+            return
+        if call.hangup_by is not None:
+            return
+        if side == "origin":
+            if call.direction == "inbound":
+                call.hangup_by = ("system" if self._dialplan_hangs_up(call, channel)
+                                  else "external")
+            else:
+                call.hangup_by = "agent"
+        elif side == "leg" and call.bridged_with_origin(base_of(channel)):
+            call.hangup_by = "external" if call.direction == "outbound" else "agent"
+
+    def _on_hangup(self, call: _Call, event: AmiMessage, now: float) -> None:
+        self._on_hangup_request(call, event, now)
+        channel = event.get("Channel", "")
+        side = call.side(channel)
+        if side == "origin" and call.hangup_cause is None and event.get("Cause", "").isdigit():
+            call.hangup_cause = int(event["Cause"])
+        if side == "leg":
+            leg = call.legs[base_of(channel)]
+            if leg.result is None:
+                leg.end(_CAUSE_RESULTS.get(event.get("Cause", ""), "cancelled"), now)
+        call.live.pop(event.get("Uniqueid", ""), None)
+        for members in call.bridges.values():
+            members.discard(channel)
+        if not call.live:
+            if call.hold_started is not None:
+                call.hold_seconds += now - call.hold_started
+                call.hold_started = None
+            call.ended_at = now
+
+    def _dialplan_hangs_up(self, call: _Call, channel: str) -> bool:
+        """True when the dialplan leg itself is running Hangup/Busy/...: the system ends it."""
+        return not channel.endswith(";1") and call.last_app.get(channel) in _GIVE_UP_APPS
+
+    def _waiting_reason(self, call: _Call) -> str:
+        attempts = call.attempts()
+        if any(leg.ringing for leg in attempts):
+            return "while_ringing"
+        if attempts or call.in_queue:
+            return "in_queue"
+        return "in_ivr"
+
+    # -- the record -------------------------------------------------------------------------
+
+    def _finish(self, call: _Call) -> CallRecord:
+        """Free the call's state and build its record."""
+        self.calls.pop(call.linkedid, None)
+        self._finished[call.linkedid] = None
+        if len(self._finished) > FINISHED_MEMORY:
+            del self._finished[next(iter(self._finished))]
+        ended_at = call.ended_at if call.ended_at is not None else call.last_event_at
+        for leg in call.legs.values():
+            if leg.result is None:
+                leg.end("cancelled", ended_at)
+        legs = list(call.legs.values())
+        attempts = [leg for leg in legs if leg.attempt]
+        ringing = attempts if call.direction == "inbound" else legs
+        if call.answered_at is not None:
+            ringing = [leg for leg in ringing if leg.offered_at <= call.answered_at]
+        ring_starts = [leg.ring_started_at for leg in ringing if leg.ring_started_at is not None]
+        ring_started_at = min(ring_starts) if ring_starts else None
+        ring_seconds = 0.0
+        if ring_started_at is not None:
+            if call.answered_at is not None:
+                ring_end = call.answered_at
+            else:
+                ring_end = max(leg.ended_at or ended_at for leg in ringing
+                               if leg.ring_started_at is not None)
+            ring_seconds = max(ring_end - ring_started_at, 0.0)
+        cadence = self.pbx.ring_cadence_seconds
+        rings = 0 if ring_seconds <= 0 else math.floor(ring_seconds / cadence) + 1
+        wait_until = call.answered_at if call.answered_at is not None else ended_at
+        outcome, reason = self._outcome(call, attempts)
+        wait_seconds = max(wait_until - call.arrived_at, 0.0)
+        agent = call.answered_by
+        if call.direction != "inbound" and call.origin is not None:
+            agent = interface_of(call.origin)
+        return CallRecord(
+            pbx=self.pbx.name,
+            linkedid=call.linkedid,
+            direction=call.direction,
+            line=self.pbx.line_for(call.did) if call.direction == "inbound" else None,
+            called_number=call.did if call.direction == "inbound" else call.called_number,
+            caller_number=call.caller_number,
+            caller_name=call.caller_name,
+            arrived_at=call.arrived_at,
+            ring_started_at=ring_started_at,
+            answered_at=call.answered_at,
+            ended_at=ended_at,
+            ring_seconds=round(ring_seconds, 3),
+            rings=rings,
+            wait_seconds=round(wait_seconds, 3),
+            talk_seconds=round(ended_at - call.answered_at, 3) if call.answered_at else 0.0,
+            hold_seconds=round(call.hold_seconds, 3),
+            outcome=outcome,
+            reason=reason,
+            voicemail=call.voicemail,
+            short_abandon=(outcome == "abandoned"
+                           and wait_seconds < self.pbx.short_abandon_seconds),
+            agent=agent,
+            agent_name=self.pbx.agents.get(agent) if agent else None,
+            hangup_by=call.hangup_by if call.answered_at is not None else None,
+            hangup_cause=call.hangup_cause,
+            queue=call.queue,
+            incomplete=call.incomplete,
+            transfers=call.transfers,
+            attempts=[_attempt(leg, self.pbx) for leg in attempts],
+        )
+
+    def _outcome(self, call: _Call, attempts: list[_Leg]) -> tuple[Outcome, str | None]:
+        if call.answered_at is not None:
+            return "answered", None
+        if call.direction != "inbound":
+            return "unanswered", None
+        if call.caller_left is not None:
+            return "abandoned", call.caller_left
+        if call.voicemail:
+            return "missed", "voicemail"
+        if call.route_result == "no_agent_on_duty" or not attempts:
+            return "missed", "no_agent_on_duty"
+        if all(leg.result in ("busy", "unavailable") for leg in attempts):
+            return "missed", "no_agent_available"
+        return "missed", "not_answered"
+
+
+def _attempt(leg: _Leg, pbx: PbxConfig) -> Attempt:
+    ring_seconds = 0.0
+    if leg.ring_started_at is not None and leg.ended_at is not None:
+        ring_seconds = round(max(leg.ended_at - leg.ring_started_at, 0.0), 3)
+    return Attempt(
+        interface=leg.interface,
+        agent_name=pbx.agents.get(leg.interface),
+        offered_at=leg.offered_at,
+        ring_started_at=leg.ring_started_at,
+        ended_at=leg.ended_at,
+        result=leg.result,
+        ring_seconds=ring_seconds,
+    )
+
+
+def _linkedid(event: AmiMessage) -> str | None:
+    return (event.get("Linkedid") or event.get("DestLinkedid")
+            or event.get("TransfereeLinkedid") or event.get("OrigTransfererLinkedid"))
+
+
+def _duration(value: str | None) -> float:
+    """'HH:MM:SS' (CoreShowChannel Duration) to seconds; 0 when absent or odd."""
+    try:
+        h, m, s = (int(p) for p in (value or "").split(":"))
+    except ValueError:
+        return 0.0
+    return float(h * 3600 + m * 60 + s)

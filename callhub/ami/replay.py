@@ -1,0 +1,146 @@
+"""`callhub replay`: recorded AMI streams through the correlator, records out.
+
+Time comes from the events' own `Timestamp` headers; the clock only serves
+events without one, and stale calls are closed by event time, so a replay
+gives the same records however fast it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from callhub.ami.correlator import Correlator
+from callhub.ami.groundtruth import compare, load_truth, pbx_from_truth, truth_path
+from callhub.ami.parser import MessageSplitter, iter_file_messages
+from callhub.config import ConfigError, PbxConfig, load_settings
+from callhub.records import CallRecord
+
+
+class _EventClock:
+    """The time of the last event seen: replay's injected clock."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def replay_messages(messages: Iterable[dict[str, str]], pbx: PbxConfig,
+                    stale_after: float = 4 * 3600.0) -> Iterator[CallRecord]:
+    """Feed messages through a fresh correlator; yield records as calls finish."""
+    clock = _EventClock()
+    correlator = Correlator(pbx, clock=clock, stale_after=stale_after)
+    next_expiry = 0.0
+    for message in messages:
+        stamp = message.get("Timestamp")
+        if stamp:
+            with contextlib.suppress(ValueError):
+                clock.now = float(stamp)
+        yield from correlator.feed(message)
+        if clock.now >= next_expiry:
+            yield from correlator.expire(clock.now)
+            next_expiry = clock.now + 60.0
+    yield from correlator.flush()
+
+
+def replay_file(path: str | Path, pbx: PbxConfig,
+                splitter: MessageSplitter | None = None) -> list[CallRecord]:
+    """Every record of one recorded `.ami` file."""
+    return list(replay_messages(iter_file_messages(path, splitter), pbx))
+
+
+def replay_files(paths: Iterable[str | Path], pbx: PbxConfig) -> list[CallRecord]:
+    """Records of several files, each replayed on its own (their calls do not mix)."""
+    return [record for path in paths for record in replay_file(path, pbx)]
+
+
+def add_parser(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "replay", help="replay recorded AMI traces and print the call records",
+        description="Feed recorded AMI streams (.ami files, every byte the AMI session "
+                    "received) through the call correlator and print one record per call. "
+                    "The PBX settings come from --config (first [[pbx]] or --pbx NAME); "
+                    "without a config, a trace's ground-truth .json beside it supplies "
+                    "them, else built-in defaults.")
+    parser.add_argument("traces", nargs="+", metavar="TRACE.ami")
+    parser.add_argument("--pbx", metavar="NAME", help="which [[pbx]] of the config to use")
+    parser.add_argument("--format", choices=("jsonl", "table"), default="jsonl",
+                        help="one JSON object per call (default) or an aligned table")
+    parser.add_argument("--check", action="store_true",
+                        help="compare each trace with its ground-truth .json; exit 1 on a "
+                             "difference")
+    parser.set_defaults(func=replay_command)
+
+
+def _pbx_for(trace: str, args: argparse.Namespace) -> PbxConfig:
+    if args.config or args.pbx:
+        settings = load_settings(args.config)
+        if args.pbx:
+            return settings.pbx(args.pbx)
+        if not settings.pbxs:
+            raise ConfigError("pbx: the config defines no [[pbx]] to replay with")
+        return settings.pbxs[0]
+    if truth_path(trace).exists():
+        return pbx_from_truth(load_truth(trace))
+    return PbxConfig(name="replay")
+
+
+def replay_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    all_records: list[CallRecord] = []
+    failures = 0
+    for trace in args.traces:
+        if not Path(trace).is_file():
+            print(f"callhub replay: no such file {trace!r}", file=sys.stderr)
+            return 2
+        pbx = _pbx_for(trace, args)
+        records = replay_file(trace, pbx)
+        all_records.extend(records)
+        if args.check:
+            if not truth_path(trace).exists():
+                print(f"{trace}: no ground truth beside it", file=sys.stderr)
+                failures += 1
+                continue
+            problems = compare(records, load_truth(trace))
+            failures += bool(problems)
+            status = "ok" if not problems else "MISMATCH"
+            print(f"{status:8} {trace}", file=out)
+            for problem in problems:
+                print(f"         {problem}", file=out)
+    if args.check:
+        print(f"{len(args.traces) - failures} of {len(args.traces)} traces match",
+              file=out)
+        return 1 if failures else 0
+    if args.format == "jsonl":
+        for record in all_records:
+            print(json.dumps(record.to_dict(), ensure_ascii=False), file=out)
+    else:
+        print_table(all_records, out)
+    return 0
+
+
+TABLE_COLUMNS = ("linkedid", "direction", "called_number", "caller_number", "outcome", "reason",
+                 "rings", "ring_seconds", "talk_seconds", "agent", "hangup_by")
+
+
+def print_table(records: list[CallRecord], out: TextIO) -> None:
+    rows = [[_cell(r.to_dict()[c]) for c in TABLE_COLUMNS] for r in records]
+    widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(TABLE_COLUMNS)]
+    print("  ".join(c.ljust(w) for c, w in zip(TABLE_COLUMNS, widths, strict=True)), file=out)
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip(), file=out)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
