@@ -1,0 +1,102 @@
+"""Who is on duty on a line at a moment, in rotation order.
+
+Shifts are wall-clock times in the rota's timezone, so the moment is turned
+into local time first (zoneinfo): a 22:00-06:00 shift is 7 real hours on the
+night the clocks go forward and 9 on the night they go back, and an 08:00
+start is 08:00 on either side of a change. Dated exceptions apply to the
+local date of the moment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from callhub.routing.model import Agent, Line, Rota, Shift
+
+
+@dataclass(frozen=True, slots=True)
+class DutySlot:
+    """An agent on duty and the rotation position the agent takes."""
+
+    agent: Agent
+    position: int
+
+
+def shift_covers(shift: Shift, local: datetime) -> bool:
+    """True when the local wall-clock moment falls inside the shift (end exclusive)."""
+    t = local.time().replace(tzinfo=None)
+    weekday = local.weekday()
+    if shift.ends_at_midnight:
+        return weekday in shift.days and t >= shift.start
+    if not shift.crosses_midnight:
+        return weekday in shift.days and shift.start <= t < shift.end
+    started_today = weekday in shift.days and t >= shift.start
+    started_yesterday = (weekday - 1) % 7 in shift.days and t < shift.end
+    return started_today or started_yesterday
+
+
+def local_time(at: datetime, tz: ZoneInfo) -> datetime:
+    """An aware moment in the rota's zone; a naive one is taken as already local."""
+    if at.tzinfo is None:
+        return at.replace(tzinfo=tz)
+    return at.astimezone(tz)
+
+
+def on_duty(line: Line, agents: Mapping[str, Agent], at: datetime,
+            tz: ZoneInfo) -> list[DutySlot]:
+    """The agents on duty (whatever their flags), ordered by rotation position."""
+    local = local_time(at, tz)
+    ids: set[str] = set()
+    for shift in line.shifts:
+        if shift_covers(shift, local):
+            ids.update(shift.agents)
+    position = {agent_id: i for i, agent_id in enumerate(line.rotation)}
+    today: date = local.date()
+    clock: time = local.time().replace(tzinfo=None)
+    exceptions = [e for e in line.exceptions if e.day == today and e.covers(clock)]
+    if any(e.closed for e in exceptions):
+        ids.clear()
+    for e in exceptions:
+        ids.difference_update(e.absent)
+    for e in exceptions:
+        for away, cover in e.swaps.items():
+            if away in ids:
+                ids.discard(away)
+                ids.add(cover)
+                if cover not in position:  # from outside this line: takes the slot
+                    position[cover] = position[away]
+    for e in exceptions:
+        ids.update(e.extra)
+    slots = [DutySlot(agents[i], position[i]) for i in ids if i in agents and i in position]
+    slots.sort(key=lambda s: (s.position, s.agent.id))
+    return slots
+
+
+def rota_zone(rota: Rota, default: str) -> ZoneInfo:
+    return ZoneInfo(rota.timezone or default)
+
+
+def next_change(line: Line, at: datetime, tz: ZoneInfo, horizon: timedelta) -> datetime | None:
+    """The first minute after `at` when the on-duty set changes (for `rota show`)."""
+    local = local_time(at, tz).replace(second=0, microsecond=0)
+    current = {s.agent.id for s in on_duty(line, _no_filter(line), local, tz)}
+    step = timedelta(minutes=1)
+    moment = local + step
+    end = local + horizon
+    while moment <= end:
+        now = {s.agent.id for s in on_duty(line, _no_filter(line), moment, tz)}
+        if now != current:
+            return moment
+        moment += step
+    return None
+
+
+def _no_filter(line: Line) -> dict[str, Agent]:
+    """Placeholder agents so on-duty sets can be compared without the agent table."""
+    ids = set(line.rotation)
+    for e in line.exceptions:
+        ids.update(e.swaps.values())
+    return {i: Agent(id=i, name=i, interface=f"X/{i}") for i in ids}

@@ -1,0 +1,160 @@
+"""Routing state on disk: the active rota and each line's rotation position.
+
+Both are small JSON files in one state directory (default
+`<spool_dir>/routing`), replaced atomically by rename, so a crash leaves
+the old or the new file, never half of one. They live on local disk and
+not in the database on purpose: FastAGI must answer even while the
+database is down, and the position changes on every call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from callhub.config import Settings
+from callhub.routing.model import EMPTY_ROTA, Rota
+from callhub.routing.rota_file import RotaError, atomic_write, load_rota, save_rota
+
+log = structlog.get_logger(__name__)
+
+ROTA_FILE = "rota.json"
+POSITION_FILE = "rotation.json"
+STATE_DIR_ENV = "CALLHUB_ROUTING_STATE_DIR"
+
+
+def state_dir(settings: Settings, env: dict[str, str] | None = None) -> Path:
+    """Where routing keeps its state: $CALLHUB_ROUTING_STATE_DIR, else <spool_dir>/routing."""
+    env = dict(os.environ) if env is None else env
+    if env.get(STATE_DIR_ENV):
+        return Path(env[STATE_DIR_ENV])
+    return Path(settings.spool_dir) / "routing"
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """The agent offered a line's previous call, and that agent's rotation index then."""
+
+    agent: str
+    index: int
+    at: float
+
+
+class RotationState:
+    """Per-line rotation position, kept in memory and written through to a JSON file."""
+
+    def __init__(self, path: Path | None, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.clock = clock
+        self._lines: dict[str, Position] = {}
+        self.write_errors = 0
+        if path is not None:
+            self._load(path)
+
+    def _load(self, path: Path) -> None:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            for line, item in data.get("lines", {}).items():
+                self._lines[str(line)] = Position(str(item["agent"]), int(item["index"]),
+                                                  float(item.get("at", 0.0)))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            # A damaged file costs the rotation position, never routing itself.
+            log.warning("rotation state unreadable, starting from the top", path=str(path),
+                        error=str(exc))
+            self._lines.clear()
+
+    def get(self, line: str) -> Position | None:
+        return self._lines.get(line)
+
+    def set(self, line: str, agent: str, index: int) -> None:
+        self._lines[line] = Position(agent, index, self.clock())
+        self.save()
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        data: dict[str, Any] = {"lines": {
+            line: {"agent": p.agent, "index": p.index, "at": p.at}
+            for line, p in sorted(self._lines.items())}}
+        try:
+            atomic_write(self.path, json.dumps(data, ensure_ascii=False))
+        except OSError as exc:
+            # Routing goes on from memory; the position is only lost on a restart.
+            self.write_errors += 1
+            log.error("cannot save rotation state", path=str(self.path), error=str(exc))
+
+
+class RotaStore:
+    """The active rota: read from the state directory, reloaded when the file changes.
+
+    `callhub rota load` and the API write `rota.json`; a running daemon sees
+    the new file on its next call (an mtime check at most once a second).
+    On first start without `rota.json`, `settings.rota_file` seeds it.
+    """
+
+    def __init__(self, directory: Path | None, seed_file: str | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.directory = directory
+        self.clock = clock
+        self._rota: Rota = EMPTY_ROTA
+        self._mtime: tuple[int, int] | None = None
+        self._checked = float("-inf")
+        path = self.path
+        if path is not None and path.exists():
+            self._reload(force=True)
+        elif seed_file:
+            self._rota = load_rota(seed_file)
+            if path is not None:
+                save_rota(self._rota, path)
+                self._mtime = _mtime(path)
+
+    @property
+    def path(self) -> Path | None:
+        return None if self.directory is None else self.directory / ROTA_FILE
+
+    @property
+    def rota(self) -> Rota:
+        if self.clock() - self._checked >= 1.0:
+            self._reload()
+        return self._rota
+
+    def replace(self, rota: Rota) -> None:
+        """Make `rota` the active one and persist it."""
+        path = self.path
+        if path is not None:
+            save_rota(rota, path)
+            self._mtime = _mtime(path)
+        self._rota = rota
+
+    def _reload(self, force: bool = False) -> None:
+        self._checked = self.clock()
+        path = self.path
+        if path is None:
+            return
+        mtime = _mtime(path)
+        if mtime is None or (mtime == self._mtime and not force):
+            return
+        try:
+            self._rota = load_rota(path)
+        except RotaError as exc:
+            # Keep routing with the last good rota.
+            log.error("saved rota is invalid, keeping the previous one", error=str(exc))
+        self._mtime = mtime
+
+
+def _mtime(path: Path) -> tuple[int, int] | None:
+    """Modification time and inode: a rename-replaced file always looks new."""
+    try:
+        st = path.stat()
+        return st.st_mtime_ns, st.st_ino
+    except OSError:
+        return None
