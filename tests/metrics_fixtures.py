@@ -73,15 +73,16 @@ async def scrape_metrics() -> AsyncIterator[ScrapeFn]:
     Call as `await scrape_metrics(registry, token=None, headers=None)`; a non-200
     answer raises with its status so tests can assert on it.
     """
-    servers: list[TestServer] = []
+    servers: dict[tuple[int, str | None], TestServer] = {}
 
     async def scrape(registry: CollectorRegistry, token: str | None = None,
                      headers: dict[str, str] | None = None) -> Scrape:
-        app = web.Application()
-        add_metrics_route(app, registry, token)
-        server = TestServer(app, host="127.0.0.1")
-        await server.start_server()
-        servers.append(server)
+        server = servers.get((id(registry), token))
+        if server is None:  # one running server per registry and token, scraped repeatedly
+            app = web.Application()
+            add_metrics_route(app, registry, token)
+            server = servers[(id(registry), token)] = TestServer(app, host="127.0.0.1")
+            await server.start_server()
         async with aiohttp.ClientSession() as session, session.get(
                 server.make_url("/metrics"), headers=headers or {}) as resp:
             text = await resp.text()
@@ -91,5 +92,5 @@ async def scrape_metrics() -> AsyncIterator[ScrapeFn]:
             return Scrape.parse(text)
 
     yield scrape
-    for server in servers:
+    for server in servers.values():
         await server.close()
