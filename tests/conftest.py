@@ -1,5 +1,7 @@
 """Shared pytest set-up: each area registers its fixtures module here."""
 
 pytest_plugins = [
+    "traces_fixtures",
     "metrics_fixtures",
+    "routing_fixtures",
 ]

@@ -258,12 +258,11 @@ class Correlator:
                 oldest = max(members, key=lambda c: _duration(c.get("Duration")))
                 known = self._start_call(linkedid, oldest,
                                          now - _duration(oldest.get("Duration")))
-                known.incomplete = True
-                members.sort(key=lambda c: c["Uniqueid"] != linkedid)
-                for channel in members:
-                    self._adopt(known, channel, now)
+            members.sort(key=lambda c: c["Uniqueid"] != linkedid)
             for channel in members:
-                known.live.setdefault(channel["Uniqueid"], channel.get("Channel", ""))
+                if self._adopt(known, channel, now):
+                    known.incomplete = True  # it changed while we could not see it
+        return finished
         return finished
 
     def flush(self) -> list[CallRecord]:
@@ -287,24 +286,39 @@ class Correlator:
         self.calls[linkedid] = call
         return call
 
-    def _adopt(self, call: _Call, channel: AmiMessage, now: float) -> None:
-        """Take a channel seen for the first time mid-call (resync)."""
+    def _adopt(self, call: _Call, channel: AmiMessage, now: float) -> bool:
+        """Bring one live channel (a CoreShowChannel event) into the call's state.
+
+        Returns True when the channel told something the call did not know: a
+        channel it had not seen, or a leg that rang or was answered meanwhile.
+        """
         name = channel.get("Channel", "")
-        if call.origin is None and channel.get("Uniqueid") == call.linkedid:
+        changed = channel["Uniqueid"] not in call.live
+        call.live[channel["Uniqueid"]] = name
+        if call.origin is None and channel["Uniqueid"] == call.linkedid:
             self._set_origin(call, channel)
-        elif call.origin is not None and base_of(name) != call.origin:
-            interface = interface_of(name)
-            is_attempt = call.direction == "inbound" and interface in self.agent_interfaces
-            leg = call.legs.setdefault(base_of(name), _Leg(base_of(name), interface, now,
-                                                            is_attempt))
+        if call.side(name) == "origin":
+            if call.direction == "internal" and channel.get("Context") in self.inbound_contexts:
+                call.direction = "inbound"
+                call.did = _clean(channel.get("Exten"))
+            self._take_callerid(call, channel)
+        elif call.origin is not None:
+            leg = call.legs.get(base_of(name))
+            if leg is None:
+                interface = interface_of(name)
+                attempt = call.direction == "inbound" and interface in self.agent_interfaces
+                leg = call.legs[base_of(name)] = _Leg(base_of(name), interface, now, attempt)
             state = channel.get("ChannelStateDesc")
-            if state == "Ringing":
+            if state == "Ringing" and leg.ring_started_at is None:
                 leg.ring(now)
-            elif state == "Up" and channel.get("BridgeId"):
+                changed = True
+            elif state == "Up" and channel.get("BridgeId") and leg.result is None:
                 leg.end("answered", now)
                 self._answered(call, leg, now)
+                changed = True
         if channel.get("BridgeId"):
             call.bridges.setdefault(channel["BridgeId"], set()).add(name)
+        return changed
 
     def _close(self, call: _Call, ended_at: float) -> CallRecord:
         """Finish a call whose end we did not see."""
@@ -621,9 +635,11 @@ class Correlator:
             return "unanswered", None
         if call.caller_left is not None:
             return "abandoned", call.caller_left
+        if call.route_result == "no_agent_on_duty":
+            return "missed", "no_agent_on_duty"
         if call.voicemail:
             return "missed", "voicemail"
-        if call.route_result == "no_agent_on_duty" or not attempts:
+        if not attempts:
             return "missed", "no_agent_on_duty"
         if all(leg.result in ("busy", "unavailable") for leg in attempts):
             return "missed", "no_agent_available"

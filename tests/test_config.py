@@ -1,0 +1,119 @@
+"""Settings: TOML plus CALLHUB_* overrides; bad values name the key; secrets masked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from traces_fixtures import all_traces
+
+from callhub.ami.groundtruth import load_truth, pbx_from_truth
+from callhub.cli import main
+from callhub.config import ConfigError, load_settings
+
+GOOD = """
+database_url = "postgresql+asyncpg://callhub:s3cret-db@db:5432/callhub"
+timezone = "Asia/Shanghai"
+[api]
+listen = "0.0.0.0:8081"
+tokens = ["admin:admin-token-123", "viewer:viewer-token-123"]
+[[pbx]]
+name = "main"
+username = "callhub"
+secret = "ami-secret-xyz"
+ring_cadence_seconds = 6
+inbound_contexts = ["from-pstn"]
+[pbx.agents]
+"PJSIP/1001" = "李娜"
+[pbx.lines]
+"4008001000" = "front-desk"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "callhub.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_full_file_loads_with_types_and_defaults(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, GOOD), env={})
+    pbx = settings.pbx("main")
+    assert pbx.ring_cadence_seconds == 6.0 and pbx.port == 5038
+    assert pbx.agents["PJSIP/1001"] == "李娜" and pbx.line_for("4008001000") == "front-desk"
+    assert pbx.line_for("4008009999") == "4008009999"
+    assert settings.api_listen == ("0.0.0.0", 8081)
+    assert settings.fastagi_listen == ("127.0.0.1", 4573)
+    assert [t.role for t in settings.api_tokens] == ["admin", "viewer"]
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    env = {"CALLHUB_CONFIG": str(write(tmp_path, GOOD)),
+           "CALLHUB_API_LISTEN": "127.0.0.1:9999",
+           "CALLHUB_DATABASE_URL": "sqlite+aiosqlite:///x.db",
+           "CALLHUB_API_TOKENS": "supervisor:sup-token-123",
+           "CALLHUB_PBX_MAIN_SECRET": "from-env-secret"}
+    settings = load_settings(None, env=env)
+    assert settings.api_listen == ("127.0.0.1", 9999)
+    assert settings.database_url == "sqlite+aiosqlite:///x.db"
+    assert [t.role for t in settings.api_tokens] == ["supervisor"]
+    assert settings.pbx("main").secret == "from-env-secret"
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("[[pbx]]\nname='a'\nring_cadence_seconds = 0\n", "pbx[a].ring_cadence_seconds"),
+    ("[[pbx]]\nname='a'\nring_cadence_seconds = 'five'\n", "pbx[a].ring_cadence_seconds"),
+    ("[[pbx]]\nname='a'\nport = 70000\n", "pbx[a].port"),
+    ("[[pbx]]\nname='a'\nsurprise = 1\n", "pbx[a].surprise"),
+    ("[[pbx]]\nport = 1\n", "pbx[0].name"),
+    ("[[pbx]]\nname='a'\n[[pbx]]\nname='a'\n", "pbx"),
+    ("timezone = 'Mars/Olympus'\n", "timezone"),
+    ("[api]\nlisten = 'nowhere'\n", "api.listen"),
+    ("[api]\ntokens = ['root:abcdefghij']\n", "api.tokens"),
+    ("[api]\ntokens = ['admin:short']\n", "api.tokens"),
+    ("database_url = 'callhub.db'\n", "database_url"),
+    ("[[pbx]]\nname='a'\n[pbx.agents]\n'PJSIP/1' = 3\n", "pbx[a].agents.PJSIP/1"),
+])
+def test_a_bad_value_names_its_key(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, text), env={})
+    assert str(err.value).startswith(f"{key}:")
+
+
+def test_bad_environment_value_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match=r"^CALLHUB_API_LISTEN:"):
+        load_settings(None, env={"CALLHUB_API_LISTEN": "8080"})
+
+
+def test_missing_file_and_bad_toml_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_settings(tmp_path / "nope.toml", env={})
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(write(tmp_path, "[[pbx]\n"), env={})
+
+
+def test_config_check_prints_settings_with_secrets_masked(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "check", str(write(tmp_path, GOOD))]) == 0
+    out = capsys.readouterr().out
+    shown = json.loads(out)
+    assert shown["pbxs"][0]["secret"] == "***"
+    assert shown["api_tokens"][0] == {"role": "admin", "token": "***"}
+    for secret in ("ami-secret-xyz", "admin-token-123", "s3cret-db"):
+        assert secret not in out
+    assert shown["pbxs"][0]["agents"]["PJSIP/1001"] == "李娜"
+
+
+def test_config_check_of_a_bad_file_exits_2_naming_the_key(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "check", str(write(tmp_path, "[api]\nlisten = 'x'\n"))]) == 2
+    assert "api.listen" in capsys.readouterr().err
+
+
+def test_every_traces_expected_config_is_a_valid_pbx_table() -> None:
+    for path in all_traces():
+        truth = load_truth(path)
+        pbx = pbx_from_truth(truth)
+        assert pbx.name == truth["expected"]["config"]["pbx"]
+        assert dict(pbx.agents) == truth["expected"]["config"]["agents"]

@@ -1,0 +1,89 @@
+"""Every recorded trace replays to its ground truth (shared/traces/README.md says how)."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from traces_fixtures import all_traces
+
+from callhub.ami.groundtruth import compare, load_truth, pbx_from_truth
+from callhub.ami.replay import replay_file
+from callhub.cli import main
+from callhub.records import CallRecord
+
+
+@pytest.mark.parametrize("path", all_traces(), ids=lambda p: p.stem)
+def test_trace_replays_to_its_ground_truth(path: Path) -> None:
+    truth = load_truth(path)
+    records = replay_file(path, pbx_from_truth(truth))
+    assert compare(records, truth) == []
+
+
+@pytest.mark.parametrize("path", all_traces(), ids=lambda p: p.stem)
+def test_trace_replays_identically_from_any_read_size(path: Path) -> None:
+    """Reads of 1..7 bytes split every header and multi-byte name: same records."""
+    from callhub.ami.parser import iter_messages
+    from callhub.ami.replay import replay_messages
+
+    data = path.read_bytes()
+    pbx = pbx_from_truth(load_truth(path))
+    whole = [r.to_dict() for r in replay_file(path, pbx)]
+    size = 1 + len(data) % 7
+    chunks = (data[i:i + size] for i in range(0, len(data), size))
+    assert [r.to_dict() for r in replay_messages(iter_messages(chunks), pbx)] == whole
+
+
+def test_replay_command_prints_records_that_match_every_ground_truth(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    traces = all_traces()
+    assert main(["replay", *map(str, traces)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    records = [CallRecord.from_dict(json.loads(line)) for line in lines]
+    for path in traces:
+        truth = load_truth(path)
+        wanted = {c["linkedid"] for c in truth["expected"]["calls"]}
+        assert compare([r for r in records if r.linkedid in wanted], truth) == []
+    assert len(records) == sum(len(load_truth(p)["expected"]["calls"]) for p in traces)
+
+
+def test_replay_check_reports_a_mismatch(tmp_path: Path) -> None:
+    """--check fails when the ground truth disagrees (here: a cadence that changes rings)."""
+    source = all_traces()[0]
+    truth = load_truth(source)
+    truth["expected"]["calls"][0]["outcome"] = "missed"
+    (tmp_path / source.name).write_bytes(source.read_bytes())
+    (tmp_path / source.with_suffix(".json").name).write_text(json.dumps(truth))
+    out = io.StringIO()
+    from callhub.ami.replay import replay_command
+    from callhub.cli import build_parser
+    args = build_parser().parse_args(["replay", "--check", str(tmp_path / source.name)])
+    assert replay_command(args, out) == 1
+    assert "outcome 'answered' != 'missed'" in out.getvalue()
+
+
+def test_replay_table_and_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = all_traces()[0]
+    config = tmp_path / "callhub.toml"
+    config.write_text('[[pbx]]\nname = "desk"\nring_cadence_seconds = 6.0\n')
+    assert main(["--config", str(config), "replay", "--format", "table", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["linkedid", "direction", "called_number"]
+    assert len(out) == 1 + len(load_truth(path)["expected"]["calls"])
+
+
+def test_replay_of_a_missing_file_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", "/nonexistent/x.ami"]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_installed_console_script_replays() -> None:
+    path = all_traces()[0]
+    done = subprocess.run([sys.executable, "-m", "callhub", "replay", str(path)],
+                          capture_output=True, text=True, check=True)
+    record = json.loads(done.stdout.splitlines()[0])
+    assert record["linkedid"] == load_truth(path)["expected"]["calls"][0]["linkedid"]
