@@ -21,7 +21,13 @@ import structlog
 
 from callhub.config import Settings
 from callhub.routing.model import EMPTY_ROTA, Rota
-from callhub.routing.rota_file import RotaError, atomic_write, load_rota, save_rota
+from callhub.routing.rota_file import (
+    RotaError,
+    atomic_write,
+    load_rota,
+    rota_from_data,
+    save_rota,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -116,6 +122,7 @@ class RotaStore:
             if path is not None:
                 save_rota(self._rota, path)
                 self._mtime = _mtime(path)
+        self._checked = self.clock()
 
     @property
     def path(self) -> Path | None:
@@ -128,7 +135,8 @@ class RotaStore:
         return self._rota
 
     def replace(self, rota: Rota) -> None:
-        """Make `rota` the active one and persist it."""
+        """Check `rota` (RotaError if wrong), make it the active one and persist it."""
+        rota = rota_from_data(rota.to_data(), source=str(self.path or "rota"))
         path = self.path
         if path is not None:
             save_rota(rota, path)

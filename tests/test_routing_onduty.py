@@ -1,0 +1,97 @@
+"""Who is on duty: shift edges (first and last minute), shifts past midnight, the days the
+clocks change in Europe/Berlin, and dated exceptions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from routing_fixtures import BERLIN, berlin
+
+from callhub.routing.model import Rota
+from callhub.routing.onduty import on_duty
+
+
+def duty(rota: Rota, at: datetime, line: str = "hotline") -> list[str]:
+    return [s.agent.id for s in on_duty(rota.lines[line], rota.agents, at, BERLIN)]
+
+
+DAY = ["ann", "ben", "cai", "dora", "eve"]
+
+
+@pytest.mark.parametrize(("moment", "expected"), [
+    ("2026-11-30 07:59", []),                # Monday, a minute before the day shift
+    ("2026-11-30 08:00", DAY),               # first minute
+    ("2026-11-30 16:59:59", DAY),            # last minute
+    ("2026-11-30 17:00", ["ben", "cai"]),    # evening starts as day ends (end exclusive)
+    ("2026-11-30 21:59", ["ben", "cai"]),
+    ("2026-11-30 22:00", []),                # Monday has no night shift
+    ("2026-12-04 22:00", ["cai"]),           # Friday night, first minute
+    ("2026-12-04 23:59", ["cai"]),
+    ("2026-12-05 00:00", ["cai"]),           # past midnight: Saturday, started Friday
+    ("2026-12-05 05:59", ["cai"]),           # last minute of the night
+    ("2026-12-05 06:00", []),
+    ("2026-12-06 05:59", ["cai"]),           # Sunday morning: Saturday's night shift
+    ("2026-12-07 05:59", []),                # Monday morning: no Sunday night shift
+])
+def test_shift_edges(sample_rota: Rota, moment: str, expected: list[str]) -> None:
+    assert duty(sample_rota, berlin(moment)) == expected
+
+
+def test_whole_day_shift_ending_24_00(sample_rota: Rota) -> None:
+    for moment in ("2026-11-30 00:00", "2026-11-30 12:00", "2026-11-30 23:59:59"):
+        assert duty(sample_rota, berlin(moment), "sales") == ["ann", "ben"]
+
+
+def test_spring_forward_night(sample_rota: Rota) -> None:
+    # Sunday 2026-03-29: 02:00 CET becomes 03:00 CEST. Saturday's 22:00-06:00 night shift
+    # ends at 06:00 wall clock = 04:00 UTC (a fixed +01:00 would put it at 05:00 UTC).
+    assert duty(sample_rota, datetime(2026, 3, 28, 21, 0, tzinfo=UTC)) == ["cai"]  # 22:00 CET
+    assert duty(sample_rota, datetime(2026, 3, 28, 20, 59, tzinfo=UTC)) == []
+    assert duty(sample_rota, datetime(2026, 3, 29, 0, 59, tzinfo=UTC)) == ["cai"]  # 01:59 CET
+    assert duty(sample_rota, datetime(2026, 3, 29, 1, 0, tzinfo=UTC)) == ["cai"]   # 03:00 CEST
+    assert duty(sample_rota, datetime(2026, 3, 29, 3, 59, tzinfo=UTC)) == ["cai"]  # 05:59 CEST
+    assert duty(sample_rota, datetime(2026, 3, 29, 4, 0, tzinfo=UTC)) == []        # 06:00 CEST
+    # The Monday after: the day shift starts at 08:00 CEST = 06:00 UTC.
+    assert duty(sample_rota, datetime(2026, 3, 30, 5, 59, tzinfo=UTC)) == []
+    assert duty(sample_rota, datetime(2026, 3, 30, 6, 0, tzinfo=UTC)) == DAY
+    # Friday before the change: 08:00 CET = 07:00 UTC.
+    assert duty(sample_rota, datetime(2026, 3, 27, 6, 59, tzinfo=UTC)) == []
+    assert duty(sample_rota, datetime(2026, 3, 27, 7, 0, tzinfo=UTC)) == DAY
+
+
+def test_fall_back_night(sample_rota: Rota) -> None:
+    # Sunday 2026-10-25: 03:00 CEST becomes 02:00 CET; 02:xx happens twice, both on duty.
+    assert duty(sample_rota, datetime(2026, 10, 25, 0, 30, tzinfo=UTC)) == ["cai"]  # 02:30 CEST
+    assert duty(sample_rota, datetime(2026, 10, 25, 1, 30, tzinfo=UTC)) == ["cai"]  # 02:30 CET
+    assert duty(sample_rota, datetime(2026, 10, 25, 4, 59, tzinfo=UTC)) == ["cai"]  # 05:59 CET
+    assert duty(sample_rota, datetime(2026, 10, 25, 5, 0, tzinfo=UTC)) == []        # 06:00 CET
+    assert duty(sample_rota, datetime(2026, 10, 24, 19, 59, tzinfo=UTC)) == []      # 21:59 CEST
+    assert duty(sample_rota, datetime(2026, 10, 24, 20, 0, tzinfo=UTC)) == ["cai"]  # 22:00 CEST
+
+
+def test_holiday_closes_the_day_including_the_night_shift_after_midnight(
+        sample_rota: Rota) -> None:
+    assert duty(sample_rota, berlin("2026-12-25 10:00")) == []   # Friday, closed
+    assert duty(sample_rota, berlin("2026-12-25 23:00")) == []   # Friday night, closed
+    assert duty(sample_rota, berlin("2026-12-26 01:00")) == ["cai"]  # Saturday: open again
+    assert duty(sample_rota, berlin("2026-12-24 23:59")) == []   # Thursday: no night shift
+
+
+def test_swap_puts_the_cover_in_the_absent_agents_slot(sample_rota: Rota) -> None:
+    slots = on_duty(sample_rota.lines["hotline"], sample_rota.agents, berlin("2026-12-24 09:00"),
+                    BERLIN)
+    assert [(s.agent.id, s.position) for s in slots] == [
+        ("lead", 0), ("ben", 1), ("cai", 2), ("dora", 3), ("eve", 4)]
+    # the day before and after: ann as usual
+    assert duty(sample_rota, berlin("2026-12-23 09:00"))[0] == "ann"
+
+
+def test_partial_day_absence(sample_rota: Rota) -> None:
+    assert "ben" in duty(sample_rota, berlin("2026-12-23 11:59"))
+    assert "ben" not in duty(sample_rota, berlin("2026-12-23 12:00"))
+    assert duty(sample_rota, berlin("2026-12-23 17:30")) == ["cai"]
+
+
+def test_naive_moment_is_taken_as_local(sample_rota: Rota) -> None:
+    assert duty(sample_rota, datetime(2026, 11, 30, 8, 0)) == DAY

@@ -1,0 +1,121 @@
+"""Rota files: the sample loads as written, round-trips through the saved JSON form, and
+every kind of mistake is refused with a message naming the line, shift and key."""
+
+from __future__ import annotations
+
+from datetime import date, time
+from pathlib import Path
+
+import pytest
+from routing_fixtures import SAMPLE_ROTA
+
+from callhub.routing.model import Rota
+from callhub.routing.rota_file import RotaError, load_rota, parse_days, rota_from_data, save_rota
+
+
+def test_sample_rota_loads_with_its_shifts_and_exceptions(sample_rota: Rota) -> None:
+    hotline = sample_rota.lines["hotline"]
+    assert hotline.rotation == ("ann", "ben", "cai", "dora", "eve")
+    assert hotline.ring_timeout == 12
+    night = next(s for s in hotline.shifts if s.name == "night")
+    assert night.crosses_midnight and night.days == {4, 5}
+    assert night.start == time(22, 0) and night.end == time(6, 0)
+    assert [e.name for e in hotline.exceptions] == [
+        "christmas", "ann swaps with lead", "ben away in the afternoon"]
+    assert hotline.exceptions[0].day == date(2026, 12, 25) and hotline.exceptions[0].closed
+    sales = sample_rota.lines["sales"]
+    # rotation defaults to the first appearance in the shifts; shift agents to the rotation
+    assert sales.rotation == ("ann", "ben") and sales.shifts[0].agents == ("ann", "ben")
+    assert sales.shifts[0].ends_at_midnight and not sales.shifts[0].crosses_midnight
+    assert not sample_rota.agents["dora"].can_take_calls
+    assert not sample_rota.agents["eve"].can_take_calls
+    assert sample_rota.line_for("4008001005") is hotline
+    assert sample_rota.line_for("hotline") is hotline
+    assert sample_rota.line_for("999") is None
+
+
+def test_saved_json_reads_back_equal(sample_rota: Rota, tmp_path: Path) -> None:
+    path = tmp_path / "saved" / "rota.json"
+    save_rota(sample_rota, path)
+    again = load_rota(path)
+    assert again.to_data() == sample_rota.to_data()
+    assert again.lines == sample_rota.lines and again.agents == sample_rota.agents
+
+
+def test_weekday_forms() -> None:
+    assert parse_days(["mon-fri"]) == frozenset(range(5))
+    assert parse_days(["fri-mon"]) == frozenset({4, 5, 6, 0})
+    assert parse_days("daily") == frozenset(range(7))
+    assert parse_days(["Sunday", "sat"]) == frozenset({5, 6})
+    with pytest.raises(ValueError, match="unknown weekday 'mo'"):
+        parse_days(["mo"])
+
+
+def _broken(old: str, new: str) -> str:
+    assert old in SAMPLE_ROTA, old
+    return SAMPLE_ROTA.replace(old, new, 1)
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ('start = "17:00"\nend = "22:00"', 'start = "17:00"\nend = "25:00"',
+     "line 'hotline', shift 'evening': end: expected \"HH:MM\", got '25:00'"),
+    ('start = "08:00"\nend = "17:00"', 'start = "08:00"\nend = "08:00"',
+     "line 'hotline', shift 'day': end: equals start"),
+    ('days = ["fri", "sat"]', 'days = ["fri", "sam"]',
+     "line 'hotline', shift 'night': days: unknown weekday 'sam'"),
+    ('agents = ["ben", "cai"]', 'agents = ["ben", "zoe"]',
+     "line 'hotline', shift 'evening': agents: 'zoe' is not in the line's rotation"),
+    ('rotation = ["ann", "ben", "cai", "dora", "eve"]',
+     'rotation = ["ann", "ben", "cai", "dora", "eve", "ann"]',
+     "line 'hotline': rotation: listed twice: ann"),
+    ('rotation = ["ann", "ben"]', 'rotation = ["ann", "bob"]',
+     "line 'sales': rotation: unknown agent 'bob'"),
+    ('ring_timeout = 12', 'ring_timeout = 0',
+     "line 'hotline': ring_timeout: must be 1-600 seconds, got 0"),
+    ('ring_timeout = 12', 'ring_timeout = "12"',
+     "line 'hotline': ring_timeout: expected int, got '12'"),
+    ('date = "2026-12-25"', 'date = "2026-13-25"',
+     "line 'hotline', exception #1: date: expected \"YYYY-MM-DD\""),
+    ('swap = { ann = "lead" }', 'swap = { ann = "nobody" }',
+     "line 'hotline', exception 'ann swaps with lead': swap: unknown agent 'nobody'"),
+    ('closed = true', 'closed = false',
+     "line 'hotline', exception 'christmas': closed: an exception needs"),
+    ('dids = ["4008009000"]', 'dids = ["4008001004"]',
+     "line 'sales': dids: '4008001004' already belongs to line 'hotline'"),
+    ('interface = "PJSIP/1002"', 'interface = "PJSIP/1001"',
+     "agent 'ben': interface 'PJSIP/1001' already belongs to agent 'ann'"),
+    ('interface = "PJSIP/1002"', 'interface = "1002"',
+     "agent 'ben': interface: expected a device"),
+    ('cleared = false', 'cleared = "no"', "agent 'dora': cleared: expected bool"),
+    ('name = "evening"\n', 'name = "evening"\nbreak = "12:00"\n',
+     "line 'hotline', shift 'evening': break: unknown key"),
+    ('timezone = "Europe/Berlin"', 'timezone = "Europe/Atlantis"',
+     "timezone: unknown time zone 'Europe/Atlantis'"),
+])
+def test_mistakes_are_refused_naming_where(tmp_path: Path, old: str, new: str,
+                                           message: str) -> None:
+    path = tmp_path / "rota.toml"
+    path.write_text(_broken(old, new), encoding="utf-8")
+    with pytest.raises(RotaError) as info:
+        load_rota(path)
+    assert message in str(info.value)
+
+
+def test_unnamed_shift_is_named_by_its_number() -> None:
+    data = {"agents": [{"id": "a", "interface": "PJSIP/1"}],
+            "lines": [{"name": "l", "rotation": ["a"],
+                       "shifts": [{"days": "daily", "start": "x", "end": "10:00"}]}]}
+    with pytest.raises(RotaError, match="line 'l', shift '#1': start: expected"):
+        rota_from_data(data)
+
+
+def test_toml_syntax_error_names_file_and_position(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[[lines]]\nname = "x\n', encoding="utf-8")
+    with pytest.raises(RotaError, match=r"bad.toml: not valid TOML: .*line 2"):
+        load_rota(path)
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(RotaError, match="no such file"):
+        load_rota(tmp_path / "nope.toml")
