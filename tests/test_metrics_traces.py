@@ -12,31 +12,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import pytest
 from metrics_fixtures import Scrape, ScrapeFn
+from traces_fixtures import all_traces
 
 from callhub.ami.groundtruth import pbx_from_truth
 from callhub.ami.replay import replay_files
 from callhub.config import settings_from_mapping
 from callhub.metrics.collectors import OTHER, RING_BUCKETS, SECONDS_BUCKETS, CallhubMetrics
 from callhub.records import CallRecord
-
-
-def traces_dir() -> Path:
-    for candidate in (os.environ.get("CALLHUB_TRACES_DIR"),
-                      Path(__file__).parent / "traces", "/work/shared/traces"):
-        if candidate and Path(candidate, "README.md").is_file():
-            return Path(candidate)
-    pytest.skip("recorded traces not found (set CALLHUB_TRACES_DIR)")
-
 
 # America/St_Johns is UTC-3:30 in November: its midnight (03:30 UTC) falls between the
 # two recording sessions, so "today" changes while the clock walks.
@@ -79,7 +68,7 @@ def load() -> tuple[list[dict[str, Any]], list[Truth], list[CallRecord]]:
     configs: dict[str, dict[str, Any]] = {}
     truths: list[Truth] = []
     records: list[CallRecord] = []
-    for trace in sorted(traces_dir().glob("*.ami")):
+    for trace in all_traces():
         data = json.loads(trace.with_suffix(".json").read_text(encoding="utf-8"))
         expected = data["expected"]
         config = expected["config"]
