@@ -1,0 +1,186 @@
+"""FastAGI over a real loopback TCP socket: the test plays Asterisk byte for byte (the AGI
+environment res_agi.c writes, then `200 result=1` to each command) and checks the channel
+variables the dialplan reads, the fallback on every kind of failure, and the metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry
+from routing_fixtures import AgiServer, asterisk_agi_request, berlin
+
+from callhub.routing.chooser import Router
+from callhub.routing.fastagi import quote
+from callhub.routing.metrics import RoutingMetrics
+
+SET_VARIABLE = re.compile(r'^SET VARIABLE (\w+) "((?:[^"\\]|\\.)*)"$')
+
+
+async def play_asterisk(server: AgiServer, request: bytes, hangup_after: int | None = None,
+                        ) -> dict[str, str]:
+    """Send `request`, answer each command like Asterisk, return the variables set."""
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(request)
+    await writer.drain()
+    variables: dict[str, str] = {}
+    commands = 0
+    while True:
+        raw = await asyncio.wait_for(reader.readline(), 5)
+        if not raw:
+            break
+        command = raw.decode("utf-8").rstrip("\n")
+        match = SET_VARIABLE.match(command)
+        assert match, f"unexpected AGI command {command!r}"
+        variables[match[1]] = re.sub(r"\\(.)", r"\1", match[2])
+        commands += 1
+        if hangup_after is not None and commands >= hangup_after:
+            writer.write(b"HANGUP\n")
+        else:
+            writer.write(b"200 result=1\n")
+        await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    return variables
+
+
+def samples(metrics: RoutingMetrics, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    out = {}
+    for family in metrics.registry.collect():
+        for s in family.samples:
+            if s.name == name:
+                out[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+async def test_round_trip_as_asterisk_sends_it(agi_server: AgiServer) -> None:
+    variables = await play_asterisk(agi_server, asterisk_agi_request())
+    assert variables == {
+        "CALLHUB_TARGETS": "PJSIP/1001&PJSIP/1002&PJSIP/1003",
+        "CALLHUB_TARGET_COUNT": "3",
+        "CALLHUB_TARGET": "PJSIP/1001",
+        "CALLHUB_RING_TIMEOUT": "12",
+        "CALLHUB_FALLBACK": "PJSIP/1000",
+        "CALLHUB_LINE": "hotline",
+        "CALLHUB_ROUTE_RESULT": "routed",
+    }
+    again = await play_asterisk(agi_server, asterisk_agi_request(uniqueid="1795922267.75"))
+    assert again["CALLHUB_TARGETS"] == "PJSIP/1002&PJSIP/1003&PJSIP/1001"
+    counted = samples(agi_server.metrics, "callhub_route_requests_total")
+    assert counted == {(("line", "hotline"), ("result", "routed")): 2.0}
+    duty = samples(agi_server.metrics, "callhub_agents_on_duty")
+    assert duty[(("line", "hotline"),)] == 3.0  # ann, ben, cai: not the trainee, not eve
+
+
+async def test_answers_within_a_few_milliseconds(agi_server: AgiServer) -> None:
+    started = time.perf_counter()
+    for i in range(20):
+        await play_asterisk(agi_server, asterisk_agi_request(uniqueid=f"1.{i}"))
+    per_call = (time.perf_counter() - started) / 20
+    assert per_call < 0.02, f"{per_call * 1000:.1f} ms per routed call"
+    histogram = samples(agi_server.metrics, "callhub_route_seconds_bucket")
+    assert histogram[(("le", "0.01"),)] == 20.0  # server-side time, every one under 10 ms
+
+
+async def test_two_simultaneous_calls_get_different_first_agents(agi_server: AgiServer) -> None:
+    a, b = await asyncio.gather(
+        play_asterisk(agi_server, asterisk_agi_request(uniqueid="2.1")),
+        play_asterisk(agi_server, asterisk_agi_request(did="4008001005", uniqueid="2.2")))
+    assert a["CALLHUB_TARGET"] != b["CALLHUB_TARGET"]
+    assert {a["CALLHUB_TARGET"], b["CALLHUB_TARGET"]} == {"PJSIP/1001", "PJSIP/1002"}
+
+
+async def test_nobody_on_duty_returns_the_fallback(agi_server: AgiServer) -> None:
+    agi_server.router.clock = lambda: berlin("2026-12-25 10:00")  # closed for Christmas
+    variables = await play_asterisk(agi_server, asterisk_agi_request())
+    assert variables["CALLHUB_ROUTE_RESULT"] == "no_agent_on_duty"
+    assert variables["CALLHUB_TARGETS"] == "" and variables["CALLHUB_TARGET_COUNT"] == "0"
+    assert variables["CALLHUB_FALLBACK"] == "PJSIP/1000"
+
+
+async def test_internal_error_still_returns_the_fallback(agi_server: AgiServer,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(key: str | None, at: object = None) -> None:
+        raise RuntimeError("database is down")
+
+    monkeypatch.setattr(agi_server.router, "choose", broken)
+    variables = await play_asterisk(agi_server, asterisk_agi_request())
+    assert variables["CALLHUB_ROUTE_RESULT"] == "error"
+    assert variables["CALLHUB_FALLBACK"] == "PJSIP/1000"
+    assert variables["CALLHUB_LINE"] == "hotline"
+    assert variables["CALLHUB_TARGET_COUNT"] == "0"
+    counted = samples(agi_server.metrics, "callhub_route_requests_total")
+    assert counted == {(("line", "hotline"), ("result", "error")): 1.0}
+
+
+async def test_broken_rota_store_still_returns_an_answer(agi_server: AgiServer,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    def unreadable(self: Router) -> None:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(Router, "rota", property(unreadable))
+    variables = await play_asterisk(agi_server, asterisk_agi_request())
+    assert variables["CALLHUB_ROUTE_RESULT"] == "error"
+    assert variables["CALLHUB_TARGET_COUNT"] == "0"
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"this is not agi\n\n",
+    b"agi_network: yes\nGET / HTTP/1.1\n\n",
+    b"\n",
+])
+async def test_malformed_request_gets_the_fallback(agi_server: AgiServer,
+                                                   request_bytes: bytes) -> None:
+    variables = await play_asterisk(agi_server, request_bytes)
+    assert variables["CALLHUB_ROUTE_RESULT"] == "malformed"
+    assert variables["CALLHUB_FALLBACK"] == "PJSIP/1000"  # the rota's global fallback
+    counted = samples(agi_server.metrics, "callhub_route_requests_total")
+    assert counted == {(("line", "other"), ("result", "malformed")): 1.0}
+
+
+async def test_wrong_script_is_malformed(agi_server: AgiServer) -> None:
+    variables = await play_asterisk(agi_server, asterisk_agi_request(script="other"))
+    assert variables["CALLHUB_ROUTE_RESULT"] == "malformed"
+    assert variables["CALLHUB_FALLBACK"] == "PJSIP/1000"
+
+
+async def test_unknown_did_and_line_from_agi_argument(agi_server: AgiServer) -> None:
+    unknown = await play_asterisk(agi_server, asterisk_agi_request(did="5550000"))
+    assert unknown["CALLHUB_ROUTE_RESULT"] == "unknown_line"
+    assert unknown["CALLHUB_FALLBACK"] == "PJSIP/1000"
+    by_arg = await play_asterisk(agi_server, asterisk_agi_request(
+        did="s", extra={"agi_arg_1": "sales"}))
+    assert by_arg["CALLHUB_LINE"] == "sales"
+    assert by_arg["CALLHUB_TARGETS"] == "PJSIP/1001&PJSIP/1002"
+
+
+async def test_client_that_leaves_early_does_not_hurt_the_server(agi_server: AgiServer) -> None:
+    _, writer = await asyncio.open_connection(agi_server.host, agi_server.port)
+    writer.write(b"agi_network: yes\nagi_channel: PJSIP/trunk-1\n")  # no blank line
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    hung = await play_asterisk(agi_server, asterisk_agi_request(), hangup_after=2)
+    assert list(hung) == ["CALLHUB_TARGETS", "CALLHUB_TARGET_COUNT"]  # stopped at HANGUP
+    variables = await play_asterisk(agi_server, asterisk_agi_request())
+    assert variables["CALLHUB_ROUTE_RESULT"] == "routed"
+    counted = samples(agi_server.metrics, "callhub_route_requests_total")
+    assert counted[(("line", "other"), ("result", "malformed"))] == 1.0
+    assert counted[(("line", "hotline"), ("result", "routed"))] == 2.0
+
+
+def test_quote_escapes() -> None:
+    assert quote('a"b\\c') == '"a\\"b\\\\c"'
+
+
+def test_metrics_share_a_registry_with_callhub() -> None:
+    from callhub.metrics.collectors import CallhubMetrics
+
+    registry = CollectorRegistry()
+    CallhubMetrics(registry)
+    RoutingMetrics(registry)
+    names = {f.name for f in registry.collect()}
+    assert {"callhub_route_requests", "callhub_route_seconds", "callhub_agents_on_duty",
+            "callhub_calls"} <= names
