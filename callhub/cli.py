@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from callhub import config_cli
 from callhub.ami import replay
 from callhub.config import ConfigError
+from callhub.routing import cli as rota_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     config_cli.add_parser(sub)
     replay.add_parser(sub)
+    rota_cli.add_parser(sub)
     return parser
 
 

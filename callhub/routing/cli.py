@@ -1,0 +1,166 @@
+"""`callhub rota load|check|show`: load a rota file, check one, show who is on duty.
+
+`load` checks the file and, only when it is right, makes it the active rota
+(`rota.json` in the routing state directory); a running daemon picks it up
+within a second. `show` prints who is on duty on a line at a moment and in
+which order the next call would be offered (busy devices are not known
+offline, so nobody is skipped as busy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timedelta
+from typing import Any
+
+from callhub.config import load_settings
+from callhub.routing.chooser import Router
+from callhub.routing.model import Line
+from callhub.routing.onduty import local_time, next_change, rota_zone
+from callhub.routing.rota_file import RotaError, load_rota
+from callhub.routing.state import POSITION_FILE, RotaStore, RotationState, state_dir
+
+
+def add_parser(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "rota", help="load, check and show the routing rota",
+        description="Routing by rota: agents, shifts and the rotation order per line.")
+    actions = parser.add_subparsers(dest="rota_command", metavar="ACTION", required=True)
+    load = actions.add_parser("load", help="check a rota file and make it the active rota")
+    load.add_argument("file", help="rota TOML file")
+    load.set_defaults(func=load_command)
+    check = actions.add_parser("check", help="check a rota file without loading it")
+    check.add_argument("file", help="rota TOML file")
+    check.set_defaults(func=check_command)
+    show = actions.add_parser("show", help="who is on duty on a line, in rotation order")
+    show.add_argument("--line", help="line name or DID (default: every line)")
+    show.add_argument("--at", metavar="TIME",
+                      help="ISO date-time, e.g. 2026-12-24T09:30 (local to the rota's "
+                           "timezone unless an offset is given; default: now)")
+    show.add_argument("--format", choices=("table", "json"), default="table")
+    show.set_defaults(func=show_command)
+
+
+def _summary(path: str) -> tuple[int, str]:
+    try:
+        rota = load_rota(path)
+    except RotaError as exc:
+        print(f"callhub: rota error: {exc}", file=sys.stderr)
+        return 2, ""
+    shifts = sum(len(line.shifts) for line in rota.lines.values())
+    return 0, (f"{len(rota.agents)} agents, {len(rota.lines)} lines "
+               f"({', '.join(rota.lines) or 'none'}), {shifts} shifts")
+
+
+def check_command(args: argparse.Namespace) -> int:
+    code, text = _summary(args.file)
+    if code == 0:
+        print(f"{args.file}: ok: {text}")
+    return code
+
+
+def load_command(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    code, text = _summary(args.file)
+    if code:
+        return code
+    store = RotaStore(state_dir(settings))
+    store.replace(load_rota(args.file))
+    print(f"loaded {args.file} into {store.path}: {text}")
+    return 0
+
+
+def parse_at(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace(" ", "T", 1))
+    except ValueError:
+        raise SystemExit(f"callhub: --at: expected an ISO date-time such as "
+                         f"2026-12-24T09:30, got {text!r}") from None
+
+
+def show_command(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    directory = state_dir(settings)
+    try:
+        store = RotaStore(directory, seed_file=None)
+        if not store.rota.lines and settings.rota_file:
+            store = RotaStore(None, seed_file=settings.rota_file)
+    except RotaError as exc:
+        print(f"callhub: rota error: {exc}", file=sys.stderr)
+        return 2
+    router = Router(store, RotationState(directory / POSITION_FILE),
+                    default_timezone=settings.timezone)
+    rota = router.rota
+    if not rota.lines:
+        print("callhub: no rota loaded (use `callhub rota load FILE` or set rota_file)",
+              file=sys.stderr)
+        return 1
+    tz = rota_zone(rota, settings.timezone)
+    at = local_time(parse_at(args.at) or datetime.now(tz), tz)
+    if args.line:
+        line = rota.line_for(args.line)
+        if line is None:
+            print(f"callhub: no line or DID {args.line!r} in the rota (lines: "
+                  f"{', '.join(rota.lines)})", file=sys.stderr)
+            return 1
+        lines = [line]
+    else:
+        lines = list(rota.lines.values())
+    reports = [line_report(router, line, at) for line in lines]
+    if args.format == "json":
+        print(json.dumps(reports, indent=2, ensure_ascii=False))
+    else:
+        for report in reports:
+            print(render(report))
+    return 0
+
+
+def line_report(router: Router, line: Line, at: datetime) -> dict[str, Any]:
+    """On duty at `at`, in the order the next call would be offered, and why others are not."""
+    slots, eligible = router.order(line, at, busy=())
+    tz = at.tzinfo
+    change = next_change(line, at, rota_zone(router.rota, router.default_timezone),
+                         timedelta(days=7))
+    previous = router.state.get(line.name)
+    order = 0
+    agents = []
+    for slot in slots:
+        a = slot.agent
+        takes = slot in eligible
+        if takes:
+            order += 1
+        agents.append({"order": order if takes else None, "id": a.id, "name": a.name,
+                       "interface": a.interface,
+                       "status": "takes calls" if takes else
+                       ("inactive" if not a.active else "not cleared (trainee)")})
+    return {
+        "line": line.name, "dids": list(line.dids),
+        "at": at.isoformat(timespec="minutes"), "timezone": str(tz),
+        "ring_timeout": line.ring_timeout, "fallback": router.fallback_for(line),
+        "previous_agent": previous.agent if previous else None,
+        "on_duty": agents,
+        "next_change": change.isoformat(timespec="minutes") if change else None,
+    }
+
+
+def render(report: dict[str, Any]) -> str:
+    out = [f"line {report['line']} (DIDs: {', '.join(report['dids']) or '-'}) at "
+           f"{report['at']} {report['timezone']}",
+           f"  ring timeout {report['ring_timeout']} s per agent, fallback "
+           f"{report['fallback'] or '(none: the dialplan default)'}"]
+    if report["previous_agent"]:
+        out.append(f"  previous call offered to {report['previous_agent']}")
+    if not report["on_duty"]:
+        out.append("  nobody on duty: calls go to the fallback")
+    else:
+        out.append("  on duty, in the order the next call is offered:")
+        for a in report["on_duty"]:
+            mark = f"{a['order']:>3}." if a["order"] else "   -"
+            out.append(f"  {mark} {a['name']:<20} {a['interface']:<20} {a['status']}")
+    if report["next_change"]:
+        out.append(f"  next change in who is on duty: {report['next_change']}")
+    return "\n".join(out)
