@@ -1,0 +1,85 @@
+"""`callhub rota load|check|show` through the real command-line entry point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from routing_fixtures import SAMPLE_ROTA
+
+from callhub.cli import main
+
+
+@pytest.fixture
+def settings_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "callhub.toml"
+    path.write_text(f'spool_dir = "{tmp_path / "spool"}"\ntimezone = "Europe/Berlin"\n',
+                    encoding="utf-8")
+    monkeypatch.delenv("CALLHUB_ROUTING_STATE_DIR", raising=False)
+    monkeypatch.delenv("CALLHUB_CONFIG", raising=False)
+    return path
+
+
+def test_load_then_show(settings_file: Path, rota_file: Path, tmp_path: Path,
+                        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", str(settings_file), "rota", "load", str(rota_file)]) == 0
+    assert "6 agents, 2 lines (hotline, sales), 4 shifts" in capsys.readouterr().out
+    assert (tmp_path / "spool" / "routing" / "rota.json").exists()
+
+    assert main(["--config", str(settings_file), "rota", "show", "--line", "hotline",
+                 "--at", "2026-11-30T16:59"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == ("line hotline (DIDs: 4008001004, 4008001005) at 2026-11-30T16:59+01:00 "
+                        "Europe/Berlin")
+    assert "ring timeout 12 s per agent, fallback PJSIP/1000" in out
+    offered = [line.split()[1] for line in lines if line.strip()[:2] in ("1.", "2.", "3.")]
+    assert offered == ["Ann", "Ben", "Cai"]
+    assert "Dora (trainee)" in out and "not cleared (trainee)" in out
+    assert "inactive" in out
+    assert "next change in who is on duty: 2026-11-30T17:00+01:00" in out
+
+
+def test_show_json_by_did_after_midnight(settings_file: Path, rota_file: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    main(["--config", str(settings_file), "rota", "load", str(rota_file)])
+    capsys.readouterr()
+    assert main(["--config", str(settings_file), "rota", "show", "--line", "4008001005",
+                 "--at", "2026-12-05T01:30", "--format", "json"]) == 0
+    [report] = json.loads(capsys.readouterr().out)
+    assert report["line"] == "hotline"
+    assert [a["id"] for a in report["on_duty"]] == ["cai"]
+    assert report["next_change"] == "2026-12-05T06:00+01:00"
+
+
+def test_load_refuses_a_bad_file_and_keeps_the_old_rota(
+        settings_file: Path, rota_file: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    main(["--config", str(settings_file), "rota", "load", str(rota_file)])
+    saved = (tmp_path / "spool" / "routing" / "rota.json").read_bytes()
+    bad = tmp_path / "bad.toml"
+    bad.write_text(SAMPLE_ROTA.replace('end = "22:00"', 'end = "22:75"'), encoding="utf-8")
+    assert main(["--config", str(settings_file), "rota", "load", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "line 'hotline', shift 'evening': end: expected \"HH:MM\", got '22:75'" in err
+    assert (tmp_path / "spool" / "routing" / "rota.json").read_bytes() == saved
+    assert main(["--config", str(settings_file), "rota", "check", str(bad)]) == 2
+
+
+def test_show_without_a_rota_says_so(settings_file: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", str(settings_file), "rota", "show"]) == 1
+    assert "no rota loaded" in capsys.readouterr().err
+
+
+def test_show_uses_rota_file_from_settings(tmp_path: Path, rota_file: Path,
+                                           monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("CALLHUB_CONFIG", raising=False)
+    config = tmp_path / "c.toml"
+    config.write_text(f'spool_dir = "{tmp_path / "s2"}"\nrota_file = "{rota_file}"\n',
+                      encoding="utf-8")
+    assert main(["--config", str(config), "rota", "show", "--line", "sales",
+                 "--at", "2026-11-30T03:00+01:00"]) == 0
+    assert "Ann" in capsys.readouterr().out
