@@ -4,4 +4,5 @@ pytest_plugins = [
     "traces_fixtures",
     "metrics_fixtures",
     "routing_fixtures",
+    "ami_fixtures",
 ]

@@ -1,0 +1,352 @@
+"""One AMI connection that stays up: log in, resynchronise, ping, reconnect with backoff.
+
+panoramisk 1.4 does the AMI request/response bookkeeping (`Action` ids,
+multi-message event lists such as CoreShowChannels, `Message` types). Two
+things in it are replaced here, kept small:
+
+* `AMIProtocol.data_received` decodes every TCP read on its own with errors
+  ignored, so a UTF-8 character split across two reads is lost. This
+  protocol feeds bytes to `MessageSplitter`, which decodes complete messages
+  only, and counts malformed ones instead of dropping them silently.
+* `Manager.connect` and `Action` lean on `asyncio.get_event_loop()` and
+  reconnect on a fixed timer without noticing a dead peer. Here the running
+  loop is passed explicitly and `AmiConnection.run` owns the life cycle:
+  capped exponential backoff with jitter, a Ping that must be answered
+  within `ping_timeout`, and `CoreShowChannels` after every login so the
+  caller can reconcile calls that moved while the link was down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from panoramisk import Manager
+from panoramisk.actions import Action
+from panoramisk.ami_protocol import AMIProtocol
+from panoramisk.message import Message
+
+from callhub.ami.parser import AmiMessage, MessageSplitter
+from callhub.config import PbxConfig
+
+log = structlog.get_logger(__name__)
+
+EventHandler = Callable[[AmiMessage], None]
+ResyncHandler = Callable[[list[AmiMessage]], None]
+RawListener = Callable[[bytes], None]
+
+
+class AmiError(Exception):
+    """The AMI peer refused or broke the session."""
+
+
+class AmiAuthError(AmiError):
+    """Login refused (wrong username or secret). The message never holds the secret."""
+
+
+class AmiConnectionLost(AmiError):
+    """The TCP connection closed or stopped answering pings."""
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Delay before retry number `attempt` (0-based): equal-jitter capped exponential.
+
+    The exponential step d = min(cap, base * 2**attempt); the delay is drawn
+    from [d/2, d], so it never shrinks from one retry to the next, never
+    exceeds the cap, and reconnecting clients do not retry in lock-step.
+    """
+    step = min(cap, base * (2.0 ** min(attempt, 62)))
+    return step / 2 + rng.uniform(0, step / 2)
+
+
+class CallhubAmiProtocol(AMIProtocol):  # type: ignore[misc]
+    """panoramisk's protocol with byte-level message splitting."""
+
+    def __init__(self, manager: AmiManager) -> None:
+        self._manager = manager
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # Set here, not after create_connection returns: the banner may arrive first.
+        self.factory = self._manager
+        self.log = self._manager.log
+        self.encoding = "utf-8"
+        self.splitter = MessageSplitter()
+        self.bytes_received = 0
+
+    def data_received(self, data: bytes) -> None:
+        factory: AmiManager = self.factory
+        self.bytes_received += len(data)
+        for listener in factory.raw_listeners:
+            listener(data)
+        malformed_before = self.splitter.malformed
+        messages = self.splitter.feed(data)
+        if self.splitter.banner and getattr(self, "version", None) is None:
+            self.version: str | None = self.splitter.banner.partition("/")[2].strip()
+        skipped = self.splitter.malformed - malformed_before
+        if skipped:
+            factory.malformed(skipped)
+        for raw in messages:
+            message = Message(raw)
+            message.raw = raw  # the plain dict, keys as sent: what callhub consumes
+            self.handle_message(message)
+
+    def send(self, data: Any, as_list: bool | None = None) -> asyncio.Future[Any]:
+        """panoramisk's send without its exception log, which would print the Login secret."""
+        action: Action = data
+        action.as_list = as_list
+        self.responses[action.id] = action
+        self.transport.write(str(action).encode("utf-8"))
+        future: asyncio.Future[Any] = action.future
+        return future
+
+
+class AmiManager(Manager):  # type: ignore[misc]
+    """panoramisk's Manager as the protocol's factory, with one connection per instance.
+
+    It does no reconnecting of its own: `connection_lost` resolves `lost`,
+    and `AmiConnection` decides what happens next.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, pbx: PbxConfig,
+                 on_event: EventHandler, on_malformed: Callable[[int], None],
+                 raw_listeners: list[RawListener]) -> None:
+        super().__init__(host=pbx.host, port=pbx.port, loop=loop, encoding="utf-8",
+                         protocol_factory=CallhubAmiProtocol)
+        self.on_event = on_event
+        self.on_malformed = on_malformed
+        self.raw_listeners = raw_listeners
+        self.lost: asyncio.Future[None] = loop.create_future()
+
+    async def open(self, username: str, secret: str, within: float) -> None:
+        """TCP connect and Login; AmiAuthError when the PBX refuses the credentials."""
+        _transport, protocol = await asyncio.wait_for(
+            self.loop.create_connection(lambda: CallhubAmiProtocol(self), self.config["host"],
+                                        self.config["port"]), within)
+        self.encoding = "utf-8"
+        self.protocol = protocol
+        self.responses = protocol.responses
+        self._connected = True
+        response = await self.request({"Action": "Login", "Username": username,
+                                       "Secret": secret, "Events": "on"}, within)
+        if not response.success:
+            reason = response.get("Message", "") or response.get("Response", "")
+            raise AmiAuthError(f"login as {username!r} refused: {reason}")
+        self.authenticated = True
+
+    def action(self, fields: dict[str, str]) -> Action:
+        """A panoramisk Action whose future belongs to this manager's loop."""
+        action = Action(fields)
+        action.future = self.loop.create_future()
+        return action
+
+    async def request(self, fields: dict[str, str], within: float) -> Any:
+        """Send an action; its response (a Message, or a list for event lists).
+
+        Raises TimeoutError when no answer comes in time and AmiConnectionLost
+        when the connection goes first.
+        """
+        if self.lost.done():
+            raise AmiConnectionLost("connection closed")
+        future = self.protocol.send(self.action(fields))
+        done, _ = await asyncio.wait({future, self.lost}, timeout=within,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if future in done:
+            return future.result()
+        future.cancel()
+        if self.lost.done():
+            raise AmiConnectionLost(f"connection closed while waiting for {fields['Action']}")
+        raise TimeoutError(f"no answer to {fields['Action']} within {within:g} s")
+
+    def dispatch(self, event: Any) -> list[str]:
+        self.on_event(event.raw)
+        return []
+
+    def malformed(self, count: int) -> None:
+        self.on_malformed(count)
+
+    def connection_lost(self, exc: Any) -> None:
+        self._connected = False
+        self.awaiting_actions.clear()
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def close(self) -> None:
+        if getattr(self, "protocol", None) is not None:
+            self.protocol.close()
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
+class AmiConnection:
+    """Keeps one PBX's AMI session alive and hands its events to `on_event`.
+
+    `on_resync` gets the CoreShowChannel events after every login, before any
+    later event is read. Handlers run synchronously in the reader, in order.
+    """
+
+    def __init__(self, pbx: PbxConfig, on_event: EventHandler, *,
+                 on_resync: ResyncHandler | None = None,
+                 on_malformed: Callable[[int], None] | None = None,
+                 on_state: Callable[[bool], None] | None = None,
+                 ping_interval: float = 20.0, ping_timeout: float | None = None,
+                 backoff_base: float = 0.5, backoff_max: float = 30.0,
+                 request_timeout: float = 10.0, rng: random.Random | None = None,
+                 sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+        if not pbx.username or pbx.secret is None:
+            raise ValueError(f"pbx[{pbx.name}]: username and secret are needed to connect")
+        self.pbx = pbx
+        self.on_event = on_event
+        self.on_resync = on_resync
+        self.on_malformed = on_malformed
+        self.on_state = on_state
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout if ping_timeout is not None else min(10.0,
+                                                                               ping_interval)
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.request_timeout = request_timeout
+        self.rng = rng or random.Random()
+        self._sleep = sleep
+        self.raw_listeners: list[RawListener] = []
+        self.retry_delays: list[float] = []
+        self.sessions = 0
+        self.failures = 0
+        self.version: str | None = None
+        self._manager: AmiManager | None = None
+        self._ready = asyncio.Event()
+        self._state_changed = asyncio.Event()
+
+    @property
+    def connected(self) -> bool:
+        """Logged in and resynchronised."""
+        return self._ready.is_set()
+
+    def add_raw_listener(self, fn: RawListener) -> None:
+        """Every TCP read as received (tests use it to prove a read split a character)."""
+        self.raw_listeners.append(fn)
+
+    async def wait_connected(self, timeout: float) -> None:  # noqa: ASYNC109
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    async def wait_sessions(self, count: int, within: float) -> None:
+        """Until `count` sessions have been established in total (reconnect tests)."""
+        async def _wait() -> None:
+            while self.sessions < count or not self.connected:
+                self._state_changed.clear()
+                await self._state_changed.wait()
+        await asyncio.wait_for(_wait(), within)
+
+    async def wait_failures(self, count: int, within: float) -> None:
+        """Until `count` connection or login attempts have failed in total."""
+        async def _wait() -> None:
+            while self.failures < count:
+                self._state_changed.clear()
+                await self._state_changed.wait()
+        await asyncio.wait_for(_wait(), within)
+
+    def drop(self) -> None:
+        """Close the current session (it reconnects)."""
+        if self._manager is not None:
+            self._manager.close()
+
+    async def run(self) -> None:
+        """Connect, and reconnect after every failure, until cancelled."""
+        attempt = 0
+        pbx = self.pbx.name
+        while True:
+            started = False
+            try:
+                started = await self._session()
+            except asyncio.CancelledError:
+                raise
+            except AmiAuthError as exc:
+                log.error("ami.login_failed", pbx=pbx, host=self.pbx.host, port=self.pbx.port,
+                          username=self.pbx.username, error=str(exc),
+                          hint="check username and secret in [[pbx]] and manager.conf")
+            except (OSError, TimeoutError, AmiError) as exc:
+                log.warning("ami.connection_failed", pbx=pbx, host=self.pbx.host,
+                            port=self.pbx.port, error=str(exc) or type(exc).__name__)
+            except Exception:
+                log.exception("ami.session_error", pbx=pbx)
+            if started:
+                attempt = 0
+            else:
+                self.failures += 1
+                self._notify()
+            delay = backoff_delay(attempt, self.backoff_base, self.backoff_max, self.rng)
+            attempt += 1
+            self.retry_delays.append(delay)
+            log.info("ami.reconnect_scheduled", pbx=pbx, retry_in=round(delay, 3))
+            await self._sleep(delay)
+
+    async def _session(self) -> bool:
+        """One connection: returns True when it got as far as a resync, when it ends."""
+        loop = asyncio.get_running_loop()
+        manager = AmiManager(loop, self.pbx, self._event, self._malformed, self.raw_listeners)
+        self._manager = manager
+        synced = False
+        try:
+            assert self.pbx.username is not None and self.pbx.secret is not None
+            await manager.open(self.pbx.username, self.pbx.secret, self.request_timeout)
+            self.version = manager.protocol.version
+            channels = await self._resync(manager)
+            if self.on_resync is not None:
+                self.on_resync(channels)
+            synced = True
+            self.sessions += 1
+            self._ready.set()
+            self._notify()
+            if self.on_state is not None:
+                self.on_state(True)
+            log.info("ami.connected", pbx=self.pbx.name, host=self.pbx.host,
+                     port=self.pbx.port, version=self.version, live_channels=len(channels))
+            await self._keepalive(manager)
+        finally:
+            manager.close()
+            self._manager = None
+            if synced:
+                self._ready.clear()
+                self._notify()
+                if self.on_state is not None:
+                    self.on_state(False)
+        return synced
+
+    async def _resync(self, manager: AmiManager) -> list[AmiMessage]:
+        """The CoreShowChannel events of every live channel."""
+        response = await manager.request({"Action": "CoreShowChannels"},
+                                         self.request_timeout)
+        if not isinstance(response, list):
+            raise AmiError(f"CoreShowChannels refused: {response.get('Message', '')}")
+        return [m.raw for m in response if m.get("Event") == "CoreShowChannel"]
+
+    async def _keepalive(self, manager: AmiManager) -> None:
+        """Ping every ping_interval; return (raise) when the link dies."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(manager.lost), self.ping_interval)
+            if manager.lost.done():
+                raise AmiConnectionLost("connection closed by peer")
+            sent = time.monotonic()
+            try:
+                await manager.request({"Action": "Ping"}, self.ping_timeout)
+            except TimeoutError:
+                raise AmiConnectionLost(
+                    f"no answer to Ping within {self.ping_timeout:g} s") from None
+            log.debug("ami.pong", pbx=self.pbx.name, rtt=round(time.monotonic() - sent, 4))
+
+    def _event(self, event: AmiMessage) -> None:
+        self.on_event(event)
+
+    def _malformed(self, count: int) -> None:
+        log.warning("ami.malformed_message", pbx=self.pbx.name, count=count)
+        if self.on_malformed is not None:
+            self.on_malformed(count)
+
+    def _notify(self) -> None:
+        self._state_changed.set()

@@ -1,0 +1,158 @@
+"""One PBX's ingest: its AMI connection, its correlator, and where finished calls go.
+
+Events are handled synchronously in the connection's reader, in arrival
+order: listeners first (the router's busy tracking), then the correlator;
+finished records go to `on_record`. After every (re)connect the live
+channels from CoreShowChannels reconcile the correlator, so calls that
+moved while the link was down are neither lost nor counted twice. A bug
+in a handler is logged and the stream goes on; it never drops the link.
+Several PBXs are several PbxIngest objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+import structlog
+
+from callhub.ami.connection import AmiConnection
+from callhub.ami.correlator import Correlator
+from callhub.ami.parser import AmiMessage
+from callhub.config import PbxConfig
+from callhub.logs import mask_number
+from callhub.metrics.collectors import CallhubMetrics
+from callhub.records import CallRecord
+
+log = structlog.get_logger(__name__)
+
+
+class PbxIngest:
+    """AMI events of one PBX in, finished CallRecords out."""
+
+    def __init__(self, pbx: PbxConfig, on_record: Callable[[CallRecord], None], *,
+                 metrics: CallhubMetrics | None = None, stale_after: float = 14400.0,
+                 clock: Callable[[], float] = time.time, ping_interval: float = 20.0,
+                 backoff_max: float = 30.0, backoff_base: float = 0.5,
+                 ping_timeout: float | None = None,
+                 expire_interval: float = 60.0) -> None:
+        self.pbx = pbx
+        self.on_record = on_record
+        self.metrics = metrics
+        self.clock = clock
+        self.expire_interval = expire_interval
+        self.correlator = Correlator(pbx, clock=clock, stale_after=stale_after)
+        self.connection = AmiConnection(
+            pbx, self._on_event, on_resync=self._on_resync, on_malformed=self._on_malformed,
+            on_state=self._on_state, ping_interval=ping_interval, ping_timeout=ping_timeout,
+            backoff_base=backoff_base, backoff_max=backoff_max)
+        self.events = 0
+        self.malformed = 0
+        self.records = 0
+        self._listeners: list[Callable[[AmiMessage], None]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._had_session = False
+
+    @property
+    def connected(self) -> bool:
+        """Logged in and resynchronised."""
+        return self.connection.connected
+
+    def add_listener(self, fn: Callable[[AmiMessage], None]) -> None:
+        """Call fn with every event, before the correlator sees it."""
+        self._listeners.append(fn)
+
+    async def start(self) -> None:
+        """Start connecting (and reconnecting) in the background; returns at once."""
+        if self._tasks:
+            return
+        self._tasks = [
+            asyncio.create_task(self.connection.run(), name=f"ami-{self.pbx.name}"),
+            asyncio.create_task(self._expire_loop(), name=f"expire-{self.pbx.name}"),
+        ]
+
+    async def stop(self) -> None:
+        """Disconnect and stop; open calls stay in the correlator."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        self.connection.drop()
+        if self.metrics is not None:
+            self.metrics.ami_connected.labels(self.pbx.name).set(0)
+
+    async def wait_connected(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        await self.connection.wait_connected(timeout)
+
+    # -- handlers (run inside the reader, in order) -------------------------
+
+    def _on_event(self, event: AmiMessage) -> None:
+        self.events += 1
+        if self.metrics is not None:
+            self.metrics.ami_events.labels(self.pbx.name).inc()
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("ami.listener_failed", pbx=self.pbx.name,
+                              event=event.get("Event"))
+        try:
+            records = self.correlator.feed(event)
+        except Exception:
+            log.exception("correlator.feed_failed", pbx=self.pbx.name,
+                          event=event.get("Event"), linkedid=event.get("Linkedid"))
+            return
+        self._emit(records)
+
+    def _on_resync(self, channels: list[AmiMessage]) -> None:
+        try:
+            records = self.correlator.reconcile(channels)
+        except Exception:
+            log.exception("correlator.reconcile_failed", pbx=self.pbx.name,
+                          live_channels=len(channels))
+            return
+        log.info("ami.resynchronised", pbx=self.pbx.name, live_channels=len(channels),
+                 closed_calls=len(records), open_calls=self.correlator.active_calls)
+        self._emit(records)
+
+    def _on_malformed(self, count: int) -> None:
+        self.malformed += count
+        if self.metrics is not None:
+            self.metrics.ami_malformed.labels(self.pbx.name).inc(count)
+
+    def _on_state(self, up: bool) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.ami_connected.labels(self.pbx.name).set(1 if up else 0)
+        if up and self._had_session:
+            self.metrics.ami_reconnects.labels(self.pbx.name).inc()
+        self._had_session = self._had_session or up
+
+    def _emit(self, records: list[CallRecord]) -> None:
+        for record in records:
+            self.records += 1
+            log.info("call.finished", pbx=record.pbx, linkedid=record.linkedid,
+                     direction=record.direction, outcome=record.outcome, rings=record.rings,
+                     caller=mask_number(record.caller_number), agent=record.agent)
+            try:
+                self.on_record(record)
+            except Exception:
+                log.exception("ingest.on_record_failed", pbx=self.pbx.name,
+                              linkedid=record.linkedid)
+        if self.metrics is not None:
+            self.metrics.active_calls.labels(self.pbx.name).set(self.correlator.active_calls)
+
+    async def _expire_loop(self) -> None:
+        """Close calls whose events stopped (stale_after) as incomplete."""
+        while True:
+            await asyncio.sleep(self.expire_interval)
+            try:
+                records = self.correlator.expire(self.clock())
+            except Exception:
+                log.exception("correlator.expire_failed", pbx=self.pbx.name)
+                continue
+            self._emit(records)

@@ -1,0 +1,246 @@
+"""The AMI connection and PbxIngest against the simulator over real loopback TCP."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+import structlog
+from prometheus_client import CollectorRegistry
+
+from ami_fixtures import Collector, compare_synth, make_ingest, sim_pbx
+from callhub.ami.connection import AmiConnection, backoff_delay
+from callhub.ami.simulator import AmiSimulator
+from callhub.ami.synth import CallFactory
+from callhub.metrics.collectors import CallhubMetrics
+
+
+def _incomplete_utf8(chunk: bytes) -> bool:
+    try:
+        chunk.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+async def test_utf8_name_split_across_reads_survives_into_record(
+        ami_simulator: AmiSimulator) -> None:
+    sim = ami_simulator
+    collector = Collector()
+    ingest = make_ingest(sim_pbx(sim), collector)
+    reads: list[bytes] = []
+    received = 0
+    arrived = asyncio.Event()
+
+    def on_read(data: bytes) -> None:
+        nonlocal received
+        reads.append(data)
+        received += len(data)
+        arrived.set()
+
+    async def until_client_read_everything() -> None:
+        while received < sim.bytes_written:
+            arrived.clear()
+            await arrived.wait()
+
+    ingest.connection.add_raw_listener(on_read)
+    sim.split_utf8 = True
+    sim.split_pause = until_client_read_everything
+    call = CallFactory(seed=7).make("answered", time.time() - 60, ring_seconds=3.4,
+                                    talk_seconds=6.0, caller_name="张三")
+    await ingest.start()
+    try:
+        await ingest.wait_connected(5)
+        await sim.send_call(call)
+        await collector.until(lambda: bool(collector.records))
+    finally:
+        await ingest.stop()
+
+    assert sim.splits > 0
+    assert any(_incomplete_utf8(r) for r in reads), "no TCP read ended inside a character"
+    named = [e for e in collector.events if e.get("Event") == "NewCallerid"
+             and e.get("CallerIDNum") == call.expected["caller_number"]]
+    assert named and all(e["CallerIDName"] == "张三" for e in named)
+    assert ingest.malformed == 0
+    record, = collector.records
+    assert record.caller_name == "张三"
+    assert compare_synth(collector.records, [call]) == []
+
+
+async def test_drop_mid_call_then_resync_loses_and_duplicates_nothing(
+        ami_simulator: AmiSimulator) -> None:
+    sim = ami_simulator
+    collector = Collector()
+    ingest = make_ingest(sim_pbx(sim), collector, backoff_base=0.01, backoff_max=0.05)
+    base = time.time() - 120
+    factory = CallFactory(seed=11, uniqueid_counter=100)
+    # A: rings through the outage and is answered during it; B: ends during it;
+    # C: starts during it and is still ringing when the link comes back.
+    a = factory.make("answered", base, ring_seconds=6.3, talk_seconds=20.0,
+                     agent="Local/agent1@agentsim", number="+8613800000101")
+    b = factory.make("abandoned", base + 1, ring_seconds=3.2,
+                     agent="Local/agent2@agentsim", number="+8613800000102")
+    c = factory.make("answered", base + 8, ring_seconds=9.1, talk_seconds=5.0,
+                     agent="Local/agent3@agentsim", number="+8613800000103")
+    stream = sorted((m for call in (a, b, c) for m in call.messages),
+                    key=lambda m: float(m["Timestamp"]))
+    cut_down, cut_up = base + 3.0, base + 10.5
+    before = [m for m in stream if float(m["Timestamp"]) < cut_down]
+    during = [m for m in stream if cut_down <= float(m["Timestamp"]) < cut_up]
+    after = [m for m in stream if float(m["Timestamp"]) >= cut_up]
+    assert before and during and after
+
+    await ingest.start()
+    try:
+        await ingest.wait_connected(5)
+        await sim.send(before)
+        await collector.until(lambda: len(collector.events) >= len(before))
+        assert ingest.correlator.active_calls == 2
+        # The link dies and the PBX goes on; nothing can reconnect in between.
+        sim.drop_clients()
+        sim.send_nowait(during)
+        await ingest.connection.wait_sessions(2, within=5)
+        assert {ch.fields["Linkedid"] for ch in sim.channels.values()} == {a.linkedid,
+                                                                          c.linkedid}
+        await sim.send(after)
+        await collector.until(lambda: len(collector.records) >= 3)
+    finally:
+        await ingest.stop()
+
+    assert sorted(collector.linkedids()) == sorted([a.linkedid, b.linkedid, c.linkedid])
+    assert ingest.correlator.active_calls == 0
+    by_id = {r.linkedid: r for r in collector.records}
+    assert by_id[a.linkedid].outcome == "answered"
+    assert by_id[a.linkedid].agent == "Local/agent1@agentsim"
+    assert by_id[a.linkedid].caller_number == "+8613800000101"
+    assert by_id[c.linkedid].outcome == "answered"
+    assert by_id[c.linkedid].agent == "Local/agent3@agentsim"
+    assert by_id[b.linkedid].incomplete  # its end happened while we were away
+
+
+async def test_wrong_secret_logs_clearly_and_backs_off_without_crash_loop(
+        ami_simulator: AmiSimulator, caplog: pytest.LogCaptureFixture) -> None:
+    sim = ami_simulator
+    wrong = "not-the-secret-42"
+    pbx = sim_pbx(sim, secret=wrong)
+    base, cap = 0.01, 0.08
+    connection = AmiConnection(pbx, lambda event: None, backoff_base=base, backoff_max=cap)
+    caplog.set_level(logging.DEBUG)
+    started = asyncio.get_running_loop().time()
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(connection.run())
+        try:
+            await connection.wait_failures(7, within=10)
+            elapsed = asyncio.get_running_loop().time() - started
+            assert not task.done(), "the reconnect loop must not die on a refused login"
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    assert sim.stats.failed_logins >= 7 and sim.stats.logins == 0
+    assert not connection.connected
+    delays = connection.retry_delays[:7]
+    assert all(d <= cap for d in delays)
+    assert delays[3] > delays[0] * 2  # it grows...
+    assert all(later >= earlier for earlier, later in zip(delays[:3], delays[1:4], strict=True))
+    assert min(delays[4:]) >= cap / 2  # ...up to the cap, where it stays
+    assert elapsed >= sum(delays[:6])  # attempts waited their delays: no crash loop
+    failures = [e for e in logs if e["event"] == "ami.login_failed"]
+    assert len(failures) >= 7
+    assert failures[0]["log_level"] == "error"
+    assert "Authentication failed" in failures[0]["error"]
+    assert all(wrong not in repr(e) for e in logs)
+    assert wrong not in caplog.text
+
+
+def test_backoff_is_capped_exponential_with_jitter() -> None:
+    import random
+    rng = random.Random(1)
+    delays = [backoff_delay(i, 0.5, 30.0, rng) for i in range(20)]
+    assert 0.25 <= delays[0] <= 0.5
+    assert all(d <= 30.0 for d in delays)
+    assert all(15.0 <= d for d in delays[7:])
+    assert len({round(d, 6) for d in delays[7:]}) > 1  # jittered, not lock-step
+
+
+async def test_unanswered_ping_reconnects(ami_simulator: AmiSimulator) -> None:
+    sim = ami_simulator
+    collector = Collector()
+    ingest = make_ingest(sim_pbx(sim), collector, ping_interval=0.05, ping_timeout=0.1,
+                         backoff_base=0.01, backoff_max=0.05)
+    await ingest.start()
+    try:
+        await ingest.wait_connected(5)
+        await sim.wait_pings(2)  # answered pings keep the session
+        assert ingest.connection.sessions == 1
+        sim.answer_pings = False
+        await ingest.connection.wait_sessions(2, within=5)
+        assert sim.stats.logins >= 2
+        sim.answer_pings = True
+        sessions = ingest.connection.sessions
+        await sim.wait_pings(sim.stats.pings + 3)
+        assert ingest.connection.sessions == sessions
+    finally:
+        await ingest.stop()
+
+
+async def test_malformed_message_is_counted_and_reader_goes_on(
+        ami_simulator: AmiSimulator) -> None:
+    sim = ami_simulator
+    registry = CollectorRegistry()
+    metrics = CallhubMetrics(registry)
+    collector = Collector()
+    pbx = sim_pbx(sim)
+    ingest = make_ingest(pbx, collector, metrics=metrics)
+    await ingest.start()
+    try:
+        await ingest.wait_connected(5)
+        await sim.send_raw(b"this line is no header\r\nnor this\r\n\r\n")
+        await sim.send([{"Event": "DeviceStateChange", "Privilege": "call,all",
+                         "Timestamp": f"{time.time():.6f}", "Device": "PJSIP/1001",
+                         "State": "INUSE"}])
+        await collector.until(lambda: any("Device" in e for e in collector.events))
+    finally:
+        await ingest.stop()
+
+    assert [e["Device"] for e in collector.events if "Device" in e] == ["PJSIP/1001"]
+    assert ingest.malformed == 1
+    assert ingest.connection.sessions == 1
+    labels = {"pbx": pbx.name}
+    assert registry.get_sample_value("callhub_ami_malformed_total", labels) == 1.0
+    assert registry.get_sample_value("callhub_ami_events_total", labels) == len(
+        collector.events)
+
+
+async def test_two_pbxs_have_their_own_connection_and_correlator() -> None:
+    registry = CollectorRegistry()
+    metrics = CallhubMetrics(registry)
+    async with AmiSimulator(secret="s1-secret") as one, \
+            AmiSimulator(secret="s2-secret") as two:
+        c1, c2 = Collector(), Collector()
+        i1 = make_ingest(sim_pbx(one, name="north", secret="s1-secret"), c1, metrics=metrics)
+        i2 = make_ingest(sim_pbx(two, name="south", secret="s2-secret"), c2, metrics=metrics)
+        factory = CallFactory(seed=5)
+        call1 = factory.make("answered", time.time() - 60, ring_seconds=2.5, talk_seconds=3)
+        call2 = factory.make("busy", time.time() - 50)
+        await i1.start()
+        await i2.start()
+        try:
+            await i1.wait_connected(5)
+            await i2.wait_connected(5)
+            assert registry.get_sample_value("callhub_ami_connected", {"pbx": "north"}) == 1
+            await one.send_call(call1)
+            await two.send_call(call2)
+            await c1.until(lambda: bool(c1.records))
+            await c2.until(lambda: bool(c2.records))
+        finally:
+            await i1.stop()
+            await i2.stop()
+    assert [(r.pbx, r.linkedid, r.outcome) for r in c1.records] == [
+        ("north", call1.linkedid, "answered")]
+    assert [(r.pbx, r.linkedid, r.outcome) for r in c2.records] == [
+        ("south", call2.linkedid, "missed")]
+    assert registry.get_sample_value("callhub_ami_connected", {"pbx": "north"}) == 0
