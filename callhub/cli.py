@@ -10,6 +10,7 @@ from callhub import config_cli
 from callhub.ami import replay
 from callhub.config import ConfigError
 from callhub.routing import cli as rota_cli
+from callhub.store import cli as db_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_cli.add_parser(sub)
     replay.add_parser(sub)
     rota_cli.add_parser(sub)
+    db_cli.add_parser(sub)
     return parser
 
 

@@ -5,4 +5,5 @@ pytest_plugins = [
     "metrics_fixtures",
     "routing_fixtures",
     "ami_fixtures",
+    "store_fixtures",
 ]

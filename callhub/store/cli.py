@@ -1,0 +1,85 @@
+"""`callhub db upgrade`: apply the packaged migrations to the configured database."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from callhub.config import load_settings, mask_url
+from callhub.store import migrate
+from callhub.store.db import Database
+
+
+def add_parser(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "db", help="database schema",
+        description="Manage the database schema (Alembic migrations shipped with callhub).")
+    actions = parser.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    up = actions.add_parser("upgrade", help="apply the migrations up to the newest (or REV)")
+    up.add_argument("revision", nargs="?", default="head", help="target revision (default head)")
+    up.add_argument("--database-url", help="override database_url / $CALLHUB_DATABASE_URL")
+    up.set_defaults(func=upgrade_command)
+    cur = actions.add_parser("current", help="print the database's revision")
+    cur.add_argument("--database-url", help="override database_url / $CALLHUB_DATABASE_URL")
+    cur.set_defaults(func=current_command)
+
+
+T = TypeVar("T")
+
+
+def run_db(url: str, job: Callable[[], Coroutine[Any, Any, T]]) -> tuple[bool, T | None]:
+    """Run `job`; a database error is printed as one line (no traceback) and gives False."""
+    try:
+        return True, asyncio.run(job())
+    except (SQLAlchemyError, OSError, ArgumentError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        print(f"callhub: database {mask_url(url)}: {type(exc).__name__}: {reason}",
+              file=sys.stderr)
+        return False, None
+
+
+def _url(args: argparse.Namespace) -> str:
+    url: str = args.database_url or load_settings(args.config).database_url
+    return url
+
+
+def upgrade_command(args: argparse.Namespace) -> int:
+    url = _url(args)
+
+    async def run() -> str | None:
+        db = Database.connect(url)
+        try:
+            await migrate.upgrade(db, args.revision)
+            return await migrate.current_revision(db)
+        finally:
+            await db.close()
+
+    ok, revision = run_db(url, run)
+    if not ok:
+        return 1
+    print(f"database {mask_url(url)} is at revision {revision}")
+    return 0
+
+
+def current_command(args: argparse.Namespace) -> int:
+    url = _url(args)
+
+    async def run() -> str | None:
+        db = Database.connect(url)
+        try:
+            return await migrate.current_revision(db)
+        finally:
+            await db.close()
+
+    ok, revision = run_db(url, run)
+    if not ok:
+        return 1
+    head = migrate.head_revision()
+    state = "up to date" if revision == head else f"behind (head is {head})"
+    print(f"database {mask_url(url)} is at revision {revision}: {state}")
+    return 0 if revision == head else 1

@@ -1,0 +1,74 @@
+"""The async engine, set up the same way for SQLite and PostgreSQL.
+
+`Database` owns one `AsyncEngine`. SQLite gets WAL (the API reads while the
+writer writes), foreign keys and a busy timeout; PostgreSQL may be pinned to
+a schema (`search_path`), which tests use to isolate themselves.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+
+class Database:
+    """One database: its URL, engine and dialect name."""
+
+    def __init__(self, engine: AsyncEngine, schema: str | None = None) -> None:
+        self.engine = engine
+        self.schema = schema
+
+    @classmethod
+    def connect(cls, url: str, *, schema: str | None = None, busy_timeout: float = 5.0,
+                **engine_args: Any) -> Database:
+        """Create the engine (no connection is opened until first use)."""
+        parsed = make_url(url)
+        connect_args: dict[str, Any] = {}
+        if parsed.get_backend_name() == "sqlite":
+            connect_args["timeout"] = busy_timeout
+        elif parsed.get_backend_name() == "postgresql":
+            connect_args["timeout"] = busy_timeout  # connect timeout (asyncpg)
+            if schema:
+                connect_args["server_settings"] = {"search_path": schema}
+        engine = create_async_engine(url, connect_args=connect_args, pool_pre_ping=True,
+                                     **engine_args)
+        if parsed.get_backend_name() == "sqlite":
+            sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return cls(engine, schema)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @property
+    def url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def begin(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """`async with db.begin() as conn`: one transaction."""
+        return self.engine.begin()
+
+    def connection(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """`async with db.connection() as conn`: reads (autobegin, rolled back on exit)."""
+        return self.engine.connect()
+
+    async def ping(self) -> None:
+        """Raise unless the database answers a trivial query."""
+        async with self.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+

@@ -1,0 +1,49 @@
+"""Apply the packaged Alembic migrations to a `Database` (async URL, sync Alembic inside)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection
+
+from callhub.store.db import Database
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic config pointing at the packaged scripts, no ini file needed."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+async def upgrade(db: Database, revision: str = "head") -> None:
+    """Bring the schema up to `revision` in one transaction (PostgreSQL) or as far as it gets."""
+    async with db.begin() as conn:
+        await conn.run_sync(_upgrade, revision)
+
+
+def _upgrade(connection: Connection, revision: str) -> None:
+    command.upgrade(alembic_config(connection), revision)
+
+
+async def downgrade(db: Database, revision: str) -> None:
+    async with db.begin() as conn:
+        await conn.run_sync(lambda c: command.downgrade(alembic_config(c), revision))
+
+
+async def current_revision(db: Database) -> str | None:
+    """The revision the database is at, None for an empty one."""
+    async with db.connection() as conn:
+        return await conn.run_sync(
+            lambda c: MigrationContext.configure(c).get_current_revision())
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()

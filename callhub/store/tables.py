@@ -1,0 +1,159 @@
+"""The database schema as SQLAlchemy Core tables (the migrations create exactly these).
+
+One row per call, keyed by `(pbx, linkedid)`; its attempts in their own table;
+worklist entries with a link table to the calls they list. Times are
+timezone-aware (UTC) timestamps on every database: `UtcDateTime` stores
+naive UTC on SQLite, which has no time zone type, and hands back aware values.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+metadata = sa.MetaData()
+
+
+class UtcDateTime(sa.types.TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC in Python."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("UtcDateTime needs a timezone-aware datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # SQLite text from a raw query
+            value = datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+def _id() -> sa.Column[int]:
+    return sa.Column("id", sa.Integer, primary_key=True, autoincrement=True)
+
+
+calls = sa.Table(
+    "calls", metadata,
+    _id(),
+    sa.Column("pbx", sa.String(64), nullable=False),
+    sa.Column("linkedid", sa.String(64), nullable=False),
+    sa.Column("direction", sa.String(16), nullable=False),
+    sa.Column("line", sa.String(128)),
+    sa.Column("called_number", sa.String(64)),
+    sa.Column("caller_number", sa.String(64)),
+    sa.Column("caller_name", sa.String(256)),
+    # The outside party's number (caller inbound, dialled number outbound):
+    # what the worklist matches on and the API's `number` filter.
+    sa.Column("external_number", sa.String(64)),
+    sa.Column("arrived_at", UtcDateTime(), nullable=False),
+    sa.Column("ring_started_at", UtcDateTime()),
+    sa.Column("answered_at", UtcDateTime()),
+    sa.Column("ended_at", UtcDateTime(), nullable=False),
+    sa.Column("ring_seconds", sa.Float, nullable=False),
+    sa.Column("rings", sa.Integer, nullable=False),
+    sa.Column("wait_seconds", sa.Float, nullable=False),
+    sa.Column("talk_seconds", sa.Float, nullable=False),
+    sa.Column("hold_seconds", sa.Float, nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(32)),
+    sa.Column("voicemail", sa.Boolean, nullable=False),
+    sa.Column("short_abandon", sa.Boolean, nullable=False),
+    sa.Column("agent", sa.String(128)),
+    sa.Column("agent_name", sa.String(256)),
+    sa.Column("hangup_by", sa.String(16)),
+    sa.Column("hangup_cause", sa.Integer),
+    sa.Column("queue", sa.String(128)),
+    sa.Column("incomplete", sa.Boolean, nullable=False),
+    sa.Column("transfers", sa.JSON, nullable=False),
+    # Set by supervisors through the API; a rewrite of the call keeps them.
+    sa.Column("category", sa.String(64)),
+    sa.Column("note", sa.Text),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+    sa.UniqueConstraint("pbx", "linkedid", name="uq_calls_pbx_linkedid"),
+)
+sa.Index("ix_calls_arrived", calls.c.arrived_at, calls.c.id)
+sa.Index("ix_calls_outcome_arrived", calls.c.outcome, calls.c.arrived_at)
+sa.Index("ix_calls_direction_arrived", calls.c.direction, calls.c.arrived_at)
+sa.Index("ix_calls_line_arrived", calls.c.line, calls.c.arrived_at)
+sa.Index("ix_calls_caller_number", calls.c.caller_number)
+sa.Index("ix_calls_external_number", calls.c.external_number, calls.c.answered_at)
+sa.Index("ix_calls_agent_arrived", calls.c.agent, calls.c.arrived_at)
+
+attempts = sa.Table(
+    "attempts", metadata,
+    _id(),
+    sa.Column("call_id", sa.Integer, sa.ForeignKey("calls.id", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("interface", sa.String(128), nullable=False),
+    sa.Column("agent_name", sa.String(256)),
+    sa.Column("offered_at", UtcDateTime(), nullable=False),
+    sa.Column("ring_started_at", UtcDateTime()),
+    sa.Column("ended_at", UtcDateTime()),
+    sa.Column("result", sa.String(16)),
+    sa.Column("ring_seconds", sa.Float, nullable=False),
+    sa.UniqueConstraint("call_id", "seq", name="uq_attempts_call_seq"),
+)
+
+agents = sa.Table(
+    "agents", metadata,
+    _id(),
+    sa.Column("pbx", sa.String(64), nullable=False),
+    sa.Column("interface", sa.String(128), nullable=False),
+    sa.Column("name", sa.String(256)),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+    sa.UniqueConstraint("pbx", "interface", name="uq_agents_pbx_interface"),
+)
+
+worklist_entries = sa.Table(
+    "worklist_entries", metadata,
+    _id(),
+    sa.Column("pbx", sa.String(64), nullable=False),
+    sa.Column("number", sa.String(64), nullable=False),
+    sa.Column("line", sa.String(128), nullable=False),  # '' when the call had none
+    sa.Column("status", sa.String(16), nullable=False),  # pending / handled / dismissed
+    sa.Column("first_missed_at", UtcDateTime(), nullable=False),
+    sa.Column("last_missed_at", UtcDateTime(), nullable=False),
+    sa.Column("call_count", sa.Integer, nullable=False),
+    sa.Column("handled_at", UtcDateTime()),
+    sa.Column("handled_by", sa.String(256)),
+    sa.Column("how", sa.String(16)),  # callback / called_again / manual
+    sa.Column("handled_call_id", sa.Integer,
+              sa.ForeignKey("calls.id", ondelete="SET NULL")),
+    sa.Column("time_to_callback_seconds", sa.Float),
+    sa.Column("note", sa.Text),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+)
+# One open entry per caller number and line.
+sa.Index("uq_worklist_open", worklist_entries.c.number, worklist_entries.c.line, unique=True,
+         sqlite_where=worklist_entries.c.status == "pending",
+         postgresql_where=worklist_entries.c.status == "pending")
+sa.Index("ix_worklist_status_first", worklist_entries.c.status,
+         worklist_entries.c.first_missed_at)
+
+worklist_calls = sa.Table(
+    "worklist_calls", metadata,
+    sa.Column("entry_id", sa.Integer,
+              sa.ForeignKey("worklist_entries.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("call_id", sa.Integer, sa.ForeignKey("calls.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.UniqueConstraint("call_id", name="uq_worklist_calls_call"),
+)
+
+
+def utc(ts: float | None) -> datetime | None:
+    """POSIX seconds to an aware UTC datetime."""
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)

@@ -1,0 +1,131 @@
+"""Databases for the store, API and daemon tests: SQLite files and isolated PostgreSQL schemas.
+
+`any_db` runs a test on SQLite (a file in tmp_path) and, when
+CALLHUB_TEST_DATABASE_URL is set, on PostgreSQL in a schema of its own
+(created before, dropped after), so runs never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from callhub.config import Settings
+from callhub.records import Attempt, CallRecord
+from callhub.store import migrate
+from callhub.store.db import Database
+
+PG_URL_VAR = "CALLHUB_TEST_DATABASE_URL"
+PG_SKIP = "CALLHUB_TEST_DATABASE_URL not set: PostgreSQL tests skipped"
+
+
+def pg_url() -> str:
+    url = os.environ.get(PG_URL_VAR)
+    if not url:
+        pytest.skip(PG_SKIP)
+    return url
+
+
+class DbFactory:
+    """Creates databases of one kind; remembers them to drop afterwards."""
+
+    def __init__(self, kind: str, tmp_path: Path) -> None:
+        self.kind = kind
+        self.tmp_path = tmp_path
+        self.schemas: list[str] = []
+        self.made: list[Database] = []
+
+    @property
+    def url(self) -> str:
+        if self.kind == "sqlite":
+            return f"sqlite+aiosqlite:///{self.tmp_path / 'callhub.db'}"
+        return pg_url()
+
+    async def create(self, **engine_args: Any) -> Database:
+        """A new, empty database (PostgreSQL: a fresh schema)."""
+        if self.kind == "sqlite":
+            db = Database.connect(self.url, **engine_args)
+        else:
+            schema = f"t_{uuid.uuid4().hex[:16]}"
+            admin = Database.connect(self.url)
+            async with admin.begin() as conn:
+                await conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+            await admin.close()
+            self.schemas.append(schema)
+            db = Database.connect(self.url, schema=schema, **engine_args)
+        self.made.append(db)
+        return db
+
+    async def cleanup(self) -> None:
+        for db in self.made:
+            await db.close()
+        if self.schemas:
+            admin = Database.connect(self.url)
+            async with admin.begin() as conn:
+                for schema in self.schemas:
+                    await conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+            await admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db_factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[DbFactory]:
+    """A factory of empty databases, once on SQLite and once on PostgreSQL."""
+    if request.param == "postgresql":
+        pg_url()
+    factory = DbFactory(request.param, tmp_path)
+    yield factory
+    await factory.cleanup()
+
+
+@pytest.fixture
+async def any_db(db_factory: DbFactory) -> Database:
+    """A migrated, empty database (SQLite and PostgreSQL)."""
+    db = await db_factory.create()
+    await migrate.upgrade(db)
+    return db
+
+
+@pytest.fixture
+def store_settings(tmp_path: Path) -> Settings:
+    return replace(Settings(), spool_dir=str(tmp_path / "spool"))
+
+
+T0 = 1_795_900_000.0  # 2026-11-28 ~ 19:46 UTC
+
+
+def make_call(linkedid: str, *, at: float = T0, pbx: str = "main", **fields: Any) -> CallRecord:
+    """A plausible record; `fields` override (e.g. outcome='missed', caller_number=...)."""
+    outcome = fields.pop("outcome", "answered")
+    direction = fields.pop("direction", "inbound")
+    answered = outcome == "answered"
+    ring = fields.pop("ring_seconds", 7.0 if answered else 20.0)
+    talk = fields.pop("talk_seconds", 30.0 if answered else 0.0)
+    agent = fields.pop("agent", "PJSIP/1001" if answered else None)
+    values: dict[str, Any] = {
+        "pbx": pbx, "linkedid": linkedid, "direction": direction, "line": "4008001000",
+        "called_number": "4008001000", "caller_number": "+8613800000001",
+        "caller_name": "张三", "arrived_at": at, "ring_started_at": at + 1.0,
+        "answered_at": at + 1.0 + ring if answered else None,
+        "ended_at": at + 1.0 + ring + talk, "ring_seconds": ring,
+        "rings": int(ring // 5) + 1 if ring else 0, "wait_seconds": 1.0 + ring,
+        "talk_seconds": talk, "hold_seconds": 0.0, "outcome": outcome,
+        "reason": None if answered else "not_answered", "voicemail": False,
+        "short_abandon": False, "agent": agent,
+        "agent_name": "Li Na" if agent else None, "hangup_by": "external" if answered else None,
+        "hangup_cause": 16, "queue": None,
+        "attempts": [Attempt("PJSIP/1001", "Li Na", at + 1.0, at + 1.0, at + 1.0 + ring,
+                             "answered" if answered else "no_answer", ring)],
+    }
+    if direction == "outbound":
+        values.update(called_number=fields.pop("called_number", "+8613800000001"),
+                      caller_number=fields.pop("caller_number", "1001"), line=None,
+                      attempts=[], ring_started_at=None)
+    values.update(fields)
+    return CallRecord(**values)

@@ -1,0 +1,78 @@
+"""Migrations create exactly the tables in callhub/store/tables.py, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from store_fixtures import DbFactory
+
+from callhub.store import migrate
+from callhub.store.db import Database
+from callhub.store.tables import metadata
+
+
+async def test_migrations_match_the_tables(db_factory: DbFactory) -> None:
+    db = await db_factory.create()
+    assert await migrate.current_revision(db) is None
+    await migrate.upgrade(db)
+    assert await migrate.current_revision(db) == migrate.head_revision()
+
+    def diff(conn):  # type: ignore[no-untyped-def]
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        return compare_metadata(ctx, metadata)
+
+    async with db.connection() as conn:
+        differences = await conn.run_sync(diff)
+    assert differences == []
+
+
+async def test_upgrade_twice_is_harmless_and_downgrade_empties(db_factory: DbFactory) -> None:
+    db = await db_factory.create()
+    await migrate.upgrade(db)
+    await migrate.upgrade(db)
+    assert await migrate.current_revision(db) == migrate.head_revision()
+    await migrate.downgrade(db, "base")
+    assert await migrate.current_revision(db) is None
+
+    def tables(conn):  # type: ignore[no-untyped-def]
+        import sqlalchemy as sa
+        return set(sa.inspect(conn).get_table_names()) - {"alembic_version"}
+
+    async with db.connection() as conn:
+        assert await conn.run_sync(tables) == set()
+
+
+def test_cli_db_upgrade_on_a_fresh_sqlite_file(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
+    env = {**os.environ, "CALLHUB_DATABASE_URL": url}
+    env.pop("CALLHUB_CONFIG", None)
+    done = subprocess.run([sys.executable, "-m", "callhub", "db", "upgrade"], env=env,
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert migrate.head_revision() in (done.stdout or "")
+    check = subprocess.run([sys.executable, "-m", "callhub", "db", "current"], env=env,
+                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "up to date" in check.stdout
+
+
+@pytest.mark.parametrize("bad", ["nonsense", "sqlite+aiosqlite:////nonexistent-dir/x/y.db"])
+def test_cli_db_upgrade_reports_a_bad_url(tmp_path: Path, bad: str) -> None:
+    env = {**os.environ, "CALLHUB_DATABASE_URL": bad}
+    done = subprocess.run([sys.executable, "-m", "callhub", "db", "upgrade"], env=env,
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr
+
+
+async def test_database_close_is_idempotent(tmp_path: Path) -> None:
+    db = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
+    await db.ping()
+    await db.close()
+    await db.close()
