@@ -7,6 +7,7 @@ prints it and exits. Secrets are masked in `Settings.masked()`.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -21,6 +22,13 @@ ROLES = ("viewer", "supervisor", "admin")
 DEFAULT_CATEGORIES = ("inquiry", "complaint", "repair", "other")
 DEFAULT_INBOUND_CONTEXTS = ("from-pstn", "from-trunk", "from-external")
 DEFAULT_OUTBOUND_CONTEXTS = ("to-pstn", "outbound-allroutes")
+# The desk's targets for today's figures (`[desk.targets]`); rates are 0..1.
+DEFAULT_DESK_TARGETS: Mapping[str, float] = {
+    "within_rings_rate": 0.9, "answer_rate": 0.95, "missed": 0.0, "abandoned": 0.0,
+    "pending_callbacks": 0.0, "median_time_to_callback_minutes": 30.0,
+}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
+_UNIT_SECONDS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 
 
 class ConfigError(ValueError):
@@ -73,6 +81,12 @@ class Settings:
     categories: tuple[str, ...] = DEFAULT_CATEGORIES
     rota_file: str | None = None
     log_level: str = "info"
+    # `[followups]`: category -> follow-up delays in seconds after the call ended.
+    followup_rules: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    followup_overdue_seconds: float = 3600.0
+    # `[desk]`: how often the page polls, and the targets of today's figures.
+    desk_poll_seconds: float = 5.0
+    desk_targets: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_DESK_TARGETS))
 
     @property
     def tz(self) -> ZoneInfo:
@@ -214,6 +228,48 @@ class _Reader:
             raise ConfigError(f"{self.key(unknown[0])}: unknown setting")
 
 
+def parse_duration(value: Any, key: str) -> float:
+    """'24h', '2d', '90m', '1d12h' to seconds; the key names the setting in errors."""
+    text = value.strip() if isinstance(value, str) else ""
+    if not text or _DURATION.sub("", text) or not _DURATION.search(text):
+        raise ConfigError(f"{key}: expected a duration such as '24h', '2d' or '30m', "
+                          f"got {value!r}")
+    seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION.findall(text))
+    if seconds <= 0:
+        raise ConfigError(f"{key}: must be longer than 0, got {value!r}")
+    return seconds
+
+
+def _followup_rules(r: _Reader, categories: tuple[str, ...]) -> dict[str, tuple[float, ...]]:
+    """`[followups]` category keys: a list of delays after the call, e.g. ["24h", "48h"]."""
+    rules: dict[str, tuple[float, ...]] = {}
+    for name in r.table:
+        if name == "overdue_after":
+            continue
+        r.used.add(name)
+        if name not in categories:
+            raise ConfigError(f"{r.key(name)}: unknown category (categories: "
+                              f"{', '.join(categories)})")
+        delays = r.table[name]
+        if not isinstance(delays, list) or not delays:
+            raise ConfigError(f"{r.key(name)}: expected a list of durations such as "
+                              f"[\"24h\", \"48h\"]")
+        rules[name] = tuple(sorted(parse_duration(d, f"{r.key(name)}[{i}]")
+                                   for i, d in enumerate(delays)))
+    return rules
+
+
+def _desk_targets(r: _Reader) -> dict[str, float]:
+    targets = dict(DEFAULT_DESK_TARGETS)
+    for name in DEFAULT_DESK_TARGETS:
+        limit = 1.0 if name.endswith("_rate") else None
+        value = r.number(name, DEFAULT_DESK_TARGETS[name])
+        if limit is not None and value > limit:
+            raise ConfigError(f"{r.key(name)}: a rate between 0 and 1, got {value:g}")
+        targets[name] = value
+    return targets
+
+
 def _pbx_from_table(table: Any, index: int) -> PbxConfig:
     if not isinstance(table, dict):
         raise ConfigError(f"pbx[{index}]: expected a table")
@@ -256,6 +312,10 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
     fastagi = _Reader(r.get("fastagi", dict, {}), "fastagi.")
     worklist = _Reader(r.get("worklist", dict, {}), "worklist.")
     stats = _Reader(r.get("stats", dict, {}), "stats.")
+    followups = _Reader(r.get("followups", dict, {}), "followups.")
+    desk = _Reader(r.get("desk", dict, {}), "desk.")
+    targets = _Reader(desk.get("targets", dict, {}), "desk.targets.")
+    categories = r.strings("categories", DEFAULT_CATEGORIES)
     settings = Settings(
         pbxs=pbxs,
         database_url=r.get("database_url", str, DEFAULT_DATABASE_URL),
@@ -269,11 +329,16 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
         spool_dir=r.get("spool_dir", str, "spool"),
         worklist_include_short_abandons=worklist.get("include_short_abandons", bool, False),
         stats_exclude_short_abandons=stats.get("exclude_short_abandons", bool, True),
-        categories=r.strings("categories", DEFAULT_CATEGORIES),
+        categories=categories,
         rota_file=r.get("rota_file", str, None),
         log_level=r.get("log_level", str, "info"),
+        followup_rules=_followup_rules(followups, categories),
+        followup_overdue_seconds=parse_duration(
+            followups.get("overdue_after", str, "1h"), "followups.overdue_after"),
+        desk_poll_seconds=desk.number("poll_seconds", 5.0, minimum=0.2),
+        desk_targets=_desk_targets(targets),
     )
-    for reader in (r, api, fastagi, worklist, stats):
+    for reader in (r, api, fastagi, worklist, stats, followups, desk, targets):
         reader.reject_unknown()
     return validate(settings)
 
