@@ -7,6 +7,7 @@ CALLHUB_TEST_DATABASE_URL is set, on PostgreSQL in a schema of its own
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
 from callhub.config import Settings
 from callhub.records import Attempt, CallRecord
@@ -48,10 +50,11 @@ class DbFactory:
             return f"sqlite+aiosqlite:///{self.tmp_path / 'callhub.db'}"
         return pg_url()
 
-    async def create(self, **engine_args: Any) -> Database:
-        """A new, empty database (PostgreSQL: a fresh schema)."""
+    async def create(self, url: str | None = None, **engine_args: Any) -> Database:
+        """A new, empty database (PostgreSQL: a fresh schema); `url` reaches the same one
+        another way (a proxy)."""
         if self.kind == "sqlite":
-            db = Database.connect(self.url, **engine_args)
+            db = Database.connect(url or self.url, **engine_args)
         else:
             schema = f"t_{uuid.uuid4().hex[:16]}"
             admin = Database.connect(self.url)
@@ -59,7 +62,7 @@ class DbFactory:
                 await conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
             await admin.close()
             self.schemas.append(schema)
-            db = Database.connect(self.url, schema=schema, **engine_args)
+            db = Database.connect(url or self.url, schema=schema, **engine_args)
         self.made.append(db)
         return db
 
@@ -129,3 +132,81 @@ def make_call(linkedid: str, *, at: float = T0, pbx: str = "main", **fields: Any
                       attempts=[], ring_started_at=None)
     values.update(fields)
     return CallRecord(**values)
+
+
+class TcpProxy:
+    """A loopback TCP proxy a test can cut (every connection dropped, new ones refused)."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = 0
+        self.up = True
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.up:
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, up_writer))
+        pipes = [asyncio.create_task(self._pipe(reader, up_writer)),
+                 asyncio.create_task(self._pipe(up_reader, writer))]
+        self._tasks.update(pipes)
+        await asyncio.gather(*pipes, return_exceptions=True)
+        self._tasks.difference_update(pipes)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.transport.abort()
+            self._writers.discard(writer)
+
+    def cut(self) -> None:
+        """Drop every connection and refuse new ones: the database is unreachable."""
+        self.up = False
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    def restore(self) -> None:
+        self.up = True
+
+    async def stop(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+@pytest.fixture
+async def pg_proxy() -> AsyncIterator[TcpProxy]:
+    """A cuttable proxy in front of the test PostgreSQL."""
+    url = make_url(pg_url())
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    await proxy.start()
+    yield proxy
+    await proxy.stop()
+
+
+def via_proxy(url: str, proxy: TcpProxy) -> str:
+    return make_url(url).set(host="127.0.0.1", port=proxy.port).render_as_string(
+        hide_password=False)

@@ -58,7 +58,7 @@ class CallWriter:
         self._spool_offset = 0
         self._spool_done = 0
         self._wake = asyncio.Event()
-        self._progress = asyncio.Event()
+        self._changed = asyncio.Condition()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -98,11 +98,18 @@ class CallWriter:
         self._closed = True
         self._save_leftovers()
 
+    async def wait_until(self, predicate: Callable[[CallWriter], bool]) -> None:
+        """Wait until `predicate(self)` holds, checked after every batch (wrap in a timeout)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: predicate(self))
+
     async def wait_written(self) -> None:
         """Wait until nothing is pending (wrap in asyncio.timeout)."""
-        while self.pending:
-            self._progress.clear()
-            await self._progress.wait()
+        await self.wait_until(lambda w: w.pending == 0)
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
 
     def _update_gauge(self) -> None:
         if self.metrics is not None:
@@ -128,13 +135,14 @@ class CallWriter:
         while True:
             if self._stopping.is_set() and deadline is None:
                 deadline = time.monotonic() + self.stop_timeout
+            self._wake.clear()  # before looking, so a submit from now on wakes us
             batch, from_spool, offset = self._next_batch()
             if not batch:
                 if self._stopping.is_set():
                     return
                 if self.pending:
                     continue  # the spool was cleared; look again
-                self._wake.clear()
+                await self._notify()
                 await self._wake.wait()
                 continue
             try:
@@ -148,6 +156,7 @@ class CallWriter:
                             "retrying in %.1f s", len(batch), type(exc).__name__,
                             str(exc).splitlines()[0] if str(exc) else "", self.pending,
                             backoff)
+                await self._notify()
                 if deadline is not None and time.monotonic() >= deadline:
                     return
                 wait = backoff if deadline is None else min(backoff,
@@ -168,7 +177,7 @@ class CallWriter:
                     self._buffer.popleft()
             self.written += len(batch)
             self._update_gauge()
-            self._progress.set()
+            await self._notify()
             if self.metrics is not None:
                 for seconds in saved.callback_seconds:
                     self.metrics.observe_callback(seconds)
