@@ -157,3 +157,6 @@ worklist_calls = sa.Table(
 def utc(ts: float | None) -> datetime | None:
     """POSIX seconds to an aware UTC datetime."""
     return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+from callhub.store import followups as _followups  # noqa: E402, F401  (its table joins metadata)
