@@ -6,6 +6,12 @@ so a UTF-8 character split across two TCP reads survives (panoramisk 1.4
 decodes every read on its own and drops such characters). A message that
 is not `Key: Value` lines, or is larger than `max_message_bytes`, is
 counted in `malformed` and skipped; the stream goes on.
+
+It is the hot path of ingestion (every event of every PBX passes here), so
+`feed` decodes all complete messages of a read at once (cutting at a
+terminator never splits a UTF-8 character: its bytes are all >= 0x80) and
+`parse_text` takes the common `Key: Value` shape in one pass, checking the
+keys of a message together; anything unusual goes the careful way.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ AmiMessage = dict[str, str]
 
 TERMINATOR = b"\r\n\r\n"
 MAX_MESSAGE_BYTES = 256 * 1024
+
 
 
 class MessageSplitter:
@@ -46,20 +53,24 @@ class MessageSplitter:
                 start = end + 2
             else:
                 self.banner = ""
-        while True:
+        if self._skipping:
             end = buf.find(TERMINATOR, start)
-            if end < 0:
-                break
-            if self._skipping:
+            if end >= 0:
                 self._skipping = False
-            else:
-                message = parse_message(bytes(buf[start:end]))
-                if message is None:
-                    self.malformed += 1
-                elif message:
-                    self.messages += 1
-                    out.append(message)
-            start = end + 4
+                start = end + 4
+        if not self._skipping:
+            last = buf.rfind(TERMINATOR, start)
+            if last >= 0:
+                malformed = 0
+                for block in buf[start:last].decode("utf-8", "replace").split("\r\n\r\n"):
+                    message = parse_text(block)
+                    if message is None:
+                        malformed += 1
+                    elif message:
+                        out.append(message)
+                self.messages += len(out)
+                self.malformed += malformed
+                start = last + 4
         del buf[:start]
         if len(buf) > self.max_message_bytes:
             # Too large to be AMI: drop it and everything up to the next terminator.
@@ -85,9 +96,32 @@ def parse_message(raw: bytes) -> AmiMessage | None:
     Variable) keeps its first value, as panoramisk does for plain headers. Empty
     input (stray blank lines) gives an empty dict.
     """
-    text = raw.decode("utf-8", "replace").strip("\r\n")
+    return parse_text(raw.decode("utf-8", "replace"))
+
+
+def parse_text(text: str) -> AmiMessage | None:
+    """`parse_message` on decoded text: one message's lines without the blank line."""
+    text = text.strip("\r\n")
     if not text:
         return {}
+    message: AmiMessage = {}
+    for line in text.split("\r\n"):
+        key, sep, value = line.partition(": ")
+        if not sep:
+            return _parse_careful(text)  # `Key:value` or not a header line at all
+        if key in message:
+            continue  # a repeated header keeps its first value
+        if not key.isalnum() and (
+                not key or ":" in key or "\n" in key or key != key.strip()):
+            return _parse_careful(text)
+        message[key] = value
+    if "Event" not in message and "Response" not in message and "Action" not in message:
+        return None
+    return message
+
+
+def _parse_careful(text: str) -> AmiMessage | None:
+    """Every line checked on its own: `Key:value` without the space, odd keys refused."""
     message: AmiMessage = {}
     for line in text.split("\r\n"):
         key, sep, value = line.partition(":")
