@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from callhub import config_cli
-from callhub.ami import replay
+from callhub.ami import replay, simulate_cli
 from callhub.config import ConfigError
 from callhub.routing import cli as rota_cli
 from callhub.store import cli as db_cli
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     config_cli.add_parser(sub)
     replay.add_parser(sub)
+    simulate_cli.add_parser(sub)
     rota_cli.add_parser(sub)
     db_cli.add_parser(sub)
     return parser

@@ -28,7 +28,7 @@ from pathlib import Path
 import structlog
 
 from callhub.ami.parser import AmiMessage, MessageSplitter
-from callhub.ami.synth import CallFactory, MixSettings, SynthCall, generate_mix
+from callhub.ami.synth import CallFactory, MixSettings, SynthCall, generate_mix, merge_calls
 
 log = structlog.get_logger(__name__)
 
@@ -196,7 +196,7 @@ class AmiSimulator:
 
     # -- waiting (tests) ----------------------------------------------------
 
-    async def _wait_for(self, predicate: Callable[[], bool], within: float) -> None:
+    async def _wait_for(self, predicate: Callable[[], bool], within: float | None) -> None:
         async def _wait() -> None:
             async with self._changed:
                 await self._changed.wait_for(predicate)
@@ -206,8 +206,8 @@ class AmiSimulator:
         """Until `count` events have been sent in total."""
         await self._wait_for(lambda: self.events_sent >= count, within)
 
-    async def wait_logins(self, count: int, within: float = 10.0) -> None:
-        """Until `count` successful logins have happened in total."""
+    async def wait_logins(self, count: int, within: float | None = 10.0) -> None:
+        """Until `count` successful logins have happened in total (None: no time limit)."""
         await self._wait_for(lambda: self.stats.logins >= count, within)
 
     async def wait_failed_logins(self, count: int, within: float = 10.0) -> None:
@@ -399,12 +399,10 @@ class AmiSimulator:
 
     async def _pace(self, start: float, offset: float, speed: float | None) -> None:
         """Sleep until `offset` seconds of stream time have passed at `speed` (pacing only)."""
-        if not speed:
-            return
         loop = asyncio.get_running_loop()
-        delay = start + offset / speed - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        delay = start + offset / speed - loop.time() if speed else 0.0
+        # Yield even when behind schedule: clients must still get accepted and served.
+        await asyncio.sleep(max(delay, 0.0))
 
     async def replay(self, path: str | Path, speed: float | None = 1.0) -> int:
         """Re-emit a recorded trace's events: real timing (1.0), compressed (>1), or as
@@ -423,18 +421,12 @@ class AmiSimulator:
 
     async def play_calls(self, calls: Iterable[SynthCall], speed: float | None = None) -> None:
         """Several calls' events merged by Timestamp (calls overlap as they would)."""
-        heap: list[tuple[float, int, AmiMessage]] = []
-        seq = 0
-        for call in calls:
-            for message in call.messages:
-                heapq.heappush(heap, (float(message["Timestamp"]), seq, message))
-                seq += 1
-        if not heap:
+        merged = merge_calls(calls)
+        if not merged:
             return
         start = asyncio.get_running_loop().time()
-        first = heap[0][0]
-        while heap:
-            at, _, message = heapq.heappop(heap)
+        first = merged[0][0]
+        for at, message in merged:
             await self._pace(start, at - first, speed)
             await self.send([message])
 
@@ -473,8 +465,8 @@ class AmiSimulator:
                         duration is not None and pending.start - origin > duration):
                     pending = None
                     break
-                for message in pending.messages:
-                    heapq.heappush(heap, (float(message["Timestamp"]), seq, message))
+                for at, message in pending.schedule():
+                    heapq.heappush(heap, (at, seq, message))
                     seq += 1
                 self.generated.append(pending)
                 mine.append(pending)

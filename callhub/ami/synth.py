@@ -21,7 +21,7 @@ import math
 import random
 import re
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -148,7 +148,29 @@ class SynthCall:
 
     @property
     def end(self) -> float:
-        return float(self.messages[-1]["Timestamp"])
+        return max(float(m["Timestamp"]) for m in self.messages)
+
+    def schedule(self) -> list[tuple[float, AmiMessage]]:
+        """(send time, message) in the recorded order.
+
+        Asterisk stamps events in several threads, so Timestamps within a call
+        are not always in emission order; a message is sent no earlier than
+        the one before it, which keeps the recorded order.
+        """
+        out = []
+        latest = float("-inf")
+        for message in self.messages:
+            latest = max(latest, float(message["Timestamp"]))
+            out.append((latest, message))
+        return out
+
+
+def merge_calls(calls: Iterable[SynthCall]) -> list[tuple[float, AmiMessage]]:
+    """Several calls' messages interleaved by send time, each call's order kept."""
+    keyed = [(at, i, j, message) for i, call in enumerate(calls)
+             for j, (at, message) in enumerate(call.schedule())]
+    keyed.sort(key=lambda item: item[:3])
+    return [(at, message) for at, _, _, message in keyed]
 
 
 def is_session_message(message: AmiMessage) -> bool:
@@ -453,7 +475,8 @@ class CallFactory:
         if did and tpl.inbound:
             exp["called_number"] = did
         if caller_name is not None and tpl.inbound:
-            exp["caller_name"] = caller_name
+            # Asterisk's placeholder for "no name" is no name in a record.
+            exp["caller_name"] = None if caller_name in ("", "<unknown>") else caller_name
         if exp.get("agent"):
             exp["agent"] = device_map.get(exp["agent"], exp["agent"])
         exp["attempts"] = [dict(a, interface=device_map.get(a["interface"], a["interface"]))
