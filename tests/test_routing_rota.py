@@ -3,6 +3,7 @@ every kind of mistake is refused with a message naming the line, shift and key."
 
 from __future__ import annotations
 
+import re
 from datetime import date, time
 from pathlib import Path
 
@@ -119,3 +120,35 @@ def test_toml_syntax_error_names_file_and_position(tmp_path: Path) -> None:
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RotaError, match="no such file"):
         load_rota(tmp_path / "nope.toml")
+
+
+def _readme_section() -> str:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    return readme.split("## Routing by rota", 1)[1]
+
+
+def test_readme_rota_example_loads(tmp_path: Path) -> None:
+    section = _readme_section()
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "readme.toml"
+    path.write_text(example, encoding="utf-8")
+    rota = load_rota(path)
+    assert rota.lines["hotline"].shifts[1].crosses_midnight
+    assert not rota.agents["zhao"].can_take_calls
+
+
+def test_dialplan_reads_the_variables_fastagi_sets() -> None:
+    from callhub.routing.chooser import Decision
+    from callhub.routing.fastagi import decision_variables
+
+    conf = (Path(__file__).parent.parent / "deploy" / "asterisk" / "extensions.conf"
+            ).read_text(encoding="utf-8")
+    dialplan = "\n".join(line.split(";", 1)[0] for line in conf.splitlines())
+    assert "AGI(${CALLHUB_AGI})" in dialplan and "agi://127.0.0.1:4573/route" in dialplan
+    names = {name for name, _ in decision_variables(Decision(None, "error"))}
+    for used in ("CALLHUB_TARGETS", "CALLHUB_TARGET_COUNT", "CALLHUB_RING_TIMEOUT",
+                 "CALLHUB_FALLBACK", "CALLHUB_ROUTE_RESULT"):
+        assert used in names and re.search(rf"[{{(]{used}[,}}]", dialplan), used
+    # callhub not answering leads to a plain Dial of the dialplan's own default
+    assert '"${AGISTATUS}" != "SUCCESS"' in dialplan
+    assert "Dial(${CALLHUB_DEFAULT}" in dialplan
