@@ -1,4 +1,8 @@
-"""Ground truth end to end: recorded traces -> correlator -> CallhubMetrics -> GET /metrics.
+"""Ground truth end to end: recorded traces -> callhub -> CallhubMetrics -> GET /metrics.
+
+The traces reach callhub two ways: straight through the correlator, and as a
+running ingest sees them (an AMI simulator sends them over loopback TCP to
+PbxIngest, which logs in, resyncs and counts events).
 
 Every expected figure is derived from the traces' `.json` `expected` blocks
 (never written down here): call counts by outcome, histogram buckets (with
@@ -10,20 +14,26 @@ and across local midnight.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 from metrics_fixtures import Scrape, ScrapeFn
 from traces_fixtures import all_traces
 
 from callhub.ami.groundtruth import pbx_from_truth
+from callhub.ami.ingest import PbxIngest
 from callhub.ami.replay import replay_files
-from callhub.config import settings_from_mapping
+from callhub.ami.simulator import AmiSimulator
+from callhub.config import PbxConfig, settings_from_mapping
 from callhub.metrics.collectors import OTHER, RING_BUCKETS, SECONDS_BUCKETS, CallhubMetrics
 from callhub.records import CallRecord
 
@@ -63,21 +73,69 @@ class Truth:
         return bool(self.call["outcome"] == "answered")
 
 
-def load() -> tuple[list[dict[str, Any]], list[Truth], list[CallRecord]]:
-    """The PBX configs, the expected calls, and the records the correlator makes."""
-    configs: dict[str, dict[str, Any]] = {}
-    truths: list[Truth] = []
-    records: list[CallRecord] = []
+@dataclass
+class Traces:
+    """The recordings grouped by the PBX they were made on, with their ground truth."""
+
+    configs: dict[str, dict[str, Any]]
+    pbxs: dict[str, PbxConfig]
+    files: dict[str, list[Path]]
+    truths: list[Truth]
+
+
+def load() -> Traces:
+    traces = Traces({}, {}, {}, [])
     for trace in all_traces():
         data = json.loads(trace.with_suffix(".json").read_text(encoding="utf-8"))
         expected = data["expected"]
-        config = expected["config"]
         pbx = pbx_from_truth(data)
-        configs.setdefault(pbx.name, config)
+        traces.configs.setdefault(pbx.name, expected["config"])
+        traces.pbxs.setdefault(pbx.name, pbx)
+        traces.files.setdefault(pbx.name, []).append(trace)
         tolerance = float(expected.get("tolerance", {}).get("seconds", 0.0))
-        truths.extend(Truth(pbx.name, call, tolerance) for call in expected["calls"])
-        records.extend(replay_files([trace], pbx))
-    return list(configs.values()), truths, records
+        traces.truths.extend(Truth(pbx.name, call, tolerance) for call in expected["calls"])
+    return traces
+
+
+async def replay_directly(traces: Traces, metrics: CallhubMetrics) -> list[CallRecord]:
+    """Records straight from the correlator (`callhub replay`); `metrics` sees only them."""
+    return [r for name, files in traces.files.items()
+            for r in replay_files(files, traces.pbxs[name])]
+
+
+async def replay_over_ami(traces: Traces, metrics: CallhubMetrics) -> list[CallRecord]:
+    """Records of a running ingest: each PBX's traces sent by an AMI simulator over
+    loopback TCP to callhub's PbxIngest, which counts AMI events into `metrics`."""
+    records: list[CallRecord] = []
+    for name, files in traces.files.items():
+        want = len(records) + sum(1 for t in traces.truths if t.pbx == name)
+        done = asyncio.Event()
+
+        def on_record(record: CallRecord, want: int = want, done: asyncio.Event = done) -> None:
+            records.append(record)
+            if len(records) >= want:
+                done.set()
+
+        async with AmiSimulator(username="callhub", secret="ami-secret-1") as sim:
+            pbx = replace(traces.pbxs[name], host="127.0.0.1", port=sim.port,
+                          username="callhub", secret="ami-secret-1")
+            ingest = PbxIngest(pbx, on_record, metrics=metrics)
+            await ingest.start()
+            try:
+                await ingest.wait_connected(10.0)
+                for path in files:
+                    await sim.replay(path, speed=None)
+                await asyncio.wait_for(done.wait(), 30.0)
+                assert metrics.registry.get_sample_value(
+                    "callhub_ami_connected", {"pbx": name}) == 1
+                # Every event the server wrote, plus its FullyBooted after the login.
+                assert metrics.registry.get_sample_value(
+                    "callhub_ami_events_total", {"pbx": name}) == (
+                    sim.events_sent + sim.stats.logins)
+            finally:
+                await ingest.stop()
+        assert metrics.registry.get_sample_value("callhub_ami_connected", {"pbx": name}) == 0
+    return records
 
 
 def bounds(truths: list[Truth], lo_hit: Any, hi_hit: Any) -> tuple[int, int]:
@@ -166,13 +224,20 @@ class Clock:
         return self.now
 
 
-async def test_replayed_traces_scrape_to_the_ground_truth(scrape_metrics: ScrapeFn) -> None:
-    configs, truths, records = load()
-    assert len(records) == len(truths) > 0
+@pytest.mark.parametrize("source", [replay_directly, replay_over_ami],
+                         ids=["correlator", "ami-over-tcp"])
+async def test_replayed_traces_scrape_to_the_ground_truth(
+        scrape_metrics: ScrapeFn,
+        source: Callable[[Traces, CallhubMetrics], Awaitable[list[CallRecord]]]) -> None:
+    traces = load()
+    truths = traces.truths
     clock = Clock()
-    settings = settings_from_mapping({"timezone": TIMEZONE, "pbx": configs})
+    settings = settings_from_mapping({"timezone": TIMEZONE,
+                                      "pbx": list(traces.configs.values())})
     assert settings.stats_exclude_short_abandons
     metrics = CallhubMetrics.from_settings(settings, clock=clock)
+    records = await source(traces, metrics)
+    assert sorted(r.linkedid for r in records) == sorted(t.call["linkedid"] for t in truths)
 
     # Calls finish in time order, as in a live run; the clock walks minute by minute
     # from the first arrival to an hour after the last call, and at every whole minute
