@@ -21,6 +21,7 @@ import pytest
 import yaml
 from metrics_fixtures import make_record
 
+from callhub.ami.correlator import ROUTE_RESULT_VARIABLE
 from callhub.config import ENV_OVERRIDES, Settings, load_settings, parse_listen
 from callhub.metrics.collectors import CallhubMetrics
 from callhub.metrics.http import METRICS_PATH
@@ -252,8 +253,6 @@ def test_compose_wires_the_five_services_with_existing_files() -> None:
     assert set(services) == {"asterisk", "postgres", "callhub", "prometheus", "grafana"}
     for name, service in services.items():
         for target, source in bind_mounts(service).items():
-            if source == EXTENSIONS and not source.exists():
-                continue  # checked (or skipped with its reason) by the extensions.conf test
             assert source.exists(), f"{name}: mounts missing {source} at {target}"
     assert services["callhub"]["build"] == "."
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
@@ -380,19 +379,51 @@ def test_queues_conf_members_are_configured_agents() -> None:
         assert dict(section)["ringinuse"] == "no"
 
 
+def dialplan(section: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """exten/same lines of one context -> extension -> its applications in order."""
+    extens: dict[str, list[str]] = {}
+    current = ""
+    for key, value in section:
+        if key == "exten":
+            current, _, rest = value.partition(",")
+            extens.setdefault(current, []).append(rest.partition(",")[2])
+        elif key == "same":
+            extens[current].append(value.partition(",")[2])
+    return extens
+
+
 def test_extensions_conf_routes_through_callhub_and_falls_back() -> None:
     if not EXTENSIONS.exists():
         pytest.skip("deploy/asterisk/extensions.conf not written yet (routing owns it)")
     conf = asterisk_conf(EXTENSIONS)
     settings = load_settings(EXAMPLE_CONFIG, env={})
     main = settings.pbx("main")
-    for context in main.inbound_contexts:
-        assert context in conf, f"no [{context}] for inbound calls"
+    globals_ = dict(conf.get("globals", []))
     text = EXTENSIONS.read_text(encoding="utf-8")
     host, port = settings.fastagi_listen
-    assert f"agi://{host}:{port}" in text, "the dialplan must ask callhub's FastAGI"
-    assert re.search(r"AGISTATUS", text), "the dialplan must look at AGISTATUS"
-    assert len(re.findall(r"\bDial\(", text)) >= 2, "agent loop and a fallback Dial"
+    assert f"agi://{host}:{port}/" in text, "the dialplan must ask callhub's FastAGI"
+    for context in main.inbound_contexts:
+        assert context in conf, f"no [{context}] for inbound calls"
+        extens = dialplan(conf[context])
+        routed = next(apps for apps in extens.values() if any(
+            a.startswith("AGI(") for a in apps))
+        # The loop over the targets callhub returned, each with its ring timeout.
+        assert any(a.startswith("While(") for a in routed)
+        assert any("CALLHUB_TARGETS" in a and "CALLHUB_RING_TIMEOUT" in a
+                   for a in routed if a.startswith("Dial("))
+        # When the AGI fails (callhub down or silent), a jump to a plain Dial.
+        jump = next(a for a in routed if a.startswith("GotoIf(") and "AGISTATUS" in a)
+        assert '!= "SUCCESS"' in jump
+        target = re.search(r"\?([\w-]+),1\)", jump)
+        assert target, jump
+        fallback = extens[target.group(1)]
+        dials = [a for a in fallback if a.startswith("Dial(")]
+        assert dials and "CALLHUB_TARGET" not in dials[0], fallback
+        # ... whose device is set in the dialplan itself, not by callhub.
+        for var in re.findall(r"\$\{(\w+)\}", dials[0]):
+            assert globals_.get(var), f"{var} has no value in [globals]"
+    # The routing result callhub sets is the one the correlator reads from VarSet.
+    assert ROUTE_RESULT_VARIABLE in text
 
 
 # -- systemd ------------------------------------------------------------------------------
@@ -429,3 +460,4 @@ def test_systemd_unit_runs_unprivileged_hardened_and_can_write_its_state() -> No
     for path in (db_path, settings.spool_dir):
         assert any(Path(path).is_relative_to(w) for w in writable), (
             f"{path} is not writable under ProtectSystem=strict")
+
