@@ -17,12 +17,15 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy.engine import make_url
 
-from callhub.config import Settings
+from callhub.api.app import make_app
+from callhub.config import ApiToken, Settings
 from callhub.records import Attempt, CallRecord
 from callhub.store import migrate
 from callhub.store.db import Database
+from callhub.store.save import save_calls
 
 PG_URL_VAR = "CALLHUB_TEST_DATABASE_URL"
 PG_SKIP = "CALLHUB_TEST_DATABASE_URL not set: PostgreSQL tests skipped"
@@ -210,3 +213,31 @@ async def pg_proxy() -> AsyncIterator[TcpProxy]:
 def via_proxy(url: str, proxy: TcpProxy) -> str:
     return make_url(url).set(host="127.0.0.1", port=proxy.port).render_as_string(
         hide_password=False)
+
+
+TOKENS = {"viewer": "viewer-token-0001", "supervisor": "supervisor-token-0001",
+          "admin": "admin-token-0001"}
+
+
+def auth(role: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS[role]}"}
+
+
+@pytest.fixture
+def api_settings(store_settings: Settings) -> Settings:
+    return replace(store_settings, api_tokens=tuple(ApiToken(r, t) for r, t in TOKENS.items()),
+                   timezone="Asia/Shanghai")
+
+
+@pytest.fixture
+async def api(any_db: Database, api_settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
+    """The API app served on a loopback port over the test database, and a client for it."""
+    client: TestClient[Any, Any] = TestClient(TestServer(make_app(api_settings, any_db)))
+    await client.start_server()
+    yield client
+    await client.close()
+
+
+async def store(db: Database, settings: Settings, *records: CallRecord) -> list[int]:
+    async with db.begin() as conn:
+        return (await save_calls(conn, list(records), settings)).ids

@@ -1,0 +1,83 @@
+"""The aiohttp application: every Operation registered behind its role check.
+
+`make_app` is the one place routes are mounted. Other parts add theirs with
+`extra_operations` (e.g. GET /metrics, which does its own token check and
+so has `role=None`); they are served and documented like the built-in ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy.exc import SQLAlchemyError
+
+from callhub.api import auth, calls, health, stats, worklist
+from callhub.api.base import (
+    DB,
+    INGESTS,
+    METRICS,
+    OPERATIONS,
+    SETTINGS,
+    Handler,
+    IngestStatus,
+    Operation,
+    error_response,
+)
+from callhub.api.openapi import OPENAPI
+from callhub.api.params import BadParameter
+from callhub.config import Settings
+from callhub.store.db import Database
+
+log = logging.getLogger(__name__)
+
+BUILTIN_OPERATIONS: tuple[Operation, ...] = (
+    *calls.OPERATIONS,
+    *worklist.OPERATIONS,
+    *stats.OPERATIONS,
+    *health.OPERATIONS,
+    OPENAPI,
+)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error as JSON: 400 naming the parameter, 503 when the database is down."""
+    try:
+        return await handler(request)
+    except BadParameter as exc:
+        return error_response(400, "bad_parameter", f"{exc.name}: {exc.why}",
+                              parameter=exc.name)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+    except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        log.warning("api: %s %s: database error %s: %s", request.method, request.path,
+                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        return error_response(503, "database_unavailable",
+                              "the database cannot be reached; try again shortly")
+    except Exception:
+        log.exception("api: %s %s failed", request.method, request.path)
+        return error_response(500, "internal_error", "internal error (logged)")
+
+
+def make_app(settings: Settings, db: Database, *,
+             ingests: Mapping[str, IngestStatus] | None = None,
+             metrics: Any = None,
+             extra_operations: Sequence[Operation] = ()) -> web.Application:
+    """The API application for `settings` reading `db`; `ingests` by PBX name for /readyz."""
+    app = web.Application(middlewares=[json_errors], client_max_size=256 * 1024)
+    app[SETTINGS] = settings
+    app[DB] = db
+    app[INGESTS] = ingests if ingests is not None else {}
+    app[METRICS] = metrics
+    operations = (*BUILTIN_OPERATIONS, *extra_operations)
+    app[OPERATIONS] = operations
+    for op in operations:
+        handler = op.handler if op.role is None else auth.require(op.role, settings.api_tokens,
+                                                                  op.handler)
+        app.router.add_route(op.method, op.path, handler)
+    return app
