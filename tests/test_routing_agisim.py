@@ -128,3 +128,18 @@ async def test_callhub_down_dials_the_dialplan_default(ami_simulator: AmiSimulat
     assert routed.answer.status == "FAILURE"
     [record] = collector.records
     assert record.outcome == "answered" and record.agent == "PJSIP/1001"
+
+
+def test_agi_variables_show_as_varset_events() -> None:
+    variables = [("CALLHUB_TARGETS", "PJSIP/1001&PJSIP/1002"), ("CALLHUB_TARGET_COUNT", "2"),
+                 ("CALLHUB_ROUTE_RESULT", "routed")]
+    template, placeholders = hunt_template(2, 12, Behaviour(), "pjsip", variables)
+    call = CallFactory(seed=1).make("hunt", 1_800_000_000.0, template=template,
+                                    agents={placeholders[0]: "PJSIP/1001",
+                                            placeholders[1]: "PJSIP/1002"})
+    varsets = {m["Variable"]: m for m in call.messages if m["Event"] == "VarSet"
+               and m["Variable"].startswith("CALLHUB_")}
+    assert {k: m["Value"] for k, m in varsets.items()} == dict(variables)
+    inbound = varsets["CALLHUB_ROUTE_RESULT"]
+    assert inbound["Channel"].startswith("PJSIP/trunk-")
+    assert inbound["Linkedid"] == call.linkedid

@@ -252,10 +252,13 @@ def _leg_ids(messages: list[AmiMessage], device: str) -> set[str]:
 
 
 def hunt_template(devices: int, ring_timeout: float, answer: Behaviour,
-                  kind: str = "pjsip") -> tuple[Template, list[str]]:
+                  kind: str = "pjsip", variables: Iterable[tuple[str, str]] = (),
+                  ) -> tuple[Template, list[str]]:
     """A recorded-shape call that rings `devices` placeholder devices in turn: each but the
-    last rings out after `ring_timeout`, the last answers as `answer` says. Returns the
-    template and its placeholder devices (for `CallFactory.make(agents=...)`)."""
+    last rings out after `ring_timeout`, the last answers as `answer` says. `variables`
+    (what the AGI step set) appear as VarSet events on the inbound channel, as Asterisk
+    reports `SET VARIABLE`. Returns the template and its placeholder devices (for
+    `CallFactory.make(agents=...)`)."""
     parts = hunt_parts(kind)
     placeholders = [_placeholder(kind, i) for i in range(devices)]
     timeout = int(ring_timeout)
@@ -272,8 +275,8 @@ def hunt_template(devices: int, ring_timeout: float, answer: Behaviour,
                 m["AppData"] = f"{device},{timeout}"
         return items
 
-    add(dial_to(_copy(parts.prefix, parts.first, placeholders[0], -1, lambda t: t, set()),
-                placeholders[0]))
+    prefix = _copy(parts.prefix, parts.first, placeholders[0], -1, lambda t: t, set())
+    add(dial_to(_with_varsets(prefix, list(variables)), placeholders[0]))
     out_ids = _leg_ids(parts.ring_out, parts.first)
     last = devices - 1
     for i in range(last):
@@ -304,6 +307,20 @@ def hunt_template(devices: int, ring_timeout: float, answer: Behaviour,
     template = Template(f"agi_hunt_{kind}", ordered, exp, dict(parts.template.config),
                         _t(ordered[0]), ring_start, answered, ended)
     return template, placeholders
+
+
+def _with_varsets(prefix: list[AmiMessage], variables: list[tuple[str, str]]
+                  ) -> list[AmiMessage]:
+    """Insert a VarSet per variable after the dialplan's own `Set(__CALLHUB_DID=...)`."""
+    if not variables:
+        return prefix
+    index = next((i for i, m in enumerate(prefix) if m.get("Event") == "VarSet"
+                  and m.get("Variable") == "__CALLHUB_DID"), None)
+    if index is None:
+        return prefix
+    shape = prefix[index]
+    added = [dict(shape, Variable=name, Value=value) for name, value in variables]
+    return [*prefix[:index + 1], *added, *prefix[index + 1:]]
 
 
 # --- running routed calls through the AMI simulator -------------------------------------
@@ -369,7 +386,8 @@ class AgiCallSimulator:
         return answer, devices, answer.ring_timeout or self.default_ring_timeout
 
     def build(self, did: str, caller: str, at: float, devices: list[str], ring_timeout: int,
-              caller_name: str | None = None) -> SynthCall:
+              caller_name: str | None = None,
+              variables: Iterable[tuple[str, str]] = ()) -> SynthCall:
         """The call's AMI events: ring `devices` in turn until one answers."""
         rung = []
         answering = Behaviour()
@@ -383,7 +401,8 @@ class AgiCallSimulator:
                 answering = Behaviour(True, min(answering.ring_seconds, ring_timeout - 0.5),
                                       answering.talk_seconds)
         kind = "pjsip" if all(d.startswith("PJSIP/") for d in rung) else "local"
-        template, placeholders = hunt_template(len(rung), ring_timeout, answering, kind)
+        template, placeholders = hunt_template(len(rung), ring_timeout, answering, kind,
+                                               variables)
         return self.factory.make("hunt", at, template=template, number=caller, did=did,
                                  caller_name=caller_name,
                                  agents=dict(zip(placeholders, rung, strict=True)))
@@ -415,7 +434,8 @@ class AgiCallSimulator:
                     if inspect.isawaitable(result):
                         await result
                 answer, devices, timeout = await self.route(did, caller, at)
-                call = self.build(did, caller, at, devices, timeout)
+                call = self.build(did, caller, at, devices, timeout,
+                                  variables=answer.variables.items())
                 rung = [a["interface"] for a in call.expected.get("attempts", [])]
                 routed = RoutedCall(did, caller, at, answer, rung, call)
                 mine.append(routed)
