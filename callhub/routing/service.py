@@ -1,24 +1,111 @@
-"""Wiring: a Router from settings (state directory, seed rota file), and the demo rota."""
+"""Wiring for `callhub run`: the router, its busy view, metrics and the FastAGI server.
+
+The daemon needs three lines::
+
+    routing = await start_routing(settings, registry=metrics.registry)
+    routing.attach(ingest)                     # for each PbxIngest: busy devices from AMI
+    make_app(..., extra_operations=routing.operations())
+    ...
+    await routing.close()
+
+`--demo` passes `rota=demo_rota(...)` so FastAGI answers as in production
+without touching the real rota on disk.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from prometheus_client import CollectorRegistry
 
 from callhub.config import Settings
+from callhub.routing.busy import BusyTracker
 from callhub.routing.chooser import Router
+from callhub.routing.fastagi import start_fastagi
+from callhub.routing.metrics import RoutingMetrics
 from callhub.routing.model import Agent, Line, Rota, Shift
+from callhub.routing.rota_file import RotaError
 from callhub.routing.state import POSITION_FILE, RotaStore, RotationState, state_dir
+
+if TYPE_CHECKING:
+    from callhub.api.base import Operation
+
+log = structlog.get_logger(__name__)
 
 
 def router_from_settings(settings: Settings,
                          busy: Callable[[], Iterable[str]] | None = None,
                          env: dict[str, str] | None = None) -> Router:
-    """The production router: rota and rotation position in the routing state directory."""
+    """The production router: rota and rotation position in the routing state directory.
+
+    An invalid `rota_file` seed is logged and routing starts empty (every call
+    gets the dialplan's default) rather than keeping the daemon from starting.
+    """
     directory = state_dir(settings, env)
-    store = RotaStore(directory, seed_file=settings.rota_file)
+    try:
+        store = RotaStore(directory, seed_file=settings.rota_file)
+    except RotaError as exc:
+        log.error("routing: rota_file is invalid; routing every call to the fallback",
+                  error=str(exc))
+        store = RotaStore(directory)
     return Router(store, RotationState(directory / POSITION_FILE), busy=busy,
                   default_timezone=settings.timezone)
+
+
+@dataclass
+class RoutingService:
+    """The running routing part of the daemon."""
+
+    router: Router
+    busy: BusyTracker
+    metrics: RoutingMetrics
+    server: asyncio.Server | None
+
+    def attach(self, ingest: Any) -> None:
+        """Feed a PbxIngest's events and open calls into the busy view."""
+        ingest.add_listener(self.busy.feed)
+        self.busy.add_source(ingest.correlator.busy_interfaces)
+
+    def operations(self) -> tuple[Operation, ...]:
+        """The /api/v1/agents and /api/v1/rotas routes for `make_app(extra_operations=...)`."""
+        from callhub.routing.api import routing_operations
+
+        return routing_operations(self.router)
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        if self.server is None or not self.server.sockets:
+            return None
+        host, port = self.server.sockets[0].getsockname()[:2]
+        return str(host), int(port)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+async def start_routing(settings: Settings, *, registry: CollectorRegistry | None = None,
+                        rota: Rota | None = None, listen: bool = True,
+                        host: str | None = None, port: int | None = None) -> RoutingService:
+    """Build the router (from the state directory, or `rota` in memory) and start FastAGI."""
+    busy = BusyTracker()
+    if rota is not None:
+        router = Router(rota, RotationState(None), busy=busy.busy_interfaces,
+                        default_timezone=settings.timezone)
+    else:
+        router = router_from_settings(settings, busy=busy.busy_interfaces)
+    metrics = RoutingMetrics(registry, router=router)
+    server = await start_fastagi(settings, router, metrics, host, port) if listen else None
+    lines = router.rota.lines
+    log.info("routing: ready", lines=len(lines), agents=len(router.rota.agents),
+             source=router.rota.source)
+    return RoutingService(router, busy, metrics, server)
 
 
 def demo_rota(agents: Mapping[str, str], lines: Mapping[str, Iterable[str]],
@@ -26,9 +113,13 @@ def demo_rota(agents: Mapping[str, str], lines: Mapping[str, Iterable[str]],
     """A round-the-clock rota: every agent (interface -> name) on every line (name -> DIDs).
 
     `callhub run --demo` loads it for the simulator's lines so FastAGI answers
-    as in production.
+    as in production. Agent ids are the interface's last part (`PJSIP/1001` ->
+    `1001`, `Local/agent1@agentsim` -> `agent1`).
     """
-    ids = {iface: iface.split("/", 1)[-1].split("@", 1)[0] or iface for iface in agents}
+    ids: dict[str, str] = {}
+    for iface in agents:
+        short = iface.split("/", 1)[-1].split("@", 1)[0] or iface
+        ids[iface] = short if short not in ids.values() else iface
     agent_table = {ids[iface]: Agent(id=ids[iface], name=name, interface=iface)
                    for iface, name in agents.items()}
     rotation = tuple(agent_table)
@@ -41,3 +132,20 @@ def demo_rota(agents: Mapping[str, str], lines: Mapping[str, Iterable[str]],
         for name, dids in lines.items()
     }
     return Rota(agents=agent_table, lines=line_table, fallback=fallback, source="demo")
+
+
+def demo_rota_for(settings: Settings, dids: Iterable[str] = (),
+                  fallback: str | None = None) -> Rota:
+    """The demo rota for the configured PBXs: their agents on their lines, plus each of
+    `dids` (the simulator's) that no configured line has, as a line of its own."""
+    agents: dict[str, str] = {}
+    lines: dict[str, list[str]] = {}
+    for pbx in settings.pbxs:
+        agents.update(pbx.agents)
+        for did, line in pbx.lines.items():
+            lines.setdefault(line, []).append(did)
+    known = {d for group in lines.values() for d in group}
+    for did in dids:
+        if did not in known:
+            lines.setdefault(did, []).append(did)
+    return demo_rota(agents, lines, fallback=fallback)

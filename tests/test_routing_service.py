@@ -1,0 +1,90 @@
+"""The daemon's routing wiring: start_routing from settings (state directory seeded from
+rota_file), the demo rota, and busy devices from a PbxIngest's AMI stream."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from ami_fixtures import Collector, make_ingest, sim_pbx
+from prometheus_client import CollectorRegistry
+from routing_fixtures import HOTLINE_DID, AgiServer, berlin
+
+from callhub.ami.simulator import AmiSimulator
+from callhub.config import Settings, settings_from_mapping
+from callhub.routing.agisim import agi_request, asterisk_environment
+from callhub.routing.chooser import Router
+from callhub.routing.service import demo_rota, demo_rota_for, start_routing
+
+
+async def test_start_routing_from_settings(tmp_path: Path, rota_file: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CALLHUB_ROUTING_STATE_DIR", raising=False)
+    settings = Settings(spool_dir=str(tmp_path / "spool"), rota_file=str(rota_file))
+    registry = CollectorRegistry()
+    routing = await start_routing(settings, registry=registry, host="127.0.0.1", port=0)
+    try:
+        assert (tmp_path / "spool" / "routing" / "rota.json").exists()  # seeded once
+        routing.router.clock = lambda: berlin("2026-11-30 10:00")
+        address = routing.address
+        assert address is not None
+        answer = await agi_request(*address, asterisk_environment(did=HOTLINE_DID, caller="1"))
+        assert answer.targets == ["PJSIP/1001", "PJSIP/1002", "PJSIP/1003"]
+        assert registry.get_sample_value("callhub_route_requests_total",
+                                         {"line": "hotline", "result": "routed"}) == 1.0
+        assert {op.path for op in routing.operations()} >= {"/api/v1/agents",
+                                                            "/api/v1/rotas/{line}"}
+    finally:
+        await routing.close()
+
+
+async def test_invalid_rota_file_does_not_stop_the_daemon(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          ) -> None:
+    monkeypatch.delenv("CALLHUB_ROUTING_STATE_DIR", raising=False)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[lines]]\nname = 3\n", encoding="utf-8")
+    settings = Settings(spool_dir=str(tmp_path / "spool"), rota_file=str(bad))
+    routing = await start_routing(settings, host="127.0.0.1", port=0)
+    try:
+        address = routing.address
+        assert address is not None
+        answer = await agi_request(*address, asterisk_environment(did=HOTLINE_DID, caller="1"))
+        assert answer.answered and answer.variables["CALLHUB_ROUTE_RESULT"] == "unknown_line"
+    finally:
+        await routing.close()
+
+
+def test_demo_rota_covers_every_line_all_day() -> None:
+    settings = settings_from_mapping({"pbx": [{
+        "name": "demo", "agents": {"PJSIP/1001": "Li Na", "PJSIP/1002": "Wang Wei"},
+        "lines": {"4008001000": "sales"}}]})
+    rota = demo_rota_for(settings, dids=["4008001000", "4008001001"])
+    assert set(rota.lines) == {"sales", "4008001001"}
+    router = Router(rota)
+    for moment in ("2026-11-30 00:00", "2026-12-06 23:59"):
+        decision = router.choose("4008001001", berlin(moment))
+        assert decision.result == "routed" and len(decision.targets) == 2
+    clash = demo_rota({"PJSIP/1001": "A", "Local/1001@x": "B"}, {"l": ["1"]})
+    assert len(clash.agents) == 2
+
+
+async def test_busy_view_follows_the_ami_stream(agi_server: AgiServer,
+                                                ami_simulator: AmiSimulator) -> None:
+    routing = await start_routing(Settings(), rota=agi_server.router.rota, listen=False)
+    pbx = sim_pbx(ami_simulator, "p06_sip_hunt_rna_then_answer")
+    collector = Collector()
+    ingest = make_ingest(pbx, collector)
+    routing.attach(ingest)
+    await ingest.start()
+    try:
+        await ingest.wait_connected()
+        await ami_simulator.send([{"Event": "DeviceStateChange", "Privilege": "call,all",
+                                   "Device": "PJSIP/1001", "State": "INUSE"}])
+        await collector.until(lambda: any(e.get("Device") == "PJSIP/1001"
+                                          for e in collector.events))
+        decision = routing.router.choose(HOTLINE_DID, berlin("2026-11-30 10:00"))
+        assert [a.interface for a in decision.targets] == ["PJSIP/1002", "PJSIP/1003"]
+    finally:
+        await ingest.stop()
+        await routing.close()
