@@ -1,0 +1,511 @@
+"""Ingestion benchmark: a large synthetic AMI stream over loopback TCP, end to end.
+
+    python bench/ingest.py                      # 1,000,000 events (the default)
+    python bench/ingest.py --events 200000      # smaller
+    python bench/ingest.py --database-url postgresql+asyncpg://...   # also the writer
+
+The stream (bench/synthetic.py: recorded calls renamed and re-timed, merged
+by time) is served by bench/amiserver.py in its own process. Each
+measurement runs in a fresh process of its own, so its memory figures are
+its own and it has a core to itself:
+
+- `panoramisk`: panoramisk 1.4's `AMIProtocol.data_received` on the socket,
+  events dispatched to a no-op factory (its bare parse: no correlation);
+- `callhub`: callhub's ingestion as PbxIngest does it minus the connection
+  book-keeping: socket -> MessageSplitter -> Correlator ->
+  CallhubMetrics.observe_call;
+- `pbxingest`: the real thing, `PbxIngest` (AmiConnection: login,
+  CoreShowChannels resync, panoramisk request handling) against the same
+  server;
+- `writer` (with --database-url or CALLHUB_TEST_DATABASE_URL): PbxIngest
+  handing records to the CallWriter on PostgreSQL; then the writer alone
+  with every record of the stream submitted at once (its capacity).
+
+Each phase proves nothing was lost: as many records as the stream has
+calls, each with the outcome its generator expected. Figures are printed as
+they come; the last line is one JSON object with all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from synthetic import END_EVENT, Manifest, bench_pbx, load_manifest, stream
+
+HERE = Path(__file__).resolve().parent
+LOGIN = (b"Action: Login\r\nActionID: 1\r\nUsername: bench\r\nSecret: bench\r\n\r\n"
+         b"Action: CoreShowChannels\r\nActionID: 2\r\n\r\n")
+PHASES = ("panoramisk", "callhub", "pbxingest", "writer")
+
+
+def rss_mb() -> float:
+    """Resident set size of this process, from /proc (Linux)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+class RecordCheck:
+    """Counts records and compares each call's outcome with what was generated."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.expected = manifest.outcomes
+        self.records = 0
+        self.wrong = 0
+        self.unknown = 0
+        self.incomplete = 0
+        self.seen: set[str] = set()
+        self.duplicates = 0
+
+    def __call__(self, record: Any) -> None:
+        self.records += 1
+        want = self.expected.get(record.linkedid)
+        if want is None:
+            self.unknown += 1
+        elif want != record.outcome:
+            self.wrong += 1
+        if record.linkedid in self.seen:
+            self.duplicates += 1
+        self.seen.add(record.linkedid)
+        self.incomplete += bool(record.incomplete)
+
+    def figures(self, prefix: str) -> dict[str, Any]:
+        return {f"{prefix}_records": self.records,
+                f"{prefix}_lost_calls": len(set(self.expected) - self.seen),
+                f"{prefix}_wrong_outcome": self.wrong,
+                f"{prefix}_duplicate_records": self.duplicates,
+                f"{prefix}_incomplete": self.incomplete}
+
+
+class Sampler:
+    """RSS at the start, when half the events are in, and at the end."""
+
+    def __init__(self, half: int) -> None:
+        self.half = half
+        self.start = rss_mb()
+        self.mid: float | None = None
+
+    def maybe_mid(self, events: int) -> None:
+        if self.mid is None and events >= self.half:
+            self.mid = rss_mb()
+
+    def figures(self, prefix: str) -> dict[str, Any]:
+        end = rss_mb()
+        mid = self.mid if self.mid is not None else end
+        return {f"{prefix}_rss_start_mb": round(self.start, 1),
+                f"{prefix}_rss_growth_mb": round(end - self.start, 1),
+                f"{prefix}_rss_growth_second_half_mb": round(end - mid, 1)}
+
+
+# -- phases (each runs in its own process) ------------------------------------------------
+
+async def phase_panoramisk(port: int, manifest: Manifest) -> dict[str, Any]:
+    from panoramisk.ami_protocol import AMIProtocol
+
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    # Events dispatched: the stream's, plus FullyBooted, CoreShowChannelsComplete, BenchEnd.
+    target = manifest.events + 3
+    sampler = Sampler(manifest.events // 2)
+
+    class Factory:
+        """What AMIProtocol needs of its Manager; dispatch does nothing but count."""
+
+        def __init__(self) -> None:
+            self.events = 0
+            self.forgetable_actions: tuple[str, ...] = ()
+            self.awaiting_actions: list[Any] = []
+
+        def dispatch(self, message: Any) -> None:
+            self.events += 1
+            if self.events == target:
+                done.set_result(None)
+            elif self.events == target // 2:
+                sampler.maybe_mid(self.events)
+
+        def connection_lost(self, exc: Any) -> None:
+            if not done.done():
+                done.set_exception(ConnectionError("server closed the connection"))
+
+    factory = Factory()
+
+    class Baseline(AMIProtocol):  # type: ignore[misc]
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            self.factory = factory
+            self.encoding = "utf-8"
+            transport.write(LOGIN)  # type: ignore[attr-defined]
+
+    started, cpu = time.perf_counter(), time.process_time()
+    transport, _ = await loop.create_connection(Baseline, "127.0.0.1", port)
+    await done
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    transport.close()
+    return {"panoramisk_seconds": round(elapsed, 2),
+            "panoramisk_events": factory.events - 3,
+            "panoramisk_events_per_s": round(manifest.events / elapsed),
+            "panoramisk_events_per_cpu_s": round(manifest.events / cpu),
+            **sampler.figures("panoramisk")}
+
+
+async def phase_callhub(port: int, manifest: Manifest) -> dict[str, Any]:
+    from callhub.ami.correlator import Correlator
+    from callhub.ami.parser import MessageSplitter
+    from callhub.metrics.collectors import CallhubMetrics
+
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    pbx = bench_pbx()
+    correlator = Correlator(pbx)
+    metrics = CallhubMetrics(agents=pbx.agents, pbxs=[pbx.name])
+    splitter = MessageSplitter()
+    check = RecordCheck(manifest)
+    sampler = Sampler(manifest.events // 2)
+    gc.collect()
+
+    class Pipeline(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            transport.write(LOGIN)  # type: ignore[attr-defined]
+
+        def data_received(self, data: bytes) -> None:
+            feed = correlator.feed
+            for message in splitter.feed(data):
+                for record in feed(message):
+                    metrics.observe_call(record)
+                    check(record)
+                if message.get("Event") == END_EVENT:
+                    done.set_result(None)
+            sampler.maybe_mid(splitter.messages)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if not done.done():
+                done.set_exception(ConnectionError("server closed the connection"))
+
+    started, cpu = time.perf_counter(), time.process_time()
+    transport, _ = await loop.create_connection(Pipeline, "127.0.0.1", port)
+    await done
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    transport.close()
+    return {"callhub_seconds": round(elapsed, 2),
+            "callhub_events": splitter.messages - 5,  # login and resync replies, BenchEnd
+            "callhub_events_per_s": round(manifest.events / elapsed),
+            "callhub_events_per_cpu_s": round(manifest.events / cpu),
+            "callhub_malformed": splitter.malformed,
+            "callhub_correlator_errors": correlator.errors,
+            "callhub_open_calls_left": correlator.active_calls,
+            **check.figures("callhub"), **sampler.figures("callhub")}
+
+
+def _quiet_logs() -> None:
+    from callhub.logs import configure_logging
+    configure_logging("warning", stream=sys.stderr, json=True)
+
+
+async def _ingest_run(port: int, manifest: Manifest, prefix: str,
+                      on_record: Callable[[Any], None]) -> tuple[dict[str, Any], Any]:
+    """PbxIngest against the server until BenchEnd; its figures and the ingest."""
+    from callhub.ami.ingest import PbxIngest
+    from callhub.metrics.collectors import CallhubMetrics
+
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    pbx = bench_pbx(port=port, username="bench", secret="bench")
+    metrics = CallhubMetrics(agents=pbx.agents, pbxs=[pbx.name])
+    check = RecordCheck(manifest)
+    sampler = Sampler(manifest.events // 2)
+
+    def record_to(record: Any) -> None:
+        metrics.observe_call(record)
+        check(record)
+        on_record(record)
+
+    ingest = PbxIngest(pbx, record_to, metrics=metrics, ping_interval=3600.0,
+                       expire_interval=3600.0)
+
+    def listener(event: dict[str, str]) -> None:
+        if event.get("Event") == END_EVENT and not done.done():
+            done.set_result(None)
+        elif ingest.events == manifest.events // 2:
+            sampler.maybe_mid(ingest.events)
+
+    ingest.add_listener(listener)
+    gc.collect()
+    started, cpu = time.perf_counter(), time.process_time()
+    await ingest.start()
+    await done
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    await ingest.stop()
+    figures = {f"{prefix}_seconds": round(elapsed, 2),
+               f"{prefix}_events": ingest.events - 1,
+               f"{prefix}_events_per_s": round(manifest.events / elapsed),
+               f"{prefix}_events_per_cpu_s": round(manifest.events / cpu),
+               f"{prefix}_malformed": ingest.malformed,
+               f"{prefix}_open_calls_left": ingest.correlator.active_calls,
+               **check.figures(prefix), **sampler.figures(prefix)}
+    return figures, ingest
+
+
+async def phase_pbxingest(port: int, manifest: Manifest) -> dict[str, Any]:
+    _quiet_logs()
+    figures, _ = await _ingest_run(port, manifest, "pbxingest", lambda record: None)
+    return figures
+
+
+async def phase_writer(port: int, manifest: Manifest, database_url: str) -> dict[str, Any]:
+    """PbxIngest -> CallWriter on PostgreSQL, then the writer alone at full speed."""
+    import sqlalchemy as sa
+
+    from callhub.config import Settings
+    from callhub.store.db import Database
+    from callhub.store.migrate import upgrade
+    from callhub.store.writer import CallWriter
+
+    _quiet_logs()
+    url = database_url.replace("postgresql://", "postgresql+asyncpg://", 1)
+    schema = f"bench_{os.getpid()}"
+    admin = Database.connect(url)
+    async with admin.begin() as conn:
+        await conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    db = Database.connect(url, schema=schema)
+    spool_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"callhub-bench-spool-{os.getpid()}"
+    figures: dict[str, Any] = {}
+    try:
+        await upgrade(db)
+        settings = Settings(pbxs=(bench_pbx(),), database_url=url, spool_dir=str(spool_dir))
+
+        # 1. live: calls stored while the stream is read
+        writer = CallWriter(db, settings)
+        submitted: dict[str, float] = {}
+        lags: list[float] = []
+
+        def stored(batch: Any, _saved: Any) -> None:
+            now = time.perf_counter()
+            lags.extend(now - submitted[r.linkedid] for r in batch)
+
+        writer.listeners.append(stored)
+        await writer.start()
+
+        def submit(record: Any) -> None:
+            submitted[record.linkedid] = time.perf_counter()
+            writer.submit(record)
+
+        started = time.perf_counter()
+        ingest_figures, _ = await _ingest_run(port, manifest, "writer_ingest", submit)
+        async with asyncio.timeout(600):
+            await writer.wait_written()
+        elapsed = time.perf_counter() - started
+        await writer.stop()
+        lags.sort()
+        async with db.connection() as conn:
+            rows = (await conn.execute(sa.text("SELECT count(*), count(DISTINCT linkedid) "
+                                               "FROM calls"))).one()
+        figures.update(ingest_figures)
+        figures.update({
+            "writer_live_calls_per_s": round(writer.written / elapsed),
+            "writer_lag_p50_ms": round(_pct(lags, 50) * 1000, 1),
+            "writer_lag_p99_ms": round(_pct(lags, 99) * 1000, 1),
+            "writer_lag_max_ms": round(lags[-1] * 1000, 1) if lags else None,
+            "writer_rows": rows[0], "writer_distinct_rows": rows[1],
+            "writer_rows_missing": manifest.calls - rows[1],
+        })
+        print(f"  live: {writer.written} calls stored in {elapsed:.1f} s, lag p50 "
+              f"{figures['writer_lag_p50_ms']} ms p99 {figures['writer_lag_p99_ms']} ms",
+              flush=True)
+
+        # 2. capacity: the same records again into an empty table, all submitted at once
+        async with db.begin() as conn:
+            await conn.execute(sa.text("TRUNCATE calls CASCADE"))
+        records = _records_of(manifest)
+        writer = CallWriter(db, settings, max_buffer=len(records) + 1, batch_size=500)
+        await writer.start()
+        started = time.perf_counter()
+        for record in records:
+            writer.submit(record)
+        async with asyncio.timeout(600):
+            await writer.wait_written()
+        elapsed = time.perf_counter() - started
+        await writer.stop()
+        figures["writer_capacity_calls_per_s"] = round(len(records) / elapsed)
+        figures["writer_capacity_batch_size"] = 500
+    finally:
+        await db.close()
+        async with admin.begin() as conn:
+            await conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        await admin.close()
+        with contextlib.suppress(OSError):
+            for child in spool_dir.iterdir():
+                child.unlink()
+            spool_dir.rmdir()
+    return figures
+
+
+def _records_of(manifest: Manifest) -> list[Any]:
+    from callhub.ami.parser import iter_file_messages
+    from callhub.ami.replay import replay_messages
+    return list(replay_messages(iter_file_messages(manifest.path), bench_pbx()))
+
+
+def _pct(values: list[float], pct: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(pct) - 1]
+
+
+def run_phase(args: argparse.Namespace) -> None:
+    manifest = load_manifest(Path(args.stream))
+    if manifest is None:
+        raise SystemExit(f"no valid stream at {args.stream}")
+    if args.phase == "panoramisk":
+        figures = asyncio.run(phase_panoramisk(args.port, manifest))
+    elif args.phase == "callhub":
+        figures = asyncio.run(phase_callhub(args.port, manifest))
+    elif args.phase == "pbxingest":
+        figures = asyncio.run(phase_pbxingest(args.port, manifest))
+    else:
+        figures = asyncio.run(phase_writer(args.port, manifest, args.database_url))
+    print(json.dumps(figures), flush=True)
+
+
+# -- the orchestrating process ---------------------------------------------------------------
+
+def _child(phase: str, port: int, manifest: Manifest, args: argparse.Namespace
+           ) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--phase", phase, "--port", str(port),
+           "--stream", str(manifest.path)]
+    if args.database_url:
+        cmd += ["--database-url", args.database_url]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False,
+                          timeout=args.timeout)
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    for line in lines[:-1]:
+        print(line, flush=True)
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"phase {phase} failed (exit {proc.returncode})")
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def _combine(phase: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One phase's figures over its runs: median rate, worst memory and losses."""
+    out = dict(runs[-1])
+    if len(runs) > 1:
+        for key in runs[0]:
+            values = [r[key] for r in runs]
+            if key.endswith(("_events_per_s", "_events_per_cpu_s")):
+                out[key] = round(statistics.median(values))
+                out[key + "_runs"] = values
+            elif key.endswith("_seconds"):
+                out[key] = statistics.median(values)
+            elif key.endswith(("_mb", "_lost_calls", "_wrong_outcome", "_duplicate_records",
+                               "_malformed", "_errors", "_incomplete", "_left")):
+                out[key] = max(values)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000,
+                        help="events in the synthetic stream (default 1,000,000)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rate", type=float, default=30.0,
+                        help="calls per minute of PBX time (overlap grows with it)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="where the generated stream is kept and reused "
+                             "(default $CALLHUB_BENCH_CACHE or $TMPDIR/callhub-bench)")
+    parser.add_argument("--database-url",
+                        default=os.environ.get("CALLHUB_TEST_DATABASE_URL"),
+                        help="PostgreSQL URL for the writer phase "
+                             "(default $CALLHUB_TEST_DATABASE_URL; none: phase skipped)")
+    parser.add_argument("--phases", default=",".join(PHASES),
+                        help=f"comma-separated subset of {','.join(PHASES)}")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating panoramisk/callhub runs; medians are reported")
+    parser.add_argument("--timeout", type=float, default=1800.0)
+    parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--stream", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.phase:
+        run_phase(args)
+        return 0
+
+    phases = [p for p in args.phases.split(",") if p]
+    if "writer" in phases and not args.database_url:
+        print("writer: skipped (no --database-url and no CALLHUB_TEST_DATABASE_URL)")
+        phases.remove("writer")
+    manifest = stream(args.events, seed=args.seed, rate_per_minute=args.rate,
+                      cache_dir=args.cache_dir)
+    results: dict[str, Any] = {
+        "events": manifest.events, "calls": manifest.calls,
+        "stream_mb": round(manifest.bytes / 1e6, 1),
+        "expected_outcomes": dict(manifest.expected_outcomes), "cpus": os.cpu_count(),
+        "python": sys.version.split()[0]}
+    print(f"stream: kinds {manifest.kinds}; expected outcomes {results['expected_outcomes']}")
+    server = subprocess.Popen([sys.executable, str(HERE / "amiserver.py"), str(manifest.path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        # The two parse measurements alternate, round after round, so that a busy
+        # neighbour on the machine slows both alike; medians are reported.
+        paired = [p for p in ("panoramisk", "callhub") if p in phases]
+        runs: dict[str, list[dict[str, Any]]] = {}
+        order = paired * args.rounds + [p for p in phases if p not in paired]
+        for phase in order:
+            print(f"{phase}: running ...", flush=True)
+            figures = _child(phase, port, manifest, args)
+            runs.setdefault(phase, []).append(figures)
+            print(f"{phase}: " + ", ".join(f"{k}={v}" for k, v in figures.items()), flush=True)
+    finally:
+        server.terminate()
+        server.wait(10)
+    for phase, phase_runs in runs.items():
+        results.update(_combine(phase, phase_runs))
+    if "panoramisk_events_per_s" in results and "callhub_events_per_s" in results:
+        ratios = [c["callhub_events_per_s"] / p["panoramisk_events_per_s"]
+                  for p, c in zip(runs["panoramisk"], runs["callhub"], strict=True)]
+        cpu_ratios = [c["callhub_events_per_cpu_s"] / p["panoramisk_events_per_cpu_s"]
+                      for p, c in zip(runs["panoramisk"], runs["callhub"], strict=True)]
+        results["ratio"] = round(statistics.median(ratios), 2)
+        results["ratio_runs"] = [round(r, 2) for r in ratios]
+        results["cpu_ratio"] = round(statistics.median(cpu_ratios), 2)
+        results["cpu_ratio_runs"] = [round(r, 2) for r in cpu_ratios]
+        print(f"callhub {results['callhub_events_per_s']} events/s vs panoramisk bare parse "
+              f"{results['panoramisk_events_per_s']} events/s (medians of {args.rounds}): "
+              f"ratio {results['ratio']}x, per round {results['ratio_runs']} (target >= 1.0)")
+        print(f"per CPU second (what neighbours on the machine do not change): callhub "
+              f"{results['callhub_events_per_cpu_s']}, panoramisk "
+              f"{results['panoramisk_events_per_cpu_s']}: ratio {results['cpu_ratio']}x, "
+              f"per round {results['cpu_ratio_runs']}")
+    if "pbxingest_events_per_s" in results and "panoramisk_events_per_s" in results:
+        results["pbxingest_ratio"] = round(results["pbxingest_events_per_s"]
+                                           / results["panoramisk_events_per_s"], 2)
+        print(f"PbxIngest {results['pbxingest_events_per_s']} events/s: ratio "
+              f"{results['pbxingest_ratio']}x")
+    if "callhub_rss_growth_mb" in results:
+        results["rss_growth_mb"] = results["callhub_rss_growth_mb"]
+        print(f"callhub RSS growth {results['rss_growth_mb']} MB (target < 50)")
+    print(json.dumps(results, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
