@@ -6,4 +6,5 @@ pytest_plugins = [
     "routing_fixtures",
     "ami_fixtures",
     "store_fixtures",
+    "desk_fixtures",
 ]

@@ -72,7 +72,8 @@ class Closed:
     late_seconds: float
 
 
-async def _call(conn: AsyncConnection, call_id: int) -> Any:
+async def call_info(conn: AsyncConnection, call_id: int) -> Any:
+    """The call's id, pbx, outside number, category and end; FollowupError(404) if none."""
     row = (await conn.execute(
         sa.select(calls.c.id, calls.c.pbx, calls.c.external_number, calls.c.category,
                   calls.c.ended_at).where(calls.c.id == call_id))).first()
@@ -85,7 +86,7 @@ async def create(conn: AsyncConnection, call_id: int, due: Sequence[datetime], *
                  now: datetime, who: str | None = None, note: str | None = None,
                  source: str = "manual", category: str | None = None) -> list[int]:
     """Open one follow-up per due time for a call; the ids in due order."""
-    call = await _call(conn, call_id)
+    call = await call_info(conn, call_id)
     if not call.external_number:
         raise FollowupError(f"call {call_id} has no outside number to call back", 400)
     ids = []
@@ -104,7 +105,7 @@ async def apply_rule(conn: AsyncConnection, call_id: int, settings: Settings, *,
     Open rule follow-ups of another category are cancelled; the rule of the
     current category is applied once (never again after its follow-ups closed).
     """
-    call = await _call(conn, call_id)
+    call = await call_info(conn, call_id)
     f = followups.c
     await conn.execute(
         sa.update(followups)

@@ -1,0 +1,60 @@
+"""The supervisor's desk: a web page under /desk/ and the follow-up keeper behind it.
+
+Hook-up, next to the API (the follow-up routes are API operations, so they
+go through `make_app` and appear in the OpenAPI document):
+
+    app = make_app(settings, db, metrics=metrics,
+                   extra_operations=(..., *callhub.api.followups.OPERATIONS))
+    setup_desk(app, writer=writer)
+
+`setup_desk` mounts /desk/, and runs a `FollowupKeeper` for the app's
+lifetime (it sets `callhub_followups_overdue` on the metrics' registry and
+is woken by the writer whenever calls are stored).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from aiohttp import web
+
+from callhub.api.base import DB, METRICS, SETTINGS
+from callhub.api.followups import FOLLOWUP_CLOCK
+from callhub.desk.keeper import FollowupKeeper
+from callhub.desk.pages import add_routes
+
+KEEPER: web.AppKey[FollowupKeeper] = web.AppKey("followup_keeper", FollowupKeeper)
+
+__all__ = ["KEEPER", "FollowupKeeper", "setup_desk"]
+
+
+def setup_desk(app: web.Application, *, writer: Any = None,
+               clock: Callable[[], float] = time.time,
+               keeper_interval: float = 5.0) -> FollowupKeeper:
+    """Mount the desk on an app made by `make_app`; start the keeper with the app."""
+    metrics = app[METRICS]
+    keeper = FollowupKeeper(app[DB], app[SETTINGS],
+                            registry=getattr(metrics, "registry", None), clock=clock,
+                            interval=keeper_interval)
+    app[KEEPER] = keeper
+    app[FOLLOWUP_CLOCK] = clock
+    add_routes(app)
+    if writer is not None:
+        writer.listeners.append(lambda _batch, _saved: keeper.wake())
+
+    async def run_keeper(_app: web.Application) -> AsyncIterator[None]:
+        await keeper.start()
+        yield
+        await keeper.stop()
+
+    app.cleanup_ctx.append(run_keeper)
+    return keeper
+
+
+def desk_operations() -> Sequence[Any]:
+    """The follow-up API operations, for `make_app(extra_operations=...)`."""
+    from callhub.api.followups import OPERATIONS
+
+    return OPERATIONS
