@@ -1,0 +1,207 @@
+"""`callhub report --date D`: one day's desk figures per line and agent, for a cron job to mail.
+
+The figures are computed by `callhub.store.stats.compute` with the same
+query `GET /api/v1/stats` builds (the day in the configured time zone, N = 3
+rings, T = 20 s, short abandons as configured), so the report and the API
+never disagree. Formats: `text` (a readable summary), `csv` (one row per
+scope: the day, each line, each agent) and `json` (the /stats blocks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from collections.abc import Sequence
+from datetime import date, datetime, time, timedelta, tzinfo
+from typing import Any
+
+from callhub.api.stats import FIGURES_DOC
+from callhub.config import Settings, load_settings
+from callhub.store import stats
+from callhub.store.cli import run_db
+from callhub.store.db import Database
+
+FORMATS = ("text", "csv", "json")
+FIGURES = tuple(FIGURES_DOC)
+
+
+def parse_day(text: str, tz: tzinfo, today: date | None = None) -> date:
+    """YYYY-MM-DD, `today` or `yesterday` (in the configured time zone)."""
+    today = today or datetime.now(tz).date()
+    if text == "today":
+        return today
+    if text == "yesterday":
+        return today - timedelta(days=1)
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"--date: expected YYYY-MM-DD, today or yesterday, got {text!r}") \
+            from None
+
+
+def day_query(settings: Settings, day: date, group_by: str | None, rings: int = 3,
+              pbx: str | None = None) -> stats.StatsQuery:
+    """The StatsQuery of GET /api/v1/stats?from=DAY&group_by=... with the API's defaults."""
+    tz = settings.tz
+    start = datetime.combine(day, time(), tzinfo=tz)
+    return stats.StatsQuery(start=start, end=start + timedelta(days=1), group_by=group_by,
+                            rings=rings, seconds=20.0,
+                            exclude_short_abandons=settings.stats_exclude_short_abandons,
+                            tz=tz, pbx=pbx)
+
+
+async def build_report(db: Database, settings: Settings, day: date, *, rings: int = 3,
+                       pbx: str | None = None) -> dict[str, Any]:
+    """The day's totals, per line and per agent, as /stats gives them."""
+    async with db.connection() as conn:
+        totals = await stats.compute(conn, day_query(settings, day, None, rings, pbx))
+        lines = await stats.compute(conn, day_query(settings, day, "line", rings, pbx))
+        agents = await stats.compute(conn, day_query(settings, day, "agent", rings, pbx))
+    q = day_query(settings, day, None, rings, pbx)
+    return {
+        "date": day.isoformat(), "timezone": settings.timezone, "from": q.start.isoformat(),
+        "to": q.end.isoformat(), "rings": rings, "seconds": q.seconds, "pbx": pbx,
+        "short_abandons_excluded": q.exclude_short_abandons,
+        "totals": totals["totals"], "lines": lines["groups"], "agents": agents["groups"],
+    }
+
+
+def to_json(report: dict[str, Any]) -> str:
+    return json.dumps(report, ensure_ascii=False, indent=2) + "\n"
+
+
+def to_csv(report: dict[str, Any]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(["date", "scope", "key", "name", *FIGURES])
+    rows: list[tuple[str, str | None, str | None, dict[str, Any]]] = [
+        ("day", None, None, report["totals"])]
+    rows += [("line", g["key"], None, g) for g in report["lines"]]
+    rows += [("agent", g["key"], g.get("agent_name"), g) for g in report["agents"]]
+    for scope, key, name, figures in rows:
+        writer.writerow([report["date"], scope, _cell(key), _cell(name),
+                         *(_cell(figures[f]) for f in FIGURES)])
+    return out.getvalue()
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    text = str(value)
+    # A name must not run as a spreadsheet formula.
+    return "'" + text if text[:1] in ("=", "+", "-", "@") and not text[1:2].isdigit() else text
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f} %"
+
+
+def _num(value: float | None, unit: str = "") -> str:
+    return "-" if value is None else f"{value:.1f}{unit}"
+
+
+def _minutes(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds / 60:.1f} min"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(_width(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [row[0] + " " * (widths[0] - _width(row[0]))]
+        cells += [" " * (w - _width(c)) + c for c, w in zip(row[1:], widths[1:], strict=True)]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def _width(text: str) -> int:
+    """Display width: CJK characters take two columns in a terminal or a mail font."""
+    return sum(2 if "\u2e80" <= ch <= "\u9fff" or "\uff00" <= ch <= "\uffef" else 1
+               for ch in text)
+
+
+def to_text(report: dict[str, Any]) -> str:
+    t = report["totals"]
+    n = report["rings"]
+    lines = [f"callhub daily report {report['date']} ({report['timezone']})"
+             + (f", pbx {report['pbx']}" if report["pbx"] else ""), ""]
+    lines += _table(["", "count", "rate"], [
+        ["Inbound calls", str(t["inbound"]), ""],
+        ["Answered", str(t["answered"]), _pct(t["answer_rate"])],
+        [f"Answered within {n} rings", str(t["answered_within_rings"]),
+         _pct(t["within_rings_rate"])],
+        [f"Answered within {report['seconds']:g} s", str(t["answered_within_seconds"]),
+         _pct(t["service_level"])],
+        ["Missed", str(t["missed"]), ""],
+        ["Abandoned", str(t["abandoned"]), ""],
+        ["Short abandons" + (" (left out above)" if report["short_abandons_excluded"] else ""),
+         str(t["short_abandons"]), ""],
+        ["Outbound calls", str(t["outbound"]), ""],
+        ["Callbacks pending", str(t["pending_callbacks"]), ""],
+        ["Callbacks handled", str(t["handled_callbacks"]),
+         "median " + _minutes(t["median_time_to_callback_seconds"])],
+        ["Agent hung up first", "", _pct(t["agent_hangup_first_rate"])],
+    ])
+    lines += ["", "Per line"]
+    lines += _table(
+        ["line", "inbound", "answered", "answer", f"<={n} rings", "missed", "abandoned",
+         "pending", "median callback"],
+        [[g["key"] or "(none)", str(g["inbound"]), str(g["answered"]), _pct(g["answer_rate"]),
+          _pct(g["within_rings_rate"]), str(g["missed"]), str(g["abandoned"]),
+          str(g["pending_callbacks"]), _minutes(g["median_time_to_callback_seconds"])]
+         for g in report["lines"]])
+    lines += ["", "Per agent"]
+    lines += _table(
+        ["agent", "answered", f"<={n} rings of answered", "avg ring", "agent hung up first",
+         "outbound"],
+        [[(f"{g['agent_name']} ({g['key']})" if g.get("agent_name") else g["key"])
+          or "(not answered)", str(g["answered"]), _pct(g["within_rings_rate_answered"]),
+          _num(g["avg_ring_seconds"], " s"), _pct(g["agent_hangup_first_rate"]),
+          str(g["outbound"])] for g in report["agents"]])
+    return "\n".join(lines) + "\n"
+
+
+RENDER = {"text": to_text, "csv": to_csv, "json": to_json}
+
+
+def add_parser(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "report", help="one day's figures per line and agent (for a daily mail)",
+        description="Print one day's desk figures (the same numbers as GET /api/v1/stats) "
+                    "per line and per agent.")
+    parser.add_argument("--date", required=True, metavar="D",
+                        help="the day: YYYY-MM-DD, today or yesterday (configured time zone)")
+    parser.add_argument("--format", choices=FORMATS, default="text", help="default text")
+    parser.add_argument("--rings", type=int, default=3, help="N of within-N-rings (default 3)")
+    parser.add_argument("--pbx", help="only this PBX")
+    parser.add_argument("--database-url", help="override database_url / $CALLHUB_DATABASE_URL")
+    parser.set_defaults(func=report_command)
+
+
+def report_command(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    try:
+        day = parse_day(args.date, settings.tz)
+    except ValueError as exc:
+        print(f"callhub report: {exc}", file=sys.stderr)
+        return 2
+    if not 1 <= args.rings <= 100:
+        print("callhub report: --rings: must be between 1 and 100", file=sys.stderr)
+        return 2
+    url: str = args.database_url or settings.database_url
+
+    async def job() -> dict[str, Any]:
+        db = Database.connect(url)
+        try:
+            return await build_report(db, settings, day, rings=args.rings, pbx=args.pbx)
+        finally:
+            await db.close()
+
+    ok, report = run_db(url, job)
+    if not ok or report is None:
+        return 1
+    sys.stdout.write(RENDER[args.format](report))
+    return 0
