@@ -146,3 +146,19 @@ def test_rota_written_elsewhere_is_picked_up(state_path: Path, rota_file: Path) 
         other.replace(other.rota.with_line(replace(hotline, rotation=("ann",))))
     router = Router(store)
     assert router.choose(HOTLINE_DID, MONDAY_10).targets[0].id == "cai"
+
+
+async def test_position_write_is_coalesced_in_the_event_loop(router: Router,
+                                                             state_path: Path) -> None:
+    import asyncio
+    import json
+
+    path = state_path / POSITION_FILE
+    assert firsts(router, 3) == ["ann", "ben", "cai"]
+    written = json.loads(path.read_text()) if path.exists() else None
+    assert written is None or written["lines"]["hotline"]["agent"] != "cai"  # not yet
+    loop = asyncio.get_running_loop()
+    after_write = loop.create_future()
+    loop.call_soon(after_write.set_result, None)  # runs after the write queued before it
+    await after_write
+    assert json.loads(path.read_text())["lines"]["hotline"]["agent"] == "cai"

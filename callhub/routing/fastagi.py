@@ -47,6 +47,7 @@ HEADER_TIMEOUT = 2.0
 REPLY_TIMEOUT = 2.0
 MAX_ENV_BYTES = 16 * 1024
 MAX_ENV_LINES = 200
+BACKLOG = 1024  # a burst of calls must queue, not be refused (the dialplan would fall back)
 
 
 class MalformedRequest(ValueError):
@@ -227,7 +228,7 @@ async def start_fastagi(settings: Settings, router: Router,
     listen_port = settings.fastagi_listen[1] if port is None else port
     handler = FastAgiHandler(router, metrics)
     server = await asyncio.start_server(handler, listen_host, listen_port,
-                                        limit=MAX_ENV_BYTES)
+                                        limit=MAX_ENV_BYTES, backlog=BACKLOG)
     sockname = server.sockets[0].getsockname() if server.sockets else None
     log.info("fastagi: listening", address=f"{sockname[0]}:{sockname[1]}" if sockname else "")
     return server

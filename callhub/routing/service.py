@@ -88,6 +88,7 @@ class RoutingService:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+        self.router.state.flush()
 
 
 async def start_routing(settings: Settings, *, registry: CollectorRegistry | None = None,

@@ -9,6 +9,7 @@ database is down, and the position changes on every call.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -61,6 +62,7 @@ class RotationState:
         self.clock = clock
         self._lines: dict[str, Position] = {}
         self.write_errors = 0
+        self._save_pending = False
         if path is not None:
             self._load(path)
 
@@ -82,8 +84,24 @@ class RotationState:
         return self._lines.get(line)
 
     def set(self, line: str, agent: str, index: int) -> None:
+        """Move the position. Inside an event loop the file is written just after the
+        current step (one write for a burst of calls, and not before the FastAGI reply
+        has been handed to the socket); outside one, at once."""
         self._lines[line] = Position(agent, index, self.clock())
-        self.save()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.save()
+            return
+        if not self._save_pending:
+            self._save_pending = True
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write now if a write is pending (also on shutdown)."""
+        if self._save_pending:
+            self._save_pending = False
+            self.save()
 
     def save(self) -> None:
         if self.path is None:
