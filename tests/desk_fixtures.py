@@ -8,6 +8,7 @@ Playwright, or skips the test with the reason when either is missing.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
@@ -90,6 +91,8 @@ async def serve_desk(db: Database, settings: Settings, clock: Clock,
     keeper = setup_desk(app, clock=clock, keeper_interval=keeper_interval)
     client: TestClient[Any, Any] = TestClient(TestServer(app))
     await client.start_server()
+    async with asyncio.timeout(10):
+        await keeper.wait_ticks(1)  # the keeper's first tick is done: tests tick by hand
     return Desk(client, db, settings, clock, keeper, registry)
 
 

@@ -41,7 +41,7 @@ MAX_AHEAD = timedelta(days=366)
 LIST_PARAMS: tuple[Param, ...] = (
     Param("status", "string", "Only follow-ups with this status (default: all, open first).",
           enum=store.STATUSES),
-    Param("due", "string", "`yes`: only those due by now; `no`: only those not yet due.",
+    Param("due", "string", "`yes`: open ones due by now; `no`: open ones not yet due.",
           enum=("yes", "no")),
     Param("number", "string", "Only follow-ups to this number."),
     Param("limit", "integer", "Follow-ups per page.", minimum=1, maximum=MAX_LIMIT,
@@ -176,12 +176,16 @@ async def list_followups(request: web.Request) -> web.StreamResponse:
     now = now_of(request.app)
     offset = _offset(args["cursor"]) if args["cursor"] is not None else 0
     limit = int(args["limit"])
-    flt = store.FollowupFilter(status=args["status"], number=args["number"],
-                               due_by=now if args["due"] == "yes" else None)
+    status = args["status"]
+    if args["due"] is not None:
+        if status not in (None, "open"):
+            raise BadParameter("due", "only open follow-ups are due or not (drop status)")
+        status = "open"
+    flt = store.FollowupFilter(status=status, number=args["number"],
+                               due_by=now if args["due"] == "yes" else None,
+                               due_after=now if args["due"] == "no" else None)
     async with request.app[DB].connection() as conn:
         rows = await store.list_followups(conn, flt, limit=limit + 1, offset=offset)
-    if args["due"] == "no":
-        rows = [r for r in rows if r["due_at"] > now]
     return json_response({
         "items": [followup_json(r, now, settings.followup_overdue_seconds)
                   for r in rows[:limit]],

@@ -81,10 +81,11 @@ class FollowupKeeper:
         """Tick soon (the writer stored calls)."""
         self._wake.set()
 
-    async def wait_tick(self) -> None:
-        """Wait for the next completed tick (wrap in asyncio.timeout)."""
-        self._ticked.clear()
-        await self._ticked.wait()
+    async def wait_ticks(self, count: int) -> None:
+        """Wait until the task has completed `count` ticks (wrap in asyncio.timeout)."""
+        while self.ticks < count:
+            self._ticked.clear()
+            await self._ticked.wait()
 
     async def start(self) -> None:
         if self._task is None:

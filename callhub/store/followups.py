@@ -53,6 +53,10 @@ followups = sa.Table(
 sa.Index("ix_followups_status_due", followups.c.status, followups.c.due_at)
 sa.Index("ix_followups_call", followups.c.call_id)
 sa.Index("ix_followups_number_status", followups.c.number, followups.c.status)
+# A rule's follow-up exists once, even if the keeper and a request apply the rule at once.
+sa.Index("uq_followups_rule", followups.c.call_id, followups.c.category, followups.c.due_at,
+         unique=True, sqlite_where=followups.c.source == "rule",
+         postgresql_where=followups.c.source == "rule")
 
 
 class FollowupError(ValueError):
@@ -195,6 +199,7 @@ async def close(conn: AsyncConnection, followup_id: int, status: str, *, now: da
 class FollowupFilter:
     status: str | None = None
     due_by: datetime | None = None  # only those due at or before this
+    due_after: datetime | None = None  # only those due after this
     call_id: int | None = None
     number: str | None = None
 
@@ -213,6 +218,8 @@ async def list_followups(conn: AsyncConnection, flt: FollowupFilter, *, limit: i
         where.append(f.status == flt.status)
     if flt.due_by is not None:
         where.append(f.due_at <= flt.due_by)
+    if flt.due_after is not None:
+        where.append(f.due_at > flt.due_after)
     if flt.call_id is not None:
         where.append(f.call_id == flt.call_id)
     if flt.number is not None:

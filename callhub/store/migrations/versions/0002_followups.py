@@ -43,6 +43,9 @@ def upgrade() -> None:
     op.create_index("ix_followups_status_due", "followups", ["status", "due_at"])
     op.create_index("ix_followups_call", "followups", ["call_id"])
     op.create_index("ix_followups_number_status", "followups", ["number", "status"])
+    rule = sa.text("source = 'rule'")
+    op.create_index("uq_followups_rule", "followups", ["call_id", "category", "due_at"],
+                    unique=True, sqlite_where=rule, postgresql_where=rule)
 
 
 def downgrade() -> None:

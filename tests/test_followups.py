@@ -1,0 +1,205 @@
+"""Follow-up calls: the category rule, due and overdue by an injected clock, closing by callbacks.
+
+Everything goes through the real app on a loopback port (make_app with the
+follow-up operations and setup_desk) over SQLite and PostgreSQL; the keeper's
+`tick` is called where a test needs its effect at a chosen moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any
+
+from desk_fixtures import REPAIR_RULE, Desk
+from store_fixtures import auth, make_call, store
+
+from callhub.store.writer import CallWriter
+
+SUP = auth("supervisor")
+NUMBER = "+8613912340000"
+HOUR = 3600.0
+
+
+def overdue_gauge(desk: Desk) -> float | None:
+    return desk.registry.get_sample_value("callhub_followups_overdue")
+
+
+async def followups(desk: Desk, **params: str) -> list[dict[str, Any]]:
+    response = await desk.client.get("/api/v1/followups", params=params, headers=SUP)
+    assert response.status == 200, await response.text()
+    items: list[dict[str, Any]] = (await response.json())["items"]
+    return items
+
+
+async def repair_call(desk: Desk) -> tuple[int, float]:
+    """An answered inbound call an hour ago, set to `repair` through the API; (id, its end)."""
+    record = make_call("repair-1", at=desk.clock.now - HOUR, caller_number=NUMBER)
+    (call_id,) = await store(desk.db, desk.settings, record)
+    response = await desk.client.patch(f"/api/v1/calls/{call_id}", headers=SUP,
+                                       json={"category": "repair"})
+    assert response.status == 200, await response.text()
+    return call_id, record.ended_at
+
+
+async def test_a_category_rule_follow_up_comes_due_and_an_answered_callback_closes_it(
+        desk: Desk) -> None:
+    call_id, ended = await repair_call(desk)
+    tick = await desk.keeper.tick()
+    assert tick.created == 2 and tick.overdue == 0
+    items = await followups(desk)
+    assert [(f["source"], f["category"], f["status"], f["number"]) for f in items] == [
+        ("rule", "repair", "open", NUMBER)] * 2
+    assert [datetime.fromisoformat(f["due_at"]).timestamp() for f in items] == [
+        ended + d for d in REPAIR_RULE]
+    assert await followups(desk, due="yes") == []
+    assert overdue_gauge(desk) == 0
+
+    # A callback before the due time does not count; nor does an unanswered one after it.
+    await store(desk.db, desk.settings,
+                make_call("early", at=ended + REPAIR_RULE[0] - HOUR, direction="outbound",
+                          called_number=NUMBER),
+                make_call("noanswer", at=ended + REPAIR_RULE[0] + 60, direction="outbound",
+                          called_number=NUMBER, outcome="missed"))
+    desk.clock.now = ended + REPAIR_RULE[0] + 120
+    assert (await desk.keeper.tick()).closed == []
+    due = await followups(desk, due="yes")
+    assert [(f["due"], f["overdue"]) for f in due] == [(True, False)]
+
+    # Past due by more than overdue_after: flagged and counted by the gauge.
+    desk.clock.now = ended + REPAIR_RULE[0] + desk.settings.followup_overdue_seconds + 60
+    assert (await desk.keeper.tick()).overdue == 1
+    assert overdue_gauge(desk) == 1
+    assert [f["overdue"] for f in await followups(desk, due="yes")] == [True]
+
+    # The agent calls back and the customer answers: the 24 h follow-up is done.
+    callback_at = desk.clock.now + 30
+    (callback_id,) = await store(desk.db, desk.settings, make_call(
+        "callback", at=callback_at, direction="outbound", called_number=NUMBER,
+        agent="PJSIP/1002", agent_name="Wang Fang"))
+    tick = await desk.keeper.tick()
+    assert [c.followup_id for c in tick.closed] == [due[0]["id"]]
+    assert tick.overdue == 0 and overdue_gauge(desk) == 0
+    first, second = sorted(await followups(desk), key=lambda f: f["due_at"])
+    assert (first["status"], first["how"], first["closed_call_id"], first["closed_by"]) == (
+        "done", "callback", callback_id, "Wang Fang")
+    assert (second["status"], second["due"]) == ("open", False)
+    assert await followups(desk, due="yes") == []
+    assert [f["id"] for f in await followups(desk, due="no")] == [second["id"]]
+
+    # Idempotent: more ticks neither re-create the rule's follow-ups nor close the 48 h one.
+    tick = await desk.keeper.tick()
+    assert (tick.created, tick.closed) == (0, [])
+    response = await desk.client.get(f"/api/v1/calls/{call_id}/followups", headers=SUP)
+    assert [f["status"] for f in (await response.json())["items"]] == ["open", "done"]
+
+
+async def test_a_category_change_cancels_the_old_rule_and_the_rule_applies_once(
+        desk: Desk) -> None:
+    call_id, _ = await repair_call(desk)
+    response = await desk.client.post(f"/api/v1/calls/{call_id}/followups", headers=SUP,
+                                      json={"from_rule": True})
+    assert response.status == 201
+    assert len((await response.json())["items"]) == 2
+    again = await desk.client.post(f"/api/v1/calls/{call_id}/followups", headers=SUP,
+                                   json={"from_rule": True})
+    assert (await again.json())["items"] == []
+
+    await desk.client.patch(f"/api/v1/calls/{call_id}", headers=SUP,
+                            json={"category": "inquiry"})
+    assert (await desk.keeper.tick()).created == 0
+    items = await followups(desk)
+    assert [(f["status"], f["how"]) for f in items] == [("cancelled", "category_changed")] * 2
+
+    # Back to repair: the rule's follow-ups were made once already, none are added.
+    await desk.client.patch(f"/api/v1/calls/{call_id}", headers=SUP,
+                            json={"category": "repair"})
+    assert (await desk.keeper.tick()).created == 0
+    assert await followups(desk, status="open") == []
+
+
+async def test_follow_ups_by_hand_due_times_delays_done_and_cancel(desk: Desk) -> None:
+    (call_id,) = await store(desk.db, desk.settings,
+                             make_call("c1", at=desk.clock.now - HOUR, caller_number=NUMBER))
+    response = await desk.client.post(
+        f"/api/v1/calls/{call_id}/followups", headers=SUP,
+        json={"due": ["2026-11-29T13:00:00", "2026-11-29T11:00:00+08:00"], "who": "王芳",
+              "note": "确认维修进度"})
+    assert response.status == 201, await response.text()
+    made = (await response.json())["items"]
+    assert [f["due_at"] for f in made] == ["2026-11-29T03:00:00+00:00",
+                                           "2026-11-29T05:00:00+00:00"]
+    assert [f["due"] for f in made] == [True, False]
+    assert made[0]["created_by"] == "王芳" and made[0]["note"] == "确认维修进度"
+    response = await desk.client.post(f"/api/v1/calls/{call_id}/followups", headers=SUP,
+                                      json={"after": ["2d"]})
+    (later,) = (await response.json())["items"]
+    assert later["source"] == "manual" and not later["due"]
+
+    done = await desk.client.post(f"/api/v1/followups/{made[0]['id']}/done", headers=SUP,
+                                  json={"who": "王芳", "note": "已修好"})
+    body = await done.json()
+    assert (body["status"], body["how"], body["closed_by"], body["note"]) == (
+        "done", "manual", "王芳", "已修好")
+    cancelled = await desk.client.post(f"/api/v1/followups/{later['id']}/cancel", headers=SUP)
+    assert (await cancelled.json())["status"] == "cancelled"
+    conflict = await desk.client.post(f"/api/v1/followups/{later['id']}/done", headers=SUP)
+    assert conflict.status == 409
+    assert (await desk.client.post("/api/v1/followups/999999/done", headers=SUP)).status == 404
+    assert [f["id"] for f in await followups(desk, status="open")] == [made[1]["id"]]
+
+
+async def test_bad_follow_up_requests_get_400s_naming_the_field(desk: Desk) -> None:
+    (call_id,) = await store(desk.db, desk.settings, make_call("c1", caller_number=NUMBER))
+    url = f"/api/v1/calls/{call_id}/followups"
+    for body, field in (({}, "body"), ({"after": ["24h"], "due": ["2026-12-01"]}, "body"),
+                        ({"after": ["soon"]}, "after[0]"), ({"due": ["tomorrow"]}, "due[0]"),
+                        ({"due": []}, "due"), ({"after": ["24h"], "color": "red"}, "color"),
+                        ({"after": ["900d"]}, "after[0]"), ({"after": [5]}, "after[0]")):
+        response = await desk.client.post(url, headers=SUP, json=body)
+        assert response.status == 400, body
+        assert (await response.json())["parameter"] == field, body
+    assert (await desk.client.post("/api/v1/calls/999999/followups", headers=SUP,
+                                   json={"after": ["1h"]})).status == 404
+    assert (await desk.client.get("/api/v1/followups", params={"due": "maybe"},
+                                  headers=SUP)).status == 400
+    assert (await desk.client.get("/api/v1/followups", headers=auth("viewer"))).status == 403
+    assert (await desk.client.get("/api/v1/followups")).status == 401
+    # A caller who withheld the number cannot be called back.
+    (withheld,) = await store(desk.db, desk.settings, make_call("anon", caller_number=None))
+    response = await desk.client.post(f"/api/v1/calls/{withheld}/followups", headers=SUP,
+                                      json={"after": ["1h"]})
+    assert response.status == 400 and "no outside number" in (await response.json())["message"]
+
+
+async def test_the_follow_up_routes_are_in_the_openapi_document(desk: Desk) -> None:
+    doc = await (await desk.client.get("/api/v1/openapi.json", headers=SUP)).json()
+    assert {"post", "get"} <= set(doc["paths"]["/api/v1/calls/{id}/followups"])
+    assert "get" in doc["paths"]["/api/v1/followups"]
+    assert "post" in doc["paths"]["/api/v1/followups/{id}/done"]
+    assert "post" in doc["paths"]["/api/v1/followups/{id}/cancel"]
+
+
+async def test_the_writer_wakes_the_keeper_which_closes_a_due_follow_up(desk: Desk) -> None:
+    """The running keeper (not a hand-called tick) reacts to calls the writer stores."""
+    call_id, ended = await repair_call(desk)
+    desk.clock.now = ended + REPAIR_RULE[1] + 60  # both follow-ups are due
+    writer = CallWriter(desk.db, desk.settings)
+    writer.listeners.append(lambda _batch, _saved: desk.keeper.wake())
+    await writer.start()
+    try:
+        async with asyncio.timeout(10):
+            ticks = desk.keeper.ticks
+            desk.keeper.wake()
+            await desk.keeper.wait_ticks(ticks + 1)
+            assert len(await followups(desk, due="yes")) == 2
+            ticks = desk.keeper.ticks
+            writer.submit(make_call("cb", at=desk.clock.now, direction="outbound",
+                                    called_number=NUMBER))
+            await writer.wait_written()
+            await desk.keeper.wait_ticks(ticks + 1)
+    finally:
+        await writer.stop()
+    assert [f["status"] for f in await followups(desk)] == ["done", "done"]
+    response = await desk.client.get(f"/api/v1/calls/{call_id}/followups", headers=SUP)
+    assert {f["how"] for f in (await response.json())["items"]} == {"callback"}
