@@ -12,6 +12,7 @@ import asyncio
 import os
 import shutil
 import tempfile
+import time as pytime
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta
@@ -30,6 +31,7 @@ from callhub.config import PbxConfig, Settings
 from callhub.desk import FollowupKeeper, setup_desk
 from callhub.metrics.collectors import CallhubMetrics
 from callhub.records import Attempt, CallRecord, Transfer
+from callhub.store import migrate
 from callhub.store.db import Database
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -45,13 +47,17 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 
 class Clock:
-    """A settable clock (POSIX seconds) for the keeper and the follow-up routes."""
+    """A settable clock (POSIX seconds) for the keeper and the follow-up routes.
 
-    def __init__(self, now: float) -> None:
+    `real=True` follows the wall clock (browser tests, where the page's own clock runs).
+    """
+
+    def __init__(self, now: float, real: bool = False) -> None:
         self.now = now
+        self.real = real
 
     def __call__(self) -> float:
-        return self.now
+        return pytime.time() if self.real else self.now
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
@@ -103,6 +109,19 @@ async def desk(any_db: Database, desk_settings: Settings) -> AsyncIterator[Desk]
     served = await serve_desk(any_db, desk_settings, clock)
     yield served
     await served.client.close()
+
+
+@pytest.fixture
+async def live_desk(tmp_path: Path, desk_settings: Settings) -> AsyncIterator[Desk]:
+    """The desk on a SQLite file with a real-time clock and a running keeper (browser tests)."""
+    db = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'desk.db'}")
+    await migrate.upgrade(db)
+    served = await serve_desk(db, desk_settings, Clock(0.0, real=True), keeper_interval=0.5)
+    try:
+        yield served
+    finally:
+        await served.client.close()
+        await db.close()
 
 
 def day_of_calls(day: datetime) -> list[CallRecord]:
@@ -192,6 +211,13 @@ async def chromium() -> AsyncIterator[Any]:
                 await context.close()
     finally:
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def expect(target: Any) -> Any:
+    """Playwright's `expect` (waits without eval, which the desk's CSP forbids)."""
+    from playwright.async_api import expect as pw_expect
+
+    return pw_expect(target)
 
 
 def screenshot_path(name: str) -> Path:

@@ -1,0 +1,125 @@
+"""The desk page in headless Chromium against the app served in-process over a SQLite file.
+
+A known day of calls is stored through the store's `save_calls`, so the page's
+figures, timelines and follow-ups can be checked against exact values. (The
+end-to-end run against `callhub run --demo` is tests/test_desk_demo.py.)
+Screenshots go to test-artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from desk_fixtures import Desk, day_start, expect, screenshot_path, seed_day
+from store_fixtures import TOKENS, auth
+
+SUP = auth("supervisor")
+
+
+async def sign_in(page: Any, desk: Desk, role: str, name: str = "Supervisor Wu") -> None:
+    await page.goto(desk.url)
+    await page.fill("#token", TOKENS[role])
+    await page.fill("#who-name", name)
+    await page.click("#signin-button")
+    await page.wait_for_selector("#nav:not([hidden])")
+
+
+async def test_a_viewer_sees_todays_figures_as_stats_gives_them_and_no_numbers(
+        live_desk: Desk, chromium: Any) -> None:
+    desk = live_desk
+    await seed_day(desk.db, desk.settings, day_start(time.time()))
+    page = await chromium.new_page()
+    await page.goto(desk.url)
+    await page.fill("#token", "not-a-token-at-all")
+    await page.click("#signin-button")
+    await page.wait_for_selector("#signin-error:has-text('not valid')")
+    await sign_in(page, desk, "viewer")
+    await page.wait_for_selector("#hour-chart rect.bar")
+    stats = await (await desk.client.get("/api/v1/stats", headers=auth("viewer"))).json()
+    totals = stats["totals"]
+    assert await page.inner_text("#fig-missed .value") == str(totals["missed"])
+    assert await page.inner_text("#fig-inbound .value") == str(totals["inbound"])
+    within = f"{totals['within_rings_rate'] * 100:.1f}%"
+    assert await page.inner_text("#fig-within .value") == within
+    assert "bad" in (await page.get_attribute("#fig-missed", "class") or "")
+    # The chart has one bar segment per hour and outcome that had calls.
+    hours = await (await desk.client.get("/api/v1/stats", params={"group_by": "hour"},
+                                         headers=auth("viewer"))).json()
+    segments = sum((g["answered"] > 0) + (g["abandoned"] > 0) + (g["missed"] > 0)
+                   for g in hours["groups"])
+    assert await page.locator("#hour-chart rect.bar").count() == segments
+    lines = await page.locator("#lines tbody tr").all_inner_texts()
+    assert any(row.startswith("repairs") for row in lines)
+    await page.screenshot(path=screenshot_path("inproc-today-viewer"), full_page=True)
+    # No caller number anywhere the viewer can reach.
+    html = await page.content()
+    assert "+86139" not in html and "+86136" not in html
+    await page.click("#nav-worklist")
+    await page.wait_for_selector("text=needs a supervisor or admin token")
+    assert await page.locator("#worklist").count() == 0
+
+
+async def test_follow_ups_due_and_overdue_on_the_worklist_and_a_rule_from_the_call_page(
+        live_desk: Desk, chromium: Any) -> None:
+    desk = live_desk
+    ids = await seed_day(desk.db, desk.settings, day_start(time.time() - 86400))
+    now = datetime.now(UTC)
+    overdue_at = datetime.fromtimestamp(now.timestamp() - 2 * 3600, UTC).isoformat()
+    due_at = datetime.fromtimestamp(now.timestamp() - 600, UTC).isoformat()
+    response = await desk.client.post(f"/api/v1/calls/{ids[0]}/followups", headers=SUP,
+                                      json={"due": [overdue_at], "note": "check the boiler"})
+    assert response.status == 201
+    response = await desk.client.post(f"/api/v1/calls/{ids[1]}/followups", headers=SUP,
+                                      json={"due": [due_at]})
+    assert response.status == 201
+    page = await chromium.new_page()
+    await sign_in(page, desk, "supervisor")
+    rows = page.locator("#followups tbody tr")
+    await rows.nth(1).wait_for()
+    assert await rows.count() == 2
+    assert "overdue" in (await rows.nth(0).get_attribute("class") or "")
+    assert "Overdue" in await rows.nth(0).inner_text()
+    assert "check the boiler" in await rows.nth(0).inner_text()
+    assert "overdue" not in (await rows.nth(1).get_attribute("class") or "")
+    assert await page.inner_text("#followups-count") == "2 due, 1 overdue"
+    await page.screenshot(path=screenshot_path("inproc-worklist-followups"), full_page=True)
+    await rows.nth(0).locator("input.note").fill("boiler fixed")
+    await rows.nth(0).locator("[data-action=followup-done]").click()
+    await expect(rows).to_have_count(1)
+    closed = await (await desk.client.get("/api/v1/followups", params={"status": "done"},
+                                          headers=SUP)).json()
+    assert [(f["how"], f["closed_by"], f["note"]) for f in closed["items"]] == [
+        ("manual", "Supervisor Wu", "boiler fixed")]
+
+    # Category "repair" on a call: the rule plans follow-ups 24 h and 48 h after it.
+    await page.goto(desk.url + f"#/call/{ids[2]}")
+    await page.wait_for_selector("#timeline li")
+    await page.select_option("#category", "repair")
+    await page.fill("#note", "热水器漏水")
+    await page.click("#save-call")
+    await page.wait_for_selector("#call-followups tbody tr >> nth=1")
+    texts = await page.locator("#call-followups tbody tr").all_inner_texts()
+    assert all("Repair" in t and "Open" in t for t in texts)
+    call = await (await desk.client.get(f"/api/v1/calls/{ids[2]}", headers=SUP)).json()
+    assert (call["category"], call["note"]) == ("repair", "热水器漏水")
+    await page.screenshot(path=screenshot_path("inproc-call-followups"), full_page=True)
+
+
+async def test_export_downloads_the_searched_calls_as_csv(live_desk: Desk, chromium: Any) -> None:
+    desk = live_desk
+    await seed_day(desk.db, desk.settings, day_start(time.time()))
+    page = await chromium.new_page()
+    await sign_in(page, desk, "admin")
+    await page.click("#nav-calls")
+    await page.fill("#f-number", "+8613912345678")
+    await page.click("#search-button")
+    await expect(page.locator("#calls tbody tr")).to_have_count(2)
+    async with page.expect_download() as info:
+        await page.click("#export")
+    download = await info.value
+    text = (await download.path()).read_bytes().decode("utf-8")
+    assert text.startswith("\ufeffid,")
+    rows = text.strip().splitlines()[1:]
+    assert len(rows) == 2 and all("+8613912345678" in r and "王小明" in r for r in rows)
