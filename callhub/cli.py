@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from callhub import config_cli, report
+from callhub import config_cli, daemon, report
 from callhub.ami import replay, simulate_cli
 from callhub.config import ConfigError
 from callhub.routing import cli as rota_cli
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate_cli.add_parser(sub)
     rota_cli.add_parser(sub)
     db_cli.add_parser(sub)
+    daemon.add_parser(sub)
     report.add_parser(sub)
     return parser
 
