@@ -199,3 +199,24 @@ def test_interface_of_strips_the_unique_suffix() -> None:
     assert interface_of("PJSIP/1001-0000002a") == "PJSIP/1001"
     assert interface_of("Local/agent1@agentsim-00000001;2") == "Local/agent1@agentsim"
     assert interface_of("PJSIP/trunk") == "PJSIP/trunk"
+
+
+def test_events_newer_than_the_resync_snapshot_win_over_it() -> None:
+    """Events fed between asking CoreShowChannels and reconciling are newer than the list:
+    a call that ended meanwhile is not brought back, one that started is not closed."""
+    name = "12_version_coreshowchannels"
+    messages = stamped(trace_messages(name))
+    ringing_list, _ = _core_show_lists(name)
+    correlator = Correlator(trace_pbx(name))
+    correlator.begin_resync()
+    # The whole call is read before the (stale) ringing-time list is reconciled.
+    (record,) = feed_all(correlator, messages)
+    assert correlator.reconcile(ringing_list) == []
+    assert correlator.active_calls == 0 and not record.incomplete
+
+    fresh = Correlator(trace_pbx(name))
+    fresh.begin_resync()
+    first_half = messages[: len(messages) // 2]
+    feed_all(fresh, first_half)
+    assert fresh.reconcile([]) == []  # the empty list predates the call: it stays open
+    assert len(feed_all(fresh, messages[len(messages) // 2:])) == 1

@@ -13,7 +13,6 @@ import time
 from collections import Counter
 from typing import Any
 
-import pytest
 from ami_fixtures import SIM_SECRET, SIM_USER, Collector, compare_synth, make_ingest, sim_pbx
 
 from callhub.ami.parser import AmiMessage
@@ -152,10 +151,6 @@ class EagerSimulator(AmiSimulator):
         await client.writer.drain()
 
 
-@pytest.mark.xfail(strict=True, reason="AmiConnection dispatches events of the read that "
-                   "holds the CoreShowChannels reply before on_resync runs, so reconcile() "
-                   "closes calls that started right behind it (found by bench/ingest.py; "
-                   "reported to the lead)")
 async def test_events_right_behind_the_resync_reply_are_not_closed_by_it() -> None:
     sim = EagerSimulator(username=SIM_USER, secret=SIM_SECRET)
     await sim.start()

@@ -242,9 +242,6 @@ def test_mangled_real_traces_never_raise_and_every_call_is_recorded_once(
     assert all(isinstance(r, CallRecord) and r.to_dict() for r in records)
 
 
-@pytest.mark.xfail(strict=True, reason="Correlator.feed takes float(Timestamp) as it is: "
-                   "nan/inf/1e18 reach the record and to_dict() (spool, database) raises; "
-                   "reported to the lead (correlator.py is not ours to edit)")
 @pytest.mark.parametrize("stamp", ["nan", "inf", "-inf", "1e309", "1e18"])
 def test_a_garbled_timestamp_does_not_poison_the_record(stamp: str) -> None:
     """One bad Timestamp must not make a record that cannot be stored (the writer

@@ -187,11 +187,14 @@ class AmiConnection:
     """Keeps one PBX's AMI session alive and hands its events to `on_event`.
 
     `on_resync` gets the CoreShowChannel events after every login, before any
-    later event is read. Handlers run synchronously in the reader, in order.
+    later event is read; `on_resync_start` runs just before CoreShowChannels is
+    asked, so the receiver can tell events newer than the snapshot (they may be
+    dispatched before the reply is). Handlers run synchronously in the reader, in order.
     """
 
     def __init__(self, pbx: PbxConfig, on_event: EventHandler, *,
                  on_resync: ResyncHandler | None = None,
+                 on_resync_start: Callable[[], None] | None = None,
                  on_malformed: Callable[[int], None] | None = None,
                  on_state: Callable[[bool], None] | None = None,
                  ping_interval: float = 20.0, ping_timeout: float | None = None,
@@ -203,6 +206,7 @@ class AmiConnection:
         self.pbx = pbx
         self.on_event = on_event
         self.on_resync = on_resync
+        self.on_resync_start = on_resync_start
         self.on_malformed = on_malformed
         self.on_state = on_state
         self.ping_interval = ping_interval
@@ -295,6 +299,8 @@ class AmiConnection:
             assert self.pbx.username is not None and self.pbx.secret is not None
             await manager.open(self.pbx.username, self.pbx.secret, self.request_timeout)
             self.version = manager.protocol.version
+            if self.on_resync_start is not None:
+                self.on_resync_start()
             channels = await self._resync(manager)
             if self.on_resync is not None:
                 self.on_resync(channels)

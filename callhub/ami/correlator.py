@@ -57,6 +57,7 @@ _CAUSE_RESULTS: dict[str, AttemptResult] = {
 }
 ROUTE_RESULT_VARIABLE = "CALLHUB_ROUTE_RESULT"
 FINISHED_MEMORY = 4096
+MAX_TIMESTAMP = 1e11  # year 5138: beyond it a Timestamp header is garbage
 
 
 def interface_of(channel: str) -> str:
@@ -105,6 +106,19 @@ class _Leg:
     @property
     def ringing(self) -> bool:
         return self.ring_started_at is not None and self.result is None
+
+
+@dataclass(slots=True)
+class _ResyncWindow:
+    """What happened between asking CoreShowChannels and getting its answer."""
+
+    candidates: set[str]  # calls the snapshot decides: no event of theirs since the ask
+    hung_up: set[str] = field(default_factory=set)  # uniqueids that hung up since the ask
+
+    def saw(self, linkedid: str, event: AmiMessage) -> None:
+        self.candidates.discard(linkedid)
+        if event.get("Event") == "Hangup" and event.get("Uniqueid"):
+            self.hung_up.add(event["Uniqueid"])
 
 
 @dataclass(slots=True)
@@ -173,6 +187,7 @@ class Correlator:
         # Linkedids of recently finished calls: a late event must not start a ghost call.
         self._finished: dict[str, None] = {}
         self.errors = 0  # events that could not be applied (counted, skipped)
+        self._resync: _ResyncWindow | None = None
         self._handlers: dict[str, Callable[[_Call, AmiMessage, float], None]] = {
             "Newchannel": self._on_newchannel,
             "NewCallerid": self._on_callerid,
@@ -209,10 +224,11 @@ class Correlator:
         linkedid = _linkedid(event)
         if linkedid is None:
             return []
-        try:
-            now = float(event["Timestamp"])
-        except (KeyError, ValueError):
+        now = event_time(event.get("Timestamp"))
+        if now is None:
             now = self.clock()
+        if self._resync is not None:
+            self._resync.saw(linkedid, event)
         try:
             call = self.calls.get(linkedid)
             if call is None:
@@ -233,25 +249,37 @@ class Correlator:
         stale = [c for c in self.calls.values() if now - c.last_event_at > self.stale_after]
         return [self._close(call, call.last_event_at) for call in stale]
 
+    def begin_resync(self) -> None:
+        """Mark the moment `CoreShowChannels` is asked: events fed from now on are
+        newer than the snapshot, and `reconcile` must not undo them."""
+        self._resync = _ResyncWindow(set(self.calls))
+
     def reconcile(self, channels: list[AmiMessage]) -> list[CallRecord]:
         """Bring the state in line with `CoreShowChannel` events after a (re)connect.
 
         Calls none of whose channels is still up ended while we were away: they
         are closed (incomplete). Channels of calls we do not know are adopted, so
         the call is recorded once, flagged incomplete since its start was missed.
+        Events fed since `begin_resync` are newer than the list and win over it.
         """
         now = self.clock()
+        window, self._resync = self._resync, None
+        if window is None:
+            window = _ResyncWindow(set(self.calls))
         live: dict[str, list[AmiMessage]] = {}
         for channel in channels:
-            if channel.get("Linkedid") and channel.get("Uniqueid"):
-                live.setdefault(channel["Linkedid"], []).append(channel)
+            linkedid = channel.get("Linkedid")
+            if (linkedid and channel.get("Uniqueid") and linkedid not in self._finished
+                    and channel["Uniqueid"] not in window.hung_up):
+                live.setdefault(linkedid, []).append(channel)
         finished = []
         for linkedid, call in list(self.calls.items()):
-            if linkedid not in live:
+            if linkedid not in live and linkedid in window.candidates:
                 finished.append(self._close(call, now))
                 continue
-            up = {c["Uniqueid"] for c in live[linkedid]}
-            call.live = {u: n for u, n in call.live.items() if u in up}
+            if linkedid in window.candidates:
+                up = {c["Uniqueid"] for c in live.get(linkedid, ())}
+                call.live = {u: n for u, n in call.live.items() if u in up}
         for linkedid, members in live.items():
             known = self.calls.get(linkedid)
             if known is None:
@@ -664,6 +692,17 @@ def _attempt(leg: _Leg, pbx: PbxConfig) -> Attempt:
 def _linkedid(event: AmiMessage) -> str | None:
     return (event.get("Linkedid") or event.get("DestLinkedid")
             or event.get("TransfereeLinkedid") or event.get("OrigTransfererLinkedid"))
+
+
+def event_time(value: str | None) -> float | None:
+    """An event's Timestamp as POSIX seconds; None when absent or not a sane time."""
+    if not value:
+        return None
+    try:
+        stamp = float(value)
+    except ValueError:
+        return None
+    return stamp if 0.0 <= stamp < MAX_TIMESTAMP else None
 
 
 def _duration(value: str | None) -> float:

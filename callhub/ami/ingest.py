@@ -45,7 +45,8 @@ class PbxIngest:
         self.expire_interval = expire_interval
         self.correlator = Correlator(pbx, clock=clock, stale_after=stale_after)
         self.connection = AmiConnection(
-            pbx, self._on_event, on_resync=self._on_resync, on_malformed=self._on_malformed,
+            pbx, self._on_event, on_resync=self._on_resync,
+            on_resync_start=self.correlator.begin_resync, on_malformed=self._on_malformed,
             on_state=self._on_state, ping_interval=ping_interval, ping_timeout=ping_timeout,
             backoff_base=backoff_base, backoff_max=backoff_max)
         self.events = 0

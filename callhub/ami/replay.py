@@ -8,14 +8,13 @@ gives the same records however fast it runs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from callhub.ami.correlator import Correlator
+from callhub.ami.correlator import Correlator, event_time
 from callhub.ami.groundtruth import compare, load_truth, pbx_from_truth, truth_path
 from callhub.ami.parser import MessageSplitter, iter_file_messages
 from callhub.config import ConfigError, PbxConfig, load_settings
@@ -39,10 +38,9 @@ def replay_messages(messages: Iterable[dict[str, str]], pbx: PbxConfig,
     correlator = Correlator(pbx, clock=clock, stale_after=stale_after)
     next_expiry = 0.0
     for message in messages:
-        stamp = message.get("Timestamp")
-        if stamp:
-            with contextlib.suppress(ValueError):
-                clock.now = float(stamp)
+        stamp = event_time(message.get("Timestamp"))
+        if stamp is not None:
+            clock.now = stamp
         yield from correlator.feed(message)
         if clock.now >= next_expiry:
             yield from correlator.expire(clock.now)
