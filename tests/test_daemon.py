@@ -1,0 +1,182 @@
+"""The whole path: AMI simulator over TCP -> `callhub run` -> database -> API over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import sqlite3
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from ami_fixtures import sim_pbx
+from store_fixtures import TOKENS, DbFactory, auth
+
+from callhub.ami.simulator import AmiSimulator
+from callhub.ami.synth import SynthCall
+from callhub.config import ApiToken, Settings
+from callhub.daemon import Daemon, StartupError, running
+from callhub.store import migrate
+
+WAIT = 30.0
+X, Y, Z = "+8613800000004", "+8613800000005", "+8613800000006"
+
+
+def desk_calls(sim: AmiSimulator) -> list[SynthCall]:
+    """A miss, its answered callback, an abandon, an answered call from 张三."""
+    now = time.time() - 900
+    make = sim.factory.make
+    return [
+        make("missed", now, number=X, caller_name="李四", ring_seconds=20.0),
+        make("answered", now + 10, number=Z, caller_name="张三", ring_seconds=6.0,
+             talk_seconds=30.0),
+        make("abandoned", now + 20, number=Y, caller_name="王芳", ring_seconds=9.0),
+        make("outbound", now + 300, number=X, ring_seconds=5.0, talk_seconds=20.0),
+    ]
+
+
+async def get(session: aiohttp.ClientSession, url: str, role: str = "admin",
+              **params: Any) -> Any:
+    async with session.get(url, headers=auth(role), params=params) as response:
+        assert response.status == 200, await response.text()
+        if response.content_type == "application/json":
+            return await response.json()
+        return await response.text()
+
+
+async def test_simulator_to_api(db_factory: DbFactory, ami_simulator: AmiSimulator,
+                                tmp_path: Path) -> None:
+    settings = replace(Settings(), pbxs=(sim_pbx(ami_simulator),),
+                       api_listen=("127.0.0.1", 0), spool_dir=str(tmp_path / "spool"),
+                       api_tokens=tuple(ApiToken(r, t) for r, t in TOKENS.items()))
+    db = await db_factory.create()  # empty: the daemon applies the migrations
+    d = Daemon(settings, db=db, out=io.StringIO())
+    async with running(d):
+        assert await migrate.current_revision(db) == migrate.head_revision()
+        ingest = d.ingests["lab"]
+        await ingest.wait_connected(WAIT)
+        calls = desk_calls(ami_simulator)
+        await ami_simulator.play_calls(calls, speed=None)
+        assert d.writer is not None
+        async with asyncio.timeout(WAIT):
+            await d.writer.wait_until(lambda w: w.written >= len(calls))
+
+        async with aiohttp.ClientSession() as session:
+            base = f"{d.api_url}/api/v1"
+            items = (await get(session, f"{base}/calls"))["items"]
+            by_id = {c["linkedid"]: c for c in items}
+            assert set(by_id) == {c.linkedid for c in calls}
+            for call in calls:
+                got = by_id[call.linkedid]
+                for key in ("direction", "outcome", "agent", "caller_number",
+                            "called_number"):
+                    if key in call.expected:
+                        assert got[key] == call.expected[key], (call.kind, key)
+            answered = next(c for c in items if c["caller_number"] == Z)
+            assert answered["caller_name"] == "张三"
+            detail = await get(session, f"{base}/calls/{answered['id']}")
+            assert detail["attempts"] and detail["attempts"][-1]["result"] == "answered"
+
+            worklist = (await get(session, f"{base}/worklist"))["items"]
+            status = {e["number"]: (e["status"], e["how"]) for e in worklist}
+            assert status == {X: ("handled", "callback"), Y: ("pending", None)}
+
+            totals = (await get(session, f"{base}/stats", role="viewer",
+                                **{"from": "2000-01-01", "to": "2000-12-31"}))["totals"]
+            assert totals["inbound"] == 0  # another period: nothing
+            start = time.strftime("%Y-%m-%dT%H:%M:%S+00:00",
+                                  time.gmtime(time.time() - 86400))
+            totals = (await get(session, f"{base}/stats", role="viewer",
+                                **{"from": start}))["totals"]
+            assert (totals["inbound"], totals["answered"], totals["outbound"]) == (3, 1, 1)
+            assert (totals["pending_callbacks"], totals["handled_callbacks"]) == (1, 1)
+
+            ready = await get(session, f"{d.api_url}/readyz", role="viewer")
+            assert ready == {"ready": True, "reasons": []}
+            metrics = await get(session, f"{d.api_url}/metrics")
+            assert "callhub_calls_total" in metrics
+            assert X not in metrics and "张三" not in metrics
+    assert "callhub API: http://127.0.0.1:" in d.out.getvalue()  # type: ignore[attr-defined]
+
+
+async def test_no_migrate_refuses_an_old_schema(db_factory: DbFactory, tmp_path: Path) -> None:
+    settings = replace(Settings(), api_listen=("127.0.0.1", 0),
+                       spool_dir=str(tmp_path / "spool"))
+    db = await db_factory.create()
+    with pytest.raises(StartupError, match="callhub db upgrade"):
+        async with running(Daemon(settings, db=db, migrate=False)):
+            pass
+    await migrate.upgrade(db)
+    async with running(Daemon(settings, db=db, migrate=False, out=sys.stderr)) as d:
+        assert d.api_url
+
+
+async def read_until(stream: asyncio.StreamReader, predicate: Any, lines: list[str]) -> str:
+    """Read lines (kept in `lines`) until one satisfies `predicate`; return it."""
+    while True:
+        raw = await stream.readline()
+        if not raw:
+            raise AssertionError("stream ended; read so far:\n" + "".join(lines[-20:]))
+        line = raw.decode("utf-8", "replace")
+        lines.append(line)
+        if predicate(line):
+            return line
+
+
+async def test_demo_process_serves_calls_and_flushes_on_sigterm(tmp_path: Path) -> None:
+    """`callhub run --demo` as a newcomer runs it; SIGTERM leaves every finished call stored."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLHUB_")}
+    env.update(CALLHUB_API_LISTEN="127.0.0.1:0", CALLHUB_LOG_LEVEL="info")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "callhub", "run", "--demo", "--demo-rate", "240",
+        "--demo-speed", "10", cwd=tmp_path, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    out: list[str] = []
+    err: list[str] = []
+    try:
+        async with asyncio.timeout(60):
+            url_line = await read_until(proc.stdout, lambda s: "callhub API:" in s, out)
+            token_line = await read_until(proc.stdout, lambda s: "demo admin token" in s, out)
+            base = url_line.split()[2].rstrip("/")
+            token = token_line.split()[-1]
+            finished = 0
+
+            def count(line: str) -> bool:
+                nonlocal finished
+                finished += '"call.finished"' in line
+                return finished >= 5
+
+            await read_until(proc.stderr, count, err)
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"{base}/calls") as response:
+                    assert response.status == 401
+                async with session.get(f"{base}/calls",
+                                       headers={"Authorization": f"Bearer {token}"}) as r:
+                    assert r.status == 200
+            proc.send_signal(signal.SIGTERM)
+            rest = (await proc.stderr.read()).decode("utf-8", "replace")
+            err.append(rest)
+            assert await proc.wait() == 0, "".join(err)[-3000:]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    log = "".join(err)
+    assert '"daemon.stopped"' in log and '"pending_calls": 0' in log
+    logged = {line.split('"linkedid": "')[1].split('"')[0]
+              for line in log.splitlines() if '"call.finished"' in line}
+    with sqlite3.connect(tmp_path / "callhub.db") as conn:
+        stored = {row[0] for row in conn.execute("SELECT linkedid FROM calls")}
+        numbers = {row[0] for row in conn.execute(
+            "SELECT external_number FROM calls WHERE external_number IS NOT NULL")}
+    assert logged and logged <= stored  # every finished call is in the database
+    # One info line per finished call, with the number masked to its last 4 digits.
+    assert len([x for x in log.splitlines() if '"call.finished"' in x]) == len(logged)
+    assert numbers and not any(n in log for n in numbers if len(n) > 4)
