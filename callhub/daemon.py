@@ -36,6 +36,7 @@ from callhub.ami.synth import DEMO_DIDS, MixSettings, template_for
 from callhub.api.app import make_app
 from callhub.api.base import Operation
 from callhub.config import ApiToken, Settings, load_settings, settings_from_mapping
+from callhub.desk import desk_operations, setup_desk
 from callhub.logs import configure_logging
 from callhub.metrics.collectors import CallhubMetrics
 from callhub.metrics.http import metrics_handler
@@ -259,7 +260,8 @@ async def api(d: Daemon) -> AsyncIterator[None]:
     """The HTTP API on settings.api_listen (port 0: any free port)."""
     assert d.db is not None
     app = make_app(d.settings, d.db, ingests=d.ingests, metrics=d.metrics,
-                   extra_operations=d.operations)
+                   extra_operations=[*d.operations, *desk_operations()])
+    setup_desk(app, writer=d.writer)  # /desk/ and the follow-up keeper
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, port = d.settings.api_listen

@@ -4,7 +4,7 @@ Hook-up, next to the API (the follow-up routes are API operations, so they
 go through `make_app` and appear in the OpenAPI document):
 
     app = make_app(settings, db, metrics=metrics,
-                   extra_operations=(..., *callhub.api.followups.OPERATIONS))
+                   extra_operations=(..., *desk_operations()))
     setup_desk(app, writer=writer)
 
 `setup_desk` mounts /desk/, and runs a `FollowupKeeper` for the app's
@@ -20,14 +20,14 @@ from typing import Any
 
 from aiohttp import web
 
-from callhub.api.base import DB, METRICS, SETTINGS
-from callhub.api.followups import FOLLOWUP_CLOCK
+from callhub.api.base import DB, METRICS, SETTINGS, Operation
+from callhub.api.followups import FOLLOWUP_CLOCK, OPERATIONS
 from callhub.desk.keeper import FollowupKeeper
 from callhub.desk.pages import add_routes
 
 KEEPER: web.AppKey[FollowupKeeper] = web.AppKey("followup_keeper", FollowupKeeper)
 
-__all__ = ["KEEPER", "FollowupKeeper", "setup_desk"]
+__all__ = ["KEEPER", "FollowupKeeper", "desk_operations", "setup_desk"]
 
 
 def setup_desk(app: web.Application, *, writer: Any = None,
@@ -53,8 +53,6 @@ def setup_desk(app: web.Application, *, writer: Any = None,
     return keeper
 
 
-def desk_operations() -> Sequence[Any]:
+def desk_operations() -> Sequence[Operation]:
     """The follow-up API operations, for `make_app(extra_operations=...)`."""
-    from callhub.api.followups import OPERATIONS
-
     return OPERATIONS
