@@ -41,6 +41,7 @@ from callhub.logs import configure_logging
 from callhub.metrics.collectors import CallhubMetrics
 from callhub.metrics.http import metrics_handler
 from callhub.records import CallRecord
+from callhub.routing.service import routing_part
 from callhub.store import migrate, queries, worklist
 from callhub.store.db import Database
 from callhub.store.save import sync_agents
@@ -291,6 +292,7 @@ PARTS: list[Part] = [
     worklist_gauge,
     ingestion,
     demo_callbacks,
+    routing_part,
     api,
 ]
 

@@ -88,3 +88,45 @@ async def test_busy_view_follows_the_ami_stream(agi_server: AgiServer,
     finally:
         await ingest.stop()
         await routing.close()
+
+
+async def test_callhub_run_demo_answers_fastagi(tmp_path: Path) -> None:
+    """`callhub run --demo` in-process: FastAGI routes the demo lines by the demo rota, the
+    rota API is mounted, and the on-duty gauge is on /metrics."""
+    import io
+    import socket
+    from dataclasses import replace
+
+    import aiohttp
+
+    from callhub.daemon import Daemon, running
+    from callhub.store.db import Database
+
+    with socket.socket() as s:  # a free port for FastAGI (the daemon does not report it)
+        s.bind(("127.0.0.1", 0))
+        agi_port = s.getsockname()[1]
+    settings = replace(Settings(), api_listen=("127.0.0.1", 0),
+                       fastagi_listen=("127.0.0.1", agi_port),
+                       spool_dir=str(tmp_path / "spool"))
+    db = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'demo.db'}")
+    d = Daemon(settings, demo=True, db=db, demo_rate=0.5, out=io.StringIO())
+    try:
+        async with running(d):
+            answer = await agi_request("127.0.0.1", agi_port, asterisk_environment(
+                did="4008001000", caller="+8613800000001", port=agi_port))
+            assert answer.variables["CALLHUB_LINE"] == "hotline"
+            assert answer.variables["CALLHUB_ROUTE_RESULT"] == "routed"
+            assert "Local/agent1@agentsim" in answer.targets
+            admin = next(t.token for t in d.settings.api_tokens if t.role == "admin")
+            async with aiohttp.ClientSession(
+                    headers={"Authorization": f"Bearer {admin}"}) as session:
+                async with session.get(f"{d.api_url}/api/v1/rotas/hotline") as resp:
+                    assert resp.status == 200
+                    assert (await resp.json())["dids"] == ["4008001000"]
+                async with session.get(f"{d.api_url}/metrics") as resp:
+                    text = await resp.text()
+            assert 'callhub_agents_on_duty{line="hotline"}' in text
+            assert ('callhub_route_requests_total{line="hotline",result="routed"} 1.0'
+                    in text)
+    finally:
+        await db.engine.dispose()

@@ -1,6 +1,7 @@
 """Wiring for `callhub run`: the router, its busy view, metrics and the FastAGI server.
 
-The daemon needs three lines::
+`routing_part` is the daemon part (one line in `callhub.daemon.PARTS`, after
+ingestion and before the API). By hand::
 
     routing = await start_routing(settings, registry=metrics.registry)
     routing.attach(ingest)                     # for each PbxIngest: busy devices from AMI
@@ -8,17 +9,19 @@ The daemon needs three lines::
     ...
     await routing.close()
 
-`--demo` passes `rota=demo_rota(...)` so FastAGI answers as in production
-without touching the real rota on disk.
+`--demo` routes by `demo_rota_for(settings)` (every agent on every line, all
+day) in memory, so FastAGI answers as in production without touching the
+real rota on disk.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -93,8 +96,14 @@ class RoutingService:
 
 async def start_routing(settings: Settings, *, registry: CollectorRegistry | None = None,
                         rota: Rota | None = None, listen: bool = True,
-                        host: str | None = None, port: int | None = None) -> RoutingService:
-    """Build the router (from the state directory, or `rota` in memory) and start FastAGI."""
+                        host: str | None = None, port: int | None = None,
+                        required: bool = True) -> RoutingService:
+    """Build the router (from the state directory, or `rota` in memory) and start FastAGI.
+
+    With `required=False` a FastAGI address that cannot be bound is logged as
+    an error and routing runs without it (the dialplan then dials its own
+    default), instead of stopping call recording with it.
+    """
     busy = BusyTracker()
     if rota is not None:
         router = Router(rota, RotationState(None), busy=busy.busy_interfaces,
@@ -102,11 +111,46 @@ async def start_routing(settings: Settings, *, registry: CollectorRegistry | Non
     else:
         router = router_from_settings(settings, busy=busy.busy_interfaces)
     metrics = RoutingMetrics(registry, router=router)
-    server = await start_fastagi(settings, router, metrics, host, port) if listen else None
+    server = None
+    if listen:
+        try:
+            server = await start_fastagi(settings, router, metrics, host, port)
+        except OSError as exc:
+            if required:
+                raise
+            log.error("routing: FastAGI cannot listen; the dialplan will dial its own "
+                      "default", address="{}:{}".format(*settings.fastagi_listen),
+                      error=str(exc))
     lines = router.rota.lines
     log.info("routing: ready", lines=len(lines), agents=len(router.rota.agents),
              source=router.rota.source)
     return RoutingService(router, busy, metrics, server)
+
+
+class DaemonLike(Protocol):
+    """What `routing_part` reads from and adds to `callhub.daemon.Daemon`."""
+
+    settings: Settings
+    demo: bool
+    metrics: Any
+    ingests: Any
+    operations: Any
+
+
+@asynccontextmanager
+async def routing_part(d: DaemonLike) -> AsyncIterator[None]:
+    """`callhub run`: FastAGI on fastagi.listen, busy devices from every PBX's AMI,
+    /api/v1/agents and /api/v1/rotas; `--demo` routes by the demo rota."""
+    rota = demo_rota_for(d.settings) if d.demo else None
+    registry = d.metrics.registry if d.metrics is not None else None
+    routing = await start_routing(d.settings, registry=registry, rota=rota, required=False)
+    for ingest in d.ingests.values():
+        routing.attach(ingest)
+    d.operations.extend(routing.operations())
+    try:
+        yield
+    finally:
+        await routing.close()
 
 
 def demo_rota(agents: Mapping[str, str], lines: Mapping[str, Iterable[str]],
