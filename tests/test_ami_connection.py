@@ -43,9 +43,11 @@ async def test_utf8_name_split_across_reads_survives_into_record(
         arrived.set()
 
     async def until_client_read_everything() -> None:
-        while received < sim.bytes_written:
-            arrived.clear()
-            await arrived.wait()
+        async def _wait() -> None:
+            while received < sim.bytes_written:
+                arrived.clear()
+                await arrived.wait()
+        await asyncio.wait_for(_wait(), 5)
 
     ingest.connection.add_raw_listener(on_read)
     sim.split_utf8 = True

@@ -387,7 +387,12 @@ class CallFactory:
         suffixes: dict[str, str] = {}
         bridges: dict[str, str] = {}
 
+        renamed: dict[str, str] = {}
+
         def rename(value: str) -> str:
+            if value in renamed:  # values repeat a lot within a call
+                return renamed[value]
+            original = value
             if pattern is not None:
                 value = pattern.sub(lambda m: tokens[m.group(0)], value)
             if "/" in value:
@@ -398,6 +403,7 @@ class CallFactory:
                 value = _UUID.sub(lambda m: bridges.setdefault(
                     m.group(0), str(uuid.UUID(int=self.rng.getrandbits(128), version=4))),
                     value)
+            renamed[original] = value
             return value
 
         messages = [self._rewrite(m, rename, retime) for m in tpl.messages]
@@ -484,6 +490,10 @@ class CallFactory:
         if tpl.ring_seconds and exp.get("ring_seconds") is not None:
             exp["ring_seconds"] = round(ring, 3)
             exp["rings"] = math.floor(ring / cadence) + 1 if ring > 0 else 0
+        if exp.get("outcome") == "abandoned" and tpl.ring_start is not None:
+            # The caller gave up when ringing ended: wait = time before ringing + ring.
+            wait = tpl.ring_start - tpl.t0 + ring
+            exp["short_abandon"] = wait < float(tpl.config.get("short_abandon_seconds", 5.0))
         if tpl.talk_seconds and exp.get("talk_seconds"):
             exp["talk_seconds"] = round(float(exp["talk_seconds"]) - tpl.talk_seconds + talk, 3)
         return exp
@@ -534,6 +544,21 @@ def agent_pool(tpl: Template) -> list[str]:
     return [a for a in tpl.config.get("agents", {}) if re.sub(r"\d+", "#", a) == shape]
 
 
+def _off_boundaries(ring: float, tpl: Template, margin: float = 0.25) -> float:
+    """Keep a ring time clear of ring-count and short-abandon boundaries, so the
+    record it should produce is not a matter of milliseconds."""
+    cadence = float(tpl.config.get("ring_cadence_seconds", 5.0))
+    short = float(tpl.config.get("short_abandon_seconds", 5.0))
+    pre_ring = (tpl.ring_start - tpl.t0) if tpl.ring_start is not None else 0.0
+    for _ in range(8):
+        near_cadence = abs(ring - round(ring / cadence) * cadence) < margin
+        near_short = abs(pre_ring + ring - short) < margin
+        if not (near_cadence or near_short):
+            break
+        ring += 2 * margin
+    return ring
+
+
 def generate_mix(start: float, settings: MixSettings | None = None, *,
                  seed: int | None = None, pjsip: bool = False,
                  factory: CallFactory | None = None) -> Iterator[SynthCall]:
@@ -558,7 +583,7 @@ def generate_mix(start: float, settings: MixSettings | None = None, *,
         agent = rng.choice(pool) if pool and tpl.interfaces else None
         yield factory.make(
             kind, at,
-            ring_seconds=round(rng.uniform(*settings.ring_range), 2),
+            ring_seconds=_off_boundaries(round(rng.uniform(*settings.ring_range), 2), tpl),
             talk_seconds=round(rng.uniform(*settings.talk_range), 2),
             number=f"+86138{rng.randrange(10**8):08d}",
             caller_name=rng.choice(list(settings.names)),
