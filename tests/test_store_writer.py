@@ -193,5 +193,37 @@ def test_spool_skips_a_torn_last_line_and_survives_reopening(tmp_path: Path) -> 
     assert [r.linkedid for r in records] == ["1", "2"]
     assert records[0].caller_name == "张三"
     assert reopened.read(offset, 10) == ([], offset)
+    # The next append does not glue its record to the torn line.
+    reopened.append([make_call("4")])
+    records, _ = reopened.read(0, 10)
+    assert [r.linkedid for r in records] == ["1", "2", "4"] and reopened.skipped == 1
     reopened.clear()
     assert len(reopened) == 0 and not reopened.path.exists()
+
+
+def test_a_failed_spool_write_is_cut_back_off(tmp_path: Path) -> None:
+    """Disk full mid-write (a real EFBIG in a child process): no half line stays behind."""
+    import subprocess
+    import sys
+    script = f"""
+import resource, signal, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from store_fixtures import make_call
+from callhub.store.spool import Spool
+spool = Spool({str(tmp_path)!r})
+spool.append([make_call("1")])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (spool.size() + 200, resource.RLIM_INFINITY))
+try:
+    spool.append([make_call("2", caller_name="x" * 1000)])
+except OSError as exc:
+    print("refused", exc.errno)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.startswith("refused"), done.stdout + done.stderr
+    spool = Spool(tmp_path)
+    assert spool.path.read_bytes().endswith(b"\n")
+    spool.append([make_call("3")])
+    records, _ = spool.read(0, 10)
+    assert [r.linkedid for r in records] == ["1", "3"] and spool.skipped == 0

@@ -10,6 +10,7 @@ write) is skipped and counted, never fatal.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -44,16 +45,34 @@ class Spool:
             return 0
 
     def append(self, records: Iterable[CallRecord]) -> None:
-        """Add records at the end; durable when this returns."""
-        lines = [json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records]
-        if not lines:
+        """Add records at the end; durable when this returns.
+
+        A failed write (disk full) is cut back off, so the file never keeps half
+        a line that the next record would be glued to; the OSError is raised.
+        """
+        data = "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n"
+                       for r in records).encode("utf-8")
+        if not data:
             return
+        lines = data.count(b"\n")
         self.directory.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.writelines(lines)
-            fh.flush()
-            os.fsync(fh.fileno())
-        self._count += len(lines)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            start = os.lseek(fd, 0, os.SEEK_END)
+            if start and os.pread(fd, 1, start - 1) != b"\n":
+                data = b"\n" + data  # a torn line from a crash stays a line of its own
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+                raise
+        finally:
+            os.close(fd)
+        self._count += lines
 
     def read(self, offset: int, limit: int) -> tuple[list[CallRecord], int]:
         """Up to `limit` records from byte `offset`; the offset after them."""
