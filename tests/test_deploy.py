@@ -461,3 +461,21 @@ def test_systemd_unit_runs_unprivileged_hardened_and_can_write_its_state() -> No
         assert any(Path(path).is_relative_to(w) for w in writable), (
             f"{path} is not writable under ProtectSystem=strict")
 
+
+def test_the_commands_the_deploy_files_run_exist() -> None:
+    """systemd's Exec lines, the image's entrypoint and compose's command parse as callhub CLI."""
+    from callhub.cli import build_parser
+
+    service = unit_file(UNIT)["Service"]
+    commands = [line.split()[1:] for key in ("ExecStartPre", "ExecStart")
+                for line in service.get(key, [])]
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    cmd = re.search(r"^CMD (\[.*\])$", dockerfile, re.M)
+    assert cmd
+    commands.append(json.loads(cmd.group(1)))
+    commands.append(compose()["services"]["callhub"]["command"])
+    for argv in commands:
+        try:
+            build_parser().parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"`callhub {' '.join(argv)}` is not a callhub command")
