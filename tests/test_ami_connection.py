@@ -77,7 +77,9 @@ async def test_drop_mid_call_then_resync_loses_and_duplicates_nothing(
         ami_simulator: AmiSimulator) -> None:
     sim = ami_simulator
     collector = Collector()
-    ingest = make_ingest(sim_pbx(sim), collector, backoff_base=0.01, backoff_max=0.05)
+    registry = CollectorRegistry()
+    ingest = make_ingest(sim_pbx(sim), collector, backoff_base=0.01, backoff_max=0.05,
+                         metrics=CallhubMetrics(registry))
     base = time.time() - 120
     factory = CallFactory(seed=11, uniqueid_counter=100)
     # A: rings through the outage and is answered during it; B: ends during it;
@@ -121,6 +123,9 @@ async def test_drop_mid_call_then_resync_loses_and_duplicates_nothing(
     assert by_id[c.linkedid].outcome == "answered"
     assert by_id[c.linkedid].agent == "Local/agent3@agentsim"
     assert by_id[b.linkedid].incomplete  # its end happened while we were away
+    labels = {"pbx": "lab"}
+    assert registry.get_sample_value("callhub_ami_reconnects_total", labels) == 1.0
+    assert registry.get_sample_value("callhub_active_calls", labels) == 0.0
 
 
 async def test_wrong_secret_logs_clearly_and_backs_off_without_crash_loop(

@@ -192,7 +192,7 @@ async def test_run_mix_overlapping_calls_match_what_they_should_produce(
 async def test_simulate_command_serves_a_mix_until_interrupted() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "callhub", "simulate", "--listen", "127.0.0.1:0", "--mix",
-        "--rate", "120", "--seed", "3", "--speed", "20", "--secret", SIM_SECRET,
+        "--rate", "60", "--seed", "3", "--speed", "200", "--secret", SIM_SECRET,
         "--log-level", "warning",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:

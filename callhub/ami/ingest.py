@@ -126,12 +126,13 @@ class PbxIngest:
             self.metrics.ami_malformed.labels(self.pbx.name).inc(count)
 
     def _on_state(self, up: bool) -> None:
+        reconnected = up and self._had_session
+        self._had_session = self._had_session or up
         if self.metrics is None:
             return
         self.metrics.ami_connected.labels(self.pbx.name).set(1 if up else 0)
-        if up and self._had_session:
+        if reconnected:
             self.metrics.ami_reconnects.labels(self.pbx.name).inc()
-        self._had_session = self._had_session or up
 
     def _emit(self, records: list[CallRecord]) -> None:
         for record in records:
