@@ -237,10 +237,17 @@ def test_from_settings_takes_label_values_from_configuration() -> None:
 
 async def test_configured_pbx_reports_zero_calls_before_its_first_call(
         scrape_metrics: ScrapeFn) -> None:
-    scrape = await scrape_metrics(CallhubMetrics(pbxs=["hq"], clock=Clock(T0)).registry)
+    scrape = await scrape_metrics(CallhubMetrics(pbxs=["hq"], lines=["sales"],
+                                                 clock=Clock(T0)).registry)
     for window in ("15m", "1h", "today"):
         assert scrape.value("callhub_answered_within_rings_calls", pbx="hq",
                             window=window) == 0
+    # Per-PBX series exist at 0 before anything happens: alerts and increase() see them.
+    for name in ("callhub_ami_connected", "callhub_active_calls", "callhub_ami_events_total",
+                 "callhub_ami_malformed_total", "callhub_ami_reconnects_total"):
+        assert scrape.value(name, pbx="hq") == 0, name
+    for line in ("sales", OTHER):
+        assert scrape.value("callhub_short_abandons_total", pbx="hq", line=line) == 0
 
 
 async def test_token_is_required_only_when_configured(scrape_metrics: ScrapeFn) -> None:

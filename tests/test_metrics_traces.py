@@ -15,86 +15,28 @@ and across local midnight.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
-from datetime import datetime
-from pathlib import Path
-from typing import Any
-from zoneinfo import ZoneInfo
+from dataclasses import replace
 
 import pytest
-from metrics_fixtures import Scrape, ScrapeFn
-from traces_fixtures import all_traces
+from metrics_fixtures import (
+    TIMEZONE,
+    Clock,
+    ScrapeFn,
+    Traces,
+    check_totals,
+    expected_windows,
+    load,
+)
 
-from callhub.ami.groundtruth import pbx_from_truth
 from callhub.ami.ingest import PbxIngest
 from callhub.ami.replay import replay_files
 from callhub.ami.simulator import AmiSimulator
-from callhub.config import PbxConfig, settings_from_mapping
-from callhub.metrics.collectors import OTHER, RING_BUCKETS, SECONDS_BUCKETS, CallhubMetrics
+from callhub.config import settings_from_mapping
+from callhub.metrics.collectors import CallhubMetrics
 from callhub.records import CallRecord
-
-# America/St_Johns is UTC-3:30 in November: its midnight (03:30 UTC) falls between the
-# two recording sessions, so "today" changes while the clock walks.
-TIMEZONE = "America/St_Johns"
-
-
-@dataclass(frozen=True)
-class Truth:
-    """One expected call, with the PBX it was recorded on."""
-
-    pbx: str
-    call: dict[str, Any]
-    tolerance: float
-
-    @property
-    def arrived(self) -> float:
-        # A linkedid is the first channel's uniqueid: "<epoch seconds>.<sequence>".
-        return float(self.call["linkedid"].split(".")[0])
-
-    @property
-    def rings(self) -> list[int]:
-        rings = self.call["rings"]
-        return rings if isinstance(rings, list) else [rings]
-
-    def seconds(self, key: str) -> tuple[float, float]:
-        value = float(self.call[key])
-        return value - self.tolerance, value + self.tolerance
-
-    @property
-    def inbound(self) -> bool:
-        return bool(self.call["direction"] == "inbound")
-
-    @property
-    def answered(self) -> bool:
-        return bool(self.call["outcome"] == "answered")
-
-
-@dataclass
-class Traces:
-    """The recordings grouped by the PBX they were made on, with their ground truth."""
-
-    configs: dict[str, dict[str, Any]]
-    pbxs: dict[str, PbxConfig]
-    files: dict[str, list[Path]]
-    truths: list[Truth]
-
-
-def load() -> Traces:
-    traces = Traces({}, {}, {}, [])
-    for trace in all_traces():
-        data = json.loads(trace.with_suffix(".json").read_text(encoding="utf-8"))
-        expected = data["expected"]
-        pbx = pbx_from_truth(data)
-        traces.configs.setdefault(pbx.name, expected["config"])
-        traces.pbxs.setdefault(pbx.name, pbx)
-        traces.files.setdefault(pbx.name, []).append(trace)
-        tolerance = float(expected.get("tolerance", {}).get("seconds", 0.0))
-        traces.truths.extend(Truth(pbx.name, call, tolerance) for call in expected["calls"])
-    return traces
 
 
 async def replay_directly(traces: Traces, metrics: CallhubMetrics) -> list[CallRecord]:
@@ -136,92 +78,6 @@ async def replay_over_ami(traces: Traces, metrics: CallhubMetrics) -> list[CallR
                 await ingest.stop()
         assert metrics.registry.get_sample_value("callhub_ami_connected", {"pbx": name}) == 0
     return records
-
-
-def bounds(truths: list[Truth], lo_hit: Any, hi_hit: Any) -> tuple[int, int]:
-    """(calls certainly counted, calls possibly counted)."""
-    return sum(1 for t in truths if lo_hit(t)), sum(1 for t in truths if hi_hit(t))
-
-
-def assert_between(value: float | None, lo: int, hi: int, what: str) -> None:
-    assert value is not None, f"{what}: missing from /metrics"
-    assert lo <= value <= hi, f"{what}: {value} not in [{lo}, {hi}]"
-
-
-def check_totals(scrape: Scrape, truths: list[Truth]) -> None:
-    for pbx in {t.pbx for t in truths}:
-        mine = [t for t in truths if t.pbx == pbx]
-        outcomes = Counter((t.call["direction"], t.call["outcome"]) for t in mine)
-        for (direction, outcome), n in outcomes.items():
-            assert scrape.total("callhub_calls_total", pbx=pbx, direction=direction,
-                                outcome=outcome) == n, (pbx, direction, outcome)
-        assert scrape.total("callhub_calls_total", pbx=pbx) == len(mine)
-        reasons = Counter((t.call["outcome"], t.call["reason"]) for t in mine
-                          if t.inbound and t.call["reason"] is not None)
-        for (outcome, reason), n in reasons.items():
-            assert scrape.value("callhub_call_reasons_total", pbx=pbx, outcome=outcome,
-                                reason=reason) == n
-        assert scrape.total("callhub_call_reasons_total", pbx=pbx) == sum(reasons.values())
-        assert scrape.total("callhub_short_abandons_total", pbx=pbx) == sum(
-            1 for t in mine if t.call["short_abandon"])
-
-        answered_in = [t for t in mine if t.inbound and t.answered]
-        for le in RING_BUCKETS:
-            lo, hi = bounds(answered_in, lambda t, le=le: max(t.rings) <= le,
-                            lambda t, le=le: min(t.rings) <= le)
-            assert_between(scrape.value("callhub_call_rings_bucket", pbx=pbx, le=f"{le:.1f}"),
-                           lo, hi, f"{pbx} rings le={le}")
-        assert scrape.value("callhub_call_rings_bucket", pbx=pbx, le="+Inf") == len(answered_in)
-
-        inbound = [t for t in mine if t.inbound]
-        answered = [t for t in mine if t.answered]
-        for name, key, calls in (("callhub_call_ring_seconds", "ring_seconds", inbound),
-                                 ("callhub_call_talk_seconds", "talk_seconds", answered)):
-            for le in SECONDS_BUCKETS:
-                lo, hi = bounds(calls, lambda t, k=key, le=le: t.seconds(k)[1] <= le,
-                                lambda t, k=key, le=le: t.seconds(k)[0] <= le)
-                assert_between(scrape.value(f"{name}_bucket", pbx=pbx, le=f"{le:.1f}"),
-                               lo, hi, f"{pbx} {key} le={le}")
-            assert scrape.value(f"{name}_count", pbx=pbx) == len(calls)
-            lo_sum = sum(t.seconds(key)[0] for t in calls)
-            hi_sum = sum(t.seconds(key)[1] for t in calls)
-            assert_between(scrape.value(f"{name}_sum", pbx=pbx), math.floor(lo_sum),
-                           math.ceil(hi_sum), f"{pbx} {key} sum")
-        assert scrape.value("callhub_call_wait_seconds_count", pbx=pbx) == len(inbound)
-
-    # DESIGN.md defines attempts on inbound calls only: an outbound call offers nobody.
-    attempts = Counter((a["interface"], a["result"]) for t in truths if t.inbound
-                       for a in t.call["attempts"])
-    for (agent, result), n in attempts.items():
-        assert scrape.value("callhub_agent_attempts_total", agent=agent, result=result) == n
-    assert scrape.total("callhub_agent_attempts_total") == sum(attempts.values())
-    assert scrape.total("callhub_agent_attempts_total", agent=OTHER) == 0
-
-
-def expected_windows(truths: list[Truth], finished: set[str], now: float,
-                     ) -> dict[tuple[str, str], tuple[int, int, int]]:
-    """(pbx, window) -> (calls counted, certainly within 3 rings, possibly within 3 rings)."""
-    midnight = datetime.fromtimestamp(now, ZoneInfo(TIMEZONE)).replace(
-        hour=0, minute=0, second=0, microsecond=0).timestamp()
-    starts = {"15m": now - 15 * 60, "1h": now - 3600, "today": midnight}
-    out = {}
-    for pbx in {t.pbx for t in truths}:
-        for window, start in starts.items():
-            counted = [t for t in truths if t.pbx == pbx and t.inbound
-                       and t.call["linkedid"] in finished and start <= t.arrived <= now
-                       and not t.call["short_abandon"]]
-            lo, hi = bounds(counted, lambda t: t.answered and max(t.rings) <= 3,
-                            lambda t: t.answered and min(t.rings) <= 3)
-            out[(pbx, window)] = (len(counted), lo, hi)
-    return out
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.mark.parametrize("source", [replay_directly, replay_over_ami],

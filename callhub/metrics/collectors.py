@@ -102,8 +102,18 @@ class CallhubMetrics:
         self.windows = RingWindows(within_rings, ZoneInfo(timezone), exclude_short_abandons,
                                    clock)
         for pbx in self.known_pbxs:
-            self.windows.add_pbx(pbx)
+            self._init_pbx(pbx)
         r.register(RingWindowsCollector(self.windows))
+
+    def _init_pbx(self, pbx: str) -> None:
+        """Series of a configured PBX exist from the start (at 0), so that `increase()`
+        sees their first change and alerts see a disconnected PBX before it ever connected."""
+        self.windows.add_pbx(pbx)
+        for metric in (self.active_calls, self.ami_connected, self.ami_events,
+                       self.ami_malformed, self.ami_reconnects):
+            metric.labels(pbx)
+        for line in (*self.known_lines, OTHER):
+            self.short_abandons.labels(pbx, line)
 
     @classmethod
     def from_settings(cls, settings: Settings, registry: CollectorRegistry | None = None,
