@@ -203,3 +203,16 @@ async def test_the_writer_wakes_the_keeper_which_closes_a_due_follow_up(desk: De
     assert [f["status"] for f in await followups(desk)] == ["done", "done"]
     response = await desk.client.get(f"/api/v1/calls/{call_id}/followups", headers=SUP)
     assert {f["how"] for f in (await response.json())["items"]} == {"callback"}
+
+
+async def test_the_keeper_leaves_old_calls_alone_but_a_request_applies_the_rule(
+        desk: Desk) -> None:
+    """A rule added to the config must not flood the desk with last month's repairs."""
+    (old,) = await store(desk.db, desk.settings, make_call(
+        "old", at=desk.clock.now - 30 * 86400, caller_number=NUMBER))
+    await desk.client.patch(f"/api/v1/calls/{old}", headers=SUP, json={"category": "repair"})
+    assert (await desk.keeper.tick()).created == 0
+    response = await desk.client.post(f"/api/v1/calls/{old}/followups", headers=SUP,
+                                      json={"from_rule": True})
+    assert [f["overdue"] for f in (await response.json())["items"]] == [True, True]
+    assert (await desk.keeper.tick()).overdue == 2

@@ -129,24 +129,30 @@ async def apply_rule(conn: AsyncConnection, call_id: int, settings: Settings, *,
 
 
 async def sync_rules(conn: AsyncConnection, settings: Settings, *, now: datetime) -> int:
-    """Apply the category rules to every recent call that needs it; follow-ups created."""
+    """Apply the category rules to every recent call that needs it; follow-ups created.
+
+    Two indexed reads: open rule follow-ups whose call changed category (few),
+    and the calls of the last days (arrival index) in a rule category without them.
+    """
     f = followups.c
     c = calls.c
-    has_rule_followups = sa.exists().where(f.call_id == c.id, f.source == "rule",
-                                           f.category == c.category)
-    stale_open = sa.exists().where(f.call_id == c.id, f.source == "rule", f.status == "open",
-                                   sa.or_(c.category.is_(None), f.category != c.category))
-    conditions: list[sa.ColumnElement[bool]] = [stale_open]
+    changed = (await conn.scalars(
+        sa.select(f.call_id).join(calls, c.id == f.call_id)
+        .where(f.source == "rule", f.status == "open",
+               sa.or_(c.category.is_(None), f.category != c.category)).distinct())).all()
+    needing: list[int] = []
     if settings.followup_rules:
         longest = max(max(d) for d in settings.followup_rules.values())
         since = now - RULE_HORIZON - timedelta(seconds=longest)
-        conditions.append(sa.and_(c.category.in_(list(settings.followup_rules)),
-                                  c.external_number.is_not(None), c.ended_at >= since,
-                                  ~has_rule_followups))
-    call_ids = (await conn.scalars(sa.select(c.id).where(sa.or_(*conditions))
-                                   .order_by(c.id))).all()
+        has_rule_followups = sa.exists().where(f.call_id == c.id, f.source == "rule",
+                                               f.category == c.category)
+        needing = list((await conn.scalars(
+            sa.select(c.id).where(c.arrived_at >= since,
+                                  c.category.in_(list(settings.followup_rules)),
+                                  c.external_number.is_not(None), ~has_rule_followups)
+        )).all())
     created = 0
-    for call_id in call_ids:
+    for call_id in sorted({*changed, *needing}):
         created += len(await apply_rule(conn, call_id, settings, now=now))
     return created
 

@@ -302,6 +302,7 @@
   }
 
   async function refreshWorklist() {
+    if (document.hidden && state.seenEntries !== null) return;  // a background tab waits
     const live = document.getElementById("live");
     let entries, due;
     try {
@@ -593,7 +594,7 @@
 
   async function refreshToday() {
     const dayInput = document.getElementById("day");
-    if (!dayInput) return;
+    if (!dayInput || (document.hidden && document.getElementById("fig-inbound"))) return;
     const day = dayInput.value || today();
     const base = { from: day, to: addDays(day, 1), rings: boot.rings };
     let totals, lines, agents, hours;
@@ -634,6 +635,11 @@
   document.getElementById("signout").addEventListener("click", () => signOut(null));
   for (const b of document.querySelectorAll("[data-lang]")) b.addEventListener("click", () => setLanguage(b.dataset.lang));
   window.addEventListener("hashchange", route);
+  document.addEventListener("visibilitychange", () => {
+    if (document.hidden) return;
+    if (state.view === "worklist" && document.getElementById("worklist")) refreshWorklist();
+    if (state.view === "today" && document.getElementById("figures")) refreshToday();
+  });
   (async () => {
     if (state.token) state.role = await checkToken(state.token);
     if (!state.role && state.token) { sessionStorage.removeItem(TOKEN); state.token = null; }
