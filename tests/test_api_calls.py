@@ -108,6 +108,7 @@ async def test_keyset_pages_cover_everything_once(api: Client, any_db: Database,
     ({"outcom": "missed"}, "outcom"),
     ({"direction": ""}, "direction"),
     ({"format": "xml"}, "format"),
+    ({"caller_number": "+86\x00' OR 1=1"}, "caller_number"),  # PostgreSQL refuses NUL
 ])
 async def test_bad_parameters_get_400_naming_them(api: Client, params: dict[str, str],
                                                   parameter: str) -> None:
@@ -178,7 +179,7 @@ async def test_one_call_with_attempts_and_patch(api: Client, any_db: Database,
     assert (again["category"], again["note"]) == ("complaint", "噪音投诉")
 
     for body, parameter in (({"category": "gossip"}, "category"), ({"colour": "red"}, "colour"),
-                            ({}, "body"), ({"note": 5}, "note")):
+                            ({}, "body"), ({"note": 5}, "note"), ({"note": "a\x00b"}, "note")):
         response = await api.patch(f"/api/v1/calls/{call_id}", headers=SUP, json=body)
         assert response.status == 400
         assert (await response.json())["parameter"] == parameter

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from callhub.api.params import BadParameter, Param
+from callhub.api.params import BadParameter, Param, check_text
 from callhub.config import Settings
 from callhub.store.db import Database
 
@@ -95,6 +95,8 @@ async def json_body(request: web.Request, fields: Mapping[str, type | tuple[type
             raise BadParameter(key, f"unknown field (known: {', '.join(sorted(fields))})")
         if value is not None and not isinstance(value, fields[key]):
             raise BadParameter(key, f"wrong type {type(value).__name__}")
+        if isinstance(value, str):
+            check_text(key, value)
     for key in required:
         if data.get(key) is None:
             raise BadParameter(key, "required")

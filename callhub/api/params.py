@@ -67,6 +67,7 @@ class Param:
         if self.type == "string":
             if not raw:
                 raise BadParameter(self.name, "must not be empty")
+            check_text(self.name, raw)
             if len(raw) > self.max_length:
                 raise BadParameter(self.name, f"longer than {self.max_length} characters")
             if self.enum is not None and raw not in self.enum:
@@ -86,6 +87,16 @@ class Param:
         if self.maximum is not None and value > self.maximum:
             raise BadParameter(self.name, f"must be <= {self.maximum:g}; got {raw[:40]}")
         return value
+
+
+def check_text(name: str, value: str) -> None:
+    """Refuse text no database stores: NUL (PostgreSQL rejects it) and lone surrogates."""
+    if "\x00" in value:
+        raise BadParameter(name, "must not contain a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadParameter(name, "is not valid UTF-8 text") from None
 
 
 def parse_datetime(name: str, raw: str, tz: tzinfo) -> datetime:
