@@ -22,6 +22,7 @@ import yaml
 from metrics_fixtures import make_record
 
 from callhub.ami.correlator import ROUTE_RESULT_VARIABLE
+from callhub.api.health import OPERATIONS as HEALTH_OPERATIONS
 from callhub.config import ENV_OVERRIDES, Settings, load_settings, parse_listen
 from callhub.metrics.collectors import CallhubMetrics
 from callhub.metrics.http import METRICS_PATH
@@ -308,6 +309,11 @@ def test_compose_ports_and_hosts_line_up() -> None:
     assert (f"{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@postgres:5432/"
             f"{pg['POSTGRES_DB']}") in url
     assert callhub["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # Its health check asks the API's token-free liveness route on the API port.
+    probe = " ".join(callhub["healthcheck"]["test"])
+    health = re.search(r"http://127\.0\.0\.1:(\d+)(/\S+?)'", probe)
+    assert health and int(health.group(1)) == api_port, probe
+    assert any(op.path == health.group(2) and op.role is None for op in HEALTH_OPERATIONS)
     # Prometheus loads the alert rules from where compose mounts them.
     prom_mounts = bind_mounts(services["prometheus"])
     for rule_file in scrape["rule_files"]:
