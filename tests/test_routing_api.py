@@ -125,3 +125,16 @@ async def test_rotas_read_and_replace(api: tuple[str, aiohttp.ClientSession],
     assert (await call(api, "DELETE", "/api/v1/rotas/sales"))[0] == 204
     assert router.choose("4008009000", berlin("2026-11-30 12:00")).result == "unknown_line"
     assert (await call(api, "GET", "/api/v1/rotas/sales"))[0] == 404
+
+
+async def test_names_are_taken_as_given_or_refused(api: tuple[str, aiohttp.ClientSession]
+                                                  ) -> None:
+    status, body = await call(api, "PUT", "/api/v1/rotas/%C2%85sales%20",
+                              json={"dids": ["4008009001"], "rotation": ["ann"]})
+    assert status == 400 and "must not start or end with spaces" in body["message"]
+    status, body = await call(api, "PUT", "/api/v1/agents/gus%07",
+                              json={"interface": "PJSIP/1009"})
+    assert status == 400 and "control characters" in body["message"]
+    status, body = await call(api, "PUT", "/api/v1/rotas/张三热线",
+                              json={"dids": ["4008009001"], "rotation": ["ann"]})
+    assert status == 201 and body["name"] == "张三热线"

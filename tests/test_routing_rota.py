@@ -92,6 +92,13 @@ def _broken(old: str, new: str) -> str:
      "line 'hotline', shift 'evening': break: unknown key"),
     ('timezone = "Europe/Berlin"', 'timezone = "Europe/Atlantis"',
      "timezone: unknown time zone 'Europe/Atlantis'"),
+    ('id = "ben"', 'id = "ben "', "agents[1]: id: must not start or end with spaces"),
+    ('name = "sales"', 'name = "sales\\u0085"',
+     "lines[1]: name: must not start or end with spaces"),
+    ('name = "sales"', 'name = "sa\\u200bles"',
+     "lines[1]: name: must not contain control characters"),
+    ('dids = ["4008009000"]', 'dids = [" 4008009000"]',
+     "line 'sales': dids: expected a list of non-empty strings without surrounding spaces"),
 ])
 def test_mistakes_are_refused_naming_where(tmp_path: Path, old: str, new: str,
                                            message: str) -> None:

@@ -93,17 +93,20 @@ class _Table:
 
     def text(self, key: str, required: bool = False) -> str | None:
         value = self.get(key, str, None, required)
-        if value is not None and not value.strip():
-            raise self.fail(key, "must not be empty")
-        return value.strip() if isinstance(value, str) else None
+        if value is not None:
+            problem = text_problem(value)
+            if problem:
+                raise self.fail(key, problem)
+        return value if isinstance(value, str) else None
 
     def texts(self, key: str) -> tuple[str, ...] | None:
         value = self.get(key, list, None)
         if value is None:
             return None
-        if not all(isinstance(v, str) and v.strip() for v in value):
-            raise self.fail(key, f"expected a list of non-empty strings, got {value!r}")
-        items = tuple(v.strip() for v in value)
+        if not all(isinstance(v, str) and not text_problem(v) for v in value):
+            raise self.fail(key, f"expected a list of non-empty strings without surrounding "
+                                 f"spaces or control characters, got {value!r}")
+        items = tuple(value)
         dupes = sorted({v for v in items if items.count(v) > 1})
         if dupes:
             raise self.fail(key, f"listed twice: {', '.join(dupes)}")
@@ -113,6 +116,18 @@ class _Table:
         unknown = sorted(set(self.data) - self.used)
         if unknown:
             raise self.fail(unknown[0], "unknown key")
+
+
+def text_problem(value: str) -> str | None:
+    """Why a name, id, DID or device is unusable, or None. Refused rather than cleaned up,
+    so what is saved is exactly what was given (an API path names the same line)."""
+    if not value.strip():
+        return "must not be empty"
+    if value != value.strip():
+        return f"must not start or end with spaces: {value!r}"
+    if not value.isprintable():
+        return f"must not contain control characters: {value!r}"
+    return None
 
 
 def parse_time(value: Any, allow_24: bool = False) -> tuple[time, bool]:
