@@ -210,9 +210,6 @@ def test_spool_disk_full_is_a_clear_error_ingestion_goes_on_and_nothing_spooled_
     assert set(b) - set(result["refused"]) <= set(stored)
 
 
-@pytest.mark.xfail(strict=True, reason="Spool.append leaves the torn half line of a failed "
-                   "write in the file; the next append is glued to it and that call is "
-                   "skipped as unreadable when the spool is drained (reported to the lead)")
 def test_calls_spooled_after_space_comes_back_are_all_stored(
         disk_full: tuple[dict[str, Any], str]) -> None:
     result, _ = disk_full

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -74,16 +73,14 @@ async def test_round_trip_as_asterisk_sends_it(agi_server: AgiServer) -> None:
     assert duty[(("line", "hotline"),)] == 3.0  # ann, ben, cai: not the trainee, not eve
 
 
-async def test_answers_within_a_few_milliseconds(agi_server: AgiServer) -> None:
-    started = time.perf_counter()
+async def test_every_routed_call_is_timed_in_the_histogram(agi_server: AgiServer) -> None:
+    """Each AGI session is observed once in callhub_route_seconds (latency figures
+    themselves live in bench/route.py, not in a timed unit test)."""
     for i in range(20):
-        await play_asterisk(agi_server, asterisk_agi_request(uniqueid=f"1.{i}"))
-    per_call = (time.perf_counter() - started) / 20
-    # generous bounds so a loaded CI machine does not fail it; typical: ~1 ms and < 1 ms
-    assert per_call < 0.05, f"{per_call * 1000:.1f} ms per routed call, client side"
+        variables = await play_asterisk(agi_server, asterisk_agi_request(uniqueid=f"1.{i}"))
+        assert variables["CALLHUB_ROUTE_RESULT"] == "routed"
     histogram = samples(agi_server.metrics, "callhub_route_seconds_bucket")
-    assert histogram[(("le", "0.025"),)] == 20.0  # server-side time, every one under 25 ms
-    assert histogram[(("le", "0.005"),)] >= 15.0  # and most under 5 ms
+    assert histogram[(("le", "+Inf"),)] == 20.0
 
 
 async def test_two_simultaneous_calls_get_different_first_agents(agi_server: AgiServer) -> None:

@@ -106,7 +106,7 @@ async def json_body(request: web.Request, fields: Mapping[str, type | tuple[type
 def path_int(request: web.Request, name: str) -> int:
     """An integer path parameter (ids); BadParameter when it is not one."""
     raw = request.match_info[name]
-    if not raw.isdigit() or len(raw) > 10 or not 1 <= int(raw) <= 2**31 - 1:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 10 or not 1 <= int(raw) <= 2**31 - 1:
         raise BadParameter(name, f"must be an integer id between 1 and {2**31 - 1}; "
                                  f"got {raw[:40]!r}")
     return int(raw)
