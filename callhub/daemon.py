@@ -21,7 +21,7 @@ import contextlib
 import secrets
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
@@ -94,6 +94,19 @@ Part = Callable[[Daemon], AbstractAsyncContextManager[None]]
 # -- the parts, in start order ------------------------------------------------
 
 
+
+@asynccontextmanager
+async def background(work: Coroutine[Any, Any, object], name: str) -> AsyncIterator[None]:
+    """Run `work` as a task for the life of the block; cancel and await it on the way out."""
+    task = asyncio.create_task(work, name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 @asynccontextmanager
 async def demo_simulator(d: Daemon) -> AsyncIterator[None]:
     """--demo: the AMI simulator as the PBX, a steady call mix, a generated admin token."""
@@ -113,15 +126,12 @@ async def demo_simulator(d: Daemon) -> AsyncIterator[None]:
     # Real time by default (calls carry real times); talks shortened so the first
     # minute already shows answered, missed and abandoned calls.
     mix_settings = MixSettings(rate_per_minute=d.demo_rate, talk_range=(4.0, 25.0))
-    mix = asyncio.create_task(sim.run_mix(d.demo_rate, speed=d.demo_speed,
-                                          settings=mix_settings), name="demo-mix")
     log.info("demo.simulator", port=port, calls_per_minute=d.demo_rate, speed=d.demo_speed)
     try:
-        yield
+        async with background(sim.run_mix(d.demo_rate, speed=d.demo_speed,
+                                          settings=mix_settings), "demo-mix"):
+            yield
     finally:
-        mix.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await mix
         await sim.stop()
 
 
@@ -195,13 +205,8 @@ async def worklist_gauge(d: Daemon) -> AsyncIterator[None]:
                 await asyncio.wait_for(nudge.wait(), WORKLIST_GAUGE_SECONDS)
 
     d.writer.listeners.append(lambda records, saved: nudge.set())
-    task = asyncio.create_task(refresh_loop(), name="worklist-gauge")
-    try:
+    async with background(refresh_loop(), "worklist-gauge"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 @asynccontextmanager
@@ -226,13 +231,8 @@ async def demo_callbacks(d: Daemon) -> AsyncIterator[None]:
                                     talk_seconds=8.0)
             await sim.send_call(call, speed=d.demo_speed)
 
-    task = asyncio.create_task(call_back(), name="demo-callbacks")
-    try:
+    async with background(call_back(), "demo-callbacks"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 @asynccontextmanager

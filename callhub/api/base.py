@@ -7,6 +7,8 @@ served routes and the document cannot drift apart.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -113,3 +115,20 @@ def path_int(request: web.Request, name: str) -> int:
 
 
 ID_PARAM = Param("id", "integer", "The numeric id.", minimum=1, maximum=2**31 - 1)
+
+
+def offset_cursor(kind: str, offset: int) -> str:
+    """An opaque page cursor for offset-paged lists; `kind` keeps lists' cursors apart."""
+    return base64.urlsafe_b64encode(f"{kind}{offset}".encode()).decode().rstrip("=")
+
+
+def cursor_offset(kind: str, text: str) -> int:
+    """The offset in a cursor made by `offset_cursor(kind, ...)`; BadParameter otherwise."""
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+        if not raw.startswith(kind) or not (raw[len(kind):].isascii()
+                                            and raw[len(kind):].isdigit()):
+            raise ValueError(raw)
+        return int(raw[len(kind):])
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadParameter("cursor", "not a cursor this API returned") from None

@@ -8,8 +8,6 @@ and overdue and stamps changes.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -22,9 +20,11 @@ from callhub.api.base import (
     ID_PARAM,
     SETTINGS,
     Operation,
+    cursor_offset,
     error_response,
     json_body,
     json_response,
+    offset_cursor,
     path_int,
 )
 from callhub.api.params import BadParameter, Param, parse_datetime, parse_query
@@ -60,20 +60,6 @@ def followup_json(row: dict[str, Any], now: datetime, overdue_seconds: float) ->
     out["due"] = row["status"] == "open" and row["due_at"] <= now
     out["overdue"] = store.overdue(row, now, overdue_seconds)
     return out
-
-
-def _cursor(offset: int) -> str:
-    return base64.urlsafe_b64encode(f"f{offset}".encode()).decode().rstrip("=")
-
-
-def _offset(text: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
-        if not raw.startswith("f") or not raw[1:].isdigit():
-            raise ValueError(raw)
-        return int(raw[1:])
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise BadParameter("cursor", "not a cursor this API returned") from None
 
 
 def _text(body: dict[str, Any], key: str) -> str | None:
@@ -174,7 +160,7 @@ async def list_followups(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     args = parse_query(request.query, LIST_PARAMS, settings.tz)
     now = now_of(request.app)
-    offset = _offset(args["cursor"]) if args["cursor"] is not None else 0
+    offset = cursor_offset("f", args["cursor"]) if args["cursor"] is not None else 0
     limit = int(args["limit"])
     status = args["status"]
     if args["due"] is not None:
@@ -189,7 +175,7 @@ async def list_followups(request: web.Request) -> web.StreamResponse:
     return json_response({
         "items": [followup_json(r, now, settings.followup_overdue_seconds)
                   for r in rows[:limit]],
-        "next_cursor": _cursor(offset + limit) if len(rows) > limit else None,
+        "next_cursor": offset_cursor("f", offset + limit) if len(rows) > limit else None,
     })
 
 

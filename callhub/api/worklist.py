@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any
 
 from aiohttp import web
@@ -14,9 +12,11 @@ from callhub.api.base import (
     METRICS,
     SETTINGS,
     Operation,
+    cursor_offset,
     error_response,
     json_body,
     json_response,
+    offset_cursor,
     path_int,
 )
 from callhub.api.params import BadParameter, Param, parse_query
@@ -37,20 +37,6 @@ WORKLIST_PARAMS: tuple[Param, ...] = (
 )
 
 
-def _cursor(offset: int) -> str:
-    return base64.urlsafe_b64encode(f"o{offset}".encode()).decode().rstrip("=")
-
-
-def _offset(text: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
-        if not raw.startswith("o") or not raw[1:].isdigit():
-            raise ValueError(raw)
-        return int(raw[1:])
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise BadParameter("cursor", "not a cursor this API returned") from None
-
-
 def entry_json(entry: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in entry.items() if k != "updated_at"}
     out["line"] = entry["line"] or None
@@ -61,7 +47,7 @@ async def list_worklist(request: web.Request) -> web.StreamResponse:
     args = parse_query(request.query, WORKLIST_PARAMS, request.app[SETTINGS].tz)
     if args["from"] is not None and args["to"] is not None and args["from"] >= args["to"]:
         raise BadParameter("to", "must be later than from")
-    offset = _offset(args["cursor"]) if args["cursor"] is not None else 0
+    offset = cursor_offset("o", args["cursor"]) if args["cursor"] is not None else 0
     limit = int(args["limit"])
     f = queries.WorklistFilter(status=args["status"], line=args["line"], number=args["number"],
                                start=args["from"], end=args["to"])
@@ -69,7 +55,7 @@ async def list_worklist(request: web.Request) -> web.StreamResponse:
         entries = await queries.list_worklist(conn, f, limit + 1, offset)
     return json_response({
         "items": [entry_json(e) for e in entries[:limit]],
-        "next_cursor": _cursor(offset + limit) if len(entries) > limit else None,
+        "next_cursor": offset_cursor("o", offset + limit) if len(entries) > limit else None,
     })
 
 
