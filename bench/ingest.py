@@ -343,6 +343,32 @@ async def phase_writer(port: int, manifest: Manifest, database_url: str) -> dict
         await writer.stop()
         figures["writer_capacity_calls_per_s"] = round(len(records) / elapsed)
         figures["writer_capacity_batch_size"] = 500
+        print(f"  capacity: {len(records)} calls submitted at once, stored in {elapsed:.1f} s",
+              flush=True)
+
+        # 3. lag at a steady rate below capacity: a call's end to its row committed
+        async with db.begin() as conn:
+            await conn.execute(sa.text("TRUNCATE calls CASCADE"))
+        rate = 100.0
+        paced = records[:1000]
+        writer = CallWriter(db, settings)
+        submitted.clear()
+        lags.clear()
+        writer.listeners.append(stored)
+        await writer.start()
+        started = time.perf_counter()
+        for n, record in enumerate(paced):
+            await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
+            submit(record)
+        async with asyncio.timeout(600):
+            await writer.wait_written()
+        await writer.stop()
+        lags.sort()
+        figures.update({"writer_steady_rate_calls_per_s": rate,
+                        "writer_steady_lag_p50_ms": round(_pct(lags, 50) * 1000, 1),
+                        "writer_steady_lag_p99_ms": round(_pct(lags, 99) * 1000, 1)})
+        print(f"  steady {rate:g} calls/s: lag p50 {figures['writer_steady_lag_p50_ms']} ms, "
+              f"p99 {figures['writer_steady_lag_p99_ms']} ms", flush=True)
     finally:
         await db.close()
         async with admin.begin() as conn:
@@ -503,6 +529,23 @@ def main(argv: list[str] | None = None) -> int:
     if "callhub_rss_growth_mb" in results:
         results["rss_growth_mb"] = results["callhub_rss_growth_mb"]
         print(f"callhub RSS growth {results['rss_growth_mb']} MB (target < 50)")
+    targets: dict[str, bool] = {}
+    if "ratio" in results:
+        targets["ratio_ge_1"] = results["ratio"] >= 1.0
+    if "rss_growth_mb" in results:
+        targets["rss_growth_lt_50mb"] = results["rss_growth_mb"] < 50
+    for phase in ("callhub", "pbxingest", "writer_ingest"):
+        if f"{phase}_records" in results:
+            targets[f"{phase}_nothing_lost"] = (
+                results[f"{phase}_records"] == manifest.calls
+                and results[f"{phase}_lost_calls"] == 0
+                and results[f"{phase}_duplicate_records"] == 0)
+    if "writer_capacity_calls_per_s" in results:
+        targets["writer_ge_5000_calls_per_s"] = results["writer_capacity_calls_per_s"] >= 5000
+        targets["writer_rows_all_there"] = results["writer_rows_missing"] == 0 and \
+            results["writer_rows"] == results["writer_distinct_rows"]
+    results["targets_met"] = targets
+    print("targets: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in targets.items()))
     print(json.dumps(results, ensure_ascii=False))
     return 0
 
