@@ -91,7 +91,15 @@ class CallhubAmiProtocol(AMIProtocol):  # type: ignore[misc]
         skipped = self.splitter.malformed - malformed_before
         if skipped:
             factory.malformed(skipped)
+        responses = self.responses
         for raw in messages:
+            # Plain events go straight to the manager: wrapping each in panoramisk's
+            # case-insensitive Message costs more than correlating it. Replies, event
+            # lists of a pending action (CoreShowChannel) and Shutdown take its path.
+            if ("Event" in raw and raw["Event"] != "Shutdown"
+                    and raw.get("ActionID") not in responses):
+                factory.on_event(raw)
+                continue
             message = Message(raw)
             message.raw = raw  # the plain dict, keys as sent: what callhub consumes
             self.handle_message(message)

@@ -41,6 +41,12 @@ class PbxIngest:
         self.pbx = pbx
         self.on_record = on_record
         self.metrics = metrics
+        # Children looked up once: the event path runs for every AMI message.
+        self._events_counter = (metrics.ami_events.labels(pbx.name)
+                                if metrics is not None else None)
+        if metrics is not None:  # read when scraped, not written per event
+            metrics.active_calls.labels(pbx.name).set_function(
+                lambda: self.correlator.active_calls)
         self.clock = clock
         self.expire_interval = expire_interval
         self.correlator = Correlator(pbx, clock=clock, stale_after=stale_after)
@@ -93,8 +99,8 @@ class PbxIngest:
 
     def _on_event(self, event: AmiMessage) -> None:
         self.events += 1
-        if self.metrics is not None:
-            self.metrics.ami_events.labels(self.pbx.name).inc()
+        if self._events_counter is not None:
+            self._events_counter.inc()
         for listener in self._listeners:
             try:
                 listener(event)
@@ -107,7 +113,8 @@ class PbxIngest:
             log.exception("correlator.feed_failed", pbx=self.pbx.name,
                           event=event.get("Event"), linkedid=event.get("Linkedid"))
             return
-        self._emit(records)
+        if records:
+            self._emit(records)
 
     def _on_resync(self, channels: list[AmiMessage]) -> None:
         try:
@@ -145,8 +152,6 @@ class PbxIngest:
             except Exception:
                 log.exception("ingest.on_record_failed", pbx=self.pbx.name,
                               linkedid=record.linkedid)
-        if self.metrics is not None:
-            self.metrics.active_calls.labels(self.pbx.name).set(self.correlator.active_calls)
 
     async def _expire_loop(self) -> None:
         """Close calls whose events stopped (stale_after) as incomplete."""

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import heapq
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from callhub.ami.synth import CallFactory, MixSettings, SynthCall, generate_mix,
 log = structlog.get_logger(__name__)
 
 BANNER = "Asterisk Call Manager/11.0.0"
+GENERATED_MEMORY = 1000
 SNAPSHOT_KEYS = ("ChannelState", "ChannelStateDesc", "CallerIDNum", "CallerIDName",
                  "ConnectedLineNum", "ConnectedLineName", "Language", "AccountCode",
                  "Context", "Exten", "Priority")
@@ -147,7 +149,8 @@ class AmiSimulator:
         self.events_sent = 0
         self.stats = SimulatorStats()
         self.channels: dict[str, _Channel] = {}
-        self.generated: list[SynthCall] = []
+        # The latest calls of run_mix, for tests and demos: bounded, a demo runs for days.
+        self.generated: deque[SynthCall] = deque(maxlen=GENERATED_MEMORY)
         self.factory = CallFactory(uniqueid_counter=1)
         self._clients: set[_Client] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -444,8 +447,9 @@ class AmiSimulator:
         Runs until cancelled, or until `max_calls` calls have started / `duration`
         seconds of stream time have passed (then the started calls finish). Event
         Timestamps start at the clock's now and run `speed` times faster than the
-        wall clock when speed > 1. Every generated call is appended to
-        `self.generated`, with its `expected` record fields.
+        wall clock when speed > 1. Generated calls are appended to `self.generated`
+        (the latest GENERATED_MEMORY), with their `expected` record fields; a bounded
+        run (max_calls or duration) also returns all of its calls.
         """
         settings = settings or MixSettings(rate_per_minute=rate_per_minute)
         settings.rate_per_minute = rate_per_minute
@@ -462,6 +466,7 @@ class AmiSimulator:
         started = 0
         pending: SynthCall | None = next(calls)
         loop_start = asyncio.get_running_loop().time()
+        bounded = max_calls is not None or duration is not None
         mine: list[SynthCall] = []
         while True:
             while pending is not None and (not heap or pending.start <= heap[0][0]):
@@ -473,7 +478,8 @@ class AmiSimulator:
                     heapq.heappush(heap, (at, seq, message))
                     seq += 1
                 self.generated.append(pending)
-                mine.append(pending)
+                if bounded:
+                    mine.append(pending)
                 started += 1
                 log.debug("simulator.call", kind=pending.kind, linkedid=pending.linkedid)
                 pending = next(calls)
