@@ -74,7 +74,9 @@ def to_json(report: dict[str, Any]) -> str:
 
 
 def to_csv(report: dict[str, Any]) -> str:
+    """One row per scope; UTF-8 with a BOM, as the API's CSV, so Excel shows 李娜 as 李娜."""
     out = io.StringIO()
+    out.write("\ufeff")
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(["date", "scope", "key", "name", *FIGURES])
     rows: list[tuple[str, str | None, str | None, dict[str, Any]]] = [

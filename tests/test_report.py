@@ -102,7 +102,8 @@ def test_the_command_prints_json_csv_and_text(
     assert code == 0 and json.loads(out) == expected
 
     code, out, _ = run(capsys, *common, "--format", "csv")
-    rows = list(csv.DictReader(io.StringIO(out)))
+    assert out.startswith("\ufeff"), "Excel needs the BOM to read UTF-8 names"
+    rows = list(csv.DictReader(io.StringIO(out[1:])))
     assert code == 0
     assert [r["scope"] for r in rows] == (
         ["day"] + ["line"] * len(expected["lines"]) + ["agent"] * len(expected["agents"]))
