@@ -226,7 +226,8 @@ async def demo_callbacks(d: Daemon) -> AsyncIterator[None]:
                     conn, queries.WorklistFilter(status="pending"), 1)
             if not oldest:
                 continue
-            call = sim.factory.make("outbound", sim.clock(), number=oldest[0]["number"],
+            now = max(sim.clock(), sim.stream_now)  # the mix may run ahead (--demo-speed)
+            call = sim.factory.make("outbound", now, number=oldest[0]["number"],
                                     agent="Local/agent2@agentsim", ring_seconds=4.0,
                                     talk_seconds=8.0)
             await sim.send_call(call, speed=d.demo_speed)

@@ -147,6 +147,8 @@ class AmiSimulator:
         self.bytes_written = 0
         self._paced = 0
         self.events_sent = 0
+        # Stream time of run_mix's latest event: ahead of the clock when speed > 1.
+        self.stream_now = 0.0
         self.stats = SimulatorStats()
         self.channels: dict[str, _Channel] = {}
         # The latest calls of run_mix, for tests and demos: bounded, a demo runs for days.
@@ -487,4 +489,5 @@ class AmiSimulator:
                 return mine
             at, _, message = heapq.heappop(heap)
             await self._pace(loop_start, at - origin, speed)
+            self.stream_now = max(self.stream_now, at)
             await self.send([message])
