@@ -12,6 +12,8 @@ stored after it. Everything is idempotent: a call is listed once.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +26,16 @@ from callhub.store.tables import calls, utc, worklist_calls, worklist_entries
 
 STATUSES = ("pending", "handled", "dismissed")
 HOWS = ("callback", "called_again", "manual")
+
+
+# Values bound in one `IN (...)`: below SQLite's historic limit of 999 parameters.
+IN_CHUNK = 900
+
+
+def chunks(values: Sequence[Any], size: int = IN_CHUNK) -> Iterator[Sequence[Any]]:
+    """`values` in slices of at most `size` (for statements with one parameter per value)."""
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
 
 
 class WorklistError(ValueError):
@@ -51,95 +63,229 @@ def is_reach(record: CallRecord) -> bool:
             and bool(record.external_number))
 
 
-async def apply(conn: AsyncConnection, call_id: int, record: CallRecord,
-                settings: Settings) -> list[float]:
-    """Update the worklist for one stored call (inside the writer's transaction).
+@dataclass(slots=True, eq=False)
+class Answer:
+    """An answered call to or from an outside number: it can handle that number's misses."""
 
-    Returns the time to callback of every entry this call handled.
+    id: int
+    direction: str
+    answered_at: datetime
+    agent: str | None
+    agent_name: str | None
+
+
+@dataclass(slots=True)
+class StoredAnswers:
+    """The answered calls of a batch's missed numbers as stored before the batch is written.
+
+    A miss that arrives after its answer (a spool replay, a stale call closed
+    late) is handled by the earliest answer at or after it; `by_key` lets a
+    call of the batch replace its stored self.
     """
-    if is_worklist_miss(record, settings):
-        return await _add_miss(conn, call_id, record)
-    if is_reach(record):
-        return await _reach(conn, call_id, record)
-    return []
+
+    by_number: dict[str, list[Answer]] = field(default_factory=dict)
+    by_key: dict[tuple[str, str], tuple[str, Answer]] = field(default_factory=dict)
 
 
-async def _add_miss(conn: AsyncConnection, call_id: int, record: CallRecord) -> list[float]:
-    listed = await conn.scalar(sa.select(worklist_calls.c.entry_id)
-                               .where(worklist_calls.c.call_id == call_id))
-    if listed is not None:
+async def load_answers(conn: AsyncConnection, records: Sequence[CallRecord],
+                       settings: Settings) -> StoredAnswers:
+    """Read, before the batch is written, the answers its misses may have been handled by."""
+    stored = StoredAnswers()
+    misses = [r for r in records if is_worklist_miss(r, settings)]
+    if not misses:
+        return stored
+    since = utc(min(r.arrived_at for r in misses))
+    numbers = sorted({r.external_number or "" for r in misses})
+    for part in chunks(numbers):
+        rows = await conn.execute(
+            sa.select(calls.c.id, calls.c.pbx, calls.c.linkedid, calls.c.external_number,
+                      calls.c.direction, calls.c.answered_at, calls.c.agent,
+                      calls.c.agent_name)
+            .where(calls.c.external_number.in_(part), calls.c.outcome == "answered",
+                   calls.c.direction.in_(("inbound", "outbound")),
+                   calls.c.answered_at >= since))
+        for row in rows:
+            answer = Answer(row.id, row.direction, row.answered_at, row.agent, row.agent_name)
+            stored.by_number.setdefault(row.external_number, []).append(answer)
+            stored.by_key[(row.pbx, row.linkedid)] = (row.external_number, answer)
+    return stored
+
+
+@dataclass(slots=True, eq=False)
+class _Entry:
+    """A worklist entry as the batch leaves it."""
+
+    id: int | None  # None: opened by this batch
+    pbx: str
+    number: str
+    line: str
+    first_missed_at: datetime
+    last_missed_at: datetime
+    call_count: int = 1
+    added: int = 0  # calls this batch joined to a stored entry
+    status: str = "pending"
+    handled_at: datetime | None = None
+    handled_by: str | None = None
+    how: str | None = None
+    handled_call_id: int | None = None
+    time_to_callback_seconds: float | None = None
+    changed: bool = False
+
+
+class _Batch:
+    """The worklist decisions for one batch, made in memory, written back at the end."""
+
+    def __init__(self, stored: StoredAnswers, listed: set[int],
+                 loaded: list[_Entry]) -> None:
+        self.answers = {number: list(found) for number, found in stored.by_number.items()}
+        self.stale = dict(stored.by_key)
+        self.listed = listed
+        self.loaded = loaded
+        self.open: dict[str, dict[str, _Entry]] = {}
+        for entry in loaded:
+            self.open.setdefault(entry.number, {})[entry.line] = entry
+        self.opened: list[_Entry] = []
+        self.links: list[tuple[_Entry, int]] = []
+        self.seconds: list[float] = []
+
+    def stored(self, call_id: int, record: CallRecord) -> None:
+        """The call is now stored as `record`: it replaces its earlier self as an answer."""
+        old = self.stale.pop((record.pbx, record.linkedid), None)
+        if old is not None:
+            self.answers[old[0]].remove(old[1])
+        if is_reach(record) and record.answered_at is not None:
+            answered_at = utc(record.answered_at)
+            assert answered_at is not None
+            self.answers.setdefault(record.external_number or "", []).append(Answer(
+                call_id, record.direction, answered_at, record.agent, record.agent_name))
+
+    def miss(self, call_id: int, record: CallRecord) -> None:
+        if call_id in self.listed:
+            return
+        self.listed.add(call_id)
+        number = record.external_number or ""
+        line = record.line or ""
+        missed_at = utc(record.arrived_at)
+        assert missed_at is not None
+        entry = self.open.get(number, {}).get(line)
+        if entry is None:
+            entry = _Entry(None, record.pbx, number, line, missed_at, missed_at)
+            self.opened.append(entry)
+            self.open.setdefault(number, {})[line] = entry
+        else:
+            entry.first_missed_at = min(entry.first_missed_at, missed_at)
+            entry.last_missed_at = max(entry.last_missed_at, missed_at)
+            entry.call_count += 1
+            entry.added += 1
+            entry.changed = True
+        self.links.append((entry, call_id))
+        # Out of order: an answer to or from this number already stored after the miss.
+        after = [a for a in self.answers.get(number, ()) if a.answered_at >= entry.last_missed_at]
+        if after:
+            self.handle([entry], min(after, key=lambda a: (a.answered_at, a.id)))
+
+    def reach(self, call_id: int, record: CallRecord) -> None:
+        answered_at = utc(record.answered_at if record.answered_at is not None
+                          else record.arrived_at)
+        assert answered_at is not None
+        number = record.external_number or ""
+        entries = [e for e in self.open.get(number, {}).values()
+                   if e.last_missed_at <= answered_at]
+        if entries:
+            self.handle(entries, Answer(call_id, record.direction, answered_at, record.agent,
+                                        record.agent_name))
+
+    def handle(self, entries: list[_Entry], answer: Answer) -> None:
+        """Mark open entries handled by an answered call."""
+        how = "callback" if answer.direction == "outbound" else "called_again"
+        for entry in entries:
+            took = max((answer.answered_at - entry.first_missed_at).total_seconds(), 0.0)
+            self.seconds.append(took)
+            entry.status = "handled"
+            entry.how = how
+            entry.handled_at = answer.answered_at
+            entry.handled_by = answer.agent_name or answer.agent
+            entry.handled_call_id = answer.id
+            entry.time_to_callback_seconds = took
+            entry.changed = True
+            del self.open[entry.number][entry.line]
+
+
+def _state(entry: _Entry, now: datetime) -> dict[str, Any]:
+    return {"status": entry.status, "first_missed_at": entry.first_missed_at,
+            "last_missed_at": entry.last_missed_at, "handled_at": entry.handled_at,
+            "handled_by": entry.handled_by, "how": entry.how,
+            "handled_call_id": entry.handled_call_id,
+            "time_to_callback_seconds": entry.time_to_callback_seconds, "updated_at": now}
+
+
+def _b(column: sa.Column[Any]) -> sa.BindParameter[Any]:
+    """A bound parameter for an executemany UPDATE of `column` (named apart from it)."""
+    return sa.bindparam(f"b_{column.name}", type_=column.type)
+
+
+async def apply_batch(conn: AsyncConnection, records: Sequence[CallRecord], ids: Sequence[int],
+                      settings: Settings, stored: StoredAnswers, now: datetime) -> list[float]:
+    """Update the worklist for stored calls (inside the writer's transaction), set-based.
+
+    `records` (distinct keys) were just stored with `ids`; `stored` is what
+    `load_answers` read before. The open entries of the batch's numbers are
+    read in one query, the records applied to them in order in memory (as
+    if written one by one), and the result written back: changed entries,
+    new entries, their calls. Returns the time to callback of every entry
+    the batch handled.
+    """
+    misses = [(r, i) for r, i in zip(records, ids, strict=True) if is_worklist_miss(r, settings)]
+    if not misses and not any(is_reach(r) for r in records):
         return []
-    number = record.external_number or ""
-    line = record.line or ""
-    missed_at = utc(record.arrived_at)
-    assert missed_at is not None
-    now = datetime.now(UTC)
-    entry = (await conn.execute(
-        sa.select(worklist_entries.c.id, worklist_entries.c.first_missed_at,
-                  worklist_entries.c.last_missed_at)
-        .where(worklist_entries.c.number == number, worklist_entries.c.line == line,
-               worklist_entries.c.status == "pending"))).first()
-    if entry is None:
-        entry_id: int = (await conn.execute(
-            sa.insert(worklist_entries).values(
-                pbx=record.pbx, number=number, line=line, status="pending",
-                first_missed_at=missed_at, last_missed_at=missed_at, call_count=1,
-                updated_at=now).returning(worklist_entries.c.id))).scalar_one()
-        last_missed_at = missed_at
-    else:
-        entry_id = entry.id
-        last_missed_at = max(entry.last_missed_at, missed_at)
+    listed: set[int] = set()
+    for part in chunks([i for _, i in misses]):
+        listed.update(await conn.scalars(sa.select(worklist_calls.c.call_id)
+                                         .where(worklist_calls.c.call_id.in_(part))))
+    numbers = sorted({r.external_number or "" for r in records
+                      if is_worklist_miss(r, settings) or is_reach(r)})
+    loaded: list[_Entry] = []
+    for part in chunks(numbers):
+        rows = await conn.execute(
+            sa.select(worklist_entries.c.id, worklist_entries.c.pbx, worklist_entries.c.number,
+                      worklist_entries.c.line, worklist_entries.c.first_missed_at,
+                      worklist_entries.c.last_missed_at, worklist_entries.c.call_count)
+            .where(worklist_entries.c.status == "pending",
+                   worklist_entries.c.number.in_(part)))
+        loaded += [_Entry(row.id, row.pbx, row.number, row.line, row.first_missed_at,
+                          row.last_missed_at, row.call_count) for row in rows]
+    batch = _Batch(stored, listed, loaded)
+    for record, call_id in zip(records, ids, strict=True):
+        batch.stored(call_id, record)
+        if is_worklist_miss(record, settings):
+            batch.miss(call_id, record)
+        elif is_reach(record):
+            batch.reach(call_id, record)
+    await _write(conn, batch, now)
+    return batch.seconds
+
+
+async def _write(conn: AsyncConnection, batch: _Batch, now: datetime) -> None:
+    """Changed entries first (one handled frees its number and line), then new ones, then links."""
+    t = worklist_entries
+    changed = [e for e in batch.loaded if e.changed]
+    if changed:
         await conn.execute(
-            sa.update(worklist_entries).where(worklist_entries.c.id == entry_id).values(
-                first_missed_at=min(entry.first_missed_at, missed_at),
-                last_missed_at=last_missed_at,
-                call_count=worklist_entries.c.call_count + 1, updated_at=now))
-    await conn.execute(sa.insert(worklist_calls).values(entry_id=entry_id, call_id=call_id))
-    # Out of order: an answer to or from this number already stored after the miss.
-    answer = (await conn.execute(
-        sa.select(calls.c.id, calls.c.direction, calls.c.answered_at, calls.c.agent,
-                  calls.c.agent_name)
-        .where(calls.c.external_number == number, calls.c.outcome == "answered",
-               calls.c.direction.in_(("inbound", "outbound")),
-               calls.c.answered_at >= last_missed_at)
-        .order_by(calls.c.answered_at).limit(1))).first()
-    if answer is None:
-        return []
-    return await _handle(conn, [entry_id], answer._mapping)
-
-
-async def _reach(conn: AsyncConnection, call_id: int, record: CallRecord) -> list[float]:
-    answered_at = utc(record.answered_at if record.answered_at is not None
-                      else record.arrived_at)
-    entry_ids = (await conn.scalars(
-        sa.select(worklist_entries.c.id)
-        .where(worklist_entries.c.number == record.external_number,
-               worklist_entries.c.status == "pending",
-               worklist_entries.c.last_missed_at <= answered_at))).all()
-    if not entry_ids:
-        return []
-    return await _handle(conn, list(entry_ids), {
-        "id": call_id, "direction": record.direction, "answered_at": answered_at,
-        "agent": record.agent, "agent_name": record.agent_name})
-
-
-async def _handle(conn: AsyncConnection, entry_ids: list[int], call: Any) -> list[float]:
-    """Mark entries handled by an answered call (a mapping of calls columns)."""
-    handled_at: datetime = call["answered_at"]
-    how = "callback" if call["direction"] == "outbound" else "called_again"
-    rows = (await conn.execute(
-        sa.select(worklist_entries.c.id, worklist_entries.c.first_missed_at)
-        .where(worklist_entries.c.id.in_(entry_ids)))).all()
-    seconds = []
-    for row in rows:
-        took = max((handled_at - row.first_missed_at).total_seconds(), 0.0)
-        seconds.append(took)
-        await conn.execute(
-            sa.update(worklist_entries).where(worklist_entries.c.id == row.id).values(
-                status="handled", how=how, handled_at=handled_at,
-                handled_by=call["agent_name"] or call["agent"], handled_call_id=call["id"],
-                time_to_callback_seconds=took, updated_at=datetime.now(UTC)))
-    return seconds
+            sa.update(t).where(t.c.id == sa.bindparam("b_id", type_=t.c.id.type)).values(
+                {t.c[name]: _b(t.c[name]) for name in _state(changed[0], now)}
+                | {t.c.call_count: t.c.call_count + sa.bindparam("b_added", type_=sa.Integer)}),
+            [{"b_id": e.id, "b_added": e.added}
+             | {f"b_{k}": v for k, v in _state(e, now).items()} for e in changed])
+    if batch.opened:
+        result = await conn.execute(
+            sa.insert(t).returning(t.c.id, sort_by_parameter_order=True),
+            [{"pbx": e.pbx, "number": e.number, "line": e.line, "call_count": e.call_count}
+             | _state(e, now) for e in batch.opened])
+        for entry, entry_id in zip(batch.opened, result.scalars(), strict=True):
+            entry.id = entry_id
+    if batch.links:
+        await conn.execute(sa.insert(worklist_calls),
+                           [{"entry_id": e.id, "call_id": c} for e, c in batch.links])
 
 
 async def mark(conn: AsyncConnection, entry_id: int, status: str, who: str | None,
