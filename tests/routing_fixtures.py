@@ -22,6 +22,8 @@ from callhub.routing.state import POSITION_FILE, RotaStore, RotationState
 BERLIN = ZoneInfo("Europe/Berlin")
 HOTLINE_DID = "4008001004"
 
+# Ring timeouts on the hotline: ann 12 (the line's), ben 20 (his own), cai 8 (the line's
+# entry for cai); on sales: ann 15 (the default), ben 20.
 # Europe/Berlin. 2026-11-30 is a Monday; 2026-03-29 (clocks go forward 02:00 -> 03:00) and
 # 2026-10-25 (back 03:00 -> 02:00) are Sundays; 2026-12-24 Thu, 2026-12-25 Fri.
 SAMPLE_ROTA = """\
@@ -37,6 +39,7 @@ interface = "PJSIP/1001"
 id = "ben"
 name = "Ben"
 interface = "PJSIP/1002"
+ring_timeout = 20
 
 [[agents]]
 id = "cai"
@@ -65,6 +68,7 @@ name = "hotline"
 dids = ["4008001004", "4008001005"]
 rotation = ["ann", "ben", "cai", "dora", "eve"]
 ring_timeout = 12
+ring_timeouts = { cai = 8 }
 fallback = "PJSIP/1000"
 
 [[lines.shifts]]

@@ -413,10 +413,13 @@ def test_extensions_conf_routes_through_callhub_and_falls_back() -> None:
         extens = dialplan(conf[context])
         routed = next(apps for apps in extens.values() if any(
             a.startswith("AGI(") for a in apps))
-        # The loop over the targets callhub returned, each with its ring timeout.
+        # The loop over the targets callhub returned, each with its own ring timeout: the
+        # i-th of CALLHUB_RING_TIMEOUTS, else the line's CALLHUB_RING_TIMEOUT (the dialplan
+        # run itself: tests/test_routing_dialplan.py).
         assert any(a.startswith("While(") for a in routed)
-        assert any("CALLHUB_TARGETS" in a and "CALLHUB_RING_TIMEOUT" in a
-                   for a in routed if a.startswith("Dial("))
+        assert any("CALLHUB_TARGETS" in a for a in routed if a.startswith("Dial("))
+        assert any("CUT(CALLHUB_RING_TIMEOUTS," in a for a in routed)
+        assert any("${CALLHUB_RING_TIMEOUT}" in a for a in routed if not a.startswith("Dial("))
         # When the AGI fails (callhub down or silent), a jump to a plain Dial.
         jump = next(a for a in routed if a.startswith("GotoIf(") and "AGISTATUS" in a)
         assert '!= "SUCCESS"' in jump

@@ -16,6 +16,7 @@ from callhub.ami.synth import CallFactory
 from callhub.config import PbxConfig
 from callhub.records import CallRecord
 from callhub.routing.agisim import (
+    AgiAnswer,
     AgiCallSimulator,
     Behaviour,
     agi_request,
@@ -143,3 +144,55 @@ def test_agi_variables_show_as_varset_events() -> None:
     inbound = varsets["CALLHUB_ROUTE_RESULT"]
     assert inbound["Channel"].startswith("PJSIP/trunk-")
     assert inbound["Linkedid"] == call.linkedid
+
+
+async def test_each_agent_rings_for_its_own_timeout(
+        agi_server: AgiServer, ami_simulator: AmiSimulator) -> None:
+    """Nobody picks up: ann rings the line's 12 s, ben his own 20 s, cai the line's 8 s for
+    cai, then the fallback (the line's 12 s) answers; the records show those ring times."""
+    devices = ["PJSIP/1000", "PJSIP/1001", "PJSIP/1002", "PJSIP/1003"]
+    pbx = sim_pbx(ami_simulator, "p06_sip_hunt_rna_then_answer",
+                  agents={d: d for d in devices})
+    collector = Collector()
+    ingest = make_ingest(pbx, collector)
+    await ingest.start()
+    try:
+        await ingest.wait_connected()
+        nobody = Behaviour(answers=False)
+        sim = AgiCallSimulator(ami_simulator, agi_server.host, agi_server.port, behaviour={
+            "PJSIP/1001": nobody, "PJSIP/1002": nobody, "PJSIP/1003": nobody,
+            "PJSIP/1000": Behaviour(True, 5.0, 30.0)})
+        t0 = 1_800_000_000.0
+        routed = await sim.run([(t0, HOTLINE_DID, "+8613800000001"),
+                                (t0 + 300, HOTLINE_DID, "+8613800000002")])
+        await collector.until(lambda: len(collector.records) == 2)
+    finally:
+        await ingest.stop()
+    by_id = {r.linkedid: r for r in collector.records}
+    seconds = {"PJSIP/1001": 12.0, "PJSIP/1002": 20.0, "PJSIP/1003": 8.0}
+    for call, first in zip(routed, ("PJSIP/1001", "PJSIP/1002"), strict=True):
+        assert call.answer.variables["CALLHUB_TARGETS"].startswith(first)
+        record = by_id[call.call.linkedid]
+        assert record.outcome == "answered" and record.agent == "PJSIP/1000"
+        *rang_out, fallback = record.attempts
+        assert [a.interface for a in rang_out] == call.answer.targets
+        for attempt in rang_out:
+            assert attempt.result == "no_answer"
+            assert attempt.ring_seconds == pytest.approx(seconds[attempt.interface], abs=0.1)
+        assert fallback.ring_seconds == pytest.approx(5.0, abs=0.1)
+        # each Dial() asks for the agent's own timeout, as the dialplan's would
+        dials = [m["AppData"] for m in call.call.messages
+                 if m.get("Event") == "Newexten" and m.get("Application") == "Dial"]
+        assert dials == [f"{a.interface},{int(seconds[a.interface])}" for a in rang_out] + [
+            "PJSIP/1000,12"]
+
+
+def test_ring_timeouts_as_the_dialplan_reads_them() -> None:
+    answer = AgiAnswer("SUCCESS", {"CALLHUB_TARGETS": "PJSIP/1&PJSIP/2&PJSIP/3",
+                                   "CALLHUB_RING_TIMEOUT": "15",
+                                   "CALLHUB_RING_TIMEOUTS": "9&&30"})
+    assert answer.ring_timeouts(20) == [9, 15, 30]  # an empty entry: the line's
+    older = AgiAnswer("SUCCESS", {"CALLHUB_TARGETS": "PJSIP/1&PJSIP/2",
+                                  "CALLHUB_RING_TIMEOUT": "15"})
+    assert older.ring_timeouts(20) == [15, 15]  # a callhub without per-agent timeouts
+    assert AgiAnswer("SUCCESS", {"CALLHUB_TARGETS": "PJSIP/1"}).ring_timeouts(20) == [20]

@@ -32,6 +32,7 @@ def test_rotation_order_skips_trainee_and_inactive(router: Router) -> None:
     assert [a.id for a in decision.targets] == ["ann", "ben", "cai"]
     assert decision.interfaces == ("PJSIP/1001", "PJSIP/1002", "PJSIP/1003")
     assert decision.ring_timeout == 12 and decision.fallback == "PJSIP/1000"
+    assert decision.ring_timeouts == decision.target_timeouts == (12, 20, 8)  # ann, ben, cai
     assert decision.on_duty == 3 and decision.line == "hotline"
     # each next call starts after the agent offered the previous one
     assert firsts(router, 6) == ["ben", "cai", "ann", "ben", "cai", "ann"]
@@ -50,6 +51,7 @@ def test_busy_agent_is_skipped_and_keeps_no_turn(router: Router) -> None:
     assert firsts(router, 1) == ["ann"]
     decision = router.choose(HOTLINE_DID, MONDAY_10)
     assert [a.id for a in decision.targets] == ["cai", "ann"]
+    assert decision.ring_timeouts == (8, 12)  # the timeouts go with the agents, not the slots
     router.busy_set.clear()  # type: ignore[attr-defined]
     assert firsts(router, 2) == ["ann", "ben"]
 
@@ -100,7 +102,9 @@ def test_damaged_position_file_restarts_from_the_top(rota_file: Path, state_path
 
 def test_rotation_continues_from_a_swapped_in_agent(router: Router) -> None:
     christmas_eve = berlin("2026-12-24 10:00")
-    assert router.choose(HOTLINE_DID, christmas_eve).targets[0].id == "lead"
+    decision = router.choose(HOTLINE_DID, christmas_eve)
+    assert decision.targets[0].id == "lead"
+    assert decision.ring_timeouts[0] == 12  # lead has no own timeout: the line's, not ann's
     # lead is in no rotation: the next call goes on after the slot lead held (ann's)
     assert router.choose(HOTLINE_DID, berlin("2026-12-28 10:00")).targets[0].id == "ben"
 

@@ -61,12 +61,14 @@ async def test_round_trip_as_asterisk_sends_it(agi_server: AgiServer) -> None:
         "CALLHUB_TARGET_COUNT": "3",
         "CALLHUB_TARGET": "PJSIP/1001",
         "CALLHUB_RING_TIMEOUT": "12",
+        "CALLHUB_RING_TIMEOUTS": "12&20&8",  # ann the line's, ben his own, cai the line's entry
         "CALLHUB_FALLBACK": "PJSIP/1000",
         "CALLHUB_LINE": "hotline",
         "CALLHUB_ROUTE_RESULT": "routed",
     }
     again = await play_asterisk(agi_server, asterisk_agi_request(uniqueid="1795922267.75"))
     assert again["CALLHUB_TARGETS"] == "PJSIP/1002&PJSIP/1003&PJSIP/1001"
+    assert again["CALLHUB_RING_TIMEOUTS"] == "20&8&12"  # each timeout stays with its agent
     counted = samples(agi_server.metrics, "callhub_route_requests_total")
     assert counted == {(("line", "hotline"), ("result", "routed")): 2.0}
     duty = samples(agi_server.metrics, "callhub_agents_on_duty")
@@ -96,6 +98,7 @@ async def test_nobody_on_duty_returns_the_fallback(agi_server: AgiServer) -> Non
     variables = await play_asterisk(agi_server, asterisk_agi_request())
     assert variables["CALLHUB_ROUTE_RESULT"] == "no_agent_on_duty"
     assert variables["CALLHUB_TARGETS"] == "" and variables["CALLHUB_TARGET_COUNT"] == "0"
+    assert variables["CALLHUB_RING_TIMEOUTS"] == "" and variables["CALLHUB_RING_TIMEOUT"] == "12"
     assert variables["CALLHUB_FALLBACK"] == "PJSIP/1000"
 
 
@@ -153,6 +156,7 @@ async def test_unknown_did_and_line_from_agi_argument(agi_server: AgiServer) -> 
         did="s", extra={"agi_arg_1": "sales"}))
     assert by_arg["CALLHUB_LINE"] == "sales"
     assert by_arg["CALLHUB_TARGETS"] == "PJSIP/1001&PJSIP/1002"
+    assert by_arg["CALLHUB_RING_TIMEOUTS"] == "15&20"  # sales: the default 15, ben's own 20
 
 
 async def test_client_that_leaves_early_does_not_hurt_the_server(agi_server: AgiServer) -> None:

@@ -35,11 +35,27 @@ def test_sample_rota_loads_with_its_shifts_and_exceptions(sample_rota: Rota) -> 
     assert sample_rota.line_for("999") is None
 
 
+def test_ring_timeout_per_agent(sample_rota: Rota) -> None:
+    """The line's entry for the agent beats the agent's own, which beats the line's."""
+    hotline, sales = sample_rota.lines["hotline"], sample_rota.lines["sales"]
+    agents = sample_rota.agents
+    assert agents["ben"].ring_timeout == 20 and agents["ann"].ring_timeout is None
+    assert dict(hotline.ring_timeouts) == {"cai": 8}
+    assert [hotline.ring_timeout_for(agents[a]) for a in ("ann", "ben", "cai")] == [12, 20, 8]
+    assert [sales.ring_timeout_for(agents[a]) for a in ("ann", "ben", "cai")] == [15, 20, 15]
+    overridden = rota_from_data({**sample_rota.to_data(), "lines": [
+        {**line_data, "ring_timeouts": {"ben": 9}}
+        for line_data in sample_rota.to_data()["lines"] if line_data["name"] == "hotline"]})
+    assert overridden.lines["hotline"].ring_timeout_for(agents["ben"]) == 9
+
+
 def test_saved_json_reads_back_equal(sample_rota: Rota, tmp_path: Path) -> None:
     path = tmp_path / "saved" / "rota.json"
     save_rota(sample_rota, path)
     again = load_rota(path)
     assert again.to_data() == sample_rota.to_data()
+    assert again.agents["ben"].ring_timeout == 20
+    assert again.lines["hotline"].ring_timeouts == {"cai": 8}
     assert again.lines == sample_rota.lines and again.agents == sample_rota.agents
 
 
@@ -75,6 +91,19 @@ def _broken(old: str, new: str) -> str:
      "line 'hotline': ring_timeout: must be 1-600 seconds, got 0"),
     ('ring_timeout = 12', 'ring_timeout = "12"',
      "line 'hotline': ring_timeout: expected int, got '12'"),
+    ('interface = "PJSIP/1002"\nring_timeout = 20', 'interface = "PJSIP/1002"\nring_timeout = 0',
+     "agent 'ben': ring_timeout: must be 1-600 seconds, got 0"),
+    ('interface = "PJSIP/1002"\nring_timeout = 20',
+     'interface = "PJSIP/1002"\nring_timeout = 20.5',
+     "agent 'ben': ring_timeout: expected int, got 20.5"),
+    ('ring_timeouts = { cai = 8 }', 'ring_timeouts = { zoe = 8 }',
+     "line 'hotline': ring_timeouts.zoe: unknown agent 'zoe'"),
+    ('ring_timeouts = { cai = 8 }', 'ring_timeouts = { cai = 601 }',
+     "line 'hotline': ring_timeouts.cai: must be 1-600 seconds, got 601"),
+    ('ring_timeouts = { cai = 8 }', 'ring_timeouts = { cai = "8" }',
+     "line 'hotline': ring_timeouts.cai: expected int, got '8'"),
+    ('ring_timeouts = { cai = 8 }', 'ring_timeouts = 8',
+     "line 'hotline': ring_timeouts: expected dict, got 8"),
     ('date = "2026-12-25"', 'date = "2026-13-25"',
      "line 'hotline', exception #1: date: expected \"YYYY-MM-DD\""),
     ('swap = { ann = "lead" }', 'swap = { ann = "nobody" }',

@@ -4,8 +4,9 @@ For each call the simulator does what Asterisk does with the dialplan in
 deploy/asterisk/extensions.conf: it opens a FastAGI connection, sends the
 AGI environment exactly as res_agi.c writes it, answers every command with
 `200 result=1`, reads the `CALLHUB_*` variables, then rings the returned
-agents one after the other with the returned timeout, and finally the
-fallback. If callhub does not answer (connection refused, timeout: Asterisk's
+agents one after the other, each for its own timeout (`CALLHUB_RING_TIMEOUTS`,
+else `CALLHUB_RING_TIMEOUT`), and finally the fallback for the line's
+`CALLHUB_RING_TIMEOUT`. If callhub does not answer (connection refused, timeout: Asterisk's
 `AGISTATUS=FAILURE`), it dials the dialplan's own default, as the real
 dialplan does.
 
@@ -13,8 +14,8 @@ The ringing is emitted as AMI events through the AmiSimulator. The events
 are the recorded hunt group (`06`/`p06` traces: one attempt rings out, the
 next answers), cut into its parts and re-assembled: the recorded
 ring-out attempt once per agent who does not answer, then the recorded
-answered attempt, re-timed to the ring timeout, the answering agent's ring
-time and the talk time, then renamed by `synth.CallFactory`. No event
+answered attempt, re-timed to each agent's ring timeout, the answering agent's
+ring time and the talk time, then renamed by `synth.CallFactory`. No event
 shape is invented.
 """
 
@@ -26,7 +27,8 @@ import heapq
 import inspect
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +37,7 @@ from callhub.ami.simulator import AmiSimulator
 from callhub.ami.synth import CallFactory, SynthCall, Template, _piecewise, load_template
 
 AGI_TIMEOUT = 2.0
+CALLS_MEMORY = 1000  # AgiCallSimulator.calls keeps the latest calls only: a demo runs for days
 HUNT_TEMPLATES = {"pjsip": "p06_sip_hunt_rna_then_answer", "local": "06_huntgroup_rna_then_answer"}
 _UNIQUEID = re.compile(r"^(\d{9,11})\.(\d+)$")
 _SUFFIX = re.compile(r"-([0-9a-f]{8})(?=;|$|[^0-9a-f])")
@@ -98,10 +101,22 @@ class AgiAnswer:
 
     @property
     def ring_timeout(self) -> int | None:
+        """The line's default (CALLHUB_RING_TIMEOUT): the fallback's ring time."""
         try:
             return int(self.variables.get("CALLHUB_RING_TIMEOUT", ""))
         except ValueError:
             return None
+
+    def ring_timeouts(self, default: int) -> list[int]:
+        """Seconds each target rings, as the dialplan reads them: the i-th of
+        CALLHUB_RING_TIMEOUTS, else CALLHUB_RING_TIMEOUT, else `default`."""
+        given = self.variables.get("CALLHUB_RING_TIMEOUTS", "").split("&")
+        fallback = self.ring_timeout or default
+        out = []
+        for i in range(len(self.targets)):
+            text = given[i] if i < len(given) else ""
+            out.append(int(text) if text.isdigit() and int(text) > 0 else fallback)
+        return out
 
     @property
     def fallback(self) -> str | None:
@@ -251,40 +266,53 @@ def _leg_ids(messages: list[AmiMessage], device: str) -> set[str]:
     return {i for i in ids if i}
 
 
-def hunt_template(devices: int, ring_timeout: float, answer: Behaviour,
+def hunt_template(devices: int, ring_timeout: float | Sequence[float], answer: Behaviour,
                   kind: str = "pjsip", variables: Iterable[tuple[str, str]] = (),
                   ) -> tuple[Template, list[str]]:
     """A recorded-shape call that rings `devices` placeholder devices in turn: each but the
-    last rings out after `ring_timeout`, the last answers as `answer` says. `variables`
-    (what the AGI step set) appear as VarSet events on the inbound channel, as Asterisk
-    reports `SET VARIABLE`. Returns the template and its placeholder devices (for
-    `CallFactory.make(agents=...)`)."""
+    last rings out after its ring timeout (`ring_timeout`: one for all, or one per
+    device), the last answers as `answer` says. `variables` (what the AGI step set)
+    appear as VarSet events on the inbound channel, as Asterisk reports `SET VARIABLE`.
+    Returns the template and its placeholder devices (for `CallFactory.make(agents=...)`)."""
     parts = hunt_parts(kind)
     placeholders = [_placeholder(kind, i) for i in range(devices)]
-    timeout = int(ring_timeout)
-    step = ring_timeout + (parts.second_dial_at - parts.no_answer_at)
+    timeouts = ([float(ring_timeout)] * devices if isinstance(ring_timeout, (int, float))
+                else [float(t) for t in ring_timeout])
+    if len(timeouts) != devices:
+        raise ValueError(f"{devices} devices but {len(timeouts)} ring timeouts")
+    gap = parts.second_dial_at - parts.no_answer_at  # from one DialEnd to the next Dial
+    starts = [parts.dial_at]
+    for t in timeouts[:-1]:
+        starts.append(starts[-1] + t + gap)
     messages: list[tuple[float, int, AmiMessage]] = []
 
     def add(items: list[AmiMessage]) -> None:
         for m in items:
             messages.append((_t(m), len(messages), m))
 
-    def dial_to(items: list[AmiMessage], device: str) -> list[AmiMessage]:
+    def dial_to(items: list[AmiMessage], index: int) -> list[AmiMessage]:
         for m in items:
-            if _is_dial(m):  # Dial(${CUT(CALLHUB_TARGETS,&,i)},${CALLHUB_RING_TIMEOUT})
-                m["AppData"] = f"{device},{timeout}"
+            if _is_dial(m):  # Dial(${CUT(CALLHUB_TARGETS,&,i)},${CALLHUB_T})
+                m["AppData"] = f"{placeholders[index]},{int(timeouts[index])}"
         return items
 
     prefix = _copy(parts.prefix, parts.first, placeholders[0], -1, lambda t: t, set())
-    add(dial_to(_with_varsets(prefix, list(variables)), placeholders[0]))
+    add(dial_to(_with_varsets(prefix, list(variables)), 0))
     out_ids = _leg_ids(parts.ring_out, parts.first)
     last = devices - 1
     for i in range(last):
-        start = parts.dial_at + i * step
-        retime = _piecewise([(parts.dial_at, start), (parts.no_answer_at, start + ring_timeout)])
+        start = starts[i]
+        retime = _piecewise([(parts.dial_at, start),
+                             (parts.no_answer_at, start + timeouts[i])])
         add(dial_to(_copy(parts.ring_out, parts.first, placeholders[i], i, retime, out_ids),
-                    placeholders[i + 1]))
-    dial_at = parts.dial_at + last * step
+                    i + 1))
+    # The recorded hunt has two Dial()s; each device between the first and the last gets a
+    # copy of the second one, at the moment the dialplan loop reaches it.
+    second_dial = [m for m in parts.answer if _is_dial(m)]
+    for i in range(1, last):
+        at_start = _piecewise([(parts.second_dial_at, starts[i])])
+        add(dial_to(_copy(second_dial, parts.second, placeholders[i], i, at_start, set()), i))
+    dial_at = starts[last]
     ring_at = dial_at + (parts.second_ring_at - parts.second_dial_at)
     answered = ring_at + answer.ring_seconds
     ended = answered + answer.talk_seconds
@@ -292,15 +320,16 @@ def hunt_template(devices: int, ring_timeout: float, answer: Behaviour,
                          (parts.answered_at, answered), (parts.ended_at, ended)])
     # The first device answering: its Dial() is the prefix's, not a second one.
     rest = parts.answer if last > 0 else [m for m in parts.answer if not _is_dial(m)]
-    add(dial_to(_copy(rest, parts.second, placeholders[last], last, retime, set()),
-                placeholders[last]))
+    add(dial_to(_copy(rest, parts.second, placeholders[last], last, retime, set()), last))
     messages.sort(key=lambda x: (x[0], x[1]))
     ordered = [m for _, _, m in messages]
     ring_start = parts.dial_at + (parts.second_ring_at - parts.second_dial_at)
     exp = dict(parts.template.expected)
     exp.update(outcome="answered", agent=placeholders[last],
-               attempts=[{"interface": p, "result": "no_answer"} for p in placeholders[:last]]
-               + [{"interface": placeholders[last], "result": "answered"}],
+               attempts=[{"interface": p, "result": "no_answer", "ring_seconds": t}
+                         for p, t in zip(placeholders[:last], timeouts, strict=False)]
+               + [{"interface": placeholders[last], "result": "answered",
+                   "ring_seconds": answer.ring_seconds}],
                ring_seconds=round(answered - ring_start, 3))
     exp.pop("talk_seconds", None)
     exp.pop("rings", None)
@@ -366,11 +395,11 @@ class AgiCallSimulator:
         self.default_target = default_target
         self.default_ring_timeout = default_ring_timeout
         self.factory = factory or ami.factory
-        self.calls: list[RoutedCall] = []
+        self.calls: deque[RoutedCall] = deque(maxlen=CALLS_MEMORY)  # the latest ones
 
     async def route(self, did: str, caller: str, at: float, caller_name: str = "",
-                    ) -> tuple[AgiAnswer, list[str], int]:
-        """Ask FastAGI; the devices the dialplan would ring, in order, and the timeout."""
+                    ) -> tuple[AgiAnswer, list[str], list[int]]:
+        """Ask FastAGI; the devices the dialplan would ring, in order, and how long each."""
         serial = self.factory.uniqueid_counter
         env = asterisk_environment(
             did=did, caller=caller, caller_name=caller_name,
@@ -378,71 +407,83 @@ class AgiCallSimulator:
             uniqueid=f"{int(at)}.{serial}", host=self.agi_host, port=self.agi_port)
         answer = await agi_request(self.agi_host, self.agi_port, env)
         if not answer.answered:
-            return answer, [self.default_target], self.default_ring_timeout
+            return answer, [self.default_target], [self.default_ring_timeout]
         devices = list(answer.targets)
+        timeouts = answer.ring_timeouts(self.default_ring_timeout)
         fallback = answer.fallback or (None if devices else self.default_target)
         if fallback and fallback not in devices:
-            devices.append(fallback)
-        return answer, devices, answer.ring_timeout or self.default_ring_timeout
+            devices.append(fallback)  # Dial(${CALLHUB_FALLBACK},${CALLHUB_RING_TIMEOUT})
+            timeouts.append(answer.ring_timeout or self.default_ring_timeout)
+        return answer, devices, timeouts
 
-    def build(self, did: str, caller: str, at: float, devices: list[str], ring_timeout: int,
-              caller_name: str | None = None,
+    def build(self, did: str, caller: str, at: float, devices: list[str],
+              ring_timeout: int | Sequence[int], caller_name: str | None = None,
               variables: Iterable[tuple[str, str]] = ()) -> SynthCall:
-        """The call's AMI events: ring `devices` in turn until one answers."""
+        """The call's AMI events: ring `devices` in turn, each for its ring timeout (one
+        for all, or one per device), until one answers."""
+        timeouts = ([ring_timeout] * len(devices) if isinstance(ring_timeout, int)
+                    else list(ring_timeout))
         rung = []
         answering = Behaviour()
         for i, device in enumerate(devices):
             rung.append(device)
             answering = self.behaviour(device)
-            if answering.answers and answering.ring_seconds < ring_timeout:
+            if answering.answers and answering.ring_seconds < timeouts[i]:
                 break
             if i == len(devices) - 1:
                 # The last device is the fallback (group leader, voicemail): it picks up.
-                answering = Behaviour(True, min(answering.ring_seconds, ring_timeout - 0.5),
+                answering = Behaviour(True, min(answering.ring_seconds, timeouts[i] - 0.5),
                                       answering.talk_seconds)
         kind = "pjsip" if all(d.startswith("PJSIP/") for d in rung) else "local"
-        template, placeholders = hunt_template(len(rung), ring_timeout, answering, kind,
-                                               variables)
+        template, placeholders = hunt_template(len(rung), timeouts[:len(rung)], answering,
+                                               kind, variables)
         return self.factory.make("hunt", at, template=template, number=caller, did=did,
                                  caller_name=caller_name,
                                  agents=dict(zip(placeholders, rung, strict=True)))
 
     async def run(self, arrivals: Iterable[tuple[float, str, str]], *,
                   speed: float | None = None,
-                  on_arrival: Callable[[float], Any] | None = None) -> list[RoutedCall]:
+                  on_arrival: Callable[[float], Any] | None = None,
+                  keep: bool = True) -> list[RoutedCall]:
         """Play inbound calls `(at, did, caller)` in time order: each asks FastAGI when it
         arrives (after every earlier event has been sent, so callhub's view of busy agents
-        is current), then its events join the stream. `speed` compresses time (None: as
-        fast as possible); `on_arrival(at)` (plain or async) runs before each AGI request,
-        e.g. to move the router's clock to the simulated time and to wait until callhub has
-        read every event sent so far."""
+        is current), then its events join the stream. A collection of arrivals is sorted
+        first; an iterator (e.g. an endless generator) must yield them in time order and is
+        read one arrival ahead. `speed` compresses time (None: as fast as possible);
+        `on_arrival(at)` (plain or async) runs before each AGI request, e.g. to move the
+        router's clock to the simulated time and to wait until callhub has read every
+        event sent so far. Returns the calls played, unless `keep` is False (an endless run
+        keeps only the latest ones, in `self.calls`)."""
         heap: list[tuple[float, int, AmiMessage]] = []
         seq = 0
-        pending = sorted(arrivals)
-        index = 0
+        source: Iterator[tuple[float, str, str]] = (
+            iter(sorted(arrivals)) if isinstance(arrivals, Collection) else iter(arrivals))
+        upcoming = next(source, None)
         loop = asyncio.get_running_loop()
-        origin = pending[0][0] if pending else 0.0
+        origin = upcoming[0] if upcoming else 0.0
         wall0 = loop.time()
         mine: list[RoutedCall] = []
-        while index < len(pending) or heap:
-            if index < len(pending) and (not heap or pending[index][0] <= heap[0][0]):
-                at, did, caller = pending[index]
-                index += 1
+        while upcoming is not None or heap:
+            if upcoming is not None and (not heap or upcoming[0] <= heap[0][0]):
+                at, did, caller = upcoming
+                upcoming = None
                 await self._pace(wall0, at - origin, speed)
                 if on_arrival is not None:
                     result = on_arrival(at)
                     if inspect.isawaitable(result):
                         await result
-                answer, devices, timeout = await self.route(did, caller, at)
-                call = self.build(did, caller, at, devices, timeout,
+                answer, devices, timeouts = await self.route(did, caller, at)
+                call = self.build(did, caller, at, devices, timeouts,
                                   variables=answer.variables.items())
                 rung = [a["interface"] for a in call.expected.get("attempts", [])]
                 routed = RoutedCall(did, caller, at, answer, rung, call)
-                mine.append(routed)
+                if keep:
+                    mine.append(routed)
                 self.calls.append(routed)
                 for m in call.messages:
                     heapq.heappush(heap, (_t(m), seq, m))
                     seq += 1
+                upcoming = next(source, None)
                 continue
             at, _, message = heapq.heappop(heap)
             await self._pace(wall0, at - origin, speed)

@@ -23,22 +23,37 @@ from callhub.routing.chooser import Router
 from callhub.routing.cli import line_report
 from callhub.routing.model import Agent, agent_to_data, line_to_data
 from callhub.routing.onduty import local_time, rota_zone
-from callhub.routing.rota_file import RotaError, rota_from_data
+from callhub.routing.rota_file import MAX_RING_TIMEOUT, RotaError, rota_from_data
 
-AGENT_FIELDS = ("name", "interface", "active", "cleared")
+AGENT_FIELDS = ("name", "interface", "active", "cleared", "ring_timeout")
+SECONDS: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": MAX_RING_TIMEOUT}
+AGENT_RING_TIMEOUT: dict[str, Any] = {
+    **SECONDS, "description": "Seconds this agent's phone rings on every line (unless the "
+                              "line's ring_timeouts names the agent); absent: the line's "
+                              "ring_timeout."}
 AGENT_SCHEMA: dict[str, Any] = {
     "type": "object", "required": ["id", "name", "interface", "active", "cleared"],
     "properties": {"id": {"type": "string"}, "name": {"type": "string"},
                    "interface": {"type": "string", "example": "PJSIP/1001"},
-                   "active": {"type": "boolean"}, "cleared": {"type": "boolean"}}}
+                   "active": {"type": "boolean"}, "cleared": {"type": "boolean"},
+                   "ring_timeout": AGENT_RING_TIMEOUT}}
 AGENT_BODY: dict[str, Any] = {
     "type": "object", "additionalProperties": False,
     "properties": {"name": {"type": "string"}, "interface": {"type": "string"},
-                   "active": {"type": "boolean"}, "cleared": {"type": "boolean"}}}
+                   "active": {"type": "boolean"}, "cleared": {"type": "boolean"},
+                   "ring_timeout": {**AGENT_RING_TIMEOUT, "type": ["integer", "null"],
+                                    "description": AGENT_RING_TIMEOUT["description"]
+                                    + " null (PATCH): back to the line's."}}}
 LINE_SCHEMA: dict[str, Any] = {
     "type": "object", "description": "A line as in the rota file's [[lines]] table.",
     "properties": {"name": {"type": "string"}, "dids": {"type": "array"},
-                   "rotation": {"type": "array"}, "ring_timeout": {"type": "integer"},
+                   "rotation": {"type": "array"},
+                   "ring_timeout": {**SECONDS, "description": "Seconds each agent rings "
+                                    "(default 15), and the fallback."},
+                   "ring_timeouts": {"type": "object", "additionalProperties": SECONDS,
+                                     "description": "Agent id -> seconds on this line; "
+                                                    "beats the agent's own ring_timeout.",
+                                     "example": {"wang": 25}},
                    "fallback": {"type": "string"}, "shifts": {"type": "array"},
                    "exceptions": {"type": "array"}}}
 ID = Param("id", "string", "Agent id as in the rota.")
@@ -87,6 +102,10 @@ def routing_operations(router: Router) -> tuple[Operation, ...]:
         for key, value in body.items():
             if key not in AGENT_FIELDS:
                 raise BadParameter(key, f"unknown field (known: {', '.join(AGENT_FIELDS)})")
+            if key == "ring_timeout":
+                if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                    raise BadParameter(key, "expected whole seconds or null")
+                continue
             kind = bool if key in ("active", "cleared") else str
             if not isinstance(value, kind):
                 raise BadParameter(key, f"expected {'a boolean' if kind is bool else 'a string'}")
@@ -98,7 +117,8 @@ def routing_operations(router: Router) -> tuple[Operation, ...]:
         base = existing or Agent(id=ident, name=ident, interface="")
         agent = replace(base, **body) if partial else Agent(
             id=ident, name=body.get("name", ident), interface=body["interface"],
-            active=body.get("active", True), cleared=body.get("cleared", True))
+            active=body.get("active", True), cleared=body.get("cleared", True),
+            ring_timeout=body.get("ring_timeout"))
 
         def make(data: dict[str, Any]) -> dict[str, Any]:
             agents = [a for a in data["agents"] if a["id"] != ident]
@@ -122,8 +142,8 @@ def routing_operations(router: Router) -> tuple[Operation, ...]:
         if ident not in router.rota.agents:
             return error_response(404, "not_found", "no such agent")
         users = [line.name for line in router.rota.lines.values()
-                 if ident in line.rotation or any(ident in e.swaps.values()
-                                                  for e in line.exceptions)]
+                 if ident in line.rotation or ident in line.ring_timeouts
+                 or any(ident in e.swaps.values() for e in line.exceptions)]
         if users:
             return error_response(409, "in_use", f"agent {ident!r} is in the rota of line(s) "
                                                  f"{', '.join(users)}; change those first")

@@ -27,7 +27,11 @@ RESULTS: tuple[str, ...] = ("routed", "no_agent_on_duty", "no_agent_available",
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """What the dialplan gets: the agents to ring in order, how long each, then what."""
+    """What the dialplan gets: the agents to ring in order, how long each, then what.
+
+    `ring_timeouts[i]` is how long `targets[i]` rings; `ring_timeout` is the line's
+    default, for the fallback (and for a target without an entry).
+    """
 
     line: str | None
     result: Result
@@ -35,10 +39,18 @@ class Decision:
     ring_timeout: int = 15
     fallback: str | None = None
     on_duty: int = 0
+    ring_timeouts: tuple[int, ...] = ()
 
     @property
     def interfaces(self) -> tuple[str, ...]:
         return tuple(a.interface for a in self.targets)
+
+    @property
+    def target_timeouts(self) -> tuple[int, ...]:
+        """One timeout per target, in order (the line's default where none was given)."""
+        given = self.ring_timeouts
+        return tuple(given[i] if i < len(given) else self.ring_timeout
+                     for i in range(len(self.targets)))
 
 
 class Router:
@@ -128,6 +140,8 @@ class Router:
                             fallback=fallback, on_duty=len(takers))
         first = eligible[0]
         self.state.set(line.name, first.agent.id, first.position)
-        return Decision(line.name, "routed", targets=tuple(s.agent for s in eligible),
+        targets = tuple(s.agent for s in eligible)
+        return Decision(line.name, "routed", targets=targets,
                         ring_timeout=line.ring_timeout, fallback=fallback,
-                        on_duty=len(takers))
+                        on_duty=len(takers),
+                        ring_timeouts=tuple(line.ring_timeout_for(a) for a in targets))

@@ -134,7 +134,7 @@ def line_report(router: Router, line: Line, at: datetime) -> dict[str, Any]:
         if takes:
             order += 1
         agents.append({"order": order if takes else None, "id": a.id, "name": a.name,
-                       "interface": a.interface,
+                       "interface": a.interface, "ring_timeout": line.ring_timeout_for(a),
                        "status": "takes calls" if takes else
                        ("inactive" if not a.active else "not cleared (trainee)")})
     return {
@@ -160,7 +160,9 @@ def render(report: dict[str, Any]) -> str:
         out.append("  on duty, in the order the next call is offered:")
         for a in report["on_duty"]:
             mark = f"{a['order']:>3}." if a["order"] else "   -"
-            out.append(f"  {mark} {a['name']:<20} {a['interface']:<20} {a['status']}")
+            own = a["ring_timeout"] != report["ring_timeout"] and a["order"]
+            status = f"{a['status']}, rings {a['ring_timeout']} s" if own else a["status"]
+            out.append(f"  {mark} {a['name']:<20} {a['interface']:<20} {status}")
     if report["next_change"]:
         out.append(f"  next change in who is on duty: {report['next_change']}")
     return "\n".join(out)

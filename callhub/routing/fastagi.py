@@ -12,7 +12,10 @@ deploy/asterisk/extensions.conf):
 
 - `CALLHUB_TARGETS`: agent interfaces to ring in order, joined by `&`
   (`PJSIP/1001&PJSIP/1003`); `${CUT(CALLHUB_TARGETS,&,i)}` is the i-th.
-- `CALLHUB_TARGET_COUNT`, `CALLHUB_RING_TIMEOUT` (seconds per agent),
+- `CALLHUB_RING_TIMEOUTS`: seconds each of them rings, in the same order and
+  with the same separator (`12&25`); `${CUT(CALLHUB_RING_TIMEOUTS,&,i)}`.
+- `CALLHUB_TARGET_COUNT`, `CALLHUB_RING_TIMEOUT` (the line's default: for the
+  fallback, and for a dialplan that does not read `CALLHUB_RING_TIMEOUTS`),
   `CALLHUB_FALLBACK` (may be empty), `CALLHUB_TARGET` (the first target),
   `CALLHUB_LINE`, and last `CALLHUB_ROUTE_RESULT` (`routed`,
   `no_agent_on_duty`, `no_agent_available`, `unknown_line`, `error`,
@@ -116,6 +119,7 @@ def decision_variables(decision: Decision) -> list[tuple[str, str]]:
         ("CALLHUB_TARGET_COUNT", str(len(targets))),
         ("CALLHUB_TARGET", targets[0] if targets else ""),
         ("CALLHUB_RING_TIMEOUT", str(decision.ring_timeout)),
+        ("CALLHUB_RING_TIMEOUTS", SEPARATOR.join(str(s) for s in decision.target_timeouts)),
         ("CALLHUB_FALLBACK", decision.fallback or ""),
         ("CALLHUB_LINE", decision.line or ""),
         ("CALLHUB_ROUTE_RESULT", decision.result),
@@ -136,6 +140,8 @@ async def send_command(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
         if not raw:
             raise AgiHangup("connection closed by Asterisk")
         reply = raw.decode("utf-8", errors="replace").strip()
+        if not reply:  # no reply is blank: the rest of a malformed request, skipped
+            continue
         if reply.startswith("100"):  # "100 result=0 Trying..." then the real reply
             continue
         if reply == "HANGUP" or reply.startswith("511"):

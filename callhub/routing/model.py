@@ -27,6 +27,7 @@ class Agent:
     interface: str
     active: bool = True
     cleared: bool = True  # a trainee not yet cleared to work alone takes no calls
+    ring_timeout: int | None = None  # seconds this agent's phone rings; None: the line's
 
     @property
     def can_take_calls(self) -> bool:
@@ -89,8 +90,17 @@ class Line:
     rotation: tuple[str, ...]
     shifts: tuple[Shift, ...]
     exceptions: tuple[DatedException, ...] = ()
-    ring_timeout: int = DEFAULT_RING_TIMEOUT
+    ring_timeout: int = DEFAULT_RING_TIMEOUT  # the default for each agent and the fallback
     fallback: str | None = None
+    ring_timeouts: Mapping[str, int] = field(default_factory=dict)  # agent id -> seconds here
+
+    def ring_timeout_for(self, agent: Agent) -> int:
+        """How long `agent` rings on this line: the line's own entry for the agent, else the
+        agent's `ring_timeout`, else the line's `ring_timeout`."""
+        own = self.ring_timeouts.get(agent.id)
+        if own is not None:
+            return own
+        return agent.ring_timeout if agent.ring_timeout is not None else self.ring_timeout
 
     def rotation_index(self, agent_id: str) -> int | None:
         try:
@@ -153,8 +163,11 @@ EMPTY_ROTA = Rota(agents={}, lines={})
 
 
 def agent_to_data(agent: Agent) -> dict[str, Any]:
-    return {"id": agent.id, "name": agent.name, "interface": agent.interface,
-            "active": agent.active, "cleared": agent.cleared}
+    data: dict[str, Any] = {"id": agent.id, "name": agent.name, "interface": agent.interface,
+                            "active": agent.active, "cleared": agent.cleared}
+    if agent.ring_timeout is not None:
+        data["ring_timeout"] = agent.ring_timeout
+    return data
 
 
 def _hhmm(value: time, midnight: bool = False) -> str:
@@ -168,6 +181,8 @@ def line_to_data(line: Line) -> dict[str, Any]:
         "rotation": list(line.rotation),
         "ring_timeout": line.ring_timeout,
     }
+    if line.ring_timeouts:
+        data["ring_timeouts"] = dict(line.ring_timeouts)
     if line.fallback:
         data["fallback"] = line.fallback
     data["shifts"] = [

@@ -15,12 +15,14 @@ Schema (see README "Routing by rota")::
     interface = "PJSIP/1001"
     active = true                   # default true
     cleared = true                  # default true; false: a trainee, takes no calls
+    ring_timeout = 20               # optional: seconds li's phone rings (default: the line's)
 
     [[lines]]
     name = "hotline"
     dids = ["4008001004"]
     rotation = ["li", "wang"]       # default: first appearance in the shifts
-    ring_timeout = 15               # seconds each agent rings
+    ring_timeout = 15               # seconds each agent rings (and the fallback)
+    ring_timeouts = { wang = 25 }   # optional: per agent on this line; beats the agent's own
     fallback = "PJSIP/1000"         # group leader, or e.g. "Local/vm-hotline@voicemail"
 
     [[lines.shifts]]
@@ -112,6 +114,13 @@ class _Table:
             raise self.fail(key, f"listed twice: {', '.join(dupes)}")
         return items
 
+    def seconds(self, key: str, default: int | None) -> int | None:
+        """A ring timeout: whole seconds, 1..MAX_RING_TIMEOUT."""
+        value = self.get(key, int, default)
+        if value is not None and not 1 <= value <= MAX_RING_TIMEOUT:
+            raise self.fail(key, f"must be 1-{MAX_RING_TIMEOUT} seconds, got {value}")
+        return value if isinstance(value, int) else None
+
     def finish(self) -> None:
         unknown = sorted(set(self.data) - self.used)
         if unknown:
@@ -200,7 +209,8 @@ def _agent(data: Any, index: int) -> Agent:
     if "/" not in interface or any(c in interface for c in "&,\"\\ "):
         raise t.fail("interface", f"expected a device such as \"PJSIP/1001\", got {interface!r}")
     agent = Agent(id=ident, name=name, interface=interface,
-                  active=t.get("active", bool, True), cleared=t.get("cleared", bool, True))
+                  active=t.get("active", bool, True), cleared=t.get("cleared", bool, True),
+                  ring_timeout=t.seconds("ring_timeout", None))
     t.finish()
     return agent
 
@@ -314,13 +324,28 @@ def _line(data: Any, index: int, agents: Mapping[str, Agent]) -> Line:
         for agent_id in e.swaps.values():
             if agent_id not in agents:
                 raise RotaError(f"{ew}: swap: unknown agent {agent_id!r}")
-    ring_timeout = t.get("ring_timeout", int, DEFAULT_RING_TIMEOUT)
-    if not 1 <= ring_timeout <= MAX_RING_TIMEOUT:
-        raise t.fail("ring_timeout", f"must be 1-{MAX_RING_TIMEOUT} seconds, got {ring_timeout}")
+    ring_timeout = t.seconds("ring_timeout", DEFAULT_RING_TIMEOUT)
+    assert ring_timeout is not None
     line = Line(name=name, dids=dids, rotation=rotation, shifts=shifts, exceptions=exceptions,
-                ring_timeout=ring_timeout, fallback=_target(t, "fallback"))
+                ring_timeout=ring_timeout, fallback=_target(t, "fallback"),
+                ring_timeouts=_ring_timeouts(t, agents))
     t.finish()
     return line
+
+
+def _ring_timeouts(line: _Table, agents: Mapping[str, Agent]) -> dict[str, int]:
+    """The line's `ring_timeouts = { agent = seconds }`: known agents, 1..MAX seconds."""
+    table = line.get("ring_timeouts", dict, {})
+    prefixed = _Table({f"ring_timeouts.{k}": v for k, v in table.items()}, line.where)
+    out: dict[str, int] = {}
+    for agent_id in table:
+        key = f"ring_timeouts.{agent_id}"
+        if agent_id not in agents:
+            raise prefixed.fail(key, f"unknown agent {agent_id!r}")
+        seconds = prefixed.seconds(key, None)
+        assert seconds is not None
+        out[agent_id] = seconds
+    return out
 
 
 def rota_from_data(data: Mapping[str, Any], source: str | None = None) -> Rota:
