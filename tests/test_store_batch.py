@@ -1,0 +1,238 @@
+"""A batch written at once leaves the database exactly as writing its calls one by one.
+
+`save_calls` decides a whole batch's worklist changes in memory and writes
+them with a handful of statements. The oracle here is the straightforward
+per-call algorithm it replaced (an upsert, attempts, agent and worklist
+statements for each call in turn, as DESIGN.md words the rules). Seeded
+random histories — the same few numbers, lines and linkedids again and
+again, misses, abandons, answers and callbacks in and out of order, calls
+written twice within one batch and across batches, agents with and without
+a name — are written both ways, each in the same batches, and the stored
+calls, attempts, agents and worklist (entries, their calls, who handled
+them, how and when) and the times to callback must be the same.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+from store_fixtures import T0, DbFactory, make_call
+
+from callhub.config import Settings
+from callhub.records import CallRecord
+from callhub.store import migrate
+from callhub.store.db import Database
+from callhub.store.save import call_row, insert, save_calls
+from callhub.store.tables import agents, attempts, calls, utc, worklist_calls, worklist_entries
+from callhub.store.worklist import is_reach, is_worklist_miss
+
+# -- the oracle: one call at a time ------------------------------------------------------------
+
+
+async def oracle_save(conn: AsyncConnection, records: list[CallRecord],
+                      settings: Settings) -> list[float]:
+    now = datetime.now(UTC)
+    seconds: list[float] = []
+    for record in records:
+        row = call_row(record, now)
+        stmt = insert(conn, calls).values(**row)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["pbx", "linkedid"],
+            set_={k: stmt.excluded[k] for k in row if k not in ("pbx", "linkedid")},
+        ).returning(calls.c.id)
+        call_id: int = (await conn.execute(stmt)).scalar_one()
+        await conn.execute(sa.delete(attempts).where(attempts.c.call_id == call_id))
+        for seq, a in enumerate(record.attempts, start=1):
+            await conn.execute(sa.insert(attempts).values(
+                call_id=call_id, seq=seq, interface=a.interface, agent_name=a.agent_name,
+                offered_at=utc(a.offered_at), ring_started_at=utc(a.ring_started_at),
+                ended_at=utc(a.ended_at), result=a.result, ring_seconds=a.ring_seconds))
+        if record.agent:
+            agent = insert(conn, agents).values(pbx=record.pbx, interface=record.agent,
+                                                name=record.agent_name, updated_at=now)
+            set_: dict[str, Any] = {"updated_at": agent.excluded.updated_at}
+            if record.agent_name is not None:
+                set_["name"] = agent.excluded.name
+            await conn.execute(agent.on_conflict_do_update(
+                index_elements=["pbx", "interface"], set_=set_))
+        if is_worklist_miss(record, settings):
+            seconds += await _oracle_miss(conn, call_id, record)
+        elif is_reach(record):
+            seconds += await _oracle_reach(conn, call_id, record)
+    return seconds
+
+
+async def _oracle_miss(conn: AsyncConnection, call_id: int, record: CallRecord) -> list[float]:
+    t = worklist_entries
+    if await conn.scalar(sa.select(worklist_calls.c.entry_id)
+                         .where(worklist_calls.c.call_id == call_id)) is not None:
+        return []
+    number, line, missed_at = record.external_number or "", record.line or "", \
+        utc(record.arrived_at)
+    assert missed_at is not None
+    entry = (await conn.execute(sa.select(t.c.id, t.c.first_missed_at, t.c.last_missed_at)
+                                .where(t.c.number == number, t.c.line == line,
+                                       t.c.status == "pending"))).first()
+    if entry is None:
+        entry_id: int = (await conn.execute(sa.insert(t).values(
+            pbx=record.pbx, number=number, line=line, status="pending",
+            first_missed_at=missed_at, last_missed_at=missed_at, call_count=1,
+            updated_at=missed_at).returning(t.c.id))).scalar_one()
+        last = missed_at
+    else:
+        entry_id, last = entry.id, max(entry.last_missed_at, missed_at)
+        await conn.execute(sa.update(t).where(t.c.id == entry_id).values(
+            first_missed_at=min(entry.first_missed_at, missed_at), last_missed_at=last,
+            call_count=t.c.call_count + 1))
+    await conn.execute(sa.insert(worklist_calls).values(entry_id=entry_id, call_id=call_id))
+    answer = (await conn.execute(
+        sa.select(calls.c.id, calls.c.direction, calls.c.answered_at, calls.c.agent,
+                  calls.c.agent_name)
+        .where(calls.c.external_number == number, calls.c.outcome == "answered",
+               calls.c.direction.in_(("inbound", "outbound")), calls.c.answered_at >= last)
+        .order_by(calls.c.answered_at, calls.c.id).limit(1))).first()
+    return [] if answer is None else await _oracle_handle(conn, [entry_id], answer._mapping)
+
+
+async def _oracle_reach(conn: AsyncConnection, call_id: int, record: CallRecord) -> list[float]:
+    t = worklist_entries
+    answered_at = utc(record.answered_at if record.answered_at is not None
+                      else record.arrived_at)
+    ids = list((await conn.scalars(sa.select(t.c.id).where(
+        t.c.number == record.external_number, t.c.status == "pending",
+        t.c.last_missed_at <= answered_at))).all())
+    if not ids:
+        return []
+    return await _oracle_handle(conn, ids, {
+        "id": call_id, "direction": record.direction, "answered_at": answered_at,
+        "agent": record.agent, "agent_name": record.agent_name})
+
+
+async def _oracle_handle(conn: AsyncConnection, ids: list[int], call: Any) -> list[float]:
+    t = worklist_entries
+    seconds = []
+    for row in (await conn.execute(sa.select(t.c.id, t.c.first_missed_at)
+                                   .where(t.c.id.in_(ids)))).all():
+        took = max((call["answered_at"] - row.first_missed_at).total_seconds(), 0.0)
+        seconds.append(took)
+        await conn.execute(sa.update(t).where(t.c.id == row.id).values(
+            status="handled", how="callback" if call["direction"] == "outbound"
+            else "called_again", handled_at=call["answered_at"],
+            handled_by=call["agent_name"] or call["agent"], handled_call_id=call["id"],
+            time_to_callback_seconds=took))
+    return seconds
+
+
+# -- random histories --------------------------------------------------------------------------
+
+NUMBERS = ("+8613800000001", "+8613800000002", "+4930123456")
+LINES = ("4008001000", "4008002000", None)
+
+
+def random_call(rng: random.Random, n: int) -> CallRecord:
+    """One call of a small world: 8 linkedids, 3 numbers, 3 lines, a 10-minute grid."""
+    at = T0 + 30 * rng.randrange(20)
+    kind = rng.choice(["answered", "answered", "missed", "abandoned", "short", "outbound",
+                       "outbound_unanswered", "internal"])
+    number = rng.choice(NUMBERS)
+    fields: dict[str, Any] = {"line": rng.choice(LINES), "caller_number": number,
+                              "caller_name": rng.choice(["张三", "Müller", None])}
+    if kind == "answered":
+        fields.update(ring_seconds=float(rng.choice([0, 5, 29])))
+    elif kind in ("missed", "abandoned", "short"):
+        fields.update(outcome="missed" if kind == "missed" else "abandoned",
+                      short_abandon=kind == "short")
+    elif kind.startswith("outbound"):
+        fields.update(direction="outbound", called_number=number, caller_number="1001",
+                      outcome="answered" if kind == "outbound" else "unanswered")
+        if kind != "outbound":
+            fields.update(reason=None, agent="PJSIP/1001")
+    else:
+        fields.update(direction="internal", caller_number="1002")
+    record = make_call(f"{rng.randrange(8)}.1", at=at, **fields)
+    if record.answered_at is not None:  # often exactly when another call arrives
+        record.answered_at = at + rng.choice([1.0, 8.0, 30.0, 60.0])
+    if record.agent:
+        record.agent = rng.choice(["PJSIP/1001", "PJSIP/1002"])
+        record.agent_name = rng.choice(["Li Na", "王芳", None])
+    record.attempts = record.attempts[:rng.randrange(len(record.attempts) + 1)]
+    return record
+
+
+async def state(db: Database) -> dict[str, Any]:
+    """Everything stored, by natural keys (ids and write times differ between databases)."""
+    async with db.connection() as conn:
+        key_of = {r.id: (r.pbx, r.linkedid)
+                  for r in await conn.execute(sa.select(calls.c.id, calls.c.pbx,
+                                                        calls.c.linkedid))}
+        call_rows = {key_of[r.id]: {k: v for k, v in r._mapping.items()
+                                    if k not in ("id", "updated_at")}
+                     for r in await conn.execute(sa.select(calls))}
+        attempt_rows = sorted(
+            (key_of[r.call_id], *[v for k, v in r._mapping.items() if k not in ("id", "call_id")])
+            for r in await conn.execute(sa.select(attempts)))
+        agent_rows = sorted((r.pbx, r.interface, r.name)
+                            for r in await conn.execute(sa.select(agents)))
+        links: dict[int, list[tuple[str, str]]] = {}
+        for r in await conn.execute(sa.select(worklist_calls)):
+            links.setdefault(r.entry_id, []).append(key_of[r.call_id])
+        entries = sorted(
+            (r.pbx, r.number, r.line, r.status, r.first_missed_at, r.last_missed_at,
+             r.call_count, r.handled_at, r.handled_by, r.how,
+             key_of.get(r.handled_call_id), round(r.time_to_callback_seconds or -1, 3),
+             sorted(links.get(r.id, [])))
+            for r in await conn.execute(sa.select(worklist_entries)))
+    return {"calls": call_rows, "attempts": attempt_rows, "agents": agent_rows,
+            "worklist": entries}
+
+
+async def clear(db: Database) -> None:
+    async with db.begin() as conn:
+        for table in (worklist_calls, worklist_entries, attempts, calls, agents):
+            await conn.execute(sa.delete(table))
+
+
+async def test_batches_store_what_one_by_one_stores(db_factory: DbFactory,
+                                                    store_settings: Settings) -> None:
+    dbs = []
+    for name in ("oracle", "batched"):
+        url = None
+        if db_factory.kind == "sqlite":
+            url = f"sqlite+aiosqlite:///{db_factory.tmp_path / name}.db"
+        db = await db_factory.create(url)
+        await migrate.upgrade(db)
+        dbs.append(db)
+    oracle_db, batched_db = dbs
+    rng = random.Random(20261129)
+    scenarios = 25 if db_factory.kind == "postgresql" else 60
+    handled = listed_twice = 0
+    for scenario in range(scenarios):
+        settings = replace(store_settings,
+                           worklist_include_short_abandons=rng.random() < 0.3)
+        history = [random_call(rng, n) for n in range(rng.randrange(1, 30))]
+        cuts = [*sorted(rng.sample(range(1, len(history)), k=min(2, len(history) - 1))),
+                len(history)]
+        batches = [history[a:b] for a, b in zip([0, *cuts[:-1]], cuts, strict=True)]
+        expected_seconds: list[float] = []
+        got_seconds: list[float] = []
+        for batch in batches:
+            async with oracle_db.begin() as conn:
+                expected_seconds += await oracle_save(conn, batch, settings)
+            async with batched_db.begin() as conn:
+                saved = await save_calls(conn, batch, settings)
+            got_seconds += saved.callback_seconds
+            assert len(saved.ids) == len(batch)
+            listed_twice += len(batch) - len({(r.pbx, r.linkedid) for r in batch})
+        expected, got = await state(oracle_db), await state(batched_db)
+        assert got == expected, f"scenario {scenario}: {history}"
+        assert sorted(got_seconds) == sorted(expected_seconds)
+        handled += sum(1 for e in got["worklist"] if e[3] == "handled")
+        await clear(oracle_db)
+        await clear(batched_db)
+    # The histories did exercise what matters: callbacks and calls written twice.
+    assert handled > scenarios and listed_twice > scenarios
