@@ -138,3 +138,50 @@ async def test_names_are_taken_as_given_or_refused(api: tuple[str, aiohttp.Clien
     status, body = await call(api, "PUT", "/api/v1/rotas/张三热线",
                               json={"dids": ["4008009001"], "rotation": ["ann"]})
     assert status == 201 and body["name"] == "张三热线"
+
+
+async def test_ring_timeouts_per_agent(api: tuple[str, aiohttp.ClientSession],
+                                       router: Router, state_path: Path) -> None:
+    monday = berlin("2026-11-30 10:00")
+    status, body = await call(api, "GET", "/api/v1/agents/ben")
+    assert status == 200 and body["ring_timeout"] == 20
+    status, body = await call(api, "GET", "/api/v1/agents/ann")
+    assert "ring_timeout" not in body  # the line's
+    status, body = await call(api, "PATCH", "/api/v1/agents/ann", json={"ring_timeout": 25})
+    assert status == 200 and body["ring_timeout"] == 25
+    status, body = await call(api, "PATCH", "/api/v1/agents/cai", json={"ring_timeout": 30})
+    assert status == 200
+    # ann's own 25; ben's own 20; cai's 30 does not beat the hotline's entry for cai (8)
+    assert router.choose(HOTLINE_DID, monday).ring_timeouts == (25, 20, 8)
+    assert load_rota(state_path / "rota.json").agents["ann"].ring_timeout == 25
+    status, body = await call(api, "PATCH", "/api/v1/agents/ann", json={"ring_timeout": None})
+    assert status == 200 and "ring_timeout" not in body
+
+    status, body = await call(api, "PATCH", "/api/v1/agents/ann", json={"ring_timeout": 0})
+    assert status == 400 and body["message"] == (
+        "agent 'ann': ring_timeout: must be 1-600 seconds, got 0")
+    status, body = await call(api, "PATCH", "/api/v1/agents/ann", json={"ring_timeout": "9"})
+    assert status == 400 and body["parameter"] == "ring_timeout"
+
+    status, body = await call(api, "GET", "/api/v1/rotas/hotline")
+    assert body["ring_timeouts"] == {"cai": 8}
+    assert (await call(api, "PUT", "/api/v1/agents/fay", json={"interface": "PJSIP/1009"})
+            )[0] == 201
+    sales = {"dids": ["4008009000"], "rotation": ["ann", "ben"], "ring_timeout": 10,
+             "ring_timeouts": {"ben": 7, "fay": 30},
+             "shifts": [{"name": "always", "start": "00:00", "end": "24:00"}]}
+    status, body = await call(api, "PUT", "/api/v1/rotas/sales", json=sales)
+    assert status == 200 and body["ring_timeouts"] == {"ben": 7, "fay": 30}
+    assert router.choose("4008009000", monday).ring_timeouts == (10, 7)
+    status, body = await call(api, "PUT", "/api/v1/rotas/sales",
+                              json={**sales, "ring_timeouts": {"ben": -1}})
+    assert status == 400 and body["message"] == (
+        "line 'sales': ring_timeouts.ben: must be 1-600 seconds, got -1")
+    # fay is in no rotation, but the sales line names fay's ring time: still in use
+    status, body = await call(api, "DELETE", "/api/v1/agents/fay")
+    assert status == 409 and "line(s) sales;" in body["message"]
+
+    status, doc = await call(api, "GET", "/api/v1/openapi.json")
+    agent = doc["paths"]["/api/v1/agents/{id}"]["get"]["responses"]["200"]["content"][
+        "application/json"]["schema"]
+    assert agent["properties"]["ring_timeout"]["maximum"] == 600

@@ -36,6 +36,10 @@ def test_load_then_show(settings_file: Path, rota_file: Path, tmp_path: Path,
     assert "ring timeout 12 s per agent, fallback PJSIP/1000" in out
     offered = [line.split()[1] for line in lines if line.strip()[:2] in ("1.", "2.", "3.")]
     assert offered == ["Ann", "Ben", "Cai"]
+    rings = {line.split()[1]: line for line in lines if line.strip()[:2] in ("1.", "2.", "3.")}
+    assert "rings" not in rings["Ann"]  # the line's 12 s
+    assert rings["Ben"].endswith("takes calls, rings 20 s")  # his own
+    assert rings["Cai"].endswith("takes calls, rings 8 s")  # the hotline's entry for cai
     assert "Dora (trainee)" in out and "not cleared (trainee)" in out
     assert "inactive" in out
     assert "next change in who is on duty: 2026-11-30T17:00+01:00" in out
@@ -50,6 +54,7 @@ def test_show_json_by_did_after_midnight(settings_file: Path, rota_file: Path,
     [report] = json.loads(capsys.readouterr().out)
     assert report["line"] == "hotline"
     assert [a["id"] for a in report["on_duty"]] == ["cai"]
+    assert report["on_duty"][0]["ring_timeout"] == 8 and report["ring_timeout"] == 12
     assert report["next_change"] == "2026-12-05T06:00+01:00"
 
 

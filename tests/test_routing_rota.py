@@ -171,6 +171,9 @@ def test_readme_rota_example_loads(tmp_path: Path) -> None:
     rota = load_rota(path)
     assert rota.lines["hotline"].shifts[1].crosses_midnight
     assert not rota.agents["zhao"].can_take_calls
+    hotline, agents = rota.lines["hotline"], rota.agents
+    assert [hotline.ring_timeout_for(agents[a]) for a in ("li", "wang", "zhao", "lead")] == [
+        10, 25, 15, 15]  # as the README says below its example
 
 
 def test_dialplan_reads_the_variables_fastagi_sets() -> None:
@@ -183,8 +186,12 @@ def test_dialplan_reads_the_variables_fastagi_sets() -> None:
     assert "AGI(${CALLHUB_AGI})" in dialplan and "agi://127.0.0.1:4573/route" in dialplan
     names = {name for name, _ in decision_variables(Decision(None, "error"))}
     for used in ("CALLHUB_TARGETS", "CALLHUB_TARGET_COUNT", "CALLHUB_RING_TIMEOUT",
-                 "CALLHUB_FALLBACK", "CALLHUB_ROUTE_RESULT"):
+                 "CALLHUB_RING_TIMEOUTS", "CALLHUB_FALLBACK", "CALLHUB_ROUTE_RESULT"):
         assert used in names and re.search(rf"[{{(]{used}[,}}]", dialplan), used
     # callhub not answering leads to a plain Dial of the dialplan's own default
     assert '"${AGISTATUS}" != "SUCCESS"' in dialplan
     assert "Dial(${CALLHUB_DEFAULT}" in dialplan
+    # the README shows the same loop as the dialplan ships (run in test_routing_dialplan.py)
+    loop = re.search(r"^ same => n,Set\(CALLHUB_I=1\)\n(?:^ same => .*\n)*?^ same => n,EndWhile",
+                     dialplan, re.M)
+    assert loop and loop[0] in _readme_section()
