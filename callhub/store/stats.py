@@ -1,31 +1,44 @@
 """Desk figures over a period, as DESIGN.md defines them, optionally grouped.
 
-The rows of a period are read once and the figures computed in Python: the
-same arithmetic on SQLite and PostgreSQL, percentiles included, and a desk's
-volume (thousands of calls a day) is small. Short abandons are left out of
-every figure but their own count when `stats_exclude_short_abandons` is set.
+The database does the counting: one grouped query for the calls' counts and
+sums, one for the worklist's; Python only adds, divides, rounds and names the
+groups. A month of a busy desk is tens of thousands of calls, which is why
+they are not read into Python one by one. The percentiles (p90 ring time by
+nearest rank, median time to callback) come from percentile_disc on
+PostgreSQL and from ranking window functions on SQLite; the figures are the
+same on both (tests/test_store_stats.py holds both to a row-by-row reference).
+
+Hours and days are local to `StatsQuery.tz`. Neither SQLite nor a portable SQL
+knows time zones, so the period is cut where the zone's UTC offset changes
+(DST) and each row's local bucket is `(epoch + offset) // 3600` (or 86400)
+with the offset of its piece: exact for any zone, DST and 45-minute offsets
+included. Short abandons are left out of every figure but their own count
+when `exclude_short_abandons` is set.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, tzinfo
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from callhub.store.tables import calls, worklist_entries
 
 GROUPS = ("hour", "day", "agent", "line")
+P90 = 90  # percent, nearest rank
 
 
 @dataclass(slots=True)
 class _Acc:
-    """Running totals of one group."""
+    """The figures' ingredients for one group (or the totals)."""
 
     inbound: int = 0
     outbound: int = 0
@@ -37,11 +50,20 @@ class _Acc:
     within_seconds: int = 0
     hangup_known: int = 0
     agent_hung_up_first: int = 0
-    ring_seconds: list[float] = field(default_factory=list)
-    wait_seconds: list[float] = field(default_factory=list)
+    ring_sum: float = 0.0
+    wait_sum: float = 0.0
+    p90_ring: float | None = None
     pending_callbacks: int = 0
     handled_callbacks: int = 0
-    callback_seconds: list[float] = field(default_factory=list)
+    median_middle: list[float] = field(default_factory=list)  # the 1 or 2 middle values
+
+    def add(self, other: _Acc) -> None:
+        """Add another group's counts and sums (not its percentiles)."""
+        for name in ("inbound", "outbound", "answered", "abandoned", "short_abandons",
+                     "missed", "within_rings", "within_seconds", "hangup_known",
+                     "agent_hung_up_first", "ring_sum", "wait_sum", "pending_callbacks",
+                     "handled_callbacks"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def figures(self) -> dict[str, Any]:
         return {
@@ -58,15 +80,15 @@ class _Acc:
             "answered_within_seconds": self.within_seconds,
             "service_level": _ratio(self.within_seconds, self.inbound),
             "service_level_answered": _ratio(self.within_seconds, self.answered),
-            "avg_ring_seconds": _mean(self.ring_seconds),
-            "p90_ring_seconds": percentile(self.ring_seconds, 90),
-            "avg_speed_of_answer_seconds": _mean(self.wait_seconds),
+            "avg_ring_seconds": _mean(self.ring_sum, self.answered),
+            "p90_ring_seconds": None if self.p90_ring is None else round(self.p90_ring, 3),
+            "avg_speed_of_answer_seconds": _mean(self.wait_sum, self.answered),
             "agent_hangup_first_rate": _ratio(self.agent_hung_up_first, self.hangup_known),
             "pending_callbacks": self.pending_callbacks,
             "handled_callbacks": self.handled_callbacks,
             "median_time_to_callback_seconds": (
-                round(statistics.median(self.callback_seconds), 3)
-                if self.callback_seconds else None),
+                round(sum(self.median_middle) / len(self.median_middle), 3)
+                if self.median_middle else None),
         }
 
 
@@ -74,17 +96,21 @@ def _ratio(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
-def _mean(values: list[float]) -> float | None:
-    return round(statistics.fmean(values), 3) if values else None
+def _mean(total: float, count: int) -> float | None:
+    return round(total / count, 3) if count else None
 
 
-def percentile(values: Iterable[float], pct: float) -> float | None:
+def nearest_rank(count: int, pct: int) -> int:
+    """The 1-based rank of the `pct` percentile among `count` values (exact integers)."""
+    return max(-(-count * pct // 100), 1)
+
+
+def percentile(values: Iterable[float], pct: int) -> float | None:
     """Nearest-rank percentile (an observed value; p90 of 10 values is the 9th)."""
     ordered = sorted(values)
     if not ordered:
         return None
-    rank = max(math.ceil(pct / 100 * len(ordered)), 1)
-    return round(ordered[rank - 1], 3)
+    return round(ordered[nearest_rank(len(ordered), pct) - 1], 3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,101 +121,271 @@ class StatsQuery:
     rings: int = 3
     seconds: float = 20.0
     exclude_short_abandons: bool = True
-    tz: tzinfo | None = None
+    tz: tzinfo | None = None  # None: the system's local time
     pbx: str | None = None
 
 
-def _key_fn(q: StatsQuery) -> Callable[[datetime | None, str | None, str | None], Any]:
-    tz = q.tz
+# -- local hours and days in SQL ------------------------------------------------------------
 
-    def key(at: datetime | None, agent: str | None, line: str | None) -> Any:
-        if q.group_by == "hour" and at is not None:
-            return at.astimezone(tz).replace(minute=0, second=0, microsecond=0).isoformat()
-        if q.group_by == "day" and at is not None:
-            return at.astimezone(tz).date().isoformat()
-        if q.group_by == "agent":
-            return agent
-        if q.group_by == "line":
-            return line
-        return None
-    return key
+class _Epoch(FunctionElement[int]):
+    """Whole POSIX seconds of a UTC timestamp column, floored."""
+
+    type = sa.BigInteger()
+    inherit_cache = True
+
+
+@compiles(_Epoch, "postgresql")
+def _epoch_pg(element: _Epoch, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"CAST(floor(EXTRACT(EPOCH FROM {compiler.process(element.clauses, **kw)})) AS BIGINT)"
+
+
+@compiles(_Epoch, "sqlite")
+def _epoch_sqlite(element: _Epoch, compiler: SQLCompiler, **kw: Any) -> str:
+    # 'YYYY-MM-DD HH:MM:SS.ffffff' without its fraction: strftime would round .9999995 up.
+    column = compiler.process(element.clauses, **kw)
+    return f"CAST(strftime('%s', substr({column}, 1, 19)) AS INTEGER)"
+
+
+def _offset(at: datetime, tz: tzinfo | None) -> int:
+    delta = at.astimezone(tz).utcoffset()
+    return 0 if delta is None else int(delta.total_seconds())
+
+
+def offset_pieces(start: datetime, end: datetime, tz: tzinfo | None
+                  ) -> list[tuple[datetime | None, int]]:
+    """[(until, UTC offset in seconds)] covering [start, end); the last piece's until is None.
+
+    The zone is probed every 6 hours and each change narrowed down to the
+    second (zones change their offset at whole seconds, never twice in 6 hours).
+    """
+    pieces: list[tuple[datetime | None, int]] = []
+    lo, current = start, _offset(start, tz)
+    last = end - timedelta(microseconds=1)
+    while lo < last:
+        probe = min(lo + timedelta(hours=6), last)
+        if _offset(probe, tz) == current:
+            lo = probe
+            continue
+        a, b = math.floor(lo.timestamp()), math.ceil(probe.timestamp())
+        while b - a > 1:  # offset(a) == current != offset(b)
+            mid = (a + b) // 2
+            a, b = (mid, b) if _offset(datetime.fromtimestamp(mid, UTC), tz) == current \
+                else (a, mid)
+        lo = datetime.fromtimestamp(b, UTC)
+        pieces.append((lo, current))
+        current = _offset(lo, tz)
+    pieces.append((None, current))
+    return pieces
+
+
+def _local_seconds(column: Any, pieces: list[tuple[datetime | None, int]]
+                   ) -> tuple[sa.ColumnElement[int], sa.ColumnElement[int]]:
+    """(local POSIX seconds of `column`, the UTC offset used) as SQL expressions."""
+    if len(pieces) == 1:
+        offset: sa.ColumnElement[int] = sa.literal(pieces[0][1], sa.Integer)
+    else:
+        offset = sa.case(*((column < until, sa.literal(off, sa.Integer))
+                           for until, off in pieces[:-1]),
+                         else_=sa.literal(pieces[-1][1], sa.Integer))
+    return _Epoch(column) + offset, offset
+
+
+def _key_columns(q: StatsQuery, at: Any, agent: Any, line: Any,
+                 pieces: list[tuple[datetime | None, int]]) -> list[sa.ColumnElement[Any]]:
+    """The group key as two SQL columns `k` and `koff` (the offset, for hours only)."""
+    null = sa.null()
+    if q.group_by in ("hour", "day"):
+        local, offset = _local_seconds(at, pieces)
+        size = 3600 if q.group_by == "hour" else 86400
+        return [(local // size).label("k"),
+                (offset if q.group_by == "hour" else sa.literal(0, sa.Integer)).label("koff")]
+    if q.group_by == "agent":
+        return [(agent if agent is not None else sa.cast(null, sa.String)).label("k"),
+                sa.literal(0, sa.Integer).label("koff")]
+    if q.group_by == "line":
+        return [line.label("k"), sa.literal(0, sa.Integer).label("koff")]
+    return [sa.literal(0, sa.Integer).label("k"), sa.literal(0, sa.Integer).label("koff")]
+
+
+def _group_key(q: StatsQuery, k: Any, koff: int) -> Any:
+    """The API's key of a group from the SQL key columns."""
+    if q.group_by == "hour":  # the local hour with the offset it had (twice 02:00 in autumn)
+        local = datetime(1970, 1, 1) + timedelta(hours=int(k))
+        return local.replace(tzinfo=timezone(timedelta(seconds=int(koff)))).isoformat()
+    if q.group_by == "day":
+        return (date(1970, 1, 1) + timedelta(days=int(k))).isoformat()
+    if q.group_by in ("agent", "line"):
+        return k
+    return None
+
+
+# -- the queries -------------------------------------------------------------------------------
+#
+# Counts and sums are one grouped query on both databases. The percentiles are
+# the one place the dialects differ: PostgreSQL takes them in the same pass
+# with percentile_disc (and GROUPING SETS for the totals' own), SQLite, which
+# has neither, with window functions that rank the rows. Both give exact ranks:
+# PostgreSQL's percentile_disc takes rank ceil(p * n) in floating point; p a
+# hair under 0.9 is ceil(9n / 10) for any n below 10^10, and a hair either side
+# of 0.5 gives the one or two middle values a median averages.
+
+_HAIR = 1e-12
+
+
+def _nearest_rank(rank: Any, count: Any, pct: int) -> sa.ColumnElement[bool]:
+    """rank is the nearest rank of `pct` among count rows: rank = ceil(count * pct / 100)."""
+    return sa.and_(rank * 100 >= count * pct, (rank - 1) * 100 < count * pct)
+
+
+def _middle(rank: Any, count: Any) -> sa.ColumnElement[bool]:
+    """rank is one of the 1 or 2 middle ranks among count rows."""
+    return sa.and_(rank * 2 >= count, rank * 2 <= count + 2)
+
+
+def _ranked(base: sa.Subquery, value: Any, where: sa.ColumnElement[bool], grouped: bool,
+            pick: Any) -> sa.Select[Any]:
+    """Rows of `base` (where `where`) holding the pick (a percentile's rank) of `value`,
+    per group and over all; columns k, koff, v, in_group, in_all. (SQLite's way.)"""
+    part = [base.c.k, base.c.koff]
+    ranked = sa.select(
+        base.c.k, base.c.koff, value.label("v"),
+        sa.func.row_number().over(partition_by=part, order_by=value).label("rn"),
+        sa.func.count().over(partition_by=part).label("n"),
+        *((sa.func.row_number().over(order_by=value).label("rn_all"),
+           sa.func.count().over().label("n_all")) if grouped else ()),
+    ).where(where).subquery("ranked")
+    in_group = pick(ranked.c.rn, ranked.c.n)
+    in_all = pick(ranked.c.rn_all, ranked.c.n_all) if grouped else in_group
+    return sa.select(ranked.c.k, ranked.c.koff, ranked.c.v, in_group.label("in_group"),
+                     in_all.label("in_all")).where(sa.or_(in_group, in_all))
+
+
+def _disc(fraction: float, value: Any, where: sa.ColumnElement[bool]) -> Any:
+    """PostgreSQL: the value at rank ceil(fraction * n) of the rows `where`, per group."""
+    return sa.func.percentile_disc(sa.literal(fraction, sa.Float)).within_group(value) \
+        .filter(where)
+
+
+def _grouped(stmt: sa.Select[Any], base: sa.Subquery, pg: bool) -> sa.Select[Any]:
+    """GROUP BY the key; on PostgreSQL also the grand total (its row has total = 1)."""
+    k, koff = base.c.k, base.c.koff
+    if pg:
+        return stmt.add_columns(sa.func.grouping(k, koff).label("total")).group_by(
+            sa.func.grouping_sets(sa.tuple_(k, koff), sa.tuple_()))
+    return stmt.add_columns(sa.literal(0, sa.Integer).label("total")).group_by(k, koff)
 
 
 async def compute(conn: AsyncConnection, q: StatsQuery) -> dict[str, Any]:
     """Totals and (with group_by) one block per group, sorted by key (None last)."""
-    key = _key_fn(q)
+    pg = conn.dialect.name == "postgresql"
+    pieces = offset_pieces(q.start, q.end, q.tz)
+    grouped = q.group_by is not None
     totals = _Acc()
-    groups: dict[Any, _Acc] = {}
-    agent_names: dict[str, str] = {}
+    groups: dict[tuple[Any, int], _Acc] = {}
+    agent_names: dict[Any, str] = {}
 
-    def accs(k: Any) -> tuple[_Acc, ...]:
-        if q.group_by is None:
-            return (totals,)
-        return (totals, groups.setdefault(k, _Acc()))
+    def acc(k: Any, koff: Any) -> _Acc:
+        return groups.setdefault((k, int(koff or 0)), _Acc())
 
+    # Calls: counts and sums per group (and on PostgreSQL the p90 ring time).
     c = calls.c
-    where = [c.arrived_at >= q.start, c.arrived_at < q.end]
+    where = [c.arrived_at >= q.start, c.arrived_at < q.end,
+             c.direction.in_(("inbound", "outbound"))]
     if q.pbx is not None:
         where.append(c.pbx == q.pbx)
-    result = await conn.execute(
-        sa.select(c.direction, c.arrived_at, c.line, c.agent, c.agent_name, c.outcome,
-                  c.short_abandon, c.rings, c.ring_seconds, c.wait_seconds, c.hangup_by)
-        .where(*where, c.direction.in_(("inbound", "outbound"))))
-    for row in result:
-        if row.agent and row.agent_name:
-            agent_names[row.agent] = row.agent_name
-        targets = accs(key(row.arrived_at, row.agent, row.line))
-        if row.direction == "outbound":
-            for acc in targets:
-                acc.outbound += 1
+    base = sa.select(
+        *_key_columns(q, c.arrived_at, c.agent, c.line, pieces),
+        c.direction, c.outcome, c.short_abandon, c.rings, c.ring_seconds, c.wait_seconds,
+        c.hangup_by, c.agent, c.agent_name,
+    ).where(*where).subquery("base")
+    b = base.c
+    inbound = b.direction == "inbound"
+    short = sa.and_(inbound, b.short_abandon, b.outcome == "abandoned")
+    counted = sa.and_(inbound, sa.not_(short)) if q.exclude_short_abandons else inbound
+    answered = sa.and_(counted, b.outcome == "answered")
+    count = sa.func.count
+    stmt = sa.select(
+        b.k, b.koff,
+        count().filter(b.direction == "outbound").label("outbound"),
+        count().filter(short).label("short_abandons"),
+        count().filter(counted).label("inbound"),
+        count().filter(answered).label("answered"),
+        count().filter(sa.and_(counted, b.outcome == "abandoned")).label("abandoned"),
+        count().filter(sa.and_(counted, b.outcome == "missed")).label("missed"),
+        count().filter(sa.and_(answered, b.rings <= q.rings)).label("within_rings"),
+        count().filter(sa.and_(answered, b.wait_seconds <= q.seconds)).label("within_seconds"),
+        count().filter(sa.and_(answered, b.hangup_by.is_not(None))).label("hangup_known"),
+        count().filter(sa.and_(answered, b.hangup_by == "agent")).label("agent_hung_up_first"),
+        sa.func.sum(b.ring_seconds).filter(answered).label("ring_sum"),
+        sa.func.sum(b.wait_seconds).filter(answered).label("wait_sum"),
+        *((sa.func.max(b.agent_name).filter(sa.and_(b.agent != "", b.agent_name != ""))
+           .label("agent_name"),) if q.group_by == "agent" else ()),
+        *((_disc(P90 / 100 - _HAIR, b.ring_seconds, answered).label("p90"),) if pg else ()),
+    )
+    for row in await conn.execute(_grouped(stmt, base, pg)):
+        if row.total:
+            totals.p90_ring = row.p90
             continue
-        short = bool(row.short_abandon) and row.outcome == "abandoned"
-        for acc in targets:
-            if short:
-                acc.short_abandons += 1
-                if q.exclude_short_abandons:
-                    continue
-            acc.inbound += 1
-            if row.outcome == "answered":
-                acc.answered += 1
-                if row.rings <= q.rings:
-                    acc.within_rings += 1
-                if row.wait_seconds <= q.seconds:
-                    acc.within_seconds += 1
-                acc.ring_seconds.append(row.ring_seconds)
-                acc.wait_seconds.append(row.wait_seconds)
-                if row.hangup_by is not None:
-                    acc.hangup_known += 1
-                    acc.agent_hung_up_first += row.hangup_by == "agent"
-            elif row.outcome == "abandoned":
-                acc.abandoned += 1
-            elif row.outcome == "missed":
-                acc.missed += 1
+        a = acc(row.k, row.koff)
+        for name in ("outbound", "short_abandons", "inbound", "answered", "abandoned",
+                     "missed", "within_rings", "within_seconds", "hangup_known",
+                     "agent_hung_up_first"):
+            setattr(a, name, int(getattr(row, name)))
+        a.ring_sum = float(row.ring_sum or 0.0)
+        a.wait_sum = float(row.wait_sum or 0.0)
+        if pg:
+            a.p90_ring = row.p90
+        if q.group_by == "agent" and row.k and row.agent_name:
+            agent_names[row.k] = row.agent_name
+    if not pg:
+        for row in await conn.execute(_ranked(base, b.ring_seconds, answered, grouped,
+                                              lambda rn, n: _nearest_rank(rn, n, P90))):
+            if row.in_group:
+                acc(row.k, row.koff).p90_ring = float(row.v)
+            if row.in_all:
+                totals.p90_ring = float(row.v)
 
+    # Worklist entries whose first miss is in the period: counts and median callback time.
     w = worklist_entries.c
     wwhere = [w.first_missed_at >= q.start, w.first_missed_at < q.end]
     if q.pbx is not None:
         wwhere.append(w.pbx == q.pbx)
-    entries = await conn.execute(
-        sa.select(w.first_missed_at, w.line, w.status, w.time_to_callback_seconds)
-        .where(*wwhere))
-    for entry in entries:
-        for acc in accs(key(entry.first_missed_at, None, entry.line or None)):
-            if entry.status == "pending":
-                acc.pending_callbacks += 1
-            elif entry.status == "handled":
-                acc.handled_callbacks += 1
-                if entry.time_to_callback_seconds is not None:
-                    acc.callback_seconds.append(entry.time_to_callback_seconds)
+    wbase = sa.select(
+        *_key_columns(q, w.first_missed_at, None, sa.func.nullif(w.line, ""), pieces),
+        w.status, w.time_to_callback_seconds,
+    ).where(*wwhere).subquery("wbase")
+    wb = wbase.c
+    timed = sa.and_(wb.status == "handled", wb.time_to_callback_seconds.is_not(None))
+    wstmt = sa.select(
+        wb.k, wb.koff, count().filter(wb.status == "pending").label("pending"),
+        count().filter(wb.status == "handled").label("handled"),
+        *((_disc(0.5 - _HAIR, wb.time_to_callback_seconds, timed).label("lower"),
+           _disc(0.5 + _HAIR, wb.time_to_callback_seconds, timed).label("upper"))
+          if pg else ()))
+    for row in await conn.execute(_grouped(wstmt, wbase, pg)):
+        a = totals if row.total else acc(row.k, row.koff)
+        if pg and row.lower is not None:
+            a.median_middle = [row.lower, row.upper]
+        if not row.total:
+            a.pending_callbacks, a.handled_callbacks = int(row.pending), int(row.handled)
+    if not pg:
+        for row in await conn.execute(_ranked(wbase, wb.time_to_callback_seconds, timed,
+                                              grouped, _middle)):
+            if row.in_group:
+                acc(row.k, row.koff).median_middle.append(float(row.v))
+            if row.in_all:
+                totals.median_middle.append(float(row.v))
 
-    out: dict[str, Any] = {"totals": totals.figures()}
-    if q.group_by is not None:
-        blocks = []
-        for k in sorted(groups, key=lambda g: (g is None, "" if g is None else str(g))):
-            block: dict[str, Any] = {"key": k}
-            if q.group_by == "agent":
-                block["agent_name"] = agent_names.get(k) if k else None
-            block.update(groups[k].figures())
-            blocks.append(block)
-        out["groups"] = blocks
-    return out
+    for a in groups.values():
+        totals.add(a)
+    if not grouped:
+        return {"totals": totals.figures()}
+    blocks = []
+    for (k, koff), a in groups.items():
+        block: dict[str, Any] = {"key": _group_key(q, k, koff)}
+        if q.group_by == "agent":
+            block["agent_name"] = agent_names.get(k) if k else None
+        block.update(a.figures())
+        blocks.append(block)
+    blocks.sort(key=lambda g: (g["key"] is None, "" if g["key"] is None else str(g["key"])))
+    return {"totals": totals.figures(), "groups": blocks}
