@@ -236,3 +236,48 @@ async def test_batches_store_what_one_by_one_stores(db_factory: DbFactory,
         await clear(batched_db)
     # The histories did exercise what matters: callbacks and calls written twice.
     assert handled > scenarios and listed_twice > scenarios
+
+
+def busy_hour(prefix: str, n: int) -> list[CallRecord]:
+    """`n` calls of a busy desk: misses of a few dozen numbers, their callbacks, answers."""
+    records = []
+    for k in range(n):
+        number = f"+86{n:03d}{k // 3 % 40:08d}"
+        at = T0 + 10 * k
+        if k % 3 == 0:
+            records.append(make_call(f"{prefix}{k}", at=at, outcome="missed",
+                                     caller_number=number, caller_name="张三"))
+        elif k % 3 == 1:
+            records.append(make_call(f"{prefix}{k}", at=at, direction="outbound",
+                                     called_number=number, agent=f"PJSIP/10{k % 7:02d}"))
+        else:
+            records.append(make_call(f"{prefix}{k}", at=at, caller_number=number))
+    return records
+
+
+async def test_statements_per_batch_do_not_grow_with_the_batch(any_db: Database,
+                                                               store_settings: Settings) -> None:
+    """The point of batching: ten calls or three hundred cost the same few statements."""
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    sa.event.listen(any_db.engine.sync_engine, "before_cursor_execute", count)
+    per_batch = {}
+    for n in (10, 300):
+        statements.clear()
+        async with any_db.begin() as conn:
+            saved = await save_calls(conn, busy_hour(f"{n}-", n), store_settings)
+        assert len(set(saved.ids)) == n
+        if any_db.dialect == "sqlite":
+            # SQLAlchemy cannot rely on SQLite's RETURNING order, so it inserts new worklist
+            # entries one by one to learn their ids (cheap: SQLite is in-process).
+            statements = [s for s in statements
+                          if not s.startswith("INSERT INTO worklist_entries")]
+        per_batch[n] = len(statements)
+    assert per_batch[300] == per_batch[10] <= 10, per_batch
+    async with any_db.connection() as conn:
+        handled = await conn.scalar(sa.select(sa.func.count()).select_from(worklist_entries)
+                                    .where(worklist_entries.c.how == "callback"))
+    assert handled == 3 + 100  # every miss but the last of each batch was called back

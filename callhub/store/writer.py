@@ -1,7 +1,11 @@
 """The batched call writer: AMI ingestion hands over records, the writer makes them last.
 
 `submit` never blocks the AMI reader: it appends to a bounded memory buffer.
-A background task writes the buffer in batches, one transaction each. When
+A background task writes the buffer in batches, one transaction each. A
+batch is whatever is pending, up to `batch_size` (500) calls: one call at a
+time when calls trickle in (the lowest lag), hundreds when a backlog built
+up (a burst, a database back from an outage, a spool), where a batch costs
+about as many round trips as a single call (see `save.py`). When
 the database is unreachable the buffer fills; past `max_buffer` new calls go
 to the spool file (fsynced), and while the spool holds anything every new
 call goes there too, so calls are written in the order they finished (a
@@ -39,7 +43,7 @@ class CallWriter:
 
     def __init__(self, db: Database, settings: Settings, *,
                  metrics: CallhubMetrics | None = None, spool: Spool | None = None,
-                 batch_size: int = 200, max_buffer: int = 10_000,
+                 batch_size: int = 500, max_buffer: int = 10_000,
                  retry_initial: float = 0.25, retry_max: float = 15.0,
                  stop_timeout: float = 10.0) -> None:
         self.db = db
