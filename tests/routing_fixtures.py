@@ -121,6 +121,16 @@ end = "24:00"
 """
 
 
+def samples(metrics: RoutingMetrics, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """The current value of each labelled sample called `name` in the routing registry."""
+    out = {}
+    for family in metrics.registry.collect():
+        for s in family.samples:
+            if s.name == name:
+                out[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
 def berlin(text: str) -> datetime:
     """A Berlin wall-clock moment as an aware datetime ("2026-11-30 08:00")."""
     return datetime.fromisoformat(text).replace(tzinfo=BERLIN)

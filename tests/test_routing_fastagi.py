@@ -9,7 +9,7 @@ import re
 
 import pytest
 from prometheus_client import CollectorRegistry
-from routing_fixtures import AgiServer, asterisk_agi_request, berlin
+from routing_fixtures import AgiServer, asterisk_agi_request, berlin, samples
 
 from callhub.routing.chooser import Router
 from callhub.routing.fastagi import quote
@@ -43,15 +43,6 @@ async def play_asterisk(server: AgiServer, request: bytes, hangup_after: int | N
     writer.close()
     await writer.wait_closed()
     return variables
-
-
-def samples(metrics: RoutingMetrics, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    out = {}
-    for family in metrics.registry.collect():
-        for s in family.samples:
-            if s.name == name:
-                out[tuple(sorted(s.labels.items()))] = s.value
-    return out
 
 
 async def test_round_trip_as_asterisk_sends_it(agi_server: AgiServer) -> None:

@@ -1,18 +1,26 @@
-"""`callhub simulate`: an Asterisk-like AMI server to point callhub (or anything) at."""
+"""`callhub simulate`: an Asterisk-like AMI server to point callhub (or anything) at.
+
+With `--agi HOST:PORT` it also plays the dialplan's part for inbound calls: each
+call asks callhub's FastAGI as Asterisk would (callhub.routing.agisim), then the
+hunt it asked for is emitted as AMI events.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import random
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import structlog
 
 from callhub.ami.simulator import AmiSimulator
-from callhub.ami.synth import DEFAULT_MIX, SCENARIOS
+from callhub.ami.synth import DEFAULT_MIX, DEMO_DIDS, SCENARIOS, CallFactory
 from callhub.config import ConfigError, parse_listen
 from callhub.logs import configure_logging
+from callhub.routing.agisim import AgiCallSimulator, Behaviour
 
 log = structlog.get_logger(__name__)
 
@@ -23,6 +31,17 @@ examples:
   callhub simulate --listen 127.0.0.1:5039 --trace ../shared/traces/06_*.ami --speed 10
       replay a recorded trace ten times faster once a client has logged in
   callhub simulate --mix --rate 30 --pjsip --kinds answered=3,abandoned=1,busy=1
+
+inbound calls routed by callhub's rota (AGI mode), beside a running callhub:
+  callhub --config callhub.toml rota load rota.toml
+  callhub --config callhub.toml run      # [[pbx]] host 127.0.0.1, port 5038,
+                                         # secret "callhub-secret"; FastAGI on :4573
+  callhub simulate --agi 127.0.0.1:4573 --agi-rate 6 --dids 4008001004,4008001005
+      once callhub has logged in to AMI, every call asks callhub's FastAGI as the
+      dialplan in deploy/asterisk/extensions.conf does, then rings the agents it
+      returned, each for its own ring timeout, then the fallback; a phone answers
+      3 times in 4 after 2-12 s, else rings out. Without an answer from callhub
+      it dials --agi-default, as the dialplan does.
 
 log in with the --username/--secret given here (defaults: callhub / callhub-secret).
 scenario kinds: """ + ", ".join(SCENARIOS)
@@ -53,6 +72,23 @@ def _kinds(value: str) -> dict[str, float]:
     return out
 
 
+def _dids(value: str) -> tuple[str, ...]:
+    dids = tuple(d.strip() for d in value.split(","))
+    if not all(dids):
+        raise argparse.ArgumentTypeError(f"expected DIDs separated by commas, got {value!r}")
+    return dids
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
 def add_parser(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
         "simulate", help="run an AMI simulator (replayed traces or synthetic calls)",
@@ -80,7 +116,22 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--kinds", type=_kinds, default=None, metavar="KIND=W,...",
                         help="scenario weights for --mix (default: "
                              + ", ".join(f"{k}={w:g}" for k, w in DEFAULT_MIX.items()) + ")")
-    parser.add_argument("--seed", type=int, default=None, help="random seed for --mix")
+    parser.add_argument("--seed", type=int, default=None, help="random seed for --mix and --agi")
+    agi = parser.add_argument_group(
+        "AGI mode", "inbound calls routed by callhub's FastAGI, as the shipped dialplan does")
+    agi.add_argument("--agi", metavar="HOST:PORT",
+                     help="ask this FastAGI (callhub's fastagi.listen, e.g. 127.0.0.1:4573) "
+                          "where to ring each inbound call; calls start at the first AMI login")
+    agi.add_argument("--agi-rate", type=_rate, default=6.0, metavar="N/min",
+                     help="inbound calls per minute in AGI mode (default 6)")
+    agi.add_argument("--dids", type=_dids, default=DEMO_DIDS, metavar="DID,...",
+                     help="the numbers the calls arrive on (default "
+                          + ",".join(DEMO_DIDS) + "); the rota's lines list them")
+    agi.add_argument("--agi-default", default="PJSIP/1000", metavar="DEVICE",
+                     help="dialled when callhub does not answer (the dialplan's "
+                          "CALLHUB_DEFAULT; default PJSIP/1000)")
+    parser.add_argument("--max-calls", type=_positive, default=None, metavar="N",
+                        help="stop generating after N calls (--mix, --agi; default: endless)")
     parser.add_argument("--pjsip", action="store_true",
                         help="PJSIP-style devices (PJSIP/trunk, PJSIP/100N) where a PJSIP "
                              "recording exists, Local channels otherwise")
@@ -90,10 +141,12 @@ def add_parser(sub: Any) -> None:
 
 
 def simulate_command(args: argparse.Namespace) -> int:
-    configure_logging(args.log_level)
     host, port = parse_listen(args.listen, "--listen")
-    if not args.trace and not args.mix:
-        log.info("simulate.idle", hint="no --trace or --mix: only logins, pings and "
+    if args.agi is not None:
+        parse_listen(args.agi, "--agi")
+    configure_logging(args.log_level)
+    if not args.trace and not args.mix and not args.agi:
+        log.info("simulate.idle", hint="no --trace, --mix or --agi: only logins, pings and "
                                        "CoreShowChannels will be answered")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_simulate(args, host, port))
@@ -115,7 +168,9 @@ async def _simulate(args: argparse.Namespace, host: str, port: int) -> None:
     if args.mix:
         jobs.append(asyncio.create_task(sim.run_mix(
             args.rate, args.seed, pjsip=args.pjsip, kinds=args.kinds,
-            speed=args.speed or 1.0)))
+            speed=args.speed or 1.0, max_calls=args.max_calls)))
+    if args.agi:
+        jobs.append(asyncio.create_task(_agi_calls(sim, args, speed)))
     try:
         if jobs:
             await asyncio.gather(*jobs)
@@ -135,3 +190,39 @@ async def _replay(sim: AmiSimulator, traces: list[str], speed: float | None,
             log.info("simulate.replayed", trace=path, events=sent)
         if not loop:
             return
+
+
+async def _agi_calls(sim: AmiSimulator, args: argparse.Namespace, speed: float | None) -> None:
+    """--agi: once a client has logged in, a Poisson stream of inbound calls, each routed
+    by callhub's FastAGI (callhub.routing.agisim), its hunt emitted on `sim`."""
+    host, port = parse_listen(args.agi, "--agi")
+    rng = random.Random(args.seed)
+    # Beside --mix, the routed calls count their ids in a range of their own.
+    factory = (CallFactory(seed=args.seed, uniqueid_counter=500_000, channel_counter=0x80000)
+               if args.mix else None)
+    agi = AgiCallSimulator(sim, host, port, behaviour=lambda device: _phone(rng),
+                           default_target=args.agi_default, factory=factory)
+    log.info("simulate.agi_waiting", hint="calls start at the first AMI login", agi=args.agi)
+    await sim.wait_logins(1, within=None)
+    arrivals = agi_arrivals(args.agi_rate, args.dids, rng, sim.clock(), args.max_calls)
+    await agi.run(arrivals, speed=speed, keep=False)
+    log.info("simulate.agi_done", calls=args.max_calls)
+
+
+def _phone(rng: random.Random) -> Behaviour:
+    """How a simulated phone reacts to one ring: mostly answered after a few seconds."""
+    return Behaviour(answers=rng.random() < 0.75, ring_seconds=rng.uniform(2.0, 12.0),
+                     talk_seconds=rng.uniform(15.0, 120.0))
+
+
+def agi_arrivals(rate_per_minute: float, dids: Sequence[str], rng: random.Random,
+                 start: float, max_calls: int | None = None
+                 ) -> Iterator[tuple[float, str, str]]:
+    """Inbound calls `(at, did, caller)` in time order: Poisson arrivals from `start`, on a
+    random one of `dids`, from random mobile numbers; endless unless `max_calls`."""
+    at = start
+    made = 0
+    while max_calls is None or made < max_calls:
+        yield at, rng.choice(list(dids)), f"+86138{rng.randrange(10**8):08d}"
+        made += 1
+        at += rng.expovariate(rate_per_minute / 60.0)
