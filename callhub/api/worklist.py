@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import struct
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -12,11 +16,9 @@ from callhub.api.base import (
     METRICS,
     SETTINGS,
     Operation,
-    cursor_offset,
     error_response,
     json_body,
     json_response,
-    offset_cursor,
     path_int,
 )
 from callhub.api.params import BadParameter, Param, parse_query
@@ -37,6 +39,30 @@ WORKLIST_PARAMS: tuple[Param, ...] = (
 )
 
 
+_CURSOR = struct.Struct(">cBqq")  # b"w", rank, first miss in POSIX microseconds, id
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def encode_cursor(position: queries.WorklistPosition) -> str:
+    """An opaque cursor for the page after `position` (24 characters)."""
+    micros = (position.first_missed_at - _EPOCH) // timedelta(microseconds=1)
+    raw = _CURSOR.pack(b"w", position.rank, micros, position.id)
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> queries.WorklistPosition:
+    """The position in a cursor made by `encode_cursor`; BadParameter otherwise."""
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        kind, rank, micros, entry_id = _CURSOR.unpack(raw)
+        if kind != b"w" or rank not in (0, 1) or entry_id < 1:
+            raise ValueError("bad cursor")
+        at = _EPOCH + timedelta(microseconds=micros)
+    except (ValueError, OverflowError, struct.error, binascii.Error):
+        raise BadParameter("cursor", "not a cursor this API returned") from None
+    return queries.WorklistPosition(rank, at, entry_id)
+
+
 def entry_json(entry: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in entry.items() if k != "updated_at"}
     out["line"] = entry["line"] or None
@@ -47,16 +73,16 @@ async def list_worklist(request: web.Request) -> web.StreamResponse:
     args = parse_query(request.query, WORKLIST_PARAMS, request.app[SETTINGS].tz)
     if args["from"] is not None and args["to"] is not None and args["from"] >= args["to"]:
         raise BadParameter("to", "must be later than from")
-    offset = cursor_offset("o", args["cursor"]) if args["cursor"] is not None else 0
+    after = decode_cursor(args["cursor"]) if args["cursor"] is not None else None
     limit = int(args["limit"])
     f = queries.WorklistFilter(status=args["status"], line=args["line"], number=args["number"],
                                start=args["from"], end=args["to"])
     async with request.app[DB].connection() as conn:
-        entries = await queries.list_worklist(conn, f, limit + 1, offset)
-    return json_response({
-        "items": [entry_json(e) for e in entries[:limit]],
-        "next_cursor": offset_cursor("o", offset + limit) if len(entries) > limit else None,
-    })
+        entries = await queries.list_worklist(conn, f, limit + 1, after)
+    next_cursor = (encode_cursor(queries.worklist_position(entries[limit - 1]))
+                   if len(entries) > limit else None)
+    return json_response({"items": [entry_json(e) for e in entries[:limit]],
+                          "next_cursor": next_cursor})
 
 
 async def _mark(request: web.Request, status: str) -> web.StreamResponse:

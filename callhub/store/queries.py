@@ -7,6 +7,7 @@ cursor is the last row's pair and pages never skip or repeat a call.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,7 +16,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from callhub.store.tables import attempts, calls, worklist_calls, worklist_entries
+from callhub.store.tables import (
+    attempts,
+    calls,
+    worklist_calls,
+    worklist_entries,
+)
+from callhub.store.worklist import STATUSES
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,29 +44,39 @@ class CallFilter:
     pbx: str | None = None
 
 
-def _call_conditions(f: CallFilter) -> list[sa.ColumnElement[bool]]:
+def _param(name: str, column: Any) -> sa.BindParameter[Any]:
+    return sa.bindparam(name, type_=column.type)
+
+
+def _call_conditions(present: frozenset[str]) -> list[sa.ColumnElement[bool]]:
+    """WHERE terms for the CallFilter fields in `present`, their values as bind parameters
+    named like the fields."""
     c = calls.c
     where: list[sa.ColumnElement[bool]] = []
-    if f.start is not None:
-        where.append(c.arrived_at >= f.start)
-    if f.end is not None:
-        where.append(c.arrived_at < f.end)
-    for column, value in ((c.direction, f.direction), (c.outcome, f.outcome),
-                          (c.reason, f.reason), (c.line, f.line), (c.caller_number,
-                          f.caller_number), (c.external_number, f.number), (c.pbx, f.pbx)):
-        if value is not None:
-            where.append(column == value)
-    if f.did is not None:
-        where.append(sa.and_(c.direction == "inbound", c.called_number == f.did))
-    if f.agent is not None:
-        where.append(sa.or_(c.agent == f.agent, c.agent_name == f.agent))
-    if f.min_rings is not None:
-        where.append(c.rings >= f.min_rings)
-    if f.worklist_status is not None:
+    if "start" in present:
+        where.append(c.arrived_at >= _param("start", c.arrived_at))
+    if "end" in present:
+        where.append(c.arrived_at < _param("end", c.arrived_at))
+    for name, column in (("direction", c.direction), ("outcome", c.outcome),
+                         ("reason", c.reason), ("line", c.line),
+                         ("caller_number", c.caller_number), ("number", c.external_number),
+                         ("pbx", c.pbx)):
+        if name in present:
+            where.append(column == _param(name, column))
+    if "did" in present:
+        where.append(sa.and_(c.direction == "inbound",
+                             c.called_number == _param("did", c.called_number)))
+    if "agent" in present:
+        agent = _param("agent", c.agent)
+        where.append(sa.or_(c.agent == agent, c.agent_name == agent))
+    if "min_rings" in present:
+        where.append(c.rings >= _param("min_rings", c.rings))
+    if "worklist_status" in present:
         where.append(c.id.in_(
             sa.select(worklist_calls.c.call_id)
             .join(worklist_entries, worklist_entries.c.id == worklist_calls.c.entry_id)
-            .where(worklist_entries.c.status == f.worklist_status)))
+            .where(worklist_entries.c.status == _param("worklist_status",
+                                                       worklist_entries.c.status))))
     return where
 
 
@@ -73,18 +90,40 @@ CALL_COLUMNS = [*calls.c, worklist_entries.c.id.label("worklist_id"),
                 worklist_entries.c.status.label("worklist_status")]
 
 
+@functools.lru_cache(maxsize=512)
+def _calls_page(present: frozenset[str], after: bool) -> sa.Select[Any]:
+    """The page query for one combination of filters (built once: building is the costly
+    part of a small query; the values are bound at execution)."""
+    c = calls.c
+    where = _call_conditions(present)
+    if after:  # (arrived_at, id) < the cursor's, and arrived_at <= for the (x, arrived_at) indexes
+        at, last_id = _param("after_at", c.arrived_at), _param("after_id", c.id)
+        where += [c.arrived_at <= at, sa.tuple_(c.arrived_at, c.id) < sa.tuple_(at, last_id)]
+    return (sa.select(*CALL_COLUMNS).select_from(_worklist_of_calls()).where(*where)
+            .order_by(c.arrived_at.desc(), c.id.desc())
+            .limit(sa.bindparam("limit", type_=sa.Integer)))
+
+
+def _filter_values(f: Any) -> dict[str, Any]:
+    return {name: getattr(f, name) for name in f.__slots__ if getattr(f, name) is not None}
+
+
+async def _dicts(conn: AsyncConnection, stmt: sa.Executable, params: dict[str, Any]
+                 ) -> list[dict[str, Any]]:
+    result = await conn.execute(stmt, params)
+    keys = list(result.keys())
+    return [dict(zip(keys, row, strict=True)) for row in result.all()]
+
+
 async def list_calls(conn: AsyncConnection, f: CallFilter, limit: int,
                      after: tuple[datetime, int] | None = None) -> list[dict[str, Any]]:
     """Up to `limit` calls matching `f`, newest first, after the keyset position `after`."""
-    stmt = sa.select(*CALL_COLUMNS).select_from(_worklist_of_calls())
-    where = _call_conditions(f)
+    params = _filter_values(f)
+    stmt = _calls_page(frozenset(params), after is not None)
+    params["limit"] = limit
     if after is not None:
-        at, last_id = after
-        where.append(sa.or_(calls.c.arrived_at < at,
-                            sa.and_(calls.c.arrived_at == at, calls.c.id < last_id)))
-    stmt = stmt.where(*where).order_by(calls.c.arrived_at.desc(), calls.c.id.desc())
-    rows = (await conn.execute(stmt.limit(limit))).mappings().all()
-    return [dict(r) for r in rows]
+        params["after_at"], params["after_id"] = after
+    return await _dicts(conn, stmt, params)
 
 
 async def get_call(conn: AsyncConnection, call_id: int) -> dict[str, Any] | None:
@@ -116,27 +155,77 @@ class WorklistFilter:
     end: datetime | None = None
 
 
-async def list_worklist(conn: AsyncConnection, f: WorklistFilter, limit: int,
-                        offset: int = 0) -> list[dict[str, Any]]:
-    """Entries, pending first, then oldest first; each with its calls."""
+@dataclass(frozen=True, slots=True)
+class WorklistPosition:
+    """Where a worklist page ended: the last entry's (pending-first rank, first miss, id)."""
+
+    rank: int
+    first_missed_at: datetime
+    id: int
+
+
+def worklist_rank(status: str) -> int:
+    """0 for pending entries (listed first), 1 for the rest."""
+    return 0 if status == "pending" else 1
+
+
+def worklist_position(entry: dict[str, Any]) -> WorklistPosition:
+    return WorklistPosition(worklist_rank(entry["status"]), entry["first_missed_at"],
+                            entry["id"])
+
+
+@functools.lru_cache(maxsize=256)
+def _worklist_page(statuses: tuple[str, ...], present: frozenset[str],
+                   after_rank: int | None) -> sa.Select[Any] | None:
+    """One index range per status, each in page order and cut at the limit, merged."""
     w = worklist_entries.c
     where: list[sa.ColumnElement[bool]] = []
-    if f.status is not None:
-        where.append(w.status == f.status)
-    if f.line is not None:
-        where.append(w.line == f.line)
-    if f.number is not None:
-        where.append(w.number == f.number)
-    if f.start is not None:
-        where.append(w.first_missed_at >= f.start)
-    if f.end is not None:
-        where.append(w.first_missed_at < f.end)
-    pending_first = sa.case((w.status == "pending", 0), else_=1)
-    rows = (await conn.execute(
-        sa.select(worklist_entries).where(*where)
-        .order_by(pending_first, w.first_missed_at, w.id).limit(limit).offset(offset)
-    )).mappings().all()
-    entries = [dict(r) for r in rows]
+    for name, column in (("line", w.line), ("number", w.number)):
+        if name in present:
+            where.append(column == _param(name, column))
+    if "start" in present:
+        where.append(w.first_missed_at >= _param("start", w.first_missed_at))
+    if "end" in present:
+        where.append(w.first_missed_at < _param("end", w.first_missed_at))
+    limit = sa.bindparam("limit", type_=sa.Integer)
+    parts = []
+    for status in statuses:
+        rank = worklist_rank(status)
+        if after_rank is not None and rank < after_rank:
+            continue
+        cond = [w.status == status, *where]
+        if rank == after_rank:
+            at, last_id = _param("after_at", w.first_missed_at), _param("after_id", w.id)
+            cond += [w.first_missed_at >= at,
+                     sa.tuple_(w.first_missed_at, w.id) > sa.tuple_(at, last_id)]
+        part = (sa.select(worklist_entries, sa.literal(rank, sa.Integer).label("rank"))
+                .where(*cond).order_by(w.first_missed_at, w.id).limit(limit).subquery())
+        parts.append(sa.select(part))
+    if not parts:
+        return None
+    merged = (parts[0] if len(parts) == 1 else sa.union_all(*parts)).subquery("merged")
+    return (sa.select(*(merged.c[col.name] for col in worklist_entries.c))
+            .order_by(merged.c.rank, merged.c.first_missed_at, merged.c.id).limit(limit))
+
+
+async def list_worklist(conn: AsyncConnection, f: WorklistFilter, limit: int,
+                        after: WorklistPosition | None = None) -> list[dict[str, Any]]:
+    """Entries, pending first, then oldest first (by first miss, then id); each with its calls.
+
+    One index range per status (status, first_missed_at, id), each in order and
+    cut at `limit`, merged: `pending first` needs no sort of the whole table,
+    and a page starts where the last one ended (keyset).
+    """
+    params = _filter_values(f)
+    status = params.pop("status", None)
+    stmt = _worklist_page((status,) if status is not None else STATUSES, frozenset(params),
+                          None if after is None else after.rank)
+    if stmt is None:
+        return []
+    params["limit"] = limit
+    if after is not None:
+        params["after_at"], params["after_id"] = after.first_missed_at, after.id
+    entries = await _dicts(conn, stmt, params)
     await _attach_calls(conn, entries)
     return entries
 
@@ -151,19 +240,20 @@ async def get_entry(conn: AsyncConnection, entry_id: int) -> dict[str, Any] | No
     return entries[0]
 
 
+_ENTRY_CALLS = (
+    sa.select(worklist_calls.c.entry_id, calls.c.id, calls.c.linkedid, calls.c.arrived_at,
+              calls.c.outcome, calls.c.reason, calls.c.ring_seconds, calls.c.wait_seconds,
+              calls.c.caller_name, calls.c.called_number)
+    .join(calls, calls.c.id == worklist_calls.c.call_id)
+    .where(worklist_calls.c.entry_id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(calls.c.arrived_at, calls.c.id))
+
+
 async def _attach_calls(conn: AsyncConnection, entries: Sequence[dict[str, Any]]) -> None:
     by_id = {e["id"]: e for e in entries}
     for e in entries:
         e["calls"] = []
     if not by_id:
         return
-    rows = (await conn.execute(
-        sa.select(worklist_calls.c.entry_id, calls.c.id, calls.c.linkedid, calls.c.arrived_at,
-                  calls.c.outcome, calls.c.reason, calls.c.ring_seconds, calls.c.wait_seconds,
-                  calls.c.caller_name, calls.c.called_number)
-        .join(calls, calls.c.id == worklist_calls.c.call_id)
-        .where(worklist_calls.c.entry_id.in_(list(by_id)))
-        .order_by(calls.c.arrived_at, calls.c.id))).mappings().all()
-    for r in rows:
-        call = dict(r)
+    for call in await _dicts(conn, _ENTRY_CALLS, {"ids": list(by_id)}):
         by_id[call.pop("entry_id")]["calls"].append(call)

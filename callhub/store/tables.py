@@ -141,8 +141,10 @@ worklist_entries = sa.Table(
 sa.Index("uq_worklist_open", worklist_entries.c.number, worklist_entries.c.line, unique=True,
          sqlite_where=worklist_entries.c.status == "pending",
          postgresql_where=worklist_entries.c.status == "pending")
-sa.Index("ix_worklist_status_first", worklist_entries.c.status,
-         worklist_entries.c.first_missed_at)
+sa.Index("ix_worklist_status_first_id", worklist_entries.c.status,
+         worklist_entries.c.first_missed_at, worklist_entries.c.id)
+sa.Index("ix_worklist_number_status", worklist_entries.c.number, worklist_entries.c.status)
+sa.Index("ix_worklist_first_missed", worklist_entries.c.first_missed_at)
 
 worklist_calls = sa.Table(
     "worklist_calls", metadata,
