@@ -15,7 +15,7 @@ as writing the records one by one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -28,7 +28,7 @@ from callhub.config import Settings
 from callhub.records import CallRecord, iso
 from callhub.store import worklist
 from callhub.store.tables import agents, attempts, calls, utc
-from callhub.store.worklist import chunks
+from callhub.store.worklist import chunks, in_chunk
 
 CALL_KEY = ("pbx", "linkedid")
 
@@ -75,13 +75,15 @@ def insert(conn: AsyncConnection, table: sa.Table) -> Any:
     return sqlite.insert(table)
 
 
-async def upsert_calls(conn: AsyncConnection, records: Sequence[CallRecord],
-                       now: datetime) -> list[int]:
+async def upsert_calls(conn: AsyncConnection, records: Sequence[CallRecord], now: datetime,
+                       stored: Collection[int] | None = None) -> list[int]:
     """Insert or update calls by (pbx, linkedid) and replace their attempts; their ids.
 
     The keys must be distinct (PostgreSQL refuses to update a row twice in
     one statement). SQLAlchemy sends the rows as multi-row VALUES, split
-    below the dialect's parameter limit.
+    below the dialect's parameter limit. `stored`: the ids of those calls
+    that were stored before (only they can have attempts to delete); None
+    when not known.
     """
     if not records:
         return []
@@ -94,7 +96,8 @@ async def upsert_calls(conn: AsyncConnection, records: Sequence[CallRecord],
     result = await conn.execute(stmt, rows)
     by_key = {(row.pbx, row.linkedid): row.id for row in result}
     ids = [by_key[(r.pbx, r.linkedid)] for r in records]
-    for part in chunks(ids):
+    replaced = ids if stored is None else sorted(stored)
+    for part in chunks(replaced, in_chunk(conn)):
         await conn.execute(sa.delete(attempts).where(attempts.c.call_id.in_(part)))
     attempt_rows = [
         {
@@ -167,9 +170,9 @@ async def save_calls(conn: AsyncConnection, records: Sequence[CallRecord],
     now = datetime.now(UTC)
     saved = Saved()
     for run in distinct_runs(records):
-        # What the worklist needs to know of the calls as they were before this run.
-        before = await worklist.load_answers(conn, run, settings)
-        ids = await upsert_calls(conn, run, now)
+        # The run's calls and its misses' answers as they were stored before it.
+        before = await worklist.read_before(conn, run, settings)
+        ids = await upsert_calls(conn, run, now, before.ids.values())
         await upsert_agents(conn, [(r.pbx, r.agent, r.agent_name) for r in run if r.agent],
                             now)
         saved.callback_seconds += await worklist.apply_batch(conn, run, ids, settings,

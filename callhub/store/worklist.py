@@ -28,14 +28,17 @@ STATUSES = ("pending", "handled", "dismissed")
 HOWS = ("callback", "called_again", "manual")
 
 
-# Values bound in one `IN (...)`: below SQLite's historic limit of 999 parameters.
-IN_CHUNK = 900
 
-
-def chunks(values: Sequence[Any], size: int = IN_CHUNK) -> Iterator[Sequence[Any]]:
+def chunks(values: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     """`values` in slices of at most `size` (for statements with one parameter per value)."""
     for start in range(0, len(values), size):
         yield values[start:start + size]
+
+
+def in_chunk(conn: AsyncConnection, lists: int = 1) -> int:
+    """How many values each of `lists` IN lists of one statement may hold on this database
+    (SQLite before 3.32 binds at most 999 parameters, asyncpg 32767)."""
+    return max(1, conn.dialect.insertmanyvalues_max_parameters // lists - 16)
 
 
 class WorklistError(ValueError):
@@ -75,40 +78,73 @@ class Answer:
 
 
 @dataclass(slots=True)
-class StoredAnswers:
-    """The answered calls of a batch's missed numbers as stored before the batch is written.
+class Before:
+    """What a batch's worklist update needs to know of the database before the batch is written.
 
-    A miss that arrives after its answer (a spool replay, a stale call closed
-    late) is handled by the earliest answer at or after it; `by_key` lets a
-    call of the batch replace its stored self.
+    `ids`: the batch's calls already stored (their attempts are replaced);
+    `listed`: of those, the ones a worklist entry lists (a call is listed
+    once); `answers`: the answered calls of the batch's missed numbers, by
+    number, for a miss that arrives after its answer (a spool replay, a
+    stale call closed late); `answer_keys` lets a call of the batch replace
+    its stored self among them.
     """
 
-    by_number: dict[str, list[Answer]] = field(default_factory=dict)
-    by_key: dict[tuple[str, str], tuple[str, Answer]] = field(default_factory=dict)
+    ids: dict[tuple[str, str], int] = field(default_factory=dict)
+    listed: set[int] = field(default_factory=set)
+    answers: dict[str, list[Answer]] = field(default_factory=dict)
+    answer_keys: dict[tuple[str, str], tuple[str, Answer]] = field(default_factory=dict)
 
 
-async def load_answers(conn: AsyncConnection, records: Sequence[CallRecord],
-                       settings: Settings) -> StoredAnswers:
-    """Read, before the batch is written, the answers its misses may have been handled by."""
-    stored = StoredAnswers()
+async def read_before(conn: AsyncConnection, records: Sequence[CallRecord],
+                      settings: Settings) -> Before:
+    """One read (per few hundred calls) before the batch is written: see `Before`."""
+    before = Before()
+    keys = {(r.pbx, r.linkedid) for r in records}
+    pbxs = sorted({pbx for pbx, _ in keys})
+    linkedids = sorted({linkedid for _, linkedid in keys})
     misses = [r for r in records if is_worklist_miss(r, settings)]
-    if not misses:
-        return stored
-    since = utc(min(r.arrived_at for r in misses))
     numbers = sorted({r.external_number or "" for r in misses})
-    for part in chunks(numbers):
+    wanted_numbers = set(numbers)
+    since = utc(min(r.arrived_at for r in misses)) if misses else None
+    size = in_chunk(conn, lists=2)
+    seen: set[int] = set()
+    for start in range(0, max(len(linkedids), len(numbers)), size):
+        some_linkedids = linkedids[start:start + size]
+        some_numbers = numbers[start:start + size]
+        wanted = []
+        if some_linkedids:
+            wanted.append(sa.and_(calls.c.pbx.in_(pbxs), calls.c.linkedid.in_(some_linkedids)))
+        if some_numbers:
+            wanted.append(sa.and_(calls.c.external_number.in_(some_numbers),
+                                  calls.c.outcome == "answered",
+                                  calls.c.direction.in_(("inbound", "outbound")),
+                                  calls.c.answered_at >= since))
         rows = await conn.execute(
             sa.select(calls.c.id, calls.c.pbx, calls.c.linkedid, calls.c.external_number,
-                      calls.c.direction, calls.c.answered_at, calls.c.agent,
-                      calls.c.agent_name)
-            .where(calls.c.external_number.in_(part), calls.c.outcome == "answered",
-                   calls.c.direction.in_(("inbound", "outbound")),
-                   calls.c.answered_at >= since))
+                      calls.c.outcome, calls.c.direction, calls.c.answered_at, calls.c.agent,
+                      calls.c.agent_name, worklist_calls.c.call_id.label("listed"))
+            .select_from(calls.outerjoin(worklist_calls,
+                                         worklist_calls.c.call_id == calls.c.id))
+            .where(sa.or_(*wanted)))
         for row in rows:
-            answer = Answer(row.id, row.direction, row.answered_at, row.agent, row.agent_name)
-            stored.by_number.setdefault(row.external_number, []).append(answer)
-            stored.by_key[(row.pbx, row.linkedid)] = (row.external_number, answer)
-    return stored
+            if row.id in seen:
+                continue
+            seen.add(row.id)
+            key = (row.pbx, row.linkedid)
+            if key in keys:
+                before.ids[key] = row.id
+                if row.listed is not None:
+                    before.listed.add(row.id)
+            if (since is not None and row.outcome == "answered"
+                    and row.direction in ("inbound", "outbound")
+                    and row.external_number in wanted_numbers and row.answered_at is not None
+                    and row.answered_at >= since):
+                answer = Answer(row.id, row.direction, row.answered_at, row.agent,
+                                row.agent_name)
+                before.answers.setdefault(row.external_number, []).append(answer)
+                if key in keys:
+                    before.answer_keys[key] = (row.external_number, answer)
+    return before
 
 
 @dataclass(slots=True, eq=False)
@@ -135,11 +171,10 @@ class _Entry:
 class _Batch:
     """The worklist decisions for one batch, made in memory, written back at the end."""
 
-    def __init__(self, stored: StoredAnswers, listed: set[int],
-                 loaded: list[_Entry]) -> None:
-        self.answers = {number: list(found) for number, found in stored.by_number.items()}
-        self.stale = dict(stored.by_key)
-        self.listed = listed
+    def __init__(self, before: Before, loaded: list[_Entry]) -> None:
+        self.answers = {number: list(found) for number, found in before.answers.items()}
+        self.stale = dict(before.answer_keys)
+        self.listed = set(before.listed)
         self.loaded = loaded
         self.open: dict[str, dict[str, _Entry]] = {}
         for entry in loaded:
@@ -225,27 +260,22 @@ def _b(column: sa.Column[Any]) -> sa.BindParameter[Any]:
 
 
 async def apply_batch(conn: AsyncConnection, records: Sequence[CallRecord], ids: Sequence[int],
-                      settings: Settings, stored: StoredAnswers, now: datetime) -> list[float]:
+                      settings: Settings, before: Before, now: datetime) -> list[float]:
     """Update the worklist for stored calls (inside the writer's transaction), set-based.
 
-    `records` (distinct keys) were just stored with `ids`; `stored` is what
-    `load_answers` read before. The open entries of the batch's numbers are
+    `records` (distinct keys) were just stored with `ids`; `before` is what
+    `read_before` read before. The open entries of the batch's numbers are
     read in one query, the records applied to them in order in memory (as
     if written one by one), and the result written back: changed entries,
     new entries, their calls. Returns the time to callback of every entry
     the batch handled.
     """
-    misses = [(r, i) for r, i in zip(records, ids, strict=True) if is_worklist_miss(r, settings)]
-    if not misses and not any(is_reach(r) for r in records):
-        return []
-    listed: set[int] = set()
-    for part in chunks([i for _, i in misses]):
-        listed.update(await conn.scalars(sa.select(worklist_calls.c.call_id)
-                                         .where(worklist_calls.c.call_id.in_(part))))
     numbers = sorted({r.external_number or "" for r in records
                       if is_worklist_miss(r, settings) or is_reach(r)})
+    if not numbers:
+        return []
     loaded: list[_Entry] = []
-    for part in chunks(numbers):
+    for part in chunks(numbers, in_chunk(conn)):
         rows = await conn.execute(
             sa.select(worklist_entries.c.id, worklist_entries.c.pbx, worklist_entries.c.number,
                       worklist_entries.c.line, worklist_entries.c.first_missed_at,
@@ -254,7 +284,7 @@ async def apply_batch(conn: AsyncConnection, records: Sequence[CallRecord], ids:
                    worklist_entries.c.number.in_(part)))
         loaded += [_Entry(row.id, row.pbx, row.number, row.line, row.first_missed_at,
                           row.last_missed_at, row.call_count) for row in rows]
-    batch = _Batch(stored, listed, loaded)
+    batch = _Batch(before, loaded)
     for record, call_id in zip(records, ids, strict=True):
         batch.stored(call_id, record)
         if is_worklist_miss(record, settings):
