@@ -19,9 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Call records, ring counts, rota routing and a callback worklist "
                     "beside an Asterisk PBX.",
     )
-    parser.add_argument("--config", metavar="FILE",
-                        help="TOML settings file (default: $CALLHUB_CONFIG, else built-in "
-                             "defaults)")
+    parser.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     config_cli.add_parser(sub)
     replay.add_parser(sub)
@@ -30,7 +28,26 @@ def build_parser() -> argparse.ArgumentParser:
     db_cli.add_parser(sub)
     daemon.add_parser(sub)
     report.add_parser(sub)
+    _accept_config_anywhere(parser)
     return parser
+
+
+CONFIG_HELP = "TOML settings file (default: $CALLHUB_CONFIG, else built-in defaults)"
+
+
+def _accept_config_anywhere(parser: argparse.ArgumentParser) -> None:
+    """`callhub run --config F` works as well as `callhub --config F run`.
+
+    Every sub-command gets `--config` too; its default is SUPPRESS so that an
+    option given before the command is not overwritten by an absent one after it.
+    """
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                if "--config" not in subparser._option_string_actions:
+                    subparser.add_argument("--config", metavar="FILE", help=CONFIG_HELP,
+                                           default=argparse.SUPPRESS)
+                _accept_config_anywhere(subparser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -117,3 +117,25 @@ def test_every_traces_expected_config_is_a_valid_pbx_table() -> None:
         pbx = pbx_from_truth(truth)
         assert pbx.name == truth["expected"]["config"]["pbx"]
         assert dict(pbx.agents) == truth["expected"]["config"]["agents"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["--config", "{f}", "config", "check"],
+    ["config", "check", "--config", "{f}"],
+    ["config", "--config", "{f}", "check"],
+])
+def test_config_option_works_before_or_after_the_command(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    path = write(tmp_path, GOOD)
+    assert main([a.format(f=path) for a in argv]) == 0
+    assert json.loads(capsys.readouterr().out)["timezone"] == "Asia/Shanghai"
+
+
+def test_every_command_accepts_config_after_it() -> None:
+    from callhub.cli import build_parser
+    parser = build_parser()
+    for argv in (["run", "--config", "x.toml"], ["db", "upgrade", "--config", "x.toml"],
+                 ["replay", "--config", "x.toml", "t.ami"],
+                 ["report", "--config", "x.toml", "--date", "today"],
+                 ["rota", "show", "--config", "x.toml"]):
+        assert parser.parse_args(argv).config == "x.toml", argv
