@@ -14,6 +14,7 @@ them, how and when) and the times to callback must be the same.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from callhub.store.db import Database
 from callhub.store.save import call_row, insert, save_calls
 from callhub.store.tables import agents, attempts, calls, utc, worklist_calls, worklist_entries
 from callhub.store.worklist import is_reach, is_worklist_miss
+from callhub.store.writer import CallWriter
 
 # -- the oracle: one call at a time ------------------------------------------------------------
 
@@ -281,3 +283,38 @@ async def test_statements_per_batch_do_not_grow_with_the_batch(any_db: Database,
         handled = await conn.scalar(sa.select(sa.func.count()).select_from(worklist_entries)
                                     .where(worklist_entries.c.how == "callback"))
     assert handled == 3 + 100  # every miss but the last of each batch was called back
+
+
+async def test_writer_keeps_one_connection_through_a_backlog_and_skips_known_agents(
+        any_db: Database, store_settings: Settings) -> None:
+    checkouts: list[object] = []
+    agent_writes: list[str] = []
+    sa.event.listen(any_db.engine.sync_engine, "checkout", lambda *args: checkouts.append(1))
+    sa.event.listen(any_db.engine.sync_engine, "before_cursor_execute",
+                    lambda _c, _cur, statement, *_a: agent_writes.append(statement)
+                    if statement.startswith("INSERT INTO agents") else None)
+    writer = CallWriter(any_db, store_settings, batch_size=10)
+    backlog = busy_hour("b-", 60)  # six batches, agents PJSIP/1000..1006 named "Li Na"
+    for record in backlog:
+        writer.submit(record)
+    await writer.start()
+    async with asyncio.timeout(30):
+        await writer.wait_written()
+    assert writer.written == 60 and writer.failed_batches == 0
+    assert len(checkouts) == 1  # one connection for the whole backlog
+    assert len(agent_writes) < 6  # agents stored once, not again in every batch
+
+    # A known agent seen without a name keeps it; a new name is written.
+    agent_writes.clear()
+    writer.submit(make_call("n-1", agent="PJSIP/1001", agent_name=None))
+    async with asyncio.timeout(30):
+        await writer.wait_written()
+    assert agent_writes == []
+    writer.submit(make_call("n-2", agent="PJSIP/1001", agent_name="王芳"))
+    async with asyncio.timeout(30):
+        await writer.wait_written()
+    await writer.stop()
+    assert len(checkouts) == 3  # idle in between: the connection went back to the pool
+    async with any_db.connection() as conn:
+        names = dict((await conn.execute(sa.select(agents.c.interface, agents.c.name))).all())
+    assert names["PJSIP/1001"] == "王芳" and names["PJSIP/1002"] == "Li Na" and len(names) == 7

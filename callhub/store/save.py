@@ -15,7 +15,7 @@ as writing the records one by one.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -119,18 +119,27 @@ async def upsert_calls(conn: AsyncConnection, records: Sequence[CallRecord], now
     return ids
 
 
+AgentNames = dict[tuple[str, str], str | None]
+
+
 async def upsert_agents(conn: AsyncConnection, seen: Sequence[tuple[str, str, str | None]],
-                        now: datetime) -> None:
+                        now: datetime, known: Mapping[tuple[str, str], str | None] | None = None
+                        ) -> AgentNames:
     """Remember agent devices `(pbx, interface, name)`; a name of None keeps the stored one.
 
     One statement for all of them; of a device seen twice the last name given wins.
+    Devices `known` to be stored with that name (or whose name is not given)
+    are skipped. Returns what it wrote, `(pbx, interface) -> name`.
     """
-    names: dict[tuple[str, str], str | None] = {}
+    names: AgentNames = {}
     for pbx, interface, name in seen:
         if name is not None or (pbx, interface) not in names:
             names[(pbx, interface)] = name
+    if known:
+        names = {key: name for key, name in names.items()
+                 if key not in known or (name is not None and known[key] != name)}
     if not names:
-        return
+        return names
     stmt = insert(conn, agents)
     stmt = stmt.on_conflict_do_update(
         index_elements=["pbx", "interface"],
@@ -139,14 +148,17 @@ async def upsert_agents(conn: AsyncConnection, seen: Sequence[tuple[str, str, st
     await conn.execute(stmt, [{"pbx": pbx, "interface": interface, "name": name,
                                "updated_at": now}
                               for (pbx, interface), name in names.items()])
+    return names
 
 
 @dataclass(slots=True)
 class Saved:
-    """What a batch did: the call ids (in record order) and times to callback it settled."""
+    """What a batch did: the call ids (in record order), the times to callback it settled,
+    the agent devices it wrote."""
 
     ids: list[int] = field(default_factory=list)
     callback_seconds: list[float] = field(default_factory=list)
+    agents: AgentNames = field(default_factory=dict)
 
 
 def distinct_runs(records: Sequence[CallRecord]) -> Iterator[Sequence[CallRecord]]:
@@ -164,17 +176,23 @@ def distinct_runs(records: Sequence[CallRecord]) -> Iterator[Sequence[CallRecord
         yield records[start:]
 
 
-async def save_calls(conn: AsyncConnection, records: Sequence[CallRecord],
-                     settings: Settings) -> Saved:
-    """Store a batch of records in the current transaction, as if one after another."""
+async def save_calls(conn: AsyncConnection, records: Sequence[CallRecord], settings: Settings,
+                     known_agents: Mapping[tuple[str, str], str | None] | None = None
+                     ) -> Saved:
+    """Store a batch of records in the current transaction, as if one after another.
+
+    `known_agents`: agent devices already stored, with their names (the
+    writer remembers what it committed), not written again.
+    """
     now = datetime.now(UTC)
     saved = Saved()
     for run in distinct_runs(records):
         # The run's calls and its misses' answers as they were stored before it.
         before = await worklist.read_before(conn, run, settings)
         ids = await upsert_calls(conn, run, now, before.ids.values())
-        await upsert_agents(conn, [(r.pbx, r.agent, r.agent_name) for r in run if r.agent],
-                            now)
+        saved.agents |= await upsert_agents(
+            conn, [(r.pbx, r.agent, r.agent_name) for r in run if r.agent], now,
+            {**(known_agents or {}), **saved.agents})
         saved.callback_seconds += await worklist.apply_batch(conn, run, ids, settings,
                                                              before, now)
         saved.ids += ids

@@ -5,7 +5,10 @@ A background task writes the buffer in batches, one transaction each. A
 batch is whatever is pending, up to `batch_size` (500) calls: one call at a
 time when calls trickle in (the lowest lag), hundreds when a backlog built
 up (a burst, a database back from an outage, a spool), where a batch costs
-about as many round trips as a single call (see `save.py`). When
+about as many round trips as a single call (see `save.py`). While a
+backlog lasts the writer keeps its database connection from one batch to
+the next (no pool checkout and ping each time) and it never writes an
+agent device it already stored. When
 the database is unreachable the buffer fills; past `max_buffer` new calls go
 to the spool file (fsynced), and while the spool holds anything every new
 call goes there too, so calls are written in the order they finished (a
@@ -26,11 +29,13 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from itertools import islice
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from callhub.config import Settings
 from callhub.metrics.collectors import CallhubMetrics
 from callhub.records import CallRecord
 from callhub.store.db import Database
-from callhub.store.save import Saved, save_calls
+from callhub.store.save import AgentNames, Saved, save_calls
 from callhub.store.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -66,6 +71,8 @@ class CallWriter:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._conn: AsyncConnection | None = None
+        self._agents: AgentNames = {}  # agent devices this writer stored, with their names
         self._update_gauge()
 
     @property
@@ -142,6 +149,7 @@ class CallWriter:
             self._wake.clear()  # before looking, so a submit from now on wakes us
             batch, from_spool, offset = self._next_batch()
             if not batch:
+                await self._release()
                 if self._stopping.is_set():
                     return
                 if self.pending:
@@ -150,8 +158,7 @@ class CallWriter:
                 await self._wake.wait()
                 continue
             try:
-                async with self.db.begin() as conn:
-                    saved = await save_calls(conn, batch, self.settings)
+                saved = await self._store(batch)
             except Exception as exc:  # any database failure: keep the calls, retry later
                 self.failed_batches += 1
                 if self.metrics is not None:
@@ -190,6 +197,31 @@ class CallWriter:
                     listener(batch, saved)
                 except Exception:
                     log.exception("writer: a stored-calls listener failed")
+
+    async def _store(self, batch: list[CallRecord]) -> Saved:
+        """Write one batch in one transaction on the writer's connection."""
+        if self._conn is None:
+            self._conn = await self.db.engine.connect()  # checked out (and pinged) by the pool
+        try:
+            async with self._conn.begin():
+                saved = await save_calls(self._conn, batch, self.settings, self._agents)
+        except BaseException:
+            await self._release(broken=True)
+            raise
+        self._agents.update(saved.agents)
+        return saved
+
+    async def _release(self, broken: bool = False) -> None:
+        """Hand the connection back to the pool (idle), or discard it (after a failure)."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            if broken:
+                await conn.invalidate()
+            await conn.close()
+        except Exception as exc:  # a dead connection may fail to close; it is gone either way
+            log.debug("writer: closing the database connection failed: %s", exc)
 
     def _save_leftovers(self) -> None:
         """On stop: the unwritten buffer goes in front of the unread spool, durably."""
