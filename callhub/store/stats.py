@@ -18,6 +18,7 @@ when `exclude_short_abandons` is set.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -213,11 +214,19 @@ def _key_columns(q: StatsQuery, at: Any, agent: Any, line: Any,
     return [sa.literal(0, sa.Integer).label("k"), sa.literal(0, sa.Integer).label("koff")]
 
 
+_EPOCH = datetime(1970, 1, 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _fixed_zone(offset: int) -> timezone:
+    return timezone(timedelta(seconds=offset))
+
+
 def _group_key(q: StatsQuery, k: Any, koff: int) -> Any:
     """The API's key of a group from the SQL key columns."""
     if q.group_by == "hour":  # the local hour with the offset it had (twice 02:00 in autumn)
-        local = datetime(1970, 1, 1) + timedelta(hours=int(k))
-        return local.replace(tzinfo=timezone(timedelta(seconds=int(koff)))).isoformat()
+        local = _EPOCH + timedelta(hours=int(k))
+        return local.replace(tzinfo=_fixed_zone(int(koff))).isoformat()
     if q.group_by == "day":
         return (date(1970, 1, 1) + timedelta(days=int(k))).isoformat()
     if q.group_by in ("agent", "line"):
@@ -293,7 +302,10 @@ async def compute(conn: AsyncConnection, q: StatsQuery) -> dict[str, Any]:
     agent_names: dict[Any, str] = {}
 
     def acc(k: Any, koff: Any) -> _Acc:
-        return groups.setdefault((k, int(koff or 0)), _Acc())
+        found = groups.get((k, koff))
+        if found is None:
+            found = groups[(k, koff)] = _Acc()
+        return found
 
     # Calls: counts and sums per group (and on PostgreSQL the p90 ring time). Each row is
     # first reduced to small integer codes, in a subquery kept apart (OFFSET 0) so that
