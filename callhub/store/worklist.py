@@ -296,16 +296,26 @@ async def apply_batch(conn: AsyncConnection, records: Sequence[CallRecord], ids:
 
 
 async def _write(conn: AsyncConnection, batch: _Batch, now: datetime) -> None:
-    """Changed entries first (one handled frees its number and line), then new ones, then links."""
+    """Changed entries first (one handled frees its number and line), then new ones, then links.
+
+    A stored entry that only gained calls keeps its status as the database
+    has it (a supervisor may have closed it meanwhile); one this batch
+    handled gets the whole outcome. One executemany UPDATE per kind.
+    """
     t = worklist_entries
-    changed = [e for e in batch.loaded if e.changed]
-    if changed:
+    joined = ("first_missed_at", "last_missed_at", "updated_at")
+    for handled in (False, True):
+        changed = [e for e in batch.loaded if e.changed and (e.status == "handled") == handled]
+        if not changed:
+            continue
+        names = list(_state(changed[0], now)) if handled else joined
         await conn.execute(
             sa.update(t).where(t.c.id == sa.bindparam("b_id", type_=t.c.id.type)).values(
-                {t.c[name]: _b(t.c[name]) for name in _state(changed[0], now)}
+                {t.c[name]: _b(t.c[name]) for name in names}
                 | {t.c.call_count: t.c.call_count + sa.bindparam("b_added", type_=sa.Integer)}),
             [{"b_id": e.id, "b_added": e.added}
-             | {f"b_{k}": v for k, v in _state(e, now).items()} for e in changed])
+             | {f"b_{k}": v for k, v in _state(e, now).items() if k in names}
+             for e in changed])
     if batch.opened:
         result = await conn.execute(
             sa.insert(t).returning(t.c.id, sort_by_parameter_order=True),
