@@ -281,10 +281,12 @@ def _disc(fraction: float, value: Any, where: sa.ColumnElement[bool]) -> Any:
         .filter(where)
 
 
-def _grouped(stmt: sa.Select[Any], base: sa.Subquery, pg: bool) -> sa.Select[Any]:
-    """GROUP BY the key; on PostgreSQL also the grand total (its row has total = 1)."""
+def _grouped(stmt: sa.Select[Any], base: sa.Subquery, pg: bool, grouped: bool
+             ) -> sa.Select[Any]:
+    """GROUP BY the key; on PostgreSQL, when there are groups, also the grand total (its row
+    has total = 1: its percentiles are the totals')."""
     k, koff = base.c.k, base.c.koff
-    if pg:
+    if pg and grouped:
         return stmt.add_columns(sa.func.grouping(k, koff).label("total")).group_by(
             sa.func.grouping_sets(sa.tuple_(k, koff), sa.tuple_()))
     return stmt.add_columns(sa.literal(0, sa.Integer).label("total")).group_by(k, koff)
@@ -350,7 +352,7 @@ async def compute(conn: AsyncConnection, q: StatsQuery) -> dict[str, Any]:
     )
     for (k, koff, outbound, short, inbound, answered_n, abandoned, missed, within_rings,
          within_seconds, hangup_known, agent_first, ring_sum, wait_sum, agent_name, p90,
-         total) in (await conn.execute(_grouped(stmt, base, pg))).all():
+         total) in (await conn.execute(_grouped(stmt, base, pg, grouped))).all():
         if total:
             totals.p90_ring = p90
             continue
@@ -388,7 +390,7 @@ async def compute(conn: AsyncConnection, q: StatsQuery) -> dict[str, Any]:
         _disc(0.5 - _HAIR, wb.time_to_callback_seconds, timed) if pg else sa.null(),
         _disc(0.5 + _HAIR, wb.time_to_callback_seconds, timed) if pg else sa.null())
     for k, koff, pending, handled, lower, upper, total in (
-            await conn.execute(_grouped(wstmt, wbase, pg))).all():
+            await conn.execute(_grouped(wstmt, wbase, pg, grouped))).all():
         a = totals if total else acc(k, koff)
         if lower is not None:
             a.median_middle = [lower, upper]
@@ -404,7 +406,10 @@ async def compute(conn: AsyncConnection, q: StatsQuery) -> dict[str, Any]:
 
     for a in groups.values():
         totals.add(a)
-    if not grouped:
+    if not grouped:  # one group, the totals
+        only = groups.get((0, 0))
+        if only is not None:
+            totals.p90_ring, totals.median_middle = only.p90_ring, only.median_middle
         return {"totals": totals.figures()}
     blocks = []
     for (k, koff), a in groups.items():
