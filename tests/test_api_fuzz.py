@@ -7,8 +7,6 @@ backed by a SQLite file with a few calls and worklist entries in it.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +16,7 @@ import pytest
 import schemathesis
 from aiohttp import web
 from hypothesis import HealthCheck, settings
+from live_app import LiveApp, without_auth
 from schemathesis import GenerationMode
 from store_fixtures import T0, TOKENS, auth, make_call, store
 
@@ -38,61 +37,25 @@ FUZZ = settings(max_examples=25, deadline=None,
                                        HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 
-class LiveApi:
-    """The app on its own event loop in a thread, serving a SQLite file with data."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.runner: web.AppRunner | None = None
-        self.db: Database | None = None
-        self.base_url = ""
-
-    async def _start(self) -> str:
-        settings_ = replace(Settings(), spool_dir=str(self.directory / "spool"),
-                            api_tokens=tuple(ApiToken(r, t) for r, t in TOKENS.items()))
-        self.db = Database.connect(f"sqlite+aiosqlite:///{self.directory / 'fuzz.db'}")
-        await migrate.upgrade(self.db)
-        await store(self.db, settings_,
-                    make_call("1", at=T0, outcome="missed", caller_number=SECRET_VALUES[0]),
-                    make_call("2", at=T0 + 50, caller_number=SECRET_VALUES[0]),
-                    make_call("3", at=T0 + 90, outcome="abandoned", reason="in_queue",
-                              caller_number="+8613800000005"))
-        self.runner = web.AppRunner(make_app(settings_, self.db))
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = self.runner.addresses[0][1]
-        return f"http://127.0.0.1:{port}"
-
-    async def _stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-        if self.db is not None:
-            await self.db.close()
-
-    def __enter__(self) -> LiveApi:
-        self.thread.start()
-        self.base_url = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(30)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
+async def seeded_app(directory: Path) -> tuple[web.Application, Database]:
+    """The app over a SQLite file with a few calls and worklist entries in it."""
+    settings_ = replace(Settings(), spool_dir=str(directory / "spool"),
+                        api_tokens=tuple(ApiToken(r, t) for r, t in TOKENS.items()))
+    db = Database.connect(f"sqlite+aiosqlite:///{directory / 'fuzz.db'}")
+    await migrate.upgrade(db)
+    await store(db, settings_,
+                make_call("1", at=T0, outcome="missed", caller_number=SECRET_VALUES[0]),
+                make_call("2", at=T0 + 50, caller_number=SECRET_VALUES[0]),
+                make_call("3", at=T0 + 90, outcome="abandoned", reason="in_queue",
+                          caller_number="+8613800000005"))
+    return make_app(settings_, db), db
 
 
 @pytest.fixture(scope="module")
 def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with LiveApi(tmp_path_factory.mktemp("fuzz")) as live:
+    directory = tmp_path_factory.mktemp("fuzz")
+    with LiveApp(lambda: seeded_app(directory)) as live:
         yield live.base_url
-
-
-def without_auth(case: Any) -> None:
-    if case.headers:
-        case.headers = {k: v for k, v in case.headers.items() if k.lower() != "authorization"}
 
 
 @schema.parametrize()

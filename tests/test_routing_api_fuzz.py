@@ -4,8 +4,6 @@ token; the rota on disk stays valid after every accepted change."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +13,7 @@ import pytest
 import schemathesis
 from aiohttp import web
 from hypothesis import HealthCheck, settings
+from live_app import LiveApp, without_auth
 from routing_fixtures import SAMPLE_ROTA
 from schemathesis import GenerationMode
 
@@ -38,59 +37,22 @@ FUZZ = settings(max_examples=15, deadline=None,
                                        HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 
-class LiveRoutingApi:
-    """callhub's app with the routing routes, on its own loop in a thread."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.runner: web.AppRunner | None = None
-        self.db: Database | None = None
-        self.base_url = ""
-
-    async def _start(self) -> str:
-        seed = self.directory / "rota.toml"
-        seed.write_text(SAMPLE_ROTA, encoding="utf-8")
-        state = self.directory / "state"
-        router = Router(RotaStore(state, seed_file=str(seed)),
-                        RotationState(state / POSITION_FILE))
-        settings_ = replace(Settings(), api_tokens=(ApiToken("admin", ADMIN),))
-        self.db = Database.connect(f"sqlite+aiosqlite:///{self.directory / 'fuzz.db'}")
-        app = make_app(settings_, self.db, extra_operations=routing_operations(router))
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        return f"http://127.0.0.1:{self.runner.addresses[0][1]}"
-
-    async def _stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-        if self.db is not None:
-            await self.db.engine.dispose()
-
-    def __enter__(self) -> LiveRoutingApi:
-        self.thread.start()
-        self.base_url = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(30)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
+async def routing_app(directory: Path) -> tuple[web.Application, Database]:
+    """callhub's app with the routing routes, its rota seeded from the sample file."""
+    seed = directory / "rota.toml"
+    seed.write_text(SAMPLE_ROTA, encoding="utf-8")
+    state = directory / "state"
+    router = Router(RotaStore(state, seed_file=str(seed)), RotationState(state / POSITION_FILE))
+    settings_ = replace(Settings(), api_tokens=(ApiToken("admin", ADMIN),))
+    db = Database.connect(f"sqlite+aiosqlite:///{directory / 'fuzz.db'}")
+    return make_app(settings_, db, extra_operations=routing_operations(router)), db
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     directory = tmp_path_factory.mktemp("routing-fuzz")
-    with LiveRoutingApi(directory) as api:
+    with LiveApp(lambda: routing_app(directory)) as api:
         yield api.base_url, directory / "state" / "rota.json"
-
-
-def without_auth(case: Any) -> None:
-    if case.headers:
-        case.headers = {k: v for k, v in case.headers.items() if k.lower() != "authorization"}
 
 
 @schema.parametrize()
