@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from callhub import config_cli, daemon, report
+from callhub import __version__, config_cli, daemon, report
 from callhub.ami import replay, simulate_cli
 from callhub.config import ConfigError
 from callhub.routing import cli as rota_cli
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "beside an Asterisk PBX.",
     )
     parser.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    parser.add_argument("--version", action="version", version=f"callhub {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     config_cli.add_parser(sub)
     replay.add_parser(sub)

@@ -327,9 +327,10 @@ async def serve(d: Daemon, parts: Sequence[Part] = PARTS) -> None:
 
 def add_parser(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
-        "run", help="run the daemon (AMI ingestion, writer, API)",
+        "run", help="run the daemon (AMI ingestion, writer, API, FastAGI routing)",
         description="Listen to every configured PBX's AMI, store each finished call, keep "
-                    "the worklist, and serve the HTTP API. SIGTERM/SIGINT stop it cleanly.")
+                    "the worklist, route calls over FastAGI and serve the HTTP API and /metrics. "
+                    "SIGTERM/SIGINT stop it cleanly.")
     parser.add_argument("--demo", action="store_true",
                         help="use the built-in AMI simulator as the PBX (a steady call mix)")
     parser.add_argument("--no-migrate", action="store_true",
