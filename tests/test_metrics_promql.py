@@ -57,6 +57,18 @@ def calls() -> list[CallRecord]:
     return answered + lost + outbound
 
 
+def promtool_series(samples: dict[tuple[str, Any], float]) -> list[dict[str, str]]:
+    """The scraped SERIES as promtool input: 0 for the first hour, then the scraped value
+    (so increase(...[1h]) at 90m is that value)."""
+    series = []
+    for (name, labels), value in sorted(samples.items()):
+        if name in SERIES:
+            selector = ",".join(f'{k}="{v}"' for k, v in labels)
+            series.append({"series": f"{name}{{{selector}}}",
+                           "values": f"0+0x60 {value:g}+0x60"})
+    return series
+
+
 def promtool_test(tmp_path: Path, input_series: list[dict[str, str]],
                   checks: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
     spec = {"evaluation_interval": "1m", "tests": [{
@@ -77,12 +89,7 @@ async def test_readme_promql_gives_the_design_rates(scrape_metrics: ScrapeFn,
 
     # Each scraped series: 0 for the first hour, then its value: the jump lies inside
     # the hour evaluated at 90m, so increase(...[1h]) is the scraped value.
-    input_series = []
-    for (name, labels), value in sorted(scrape.samples.items()):
-        if name in SERIES:
-            selector = ",".join(f'{k}="{v}"' for k, v in labels)
-            input_series.append({"series": f"{name}{{{selector}}}",
-                                 "values": f"0+0x60 {value:g}+0x60"})
+    input_series = promtool_series(scrape.samples)
     assert any(s["series"].startswith("callhub_short_abandons_total") for s in input_series)
 
     inbound = [r for r in records if r.direction == "inbound"]
@@ -115,12 +122,7 @@ async def test_inclusive_query_works_before_the_first_short_abandon(
     for record in records:
         metrics.observe_call(record)
     scrape = await scrape_metrics(metrics.registry)
-    input_series = []
-    for (name, labels), value in sorted(scrape.samples.items()):
-        if name in SERIES:
-            selector = ",".join(f'{k}="{v}"' for k, v in labels)
-            input_series.append({"series": f"{name}{{{selector}}}",
-                                 "values": f"0+0x60 {value:g}+0x60"})
+    input_series = promtool_series(scrape.samples)
     assert not any(s["series"].startswith("callhub_short_abandons") for s in input_series)
     inbound = [r for r in records if r.direction == "inbound"]
     within = [r for r in inbound if r.outcome == "answered" and r.rings <= 3]
