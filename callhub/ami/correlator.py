@@ -335,7 +335,7 @@ class Correlator:
             if leg is None:
                 interface = interface_of(name)
                 attempt = call.direction == "inbound" and interface in self.agent_interfaces
-                leg = call.legs[base_of(name)] = _Leg(base_of(name), interface, now, attempt)
+                leg = self._new_leg(call, name, interface, now, attempt)
             state = channel.get("ChannelStateDesc")
             if state == "Ringing" and leg.ring_started_at is None:
                 leg.ring(now)
@@ -437,11 +437,12 @@ class Correlator:
         call.queue = call.queue or event.get("Queue")
 
     def _new_leg(self, call: _Call, dest: str, interface: str, now: float,
-                 is_attempt: bool) -> None:
-        call.legs[base_of(dest)] = _Leg(base_of(dest), interface, now, is_attempt)
+                 is_attempt: bool) -> _Leg:
+        leg = call.legs[base_of(dest)] = _Leg(base_of(dest), interface, now, is_attempt)
         if is_attempt and call.pending_blind is not None:
             call.pending_blind.to = interface
             call.pending_blind = None
+        return leg
 
     def _dialled_leg(self, call: _Call, event: AmiMessage, now: float) -> _Leg | None:
         """The leg a DialState/DialEnd is about; an agent dial whose DialBegin never
@@ -450,8 +451,7 @@ class Correlator:
         leg = call.legs.get(base_of(dest))
         if (leg is None and dest and call.direction == "inbound"
                 and call.side(dest) != "origin" and interface_of(dest) in self.agent_interfaces):
-            self._new_leg(call, dest, interface_of(dest), now, True)
-            leg = call.legs[base_of(dest)]
+            leg = self._new_leg(call, dest, interface_of(dest), now, True)
         return leg
 
     def _on_dial_state(self, call: _Call, event: AmiMessage, now: float) -> None:
