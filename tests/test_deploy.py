@@ -164,13 +164,16 @@ def test_alert_rules_parse_use_exported_metrics_and_cover_the_issue() -> None:
     assert f"< {target['query']}" in ratio["expr"]
 
 
-def test_readme_promql_uses_exported_metrics_and_served_buckets() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```promql\n(.*?)```", readme, re.S)
-    assert blocks, "README has no ```promql block"
+def test_docs_promql_uses_exported_metrics_and_served_buckets() -> None:
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    blocks = {page.relative_to(ROOT): re.findall(r"```promql\n(.*?)```",
+                                                  page.read_text(encoding="utf-8"), re.S)
+              for page in pages}
+    assert blocks[Path("docs/metrics.md")], "docs/metrics.md has no ```promql block"
     names = exported()
-    for block in blocks:
-        check_promql(block, "README", names)
+    for page, found in blocks.items():
+        for block in found:
+            check_promql(block, str(page), names)
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None,

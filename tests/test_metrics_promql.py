@@ -1,10 +1,10 @@
-"""The README's PromQL, evaluated by Prometheus's own engine (promtool) on scraped series.
+"""The PromQL of docs/metrics.md, evaluated by Prometheus's own engine (promtool) on scraped series.
 
 Calls (short abandons among them) are observed, /metrics is scraped over
 HTTP, and the scraped counters become promtool input series that jump from 0
-to their value inside the evaluated hour. The README's `# inclusive` and
+to their value inside the evaluated hour. The page's `# inclusive` and
 `# answered-only` queries must then give exactly the rates DESIGN.md defines,
-computed here from the records; the naive query the README warns about must
+computed here from the records; the naive query the page warns about must
 not.
 """
 
@@ -31,12 +31,12 @@ pytestmark = pytest.mark.skipif(shutil.which("promtool") is None,
                                 reason="promtool not installed (Debian package 'prometheus')")
 
 
-def readme_query(tag: str) -> str:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    for block in re.findall(r"```promql\n(.*?)```", readme, re.S):
+def docs_query(tag: str) -> str:
+    page = (ROOT / "docs" / "metrics.md").read_text(encoding="utf-8")
+    for block in re.findall(r"```promql\n(.*?)```", page, re.S):
         if block.startswith(f"# {tag}\n"):
             return str(block)
-    raise AssertionError(f"README has no ```promql block starting with '# {tag}'")
+    raise AssertionError(f"docs/metrics.md has no ```promql block starting with '# {tag}'")
 
 
 def calls() -> list[CallRecord]:
@@ -79,7 +79,7 @@ def promtool_test(tmp_path: Path, input_series: list[dict[str, str]],
                           text=True, check=False, timeout=60)
 
 
-async def test_readme_promql_gives_the_design_rates(scrape_metrics: ScrapeFn,
+async def test_docs_promql_gives_the_design_rates(scrape_metrics: ScrapeFn,
                                                     tmp_path: Path) -> None:
     records = calls()
     metrics = CallhubMetrics(lines=["hotline"], clock=lambda: 1_800_000_100.0)
@@ -107,8 +107,8 @@ async def test_readme_promql_gives_the_design_rates(scrape_metrics: ScrapeFn,
         return {"expr": expr, "eval_time": "90m", "exp_samples": samples}
 
     result = promtool_test(tmp_path, input_series, [
-        check(readme_query("inclusive"), inclusive),
-        check(readme_query("answered-only"), answered_only),
+        check(docs_query("inclusive"), inclusive),
+        check(docs_query("answered-only"), answered_only),
         check(naive, len(within) / len(inbound)),  # what the naive query really gives
         check(naive.replace('le="3.0"', 'le="3"'), None),  # and le="3" finds nothing
     ])
@@ -127,6 +127,6 @@ async def test_inclusive_query_works_before_the_first_short_abandon(
     inbound = [r for r in records if r.direction == "inbound"]
     within = [r for r in inbound if r.outcome == "answered" and r.rings <= 3]
     result = promtool_test(tmp_path, input_series, [{
-        "expr": readme_query("inclusive"), "eval_time": "90m",
+        "expr": docs_query("inclusive"), "eval_time": "90m",
         "exp_samples": [{"labels": "{}", "value": len(within) / len(inbound)}]}])
     assert result.returncode == 0, result.stdout + result.stderr

@@ -158,22 +158,21 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
         load_rota(tmp_path / "nope.toml")
 
 
-def _readme_section() -> str:
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    return readme.split("## Routing by rota", 1)[1]
+def _rota_page() -> str:
+    """docs/rota.md, the page for whoever keeps the rota."""
+    return (Path(__file__).parent.parent / "docs" / "rota.md").read_text(encoding="utf-8")
 
 
-def test_readme_rota_example_loads(tmp_path: Path) -> None:
-    section = _readme_section()
-    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
-    path = tmp_path / "readme.toml"
+def test_docs_rota_example_loads(tmp_path: Path) -> None:
+    example = _rota_page().split("```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "docs_rota.toml"
     path.write_text(example, encoding="utf-8")
     rota = load_rota(path)
     assert rota.lines["hotline"].shifts[1].crosses_midnight
     assert not rota.agents["zhao"].can_take_calls
     hotline, agents = rota.lines["hotline"], rota.agents
     assert [hotline.ring_timeout_for(agents[a]) for a in ("li", "wang", "zhao", "lead")] == [
-        10, 25, 15, 15]  # as the README says below its example
+        10, 25, 15, 15]  # as docs/rota.md says below its example
 
 
 def test_dialplan_reads_the_variables_fastagi_sets() -> None:
@@ -191,7 +190,7 @@ def test_dialplan_reads_the_variables_fastagi_sets() -> None:
     # callhub not answering leads to a plain Dial of the dialplan's own default
     assert '"${AGISTATUS}" != "SUCCESS"' in dialplan
     assert "Dial(${CALLHUB_DEFAULT}" in dialplan
-    # the README shows the same loop as the dialplan ships (run in test_routing_dialplan.py)
+    # docs/rota.md shows the same loop as the dialplan ships (run in test_routing_dialplan.py)
     loop = re.search(r"^ same => n,Set\(CALLHUB_I=1\)\n(?:^ same => .*\n)*?^ same => n,EndWhile",
                      dialplan, re.M)
-    assert loop and loop[0] in _readme_section()
+    assert loop and loop[0] in _rota_page()
