@@ -164,6 +164,48 @@ async def test_wrong_secret_logs_clearly_and_backs_off_without_crash_loop(
     assert wrong not in caplog.text
 
 
+async def test_a_session_that_lasted_resets_the_backoff(ami_simulator: AmiSimulator) -> None:
+    """Six drops in a row, each after a good login: every retry comes from the base again."""
+    sim = ami_simulator
+    base, cap = 0.05, 30.0
+    connection = AmiConnection(sim_pbx(sim), lambda event: None, backoff_base=base,
+                               backoff_max=cap, stable_after=0.0)
+    task = asyncio.create_task(connection.run())
+    try:
+        for drops in range(1, 7):
+            await connection.wait_sessions(drops, within=10)
+            sim.drop_clients()
+        await connection.wait_sessions(7, within=10)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert connection.failures == 0
+    assert len(connection.retry_delays) >= 6
+    assert all(d <= base for d in connection.retry_delays[:6])
+
+
+async def test_a_session_cut_before_it_lasted_keeps_backing_off(
+        ami_simulator: AmiSimulator) -> None:
+    """A PBX that drops every session at once is not hammered: the backoff keeps growing."""
+    sim = ami_simulator
+    base, cap = 0.01, 30.0
+    connection = AmiConnection(sim_pbx(sim), lambda event: None, backoff_base=base,
+                               backoff_max=cap, stable_after=3600.0)
+    task = asyncio.create_task(connection.run())
+    try:
+        for drops in range(1, 6):
+            await connection.wait_sessions(drops, within=10)
+            sim.drop_clients()
+        await connection.wait_sessions(6, within=10)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    delays = connection.retry_delays[:5]
+    assert delays[4] > base * 4  # 2**4 steps up: not reset by sessions that did not last
+
+
 def test_backoff_is_capped_exponential_with_jitter() -> None:
     rng = random.Random(1)
     delays = [backoff_delay(i, 0.5, 30.0, rng) for i in range(20)]

@@ -11,7 +11,8 @@ things in it are replaced here, kept small:
 * `Manager.connect` and `Action` lean on `asyncio.get_event_loop()` and
   reconnect on a fixed timer without noticing a dead peer. Here the running
   loop is passed explicitly and `AmiConnection.run` owns the life cycle:
-  capped exponential backoff with jitter, a Ping that must be answered
+  capped exponential backoff with jitter (back to its base after a session
+  that synced and lasted `stable_after` seconds), a Ping that must be answered
   within `ping_timeout`, and `CoreShowChannels` after every login so the
   caller can reconcile calls that moved while the link was down.
 """
@@ -207,7 +208,8 @@ class AmiConnection:
                  on_state: Callable[[bool], None] | None = None,
                  ping_interval: float = 20.0, ping_timeout: float | None = None,
                  backoff_base: float = 0.5, backoff_max: float = 30.0,
-                 request_timeout: float = 10.0, rng: random.Random | None = None,
+                 request_timeout: float = 10.0, stable_after: float = 2.0,
+                 rng: random.Random | None = None,
                  sleep: Callable[[float], Any] = asyncio.sleep) -> None:
         if not pbx.username or pbx.secret is None:
             raise ValueError(f"pbx[{pbx.name}]: username and secret are needed to connect")
@@ -223,6 +225,8 @@ class AmiConnection:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.request_timeout = request_timeout
+        self.stable_after = stable_after
+        self._synced_at: float | None = None
         self.rng = rng or random.Random()
         self._sleep = sleep
         self.raw_listeners: list[RawListener] = []
@@ -272,9 +276,9 @@ class AmiConnection:
         attempt = 0
         pbx = self.pbx.name
         while True:
-            started = False
+            self._synced_at = None
             try:
-                started = await self._session()
+                await self._session()
             except asyncio.CancelledError:
                 raise
             except AmiAuthError as exc:
@@ -286,19 +290,21 @@ class AmiConnection:
                             port=self.pbx.port, error=str(exc) or type(exc).__name__)
             except Exception:
                 log.exception("ami.session_error", pbx=pbx)
-            if started:
-                attempt = 0
-            else:
+            # A session ends by an exception as a rule (the peer went away), so whether it
+            # was a good one is read from when it synced, not from a return value.
+            if self._synced_at is None:
                 self.failures += 1
                 self._notify()
+            elif time.monotonic() - self._synced_at >= self.stable_after:
+                attempt = 0  # logged in and lasted: retry from the base, at once
             delay = backoff_delay(attempt, self.backoff_base, self.backoff_max, self.rng)
             attempt += 1
             self.retry_delays.append(delay)
             log.info("ami.reconnect_scheduled", pbx=pbx, retry_in=round(delay, 3))
             await self._sleep(delay)
 
-    async def _session(self) -> bool:
-        """One connection: returns True when it got as far as a resync, when it ends."""
+    async def _session(self) -> None:
+        """One connection, from TCP connect to its end; `_synced_at` says when it synced."""
         loop = asyncio.get_running_loop()
         manager = AmiManager(loop, self.pbx, self._event, self._malformed, self.raw_listeners)
         self._manager = manager
@@ -313,6 +319,7 @@ class AmiConnection:
             if self.on_resync is not None:
                 self.on_resync(channels)
             synced = True
+            self._synced_at = time.monotonic()
             self.sessions += 1
             self._ready.set()
             self._notify()
@@ -329,7 +336,6 @@ class AmiConnection:
                 self._notify()
                 if self.on_state is not None:
                     self.on_state(False)
-        return synced
 
     async def _resync(self, manager: AmiManager) -> list[AmiMessage]:
         """The CoreShowChannel events of every live channel."""
