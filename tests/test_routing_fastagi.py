@@ -11,8 +11,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 from routing_fixtures import AgiServer, asterisk_agi_request, berlin, samples
 
+from callhub.config import Settings
 from callhub.routing.chooser import Router
-from callhub.routing.fastagi import quote
+from callhub.routing.fastagi import quote, start_fastagi
 from callhub.routing.metrics import RoutingMetrics
 
 SET_VARIABLE = re.compile(r'^SET VARIABLE (\w+) "((?:[^"\\]|\\.)*)"$')
@@ -163,6 +164,51 @@ async def test_client_that_leaves_early_does_not_hurt_the_server(agi_server: Agi
     counted = samples(agi_server.metrics, "callhub_route_requests_total")
     assert counted[(("line", "other"), ("result", "malformed"))] == 1.0
     assert counted[(("line", "hotline"), ("result", "routed"))] == 2.0
+
+
+async def test_reply_line_over_the_limit_is_skipped_and_the_answer_completes(
+        agi_server: AgiServer) -> None:
+    """A 20 KB reply line (over the stream's 16 KB limit) is dropped; routing still answers."""
+    reader, writer = await asyncio.open_connection(agi_server.host, agi_server.port)
+    writer.write(asterisk_agi_request())
+    variables: dict[str, str] = {}
+    first = True
+    while raw := await asyncio.wait_for(reader.readline(), 5):
+        match = SET_VARIABLE.match(raw.decode("utf-8").rstrip("\n"))
+        assert match
+        variables[match[1]] = match[2]
+        if first:
+            writer.write(b"200 result=1 (" + b"x" * 20_000 + b")\n")
+            first = False
+        writer.write(b"200 result=1\n")
+        await writer.drain()
+    writer.close()
+    assert variables["CALLHUB_ROUTE_RESULT"] == "routed"
+    assert variables["CALLHUB_TARGETS"] == "PJSIP/1001&PJSIP/1002&PJSIP/1003"
+
+
+async def test_a_client_that_only_ever_says_trying_is_cut_off(router: Router) -> None:
+    """`100 Trying` for ever holds no handler past the answer deadline."""
+    server = await start_fastagi(Settings(), router, host="127.0.0.1", port=0,
+                                 answer_deadline=0.3)
+    host, port = server.sockets[0].getsockname()[:2]
+    try:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(asterisk_agi_request())
+        await writer.drain()
+        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"SET VARIABLE")
+        closed = asyncio.ensure_future(reader.read())  # b"" once the server hangs up
+        for _ in range(100_000):  # bounded: the server must hang up long before
+            if closed.done():
+                break
+            writer.write(b"100 result=0 Trying...\n")
+            await writer.drain()
+            await asyncio.wait({closed}, timeout=0.01)
+        assert closed.done() and await closed == b""
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 def test_quote_escapes() -> None:

@@ -48,6 +48,9 @@ SCRIPT = "route"
 SEPARATOR = "&"
 HEADER_TIMEOUT = 2.0
 REPLY_TIMEOUT = 2.0
+# The whole answer (every SET VARIABLE and its reply) within this: a client that keeps
+# sending `100 Trying` or garbage cannot hold a handler (and its socket) for ever.
+ANSWER_DEADLINE = 5.0
 MAX_ENV_BYTES = 16 * 1024
 MAX_ENV_LINES = 200
 BACKLOG = 1024  # a burst of calls must queue, not be refused (the dialplan would fall back)
@@ -136,7 +139,10 @@ async def send_command(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
     writer.write(command.encode("utf-8") + b"\n")
     await writer.drain()
     while True:
-        raw = await asyncio.wait_for(reader.readline(), REPLY_TIMEOUT)
+        try:
+            raw = await asyncio.wait_for(reader.readline(), REPLY_TIMEOUT)
+        except ValueError:  # a reply line over the stream limit: dropped, not fatal
+            continue
         if not raw:
             raise AgiHangup("connection closed by Asterisk")
         reply = raw.decode("utf-8", errors="replace").strip()
@@ -148,16 +154,19 @@ async def send_command(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
             raise AgiHangup(reply)
         if reply.startswith("520"):  # usage error: the text runs to "520 End of proper usage."
             while raw and not raw.startswith(b"520 "):
-                raw = await asyncio.wait_for(reader.readline(), REPLY_TIMEOUT)
+                with contextlib.suppress(ValueError):
+                    raw = await asyncio.wait_for(reader.readline(), REPLY_TIMEOUT)
         return reply
 
 
 class FastAgiHandler:
     """Answers FastAGI connections with the router's decision; never leaves a call hanging."""
 
-    def __init__(self, router: Router, metrics: RoutingMetrics | None = None) -> None:
+    def __init__(self, router: Router, metrics: RoutingMetrics | None = None,
+                 answer_deadline: float = ANSWER_DEADLINE) -> None:
         self.router = router
         self.metrics = metrics
+        self.answer_deadline = answer_deadline
         self.requests = 0
 
     async def __call__(self, reader: asyncio.StreamReader,
@@ -213,8 +222,9 @@ class FastAgiHandler:
     async def _reply(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      decision: Decision, context: Mapping[str, str | None]) -> None:
         try:
-            for name, value in decision_variables(decision):
-                await send_command(reader, writer, f"SET VARIABLE {name} {quote(value)}")
+            async with asyncio.timeout(self.answer_deadline):
+                for name, value in decision_variables(decision):
+                    await send_command(reader, writer, f"SET VARIABLE {name} {quote(value)}")
         except (AgiHangup, TimeoutError, ConnectionError) as exc:
             log.warning("fastagi: channel gone before the answer was complete",
                         error=str(exc) or type(exc).__name__, **context)
@@ -228,11 +238,12 @@ class FastAgiHandler:
 
 async def start_fastagi(settings: Settings, router: Router,
                         metrics: RoutingMetrics | None = None,
-                        host: str | None = None, port: int | None = None) -> asyncio.Server:
+                        host: str | None = None, port: int | None = None,
+                        answer_deadline: float = ANSWER_DEADLINE) -> asyncio.Server:
     """Listen on settings.fastagi_listen (or host/port; port 0 picks a free one)."""
     listen_host = settings.fastagi_listen[0] if host is None else host
     listen_port = settings.fastagi_listen[1] if port is None else port
-    handler = FastAgiHandler(router, metrics)
+    handler = FastAgiHandler(router, metrics, answer_deadline)
     server = await asyncio.start_server(handler, listen_host, listen_port,
                                         limit=MAX_ENV_BYTES, backlog=BACKLOG)
     sockname = server.sockets[0].getsockname() if server.sockets else None
