@@ -23,6 +23,7 @@ from metrics_fixtures import make_record
 
 from callhub.ami.correlator import ROUTE_RESULT_VARIABLE
 from callhub.api.health import OPERATIONS as HEALTH_OPERATIONS
+from callhub.api.limits import HttpLimits
 from callhub.config import ENV_OVERRIDES, Settings, load_settings, parse_listen
 from callhub.metrics.collectors import CallhubMetrics
 from callhub.metrics.http import METRICS_PATH
@@ -463,6 +464,8 @@ def test_systemd_unit_runs_unprivileged_hardened_and_can_write_its_state() -> No
                        "CapabilityBoundingSet": ""}.items():
         assert one.get(key) == value, key
     assert "CALLHUB_CONFIG=/etc/callhub/callhub.toml" in service["Environment"]
+    # file descriptors for every connection the API lets in, several times over
+    assert int(one["LimitNOFILE"]) >= 4 * HttpLimits().max_connections
     assert one["ExecStart"].split()[1:] == ["run"]
     writable = one["ReadWritePaths"].split()
     settings = load_settings(EXAMPLE_CONFIG, env={})
