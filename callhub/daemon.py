@@ -8,6 +8,12 @@ requests first, ingestion stops next, and the writer flushes every finished
 call before the database closes. Adding a part (e.g. FastAGI) is one line
 in `PARTS`. SIGTERM and SIGINT set `Daemon.stopping`.
 
+Background work runs on the Daemon's one `Supervisor` (callhub.lifecycle):
+parts start their tasks there with a declared policy (restart with backoff,
+or stop the daemon) and register their health, which /readyz reports part
+by part. A task under the `stop` policy that dies stops `callhub run` with
+exit status 1.
+
 `--demo` puts the built-in AMI simulator in front as the PBX, with a steady
 mix of realistic calls, on the embedded SQLite default, and prints the API
 URL and a generated admin token.
@@ -21,7 +27,7 @@ import contextlib
 import secrets
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
@@ -35,8 +41,10 @@ from callhub.ami.simulator import AmiSimulator
 from callhub.ami.synth import DEMO_DIDS, MixSettings, template_for
 from callhub.api.app import make_app
 from callhub.api.base import Operation
+from callhub.api.health import database_check
 from callhub.config import ApiToken, Settings, load_settings, settings_from_mapping
 from callhub.desk import desk_operations, setup_desk
+from callhub.lifecycle import Policy, Supervisor, describe
 from callhub.logs import configure_logging
 from callhub.metrics.collectors import CallhubMetrics
 from callhub.metrics.http import metrics_handler
@@ -59,6 +67,10 @@ class StartupError(RuntimeError):
     """A part cannot start (the message says what to do)."""
 
 
+class PartFailed(RuntimeError):
+    """A task under the `stop` policy died: the daemon stopped because of it."""
+
+
 @dataclass
 class Daemon:
     """What the parts share. Parts fill in the fields they own."""
@@ -78,6 +90,7 @@ class Daemon:
     on_record: list[Callable[[CallRecord], None]] = field(default_factory=list)
     api_url: str | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    supervisor: Supervisor = field(default_factory=Supervisor)
 
     def record(self, record: CallRecord) -> None:
         """A finished call from any PBX: every `on_record` callback gets it, in order."""
@@ -93,18 +106,6 @@ Part = Callable[[Daemon], AbstractAsyncContextManager[None]]
 
 # -- the parts, in start order ------------------------------------------------
 
-
-
-@asynccontextmanager
-async def background(work: Coroutine[Any, Any, object], name: str) -> AsyncIterator[None]:
-    """Run `work` as a task for the life of the block; cancel and await it on the way out."""
-    task = asyncio.create_task(work, name=name)
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 @asynccontextmanager
@@ -128,8 +129,10 @@ async def demo_simulator(d: Daemon) -> AsyncIterator[None]:
     mix_settings = MixSettings(rate_per_minute=d.demo_rate, talk_range=(4.0, 25.0))
     log.info("demo.simulator", port=port, calls_per_minute=d.demo_rate, speed=d.demo_speed)
     try:
-        async with background(sim.run_mix(d.demo_rate, speed=d.demo_speed,
-                                          settings=mix_settings), "demo-mix"):
+        # The demo's PBX traffic: without it the demo shows nothing, so its death stops it.
+        async with d.supervisor.task("demo-mix", lambda: sim.run_mix(
+                d.demo_rate, speed=d.demo_speed, settings=mix_settings),
+                policy=Policy.STOP, required=False):
             yield
     finally:
         await sim.stop()
@@ -164,6 +167,7 @@ async def database(d: Daemon) -> AsyncIterator[None]:
         async with d.db.begin() as conn:
             await sync_agents(conn, d.settings)
         log.info("daemon.database", url=d.db.url, revision=migrate.head_revision())
+        d.supervisor.part("database", check=database_check(d.db), ready=True)
         yield
     finally:
         if own:
@@ -174,7 +178,7 @@ async def database(d: Daemon) -> AsyncIterator[None]:
 async def writer_part(d: Daemon) -> AsyncIterator[None]:
     """The batched writer; a spool left by the last run is written first; flushed on stop."""
     assert d.db is not None
-    d.writer = CallWriter(d.db, d.settings, metrics=d.metrics)
+    d.writer = CallWriter(d.db, d.settings, metrics=d.metrics, supervisor=d.supervisor)
     d.on_record.append(d.writer.submit)
     await d.writer.start()
     try:
@@ -205,7 +209,7 @@ async def worklist_gauge(d: Daemon) -> AsyncIterator[None]:
                 await asyncio.wait_for(nudge.wait(), WORKLIST_GAUGE_SECONDS)
 
     d.writer.listeners.append(lambda records, saved: nudge.set())
-    async with background(refresh_loop(), "worklist-gauge"):
+    async with d.supervisor.task("worklist-gauge", refresh_loop, required=False):
         yield
 
 
@@ -232,7 +236,7 @@ async def demo_callbacks(d: Daemon) -> AsyncIterator[None]:
                                     talk_seconds=8.0)
             await sim.send_call(call, speed=d.demo_speed)
 
-    async with background(call_back(), "demo-callbacks"):
+    async with d.supervisor.task("demo-callbacks", call_back, required=False):
         yield
 
 
@@ -247,7 +251,8 @@ async def ingestion(d: Daemon) -> AsyncIterator[None]:
             raise StartupError(f"pbx[{pbx.name}]: username and secret are needed to connect "
                                f"to AMI (CALLHUB_PBX_<NAME>_SECRET can supply the secret)")
         d.ingests[pbx.name] = PbxIngest(pbx, d.record, metrics=d.metrics,
-                                        stale_after=d.settings.stale_call_seconds)
+                                        stale_after=d.settings.stale_call_seconds,
+                                        supervisor=d.supervisor)
     for ingest in d.ingests.values():
         await ingest.start()
     try:
@@ -259,22 +264,37 @@ async def ingestion(d: Daemon) -> AsyncIterator[None]:
 
 @asynccontextmanager
 async def api(d: Daemon) -> AsyncIterator[None]:
-    """The HTTP API on settings.api_listen (port 0: any free port)."""
+    """The HTTP API on settings.api_listen (port 0: any free port), the desk and its keeper."""
     assert d.db is not None
+    if not d.settings.api_tokens:
+        log.warning("api.no_tokens",
+                    hint="no API tokens are configured: every /api/v1 route and the desk will "
+                         "answer 401. Set CALLHUB_API_TOKENS='admin:<token>,viewer:<token>' "
+                         "(8+ characters each; roles viewer, supervisor, admin) or [api] "
+                         "tokens in the config file")
     app = make_app(d.settings, d.db, ingests=d.ingests, metrics=d.metrics,
-                   extra_operations=[*d.operations, *desk_operations()])
-    setup_desk(app, writer=d.writer)  # /desk/ and the follow-up keeper
+                   extra_operations=[*d.operations, *desk_operations()],
+                   supervisor=d.supervisor)
+    keeper = setup_desk(app, writer=d.writer)  # /desk/ and the follow-up keeper
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, port = d.settings.api_listen
+    await keeper.start()
     try:
         site = web.TCPSite(runner, host, port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(
+                f"the API cannot listen on {host}:{port}: {exc.strerror or exc}; set "
+                f"api.listen in the config or CALLHUB_API_LISTEN=host:port to a free "
+                f"address") from exc
         bound = runner.addresses[0][1] if runner.addresses else port
         d.api_url = f"http://{host}:{bound}"
         log.info("daemon.api", url=d.api_url)
         print(f"callhub API: {d.api_url}/api/v1/  (OpenAPI: {d.api_url}/api/v1/openapi.json)",
               file=d.out, flush=True)
+        print(f"callhub desk: {d.api_url}/desk/", file=d.out, flush=True)
         if d.demo:
             admin = next(t.token for t in d.settings.api_tokens if t.role == "admin")
             print(f"demo admin token: {admin}\n"
@@ -283,6 +303,7 @@ async def api(d: Daemon) -> AsyncIterator[None]:
         yield
     finally:
         await runner.cleanup()
+        await keeper.stop()
 
 
 PARTS: list[Part] = [
@@ -301,24 +322,40 @@ PARTS: list[Part] = [
 @asynccontextmanager
 async def running(d: Daemon, parts: Sequence[Part] = PARTS) -> AsyncIterator[Daemon]:
     """Start every part in order; on exit stop them in reverse (also after a failed start)."""
-    async with contextlib.AsyncExitStack() as stack:
-        for part in parts:
-            await stack.enter_async_context(part(d))
-        log.info("daemon.started", pbxs=[p.name for p in d.settings.pbxs], demo=d.demo)
-        yield d
-        log.info("daemon.stopping")
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            for part in parts:
+                await stack.enter_async_context(part(d))
+            log.info("daemon.started", pbxs=[p.name for p in d.settings.pbxs], demo=d.demo)
+            yield d
+            log.info("daemon.stopping")
+    finally:
+        await d.supervisor.aclose()  # anything a part left running
     log.info("daemon.stopped", pending_calls=d.writer.pending if d.writer else 0)
 
 
 async def serve(d: Daemon, parts: Sequence[Part] = PARTS) -> None:
-    """Run until SIGTERM/SIGINT (or `d.stopping` is set), then stop cleanly."""
+    """Run until SIGTERM/SIGINT (or `d.stopping` is set), then stop cleanly.
+
+    A task under the `stop` policy that dies stops it too: PartFailed is raised
+    after the clean stop.
+    """
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, d.stopping.set)
     try:
         async with running(d, parts):
-            await d.stopping.wait()
+            waiters = {asyncio.ensure_future(d.stopping.wait()),
+                       asyncio.ensure_future(d.supervisor.failed.wait())}
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+        if d.supervisor.failure is not None:
+            name, exc = d.supervisor.failure
+            raise PartFailed(f"{name} failed ({describe(exc)}); its policy stops the daemon")
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -352,6 +389,9 @@ def run_command(args: argparse.Namespace) -> int:
     except StartupError as exc:
         print(f"callhub: {exc}", file=sys.stderr)
         return 2
+    except PartFailed as exc:
+        print(f"callhub: {exc}", file=sys.stderr)
+        return 1
     except (OSError, SQLAlchemyError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         print(f"callhub: {type(exc).__name__}: {reason}", file=sys.stderr)

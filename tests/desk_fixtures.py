@@ -97,6 +97,7 @@ async def serve_desk(db: Database, settings: Settings, clock: Clock,
     keeper = setup_desk(app, clock=clock, keeper_interval=keeper_interval)
     client: TestClient[Any, Any] = TestClient(TestServer(app))
     await client.start_server()
+    await keeper.start()
     async with asyncio.timeout(10):
         await keeper.wait_ticks(1)  # the keeper's first tick is done: tests tick by hand
     return Desk(client, db, settings, clock, keeper, registry)
@@ -108,6 +109,7 @@ async def desk(any_db: Database, desk_settings: Settings) -> AsyncIterator[Desk]
     clock = Clock(datetime(2026, 11, 29, 12, 0, tzinfo=SHANGHAI).timestamp())
     served = await serve_desk(any_db, desk_settings, clock)
     yield served
+    await served.keeper.stop()
     await served.client.close()
 
 
@@ -120,6 +122,7 @@ async def live_desk(tmp_path: Path, desk_settings: Settings) -> AsyncIterator[De
     try:
         yield served
     finally:
+        await served.keeper.stop()
         await served.client.close()
         await db.close()
 

@@ -13,9 +13,10 @@ import structlog
 from ami_fixtures import Collector, compare_synth, make_ingest, sim_pbx
 from prometheus_client import CollectorRegistry
 
-from callhub.ami.connection import AmiConnection, backoff_delay
+from callhub.ami.connection import AmiConnection
 from callhub.ami.simulator import AmiSimulator
 from callhub.ami.synth import CallFactory, merge_calls
+from callhub.lifecycle import backoff_delay
 from callhub.metrics.collectors import CallhubMetrics
 
 

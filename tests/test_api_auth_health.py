@@ -89,8 +89,12 @@ async def test_readyz_names_what_is_not_ready(any_db: Database, api_settings: Se
         assert response.status == 503
         body = await response.json()
         assert body["ready"] is False
-        assert body["reasons"] == ["pbx branch: AMI not connected",
-                                   "pbx lab: AMI ingestion not running"]
+        assert body["reasons"] == ["ami/branch: AMI not connected",
+                                   "ami/lab: AMI ingestion not running"]
+        assert body["parts"]["ami/main"] == {"ready": True, "required": True, "reason": None}
+        assert body["parts"]["ami/branch"] == {"ready": False, "required": True,
+                                               "reason": "AMI not connected"}
+        assert body["parts"]["database"]["ready"] is True
         ingests["branch"].connected = True
         ingests["lab"] = Link(True)
         response = await client.get("/readyz", headers=auth("viewer"))
@@ -104,7 +108,9 @@ async def test_readyz_names_what_is_not_ready(any_db: Database, api_settings: Se
     try:
         response = await client.get("/readyz", headers=auth("viewer"))
         assert response.status == 503
-        assert (await response.json())["reasons"][0].startswith("database unreachable")
+        body = await response.json()
+        assert body["reasons"][0].startswith("database: unreachable (")
+        assert body["parts"]["database"]["ready"] is False
         response = await client.get("/api/v1/calls", headers=auth("admin"))
         assert response.status == 503
         assert (await response.json())["error"] == "database_unavailable"

@@ -53,7 +53,8 @@ async def get(session: aiohttp.ClientSession, url: str, role: str = "admin",
 async def test_simulator_to_api(db_factory: DbFactory, ami_simulator: AmiSimulator,
                                 tmp_path: Path) -> None:
     settings = replace(Settings(), pbxs=(sim_pbx(ami_simulator),),
-                       api_listen=("127.0.0.1", 0), spool_dir=str(tmp_path / "spool"),
+                       api_listen=("127.0.0.1", 0), fastagi_listen=("127.0.0.1", 0),
+                       spool_dir=str(tmp_path / "spool"),
                        api_tokens=tuple(ApiToken(r, t) for r, t in TOKENS.items()))
     db = await db_factory.create()  # empty: the daemon applies the migrations
     d = Daemon(settings, db=db, out=io.StringIO())
@@ -98,11 +99,17 @@ async def test_simulator_to_api(db_factory: DbFactory, ami_simulator: AmiSimulat
             assert (totals["pending_callbacks"], totals["handled_callbacks"]) == (1, 1)
 
             ready = await get(session, f"{d.api_url}/readyz", role="viewer")
-            assert ready == {"ready": True, "reasons": []}
+            assert ready["ready"] is True and ready["reasons"] == []
+            # Every part of the daemon is listed by name, each ready.
+            assert set(ready["parts"]) >= {"database", "writer", "ami/lab", "fastagi", "keeper",
+                                           "worklist-gauge"}
+            assert all(p["ready"] and p["reason"] is None for p in ready["parts"].values())
             metrics = await get(session, f"{d.api_url}/metrics")
             assert "callhub_calls_total" in metrics
             assert X not in metrics and "张三" not in metrics
-    assert "callhub API: http://127.0.0.1:" in d.out.getvalue()  # type: ignore[attr-defined]
+    printed = d.out.getvalue()  # type: ignore[attr-defined]
+    assert "callhub API: http://127.0.0.1:" in printed
+    assert f"callhub desk: {d.api_url}/desk/" in printed
 
 
 async def test_no_migrate_refuses_an_old_schema(db_factory: DbFactory, tmp_path: Path) -> None:

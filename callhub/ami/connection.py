@@ -34,6 +34,7 @@ from panoramisk.message import Message
 
 from callhub.ami.parser import AmiMessage, MessageSplitter
 from callhub.config import PbxConfig
+from callhub.lifecycle import backoff_delay
 
 log = structlog.get_logger(__name__)
 
@@ -52,17 +53,6 @@ class AmiAuthError(AmiError):
 
 class AmiConnectionLost(AmiError):
     """The TCP connection closed or stopped answering pings."""
-
-
-def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
-    """Delay before retry number `attempt` (0-based): equal-jitter capped exponential.
-
-    The exponential step d = min(cap, base * 2**attempt); the delay is drawn
-    from [d/2, d], so it never shrinks from one retry to the next, never
-    exceeds the cap, and reconnecting clients do not retry in lock-step.
-    """
-    step = min(cap, base * (2.0 ** min(attempt, 62)))
-    return step / 2 + rng.uniform(0, step / 2)
 
 
 class CallhubAmiProtocol(AMIProtocol):  # type: ignore[misc]
@@ -234,6 +224,7 @@ class AmiConnection:
         self.sessions = 0
         self.failures = 0
         self.version: str | None = None
+        self.last_error: str | None = None  # why the last attempt or session ended
         self._manager: AmiManager | None = None
         self._ready = asyncio.Event()
         self._state_changed = asyncio.Event()
@@ -282,13 +273,16 @@ class AmiConnection:
             except asyncio.CancelledError:
                 raise
             except AmiAuthError as exc:
+                self.last_error = str(exc)
                 log.error("ami.login_failed", pbx=pbx, host=self.pbx.host, port=self.pbx.port,
                           username=self.pbx.username, error=str(exc),
                           hint="check username and secret in [[pbx]] and manager.conf")
             except (OSError, TimeoutError, AmiError) as exc:
+                self.last_error = str(exc) or type(exc).__name__
                 log.warning("ami.connection_failed", pbx=pbx, host=self.pbx.host,
                             port=self.pbx.port, error=str(exc) or type(exc).__name__)
-            except Exception:
+            except Exception as exc:
+                self.last_error = type(exc).__name__
                 log.exception("ami.session_error", pbx=pbx)
             # A session ends by an exception as a rule (the peer went away), so whether it
             # was a good one is read from when it synced, not from a return value.

@@ -187,6 +187,7 @@ class Correlator:
         # Linkedids of recently finished calls: a late event must not start a ghost call.
         self._finished: dict[str, None] = {}
         self.errors = 0  # events that could not be applied (counted, skipped)
+        self.last_error: Exception | None = None  # why the last of them failed
         self._resync: _ResyncWindow | None = None
         self._handlers: dict[str, Callable[[_Call, AmiMessage, float], None]] = {
             "Newchannel": self._on_newchannel,
@@ -239,8 +240,9 @@ class Correlator:
             handler(call, event, now)
             if call.ended_at is not None:
                 return [self._finish(call)]
-        except (KeyError, ValueError, TypeError):
+        except (KeyError, ValueError, TypeError) as exc:
             self.errors += 1
+            self.last_error = exc
         return []
 
     def expire(self, now: float | None = None) -> list[CallRecord]:

@@ -6,13 +6,16 @@ finished records go to `on_record`. After every (re)connect the live
 channels from CoreShowChannels reconcile the correlator, so calls that
 moved while the link was down are neither lost nor counted twice. A bug
 in a handler is logged and the stream goes on; it never drops the link.
-Several PBXs are several PbxIngest objects.
+An event the correlator cannot apply is counted in
+`callhub_correlator_errors_total{pbx,event}` and logged once with its kind
+and linkedid. The connection and the stale-call expiry run as supervised
+tasks (parts `ami/<pbx>` and `ami/<pbx>/expiry`); `ami/<pbx>` is ready while
+logged in. Several PBXs are several PbxIngest objects.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 
@@ -22,6 +25,7 @@ from callhub.ami.connection import AmiConnection
 from callhub.ami.correlator import Correlator
 from callhub.ami.parser import AmiMessage
 from callhub.config import PbxConfig
+from callhub.lifecycle import Supervisor, Task
 from callhub.logs import mask_number
 from callhub.metrics.collectors import CallhubMetrics
 from callhub.records import CallRecord
@@ -37,8 +41,9 @@ class PbxIngest:
                  clock: Callable[[], float] = time.time, ping_interval: float = 20.0,
                  backoff_max: float = 30.0, backoff_base: float = 0.5,
                  ping_timeout: float | None = None,
-                 expire_interval: float = 60.0) -> None:
+                 expire_interval: float = 60.0, supervisor: Supervisor | None = None) -> None:
         self.pbx = pbx
+        self.supervisor = supervisor if supervisor is not None else Supervisor()
         self.on_record = on_record
         self.metrics = metrics
         # Children looked up once: the event path runs for every AMI message.
@@ -59,7 +64,7 @@ class PbxIngest:
         self.malformed = 0
         self.records = 0
         self._listeners: list[Callable[[AmiMessage], None]] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[Task] = []
         self._had_session = False
 
     @property
@@ -75,22 +80,27 @@ class PbxIngest:
         """Start connecting (and reconnecting) in the background; returns at once."""
         if self._tasks:
             return
+        part = f"ami/{self.pbx.name}"
         self._tasks = [
-            asyncio.create_task(self.connection.run(), name=f"ami-{self.pbx.name}"),
-            asyncio.create_task(self._expire_loop(), name=f"expire-{self.pbx.name}"),
+            self.supervisor.spawn(part, self.connection.run, check=self._link_state),
+            self.supervisor.spawn(f"{part}/expiry", self._expire_loop),
         ]
 
     async def stop(self) -> None:
         """Disconnect and stop; open calls stay in the correlator."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in reversed(self._tasks):
+            await task.stop()
         self._tasks = []
         self.connection.drop()
         if self.metrics is not None:
             self.metrics.ami_connected.labels(self.pbx.name).set(0)
+
+    async def _link_state(self) -> str | None:
+        """The `ami/<pbx>` part's check: ready while logged in and resynchronised."""
+        if self.connected:
+            return None
+        last = self.connection.last_error
+        return f"AMI not connected ({last})" if last else "AMI not connected"
 
     async def wait_connected(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
         await self.connection.wait_connected(timeout)
@@ -107,14 +117,27 @@ class PbxIngest:
             except Exception:
                 log.exception("ami.listener_failed", pbx=self.pbx.name,
                               event=event.get("Event"))
+        errors = self.correlator.errors
         try:
             records = self.correlator.feed(event)
         except Exception:
             log.exception("correlator.feed_failed", pbx=self.pbx.name,
                           event=event.get("Event"), linkedid=event.get("Linkedid"))
             return
+        if self.correlator.errors != errors:
+            self._correlator_error(event)
         if records:
             self._emit(records)
+
+    def _correlator_error(self, event: AmiMessage) -> None:
+        """An event the correlator could not apply (it skipped it): count and log it once."""
+        kind = event.get("Event", "")
+        if self.metrics is not None:
+            self.metrics.correlator_error(self.pbx.name, kind)
+        error = self.correlator.last_error
+        log.warning("correlator.event_failed", pbx=self.pbx.name, event_kind=kind,
+                    linkedid=event.get("Linkedid"),
+                    error=type(error).__name__ if error is not None else None)
 
     def _on_resync(self, channels: list[AmiMessage]) -> None:
         try:

@@ -3,14 +3,16 @@
 `make_app` is the one place routes are mounted. Other parts add theirs with
 `extra_operations` (e.g. GET /metrics, which does its own token check and
 so has `role=None`); they are served and documented like the built-in ones.
+/readyz reports the parts of the `supervisor` handed in (the daemon's),
+plus the database and each PBX's AMI.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import structlog
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -29,9 +31,10 @@ from callhub.api.base import (
 from callhub.api.openapi import OPENAPI
 from callhub.api.params import BadParameter
 from callhub.config import Settings
+from callhub.lifecycle import Supervisor
 from callhub.store.db import Database
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 BUILTIN_OPERATIONS: tuple[Operation, ...] = (
     *calls.OPERATIONS,
@@ -55,24 +58,28 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             raise
         return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
-        log.warning("api: %s %s: database error %s: %s", request.method, request.path,
-                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        log.warning("api.database_error", method=request.method, path=request.path,
+                    error=type(exc).__name__,
+                    detail=str(exc).splitlines()[0] if str(exc) else "")
         return error_response(503, "database_unavailable",
                               "the database cannot be reached; try again shortly")
     except Exception:
-        log.exception("api: %s %s failed", request.method, request.path)
+        log.exception("api.request_failed", method=request.method, path=request.path)
         return error_response(500, "internal_error", "internal error (logged)")
 
 
 def make_app(settings: Settings, db: Database, *,
              ingests: Mapping[str, IngestStatus] | None = None,
              metrics: Any = None,
-             extra_operations: Sequence[Operation] = ()) -> web.Application:
+             extra_operations: Sequence[Operation] = (),
+             supervisor: Supervisor | None = None) -> web.Application:
     """The API application for `settings` reading `db`; `ingests` by PBX name for /readyz."""
     app = web.Application(middlewares=[json_errors], client_max_size=256 * 1024)
     app[SETTINGS] = settings
     app[DB] = db
     app[INGESTS] = ingests if ingests is not None else {}
+    app[health.SUPERVISOR] = supervisor if supervisor is not None else Supervisor()
+    health.add_default_parts(app[health.SUPERVISOR], settings, db, app[INGESTS])
     app[METRICS] = metrics
     operations = (*BUILTIN_OPERATIONS, *extra_operations)
     app[OPERATIONS] = operations

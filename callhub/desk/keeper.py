@@ -5,25 +5,28 @@ got (or lost) a rule category, open follow-ups reached by an answered
 outbound call at or after their due time are closed, and the
 `callhub_followups_overdue` gauge is set. It ticks every `interval` seconds
 and at once when the writer stored calls (`wake`). The clock is injected.
+The loop is a supervised task (part `keeper`), down with the reason while
+ticks fail.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import structlog
 from prometheus_client import CollectorRegistry, Gauge
 
 from callhub.config import Settings
+from callhub.lifecycle import Supervisor, Task
 from callhub.store import followups
 from callhub.store.db import Database
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 
 def overdue_gauge(registry: CollectorRegistry | None) -> Gauge:
@@ -47,8 +50,11 @@ class FollowupKeeper:
 
     def __init__(self, db: Database, settings: Settings, *,
                  registry: CollectorRegistry | None = None,
-                 clock: Callable[[], float] = time.time, interval: float = 5.0) -> None:
+                 clock: Callable[[], float] = time.time, interval: float = 5.0,
+                 supervisor: Supervisor | None = None) -> None:
         self.db = db
+        self.supervisor = supervisor if supervisor is not None else Supervisor()
+        self.health = self.supervisor.part("keeper")
         self.settings = settings
         self.clock = clock
         self.interval = interval
@@ -57,7 +63,7 @@ class FollowupKeeper:
         self.errors = 0
         self._wake = asyncio.Event()
         self._ticked = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._task: Task | None = None
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
@@ -73,8 +79,8 @@ class FollowupKeeper:
         if self.gauge is not None:
             self.gauge.set(overdue)
         if created or closed:
-            log.info("followups: %d created by category rules, %d closed by callbacks, "
-                     "%d overdue", created, len(closed), overdue)
+            log.info("followups.updated", created=created, closed=len(closed),
+                     overdue=overdue)
         return Tick(created, closed, overdue)
 
     def wake(self) -> None:
@@ -88,15 +94,14 @@ class FollowupKeeper:
             await self._ticked.wait()
 
     async def start(self) -> None:
+        """Run the loop as the supervised task `keeper`."""
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="callhub-followups")
+            self._task = self.supervisor.spawn("keeper", self._run)
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+            task, self._task = self._task, None
+            await task.stop()
 
     async def _run(self) -> None:
         while True:
@@ -105,8 +110,13 @@ class FollowupKeeper:
                 await self.tick()
             except Exception as exc:  # the database may be down: try again next tick
                 self.errors += 1
-                log.warning("followups: tick failed (%s: %s)", type(exc).__name__,
-                            str(exc).splitlines()[0] if str(exc) else "")
+                error = type(exc).__name__
+                log.warning("followups.tick_failed", error=error,
+                            detail=str(exc).splitlines()[0] if str(exc) else "")
+                self.health.down(f"tick failed ({error}); retrying")
+            else:
+                if not self.health.ready:
+                    self.health.up()
             self.ticks += 1
             self._ticked.set()
             with contextlib.suppress(TimeoutError):

@@ -113,6 +113,7 @@ async def static(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
+    app.router.add_get("/", to_page)  # a newcomer opening the server's address finds the desk
     app.router.add_get("/desk", to_page)
     app.router.add_get("/desk/", page)
     app.router.add_get("/desk/session", session)

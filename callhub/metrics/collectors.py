@@ -85,6 +85,10 @@ class CallhubMetrics:
                                      "AMI messages skipped as malformed.", ["pbx"], registry=r)
         self.ami_reconnects = Counter("callhub_ami_reconnects", "AMI reconnections.",
                                       ["pbx"], registry=r)
+        self.correlator_errors = Counter(
+            "callhub_correlator_errors",
+            "AMI events the correlator could not apply (skipped), by event kind (one of the "
+            "kinds it handles: a closed set).", ["pbx", "event"], registry=r)
         self.db_buffered_calls = Gauge("callhub_db_buffered_calls",
                                        "Finished calls not yet in the database.", registry=r)
         self.db_write_errors = Counter("callhub_db_write_errors",
@@ -165,6 +169,10 @@ class CallhubMetrics:
         if outcome == "answered":
             self.call_rings.labels(pbx).observe(record.rings)
             self.talk_seconds.labels(pbx).observe(record.talk_seconds)
+
+    def correlator_error(self, pbx: str, event: str) -> None:
+        """One event the correlator skipped; `event` is its kind (a handled kind)."""
+        self.correlator_errors.labels(self.pbx_label(pbx), event).inc()
 
     def set_worklist(self, pending: int, oldest_pending_at: float | None) -> None:
         """The worklist's size and its oldest open call's arrival (None: nothing open)."""

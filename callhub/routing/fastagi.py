@@ -185,7 +185,7 @@ class FastAgiHandler:
         except (MalformedRequest, TimeoutError, ConnectionError, ValueError) as exc:
             started = time.perf_counter()
             decision = replace(self.router.error_decision(None), result="malformed")
-            log.warning("fastagi: malformed request, answering with the fallback",
+            log.warning("fastagi.malformed_request", answer="fallback",
                         error=str(exc) or type(exc).__name__)
             if not reader.at_eof():
                 await self._reply(reader, writer, decision, {})
@@ -208,15 +208,15 @@ class FastAgiHandler:
             decision = self.router.choose(key)
         except MalformedRequest as exc:
             decision = replace(self.router.error_decision(key), result="malformed")
-            log.warning("fastagi: malformed request, answering with the fallback",
+            log.warning("fastagi.malformed_request", answer="fallback",
                         error=str(exc), **context)
         except Exception:
             decision = self.router.error_decision(key)
-            log.exception("fastagi: routing failed, answering with the fallback",
+            log.exception("fastagi.routing_failed", answer="fallback",
                           line=decision.line, **context)
         await self._reply(reader, writer, decision, context)
         seconds = self._observe(decision, started)
-        log.info("fastagi: routed", line=decision.line, result=decision.result,
+        log.info("fastagi.routed", line=decision.line, result=decision.result,
                  targets=len(decision.targets), ms=round(seconds * 1000, 2), **context)
 
     async def _reply(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
@@ -226,7 +226,7 @@ class FastAgiHandler:
                 for name, value in decision_variables(decision):
                     await send_command(reader, writer, f"SET VARIABLE {name} {quote(value)}")
         except (AgiHangup, TimeoutError, ConnectionError) as exc:
-            log.warning("fastagi: channel gone before the answer was complete",
+            log.warning("fastagi.channel_gone", hint="before the answer was complete",
                         error=str(exc) or type(exc).__name__, **context)
 
     def _observe(self, decision: Decision, started: float) -> float:
@@ -247,5 +247,5 @@ async def start_fastagi(settings: Settings, router: Router,
     server = await asyncio.start_server(handler, listen_host, listen_port,
                                         limit=MAX_ENV_BYTES, backlog=BACKLOG)
     sockname = server.sockets[0].getsockname() if server.sockets else None
-    log.info("fastagi: listening", address=f"{sockname[0]}:{sockname[1]}" if sockname else "")
+    log.info("fastagi.listening", address=f"{sockname[0]}:{sockname[1]}" if sockname else "")
     return server

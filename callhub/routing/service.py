@@ -9,6 +9,12 @@ ingestion and before the API). By hand::
     ...
     await routing.close()
 
+In the daemon FastAGI is the supervised task `fastagi`: it listens, serves
+until stopped, and when it cannot listen (the port is taken) the part is
+down on /readyz with a reason naming `fastagi.listen` /
+CALLHUB_FASTAGI_LISTEN, and it tries again with backoff. Recording calls
+goes on meanwhile; the dialplan dials its own default.
+
 `--demo` routes by `demo_rota_for(settings)` (every agent on every line, all
 day) in memory, so FastAGI answers as in production without touching the
 real rota on disk.
@@ -27,6 +33,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from callhub.config import Settings
+from callhub.lifecycle import Health, PartDown, Supervisor
 from callhub.routing.busy import BusyTracker
 from callhub.routing.chooser import Router
 from callhub.routing.fastagi import start_fastagi
@@ -53,8 +60,8 @@ def router_from_settings(settings: Settings,
     try:
         store = RotaStore(directory, seed_file=settings.rota_file)
     except RotaError as exc:
-        log.error("routing: rota_file is invalid; routing every call to the fallback",
-                  error=str(exc))
+        log.error("routing.rota_file_invalid", error=str(exc),
+                  hint="routing every call to the fallback")
         store = RotaStore(directory)
     return Router(store, RotationState(directory / POSITION_FILE), busy=busy,
                   default_timezone=settings.timezone)
@@ -87,6 +94,21 @@ class RoutingService:
         host, port = self.server.sockets[0].getsockname()[:2]
         return str(host), int(port)
 
+    async def serve_fastagi(self, settings: Settings, health: Health) -> None:
+        """The `fastagi` task: listen on fastagi.listen (if not yet), mark the part up, serve
+        until cancelled. An address that cannot be bound raises PartDown naming the setting."""
+        if self.server is None or not self.server.is_serving():
+            try:
+                self.server = await start_fastagi(settings, self.router, self.metrics)
+            except OSError as exc:
+                address = "{}:{}".format(*settings.fastagi_listen)
+                raise PartDown(
+                    f"cannot listen on {address}: {exc.strerror or exc}; set fastagi.listen "
+                    f"in the config or CALLHUB_FASTAGI_LISTEN=host:port to a free address "
+                    f"(meanwhile the dialplan dials its own default)") from exc
+        health.up()
+        await self.server.serve_forever()  # closes the server when cancelled
+
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
@@ -96,14 +118,10 @@ class RoutingService:
 
 async def start_routing(settings: Settings, *, registry: CollectorRegistry | None = None,
                         rota: Rota | None = None, listen: bool = True,
-                        host: str | None = None, port: int | None = None,
-                        required: bool = True) -> RoutingService:
-    """Build the router (from the state directory, or `rota` in memory) and start FastAGI.
-
-    With `required=False` a FastAGI address that cannot be bound is logged as
-    an error and routing runs without it (the dialplan then dials its own
-    default), instead of stopping call recording with it.
-    """
+                        host: str | None = None,
+                        port: int | None = None) -> RoutingService:
+    """Build the router (from the state directory, or `rota` in memory) and start FastAGI
+    (unless `listen=False`: the daemon serves it as a supervised task)."""
     busy = BusyTracker()
     if rota is not None:
         router = Router(rota, RotationState(None), busy=busy.busy_interfaces,
@@ -111,18 +129,9 @@ async def start_routing(settings: Settings, *, registry: CollectorRegistry | Non
     else:
         router = router_from_settings(settings, busy=busy.busy_interfaces)
     metrics = RoutingMetrics(registry, router=router)
-    server = None
-    if listen:
-        try:
-            server = await start_fastagi(settings, router, metrics, host, port)
-        except OSError as exc:
-            if required:
-                raise
-            log.error("routing: FastAGI cannot listen; the dialplan will dial its own "
-                      "default", address="{}:{}".format(*settings.fastagi_listen),
-                      error=str(exc))
+    server = await start_fastagi(settings, router, metrics, host, port) if listen else None
     lines = router.rota.lines
-    log.info("routing: ready", lines=len(lines), agents=len(router.rota.agents),
+    log.info("routing.ready", lines=len(lines), agents=len(router.rota.agents),
              source=router.rota.source)
     return RoutingService(router, busy, metrics, server)
 
@@ -135,20 +144,26 @@ class DaemonLike(Protocol):
     metrics: Any
     ingests: Any
     operations: Any
+    supervisor: Supervisor
 
 
 @asynccontextmanager
 async def routing_part(d: DaemonLike) -> AsyncIterator[None]:
-    """`callhub run`: FastAGI on fastagi.listen, busy devices from every PBX's AMI,
-    /api/v1/agents and /api/v1/rotas; `--demo` routes by the demo rota."""
+    """`callhub run`: FastAGI on fastagi.listen (the supervised task `fastagi`), busy
+    devices from every PBX's AMI, /api/v1/agents and /api/v1/rotas; `--demo` routes by
+    the demo rota."""
     rota = demo_rota_for(d.settings) if d.demo else None
     registry = d.metrics.registry if d.metrics is not None else None
-    routing = await start_routing(d.settings, registry=registry, rota=rota, required=False)
+    routing = await start_routing(d.settings, registry=registry, rota=rota, listen=False)
     for ingest in d.ingests.values():
         routing.attach(ingest)
     d.operations.extend(routing.operations())
+    health = d.supervisor.part("fastagi")
     try:
-        yield
+        async with d.supervisor.task("fastagi", lambda: routing.serve_fastagi(d.settings, health),
+                                     ready_on_start=False):
+            await health.wait_settled()  # listening, or down with the reason: go on either way
+            yield
     finally:
         await routing.close()
 

@@ -76,7 +76,7 @@ class RotationState:
             return
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             # A damaged file costs the rotation position, never routing itself.
-            log.warning("rotation state unreadable, starting from the top", path=str(path),
+            log.warning("routing.position_unreadable", hint="starting from the top", path=str(path),
                         error=str(exc))
             self._lines.clear()
 
@@ -114,7 +114,7 @@ class RotationState:
         except OSError as exc:
             # Routing goes on from memory; the position is only lost on a restart.
             self.write_errors += 1
-            log.error("cannot save rotation state", path=str(self.path), error=str(exc))
+            log.error("routing.position_save_failed", path=str(self.path), error=str(exc))
 
 
 class RotaStore:
@@ -173,7 +173,7 @@ class RotaStore:
             self._rota = load_rota(path)
         except RotaError as exc:
             # Keep routing with the last good rota.
-            log.error("saved rota is invalid, keeping the previous one", error=str(exc))
+            log.error("routing.saved_rota_invalid", hint="keeping the previous one", error=str(exc))
         self._mtime = mtime
 
 

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
+import structlog
+
 from callhub.records import CallRecord
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 SPOOL_FILE = "calls.jsonl"
 
@@ -97,8 +98,8 @@ class Spool:
                     records.append(CallRecord.from_dict(json.loads(line)))
                 except (ValueError, TypeError, KeyError) as exc:
                     self.skipped += 1
-                    log.warning("spool: skipped an unreadable line at byte %d: %s",
-                                offset - len(line), exc)
+                    log.warning("spool.line_skipped", path=str(self.path),
+                                byte=offset - len(line), error=type(exc).__name__)
         return records, offset
 
     def size(self) -> int:

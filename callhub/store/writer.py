@@ -17,28 +17,33 @@ exponential backoff; the buffer is written first, then the spool is
 drained. `stop()` keeps trying for `stop_timeout` seconds, then puts
 whatever is left into the spool; `start()` on the next run writes the spool
 before anything new.
+
+The background task is supervised (part `writer`, restarted with backoff
+if it dies, e.g. on an OSError from the spool); the part is down, with the
+reason, while batches fail, and up again after the next stored batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from itertools import islice
 
+import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callhub.config import Settings
+from callhub.lifecycle import Supervisor, Task
 from callhub.metrics.collectors import CallhubMetrics
 from callhub.records import CallRecord
 from callhub.store.db import Database
 from callhub.store.save import AgentNames, Saved, save_calls
 from callhub.store.spool import Spool
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 StoredListener = Callable[[Sequence[CallRecord], Saved], None]
 
@@ -50,8 +55,10 @@ class CallWriter:
                  metrics: CallhubMetrics | None = None, spool: Spool | None = None,
                  batch_size: int = 500, max_buffer: int = 10_000,
                  retry_initial: float = 0.25, retry_max: float = 15.0,
-                 stop_timeout: float = 10.0) -> None:
+                 stop_timeout: float = 10.0, supervisor: Supervisor | None = None) -> None:
         self.db = db
+        self.supervisor = supervisor if supervisor is not None else Supervisor()
+        self.health = self.supervisor.part("writer")
         self.settings = settings
         self.metrics = metrics
         self.spool = spool if spool is not None else Spool(settings.spool_dir)
@@ -69,7 +76,7 @@ class CallWriter:
         self._wake = asyncio.Event()
         self._changed = asyncio.Condition()
         self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._task: Task | None = None
         self._closed = False
         self._conn: AsyncConnection | None = None
         self._agents: AgentNames = {}  # agent devices this writer stored, with their names
@@ -93,19 +100,21 @@ class CallWriter:
         """Start the background task; a spool left by an earlier run is written first."""
         if self._task is None:
             if len(self.spool):
-                log.warning("writer: %d calls in the spool %s from an earlier run, "
-                            "writing them first", len(self.spool), self.spool.path)
-            self._task = asyncio.create_task(self._run(), name="callhub-writer")
+                log.warning("writer.spool_found", calls=len(self.spool),
+                            path=str(self.spool.path), hint="writing them first")
+            self._task = self.supervisor.spawn("writer", self._run)
 
     async def stop(self) -> None:
         """Write what is pending (up to `stop_timeout`), spool the rest, end the task."""
         self._stopping.set()
         self._wake.set()
         if self._task is not None:
+            task, self._task = self._task, None
+            task.finish()  # no restart from here on: what is left goes to the spool
             try:
-                await self._task
+                await task.wait()
             finally:
-                self._task = None
+                await task.stop()
         self._closed = True
         self._save_leftovers()
 
@@ -163,10 +172,12 @@ class CallWriter:
                 self.failed_batches += 1
                 if self.metrics is not None:
                     self.metrics.db_write_errors.inc()
-                log.warning("writer: storing %d calls failed (%s: %s); %d pending, "
-                            "retrying in %.1f s", len(batch), type(exc).__name__,
-                            str(exc).splitlines()[0] if str(exc) else "", self.pending,
-                            backoff)
+                error = type(exc).__name__
+                log.warning("writer.batch_failed", calls=len(batch), error=error,
+                            detail=str(exc).splitlines()[0] if str(exc) else "",
+                            pending=self.pending, retry_in=round(backoff, 3))
+                self.health.down(f"storing calls failed ({error}); {self.pending} pending, "
+                                 f"retrying")
                 await self._notify()
                 if deadline is not None and time.monotonic() >= deadline:
                     return
@@ -180,6 +191,8 @@ class CallWriter:
                 backoff = min(backoff * 2, self.retry_max)
                 continue
             backoff = self.retry_initial
+            if not self.health.ready:
+                self.health.up()
             if from_spool:
                 self._spool_offset = offset
                 self._spool_done += len(batch)
@@ -196,7 +209,7 @@ class CallWriter:
                 try:
                     listener(batch, saved)
                 except Exception:
-                    log.exception("writer: a stored-calls listener failed")
+                    log.exception("writer.listener_failed")
 
     async def _store(self, batch: list[CallRecord]) -> Saved:
         """Write one batch in one transaction on the writer's connection."""
@@ -221,7 +234,7 @@ class CallWriter:
                 await conn.invalidate()
             await conn.close()
         except Exception as exc:  # a dead connection may fail to close; it is gone either way
-            log.debug("writer: closing the database connection failed: %s", exc)
+            log.debug("writer.close_failed", error=type(exc).__name__, detail=str(exc))
 
     def _save_leftovers(self) -> None:
         """On stop: the unwritten buffer goes in front of the unread spool, durably."""
@@ -238,5 +251,5 @@ class CallWriter:
         self._buffer.clear()
         self._spool_offset = self._spool_done = 0
         self._update_gauge()
-        log.warning("writer: %d calls could not be stored before exit; they are in %s "
-                    "and will be written on the next start", len(rest), self.spool.path)
+        log.warning("writer.spooled_on_exit", calls=len(rest), path=str(self.spool.path),
+                    hint="they will be written on the next start")

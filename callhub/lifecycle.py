@@ -1,0 +1,282 @@
+"""One supervisor for every background task, and every part's health for /readyz.
+
+Why one: background work used to start four ways, and a task that raised
+(an OSError from the spool inside the writer) went unnoticed until
+shutdown. Here every task is started by `Supervisor.spawn` (or the
+`Supervisor.task` block) with a declared `Policy`:
+
+- `RESTART`: log `lifecycle.task_failed` with the exception, mark the part
+  down with the reason, wait a capped exponential backoff (reset once the
+  task had run for `backoff_max`), start it again;
+- `STOP`: log it, mark the part down and set `failed`: the daemon stops and
+  exits non-zero.
+
+Every task belongs to a part (`Health`, by name). A part without a task
+(the database) reports through a check; a task reports finer health itself
+(`health.up()` / `health.down(reason)`, e.g. the writer while batches fail).
+`states()` is what /readyz shows. This module sits at the bottom of the
+layers (asyncio and structlog only), so ami, store, routing and desk can
+all be handed one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+Check = Callable[[], Awaitable[str | None]]
+"""A part's readiness probe: None when ready, else the reason (raising counts as a reason)."""
+
+CHECK_TIMEOUT = 5.0
+
+
+class Policy(StrEnum):
+    """What happens when a task raises."""
+
+    RESTART = "restart"
+    STOP = "stop"
+
+
+class PartDown(Exception):
+    """An expected failure: the message is the reason /readyz shows (logged without traceback)."""
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Delay before retry number `attempt` (0-based): equal-jitter capped exponential.
+
+    The exponential step d = min(cap, base * 2**attempt); the delay is drawn
+    from [d/2, d], so it never shrinks from one retry to the next, never
+    exceeds the cap, and restarting tasks do not retry in lock-step.
+    """
+    step = min(cap, base * (2.0 ** min(attempt, 62)))
+    return step / 2 + rng.uniform(0, step / 2)
+
+
+def describe(exc: BaseException) -> str:
+    """`Type: first line of the message` (a PartDown is its message alone)."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    if isinstance(exc, PartDown):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@dataclass(frozen=True, slots=True)
+class PartState:
+    """One part as /readyz shows it."""
+
+    name: str
+    ready: bool
+    required: bool
+    reason: str | None
+
+
+class Health:
+    """One part's readiness: set by its task (or the supervisor), plus an optional check."""
+
+    def __init__(self, name: str, *, required: bool = True, check: Check | None = None) -> None:
+        self.name = name
+        self.required = required
+        self.check = check
+        self.ready = False
+        self.reason: str | None = "starting"
+        self._settled = asyncio.Event()
+
+    def up(self) -> None:
+        self.ready, self.reason = True, None
+        self._settled.set()
+
+    def down(self, reason: str) -> None:
+        self.ready, self.reason = False, reason
+        self._settled.set()
+
+    async def wait_settled(self) -> None:
+        """Until the part was first marked up or down (wrap in a timeout)."""
+        await self._settled.wait()
+
+    async def state(self, timeout: float = CHECK_TIMEOUT) -> PartState:  # noqa: ASYNC109
+        reason = None if self.ready else (self.reason or "not ready")
+        if reason is None and self.check is not None:
+            try:
+                async with asyncio.timeout(timeout):
+                    reason = await self.check()
+            except Exception as exc:  # a failing probe is a reason, never an error page
+                reason = describe(exc)
+        return PartState(self.name, reason is None, self.required, reason)
+
+
+class Task:
+    """One supervised task: its part's health, its policy, and how often it failed."""
+
+    def __init__(self, supervisor: Supervisor, health: Health,
+                 run: Callable[[], Awaitable[object]], policy: Policy,
+                 ready_on_start: bool) -> None:
+        self.name = health.name
+        self.health = health
+        self.policy = policy
+        self.failures = 0
+        self.restarts = 0
+        self.last_error: BaseException | None = None
+        self._supervisor = supervisor
+        self._run = run
+        self._ready_on_start = ready_on_start
+        self._final = False
+        self._failed = asyncio.Event()
+        self._finishing = asyncio.Event()
+        self._task = asyncio.create_task(self._supervise(), name=health.name)
+
+    @property
+    def done(self) -> bool:
+        return self._task.done()
+
+    def finish(self) -> None:
+        """No more restarts: the next time the task ends (returns or raises) it stays ended.
+
+        A task waiting to be restarted is started at once, for one last run.
+        """
+        self._final = True
+        self._finishing.set()
+
+    async def wait(self) -> None:
+        """Until the task has ended for good (it returned, or died under STOP or `finish`)."""
+        await asyncio.wait({self._task})
+
+    async def wait_failures(self, count: int) -> None:
+        """Until the task has failed `count` times in total (tests; wrap in a timeout)."""
+        while self.failures < count:
+            self._failed.clear()
+            await self._failed.wait()
+
+    async def stop(self) -> None:
+        """Cancel the task and wait for it to end."""
+        self._final = True
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        if self.health.ready:
+            self.health.down("stopped")
+        self._supervisor._forget(self)
+
+    async def _supervise(self) -> None:
+        sup = self._supervisor
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        while True:
+            started = loop.time()
+            if self._ready_on_start:
+                self.health.up()
+            try:
+                await self._run()
+            except Exception as exc:
+                self._failed_with(exc)
+                if self.policy is Policy.STOP or self._final:
+                    if self.policy is Policy.STOP:
+                        sup._fail(self, exc)
+                    return
+                if loop.time() - started >= sup.backoff_max:
+                    attempt = 0  # it ran a good while: a fresh failure, not a crash loop
+                delay = backoff_delay(attempt, sup.backoff_base, sup.backoff_max, sup.rng)
+                attempt += 1
+                log.info("lifecycle.task_restarting", task=self.name, retry_in=round(delay, 3),
+                         failures=self.failures)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._finishing.wait(), delay)
+                self.restarts += 1
+                continue
+            if not self._final:
+                log.info("lifecycle.task_ended", task=self.name)
+            self.health.down("stopped")
+            return
+
+    def _failed_with(self, exc: Exception) -> None:
+        self.failures += 1
+        self.last_error = exc
+        reason = describe(exc)
+        self.health.down(reason)
+        self._failed.set()
+        log.error("lifecycle.task_failed", task=self.name, policy=str(self.policy),
+                  error=reason, failures=self.failures,
+                  exc_info=None if isinstance(exc, PartDown) else exc)
+
+
+class Supervisor:
+    """Owns every background task of one process and every part's health.
+
+    TaskGroup-like: `aclose()` cancels whatever is still running. Unlike a
+    TaskGroup, one task's failure does not cancel the others; its policy says
+    what happens.
+    """
+
+    def __init__(self, *, backoff_base: float = 0.5, backoff_max: float = 30.0,
+                 rng: random.Random | None = None) -> None:
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.rng = rng or random.Random()
+        self.parts: dict[str, Health] = {}
+        self.tasks: dict[str, Task] = {}
+        self.failed = asyncio.Event()
+        self.failure: tuple[str, BaseException] | None = None
+
+    def part(self, name: str, *, required: bool = True, check: Check | None = None,
+             ready: bool = False) -> Health:
+        """Register (or return) the part `name`; `ready=True` for a check-only part."""
+        health = self.parts.get(name)
+        if health is None:
+            health = self.parts[name] = Health(name, required=required, check=check)
+            if ready:
+                health.up()
+        return health
+
+    def spawn(self, name: str, run: Callable[[], Awaitable[object]], *,
+              policy: Policy = Policy.RESTART, required: bool = True,
+              check: Check | None = None, ready_on_start: bool = True) -> Task:
+        """Start `run()` as the task of part `name` under `policy`.
+
+        `ready_on_start=False` leaves the part "starting" until the task calls
+        `health.up()` itself (e.g. once it listens).
+        """
+        if name in self.tasks and not self.tasks[name].done:
+            raise RuntimeError(f"task {name!r} is already running")
+        health = self.part(name, required=required, check=check)
+        task = Task(self, health, run, policy, ready_on_start)
+        self.tasks[name] = task
+        return task
+
+    @asynccontextmanager
+    async def task(self, name: str, run: Callable[[], Awaitable[object]], *,
+                   policy: Policy = Policy.RESTART, required: bool = True,
+                   check: Check | None = None,
+                   ready_on_start: bool = True) -> AsyncIterator[Task]:
+        """`spawn` for the life of the block; stopped (cancelled) on the way out."""
+        task = self.spawn(name, run, policy=policy, required=required, check=check,
+                          ready_on_start=ready_on_start)
+        try:
+            yield task
+        finally:
+            await task.stop()
+
+    async def states(self, timeout: float = CHECK_TIMEOUT) -> list[PartState]:  # noqa: ASYNC109
+        """Every part, in registration order (checks run concurrently)."""
+        return list(await asyncio.gather(*(h.state(timeout) for h in self.parts.values())))
+
+    async def aclose(self) -> None:
+        """Stop every task still running (the last in first)."""
+        for task in reversed(list(self.tasks.values())):
+            await task.stop()
+
+    def _forget(self, task: Task) -> None:
+        if self.tasks.get(task.name) is task:
+            del self.tasks[task.name]
+
+    def _fail(self, task: Task, exc: BaseException) -> None:
+        if self.failure is None:
+            self.failure = (task.name, exc)
+        self.failed.set()
