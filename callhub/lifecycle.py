@@ -89,18 +89,27 @@ class Health:
         self.ready = False
         self.reason: str | None = "starting"
         self._settled = asyncio.Event()
+        self._changed = asyncio.Event()
 
     def up(self) -> None:
         self.ready, self.reason = True, None
         self._settled.set()
+        self._changed.set()
 
     def down(self, reason: str) -> None:
         self.ready, self.reason = False, reason
         self._settled.set()
+        self._changed.set()
 
     async def wait_settled(self) -> None:
         """Until the part was first marked up or down (wrap in a timeout)."""
         await self._settled.wait()
+
+    async def wait_ready(self, ready: bool = True) -> None:
+        """Until the part is marked ready (or, with `ready=False`, down); wrap in a timeout."""
+        while self.ready is not ready:
+            self._changed.clear()
+            await self._changed.wait()
 
     async def state(self, timeout: float = CHECK_TIMEOUT) -> PartState:  # noqa: ASYNC109
         reason = None if self.ready else (self.reason or "not ready")
@@ -161,8 +170,7 @@ class Task:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        if self.health.ready:
-            self.health.down("stopped")
+        self.health.down("stopped")
         self._supervisor._forget(self)
 
     async def _supervise(self) -> None:

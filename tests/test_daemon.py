@@ -150,6 +150,7 @@ async def test_demo_process_serves_calls_and_flushes_on_sigterm(tmp_path: Path) 
     try:
         async with asyncio.timeout(60):
             url_line = await read_until(proc.stdout, lambda s: "callhub API:" in s, out)
+            desk_line = await read_until(proc.stdout, lambda s: "callhub desk:" in s, out)
             token_line = await read_until(proc.stdout, lambda s: "demo admin token" in s, out)
             base = url_line.split()[2].rstrip("/")
             token = token_line.split()[-1]
@@ -167,6 +168,12 @@ async def test_demo_process_serves_calls_and_flushes_on_sigterm(tmp_path: Path) 
                 async with session.get(f"{base}/calls",
                                        headers={"Authorization": f"Bearer {token}"}) as r:
                     assert r.status == 200
+                desk_url = desk_line.split()[-1]
+                assert desk_url == base.removesuffix("/api/v1") + "/desk/"
+                async with session.get(desk_url) as r:
+                    assert r.status == 200 and r.content_type == "text/html"
+                async with session.get(base.removesuffix("/api/v1") + "/") as r:
+                    assert r.status == 200 and str(r.url) == desk_url  # / leads to the desk
             proc.send_signal(signal.SIGTERM)
             rest = (await proc.stderr.read()).decode("utf-8", "replace")
             err.append(rest)
@@ -176,6 +183,8 @@ async def test_demo_process_serves_calls_and_flushes_on_sigterm(tmp_path: Path) 
             proc.kill()
             await proc.wait()
     log = "".join(err)
+    assert '"api.no_tokens"' not in log  # the demo made an admin token
+    assert all(line.startswith("{") for line in log.splitlines() if line), "a non-JSON line"
     assert '"daemon.stopped"' in log and '"pending_calls": 0' in log
     logged = {line.split('"linkedid": "')[1].split('"')[0]
               for line in log.splitlines() if '"call.finished"' in line}

@@ -69,6 +69,10 @@ async def test_the_page_sends_no_data_and_strict_headers(desk: Desk) -> None:
         assert re.findall(r"https?://(?!www\.w3\.org/2000/svg)", text) == []
     redirect = await desk.client.get("/desk", allow_redirects=False)
     assert redirect.status == 302 and redirect.headers["Location"] == "/desk/"
+    # The server's own address leads a newcomer to the desk.
+    root = await desk.client.get("/", allow_redirects=False)
+    assert root.status == 302 and root.headers["Location"] == "/desk/"
+    assert (await desk.client.get("/")).url.path == "/desk/"
 
 
 async def test_static_files_are_served_and_nothing_else(desk: Desk) -> None:

@@ -1,0 +1,167 @@
+"""One log pipeline: callhub's structlog lines and the libraries' standard-library records
+come out alike (JSON with timestamp and level off a terminal); event names are
+`area.event`; an AMI event the correlator cannot apply is counted and logged once."""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from ami_fixtures import Collector, make_ingest, sim_pbx
+from desk_fixtures import Desk
+from prometheus_client import CollectorRegistry
+from store_fixtures import make_call, store
+from structlog.testing import capture_logs
+
+from callhub.ami.simulator import AmiSimulator
+from callhub.ami.synth import CallFactory
+from callhub.logs import configure_logging
+from callhub.metrics.collectors import CallhubMetrics
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "callhub"
+EVENT_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
+LEVELS = {"debug", "info", "warning", "error", "exception", "critical", "msg"}
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    """configure_logging to a buffer (JSON, info); the previous set-up is restored after."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    stream = io.StringIO()
+    configure_logging("info", stream=stream, json=True)
+    try:
+        yield stream
+    finally:
+        structlog.reset_defaults()
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+        logging.getLogger("callhub").setLevel(logging.NOTSET)
+
+
+def lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    """Every line of the stream, each of which must be one JSON object."""
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+async def test_library_records_and_callhub_events_are_one_json_format(
+        log_stream: io.StringIO) -> None:
+    async def broken(request: web.Request) -> web.StreamResponse:
+        raise ZeroDivisionError("a bug in a handler")
+
+    app = web.Application()  # no json_errors middleware: aiohttp itself logs the error
+    app.router.add_get("/", broken)
+    async with TestClient(TestServer(app)) as client:
+        assert (await client.get("/")).status == 500
+    logging.getLogger("sqlalchemy.engine.Engine").info("BEGIN (implicit)")  # library chatter
+    log = structlog.get_logger("callhub.test")
+    log.info("test.hello", answer=42)
+    log.debug("test.hidden")
+
+    got = lines(log_stream)
+    assert got, "nothing was logged"
+    for entry in got:
+        assert {"event", "level", "timestamp"} <= set(entry), entry
+        assert entry["timestamp"].endswith("Z")
+    by_event = {e["event"]: e for e in got}
+    aiohttp_error = next(e for e in got if e.get("logger") == "aiohttp.server")
+    assert aiohttp_error["level"] == "error"
+    assert "ZeroDivisionError: a bug in a handler" in aiohttp_error["exception"]
+    assert by_event["test.hello"]["level"] == "info" and by_event["test.hello"]["answer"] == 42
+    assert "test.hidden" not in by_event and "BEGIN (implicit)" not in by_event
+
+
+async def test_the_keepers_info_line_appears_at_info(desk: Desk,
+                                                     log_stream: io.StringIO) -> None:
+    record = make_call("repair-1", at=desk.clock.now - 3600)
+    (call_id,) = await store(desk.db, desk.settings, record)
+    response = await desk.client.patch(
+        f"/api/v1/calls/{call_id}", json={"category": "repair"},
+        headers={"Authorization": "Bearer supervisor-token-0001"})
+    assert response.status == 200, await response.text()
+    tick = await desk.keeper.tick()
+    assert tick.created == 2
+    (line,) = [e for e in lines(log_stream) if e["event"] == "followups.updated"]
+    assert line["level"] == "info"
+    assert (line["created"], line["closed"], line["overdue"]) == (2, 0, 0)
+
+
+def logging_calls(tree: ast.AST) -> Iterator[tuple[int, ast.expr]]:
+    """(line, first argument) of every `log.<level>(...)` call."""
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr in LEVELS and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "log" and node.args):
+            yield node.lineno, node.args[0]
+
+
+def test_every_event_name_in_callhub_is_area_dot_event() -> None:
+    seen = 0
+    bad = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for line, arg in logging_calls(ast.parse(path.read_text("utf-8"))):
+            where = f"{path.relative_to(ROOT)}:{line}"
+            if not (isinstance(arg, ast.Constant) and isinstance(arg.value, str)):
+                bad.append(f"{where}: the event name is not a string literal")
+                continue
+            seen += 1
+            if not EVENT_NAME.match(arg.value):
+                bad.append(f"{where}: {arg.value!r}")
+    assert seen > 30, "the scan found too few log calls to mean anything"
+    assert not bad, "\n".join(bad)
+
+
+def test_callhub_logs_through_structlog_only() -> None:
+    """No module but logs.py uses the standard `logging` module directly."""
+    users = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text("utf-8"))
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "logging" or n.startswith("logging.") for n in names):
+                users.append(str(path.relative_to(ROOT)))
+    assert users == ["callhub/logs.py"]
+
+
+async def test_an_event_the_correlator_cannot_apply_is_counted_by_kind_and_logged_once(
+        ami_simulator: AmiSimulator) -> None:
+    sim = ami_simulator
+    registry = CollectorRegistry()
+    collector = Collector()
+    ingest = make_ingest(sim_pbx(sim), collector, metrics=CallhubMetrics(registry))
+    call = CallFactory(seed=3).make("answered", 1_795_900_000.0, number="+8613800000007",
+                                    agent="Local/agent1@agentsim")
+    # A Newchannel without its Uniqueid: the correlator skips it (KeyError) and goes on.
+    broken = {"Event": "Newchannel", "Privilege": "call,all", "Channel": "PJSIP/x-0001",
+              "Linkedid": "broken-1", "CallerIDNum": "+8613800000008"}
+    await ingest.start()
+    try:
+        with capture_logs() as logs:
+            await ingest.wait_connected(10)
+            await sim.send([broken])
+            await sim.send_call(call)
+            await collector.until(lambda: len(collector.records) == 1)
+    finally:
+        await ingest.stop()
+    assert collector.records[0].linkedid == call.linkedid  # the stream went on
+    assert registry.get_sample_value("callhub_correlator_errors_total",
+                                     {"pbx": "lab", "event": "Newchannel"}) == 1.0
+    (logged,) = [e for e in logs if e["event"] == "correlator.event_failed"]
+    assert (logged["event_kind"], logged["linkedid"], logged["error"]) == (
+        "Newchannel", "broken-1", "KeyError")
+    assert logged["log_level"] == "warning" and "8613800000008" not in repr(logged)
