@@ -39,6 +39,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from callhub.ami.ingest import PbxIngest
 from callhub.ami.simulator import AmiSimulator
 from callhub.ami.synth import DEMO_DIDS, MixSettings, template_for
+from callhub.api import limits as http_limits
 from callhub.api.app import make_app
 from callhub.api.base import Operation
 from callhub.api.health import database_check
@@ -276,12 +277,13 @@ async def api(d: Daemon) -> AsyncIterator[None]:
                    extra_operations=[*d.operations, *desk_operations()],
                    supervisor=d.supervisor)
     keeper = setup_desk(app, writer=d.writer)  # /desk/ and the follow-up keeper
+    gate = http_limits.install(app)  # connection cap, head and body deadlines
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, port = d.settings.api_listen
     await keeper.start()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = http_limits.GuardedSite(runner, host, port, gate)
         try:
             await site.start()
         except OSError as exc:

@@ -91,6 +91,29 @@ async def test_a_body_that_stops_coming_gets_408(served: Served) -> None:
     writer.close()
 
 
+async def test_an_idle_keep_alive_connection_is_not_cut_but_a_half_sent_second_head_is(
+        served: Served) -> None:
+    reader, writer = await asyncio.open_connection(served.host, served.port)
+    request = b"GET /hello HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    for _ in range(2):
+        writer.write(request)
+        await writer.drain()
+        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 200")
+        await asyncio.wait_for(reader.readuntil(b"hello"), 5)
+    # idle for longer than the head deadline: a late request on it is still answered
+    late = asyncio.ensure_future(reader.read(1))
+    done, _ = await asyncio.wait({late}, timeout=4 * served.gate.limits.header_timeout)
+    assert not done, "an idle keep-alive connection was closed by the gate"
+    writer.write(request)
+    await writer.drain()
+    assert (await asyncio.wait_for(late, 5)) == b"H"
+    await asyncio.wait_for(reader.readuntil(b"hello"), 5)
+    writer.write(b"GET /hello HTTP/1.1\r\n")  # a second head that never ends
+    await writer.drain()
+    assert await _closed_by_server(reader)
+    writer.close()
+
+
 async def test_keep_alive_requests_and_whole_bodies_pass(served: Served) -> None:
     async with ClientSession() as session:
         for i in range(3):  # one pooled connection, three requests

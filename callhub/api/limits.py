@@ -8,8 +8,9 @@ front of every connection:
 
 * past `max_connections` open connections a new one is closed at once;
 * a connection must deliver a complete request head within `header_timeout`
-  of opening, or of its previous response (an idle keep-alive connection is
-  closed after the same time);
+  of opening, or of the first byte of its next request (an idle keep-alive
+  connection is left to aiohttp's keep-alive timeout: closing it ourselves
+  would race the browser's next POST on it);
 * a request body must arrive within `body_timeout` (408 otherwise).
 
 `install(app, limits)` adds the middleware that tells the gate when a
@@ -46,6 +47,7 @@ class _Guarded(asyncio.Protocol):
         self.gate = gate
         self.transport: asyncio.Transport | None = None
         self.in_request = False
+        self.next_request_started = False  # bytes came after this request's body
         self.timer: asyncio.TimerHandle | None = None
         self.refused = False
 
@@ -62,7 +64,24 @@ class _Guarded(asyncio.Protocol):
         self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
+        if self.in_request:
+            self.next_request_started = True
+        elif self.timer is None:
+            self.arm()  # the first bytes of a new head: it must be complete in time
         self.inner.data_received(data)
+
+    def request_started(self) -> None:
+        self.in_request = True
+        self.next_request_started = False
+        self.disarm()
+
+    def body_read(self) -> None:
+        self.next_request_started = False
+
+    def request_finished(self) -> None:
+        self.in_request = False
+        if self.next_request_started:  # a pipelined head began meanwhile
+            self.arm()
 
     def eof_received(self) -> bool | None:
         return self.inner.eof_received()
@@ -119,8 +138,7 @@ class Gate:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         guarded = self.open.get(request.transport) if request.transport else None
         if guarded is not None:
-            guarded.in_request = True
-            guarded.disarm()
+            guarded.request_started()
         try:
             if request.body_exists:
                 try:
@@ -129,11 +147,12 @@ class Gate:
                     raise web.HTTPRequestTimeout(
                         text=f"the request body did not arrive within "
                              f"{self.limits.body_timeout:g} s") from None
+                if guarded is not None:
+                    guarded.body_read()
             return await handler(request)
         finally:
             if guarded is not None:
-                guarded.in_request = False
-                guarded.arm()
+                guarded.request_finished()
 
 
 GATE: web.AppKey[Gate] = web.AppKey("http_gate", Gate)
