@@ -18,8 +18,9 @@ import time
 
 from callhub.config import Settings
 from callhub.logs import configure_logging
-from callhub.routing.agisim import agi_request, asterisk_environment
-from callhub.routing.service import demo_rota, start_routing
+from callhub.routing.service import start_routing
+from callhub.sim.agi_client import agi_request, asterisk_environment
+from callhub.sim.demo_rota import demo_rota
 
 AGENTS = {f"PJSIP/10{i:02d}": f"Agent {i}" for i in range(1, 9)}
 LINES = {"hotline": ["4008001000"]}

@@ -1,6 +1,6 @@
 """A large synthetic AMI stream for the benchmarks, cached on disk.
 
-Calls come from `callhub.ami.synth`: recorded Asterisk 22 calls (Local and
+Calls come from `callhub.sim` (mix, calls): recorded Asterisk 22 calls (Local and
 PJSIP set-ups) renamed and re-timed, so every event sequence is one a real
 PBX produced. Two Poisson streams (Local channels with the full mix of
 answered, abandoned, missed, busy, hunt, queue and outbound calls; PJSIP
@@ -29,15 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from callhub.ami.synth import (
-    DEFAULT_MIX,
-    SCENARIOS,
-    CallFactory,
-    MixSettings,
-    SynthCall,
-    generate_mix,
-)
 from callhub.config import PbxConfig
+from callhub.sim.calls import CallFactory, SynthCall
+from callhub.sim.mix import DEFAULT_MIX, MixSettings, generate_mix
+from callhub.sim.templates import SCENARIOS
 
 FORMAT_VERSION = 2
 START = 1_780_000_000.0  # 2026-05-28, a fixed origin so the cached stream is reproducible

@@ -6,10 +6,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from callhub import __version__, config_cli, daemon, report
-from callhub.ami import replay, simulate_cli
+from callhub import __version__, config_cli, report, run_cli
+from callhub.ami import replay
 from callhub.config import ConfigError
 from callhub.routing import cli as rota_cli
+from callhub.sim import cli as simulate_cli
 from callhub.store import cli as db_cli
 
 
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate_cli.add_parser(sub)
     rota_cli.add_parser(sub)
     db_cli.add_parser(sub)
-    daemon.add_parser(sub)
+    run_cli.add_parser(sub)
     report.add_parser(sub)
     _accept_config_anywhere(parser)
     return parser

@@ -1,4 +1,4 @@
-"""`callhub run`: AMI ingestion, the writer and the API in one process with one lifecycle.
+"""The daemon: AMI ingestion, the writer, routing and the API in one process with one lifecycle.
 
 The daemon is a list of parts (`PARTS`). Each part is an async context
 manager over the shared `Daemon`: it starts its piece, publishes what others
@@ -14,54 +14,46 @@ or stop the daemon) and register their health, which /readyz reports part
 by part. A task under the `stop` policy that dies stops `callhub run` with
 exit status 1.
 
-`--demo` puts the built-in AMI simulator in front as the PBX, with a steady
-mix of realistic calls, on the embedded SQLite default, and prints the API
-URL and a generated admin token.
+This module knows no simulator: `callhub run --demo` (callhub.run_cli) adds
+the demo's parts from callhub.sim.demo before and after the production ones
+(`serve(d, before=..., after=...)`).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import secrets
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field, replace
-from typing import Any, TextIO
+from dataclasses import dataclass, field
+from typing import TextIO
 
 import structlog
 from aiohttp import web
-from sqlalchemy.exc import SQLAlchemyError
 
 from callhub.ami.ingest import PbxIngest
-from callhub.ami.simulator import AmiSimulator
-from callhub.ami.synth import DEMO_DIDS, MixSettings, template_for
 from callhub.api import limits as http_limits
 from callhub.api.app import make_app
 from callhub.api.base import Operation
 from callhub.api.health import database_check
-from callhub.config import ApiToken, Settings, load_settings, settings_from_mapping
+from callhub.config import Settings
 from callhub.desk import desk_operations, setup_desk
-from callhub.lifecycle import Policy, Supervisor, describe
-from callhub.logs import configure_logging
+from callhub.lifecycle import Supervisor, describe
 from callhub.metrics.collectors import CallhubMetrics
 from callhub.metrics.http import metrics_handler
 from callhub.records import CallRecord
+from callhub.routing.model import Rota
 from callhub.routing.service import routing_part
-from callhub.store import migrate, queries, worklist
+from callhub.store import migrate, worklist
 from callhub.store.db import Database
 from callhub.store.save import sync_agents
 from callhub.store.writer import CallWriter
 
 log = structlog.get_logger(__name__)
 
-DEMO_LINES = dict(zip(DEMO_DIDS, ("hotline", "repairs", "complaints", "front-desk"),
-                      strict=True))
 WORKLIST_GAUGE_SECONDS = 15.0
-DEMO_CALLBACK_SECONDS = 20.0
 
 
 class StartupError(RuntimeError):
@@ -77,15 +69,13 @@ class Daemon:
     """What the parts share. Parts fill in the fields they own."""
 
     settings: Settings
-    demo: bool = False
+    demo: bool = False  # set by the demo's parts: the PBX is a simulator
     migrate: bool = True
-    demo_rate: float = 12.0
-    demo_speed: float = 1.0
     out: TextIO = field(default_factory=lambda: sys.stdout)
     db: Database | None = None
     metrics: CallhubMetrics | None = None
     writer: CallWriter | None = None
-    simulator: AmiSimulator | None = None
+    rota: Rota | None = None  # route by this rota in memory, not the state directory's
     ingests: dict[str, PbxIngest] = field(default_factory=dict)
     operations: list[Operation] = field(default_factory=list)
     on_record: list[Callable[[CallRecord], None]] = field(default_factory=list)
@@ -106,37 +96,6 @@ Part = Callable[[Daemon], AbstractAsyncContextManager[None]]
 
 
 # -- the parts, in start order ------------------------------------------------
-
-
-
-@asynccontextmanager
-async def demo_simulator(d: Daemon) -> AsyncIterator[None]:
-    """--demo: the AMI simulator as the PBX, a steady call mix, a generated admin token."""
-    if not d.demo:
-        yield
-        return
-    secret = secrets.token_urlsafe(12)
-    sim = AmiSimulator("127.0.0.1", 0, username="callhub", secret=secret)
-    port = await sim.start()
-    config = {k: v for k, v in template_for("answered").config.items() if k != "pbx"}
-    config.update(name="demo", host="127.0.0.1", port=port, username="callhub",
-                  secret=secret, lines=DEMO_LINES)
-    demo_pbx = settings_from_mapping({"pbx": [config]}).pbxs[0]
-    tokens = d.settings.api_tokens or (ApiToken("admin", secrets.token_urlsafe(18)),)
-    d.settings = replace(d.settings, pbxs=(demo_pbx,), api_tokens=tokens)
-    d.simulator = sim
-    # Real time by default (calls carry real times); talks shortened so the first
-    # minute already shows answered, missed and abandoned calls.
-    mix_settings = MixSettings(rate_per_minute=d.demo_rate, talk_range=(4.0, 25.0))
-    log.info("demo.simulator", port=port, calls_per_minute=d.demo_rate, speed=d.demo_speed)
-    try:
-        # The demo's PBX traffic: without it the demo shows nothing, so its death stops it.
-        async with d.supervisor.task("demo-mix", lambda: sim.run_mix(
-                d.demo_rate, speed=d.demo_speed, settings=mix_settings),
-                policy=Policy.STOP, required=False):
-            yield
-    finally:
-        await sim.stop()
 
 
 @asynccontextmanager
@@ -215,33 +174,6 @@ async def worklist_gauge(d: Daemon) -> AsyncIterator[None]:
 
 
 @asynccontextmanager
-async def demo_callbacks(d: Daemon) -> AsyncIterator[None]:
-    """--demo: an agent calls back the oldest pending caller now and then (how=callback)."""
-    if d.simulator is None or d.db is None:
-        yield
-        return
-    sim, db = d.simulator, d.db
-    every = DEMO_CALLBACK_SECONDS / max(d.demo_speed, 0.1)
-
-    async def call_back() -> None:
-        while True:
-            await asyncio.sleep(every)  # pacing of the demo, not synchronisation
-            async with db.connection() as conn:
-                oldest = await queries.list_worklist(
-                    conn, queries.WorklistFilter(status="pending"), 1)
-            if not oldest:
-                continue
-            now = max(sim.clock(), sim.stream_now)  # the mix may run ahead (--demo-speed)
-            call = sim.factory.make("outbound", now, number=oldest[0]["number"],
-                                    agent="Local/agent2@agentsim", ring_seconds=4.0,
-                                    talk_seconds=8.0)
-            await sim.send_call(call, speed=d.demo_speed)
-
-    async with d.supervisor.task("demo-callbacks", call_back, required=False):
-        yield
-
-
-@asynccontextmanager
 async def ingestion(d: Daemon) -> AsyncIterator[None]:
     """One PbxIngest per configured PBX; finished calls go to `Daemon.record`."""
     if not d.settings.pbxs:
@@ -297,11 +229,6 @@ async def api(d: Daemon) -> AsyncIterator[None]:
         print(f"callhub API: {d.api_url}/api/v1/  (OpenAPI: {d.api_url}/api/v1/openapi.json)",
               file=d.out, flush=True)
         print(f"callhub desk: {d.api_url}/desk/", file=d.out, flush=True)
-        if d.demo:
-            admin = next(t.token for t in d.settings.api_tokens if t.role == "admin")
-            print(f"demo admin token: {admin}\n"
-                  f"try: curl -H 'Authorization: Bearer {admin}' {d.api_url}/api/v1/calls",
-                  file=d.out, flush=True)
         yield
     finally:
         await runner.cleanup()
@@ -309,24 +236,24 @@ async def api(d: Daemon) -> AsyncIterator[None]:
 
 
 PARTS: list[Part] = [
-    demo_simulator,
     metrics_part,
     database,
     writer_part,
     worklist_gauge,
     ingestion,
-    demo_callbacks,
     routing_part,
     api,
 ]
 
 
 @asynccontextmanager
-async def running(d: Daemon, parts: Sequence[Part] = PARTS) -> AsyncIterator[Daemon]:
-    """Start every part in order; on exit stop them in reverse (also after a failed start)."""
+async def running(d: Daemon, parts: Sequence[Part] = PARTS, *, before: Sequence[Part] = (),
+                  after: Sequence[Part] = ()) -> AsyncIterator[Daemon]:
+    """Start every part in order (`before`, `parts`, then `after`: extra parts such as the
+    demo's); on exit stop them in reverse (also after a failed start)."""
     try:
         async with contextlib.AsyncExitStack() as stack:
-            for part in parts:
+            for part in (*before, *parts, *after):
                 await stack.enter_async_context(part(d))
             log.info("daemon.started", pbxs=[p.name for p in d.settings.pbxs], demo=d.demo)
             yield d
@@ -336,8 +263,10 @@ async def running(d: Daemon, parts: Sequence[Part] = PARTS) -> AsyncIterator[Dae
     log.info("daemon.stopped", pending_calls=d.writer.pending if d.writer else 0)
 
 
-async def serve(d: Daemon, parts: Sequence[Part] = PARTS) -> None:
-    """Run until SIGTERM/SIGINT (or `d.stopping` is set), then stop cleanly.
+async def serve(d: Daemon, parts: Sequence[Part] = PARTS, *, before: Sequence[Part] = (),
+                after: Sequence[Part] = ()) -> None:
+    """Run until SIGTERM/SIGINT (or `d.stopping` is set), then stop cleanly. `before` and
+    `after` are extra parts started before and after `parts` (see `running`).
 
     A task under the `stop` policy that dies stops it too: PartFailed is raised
     after the clean stop.
@@ -347,7 +276,7 @@ async def serve(d: Daemon, parts: Sequence[Part] = PARTS) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, d.stopping.set)
     try:
-        async with running(d, parts):
+        async with running(d, parts, before=before, after=after):
             waiters = {asyncio.ensure_future(d.stopping.wait()),
                        asyncio.ensure_future(d.supervisor.failed.wait())}
             try:
@@ -362,41 +291,3 @@ async def serve(d: Daemon, parts: Sequence[Part] = PARTS) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
-
-
-def add_parser(sub: Any) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser(
-        "run", help="run the daemon (AMI ingestion, writer, API, FastAGI routing)",
-        description="Listen to every configured PBX's AMI, store each finished call, keep "
-                    "the worklist, route calls over FastAGI and serve the HTTP API and /metrics. "
-                    "SIGTERM/SIGINT stop it cleanly.")
-    parser.add_argument("--demo", action="store_true",
-                        help="use the built-in AMI simulator as the PBX (a steady call mix)")
-    parser.add_argument("--no-migrate", action="store_true",
-                        help="do not apply database migrations on start")
-    parser.add_argument("--demo-rate", type=float, default=12.0, metavar="N",
-                        help="--demo: calls per minute (default 12)")
-    parser.add_argument("--demo-speed", type=float, default=1.0, metavar="X",
-                        help="--demo: run the simulated clock X times faster (default 1)")
-    parser.set_defaults(func=run_command)
-
-
-def run_command(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
-    configure_logging(settings.log_level)
-    d = Daemon(settings, demo=args.demo, migrate=not args.no_migrate,
-               demo_rate=args.demo_rate, demo_speed=args.demo_speed)
-    try:
-        asyncio.run(serve(d))
-    except StartupError as exc:
-        print(f"callhub: {exc}", file=sys.stderr)
-        return 2
-    except PartFailed as exc:
-        print(f"callhub: {exc}", file=sys.stderr)
-        return 1
-    except (OSError, SQLAlchemyError) as exc:
-        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        print(f"callhub: {type(exc).__name__}: {reason}", file=sys.stderr)
-        return 1
-    return 0
-

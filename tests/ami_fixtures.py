@@ -11,10 +11,11 @@ import pytest
 
 from callhub.ami.groundtruth import compare
 from callhub.ami.ingest import PbxIngest
-from callhub.ami.simulator import AmiSimulator
-from callhub.ami.synth import SynthCall, load_template
 from callhub.config import PbxConfig, settings_from_mapping
 from callhub.records import CallRecord
+from callhub.sim.ami_server import AmiSimulator
+from callhub.sim.calls import SynthCall
+from callhub.sim.templates import load_template
 
 SIM_USER = "callhub"
 SIM_SECRET = "s3cret-for-tests"

@@ -14,10 +14,10 @@ from ami_fixtures import Collector, compare_synth, make_ingest, sim_pbx
 from prometheus_client import CollectorRegistry
 
 from callhub.ami.connection import AmiConnection
-from callhub.ami.simulator import AmiSimulator
-from callhub.ami.synth import CallFactory, merge_calls
 from callhub.lifecycle import backoff_delay
 from callhub.metrics.collectors import CallhubMetrics
+from callhub.sim.ami_server import AmiSimulator
+from callhub.sim.calls import CallFactory, merge_calls
 
 
 def _incomplete_utf8(chunk: bytes) -> bool:

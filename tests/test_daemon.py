@@ -18,10 +18,10 @@ import pytest
 from ami_fixtures import sim_pbx
 from store_fixtures import TOKENS, DbFactory, auth
 
-from callhub.ami.simulator import AmiSimulator
-from callhub.ami.synth import SynthCall
 from callhub.config import ApiToken, Settings
 from callhub.daemon import Daemon, StartupError, running
+from callhub.sim.ami_server import AmiSimulator
+from callhub.sim.calls import SynthCall
 from callhub.store import migrate
 
 WAIT = 30.0

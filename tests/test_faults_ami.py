@@ -16,8 +16,9 @@ from typing import Any
 from ami_fixtures import SIM_SECRET, SIM_USER, Collector, compare_synth, make_ingest, sim_pbx
 
 from callhub.ami.parser import AmiMessage
-from callhub.ami.simulator import AmiSimulator, format_message
-from callhub.ami.synth import CallFactory, MixSettings, SynthCall, generate_mix, merge_calls
+from callhub.sim.ami_server import AmiSimulator, format_message
+from callhub.sim.calls import CallFactory, SynthCall, merge_calls
+from callhub.sim.mix import MixSettings, generate_mix
 
 FAST_RETRY: dict[str, Any] = {"backoff_base": 0.01, "backoff_max": 0.05}
 

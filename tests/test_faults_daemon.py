@@ -23,8 +23,10 @@ from pathlib import Path
 
 from ami_fixtures import SIM_SECRET, SIM_USER
 
-from callhub.ami.simulator import AmiSimulator
-from callhub.ami.synth import CallFactory, MixSettings, generate_mix, load_template, merge_calls
+from callhub.sim.ami_server import AmiSimulator
+from callhub.sim.calls import CallFactory, merge_calls
+from callhub.sim.mix import MixSettings, generate_mix
+from callhub.sim.templates import load_template
 from callhub.store.spool import Spool
 
 WAIT = 30.0

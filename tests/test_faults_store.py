@@ -31,10 +31,11 @@ from ami_fixtures import Collector, sim_pbx
 from store_fixtures import DbFactory, TcpProxy, pg_url, via_proxy
 
 from callhub.ami.ingest import PbxIngest
-from callhub.ami.simulator import AmiSimulator
-from callhub.ami.synth import CallFactory, MixSettings, SynthCall, generate_mix, merge_calls
 from callhub.config import Settings
 from callhub.records import CallRecord
+from callhub.sim.ami_server import AmiSimulator
+from callhub.sim.calls import CallFactory, SynthCall, merge_calls
+from callhub.sim.mix import MixSettings, generate_mix
 from callhub.store import migrate
 from callhub.store.db import Database
 from callhub.store.spool import Spool

@@ -27,7 +27,7 @@ from callhub.api.app import make_app
 from callhub.config import Settings
 from callhub.daemon import Daemon, running
 from callhub.lifecycle import Policy, Supervisor
-from callhub.routing.agisim import agi_request, asterisk_environment
+from callhub.sim.agi_client import agi_request, asterisk_environment
 from callhub.store.db import Database
 from callhub.store.spool import Spool
 from callhub.store.tables import calls

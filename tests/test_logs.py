@@ -23,10 +23,10 @@ from prometheus_client import CollectorRegistry
 from store_fixtures import make_call, store
 from structlog.testing import capture_logs
 
-from callhub.ami.simulator import AmiSimulator
-from callhub.ami.synth import CallFactory
 from callhub.logs import configure_logging
 from callhub.metrics.collectors import CallhubMetrics
+from callhub.sim.ami_server import AmiSimulator
+from callhub.sim.calls import CallFactory
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "callhub"

@@ -28,11 +28,11 @@ from metrics_fixtures import (
     load,
 )
 
-from callhub.ami.simulator import AmiSimulator
 from callhub.config import settings_from_mapping
 from callhub.daemon import Daemon, running
 from callhub.metrics.collectors import CallhubMetrics
 from callhub.records import CallRecord
+from callhub.sim.ami_server import AmiSimulator
 
 METRICS_TOKEN = "metrics-token-1"
 

@@ -33,10 +33,10 @@ from metrics_fixtures import (
 
 from callhub.ami.ingest import PbxIngest
 from callhub.ami.replay import replay_files
-from callhub.ami.simulator import AmiSimulator
 from callhub.config import settings_from_mapping
 from callhub.metrics.collectors import CallhubMetrics
 from callhub.records import CallRecord
+from callhub.sim.ami_server import AmiSimulator
 
 
 async def replay_directly(traces: Traces, metrics: CallhubMetrics) -> list[CallRecord]:

@@ -11,18 +11,13 @@ from ami_fixtures import Collector, make_ingest, sim_pbx
 from routing_fixtures import HOTLINE_DID, AgiServer
 
 from callhub.ami.correlator import Correlator
-from callhub.ami.simulator import AmiSimulator
-from callhub.ami.synth import CallFactory
 from callhub.config import PbxConfig
 from callhub.records import CallRecord
-from callhub.routing.agisim import (
-    AgiAnswer,
-    AgiCallSimulator,
-    Behaviour,
-    agi_request,
-    asterisk_environment,
-    hunt_template,
-)
+from callhub.sim.agi_client import AgiAnswer, agi_request, asterisk_environment
+from callhub.sim.ami_server import AmiSimulator
+from callhub.sim.calls import CallFactory
+from callhub.sim.hunt import Behaviour, hunt_template
+from callhub.sim.routed_calls import AgiCallSimulator
 
 
 async def test_agi_request_reads_the_answer(agi_server: AgiServer) -> None:

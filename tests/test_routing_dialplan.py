@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 from routing_fixtures import HOTLINE_DID, AgiServer, berlin
 
-from callhub.ami.simulator import AmiSimulator
-from callhub.routing.agisim import AgiCallSimulator, agi_request, asterisk_environment
+from callhub.sim.agi_client import agi_request, asterisk_environment
+from callhub.sim.ami_server import AmiSimulator
+from callhub.sim.routed_calls import AgiCallSimulator
 
 EXTENSIONS = Path(__file__).parent.parent / "deploy" / "asterisk" / "extensions.conf"
 Step = tuple[str | None, str]  # (label, "App(args)")

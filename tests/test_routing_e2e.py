@@ -17,15 +17,16 @@ from zoneinfo import ZoneInfo
 
 from ami_fixtures import Collector, make_ingest, sim_pbx
 
-from callhub.ami.simulator import AmiSimulator
 from callhub.config import Settings
-from callhub.routing.agisim import AgiCallSimulator, Behaviour
 from callhub.routing.busy import BusyTracker
 from callhub.routing.chooser import Router
 from callhub.routing.fastagi import start_fastagi
 from callhub.routing.metrics import RoutingMetrics
 from callhub.routing.rota_file import load_rota
 from callhub.routing.state import POSITION_FILE, RotationState
+from callhub.sim.ami_server import AmiSimulator
+from callhub.sim.hunt import Behaviour
+from callhub.sim.routed_calls import AgiCallSimulator
 
 DID = "4008001004"
 SHANGHAI = ZoneInfo("Asia/Shanghai")

@@ -10,11 +10,12 @@ from ami_fixtures import Collector, make_ingest, sim_pbx
 from prometheus_client import CollectorRegistry
 from routing_fixtures import HOTLINE_DID, AgiServer, berlin
 
-from callhub.ami.simulator import AmiSimulator
 from callhub.config import Settings, settings_from_mapping
-from callhub.routing.agisim import agi_request, asterisk_environment
 from callhub.routing.chooser import Router
-from callhub.routing.service import demo_rota, demo_rota_for, start_routing
+from callhub.routing.service import start_routing
+from callhub.sim.agi_client import agi_request, asterisk_environment
+from callhub.sim.ami_server import AmiSimulator
+from callhub.sim.demo_rota import demo_rota, demo_rota_for
 
 
 async def test_start_routing_from_settings(tmp_path: Path, rota_file: Path,
@@ -100,24 +101,31 @@ async def test_callhub_run_demo_answers_fastagi(tmp_path: Path) -> None:
     import aiohttp
 
     from callhub.daemon import Daemon, running
+    from callhub.sim.demo import Demo
     from callhub.store.db import Database
 
     with socket.socket() as s:  # a free port for FastAGI (the daemon does not report it)
         s.bind(("127.0.0.1", 0))
         agi_port = s.getsockname()[1]
+    from callhub.config import ApiToken
+
+    viewer = ApiToken("viewer", "viewer-token-1234")  # tokens, but no admin among them
     settings = replace(Settings(), api_listen=("127.0.0.1", 0),
                        fastagi_listen=("127.0.0.1", agi_port),
-                       spool_dir=str(tmp_path / "spool"))
+                       spool_dir=str(tmp_path / "spool"), api_tokens=(viewer,))
     db = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'demo.db'}")
-    d = Daemon(settings, demo=True, db=db, demo_rate=0.5, out=io.StringIO())
+    d = Daemon(settings, db=db, out=io.StringIO())
+    demo = Demo(rate=0.5)
     try:
-        async with running(d):
+        async with running(d, before=demo.before, after=demo.after):
             answer = await agi_request("127.0.0.1", agi_port, asterisk_environment(
                 did="4008001000", caller="+8613800000001", port=agi_port))
             assert answer.variables["CALLHUB_LINE"] == "hotline"
             assert answer.variables["CALLHUB_ROUTE_RESULT"] == "routed"
             assert "Local/agent1@agentsim" in answer.targets
             admin = next(t.token for t in d.settings.api_tokens if t.role == "admin")
+            assert viewer in d.settings.api_tokens  # kept beside the demo's admin token
+            assert f"demo admin token: {admin}" in d.out.getvalue()  # type: ignore[attr-defined]
             async with aiohttp.ClientSession(
                     headers={"Authorization": f"Bearer {admin}"}) as session:
                 async with session.get(f"{d.api_url}/api/v1/rotas/hotline") as resp:

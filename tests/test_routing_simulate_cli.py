@@ -13,8 +13,8 @@ import pytest
 from ami_fixtures import SIM_SECRET, Collector, make_ingest, sim_pbx
 from routing_fixtures import HOTLINE_DID, AgiServer, samples
 
-from callhub.ami.simulate_cli import agi_arrivals
-from callhub.ami.simulator import AmiSimulator
+from callhub.sim.ami_server import AmiSimulator
+from callhub.sim.cli import agi_arrivals
 
 CALLS = 12
 ROTATION = ["PJSIP/1001", "PJSIP/1002", "PJSIP/1003"]  # ann, ben, cai on Monday 10:00

@@ -14,8 +14,9 @@ from traces_fixtures import trace
 
 from callhub.ami.groundtruth import compare, load_truth, pbx_from_truth
 from callhub.ami.parser import AmiMessage, MessageSplitter, iter_file_messages
-from callhub.ami.simulator import BANNER, AmiSimulator, format_message, load_trace
-from callhub.ami.synth import CallFactory
+from callhub.sim.ami_server import BANNER, AmiSimulator, format_message
+from callhub.sim.calls import CallFactory
+from callhub.sim.recording import load_trace
 
 
 class RawClient:

@@ -12,18 +12,11 @@ from traces_fixtures import all_traces, trace
 from callhub.ami.correlator import Correlator
 from callhub.ami.groundtruth import compare, load_truth
 from callhub.ami.parser import iter_file_messages
-from callhub.ami.synth import (
-    SCENARIOS,
-    CallFactory,
-    MixSettings,
-    agent_pool,
-    call_messages,
-    generate_mix,
-    load_template,
-    template_for,
-)
 from callhub.config import settings_from_mapping
 from callhub.records import CallRecord
+from callhub.sim.calls import CallFactory
+from callhub.sim.mix import MixSettings, agent_pool, generate_mix
+from callhub.sim.templates import SCENARIOS, call_messages, load_template, template_for
 
 START = 1_800_000_000.0
 UNIQUEID = re.compile(r"^\d+\.\d+$")

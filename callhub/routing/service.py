@@ -15,18 +15,18 @@ down on /readyz with a reason naming `fastagi.listen` /
 CALLHUB_FASTAGI_LISTEN, and it tries again with backoff. Recording calls
 goes on meanwhile; the dialplan dials its own default.
 
-`--demo` routes by `demo_rota_for(settings)` (every agent on every line, all
-day) in memory, so FastAGI answers as in production without touching the
-real rota on disk.
+A daemon whose `rota` is set routes by that rota in memory instead of the
+state directory's (`callhub run --demo` sets the demo rota, every agent on
+every line all day, so FastAGI answers as in production without touching the
+real rota on disk).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
@@ -38,7 +38,7 @@ from callhub.routing.busy import BusyTracker
 from callhub.routing.chooser import Router
 from callhub.routing.fastagi import start_fastagi
 from callhub.routing.metrics import RoutingMetrics
-from callhub.routing.model import Agent, Line, Rota, Shift
+from callhub.routing.model import Rota
 from callhub.routing.rota_file import RotaError
 from callhub.routing.state import POSITION_FILE, RotaStore, RotationState, state_dir
 
@@ -140,7 +140,7 @@ class DaemonLike(Protocol):
     """What `routing_part` reads from and adds to `callhub.daemon.Daemon`."""
 
     settings: Settings
-    demo: bool
+    rota: Rota | None
     metrics: Any
     ingests: Any
     operations: Any
@@ -150,11 +150,10 @@ class DaemonLike(Protocol):
 @asynccontextmanager
 async def routing_part(d: DaemonLike) -> AsyncIterator[None]:
     """`callhub run`: FastAGI on fastagi.listen (the supervised task `fastagi`), busy
-    devices from every PBX's AMI, /api/v1/agents and /api/v1/rotas; `--demo` routes by
-    the demo rota."""
-    rota = demo_rota_for(d.settings) if d.demo else None
+    devices from every PBX's AMI, /api/v1/agents and /api/v1/rotas; by `d.rota` in
+    memory when it is set (the demo's)."""
     registry = d.metrics.registry if d.metrics is not None else None
-    routing = await start_routing(d.settings, registry=registry, rota=rota, listen=False)
+    routing = await start_routing(d.settings, registry=registry, rota=d.rota, listen=False)
     for ingest in d.ingests.values():
         routing.attach(ingest)
     d.operations.extend(routing.operations())
@@ -166,46 +165,3 @@ async def routing_part(d: DaemonLike) -> AsyncIterator[None]:
             yield
     finally:
         await routing.close()
-
-
-def demo_rota(agents: Mapping[str, str], lines: Mapping[str, Iterable[str]],
-              fallback: str | None = None, ring_timeout: int = 15) -> Rota:
-    """A round-the-clock rota: every agent (interface -> name) on every line (name -> DIDs).
-
-    `callhub run --demo` loads it for the simulator's lines so FastAGI answers
-    as in production. Agent ids are the interface's last part (`PJSIP/1001` ->
-    `1001`, `Local/agent1@agentsim` -> `agent1`).
-    """
-    ids: dict[str, str] = {}
-    for iface in agents:
-        short = iface.split("/", 1)[-1].split("@", 1)[0] or iface
-        ids[iface] = short if short not in ids.values() else iface
-    agent_table = {ids[iface]: Agent(id=ids[iface], name=name, interface=iface)
-                   for iface, name in agents.items()}
-    rotation = tuple(agent_table)
-    everyday = frozenset(range(7))
-    line_table = {
-        name: Line(name=name, dids=tuple(dids), rotation=rotation,
-                   shifts=(Shift("all day", everyday, time(0, 0), time(0, 0), rotation,
-                                 ends_at_midnight=True),),
-                   ring_timeout=ring_timeout, fallback=fallback)
-        for name, dids in lines.items()
-    }
-    return Rota(agents=agent_table, lines=line_table, fallback=fallback, source="demo")
-
-
-def demo_rota_for(settings: Settings, dids: Iterable[str] = (),
-                  fallback: str | None = None) -> Rota:
-    """The demo rota for the configured PBXs: their agents on their lines, plus each of
-    `dids` (the simulator's) that no configured line has, as a line of its own."""
-    agents: dict[str, str] = {}
-    lines: dict[str, list[str]] = {}
-    for pbx in settings.pbxs:
-        agents.update(pbx.agents)
-        for did, line in pbx.lines.items():
-            lines.setdefault(line, []).append(did)
-    known = {d for group in lines.values() for d in group}
-    for did in dids:
-        if did not in known:
-            lines.setdefault(did, []).append(did)
-    return demo_rota(agents, lines, fallback=fallback)

@@ -29,7 +29,9 @@ from pathlib import Path
 import structlog
 
 from callhub.ami.parser import AmiMessage, MessageSplitter
-from callhub.ami.synth import CallFactory, MixSettings, SynthCall, generate_mix, merge_calls
+from callhub.sim.calls import CallFactory, SynthCall, merge_calls
+from callhub.sim.mix import MixSettings, generate_mix
+from callhub.sim.recording import load_trace
 
 log = structlog.get_logger(__name__)
 
@@ -69,54 +71,6 @@ class _Channel:
     application: str = ""
     application_data: str = ""
     bridge_id: str = ""
-
-
-@dataclass
-class TimedMessage:
-    """A recorded message and when (seconds from the recording's start) it arrived."""
-
-    at: float
-    message: AmiMessage
-
-
-def load_trace(path: str | Path) -> list[TimedMessage]:
-    """A recorded `.ami` file as events with times, without its banner and responses.
-
-    Times come from the `.ami.timing` file beside it (per TCP read) when there is
-    one, else from the events' Timestamp headers. Event lists answering the
-    recording session's own actions are left out too.
-    """
-    path = Path(path)
-    data = path.read_bytes()
-    timing = Path(str(path) + ".timing")
-    chunks: list[tuple[float | None, bytes]] = []
-    if timing.exists():
-        for line in timing.read_text().split("\n"):
-            if line.strip():
-                at, offset, length = line.split()
-                chunks.append((float(at), data[int(offset):int(offset) + int(length)]))
-    else:
-        chunks.append((None, data))
-    splitter = MessageSplitter()
-    answered: set[str] = set()
-    out: list[TimedMessage] = []
-    first_stamp: float | None = None
-    for chunk_at, chunk in chunks:
-        for message in splitter.feed(chunk):
-            if "Event" not in message:
-                if "ActionID" in message:
-                    answered.add(message["ActionID"])
-                continue
-            if message.get("ActionID") in answered or message["Event"] in (
-                    "FullyBooted", "SuccessfulAuth"):
-                continue
-            when = chunk_at
-            if when is None:
-                stamp = float(message.get("Timestamp") or first_stamp or 0.0)
-                first_stamp = stamp if first_stamp is None else first_stamp
-                when = stamp - first_stamp
-            out.append(TimedMessage(when, message))
-    return out
 
 
 @dataclass

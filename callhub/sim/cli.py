@@ -1,7 +1,7 @@
 """`callhub simulate`: an Asterisk-like AMI server to point callhub (or anything) at.
 
 With `--agi HOST:PORT` it also plays the dialplan's part for inbound calls: each
-call asks callhub's FastAGI as Asterisk would (callhub.routing.agisim), then the
+call asks callhub's FastAGI as Asterisk would (callhub.sim.routed_calls), then the
 hunt it asked for is emitted as AMI events.
 """
 
@@ -16,11 +16,14 @@ from typing import Any
 
 import structlog
 
-from callhub.ami.simulator import AmiSimulator
-from callhub.ami.synth import DEFAULT_MIX, DEMO_DIDS, SCENARIOS, CallFactory
 from callhub.config import ConfigError, parse_listen
 from callhub.logs import configure_logging
-from callhub.routing.agisim import AgiCallSimulator, Behaviour
+from callhub.sim.ami_server import AmiSimulator
+from callhub.sim.calls import CallFactory
+from callhub.sim.hunt import Behaviour
+from callhub.sim.mix import DEFAULT_MIX, DEMO_DIDS
+from callhub.sim.routed_calls import AgiCallSimulator
+from callhub.sim.templates import SCENARIOS
 
 log = structlog.get_logger(__name__)
 
@@ -28,7 +31,7 @@ EPILOG = """\
 examples:
   callhub simulate --mix --rate 12
       steady synthetic traffic, 12 calls a minute, on 127.0.0.1:5038
-  callhub simulate --listen 127.0.0.1:5039 --trace ../shared/traces/06_*.ami --speed 10
+  callhub simulate --listen 127.0.0.1:5039 --trace callhub/sim/traces/06_*.ami --speed 10
       replay a recorded trace ten times faster once a client has logged in
   callhub simulate --mix --rate 30 --pjsip --kinds answered=3,abandoned=1,busy=1
 
@@ -194,7 +197,7 @@ async def _replay(sim: AmiSimulator, traces: list[str], speed: float | None,
 
 async def _agi_calls(sim: AmiSimulator, args: argparse.Namespace, speed: float | None) -> None:
     """--agi: once a client has logged in, a Poisson stream of inbound calls, each routed
-    by callhub's FastAGI (callhub.routing.agisim), its hunt emitted on `sim`."""
+    by callhub's FastAGI (callhub.sim.routed_calls), its hunt emitted on `sim`."""
     host, port = parse_listen(args.agi, "--agi")
     rng = random.Random(args.seed)
     # Beside --mix, the routed calls count their ids in a range of their own.

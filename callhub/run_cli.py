@@ -1,0 +1,60 @@
+"""`callhub run`: the daemon from the command line, with the demo's parts on `--demo`.
+
+The daemon itself (callhub.daemon) knows no simulator; this is where the
+command composes it with callhub.sim.demo when `--demo` asks for a simulated
+PBX, and turns start-up failures into one readable line and an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from callhub.config import load_settings
+from callhub.daemon import Daemon, PartFailed, StartupError, serve
+from callhub.logs import configure_logging
+from callhub.sim.demo import Demo
+
+
+def add_parser(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "run", help="run the daemon (AMI ingestion, writer, API, FastAGI routing)",
+        description="Listen to every configured PBX's AMI, store each finished call, keep "
+                    "the worklist, route calls over FastAGI and serve the HTTP API and /metrics. "
+                    "SIGTERM/SIGINT stop it cleanly.")
+    parser.add_argument("--demo", action="store_true",
+                        help="use the built-in AMI simulator as the PBX (a steady call mix)")
+    parser.add_argument("--no-migrate", action="store_true",
+                        help="do not apply database migrations on start")
+    parser.add_argument("--demo-rate", type=float, default=12.0, metavar="N",
+                        help="--demo: calls per minute (default 12)")
+    parser.add_argument("--demo-speed", type=float, default=1.0, metavar="X",
+                        help="--demo: run the simulated clock X times faster (default 1)")
+    parser.set_defaults(func=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    configure_logging(settings.log_level)
+    d = Daemon(settings, migrate=not args.no_migrate)
+    demo = Demo(rate=args.demo_rate, speed=args.demo_speed) if args.demo else None
+    try:
+        if demo is None:
+            asyncio.run(serve(d))
+        else:
+            asyncio.run(serve(d, before=demo.before, after=demo.after))
+    except StartupError as exc:
+        print(f"callhub: {exc}", file=sys.stderr)
+        return 2
+    except PartFailed as exc:
+        print(f"callhub: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, SQLAlchemyError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        print(f"callhub: {type(exc).__name__}: {reason}", file=sys.stderr)
+        return 1
+    return 0
