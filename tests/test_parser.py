@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from traces_fixtures import all_traces
 
-from callhub.ami.parser import MessageSplitter, parse_message
+from callhub.ami.parser import EventFilter, MessageSplitter, iter_messages, parse_message
+
+TRACES = all_traces()
 
 BANNER = b"Asterisk Call Manager/11.0.0\r\n"
 NAMED = (
@@ -69,3 +73,47 @@ def test_stream_without_banner_is_accepted() -> None:
     splitter = MessageSplitter()
     (message,) = splitter.feed(NAMED)
     assert message["Event"] == "Newchannel" and splitter.banner == ""
+
+
+def _oracle_wants(f: EventFilter, message: dict[str, str]) -> bool:
+    """The filter's rule on a parsed message (what the splitter decides from the text)."""
+    name = message.get("Event")
+    if name is None or "ActionID" in message:
+        return True
+    if name not in f.events:
+        return False
+    if name == "VarSet" and f.varset_variables is not None:
+        return message.get("Variable") in f.varset_variables
+    return True
+
+
+@given(st.sampled_from(TRACES), st.integers(min_value=1, max_value=9000))
+@settings(max_examples=30, deadline=None)
+def test_a_filtered_splitter_keeps_exactly_what_the_filter_wants(trace: Path, block: int) -> None:
+    """Whatever the reads, the filtered splitter yields the unfiltered messages the filter
+    wants, in order, and counts every other event as skipped, never as malformed."""
+    wanted = EventFilter(frozenset({"Newchannel", "Hangup", "VarSet", "DialBegin"}),
+                         frozenset({"CALLHUB_ROUTE_RESULT"}))
+    data = trace.read_bytes()
+    chunks = [data[i:i + block] for i in range(0, len(data), block)]
+    everything = list(iter_messages(chunks))
+    splitter = MessageSplitter(wanted=wanted)
+    kept = list(iter_messages(chunks, splitter))
+    assert kept == [m for m in everything if _oracle_wants(wanted, m)]
+    assert splitter.skipped == len(everything) - len(kept) > 0
+    assert splitter.malformed == 0
+
+
+def test_filters_combine_to_what_either_reader_needs() -> None:
+    router = EventFilter(frozenset({"DeviceStateChange"}))
+    correlator = EventFilter(frozenset({"Hangup", "VarSet"}), frozenset({"A"}))
+    both = router | correlator
+    assert both.events == {"DeviceStateChange", "Hangup", "VarSet"}
+    assert both.varset_variables == {"A"}
+    every = both | EventFilter(frozenset({"VarSet"}))  # a reader of every VarSet
+    assert every.varset_variables is None
+    assert every.wants("Event: VarSet\r\nVariable: B\r\nValue: 1")
+    assert not both.wants("Event: VarSet\r\nVariable: B\r\nValue: 1")
+    assert not both.wants("Event: CEL\r\nEventName: CHAN_START")
+    assert both.wants("Event: CoreShowChannel\r\nActionID: 7\r\nChannel: x")
+    assert both.wants("Response: Success\r\nActionID: 7")

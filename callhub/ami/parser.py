@@ -12,14 +12,62 @@ It is the hot path of ingestion (every event of every PBX passes here), so
 terminator never splits a UTF-8 character: its bytes are all >= 0x80) and
 `parse_text` takes the common `Key: Value` shape in one pass, checking the
 keys of a message together; anything unusual goes the careful way.
+
+Most of a real stream is events nobody downstream reads (VarSet of other
+variables, CEL, Newexten of other applications, DeviceStateChange when no
+router listens). With an `EventFilter` the splitter reads only the first line
+of such a message (and one header of a VarSet) and counts it in `skipped`
+instead of building its dict. Replies and the events of an action's reply
+(`ActionID`) are always parsed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 AmiMessage = dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """The events worth parsing: their names, and for VarSet the variables read.
+
+    `varset_variables` None means every VarSet (when "VarSet" is in `events`).
+    """
+
+    events: frozenset[str]
+    varset_variables: frozenset[str] | None = None
+
+    def __or__(self, other: EventFilter) -> EventFilter:
+        """What either of two readers needs."""
+        if self._every_varset() or other._every_varset():
+            variables = None
+        else:
+            variables = (self.varset_variables or frozenset()) | (
+                other.varset_variables or frozenset())
+        return EventFilter(self.events | other.events, variables)
+
+    def _every_varset(self) -> bool:
+        return "VarSet" in self.events and self.varset_variables is None
+
+    def wants(self, block: str) -> bool:
+        """Whether one message's text (without its blank line) is worth parsing."""
+        if not block.startswith("Event: "):
+            return True  # a reply, or something malformed: parse (and count) it
+        end = block.find("\r\n")
+        name = block[7:end] if end >= 0 else block[7:]
+        if name not in self.events:
+            return "\r\nActionID: " in block  # an event of an action's reply list
+        if name == "VarSet" and self.varset_variables is not None:
+            at = block.find("\r\nVariable: ")
+            if at < 0:
+                return True
+            at += 12
+            end = block.find("\r\n", at)
+            return block[at:end if end >= 0 else None] in self.varset_variables
+        return True
 
 TERMINATOR = b"\r\n\r\n"
 MAX_MESSAGE_BYTES = 256 * 1024
@@ -29,8 +77,11 @@ MAX_MESSAGE_BYTES = 256 * 1024
 class MessageSplitter:
     """Incremental AMI message splitter; feed it bytes as they arrive."""
 
-    def __init__(self, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+    def __init__(self, max_message_bytes: int = MAX_MESSAGE_BYTES,
+                 wanted: EventFilter | None = None) -> None:
         self._buffer = bytearray()
+        self.wanted = wanted
+        self.skipped = 0
         self._skipping = False
         self.max_message_bytes = max_message_bytes
         self.banner: str | None = None
@@ -61,8 +112,12 @@ class MessageSplitter:
         if not self._skipping:
             last = buf.rfind(TERMINATOR, start)
             if last >= 0:
-                malformed = 0
+                malformed = skipped = 0
+                wants = self.wanted.wants if self.wanted is not None else None
                 for block in buf[start:last].decode("utf-8", "replace").split("\r\n\r\n"):
+                    if wants is not None and not wants(block):
+                        skipped += 1
+                        continue
                     message = parse_text(block)
                     if message is None:
                         malformed += 1
@@ -70,6 +125,7 @@ class MessageSplitter:
                         out.append(message)
                 self.messages += len(out)
                 self.malformed += malformed
+                self.skipped += skipped
                 start = last + 4
         del buf[:start]
         if len(buf) > self.max_message_bytes:
