@@ -32,6 +32,9 @@ async def test_a_viewer_sees_todays_figures_as_stats_gives_them_and_no_numbers(
     await seed_day(desk.db, desk.settings, day_start(time.time()))
     page = await chromium.new_page()
     await page.goto(desk.url)
+    # Before sign-in the navigation is hidden (its `hidden` attribute beats #nav's flex).
+    assert await page.locator("#nav").count() == 1
+    assert not await page.is_visible("#nav")
     await page.fill("#token", "not-a-token-at-all")
     await page.click("#signin-button")
     await page.wait_for_selector("#signin-error:has-text('not valid')")

@@ -71,7 +71,10 @@
 
   // ---- formatting ---------------------------------------------------------
   const tz = boot.timezone;
-  const locale = boot.lang === "zh" ? "zh-CN" : "en-GB";
+  // Dates as the browser writes them in the page's language (so they read like the date
+  // inputs, which follow the browser): its own variant of that language, else a default.
+  const locale = (navigator.languages || [navigator.language]).find(
+    (l) => l && l.toLowerCase().split("-")[0] === boot.lang) || (boot.lang === "zh" ? "zh-CN" : "en-GB");
   const fmtTime = new Intl.DateTimeFormat(locale, { timeZone: tz, hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
   const fmtDateTime = new Intl.DateTimeFormat(locale, { timeZone: tz, year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", hour12: false });
   const fmtDay = new Intl.DateTimeFormat("en-CA", { timeZone: tz, year: "numeric", month: "2-digit", day: "2-digit" });
