@@ -18,14 +18,13 @@ from collections.abc import Sequence
 from datetime import date, datetime, time, timedelta, tzinfo
 from typing import Any
 
-from callhub.api.stats import FIGURES_DOC
 from callhub.config import Settings, load_settings
 from callhub.store import stats
-from callhub.store.cli import run_db
 from callhub.store.db import Database
+from callhub.store.oneshot import run_db
 
 FORMATS = ("text", "csv", "json")
-FIGURES = tuple(FIGURES_DOC)
+FIGURES = tuple(stats.FIGURES_DOC)
 
 
 def parse_day(text: str, tz: tzinfo, today: date | None = None) -> date:

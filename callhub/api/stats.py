@@ -9,6 +9,7 @@ from aiohttp import web
 from callhub.api.base import DB, SETTINGS, Operation, json_response
 from callhub.api.params import BadParameter, Param, parse_query
 from callhub.store import stats
+from callhub.store.stats import FIGURES_DOC
 
 MAX_DAYS = 400
 
@@ -24,29 +25,6 @@ STATS_PARAMS: tuple[Param, ...] = (
           minimum=0, maximum=86400, default=20),
     Param("pbx", "string", "Only this PBX."),
 )
-
-FIGURES_DOC = {
-    "inbound": "Inbound calls (short abandons left out when configured so).",
-    "outbound": "Outbound calls.",
-    "answered": "Inbound calls an agent answered.",
-    "abandoned": "The caller hung up before an agent answered.",
-    "short_abandons": "Abandoned within the short-abandon threshold (always counted here).",
-    "missed": "Ended unanswered without the caller giving up.",
-    "answer_rate": "answered / inbound.",
-    "answered_within_rings": "Answered with rings <= N.",
-    "within_rings_rate": "answered within N rings / inbound (unanswered count against it).",
-    "within_rings_rate_answered": "answered within N rings / answered.",
-    "answered_within_seconds": "Answered with the caller's wait <= T seconds.",
-    "service_level": "answered within T seconds / inbound.",
-    "service_level_answered": "answered within T seconds / answered.",
-    "avg_ring_seconds": "Mean ring time of answered calls.",
-    "p90_ring_seconds": "90th percentile (nearest rank) ring time of answered calls.",
-    "avg_speed_of_answer_seconds": "Mean wait (arrival to answer) of answered calls.",
-    "agent_hangup_first_rate": "Answered calls the agent hung up first / answered calls.",
-    "pending_callbacks": "Worklist entries still pending whose first miss is in the period.",
-    "handled_callbacks": "Worklist entries handled whose first miss is in the period.",
-    "median_time_to_callback_seconds": "Median first miss to handling of those entries.",
-}
 
 
 async def get_stats(request: web.Request) -> web.StreamResponse:

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import sys
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
-
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from typing import Any
 
 from callhub.config import load_settings, mask_url
 from callhub.store import migrate
 from callhub.store.db import Database
+from callhub.store.oneshot import run_db
 
 
 def add_parser(sub: Any) -> None:
@@ -27,20 +23,6 @@ def add_parser(sub: Any) -> None:
     cur = actions.add_parser("current", help="print the database's revision")
     cur.add_argument("--database-url", help="override database_url / $CALLHUB_DATABASE_URL")
     cur.set_defaults(func=current_command)
-
-
-T = TypeVar("T")
-
-
-def run_db(url: str, job: Callable[[], Coroutine[Any, Any, T]]) -> tuple[bool, T | None]:
-    """Run `job`; a database error is printed as one line (no traceback) and gives False."""
-    try:
-        return True, asyncio.run(job())
-    except (SQLAlchemyError, OSError, ArgumentError) as exc:
-        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        print(f"callhub: database {mask_url(url)}: {type(exc).__name__}: {reason}",
-              file=sys.stderr)
-        return False, None
 
 
 def _url(args: argparse.Namespace) -> str:

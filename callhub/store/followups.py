@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callhub.config import Settings
-from callhub.store.tables import UtcDateTime, calls, metadata
+from callhub.store.tables import calls, followups
 
 STATUSES = ("open", "done", "cancelled")
 HOWS = ("callback", "manual", "cancelled", "category_changed")
@@ -30,33 +30,6 @@ SOURCES = ("rule", "manual")
 # (so a rule added to the config does not flood the desk with last year's calls).
 RULE_HORIZON = timedelta(days=7)
 
-followups = sa.Table(
-    "followups", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("call_id", sa.Integer, sa.ForeignKey("calls.id", ondelete="CASCADE"),
-              nullable=False),
-    sa.Column("pbx", sa.String(64), nullable=False),
-    sa.Column("number", sa.String(64), nullable=False),
-    sa.Column("due_at", UtcDateTime(), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # open / done / cancelled
-    sa.Column("source", sa.String(16), nullable=False),  # rule / manual
-    sa.Column("category", sa.String(64)),  # the rule's category (source=rule)
-    sa.Column("created_at", UtcDateTime(), nullable=False),
-    sa.Column("created_by", sa.String(256)),
-    sa.Column("closed_at", UtcDateTime()),
-    sa.Column("closed_by", sa.String(256)),
-    sa.Column("how", sa.String(16)),
-    sa.Column("closed_call_id", sa.Integer, sa.ForeignKey("calls.id", ondelete="SET NULL")),
-    sa.Column("note", sa.Text),
-    sa.Column("updated_at", UtcDateTime(), nullable=False),
-)
-sa.Index("ix_followups_status_due", followups.c.status, followups.c.due_at)
-sa.Index("ix_followups_call", followups.c.call_id)
-sa.Index("ix_followups_number_status", followups.c.number, followups.c.status)
-# A rule's follow-up exists once, even if the keeper and a request apply the rule at once.
-sa.Index("uq_followups_rule", followups.c.call_id, followups.c.category, followups.c.due_at,
-         unique=True, sqlite_where=followups.c.source == "rule",
-         postgresql_where=followups.c.source == "rule")
 
 
 class FollowupError(ValueError):

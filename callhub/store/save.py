@@ -27,8 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from callhub.config import Settings
 from callhub.records import CallRecord, iso
 from callhub.store import worklist
+from callhub.store.chunks import chunks, in_chunk
 from callhub.store.tables import agents, attempts, calls, utc
-from callhub.store.worklist import chunks, in_chunk
 
 CALL_KEY = ("pbx", "linkedid")
 

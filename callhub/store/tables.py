@@ -1,7 +1,7 @@
 """The database schema as SQLAlchemy Core tables (the migrations create exactly these).
 
 One row per call, keyed by `(pbx, linkedid)`; its attempts in their own table;
-worklist entries with a link table to the calls they list. Times are
+worklist entries with a link table to the calls they list; follow-up calls. Times are
 timezone-aware (UTC) timestamps on every database: `UtcDateTime` stores
 naive UTC on SQLite, which has no time zone type, and hands back aware values.
 """
@@ -156,9 +156,36 @@ worklist_calls = sa.Table(
 )
 
 
+# Follow-up calls (callhub/store/followups.py keeps their logic).
+followups = sa.Table(
+    "followups", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("call_id", sa.Integer, sa.ForeignKey("calls.id", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("pbx", sa.String(64), nullable=False),
+    sa.Column("number", sa.String(64), nullable=False),
+    sa.Column("due_at", UtcDateTime(), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # open / done / cancelled
+    sa.Column("source", sa.String(16), nullable=False),  # rule / manual
+    sa.Column("category", sa.String(64)),  # the rule's category (source=rule)
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("created_by", sa.String(256)),
+    sa.Column("closed_at", UtcDateTime()),
+    sa.Column("closed_by", sa.String(256)),
+    sa.Column("how", sa.String(16)),
+    sa.Column("closed_call_id", sa.Integer, sa.ForeignKey("calls.id", ondelete="SET NULL")),
+    sa.Column("note", sa.Text),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+)
+sa.Index("ix_followups_status_due", followups.c.status, followups.c.due_at)
+sa.Index("ix_followups_call", followups.c.call_id)
+sa.Index("ix_followups_number_status", followups.c.number, followups.c.status)
+# A rule's follow-up exists once, even if the keeper and a request apply the rule at once.
+sa.Index("uq_followups_rule", followups.c.call_id, followups.c.category, followups.c.due_at,
+         unique=True, sqlite_where=followups.c.source == "rule",
+         postgresql_where=followups.c.source == "rule")
+
 def utc(ts: float | None) -> datetime | None:
     """POSIX seconds to an aware UTC datetime."""
     return None if ts is None else datetime.fromtimestamp(ts, UTC)
 
-
-from callhub.store import followups as _followups  # noqa: E402, F401  (its table joins metadata)

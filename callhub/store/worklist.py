@@ -12,7 +12,7 @@ stored after it. Everything is idempotent: a call is listed once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -22,23 +22,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callhub.config import Settings
 from callhub.records import CallRecord
+from callhub.store.chunks import chunks, in_chunk
 from callhub.store.tables import calls, utc, worklist_calls, worklist_entries
 
 STATUSES = ("pending", "handled", "dismissed")
 HOWS = ("callback", "called_again", "manual")
 
-
-
-def chunks(values: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    """`values` in slices of at most `size` (for statements with one parameter per value)."""
-    for start in range(0, len(values), size):
-        yield values[start:start + size]
-
-
-def in_chunk(conn: AsyncConnection, lists: int = 1) -> int:
-    """How many values each of `lists` IN lists of one statement may hold on this database
-    (SQLite before 3.32 binds at most 999 parameters, asyncpg 32767)."""
-    return max(1, conn.dialect.insertmanyvalues_max_parameters // lists - 16)
 
 
 class WorklistError(ValueError):

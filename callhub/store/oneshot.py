@@ -1,0 +1,25 @@
+"""One database job from a command line (db upgrade, report): errors as one line, not a trace."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from callhub.config import mask_url
+
+T = TypeVar("T")
+
+
+def run_db(url: str, job: Callable[[], Coroutine[Any, Any, T]]) -> tuple[bool, T | None]:
+    """Run `job`; a database error is printed as one line (no traceback) and gives False."""
+    try:
+        return True, asyncio.run(job())
+    except (SQLAlchemyError, OSError, ArgumentError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        print(f"callhub: database {mask_url(url)}: {type(exc).__name__}: {reason}",
+              file=sys.stderr)
+        return False, None
