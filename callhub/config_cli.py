@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
-from callhub.config import load_settings
+from callhub.config import NO_TOKENS_WARNING, load_settings
 
 
 def add_parser(sub: Any) -> None:
@@ -22,4 +23,6 @@ def add_parser(sub: Any) -> None:
 def check_command(args: argparse.Namespace) -> int:
     settings = load_settings(args.file or args.config)
     print(json.dumps(settings.masked(), indent=2, ensure_ascii=False))
+    if not settings.api_tokens:
+        print(f"callhub: {NO_TOKENS_WARNING}", file=sys.stderr)
     return 0

@@ -139,3 +139,63 @@ def test_every_command_accepts_config_after_it() -> None:
                  ["report", "--config", "x.toml", "--date", "today"],
                  ["rota", "show", "--config", "x.toml"]):
         assert parser.parse_args(argv).config == "x.toml", argv
+
+
+def test_config_check_masks_a_password_in_the_database_urls_query(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = ("postgresql+asyncpg://callhub@db:5432/callhub?password=q-s3cret&sslmode=require"
+           "&sslpassword=key-s3cret")
+    path = write(tmp_path, f"database_url = '{url}'\n")
+    assert main(["config", "check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "q-s3cret" not in out and "key-s3cret" not in out
+    shown = json.loads(out)["database_url"]
+    assert "password=***" in shown and "sslpassword=***" in shown and "sslmode=require" in shown
+
+
+@pytest.mark.parametrize("tokens", [
+    "viewer:viewer-token-123,s3cret-without-role",
+    "viewer:viewer-token-123,s3cret:looks-like-a-role",
+    "viewer:viewer-token-123,admin:s3cret",
+])
+def test_a_malformed_token_entry_is_named_by_position_without_its_secret(tokens: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, env={"CALLHUB_API_TOKENS": tokens})
+    message = str(err.value)
+    assert message.startswith("CALLHUB_API_TOKENS: entry 2:")
+    assert "s3cret" not in message and "viewer-token-123" not in message
+
+
+def test_config_check_without_tokens_warns_that_every_route_answers_401(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CALLHUB_API_TOKENS", raising=False)
+    assert main(["config", "check", str(write(tmp_path, "timezone = 'UTC'\n"))]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["api_tokens"] == []
+    assert "401" in captured.err and "CALLHUB_API_TOKENS" in captured.err
+    assert "[api]" in captured.err
+    assert main(["config", "check", str(write(tmp_path, GOOD))]) == 0
+    assert "401" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("env", "variable"), [
+    ({"CALLHUB_TIMEZONE": "Mars/Olympus"}, "CALLHUB_TIMEZONE"),
+    ({"CALLHUB_STALE_CALL_SECONDS": "0"}, "CALLHUB_STALE_CALL_SECONDS"),
+    ({"CALLHUB_PBX_MAIN_PORT": "70000"}, "CALLHUB_PBX_MAIN_PORT"),
+    ({"CALLHUB_PBX_MAIN_PORT": "ami"}, "CALLHUB_PBX_MAIN_PORT"),
+])
+def test_a_bad_environment_value_names_its_variable(
+        tmp_path: Path, env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, GOOD), env=env)
+    assert str(err.value).startswith(f"{variable}:")
+
+
+def test_pbx_environment_overrides_reach_their_pbx(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, GOOD), env={
+        "CALLHUB_PBX_MAIN_HOST": "pbx.example", "CALLHUB_PBX_MAIN_PORT": "15038",
+        "CALLHUB_PBX_MAIN_USERNAME": "other"})
+    pbx = settings.pbx("main")
+    assert (pbx.host, pbx.port, pbx.username, pbx.secret) == (
+        "pbx.example", 15038, "other", "ami-secret-xyz")
