@@ -3,6 +3,9 @@
 Every error raises `RotaError` with a message that names where it is: the
 line, the shift or exception, and the key (`line "hotline", shift "night":
 end: expected "HH:MM", got "25:00"`). Nothing half-checked is ever returned.
+Each table's keys and values are checked by the pydantic models in
+`rota_schema`; what spans tables (agents a rotation names, DIDs two lines
+claim) is checked here, while the routing model is built.
 
 Schema (see README "Routing by rota")::
 
@@ -46,258 +49,83 @@ import os
 import tempfile
 import tomllib
 from collections.abc import Mapping
-from datetime import date, time
+from datetime import date
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from callhub.routing.model import (
-    DEFAULT_RING_TIMEOUT,
-    WEEKDAYS,
-    Agent,
-    DatedException,
-    Line,
-    Rota,
-    Shift,
+from pydantic import ValidationError
+
+from callhub.config.problems import describe, dotted, first_error
+from callhub.routing.model import Agent, DatedException, Line, Rota, Shift
+from callhub.routing.rota_schema import (
+    MAX_RING_TIMEOUT,
+    AgentTable,
+    ExceptionTable,
+    LineTable,
+    RotaTable,
+    ShiftTable,
+    parse_days,
+    parse_time,
+    text_problem,
 )
 
-MAX_RING_TIMEOUT = 600
+# Read here, used by the API and tests: the schema's own parsers and limit.
+__all__ = ["MAX_RING_TIMEOUT", "RotaError", "atomic_write", "load_rota", "parse_days",
+           "parse_time", "rota_from_data", "save_rota", "text_problem"]
 
 
 class RotaError(ValueError):
     """The rota is wrong; the message names the line, shift and key."""
 
 
-class _Table:
-    """Typed access to one table; errors carry `where` as a prefix."""
-
-    def __init__(self, data: Any, where: str) -> None:
-        if not isinstance(data, Mapping):
-            raise RotaError(f"{where}: expected a table, got {data!r}")
-        self.data = data
-        self.where = where
-        self.used: set[str] = set()
-
-    def fail(self, key: str, problem: str) -> RotaError:
-        return RotaError(f"{self.where}: {key}: {problem}")
-
-    def get(self, key: str, kind: type, default: Any = None, required: bool = False) -> Any:
-        self.used.add(key)
-        if key not in self.data:
-            if required:
-                raise self.fail(key, "required")
-            return default
-        value = self.data[key]
-        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
-        if not ok:
-            raise self.fail(key, f"expected {kind.__name__}, got {value!r}")
-        return value
-
-    def text(self, key: str, required: bool = False) -> str | None:
-        value = self.get(key, str, None, required)
-        if value is not None:
-            problem = text_problem(value)
-            if problem:
-                raise self.fail(key, problem)
-        return value if isinstance(value, str) else None
-
-    def texts(self, key: str) -> tuple[str, ...] | None:
-        value = self.get(key, list, None)
-        if value is None:
-            return None
-        if not all(isinstance(v, str) and not text_problem(v) for v in value):
-            raise self.fail(key, f"expected a list of non-empty strings without surrounding "
-                                 f"spaces or control characters, got {value!r}")
-        items = tuple(value)
-        dupes = sorted({v for v in items if items.count(v) > 1})
-        if dupes:
-            raise self.fail(key, f"listed twice: {', '.join(dupes)}")
-        return items
-
-    def seconds(self, key: str, default: int | None) -> int | None:
-        """A ring timeout: whole seconds, 1..MAX_RING_TIMEOUT."""
-        value = self.get(key, int, default)
-        if value is not None and not 1 <= value <= MAX_RING_TIMEOUT:
-            raise self.fail(key, f"must be 1-{MAX_RING_TIMEOUT} seconds, got {value}")
-        return value if isinstance(value, int) else None
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            raise self.fail(unknown[0], "unknown key")
-
-
-def text_problem(value: str) -> str | None:
-    """Why a name, id, DID or device is unusable, or None. Refused rather than cleaned up,
-    so what is saved is exactly what was given (an API path names the same line)."""
-    if not value.strip():
-        return "must not be empty"
-    if value != value.strip():
-        return f"must not start or end with spaces: {value!r}"
-    if not value.isprintable():
-        return f"must not contain control characters: {value!r}"
-    return None
-
-
-def parse_time(value: Any, allow_24: bool = False) -> tuple[time, bool]:
-    """'HH:MM' (or 'HH:MM:SS') to a time; '24:00' as (00:00, True) where allowed."""
-    if isinstance(value, time):
-        return value, False
-    if not isinstance(value, str):
-        raise ValueError(f'expected "HH:MM", got {value!r}')
-    text = value.strip()
-    if allow_24 and text in ("24:00", "24:00:00"):
-        return time(0, 0), True
+def rota_from_data(data: Mapping[str, Any], source: str | None = None) -> Rota:
+    """Build and check a rota from parsed TOML/JSON."""
+    if not isinstance(data, Mapping):
+        raise RotaError(f"{source or 'rota'}: expected a table, got {data!r}")
     try:
-        parts = [int(p) for p in text.split(":")]
-        if len(parts) not in (2, 3) or len(text.split(":")[0]) > 2:
-            raise ValueError
-        return time(parts[0], parts[1], parts[2] if len(parts) == 3 else 0), False
-    except ValueError:
-        raise ValueError(f'expected "HH:MM", got {value!r}') from None
+        table = RotaTable.model_validate(data)
+    except ValidationError as exc:
+        raise _located(exc, data, source) from None
+    agents: dict[str, Agent] = {}
+    interfaces: dict[str, str] = {}
+    for agent_table in table.agents:
+        agent = _agent(agent_table)
+        if agent.id in agents:
+            raise RotaError(f"agent {agent.id!r}: defined twice")
+        if agent.interface in interfaces:
+            raise RotaError(f"agent {agent.id!r}: interface {agent.interface!r} already "
+                            f"belongs to agent {interfaces[agent.interface]!r}")
+        agents[agent.id] = agent
+        interfaces[agent.interface] = agent.id
+    lines: dict[str, Line] = {}
+    dids: dict[str, str] = {}
+    for line_table in table.lines:
+        line = _line(line_table, agents)
+        if line.name in lines:
+            raise RotaError(f"line {line.name!r}: defined twice")
+        for did in line.dids:
+            if did in dids:
+                raise RotaError(f"line {line.name!r}: dids: {did!r} already belongs to line "
+                                f"{dids[did]!r}")
+            dids[did] = line.name
+        lines[line.name] = line
+    return Rota(agents=agents, lines=lines, timezone=table.timezone, fallback=table.fallback,
+                source=source)
 
 
-def parse_days(value: Any) -> frozenset[int]:
-    """["mon-fri", "sun"] / "daily" / "weekdays" to weekday numbers (0 = Monday)."""
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not items:
-        raise ValueError(f"expected a list of weekdays such as [\"mon-fri\"], got {value!r}")
-    days: set[int] = set()
-    for item in items:
-        if not isinstance(item, str):
-            raise ValueError(f"expected a weekday name, got {item!r}")
-        word = item.strip().lower()
-        if word in ("daily", "all", "mon-sun"):
-            days.update(range(7))
-        elif word == "weekdays":
-            days.update(range(5))
-        elif word == "weekends":
-            days.update((5, 6))
-        elif "-" in word:
-            first, _, last = word.partition("-")
-            a, b = _weekday(first, item), _weekday(last, item)
-            day = a
-            days.add(day)
-            while day != b:  # ranges may wrap: "fri-mon"
-                day = (day + 1) % 7
-                days.add(day)
-        else:
-            days.add(_weekday(word, item))
-    return frozenset(days)
+def _agent(t: AgentTable) -> Agent:
+    ident = t.id or t.name
+    assert ident is not None  # the table checks that one is given
+    return Agent(id=ident, name=t.name or ident, interface=t.interface, active=t.active,
+                 cleared=t.cleared, ring_timeout=t.ring_timeout)
 
 
-FULL_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-
-
-def _weekday(word: str, item: str) -> int:
-    word = word.strip()
-    if word in FULL_WEEKDAYS:
-        return FULL_WEEKDAYS.index(word)
-    if word not in WEEKDAYS:
-        raise ValueError(f"unknown weekday {item!r} (use mon, tue, wed, thu, fri, sat, sun)")
-    return WEEKDAYS.index(word)
-
-
-def _agent(data: Any, index: int) -> Agent:
-    t = _Table(data, f"agents[{index}]")
-    ident = t.text("id") or t.text("name", required=True)
-    assert ident is not None
-    t.where = f"agent {ident!r}"
-    name = t.text("name") or ident
-    interface = t.text("interface", required=True)
-    assert interface is not None
-    if "/" not in interface or any(c in interface for c in "&,\"\\ "):
-        raise t.fail("interface", f"expected a device such as \"PJSIP/1001\", got {interface!r}")
-    agent = Agent(id=ident, name=name, interface=interface,
-                  active=t.get("active", bool, True), cleared=t.get("cleared", bool, True),
-                  ring_timeout=t.seconds("ring_timeout", None))
-    t.finish()
-    return agent
-
-
-def _target(t: _Table, key: str) -> str | None:
-    value = t.text(key)
-    if value is not None and any(c in value for c in "\"\\\n"):
-        raise t.fail(key, f"must not contain quotes, backslashes or newlines: {value!r}")
-    return value
-
-
-def _shift(data: Any, where: str, index: int, rotation: tuple[str, ...] | None) -> Shift:
-    t = _Table(data, f"{where}, shift #{index + 1}")
-    name = t.text("name") or f"#{index + 1}"
-    t.where = f"{where}, shift {name!r}"
-    try:
-        days = parse_days(t.get("days", object, "daily"))
-    except ValueError as exc:
-        raise t.fail("days", str(exc)) from None
-    try:
-        start, _ = parse_time(t.get("start", object, None, required=True))
-    except ValueError as exc:
-        raise t.fail("start", str(exc)) from None
-    try:
-        end, at_midnight = parse_time(t.get("end", object, None, required=True), allow_24=True)
-    except ValueError as exc:
-        raise t.fail("end", str(exc)) from None
-    if end == start and not at_midnight:
-        raise t.fail("end", f"equals start ({t.data['start']}); write 00:00 to 24:00 "
-                            "for a whole day")
-    agents = t.texts("agents")
-    if agents is None:
-        if rotation is None:
-            raise t.fail("agents", "required when the line has no rotation")
-        agents = rotation
-    if not agents:
-        raise t.fail("agents", "must name at least one agent")
-    t.finish()
-    return Shift(name=name, days=days, start=start, end=end, agents=agents,
-                 ends_at_midnight=at_midnight)
-
-
-def _exception(data: Any, where: str, index: int) -> DatedException:
-    t = _Table(data, f"{where}, exception #{index + 1}")
-    raw_day = t.get("date", object, None, required=True)
-    try:
-        day = raw_day if isinstance(raw_day, date) else date.fromisoformat(str(raw_day))
-    except ValueError:
-        raise t.fail("date", f'expected "YYYY-MM-DD", got {raw_day!r}') from None
-    name = t.text("name") or day.isoformat()
-    t.where = f"{where}, exception {name!r}"
-    start = end = None
-    try:
-        if "start" in t.data:
-            start, _ = parse_time(t.get("start", object))
-    except ValueError as exc:
-        raise t.fail("start", str(exc)) from None
-    try:
-        if "end" in t.data:
-            end, _ = parse_time(t.get("end", object))
-    except ValueError as exc:
-        raise t.fail("end", str(exc)) from None
-    if start is not None and end is not None and end <= start:
-        raise t.fail("end", "must be after start (an exception covers one date)")
-    swaps = t.get("swap", dict, {})
-    for k, v in swaps.items():
-        if not isinstance(v, str) or not v:
-            raise t.fail(f"swap.{k}", "expected an agent id")
-    exc_ = DatedException(
-        name=name, day=day, start=start, end=end, closed=t.get("closed", bool, False),
-        absent=t.texts("absent") or (), swaps=dict(swaps), extra=t.texts("extra") or ())
-    if not (exc_.closed or exc_.absent or exc_.swaps or exc_.extra):
-        raise t.fail("closed", "an exception needs closed, absent, swap or extra")
-    t.finish()
-    return exc_
-
-
-def _line(data: Any, index: int, agents: Mapping[str, Agent]) -> Line:
-    t = _Table(data, f"lines[{index}]")
-    name = t.text("name", required=True)
-    assert name is not None
-    where = f"line {name!r}"
-    t.where = where
-    dids = t.texts("dids") or ()
-    rotation = t.texts("rotation")
-    shift_data = t.get("shifts", list, [])
-    shifts = tuple(_shift(s, where, i, rotation) for i, s in enumerate(shift_data))
+def _line(t: LineTable, agents: Mapping[str, Agent]) -> Line:
+    """A line from its table, checked against the agents and its own rotation."""
+    where = f"line {t.name!r}"
+    shifts = tuple(_shift(s, s.name or f"#{i + 1}", where, t.rotation)
+                   for i, s in enumerate(t.shifts))
+    rotation = t.rotation
     if rotation is None:
         order: list[str] = []
         for shift in shifts:
@@ -305,14 +133,13 @@ def _line(data: Any, index: int, agents: Mapping[str, Agent]) -> Line:
         rotation = tuple(order)
     for agent_id in rotation:
         if agent_id not in agents:
-            raise t.fail("rotation", f"unknown agent {agent_id!r}")
+            raise RotaError(f"{where}: rotation: unknown agent {agent_id!r}")
     for shift in shifts:
         for agent_id in shift.agents:
             if agent_id not in rotation:
                 raise RotaError(f"{where}, shift {shift.name!r}: agents: {agent_id!r} is not "
                                 "in the line's rotation")
-    exceptions = tuple(_exception(e, where, i)
-                       for i, e in enumerate(t.get("exceptions", list, [])))
+    exceptions = tuple(_exception(e) for e in t.exceptions)
     for e in exceptions:
         ew = f"{where}, exception {e.name!r}"
         for agent_id in (*e.absent, *e.swaps):
@@ -324,65 +151,95 @@ def _line(data: Any, index: int, agents: Mapping[str, Agent]) -> Line:
         for agent_id in e.swaps.values():
             if agent_id not in agents:
                 raise RotaError(f"{ew}: swap: unknown agent {agent_id!r}")
-    ring_timeout = t.seconds("ring_timeout", DEFAULT_RING_TIMEOUT)
-    assert ring_timeout is not None
-    line = Line(name=name, dids=dids, rotation=rotation, shifts=shifts, exceptions=exceptions,
-                ring_timeout=ring_timeout, fallback=_target(t, "fallback"),
-                ring_timeouts=_ring_timeouts(t, agents))
-    t.finish()
-    return line
-
-
-def _ring_timeouts(line: _Table, agents: Mapping[str, Agent]) -> dict[str, int]:
-    """The line's `ring_timeouts = { agent = seconds }`: known agents, 1..MAX seconds."""
-    table = line.get("ring_timeouts", dict, {})
-    prefixed = _Table({f"ring_timeouts.{k}": v for k, v in table.items()}, line.where)
-    out: dict[str, int] = {}
-    for agent_id in table:
-        key = f"ring_timeouts.{agent_id}"
+    for agent_id in t.ring_timeouts:
         if agent_id not in agents:
-            raise prefixed.fail(key, f"unknown agent {agent_id!r}")
-        seconds = prefixed.seconds(key, None)
-        assert seconds is not None
-        out[agent_id] = seconds
-    return out
+            raise RotaError(f"{where}: ring_timeouts.{agent_id}: unknown agent {agent_id!r}")
+    return Line(name=t.name, dids=t.dids, rotation=rotation, shifts=shifts,
+                exceptions=exceptions, ring_timeout=t.ring_timeout, fallback=t.fallback,
+                ring_timeouts=dict(t.ring_timeouts))
 
 
-def rota_from_data(data: Mapping[str, Any], source: str | None = None) -> Rota:
-    """Build and check a rota from parsed TOML/JSON."""
-    t = _Table(data, source or "rota")
-    timezone = t.text("timezone")
-    if timezone is not None:
-        try:
-            ZoneInfo(timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise t.fail("timezone", f"unknown time zone {timezone!r}") from None
-    agents: dict[str, Agent] = {}
-    interfaces: dict[str, str] = {}
-    for i, item in enumerate(t.get("agents", list, [])):
-        agent = _agent(item, i)
-        if agent.id in agents:
-            raise RotaError(f"agent {agent.id!r}: defined twice")
-        if agent.interface in interfaces:
-            raise RotaError(f"agent {agent.id!r}: interface {agent.interface!r} already "
-                            f"belongs to agent {interfaces[agent.interface]!r}")
-        agents[agent.id] = agent
-        interfaces[agent.interface] = agent.id
-    lines: dict[str, Line] = {}
-    dids: dict[str, str] = {}
-    for i, item in enumerate(t.get("lines", list, [])):
-        line = _line(item, i, agents)
-        if line.name in lines:
-            raise RotaError(f"line {line.name!r}: defined twice")
-        for did in line.dids:
-            if did in dids:
-                raise RotaError(f"line {line.name!r}: dids: {did!r} already belongs to line "
-                                f"{dids[did]!r}")
-            dids[did] = line.name
-        lines[line.name] = line
-    fallback = _target(t, "fallback")
-    t.finish()
-    return Rota(agents=agents, lines=lines, timezone=timezone, fallback=fallback, source=source)
+def _shift(t: ShiftTable, name: str, line: str, rotation: tuple[str, ...] | None) -> Shift:
+    where = f"{line}, shift {name!r}"
+    agents = t.agents
+    if agents is None:
+        if rotation is None:
+            raise RotaError(f"{where}: agents: required when the line has no rotation")
+        agents = rotation
+    if not agents:
+        raise RotaError(f"{where}: agents: must name at least one agent")
+    end, at_midnight = t.end
+    return Shift(name=name, days=t.days, start=t.start, end=end, agents=agents,
+                 ends_at_midnight=at_midnight)
+
+
+def _exception(t: ExceptionTable) -> DatedException:
+    return DatedException(name=t.name or t.date.isoformat(), day=t.date, start=t.start,
+                          end=t.end, closed=t.closed, absent=t.absent, swaps=dict(t.swap),
+                          extra=t.extra)
+
+
+# ---- naming where a validation error is --------------------------------------------------
+
+def _located(exc: ValidationError, data: Mapping[str, Any], source: str | None) -> RotaError:
+    """The first error as `where: key: problem`, `where` naming the agent, line, shift or
+    exception by its name once that name is itself valid, else by its position."""
+    error, loc = first_error(exc)
+    where, rest = _where(data, loc, source)
+    key = dotted(rest)
+    text = describe(error, unknown="unknown key")
+    return RotaError(f"{where}: {key}: {text}" if key else f"{where}: {text}")
+
+
+def _where(data: Mapping[str, Any], loc: tuple[int | str, ...],
+           source: str | None) -> tuple[str, tuple[int | str, ...]]:
+    if len(loc) < 2 or loc[0] not in ("agents", "lines") or not isinstance(loc[1], int):
+        return source or "rota", loc
+    kind, index = loc[0], loc[1]
+    entry = _entry(data.get(kind), index)
+    if kind == "agents":
+        ident = _valid(entry, "id")
+        if ident is None and "id" not in entry:
+            ident = _valid(entry, "name")
+        return (f"agent {ident!r}" if ident else f"agents[{index}]"), loc[2:]
+    name = _valid(entry, "name")
+    if name is None:
+        return f"lines[{index}]", loc[2:]
+    where = f"line {name!r}"
+    if len(loc) < 4 or loc[2] not in ("shifts", "exceptions") or not isinstance(loc[3], int):
+        return where, loc[2:]
+    number = loc[3] + 1
+    item = _entry(entry.get(loc[2]), loc[3])
+    if loc[2] == "shifts":
+        shift = _valid(item, "name")
+        named = shift or (item and "name" not in item)  # unnamed: called '#n' from here on
+        label = f"shift {shift or f'#{number}'!r}" if named else f"shift #{number}"
+        return f"{where}, {label}", loc[4:]
+    label = f"exception #{number}"
+    day = _day_of(item.get("date"))
+    title = _valid(item, "name")
+    if day is not None and (title or "name" not in item):
+        label = f"exception {title or day!r}"
+    return f"{where}, {label}", loc[4:]
+
+
+def _entry(items: Any, index: int) -> Mapping[str, Any]:
+    entry = items[index] if isinstance(items, list) and index < len(items) else None
+    return entry if isinstance(entry, Mapping) else {}
+
+
+def _valid(entry: Mapping[str, Any], key: str) -> str | None:
+    value = entry.get(key)
+    return value if isinstance(value, str) and not text_problem(value) else None
+
+
+def _day_of(value: Any) -> str | None:
+    if isinstance(value, date):
+        return value.isoformat()
+    try:
+        return date.fromisoformat(str(value)).isoformat()
+    except ValueError:
+        return None
 
 
 def load_rota(path: str | Path) -> Rota:
