@@ -9,6 +9,7 @@ Playwright, or skips the test with the reason when either is missing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
@@ -194,9 +195,10 @@ def chromium_path() -> str:
     return path
 
 
-@pytest.fixture
-async def chromium() -> AsyncIterator[Any]:
-    """A headless Chromium browser context on a fresh profile directory (Playwright's)."""
+@contextlib.asynccontextmanager
+async def launch_chromium(locale: str = "en-GB") -> AsyncIterator[Any]:
+    """A headless Chromium browser context on a fresh profile directory (Playwright's),
+    its languages `locale` (what `navigator.languages` tells the page)."""
     path = chromium_path()
     from playwright.async_api import async_playwright
 
@@ -205,7 +207,7 @@ async def chromium() -> AsyncIterator[Any]:
         async with async_playwright() as pw:
             context = await pw.chromium.launch_persistent_context(
                 profile, executable_path=path, headless=True, args=CHROMIUM_ARGS,
-                viewport={"width": 1280, "height": 900}, locale="en-GB")
+                viewport={"width": 1280, "height": 900}, locale=locale)
             context.set_default_timeout(10_000)
             try:
                 yield context
@@ -213,6 +215,13 @@ async def chromium() -> AsyncIterator[Any]:
                 await context.close()
     finally:
         shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+async def chromium() -> AsyncIterator[Any]:
+    """A headless Chromium browser context in British English."""
+    async with launch_chromium("en-GB") as context:
+        yield context
 
 
 def expect(target: Any) -> Any:

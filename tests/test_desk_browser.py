@@ -12,7 +12,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from desk_fixtures import Desk, day_start, expect, screenshot_path, seed_day
+from desk_fixtures import Desk, day_start, expect, launch_chromium, screenshot_path, seed_day
 from store_fixtures import TOKENS, auth
 
 SUP = auth("supervisor")
@@ -126,3 +126,26 @@ async def test_export_downloads_the_searched_calls_as_csv(live_desk: Desk, chrom
     assert text.startswith("\ufeffid,")
     rows = text.strip().splitlines()[1:]
     assert len(rows) == 2 and all("+8613912345678" in r and "王小明" in r for r in rows)
+
+
+async def test_english_dates_are_written_as_the_browsers_english_writes_them(
+        live_desk: Desk) -> None:
+    """The date inputs follow the browser's language; the desk's own dates do too, so an
+    American browser reads month/day/year in both and a British one day/month/year."""
+    desk = live_desk
+    ids = await seed_day(desk.db, desk.settings, day_start(time.time()))
+    # The 25th (a day no month number can be mistaken for) of a month or two ahead, at noon.
+    due = datetime.fromtimestamp(time.time() + 40 * 86400, UTC).replace(
+        day=25, hour=12, minute=0, second=0, microsecond=0)
+    response = await desk.client.post(f"/api/v1/calls/{ids[0]}/followups", headers=SUP,
+                                      json={"due": [due.isoformat()]})
+    assert response.status == 201
+    for locale, written in (("en-US", f"{due:%m}/25/{due:%Y}"),
+                            ("en-GB", f"25/{due:%m}/{due:%Y}")):
+        async with launch_chromium(locale) as browser:
+            page = await browser.new_page()
+            await sign_in(page, desk, "supervisor")
+            await page.goto(desk.url + f"#/call/{ids[0]}")
+            row = page.locator("#call-followups tbody tr")
+            await row.first.wait_for()
+            assert written in await row.first.inner_text(), locale
