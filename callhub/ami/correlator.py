@@ -12,6 +12,15 @@ How the channels of a call are told apart:
   phone and `;2` (or a PJSIP trunk channel itself) runs the dialplan;
 - a *leg* is a channel dialled for the call (DialBegin, AgentCalled) and its
   Local other half; on an inbound call a leg to an agent device is an attempt.
+- a Local leg that dials on (FreePBX ring groups, queue members, follow-me) is
+  a step of a chain: the devices it reaches are the attempts, never the Local
+  leg itself (`_Leg.devices`); a queue member's `StateInterface` names the
+  device of a Local member before it dials;
+- a call picked up from another phone (`Pickup`) takes the picker's channel
+  in, and the picker's own Linkedid (which Asterisk keeps on some of its
+  later events) is merged into the call, so nothing of it stays open;
+- busy devices are those with a channel up in a call (answered, or a phone
+  dialling out): a phone that only rings is not busy.
 """
 
 from __future__ import annotations
@@ -56,6 +65,7 @@ _CAUSE_RESULTS: dict[str, AttemptResult] = {
     "38": "unavailable",
 }
 ROUTE_RESULT_VARIABLE = "CALLHUB_ROUTE_RESULT"
+_MOH = "MusicOnHold "  # hold-span key prefix for MOH on a channel (others are channel names)
 FINISHED_MEMORY = 4096
 MAX_TIMESTAMP = 1e11  # year 5138: beyond it a Timestamp header is garbage
 
@@ -80,12 +90,23 @@ def _clean(value: str | None) -> str | None:
 
 @dataclass(slots=True)
 class _Leg:
-    """A channel dialled for the call; `attempt` is set when it is an offer to an agent."""
+    """A channel dialled for the call; `attempt` is set when it is an offer to an agent.
+
+    `offer` says the call was offered through this leg (what the devices a Local
+    leg dials inherit); a Local leg that dials on has `devices` and is no attempt.
+    """
 
     base: str
     interface: str
     offered_at: float
     attempt: bool
+    offer: bool = False
+    local: bool = False  # a Local channel: what it dials takes its place
+    mapped: bool = False  # a Local queue member named by its StateInterface device
+    dialled_by: str | None = None  # base of the channel whose DialBegin made it
+    linked: bool = False  # reached through a Local leg (in that leg's `devices`)
+    devices: list[_Leg] | None = None
+    optimized: bool = False  # a Local leg being optimised away: its hangups end nothing
     ring_started_at: float | None = None
     ended_at: float | None = None
     result: AttemptResult | None = None
@@ -95,13 +116,21 @@ class _Leg:
             self.ring_started_at = now
 
     def end(self, result: AttemptResult, now: float) -> None:
-        """The first result wins; an answer without a ringing indication rang from the offer."""
+        """The first result wins; an answer without a ringing indication rang from the offer.
+
+        A Local leg that ends unanswered ends the devices it dialled alike (the
+        caller left, the outer Dial timed out); its answer is its device's own.
+        """
         if self.result is not None:
             return
         self.result = result
         self.ended_at = now
-        if result == "answered" and self.ring_started_at is None:
-            self.ring_started_at = self.offered_at
+        if result == "answered":
+            if self.ring_started_at is None:
+                self.ring_started_at = self.offered_at
+        elif self.devices is not None:
+            for device in self.devices:
+                device.end(result, now)
 
     @property
     def ringing(self) -> bool:
@@ -134,6 +163,7 @@ class _Call:
     caller_name: str | None = None
     incomplete: bool = False
     live: dict[str, str] = field(default_factory=dict)  # uniqueid -> channel name
+    states: dict[str, str] = field(default_factory=dict)  # uniqueid -> ChannelStateDesc
     last_app: dict[str, str] = field(default_factory=dict)  # channel name -> application
     legs: dict[str, _Leg] = field(default_factory=dict)  # base name -> leg
     bridges: dict[str, set[str]] = field(default_factory=dict)  # bridge id -> channel names
@@ -149,8 +179,10 @@ class _Call:
     in_queue: bool = False
     transfers: list[Transfer] = field(default_factory=list)
     pending_blind: Transfer | None = None
-    hold_started: float | None = None
+    holds: set[str] = field(default_factory=set)  # open hold spans (channel, or MOH key)
+    hold_since: float | None = None  # start of the current union of hold spans
     hold_seconds: float = 0.0
+    merged: list[str] | None = None  # Linkedids merged into this call (a picker's own)
     ended_at: float | None = None
 
     def side(self, channel: str) -> str:
@@ -186,6 +218,10 @@ class Correlator:
         self.calls: dict[str, _Call] = {}
         # Linkedids of recently finished calls: a late event must not start a ghost call.
         self._finished: dict[str, None] = {}
+        # A picker's own Linkedid -> the call it picked up (its later events belong there).
+        self._merged: dict[str, str] = {}
+        # Queue member interface (Local/1001@from-queue) -> its StateInterface device.
+        self.state_interfaces: dict[str, str] = {}
         self.errors = 0  # events that could not be applied (counted, skipped)
         self.last_error: Exception | None = None  # why the last of them failed
         self._resync: _ResyncWindow | None = None
@@ -208,23 +244,40 @@ class Correlator:
             "BridgeLeave": self._on_bridge_leave,
             "BlindTransfer": self._on_blind_transfer,
             "AttendedTransfer": self._on_attended_transfer,
-            "MusicOnHoldStart": self._on_hold_start,
-            "MusicOnHoldStop": self._on_hold_stop,
+            "Pickup": self._on_pickup,
+            "Hold": self._on_hold,
+            "Unhold": self._on_unhold,
+            "MusicOnHoldStart": self._on_moh_start,
+            "MusicOnHoldStop": self._on_moh_stop,
+            "LocalOptimizationBegin": self._on_local_optimization_begin,
+            "LocalOptimizationEnd": self._on_local_optimization_end,
             "HangupRequest": self._on_hangup_request,
             "SoftHangupRequest": self._on_hangup_request,
             "Hangup": self._on_hangup,
+        }
+        # Events about the PBX rather than a call (no Linkedid).
+        self._pbx_handlers: dict[str, Callable[[AmiMessage], None]] = {
+            "QueueMemberStatus": self._on_queue_member,
+            "QueueMemberAdded": self._on_queue_member,
+            "QueueMember": self._on_queue_member,
         }
 
     # -- public interface ---------------------------------------------------------------
 
     def feed(self, event: AmiMessage) -> list[CallRecord]:
         """Take one AMI message; return the calls it finished (usually none)."""
-        handler = self._handlers.get(event.get("Event", ""))
+        kind = event.get("Event", "")
+        handler = self._handlers.get(kind)
         if handler is None:
+            pbx_handler = self._pbx_handlers.get(kind)
+            if pbx_handler is not None:
+                pbx_handler(event)
             return []
         linkedid = _linkedid(event)
         if linkedid is None:
             return []
+        if self._merged:
+            linkedid = self._merged.get(linkedid, linkedid)
         now = event_time(event.get("Timestamp"))
         if now is None:
             now = self.clock()
@@ -271,6 +324,8 @@ class Correlator:
         live: dict[str, list[AmiMessage]] = {}
         for channel in channels:
             linkedid = channel.get("Linkedid")
+            if linkedid:
+                linkedid = self._merged.get(linkedid, linkedid)
             if (linkedid and channel.get("Uniqueid") and linkedid not in self._finished
                     and channel["Uniqueid"] not in window.hung_up):
                 live.setdefault(linkedid, []).append(channel)
@@ -293,7 +348,6 @@ class Correlator:
                 if self._adopt(known, channel, now):
                     known.incomplete = True  # it changed while we could not see it
         return finished
-        return finished
 
     def flush(self) -> list[CallRecord]:
         """Close every open call (end of a replay), flagged incomplete."""
@@ -304,8 +358,29 @@ class Correlator:
         return len(self.calls)
 
     def busy_interfaces(self) -> set[str]:
-        """Device interfaces with a channel up in a call right now."""
-        return {interface_of(name) for call in self.calls.values() for name in call.live.values()}
+        """Devices with a channel up in a call right now: answered, or a phone dialling out.
+
+        A phone that only rings is not busy (it can be offered the next call),
+        nor is the caller's trunk of an inbound call, nor a Local channel that
+        runs dialplan (`Ring`) or stands for the devices it dialled.
+        """
+        busy: set[str] = set()
+        for call in self.calls.values():
+            for uniqueid, name in call.live.items():
+                state = call.states.get(uniqueid)
+                if state != "Up" and (state != "Ring" or name.startswith("Local/")):
+                    continue
+                base = base_of(name)
+                if base == call.origin:
+                    if call.direction != "inbound":
+                        busy.add(interface_of(name))
+                    continue
+                leg = call.legs.get(base)
+                if leg is None:
+                    busy.add(interface_of(name))
+                elif leg.devices is None:
+                    busy.add(leg.interface)
+        return busy
 
     # -- call lifecycle -------------------------------------------------------------------
 
@@ -325,6 +400,7 @@ class Correlator:
         name = channel.get("Channel", "")
         changed = channel["Uniqueid"] not in call.live
         call.live[channel["Uniqueid"]] = name
+        call.states[channel["Uniqueid"]] = channel.get("ChannelStateDesc", "")
         if call.origin is None and channel["Uniqueid"] == call.linkedid:
             self._set_origin(call, channel)
         if call.side(name) == "origin":
@@ -381,6 +457,7 @@ class Correlator:
     def _on_newchannel(self, call: _Call, event: AmiMessage, now: float) -> None:
         first = not call.live
         call.live[event["Uniqueid"]] = event["Channel"]
+        call.states[event["Uniqueid"]] = event.get("ChannelStateDesc", "")
         if call.origin is None and (event["Uniqueid"] == call.linkedid or first):
             self._set_origin(call, event)
             call.arrived_at = now
@@ -422,29 +499,73 @@ class Correlator:
         if not dest or call.side(dest) == "origin" or base_of(dest) in call.legs:
             return
         interface = interface_of(dest)
+        dialled_by = base_of(caller) if caller else None
+        via = call.legs.get(dialled_by) if dialled_by else None
+        if via is not None and via.local:
+            self._new_leg(call, dest, interface, now, via.offer, dialled_by, via)
+            return
         if call.direction == "inbound":
-            own = caller is not None and call.side(caller) == "origin"
-            is_attempt = own or interface in self.agent_interfaces
+            own = dialled_by is not None and dialled_by == call.origin
+            offer = own or interface in self.agent_interfaces
         else:
-            is_attempt = False
-            if caller is None or call.side(caller) != "origin":
+            offer = False
+            if dialled_by is None or dialled_by != call.origin:
                 return  # only the placing agent's dials are legs of an outbound call
-        self._new_leg(call, dest, interface, now, is_attempt)
+        self._new_leg(call, dest, interface, now, offer, dialled_by)
 
     def _on_agent_called(self, call: _Call, event: AmiMessage, now: float) -> None:
         dest = event.get("DestChannel", "")
         if dest and base_of(dest) not in call.legs:
-            interface = event.get("Interface") or interface_of(dest)
+            member = event.get("Interface")
+            interface = member_interface(member) if member else interface_of(dest)
             self._new_leg(call, dest, interface, now, call.direction == "inbound")
         call.queue = call.queue or event.get("Queue")
 
-    def _new_leg(self, call: _Call, dest: str, interface: str, now: float,
-                 is_attempt: bool) -> _Leg:
-        leg = call.legs[base_of(dest)] = _Leg(base_of(dest), interface, now, is_attempt)
-        if is_attempt and call.pending_blind is not None:
-            call.pending_blind.to = interface
-            call.pending_blind = None
+    def _new_leg(self, call: _Call, dest: str, interface: str, now: float, offer: bool,
+                 dialled_by: str | None = None, via: _Leg | None = None) -> _Leg:
+        """A leg for a dialled channel. `offer`: the call is offered to an agent through it
+        (a dial from the call's own channels on an inbound call, or to an agent device).
+        `via`: the Local leg that dialled it, whose place it takes."""
+        base = base_of(dest)
+        leg = _Leg(base, interface, now, False, offer, dest.startswith("Local/"),
+                   dialled_by=dialled_by)
+        if leg.local:
+            device = self.state_interfaces.get(interface)
+            if device is not None:
+                leg.interface, leg.mapped = device, True
+        call.legs[base] = leg
+        if via is not None:
+            self._link(call, via, leg)
+        else:
+            self._set_attempt(call, leg)
+        if leg.local:
+            # Its other half may have dialled before this DialBegin was published.
+            for other in list(call.legs.values()):
+                if other.dialled_by == base and not other.linked and other is not leg:
+                    self._link(call, leg, other)
         return leg
+
+    def _link(self, call: _Call, via: _Leg, leg: _Leg) -> None:
+        """`leg` was dialled by the Local leg `via`: the attempt is `leg`'s (or, when
+        it is a Local leg too, that of what it dials), no longer `via`'s."""
+        if via.devices is None:
+            via.devices = []
+            leg.offered_at = min(leg.offered_at, via.offered_at)  # offered when the chain was
+        via.devices.append(leg)
+        via.attempt = False
+        leg.linked = True
+        leg.offer = via.offer
+        self._set_attempt(call, leg)
+
+    def _set_attempt(self, call: _Call, leg: _Leg) -> None:
+        """An offered leg is an attempt, unless it is a Local leg that is no configured
+        agent (nor a queue member with a device): that one waits for what it dials."""
+        was = leg.attempt
+        leg.attempt = leg.offer and leg.devices is None and (
+            not leg.local or leg.mapped or leg.interface in self.agent_interfaces)
+        if leg.attempt and not was and call.pending_blind is not None:
+            call.pending_blind.to = leg.interface
+            call.pending_blind = None
 
     def _dialled_leg(self, call: _Call, event: AmiMessage, now: float) -> _Leg | None:
         """The leg a DialState/DialEnd is about; an agent dial whose DialBegin never
@@ -456,14 +577,39 @@ class Correlator:
             leg = self._new_leg(call, dest, interface_of(dest), now, True)
         return leg
 
+    def _on_queue_member(self, event: AmiMessage) -> None:
+        """A queue member's state: remember the device behind a Local member."""
+        member = event.get("Interface") or event.get("Location")
+        device = event.get("StateInterface")
+        if not member or not device:
+            return
+        member = member_interface(member)
+        if device == member or not _is_device(device):
+            self.state_interfaces.pop(member, None)
+            return
+        if self.state_interfaces.get(member) == device:
+            return
+        self.state_interfaces[member] = device
+        # Local legs of that member already ringing, and not yet dialling on, are the device's.
+        for call in self.calls.values():
+            for leg in call.legs.values():
+                if leg.local and not leg.mapped and leg.devices is None \
+                        and leg.interface == member:
+                    leg.interface, leg.mapped = device, True
+                    self._set_attempt(call, leg)
+
     def _on_dial_state(self, call: _Call, event: AmiMessage, now: float) -> None:
         leg = self._dialled_leg(call, event, now)
         if leg is not None and event.get("DialStatus") == "RINGING":
             leg.ring(now)
 
     def _on_newstate(self, call: _Call, event: AmiMessage, now: float) -> None:
+        state = event.get("ChannelStateDesc", "")
+        uniqueid = event.get("Uniqueid")
+        if uniqueid in call.live:
+            call.states[uniqueid] = state
         leg = call.legs.get(base_of(event.get("Channel", "")))
-        if leg is not None and event.get("ChannelStateDesc") == "Ringing":
+        if leg is not None and state == "Ringing":
             leg.ring(now)
 
     def _on_dial_end(self, call: _Call, event: AmiMessage, now: float) -> None:
@@ -506,9 +652,12 @@ class Correlator:
             event.get("Channel", ""))
 
     def _on_bridge_leave(self, call: _Call, event: AmiMessage, now: float) -> None:
+        channel = event.get("Channel", "")
         members = call.bridges.get(event.get("BridgeUniqueid", ""))
         if members is not None:
-            members.discard(event.get("Channel", ""))
+            members.discard(channel)
+        if call.holds:
+            self._hold_end(call, channel, now)
 
     def _on_blind_transfer(self, call: _Call, event: AmiMessage, now: float) -> None:
         if event.get("Result") != "Success":
@@ -528,15 +677,99 @@ class Correlator:
         target = answered[-1].interface if answered else event.get("TransferTargetChannel", "")
         call.transfers.append(Transfer(type="attended", to=target, at=now))
 
-    def _on_hold_start(self, call: _Call, event: AmiMessage, now: float) -> None:
-        if (call.answered_at is not None and call.hold_started is None
-                and call.side(event.get("Channel", "")) == "origin"):
-            call.hold_started = now
+    def _on_pickup(self, call: _Call, event: AmiMessage, now: float) -> None:
+        """A phone picked up a call ringing elsewhere (`call` is the picker's own, until
+        now): its channel joins the picked call and answers it; the rung device's
+        attempt ends cancelled, whatever its DialEnd says afterwards."""
+        target = self.calls.get(event.get("TargetLinkedid", ""))
+        picker = event.get("Channel", "")
+        if target is None or not picker:
+            return
+        uniqueid = event.get("Uniqueid", "")
+        if target is not call:
+            call.live.pop(uniqueid, None)
+            call.states.pop(uniqueid, None)
+            target.live[uniqueid] = picker
+            target.states[uniqueid] = event.get("ChannelStateDesc", "Up")
+            if not call.live:
+                self._merge(call, target)
+        rung = target.legs.get(base_of(event.get("TargetChannel", "")))
+        if rung is not None:
+            rung.end("cancelled", now)
+        leg = target.legs.get(base_of(picker))
+        if leg is None:
+            leg = self._new_leg(target, picker, interface_of(picker), now,
+                                target.direction == "inbound")
+        leg.end("answered", now)
+        self._answered(target, leg, now)
 
-    def _on_hold_stop(self, call: _Call, event: AmiMessage, now: float) -> None:
-        if call.hold_started is not None and call.side(event.get("Channel", "")) == "origin":
-            call.hold_seconds += now - call.hold_started
-            call.hold_started = None
+    def _merge(self, call: _Call, into: _Call) -> None:
+        """`call` had only the channel that moved into `into`: it is no call of its own;
+        events still stamped with its Linkedid belong to `into`."""
+        self.calls.pop(call.linkedid, None)
+        self._merged[call.linkedid] = into.linkedid
+        into.merged = [*(into.merged or ()), call.linkedid, *(call.merged or ())]
+        for linkedid in call.merged or ():
+            self._merged[linkedid] = into.linkedid
+
+    # Hold: spans per channel (Hold..Unhold/BridgeLeave/hangup) and MOH on the caller's
+    # channel; `hold_since` is the start of their union, so overlaps count once.
+
+    def _on_hold(self, call: _Call, event: AmiMessage, now: float) -> None:
+        if call.answered_at is not None:
+            self._hold_begin(call, event.get("Channel", ""), now)
+
+    def _on_unhold(self, call: _Call, event: AmiMessage, now: float) -> None:
+        if call.holds:
+            self._hold_end(call, event.get("Channel", ""), now)
+
+    def _on_moh_start(self, call: _Call, event: AmiMessage, now: float) -> None:
+        channel = event.get("Channel", "")
+        if call.answered_at is not None and call.side(channel) == "origin":
+            self._hold_begin(call, _MOH + channel, now)
+
+    def _on_moh_stop(self, call: _Call, event: AmiMessage, now: float) -> None:
+        if call.holds:
+            self._hold_end(call, _MOH + event.get("Channel", ""), now)
+
+    @staticmethod
+    def _hold_begin(call: _Call, span: str, now: float) -> None:
+        if not call.holds:
+            call.hold_since = now
+        call.holds.add(span)
+
+    @staticmethod
+    def _hold_end(call: _Call, span: str, now: float) -> None:
+        if span in call.holds:
+            call.holds.discard(span)
+            if not call.holds and call.hold_since is not None:
+                call.hold_seconds += max(now - call.hold_since, 0.0)
+                call.hold_since = None
+
+    def _on_local_optimization_begin(self, call: _Call, event: AmiMessage, now: float) -> None:
+        """A Local leg is being optimised away: the channel behind it (`Source`) takes its
+        place in the bridge and the Local halves hang up, which ends nothing of the call.
+        A source the call did not see dialled is the device the Local leg reached."""
+        leg = call.legs.get(base_of(event.get("LocalOneChannel", "")))
+        if leg is None:
+            return
+        leg.optimized = True
+        source = event.get("SourceChannel", "")
+        if (not source or leg.devices is not None or call.side(source) != "other"
+                or base_of(source) == leg.base):
+            return
+        device = self._new_leg(call, source, interface_of(source), now, leg.offer,
+                               leg.base, leg)
+        if leg.result == "answered" and leg.ended_at is not None:
+            device.ring_started_at = leg.ring_started_at
+            device.end("answered", leg.ended_at)
+            if call.answered_by == leg.interface:
+                call.answered_by = device.interface
+
+    def _on_local_optimization_end(self, call: _Call, event: AmiMessage, now: float) -> None:
+        leg = call.legs.get(base_of(event.get("LocalOneChannel", "")))
+        if leg is not None and event.get("Success", "Yes") != "Yes":
+            leg.optimized = False  # it stays in the path
 
     def _on_hangup_request(self, call: _Call, event: AmiMessage, now: float) -> None:
         channel = event.get("Channel", "")
@@ -557,7 +790,8 @@ class Correlator:
                                   else "external")
             else:
                 call.hangup_by = "agent"
-        elif side == "leg" and call.bridged_with_origin(base_of(channel)):
+        elif (side == "leg" and call.bridged_with_origin(base_of(channel))
+              and not call.legs[base_of(channel)].optimized):
             call.hangup_by = "external" if call.direction == "outbound" else "agent"
 
     def _on_hangup(self, call: _Call, event: AmiMessage, now: float) -> None:
@@ -570,13 +804,16 @@ class Correlator:
             leg = call.legs[base_of(channel)]
             if leg.result is None:
                 leg.end(_CAUSE_RESULTS.get(event.get("Cause", ""), "cancelled"), now)
-        call.live.pop(event.get("Uniqueid", ""), None)
+        uniqueid = event.get("Uniqueid", "")
+        call.live.pop(uniqueid, None)
+        call.states.pop(uniqueid, None)
         for members in call.bridges.values():
             members.discard(channel)
+        if call.holds:
+            self._hold_end(call, channel, now)
         if not call.live:
-            if call.hold_started is not None:
-                call.hold_seconds += now - call.hold_started
-                call.hold_started = None
+            for span in list(call.holds):
+                self._hold_end(call, span, now)
             call.ended_at = now
 
     def _dialplan_hangs_up(self, call: _Call, channel: str) -> bool:
@@ -596,10 +833,14 @@ class Correlator:
     def _finish(self, call: _Call) -> CallRecord:
         """Free the call's state and build its record."""
         self.calls.pop(call.linkedid, None)
-        self._finished[call.linkedid] = None
-        if len(self._finished) > FINISHED_MEMORY:
+        for linkedid in (call.linkedid, *(call.merged or ())):
+            self._merged.pop(linkedid, None)
+            self._finished[linkedid] = None
+        while len(self._finished) > FINISHED_MEMORY:
             del self._finished[next(iter(self._finished))]
         ended_at = call.ended_at if call.ended_at is not None else call.last_event_at
+        for span in list(call.holds):
+            self._hold_end(call, span, ended_at)
         for leg in call.legs.values():
             if leg.result is None:
                 leg.end("cancelled", ended_at)
@@ -691,9 +932,25 @@ def _attempt(leg: _Leg, pbx: PbxConfig) -> Attempt:
     )
 
 
+def member_interface(member: str) -> str:
+    """A queue member's interface as its channels are named: a Local member's dial
+    options go (`Local/1001@from-queue/n` -> `Local/1001@from-queue`)."""
+    if member.startswith("Local/"):
+        return "/".join(member.split("/", 2)[:2])
+    return member
+
+
+def _is_device(interface: str) -> bool:
+    """A StateInterface that names a device (`PJSIP/1001`), not a hint, custom state
+    or another Local channel."""
+    tech, slash, _ = interface.partition("/")
+    return bool(slash) and tech != "Local" and ":" not in tech
+
+
 def _linkedid(event: AmiMessage) -> str | None:
     return (event.get("Linkedid") or event.get("DestLinkedid")
-            or event.get("TransfereeLinkedid") or event.get("OrigTransfererLinkedid"))
+            or event.get("TransfereeLinkedid") or event.get("OrigTransfererLinkedid")
+            or event.get("LocalOneLinkedid"))
 
 
 def event_time(value: str | None) -> float | None:
