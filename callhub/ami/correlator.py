@@ -763,7 +763,9 @@ class Correlator:
         if leg.result == "answered" and leg.ended_at is not None:
             device.ring_started_at = leg.ring_started_at
             device.end("answered", leg.ended_at)
-            if call.answered_by == leg.interface:
+            if call.answered_at is None:
+                self._answered(call, device, leg.ended_at)
+            elif call.answered_by == leg.interface:
                 call.answered_by = device.interface
 
     def _on_local_optimization_end(self, call: _Call, event: AmiMessage, now: float) -> None:

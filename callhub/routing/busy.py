@@ -1,9 +1,13 @@
 """Which agent devices are busy, from what callhub already sees on AMI.
 
-Two sources, either one makes a device busy: a call the correlator has open
-on the device (`Correlator.busy_interfaces()`), and the last device state
-Asterisk reported (`DeviceStateChange`, or `ExtensionStatus` for a hint).
-A device that is only ringing is not busy: it can still be offered a call.
+The first source is the calls themselves: a device with a channel up in a
+call the correlator has open (`Correlator.busy_interfaces()`: answered, or a
+phone dialling out). The second, where the PBX reports it, is the last device
+state Asterisk sent (`DeviceStateChange`, or `ExtensionStatus` for a hint);
+it is never the only one, since chan_sip without `call-limit` reports every
+peer NOT_INUSE, and it is not read for Local channels, whose device state is
+INUSE as soon as one exists, ringing or not. A device that is only ringing is
+not busy: it can still be offered a call.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ class BusyTracker:
         if event == "DeviceStateChange":
             device = msg.get("Device")
             state = (msg.get("State") or "").upper()
-            if device:
+            if device and not device.startswith("Local/"):
                 self._states[device] = state in BUSY_STATES
         elif event == "ExtensionStatus":
             busy = _extension_busy(msg)
@@ -45,7 +49,7 @@ class BusyTracker:
                 return
             for device in (msg.get("Hint") or "").split("&"):
                 device = device.strip()
-                if "/" in device and not device.startswith(("Custom:", "Queue:")):
+                if "/" in device and not device.startswith(("Custom:", "Queue:", "Local/")):
                     self._states[device] = busy
 
     def busy_interfaces(self) -> set[str]:
