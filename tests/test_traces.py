@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from traces_fixtures import all_traces
 
+from callhub.ami.correlator import Correlator
 from callhub.ami.groundtruth import compare, load_truth, pbx_from_truth
+from callhub.ami.parser import iter_file_messages
 from callhub.ami.replay import replay_file
 from callhub.cli import main
 from callhub.records import CallRecord
@@ -49,6 +51,24 @@ def test_replay_command_prints_records_that_match_every_ground_truth(
         wanted = {c["linkedid"] for c in truth["expected"]["calls"]}
         assert compare([r for r in records if r.linkedid in wanted], truth) == []
     assert len(records) == sum(len(load_truth(p)["expected"]["calls"]) for p in traces)
+
+
+@pytest.mark.parametrize("path", all_traces(), ids=lambda p: p.stem)
+def test_nothing_of_a_trace_stays_open_and_replay_records_its_calls_only(
+        path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Pickups, transfers, Local chains, queue retries: once every event of a trace is fed,
+    no call is open (nothing for `expire` to close hours later as a bogus incomplete
+    record), no device is busy, and `callhub replay` prints the trace's calls, once each."""
+    truth = load_truth(path)
+    wanted = sorted(c["linkedid"] for c in truth["expected"]["calls"])
+    correlator = Correlator(pbx_from_truth(truth))
+    finished = [r.linkedid for m in iter_file_messages(path) for r in correlator.feed(m)]
+    assert correlator.active_calls == 0
+    assert correlator.busy_interfaces() == set()
+    assert sorted(finished) == wanted
+    assert main(["replay", str(path)]) == 0
+    printed = [json.loads(line)["linkedid"] for line in capsys.readouterr().out.splitlines()]
+    assert sorted(printed) == wanted
 
 
 def test_replay_check_reports_a_mismatch(tmp_path: Path) -> None:
