@@ -10,7 +10,7 @@ import math
 from dataclasses import replace
 
 import pytest
-from traces_fixtures import all_traces, trace_messages, trace_pbx
+from traces_fixtures import all_traces, stamped, trace_messages, trace_pbx
 
 from callhub.ami.correlator import ROUTE_RESULT_VARIABLE, Correlator, interface_of
 from callhub.ami.groundtruth import load_truth, pbx_from_truth
@@ -21,10 +21,6 @@ from callhub.records import CallRecord
 
 def feed_all(correlator: Correlator, messages: list[AmiMessage]) -> list[CallRecord]:
     return [record for m in messages for record in correlator.feed(m)]
-
-
-def stamped(messages: list[AmiMessage]) -> list[AmiMessage]:
-    return [m for m in messages if "Timestamp" in m]
 
 
 def test_interleaved_calls_of_many_traces_give_the_same_records() -> None:
