@@ -581,8 +581,8 @@ class Correlator:
         """A queue member's state: remember the device behind a Local member."""
         member = event.get("Interface") or event.get("Location")
         device = event.get("StateInterface")
-        if not member or not device:
-            return
+        if not member or not device or (device == member and not self.state_interfaces):
+            return  # the usual member: its own state interface
         member = member_interface(member)
         if device == member or not _is_device(device):
             self.state_interfaces.pop(member, None)
