@@ -142,6 +142,18 @@ def test_queue_members_through_local_channels_are_their_phones() -> None:
     assert record.agent == "PJSIP/1002" and no_local_names(record)
 
 
+def test_a_local_queue_member_ringing_out_is_a_no_answer_of_its_phone() -> None:
+    """The queue gives up on member 1001 (AgentRingNoAnswer names its Local leg) just
+    before 1002 answers: the phone behind that leg rang out, it was not cancelled."""
+    messages = queue_with_local_members(r01(member_status=False))
+    answer = first(messages, "DialEnd", PHONE2)
+    ring = messages[first(messages, "DialState", f"{L1001.replace('ext-local', 'from-queue')};1")]
+    ring_out = like(ring, "AgentRingNoAnswer", Queue="fpbx",
+                    Interface="Local/1001@from-queue/n", Timestamp=messages[answer]["Timestamp"])
+    record = correlate([*messages[:answer], ring_out, *messages[answer:]])
+    assert attempts(record) == [("PJSIP/1001", "no_answer"), ("PJSIP/1002", "answered")]
+
+
 def test_a_local_queue_member_that_dials_no_phone_is_its_state_interface() -> None:
     """The member's Local leg reaches the phone by a way AMI does not show (no inner
     DialBegin): the StateInterface the PBX reported names the device."""
