@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -32,14 +33,14 @@ from panoramisk.actions import Action
 from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message
 
-from callhub.ami.parser import AmiMessage, MessageSplitter
+from callhub.ami.parser import AmiMessage, EventFilter, MessageSplitter
 from callhub.config import PbxConfig
 from callhub.lifecycle import backoff_delay
 
 log = structlog.get_logger(__name__)
 
 EventHandler = Callable[[AmiMessage], None]
-ResyncHandler = Callable[[list[AmiMessage]], None]
+ResyncHandler = Callable[[list[AmiMessage]], Awaitable[None] | None]
 RawListener = Callable[[bytes], None]
 
 
@@ -67,7 +68,7 @@ class CallhubAmiProtocol(AMIProtocol):  # type: ignore[misc]
         self.factory = self._manager
         self.log = self._manager.log
         self.encoding = "utf-8"
-        self.splitter = MessageSplitter()
+        self.splitter = MessageSplitter(wanted=self._manager.event_filter)
         self.bytes_received = 0
 
     def data_received(self, data: bytes) -> None:
@@ -75,13 +76,15 @@ class CallhubAmiProtocol(AMIProtocol):  # type: ignore[misc]
         self.bytes_received += len(data)
         for listener in factory.raw_listeners:
             listener(data)
-        malformed_before = self.splitter.malformed
-        messages = self.splitter.feed(data)
-        if self.splitter.banner and getattr(self, "version", None) is None:
-            self.version: str | None = self.splitter.banner.partition("/")[2].strip()
-        skipped = self.splitter.malformed - malformed_before
-        if skipped:
-            factory.malformed(skipped)
+        splitter = self.splitter
+        malformed_before, skipped_before = splitter.malformed, splitter.skipped
+        messages = splitter.feed(data)
+        if splitter.banner and getattr(self, "version", None) is None:
+            self.version: str | None = splitter.banner.partition("/")[2].strip()
+        if splitter.malformed != malformed_before:
+            factory.malformed(splitter.malformed - malformed_before)
+        if splitter.skipped != skipped_before:
+            factory.on_skipped(splitter.skipped - skipped_before)
         responses = self.responses
         for raw in messages:
             # Plain events go straight to the manager: wrapping each in panoramisk's
@@ -114,11 +117,15 @@ class AmiManager(Manager):  # type: ignore[misc]
 
     def __init__(self, loop: asyncio.AbstractEventLoop, pbx: PbxConfig,
                  on_event: EventHandler, on_malformed: Callable[[int], None],
-                 raw_listeners: list[RawListener]) -> None:
+                 raw_listeners: list[RawListener],
+                 event_filter: EventFilter | None = None,
+                 on_skipped: Callable[[int], None] = lambda count: None) -> None:
         super().__init__(host=pbx.host, port=pbx.port, loop=loop, encoding="utf-8",
                          protocol_factory=CallhubAmiProtocol)
         self.on_event = on_event
         self.on_malformed = on_malformed
+        self.on_skipped = on_skipped
+        self.event_filter = event_filter
         self.raw_listeners = raw_listeners
         self.lost: asyncio.Future[None] = loop.create_future()
 
@@ -188,7 +195,12 @@ class AmiConnection:
     `on_resync` gets the CoreShowChannel events after every login, before any
     later event is read; `on_resync_start` runs just before CoreShowChannels is
     asked, so the receiver can tell events newer than the snapshot (they may be
-    dispatched before the reply is). Handlers run synchronously in the reader, in order.
+    dispatched before the reply is). Handlers run synchronously in the reader, in order;
+    `on_resync` may return an awaitable (to hand over a large result in slices), which is
+    awaited before the session counts as up.
+
+    `event_filter` (settable while connected) names the events worth parsing; the
+    others are counted through `on_skipped` (see `MessageSplitter`). None: every event.
     """
 
     def __init__(self, pbx: PbxConfig, on_event: EventHandler, *,
@@ -196,6 +208,8 @@ class AmiConnection:
                  on_resync_start: Callable[[], None] | None = None,
                  on_malformed: Callable[[int], None] | None = None,
                  on_state: Callable[[bool], None] | None = None,
+                 on_skipped: Callable[[int], None] = lambda count: None,
+                 event_filter: EventFilter | None = None,
                  ping_interval: float = 20.0, ping_timeout: float | None = None,
                  backoff_base: float = 0.5, backoff_max: float = 30.0,
                  request_timeout: float = 10.0, stable_after: float = 2.0,
@@ -209,6 +223,8 @@ class AmiConnection:
         self.on_resync_start = on_resync_start
         self.on_malformed = on_malformed
         self.on_state = on_state
+        self.on_skipped = on_skipped
+        self._event_filter = event_filter
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout if ping_timeout is not None else min(10.0,
                                                                                ping_interval)
@@ -233,6 +249,21 @@ class AmiConnection:
     def connected(self) -> bool:
         """Logged in and resynchronised."""
         return self._ready.is_set()
+
+    @property
+    def event_filter(self) -> EventFilter | None:
+        return self._event_filter
+
+    @event_filter.setter
+    def event_filter(self, wanted: EventFilter | None) -> None:
+        """Takes effect at once, also on a live session (from its next read)."""
+        self._event_filter = wanted
+        manager = self._manager
+        if manager is not None:
+            manager.event_filter = wanted
+            splitter = getattr(getattr(manager, "protocol", None), "splitter", None)
+            if splitter is not None:
+                splitter.wanted = wanted
 
     def add_raw_listener(self, fn: RawListener) -> None:
         """Every TCP read as received (tests use it to prove a read split a character)."""
@@ -300,7 +331,8 @@ class AmiConnection:
     async def _session(self) -> None:
         """One connection, from TCP connect to its end; `_synced_at` says when it synced."""
         loop = asyncio.get_running_loop()
-        manager = AmiManager(loop, self.pbx, self._event, self._malformed, self.raw_listeners)
+        manager = AmiManager(loop, self.pbx, self._event, self._malformed, self.raw_listeners,
+                             self._event_filter, self.on_skipped)
         self._manager = manager
         synced = False
         try:
@@ -311,7 +343,9 @@ class AmiConnection:
                 self.on_resync_start()
             channels = await self._resync(manager)
             if self.on_resync is not None:
-                self.on_resync(channels)
+                handed = self.on_resync(channels)
+                if inspect.isawaitable(handed):
+                    await handed
             synced = True
             self._synced_at = time.monotonic()
             self.sessions += 1

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from callhub.ami.parser import AmiMessage
+from callhub.ami.parser import AmiMessage, EventFilter
 from callhub.config import PbxConfig
 from callhub.records import (
     Attempt,
@@ -263,6 +263,11 @@ class Correlator:
         }
 
     # -- public interface ---------------------------------------------------------------
+
+    def event_filter(self) -> EventFilter:
+        """The events `feed` reads (its handlers), and of VarSet only callhub's variable:
+        the splitter can skip every other event unparsed."""
+        return EventFilter(frozenset(self._handlers), frozenset({ROUTE_RESULT_VARIABLE}))
 
     def feed(self, event: AmiMessage) -> list[CallRecord]:
         """Take one AMI message; return the calls it finished (usually none)."""

@@ -11,6 +11,12 @@ An event the correlator cannot apply is counted in
 and linkedid. The connection and the stale-call expiry run as supervised
 tasks (parts `ami/<pbx>` and `ami/<pbx>/expiry`); `ami/<pbx>` is ready while
 logged in. Several PBXs are several PbxIngest objects.
+
+Only the events someone reads are parsed: the correlator's and those of each
+listener's `EventFilter` (a listener without one gets every event). The rest are
+counted in `callhub_ami_events_total` all the same. Calls closed by one resync
+are handed on in slices of `RESYNC_SLICE`, yielding to the loop between them, so
+closing tens of thousands of calls at once does not stall AMI, FastAGI or the API.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import structlog
 
 from callhub.ami.connection import AmiConnection
 from callhub.ami.correlator import Correlator
-from callhub.ami.parser import AmiMessage
+from callhub.ami.parser import AmiMessage, EventFilter
 from callhub.config import PbxConfig
 from callhub.lifecycle import Supervisor, Task
 from callhub.logs import mask_number
@@ -31,6 +37,8 @@ from callhub.metrics.collectors import CallhubMetrics
 from callhub.records import CallRecord
 
 log = structlog.get_logger(__name__)
+
+RESYNC_SLICE = 500  # closed calls handed on between two yields to the event loop
 
 
 class PbxIngest:
@@ -58,12 +66,15 @@ class PbxIngest:
         self.connection = AmiConnection(
             pbx, self._on_event, on_resync=self._on_resync,
             on_resync_start=self.correlator.begin_resync, on_malformed=self._on_malformed,
-            on_state=self._on_state, ping_interval=ping_interval, ping_timeout=ping_timeout,
+            on_state=self._on_state, on_skipped=self._on_skipped,
+            event_filter=self.correlator.event_filter(),
+            ping_interval=ping_interval, ping_timeout=ping_timeout,
             backoff_base=backoff_base, backoff_max=backoff_max)
         self.events = 0
         self.malformed = 0
         self.records = 0
         self._listeners: list[Callable[[AmiMessage], None]] = []
+        self._listener_filters: list[EventFilter | None] = []
         self._tasks: list[Task] = []
         self._had_session = False
 
@@ -72,9 +83,16 @@ class PbxIngest:
         """Logged in and resynchronised."""
         return self.connection.connected
 
-    def add_listener(self, fn: Callable[[AmiMessage], None]) -> None:
-        """Call fn with every event, before the correlator sees it."""
+    def add_listener(self, fn: Callable[[AmiMessage], None],
+                     wants: EventFilter | None = None) -> None:
+        """Call fn with the events `wants` names (every event when None), before the
+        correlator sees them."""
         self._listeners.append(fn)
+        self._listener_filters.append(wants)
+        wanted: EventFilter | None = self.correlator.event_filter()
+        for each in self._listener_filters:
+            wanted = None if wanted is None or each is None else wanted | each
+        self.connection.event_filter = wanted
 
     async def start(self) -> None:
         """Start connecting (and reconnecting) in the background; returns at once."""
@@ -139,7 +157,7 @@ class PbxIngest:
                     linkedid=event.get("Linkedid"),
                     error=type(error).__name__ if error is not None else None)
 
-    def _on_resync(self, channels: list[AmiMessage]) -> None:
+    async def _on_resync(self, channels: list[AmiMessage]) -> None:
         try:
             records = self.correlator.reconcile(channels)
         except Exception:
@@ -148,7 +166,16 @@ class PbxIngest:
             return
         log.info("ami.resynchronised", pbx=self.pbx.name, live_channels=len(channels),
                  closed_calls=len(records), open_calls=self.correlator.active_calls)
-        self._emit(records)
+        for start in range(0, len(records), RESYNC_SLICE):
+            if start:
+                await asyncio.sleep(0)  # let AMI, FastAGI and the API run in between
+            self._emit(records[start:start + RESYNC_SLICE])
+
+    def _on_skipped(self, count: int) -> None:
+        """Events nobody reads, skipped unparsed: counted like every other event."""
+        self.events += count
+        if self._events_counter is not None:
+            self._events_counter.inc(count)
 
     def _on_malformed(self, count: int) -> None:
         self.malformed += count

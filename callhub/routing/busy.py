@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
+from callhub.ami.parser import EventFilter
+
 # Asterisk device states (DeviceStateChange `State`) that mean "cannot take a call now".
 BUSY_STATES = frozenset({"INUSE", "BUSY", "UNAVAILABLE", "ONHOLD", "RINGINUSE", "INVALID"})
 # ExtensionStatus `StatusText` values (Asterisk 13+), and the numeric `Status` bits.
@@ -34,6 +36,9 @@ class BusyTracker:
     def add_source(self, source: Callable[[], Iterable[str]]) -> None:
         """E.g. `tracker.add_source(correlator.busy_interfaces)`."""
         self._sources.append(source)
+
+    # The events `feed` reads: the AMI splitter may skip all others unparsed.
+    EVENTS = EventFilter(frozenset({"DeviceStateChange", "ExtensionStatus"}))
 
     def feed(self, msg: Mapping[str, str]) -> None:
         """Take any AMI message; device-state events update the table, others are ignored."""

@@ -78,7 +78,7 @@ class RoutingService:
 
     def attach(self, ingest: Any) -> None:
         """Feed a PbxIngest's events and open calls into the busy view."""
-        ingest.add_listener(self.busy.feed)
+        ingest.add_listener(self.busy.feed, BusyTracker.EVENTS)
         self.busy.add_source(ingest.correlator.busy_interfaces)
 
     def operations(self) -> tuple[Operation, ...]:
