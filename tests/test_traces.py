@@ -40,6 +40,23 @@ def test_trace_replays_identically_from_any_read_size(path: Path) -> None:
     assert [r.to_dict() for r in replay_messages(iter_messages(chunks), pbx)] == whole
 
 
+@pytest.mark.parametrize("path", all_traces(), ids=lambda p: p.stem)
+def test_the_correlator_fed_only_what_its_filter_keeps_gives_the_same_records(
+        path: Path) -> None:
+    """The splitter skips events the correlator says it does not read: nothing it does
+    read may be among them (a handler added without its event would show here)."""
+    from callhub.ami.parser import MessageSplitter
+
+    pbx = pbx_from_truth(load_truth(path))
+    whole = [r.to_dict() for r in replay_file(path, pbx)]
+    correlator = Correlator(pbx)
+    splitter = MessageSplitter(wanted=correlator.event_filter())
+    filtered = [r.to_dict() for m in iter_file_messages(path, splitter)
+                for r in correlator.feed(m)]
+    assert splitter.skipped > 0
+    assert filtered == whole
+
+
 def test_replay_command_prints_records_that_match_every_ground_truth(
         capsys: pytest.CaptureFixture[str]) -> None:
     traces = all_traces()

@@ -267,7 +267,8 @@ class Correlator:
     def event_filter(self) -> EventFilter:
         """The events `feed` reads (its handlers), and of VarSet only callhub's variable:
         the splitter can skip every other event unparsed."""
-        return EventFilter(frozenset(self._handlers), frozenset({ROUTE_RESULT_VARIABLE}))
+        return EventFilter(frozenset(self._handlers) | frozenset(self._pbx_handlers),
+                           frozenset({ROUTE_RESULT_VARIABLE}))
 
     def feed(self, event: AmiMessage) -> list[CallRecord]:
         """Take one AMI message; return the calls it finished (usually none)."""
