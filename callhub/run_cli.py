@@ -18,6 +18,7 @@ from callhub.config import load_settings
 from callhub.daemon import Daemon, PartFailed, StartupError, serve
 from callhub.logs import configure_logging
 from callhub.sim.demo import Demo
+from callhub.store.db import settle_sqlite_workers
 
 
 def add_parser(sub: Any) -> None:
@@ -42,11 +43,17 @@ def run_command(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level)
     d = Daemon(settings, migrate=not args.no_migrate)
     demo = Demo(rate=args.demo_rate, speed=args.demo_speed) if args.demo else None
+    async def run() -> None:
+        try:
+            if demo is None:
+                await serve(d)
+            else:
+                await serve(d, before=demo.before, after=demo.after)
+        finally:
+            await settle_sqlite_workers()  # no thread may outlive the loop it reports to
+
     try:
-        if demo is None:
-            asyncio.run(serve(d))
-        else:
-            asyncio.run(serve(d, before=demo.before, after=demo.after))
+        asyncio.run(run())
     except StartupError as exc:
         print(f"callhub: {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,8 @@ a schema (`search_path`), which tests use to isolate themselves.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -72,3 +74,22 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 
+
+
+async def settle_sqlite_workers(timeout: float = 2.0) -> None:
+    """Wait for aiosqlite's worker threads to finish (up to `timeout`).
+
+    A failed SQLite connect (a missing directory) leaves its worker thread posting
+    the failure back to the loop; if `asyncio.run` closes the loop first, the thread
+    dies with "Event loop is closed" on stderr. One-shot commands call this before
+    their loop ends, after disposing of the engine.
+    """
+    workers = [t for t in threading.enumerate()
+               if t.name.endswith("(_connection_worker_thread)")]
+    if workers:
+        await asyncio.to_thread(_join_all, workers, timeout)
+
+
+def _join_all(threads: list[threading.Thread], timeout: float) -> None:
+    for thread in threads:
+        thread.join(timeout)

@@ -10,14 +10,22 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from callhub.config import mask_url
+from callhub.store.db import settle_sqlite_workers
 
 T = TypeVar("T")
 
 
 def run_db(url: str, job: Callable[[], Coroutine[Any, Any, T]]) -> tuple[bool, T | None]:
     """Run `job`; a database error is printed as one line (no traceback) and gives False."""
+    async def settled() -> T:
+        try:
+            return await job()
+        except BaseException:
+            await settle_sqlite_workers()  # no thread may outlive the loop it reports to
+            raise
+
     try:
-        return True, asyncio.run(job())
+        return True, asyncio.run(settled())
     except (SQLAlchemyError, OSError, ArgumentError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         print(f"callhub: database {mask_url(url)}: {type(exc).__name__}: {reason}",
