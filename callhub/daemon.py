@@ -44,6 +44,7 @@ from callhub.lifecycle import Supervisor, describe
 from callhub.metrics.collectors import CallhubMetrics
 from callhub.metrics.http import metrics_handler
 from callhub.records import CallRecord
+from callhub.routing.chooser import Router
 from callhub.routing.model import Rota
 from callhub.routing.service import routing_part
 from callhub.store import migrate, worklist
@@ -78,6 +79,7 @@ class Daemon:
     rota: Rota | None = None  # route by this rota in memory, not the state directory's
     ingests: dict[str, PbxIngest] = field(default_factory=dict)
     operations: list[Operation] = field(default_factory=list)
+    router: Router | None = None
     on_record: list[Callable[[CallRecord], None]] = field(default_factory=list)
     api_url: str | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -207,7 +209,7 @@ async def api(d: Daemon) -> AsyncIterator[None]:
                          "tokens in the config file")
     app = make_app(d.settings, d.db, ingests=d.ingests, metrics=d.metrics,
                    extra_operations=[*d.operations, *desk_operations()],
-                   supervisor=d.supervisor)
+                   supervisor=d.supervisor, router=d.router)
     keeper = setup_desk(app, writer=d.writer)  # /desk/ and the follow-up keeper
     gate = http_limits.install(app)  # connection cap, head and body deadlines
     runner = web.AppRunner(app, access_log=None)

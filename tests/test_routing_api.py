@@ -15,7 +15,6 @@ from routing_fixtures import HOTLINE_DID, berlin
 
 from callhub.api.app import make_app
 from callhub.config import ApiToken, Settings
-from callhub.routing.api import routing_operations
 from callhub.routing.chooser import Router
 from callhub.routing.rota_file import load_rota
 from callhub.store.db import Database
@@ -29,7 +28,7 @@ async def api(router: Router, tmp_path: Path) -> AsyncIterator[tuple[str, aiohtt
     settings = Settings(timezone="Europe/Berlin", api_tokens=(
         ApiToken("admin", "admin-token-123"), ApiToken("viewer", "viewer-token-123")))
     db = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'api.db'}")
-    app = make_app(settings, db, extra_operations=routing_operations(router))
+    app = make_app(settings, db, router=router)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:
@@ -182,6 +181,7 @@ async def test_ring_timeouts_per_agent(api: tuple[str, aiohttp.ClientSession],
     assert status == 409 and "line(s) sales;" in body["message"]
 
     status, doc = await call(api, "GET", "/api/v1/openapi.json")
-    agent = doc["paths"]["/api/v1/agents/{id}"]["get"]["responses"]["200"]["content"][
-        "application/json"]["schema"]
+    ref = doc["paths"]["/api/v1/agents/{id}"]["get"]["responses"]["200"]["content"][
+        "application/json"]["schema"]["$ref"]  # the response model, under components
+    agent = doc["components"]["schemas"][ref.removeprefix("#/components/schemas/")]
     assert agent["properties"]["ring_timeout"]["maximum"] == 600

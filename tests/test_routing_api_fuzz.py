@@ -17,18 +17,16 @@ from live_app import LiveApp, without_auth
 from routing_fixtures import SAMPLE_ROTA
 from schemathesis import GenerationMode
 
-from callhub.api import openapi
+from callhub.api import openapi, rota
 from callhub.api.app import make_app
 from callhub.config import ApiToken, Settings
-from callhub.routing.api import routing_operations
 from callhub.routing.chooser import Router
 from callhub.routing.rota_file import load_rota
 from callhub.routing.state import POSITION_FILE, RotaStore, RotationState
 from callhub.store.db import Database
 
 ADMIN = "admin-token-for-fuzz"
-OPERATIONS = routing_operations(Router(RotaStore(None)))
-DOC = openapi.build(OPERATIONS)
+DOC = openapi.build(rota.OPERATIONS)
 schema = schemathesis.openapi.from_dict(DOC)
 schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
                                 max_examples=15)
@@ -45,7 +43,7 @@ async def routing_app(directory: Path) -> tuple[web.Application, Database]:
     router = Router(RotaStore(state, seed_file=str(seed)), RotationState(state / POSITION_FILE))
     settings_ = replace(Settings(), api_tokens=(ApiToken("admin", ADMIN),))
     db = Database.connect(f"sqlite+aiosqlite:///{directory / 'fuzz.db'}")
-    return make_app(settings_, db, extra_operations=routing_operations(router)), db
+    return make_app(settings_, db, router=router), db
 
 
 @pytest.fixture(scope="module")

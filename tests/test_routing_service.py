@@ -10,12 +10,15 @@ from ami_fixtures import Collector, make_ingest, sim_pbx
 from prometheus_client import CollectorRegistry
 from routing_fixtures import HOTLINE_DID, AgiServer, berlin
 
+from callhub.api.app import make_app
+from callhub.api.rota import ROUTER
 from callhub.config import Settings, settings_from_mapping
 from callhub.routing.chooser import Router
 from callhub.routing.service import start_routing
 from callhub.sim.agi_client import agi_request, asterisk_environment
 from callhub.sim.ami_server import AmiSimulator
 from callhub.sim.demo_rota import demo_rota, demo_rota_for
+from callhub.store.db import Database
 
 
 async def test_start_routing_from_settings(tmp_path: Path, rota_file: Path,
@@ -33,8 +36,13 @@ async def test_start_routing_from_settings(tmp_path: Path, rota_file: Path,
         assert answer.targets == ["PJSIP/1001", "PJSIP/1002", "PJSIP/1003"]
         assert registry.get_sample_value("callhub_route_requests_total",
                                          {"line": "hotline", "result": "routed"}) == 1.0
-        assert {op.path for op in routing.operations()} >= {"/api/v1/agents",
-                                                            "/api/v1/rotas/{line}"}
+        db = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'api.db'}")
+        app = make_app(settings, db, router=routing.router)  # the daemon's api part does this
+        served = {route.resource.canonical for route in app.router.routes()  # type: ignore[union-attr]
+                  }
+        assert served >= {"/api/v1/agents", "/api/v1/rotas/{line}"}
+        assert app[ROUTER] is routing.router
+        await db.close()
     finally:
         await routing.close()
 

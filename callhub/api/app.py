@@ -1,8 +1,11 @@
 """The aiohttp application: every Operation registered behind its role check.
 
-`make_app` is the one place routes are mounted. Other parts add theirs with
-`extra_operations` (e.g. GET /metrics, which does its own token check and
-so has `role=None`); they are served and documented like the built-in ones.
+`make_app` is the one place routes are mounted. Each request is checked
+against its operation's models (query, path, body) before the handler runs.
+Other parts add theirs with `extra_operations` (e.g. GET /metrics, which
+does its own token check and so has `role=None`); they are served and
+documented like the built-in ones. With a `router`, the rota routes
+(/api/v1/agents, /api/v1/rotas) are served too, over that router.
 /readyz reports the parts of the `supervisor` handed in (the daemon's),
 plus the database and each PBX's AMI.
 """
@@ -16,23 +19,27 @@ import structlog
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
-from callhub.api import auth, calls, health, stats, worklist
+from callhub.api import auth, calls, health, rota, stats, worklist
 from callhub.api.base import (
     DB,
     INGESTS,
+    INPUTS,
     METRICS,
     OPERATIONS,
     SETTINGS,
     Handler,
     IngestStatus,
+    Inputs,
     Operation,
     error_response,
 )
 from callhub.api.openapi import OPENAPI
-from callhub.api.params import BadParameter
+from callhub.api.params import BadParameter, parse_body, parse_path, parse_query
 from callhub.config import Settings
 from callhub.lifecycle import Supervisor
+from callhub.routing.chooser import Router
 from callhub.store.db import Database
+from callhub.store.errors import InvalidTransition, NotApplicable, NotFound
 
 log = structlog.get_logger(__name__)
 
@@ -47,12 +54,19 @@ BUILTIN_OPERATIONS: tuple[Operation, ...] = (
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error as JSON: 400 naming the parameter, 503 when the database is down."""
+    """Every error as JSON: 400 naming the parameter, 404/409 for what the store refuses,
+    503 when the database is down."""
     try:
         return await handler(request)
     except BadParameter as exc:
         return error_response(400, "bad_parameter", f"{exc.name}: {exc.why}",
                               parameter=exc.name)
+    except NotFound as exc:
+        return error_response(404, "not_found", str(exc))
+    except InvalidTransition as exc:
+        return error_response(409, "conflict", str(exc))
+    except NotApplicable as exc:
+        return error_response(400, "bad_request", str(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -68,12 +82,31 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_response(500, "internal_error", "internal error (logged)")
 
 
+def checked(op: Operation, settings: Settings) -> Handler:
+    """`op`'s handler behind the validation of its query, path parameters and body."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        tz = settings.tz
+        request[INPUTS] = Inputs(
+            op,
+            query=parse_query(request.query, op.query, tz) if op.query is not None else None,
+            path=parse_path(request.match_info, op.path_params) if op.path_params else None,
+            body=parse_body(await request.read(), op.body, tz) if op.body else None)
+        return await op.handler(request)
+
+    handler.__name__ = getattr(op.handler, "__name__", "handler")
+    handler.__doc__ = op.handler.__doc__
+    return handler
+
+
 def make_app(settings: Settings, db: Database, *,
              ingests: Mapping[str, IngestStatus] | None = None,
              metrics: Any = None,
              extra_operations: Sequence[Operation] = (),
-             supervisor: Supervisor | None = None) -> web.Application:
-    """The API application for `settings` reading `db`; `ingests` by PBX name for /readyz."""
+             supervisor: Supervisor | None = None,
+             router: Router | None = None) -> web.Application:
+    """The API application for `settings` reading `db`; `ingests` by PBX name for /readyz;
+    the rota routes over `router` when one is given."""
     app = web.Application(middlewares=[json_errors], client_max_size=256 * 1024)
     app[SETTINGS] = settings
     app[DB] = db
@@ -82,9 +115,13 @@ def make_app(settings: Settings, db: Database, *,
     health.add_default_parts(app[health.SUPERVISOR], settings, db, app[INGESTS])
     app[METRICS] = metrics
     operations = (*BUILTIN_OPERATIONS, *extra_operations)
+    if router is not None:
+        app[rota.ROUTER] = router
+        operations = (*operations, *rota.OPERATIONS)
     app[OPERATIONS] = operations
     for op in operations:
-        handler = op.handler if op.role is None else auth.require(op.role, settings.api_tokens,
-                                                                  op.handler)
+        handler = checked(op, settings)
+        if op.role is not None:
+            handler = auth.require(op.role, settings.api_tokens, handler)
         app.router.add_route(op.method, op.path, handler)
     return app

@@ -1,27 +1,30 @@
-"""What every route module shares: the Operation record, app keys and JSON helpers.
+"""What every route module shares: the Operation record, app keys and JSON replies.
 
-An `Operation` is a route and its documentation in one value; `app.py`
-registers it (behind the role check) and `openapi.py` documents it, so the
-served routes and the document cannot drift apart.
+An `Operation` is a route and its documentation in one value: its query,
+path and body models validate the request before the handler runs, and its
+`responses` name the model each status answers with; `app.py` registers it
+(behind the role check) and `openapi.py` documents it from the same models,
+so the served routes, what they accept and what they answer cannot drift
+from the document.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import functools
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
+from pydantic import BaseModel, TypeAdapter
 
-from callhub.api.params import BadParameter, Param, check_text
 from callhub.config import Settings
 from callhub.store.db import Database
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+M = TypeVar("M", bound=BaseModel)
 
 
 class IngestStatus(Protocol):
@@ -32,11 +35,27 @@ class IngestStatus(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Reply:
+    """One documented response: its sentence and the model of its JSON body.
+
+    `model` None: no body (204). `csv`: the same route may answer text/csv too.
+    """
+
+    description: str
+    model: Any = None
+    csv: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Operation:
     """One HTTP route: method, absolute path, handler, who may call it, and its docs.
 
     `role` is the least role allowed (viewer < supervisor < admin); None means
     the handler needs no token from callhub's auth (it does its own or is public).
+    `query`, `path_params` and `body` are the pydantic models the app validates
+    the request against before the handler runs (`query` None: not checked by
+    the app; every /api/v1 operation declares one, `NoQuery` for none).
+    `responses` maps a status to a `Reply` (or to a literal OpenAPI response).
     """
 
     method: str
@@ -45,11 +64,21 @@ class Operation:
     role: str | None
     summary: str
     tag: str
-    query: tuple[Param, ...] = ()
-    path_params: tuple[Param, ...] = ()
-    body: Mapping[str, Any] | None = None
-    responses: Mapping[str, Any] = field(default_factory=dict)
+    query: type[BaseModel] | None = None
+    path_params: type[BaseModel] | None = None
+    body: type[BaseModel] | None = None
+    responses: Mapping[str, Reply | Mapping[str, Any]] = field(default_factory=dict)
     produces: tuple[str, ...] = ("application/json",)
+
+
+@dataclass(frozen=True, slots=True)
+class Inputs:
+    """A request's validated input, for its handler."""
+
+    operation: Operation
+    query: BaseModel | None = None
+    path: BaseModel | None = None
+    body: BaseModel | None = None
 
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
@@ -57,6 +86,49 @@ DB: web.AppKey[Database] = web.AppKey("db", Database)
 INGESTS: web.AppKey[Mapping[str, IngestStatus]] = web.AppKey("ingests", Mapping)
 METRICS: web.AppKey[Any] = web.AppKey("metrics", object)
 OPERATIONS: web.AppKey[tuple[Operation, ...]] = web.AppKey("operations", tuple)
+INPUTS: web.RequestKey[Inputs] = web.RequestKey("inputs", Inputs)
+
+
+def _input(request: web.Request, which: str, model: type[M]) -> M:
+    value = getattr(request[INPUTS], which)
+    if not isinstance(value, model):
+        raise TypeError(f"{request.method} {request.path}: the operation's {which} model is "
+                        f"{type(value).__name__}, not {model.__name__}")
+    return value
+
+
+def query_of(request: web.Request, model: type[M]) -> M:
+    """The request's query string, validated as `model` (the operation's `query`)."""
+    return _input(request, "query", model)
+
+
+def path_of(request: web.Request, model: type[M]) -> M:
+    """The request's path parameters, validated as `model` (the operation's `path_params`)."""
+    return _input(request, "path", model)
+
+
+def body_of(request: web.Request, model: type[M]) -> M:
+    """The request's JSON body, validated as `model` (the operation's `body`)."""
+    return _input(request, "body", model)
+
+
+@functools.cache
+def adapter(model: Any) -> TypeAdapter[Any]:
+    """The (cached) pydantic adapter of a response model."""
+    return TypeAdapter(model)
+
+
+def reply(request: web.Request, data: Any, status: int = 200,
+          headers: Mapping[str, str] | None = None) -> web.Response:
+    """`data` as the JSON body the operation documents for `status`: validated against that
+    model and serialised by it (a mismatch raises, which the app logs as a 500)."""
+    op = request[INPUTS].operation
+    doc = op.responses.get(str(status))
+    if not isinstance(doc, Reply) or doc.model is None:
+        raise LookupError(f"{op.method} {op.path} documents no JSON body for {status}")
+    kind = adapter(doc.model)
+    return web.Response(body=kind.dump_json(kind.validate_python(data)), status=status,
+                        content_type="application/json", charset="utf-8", headers=headers)
 
 
 def _default(value: Any) -> Any:
@@ -71,64 +143,10 @@ def dumps(data: Any) -> str:
 
 def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None
                   ) -> web.Response:
+    """Plain JSON, for routes outside the documented API (the desk's session check)."""
     return web.Response(text=dumps(data), status=status, content_type="application/json",
                         headers=headers)
 
 
 def error_response(status: int, error: str, message: str, **extra: Any) -> web.Response:
     return json_response({"error": error, "message": message, **extra}, status=status)
-
-
-async def json_body(request: web.Request, fields: Mapping[str, type | tuple[type, ...]],
-                    required: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A JSON object body with only `fields` (of those types); BadParameter otherwise."""
-    if not request.can_read_body:
-        if required:
-            raise BadParameter(required[0], "required (send a JSON object body)")
-        return {}
-    try:
-        data = json.loads(await request.text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadParameter("body", f"not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadParameter("body", "must be a JSON object")
-    for key, value in data.items():
-        if key not in fields:
-            raise BadParameter(key, f"unknown field (known: {', '.join(sorted(fields))})")
-        if value is not None and not isinstance(value, fields[key]):
-            raise BadParameter(key, f"wrong type {type(value).__name__}")
-        if isinstance(value, str):
-            check_text(key, value)
-    for key in required:
-        if data.get(key) is None:
-            raise BadParameter(key, "required")
-    return data
-
-
-def path_int(request: web.Request, name: str) -> int:
-    """An integer path parameter (ids); BadParameter when it is not one."""
-    raw = request.match_info[name]
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 10 or not 1 <= int(raw) <= 2**31 - 1:
-        raise BadParameter(name, f"must be an integer id between 1 and {2**31 - 1}; "
-                                 f"got {raw[:40]!r}")
-    return int(raw)
-
-
-ID_PARAM = Param("id", "integer", "The numeric id.", minimum=1, maximum=2**31 - 1)
-
-
-def offset_cursor(kind: str, offset: int) -> str:
-    """An opaque page cursor for offset-paged lists; `kind` keeps lists' cursors apart."""
-    return base64.urlsafe_b64encode(f"{kind}{offset}".encode()).decode().rstrip("=")
-
-
-def cursor_offset(kind: str, text: str) -> int:
-    """The offset in a cursor made by `offset_cursor(kind, ...)`; BadParameter otherwise."""
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
-        if not raw.startswith(kind) or not (raw[len(kind):].isascii()
-                                            and raw[len(kind):].isdigit()):
-            raise ValueError(raw)
-        return int(raw[len(kind):])
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise BadParameter("cursor", "not a cursor this API returned") from None

@@ -2,88 +2,88 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
+from pydantic import Field
 
-from callhub.api import csv_export
+from callhub.api import csv_export, cursors
 from callhub.api.base import (
     DB,
-    ID_PARAM,
     SETTINGS,
     Operation,
-    error_response,
-    json_body,
-    json_response,
-    path_int,
+    Reply,
+    body_of,
+    path_of,
+    query_of,
+    reply,
 )
-from callhub.api.params import BadParameter, Param, parse_query
-from callhub.records import OUTCOMES, REASONS
+from callhub.api.params import BadParameter, Body, Filter, Moment, NoQuery, Path, Query, Text
+from callhub.api.schemas import Call, CallPage, Direction, ErrorBody, Outcome, Reason
 from callhub.store import queries
-from callhub.store.worklist import STATUSES
 
 MAX_LIMIT = 500
 MAX_NOTE = 4000
+MAX_ID = 2**31 - 1
 
-CALL_FILTERS: tuple[Param, ...] = (
-    Param("from", "datetime", "Calls that arrived at or after this time (ISO 8601; without "
-          "an offset, in the configured time zone)."),
-    Param("to", "datetime", "Calls that arrived before this time."),
-    Param("direction", "string", "inbound, outbound or internal.",
-          enum=("inbound", "outbound", "internal")),
-    Param("outcome", "string", "The call's outcome.", enum=OUTCOMES),
-    Param("reason", "string", "Why an unanswered call was lost.", enum=REASONS),
-    Param("line", "string", "The line (configured name of the DID, else the DID)."),
-    Param("did", "string", "The dialled number of inbound calls."),
-    Param("agent", "string", "The agent's device interface (PJSIP/1001) or name."),
-    Param("caller_number", "string", "The calling number exactly."),
-    Param("number", "string", "The outside party's number: the caller of an inbound call, "
-          "the dialled number of an outbound one."),
-    Param("min_rings", "integer", "Calls that rang at least this many rings.",
-          minimum=0, maximum=1000),
-    Param("worklist_status", "string", "Calls listed on a worklist entry with this status.",
-          enum=STATUSES),
-    Param("pbx", "string", "The PBX name."),
-)
-PAGE_PARAMS: tuple[Param, ...] = (
-    Param("limit", "integer", "Calls per page.", minimum=1, maximum=MAX_LIMIT, default=50),
-    Param("cursor", "string", "`next_cursor` of the previous page.", max_length=200),
-    Param("format", "string", "`csv` for a CSV file of every matching call (UTF-8 with BOM).",
-          enum=("json", "csv")),
-)
+Status = Literal["pending", "handled", "dismissed"]
 
 
-def encode_cursor(row: dict[str, Any]) -> str:
-    raw = json.dumps([row["arrived_at"].isoformat(), row["id"]]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+class CallFilters(Query):
+    """Every filter of GET /calls; absent: not filtered."""
+
+    start: Moment | None = Field(None, alias="from", description=(
+        "Calls that arrived at or after this time (ISO 8601; without an offset, in the "
+        "configured time zone)."))
+    to: Moment | None = Field(None, description="Calls that arrived before this time.")
+    direction: Direction | None = Field(None, description="inbound, outbound or internal.")
+    outcome: Outcome | None = Field(None, description="The call's outcome.")
+    reason: Reason | None = Field(None, description="Why an unanswered call was lost.")
+    line: Filter | None = Field(None, description="The line (configured name of the DID, "
+                                                  "else the DID).")
+    did: Filter | None = Field(None, description="The dialled number of inbound calls.")
+    agent: Filter | None = Field(None, description="The agent's device interface (PJSIP/1001) "
+                                                   "or name.")
+    caller_number: Filter | None = Field(None, description="The calling number exactly.")
+    number: Filter | None = Field(None, description=(
+        "The outside party's number: the caller of an inbound call, the dialled number of "
+        "an outbound one."))
+    min_rings: Annotated[int, Field(ge=0, le=1000)] | None = Field(
+        None, description="Calls that rang at least this many rings.")
+    worklist_status: Status | None = Field(None, description="Calls listed on a worklist "
+                                                             "entry with this status.")
+    pbx: Filter | None = Field(None, description="The PBX name.")
 
 
-def decode_cursor(text: str) -> tuple[datetime, int]:
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        at, call_id = json.loads(raw)
-        value = datetime.fromisoformat(at)
-        if value.tzinfo is None or not isinstance(call_id, int) or isinstance(call_id, bool):
-            raise ValueError("bad cursor")
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise BadParameter("cursor", "not a cursor this API returned (use next_cursor as "
-                                     "given)") from None
-    return value, call_id
+class CallSearch(CallFilters):
+    """GET /calls: the filters and the page."""
+
+    limit: int = Field(50, ge=1, le=MAX_LIMIT, description="Calls per page.")
+    cursor: Annotated[str, Field(max_length=200)] | None = Field(
+        None, description="`next_cursor` of the previous page.")
+    format: Literal["json", "csv"] | None = Field(
+        None, description="`csv` for a CSV file of every matching call (UTF-8 with BOM).")
 
 
-def call_filter(args: dict[str, Any]) -> queries.CallFilter:
-    if args["from"] is not None and args["to"] is not None and args["from"] >= args["to"]:
+class CallId(Path):
+    id: int = Field(ge=1, le=MAX_ID, description="The call's numeric id.")
+
+
+class CallPatch(Body):
+    """PATCH /calls/{id}: category (from the configured list) and/or note; null clears."""
+
+    category: Text | None = None
+    note: Annotated[Text, Field(max_length=MAX_NOTE)] | None = None
+
+
+def call_filter(args: CallFilters) -> queries.CallFilter:
+    if args.start is not None and args.to is not None and args.start >= args.to:
         raise BadParameter("to", "must be later than from")
     return queries.CallFilter(
-        start=args["from"], end=args["to"], direction=args["direction"],
-        outcome=args["outcome"], reason=args["reason"], line=args["line"], did=args["did"],
-        agent=args["agent"], caller_number=args["caller_number"], number=args["number"],
-        min_rings=args["min_rings"], worklist_status=args["worklist_status"],
-        pbx=args["pbx"])
+        start=args.start, end=args.to, direction=args.direction, outcome=args.outcome,
+        reason=args.reason, line=args.line, did=args.did, agent=args.agent,
+        caller_number=args.caller_number, number=args.number, min_rings=args.min_rings,
+        worklist_status=args.worklist_status, pbx=args.pbx)
 
 
 def call_json(row: dict[str, Any]) -> dict[str, Any]:
@@ -104,73 +104,65 @@ def wants_csv(request: web.Request, fmt: str | None) -> bool:
 
 async def list_calls(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    args = parse_query(request.query, (*CALL_FILTERS, *PAGE_PARAMS), settings.tz)
+    args = query_of(request, CallSearch)
     f = call_filter(args)
-    after = decode_cursor(args["cursor"]) if args["cursor"] is not None else None
+    after = None
+    if args.cursor is not None:
+        at, last_id = cursors.CALLS.decode(args.cursor)
+        after = (cursors.moment(at), last_id)
     db = request.app[DB]
-    if wants_csv(request, args["format"]):
+    if wants_csv(request, args.format):
         return await csv_export.stream_calls(request, db, f, after, settings.tz)
-    limit = int(args["limit"])
     async with db.connection() as conn:
-        rows = await queries.list_calls(conn, f, limit + 1, after)
-    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-    return json_response({"items": [call_json(r) for r in rows[:limit]],
-                          "next_cursor": next_cursor})
+        rows = await queries.list_calls(conn, f, args.limit + 1, after)
+    next_cursor = None
+    if len(rows) > args.limit:
+        last = rows[args.limit - 1]
+        next_cursor = cursors.CALLS.encode(cursors.micros(last["arrived_at"]), last["id"])
+    return reply(request, {"items": [call_json(r) for r in rows[:args.limit]],
+                           "next_cursor": next_cursor})
 
 
 async def get_call(request: web.Request) -> web.StreamResponse:
-    parse_query(request.query, (), request.app[SETTINGS].tz)
-    call_id = path_int(request, "id")
+    call_id = path_of(request, CallId).id
     async with request.app[DB].connection() as conn:
         row = await queries.get_call(conn, call_id)
     if row is None:
-        return error_response(404, "not_found", f"no call {call_id}")
-    return json_response(call_json(row))
+        return reply(request, {"error": "not_found", "message": f"no call {call_id}"}, 404)
+    return reply(request, call_json(row))
 
 
 async def patch_call(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    parse_query(request.query, (), settings.tz)
-    call_id = path_int(request, "id")
-    body = await json_body(request, {"category": str, "note": str})
-    if not body:
+    call_id = path_of(request, CallId).id
+    body = body_of(request, CallPatch)
+    values = body.model_dump(exclude_unset=True)
+    if not values:
         raise BadParameter("body", "give category and/or note")
-    if body.get("category") is not None and body["category"] not in settings.categories:
+    if body.category is not None and body.category not in settings.categories:
         raise BadParameter("category", f"must be one of {', '.join(settings.categories)}")
-    if body.get("note") is not None and len(body["note"]) > MAX_NOTE:
-        raise BadParameter("note", f"longer than {MAX_NOTE} characters")
     async with request.app[DB].begin() as conn:
-        found = await queries.update_call(conn, call_id, body)
+        found = await queries.update_call(conn, call_id, values)
         row = await queries.get_call(conn, call_id) if found else None
     if row is None:
-        return error_response(404, "not_found", f"no call {call_id}")
-    return json_response(call_json(row))
+        return reply(request, {"error": "not_found", "message": f"no call {call_id}"}, 404)
+    return reply(request, call_json(row))
 
 
-CALL_SCHEMA_REF = {"$ref": "#/components/schemas/Call"}
+NOT_FOUND = Reply("No such call.", ErrorBody)
 
 OPERATIONS = (
     Operation("GET", "/api/v1/calls", list_calls, "supervisor",
               "Search calls, newest first, a page at a time (or all of them as CSV).",
-              "calls", query=(*CALL_FILTERS, *PAGE_PARAMS),
-              responses={"200": {"description": "A page of calls.", "content": {
-                  "application/json": {"schema": {
-                      "type": "object", "required": ["items", "next_cursor"],
-                      "properties": {"items": {"type": "array", "items": CALL_SCHEMA_REF},
-                                     "next_cursor": {"type": ["string", "null"]}}}},
-                  "text/csv": {"schema": {"type": "string"}}}}}),
+              "calls", query=CallSearch,
+              responses={"200": Reply("A page of calls (or every matching call as CSV).",
+                                      CallPage, csv=True)}),
     Operation("GET", "/api/v1/calls/{id}", get_call, "supervisor",
-              "One call with its attempts timeline.", "calls", path_params=(ID_PARAM,),
-              responses={"200": {"description": "The call.", "content": {
-                  "application/json": {"schema": CALL_SCHEMA_REF}}},
-                  "404": {"$ref": "#/components/responses/NotFound"}}),
+              "One call with its attempts timeline.", "calls", query=NoQuery,
+              path_params=CallId,
+              responses={"200": Reply("The call.", Call), "404": NOT_FOUND}),
     Operation("PATCH", "/api/v1/calls/{id}", patch_call, "supervisor",
               "Set a call's category (from the configured list) and/or note.", "calls",
-              path_params=(ID_PARAM,),
-              body={"type": "object", "additionalProperties": False, "properties": {
-                  "category": {"type": ["string", "null"]},
-                  "note": {"type": ["string", "null"], "maxLength": MAX_NOTE}}},
-              responses={"200": {"description": "The updated call.", "content": {
-                  "application/json": {"schema": CALL_SCHEMA_REF}}},
-                  "404": {"$ref": "#/components/responses/NotFound"}}),
+              query=NoQuery, path_params=CallId, body=CallPatch,
+              responses={"200": Reply("The updated call.", Call), "404": NOT_FOUND}),
 )

@@ -1,85 +1,83 @@
-"""The OpenAPI 3.1 document, generated from the Operations the app really serves."""
+"""The OpenAPI 3.1 document, generated from the Operations the app really serves.
+
+Parameters, request bodies and response bodies are the JSON schemas of the
+operations' pydantic models (the ones that validate requests and responses),
+shared definitions under components/schemas.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel, TypeAdapter
+from pydantic.json_schema import JsonSchemaMode
 
-from callhub.api.base import OPERATIONS, Operation, json_response
-from callhub.api.stats import figures_schema
+from callhub.api.base import OPERATIONS, Operation, Reply, adapter, reply
+from callhub.api.params import NoQuery
+from callhub.api.schemas import ErrorBody
 
-NULLABLE_STRING = {"type": ["string", "null"]}
-NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
-TIME = {"type": "string", "format": "date-time"}
-
-ATTEMPT = {"type": "object", "properties": {
-    "seq": {"type": "integer"}, "interface": {"type": "string"}, "agent_name": NULLABLE_STRING,
-    "offered_at": TIME, "ring_started_at": NULLABLE_TIME, "ended_at": NULLABLE_TIME,
-    "result": NULLABLE_STRING, "ring_seconds": {"type": "number"}}}
-
-CALL = {"type": "object", "required": ["id", "pbx", "linkedid", "direction", "outcome"],
-        "properties": {
-            "id": {"type": "integer"}, "pbx": {"type": "string"}, "linkedid": {"type": "string"},
-            "direction": {"type": "string", "enum": ["inbound", "outbound", "internal"]},
-            "line": NULLABLE_STRING, "called_number": NULLABLE_STRING,
-            "caller_number": NULLABLE_STRING, "caller_name": NULLABLE_STRING,
-            "external_number": NULLABLE_STRING,
-            "arrived_at": TIME, "ring_started_at": NULLABLE_TIME, "answered_at": NULLABLE_TIME,
-            "ended_at": TIME, "ring_seconds": {"type": "number"}, "rings": {"type": "integer"},
-            "wait_seconds": {"type": "number"}, "talk_seconds": {"type": "number"},
-            "hold_seconds": {"type": "number"}, "outcome": {"type": "string"},
-            "reason": NULLABLE_STRING, "voicemail": {"type": "boolean"},
-            "short_abandon": {"type": "boolean"}, "agent": NULLABLE_STRING,
-            "agent_name": NULLABLE_STRING, "hangup_by": NULLABLE_STRING,
-            "hangup_cause": {"type": ["integer", "null"]}, "queue": NULLABLE_STRING,
-            "incomplete": {"type": "boolean"},
-            "transfers": {"type": "array", "items": {"type": "object"}},
-            "category": NULLABLE_STRING, "note": NULLABLE_STRING,
-            "worklist": {"type": ["object", "null"]},
-            "attempts": {"type": "array", "items": {"$ref": "#/components/schemas/Attempt"}},
-        }}
-
-WORKLIST_ENTRY = {"type": "object", "required": ["id", "number", "status", "calls"],
-                  "properties": {
-                      "id": {"type": "integer"}, "pbx": {"type": "string"},
-                      "number": {"type": "string"}, "line": NULLABLE_STRING,
-                      "status": {"type": "string", "enum": ["pending", "handled", "dismissed"]},
-                      "first_missed_at": TIME, "last_missed_at": TIME,
-                      "call_count": {"type": "integer"}, "handled_at": NULLABLE_TIME,
-                      "handled_by": NULLABLE_STRING,
-                      "how": {"type": ["string", "null"],
-                              "enum": ["callback", "called_again", "manual", None]},
-                      "handled_call_id": {"type": ["integer", "null"]},
-                      "time_to_callback_seconds": {"type": ["number", "null"]},
-                      "note": NULLABLE_STRING,
-                      "calls": {"type": "array", "items": {"type": "object"}}}}
-
-ERROR = {"type": "object", "required": ["error", "message"], "properties": {
-    "error": {"type": "string"}, "message": {"type": "string"},
-    "parameter": {"type": "string", "description": "The bad parameter (400 only)."}}}
+REF = "#/components/schemas/{model}"
+ERROR_REF = {"$ref": REF.format(model="ErrorBody")}
 
 
 def _error(description: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    return {"description": description, "content": {"application/json": {"schema": ERROR_REF}}}
 
 
-def operation_doc(op: Operation) -> dict[str, Any]:
+def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A query or path parameter's schema without the `null` an optional field allows (a
+    query string cannot carry null) and without pydantic's titles."""
+    out = {k: v for k, v in schema.items() if k not in ("title", "description")}
+    branches = [b for b in out.pop("anyOf", []) if b != {"type": "null"}]
+    if len(branches) == 1:
+        out.update(branches[0])
+    elif branches:
+        out["anyOf"] = branches
+    if out.get("default", 0) is None:
+        del out["default"]
+    return out
+
+
+def parameters(model: type[BaseModel] | None, location: str) -> list[dict[str, Any]]:
+    """The OpenAPI parameters of a query or path model, one per field."""
+    if model is None:
+        return []
+    schema = model.model_json_schema(mode="validation")
+    required = set(schema.get("required", ()))
+    return [{"name": name, "in": location, "required": location == "path" or name in required,
+             "description": prop.get("description", ""), "schema": _not_null(prop)}
+            for name, prop in schema.get("properties", {}).items()]
+
+
+def _content(doc: Reply, refs: Mapping[Any, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": doc.description}
+    if doc.model is not None:
+        out["content"] = {"application/json": {"schema": refs[doc.model, "serialization"]}}
+        if doc.csv:
+            out["content"]["text/csv"] = {"schema": {"type": "string"}}
+    return out
+
+
+def operation_doc(op: Operation, refs: Mapping[Any, Any]) -> dict[str, Any]:
+    responses: dict[str, Any] = {
+        status: _content(doc, refs) if isinstance(doc, Reply) else dict(doc)
+        for status, doc in op.responses.items()}
     doc: dict[str, Any] = {
         "operationId": f"{op.method.lower()}_{op.path.strip('/').replace('/', '_')}"
-                       .replace("{", "").replace("}", "").replace("api_v1_", ""),
+                       .replace("{", "").replace("}", "").replace("api_v1_", "")
+                       .replace("-", "_"),
         "summary": op.summary,
         "tags": [op.tag],
-        "parameters": [p.openapi("path") for p in op.path_params]
-                      + [p.openapi("query") for p in op.query],
-        "responses": dict(op.responses) or {"200": {"description": "OK", "content": {
+        "parameters": parameters(op.path_params, "path") + parameters(op.query, "query"),
+        "responses": responses or {"200": {"description": "OK", "content": {
             kind: {"schema": {"type": "string"}} for kind in op.produces}}},
     }
     if op.body is not None:
-        doc["requestBody"] = {"required": False,
-                              "content": {"application/json": {"schema": dict(op.body)}}}
+        required = bool(op.body.model_json_schema().get("required"))
+        doc["requestBody"] = {"required": required, "content": {
+            "application/json": {"schema": refs[op.body, "validation"]}}}
     if op.role is None:
         doc["security"] = []
     else:
@@ -87,15 +85,32 @@ def operation_doc(op: Operation) -> dict[str, Any]:
         doc["description"] = f"Needs a token with the {op.role} role or above."
         doc["responses"].setdefault("401", {"$ref": "#/components/responses/Unauthorized"})
         doc["responses"].setdefault("403", {"$ref": "#/components/responses/Forbidden"})
+        doc["responses"].setdefault("503", {"$ref": "#/components/responses/Unavailable"})
     if op.query or op.path_params or op.body is not None or op.role is not None:
         doc["responses"].setdefault("400", {"$ref": "#/components/responses/BadRequest"})
     return doc
 
 
+def _models(operations: Iterable[Operation]) -> list[tuple[Any, JsonSchemaMode]]:
+    """Every body and response model of `operations`, once, with the mode it is used in."""
+    found: dict[tuple[Any, JsonSchemaMode], None] = {(ErrorBody, "serialization"): None}
+    for op in operations:
+        if op.body is not None:
+            found[op.body, "validation"] = None
+        for doc in op.responses.values():
+            if isinstance(doc, Reply) and doc.model is not None:
+                found[doc.model, "serialization"] = None
+    return list(found)
+
+
 def build(operations: Iterable[Operation], version: str = "0.1.0") -> dict[str, Any]:
+    operations = tuple(operations)
+    models = _models(operations)
+    refs, definitions = TypeAdapter.json_schemas(
+        [(model, mode, adapter(model)) for model, mode in models], ref_template=REF)
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
-        paths.setdefault(op.path, {})[op.method.lower()] = operation_doc(op)
+        paths.setdefault(op.path, {})[op.method.lower()] = operation_doc(op, refs)
     return {
         "openapi": "3.1.0",
         "info": {"title": "callhub", "version": version,
@@ -105,13 +120,13 @@ def build(operations: Iterable[Operation], version: str = "0.1.0") -> dict[str, 
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"Call": CALL, "Attempt": ATTEMPT, "WorklistEntry": WORKLIST_ENTRY,
-                        "Figures": figures_schema(), "Error": ERROR},
+            "schemas": definitions.get("$defs", {}),
             "responses": {
                 "BadRequest": _error("A parameter is wrong; `parameter` names it."),
                 "Unauthorized": _error("No token, or not a known one."),
                 "Forbidden": _error("The token's role is too small."),
                 "NotFound": _error("No such item."),
+                "Unavailable": _error("The database cannot be reached; try again shortly."),
             },
         },
         "security": [{"bearer": []}],
@@ -120,11 +135,9 @@ def build(operations: Iterable[Operation], version: str = "0.1.0") -> dict[str, 
 
 async def openapi_json(request: web.Request) -> web.StreamResponse:
     operations: tuple[Operation, ...] = request.app[OPERATIONS]
-    return json_response(build(operations))
+    return reply(request, build(operations))
 
 
 OPENAPI = Operation("GET", "/api/v1/openapi.json", openapi_json, "viewer",
-                    "This document.", "meta",
-                    responses={"200": {"description": "The OpenAPI 3.1 document.",
-                                       "content": {"application/json": {
-                                           "schema": {"type": "object"}}}}})
+                    "This document.", "meta", query=NoQuery,
+                    responses={"200": Reply("The OpenAPI 3.1 document.", dict[str, Any])})

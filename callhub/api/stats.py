@@ -3,73 +3,60 @@
 from __future__ import annotations
 
 from datetime import datetime, time, timedelta
+from typing import Literal
 
 from aiohttp import web
+from pydantic import Field
 
-from callhub.api.base import DB, SETTINGS, Operation, json_response
-from callhub.api.params import BadParameter, Param, parse_query
+from callhub.api.base import DB, SETTINGS, Operation, Reply, query_of, reply
+from callhub.api.params import BadParameter, Filter, Moment, Query
+from callhub.api.schemas import Stats
 from callhub.store import stats
-from callhub.store.stats import FIGURES_DOC
 
 MAX_DAYS = 400
 
-STATS_PARAMS: tuple[Param, ...] = (
-    Param("from", "datetime", "Start of the period (default: today 00:00 in the configured "
-          "time zone)."),
-    Param("to", "datetime", "End of the period, exclusive (default: from + 1 day)."),
-    Param("group_by", "string", "One block of figures per hour, day, agent or line.",
-          enum=stats.GROUPS),
-    Param("rings", "integer", "N of the answer-within-N-rings rates.", minimum=1,
-          maximum=100, default=3),
-    Param("seconds", "number", "T of the within-T-seconds service level (caller's wait).",
-          minimum=0, maximum=86400, default=20),
-    Param("pbx", "string", "Only this PBX."),
-)
+
+class StatsQuery(Query):
+    start: Moment | None = Field(None, alias="from", description=(
+        "Start of the period (default: today 00:00 in the configured time zone)."))
+    to: Moment | None = Field(None, description="End of the period, exclusive (default: "
+                                                "from + 1 day).")
+    group_by: Literal[stats.GROUPS] | None = Field(  # type: ignore[valid-type]
+        None, description="One block of figures per hour, day, agent or line.")
+    rings: int = Field(3, ge=1, le=100, description="N of the answer-within-N-rings rates.")
+    seconds: float = Field(20, ge=0, le=86400, allow_inf_nan=False, description=(
+        "T of the within-T-seconds service level (caller's wait)."))
+    pbx: Filter | None = Field(None, description="Only this PBX.")
 
 
 async def get_stats(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     tz = settings.tz
-    args = parse_query(request.query, STATS_PARAMS, tz)
-    start = args["from"]
+    args = query_of(request, StatsQuery)
+    start = args.start
     if start is None:
         start = datetime.combine(datetime.now(tz).date(), time(), tzinfo=tz)
-    end = args["to"] if args["to"] is not None else start + timedelta(days=1)
+    end = args.to if args.to is not None else start + timedelta(days=1)
     if end <= start:
         raise BadParameter("to", "must be later than from")
     if end - start > timedelta(days=MAX_DAYS):
         raise BadParameter("to", f"the period may span at most {MAX_DAYS} days")
-    q = stats.StatsQuery(start=start, end=end, group_by=args["group_by"],
-                         rings=int(args["rings"]), seconds=float(args["seconds"]),
+    q = stats.StatsQuery(start=start, end=end, group_by=args.group_by, rings=args.rings,
+                         seconds=args.seconds,
                          exclude_short_abandons=settings.stats_exclude_short_abandons,
-                         tz=tz, pbx=args["pbx"])
+                         tz=tz, pbx=args.pbx)
     async with request.app[DB].connection() as conn:
         figures = await stats.compute(conn, q)
-    return json_response({
+    return reply(request, {
         "from": start, "to": end, "group_by": q.group_by, "rings": q.rings,
         "seconds": q.seconds, "short_abandons_excluded": q.exclude_short_abandons,
         **figures,
     })
 
 
-def figures_schema() -> dict[str, object]:
-    props: dict[str, object] = {
-        name: {"type": ["number", "null"] if "rate" in name or "level" in name
-               or name.startswith(("avg", "p90", "median")) else "integer",
-               "description": text}
-        for name, text in FIGURES_DOC.items()
-    }
-    return {"type": "object", "properties": props}
-
-
 OPERATIONS = (
     Operation("GET", "/api/v1/stats", get_stats, "viewer",
               "Answer rates, rings, service level, abandons and callbacks over a period.",
-              "stats", query=STATS_PARAMS,
-              responses={"200": {"description": "Totals, and groups with group_by.",
-                                 "content": {"application/json": {"schema": {
-                                     "type": "object", "properties": {
-                                         "totals": {"$ref": "#/components/schemas/Figures"},
-                                         "groups": {"type": "array", "items": {
-                                             "$ref": "#/components/schemas/Figures"}}}}}}}}),
+              "stats", query=StatsQuery,
+              responses={"200": Reply("Totals, and groups with group_by.", Stats)}),
 )

@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from callhub.config import load_settings
 from callhub.routing.chooser import Router
-from callhub.routing.model import Line
-from callhub.routing.onduty import local_time, next_change, rota_zone
+from callhub.routing.duty import line_report
+from callhub.routing.onduty import local_time, rota_zone
 from callhub.routing.rota_file import RotaError, load_rota
 from callhub.routing.state import POSITION_FILE, RotaStore, RotationState, state_dir
 
@@ -117,34 +117,6 @@ def show_command(args: argparse.Namespace) -> int:
         for report in reports:
             print(render(report))
     return 0
-
-
-def line_report(router: Router, line: Line, at: datetime) -> dict[str, Any]:
-    """On duty at `at`, in the order the next call would be offered, and why others are not."""
-    slots, eligible = router.order(line, at, busy=())
-    tz = at.tzinfo
-    change = next_change(line, at, rota_zone(router.rota, router.default_timezone),
-                         timedelta(days=7))
-    previous = router.state.get(line.name)
-    order = 0
-    agents = []
-    for slot in slots:
-        a = slot.agent
-        takes = slot in eligible
-        if takes:
-            order += 1
-        agents.append({"order": order if takes else None, "id": a.id, "name": a.name,
-                       "interface": a.interface, "ring_timeout": line.ring_timeout_for(a),
-                       "status": "takes calls" if takes else
-                       ("inactive" if not a.active else "not cleared (trainee)")})
-    return {
-        "line": line.name, "dids": list(line.dids),
-        "at": at.isoformat(timespec="minutes"), "timezone": str(tz),
-        "ring_timeout": line.ring_timeout, "fallback": router.fallback_for(line),
-        "previous_agent": previous.agent if previous else None,
-        "on_duty": agents,
-        "next_change": change.isoformat(timespec="minutes") if change else None,
-    }
 
 
 def render(report: dict[str, Any]) -> str:

@@ -5,7 +5,7 @@ ingestion and before the API). By hand::
 
     routing = await start_routing(settings, registry=metrics.registry)
     routing.attach(ingest)                     # for each PbxIngest: busy devices from AMI
-    make_app(..., extra_operations=routing.operations())
+    make_app(..., router=routing.router)       # the API's /api/v1/agents and /api/v1/rotas
     ...
     await routing.close()
 
@@ -27,7 +27,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -41,9 +41,6 @@ from callhub.routing.metrics import RoutingMetrics
 from callhub.routing.model import Rota
 from callhub.routing.rota_file import RotaError
 from callhub.routing.state import POSITION_FILE, RotaStore, RotationState, state_dir
-
-if TYPE_CHECKING:
-    from callhub.api.base import Operation
 
 log = structlog.get_logger(__name__)
 
@@ -80,12 +77,6 @@ class RoutingService:
         """Feed a PbxIngest's events and open calls into the busy view."""
         ingest.add_listener(self.busy.feed, BusyTracker.EVENTS)
         self.busy.add_source(ingest.correlator.busy_interfaces)
-
-    def operations(self) -> tuple[Operation, ...]:
-        """The /api/v1/agents and /api/v1/rotas routes for `make_app(extra_operations=...)`."""
-        from callhub.routing.api import routing_operations
-
-        return routing_operations(self.router)
 
     @property
     def address(self) -> tuple[str, int] | None:
@@ -143,20 +134,20 @@ class DaemonLike(Protocol):
     rota: Rota | None
     metrics: Any
     ingests: Any
-    operations: Any
     supervisor: Supervisor
+    router: Router | None
 
 
 @asynccontextmanager
 async def routing_part(d: DaemonLike) -> AsyncIterator[None]:
     """`callhub run`: FastAGI on fastagi.listen (the supervised task `fastagi`), busy
-    devices from every PBX's AMI, /api/v1/agents and /api/v1/rotas; by `d.rota` in
-    memory when it is set (the demo's)."""
+    devices from every PBX's AMI, and the router published for the API's /api/v1/agents
+    and /api/v1/rotas; by `d.rota` in memory when it is set (the demo's)."""
     registry = d.metrics.registry if d.metrics is not None else None
     routing = await start_routing(d.settings, registry=registry, rota=d.rota, listen=False)
     for ingest in d.ingests.values():
         routing.attach(ingest)
-    d.operations.extend(routing.operations())
+    d.router = routing.router
     health = d.supervisor.part("fastagi")
     try:
         async with d.supervisor.task("fastagi", lambda: routing.serve_fastagi(d.settings, health),

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callhub.config import Settings
+from callhub.store.errors import InvalidTransition, NotApplicable, NotFound
 from callhub.store.tables import calls, followups
 
 STATUSES = ("open", "done", "cancelled")
@@ -30,14 +31,6 @@ SOURCES = ("rule", "manual")
 # (so a rule added to the config does not flood the desk with last year's calls).
 RULE_HORIZON = timedelta(days=7)
 
-
-
-class FollowupError(ValueError):
-    """No such call or follow-up (404), not open (409), or not possible (400)."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +43,12 @@ class Closed:
 
 
 async def call_info(conn: AsyncConnection, call_id: int) -> Any:
-    """The call's id, pbx, outside number, category and end; FollowupError(404) if none."""
+    """The call's id, pbx, outside number, category and end; NotFound if none."""
     row = (await conn.execute(
         sa.select(calls.c.id, calls.c.pbx, calls.c.external_number, calls.c.category,
                   calls.c.ended_at).where(calls.c.id == call_id))).first()
     if row is None:
-        raise FollowupError(f"no call {call_id}", 404)
+        raise NotFound(f"no call {call_id}")
     return row
 
 
@@ -65,7 +58,7 @@ async def create(conn: AsyncConnection, call_id: int, due: Sequence[datetime], *
     """Open one follow-up per due time for a call; the ids in due order."""
     call = await call_info(conn, call_id)
     if not call.external_number:
-        raise FollowupError(f"call {call_id} has no outside number to call back", 400)
+        raise NotApplicable(f"call {call_id} has no outside number to call back")
     ids = []
     for at in sorted(due):
         ids.append((await conn.execute(sa.insert(followups).values(
@@ -162,9 +155,9 @@ async def close(conn: AsyncConnection, followup_id: int, status: str, *, now: da
     current = await conn.scalar(sa.select(followups.c.status)
                                 .where(followups.c.id == followup_id))
     if current is None:
-        raise FollowupError(f"no follow-up {followup_id}", 404)
+        raise NotFound(f"no follow-up {followup_id}")
     if current != "open":
-        raise FollowupError(f"follow-up {followup_id} is already {current}", 409)
+        raise InvalidTransition(f"follow-up {followup_id} is already {current}")
     values: dict[str, Any] = {"status": status, "closed_at": now, "closed_by": who,
                               "how": "manual" if status == "done" else "cancelled",
                               "updated_at": now}

@@ -58,6 +58,7 @@ FIGURES_DOC = {
 }
 
 GROUPS = ("hour", "day", "agent", "line")
+
 P90 = 90  # percent, nearest rank
 # A call's kind in the grouped query (inbound kinds from SHORT on).
 OUTBOUND, SHORT, ANSWERED, ABANDONED, MISSED, OTHER = range(6)

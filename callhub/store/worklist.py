@@ -23,19 +23,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from callhub.config import Settings
 from callhub.records import CallRecord
 from callhub.store.chunks import chunks, in_chunk
+from callhub.store.errors import InvalidTransition, NotFound
 from callhub.store.tables import calls, utc, worklist_calls, worklist_entries
 
 STATUSES = ("pending", "handled", "dismissed")
 HOWS = ("callback", "called_again", "manual")
 
-
-
-class WorklistError(ValueError):
-    """The entry is not there or not open (the API answers 404 / 409)."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def is_worklist_miss(record: CallRecord, settings: Settings) -> bool:
@@ -328,9 +321,9 @@ async def mark(conn: AsyncConnection, entry_id: int, status: str, who: str | Non
         sa.select(worklist_entries.c.status, worklist_entries.c.first_missed_at)
         .where(worklist_entries.c.id == entry_id))).first()
     if row is None:
-        raise WorklistError(f"no worklist entry {entry_id}", 404)
+        raise NotFound(f"no worklist entry {entry_id}")
     if row.status != "pending":
-        raise WorklistError(f"worklist entry {entry_id} is already {row.status}", 409)
+        raise InvalidTransition(f"worklist entry {entry_id} is already {row.status}")
     values: dict[str, Any] = {"status": status, "handled_at": now, "handled_by": who,
                               "note": note, "updated_at": now}
     took = None
