@@ -1,4 +1,5 @@
-"""Property-based run over the OpenAPI document (schemathesis): no 500, no data without a token.
+"""Property-based run over the OpenAPI document (schemathesis): no 500, every answer as
+documented (status, content type, body schema), no data without a token.
 
 Schemathesis generates requests from the document the app serves (valid and
 invalid ones) and sends them over real HTTP to the app on a loopback port,
@@ -18,9 +19,15 @@ from aiohttp import web
 from hypothesis import HealthCheck, settings
 from live_app import LiveApp, without_auth
 from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from store_fixtures import T0, TOKENS, auth, make_call, store
 
-from callhub.api import openapi
+from callhub.api import followups, openapi
 from callhub.api.app import BUILTIN_OPERATIONS, make_app
 from callhub.config import ApiToken, Settings
 from callhub.store import migrate
@@ -28,10 +35,12 @@ from callhub.store.db import Database
 
 SECRET_VALUES = ("+8613800000004", "张三", "13800000004")
 
-DOC = openapi.build(BUILTIN_OPERATIONS)
+DOC = openapi.build((*BUILTIN_OPERATIONS, *followups.OPERATIONS))
 schema = schemathesis.openapi.from_dict(DOC)
 schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
                                 max_examples=25)
+CONFORMANCE = [not_a_server_error, status_code_conformance, content_type_conformance,
+               response_schema_conformance]
 FUZZ = settings(max_examples=25, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -48,7 +57,7 @@ async def seeded_app(directory: Path) -> tuple[web.Application, Database]:
                 make_call("2", at=T0 + 50, caller_number=SECRET_VALUES[0]),
                 make_call("3", at=T0 + 90, outcome="abandoned", reason="in_queue",
                           caller_number="+8613800000005"))
-    return make_app(settings_, db), db
+    return make_app(settings_, db, extra_operations=followups.OPERATIONS), db
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +72,8 @@ def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_no_server_error_with_an_admin_token(case: Any, live_api: str) -> None:
     without_auth(case)
     response = case.call(base_url=live_api, headers=auth("admin"), timeout=10)
+    # The status, content type and body are the ones the document gives for this operation.
+    case.validate_response(response, checks=CONFORMANCE)
     assert response.status_code < 500, (case.method, case.formatted_path, case.query,
                                         response.text[:500])
     if response.status_code == 400:

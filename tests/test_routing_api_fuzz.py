@@ -1,6 +1,7 @@
 """Property-based run over the routing routes' OpenAPI entries (schemathesis): whatever the
-body or path, /api/v1/agents and /api/v1/rotas answer with no 500, and nothing without a
-token; the rota on disk stays valid after every accepted change."""
+body or path, /api/v1/agents and /api/v1/rotas answer with no 500 and as documented (status,
+content type, body schema), and nothing without a token; the rota on disk stays valid after
+every accepted change."""
 
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ from hypothesis import HealthCheck, settings
 from live_app import LiveApp, without_auth
 from routing_fixtures import SAMPLE_ROTA
 from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from callhub.api import openapi, rota
 from callhub.api.app import make_app
@@ -30,6 +37,8 @@ DOC = openapi.build(rota.OPERATIONS)
 schema = schemathesis.openapi.from_dict(DOC)
 schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
                                 max_examples=15)
+CONFORMANCE = [not_a_server_error, status_code_conformance, content_type_conformance,
+               response_schema_conformance]
 FUZZ = settings(max_examples=15, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -60,6 +69,8 @@ def test_no_server_error_and_the_rota_stays_valid(case: Any, live: tuple[str, Pa
     without_auth(case)
     response = case.call(base_url=base_url, headers={"Authorization": f"Bearer {ADMIN}"},
                          timeout=10)
+    # The status, content type and body are the ones the document gives for this operation.
+    case.validate_response(response, checks=CONFORMANCE)
     assert response.status_code < 500, (case.method, case.formatted_path, case.body,
                                         response.text[:500])
     if response.status_code >= 400:
