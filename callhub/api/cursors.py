@@ -4,8 +4,8 @@ A cursor is `[kind, n1, n2, ...]`: the list's kind ("c" calls, "w" worklist,
 "f" follow-ups) keeps lists' cursors apart, the numbers say where the last
 page ended (times as POSIX microseconds). A cursor is checked against its
 kind's declared numbers and their bounds before it reaches a query, so a
-forged one (an id past 2^63, a time in year 1 or 99999) is a 400 naming
-`cursor`, never a database overflow.
+forged one (an id past 2^31, a time in year 1 or 99999) is a 400 naming
+`cursor`, never a database overflow or a 500.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def moment(value: int) -> datetime:
 
 Micros = Annotated[int, Field(ge=micros(datetime(1900, 1, 1, tzinfo=UTC)),
                               le=micros(datetime(9999, 1, 1, tzinfo=UTC)) - 1)]
-RowId = Annotated[int, Field(ge=1, le=2**63 - 1)]
+RowId = Annotated[int, Field(ge=1, le=2**31 - 1)]  # ids are 32-bit on PostgreSQL
 Offset = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Rank = Literal[0, 1]
 
