@@ -132,3 +132,19 @@ async def test_a_query_time_beyond_the_calendar_is_a_400(full_api: Client) -> No
             response = await full_api.get(path, params={name: value}, headers=ADMIN)
             body = await response.json()
             assert response.status == 400 and body["parameter"] == name, (path, value, body)
+
+
+async def test_every_get_refuses_unknown_query_parameters_naming_them(full_api: Client) -> None:
+    operations = [op for op in full_api.app[OPERATIONS] if op.path.startswith("/api/v1/")]
+    assert all(op.query is not None for op in operations)  # the app checks every one
+    gets = [op for op in operations if op.method == "GET"]
+    assert {op.path for op in gets} >= {"/api/v1/agents", "/api/v1/rotas/{line}/on-duty",
+                                        "/api/v1/calls", "/api/v1/followups"}
+    for op in gets:
+        path = op.path.replace("{id}", "1").replace("{line}", "hotline")
+        response = await full_api.get(path, params={"colour": "red", "outcom": "missed"},
+                                      headers=ADMIN)
+        body = await response.json()
+        assert response.status == 400, (path, body)
+        assert body["parameter"] == "colour", (path, body)
+        assert "'colour'" in body["message"] and "'outcom'" in body["message"], (path, body)

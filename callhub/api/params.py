@@ -156,7 +156,8 @@ def why(error: ErrorDetails, known: Sequence[str] = ()) -> str:
     if kind == "extra_forbidden":
         return f"unknown field (known: {', '.join(known)})" if known else "unknown field"
     if kind in ("literal_error", "enum"):
-        return f"must be one of {ctx.get('expected')}; got {_shown(given)}"
+        expected = str(ctx.get("expected", "")).replace("'", "").replace(" or ", ", ")
+        return f"must be one of {expected}; got {_shown(given)}"
     if kind in ("greater_than_equal", "greater_than"):
         return f"must be {'>=' if kind.endswith('equal') else '>'} " \
                f"{ctx.get('ge', ctx.get('gt'))}; got {_shown(given)}"
