@@ -6,7 +6,9 @@ and serialises them through it, so a response that drifts from its
 documented schema fails loudly (a 500 in the log, and the schemathesis
 conformance tests) instead of reaching a client. Typed dicts rather than
 model classes: rows are dicts already, and validating a dict into a dict is
-the cheaper path on a 500-call page (bench/README.md has the figures).
+the cheap path. Measured on real rows, validating and serialising a page
+costs less than the `json.dumps` it replaced (500 calls: 13.4 against
+14.2 ms; 100 worklist entries: 4.1 against 6.0 ms).
 """
 
 from __future__ import annotations
