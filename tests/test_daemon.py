@@ -162,6 +162,9 @@ async def test_demo_process_serves_calls_and_flushes_on_sigterm(tmp_path: Path) 
                 return finished >= 5
 
             await read_until(proc.stderr, count, err)
+            # Keep draining stderr from here on: a full pipe would block the daemon's
+            # (synchronous) log writes, and with them its event loop and our requests.
+            drain = asyncio.ensure_future(proc.stderr.read())
             async with aiohttp.ClientSession() as session:
                 async with session.get(f"{base}/calls") as response:
                     assert response.status == 401
@@ -175,8 +178,7 @@ async def test_demo_process_serves_calls_and_flushes_on_sigterm(tmp_path: Path) 
                 async with session.get(base.removesuffix("/api/v1") + "/") as r:
                     assert r.status == 200 and str(r.url) == desk_url  # / leads to the desk
             proc.send_signal(signal.SIGTERM)
-            rest = (await proc.stderr.read()).decode("utf-8", "replace")
-            err.append(rest)
+            err.append((await drain).decode("utf-8", "replace"))
             assert await proc.wait() == 0, "".join(err)[-3000:]
     finally:
         if proc.returncode is None:
