@@ -76,8 +76,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 
-async def settle_sqlite_workers(timeout: float = 2.0) -> None:
-    """Wait for aiosqlite's worker threads to finish (up to `timeout`).
+async def settle_sqlite_workers(within: float = 2.0) -> None:
+    """Wait for aiosqlite's worker threads to finish (up to `within` seconds each).
 
     A failed SQLite connect (a missing directory) leaves its worker thread posting
     the failure back to the loop; if `asyncio.run` closes the loop first, the thread
@@ -87,7 +87,7 @@ async def settle_sqlite_workers(timeout: float = 2.0) -> None:
     workers = [t for t in threading.enumerate()
                if t.name.endswith("(_connection_worker_thread)")]
     if workers:
-        await asyncio.to_thread(_join_all, workers, timeout)
+        await asyncio.to_thread(_join_all, workers, within)
 
 
 def _join_all(threads: list[threading.Thread], timeout: float) -> None:
