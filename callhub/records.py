@@ -14,6 +14,7 @@ Direction = Literal["inbound", "outbound", "internal"]
 Outcome = Literal["answered", "abandoned", "missed", "unanswered"]
 AttemptResult = Literal["answered", "no_answer", "busy", "unavailable", "cancelled"]
 HangupBy = Literal["external", "agent", "system"]
+RecordSource = Literal["ami", "cel"]
 
 OUTCOMES: tuple[str, ...] = ("answered", "abandoned", "missed", "unanswered")
 REASONS: tuple[str, ...] = (
@@ -83,6 +84,12 @@ class CallRecord:
     hangup_cause: int | None
     queue: str | None
     incomplete: bool = False
+    # Where the record was rebuilt from: "ami" (the live event stream) or "cel"
+    # (Asterisk's CEL table, for calls no AMI session saw).
+    source: RecordSource = "ami"
+    # True when rings and ring_seconds are estimated rather than measured: CEL has no
+    # ringing event, so they run from the agent leg's creation to its answer or end.
+    rings_estimated: bool = False
     transfers: list[Transfer] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)
 
