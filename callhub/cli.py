@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from callhub import __version__, config_cli, report, run_cli
+from callhub import __version__, backfill_cli, config_cli, report, run_cli
 from callhub.ami import replay
 from callhub.config import ConfigError
 from callhub.routing import cli as rota_cli
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     db_cli.add_parser(sub)
     run_cli.add_parser(sub)
     report.add_parser(sub)
+    backfill_cli.add_parser(sub)
     _accept_config_anywhere(parser)
     return parser
 

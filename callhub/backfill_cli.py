@@ -1,0 +1,107 @@
+"""`callhub backfill`: calls rebuilt from Asterisk's CEL table for a window of time.
+
+For a stretch when no callhub was listening, the PBX's cel_pgsql table still
+holds every channel event. This command reads the rows of every call with a
+row in [--from, --to) (whole calls, also those that began before or ended
+after the window), rebuilds them with the CEL interpreter and prints one JSON
+object per call on stdout, flagged `"source": "cel"` and `"rings_estimated":
+true`; a call whose LINKEDID_END is not in the table yet comes flagged
+`incomplete`. It writes nothing to callhub's database: printing is the only
+mode so far, which is what `--dry-run` asks for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
+
+from callhub.ami.cel import interpret
+from callhub.config import ConfigError, PbxConfig, load_settings
+from callhub.records import CallRecord
+from callhub.store.cel_source import DEFAULT_TABLE, read_cel
+
+
+def add_parser(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "backfill", help="rebuild the calls of a time window from Asterisk's CEL table",
+        description="Read the CEL rows (cel_pgsql's table) of every call with a row in "
+                    "[--from, --to), rebuild the calls and print them as JSON lines. "
+                    "Nothing is stored. Times are ISO 8601; without a zone they are UTC.")
+    parser.add_argument("--pbx", metavar="NAME",
+                        help="which [[pbx]] of the config the calls belong to "
+                             "(default: the only one)")
+    parser.add_argument("--from", dest="start", metavar="TIME", type=parse_time, required=True,
+                        help="start of the window, e.g. 2026-11-29T03:00:00Z")
+    parser.add_argument("--to", dest="end", metavar="TIME", type=parse_time, required=True,
+                        help="end of the window (exclusive)")
+    parser.add_argument("--cel-database-url", metavar="URL",
+                        help="SQLAlchemy URL of the database cel_pgsql writes to, e.g. "
+                             "postgresql+asyncpg://user:pass@host/asterisk "
+                             "(default: the PBX's cel_database_url)")
+    parser.add_argument("--cel-table", metavar="NAME",
+                        help=f"the CEL table, schema-qualified if needed "
+                             f"(default: the PBX's cel_table, else {DEFAULT_TABLE!r})")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the records without storing them (the only mode so far)")
+    parser.set_defaults(func=backfill_command)
+
+
+def parse_time(value: str) -> datetime:
+    """An ISO 8601 time; one without a zone is UTC."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {value!r}") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _pbx(args: argparse.Namespace) -> PbxConfig:
+    settings = load_settings(args.config)
+    if args.pbx:
+        if not settings.pbxs:
+            return PbxConfig(name=args.pbx)  # no config: the default contexts, no agents
+        return settings.pbx(args.pbx)
+    if len(settings.pbxs) != 1:
+        raise ConfigError("pbx: give --pbx NAME (the config defines "
+                          f"{len(settings.pbxs)} [[pbx]] tables)")
+    return settings.pbxs[0]
+
+
+async def backfill(url: str, table: str, pbx: PbxConfig, start: datetime,
+                   end: datetime) -> list[CallRecord]:
+    """The calls of [start, end) rebuilt from the CEL table at `url`."""
+    rows = await read_cel(url, start=start, end=end, table=table)
+    return interpret(rows, pbx)
+
+
+def backfill_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    pbx = _pbx(args)
+    url = args.cel_database_url or getattr(pbx, "cel_database_url", None)
+    table = args.cel_table or getattr(pbx, "cel_table", None) or DEFAULT_TABLE
+    if not url:
+        print(f"callhub backfill: no CEL database for pbx {pbx.name!r}: "
+              "give --cel-database-url", file=sys.stderr)
+        return 2
+    if args.end <= args.start:
+        print("callhub backfill: --to must be after --from", file=sys.stderr)
+        return 2
+    try:
+        records = asyncio.run(backfill(url, table, pbx, args.start, args.end))
+    except NoSuchTableError:
+        print(f"callhub backfill: no table {table!r} in the CEL database", file=sys.stderr)
+        return 1
+    except (SQLAlchemyError, OSError, ValueError) as exc:
+        print(f"callhub backfill: cannot read the CEL table: {exc}", file=sys.stderr)
+        return 1
+    for record in records:
+        print(json.dumps(record.to_dict(), ensure_ascii=False), file=out)
+    print(f"callhub backfill: {len(records)} calls rebuilt from CEL, none stored",
+          file=sys.stderr)
+    return 0
