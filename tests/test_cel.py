@@ -213,3 +213,55 @@ def test_ring_span_runs_over_all_offers_and_ignores_those_after_the_answer() -> 
     assert ring_span(offers, answered_at=19.0, ended_at=60.0) == (0.0, 19.0)
     assert ring_span(offers[:2], answered_at=None, ended_at=60.0) == (0.0, 19.0)
     assert ring_span([(0.0, None, 1.0)], answered_at=None, ended_at=5.0) == (None, 0.0)
+
+
+def test_a_pickers_own_call_ending_after_the_picked_call_is_no_record_either() -> None:
+    rows = trace_rows(trace("q05_sip_pickup"))
+    picked = rows[0]["linkedid"]
+    ends = [r for r in rows if r["eventtype"] == "LINKEDID_END"]
+    assert [r["linkedid"] == picked for r in ends] == [False, True]
+    reordered = [r for r in rows if r["eventtype"] != "LINKEDID_END"] + ends[::-1]
+    interpreter = CelInterpreter(trace_pbx("q05_sip_pickup"))
+    records = [r for row in reordered for r in interpreter.feed(row)]
+    assert [r.linkedid for r in records] == [picked]
+    assert interpreter.open_calls == 0
+
+
+def test_queue_from_app_start_rows_alone() -> None:
+    """A site logging APP_START/APP_END (cel.conf `apps=queue`) and no music on hold:
+    the queue and the abandon in it come from those rows."""
+    rows = [r for r in trace_rows(trace("07b_queue_abandoned"))
+            if not r["eventtype"].startswith("STREAM_")]
+    origin_answer = next(i for i, r in enumerate(rows)
+                         if r["eventtype"] == "ANSWER" and r["appname"] == "Answer")
+    start = {**rows[origin_answer], "eventtype": "APP_START", "appname": "Queue",
+             "appdata": "support,,,,300", "id": 0}
+    rows.insert(origin_answer + 1, start)
+    (record,) = interpret(rows, trace_pbx("07b_queue_abandoned"))
+    assert record.queue == "support"
+    assert (record.outcome, record.reason) == ("abandoned", "while_ringing")
+
+
+def _origin_only(name: str) -> list[dict[str, Any]]:
+    """A trace's rows of the caller's channels only: a call that never reached an agent."""
+    rows = trace_rows(trace(name))
+    origin = rows[0]["channame"].rsplit(";", 1)[0]
+    return [r for r in rows if r["channame"].startswith(origin)]
+
+
+def test_caller_hanging_up_before_any_offer_abandons_in_ivr() -> None:
+    rows = [{**r, "extra": r["extra"].replace('"CANCEL"', '""')}
+            for r in _origin_only("03_abandoned_ringing")]
+    (record,) = interpret(rows, trace_pbx("03_abandoned_ringing"))
+    assert (record.outcome, record.reason, record.attempts) == ("abandoned", "in_ivr", [])
+
+
+def test_dialplan_hanging_up_with_no_offer_is_missed_with_no_agent_on_duty() -> None:
+    rows = [r for r in _origin_only("04_missed_noanswer_voicemail")
+            if r["exten"] != "voicemail" or r["eventtype"] == "HANGUP"]
+    rows = [{**r, "exten": "nobody", "extra": r["extra"].replace('"NOANSWER"', '""')}
+            if r["eventtype"] == "HANGUP" else r for r in rows]
+    (record,) = interpret(rows, trace_pbx("04_missed_noanswer_voicemail"))
+    assert not record.voicemail
+    assert (record.outcome, record.reason, record.hangup_by) == (
+        "missed", "no_agent_on_duty", None)

@@ -142,6 +142,8 @@ class CelInterpreter:
         self.pbx = pbx
         self._calls: dict[str, list[_Row]] = {}
         self._moved: dict[str, str] = {}  # uniqueid -> linkedid of the call it was picked into
+        self._home: dict[str, str] = {}  # uniqueid -> the open call its last row went to
+        self._gone: dict[str, set[str]] = {}  # linkedid -> its uniqueids picked into another
         self._finished: dict[str, None] = {}
         self._seq = 0
         self.errors = 0  # rows that could not be read (counted, skipped)
@@ -160,10 +162,14 @@ class CelInterpreter:
         if target in self._finished:
             return []  # a late row of a call already rebuilt
         self._calls.setdefault(target, []).append(parsed)
+        self._home[parsed.uniqueid] = target
         if parsed.type == "PICKUP":
             picker = str(parsed.extra.get("pickup_channel_uniqueid") or "")
             if picker:
                 self._moved[picker] = target
+                home = self._home.get(picker)
+                if home is not None and home != target:
+                    self._gone.setdefault(home, set()).add(picker)
         return []
 
     def flush(self) -> list[CallRecord]:
@@ -182,10 +188,14 @@ class CelInterpreter:
         self._finished[linkedid] = None
         if len(self._finished) > FINISHED_MEMORY:
             del self._finished[next(iter(self._finished))]
-        moved_away = {u for u, target in self._moved.items() if target != linkedid}
+        gone = self._gone.pop(linkedid, set())
+        channels = {row.uniqueid for row in rows}
+        for uniqueid in channels:
+            if self._home.get(uniqueid) == linkedid:
+                del self._home[uniqueid]
         for uniqueid in [u for u, target in self._moved.items() if target == linkedid]:
             del self._moved[uniqueid]
-        if {row.uniqueid for row in rows} <= moved_away:
+        if channels <= gone:
             return []  # a picker's own call: its only channel joined the call it picked up
         ended_at = end.at if end is not None else rows[-1].at
         return [_CallBuilder(self.pbx, linkedid, rows, ended_at, complete).record()]
