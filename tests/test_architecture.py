@@ -50,7 +50,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 ENTRY_POINTS = frozenset({"callhub.cli", "callhub.__main__"})
 COMMAND_MODULES = ENTRY_POINTS | {
     "callhub.run_cli", "callhub.config_cli", "callhub.report", "callhub.ami.replay",
-    "callhub.routing.cli", "callhub.store.cli", "callhub.sim.cli",
+    "callhub.routing.cli", "callhub.store.cli", "callhub.sim.cli", "callhub.backfill_cli",
 }
 SIMULATOR = "callhub.sim"
 
