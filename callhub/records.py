@@ -6,7 +6,7 @@ turns them into ISO 8601 strings for JSON. Field names follow DESIGN.md.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -92,6 +92,8 @@ class CallRecord:
     rings_estimated: bool = False
     transfers: list[Transfer] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)
+    # Some value from the PBX was longer than its column and was cut (see `bounded`).
+    truncated: bool = False
 
     @property
     def external_number(self) -> str | None:
@@ -125,6 +127,48 @@ class CallRecord:
             for t in values.get("transfers", [])
         ]
         return cls(**values)
+
+
+# The longest value each free-text field from the PBX may have: the size of its column
+# (callhub/store/tables.py uses these). Longer values are cut where they enter.
+FIELD_LIMITS: dict[str, int] = {
+    "caller_name": 256,
+    "caller_number": 64,
+    "called_number": 64,
+    "line": 128,
+    "queue": 128,
+    "agent_name": 256,
+}
+MIN_KEPT = 80  # a caller name keeps at least this much (numbers' columns are 64 long)
+
+
+def cut(value: str, limit: int) -> str:
+    """`value` cut to `limit` characters (code points: never inside a UTF-8 sequence),
+    NUL characters removed (PostgreSQL text cannot hold them)."""
+    value = value.replace("\x00", "")
+    if len(value) <= limit:
+        return value
+    return value[:limit]
+
+
+def bounded(record: CallRecord) -> CallRecord:
+    """The record with every PBX value cut to its column (`FIELD_LIMITS`) and flagged
+    `truncated`, so that one odd value cannot make the database refuse the call; the
+    same object when nothing needed it."""
+    changes: dict[str, Any] = {}
+    for name, limit in FIELD_LIMITS.items():
+        value = getattr(record, name)
+        if value is not None and (len(value) > limit or "\x00" in value):
+            changes[name] = cut(value, limit)
+    attempts = record.attempts
+    if any(a.agent_name is not None and len(a.agent_name) > FIELD_LIMITS["agent_name"]
+           for a in attempts):
+        attempts = [replace(a, agent_name=cut(a.agent_name, FIELD_LIMITS["agent_name"]))
+                    if a.agent_name is not None else a for a in attempts]
+        changes["attempts"] = attempts
+    if not changes:
+        return record
+    return replace(record, **changes, truncated=True)
 
 
 def iso(ts: float | None) -> str | None:

@@ -159,7 +159,7 @@ async def test_sigterm_with_writes_blocked_spools_them_and_the_next_run_stores_e
             holder.close()
     finished = {str(e["linkedid"]) for e in first.events("call.finished")}
     assert finished == {c.linkedid for c in calls}
-    spooled = Counter(r.linkedid for r in Spool(tmp_path / "spool").read(0, 10_000)[0])
+    spooled = Counter(r.linkedid for r in Spool(tmp_path / "spool").unstored())
     in_db = stored(tmp_path / "calls.db")
     # Nothing finished is lost, and each call is in exactly one place.
     assert set(spooled) | set(in_db) == finished

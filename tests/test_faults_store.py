@@ -5,7 +5,8 @@ PbxIngest -> CallWriter -> database.
   stream in and batches are in flight, then back;
 - the spool's file system full: a real `EFBIG` from the kernel (RLIMIT_FSIZE, in a
   child process so that pytest's own files are not limited), while the database
-  is down and ingestion goes on.
+  is down and ingestion goes on: the writer says so and keeps the calls in memory
+  until there is space again.
 
 Each proves every finished call ends up stored once: none lost, none twice.
 """
@@ -32,6 +33,7 @@ from store_fixtures import DbFactory, TcpProxy, pg_url, via_proxy
 
 from callhub.ami.ingest import PbxIngest
 from callhub.config import Settings
+from callhub.metrics.collectors import CallhubMetrics
 from callhub.records import CallRecord
 from callhub.sim.ami_server import AmiSimulator
 from callhub.sim.calls import CallFactory, SynthCall, merge_calls
@@ -122,8 +124,9 @@ async def disk_full_child(workdir: Path) -> dict[str, Any]:
     settings = Settings(spool_dir=str(workdir / "spool"))
     down = Database.connect(f"postgresql+asyncpg://nobody:none@127.0.0.1:{free_port()}/none",
                             busy_timeout=0.2)
-    writer = CallWriter(down, settings, max_buffer=3, retry_initial=0.05, retry_max=0.1,
-                        stop_timeout=0.2)
+    metrics = CallhubMetrics()
+    writer = CallWriter(down, settings, metrics=metrics, max_buffer=3, retry_initial=0.05,
+                        retry_max=0.1, stop_timeout=0.2, spool_retry=0.05)
     collector = Collector()
     refused: list[str] = []
 
@@ -148,18 +151,28 @@ async def disk_full_child(workdir: Path) -> dict[str, Any]:
     await ingest.start()
     await ingest.wait_connected(5)
     await play(phases[0])
-    spooled_before = [r.linkedid for r in Spool(settings.spool_dir).read(0, 10_000)[0]]
+    async with asyncio.timeout(WAIT):
+        await writer.wait_until(lambda w: len(w.spool) == len(phases[0]))
+    spooled_before = [r.linkedid for r in Spool(settings.spool_dir).unstored()]
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
     # Room for half a record more: the next append is torn mid-line, as on a full disk.
-    resource.setrlimit(resource.RLIMIT_FSIZE, (Spool(settings.spool_dir).size() + 300, hard))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (writer.spool.size() + 300, hard))
     await play(phases[1])
+    async with asyncio.timeout(WAIT):
+        await writer.wait_until(lambda w: not w.status().spool_writable)
+    health_full = writer.status()
+    writable_full = metrics.registry.get_sample_value("callhub_spool_writable")
     resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space again
     await play(phases[2])
+    async with asyncio.timeout(WAIT):
+        await writer.wait_until(lambda w: w.status().spool_writable
+                                and len(w.spool) == w.pending)
     await ingest.stop()
     await writer.stop()
     await down.close()
     await sim.stop()
+    in_spool = [r.linkedid for r in Spool(settings.spool_dir).unstored()]
 
     # The database comes back (a fresh SQLite here): the spool is written first.
     db = Database.connect(f"sqlite+aiosqlite:///{workdir / 'back.db'}")
@@ -172,9 +185,13 @@ async def disk_full_child(workdir: Path) -> dict[str, Any]:
     rows = await stored_rows(db)
     await db.close()
     return {"phases": [[c.linkedid for c in p] for p in phases], "handed": collector.linkedids(),
-            "refused": refused, "spooled_before": spooled_before,
+            "refused": refused, "spooled_before": spooled_before, "in_spool": in_spool,
             "stored": [r[0] for r in rows], "ingest_records": ingest.records,
-            "open_calls": ingest.correlator.active_calls}
+            "open_calls": ingest.correlator.active_calls,
+            "health_full": health_full.reasons(), "writable_full": writable_full,
+            "writable_after": metrics.registry.get_sample_value("callhub_spool_writable"),
+            "spool_errors": metrics.registry.get_sample_value("callhub_spool_errors_total"),
+            "dropped": writer.dropped}
 
 
 @pytest.fixture(scope="module")
@@ -188,34 +205,35 @@ def disk_full(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any],
     return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
 
 
-def test_spool_disk_full_is_a_clear_error_ingestion_goes_on_and_nothing_spooled_is_lost(
+def test_spool_disk_full_is_said_loudly_calls_are_kept_in_memory_and_none_is_lost(
         disk_full: tuple[dict[str, Any], str]) -> None:
     result, log = disk_full
     a, b, c = result["phases"]
-    # Ingestion went on: every call of every phase became a record.
+    # Ingestion went on: every call of every phase became a record, none refused.
     assert result["ingest_records"] == len(a + b + c) and result["open_calls"] == 0
     assert sorted(result["handed"]) == sorted(a + b + c)
-    # The disk-full failures were real, and logged as errors with the system's reason.
-    assert result["refused"], "the spool never hit the limit"
-    assert set(result["refused"]) <= set(b)
+    assert result["refused"] == [] and result["dropped"] == 0
+    assert result["spooled_before"] == result["handed"][:len(a)]  # in the order they ended
+    # The disk-full failure was real and said loudly: an error log with the system's
+    # reason, the metrics, and the writer's health (what /readyz reads).
     errors = [json.loads(line) for line in log.splitlines()
-              if line.startswith("{") and '"level": "error"' in line]
-    assert len(errors) == len(result["refused"])
-    assert all("File too large" in e.get("exception", "") for e in errors)
-    # Nothing already spooled (or handed over before the fault) is lost, nothing is
-    # stored twice, and what was accepted during the fault is kept.
-    stored = Counter(result["stored"])
-    assert max(stored.values()) == 1
-    assert set(result["spooled_before"]) <= set(stored)
-    assert set(a) <= set(stored), "calls from before the disk filled were lost"
-    assert set(b) - set(result["refused"]) <= set(stored)
+              if line.startswith("{") and '"spool.write_failed"' in line]
+    assert errors and all(e["level"] == "error" and "File too large" in e["error"]
+                          for e in errors)
+    assert result["spool_errors"] >= 1
+    assert result["writable_full"] == 0 and result["writable_after"] == 1
+    assert any("spool not writable" in reason for reason in result["health_full"])
+    # Once there was space again, the calls kept in memory went to the spool, in order.
+    assert result["in_spool"] == result["handed"]
 
 
-def test_calls_spooled_after_space_comes_back_are_all_stored(
+def test_every_call_is_stored_once_after_the_disk_full_and_the_outage(
         disk_full: tuple[dict[str, Any], str]) -> None:
     result, _ = disk_full
-    _, _, c = result["phases"]
-    assert set(c) <= set(result["stored"]), "calls from after space came back were lost"
+    a, b, c = result["phases"]
+    stored = Counter(result["stored"])
+    assert set(stored) == set(a + b + c), "a finished call was lost"
+    assert max(stored.values()) == 1, "a call was stored twice"
 
 
 if __name__ == "__main__":

@@ -71,8 +71,10 @@ async def outage_round_trip(db: Database, settings: Settings, cut: Callable[[], 
     async with asyncio.timeout(WAIT):
         await writer.wait_until(lambda w: w.failed_batches >= 2)
     assert writer.pending == 60
-    assert len(writer.spool) == 60 - 25  # past max_buffer, calls go to the fsynced spool
-    assert writer.spool.path.stat().st_size > 0
+    # Every call is in the fsynced spool before anything else happens to it; past
+    # max_buffer the writer reads the oldest back from there.
+    assert len(writer.spool) == 60
+    assert [r.linkedid for r in writer.spool.unstored()] == [r.linkedid for r in during]
     assert sample(metrics, "callhub_db_buffered_calls") == 60
     assert sample(metrics, "callhub_db_write_errors_total") >= 2
 
@@ -89,7 +91,7 @@ async def outage_round_trip(db: Database, settings: Settings, cut: Callable[[], 
     assert sorted(linkedids) == sorted(expected)  # every call, none twice
     assert linkedids == expected  # and in the order they finished
     assert n_attempts == sum(len(r.attempts) for r in before + during + after)
-    assert not writer.spool.path.exists()
+    assert writer.spool.segments() == [] and len(writer.spool) == 0
     assert sample(metrics, "callhub_db_buffered_calls") == 0
     # Misses written from the spool were handled by the callbacks that followed them.
     async with db.connection() as conn:
@@ -185,20 +187,29 @@ async def test_batches_are_one_transaction_each(any_db: Database,
 def test_spool_skips_a_torn_last_line_and_survives_reopening(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     spool.append([make_call("1", caller_name="张三"), make_call("2")])
-    with spool.path.open("ab") as fh:
+    spool.close()
+    with spool.segments()[-1].open("ab") as fh:
         fh.write(b'{"pbx": "main", "linkedid": "3", "dir')  # a crash mid-write
     reopened = Spool(tmp_path)
-    assert len(reopened) == 3  # counted as lines, the torn one included
-    records, offset = reopened.read(0, 10)
+    assert len(reopened) == 2  # complete lines only
+    records = reopened.unstored()
     assert [r.linkedid for r in records] == ["1", "2"]
     assert records[0].caller_name == "张三"
-    assert reopened.read(offset, 10) == ([], offset)
-    # The next append does not glue its record to the torn line.
-    reopened.append([make_call("4")])
-    records, _ = reopened.read(0, 10)
-    assert [r.linkedid for r in records] == ["1", "2", "4"] and reopened.skipped == 1
-    reopened.clear()
-    assert len(reopened) == 0 and not reopened.path.exists()
+    # The next append goes to a new segment: nothing is glued to the torn line.
+    end = reopened.append([make_call("4")])[-1]
+    assert [r.linkedid for r in reopened.unstored()] == ["1", "2", "4"]
+    assert len(reopened.segments()) == 2 and reopened.skipped == 0
+    # Progress: stored calls are not read again; segments wholly stored are deleted.
+    reopened.set_checkpoint(end)
+    assert len(reopened.segments()) == 1 and reopened.unstored() == []
+    for path in [*reopened.segments(), tmp_path / "wal.checkpoint"]:
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    reopened.close()
+    again = Spool(tmp_path)  # a restart: the last segment is wholly stored, so deleted
+    assert again.unstored() == [] and again.segments() == []
+    again.append([make_call("5")])
+    again.clear()
+    assert len(again) == 0 and again.segments() == []
 
 
 def test_a_failed_spool_write_is_cut_back_off(tmp_path: Path) -> None:
@@ -223,7 +234,7 @@ except OSError as exc:
                           timeout=60)
     assert done.stdout.startswith("refused"), done.stdout + done.stderr
     spool = Spool(tmp_path)
-    assert spool.path.read_bytes().endswith(b"\n")
+    assert spool.segments()[0].read_bytes().endswith(b"\n")
     spool.append([make_call("3")])
-    records, _ = spool.read(0, 10)
+    records = spool.unstored()
     assert [r.linkedid for r in records] == ["1", "3"] and spool.skipped == 0

@@ -34,7 +34,7 @@ from callhub.config import PbxConfig
 from callhub.lifecycle import Supervisor, Task
 from callhub.logs import mask_number
 from callhub.metrics.collectors import CallhubMetrics
-from callhub.records import CallRecord
+from callhub.records import CallRecord, bounded
 
 log = structlog.get_logger(__name__)
 
@@ -194,6 +194,7 @@ class PbxIngest:
     def _emit(self, records: list[CallRecord]) -> None:
         for record in records:
             self.records += 1
+            record = bounded(record)  # PBX values cut to their columns where they enter
             log.info("call.finished", pbx=record.pbx, linkedid=record.linkedid,
                      direction=record.direction, outcome=record.outcome, rings=record.rings,
                      caller=mask_number(record.caller_number), agent=record.agent)

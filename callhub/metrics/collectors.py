@@ -93,6 +93,21 @@ class CallhubMetrics:
                                        "Finished calls not yet in the database.", registry=r)
         self.db_write_errors = Counter("callhub_db_write_errors",
                                        "Failed database write batches.", registry=r)
+        self.spool_errors = Counter("callhub_spool_errors",
+                                    "Failed writes to the spool (disk full, directory not "
+                                    "writable); calls are kept in memory meanwhile.",
+                                    registry=r)
+        self.spool_writable = Gauge("callhub_spool_writable",
+                                    "1 while the spool (the write-ahead log of finished "
+                                    "calls) can be written.", registry=r)
+        self.spool_writable.set(1)
+        self.quarantined_calls = Counter("callhub_quarantined_calls",
+                                         "Calls the database refused for their data, put in "
+                                         "the quarantine table (callhub db quarantine).",
+                                         registry=r)
+        self.calls_dropped = Counter("callhub_calls_dropped",
+                                     "Finished calls lost because neither the spool nor "
+                                     "memory could take them.", registry=r)
         self.worklist_pending = Gauge("callhub_worklist_pending",
                                       "Missed and abandoned calls waiting for a callback.",
                                       registry=r)

@@ -63,6 +63,7 @@ def call_row(record: CallRecord, now: datetime) -> dict[str, Any]:
         "hangup_cause": record.hangup_cause,
         "queue": record.queue,
         "incomplete": record.incomplete,
+        "truncated": record.truncated,
         "transfers": [{"type": t.type, "to": t.to, "at": iso(t.at)} for t in record.transfers],
         "updated_at": now,
     }

@@ -1,11 +1,24 @@
-"""The spool: finished calls the database could not take yet, in a local file.
+"""The spool: a write-ahead log of finished calls, so that a call handed over survives a crash.
 
-Append-only JSON lines of `CallRecord.to_dict()`, flushed and fsynced before
-`append` returns, so a call handed to the spool survives a crash. The writer
-drains it front to back with `read` (a byte offset, kept in memory) and
-`clear`s it once everything is stored; a crash mid-drain replays from the
-start, which the upsert makes harmless. A torn last line (a crash during a
-write) is skipped and counted, never fatal.
+Every finished call is appended here (and fsynced, in groups) before the
+database sees it; the writer stores calls from here and records how far it
+got. On disk, in `spool_dir` (mode 0700, files 0600):
+
+- `wal-<16 digits>.jsonl`: segments, numbered in order. One JSON object per
+  line, `CallRecord.to_dict()`, in the order the calls finished. A new
+  segment is started on every open (so nothing is ever appended after a line
+  torn by a crash) and when the current one passes `segment_bytes`.
+- `wal.checkpoint`: `{"segment": n, "offset": b}`: every call before byte b
+  of segment n, and in every earlier segment, is in the database (or in its
+  quarantine). Replaced by rename after each stored batch; not fsynced, as an
+  older checkpoint only makes the next start store a few calls again, which
+  the store's upsert on (pbx, linkedid) makes harmless. Segments wholly
+  before it are deleted.
+
+A position is `(segment, byte offset)`, the end of a record's line; they
+compare in log order. A torn last line (a crash mid-append) or an unreadable
+line is skipped and counted, never fatal. `calls.jsonl`, the spool of
+earlier versions, is taken over as the oldest segment.
 """
 
 from __future__ import annotations
@@ -13,7 +26,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterable
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
@@ -22,110 +36,263 @@ from callhub.records import CallRecord
 
 log = structlog.get_logger(__name__)
 
-SPOOL_FILE = "calls.jsonl"
+Position = tuple[int, int]
+LEGACY_FILE = "calls.jsonl"
+CHECKPOINT_FILE = "wal.checkpoint"
+SEGMENT = re.compile(r"^wal-(\d{16})\.jsonl$")
+SEGMENT_BYTES = 4 * 1024 * 1024
+
+
+def encode(records: Sequence[CallRecord]) -> list[bytes]:
+    """One JSON line per record (ASCII: any odd character survives as an escape)."""
+    return [json.dumps(r.to_dict()).encode("ascii") + b"\n" for r in records]
 
 
 class Spool:
-    """One spool file in `directory` (created on first use)."""
+    """The log in `directory`: appends (one thread at a time), reads, the checkpoint."""
 
-    def __init__(self, directory: str | Path, name: str = SPOOL_FILE) -> None:
+    def __init__(self, directory: str | Path, *, segment_bytes: int = SEGMENT_BYTES) -> None:
         self.directory = Path(directory)
-        self.path = self.directory / name
+        self.segment_bytes = segment_bytes
         self.skipped = 0
-        self._count = self._count_lines()
+        self.checkpoint: Position = (0, 0)
+        self._sizes: dict[int, int] = {}  # every segment on disk: its size
+        self._fd: int | None = None
+        self._seg = 0  # the segment appends go to (created on the first append)
+        self._size = 0
+        self._torn = False  # a failed append left bytes that could not be cut off
+        self._recover()
 
-    def __len__(self) -> int:
-        """Records in the file (read or not)."""
-        return self._count
+    # -- opening -----------------------------------------------------------------------
 
-    def _count_lines(self) -> int:
+    def segment_path(self, seg: int) -> Path:
+        return self.directory / f"wal-{seg:016d}.jsonl"
+
+    def _recover(self) -> None:
+        """Find the segments and the checkpoint; drop segments already stored."""
+        if not self.directory.is_dir():
+            self._seg = 1
+            return
+        for child in self.directory.iterdir():
+            found = SEGMENT.match(child.name)
+            if found:
+                self._sizes[int(found.group(1))] = child.stat().st_size
+        self.checkpoint = self._read_checkpoint()
+        legacy = self.directory / LEGACY_FILE
+        if legacy.exists():
+            seg = min([*self._sizes, self.checkpoint[0], 1]) - 1
+            if seg < 0:
+                raise RuntimeError(f"{legacy}: no segment number left for the old spool")
+            os.replace(legacy, self.segment_path(seg))
+            self._sizes[seg] = self.segment_path(seg).stat().st_size
+            self.checkpoint = (seg, 0)
+            self._write_checkpoint()
+        if not self._sizes or self.checkpoint < (min(self._sizes), 0):
+            self.checkpoint = (min(self._sizes, default=self.checkpoint[0]), 0)
+        self._drop_stored()
+        self._seg = max([*self._sizes, self.checkpoint[0]]) + 1
+
+    def _read_checkpoint(self) -> Position:
         try:
-            with self.path.open("rb") as fh:
-                return sum(1 for line in fh if line.strip())
+            data = json.loads((self.directory / CHECKPOINT_FILE).read_bytes())
+            return int(data["segment"]), int(data["offset"])
+        except FileNotFoundError:
+            return (0, 0)
+        except (ValueError, KeyError, TypeError) as exc:
+            # Torn by a power cut: start from the oldest segment (stored calls are
+            # stored again, harmlessly).
+            log.warning("spool.checkpoint_unreadable", error=str(exc))
+            return (0, 0)
+
+    @property
+    def end(self) -> Position:
+        """The end of the last complete line on disk when opened, before any append."""
+        for seg in sorted(self._sizes, reverse=True):
+            if (seg, self._sizes[seg]) <= self.checkpoint:
+                return self.checkpoint
+            last = self._last_line_end(seg)
+            if last > 0:
+                return (seg, last)
+        return self.checkpoint
+
+    def _last_line_end(self, seg: int) -> int:
+        try:
+            data = self.segment_path(seg).read_bytes()
         except FileNotFoundError:
             return 0
+        return data.rfind(b"\n") + 1
 
-    def append(self, records: Iterable[CallRecord]) -> None:
-        """Add records at the end; durable when this returns.
-
-        A failed write (disk full) is cut back off, so the file never keeps half
-        a line that the next record would be glued to; the OSError is raised.
-        """
-        data = "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n"
-                       for r in records).encode("utf-8")
-        if not data:
-            return
-        lines = data.count(b"\n")
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            start = os.lseek(fd, 0, os.SEEK_END)
-            if start and os.pread(fd, 1, start - 1) != b"\n":
-                data = b"\n" + data  # a torn line from a crash stays a line of its own
+    def count(self, start: Position | None = None) -> int:
+        """Records from `start` (default: the checkpoint) to the end."""
+        start = self.checkpoint if start is None else start
+        n = 0
+        for seg in sorted(self._sizes):
+            if seg < start[0]:
+                continue
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, start)
-                raise
-        finally:
-            os.close(fd)
-        self._count += lines
-
-    def read(self, offset: int, limit: int) -> tuple[list[CallRecord], int]:
-        """Up to `limit` records from byte `offset`; the offset after them."""
-        records: list[CallRecord] = []
-        try:
-            fh = self.path.open("rb")
-        except FileNotFoundError:
-            return records, offset
-        with fh:
-            fh.seek(offset)
-            while len(records) < limit:
-                line = fh.readline()
-                if not line:
-                    break
-                if not line.endswith(b"\n"):
-                    # An append in progress elsewhere, or a torn write: stop before it.
-                    break
-                offset += len(line)
-                if not line.strip():
-                    continue
-                try:
-                    records.append(CallRecord.from_dict(json.loads(line)))
-                except (ValueError, TypeError, KeyError) as exc:
-                    self.skipped += 1
-                    log.warning("spool.line_skipped", path=str(self.path),
-                                byte=offset - len(line), error=type(exc).__name__)
-        return records, offset
+                with self.segment_path(seg).open("rb") as fh:
+                    if seg == start[0]:
+                        fh.seek(start[1])
+                    n += sum(1 for line in fh if line.endswith(b"\n") and line.strip())
+            except FileNotFoundError:
+                continue
+        return n
 
     def size(self) -> int:
+        """Bytes in the segments on disk."""
+        return sum(size for _, size in list(self._sizes.items()))
+
+    def segments(self) -> list[Path]:
+        """The segment files on disk, oldest first."""
+        return [self.segment_path(s) for s in sorted(list(self._sizes))]
+
+    def __len__(self) -> int:
+        """Records not yet stored (after the checkpoint)."""
+        return self.count()
+
+    # -- appending ---------------------------------------------------------------------
+
+    def append(self, records: Sequence[CallRecord]) -> list[Position]:
+        """Add records at the end, durable (fsynced) when this returns; their positions.
+
+        Runs in a worker thread (one at a time). A failed write (disk full) is cut
+        back off, so no half line stays for the next record to be glued to; the
+        OSError is raised and the records are not in the log.
+        """
+        lines = encode(records)
+        if not lines:
+            return []
+        if self._fd is not None and self._size >= self.segment_bytes:
+            self._close_segment()
+        if self._fd is None:
+            self._open_segment()
+        assert self._fd is not None
+        start = self._size
+        data = b"".join(lines)
+        if self._torn:
+            data = b"\n" + data
         try:
-            return self.path.stat().st_size
-        except FileNotFoundError:
-            return 0
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+            os.fsync(self._fd)
+        except OSError:
+            try:
+                os.ftruncate(self._fd, start)
+                os.lseek(self._fd, start, os.SEEK_SET)
+            except OSError:
+                self._torn = True
+                self._size = os.lseek(self._fd, 0, os.SEEK_END)
+            raise
+        self._torn = False
+        ends: list[Position] = []
+        offset = start + (len(data) - sum(len(line) for line in lines))
+        for line in lines:
+            offset += len(line)
+            ends.append((self._seg, offset))
+        self._size = offset
+        self._sizes[self._seg] = offset
+        return ends
+
+    def _open_segment(self) -> None:
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = self.segment_path(self._seg)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._size = os.lseek(self._fd, 0, os.SEEK_END)
+        self._sizes[self._seg] = self._size
+        _fsync_dir(self.directory)  # the new name survives a power cut too
+
+    def _close_segment(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd = None
+        self._seg += 1
+        self._size = 0
+
+    def close(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    # -- reading -----------------------------------------------------------------------
+
+    def read(self, start: Position, limit: int, end: Position
+             ) -> tuple[list[CallRecord], Position]:
+        """Up to `limit` records after `start`, none past `end`; the position after them."""
+        records: list[CallRecord] = []
+        pos = start
+        for seg in sorted(s for s in list(self._sizes) if s >= start[0]):
+            if len(records) >= limit or (seg, 0) >= end:
+                break
+            try:
+                fh = self.segment_path(seg).open("rb")
+            except FileNotFoundError:
+                continue
+            with fh:
+                offset = start[1] if seg == start[0] else 0
+                fh.seek(offset)
+                while len(records) < limit:
+                    line = fh.readline()
+                    if not line.endswith(b"\n") or (seg, offset + len(line)) > end:
+                        break  # the end, a torn line, or not yet fsynced
+                    offset += len(line)
+                    pos = (seg, offset)
+                    if not line.strip():
+                        continue
+                    try:
+                        records.append(CallRecord.from_dict(json.loads(line)))
+                    except (ValueError, TypeError, KeyError) as exc:
+                        self.skipped += 1
+                        log.warning("spool.line_skipped", segment=seg,
+                                    offset=offset - len(line), error=str(exc)[:200])
+        return records, pos
+
+    def unstored(self) -> list[CallRecord]:
+        """Every record after the checkpoint (for tests and tools)."""
+        return self.read(self.checkpoint, 1 << 62, (1 << 62, 0))[0]
+
+    # -- progress ----------------------------------------------------------------------
+
+    def set_checkpoint(self, pos: Position) -> None:
+        """Everything up to `pos` is stored: remember it, delete the segments before it."""
+        self.checkpoint = pos
+        self._write_checkpoint()
+        self._drop_stored()
+
+    def _write_checkpoint(self) -> None:
+        tmp = self.directory / (CHECKPOINT_FILE + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, json.dumps({"segment": self.checkpoint[0],
+                                     "offset": self.checkpoint[1]}).encode("ascii"))
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.directory / CHECKPOINT_FILE)
+
+    def _drop_stored(self) -> None:
+        """Delete the segments wholly before the checkpoint (not the one being appended to)."""
+        seg, offset = self.checkpoint
+        sizes = list(self._sizes.items())  # a snapshot: an append thread may add a segment
+        done = [s for s, size in sizes if s < seg
+                or (s == seg and offset >= size and s != self._seg)]
+        for s in done:
+            self.segment_path(s).unlink(missing_ok=True)
+            del self._sizes[s]
 
     def clear(self) -> None:
-        """Forget everything (all of it is stored)."""
-        self.path.unlink(missing_ok=True)
-        self._count = 0
-        _fsync_dir(self.directory)
-
-    def rewrite(self, records: Iterable[CallRecord]) -> None:
-        """Replace the file with `records` atomically (used to put older calls first)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        lines = [json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records]
-        with tmp.open("w", encoding="utf-8") as fh:
-            fh.writelines(lines)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        _fsync_dir(self.directory)
-        self._count = len(lines)
+        """Everything is stored: remove every segment and the checkpoint (a clean spool)."""
+        self.close()
+        for s in list(self._sizes):
+            self.segment_path(s).unlink(missing_ok=True)
+        self._sizes.clear()
+        (self.directory / CHECKPOINT_FILE).unlink(missing_ok=True)
+        self._seg += 1
+        self._size = 0
+        self.checkpoint = (self._seg, 0)
+        if self.directory.is_dir():
+            _fsync_dir(self.directory)
 
 
 def _fsync_dir(directory: Path) -> None:

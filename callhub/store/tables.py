@@ -14,6 +14,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
+from callhub.records import FIELD_LIMITS as LIMITS
+
 metadata = sa.MetaData()
 
 
@@ -51,10 +53,10 @@ calls = sa.Table(
     sa.Column("pbx", sa.String(64), nullable=False),
     sa.Column("linkedid", sa.String(64), nullable=False),
     sa.Column("direction", sa.String(16), nullable=False),
-    sa.Column("line", sa.String(128)),
-    sa.Column("called_number", sa.String(64)),
-    sa.Column("caller_number", sa.String(64)),
-    sa.Column("caller_name", sa.String(256)),
+    sa.Column("line", sa.String(LIMITS["line"])),
+    sa.Column("called_number", sa.String(LIMITS["called_number"])),
+    sa.Column("caller_number", sa.String(LIMITS["caller_number"])),
+    sa.Column("caller_name", sa.String(LIMITS["caller_name"])),
     # The outside party's number (caller inbound, dialled number outbound):
     # what the worklist matches on and the API's `number` filter.
     sa.Column("external_number", sa.String(64)),
@@ -72,11 +74,13 @@ calls = sa.Table(
     sa.Column("voicemail", sa.Boolean, nullable=False),
     sa.Column("short_abandon", sa.Boolean, nullable=False),
     sa.Column("agent", sa.String(128)),
-    sa.Column("agent_name", sa.String(256)),
+    sa.Column("agent_name", sa.String(LIMITS["agent_name"])),
     sa.Column("hangup_by", sa.String(16)),
     sa.Column("hangup_cause", sa.Integer),
-    sa.Column("queue", sa.String(128)),
+    sa.Column("queue", sa.String(LIMITS["queue"])),
     sa.Column("incomplete", sa.Boolean, nullable=False),
+    # A value from the PBX was cut to its column (records.bounded).
+    sa.Column("truncated", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("transfers", sa.JSON, nullable=False),
     # Set by supervisors through the API; a rewrite of the call keeps them.
     sa.Column("category", sa.String(64)),
@@ -99,7 +103,7 @@ attempts = sa.Table(
               nullable=False),
     sa.Column("seq", sa.Integer, nullable=False),
     sa.Column("interface", sa.String(128), nullable=False),
-    sa.Column("agent_name", sa.String(256)),
+    sa.Column("agent_name", sa.String(LIMITS["agent_name"])),
     sa.Column("offered_at", UtcDateTime(), nullable=False),
     sa.Column("ring_started_at", UtcDateTime()),
     sa.Column("ended_at", UtcDateTime()),
@@ -153,6 +157,22 @@ worklist_calls = sa.Table(
     sa.Column("call_id", sa.Integer, sa.ForeignKey("calls.id", ondelete="CASCADE"),
               primary_key=True),
     sa.UniqueConstraint("call_id", name="uq_worklist_calls_call"),
+)
+
+# Calls the database refused for a reason of their own (not an outage), kept for an admin
+# (`callhub db quarantine`) instead of blocking every later call. Free-size columns: the
+# record that did not fit must fit here. `record_key` (a hash of the record) makes a
+# second quarantine of the same record after a crash a no-op.
+quarantine = sa.Table(
+    "quarantine", metadata,
+    _id(),
+    sa.Column("record_key", sa.String(64), nullable=False),
+    sa.Column("pbx", sa.Text, nullable=False),
+    sa.Column("linkedid", sa.Text, nullable=False),
+    sa.Column("record", sa.Text, nullable=False),  # CallRecord.to_dict() as JSON
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("quarantined_at", UtcDateTime(), nullable=False),
+    sa.UniqueConstraint("record_key", name="uq_quarantine_record_key"),
 )
 
 

@@ -1,26 +1,40 @@
-"""The batched call writer: AMI ingestion hands over records, the writer makes them last.
+"""The call writer: every finished call goes to the spool (a write-ahead log) first, then
+to the database, exactly once whatever fails.
 
-`submit` never blocks the AMI reader: it appends to a bounded memory buffer.
-A background task writes the buffer in batches, one transaction each. A
-batch is whatever is pending, up to `batch_size` (500) calls: one call at a
-time when calls trickle in (the lowest lag), hundreds when a backlog built
-up (a burst, a database back from an outage, a spool), where a batch costs
-about as many round trips as a single call (see `save.py`). While a
-backlog lasts the writer keeps its database connection from one batch to
-the next (no pool checkout and ping each time) and it never writes an
-agent device it already stored. When
-the database is unreachable the buffer fills; past `max_buffer` new calls go
-to the spool file (fsynced), and while the spool holds anything every new
-call goes there too, so calls are written in the order they finished (a
-callback after its miss). Failed batches are retried with capped
-exponential backoff; the buffer is written first, then the spool is
-drained. `stop()` keeps trying for `stop_timeout` seconds, then puts
-whatever is left into the spool; `start()` on the next run writes the spool
-before anything new.
+`submit` never blocks the AMI reader: it puts the call in an inbox. Two loops
+of the writer's task do the rest:
 
-The background task is supervised (part `writer`, restarted with backoff
-if it dies, e.g. on an OSError from the spool); the part is down, with the
-reason, while batches fail, and up again after the next stored batch.
+- the log loop appends whatever the inbox holds to the spool and fsyncs it,
+  in a worker thread: one fsync for every call that finished within a few
+  milliseconds (`group_window`), more while the previous fsync ran. A call is
+  handed off once fsynced; from then on a crash (SIGKILL, the OOM killer, a
+  power cut) cannot lose it.
+- the store loop writes the logged calls in batches, in the order they
+  finished, one transaction each, and after each committed batch moves the
+  spool's checkpoint past it. A batch is whatever is waiting, up to
+  `batch_size` calls (one at a time when calls trickle in, hundreds after an
+  outage); the newest `max_buffer` logged calls are kept in memory, older
+  ones are read back from the spool. After a restart the calls after the
+  checkpoint are stored first; one stored just before the crash is stored
+  again, which the upsert on (pbx, linkedid) and the idempotent worklist make
+  harmless.
+
+A batch the database refuses for an outage (see `errors.py`) is retried with
+capped exponential backoff, forever. One it refuses for its data is split in
+halves until the call to blame is alone; that call goes to the quarantine
+table and the others are stored. When the spool cannot be written (disk
+full, directory gone) the writer says so (log, `callhub_spool_errors_total`,
+`callhub_spool_writable`, `health()`), keeps the calls in memory, stores them
+straight from there and retries the spool; past `max_memory` unlogged calls it
+drops new ones, each with an error log and `callhub_calls_dropped_total`.
+`stop()` logs everything still in memory, then keeps storing for
+`stop_timeout` seconds; what is left waits in the spool for the next start.
+
+The background task is supervised (part `writer`, restarted with backoff if
+it dies, e.g. on an OSError reading the spool back); the part is down, with
+the reason, while batches fail, and up again after the next stored batch.
+While up, its check still says not ready when the spool cannot be written,
+calls were quarantined lately, or calls were dropped (`status()`).
 """
 
 from __future__ import annotations
@@ -30,6 +44,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from itertools import islice
 
 import structlog
@@ -38,27 +53,70 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from callhub.config import Settings
 from callhub.lifecycle import Supervisor, Task
 from callhub.metrics.collectors import CallhubMetrics
-from callhub.records import CallRecord
+from callhub.records import CallRecord, bounded
+from callhub.store import quarantine
 from callhub.store.db import Database
+from callhub.store.failures import Kind, classify, describe, sqlstate
 from callhub.store.save import AgentNames, Saved, save_calls
-from callhub.store.spool import Spool
+from callhub.store.spool import Position, Spool
 
 log = structlog.get_logger(__name__)
 
 StoredListener = Callable[[Sequence[CallRecord], Saved], None]
+SUSPECT_TRIES = 3  # a lone call failing with an unclassified error while the database answers
+PING_TIMEOUT = 5.0
+
+
+class _Outage(Exception):
+    """The database is unreachable: keep the batch, retry later."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(describe(cause))
+        self.cause = cause
+
+
+@dataclass(frozen=True, slots=True)
+class WriterStatus:
+    """What /readyz needs to know about the writer (`CallWriter.status()`)."""
+
+    pending: int
+    database_failing_seconds: float  # 0 while writes succeed
+    stuck: bool  # calls wait and the database has failed for longer than `stuck_after`
+    spool_writable: bool
+    spool_error: str | None
+    quarantined: int  # by this process
+    quarantine_grew: bool  # within the last `quarantine_window` seconds
+    dropped: int
+
+    def reasons(self) -> list[str]:
+        """Why the writer is not healthy; empty when it is."""
+        out = []
+        if self.stuck:
+            out.append(f"writer stuck: {self.pending} calls waiting, database failing for "
+                       f"{self.database_failing_seconds:.0f} s")
+        if not self.spool_writable:
+            out.append(f"spool not writable: {self.spool_error}")
+        if self.quarantine_grew:
+            out.append("calls were quarantined recently (callhub db quarantine)")
+        if self.dropped:
+            out.append(f"{self.dropped} calls dropped (spool and database both failing)")
+        return out
 
 
 class CallWriter:
-    """Owns the buffer, the spool and the task that writes them to the database."""
+    """Owns the inbox, the spool and the task that logs and stores calls."""
 
     def __init__(self, db: Database, settings: Settings, *,
                  metrics: CallhubMetrics | None = None, spool: Spool | None = None,
                  batch_size: int = 500, max_buffer: int = 10_000,
                  retry_initial: float = 0.25, retry_max: float = 15.0,
-                 stop_timeout: float = 10.0, supervisor: Supervisor | None = None) -> None:
+                 stop_timeout: float = 10.0, group_window: float = 0.002,
+                 spool_retry: float = 1.0, max_memory: int = 100_000,
+                 stuck_after: float = 60.0, quarantine_window: float = 300.0,
+                 supervisor: Supervisor | None = None) -> None:
         self.db = db
         self.supervisor = supervisor if supervisor is not None else Supervisor()
-        self.health = self.supervisor.part("writer")
+        self.health = self.supervisor.part("writer", check=self._readiness)
         self.settings = settings
         self.metrics = metrics
         self.spool = spool if spool is not None else Spool(settings.spool_dir)
@@ -67,65 +125,122 @@ class CallWriter:
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self.stop_timeout = stop_timeout
+        self.group_window = group_window
+        self.spool_retry = spool_retry
+        self.max_memory = max_memory
+        self.stuck_after = stuck_after
+        self.quarantine_window = quarantine_window
         self.written = 0
         self.failed_batches = 0
+        self.quarantined = 0
+        self.dropped = 0
         self.listeners: list[StoredListener] = []
-        self._buffer: deque[CallRecord] = deque()
-        self._spool_offset = 0
-        self._spool_done = 0
-        self._wake = asyncio.Event()
+        self._inbox: deque[CallRecord] = deque()  # handed over, not yet in the spool
+        self._logging: list[CallRecord] = []  # being appended right now
+        self._direct: list[CallRecord] = []  # taken from the inbox while the spool fails
+        # The newest logged calls not yet stored, with their end positions; the first
+        # one starts at `_cache_from`. Older logged calls are read back from the spool.
+        self._cache: deque[tuple[CallRecord, Position]] = deque()
+        self._stored: Position = self.spool.checkpoint  # all before it is stored
+        self._logged: Position = self.spool.end  # all before it is in the spool
+        self._cache_from: Position = self._logged
+        self._unstored_logged = self.spool.count() if self._logged > self._stored else 0
+        self._recovered = self._unstored_logged
+        self._spool_error: str | None = None
+        self._failing_since: float | None = None
+        self._last_quarantine: float | None = None
+        self._suspects: dict[tuple[str, str], int] = {}
+        self._wake = asyncio.Event()  # the store loop: something to store
+        self._log_wake = asyncio.Event()  # the log loop: something to append
         self._changed = asyncio.Condition()
         self._stopping = asyncio.Event()
+        self._stored_all = asyncio.Event()  # the store loop has ended
         self._task: Task | None = None
         self._closed = False
         self._conn: AsyncConnection | None = None
         self._agents: AgentNames = {}  # agent devices this writer stored, with their names
         self._update_gauge()
 
+    # -- the public surface --------------------------------------------------------------
+
     @property
     def pending(self) -> int:
         """Calls handed over but not yet in the database (memory and spool)."""
-        return len(self._buffer) + len(self.spool) - self._spool_done
+        return (len(self._inbox) + len(self._logging) + len(self._direct)
+                + self._unstored_logged)
 
     def submit(self, record: CallRecord) -> None:
-        """Take one finished call; returns at once (an fsync only while spooling)."""
-        if self._closed or len(self.spool) > 0 or len(self._buffer) >= self.max_buffer:
-            self.spool.append([record])
-        else:
-            self._buffer.append(record)
+        """Take one finished call; returns at once (the spool is written by the task)."""
+        record = bounded(record)
+        if self._closed:
+            self._append_now(record)
+            return
+        if len(self._inbox) >= self.max_memory:
+            self._drop(record)
+            return
+        self._inbox.append(record)
         self._update_gauge()
-        self._wake.set()
+        self._log_wake.set()
 
     async def start(self) -> None:
-        """Start the background task; a spool left by an earlier run is written first."""
+        """Start the background task; calls left in the spool by an earlier run come first."""
         if self._task is None:
-            if len(self.spool):
-                log.warning("writer.spool_found", calls=len(self.spool),
-                            path=str(self.spool.path), hint="writing them first")
+            if self._recovered:
+                log.warning("writer.spool_recovered", calls=self._recovered,
+                            spool=str(self.spool.directory))
             self._task = self.supervisor.spawn("writer", self._run)
 
     async def stop(self) -> None:
-        """Write what is pending (up to `stop_timeout`), spool the rest, end the task."""
+        """Log everything, store what it can within `stop_timeout`, end the task."""
         self._stopping.set()
         self._wake.set()
+        self._log_wake.set()
         if self._task is not None:
             task, self._task = self._task, None
-            task.finish()  # no restart from here on: what is left goes to the spool
+            task.finish()  # no restart from here on: what is left stays in the spool
             try:
                 await task.wait()
             finally:
                 await task.stop()
         self._closed = True
-        self._save_leftovers()
+        await self._release()
+        if self.pending == 0:
+            self.spool.clear()
+        else:
+            log.warning("writer.calls_left_in_spool", calls=self.pending,
+                        spool=str(self.spool.directory))
+        self.spool.close()
+        self._update_gauge()
 
     async def wait_until(self, predicate: Callable[[CallWriter], bool]) -> None:
-        """Wait until `predicate(self)` holds, checked after every batch (wrap in a timeout)."""
+        """Wait until `predicate(self)` holds, checked after every batch and every append
+        (wrap in a timeout)."""
         async with self._changed:
             await self._changed.wait_for(lambda: predicate(self))
 
     async def wait_written(self) -> None:
         """Wait until nothing is pending (wrap in asyncio.timeout)."""
         await self.wait_until(lambda w: w.pending == 0)
+
+    def status(self) -> WriterStatus:
+        """Stuck, spool writable, quarantine grown: the writer's part of /readyz."""
+        now = time.monotonic()
+        failing = now - self._failing_since if self._failing_since is not None else 0.0
+        grew = (self._last_quarantine is not None
+                and now - self._last_quarantine < self.quarantine_window)
+        return WriterStatus(
+            pending=self.pending, database_failing_seconds=failing,
+            stuck=(self.pending > 0 and failing > self.stuck_after)
+            or (self._task is not None and self._task.done),
+            spool_writable=self._spool_error is None, spool_error=self._spool_error,
+            quarantined=self.quarantined, quarantine_grew=grew, dropped=self.dropped)
+
+    async def _readiness(self) -> str | None:
+        """The writer part's check (while its task runs and batches succeed)."""
+        reasons = self.status().reasons()
+        return "; ".join(reasons) if reasons else None
+
+    # -- book-keeping ----------------------------------------------------------------------
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -135,51 +250,157 @@ class CallWriter:
         if self.metrics is not None:
             self.metrics.db_buffered_calls.set(self.pending)
 
-    def _next_batch(self) -> tuple[list[CallRecord], bool, int]:
-        """The oldest pending calls: (records, from_spool, spool offset after them)."""
-        if self._buffer:
-            return list(islice(self._buffer, self.batch_size)), False, self._spool_offset
-        if len(self.spool):
-            records, offset = self.spool.read(self._spool_offset, self.batch_size)
-            if not records:
-                # Everything in the file is stored (or a torn last line is left): done.
-                self.spool.clear()
-                self._spool_offset = self._spool_done = 0
-                self._update_gauge()
-            return records, True, offset
-        return [], False, self._spool_offset
+    def _drop(self, record: CallRecord) -> None:
+        self.dropped += 1
+        if self.metrics is not None:
+            self.metrics.calls_dropped.inc()
+        log.error("writer.call_dropped", pbx=record.pbx, linkedid=record.linkedid,
+                  reason=self._spool_error or "writer stopped", in_memory=len(self._inbox))
+
+    def _append_now(self, record: CallRecord) -> None:
+        """After stop: straight to the spool, on the caller's thread."""
+        try:
+            self.spool.append([record])
+        except OSError as exc:
+            self._spool_failed(exc)
+            self._drop(record)
+            return
+        self._unstored_logged += 1
+        self._update_gauge()
+
+    def _spool_failed(self, exc: OSError) -> None:
+        first = self._spool_error is None
+        self._spool_error = f"{type(exc).__name__}: {exc.strerror or exc}"
+        if self.metrics is not None:
+            self.metrics.spool_errors.inc()
+            self.metrics.spool_writable.set(0)
+        if first:
+            log.error("spool.write_failed", spool=str(self.spool.directory),
+                      error=self._spool_error, in_memory=self.pending,
+                      hint="calls are kept in memory and stored from there; free space "
+                           "or fix the directory's permissions")
+
+    def _spool_ok(self) -> None:
+        if self._spool_error is not None:
+            log.warning("spool.writable_again", spool=str(self.spool.directory))
+            self._spool_error = None
+        if self.metrics is not None:
+            self.metrics.spool_writable.set(1)
+
+    # -- the task --------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        self._stored_all.clear()  # a restart after a failure runs both loops again
+        log_task = asyncio.create_task(self._log_loop(), name="callhub-writer-log")
+        try:
+            await self._store_loop()
+        finally:
+            if self._direct:  # taken from memory when the task failed: not lost
+                self._inbox.extendleft(reversed(self._direct))
+                self._direct = []
+            self._stored_all.set()
+            self._log_wake.set()
+            try:
+                await log_task
+            finally:
+                await self._notify()
+
+    async def _log_loop(self) -> None:
+        """Append the inbox to the spool, group-committed; retry while the spool fails."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._inbox:
+                if self._stored_all.is_set():
+                    return
+                self._log_wake.clear()
+                await self._log_wake.wait()
+                continue
+            if self.group_window > 0 and not self._stopping.is_set():
+                await asyncio.sleep(self.group_window)  # gather what finishes meanwhile
+            self._logging = list(self._inbox)
+            self._inbox.clear()
+            try:
+                ends = await loop.run_in_executor(None, self.spool.append, self._logging)
+            except OSError as exc:
+                self._inbox.extendleft(reversed(self._logging))
+                self._logging = []
+                self._spool_failed(exc)
+                self._wake.set()  # the store loop takes them from memory meanwhile
+                if self._stored_all.is_set():
+                    self._lose_inbox()
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stored_all.wait(), self.spool_retry)
+                continue
+            self._spool_ok()
+            start = self._logged
+            for record, end in zip(self._logging, ends, strict=True):
+                self._cache.append((record, end))
+            if len(self._cache) == len(self._logging):
+                self._cache_from = start  # the cache was empty: it starts here
+            while len(self._cache) > self.max_buffer:  # the oldest are read back from disk
+                self._cache_from = self._cache.popleft()[1]
+            self._logged = ends[-1]
+            self._unstored_logged += len(self._logging)
+            self._logging = []
+            self._wake.set()
+            await self._notify()
+
+    def _lose_inbox(self) -> None:
+        """The writer ends and the spool cannot take these: say which are lost."""
+        while self._inbox:
+            self._drop(self._inbox.popleft())
+
+    def _next_batch(self) -> tuple[list[CallRecord], Position | None]:
+        """The oldest calls not yet stored: (records, spool position after them), or
+        calls straight from memory (None) while the spool cannot be written."""
+        if self._stored < self._logged:
+            if self._cache and self._cache_from == self._stored:
+                taken = list(islice(self._cache, self.batch_size))
+                return [r for r, _ in taken], taken[-1][1]
+            records, end = self.spool.read(self._stored, self.batch_size, self._logged)
+            if records or end > self._stored:
+                return records, end
+            # Only unreadable lines were left: nothing more is logged before `_logged`.
+            return [], self._logged
+        if self._spool_error is not None and self._inbox:
+            self._direct = [self._inbox.popleft()
+                            for _ in range(min(self.batch_size, len(self._inbox)))]
+            return list(self._direct), None
+        return [], None
+
+    async def _store_loop(self) -> None:
         backoff = self.retry_initial
         deadline: float | None = None
         while True:
             if self._stopping.is_set() and deadline is None:
                 deadline = time.monotonic() + self.stop_timeout
-            self._wake.clear()  # before looking, so a submit from now on wakes us
-            batch, from_spool, offset = self._next_batch()
+            self._wake.clear()  # before looking, so a new call from now on wakes us
+            batch, end = self._next_batch()
+            if not batch and end is not None:
+                self._advance(end, 0)
+                continue
             if not batch:
                 await self._release()
-                if self._stopping.is_set():
+                if self._stopping.is_set() and (self.pending == 0 or self._past(deadline)):
                     return
-                if self.pending:
-                    continue  # the spool was cleared; look again
                 await self._notify()
-                await self._wake.wait()
+                if deadline is None:
+                    await self._wake.wait()
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(),
+                                               max(deadline - time.monotonic(), 0.0))
                 continue
             try:
-                saved = await self._store(batch)
-            except Exception as exc:  # any database failure: keep the calls, retry later
-                self.failed_batches += 1
-                if self.metrics is not None:
-                    self.metrics.db_write_errors.inc()
-                error = type(exc).__name__
-                log.warning("writer.batch_failed", calls=len(batch), error=error,
-                            detail=str(exc).splitlines()[0] if str(exc) else "",
-                            pending=self.pending, retry_in=round(backoff, 3))
-                self.health.down(f"storing calls failed ({error}); {self.pending} pending, "
-                                 f"retrying")
+                await self._write(batch)
+            except _Outage as outage:
+                if end is None:  # from memory: back to the inbox, in order
+                    self._inbox.extendleft(reversed(self._direct))
+                    self._direct = []
+                self._failed(outage, backoff)
                 await self._notify()
-                if deadline is not None and time.monotonic() >= deadline:
+                if self._past(deadline):
                     return
                 wait = backoff if deadline is None else min(backoff,
                                                             deadline - time.monotonic())
@@ -193,23 +414,110 @@ class CallWriter:
             backoff = self.retry_initial
             if not self.health.ready:
                 self.health.up()
-            if from_spool:
-                self._spool_offset = offset
-                self._spool_done += len(batch)
+            if self._failing_since is not None:
+                log.info("writer.database_back", pending=self.pending)
+                self._failing_since = None
+            if end is None:
+                self._direct = []
             else:
-                for _ in batch:
-                    self._buffer.popleft()
-            self.written += len(batch)
+                self._advance(end, len(batch))
             self._update_gauge()
             await self._notify()
+
+    @staticmethod
+    def _past(deadline: float | None) -> bool:
+        return deadline is not None and time.monotonic() >= deadline
+
+    def _advance(self, end: Position, count: int) -> None:
+        """Calls up to `end` are stored: forget them, move the spool's checkpoint."""
+        self._stored = end
+        self._unstored_logged = max(self._unstored_logged - count, 0)
+        while self._cache and self._cache[0][1] <= end:
+            self._cache_from = self._cache.popleft()[1]
+        if not self._cache:
+            self._cache_from = self._logged
+        if self._stored >= self._logged:
+            self._unstored_logged = 0
+        try:
+            self.spool.set_checkpoint(end)
+        except OSError as exc:  # progress not on disk: the next start stores some again
+            self._spool_failed(exc)
+
+    def _failed(self, outage: _Outage, backoff: float) -> None:
+        self.failed_batches += 1
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.db_write_errors.inc()
+        error = type(outage.cause).__name__
+        log.warning("writer.batch_failed", error=error,
+                    sqlstate=sqlstate(outage.cause), reason=str(outage)[:200],
+                    pending=self.pending, retry_in=round(backoff, 2))
+        self.health.down(f"storing calls failed ({error}); {self.pending} pending, retrying")
+
+    # -- one batch -----------------------------------------------------------------------
+
+    async def _write(self, records: list[CallRecord]) -> None:
+        """Store `records`; split a batch refused for its data until the call to blame is
+        alone, and quarantine it. Raises _Outage (the part stored stays stored)."""
+        try:
+            saved = await self._store(records)
+        except Exception as exc:
+            kind = classify(exc)
+            if kind == "unknown":
+                kind = await self._judge(exc, records)
+            if kind == "outage":
+                raise _Outage(exc) from exc
+            if len(records) == 1:
+                await self._quarantine(records[0], exc)
+                return
+            half = len(records) // 2
+            log.info("writer.batch_split", calls=len(records), error=type(exc).__name__,
+                     sqlstate=sqlstate(exc))
+            await self._write(records[:half])
+            await self._write(records[half:])
+            return
+        for record in records:
+            self._suspects.pop((record.pbx, record.linkedid), None)
+        self.written += len(records)
+        if self.metrics is not None:
+            for seconds in saved.callback_seconds:
+                self.metrics.observe_callback(seconds)
+        for listener in self.listeners:
+            try:
+                listener(records, saved)
+            except Exception:
+                log.exception("writer.listener_failed")
+
+    async def _judge(self, exc: BaseException, records: list[CallRecord]) -> Kind:
+        """An unclassified error: an outage unless the database answers; then the data's
+        fault, for a lone call only after SUSPECT_TRIES such failures."""
+        try:
+            async with asyncio.timeout(PING_TIMEOUT):
+                await self.db.ping()
+        except Exception:
+            return "outage"
+        if len(records) > 1:
+            return "data"
+        key = (records[0].pbx, records[0].linkedid)
+        self._suspects[key] = self._suspects.get(key, 0) + 1
+        return "data" if self._suspects[key] >= SUSPECT_TRIES else "outage"
+
+    async def _quarantine(self, record: CallRecord, exc: BaseException) -> None:
+        error = describe(exc)
+        try:
+            async with self.db.begin() as conn:
+                added = await quarantine.add(conn, record, error)
+        except Exception as qexc:  # the database went away meanwhile: retry the batch
+            raise _Outage(qexc) from qexc
+        self._suspects.pop((record.pbx, record.linkedid), None)
+        if added:
+            self.quarantined += 1
+            self._last_quarantine = time.monotonic()
             if self.metrics is not None:
-                for seconds in saved.callback_seconds:
-                    self.metrics.observe_callback(seconds)
-            for listener in self.listeners:
-                try:
-                    listener(batch, saved)
-                except Exception:
-                    log.exception("writer.listener_failed")
+                self.metrics.quarantined_calls.inc()
+        log.error("writer.call_quarantined", pbx=record.pbx, linkedid=record.linkedid,
+                  error=type(exc).__name__, sqlstate=sqlstate(exc), new=added)
 
     async def _store(self, batch: list[CallRecord]) -> Saved:
         """Write one batch in one transaction on the writer's connection."""
@@ -234,22 +542,4 @@ class CallWriter:
                 await conn.invalidate()
             await conn.close()
         except Exception as exc:  # a dead connection may fail to close; it is gone either way
-            log.debug("writer.close_failed", error=type(exc).__name__, detail=str(exc))
-
-    def _save_leftovers(self) -> None:
-        """On stop: the unwritten buffer goes in front of the unread spool, durably."""
-        if not self._buffer and not (len(self.spool) - self._spool_done):
-            return
-        rest: list[CallRecord] = list(self._buffer)
-        offset = self._spool_offset
-        while True:
-            records, offset = self.spool.read(offset, 10_000)
-            if not records:
-                break
-            rest.extend(records)
-        self.spool.rewrite(rest)
-        self._buffer.clear()
-        self._spool_offset = self._spool_done = 0
-        self._update_gauge()
-        log.warning("writer.spooled_on_exit", calls=len(rest), path=str(self.spool.path),
-                    hint="they will be written on the next start")
+            log.debug("writer.close_failed", error=type(exc).__name__)

@@ -1,0 +1,66 @@
+"""Is a failed write the database's fault (an outage: retry) or the data's (split, quarantine)?
+
+An outage (connection refused or dropped, login refused, a timeout, a locked
+SQLite file, the server shutting down) passes: the same batch is retried
+with backoff, forever. A data error (a value too long, a NUL byte, a number
+out of range, a constraint violated, a value Python cannot bind) is about
+some record of the batch: retrying it changes nothing, so the batch is split
+to find that record. Anything else is `unknown`: the writer asks the
+database (a ping) whether it is up before blaming the data.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from sqlalchemy import exc as sa_exc
+
+Kind = Literal["outage", "data", "unknown"]
+
+# SQLSTATE classes (PostgreSQL, first two characters).
+DATA_CLASSES = ("22", "23")  # data exception, integrity constraint violation
+OUTAGE_CLASSES = ("08", "28", "3D", "40", "53", "55", "57", "58", "XX")
+# connection, authorization, no such database, rollback (deadlock, serialization),
+# insufficient resources, lock not available, operator intervention (shutdown),
+# system error, internal error
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error (asyncpg and psycopg both carry one)."""
+    for err in (exc, getattr(exc, "orig", None), getattr(exc, "__cause__", None)):
+        code = getattr(err, "sqlstate", None) or getattr(err, "pgcode", None)
+        if isinstance(code, str) and len(code) == 5:
+            return code
+    return None
+
+
+def classify(exc: BaseException) -> Kind:
+    """`outage`, `data` or `unknown` for an exception raised while writing a batch."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return "outage"
+    code = sqlstate(exc)
+    if code is not None:
+        if code[:2] in DATA_CLASSES:
+            return "data"
+        if code[:2] in OUTAGE_CLASSES:
+            return "outage"
+    if isinstance(exc, (sa_exc.DataError, sa_exc.IntegrityError)):
+        return "data"
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError,
+                        sa_exc.DisconnectionError, sa_exc.TimeoutError, OSError, TimeoutError,
+                        ConnectionError)):
+        return "outage"
+    if isinstance(exc, sa_exc.StatementError) and not isinstance(exc, sa_exc.DBAPIError):
+        return "data"  # a value SQLAlchemy could not bind (e.g. a naive datetime)
+    if isinstance(exc, (ValueError, TypeError, OverflowError, UnicodeError, KeyError)):
+        return "data"  # a record Python could not turn into rows
+    return "unknown"
+
+
+def describe(exc: BaseException) -> str:
+    """The error's type and the first line of its message (no parameters: they hold
+    personal data), for logs and the quarantine."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first}"[:500]
