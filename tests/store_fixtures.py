@@ -137,13 +137,44 @@ def make_call(linkedid: str, *, at: float = T0, pbx: str = "main", **fields: Any
     return CallRecord(**values)
 
 
+SSL_REQUEST = 80877103
+
+
+def pg_error(code: str, message: str) -> bytes:
+    """A PostgreSQL ErrorResponse message (FATAL)."""
+    fields = b"".join(kind + value.encode() + b"\0" for kind, value in
+                      ((b"S", "FATAL"), (b"V", "FATAL"), (b"C", code), (b"M", message)))
+    body = fields + b"\0"
+    return b"E" + (len(body) + 4).to_bytes(4, "big") + body
+
+
+async def refuse_pg_login(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answer a PostgreSQL client's startup as a server that refuses its login (28P01)."""
+    try:
+        while True:
+            length = int.from_bytes(await reader.readexactly(4), "big")
+            payload = await reader.readexactly(length - 4)
+            if int.from_bytes(payload[:4], "big") == SSL_REQUEST:
+                writer.write(b"N")  # no TLS: the client goes on in plain text
+                continue
+            writer.write(pg_error("28P01", "password authentication failed (test proxy)"))
+            await writer.drain()
+            break
+    except (OSError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        writer.transport.abort()
+
+
 class TcpProxy:
-    """A loopback TCP proxy a test can cut (every connection dropped, new ones refused)."""
+    """A loopback TCP proxy a test can cut (every connection dropped, new ones refused)
+    or make a PostgreSQL that refuses logins (`refuse_logins`)."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.port = 0
         self.up = True
+        self.refusing = False
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -156,6 +187,9 @@ class TcpProxy:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if not self.up:
             writer.transport.abort()
+            return
+        if self.refusing:
+            await refuse_pg_login(reader, writer)
             return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
@@ -187,8 +221,15 @@ class TcpProxy:
             writer.transport.abort()
         self._writers.clear()
 
+    def refuse_logins(self) -> None:
+        """Drop every connection; new ones are answered 'password authentication failed'."""
+        self.cut()
+        self.up = True
+        self.refusing = True
+
     def restore(self) -> None:
         self.up = True
+        self.refusing = False
 
     async def stop(self) -> None:
         self.cut()

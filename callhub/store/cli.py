@@ -1,12 +1,14 @@
-"""`callhub db upgrade`: apply the packaged migrations to the configured database."""
+"""`callhub db upgrade|current|quarantine`: the schema, and the calls the database refused."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from typing import Any
 
 from callhub.config import load_settings, mask_url
-from callhub.store import migrate
+from callhub.store import migrate, quarantine
 from callhub.store.db import Database
 from callhub.store.oneshot import run_db
 
@@ -23,6 +25,13 @@ def add_parser(sub: Any) -> None:
     cur = actions.add_parser("current", help="print the database's revision")
     cur.add_argument("--database-url", help="override database_url / $CALLHUB_DATABASE_URL")
     cur.set_defaults(func=current_command)
+    qua = actions.add_parser("quarantine",
+                             help="list the calls the database refused (newest first)")
+    qua.add_argument("--database-url", help="override database_url / $CALLHUB_DATABASE_URL")
+    qua.add_argument("--limit", type=int, default=100, help="at most N calls (default 100)")
+    qua.add_argument("--json", action="store_true",
+                     help="one JSON object per call, with the whole record")
+    qua.set_defaults(func=quarantine_command)
 
 
 def _url(args: argparse.Namespace) -> str:
@@ -45,6 +54,32 @@ def upgrade_command(args: argparse.Namespace) -> int:
     if not ok:
         return 1
     print(f"database {mask_url(url)} is at revision {revision}")
+    return 0
+
+
+def quarantine_command(args: argparse.Namespace) -> int:
+    url = _url(args)
+
+    async def run() -> list[dict[str, Any]]:
+        db = Database.connect(url)
+        try:
+            async with db.connection() as conn:
+                return await quarantine.listing(conn, args.limit)
+        finally:
+            await db.close()
+
+    ok, rows = run_db(url, run)
+    if not ok or rows is None:
+        return 1
+    for row in rows:
+        when = row["quarantined_at"].isoformat(timespec="seconds")
+        if args.json:
+            print(json.dumps({"id": row["id"], "quarantined_at": when, "error": row["error"],
+                              "record": json.loads(row["record"])}, ensure_ascii=False))
+        else:
+            print(f"{row['id']}\t{when}\t{row['pbx']}\t{row['linkedid']}\t{row['error']}")
+    if not args.json:
+        print(f"{len(rows)} quarantined call(s) shown", file=sys.stderr)
     return 0
 
 

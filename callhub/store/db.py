@@ -8,6 +8,8 @@ a schema (`search_path`), which tests use to isolate themselves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import threading
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -32,6 +34,7 @@ class Database:
         connect_args: dict[str, Any] = {}
         if parsed.get_backend_name() == "sqlite":
             connect_args["timeout"] = busy_timeout
+            _create_private(parsed.database)
         elif parsed.get_backend_name() == "postgresql":
             connect_args["timeout"] = busy_timeout  # connect timeout (asyncpg)
             if schema:
@@ -65,6 +68,16 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+def _create_private(path: str | None) -> None:
+    """Create a SQLite file readable by its owner only (it holds personal data); SQLite
+    gives its -wal and -shm files the same mode. An existing file is left as it is."""
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    # There already, or a bad path that SQLite reports when it connects.
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -284,10 +284,11 @@ class Spool:
     def clear(self) -> None:
         """Everything is stored: remove every segment and the checkpoint (a clean spool)."""
         self.close()
-        for s in list(self._sizes):
-            self.segment_path(s).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a directory that never was (unwritable)
+            for s in list(self._sizes):
+                self.segment_path(s).unlink(missing_ok=True)
+            (self.directory / CHECKPOINT_FILE).unlink(missing_ok=True)
         self._sizes.clear()
-        (self.directory / CHECKPOINT_FILE).unlink(missing_ok=True)
         self._seg += 1
         self._size = 0
         self.checkpoint = (self._seg, 0)
