@@ -166,12 +166,31 @@ async def refuse_pg_login(reader: asyncio.StreamReader, writer: asyncio.StreamWr
         writer.transport.abort()
 
 
+async def pg_startup(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     schema: str) -> bytes:
+    """Read a PostgreSQL client's startup (declining TLS) and return it with
+    `search_path` set to `schema`, as `options` would: a whole process (`callhub run`)
+    then works in a test's schema of its own."""
+    while True:
+        length = int.from_bytes(await reader.readexactly(4), "big")
+        payload = await reader.readexactly(length - 4)
+        if int.from_bytes(payload[:4], "big") == SSL_REQUEST:
+            writer.write(b"N")
+            continue
+        if int.from_bytes(payload[:4], "big") >> 16 != 3:  # not a StartupMessage (cancel)
+            return length.to_bytes(4, "big") + payload
+        body = payload[:-1] + b"options\0-c search_path=" + schema.encode() + b"\0\0"
+        return (len(body) + 4).to_bytes(4, "big") + body
+
+
 class TcpProxy:
     """A loopback TCP proxy a test can cut (every connection dropped, new ones refused)
-    or make a PostgreSQL that refuses logins (`refuse_logins`)."""
+    or make a PostgreSQL that refuses logins (`refuse_logins`). With `schema`, it is
+    a PostgreSQL proxy that puts every session in that schema."""
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, schema: str | None = None) -> None:
         self.target = (target_host, target_port)
+        self.schema = schema
         self.port = 0
         self.up = True
         self.refusing = False
@@ -192,10 +211,13 @@ class TcpProxy:
             await refuse_pg_login(reader, writer)
             return
         try:
+            startup = (await pg_startup(reader, writer, self.schema)
+                       if self.schema is not None else b"")
             up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
+        except (OSError, asyncio.IncompleteReadError):
             writer.transport.abort()
             return
+        up_writer.write(startup)
         self._writers.update((writer, up_writer))
         pipes = [asyncio.create_task(self._pipe(reader, up_writer)),
                  asyncio.create_task(self._pipe(up_reader, writer))]

@@ -1,0 +1,303 @@
+"""Every finished call stored exactly once, whatever fails (issue 10), tried as an operator
+would break it: `callhub run` as a real process, an AMI server over real TCP playing
+synthetic calls cut from recorded Asterisk traces, real PostgreSQL behind a proxy that
+can refuse connections, refuse logins (28P01) or flap, and SIGKILL at random points.
+
+The invariant, checked after the last restart: every call the daemon had logged as
+finished a moment (GRACE) before a SIGKILL is in the database; every call the AMI
+stream played whole to one run is there with the fields the stream implies; none is
+there twice, and no worklist entry counts a call twice. Randomness is seeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from ami_fixtures import SIM_SECRET, SIM_USER
+from daemon_fixtures import Daemon, write_config
+from sqlalchemy.engine import make_url
+from store_fixtures import DbFactory, TcpProxy, pg_url, via_proxy
+
+from callhub.ami.simulator import AmiSimulator
+from callhub.ami.synth import CallFactory, MixSettings, SynthCall, generate_mix, merge_calls
+from callhub.store.db import Database
+from callhub.store.spool import Spool
+from callhub.store.tables import calls, worklist_calls, worklist_entries
+
+SEED = 1010
+WAIT = 30.0
+GRACE = 0.5  # group commit takes milliseconds: a call finished this long before is fsynced
+CHECKED = ("direction", "outcome", "reason", "caller_number", "called_number")
+TEMPLATE = "01_answered_caller_hangup"
+
+
+@dataclass
+class World:
+    """The PBX, the database and the way to it, and where the daemon keeps its files."""
+
+    sim: AmiSimulator
+    proxy: TcpProxy
+    db: Database  # direct, in the test's schema: what the test reads
+    tmp_path: Path
+
+    def config(self, template: str = TEMPLATE) -> Path:
+        return write_config(self.tmp_path, self.sim, template=template,
+                            database_url=via_proxy(pg_url(), self.proxy))
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    factory = DbFactory("postgresql", tmp_path)
+    db = await factory.create()
+    url = make_url(pg_url())
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432, schema=db.schema)
+    await proxy.start()
+    sim = AmiSimulator(username=SIM_USER, secret=SIM_SECRET)
+    await sim.start()
+    try:
+        yield World(sim, proxy, db, tmp_path)
+    finally:
+        await sim.stop()
+        await proxy.stop()
+        await factory.cleanup()
+
+
+async def stored(db: Database) -> dict[str, dict[str, Any]]:
+    """The calls table by linkedid; fails if any call is there twice."""
+    async with db.connection() as conn:
+        if not await conn.run_sync(lambda c: sa.inspect(c).has_table("calls")):
+            return {}
+        rows = [dict(r) for r in (await conn.execute(sa.select(calls))).mappings()]
+    by_id = {r["linkedid"]: r for r in rows}
+    assert len(by_id) == len(rows), "a call was stored twice"
+    return by_id
+
+
+async def until_stored(db: Database, linkedids: Iterable[str], within: float = WAIT) -> None:
+    """Poll the database (the daemon is another process) until these calls are there."""
+    wanted = set(linkedids)
+    deadline = time.monotonic() + within
+    while not wanted <= set(await stored(db)):
+        if time.monotonic() > deadline:
+            missing = wanted - set(await stored(db))
+            raise AssertionError(f"{len(missing)} calls never stored: {sorted(missing)[:5]}")
+        await asyncio.sleep(0.05)  # a poll of another process's database, not a pause
+
+
+async def assert_worklist_counts_each_call_once(db: Database) -> None:
+    async with db.connection() as conn:
+        entries = {r.id: r.call_count for r in await conn.execute(
+            sa.select(worklist_entries.c.id, worklist_entries.c.call_count))}
+        links = [(r.entry_id, r.call_id) for r in await conn.execute(sa.select(worklist_calls))]
+    per_entry: dict[int, int] = {}
+    for entry, _ in links:
+        per_entry[entry] = per_entry.get(entry, 0) + 1
+    assert per_entry == {e: n for e, n in entries.items() if n}, "a call counted twice"
+    assert len({c for _, c in links}) == len(links)
+
+
+def differences(row: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """Where a stored call differs from what its AMI stream implies."""
+    out = [f"{k}: {row[k]!r} != {expected[k]!r}" for k in CHECKED
+           if k in expected and row[k] != expected[k]]
+    if "caller_name" in expected:
+        name = expected["caller_name"]
+        want = None if name is None else name[:256]
+        if row["caller_name"] != want:
+            out.append(f"caller_name: {row['caller_name']!r} != {want!r}")
+        if row["truncated"] != (name is not None and len(name) > 256):
+            out.append(f"truncated: {row['truncated']}")
+    return out
+
+
+def finished(daemon: Daemon) -> set[str]:
+    """The calls the daemon logged as finished."""
+    return {str(e["linkedid"]) for e in daemon.events("call.finished")}
+
+
+def finished_at(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(str(event["timestamp"])).timestamp()
+
+
+async def start(world: World, config: Path) -> Daemon:
+    daemon = Daemon(config)
+    await daemon.start()
+    await daemon.until(lambda: bool(daemon.events("daemon.started"))
+                       and bool(daemon.events("ami.connected")))
+    return daemon
+
+
+# -- the issue's "Done when" ------------------------------------------------------------------
+
+async def test_done_when_a_long_name_then_login_refused_and_sigkill_all_stored_once(
+        world: World) -> None:
+    """A real SIP call played again and again with fresh ids, a 300-character caller name
+    first; the database refuses logins while 10 calls finish, the process is SIGKILLed
+    3 s later, the database comes back, and the next run stores all of them, once."""
+    factory = CallFactory(seed=SEED, pjsip=True, uniqueid_counter=SEED * 100)
+    t0 = time.time() - 3600
+    name = ("Müller-Lüdenscheidt 王小明 " * 20)[:300]
+
+    def play(n: int, first: int) -> list[SynthCall]:
+        return [factory.make("answered", t0 + (first + i) * 60,
+                             number=f"+86139{first + i:08d}",
+                             caller_name=name if first + i == 0 else None)
+                for i in range(n)]
+
+    before, during = play(5, 0), play(10, 5)
+    config = world.config(template="p01_sip_direct_utf8_caller_hangup")
+    first = await start(world, config)
+    try:
+        await world.sim.send([m for _, m in merge_calls(before)])
+        await until_stored(world.db, [c.linkedid for c in before])
+
+        world.proxy.refuse_logins()
+        await world.sim.send([m for _, m in merge_calls(during)])
+        await first.until(lambda: len(first.events("call.finished")) == 15)
+        await first.until(lambda: any(e.get("sqlstate") == "28P01"
+                                      for e in first.events("writer.batch_failed")))
+        await asyncio.sleep(3.0)  # the scenario: SIGKILL 3 s later (not a synchronisation)
+    finally:
+        await first.kill()
+    assert len(await stored(world.db)) == 5, "the outage did not hold the calls back"
+
+    world.proxy.restore()
+    second = await start(world, config)
+    try:
+        await until_stored(world.db, [c.linkedid for c in before + during])
+        assert await second.stop() == 0
+    finally:
+        await second.kill()
+    rows = await stored(world.db)
+    assert set(rows) == {c.linkedid for c in before + during}
+    for call in before + during:
+        assert differences(rows[call.linkedid], call.expected) == [], call.linkedid
+    long_name = rows[before[0].linkedid]["caller_name"]
+    assert long_name == name[:256] and len(long_name) >= 80
+    assert rows[before[0].linkedid]["truncated"]
+    assert not any(rows[c.linkedid]["truncated"] for c in before[1:] + during)
+    assert Spool(world.tmp_path / "spool").segments() == []
+
+
+# -- SIGKILL at random points --------------------------------------------------------------
+
+@dataclass
+class Life:
+    """One run of the daemon: the stream messages it was sent, how it ended."""
+
+    first: int  # index of the first message sent while it ran
+    last: int = -1  # index after the last one
+    mode: str = "up"
+    killed_at: float | None = None
+    finished: list[tuple[str, float]] = field(default_factory=list)
+    in_db_at_kill: set[str] = field(default_factory=set)
+
+
+async def flap(proxy: TcpProxy, rng: random.Random) -> None:
+    """The database goes away and comes back every few tenths of a second."""
+    while True:
+        proxy.cut()
+        await asyncio.sleep(rng.uniform(0.05, 0.3))  # the fault's rhythm, not a wait
+        proxy.restore()
+        await asyncio.sleep(rng.uniform(0.05, 0.3))
+
+
+async def test_sigkill_at_random_points_with_the_database_up_down_and_flapping(
+        world: World) -> None:
+    rng = random.Random(SEED)
+    made = generate_mix(time.time() - 7200, MixSettings(rate_per_minute=40.0), seed=SEED,
+                        factory=CallFactory(seed=SEED, uniqueid_counter=SEED * 1000))
+    synth = [next(made) for _ in range(60)]
+    stream = [m for _, m in merge_calls(synth)]
+    index = {id(m): i for i, m in enumerate(stream)}
+    span = {c.linkedid: (min(index[id(m)] for m in c.messages),
+                         max(index[id(m)] for m in c.messages)) for c in synth}
+    config = world.config()
+    modes = ["up", "refused", "flapping", "down"]
+    lives: list[Life] = []
+    sent = 0
+    for mode in modes:
+        daemon = await start(world, config)  # the database is up while it starts
+        life = Life(first=sent, mode=mode)
+        lives.append(life)
+        flapper: asyncio.Task[None] | None = None
+        try:
+            if mode == "refused":
+                world.proxy.refuse_logins()
+            elif mode == "down":
+                world.proxy.cut()
+            elif mode == "flapping":
+                flapper = asyncio.create_task(flap(world.proxy, random.Random(rng.random())))
+            # Most of this life's share of the stream, in random chunks...
+            share = len(stream) // (len(modes) + 1)
+            end = min(sent + rng.randint(share // 2, share), len(stream))
+            while sent < end:
+                step = min(rng.randint(1, 40), end - sent)
+                await world.sim.send(stream[sent:sent + step])
+                sent += step
+            whole = {lid for lid, (a, b) in span.items() if life.first <= a and b < sent}
+            await daemon.until(lambda d=daemon, w=whole: finished(d) >= w)
+            # ...then a while, a few more messages, and SIGKILL at a random moment.
+            await asyncio.sleep(rng.uniform(GRACE, 1.2))  # the random point: not a wait
+            step = min(rng.randint(0, 30), len(stream) - sent)
+            world.sim.send_nowait(stream[sent:sent + step])
+            sent += step
+            await asyncio.sleep(rng.uniform(0.0, 0.05))
+        finally:
+            life.killed_at = time.time()
+            await daemon.kill()
+            if flapper is not None:
+                flapper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await flapper
+            world.proxy.restore()
+        life.last = sent
+        life.finished = [(str(e["linkedid"]), finished_at(e))
+                         for e in daemon.events("call.finished")]
+        life.in_db_at_kill = set(await stored(world.db))
+
+    # The last run: the database stays up, the rest of the stream, a clean stop.
+    daemon = await start(world, config)
+    final = Life(first=sent, mode="final")
+    try:
+        await world.sim.send(stream[sent:])
+        final.last = len(stream)
+        whole = {lid for lid, (a, _) in span.items() if a >= final.first}
+        await daemon.until(lambda: finished(daemon) >= whole)
+        assert await daemon.stop() == 0
+    finally:
+        await daemon.kill()
+    rows = await stored(world.db)
+    expected = {c.linkedid: c.expected for c in synth}
+
+    assert set(rows) <= set(expected), "a call that was never played was stored"
+    lost = [(life.mode, lid) for life in lives for lid, at in life.finished
+            if life.killed_at is not None and at <= life.killed_at - GRACE and lid not in rows]
+    assert lost == [], "calls finished before a SIGKILL were lost"
+    for life in [*lives, final]:  # played whole to one run: there, with the right fields
+        for lid, (a, b) in span.items():
+            if life.first <= a and b < life.last and (life is final or any(
+                    lid == f for f, at in life.finished
+                    if life.killed_at and at <= life.killed_at - GRACE)):
+                assert lid in rows, (life.mode, lid)
+                assert differences(rows[lid], expected[lid]) == [], (life.mode, lid)
+    await assert_worklist_counts_each_call_once(world.db)
+    # The test is not vacuous: calls waited in the spool through a SIGKILL (the database
+    # down or flapping) and were stored by a later run.
+    recovered = {lid for life in lives for lid, _ in life.finished
+                 if lid not in life.in_db_at_kill and lid in rows}
+    assert recovered, "no SIGKILL caught a call between the spool and the database"
+    checked = sum(1 for life in lives for _, at in life.finished
+                  if life.killed_at and at <= life.killed_at - GRACE)
+    assert checked >= 20
+    assert Spool(world.tmp_path / "spool").segments() == []
