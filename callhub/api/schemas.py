@@ -104,6 +104,8 @@ class Call(TypedDict):
     hangup_cause: int | None
     queue: str | None
     incomplete: bool
+    truncated: Annotated[bool, Field(description="A value from the PBX was longer than its "
+                                                 "column and was cut (docs/reliability.md).")]
     transfers: list[dict[str, Any]]
     category: str | None
     note: str | None
