@@ -238,3 +238,25 @@ except OSError as exc:
     spool.append([make_call("3")])
     records = spool.unstored()
     assert [r.linkedid for r in records] == ["1", "3"] and spool.skipped == 0
+
+
+def test_the_spool_keeps_records_exactly_and_reads_the_old_format(tmp_path: Path) -> None:
+    import dataclasses
+    import json
+
+    from callhub.records import Transfer
+
+    record = make_call("1", at=T0 + 0.123456, caller_name="张三\n\"x\"",
+                       transfers=[Transfer("blind", "PJSIP/1002", T0 + 40.5)])
+    assert CallRecord.from_dict(record.to_plain()) == record  # times exact, not to the ms
+    # to_dict is what dataclasses.asdict gives, with ISO times.
+    plain = dataclasses.asdict(record)
+    assert list(record.to_dict()) == list(plain)
+    assert record.to_dict()["attempts"][0].keys() == plain["attempts"][0].keys()
+    assert CallRecord.from_dict(record.to_dict()).arrived_at == round(record.arrived_at, 3)
+    # A spool left by an earlier version (calls.jsonl, ISO times) is stored first.
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "calls.jsonl").write_text(json.dumps(make_call("old").to_dict()) + "\n")
+    spool = Spool(tmp_path)
+    spool.append([record])
+    assert [r.linkedid for r in spool.unstored()] == ["old", "1"]

@@ -5,15 +5,17 @@ database sees it; the writer stores calls from here and records how far it
 got. On disk, in `spool_dir` (mode 0700, files 0600):
 
 - `wal-<16 digits>.jsonl`: segments, numbered in order. One JSON object per
-  line, `CallRecord.to_dict()`, in the order the calls finished. A new
+  line, `CallRecord.to_plain()` (the record's fields as in DESIGN.md, times as
+  POSIX seconds), in the order the calls finished. A new
   segment is started on every open (so nothing is ever appended after a line
   torn by a crash) and when the current one passes `segment_bytes`.
-- `wal.checkpoint`: `{"segment": n, "offset": b}`: every call before byte b
-  of segment n, and in every earlier segment, is in the database (or in its
-  quarantine). Replaced by rename after each stored batch; not fsynced, as an
-  older checkpoint only makes the next start store a few calls again, which
-  the store's upsert on (pbx, linkedid) makes harmless. Segments wholly
-  before it are deleted.
+- `wal.checkpoint`: `{"segment": n, "offset": b}` padded with spaces to 64
+  bytes: every call before byte b of segment n, and in every earlier segment,
+  is in the database (or in its quarantine). Rewritten in place (one small
+  write) after each stored batch; not fsynced, as an older checkpoint only
+  makes the next start store a few calls again, which the store's upsert on
+  (pbx, linkedid) makes harmless; an unreadable one means "from the oldest
+  segment". Segments wholly before it are deleted.
 
 A position is `(segment, byte offset)`, the end of a record's line; they
 compare in log order. A torn last line (a crash mid-append) or an unreadable
@@ -39,13 +41,15 @@ log = structlog.get_logger(__name__)
 Position = tuple[int, int]
 LEGACY_FILE = "calls.jsonl"
 CHECKPOINT_FILE = "wal.checkpoint"
+CHECKPOINT_BYTES = 64
 SEGMENT = re.compile(r"^wal-(\d{16})\.jsonl$")
 SEGMENT_BYTES = 4 * 1024 * 1024
 
 
 def encode(records: Sequence[CallRecord]) -> list[bytes]:
-    """One JSON line per record (ASCII: any odd character survives as an escape)."""
-    return [json.dumps(r.to_dict()).encode("ascii") + b"\n" for r in records]
+    """One JSON line per record, times as POSIX seconds (exact), ASCII (any odd
+    character survives as an escape)."""
+    return [json.dumps(r.to_plain()).encode("ascii") + b"\n" for r in records]
 
 
 class Spool:
@@ -61,6 +65,7 @@ class Spool:
         self._seg = 0  # the segment appends go to (created on the first append)
         self._size = 0
         self._torn = False  # a failed append left bytes that could not be cut off
+        self._checkpoint_fd: int | None = None
         self._recover()
 
     # -- opening -----------------------------------------------------------------------
@@ -211,10 +216,11 @@ class Spool:
         self._size = 0
 
     def close(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = None
+        for fd in (self._fd, self._checkpoint_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fd = self._checkpoint_fd = None
 
     # -- reading -----------------------------------------------------------------------
 
@@ -262,14 +268,13 @@ class Spool:
         self._drop_stored()
 
     def _write_checkpoint(self) -> None:
-        tmp = self.directory / (CHECKPOINT_FILE + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, json.dumps({"segment": self.checkpoint[0],
-                                     "offset": self.checkpoint[1]}).encode("ascii"))
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.directory / CHECKPOINT_FILE)
+        """One small write in place (a sector: all or nothing), padded to a fixed size."""
+        if self._checkpoint_fd is None:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._checkpoint_fd = os.open(self.directory / CHECKPOINT_FILE,
+                                          os.O_WRONLY | os.O_CREAT, 0o600)
+        data = json.dumps({"segment": self.checkpoint[0], "offset": self.checkpoint[1]})
+        os.pwrite(self._checkpoint_fd, data.encode("ascii").ljust(CHECKPOINT_BYTES), 0)
 
     def _drop_stored(self) -> None:
         """Delete the segments wholly before the checkpoint (not the one being appended to)."""

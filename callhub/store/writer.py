@@ -315,10 +315,12 @@ class CallWriter:
                 self._log_wake.clear()
                 await self._log_wake.wait()
                 continue
-            if self.group_window > 0 and not self._stopping.is_set():
+            if (self.group_window > 0 and len(self._inbox) < self.batch_size
+                    and not self._stopping.is_set()):
                 await asyncio.sleep(self.group_window)  # gather what finishes meanwhile
-            self._logging = list(self._inbox)
-            self._inbox.clear()
+            # At most a batch per fsync, so that storing starts while the rest is logged.
+            self._logging = [self._inbox.popleft()
+                             for _ in range(min(len(self._inbox), self.batch_size))]
             try:
                 ends = await loop.run_in_executor(None, self.spool.append, self._logging)
             except OSError as exc:
