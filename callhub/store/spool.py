@@ -85,7 +85,7 @@ class Spool:
         self.checkpoint = self._read_checkpoint()
         legacy = self.directory / LEGACY_FILE
         if legacy.exists():
-            seg = min([*self._sizes, self.checkpoint[0], 1]) - 1
+            seg = min([*self._sizes, max(self.checkpoint[0], 1)]) - 1
             if seg < 0:
                 raise RuntimeError(f"{legacy}: no segment number left for the old spool")
             os.replace(legacy, self.segment_path(seg))
