@@ -94,8 +94,10 @@ async def test_a_call_the_database_refuses_is_quarantined_and_the_rest_stored(
     assert [r[0] for r in await rows(any_db, calls, "linkedid")] == [r.linkedid for r in good]
     assert writer.quarantined == 1 and writer.failed_batches == 0
     assert sample(metrics, "callhub_quarantined_calls_total") == 1
-    health = writer.health()
+    health = writer.status()
     assert health.quarantine_grew and any("quarantined" in r for r in health.reasons())
+    assert writer.health.check is not None and "quarantined" in (await writer.health.check()
+                                                                  or "")
     async with any_db.connection() as conn:
         listed = await quarantine.listing(conn)
     assert [(q["pbx"], q["linkedid"]) for q in listed] == [("main", "p")]
@@ -153,11 +155,11 @@ async def test_login_refused_is_an_outage_the_calls_wait_and_nothing_is_quaranti
             writer.submit(record)
         async with asyncio.timeout(WAIT):
             await writer.wait_until(lambda w: w.failed_batches >= 3 and len(w.spool) == 10)
-            while not writer.health().stuck:  # stuck_after has to pass on the clock
+            while not writer.status().stuck:  # stuck_after has to pass on the clock
                 await writer.wait_until(lambda w, n=writer.failed_batches:
                                         w.failed_batches > n)
         assert writer.quarantined == 0 and writer.written == 0
-        assert any("writer stuck" in r for r in writer.health().reasons())
+        assert any("writer stuck" in r for r in writer.status().reasons())
         await writer.stop()
         assert len(Spool(store_settings.spool_dir)) == 10
         pg_proxy.restore()
@@ -181,9 +183,12 @@ async def test_an_unwritable_spool_is_said_and_calls_are_stored_from_memory(
         writer.submit(record)
     async with asyncio.timeout(WAIT):
         await writer.wait_written()
-    health = writer.health()
+    health = writer.status()
     assert not health.spool_writable and "NotADirectoryError" in (health.spool_error or "")
     assert any("spool not writable" in r for r in health.reasons())
+    # /readyz shows the writer part not ready, with that reason.
+    (part,) = [p for p in await writer.supervisor.states() if p.name == "writer"]
+    assert not part.ready and "spool not writable" in (part.reason or "")
     assert sample(metrics, "callhub_spool_errors_total") >= 1
     assert sample(metrics, "callhub_spool_writable") == 0
     assert writer.dropped == 0
