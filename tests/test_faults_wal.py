@@ -28,8 +28,9 @@ from daemon_fixtures import Daemon, write_config
 from sqlalchemy.engine import make_url
 from store_fixtures import DbFactory, TcpProxy, pg_url, via_proxy
 
-from callhub.ami.simulator import AmiSimulator
-from callhub.ami.synth import CallFactory, MixSettings, SynthCall, generate_mix, merge_calls
+from callhub.sim.ami_server import AmiSimulator
+from callhub.sim.calls import CallFactory, SynthCall, merge_calls
+from callhub.sim.mix import MixSettings, generate_mix
 from callhub.store.db import Database
 from callhub.store.spool import Spool
 from callhub.store.tables import calls, worklist_calls, worklist_entries
