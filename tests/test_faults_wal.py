@@ -144,7 +144,9 @@ async def test_done_when_a_long_name_then_login_refused_and_sigkill_all_stored_o
         world: World) -> None:
     """A real SIP call played again and again with fresh ids, a 300-character caller name
     first; the database refuses logins while 10 calls finish, the process is SIGKILLed
-    3 s later, the database comes back, and the next run stores all of them, once."""
+    3 s later, the database comes back, and the next run stores all of them, once; then
+    six session drops in a row, each about 3 s after a good login: the next login after
+    the sixth comes within 3 s, and every call is still stored once."""
     factory = CallFactory(seed=SEED, pjsip=True, uniqueid_counter=SEED * 100)
     t0 = time.time() - 3600
     name = ("Müller-Lüdenscheidt 王小明 " * 20)[:300]
@@ -174,19 +176,34 @@ async def test_done_when_a_long_name_then_login_refused_and_sigkill_all_stored_o
 
     world.proxy.restore()
     second = await start(world, config)
+    more = play(6, 15)
+    relogin: list[float] = []
     try:
         await until_stored(world.db, [c.linkedid for c in before + during])
+        # Then six session drops in a row, each about 3 s after a good login, with a call
+        # in each session: the next login after a drop comes within 3 s (no backoff
+        # grows across sessions that lasted) and every call is stored once.
+        for call in more:
+            logins = world.sim.stats.logins
+            await asyncio.sleep(3.0)  # the scenario: each drop ~3 s after a login
+            await world.sim.send([m for _, m in merge_calls([call])])
+            await until_stored(world.db, [call.linkedid])
+            dropped = time.monotonic()
+            world.sim.drop_clients()
+            await world.sim.wait_logins(logins + 1, within=30)
+            relogin.append(time.monotonic() - dropped)
         assert await second.stop() == 0
     finally:
         await second.kill()
+    assert len(relogin) == 6 and relogin[-1] < 3.0, relogin
     rows = await stored(world.db)
-    assert set(rows) == {c.linkedid for c in before + during}
-    for call in before + during:
+    assert set(rows) == {c.linkedid for c in before + during + more}
+    for call in before + during + more:
         assert differences(rows[call.linkedid], call.expected) == [], call.linkedid
     long_name = rows[before[0].linkedid]["caller_name"]
     assert long_name == name[:256] and len(long_name) >= 80
     assert rows[before[0].linkedid]["truncated"]
-    assert not any(rows[c.linkedid]["truncated"] for c in before[1:] + during)
+    assert not any(rows[c.linkedid]["truncated"] for c in before[1:] + during + more)
     assert Spool(world.tmp_path / "spool").segments() == []
 
 
