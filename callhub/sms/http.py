@@ -1,0 +1,37 @@
+"""The aiohttp client session a gateway uses: given by the caller, or its own."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from callhub.sms.message import SendStatus
+
+
+class SessionHolder:
+    """Lazily opens a session (inside the running loop) unless one was given; closes
+    only the one it opened."""
+
+    def __init__(self, session: aiohttp.ClientSession | None, timeout_seconds: float) -> None:
+        self._session = session
+        self._owned = session is None
+        self.timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+            self._owned = True
+        return self._session
+
+    async def close(self) -> None:
+        if self._owned and self._session is not None:
+            await self._session.close()
+        self._session = None
+
+
+def status_class(status: int) -> SendStatus:
+    """'sent' for 2xx; 'retryable' for 408, 425, 429 and 5xx; 'permanent' otherwise."""
+    if 200 <= status < 300:
+        return "sent"
+    if status in (408, 425, 429) or status >= 500:
+        return "retryable"
+    return "permanent"

@@ -1,0 +1,59 @@
+"""What the worker hands a gateway, and what a gateway answers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+SendStatus = Literal["sent", "retryable", "permanent"]
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingSms:
+    """One SMS as a gateway sends it; `idempotency_key` is the same on every attempt."""
+
+    to: str
+    text: str
+    call_id: str
+    idempotency_key: str
+    kind: str = "answered"
+    params: Mapping[str, str] = field(default_factory=dict)
+    template_code: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """sent (with the provider's message id), retryable (5xx, timeouts, throttling) or
+    permanent (4xx, an invalid number). `error` is a short code, never personal data."""
+
+    status: SendStatus
+    provider_id: str | None = None
+    error: str | None = None
+    retry_after: float | None = None
+
+    @property
+    def sent(self) -> bool:
+        return self.status == "sent"
+
+
+class SmsGateway(Protocol):
+    """Something that sends one SMS and classifies the outcome; it never raises for
+    network or provider errors (they become `retryable` or `permanent`)."""
+
+    name: str
+
+    async def send(self, sms: OutgoingSms) -> SendResult: ...
+
+    async def close(self) -> None: ...
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """An HTTP Retry-After given in seconds (the date form is ignored)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None

@@ -1,0 +1,142 @@
+"""The sender loop: claim due messages from an Outbox, send them, record the outcome.
+
+Storage-agnostic: the daemon gives it the table-backed Outbox and calls
+`notify()` after a call's transaction queued a message, so it is sent at
+once instead of at the next poll. Retryable failures come back after an
+exponential backoff (`retry_base_seconds` doubling up to
+`retry_max_seconds`, or the gateway's Retry-After when longer); after
+`max_attempts`, or once the call is older than `expire_seconds`, the message
+fails. Every attempt carries the message's idempotency key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from callhub.logs import mask_number
+from callhub.sms.message import SendResult, SmsGateway
+from callhub.sms.metrics import SmsMetrics
+from callhub.sms.outbox import Outbox, OutboxMessage
+from callhub.sms.settings import SmsSettings
+
+log = structlog.get_logger("callhub.sms")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    base_seconds: float = 5.0
+    max_seconds: float = 300.0
+    max_attempts: int = 10
+    expire_seconds: float = 86400.0
+
+    @classmethod
+    def from_settings(cls, settings: SmsSettings) -> RetryPolicy:
+        return cls(settings.retry_base_seconds, settings.retry_max_seconds,
+                   settings.max_attempts, settings.expire_seconds)
+
+    def delay(self, attempts: int, retry_after: float | None = None) -> float:
+        """Seconds before the next attempt after `attempts` failed ones."""
+        backoff = min(self.max_seconds, self.base_seconds * 2.0 ** max(attempts - 1, 0))
+        return max(backoff, retry_after or 0.0)
+
+
+class SmsWorker:
+    """Drains an Outbox through a gateway; `run()` until `stop()`, or `run_once()`."""
+
+    def __init__(self, outbox: Outbox, gateway: SmsGateway, *,
+                 retry: RetryPolicy | None = None, metrics: SmsMetrics | None = None,
+                 clock: Callable[[], float] = time.time, batch_size: int = 20,
+                 poll_seconds: float = 1.0, lease_seconds: float = 60.0) -> None:
+        self.outbox = outbox
+        self.gateway = gateway
+        self.retry = retry or RetryPolicy()
+        self.metrics = metrics
+        self.clock = clock
+        self.batch_size = batch_size
+        self.poll_seconds = poll_seconds
+        self.lease_seconds = lease_seconds
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    @classmethod
+    def from_settings(cls, outbox: Outbox, gateway: SmsGateway, settings: SmsSettings, *,
+                      metrics: SmsMetrics | None = None,
+                      clock: Callable[[], float] = time.time) -> SmsWorker:
+        # A lease outlives a whole attempt (the gateway's timeout) with room to spare.
+        return cls(outbox, gateway, retry=RetryPolicy.from_settings(settings), metrics=metrics,
+                   clock=clock, lease_seconds=max(60.0, 3 * settings.timeout_seconds))
+
+    def notify(self) -> None:
+        """Something was queued: look now rather than at the next poll."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Send until `stop()`; an outbox error is logged and retried at the next poll."""
+        self._stopping = False
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                done = await self.run_once()
+            except Exception:
+                log.exception("sms.outbox_failed")
+                done = 0
+            if done >= self.batch_size or self._stopping:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+
+    async def run_once(self) -> int:
+        """Claim one batch of due messages and attempt each once; how many were claimed."""
+        messages = await self.outbox.claim(self.clock(), self.batch_size, self.lease_seconds)
+        if messages:
+            await asyncio.gather(*(self._attempt(m) for m in messages))
+        return len(messages)
+
+    async def _attempt(self, message: OutboxMessage) -> None:
+        now = self.clock()
+        if now - message.call_ended_at > self.retry.expire_seconds:
+            await self.outbox.mark_failed(message.id, now, "expired")
+            self._log("sms.expired", message)
+            if self.metrics:
+                self.metrics.failed(message.line, expired=True)
+            return
+        try:
+            result = await self.gateway.send(message.outgoing())
+        except Exception as exc:  # a gateway bug must not stop the queue
+            log.exception("sms.gateway_error", id=message.id)
+            result = SendResult("retryable", error=type(exc).__name__)
+        await self._record(message, result)
+
+    async def _record(self, message: OutboxMessage, result: SendResult) -> None:
+        now = self.clock()
+        error = result.error or result.status
+        if result.status == "sent":
+            await self.outbox.mark_sent(message.id, now, result.provider_id)
+            self._log("sms.sent", message, provider_id=result.provider_id)
+            if self.metrics:
+                self.metrics.sent(message.line, now - message.call_ended_at)
+        elif result.status == "retryable" and message.attempts < self.retry.max_attempts:
+            at = now + self.retry.delay(message.attempts, result.retry_after)
+            await self.outbox.mark_retry(message.id, at, error)
+            self._log("sms.retry", message, error=error, retry_in=round(at - now, 3))
+            if self.metrics:
+                self.metrics.retried(message.line)
+        else:
+            await self.outbox.mark_failed(message.id, now, error)
+            self._log("sms.failed", message, error=error)
+            if self.metrics:
+                self.metrics.failed(message.line)
+
+    def _log(self, event: str, message: OutboxMessage, **fields: object) -> None:
+        log.info(event, id=message.id, to=mask_number(message.to), line=message.line,
+                 attempt=message.attempts, gateway=self.gateway.name, **fields)
