@@ -1,0 +1,279 @@
+"""The sender loop with a real local webhook: one SMS per eligible call, retries with the
+same idempotency key, no retry of permanent failures, an outage loses none and sends none
+twice."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from sms_fixtures import Clock, WebhookServer, call, keys
+
+from callhub.sms.decide import AgentContact, SmsPlan, decide, plan_sms
+from callhub.sms.metrics import SmsMetrics
+from callhub.sms.outbox import MemoryOutbox, OutboxMessage
+from callhub.sms.settings import SmsSettings, sms_settings_from_table
+from callhub.sms.webhook import WebhookGateway
+from callhub.sms.worker import RetryPolicy, SmsWorker
+
+AGENTS = {"PJSIP/1001": AgentContact(name="王芳", mobile="13900001111")}
+
+
+@pytest.fixture
+async def webhook() -> AsyncIterator[WebhookServer]:
+    server = WebhookServer(token="bearer-token-1")
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def sms_settings(url: str, **overrides: Any) -> SmsSettings:
+    table: dict[str, Any] = {
+        "gateway": "webhook", "url": url, "token": "bearer-token-1", "quiet_seconds": 86400,
+        "org": "阳光物业", "retry_base_seconds": 2, "retry_max_seconds": 60,
+        "max_attempts": 4,
+        "rules": [{"line": "front-desk", "after": "answered"}],
+    }
+    table.update(overrides)
+    return sms_settings_from_table(table)
+
+
+class WatchedOutbox(MemoryOutbox):
+    """A MemoryOutbox a test can wait on until its messages reach a state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed = asyncio.Condition()
+
+    async def mark_sent(self, message_id: int, at: float, provider_id: str | None) -> None:
+        await super().mark_sent(message_id, at, provider_id)
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def wait_sent(self, ids: list[int]) -> None:
+        async with self.changed:
+            await self.changed.wait_for(lambda: all(self.status(i) == "sent" for i in ids))
+
+
+class Setup:
+    """Settings, outbox, gateway, metrics and worker on one clock, as the daemon wires them."""
+
+    def __init__(self, server: WebhookServer, clock: Callable[[], float] | None = None,
+                 **overrides: Any) -> None:
+        self.clock = clock or Clock()
+        self.settings = sms_settings(server.url, **overrides)
+        self.outbox = WatchedOutbox()
+        self.opted_out: set[str] = set()
+        self.registry = CollectorRegistry()
+        self.metrics = SmsMetrics(self.registry, lines=["front-desk"])
+        self.gateway = WebhookGateway(server.url, token="bearer-token-1")
+        self.worker = SmsWorker.from_settings(self.outbox, self.gateway, self.settings,
+                                              metrics=self.metrics, clock=self.clock)
+
+    def call_ended(self, record: Any) -> int | None:
+        """What the store does in the call's transaction: decide, and queue."""
+        agent = AGENTS.get(record.agent or "")
+        number = plan_sms(record, self.settings, agent, now=self.clock())
+        to = number.to if isinstance(number, SmsPlan) else None
+        decision = decide(record, self.settings, agent, now=self.clock(),
+                          opted_out=to in self.opted_out,
+                          last_sms_at=self.outbox.last_sms_at(to) if to else None)
+        if not decision.send:
+            self.metrics.skipped(decision.line, decision.reason or "")
+            return None
+        assert decision.plan is not None
+        message_id = self.outbox.add(decision.plan, self.clock())
+        self.worker.notify()
+        return message_id
+
+    def sample(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+
+async def test_a_running_worker_sends_one_sms_per_eligible_call_within_seconds(
+        webhook: WebhookServer) -> None:
+    s = Setup(webhook, clock=time.time)   # the real clock: this is the running daemon
+    s.opted_out.add("13700000000")
+    task = asyncio.create_task(s.worker.run())
+    try:
+        queued = [s.call_ended(r) for r in (
+            call("1.1", caller="13800138000"),               # eligible
+            call("1.2", caller="13800138000"),               # same number: quiet time
+            call("1.3", caller="1001"),                      # an extension
+            call("1.4", caller="anonymous"),                 # withheld
+            call("1.5", caller="13700000000"),               # opted out
+            call("1.6", caller="13600000000", outcome="missed"),  # rule is answered only
+            call("1.7", caller="+86 135 0000 0000"),         # eligible
+        )]
+        assert [q is not None for q in queued] == [True, False, False, False, False, False,
+                                                   True]
+        async with asyncio.timeout(5):
+            await s.outbox.wait_sent([m for m in queued if m is not None])
+    finally:
+        s.worker.stop()
+        await task
+        await s.gateway.close()
+    assert sorted(b["to"] for b in webhook.delivered.values()) == ["+8613500000000",
+                                                                   "13800138000"]
+    assert len(webhook.received) == 2
+    for row in s.outbox.rows.values():
+        assert row.sent_at is not None and row.sent_at - row.message.call_ended_at < 5
+    for body in webhook.delivered.values():
+        assert "王芳" in body["text"] and "13900001111" in body["text"]
+    assert s.sample("callhub_sms_sent_total", line="front-desk", result="sent") == 2
+    assert s.sample("callhub_sms_skipped_total", line="front-desk", reason="quiet_time") == 1
+    assert s.sample("callhub_sms_skipped_total", line="front-desk", reason="internal") == 1
+    assert s.sample("callhub_sms_skipped_total", line="front-desk", reason="withheld") == 1
+    assert s.sample("callhub_sms_skipped_total", line="front-desk", reason="opted_out") == 1
+    assert s.sample("callhub_sms_within_deadline_ratio") == 1.0
+
+
+async def test_5xx_is_retried_with_backoff_and_the_same_key_until_sent(
+        webhook: WebhookServer) -> None:
+    clock = Clock()
+    s = Setup(webhook, clock)
+    webhook.answer_next(503, 500)
+    message_id = s.call_ended(call("2.1"))
+    assert message_id is not None
+    assert await s.worker.run_once() == 1
+    row = s.outbox.rows[message_id]
+    assert row.status == "pending" and row.last_error == "http_503"
+    assert row.next_attempt_at == s.clock() + 2          # base 2 s (Retry-After 1 is shorter)
+    assert await s.worker.run_once() == 0                # not due yet
+    clock.advance(2)
+    assert await s.worker.run_once() == 1
+    assert row.status == "pending" and row.next_attempt_at == s.clock() + 4   # doubled
+    clock.advance(4)
+    assert await s.worker.run_once() == 1
+    assert s.outbox.status(message_id) == "sent" and row.provider_id == "wh-1"
+    assert len(set(keys(webhook.received))) == 1 and len(webhook.received) == 3
+    assert [r.status for r in webhook.received] == [503, 500, 200]
+    assert len(webhook.delivered) == 1
+    assert s.sample("callhub_sms_sent_total", line="front-desk", result="retry") == 2
+    assert s.sample("callhub_sms_sent_total", line="front-desk", result="sent") == 1
+    assert s.sample("callhub_sms_delay_seconds_count", line="front-desk") == 1
+
+
+async def test_a_permanent_failure_is_not_retried(webhook: WebhookServer) -> None:
+    clock = Clock()
+    s = Setup(webhook, clock)
+    webhook.answer_next(400)
+    message_id = s.call_ended(call("3.1"))
+    assert message_id is not None
+    assert await s.worker.run_once() == 1
+    assert s.outbox.status(message_id) == "failed"
+    clock.advance(86400)
+    assert await s.worker.run_once() == 0
+    assert len(webhook.received) == 1 and webhook.delivered == {}
+    assert s.sample("callhub_sms_sent_total", line="front-desk", result="failed") == 1
+    assert s.sample("callhub_sms_within_deadline_ratio") == 0.0
+    # a failed message does not hold the quiet time: the next call may get one
+    assert s.call_ended(call("3.2")) is not None
+
+
+async def test_retries_stop_after_max_attempts(webhook: WebhookServer) -> None:
+    clock = Clock()
+    s = Setup(webhook, clock)
+    webhook.answer_next(*[503] * 10)
+    message_id = s.call_ended(call("4.1"))
+    assert message_id is not None
+    for _ in range(4):
+        clock.advance(60)
+        assert await s.worker.run_once() == 1
+    assert s.outbox.status(message_id) == "failed"
+    assert len(webhook.received) == 4
+    clock.advance(3600)
+    assert await s.worker.run_once() == 0
+
+
+async def test_a_gateway_outage_then_recovery_delivers_every_message_exactly_once(
+        webhook: WebhookServer) -> None:
+    clock = Clock()
+    s = Setup(webhook, clock)
+    ids = [s.call_ended(call(f"5.{i}", caller=f"1380013800{i}")) for i in range(5)]
+    await webhook.stop()                                  # the gateway is down
+    assert await s.worker.run_once() == 5
+    assert all(s.outbox.rows[i].status == "pending" for i in ids if i is not None)
+    assert webhook.received == []
+    clock.advance(2)
+    assert await s.worker.run_once() == 5                 # still down: retried again
+    await webhook.start()                                 # back, on the same port
+    clock.advance(4)
+    assert await s.worker.run_once() == 5
+    assert all(s.outbox.rows[i].status == "sent" for i in ids if i is not None)
+    clock.advance(3600)
+    assert await s.worker.run_once() == 0
+    assert len(webhook.received) == 5 and len(webhook.delivered) == 5
+    assert sorted(keys(webhook.received)) == sorted(
+        s.outbox.rows[i].message.idempotency_key for i in ids if i is not None)
+    await s.gateway.close()
+
+
+class CrashAfterSend(MemoryOutbox):
+    """An outbox whose process dies right after the gateway accepted a message."""
+
+    async def mark_sent(self, message_id: int, at: float, provider_id: str | None) -> None:
+        raise ConnectionError("the process died before recording the send")
+
+
+async def test_a_crash_between_send_and_record_resends_with_the_same_key_once_delivered(
+        webhook: WebhookServer) -> None:
+    clock = Clock()
+    s = Setup(webhook, clock)
+    message_id = s.call_ended(call("6.1"))
+    assert message_id is not None
+    crashed = CrashAfterSend()
+    crashed.rows, crashed._ids = s.outbox.rows, s.outbox._ids
+    first = SmsWorker.from_settings(crashed, s.gateway, s.settings, clock=s.clock)
+    with pytest.raises(ConnectionError):
+        await first.run_once()
+    assert s.outbox.status(message_id) == "pending"      # claimed, never marked
+    assert await s.worker.run_once() == 0                 # the lease still holds
+    clock.advance(s.worker.lease_seconds)
+    assert await s.worker.run_once() == 1                 # the next worker resends
+    assert s.outbox.status(message_id) == "sent"
+    assert keys(webhook.received) == [s.outbox.rows[message_id].message.idempotency_key] * 2
+    assert len(webhook.delivered) == 1                   # the gateway dropped the repeat
+    await s.gateway.close()
+
+
+async def test_a_message_for_a_call_older_than_expire_seconds_fails_unsent(
+        webhook: WebhookServer) -> None:
+    clock = Clock()
+    s = Setup(webhook, clock, expire_seconds=600)
+    message_id = s.call_ended(call("7.1", ended_at=clock.now))
+    assert message_id is not None
+    await webhook.stop()
+    assert await s.worker.run_once() == 1
+    await webhook.start()
+    clock.advance(601)
+    assert await s.worker.run_once() == 1
+    assert s.outbox.status(message_id) == "failed"
+    assert s.outbox.rows[message_id].last_error == "expired"
+    assert webhook.received == []
+    assert s.sample("callhub_sms_sent_total", line="front-desk", result="expired") == 1
+    await s.gateway.close()
+
+
+def test_backoff_doubles_to_its_cap_and_honours_a_longer_retry_after() -> None:
+    policy = RetryPolicy(base_seconds=5, max_seconds=60, max_attempts=10)
+    assert [policy.delay(n) for n in range(1, 7)] == [5, 10, 20, 40, 60, 60]
+    assert policy.delay(1, retry_after=30) == 30
+    assert policy.delay(4, retry_after=30) == 40
+
+
+async def test_the_memory_outbox_queues_one_message_per_idempotency_key() -> None:
+    outbox = MemoryOutbox()
+    settings = sms_settings("http://127.0.0.1:9/send")
+    record = call("8.1")
+    plan = plan_sms(record, settings, AGENTS["PJSIP/1001"], now=record.ended_at)
+    assert isinstance(plan, SmsPlan)
+    assert outbox.add(plan, record.ended_at) == 1
+    assert outbox.add(plan, record.ended_at) is None
+    claimed: list[OutboxMessage] = await outbox.claim(record.ended_at, 10, 60)
+    assert [m.attempts for m in claimed] == [1]
+    assert await outbox.claim(record.ended_at, 10, 60) == []
