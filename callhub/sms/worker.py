@@ -98,8 +98,13 @@ class SmsWorker:
     async def run_once(self) -> int:
         """Claim one batch of due messages and attempt each once; how many were claimed."""
         messages = await self.outbox.claim(self.clock(), self.batch_size, self.lease_seconds)
-        if messages:
-            await asyncio.gather(*(self._attempt(m) for m in messages))
+        outcomes = await asyncio.gather(*(self._attempt(m) for m in messages),
+                                        return_exceptions=True)
+        # An outbox that failed to record an outcome leaves that message leased: it is
+        # resent with the same key once the lease ends. Every attempt ran to its end first.
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
         return len(messages)
 
     async def _attempt(self, message: OutboxMessage) -> None:
