@@ -25,7 +25,7 @@ from callhub.sms.metrics import SmsMetrics
 from callhub.sms.outbox import Outbox, OutboxMessage
 from callhub.sms.settings import SmsSettings
 
-log = structlog.get_logger("callhub.sms")
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +111,7 @@ class SmsWorker:
         now = self.clock()
         if now - message.call_ended_at > self.retry.expire_seconds:
             await self.outbox.mark_failed(message.id, now, "expired")
-            self._log("sms.expired", message)
+            log.info("sms.expired", **self._fields(message))
             if self.metrics:
                 self.metrics.failed(message.line, expired=True)
             return
@@ -127,21 +127,22 @@ class SmsWorker:
         error = result.error or result.status
         if result.status == "sent":
             await self.outbox.mark_sent(message.id, now, result.provider_id)
-            self._log("sms.sent", message, provider_id=result.provider_id)
+            log.info("sms.sent", **self._fields(message), provider_id=result.provider_id)
             if self.metrics:
                 self.metrics.sent(message.line, now - message.call_ended_at)
         elif result.status == "retryable" and message.attempts < self.retry.max_attempts:
             at = now + self.retry.delay(message.attempts, result.retry_after)
             await self.outbox.mark_retry(message.id, at, error)
-            self._log("sms.retry", message, error=error, retry_in=round(at - now, 3))
+            log.info("sms.retry", **self._fields(message), error=error, retry_in=round(at - now, 3))
             if self.metrics:
                 self.metrics.retried(message.line)
         else:
             await self.outbox.mark_failed(message.id, now, error)
-            self._log("sms.failed", message, error=error)
+            log.warning("sms.failed", **self._fields(message), error=error)
             if self.metrics:
                 self.metrics.failed(message.line)
 
-    def _log(self, event: str, message: OutboxMessage, **fields: object) -> None:
-        log.info(event, id=message.id, to=mask_number(message.to), line=message.line,
-                 attempt=message.attempts, gateway=self.gateway.name, **fields)
+    def _fields(self, message: OutboxMessage) -> dict[str, object]:
+        """What every sms.* line says about a message; the number masked."""
+        return {"id": message.id, "to": mask_number(message.to), "line": message.line,
+                "attempt": message.attempts, "gateway": self.gateway.name}
