@@ -277,3 +277,35 @@ async def test_the_memory_outbox_queues_one_message_per_idempotency_key() -> Non
     claimed: list[OutboxMessage] = await outbox.claim(record.ended_at, 10, 60)
     assert [m.attempts for m in claimed] == [1]
     assert await outbox.claim(record.ended_at, 10, 60) == []
+
+
+class FlakyClaims(WatchedOutbox):
+    """An outbox whose first claim fails (the database is away for a moment)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claims = 0
+
+    async def claim(self, now: float, limit: int, lease_seconds: float) -> list[OutboxMessage]:
+        self.claims += 1
+        if self.claims == 1:
+            raise ConnectionError("database away")
+        return await super().claim(now, limit, lease_seconds)
+
+
+async def test_a_running_worker_outlives_an_outbox_error(webhook: WebhookServer) -> None:
+    s = Setup(webhook, clock=time.time)
+    flaky = FlakyClaims()
+    s.outbox = flaky
+    s.worker = SmsWorker(flaky, s.gateway, clock=time.time, poll_seconds=0.05)
+    message_id = s.call_ended(call("9.1"))
+    assert message_id is not None
+    task = asyncio.create_task(s.worker.run())
+    try:
+        async with asyncio.timeout(5):
+            await flaky.wait_sent([message_id])
+    finally:
+        s.worker.stop()
+        await task
+        await s.gateway.close()
+    assert flaky.claims >= 2 and len(webhook.delivered) == 1
