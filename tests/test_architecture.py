@@ -40,6 +40,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("callhub", "callhub.config", "callhub.records", "callhub.logs",
               "callhub.lifecycle")),
     ("metrics", ("callhub.metrics",)),
+    # The SMS after the call: the store decides and queues it in the call's transaction.
+    ("sms", ("callhub.sms",)),
     ("ingestion and storage", ("callhub.ami", "callhub.store")),
     ("routing", ("callhub.routing",)),
     ("api", ("callhub.api",)),
