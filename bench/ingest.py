@@ -12,7 +12,8 @@ its own and it has a core to itself:
 - `panoramisk`: panoramisk 1.4's `AMIProtocol.data_received` on the socket,
   events dispatched to a no-op factory (its bare parse: no correlation);
 - `callhub`: callhub's ingestion as PbxIngest does it minus the connection
-  book-keeping: socket -> MessageSplitter -> Correlator ->
+  book-keeping: socket -> MessageSplitter (with the correlator's event filter: the
+  events it does not read are skipped unparsed) -> Correlator ->
   CallhubMetrics.observe_call;
 - `pbxingest`: the real thing, `PbxIngest` (AmiConnection: login,
   CoreShowChannels resync, panoramisk request handling) against the same
@@ -166,7 +167,7 @@ async def phase_panoramisk(port: int, manifest: Manifest) -> dict[str, Any]:
 
 async def phase_callhub(port: int, manifest: Manifest) -> dict[str, Any]:
     from callhub.ami.correlator import Correlator
-    from callhub.ami.parser import MessageSplitter
+    from callhub.ami.parser import EventFilter, MessageSplitter
     from callhub.metrics.collectors import CallhubMetrics
 
     loop = asyncio.get_running_loop()
@@ -174,7 +175,8 @@ async def phase_callhub(port: int, manifest: Manifest) -> dict[str, Any]:
     pbx = bench_pbx()
     correlator = Correlator(pbx)
     metrics = CallhubMetrics(agents=pbx.agents, pbxs=[pbx.name])
-    splitter = MessageSplitter()
+    wanted = correlator.event_filter() | EventFilter(frozenset({END_EVENT}))
+    splitter = MessageSplitter(wanted=wanted)
     check = RecordCheck(manifest)
     sampler = Sampler(manifest.events // 2)
     gc.collect()
@@ -191,7 +193,7 @@ async def phase_callhub(port: int, manifest: Manifest) -> dict[str, Any]:
                     check(record)
                 if message.get("Event") == END_EVENT:
                     done.set_result(None)
-            sampler.maybe_mid(splitter.messages)
+            sampler.maybe_mid(splitter.messages + splitter.skipped)
 
         def connection_lost(self, exc: Exception | None) -> None:
             if not done.done():
@@ -203,7 +205,7 @@ async def phase_callhub(port: int, manifest: Manifest) -> dict[str, Any]:
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     transport.close()
     return {"callhub_seconds": round(elapsed, 2),
-            "callhub_events": splitter.messages - 5,  # login and resync replies, BenchEnd
+            "callhub_events": splitter.messages + splitter.skipped - 5,  # login, resync, BenchEnd
             "callhub_events_per_s": round(manifest.events / elapsed),
             "callhub_events_per_cpu_s": round(manifest.events / cpu),
             "callhub_malformed": splitter.malformed,
@@ -221,7 +223,9 @@ async def _ingest_run(port: int, manifest: Manifest, prefix: str,
                       on_record: Callable[[Any], None]) -> tuple[dict[str, Any], Any]:
     """PbxIngest against the server until BenchEnd; its figures and the ingest."""
     from callhub.ami.ingest import PbxIngest
+    from callhub.ami.parser import EventFilter
     from callhub.metrics.collectors import CallhubMetrics
+    from callhub.routing.busy import BusyTracker
 
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
@@ -241,10 +245,14 @@ async def _ingest_run(port: int, manifest: Manifest, prefix: str,
     def listener(event: dict[str, str]) -> None:
         if event.get("Event") == END_EVENT and not done.done():
             done.set_result(None)
-        elif ingest.events == manifest.events // 2:
+        else:
             sampler.maybe_mid(ingest.events)
 
-    ingest.add_listener(listener)
+    # As in `callhub run`: routing's busy tracker reads device states; the bench's own
+    # listener reads its end marker and the calls' first events (parsed anyway).
+    busy = BusyTracker()
+    ingest.add_listener(busy.feed, BusyTracker.EVENTS)
+    ingest.add_listener(listener, EventFilter(frozenset({END_EVENT, "Newchannel"})))
     gc.collect()
     started, cpu = time.perf_counter(), time.process_time()
     await ingest.start()
@@ -516,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         results["cpu_ratio_runs"] = [round(r, 2) for r in cpu_ratios]
         print(f"callhub {results['callhub_events_per_s']} events/s vs panoramisk bare parse "
               f"{results['panoramisk_events_per_s']} events/s (medians of {args.rounds}): "
-              f"ratio {results['ratio']}x, per round {results['ratio_runs']} (target >= 1.0)")
+              f"ratio {results['ratio']}x, per round {results['ratio_runs']} (target >= 2.0)")
         print(f"per CPU second (what neighbours on the machine do not change): callhub "
               f"{results['callhub_events_per_cpu_s']}, panoramisk "
               f"{results['panoramisk_events_per_cpu_s']}: ratio {results['cpu_ratio']}x, "
@@ -531,7 +539,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"callhub RSS growth {results['rss_growth_mb']} MB (target < 50)")
     targets: dict[str, bool] = {}
     if "ratio" in results:
-        targets["ratio_ge_1"] = results["ratio"] >= 1.0
+        targets["ratio_ge_2"] = results["ratio"] >= 2.0
+    if "pbxingest_ratio" in results:
+        targets["pbxingest_ratio_ge_2"] = results["pbxingest_ratio"] >= 2.0
     if "rss_growth_mb" in results:
         targets["rss_growth_lt_50mb"] = results["rss_growth_mb"] < 50
     for phase in ("callhub", "pbxingest", "writer_ingest"):

@@ -83,8 +83,7 @@ class CallhubAmiProtocol(AMIProtocol):  # type: ignore[misc]
             self.version: str | None = splitter.banner.partition("/")[2].strip()
         if splitter.malformed != malformed_before:
             factory.malformed(splitter.malformed - malformed_before)
-        if splitter.skipped != skipped_before:
-            factory.on_skipped(splitter.skipped - skipped_before)
+        skipped = splitter.skipped - skipped_before
         responses = self.responses
         for raw in messages:
             # Plain events go straight to the manager: wrapping each in panoramisk's
@@ -97,6 +96,7 @@ class CallhubAmiProtocol(AMIProtocol):  # type: ignore[misc]
             message = Message(raw)
             message.raw = raw  # the plain dict, keys as sent: what callhub consumes
             self.handle_message(message)
+        factory.on_read(skipped)
 
     def send(self, data: Any, as_list: bool | None = None) -> asyncio.Future[Any]:
         """panoramisk's send without its exception log, which would print the Login secret."""
@@ -119,12 +119,12 @@ class AmiManager(Manager):  # type: ignore[misc]
                  on_event: EventHandler, on_malformed: Callable[[int], None],
                  raw_listeners: list[RawListener],
                  event_filter: EventFilter | None = None,
-                 on_skipped: Callable[[int], None] = lambda count: None) -> None:
+                 on_read: Callable[[int], None] = lambda skipped: None) -> None:
         super().__init__(host=pbx.host, port=pbx.port, loop=loop, encoding="utf-8",
                          protocol_factory=CallhubAmiProtocol)
         self.on_event = on_event
         self.on_malformed = on_malformed
-        self.on_skipped = on_skipped
+        self.on_read = on_read
         self.event_filter = event_filter
         self.raw_listeners = raw_listeners
         self.lost: asyncio.Future[None] = loop.create_future()
@@ -200,7 +200,8 @@ class AmiConnection:
     awaited before the session counts as up.
 
     `event_filter` (settable while connected) names the events worth parsing; the
-    others are counted through `on_skipped` (see `MessageSplitter`). None: every event.
+    others are skipped (see `MessageSplitter`). None: every event. `on_read` runs after
+    each TCP read's events are handled, with the number of events it skipped.
     """
 
     def __init__(self, pbx: PbxConfig, on_event: EventHandler, *,
@@ -208,7 +209,7 @@ class AmiConnection:
                  on_resync_start: Callable[[], None] | None = None,
                  on_malformed: Callable[[int], None] | None = None,
                  on_state: Callable[[bool], None] | None = None,
-                 on_skipped: Callable[[int], None] = lambda count: None,
+                 on_read: Callable[[int], None] = lambda skipped: None,
                  event_filter: EventFilter | None = None,
                  ping_interval: float = 20.0, ping_timeout: float | None = None,
                  backoff_base: float = 0.5, backoff_max: float = 30.0,
@@ -223,7 +224,7 @@ class AmiConnection:
         self.on_resync_start = on_resync_start
         self.on_malformed = on_malformed
         self.on_state = on_state
-        self.on_skipped = on_skipped
+        self.on_read = on_read
         self._event_filter = event_filter
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout if ping_timeout is not None else min(10.0,
@@ -331,8 +332,8 @@ class AmiConnection:
     async def _session(self) -> None:
         """One connection, from TCP connect to its end; `_synced_at` says when it synced."""
         loop = asyncio.get_running_loop()
-        manager = AmiManager(loop, self.pbx, self._event, self._malformed, self.raw_listeners,
-                             self._event_filter, self.on_skipped)
+        manager = AmiManager(loop, self.pbx, self.on_event, self._malformed, self.raw_listeners,
+                             self._event_filter, self.on_read)
         self._manager = manager
         synced = False
         try:
@@ -387,9 +388,6 @@ class AmiConnection:
                 raise AmiConnectionLost(
                     f"no answer to Ping within {self.ping_timeout:g} s") from None
             log.debug("ami.pong", pbx=self.pbx.name, rtt=round(time.monotonic() - sent, 4))
-
-    def _event(self, event: AmiMessage) -> None:
-        self.on_event(event)
 
     def _malformed(self, count: int) -> None:
         log.warning("ami.malformed_message", pbx=self.pbx.name, count=count)

@@ -66,15 +66,19 @@ class PbxIngest:
         self.connection = AmiConnection(
             pbx, self._on_event, on_resync=self._on_resync,
             on_resync_start=self.correlator.begin_resync, on_malformed=self._on_malformed,
-            on_state=self._on_state, on_skipped=self._on_skipped,
+            on_state=self._on_state, on_read=self._on_read,
             event_filter=self.correlator.event_filter(),
             ping_interval=ping_interval, ping_timeout=ping_timeout,
             backoff_base=backoff_base, backoff_max=backoff_max)
         self.events = 0
         self.malformed = 0
         self.records = 0
-        self._listeners: list[Callable[[AmiMessage], None]] = []
-        self._listener_filters: list[EventFilter | None] = []
+        self._listeners: list[tuple[Callable[[AmiMessage], None], EventFilter | None]] = []
+        # Who gets which event, in the order they were added: per event name, and the
+        # listeners of every event for the names no filter lists.
+        self._listeners_of: dict[str, list[Callable[[AmiMessage], None]]] = {}
+        self._every_event: list[Callable[[AmiMessage], None]] = []
+        self._events_counted = 0
         self._tasks: list[Task] = []
         self._had_session = False
 
@@ -87,10 +91,13 @@ class PbxIngest:
                      wants: EventFilter | None = None) -> None:
         """Call fn with the events `wants` names (every event when None), before the
         correlator sees them."""
-        self._listeners.append(fn)
-        self._listener_filters.append(wants)
+        self._listeners.append((fn, wants))
+        self._every_event = [f for f, w in self._listeners if w is None]
+        names = {name for _, w in self._listeners if w is not None for name in w.events}
+        self._listeners_of = {name: [f for f, w in self._listeners
+                                     if w is None or name in w.events] for name in names}
         wanted: EventFilter | None = self.correlator.event_filter()
-        for each in self._listener_filters:
+        for _, each in self._listeners:
             wanted = None if wanted is None or each is None else wanted | each
         self.connection.event_filter = wanted
 
@@ -127,9 +134,7 @@ class PbxIngest:
 
     def _on_event(self, event: AmiMessage) -> None:
         self.events += 1
-        if self._events_counter is not None:
-            self._events_counter.inc()
-        for listener in self._listeners:
+        for listener in self._listeners_of.get(event.get("Event", ""), self._every_event):
             try:
                 listener(event)
             except Exception:
@@ -171,11 +176,14 @@ class PbxIngest:
                 await asyncio.sleep(0)  # let AMI, FastAGI and the API run in between
             self._emit(records[start:start + RESYNC_SLICE])
 
-    def _on_skipped(self, count: int) -> None:
-        """Events nobody reads, skipped unparsed: counted like every other event."""
-        self.events += count
-        if self._events_counter is not None:
-            self._events_counter.inc(count)
+    def _on_read(self, skipped: int) -> None:
+        """After each TCP read: events nobody reads (skipped unparsed) count like every
+        other, and the counter is moved once per read, not once per event (a Prometheus
+        increment takes a lock: ~0.7 µs, 5 % of an event's cost)."""
+        self.events += skipped
+        if self._events_counter is not None and self.events != self._events_counted:
+            self._events_counter.inc(self.events - self._events_counted)
+            self._events_counted = self.events
 
     def _on_malformed(self, count: int) -> None:
         self.malformed += count
