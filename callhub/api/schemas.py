@@ -106,6 +106,12 @@ class Call(TypedDict):
     incomplete: bool
     truncated: Annotated[bool, Field(description="A value from the PBX was longer than its "
                                                  "column and was cut (docs/reliability.md).")]
+    source: Annotated[Literal["ami", "cel"], Field(
+        description="Where the record was rebuilt from: the live AMI stream, or Asterisk's "
+                    "CEL table for a gap no AMI session saw (docs/reliability.md).")]
+    rings_estimated: Annotated[bool, Field(
+        description="rings and ring_seconds are estimated (CEL has no ringing event: they "
+                    "run from the agent leg's creation to its answer or end).")]
     transfers: list[dict[str, Any]]
     category: str | None
     note: str | None

@@ -64,6 +64,8 @@ def call_row(record: CallRecord, now: datetime) -> dict[str, Any]:
         "queue": record.queue,
         "incomplete": record.incomplete,
         "truncated": record.truncated,
+        "source": record.source,
+        "rings_estimated": record.rings_estimated,
         "transfers": [{"type": t.type, "to": t.to, "at": iso(t.at)} for t in record.transfers],
         "updated_at": now,
     }
@@ -154,10 +156,11 @@ async def upsert_agents(conn: AsyncConnection, seen: Sequence[tuple[str, str, st
 
 @dataclass(slots=True)
 class Saved:
-    """What a batch did: the call ids (in record order), the times to callback it settled,
-    the agent devices it wrote."""
+    """What a batch did: the call ids (in record order; a CEL record left alone has its
+    stored call's id), the times to callback it settled, the agent devices it wrote."""
 
     ids: list[int] = field(default_factory=list)
+    skipped: int = 0  # calls rebuilt from CEL that were stored already, left alone
     callback_seconds: list[float] = field(default_factory=list)
     agents: AgentNames = field(default_factory=dict)
 
@@ -182,21 +185,36 @@ async def save_calls(conn: AsyncConnection, records: Sequence[CallRecord], setti
                      ) -> Saved:
     """Store a batch of records in the current transaction, as if one after another.
 
+    A record with `source == "cel"` (a call rebuilt from Asterisk's CEL table
+    for a gap) is stored only if its call is not stored yet; an AMI record of
+    the call later replaces it as usual.
+
     `known_agents`: agent devices already stored, with their names (the
     writer remembers what it committed), not written again.
     """
     now = datetime.now(UTC)
     saved = Saved()
-    for run in distinct_runs(records):
+    for whole in distinct_runs(records):
         # The run's calls and its misses' answers as they were stored before it.
-        before = await worklist.read_before(conn, run, settings)
+        before = await worklist.read_before(conn, whole, settings)
+        stored_ids = before.ids
+        # A call rebuilt from CEL never overwrites one stored already (from AMI or CEL).
+        run = [r for r in whole if r.source != "cel" or (r.pbx, r.linkedid) not in stored_ids]
+        if len(run) != len(whole):
+            saved.skipped += len(whole) - len(run)
+            if not run:
+                saved.ids += [stored_ids[(r.pbx, r.linkedid)] for r in whole]
+                continue
+            before = await worklist.read_before(conn, run, settings)
         ids = await upsert_calls(conn, run, now, before.ids.values())
         saved.agents |= await upsert_agents(
             conn, [(r.pbx, r.agent, r.agent_name) for r in run if r.agent], now,
             {**(known_agents or {}), **saved.agents})
         saved.callback_seconds += await worklist.apply_batch(conn, run, ids, settings,
                                                              before, now)
-        saved.ids += ids
+        written = {(r.pbx, r.linkedid): call_id for r, call_id in zip(run, ids, strict=True)}
+        saved.ids += [written[key] if key in written else stored_ids[key]
+                      for key in ((r.pbx, r.linkedid) for r in whole)]
     return saved
 
 

@@ -81,6 +81,9 @@ calls = sa.Table(
     sa.Column("incomplete", sa.Boolean, nullable=False),
     # A value from the PBX was cut to its column (records.bounded).
     sa.Column("truncated", sa.Boolean, nullable=False, server_default=sa.false()),
+    # "ami" or "cel" (rebuilt from Asterisk's CEL table for a gap); CEL rings are estimated.
+    sa.Column("source", sa.String(8), nullable=False, server_default="ami"),
+    sa.Column("rings_estimated", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("transfers", sa.JSON, nullable=False),
     # Set by supervisors through the API; a rewrite of the call keeps them.
     sa.Column("category", sa.String(64)),
