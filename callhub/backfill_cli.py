@@ -83,8 +83,8 @@ async def backfill(url: str, table: str, pbx: PbxConfig, start: datetime,
 def backfill_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     pbx = _pbx(args)
-    url = args.cel_database_url or getattr(pbx, "cel_database_url", None)
-    table = args.cel_table or getattr(pbx, "cel_table", None) or DEFAULT_TABLE
+    url = args.cel_database_url or pbx.cel_database_url
+    table = args.cel_table or pbx.cel_table
     if not url:
         print(f"callhub backfill: no CEL database for pbx {pbx.name!r}: "
               "give --cel-database-url", file=sys.stderr)

@@ -199,3 +199,27 @@ def test_pbx_environment_overrides_reach_their_pbx(tmp_path: Path) -> None:
     pbx = settings.pbx("main")
     assert (pbx.host, pbx.port, pbx.username, pbx.secret) == (
         "pbx.example", 15038, "other", "ami-secret-xyz")
+
+
+def test_cel_keys_default_to_none_and_cel_and_are_masked_in_config_check(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert load_settings(write(tmp_path, GOOD), env={}).pbx("main").cel_database_url is None
+    assert load_settings(write(tmp_path, GOOD), env={}).pbx("main").cel_table == "cel"
+    url = "postgresql+asyncpg://asterisk:cel-s3cret@pbxdb/asterisk"
+    text = GOOD.replace('secret = "ami-secret-xyz"\n',
+                        f'secret = "ami-secret-xyz"\ncel_database_url = "{url}"\n'
+                        'cel_table = "asterisk.cel"\n')
+    path = write(tmp_path, text)
+    pbx = load_settings(path, env={}).pbx("main")
+    assert (pbx.cel_database_url, pbx.cel_table) == (url, "asterisk.cel")
+    assert main(["config", "check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "cel-s3cret" not in out
+    shown = json.loads(out)["pbxs"][0]
+    assert shown["cel_database_url"] == "postgresql+asyncpg://asterisk:***@pbxdb/asterisk"
+    assert shown["cel_table"] == "asterisk.cel"
+    from_env = load_settings(path, env={"CALLHUB_PBX_MAIN_CEL_DATABASE_URL": "sqlite:///c.db"})
+    assert from_env.pbx("main").cel_database_url == "sqlite:///c.db"
+    assert main(["config", "check", str(write(tmp_path, text.replace(url, "cel-s3cret")))]) == 2
+    err = capsys.readouterr().err
+    assert "cel_database_url" in err and "cel-s3cret" not in err

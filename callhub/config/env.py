@@ -90,7 +90,7 @@ def _variable(info: FieldInfo) -> str:
 # Variable -> the Settings field it overrides (the deploy files are checked against this).
 ENV_OVERRIDES: dict[str, str] = {
     _variable(info): name for name, info in EnvOverrides.model_fields.items()}
-PBX_KEYS = ("host", "port", "username", "secret")
+PBX_KEYS = ("host", "port", "username", "secret", "cel_database_url", "cel_table")
 _PORT = TypeAdapter(int)
 
 

@@ -82,6 +82,13 @@ Listen = Annotated[tuple[str, int], BeforeValidator(listen)]
 _DATACLASS = ConfigDict(extra="forbid")
 
 
+def _cel_url(value: str | None) -> str | None:
+    if value is not None and "://" not in value:
+        raise problem("expected a SQLAlchemy URL such as "
+                      "'postgresql+asyncpg://user:password@host/asterisk'")
+    return value
+
+
 @dataclass(frozen=True, slots=True, config=_DATACLASS)
 class PbxConfig:
     """One Asterisk PBX: how to reach its AMI and how to read its calls."""
@@ -98,6 +105,10 @@ class PbxConfig:
     short_abandon_seconds: Annotated[Number, Field(ge=0)] = 5.0
     agents: TextMap = field(default_factory=dict)
     lines: TextMap = field(default_factory=dict)
+    # Where Asterisk's cel_pgsql writes this PBX's CEL (usegmtime=yes): the calls of a gap
+    # in the AMI stream are rebuilt from it (docs/reliability.md). None: no gap recovery.
+    cel_database_url: Annotated[StrictStr | None, AfterValidator(_cel_url)] = None
+    cel_table: Annotated[StrictStr, Field(min_length=1)] = "cel"
 
     def line_for(self, did: str | None) -> str | None:
         """The configured line name of a DID, else the DID itself."""
@@ -200,11 +211,7 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "pbxs":
                 value = [
-                    {
-                        g.name: ("***" if g.name == "secret" and getattr(p, g.name) else
-                                 _plain(getattr(p, g.name)))
-                        for g in fields(p)
-                    }
+                    {g.name: _masked_pbx_value(g.name, getattr(p, g.name)) for g in fields(p)}
                     for p in value
                 ]
             elif f.name == "api_tokens":
@@ -217,6 +224,14 @@ class Settings:
                 value = mask_url(value)
             out[f.name] = _plain(value)
         return out
+
+
+def _masked_pbx_value(name: str, value: Any) -> Any:
+    if name == "secret" and value:
+        return "***"
+    if name == "cel_database_url" and value:
+        return mask_url(value)
+    return _plain(value)
 
 
 def _plain(value: Any) -> Any:

@@ -85,6 +85,16 @@ class CallhubMetrics:
                                      "AMI messages skipped as malformed.", ["pbx"], registry=r)
         self.ami_reconnects = Counter("callhub_ami_reconnects", "AMI reconnections.",
                                       ["pbx"], registry=r)
+        self.gap_seconds = Counter(
+            "callhub_gap_seconds",
+            "Seconds with no AMI session and no CEL table to rebuild their calls from: "
+            "the calls of those seconds are not recorded (docs/reliability.md).",
+            ["pbx"], registry=r)
+        self.cel_recovered_calls = Counter(
+            "callhub_cel_recovered_calls",
+            "Calls of a gap in the AMI stream rebuilt from Asterisk's CEL table and handed "
+            "to the writer (stored unless a record of the call is stored already).",
+            ["pbx"], registry=r)
         self.correlator_errors = Counter(
             "callhub_correlator_errors",
             "AMI events the correlator could not apply (skipped), by event kind (one of the "
@@ -129,7 +139,8 @@ class CallhubMetrics:
         sees their first change and alerts see a disconnected PBX before it ever connected."""
         self.windows.add_pbx(pbx)
         for metric in (self.active_calls, self.ami_connected, self.ami_events,
-                       self.ami_malformed, self.ami_reconnects):
+                       self.ami_malformed, self.ami_reconnects, self.gap_seconds,
+                       self.cel_recovered_calls):
             metric.labels(pbx)
         for line in (*self.known_lines, OTHER):
             self.short_abandons.labels(pbx, line)
