@@ -6,8 +6,13 @@ row in [--from, --to) (whole calls, also those that began before or ended
 after the window), rebuilds them with the CEL interpreter and prints one JSON
 object per call on stdout, flagged `"source": "cel"` and `"rings_estimated":
 true`; a call whose LINKEDID_END is not in the table yet comes flagged
-`incomplete`. It writes nothing to callhub's database: printing is the only
-mode so far, which is what `--dry-run` asks for.
+`incomplete`. That is all it does by default (or with `--dry-run`).
+
+With `--store` the finished calls are written to callhub's database instead,
+through the writer's own save path (store.save): a call already stored (from
+AMI or an earlier backfill) is left alone, so running it twice, or over a
+window the daemon's gap recovery already covered, changes nothing. Calls
+still in progress (incomplete) are not stored: they are the AMI session's.
 """
 
 from __future__ import annotations
@@ -22,17 +27,20 @@ from typing import Any, TextIO
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
 from callhub.ami.cel import interpret
-from callhub.config import ConfigError, PbxConfig, load_settings
-from callhub.records import CallRecord
+from callhub.config import ConfigError, PbxConfig, Settings, load_settings
+from callhub.records import CallRecord, bounded
 from callhub.store.cel_source import DEFAULT_TABLE, read_cel
+from callhub.store.db import Database
+from callhub.store.oneshot import run_db
+from callhub.store.save import Saved, save_calls
 
 
 def add_parser(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
         "backfill", help="rebuild the calls of a time window from Asterisk's CEL table",
         description="Read the CEL rows (cel_pgsql's table) of every call with a row in "
-                    "[--from, --to), rebuild the calls and print them as JSON lines. "
-                    "Nothing is stored. Times are ISO 8601; without a zone they are UTC.")
+                    "[--from, --to), rebuild the calls and print them as JSON lines, or "
+                    "store them with --store. Times are ISO 8601; without a zone they are UTC.")
     parser.add_argument("--pbx", metavar="NAME",
                         help="which [[pbx]] of the config the calls belong to "
                              "(default: the only one)")
@@ -47,8 +55,12 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--cel-table", metavar="NAME",
                         help=f"the CEL table, schema-qualified if needed "
                              f"(default: the PBX's cel_table, else {DEFAULT_TABLE!r})")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the records without storing them (the only mode so far)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true",
+                      help="print the records without storing them (the default)")
+    mode.add_argument("--store", action="store_true",
+                      help="store the finished calls in callhub's database (database_url) "
+                           "where no record of the call is stored yet; print nothing")
     parser.set_defaults(func=backfill_command)
 
 
@@ -61,8 +73,7 @@ def parse_time(value: str) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def _pbx(args: argparse.Namespace) -> PbxConfig:
-    settings = load_settings(args.config)
+def _pbx(args: argparse.Namespace, settings: Settings) -> PbxConfig:
     if args.pbx:
         if not settings.pbxs:
             return PbxConfig(name=args.pbx)  # no config: the default contexts, no agents
@@ -80,9 +91,20 @@ async def backfill(url: str, table: str, pbx: PbxConfig, start: datetime,
     return interpret(rows, pbx)
 
 
+async def store(settings: Settings, records: list[CallRecord]) -> Saved:
+    """Store the records where their calls are not stored yet (one transaction)."""
+    db = Database.connect(settings.database_url)
+    try:
+        async with db.begin() as conn:
+            return await save_calls(conn, [bounded(r) for r in records], settings)
+    finally:
+        await db.close()
+
+
 def backfill_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    pbx = _pbx(args)
+    settings = load_settings(args.config)
+    pbx = _pbx(args, settings)
     url = args.cel_database_url or pbx.cel_database_url
     table = args.cel_table or pbx.cel_table
     if not url:
@@ -100,6 +122,15 @@ def backfill_command(args: argparse.Namespace, out: TextIO | None = None) -> int
     except (SQLAlchemyError, OSError, ValueError) as exc:
         print(f"callhub backfill: cannot read the CEL table: {exc}", file=sys.stderr)
         return 1
+    if args.store:
+        finished = [r for r in records if not r.incomplete]
+        done, saved = run_db(settings.database_url, lambda: store(settings, finished))
+        if not done or saved is None:
+            return 1
+        print(f"callhub backfill: {len(records)} calls rebuilt from CEL, "
+              f"{len(finished) - saved.skipped} stored, {saved.skipped} already stored, "
+              f"{len(records) - len(finished)} in progress (not stored)", file=sys.stderr)
+        return 0
     for record in records:
         print(json.dumps(record.to_dict(), ensure_ascii=False), file=out)
     print(f"callhub backfill: {len(records)} calls rebuilt from CEL, none stored",

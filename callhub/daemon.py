@@ -49,6 +49,7 @@ from callhub.routing.model import Rota
 from callhub.routing.service import routing_part
 from callhub.store import migrate, worklist
 from callhub.store.db import Database
+from callhub.store.recovery import CelRecovery
 from callhub.store.save import sync_agents
 from callhub.store.writer import CallWriter
 
@@ -78,6 +79,7 @@ class Daemon:
     writer: CallWriter | None = None
     rota: Rota | None = None  # route by this rota in memory, not the state directory's
     ingests: dict[str, PbxIngest] = field(default_factory=dict)
+    recoveries: dict[str, CelRecovery] = field(default_factory=dict)
     operations: list[Operation] = field(default_factory=list)
     router: Router | None = None
     on_record: list[Callable[[CallRecord], None]] = field(default_factory=list)
@@ -177,7 +179,12 @@ async def worklist_gauge(d: Daemon) -> AsyncIterator[None]:
 
 @asynccontextmanager
 async def ingestion(d: Daemon) -> AsyncIterator[None]:
-    """One PbxIngest per configured PBX; finished calls go to `Daemon.record`."""
+    """One PbxIngest per configured PBX; finished calls go to `Daemon.record`.
+
+    A PBX with a `cel_database_url` gets gap recovery: after every gap in its
+    AMI stream, a supervised task (`cel/<pbx>`) rebuilds the calls nobody saw
+    from its CEL table and hands them to the writer (callhub.store.recovery).
+    """
     if not d.settings.pbxs:
         log.warning("daemon.no_pbx", hint="add a [[pbx]] table to the config; only the API "
                                           "runs")
@@ -185,9 +192,17 @@ async def ingestion(d: Daemon) -> AsyncIterator[None]:
         if not (pbx.username and pbx.secret):
             raise StartupError(f"pbx[{pbx.name}]: username and secret are needed to connect "
                                f"to AMI (CALLHUB_PBX_<NAME>_SECRET can supply the secret)")
-        d.ingests[pbx.name] = PbxIngest(pbx, d.record, metrics=d.metrics,
-                                        stale_after=d.settings.stale_call_seconds,
-                                        supervisor=d.supervisor)
+        ingest = PbxIngest(pbx, d.record, metrics=d.metrics,
+                           stale_after=d.settings.stale_call_seconds,
+                           supervisor=d.supervisor, state_dir=d.settings.spool_dir)
+        d.ingests[pbx.name] = ingest
+        if pbx.cel_database_url and d.writer is not None:
+            recovery = CelRecovery(pbx, d.writer.submit, seen_on_ami=ingest.seen_on_ami,
+                                   metrics=d.metrics)
+            ingest.on_gap = recovery.gap
+            d.recoveries[pbx.name] = recovery
+    tasks = [d.supervisor.spawn(f"cel/{name}", recovery.run, required=False)
+             for name, recovery in d.recoveries.items()]
     for ingest in d.ingests.values():
         await ingest.start()
     try:
@@ -195,6 +210,10 @@ async def ingestion(d: Daemon) -> AsyncIterator[None]:
     finally:
         for ingest in d.ingests.values():
             await ingest.stop()
+        for task in tasks:
+            await task.stop()
+        for recovery in d.recoveries.values():
+            recovery.close()
 
 
 @asynccontextmanager

@@ -1,0 +1,77 @@
+"""Where a PBX's AMI stream stopped: the state file, and the gap it leaves.
+
+A gap is the stretch with no AMI session (callhub stopped, crashed, or the
+link was down). To know where one began after a restart, the time of the last
+event seen (its `Timestamp`) and the last moment the session was known alive
+are kept in a tiny file per PBX under the spool directory, `ami-<pbx>.state`
+(mode 0600; rewritten every few seconds while events flow, and at disconnect
+and stop; a crash loses at most those few seconds, which only widens the gap).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+STATE_EVERY = 5.0  # seconds between two writes of the state file while events flow
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A stretch with no AMI session: its calls are read from `last_event` (the last event
+    seen, a conservative start) to `until` (the reconnect); `seconds` counts from when the
+    session was last known alive. POSIX seconds all."""
+
+    last_event: float
+    alive_until: float
+    until: float
+
+    @property
+    def seconds(self) -> float:
+        return max(0.0, self.until - max(self.last_event, self.alive_until))
+
+
+@dataclass(frozen=True, slots=True)
+class StreamState:
+    """What the state file holds."""
+
+    last_event: float
+    alive_until: float
+
+
+def state_path(directory: str | Path, pbx: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in pbx)
+    return Path(directory) / f"ami-{safe}.state"
+
+
+def read_state(path: Path) -> StreamState | None:
+    """The state a previous run left; None when there is none (or it cannot be read)."""
+    try:
+        data = json.loads(path.read_text("utf-8"))
+        return StreamState(float(data["last_event"]), float(data["alive_until"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ami.state_unreadable", path=str(path), error=type(exc).__name__)
+        return None
+
+
+def write_state(path: Path, state: StreamState) -> bool:
+    """Replace the state file (no fsync: losing the last write only widens a gap)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump({"last_event": state.last_event, "alive_until": state.alive_until}, out)
+        os.replace(tmp, path)
+        return True
+    except OSError as exc:
+        log.warning("ami.state_unwritable", path=str(path), error=type(exc).__name__)
+        return False

@@ -1,0 +1,147 @@
+"""Issue 11's "Done when", second half, with real processes: calls played while no callhub
+runs are rebuilt from the CEL table when the next `callhub run` connects.
+
+An AMI server over TCP plays calls (cut from recorded Asterisk traces) to `callhub run`
+on PostgreSQL; the process is stopped with SIGTERM; ten more calls are played with no
+callhub listening, and their CEL rows, made from the calls' own `Event: CEL` messages
+as cel_pgsql with usegmtime=yes would write them, are put in a `cel` table in the test's
+schema beside every earlier call's rows. The next `callhub run` stores those ten,
+flagged `source = "cel"`, with the outcome and agent their streams imply; the calls it
+had stored from AMI keep their AMI records; none is stored twice.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from ami_fixtures import SIM_SECRET, SIM_USER
+from daemon_fixtures import Daemon, write_config
+from sqlalchemy.engine import make_url
+from store_fixtures import DbFactory, TcpProxy, pg_url, via_proxy
+from test_cel_source import CEL_DDL
+from test_faults_wal import stored, until_stored
+
+from callhub.ami.cel_ami import cel_rows
+from callhub.sim.ami_server import AmiSimulator
+from callhub.sim.calls import CallFactory, SynthCall, merge_calls
+from callhub.store.db import Database
+
+SEED = 1111
+KINDS = ("answered", "missed", "abandoned", "hunt", "busy")
+
+
+@dataclass
+class World:
+    sim: AmiSimulator
+    db: Database  # the test's schema: callhub's tables and the site's `cel` table
+    proxy: TcpProxy
+    tmp_path: Path
+
+    def config(self) -> Path:
+        path = write_config(self.tmp_path, self.sim,
+                            database_url=via_proxy(pg_url(), self.proxy))
+        text = path.read_text("utf-8").replace(
+            "\n[pbx.agents]",
+            f'cel_database_url = "{pg_url()}"\ncel_table = "{self.db.schema}.cel"\n'
+            "\n[pbx.agents]")
+        path.write_text(text, "utf-8")
+        return path
+
+    async def insert_cel(self, calls: list[SynthCall]) -> None:
+        """The calls' CEL rows as cel_pgsql inserts them (the serial numbers them)."""
+        rows = list(cel_rows(m for _, m in merge_calls(calls)))
+        columns = [k for k in rows[0] if k != "id"]
+        statement = sa.text(f'INSERT INTO "{self.db.schema}".cel ({", ".join(columns)}) '
+                            f'VALUES ({", ".join(":" + c for c in columns)})')
+        async with self.db.begin() as conn:
+            await conn.execute(statement, [{k: r[k] for k in columns} for r in rows])
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    factory = DbFactory("postgresql", tmp_path)
+    db = await factory.create()
+    async with db.begin() as conn:
+        await conn.execute(sa.text(CEL_DDL.format(table=f'"{db.schema}".cel',
+                                                  eventtime="timestamp")))
+    url = make_url(pg_url())
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432, schema=db.schema)
+    await proxy.start()
+    sim = AmiSimulator(username=SIM_USER, secret=SIM_SECRET)
+    await sim.start()
+    try:
+        yield World(sim, db, proxy, tmp_path)
+    finally:
+        await sim.stop()
+        await proxy.stop()
+        await factory.cleanup()
+
+
+async def start(config: Path) -> Daemon:
+    daemon = Daemon(config)
+    await daemon.start()
+    await daemon.until(lambda: bool(daemon.events("daemon.started"))
+                       and bool(daemon.events("ami.connected")))
+    return daemon
+
+
+def mismatches(row: dict[str, Any], call: SynthCall) -> list[str]:
+    expected = call.expected
+    return [f"{key}: {row[key]!r} != {expected.get(key)!r}"
+            for key in ("direction", "outcome", "agent", "caller_number")
+            if row[key] != expected.get(key)]
+
+
+async def test_calls_played_while_callhub_is_down_are_stored_from_cel_once(
+        world: World) -> None:
+    factory = CallFactory(seed=SEED, uniqueid_counter=SEED * 100)
+    t0 = time.time() - 3600
+
+    def play(n: int, first: int) -> list[SynthCall]:
+        return [factory.make(KINDS[(first + i) % len(KINDS)], t0 + (first + i) * 60,
+                             number=f"+86139{first + i:08d}") for i in range(n)]
+
+    before, during = play(5, 0), play(10, 5)
+    config = world.config()
+    first = await start(config)
+    try:
+        await world.sim.send([m for _, m in merge_calls(before)])
+        await until_stored(world.db, [c.linkedid for c in before])
+        assert await first.stop() == 0
+    finally:
+        await first.kill()
+    state = world.tmp_path / "spool" / "ami-lab.state"
+    assert stat.S_IMODE(os.stat(state).st_mode) == 0o600
+    assert not first.events("cel.recovered")  # its first session ever: no gap before it
+
+    # Nobody listens: the PBX goes on, and cel_pgsql logs every call it sees.
+    await world.sim.send([m for _, m in merge_calls(during)])
+    await world.insert_cel(before + during)
+
+    second = await start(config)
+    try:
+        await second.until(lambda: bool(second.events("cel.recovered")))
+        await until_stored(world.db, [c.linkedid for c in before + during])
+        assert await second.stop() == 0
+    finally:
+        await second.kill()
+    [recovered] = second.events("cel.recovered")
+    assert recovered["live"] == 0
+    assert recovered["recovered"] >= len(during)  # and any earlier call the window touched
+    rows = await stored(world.db)  # fails if a call is there twice
+    assert set(rows) == {c.linkedid for c in before + during}
+    for call in before:
+        assert rows[call.linkedid]["source"] == "ami", call.linkedid
+        assert not rows[call.linkedid]["rings_estimated"]
+    for call in during:
+        row = rows[call.linkedid]
+        assert (row["source"], row["rings_estimated"]) == ("cel", True), call.linkedid
+        assert mismatches(row, call) == [], (call.kind, call.linkedid)
