@@ -7,4 +7,5 @@ pytest_plugins = [
     "ami_fixtures",
     "store_fixtures",
     "desk_fixtures",
+    "cel_fixtures",
 ]

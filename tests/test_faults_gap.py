@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from ami_fixtures import SIM_SECRET, SIM_USER
+from cel_fixtures import CEL_DDL
 from daemon_fixtures import Daemon, write_config
 from sqlalchemy.engine import make_url
 from store_fixtures import DbFactory, TcpProxy, pg_url, via_proxy
-from test_cel_source import CEL_DDL
 from test_faults_wal import stored, until_stored
 
 from callhub.ami.cel_ami import cel_rows

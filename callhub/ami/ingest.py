@@ -98,10 +98,14 @@ class PbxIngest:
         self.alive_until: float | None = None  # when the last session was last known up
         self._state_written = 0.0  # time.monotonic() of the last state write
         self._seen: dict[str, None] = {}  # linkedids finished in this process (bounded)
+        # Where the stream stopped before the next session (a previous run's state file,
+        # or this process's last session): the gap that session ends starts there.
+        self._stopped: StreamState | None = None
         if self.state_file is not None:
-            left = read_state(self.state_file)
-            if left is not None:
-                self.last_event, self.alive_until = left.last_event, left.alive_until
+            self._stopped = read_state(self.state_file)
+            if self._stopped is not None:
+                self.last_event = self._stopped.last_event
+                self.alive_until = self._stopped.alive_until
 
     def seen_on_ami(self, linkedid: str) -> bool:
         """Whether this process saw the call on AMI: open in the correlator, or finished."""
@@ -247,6 +251,8 @@ class PbxIngest:
         else:
             self.alive_until = self.clock()
             self.save_state()
+            if self.last_event is not None:
+                self._stopped = StreamState(self.last_event, self.alive_until)
         if self.metrics is None:
             return
         self.metrics.ami_connected.labels(self.pbx.name).set(1 if up else 0)
@@ -254,12 +260,13 @@ class PbxIngest:
             self.metrics.ami_reconnects.labels(self.pbx.name).inc()
 
     def _gap_ended(self) -> None:
-        """The session is up: hand on the gap since the last event seen (if one is known)."""
+        """The session is up: hand on the gap since the last event seen before it (if any)."""
         now = self.clock()
-        if self.last_event is None:
-            return  # the first session ever: nothing was seen before, no gap is known
-        gap = Gap(self.last_event, self.alive_until or self.last_event, now)
+        stopped, self._stopped = self._stopped, None
         self.alive_until = now
+        if stopped is None:
+            return  # the first session ever: nothing was seen before, no gap is known
+        gap = Gap(stopped.last_event, stopped.alive_until, now)
         self.save_state()
         log.info("ami.gap", pbx=self.pbx.name, gap_seconds=round(gap.seconds, 3))
         if self.on_gap is not None:

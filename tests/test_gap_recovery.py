@@ -1,0 +1,176 @@
+"""Gaps in a PBX's AMI stream: where one began survives a restart, and its calls come back
+from the CEL table once, and only those no AMI session saw.
+
+PbxIngest against the AMI simulator over TCP (a dropped link, a new process reading the
+state file); CelRecovery against a cel_pgsql table on PostgreSQL filled with the traces'
+CEL events; `callhub backfill --store` as an admin runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from ami_fixtures import Collector, make_ingest, sim_pbx
+from cel_fixtures import CelDb, pbx_toml, run_callhub, trace_rows, window_of
+from prometheus_client import CollectorRegistry
+from traces_fixtures import trace
+
+from callhub.ami.gap import Gap, read_state, state_path
+from callhub.ami.groundtruth import load_truth, pbx_from_truth
+from callhub.lifecycle import Supervisor
+from callhub.metrics.collectors import CallhubMetrics
+from callhub.records import CallRecord
+from callhub.sim.ami_server import AmiSimulator
+from callhub.sim.calls import CallFactory, merge_calls
+from callhub.store import migrate
+from callhub.store.db import Database
+from callhub.store.recovery import CelRecovery
+from callhub.store.tables import calls
+
+WAIT = 10.0
+
+
+async def test_a_dropped_link_reports_its_gap_and_the_state_survives_a_restart(
+        ami_simulator: AmiSimulator, tmp_path: Path) -> None:
+    sim = ami_simulator
+    gaps: list[Gap] = []
+    collector = Collector()
+    ingest = make_ingest(sim_pbx(sim), collector, backoff_base=0.01, backoff_max=0.05,
+                         state_dir=tmp_path, on_gap=gaps.append)
+    call = CallFactory(seed=3, uniqueid_counter=300).make("answered", time.time() - 600)
+    last_sent = max(float(m["Timestamp"]) for m in call.messages)
+    await ingest.start()
+    try:
+        await ingest.wait_connected(5)
+        assert gaps == []  # the first session ever: no gap is known
+        await sim.send([m for _, m in merge_calls([call])])
+        await collector.until(lambda: len(collector.records) == 1)
+        assert ingest.seen_on_ami(call.linkedid) and not ingest.seen_on_ami("1.2")
+        dropped = time.time()
+        sim.drop_clients()
+        await ingest.connection.wait_sessions(2, within=5)
+    finally:
+        await ingest.stop()
+    gap, = gaps
+    assert gap.last_event == last_sent
+    assert dropped - 1 < gap.alive_until <= gap.until <= time.time()
+    path = state_path(tmp_path, "lab")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    left = read_state(path)
+    # Saved at stop: the last event then (the resync after the drop is events too).
+    assert left is not None and last_sent <= left.last_event <= left.alive_until
+
+    # A new process (no on_gap: nothing can rebuild the calls) counts the gap's seconds.
+    registry = CollectorRegistry()
+    again = make_ingest(sim_pbx(sim), Collector(), state_dir=tmp_path,
+                        metrics=CallhubMetrics(registry, pbxs=["lab"]))
+    stopped_at = time.time()
+    await again.start()
+    try:
+        await again.wait_connected(5)
+    finally:
+        await again.stop()
+    counted = registry.get_sample_value("callhub_gap_seconds_total", {"pbx": "lab"})
+    assert counted is not None and 0 < counted <= time.time() - stopped_at + 1
+
+
+def rows_of(name: str) -> list[dict[str, object]]:
+    return trace_rows(trace(name))
+
+
+async def test_recovery_stores_only_finished_calls_no_ami_session_saw(cel_db: CelDb) -> None:
+    await cel_db.create()
+    names = ["01_answered_caller_hangup", "03_abandoned_ringing",
+             "04_missed_noanswer_voicemail", "06_huntgroup_rna_then_answer"]
+    rows = {name: rows_of(name) for name in names}
+    seen = str(rows[names[1]][0]["linkedid"])
+    live = str(rows[names[2]][0]["linkedid"])
+    rows[names[2]] = [r for r in rows[names[2]] if r["eventtype"] != "LINKEDID_END"]
+    for name in names:
+        await cel_db.insert(rows[name])
+    start, _ = window_of(rows[names[0]])
+    _, end = window_of(rows[names[-1]])
+    pbx = pbx_from_truth(load_truth(trace(names[0])))
+    pbx = replace(pbx, cel_database_url=cel_db.url, cel_table=cel_db.table)
+    got: list[CallRecord] = []
+    registry = CollectorRegistry()
+    recovery = CelRecovery(pbx, got.append, seen_on_ami=lambda linkedid: linkedid == seen,
+                           metrics=CallhubMetrics(registry, pbxs=[pbx.name]),
+                           settle_seconds=0)
+    supervisor = Supervisor()
+    task = supervisor.spawn("cel/lab", recovery.run, required=False)
+    try:
+        recovery.gap(Gap(start.timestamp(), start.timestamp(), end.timestamp()))
+        await asyncio.wait_for(recovery.wait_idle(), WAIT)
+    finally:
+        await task.stop()
+    assert sorted(r.linkedid for r in got) == sorted(
+        str(rows[n][0]["linkedid"]) for n in (names[0], names[3]))
+    assert all(r.source == "cel" and r.rings_estimated and not r.incomplete for r in got)
+    assert live not in {r.linkedid for r in got}
+    assert registry.get_sample_value("callhub_cel_recovered_calls_total",
+                                     {"pbx": pbx.name}) == 2
+    recovery.close()
+    assert registry.get_sample_value("callhub_gap_seconds_total", {"pbx": pbx.name}) == 0
+
+
+async def test_a_gap_the_cel_database_cannot_give_is_retried_then_counted(
+        cel_db: CelDb) -> None:
+    pbx = replace(pbx_from_truth(load_truth(trace("01_answered_caller_hangup"))),
+                  cel_database_url=cel_db.url, cel_table=f"{cel_db.schema}.nothing")
+    registry = CollectorRegistry()
+    got: list[CallRecord] = []
+    recovery = CelRecovery(pbx, got.append, seen_on_ami=lambda _: False,
+                           metrics=CallhubMetrics(registry, pbxs=[pbx.name]), settle_seconds=0)
+    supervisor = Supervisor(backoff_base=0.01, backoff_max=0.05)
+    task = supervisor.spawn("cel/lab", recovery.run, required=False)
+    now = time.time()
+    try:
+        recovery.gap(Gap(now - 100, now - 60, now))
+        await asyncio.wait_for(task.wait_failures(2), WAIT)
+        assert len(recovery.pending) == 1  # kept for the next try
+    finally:
+        await task.stop()
+    recovery.close()
+    assert got == [] and recovery.pending == []
+    counted = registry.get_sample_value("callhub_gap_seconds_total", {"pbx": pbx.name})
+    assert counted == pytest.approx(60.0)
+
+
+async def test_backfill_store_writes_the_calls_once(cel_db: CelDb, tmp_path: Path) -> None:
+    await cel_db.create()
+    names = ["01_answered_caller_hangup", "03_abandoned_ringing"]
+    rows = {name: rows_of(name) for name in names}
+    for name in names:
+        await cel_db.insert(rows[name])
+    truth = load_truth(trace(names[0]))
+    db_path = tmp_path / "calls.db"
+    config = tmp_path / "callhub.toml"
+    config.write_text(f'database_url = "sqlite+aiosqlite:///{db_path}"\n'
+                      + pbx_toml(truth["expected"]["config"]), encoding="utf-8")
+    db = Database.connect(f"sqlite+aiosqlite:///{db_path}")
+    try:
+        await migrate.upgrade(db)
+        start, _ = window_of(rows[names[0]])
+        _, end = window_of(rows[names[1]])
+        args = ["backfill", "--config", str(config), "--from", start.isoformat(),
+                "--to", end.isoformat(), "--cel-database-url", cel_db.url,
+                "--cel-table", cel_db.table, "--store"]
+        code, out, err = await run_callhub(*args, cwd=tmp_path)
+        assert code == 0, err
+        assert out == "" and "2 stored, 0 already stored" in err
+        code, out, err = await run_callhub(*args, cwd=tmp_path)
+        assert code == 0 and "0 stored, 2 already stored" in err, err
+        async with db.connection() as conn:
+            stored = [(r.linkedid, r.source) for r in await conn.execute(
+                sa.select(calls.c.linkedid, calls.c.source))]
+        assert sorted(stored) == sorted((str(rows[n][0]["linkedid"]), "cel") for n in names)
+    finally:
+        await db.close()
