@@ -35,6 +35,7 @@ from callhub.config.models import (
     api_tokens,
 )
 from callhub.config.problems import config_error, keyed, problem
+from callhub.config.report import ReportSettings
 from callhub.config.values import duration, listen
 
 # A table field named `listen` would hide the parser inside its class body.
@@ -148,6 +149,7 @@ class SettingsFile(_Table):
     stats: StatsTable = StatsTable()
     followups: FollowupsTable = FollowupsTable()
     desk: DeskTable = DeskTable()
+    report: ReportSettings = ReportSettings()
 
     @model_validator(mode="after")
     def _across_tables(self) -> SettingsFile:
@@ -180,6 +182,7 @@ class SettingsFile(_Table):
             followup_overdue_seconds=self.followups.overdue_after,
             desk_poll_seconds=self.desk.poll_seconds,
             desk_targets=self.desk.targets.model_dump(),
+            report=self.report,
         )
 
 

@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 
 from callhub.config.problems import ConfigError, keyed, problem
+from callhub.config.report import ReportSettings
 from callhub.config.values import listen, mask_url
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///callhub.db"
@@ -193,6 +194,8 @@ class Settings:
     # `[desk]`: how often the page polls, and the targets of today's figures.
     desk_poll_seconds: float = 5.0
     desk_targets: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_DESK_TARGETS))
+    # `[report]`: the summary mailed to the leaders (callhub/config/report.py).
+    report: ReportSettings = field(default_factory=ReportSettings)
 
     @property
     def tz(self) -> ZoneInfo:
@@ -222,6 +225,8 @@ class Settings:
                 value = f"{value[0]}:{value[1]}"
             elif f.name == "database_url":
                 value = mask_url(value)
+            elif f.name == "report":
+                value = value.masked()
             out[f.name] = _plain(value)
         return out
 

@@ -1,10 +1,12 @@
-"""`callhub report --date D`: one day's desk figures per line and agent, for a cron job to mail.
+"""`callhub report --period day|week|month --date D`: a period's desk figures per line and agent.
 
 The figures are computed by `callhub.store.stats.compute` with the same
-query `GET /api/v1/stats` builds (the day in the configured time zone, N = 3
-rings, T = 20 s, short abandons as configured), so the report and the API
-never disagree. Formats: `text` (a readable summary), `csv` (one row per
-scope: the day, each line, each agent) and `json` (the /stats blocks).
+query `GET /api/v1/stats` builds (the period in the configured time zone,
+N = 3 rings, T = 20 s, short abandons as configured), so the report and the
+API never disagree. Formats: `text` (a readable summary), `csv` (one row per
+scope: the period, each line, each agent), `json` (the /stats blocks) and
+`html` (a page for a mail client, `callhub.report.html`). The daemon mails it
+on a schedule (`callhub.report.mailer`).
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from datetime import date, datetime, time, timedelta, tzinfo
 from typing import Any
 
 from callhub.config import Settings, load_settings
+from callhub.config.report import LANGS
+from callhub.report.periods import KINDS, Period, period_containing
 from callhub.store import stats
 from callhub.store.db import Database
 from callhub.store.oneshot import run_db
 
-FORMATS = ("text", "csv", "json")
+FORMATS = ("text", "csv", "json", "html")
 FIGURES = tuple(stats.FIGURES_DOC)
 
 
@@ -52,20 +56,42 @@ def day_query(settings: Settings, day: date, group_by: str | None, rings: int = 
                             tz=tz, pbx=pbx)
 
 
+def period_query(settings: Settings, period: Period, group_by: str | None, rings: int = 3,
+                 pbx: str | None = None) -> stats.StatsQuery:
+    """The StatsQuery of GET /api/v1/stats over the period's local days."""
+    start, end = period.bounds(settings.tz)
+    return stats.StatsQuery(start=start, end=end, group_by=group_by, rings=rings, seconds=20.0,
+                            exclude_short_abandons=settings.stats_exclude_short_abandons,
+                            tz=settings.tz, pbx=pbx)
+
+
 async def build_report(db: Database, settings: Settings, day: date, *, rings: int = 3,
-                       pbx: str | None = None) -> dict[str, Any]:
-    """The day's totals, per line and per agent, as /stats gives them."""
+                       pbx: str | None = None, period: str = "day") -> dict[str, Any]:
+    """The totals of the `period` holding `day`, per line and per agent, as /stats gives
+    them; a week or a month also has its calls per day (`days`)."""
+    span = period_containing(period, day)
     async with db.connection() as conn:
-        totals = await stats.compute(conn, day_query(settings, day, None, rings, pbx))
-        lines = await stats.compute(conn, day_query(settings, day, "line", rings, pbx))
-        agents = await stats.compute(conn, day_query(settings, day, "agent", rings, pbx))
-    q = day_query(settings, day, None, rings, pbx)
-    return {
-        "date": day.isoformat(), "timezone": settings.timezone, "from": q.start.isoformat(),
+        totals = await stats.compute(conn, period_query(settings, span, None, rings, pbx))
+        lines = await stats.compute(conn, period_query(settings, span, "line", rings, pbx))
+        agents = await stats.compute(conn, period_query(settings, span, "agent", rings, pbx))
+        per_day = (await stats.compute(conn, period_query(settings, span, "day", rings, pbx))
+                   if period != "day" else None)
+    q = period_query(settings, span, None, rings, pbx)
+    report: dict[str, Any] = {
+        "date": span.first.isoformat(), "period": period, "last_date": span.last.isoformat(),
+        "timezone": settings.timezone, "from": q.start.isoformat(),
         "to": q.end.isoformat(), "rings": rings, "seconds": q.seconds, "pbx": pbx,
         "short_abandons_excluded": q.exclude_short_abandons,
         "totals": totals["totals"], "lines": lines["groups"], "agents": agents["groups"],
     }
+    if per_day is not None:
+        found = {str(g["key"])[:10]: g for g in per_day["groups"]}
+        report["days"] = [{"date": d.isoformat(), "inbound": found[d.isoformat()]["inbound"]
+                           if d.isoformat() in found else 0,
+                           "answered": found[d.isoformat()]["answered"]
+                           if d.isoformat() in found else 0}
+                          for d in span.days]
+    return report
 
 
 def to_json(report: dict[str, Any]) -> str:
@@ -127,7 +153,9 @@ def _width(text: str) -> int:
 def to_text(report: dict[str, Any]) -> str:
     t = report["totals"]
     n = report["rings"]
-    lines = [f"callhub daily report {report['date']} ({report['timezone']})"
+    lines = [f"callhub {PERIOD_WORD[report.get('period', 'day')]} report {report['date']}"
+             + (f" to {report['last_date']}" if report.get("period", "day") != "day" else "")
+             + f" ({report['timezone']})"
              + (f", pbx {report['pbx']}" if report["pbx"] else ""), ""]
     lines += _table(["", "count", "rate"], [
         ["Inbound calls", str(t["inbound"]), ""],
@@ -165,17 +193,31 @@ def to_text(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-RENDER = {"text": to_text, "csv": to_csv, "json": to_json}
+PERIOD_WORD = {"day": "daily", "week": "weekly", "month": "monthly"}
+
+
+def render(report: dict[str, Any], fmt: str, lang: str = "zh") -> str:
+    """The report in one of FORMATS (`lang` is the HTML page's language)."""
+    if fmt == "html":
+        from callhub.report.html import to_html  # the page's code only when asked for
+        return to_html(report, lang)
+    return {"text": to_text, "csv": to_csv, "json": to_json}[fmt](report)
 
 
 def add_parser(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
-        "report", help="one day's figures per line and agent (for a daily mail)",
-        description="Print one day's desk figures (the same numbers as GET /api/v1/stats) "
+        "report", help="a day's, week's or month's figures per line and agent",
+        description="Print a period's desk figures (the same numbers as GET /api/v1/stats) "
                     "per line and per agent.")
-    parser.add_argument("--date", required=True, metavar="D",
-                        help="the day: YYYY-MM-DD, today or yesterday (configured time zone)")
+    parser.add_argument("--period", choices=KINDS, default="day",
+                        help="the day, the week (Monday to Sunday) or the month holding "
+                             "--date (default day)")
+    parser.add_argument("--date", default="today", metavar="D",
+                        help="YYYY-MM-DD, today or yesterday (configured time zone; "
+                             "default today)")
     parser.add_argument("--format", choices=FORMATS, default="text", help="default text")
+    parser.add_argument("--lang", choices=LANGS,
+                        help="the HTML page's language (default [report] lang, else zh)")
     parser.add_argument("--rings", type=int, default=3, help="N of within-N-rings (default 3)")
     parser.add_argument("--pbx", help="only this PBX")
     parser.add_argument("--database-url", help="override database_url / $CALLHUB_DATABASE_URL")
@@ -197,12 +239,13 @@ def report_command(args: argparse.Namespace) -> int:
     async def job() -> dict[str, Any]:
         db = Database.connect(url)
         try:
-            return await build_report(db, settings, day, rings=args.rings, pbx=args.pbx)
+            return await build_report(db, settings, day, rings=args.rings, pbx=args.pbx,
+                                      period=args.period)
         finally:
             await db.close()
 
     ok, report = run_db(url, job)
     if not ok or report is None:
         return 1
-    sys.stdout.write(RENDER[args.format](report))
+    sys.stdout.write(render(report, args.format, args.lang or settings.report.lang))
     return 0
