@@ -44,6 +44,7 @@ from callhub.lifecycle import Supervisor, describe
 from callhub.metrics.collectors import CallhubMetrics
 from callhub.metrics.http import metrics_handler
 from callhub.records import CallRecord
+from callhub.report.mailer import Clock, ReportMailer
 from callhub.routing.chooser import Router
 from callhub.routing.model import Rota
 from callhub.routing.service import routing_part
@@ -86,6 +87,8 @@ class Daemon:
     api_url: str | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     supervisor: Supervisor = field(default_factory=Supervisor)
+    report_clock: Clock | None = None  # the report mailer's clock (tests inject one)
+    mailer: ReportMailer | None = None
 
     def record(self, record: CallRecord) -> None:
         """A finished call from any PBX: every `on_record` callback gets it, in order."""
@@ -256,11 +259,23 @@ async def api(d: Daemon) -> AsyncIterator[None]:
         await keeper.stop()
 
 
+@asynccontextmanager
+async def report_mailer(d: Daemon) -> AsyncIterator[None]:
+    """Mail the report of each period that ends (`[report] schedule`), once per period."""
+    if d.settings.report.period is None or d.db is None:
+        yield
+        return
+    d.mailer = ReportMailer(d.db, d.settings, clock=d.report_clock)
+    async with d.supervisor.task("report-mailer", d.mailer.run, required=False):
+        yield
+
+
 PARTS: list[Part] = [
     metrics_part,
     database,
     writer_part,
     worklist_gauge,
+    report_mailer,
     ingestion,
     routing_part,
     api,

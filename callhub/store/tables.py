@@ -212,3 +212,15 @@ def utc(ts: float | None) -> datetime | None:
     """POSIX seconds to an aware UTC datetime."""
     return None if ts is None else datetime.fromtimestamp(ts, UTC)
 
+
+
+# The scheduled report mails (callhub/store/mailings.py): one row per period mailed, claimed
+# before sending, so two daemons or a restart never mail a period twice.
+report_mailings = sa.Table(
+    "report_mailings", metadata,
+    sa.Column("period_kind", sa.String(8), primary_key=True),  # day / week / month
+    sa.Column("period_start", sa.Date, primary_key=True),  # the period's first local date
+    sa.Column("claimed_at", UtcDateTime(), nullable=False),
+    sa.Column("sent_at", UtcDateTime()),  # None while the claim's send is under way
+    sa.Column("recipients", sa.Text, nullable=False),  # comma-separated addresses
+)
