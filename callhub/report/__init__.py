@@ -12,23 +12,29 @@ on a schedule (`callhub.report.mailer`).
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 import sys
-from collections.abc import Sequence
-from datetime import date, datetime, time, timedelta, tzinfo
+from datetime import date, datetime, timedelta, tzinfo
 from typing import Any
 
-from callhub.config import Settings, load_settings
+from callhub.config import load_settings
 from callhub.config.report import LANGS
-from callhub.report.periods import KINDS, Period, period_containing
-from callhub.store import stats
+from callhub.report.figures import (
+    FIGURES,
+    FORMATS,
+    build_report,
+    day_query,
+    period_query,
+    render,
+    to_csv,
+    to_json,
+    to_text,
+)
+from callhub.report.periods import KINDS
 from callhub.store.db import Database
 from callhub.store.oneshot import run_db
 
-FORMATS = ("text", "csv", "json", "html")
-FIGURES = tuple(stats.FIGURES_DOC)
+__all__ = ["FIGURES", "FORMATS", "build_report", "day_query", "parse_day", "period_query",
+           "render", "to_csv", "to_json", "to_text"]
 
 
 def parse_day(text: str, tz: tzinfo, today: date | None = None) -> date:
@@ -43,165 +49,6 @@ def parse_day(text: str, tz: tzinfo, today: date | None = None) -> date:
     except ValueError:
         raise ValueError(f"--date: expected YYYY-MM-DD, today or yesterday, got {text!r}") \
             from None
-
-
-def day_query(settings: Settings, day: date, group_by: str | None, rings: int = 3,
-              pbx: str | None = None) -> stats.StatsQuery:
-    """The StatsQuery of GET /api/v1/stats?from=DAY&group_by=... with the API's defaults."""
-    tz = settings.tz
-    start = datetime.combine(day, time(), tzinfo=tz)
-    return stats.StatsQuery(start=start, end=start + timedelta(days=1), group_by=group_by,
-                            rings=rings, seconds=20.0,
-                            exclude_short_abandons=settings.stats_exclude_short_abandons,
-                            tz=tz, pbx=pbx)
-
-
-def period_query(settings: Settings, period: Period, group_by: str | None, rings: int = 3,
-                 pbx: str | None = None) -> stats.StatsQuery:
-    """The StatsQuery of GET /api/v1/stats over the period's local days."""
-    start, end = period.bounds(settings.tz)
-    return stats.StatsQuery(start=start, end=end, group_by=group_by, rings=rings, seconds=20.0,
-                            exclude_short_abandons=settings.stats_exclude_short_abandons,
-                            tz=settings.tz, pbx=pbx)
-
-
-async def build_report(db: Database, settings: Settings, day: date, *, rings: int = 3,
-                       pbx: str | None = None, period: str = "day") -> dict[str, Any]:
-    """The totals of the `period` holding `day`, per line and per agent, as /stats gives
-    them; a week or a month also has its calls per day (`days`)."""
-    span = period_containing(period, day)
-    async with db.connection() as conn:
-        totals = await stats.compute(conn, period_query(settings, span, None, rings, pbx))
-        lines = await stats.compute(conn, period_query(settings, span, "line", rings, pbx))
-        agents = await stats.compute(conn, period_query(settings, span, "agent", rings, pbx))
-        per_day = (await stats.compute(conn, period_query(settings, span, "day", rings, pbx))
-                   if period != "day" else None)
-    q = period_query(settings, span, None, rings, pbx)
-    report: dict[str, Any] = {
-        "date": span.first.isoformat(), "period": period, "last_date": span.last.isoformat(),
-        "timezone": settings.timezone, "from": q.start.isoformat(),
-        "to": q.end.isoformat(), "rings": rings, "seconds": q.seconds, "pbx": pbx,
-        "short_abandons_excluded": q.exclude_short_abandons,
-        "totals": totals["totals"], "lines": lines["groups"], "agents": agents["groups"],
-    }
-    if per_day is not None:
-        found = {str(g["key"])[:10]: g for g in per_day["groups"]}
-        report["days"] = [{"date": d.isoformat(), "inbound": found[d.isoformat()]["inbound"]
-                           if d.isoformat() in found else 0,
-                           "answered": found[d.isoformat()]["answered"]
-                           if d.isoformat() in found else 0}
-                          for d in span.days]
-    return report
-
-
-def to_json(report: dict[str, Any]) -> str:
-    return json.dumps(report, ensure_ascii=False, indent=2) + "\n"
-
-
-def to_csv(report: dict[str, Any]) -> str:
-    """One row per scope; UTF-8 with a BOM, as the API's CSV, so Excel shows 李娜 as 李娜."""
-    out = io.StringIO()
-    out.write("\ufeff")
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(["date", "scope", "key", "name", *FIGURES])
-    rows: list[tuple[str, str | None, str | None, dict[str, Any]]] = [
-        ("day", None, None, report["totals"])]
-    rows += [("line", g["key"], None, g) for g in report["lines"]]
-    rows += [("agent", g["key"], g.get("agent_name"), g) for g in report["agents"]]
-    for scope, key, name, figures in rows:
-        writer.writerow([report["date"], scope, _cell(key), _cell(name),
-                         *(_cell(figures[f]) for f in FIGURES)])
-    return out.getvalue()
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    text = str(value)
-    # A name must not run as a spreadsheet formula.
-    return "'" + text if text[:1] in ("=", "+", "-", "@") and not text[1:2].isdigit() else text
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:.1f} %"
-
-
-def _num(value: float | None, unit: str = "") -> str:
-    return "-" if value is None else f"{value:.1f}{unit}"
-
-
-def _minutes(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds / 60:.1f} min"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(_width(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = []
-    for row in [header, *rows]:
-        cells = [row[0] + " " * (widths[0] - _width(row[0]))]
-        cells += [" " * (w - _width(c)) + c for c, w in zip(row[1:], widths[1:], strict=True)]
-        lines.append("  ".join(cells).rstrip())
-    return lines
-
-
-def _width(text: str) -> int:
-    """Display width: CJK characters take two columns in a terminal or a mail font."""
-    return sum(2 if "\u2e80" <= ch <= "\u9fff" or "\uff00" <= ch <= "\uffef" else 1
-               for ch in text)
-
-
-def to_text(report: dict[str, Any]) -> str:
-    t = report["totals"]
-    n = report["rings"]
-    lines = [f"callhub {PERIOD_WORD[report.get('period', 'day')]} report {report['date']}"
-             + (f" to {report['last_date']}" if report.get("period", "day") != "day" else "")
-             + f" ({report['timezone']})"
-             + (f", pbx {report['pbx']}" if report["pbx"] else ""), ""]
-    lines += _table(["", "count", "rate"], [
-        ["Inbound calls", str(t["inbound"]), ""],
-        ["Answered", str(t["answered"]), _pct(t["answer_rate"])],
-        [f"Answered within {n} rings", str(t["answered_within_rings"]),
-         _pct(t["within_rings_rate"])],
-        [f"Answered within {report['seconds']:g} s", str(t["answered_within_seconds"]),
-         _pct(t["service_level"])],
-        ["Missed", str(t["missed"]), ""],
-        ["Abandoned", str(t["abandoned"]), ""],
-        ["Short abandons" + (" (left out above)" if report["short_abandons_excluded"] else ""),
-         str(t["short_abandons"]), ""],
-        ["Outbound calls", str(t["outbound"]), ""],
-        ["Callbacks pending", str(t["pending_callbacks"]), ""],
-        ["Callbacks handled", str(t["handled_callbacks"]),
-         "median " + _minutes(t["median_time_to_callback_seconds"])],
-        ["Agent hung up first", "", _pct(t["agent_hangup_first_rate"])],
-    ])
-    lines += ["", "Per line"]
-    lines += _table(
-        ["line", "inbound", "answered", "answer", f"<={n} rings", "missed", "abandoned",
-         "pending", "median callback"],
-        [[g["key"] or "(none)", str(g["inbound"]), str(g["answered"]), _pct(g["answer_rate"]),
-          _pct(g["within_rings_rate"]), str(g["missed"]), str(g["abandoned"]),
-          str(g["pending_callbacks"]), _minutes(g["median_time_to_callback_seconds"])]
-         for g in report["lines"]])
-    lines += ["", "Per agent"]
-    lines += _table(
-        ["agent", "answered", f"<={n} rings of answered", "avg ring", "agent hung up first",
-         "outbound"],
-        [[(f"{g['agent_name']} ({g['key']})" if g.get("agent_name") else g["key"])
-          or "(not answered)", str(g["answered"]), _pct(g["within_rings_rate_answered"]),
-          _num(g["avg_ring_seconds"], " s"), _pct(g["agent_hangup_first_rate"]),
-          str(g["outbound"])] for g in report["agents"]])
-    return "\n".join(lines) + "\n"
-
-
-PERIOD_WORD = {"day": "daily", "week": "weekly", "month": "monthly"}
-
-
-def render(report: dict[str, Any], fmt: str, lang: str = "zh") -> str:
-    """The report in one of FORMATS (`lang` is the HTML page's language)."""
-    if fmt == "html":
-        from callhub.report.html import to_html  # the page's code only when asked for
-        return to_html(report, lang)
-    return {"text": to_text, "csv": to_csv, "json": to_json}[fmt](report)
 
 
 def add_parser(sub: Any) -> None:

@@ -28,7 +28,7 @@ import structlog
 from callhub.config import Settings
 from callhub.config.report import ReportSettings
 from callhub.lifecycle import describe
-from callhub.report import build_report, render
+from callhub.report.figures import build_report, render
 from callhub.report.html import title
 from callhub.report.periods import Period, last_ended, period_containing
 from callhub.store import mailings
