@@ -75,3 +75,14 @@ def test_the_smtp_password_is_masked_and_never_echoed(
     assert main(["config", "check", str(write(tmp_path, bad))]) == 2
     err = capsys.readouterr().err
     assert "report.smtp.password" in err and "9876" not in err
+
+
+def test_the_smtp_password_may_come_from_the_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, MAILING.replace('password = "smtp-pass-9876"', ""))
+    report = load_settings(path, env={"CALLHUB_REPORT_SMTP_PASSWORD": "from-env-123"}).report
+    assert report.smtp.password == "from-env-123" and report.smtp.username == "callhub"
+    no_user = MAILING.replace('username = "callhub"', "").replace(
+        'password = "smtp-pass-9876"', "")
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, no_user), env={"CALLHUB_REPORT_SMTP_PASSWORD": "x" * 9})
+    assert "username" in str(err.value) and "x" * 9 not in str(err.value)

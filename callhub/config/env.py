@@ -92,6 +92,8 @@ ENV_OVERRIDES: dict[str, str] = {
     _variable(info): name for name, info in EnvOverrides.model_fields.items()}
 PBX_KEYS = ("host", "port", "username", "secret", "cel_database_url", "cel_table")
 _PORT = TypeAdapter(int)
+# The report mail's SMTP password, kept out of the file (a secret; never echoed).
+REPORT_SMTP_PASSWORD = "CALLHUB_REPORT_SMTP_PASSWORD"
 
 
 def pbx_prefix(name: str) -> str:
@@ -128,6 +130,14 @@ def apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
         except ValidationError as exc:
             raise config_error(exc, rename=_under(prefix)) from None
     changes["pbxs"] = tuple(pbxs)
+    if REPORT_SMTP_PASSWORD in env:
+        report = settings.report
+        try:
+            changes["report"] = dataclasses.replace(
+                report, smtp=dataclasses.replace(report.smtp, password=env[REPORT_SMTP_PASSWORD]))
+        except ValidationError as exc:
+            raise config_error(exc, rename=lambda key: REPORT_SMTP_PASSWORD
+                               if key == "password" else key) from None
     try:
         return dataclasses.replace(settings, **changes)
     except ValidationError as exc:

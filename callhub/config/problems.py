@@ -18,7 +18,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 SECRET_KEYS = frozenset({"secret", "tokens", "metrics_token", "database_url",
                          "cel_database_url", "password",
                          "CALLHUB_API_TOKENS", "CALLHUB_METRICS_TOKEN",
-                         "CALLHUB_DATABASE_URL"})
+                         "CALLHUB_DATABASE_URL", "CALLHUB_REPORT_SMTP_PASSWORD"})
 
 _TYPE_NAMES = {"int_type": "int", "float_type": "float", "bool_type": "bool",
                "string_type": "str", "list_type": "list", "dict_type": "dict",

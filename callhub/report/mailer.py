@@ -134,7 +134,7 @@ class ReportMailer:
             report = await build_report(self.db, self.settings, period.first, period=period.kind)
             msg = message(self.settings, report, cfg.lang)
             await asyncio.to_thread(send_blocking, self.settings, msg)
-        except BaseException:
+        except Exception:  # not on cancellation: the thread may still be sending (lease)
             async with self.db.begin() as conn:
                 await mailings.release(conn, period.kind, period.first)
             raise
