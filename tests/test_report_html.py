@@ -80,6 +80,8 @@ def test_the_week_page_is_well_formed_self_contained_and_has_the_figures(
     for line in (g for g in figures["lines"] if g["answer_rate"] is not None):
         assert f"{line['answer_rate'] * 100:.1f} %" in page
     assert "李娜 (PJSIP/1001)" in page
+    for agent in (g for g in figures["agents"] if g["within_rings_rate_answered"] is not None):
+        assert f"{agent['within_rings_rate_answered'] * 100:.1f} %" in page
     assert [d["date"] for d in figures["days"]] == [f"2026-11-{d}" for d in range(23, 30)]
     assert sum(d["inbound"] for d in figures["days"]) == totals["inbound"]
     for day in figures["days"]:

@@ -21,7 +21,7 @@ TEXT: dict[str, dict[str, str]] = {
         "handled": "Callbacks handled", "per_line": "Per line", "per_agent": "Per agent",
         "per_day": "Calls per day", "line": "Line", "agent": "Agent", "none": "(none)",
         "not_answered": "(not answered)", "within_answered": "Within {n} rings of answered",
-        "legend": "Bars: answer rate (dark) and within {n} rings (light), 0–100 %",
+        "legend": "Bars: answer rate (dark) and the within-{n}-rings rate (light), 0–100 %",
         "legend_day": "Bars: inbound (light) and answered (dark)", "figure": "Figure",
         "value": "Value", "date": "Date",
     },
@@ -34,7 +34,7 @@ TEXT: dict[str, dict[str, str]] = {
         "per_line": "按线路", "per_agent": "按坐席", "per_day": "每日来电",
         "line": "线路", "agent": "坐席", "none": "（无）", "not_answered": "（未接听）",
         "within_answered": "接听中{n}声内占比",
-        "legend": "柱：接听率（深色）与{n}声内接听率（浅色），0–100 %",
+        "legend": "柱：接听率（深色）与{n}声内接听占比（浅色），0–100 %",
         "legend_day": "柱：呼入（浅色）与已接听（深色）", "figure": "指标", "value": "数值",
         "date": "日期",
     },
@@ -59,9 +59,11 @@ def _bar(value: float | None, color: str, width: int = 160) -> str:
 
 
 def _rate_table(t: dict[str, str], title: str, first: str, rows: list[tuple[str, dict[str, Any]]],
-                n: int, answered_key: str = "within_rings_rate") -> str:
+                n: int, answered_key: str = "within_rings_rate", header: str = "within") -> str:
+    """A row per group with its figures and two bars; an agent's within-N rate is of the
+    calls it answered (as in the text report), a line's of its inbound calls."""
     head = "".join(f'<th style="{CELL}text-align:left">{escape(h)}</th>' for h in (
-        first, t["inbound"], t["answered"], t["answer_rate"], t["within"].format(n=n), ""))
+        first, t["inbound"], t["answered"], t["answer_rate"], t[header].format(n=n), ""))
     body = []
     for name, g in rows:
         body.append(
@@ -141,7 +143,8 @@ def to_html(report: dict[str, Any], lang: str = "zh") -> str:
         f'<tr><th style="{CELL}text-align:left">{escape(t["figure"])}</th>'
         f'<th style="{CELL}">{escape(t["value"])}</th></tr>{summary_rows}</table>',
         _rate_table(t, t["per_line"], t["line"], lines, n),
-        _rate_table(t, t["per_agent"], t["agent"], agents, n),
+        _rate_table(t, t["per_agent"], t["agent"], agents, n,
+                    "within_rings_rate_answered", "within_answered"),
     ]
     if report.get("days"):
         parts.append(_days_chart(t, report["days"]))
