@@ -159,7 +159,8 @@ def test_route_result_no_agent_on_duty_decides_the_reason_of_a_lost_call() -> No
     varset = {"Event": "VarSet", "Channel": origin["Channel"], "Uniqueid": origin["Uniqueid"],
               "Linkedid": origin["Linkedid"], "Variable": ROUTE_RESULT_VARIABLE,
               "Value": "no_agent_on_duty", "Timestamp": origin["Timestamp"]}
-    (routed,) = list(replay_messages([*messages[:2], varset, *messages[2:]], trace_pbx(name)))
+    at = messages.index(origin) + 1  # the dialplan sets it once the channel exists
+    (routed,) = list(replay_messages([*messages[:at], varset, *messages[at:]], trace_pbx(name)))
     assert (routed.outcome, routed.reason) == ("missed", "no_agent_on_duty")
 
 
@@ -216,3 +217,29 @@ def test_events_newer_than_the_resync_snapshot_win_over_it() -> None:
     feed_all(fresh, first_half)
     assert fresh.reconcile([]) == []  # the empty list predates the call: it stays open
     assert len(feed_all(fresh, messages[len(messages) // 2:])) == 1
+
+
+def test_only_a_newchannel_or_a_resync_opens_a_call() -> None:
+    """A call's events without its Newchannel open nothing (orphans); during a resync they
+    are held, and applied once the snapshot shows the call live, or dropped when it does not."""
+    name = "12_version_coreshowchannels"
+    messages = trace_messages(name)
+    _, talking_list = _core_show_lists(name)
+    second = messages.index(talking_list[-1])
+    tail = [m for m in stamped(messages[second:]) if m.get("Event") != "Newchannel"]
+    correlator = Correlator(trace_pbx(name))
+    assert feed_all(correlator, tail) == []
+    assert correlator.active_calls == 0 and correlator.orphans > 0
+
+    held = Correlator(trace_pbx(name))
+    held.begin_resync()
+    assert feed_all(held, tail) == [] and held.active_calls == 0
+    (record,) = held.reconcile(talking_list)  # the held hangups end the adopted call
+    assert record.incomplete and record.outcome == "answered"
+    assert held.active_calls == 0 and held.orphans == 0
+
+    dropped = Correlator(trace_pbx(name))
+    dropped.begin_resync()
+    feed_all(dropped, tail)
+    assert dropped.reconcile([]) == [] and dropped.active_calls == 0
+    assert dropped.orphans == correlator.orphans

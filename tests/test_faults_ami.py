@@ -172,3 +172,29 @@ async def test_events_right_behind_the_resync_reply_are_not_closed_by_it() -> No
     (record,) = collector.records
     assert not record.incomplete
     assert compare_synth([record], [call]) == []
+
+
+async def test_a_hangup_of_a_channel_never_seen_stores_nothing(
+        ami_simulator: AmiSimulator) -> None:
+    """Issue 10: events of a call whose Newchannel callhub never saw (and that no resync
+    adopted) open no call: they are counted as orphans and no phantom record is stored."""
+    sim = ami_simulator
+    collector = Collector()
+    ingest = make_ingest(sim_pbx(sim), collector, **FAST_RETRY)
+    factory = CallFactory(seed=8, uniqueid_counter=700)
+    stray = factory.make("answered", time.time() - 120, ring_seconds=2.0, talk_seconds=4.0)
+    tail = [m for m in stray.messages if m.get("Event") in ("Hangup", "HangupRequest")]
+    real = factory.make("answered", time.time() - 60, ring_seconds=3.0, talk_seconds=5.0)
+    assert tail and stray.linkedid != real.linkedid
+    await ingest.start()
+    try:
+        await ingest.wait_connected(5)
+        await sim.send(tail)
+        await sim.send(real.messages)
+        await collector.until(lambda: len(collector.records) >= 1)
+    finally:
+        await ingest.stop()
+    assert collector.linkedids() == [real.linkedid]
+    assert compare_synth(collector.records, [real]) == []
+    assert ingest.correlator.orphans == len(tail)
+    assert ingest.correlator.active_calls == 0

@@ -67,6 +67,7 @@ _CAUSE_RESULTS: dict[str, AttemptResult] = {
 ROUTE_RESULT_VARIABLE = "CALLHUB_ROUTE_RESULT"
 _MOH = "MusicOnHold "  # hold-span key prefix for MOH on a channel (others are channel names)
 FINISHED_MEMORY = 4096
+RESYNC_KEEP = 50_000  # events of unknown calls held during one resync window, at most
 MAX_TIMESTAMP = 1e11  # year 5138: beyond it a Timestamp header is garbage
 
 
@@ -144,10 +145,22 @@ class _ResyncWindow:
     candidates: set[str]  # calls the snapshot decides: no event of theirs since the ask
     hung_up: set[str] = field(default_factory=set)  # uniqueids that hung up since the ask
 
+    # Events of calls not known yet, kept until the snapshot says whether they are live.
+    unknown: dict[str, list[AmiMessage]] = field(default_factory=dict)
+    kept: int = 0
+
     def saw(self, linkedid: str, event: AmiMessage) -> None:
         self.candidates.discard(linkedid)
         if event.get("Event") == "Hangup" and event.get("Uniqueid"):
             self.hung_up.add(event["Uniqueid"])
+
+    def keep(self, linkedid: str, event: AmiMessage) -> bool:
+        """Hold an event of an unknown call for `reconcile`; False when the window is full."""
+        if self.kept >= RESYNC_KEEP:
+            return False
+        self.unknown.setdefault(linkedid, []).append(event)
+        self.kept += 1
+        return True
 
 
 @dataclass(slots=True)
@@ -223,6 +236,8 @@ class Correlator:
         # Queue member interface (Local/1001@from-queue) -> its StateInterface device.
         self.state_interfaces: dict[str, str] = {}
         self.errors = 0  # events that could not be applied (counted, skipped)
+        # Events of calls never opened (no Newchannel, not adopted by a resync): ignored.
+        self.orphans = 0
         self.last_error: Exception | None = None  # why the last of them failed
         self._resync: _ResyncWindow | None = None
         self._handlers: dict[str, Callable[[_Call, AmiMessage, float], None]] = {
@@ -294,6 +309,12 @@ class Correlator:
             if call is None:
                 if linkedid in self._finished:
                     return []
+                if kind != "Newchannel":
+                    # Only a Newchannel (or a resync's adoption) opens a call: a Hangup of
+                    # a channel never seen stores no phantom call.
+                    if self._resync is None or not self._resync.keep(linkedid, event):
+                        self.orphans += 1
+                    return []
                 call = self._start_call(linkedid, event, now)
             call.last_event_at = now
             handler(call, event, now)
@@ -321,7 +342,9 @@ class Correlator:
         Calls none of whose channels is still up ended while we were away: they
         are closed (incomplete). Channels of calls we do not know are adopted, so
         the call is recorded once, flagged incomplete since its start was missed.
-        Events fed since `begin_resync` are newer than the list and win over it.
+        Events fed since `begin_resync` are newer than the list and win over it;
+        those of a call not known then are applied after its adoption, and are
+        orphans (ignored, counted) when the list shows no channel of it.
         """
         now = self.clock()
         window, self._resync = self._resync, None
@@ -332,8 +355,11 @@ class Correlator:
             linkedid = channel.get("Linkedid")
             if linkedid:
                 linkedid = self._merged.get(linkedid, linkedid)
-            if (linkedid and channel.get("Uniqueid") and linkedid not in self._finished
-                    and channel["Uniqueid"] not in window.hung_up):
+            if not linkedid or not channel.get("Uniqueid") or linkedid in self._finished:
+                continue
+            # A call known only from held events is adopted whole: its held hangups follow.
+            held = linkedid in window.unknown and linkedid not in self.calls
+            if held or channel["Uniqueid"] not in window.hung_up:
                 live.setdefault(linkedid, []).append(channel)
         finished = []
         for linkedid, call in list(self.calls.items()):
@@ -353,6 +379,12 @@ class Correlator:
             for channel in members:
                 if self._adopt(known, channel, now):
                     known.incomplete = True  # it changed while we could not see it
+        for linkedid, events in window.unknown.items():
+            if linkedid not in self.calls:
+                self.orphans += len(events)
+                continue
+            for event in events:
+                finished.extend(self.feed(event))
         return finished
 
     def flush(self) -> list[CallRecord]:
