@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,3 +87,54 @@ def first(messages: list[AmiMessage], event: str, *channels: str) -> int:
 def like(m: AmiMessage, event: str, **headers: str) -> AmiMessage:
     """A copy of a recorded event turned into another kind, with headers replaced."""
     return {**m, "Event": event, **headers}
+
+
+# -- the same calls as Asterisk 18 with chan_sip would report them ------------------------
+
+CHAN_SIP_BANNER = "Asterisk Call Manager/7.0.3"  # AMI of Asterisk 18
+_TECH_CAUSE_BUSY = "486"
+
+
+def as_chan_sip(messages: list[AmiMessage]) -> list[AmiMessage]:
+    """A chan_pjsip trace rewritten as Asterisk 18 with chan_sip (no `call-limit`) reports
+    the same calls; no chan_sip recording exists here, so exactly these differences:
+
+    - channels and interfaces `PJSIP/...` are `SIP/...` (same `-0000002a` suffix form);
+    - a new SIP channel starts `Down` (state 0) and goes `Ring` (4) by a `Newstate` right
+      after its `Newchannel` (chan_pjsip creates an incoming one in `Ring`);
+    - no `TechCause` header (chan_pjsip's SIP response code);
+    - a caller's CANCEL ends its channel with cause 16 (chan_pjsip says 127);
+    - no `HangupRequest` on a dialled channel that answered 486 Busy (chan_sip raises BUSY
+      as a control frame, not a queued hangup);
+    - no `QueueMemberStatus` and no `DeviceStateChange` of a SIP device: without
+      `call-limit` chan_sip reports every peer NOT_INUSE all the time, so its state never
+      changes.
+    """
+    renamed = rewritten(messages, {"PJSIP/": "SIP/"})
+    dialled = {m.get("DestChannel") for m in renamed if m.get("Event") == "DialBegin"}
+    out: list[AmiMessage] = []
+    for m in renamed:
+        event = m.get("Event")
+        channel = m.get("Channel", "")
+        sip = channel.startswith("SIP/")
+        if event == "QueueMemberStatus" or (
+                event == "DeviceStateChange" and m.get("Device", "").startswith("SIP/")):
+            continue
+        if (event == "HangupRequest" and channel in dialled
+                and m.get("TechCause") == _TECH_CAUSE_BUSY):
+            continue
+        m = {k: v for k, v in m.items() if k != "TechCause"}
+        if event in ("Hangup", "HangupRequest", "SoftHangupRequest") and sip \
+                and m.get("Cause") == "127":
+            m = {**m, "Cause": "16", "Cause-txt": "Normal Clearing"}
+        if event == "Newchannel" and sip and m.get("ChannelStateDesc") == "Ring":
+            out.append({**m, "ChannelState": "0", "ChannelStateDesc": "Down"})
+            m = like(m, "Newstate", ChannelState="4", ChannelStateDesc="Ring")
+        out.append(m)
+    return out
+
+
+def chan_sip_truth(truth: dict[str, Any]) -> dict[str, Any]:
+    """A trace's ground truth with its interfaces renamed as `as_chan_sip` renames them."""
+    renamed: dict[str, Any] = json.loads(json.dumps(truth).replace("PJSIP/", "SIP/"))
+    return renamed
