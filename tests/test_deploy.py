@@ -370,7 +370,10 @@ def test_manager_conf_gives_callhub_a_least_privilege_local_user() -> None:
     read = set(values(user, "read")[0].split(","))
     write = set(values(user, "write")[0].split(","))
     assert read == {"call", "agent", "dialplan"}
-    assert write == {"reporting"}  # CoreShowChannels; nothing that changes calls
+    # CoreShowChannels (reporting) and the endpoint listings (system: PJSIPShowEndpoints
+    # has no other class); no class whose actions place, move or change calls.
+    assert write == {"system", "reporting"}
+    assert not write & {"call", "originate", "command", "config", "agent", "user", "all"}
     assert values(user, "deny") == ["0.0.0.0/0.0.0.0"]
     assert values(user, "permit") == ["127.0.0.1/255.255.255.255"]
     assert values(user, "secret") and values(user, "secret")[0]

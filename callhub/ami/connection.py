@@ -33,6 +33,7 @@ from panoramisk.actions import Action
 from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message
 
+from callhub.ami.discovery import Inventory, discover
 from callhub.ami.parser import AmiMessage, EventFilter, MessageSplitter
 from callhub.config import PbxConfig
 from callhub.lifecycle import backoff_delay
@@ -195,7 +196,10 @@ class AmiConnection:
     `on_resync` gets the CoreShowChannel events after every login, before any
     later event is read; `on_resync_start` runs just before CoreShowChannels is
     asked, so the receiver can tell events newer than the snapshot (they may be
-    dispatched before the reply is). Handlers run synchronously in the reader, in order;
+    dispatched before the reply is). `on_inventory`, when given, gets what the PBX says
+    about its devices and queue members (`discovery.discover`) after every login, after
+    `on_resync_start` and before CoreShowChannels, so that the live channels are read
+    with the devices known. Handlers run synchronously in the reader, in order;
     `on_resync` may return an awaitable (to hand over a large result in slices), which is
     awaited before the session counts as up.
 
@@ -207,6 +211,7 @@ class AmiConnection:
     def __init__(self, pbx: PbxConfig, on_event: EventHandler, *,
                  on_resync: ResyncHandler | None = None,
                  on_resync_start: Callable[[], None] | None = None,
+                 on_inventory: Callable[[Inventory], None] | None = None,
                  on_malformed: Callable[[int], None] | None = None,
                  on_state: Callable[[bool], None] | None = None,
                  on_read: Callable[[int], None] = lambda skipped: None,
@@ -222,6 +227,7 @@ class AmiConnection:
         self.on_event = on_event
         self.on_resync = on_resync
         self.on_resync_start = on_resync_start
+        self.on_inventory = on_inventory
         self.on_malformed = on_malformed
         self.on_state = on_state
         self.on_read = on_read
@@ -342,6 +348,8 @@ class AmiConnection:
             self.version = manager.protocol.version
             if self.on_resync_start is not None:
                 self.on_resync_start()
+            if self.on_inventory is not None:
+                await self._discover(manager)
             channels = await self._resync(manager)
             if self.on_resync is not None:
                 handed = self.on_resync(channels)
@@ -365,6 +373,16 @@ class AmiConnection:
                 self._notify()
                 if self.on_state is not None:
                     self.on_state(False)
+
+    async def _discover(self, manager: AmiManager) -> None:
+        """Devices and queue members; a PBX too slow to tell is no reason to drop the link."""
+        assert self.on_inventory is not None
+        try:
+            inventory = await discover(manager.request, self.request_timeout, self.pbx.name)
+        except TimeoutError as exc:
+            log.warning("ami.discovery_timed_out", pbx=self.pbx.name, error=str(exc))
+            return
+        self.on_inventory(inventory)
 
     async def _resync(self, manager: AmiManager) -> list[AmiMessage]:
         """The CoreShowChannel events of every live channel."""

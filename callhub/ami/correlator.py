@@ -235,6 +235,8 @@ class Correlator:
         self._merged: dict[str, str] = {}
         # Queue member interface (Local/1001@from-queue) -> its StateInterface device.
         self.state_interfaces: dict[str, str] = {}
+        # Device names the PBX told (endpoints' caller ID); `[pbx.agents]` wins over them.
+        self.device_names: dict[str, str] = {}
         self.errors = 0  # events that could not be applied (counted, skipped)
         # Events of calls never opened (no Newchannel, not adopted by a resync): ignored.
         self.orphans = 0
@@ -390,6 +392,17 @@ class Correlator:
     def flush(self) -> list[CallRecord]:
         """Close every open call (end of a replay), flagged incomplete."""
         return [self._close(call, call.last_event_at) for call in list(self.calls.values())]
+
+    def learn_devices(self, names: dict[str, str], members: list[AmiMessage]) -> None:
+        """What the PBX said about its devices at login: names from the endpoints' caller
+        ID, and queue members (`QueueMember` events) with their StateInterface."""
+        self.device_names = dict(names)
+        for member in members:
+            self._on_queue_member(member)
+
+    def agent_name(self, interface: str) -> str | None:
+        """The configured name of a device, else the one the PBX reported for it."""
+        return self.pbx.agents.get(interface) or self.device_names.get(interface)
 
     @property
     def active_calls(self) -> int:
@@ -930,13 +943,13 @@ class Correlator:
             short_abandon=(outcome == "abandoned"
                            and wait_seconds < self.pbx.short_abandon_seconds),
             agent=agent,
-            agent_name=self.pbx.agents.get(agent) if agent else None,
+            agent_name=self.agent_name(agent) if agent else None,
             hangup_by=call.hangup_by if call.answered_at is not None else None,
             hangup_cause=call.hangup_cause,
             queue=call.queue,
             incomplete=call.incomplete,
             transfers=call.transfers,
-            attempts=[_attempt(leg, self.pbx) for leg in attempts],
+            attempts=[_attempt(leg, self.agent_name(leg.interface)) for leg in attempts],
         )
 
     def _outcome(self, call: _Call, attempts: list[_Leg]) -> tuple[Outcome, str | None]:
@@ -957,13 +970,13 @@ class Correlator:
         return "missed", "not_answered"
 
 
-def _attempt(leg: _Leg, pbx: PbxConfig) -> Attempt:
+def _attempt(leg: _Leg, agent_name: str | None) -> Attempt:
     ring_seconds = 0.0
     if leg.ring_started_at is not None and leg.ended_at is not None:
         ring_seconds = round(max(leg.ended_at - leg.ring_started_at, 0.0), 3)
     return Attempt(
         interface=leg.interface,
-        agent_name=pbx.agents.get(leg.interface),
+        agent_name=agent_name,
         offered_at=leg.offered_at,
         ring_started_at=leg.ring_started_at,
         ended_at=leg.ended_at,

@@ -2,7 +2,9 @@
 
 Events are handled synchronously in the connection's reader, in arrival
 order: listeners first (the router's busy tracking), then the correlator;
-finished records go to `on_record`. After every (re)connect the live
+finished records go to `on_record`. After every login the PBX's devices (names
+from the endpoints' caller ID) and queue members are asked (`discovery`) and
+handed to the correlator. After every (re)connect the live
 channels from CoreShowChannels reconcile the correlator, so calls that
 moved while the link was down are neither lost nor counted twice. A bug
 in a handler is logged and the stream goes on; it never drops the link.
@@ -36,6 +38,7 @@ import structlog
 from callhub.ami.connection import AmiConnection
 from callhub.ami.correlator import Correlator, event_time
 from callhub.ami.gap import STATE_EVERY, Gap, StreamState, read_state, state_path, write_state
+from callhub.ami.discovery import Inventory
 from callhub.ami.parser import AmiMessage, EventFilter
 from callhub.config import PbxConfig
 from callhub.lifecycle import Supervisor, Task
@@ -75,8 +78,8 @@ class PbxIngest:
         self.correlator = Correlator(pbx, clock=clock, stale_after=stale_after)
         self.connection = AmiConnection(
             pbx, self._on_event, on_resync=self._on_resync,
-            on_resync_start=self.correlator.begin_resync, on_malformed=self._on_malformed,
-            on_state=self._on_state, on_read=self._on_read,
+            on_resync_start=self.correlator.begin_resync, on_inventory=self._on_inventory,
+            on_malformed=self._on_malformed, on_state=self._on_state, on_read=self._on_read,
             event_filter=self.correlator.event_filter(),
             ping_interval=ping_interval, ping_timeout=ping_timeout,
             backoff_base=backoff_base, backoff_max=backoff_max)
@@ -203,6 +206,13 @@ class PbxIngest:
         log.warning("correlator.event_failed", pbx=self.pbx.name, event_kind=kind,
                     linkedid=event.get("Linkedid"),
                     error=type(error).__name__ if error is not None else None)
+
+    def _on_inventory(self, inventory: Inventory) -> None:
+        """Device names and queue members the PBX reported at login, for the correlator."""
+        try:
+            self.correlator.learn_devices(inventory.names, inventory.members)
+        except Exception:
+            log.exception("correlator.learn_devices_failed", pbx=self.pbx.name)
 
     async def _on_resync(self, channels: list[AmiMessage]) -> None:
         try:

@@ -3,8 +3,13 @@
 It speaks the parts of AMI callhub uses: the banner, Login (a wrong secret
 gets `Response: Error` / `Authentication failed` and the connection is
 closed, as Asterisk does), Ping, CoreShowChannels (answered from the
-channels it has announced with Newchannel and not yet hung up), Logoff, and
-an event stream sent only to logged-in clients. Events come from recorded
+channels it has announced with Newchannel and not yet hung up), the device
+and queue listings callhub asks at login (`PJSIPShowEndpoints` and
+`PJSIPShowEndpoint` from `endpoints`, `SIPpeers` and `SIPshowpeer` from
+`sip_peers` — "Invalid/unknown command" while it is None, as without
+chan_sip —, `QueueStatus` from `queue_members`; an action named in `denied`
+gets "Permission denied", as for a manager user without its class), Logoff,
+and an event stream sent only to logged-in clients. Events come from recorded
 traces (`replay`), from synthetic calls (`send_call`, `run_mix`), or from a
 test directly (`send`).
 
@@ -73,6 +78,16 @@ class _Channel:
     bridge_id: str = ""
 
 
+@dataclass(frozen=True)
+class QueueMember:
+    """A static queue member, as QueueStatus reports it."""
+
+    queue: str
+    location: str  # `Local/1001@from-queue/n`, `PJSIP/1002`
+    name: str = ""
+    state_interface: str = ""  # the member's location when empty
+
+
 @dataclass
 class SimulatorStats:
     logins: int = 0
@@ -105,6 +120,12 @@ class AmiSimulator:
         self.stream_now = 0.0
         self.stats = SimulatorStats()
         self.channels: dict[str, _Channel] = {}
+        # What the PBX has configured: endpoint -> caller ID (`"Li Na" <1001>`), chan_sip
+        # peers likewise (None: chan_sip not loaded), queue members, refused actions.
+        self.endpoints: dict[str, str] = {}
+        self.sip_peers: dict[str, str] | None = None
+        self.queue_members: list[QueueMember] = []
+        self.denied: set[str] = set()
         # The latest calls of run_mix, for tests and demos: bounded, a demo runs for days.
         self.generated: deque[SynthCall] = deque(maxlen=GENERATED_MEMORY)
         self.factory = CallFactory(uniqueid_counter=1)
@@ -238,7 +259,7 @@ class AmiSimulator:
                 client.closing = True
                 client.writer.close()
             await self._notify()
-        elif not client.logged_in:
+        elif not client.logged_in or name in self.denied:
             await self._respond(client, action, "Error", Message="Permission denied")
         elif name == "ping":
             self.stats.pings += 1
@@ -248,12 +269,79 @@ class AmiSimulator:
                                     Timestamp=f"{self.clock():.6f}")
         elif name == "coreshowchannels":
             await self._core_show_channels(client, action)
+        elif name in self._LISTINGS:
+            await self._listing(client, action, name)
+        elif name == "pjsipshowendpoint":
+            await self._show_endpoint(client, action)
+        elif name == "sipshowpeer" and self.sip_peers is not None:
+            peer = action.get("Peer", "")
+            if peer in self.sip_peers:
+                await self._respond(client, action, "Success", Channeltype="SIP",
+                                    ObjectName=peer, ChanObjectType="peer",
+                                    Callerid=self.sip_peers[peer], Status="Unmonitored")
+            else:
+                await self._respond(client, action, "Error", Message="Peer not found")
         elif name == "logoff":
             await self._respond(client, action, "Goodbye", Message="Thanks for all the fish.")
             client.closing = True
             client.writer.close()
         else:
             await self._respond(client, action, "Error", Message="Invalid/unknown command")
+
+    _LISTINGS = frozenset({"pjsipshowendpoints", "sippeers", "queuestatus"})
+
+    async def _listing(self, client: _Client, action: AmiMessage, name: str) -> None:
+        """PJSIPShowEndpoints, SIPpeers and QueueStatus, as Asterisk lists them."""
+        if name == "pjsipshowendpoints":
+            await self._event_list(
+                client, action, "A listing of Endpoints follows, presented as EndpointList "
+                "events", "EndpointList",
+                [{"ObjectType": "endpoint", "ObjectName": e, "Transport": "", "Aor": e,
+                  "Auths": e, "OutboundAuths": "", "Contacts": "",
+                  "DeviceState": "Not in use", "ActiveChannels": ""} for e in self.endpoints])
+        elif name == "sippeers":
+            if self.sip_peers is None:
+                await self._respond(client, action, "Error",
+                                    Message="Invalid/unknown command")
+                return
+            await self._event_list(
+                client, action, "Peer status list will follow", "PeerEntry",
+                [{"Channeltype": "SIP", "ObjectName": p, "ChanObjectType": "peer",
+                  "Dynamic": "yes", "Status": "Unmonitored"} for p in self.sip_peers])
+        else:
+            members = [{"Queue": m.queue, "Name": m.name or m.location,
+                        "Location": m.location,
+                        "StateInterface": m.state_interface or m.location,
+                        "Membership": "static", "Penalty": "0", "CallsTaken": "0",
+                        "LastCall": "0", "LastPause": "0", "InCall": "0", "Status": "1",
+                        "Paused": "0", "PausedReason": "", "Wrapuptime": "0"}
+                       for m in self.queue_members]
+            await self._event_list(client, action, "Queue status will follow",
+                                   "QueueMember", members)
+
+    async def _show_endpoint(self, client: _Client, action: AmiMessage) -> None:
+        endpoint = action.get("Endpoint", "")
+        if endpoint not in self.endpoints:
+            await self._respond(client, action, "Error", Message="Unable to retrieve endpoint")
+            return
+        await self._event_list(
+            client, action, "Following are Events for each object associated with the "
+            "Endpoint", "EndpointDetail",
+            [{"ObjectType": "endpoint", "ObjectName": endpoint, "Context": "from-internal",
+              "Aors": endpoint, "Callerid": self.endpoints[endpoint]}])
+
+    async def _event_list(self, client: _Client, action: AmiMessage, message: str,
+                          event: str, items: list[dict[str, str]]) -> None:
+        """A reply list: Success with `EventList: start`, the events, `<event>Complete`
+        (Asterisk's name for it: `PeerlistComplete`, `QueueStatusComplete`, ...)."""
+        action_id = {"ActionID": action["ActionID"]} if "ActionID" in action else {}
+        await self._respond(client, action, "Success", EventList="start", Message=message)
+        for item in items:
+            await self._write(client, format_message({"Event": event, **item, **action_id}))
+        complete = {"PeerEntry": "PeerlistComplete", "QueueMember": "QueueStatusComplete"}
+        await self._write(client, format_message({
+            "Event": complete.get(event, f"{event}Complete"), **action_id,
+            "EventList": "Complete", "ListItems": str(len(items))}))
 
     async def _core_show_channels(self, client: _Client, action: AmiMessage) -> None:
         action_id = {"ActionID": action["ActionID"]} if "ActionID" in action else {}
