@@ -12,10 +12,12 @@ import pytest
 from ami_fixtures import SIM_SECRET, SIM_USER, Collector, compare_synth, make_ingest, sim_pbx
 from traces_fixtures import trace
 
+from callhub.ami.discovery import callerid_name
 from callhub.ami.groundtruth import compare, load_truth, pbx_from_truth
 from callhub.ami.parser import AmiMessage, MessageSplitter, iter_file_messages
 from callhub.sim.ami_server import BANNER, AmiSimulator, format_message
 from callhub.sim.calls import CallFactory
+from callhub.sim.mix import DEMO_ENDPOINTS
 from callhub.sim.recording import load_trace
 
 
@@ -215,3 +217,32 @@ async def test_simulate_command_serves_a_mix_until_interrupted() -> None:
         proc.send_signal(signal.SIGINT)
         _, stderr = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 0, stderr.decode()
+
+
+async def test_the_mix_offers_ring_groups_through_local_channels_and_held_calls(
+        ami_simulator: AmiSimulator) -> None:
+    """The demo's PBX: ring groups dialling through Local channels and calls held by the
+    agent's phone, among plain ones; the SIP phones named by their endpoints' caller ID."""
+    sim = ami_simulator
+    sim.endpoints = dict(DEMO_ENDPOINTS)
+    collector = Collector()
+    ingest = make_ingest(sim_pbx(sim), collector)
+    await ingest.start()
+    try:
+        await ingest.wait_connected(5)
+        calls = await sim.run_mix(rate_per_minute=30, seed=6, speed=2000, max_calls=12,
+                                  kinds={"ringgroup_local": 2, "held": 2, "answered": 1})
+        await collector.until(lambda: len(collector.records) >= len(calls))
+    finally:
+        await ingest.stop()
+    assert compare_synth(collector.records, calls) == []
+    kinds = {c.linkedid: c.kind for c in calls}
+    groups = [r for r in collector.records if kinds[r.linkedid] == "ringgroup_local"]
+    held = [r for r in collector.records if kinds[r.linkedid] == "held"]
+    assert groups and held
+    names = {f"PJSIP/{e}": callerid_name(c) for e, c in DEMO_ENDPOINTS.items()}
+    for record in groups:
+        assert [a.result for a in record.attempts] == ["cancelled", "answered"]
+        assert all(a.interface.startswith("PJSIP/") and a.agent_name == names[a.interface]
+                   for a in record.attempts)
+    assert all(r.hold_seconds > 0 and r.agent_name == names[r.agent or ""] for r in held)

@@ -249,6 +249,9 @@ class CallFactory:
             exp["short_abandon"] = wait < float(tpl.config.get("short_abandon_seconds", 5.0))
         if tpl.talk_seconds and exp.get("talk_seconds"):
             exp["talk_seconds"] = round(float(exp["talk_seconds"]) - tpl.talk_seconds + talk, 3)
+        if tpl.talk_seconds and exp.get("hold_seconds"):
+            # A hold lies inside the talk span, which is stretched evenly.
+            exp["hold_seconds"] = round(float(exp["hold_seconds"]) * talk / tpl.talk_seconds, 3)
         return exp
 
 

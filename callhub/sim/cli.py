@@ -21,7 +21,7 @@ from callhub.logs import configure_logging
 from callhub.sim.ami_server import AmiSimulator
 from callhub.sim.calls import CallFactory
 from callhub.sim.hunt import Behaviour
-from callhub.sim.mix import DEFAULT_MIX, DEMO_DIDS
+from callhub.sim.mix import DEFAULT_MIX, DEMO_DIDS, DEMO_ENDPOINTS
 from callhub.sim.routed_calls import AgiCallSimulator
 from callhub.sim.templates import SCENARIOS
 
@@ -158,6 +158,7 @@ def simulate_command(args: argparse.Namespace) -> int:
 
 async def _simulate(args: argparse.Namespace, host: str, port: int) -> None:
     sim = AmiSimulator(host, port, username=args.username, secret=args.secret)
+    sim.endpoints = dict(DEMO_ENDPOINTS)
     try:
         await sim.start()
     except OSError as exc:

@@ -23,7 +23,7 @@ from callhub.daemon import Daemon, Part
 from callhub.lifecycle import Policy
 from callhub.sim.ami_server import AmiSimulator
 from callhub.sim.demo_rota import demo_rota_for
-from callhub.sim.mix import DEMO_DIDS, MixSettings
+from callhub.sim.mix import DEMO_DIDS, DEMO_ENDPOINTS, MixSettings
 from callhub.sim.templates import template_for
 from callhub.store import queries
 
@@ -59,6 +59,7 @@ class Demo:
         the demo rota."""
         secret = secrets.token_urlsafe(12)
         sim = AmiSimulator("127.0.0.1", 0, username="callhub", secret=secret)
+        sim.endpoints = dict(DEMO_ENDPOINTS)  # callhub names the SIP phones from them
         port = await sim.start()
         config = {k: v for k, v in template_for("answered").config.items() if k != "pbx"}
         config.update(name="demo", host="127.0.0.1", port=port, username="callhub",

@@ -19,9 +19,14 @@ from callhub.sim.templates import Template, template_for
 DEFAULT_MIX: dict[str, float] = {
     "answered": 40, "answered_agent_hangup": 10, "abandoned": 8, "missed": 5, "busy": 5,
     "hunt": 10, "queue_answered": 10, "queue_abandoned": 4, "queue_rna": 4, "outbound": 4,
+    "ringgroup_local": 6, "held": 5,
 }
 DEMO_NAMES = ("张三", "李四", "王芳", "Müller", "<unknown>", "Zoë", "陈静", "Ahmed")
 DEMO_DIDS = ("4008001000", "4008001001", "4008001002", "4008001003")
+# The SIP phones of the mix's PJSIP calls (ring groups, held calls) as the simulated PBX
+# lists them (PJSIPShowEndpoint's caller ID): callhub names their agents from it.
+DEMO_ENDPOINTS = {"1001": '"Li Na" <1001>', "1002": '"Wang Wei" <1002>',
+                  "1003": '"Zhang Min" <1003>', "trunk": ""}
 
 
 @dataclass

@@ -36,7 +36,8 @@ CHANNEL_SUFFIX = re.compile(
 
 @dataclass(frozen=True, slots=True)
 class Scenario:
-    """A kind of call and the recorded call it is made from (Local and PJSIP set-ups)."""
+    """A kind of call and the recorded call it is made from (Local and PJSIP set-ups;
+    a kind recorded in one set-up only names that recording for both)."""
 
     kind: str
     local: str
@@ -63,6 +64,13 @@ SCENARIOS: dict[str, Scenario] = {s.kind: s for s in (
              "app_queue, first member rings out, second answers"),
     Scenario("outbound", "10_outbound_callback", "p09_sip_outbound_agent_hangup",
              "an agent calls an outside number"),
+    # Recorded with SIP phones only: the Local set-up plays the same recording.
+    Scenario("ringgroup_local", "r01_sip_ringgroup_local_members",
+             "r01_sip_ringgroup_local_members",
+             "FreePBX-style ring group through Local channels: both phones ring, the "
+             "second answers"),
+    Scenario("held", "q03_sip_hold_reinvite", "q03_sip_hold_reinvite",
+             "answered; the agent's phone holds the caller for a while, then talks on"),
 )}
 
 
