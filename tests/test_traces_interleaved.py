@@ -6,7 +6,8 @@ ids) and a start time of its own, merges them by time as a PBX would emit
 them, serialises the stream to AMI bytes, cuts it at random byte positions and
 feeds the pieces through MessageSplitter (with the correlator's event filter)
 and one Correlator. Every call must come out exactly as when its trace is
-replayed alone, once its ids and times are mapped back, and nothing else.
+replayed alone, once its ids and times are mapped back, and nothing else. The SIP
+traces rewritten as Asterisk 18 with chan_sip reports them are a set-up too.
 """
 
 from __future__ import annotations
@@ -19,9 +20,19 @@ from functools import cache
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from traces_fixtures import all_traces, merged_by_time, stamped, trace_messages, trace_pbx
+from traces_fixtures import (
+    all_traces,
+    as_chan_sip,
+    chan_sip_truth,
+    merged_by_time,
+    stamped,
+    trace,
+    trace_messages,
+    trace_pbx,
+)
 
 from callhub.ami.correlator import Correlator
+from callhub.ami.groundtruth import load_truth, pbx_from_truth
 from callhub.ami.parser import AmiMessage, MessageSplitter
 from callhub.config import PbxConfig
 from callhub.records import CallRecord
@@ -32,19 +43,38 @@ _SUFFIX = re.compile(r"-([0-9a-f]{8})(?=;[12]$|$)")
 BANNER = b"Asterisk Call Manager/11.0.0\r\n"
 
 
+SIP18 = "chan_sip:"  # prefix of a trace name played as Asterisk 18 with chan_sip
+
+
 @cache
 def _setups() -> dict[str, list[str]]:
-    """Trace names grouped by the PBX settings they replay with (one correlator each)."""
+    """Trace names grouped by the PBX settings they replay with (one correlator each);
+    the SIP traces also as chan_sip reports them (`as_chan_sip`), a set-up of its own."""
     groups: dict[str, list[str]] = {}
     for path in all_traces():
         groups.setdefault(repr(trace_pbx(path.stem)), []).append(path.stem)
+        if "PJSIP/" in repr(trace_pbx(path.stem)):
+            groups.setdefault("chan_sip", []).append(SIP18 + path.stem)
     return groups
+
+
+def _events(name: str) -> list[AmiMessage]:
+    if name.startswith(SIP18):
+        return stamped(as_chan_sip(trace_messages(name.removeprefix(SIP18))))
+    return stamped(trace_messages(name))
+
+
+def _pbx(name: str) -> PbxConfig:
+    if name.startswith(SIP18):
+        truth = chan_sip_truth(load_truth(trace(name.removeprefix(SIP18))))
+        return pbx_from_truth(truth)
+    return trace_pbx(name)
 
 
 @cache
 def _alone(name: str) -> tuple[CallRecord, ...]:
-    correlator = Correlator(trace_pbx(name))
-    return tuple(r for m in stamped(trace_messages(name)) for r in correlator.feed(m))
+    correlator = Correlator(_pbx(name))
+    return tuple(r for m in _events(name) for r in correlator.feed(m))
 
 
 @dataclasses.dataclass
@@ -59,7 +89,7 @@ class _Copy:
 
 def fresh_copy(name: str, start: float, fresh: Callable[[], int]) -> _Copy:
     """The trace's events with every id renamed consistently and times moved to `start`."""
-    events = stamped(trace_messages(name))
+    events = _events(name)
     shift = start - float(events[0]["Timestamp"])
     ids: dict[str, str] = {}
     suffixes: dict[str, str] = {}
@@ -143,7 +173,7 @@ def test_interleaved_fresh_copies_of_recorded_calls_keep_their_records(
     stream = merged_by_time(*(c.events for c in copies))
     data = BANNER + b"".join(format_message(m) for m in stream)
     cuts = [c % len(data) for c in cuts]
-    pbx = trace_pbx(_setups()[setup][0])
+    pbx = _pbx(_setups()[setup][0])
     records, correlator = feed_in_pieces(pbx, data, cuts)
 
     owner = {new: copy for copy in copies for new in copy.ids.values()}
