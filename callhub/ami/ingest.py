@@ -37,8 +37,8 @@ import structlog
 
 from callhub.ami.connection import AmiConnection
 from callhub.ami.correlator import Correlator, event_time
-from callhub.ami.gap import STATE_EVERY, Gap, StreamState, read_state, state_path, write_state
 from callhub.ami.discovery import Inventory
+from callhub.ami.gap import STATE_EVERY, Gap, StreamState, read_state, state_path, write_state
 from callhub.ami.parser import AmiMessage, EventFilter
 from callhub.config import PbxConfig
 from callhub.lifecycle import Supervisor, Task
