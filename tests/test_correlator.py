@@ -118,6 +118,25 @@ def test_resync_closes_a_call_that_ended_while_disconnected() -> None:
     assert correlator.active_calls == 0
 
 
+def test_a_lazy_resync_changes_the_state_at_once_and_builds_the_same_records_later() -> None:
+    """The daemon reads the records of a large resync slice by slice, with events arriving
+    in between: the calls are closed before the first record is built."""
+    name = "12_version_coreshowchannels"
+    messages = trace_messages(name)
+    ringing_list, _ = _core_show_lists(name)
+    first = messages.index(ringing_list[0])
+    at = 1_900_000_000.0  # both close their calls at the same moment
+    eager = Correlator(trace_pbx(name), clock=lambda: at)
+    lazy = Correlator(trace_pbx(name), clock=lambda: at)
+    for correlator in (eager, lazy):
+        feed_all(correlator, stamped(messages[:first]))
+    expected = eager.reconcile([])
+    records = lazy.reconcile_lazily([])
+    assert lazy.active_calls == 0  # closed already, nothing built yet
+    assert feed_all(lazy, stamped(messages[first:])) == []  # late events start nothing
+    assert [r.to_dict() for r in records] == [r.to_dict() for r in expected] != []
+
+
 def test_resync_adopts_a_call_that_started_while_disconnected() -> None:
     name = "12_version_coreshowchannels"
     messages = trace_messages(name)

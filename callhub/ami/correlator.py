@@ -25,10 +25,11 @@ How the channels of a call are told apart:
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from callhub.ami.parser import AmiMessage, EventFilter
@@ -338,7 +339,7 @@ class Correlator:
         newer than the snapshot, and `reconcile` must not undo them."""
         self._resync = _ResyncWindow(set(self.calls))
 
-    def reconcile(self, channels: list[AmiMessage]) -> list[CallRecord]:
+    def reconcile_lazily(self, channels: list[AmiMessage]) -> Iterator[CallRecord]:
         """Bring the state in line with `CoreShowChannel` events after a (re)connect.
 
         Calls none of whose channels is still up ended while we were away: they
@@ -347,6 +348,10 @@ class Correlator:
         Events fed since `begin_resync` are newer than the list and win over it;
         those of a call not known then are applied after its adoption, and are
         orphans (ignored, counted) when the list shows no channel of it.
+
+        Every change of state is made before this returns; the records of the calls
+        it closed are built as the iterator is read, so a caller closing tens of
+        thousands of calls can hand them on in slices (`reconcile` builds them all).
         """
         now = self.clock()
         window, self._resync = self._resync, None
@@ -363,10 +368,14 @@ class Correlator:
             held = linkedid in window.unknown and linkedid not in self.calls
             if held or channel["Uniqueid"] not in window.hung_up:
                 live.setdefault(linkedid, []).append(channel)
-        finished = []
+        closed: list[_Call] = []
+        finished: list[CallRecord] = []
         for linkedid, call in list(self.calls.items()):
             if linkedid not in live and linkedid in window.candidates:
-                finished.append(self._close(call, now))
+                call.incomplete = True  # its end happened while we could not see it
+                call.ended_at = now
+                self._release(call)
+                closed.append(call)
                 continue
             if linkedid in window.candidates:
                 up = {c["Uniqueid"] for c in live.get(linkedid, ())}
@@ -387,7 +396,11 @@ class Correlator:
                 continue
             for event in events:
                 finished.extend(self.feed(event))
-        return finished
+        return itertools.chain((self._record(call) for call in closed), finished)
+
+    def reconcile(self, channels: list[AmiMessage]) -> list[CallRecord]:
+        """`reconcile_lazily` with every record built at once."""
+        return list(self.reconcile_lazily(channels))
 
     def flush(self) -> list[CallRecord]:
         """Close every open call (end of a replay), flagged incomplete."""
@@ -885,12 +898,21 @@ class Correlator:
 
     def _finish(self, call: _Call) -> CallRecord:
         """Free the call's state and build its record."""
+        self._release(call)
+        return self._record(call)
+
+    def _release(self, call: _Call) -> None:
+        """Forget a finished call (its linkedids stay known as finished for a while)."""
         self.calls.pop(call.linkedid, None)
         for linkedid in (call.linkedid, *(call.merged or ())):
             self._merged.pop(linkedid, None)
             self._finished[linkedid] = None
         while len(self._finished) > FINISHED_MEMORY:
             del self._finished[next(iter(self._finished))]
+
+    def _record(self, call: _Call) -> CallRecord:
+        """The record of a released call: reads the call and the settings, changes neither
+        the correlator nor anything another call uses."""
         ended_at = call.ended_at if call.ended_at is not None else call.last_event_at
         for span in list(call.holds):
             self._hold_end(call, span, ended_at)

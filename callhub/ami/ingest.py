@@ -29,6 +29,7 @@ closing tens of thousands of calls at once does not stall AMI, FastAGI or the AP
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -216,17 +217,27 @@ class PbxIngest:
 
     async def _on_resync(self, channels: list[AmiMessage]) -> None:
         try:
-            records = self.correlator.reconcile(channels)
+            records = self.correlator.reconcile_lazily(channels)
         except Exception:
             log.exception("correlator.reconcile_failed", pbx=self.pbx.name,
                           live_channels=len(channels))
             return
-        log.info("ami.resynchronised", pbx=self.pbx.name, live_channels=len(channels),
-                 closed_calls=len(records), open_calls=self.correlator.active_calls)
-        for start in range(0, len(records), RESYNC_SLICE):
-            if start:
+        closed = 0
+        while True:
+            try:  # the records are built slice by slice, between yields to the loop
+                batch = list(itertools.islice(records, RESYNC_SLICE))
+            except Exception:
+                log.exception("correlator.reconcile_failed", pbx=self.pbx.name,
+                              live_channels=len(channels))
+                return
+            if not batch:
+                break
+            if closed:
                 await asyncio.sleep(0)  # let AMI, FastAGI and the API run in between
-            self._emit(records[start:start + RESYNC_SLICE])
+            closed += len(batch)
+            self._emit(batch)
+        log.info("ami.resynchronised", pbx=self.pbx.name, live_channels=len(channels),
+                 closed_calls=closed, open_calls=self.correlator.active_calls)
 
     def _settle_last_event(self) -> None:
         """`last_event` from the last event's Timestamp (the host's clock without one)."""
