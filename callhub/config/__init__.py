@@ -33,6 +33,7 @@ from callhub.config.models import (
 )
 from callhub.config.problems import ConfigError
 from callhub.config.values import mask_url, parse_duration, parse_listen
+from callhub.sms.settings import apply_sms_env
 
 
 def load_settings(path: str | Path | None = None,
@@ -49,6 +50,8 @@ def load_settings(path: str | Path | None = None,
             raise ConfigError(f"config: no such file {str(path)!r}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config: {path} is not valid TOML: {exc}") from None
+    if isinstance(data.get("sms"), Mapping):  # CALLHUB_SMS_* secrets over the file's
+        data["sms"] = apply_sms_env(data["sms"], env)
     return apply_env(settings_from_mapping(data), env)
 
 

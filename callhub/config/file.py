@@ -34,9 +34,10 @@ from callhub.config.models import (
     Settings,
     api_tokens,
 )
-from callhub.config.problems import config_error, keyed, problem
+from callhub.config.problems import ConfigError, config_error, keyed, problem
 from callhub.config.report import ReportSettings
 from callhub.config.values import duration, listen
+from callhub.sms.settings import SmsSettings, sms_settings_from_table
 
 # A table field named `listen` would hide the parser inside its class body.
 _LISTEN = BeforeValidator(listen)
@@ -132,10 +133,34 @@ class DeskTable(_Table):
     targets: DeskTargets = DeskTargets()
 
 
+def _sms_table(value: Any) -> Any:
+    """`[sms]` validated by callhub.sms (its own errors name `sms.<key>`)."""
+    if value is None or isinstance(value, SmsSettings):
+        return value
+    if not isinstance(value, Mapping):
+        raise problem("expected a table")
+    try:
+        return sms_settings_from_table(value)
+    except ConfigError as exc:
+        key, _, text = str(exc).partition(": ")
+        raise keyed(key.removeprefix("sms").lstrip("."), text) from None
+
+
+def _pbx_tables(value: Any) -> Any:
+    """A single `[pbx]` table (one PBX, e.g. only `[pbx.lines]`) is a list of one."""
+    if isinstance(value, Mapping):
+        table = dict(value)
+        if not table.get("name") and not table.get("pbx"):
+            table["name"] = "pbx"
+        return [table]
+    return value
+
+
 class SettingsFile(_Table):
     """The whole file; the top-level keys that are also `Settings` fields are checked there."""
 
-    pbx: list[Annotated[PbxConfig, BeforeValidator(_pbx_spelling)]] = []
+    pbx: Annotated[list[Annotated[PbxConfig, BeforeValidator(_pbx_spelling)]],
+                   BeforeValidator(_pbx_tables)] = []
     database_url: StrictStr = DEFAULT_DATABASE_URL
     timezone: StrictStr = "UTC"
     stale_call_seconds: Annotated[Number, Field(ge=1)] = 4 * 3600.0
@@ -150,6 +175,7 @@ class SettingsFile(_Table):
     followups: FollowupsTable = FollowupsTable()
     desk: DeskTable = DeskTable()
     report: ReportSettings = ReportSettings()
+    sms: Annotated[SmsSettings | None, BeforeValidator(_sms_table)] = None
 
     @model_validator(mode="after")
     def _across_tables(self) -> SettingsFile:
@@ -183,6 +209,7 @@ class SettingsFile(_Table):
             desk_poll_seconds=self.desk.poll_seconds,
             desk_targets=self.desk.targets.model_dump(),
             report=self.report,
+            sms=self.sms,
         )
 
 

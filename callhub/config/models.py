@@ -28,6 +28,7 @@ from pydantic.dataclasses import dataclass
 from callhub.config.problems import ConfigError, keyed, problem
 from callhub.config.report import ReportSettings
 from callhub.config.values import listen, mask_url
+from callhub.sms.settings import SmsSettings
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///callhub.db"
 DEFAULT_API_LISTEN = "127.0.0.1:8080"
@@ -196,6 +197,8 @@ class Settings:
     desk_targets: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_DESK_TARGETS))
     # `[report]`: the summary mailed to the leaders (callhub/config/report.py).
     report: ReportSettings = field(default_factory=ReportSettings)
+    # `[sms]`: the SMS after the call (callhub.sms); None: no SMS is planned or sent.
+    sms: SmsSettings | None = None
 
     @property
     def tz(self) -> ZoneInfo:
@@ -227,6 +230,8 @@ class Settings:
                 value = mask_url(value)
             elif f.name == "report":
                 value = value.masked()
+            elif f.name == "sms":
+                value = value.masked() if value is not None else None
             out[f.name] = _plain(value)
         return out
 

@@ -41,7 +41,7 @@ from pydantic import (
     model_validator,
 )
 
-from callhub.config import ConfigError
+from callhub.config.problems import ConfigError
 
 After = Literal["answered", "missed", "both", "off"]
 Kind = Literal["answered", "missed"]
