@@ -67,6 +67,8 @@ class AgentFields(Body):
     active: bool = optional()
     cleared: bool = optional()
     ring_timeout: StrictInt | None = Field(None, description=RING_TIMEOUT_DOC)
+    mobile: str | None = Field(None, description="The agent's mobile number, named in the "
+                                                 "SMS after a call; null (PATCH): none.")
 
 
 class NewAgent(AgentFields):
@@ -151,7 +153,7 @@ async def _put_agent(request: web.Request, fields: AgentFields) -> web.StreamRes
     if isinstance(fields, NewAgent):
         agent = Agent(id=ident, name=given.get("name", ident), interface=fields.interface,
                       active=given.get("active", True), cleared=given.get("cleared", True),
-                      ring_timeout=fields.ring_timeout)
+                      ring_timeout=fields.ring_timeout, mobile=fields.mobile)
     elif existing is None:
         return _not_found("agent")
     else:

@@ -221,6 +221,8 @@ class Agent(TypedDict):
     ring_timeout: NotRequired[Annotated[Seconds, Field(
         description="Seconds this agent's phone rings on every line (unless the line's "
                     "ring_timeouts names the agent); absent: the line's ring_timeout.")]]
+    mobile: NotRequired[Annotated[str, Field(
+        description="The agent's mobile number, named in the SMS after a call.")]]
 
 
 class AgentList(TypedDict):
@@ -286,6 +288,7 @@ class OnDutyAgent(TypedDict):
     id: str
     name: str
     interface: str
+    mobile: str | None
     ring_timeout: int
     status: Literal["takes calls", "inactive", "not cleared (trainee)"]
 

@@ -134,7 +134,8 @@ def render(report: dict[str, Any]) -> str:
             mark = f"{a['order']:>3}." if a["order"] else "   -"
             own = a["ring_timeout"] != report["ring_timeout"] and a["order"]
             status = f"{a['status']}, rings {a['ring_timeout']} s" if own else a["status"]
-            out.append(f"  {mark} {a['name']:<20} {a['interface']:<20} {status}")
+            mobile = f"  mobile {a['mobile']}" if a.get("mobile") else ""
+            out.append(f"  {mark} {a['name']:<20} {a['interface']:<20} {status}{mobile}")
     if report["next_change"]:
         out.append(f"  next change in who is on duty: {report['next_change']}")
     return "\n".join(out)

@@ -26,7 +26,8 @@ def line_report(router: Router, line: Line, at: datetime) -> dict[str, Any]:
         if takes:
             order += 1
         agents.append({"order": order if takes else None, "id": a.id, "name": a.name,
-                       "interface": a.interface, "ring_timeout": line.ring_timeout_for(a),
+                       "interface": a.interface, "mobile": a.mobile,
+                       "ring_timeout": line.ring_timeout_for(a),
                        "status": "takes calls" if takes else
                        ("inactive" if not a.active else "not cleared (trainee)")})
     return {

@@ -28,6 +28,7 @@ class Agent:
     active: bool = True
     cleared: bool = True  # a trainee not yet cleared to work alone takes no calls
     ring_timeout: int | None = None  # seconds this agent's phone rings; None: the line's
+    mobile: str | None = None  # the agent's mobile number, for the SMS after a call
 
     @property
     def can_take_calls(self) -> bool:
@@ -167,6 +168,8 @@ def agent_to_data(agent: Agent) -> dict[str, Any]:
                             "active": agent.active, "cleared": agent.cleared}
     if agent.ring_timeout is not None:
         data["ring_timeout"] = agent.ring_timeout
+    if agent.mobile is not None:
+        data["mobile"] = agent.mobile
     return data
 
 

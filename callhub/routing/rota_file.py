@@ -19,6 +19,7 @@ Schema (see README "Routing by rota")::
     active = true                   # default true
     cleared = true                  # default true; false: a trainee, takes no calls
     ring_timeout = 20               # optional: seconds li's phone rings (default: the line's)
+    mobile = "13900139000"          # optional: named in the SMS after a call ([sms])
 
     [[lines]]
     name = "hotline"
@@ -117,7 +118,7 @@ def _agent(t: AgentTable) -> Agent:
     ident = t.id or t.name
     assert ident is not None  # the table checks that one is given
     return Agent(id=ident, name=t.name or ident, interface=t.interface, active=t.active,
-                 cleared=t.cleared, ring_timeout=t.ring_timeout)
+                 cleared=t.cleared, ring_timeout=t.ring_timeout, mobile=t.mobile)
 
 
 def _line(t: LineTable, agents: Mapping[str, Agent]) -> Line:

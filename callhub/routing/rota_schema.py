@@ -197,6 +197,7 @@ class AgentTable(_Table):
     active: StrictBool = True
     cleared: StrictBool = True
     ring_timeout: OptionalSeconds = None
+    mobile: OptionalText = None
 
     @model_validator(mode="after")
     def _named(self) -> AgentTable:
