@@ -32,6 +32,7 @@ from typing import TextIO
 
 import structlog
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from callhub.ami.ingest import PbxIngest
 from callhub.api import limits as http_limits
@@ -48,10 +49,12 @@ from callhub.report.mailer import Clock, ReportMailer
 from callhub.routing.chooser import Router
 from callhub.routing.model import Rota
 from callhub.routing.service import routing_part
+from callhub.sms import SmsMetrics, SmsWorker, gateway_from_settings
 from callhub.store import migrate, worklist
 from callhub.store.db import Database
 from callhub.store.recovery import CelRecovery
-from callhub.store.save import sync_agents
+from callhub.store.save import Saved, sync_agents
+from callhub.store.sms_outbox import TableOutbox
 from callhub.store.writer import CallWriter
 
 log = structlog.get_logger(__name__)
@@ -180,6 +183,50 @@ async def worklist_gauge(d: Daemon) -> AsyncIterator[None]:
         yield
 
 
+def rota_contacts(d: Daemon) -> Callable[[str], tuple[str | None, str | None] | None]:
+    """interface -> (agent name, mobile) by the router's rota at the time of asking."""
+
+    def lookup(interface: str) -> tuple[str | None, str | None] | None:
+        rota = d.router.rota if d.router is not None else d.rota
+        agent = rota.agent_by_interface(interface) if rota is not None else None
+        return None if agent is None else (agent.name, agent.mobile)
+
+    return lookup
+
+
+@asynccontextmanager
+async def sms_part(d: Daemon) -> AsyncIterator[None]:
+    """With `[sms]`: the writer queues each call's SMS with the call; the supervised task
+    `sms` sends them (callhub.sms.SmsWorker), woken after every committed batch."""
+    settings = d.settings.sms
+    if settings is None or d.db is None or d.writer is None:
+        yield
+        return
+    registry = d.metrics.registry if d.metrics is not None else CollectorRegistry()
+    lines = {line for pbx in d.settings.pbxs for line in pbx.lines.values()}
+    lines |= {rule.line for rule in settings.rules if rule.line != "*"}
+    metrics = SmsMetrics(registry, lines, settings.deadline_seconds)
+    gateway = gateway_from_settings(settings)
+    worker = SmsWorker.from_settings(TableOutbox(d.db), gateway, settings, metrics=metrics)
+    d.writer.contacts = rota_contacts(d)
+
+    def stored(records: Sequence[CallRecord], saved: Saved) -> None:
+        for line, reason in saved.sms_skipped:
+            metrics.skipped(line, reason)
+        if saved.sms_queued:
+            worker.notify()
+
+    d.writer.listeners.append(stored)
+    log.info("daemon.sms", gateway=gateway.name, rules=len(settings.rules))
+    try:
+        async with d.supervisor.task("sms", worker.run, required=False):
+            yield
+            worker.stop()
+    finally:
+        d.writer.listeners.remove(stored)
+        await gateway.close()
+
+
 @asynccontextmanager
 async def ingestion(d: Daemon) -> AsyncIterator[None]:
     """One PbxIngest per configured PBX; finished calls go to `Daemon.record`.
@@ -276,6 +323,7 @@ PARTS: list[Part] = [
     writer_part,
     worklist_gauge,
     report_mailer,
+    sms_part,
     ingestion,
     routing_part,
     api,

@@ -16,8 +16,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from callhub.store.save import insert
 from callhub.store.tables import report_mailings as m
+from callhub.store.upsert import insert
 
 DEFAULT_LEASE = timedelta(minutes=15)
 

@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callhub.records import CallRecord
-from callhub.store.save import insert
 from callhub.store.tables import quarantine
+from callhub.store.upsert import insert
 
 
 def record_json(record: CallRecord) -> str:

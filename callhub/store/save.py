@@ -21,14 +21,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callhub.config import Settings
 from callhub.records import CallRecord, iso
 from callhub.store import worklist
 from callhub.store.chunks import chunks, in_chunk
+from callhub.store.sms_queue import ContactLookup, queue_sms
 from callhub.store.tables import agents, attempts, calls, utc
+from callhub.store.upsert import insert
 
 CALL_KEY = ("pbx", "linkedid")
 
@@ -69,13 +70,6 @@ def call_row(record: CallRecord, now: datetime) -> dict[str, Any]:
         "transfers": [{"type": t.type, "to": t.to, "at": iso(t.at)} for t in record.transfers],
         "updated_at": now,
     }
-
-
-def insert(conn: AsyncConnection, table: sa.Table) -> Any:
-    """The dialect's INSERT that knows ON CONFLICT (both SQLite and PostgreSQL do)."""
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
 
 
 async def upsert_calls(conn: AsyncConnection, records: Sequence[CallRecord], now: datetime,
@@ -163,6 +157,8 @@ class Saved:
     skipped: int = 0  # calls rebuilt from CEL that were stored already, left alone
     callback_seconds: list[float] = field(default_factory=list)
     agents: AgentNames = field(default_factory=dict)
+    sms_queued: int = 0  # SMS queued in the outbox with these calls ([sms])
+    sms_skipped: list[tuple[str | None, str]] = field(default_factory=list)  # (line, reason)
 
 
 def distinct_runs(records: Sequence[CallRecord]) -> Iterator[Sequence[CallRecord]]:
@@ -181,8 +177,8 @@ def distinct_runs(records: Sequence[CallRecord]) -> Iterator[Sequence[CallRecord
 
 
 async def save_calls(conn: AsyncConnection, records: Sequence[CallRecord], settings: Settings,
-                     known_agents: Mapping[tuple[str, str], str | None] | None = None
-                     ) -> Saved:
+                     known_agents: Mapping[tuple[str, str], str | None] | None = None,
+                     contacts: ContactLookup | None = None) -> Saved:
     """Store a batch of records in the current transaction, as if one after another.
 
     A record with `source == "cel"` (a call rebuilt from Asterisk's CEL table
@@ -191,6 +187,10 @@ async def save_calls(conn: AsyncConnection, records: Sequence[CallRecord], setti
 
     `known_agents`: agent devices already stored, with their names (the
     writer remembers what it committed), not written again.
+
+    With `settings.sms` set, the SMS after each call is queued in the outbox in
+    this same transaction (callhub.store.sms_queue); `contacts` gives the
+    answering agent's name and mobile by interface (the daemon's rota).
     """
     now = datetime.now(UTC)
     saved = Saved()
@@ -212,6 +212,10 @@ async def save_calls(conn: AsyncConnection, records: Sequence[CallRecord], setti
             {**(known_agents or {}), **saved.agents})
         saved.callback_seconds += await worklist.apply_batch(conn, run, ids, settings,
                                                              before, now)
+        if settings.sms is not None:
+            queued = await queue_sms(conn, run, ids, settings.sms, contacts)
+            saved.sms_queued += queued.queued
+            saved.sms_skipped += queued.skipped
         written = {(r.pbx, r.linkedid): call_id for r, call_id in zip(run, ids, strict=True)}
         saved.ids += [written[key] if key in written else stored_ids[key]
                       for key in ((r.pbx, r.linkedid) for r in whole)]

@@ -208,6 +208,7 @@ sa.Index("uq_followups_rule", followups.c.call_id, followups.c.category, followu
          unique=True, sqlite_where=followups.c.source == "rule",
          postgresql_where=followups.c.source == "rule")
 
+
 def utc(ts: float | None) -> datetime | None:
     """POSIX seconds to an aware UTC datetime."""
     return None if ts is None else datetime.fromtimestamp(ts, UTC)
@@ -223,4 +224,46 @@ report_mailings = sa.Table(
     sa.Column("claimed_at", UtcDateTime(), nullable=False),
     sa.Column("sent_at", UtcDateTime()),  # None while the claim's send is under way
     sa.Column("recipients", sa.Text, nullable=False),  # comma-separated addresses
+)
+
+
+# The SMS after the call (issue 13): the outbox written in the call's transaction and
+# drained by callhub.sms.SmsWorker (callhub/store/sms_outbox.py), and the opt-out list.
+# status: queued -> sending (leased until lease_until) -> sent | failed | expired;
+# a retry goes back to queued. `idempotency_key` (per call and kind) makes a replayed
+# call queue nothing twice and is sent with every attempt.
+sms_outbox = sa.Table(
+    "sms_outbox", metadata,
+    _id(),
+    sa.Column("idempotency_key", sa.String(64), nullable=False),
+    sa.Column("pbx", sa.String(64), nullable=False),
+    sa.Column("linkedid", sa.String(64), nullable=False),
+    sa.Column("call_id", sa.Integer, sa.ForeignKey("calls.id", ondelete="SET NULL")),
+    sa.Column("kind", sa.String(16), nullable=False),  # answered / missed
+    sa.Column("line", sa.String(128)),
+    sa.Column("to_number", sa.String(64), nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("params", sa.JSON, nullable=False),
+    sa.Column("template_code", sa.String(64)),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", UtcDateTime(), nullable=False),
+    sa.Column("lease_until", UtcDateTime()),
+    sa.Column("last_error", sa.Text),
+    sa.Column("provider_id", sa.String(128)),
+    sa.Column("call_ended_at", UtcDateTime(), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("sent_at", UtcDateTime()),
+    sa.UniqueConstraint("idempotency_key", name="uq_sms_outbox_idempotency_key"),
+)
+sa.Index("ix_sms_outbox_status_due", sms_outbox.c.status, sms_outbox.c.next_attempt_at)
+sa.Index("ix_sms_outbox_to_created", sms_outbox.c.to_number, sms_outbox.c.created_at)
+sa.Index("ix_sms_outbox_call", sms_outbox.c.call_id)
+sa.Index("ix_sms_outbox_created", sms_outbox.c.created_at)
+
+sms_optouts = sa.Table(
+    "sms_optouts", metadata,
+    sa.Column("number", sa.String(64), primary_key=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("by", sa.String(256)),
 )

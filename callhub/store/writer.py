@@ -58,6 +58,7 @@ from callhub.store import quarantine
 from callhub.store.db import Database
 from callhub.store.failures import Kind, classify, describe, sqlstate
 from callhub.store.save import AgentNames, Saved, save_calls
+from callhub.store.sms_queue import ContactLookup
 from callhub.store.spool import Position, Spool
 
 log = structlog.get_logger(__name__)
@@ -159,6 +160,9 @@ class CallWriter:
         self._closed = False
         self._conn: AsyncConnection | None = None
         self._agents: AgentNames = {}  # agent devices this writer stored, with their names
+        # interface -> (name, mobile) for the SMS after the call; the daemon sets it from
+        # the rota (the store knows nothing of routing).
+        self.contacts: ContactLookup | None = None
         self._update_gauge()
 
     # -- the public surface --------------------------------------------------------------
@@ -527,7 +531,8 @@ class CallWriter:
             self._conn = await self.db.engine.connect()  # checked out (and pinged) by the pool
         try:
             async with self._conn.begin():
-                saved = await save_calls(self._conn, batch, self.settings, self._agents)
+                saved = await save_calls(self._conn, batch, self.settings, self._agents,
+                                         self.contacts)
         except BaseException:
             await self._release(broken=True)
             raise

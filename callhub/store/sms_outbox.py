@@ -1,0 +1,72 @@
+"""The `sms_outbox` table as the `Outbox` the SMS worker drains (callhub.sms.Outbox).
+
+`claim` leases due messages (status `queued` whose next attempt is due, or
+`sending` whose lease ran out: a worker died mid-send) by setting them
+`sending` until `lease_until`, in one short transaction; on PostgreSQL
+`FOR UPDATE SKIP LOCKED` keeps two senders from claiming one message.
+A resend after a lapsed lease carries the same idempotency key, so the
+gateway drops the repeat.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from callhub.sms.outbox import OutboxMessage
+from callhub.store.db import Database
+from callhub.store.tables import sms_outbox, utc
+
+
+def _seconds(value: datetime) -> float:
+    return value.timestamp()
+
+
+class TableOutbox:
+    """An Outbox on the database's `sms_outbox` table."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def claim(self, now: float, limit: int, lease_seconds: float) -> list[OutboxMessage]:
+        t = sms_outbox.c
+        at = utc(now)
+        due = sa.or_(sa.and_(t.status == "queued", t.next_attempt_at <= at),
+                     sa.and_(t.status == "sending", t.lease_until <= at))
+        async with self.db.begin() as conn:
+            pick = sa.select(t.id).where(due).order_by(t.next_attempt_at, t.id).limit(limit)
+            if conn.dialect.name == "postgresql":
+                pick = pick.with_for_update(skip_locked=True)
+            ids = list((await conn.execute(pick)).scalars())
+            if not ids:
+                return []
+            await conn.execute(
+                sa.update(sms_outbox).where(t.id.in_(ids))
+                .values(status="sending", lease_until=utc(now + lease_seconds),
+                        attempts=t.attempts + 1))
+            rows = (await conn.execute(
+                sa.select(sms_outbox).where(t.id.in_(ids))
+                .order_by(t.next_attempt_at, t.id))).mappings().all()
+        return [OutboxMessage(
+            id=r["id"], to=r["to_number"], text=r["text"], call_id=f"{r['pbx']}:{r['linkedid']}",
+            idempotency_key=r["idempotency_key"], kind=r["kind"], line=r["line"],
+            call_ended_at=_seconds(r["call_ended_at"]), created_at=_seconds(r["created_at"]),
+            params=dict(r["params"] or {}), template_code=r["template_code"],
+            attempts=r["attempts"]) for r in rows]
+
+    async def _set(self, message_id: int, **values: object) -> None:
+        async with self.db.begin() as conn:
+            await conn.execute(sa.update(sms_outbox).where(sms_outbox.c.id == message_id)
+                               .values(lease_until=None, **values))
+
+    async def mark_sent(self, message_id: int, at: float, provider_id: str | None) -> None:
+        await self._set(message_id, status="sent", sent_at=utc(at), provider_id=provider_id)
+
+    async def mark_retry(self, message_id: int, at: float, error: str) -> None:
+        await self._set(message_id, status="queued", next_attempt_at=utc(at),
+                        last_error=error[:500])
+
+    async def mark_failed(self, message_id: int, at: float, error: str) -> None:
+        await self._set(message_id, status="expired" if error == "expired" else "failed",
+                        last_error=error[:500])
