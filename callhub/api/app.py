@@ -19,7 +19,7 @@ import structlog
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
-from callhub.api import auth, calls, health, rota, stats, worklist
+from callhub.api import auth, calls, health, rota, sms, stats, worklist
 from callhub.api.base import (
     DB,
     INGESTS,
@@ -47,6 +47,7 @@ BUILTIN_OPERATIONS: tuple[Operation, ...] = (
     *calls.OPERATIONS,
     *worklist.OPERATIONS,
     *stats.OPERATIONS,
+    *sms.OPERATIONS,
     *health.OPERATIONS,
     OPENAPI,
 )

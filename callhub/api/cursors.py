@@ -72,3 +72,4 @@ class CursorKind:
 CALLS = CursorKind("c", (Micros, RowId))  # the last call's (arrived_at, id)
 WORKLIST = CursorKind("w", (Rank, Micros, RowId))  # (pending-first rank, first miss, id)
 FOLLOWUPS = CursorKind("f", (Offset,))  # rows already shown
+SMS = CursorKind("s", (Micros, RowId))  # the last message's (created_at, id)

@@ -72,6 +72,9 @@ class WorklistRef(TypedDict):
     status: Literal["pending", "handled", "dismissed"]
 
 
+SmsStatus = Literal["queued", "sending", "sent", "failed", "expired"]
+
+
 class Call(TypedDict):
     """One call record (DESIGN.md), with its worklist entry; `attempts` on GET /calls/{id}."""
 
@@ -116,6 +119,9 @@ class Call(TypedDict):
     category: str | None
     note: str | None
     worklist: WorklistRef | None
+    sms_status: Annotated[SmsStatus | None, Field(
+        description="The status of the call's latest SMS in the outbox (docs/sms.md); null: "
+                    "none queued.")]
     attempts: NotRequired[list[Attempt]]
 
 
@@ -337,3 +343,50 @@ Stats = TypedDict("Stats", {
     "groups": NotRequired[list[Group]]})
 Stats.__doc__ = "Figures over a period: totals, and one block per group with group_by."
 Stats.__pydantic_config__ = CLOSED  # type: ignore[attr-defined]
+
+
+class SmsMessage(TypedDict):
+    """One SMS of the outbox (docs/sms.md)."""
+
+    __pydantic_config__ = CLOSED  # type: ignore[misc]
+    id: int
+    pbx: str
+    linkedid: str
+    call_id: Annotated[int | None, Field(description="The call's id (GET /calls/{id}).")]
+    kind: Literal["answered", "missed"]
+    line: str | None
+    to_number: str
+    text: str
+    params: dict[str, str]
+    template_code: str | None
+    status: SmsStatus
+    attempts: int
+    next_attempt_at: Time
+    last_error: str | None
+    provider_id: str | None
+    idempotency_key: str
+    call_ended_at: Time
+    created_at: Time
+    sent_at: Time | None
+
+
+class SmsPage(TypedDict):
+    """A page of the SMS outbox, newest first."""
+
+    __pydantic_config__ = CLOSED  # type: ignore[misc]
+    items: list[SmsMessage]
+    next_cursor: str | None
+
+
+class SmsOptout(TypedDict):
+    """A number that gets no SMS."""
+
+    __pydantic_config__ = CLOSED  # type: ignore[misc]
+    number: str
+    created_at: Time
+    by: str | None
+
+
+class SmsOptoutList(TypedDict):
+    __pydantic_config__ = CLOSED  # type: ignore[misc]
+    items: list[SmsOptout]

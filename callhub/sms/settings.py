@@ -41,8 +41,6 @@ from pydantic import (
     model_validator,
 )
 
-from callhub.config.problems import ConfigError
-
 After = Literal["answered", "missed", "both", "off"]
 Kind = Literal["answered", "missed"]
 ANY_LINE = "*"
@@ -263,6 +261,10 @@ def error_key(loc: tuple[int | str, ...], prefix: str = "sms") -> str:
 def sms_settings_from_table(table: Mapping[str, Any],
                             env: Mapping[str, str] | None = None) -> SmsSettings:
     """Validate the `[sms]` table (plus CALLHUB_SMS_* secrets); ConfigError names the key."""
+    # Here, not at the top: callhub.config embeds SmsSettings, so importing it first
+    # would be a cycle when callhub.sms is imported before callhub.config.
+    from callhub.config.problems import ConfigError
+
     data = apply_sms_env(table, env or {})
     try:
         return SmsSettings.model_validate(data)

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from callhub.store.tables import (
     attempts,
     calls,
+    sms_outbox,
     worklist_calls,
     worklist_entries,
 )
@@ -86,8 +87,12 @@ def _worklist_of_calls() -> Any:
             .outerjoin(worklist_entries, worklist_entries.c.id == worklist_calls.c.entry_id))
 
 
+# The latest SMS-outbox status of each call (null: none queued).
+SMS_STATUS = (sa.select(sms_outbox.c.status).where(sms_outbox.c.call_id == calls.c.id)
+              .order_by(sms_outbox.c.id.desc()).limit(1).correlate(calls)
+              .scalar_subquery().label("sms_status"))
 CALL_COLUMNS = [*calls.c, worklist_entries.c.id.label("worklist_id"),
-                worklist_entries.c.status.label("worklist_status")]
+                worklist_entries.c.status.label("worklist_status"), SMS_STATUS]
 
 
 @functools.lru_cache(maxsize=512)

@@ -11,12 +11,15 @@ gateway drops the repeat.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callhub.sms.outbox import OutboxMessage
 from callhub.store.db import Database
-from callhub.store.tables import sms_outbox, utc
+from callhub.store.tables import sms_optouts, sms_outbox, utc
+from callhub.store.upsert import insert
 
 
 def _seconds(value: datetime) -> float:
@@ -70,3 +73,49 @@ class TableOutbox:
     async def mark_failed(self, message_id: int, at: float, error: str) -> None:
         await self._set(message_id, status="expired" if error == "expired" else "failed",
                         last_error=error[:500])
+
+
+# -- what the API reads and changes ---------------------------------------------------
+
+OUTBOX_COLUMNS = [c for c in sms_outbox.c if c.name not in ("lease_until",)]
+
+
+async def list_outbox(conn: AsyncConnection, *, status: str | None = None,
+                      start: datetime | None = None, end: datetime | None = None,
+                      limit: int = 50, after: tuple[datetime, int] | None = None
+                      ) -> list[dict[str, Any]]:
+    """Outbox rows newest first by (created_at, id), filtered, after a keyset position."""
+    t = sms_outbox.c
+    stmt = sa.select(*OUTBOX_COLUMNS)
+    if status is not None:
+        stmt = stmt.where(t.status == status)
+    if start is not None:
+        stmt = stmt.where(t.created_at >= start)
+    if end is not None:
+        stmt = stmt.where(t.created_at < end)
+    if after is not None:
+        at, last_id = after
+        at_param = sa.literal(at, t.created_at.type)
+        stmt = stmt.where(t.created_at <= at_param,
+                          sa.tuple_(t.created_at, t.id) < sa.tuple_(at_param,
+                                                                    sa.literal(last_id)))
+    stmt = stmt.order_by(t.created_at.desc(), t.id.desc()).limit(limit)
+    return [dict(r) for r in (await conn.execute(stmt)).mappings().all()]
+
+
+async def list_optouts(conn: AsyncConnection) -> list[dict[str, Any]]:
+    rows = await conn.execute(sa.select(sms_optouts).order_by(sms_optouts.c.number))
+    return [dict(r) for r in rows.mappings().all()]
+
+
+async def add_optout(conn: AsyncConnection, number: str, by: str | None,
+                     now: datetime) -> bool:
+    """Opt a number out; False when it was already."""
+    stmt = insert(conn, sms_optouts).on_conflict_do_nothing(index_elements=["number"])
+    result = await conn.execute(stmt, {"number": number, "created_at": now, "by": by})
+    return bool(result.rowcount)
+
+
+async def remove_optout(conn: AsyncConnection, number: str) -> bool:
+    result = await conn.execute(sa.delete(sms_optouts).where(sms_optouts.c.number == number))
+    return bool(result.rowcount)

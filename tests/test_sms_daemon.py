@@ -1,0 +1,141 @@
+"""Issue 13's Done-when for the SMS, with real parts: the issue's [sms] section, the AMI
+simulator playing answered inbound calls into the running daemon, the rota's agent with a
+mobile, and a local webhook server as the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+import tomllib
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import sqlalchemy as sa
+from ami_fixtures import sim_pbx
+from sms_fixtures import WebhookServer
+from store_fixtures import TOKENS, DbFactory, auth
+
+from callhub.config import ApiToken, settings_from_mapping
+from callhub.daemon import Daemon, running
+from callhub.routing.model import Agent, Rota
+from callhub.sim.ami_server import AmiSimulator
+from callhub.store.tables import sms_outbox
+
+WAIT = 30.0
+DEADLINE = 5.0  # the issue's test bound (the rule is 5 minutes)
+AGENT = "Local/agent1@agentsim"  # the answering device of the simulator's answered call
+NAME, MOBILE = "王芳", "13900139000"
+
+# The issue's acceptance keys as written, the template also naming the agent's mobile.
+ACCEPTANCE = """
+[sms]
+gateway = "webhook"                      # or "aliyun", ...
+url = "http://127.0.0.1:9000/send"       # the webhook's address
+quiet_seconds = 86400                    # no second SMS to one number within this time
+
+[[sms.rules]]
+line = "front-desk"                      # a line name, as [pbx.lines] maps DIDs to lines
+after = "answered"                       # answered | missed | both | off
+template = "您好！我是{agent_name}，感谢您的来电。"   # {agent_name} {agent_mobile} {line} {org}
+
+[pbx.lines]
+"4008001000" = "front-desk"
+"""
+
+
+def test_the_issues_snippet_loads_as_written() -> None:
+    settings = settings_from_mapping(tomllib.loads(ACCEPTANCE))
+    assert settings.sms is not None and settings.sms.gateway == "webhook"
+    assert settings.sms.quiet_seconds == 86400
+    rule = settings.sms.rule_for("front-desk")
+    assert rule is not None and rule.after == "answered"
+    assert settings.pbxs[0].line_for("4008001000") == "front-desk"
+
+
+def config_text(server: WebhookServer) -> str:
+    text = ACCEPTANCE.replace("http://127.0.0.1:9000/send", server.url)
+    return text.replace("感谢您的来电。\"", "感谢您的来电。如有需要请拨打{agent_mobile}。\"")
+
+
+async def get(session: aiohttp.ClientSession, url: str, role: str = "supervisor",
+              **params: Any) -> Any:
+    async with session.get(url, headers=auth(role), params=params) as response:
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+
+async def test_one_sms_after_an_answered_call_none_within_the_quiet_time(
+        db_factory: DbFactory, ami_simulator: AmiSimulator, tmp_path: Path) -> None:
+    server = WebhookServer()
+    await server.start()
+    loaded = settings_from_mapping(tomllib.loads(config_text(server)))
+    pbx = sim_pbx(ami_simulator, lines=loaded.pbxs[0].lines)
+    settings = replace(loaded, pbxs=(pbx,), api_listen=("127.0.0.1", 0),
+                       fastagi_listen=("127.0.0.1", 0), spool_dir=str(tmp_path / "spool"),
+                       api_tokens=tuple(ApiToken(r, t) for r, t in TOKENS.items()))
+    rota = Rota(agents={"wang": Agent(id="wang", name=NAME, interface=AGENT, mobile=MOBILE)},
+                lines={})
+    db = await db_factory.create()
+    d = Daemon(settings, db=db, out=io.StringIO(), rota=rota)
+    caller, other = "+8613912345678", "+8613787654321"
+    make = ami_simulator.factory.make
+    try:
+        async with running(d):
+            assert d.writer is not None
+            await d.ingests["lab"].wait_connected(WAIT)
+            first = make("answered", time.time() - 120, number=caller, agent=AGENT)
+            await ami_simulator.play_calls([first], speed=None)
+            ended = time.monotonic()
+            async with asyncio.timeout(DEADLINE):
+                await server.wait_for_requests(1)
+            assert time.monotonic() - ended <= DEADLINE
+            body = server.received[0].body
+            assert body["to"].endswith(caller[-11:])
+            assert NAME in body["text"] and MOBILE in body["text"]
+            assert server.received[0].status == 200
+
+            # The same number again within the quiet time: nothing queued, nothing sent.
+            # A third call from another number is sent after it: the worker sends in order,
+            # so by its POST any message for the second call would have been sent too.
+            second = make("answered", time.time() - 60, number=caller, agent=AGENT)
+            third = make("answered", time.time() - 50, number=other, agent=AGENT)
+            await ami_simulator.play_calls([second, third], speed=None)
+            async with asyncio.timeout(WAIT):
+                await d.writer.wait_until(lambda w: w.written >= 3)
+                await server.wait_for_requests(2)
+            assert [r.body["to"][-11:] for r in server.received] == [caller[-11:], other[-11:]]
+            async with db.connection() as conn:
+                rows = (await conn.execute(sa.select(sms_outbox.c.linkedid,
+                                                     sms_outbox.c.status))).all()
+            assert sorted(linkedid for linkedid, _ in rows) == sorted(
+                [first.linkedid, third.linkedid])
+
+            # The outbox and each call's SMS status over the API.
+            async with asyncio.timeout(WAIT):
+                while True:  # the worker marks the third sent after its POST returned
+                    async with db.connection() as conn:
+                        statuses = set((await conn.execute(
+                            sa.select(sms_outbox.c.status))).scalars())
+                    if statuses == {"sent"}:
+                        break
+                    await asyncio.sleep(0.05)
+            async with aiohttp.ClientSession() as session:
+                base = f"{d.api_url}/api/v1"
+                outbox = (await get(session, f"{base}/sms"))["items"]
+                assert sorted(m["linkedid"] for m in outbox) == sorted(
+                    [first.linkedid, third.linkedid])
+                assert {m["status"] for m in outbox} == {"sent"}
+                calls = (await get(session, f"{base}/calls"))["items"]
+                by_linkedid = {c["linkedid"]: c["sms_status"] for c in calls}
+                assert by_linkedid == {first.linkedid: "sent", second.linkedid: None,
+                                       third.linkedid: "sent"}
+                metrics = await (await session.get(f"{d.api_url}/metrics",
+                                                   headers=auth("admin"))).text()
+                assert 'callhub_sms_sent_total{line="front-desk",result="sent"} 2.0' in metrics
+                assert "callhub_sms_within_deadline_ratio 1.0" in metrics
+                assert caller not in metrics and MOBILE not in metrics
+    finally:
+        await server.stop()
