@@ -1,0 +1,130 @@
+"""The outbox in the database: queued with the call, the quiet time (across batches and
+within one), opt-outs, replays, and the table-backed Outbox the worker drains."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import sqlalchemy as sa
+from sms_fixtures import WebhookServer, call
+
+from callhub.config import Settings
+from callhub.sms import SmsSettings, SmsWorker, gateway_from_settings
+from callhub.store.db import Database
+from callhub.store.save import save_calls
+from callhub.store.sms_outbox import TableOutbox, add_optout, list_outbox
+from callhub.store.tables import calls, sms_outbox, utc
+
+SMS = {"gateway": "webhook", "url": "http://127.0.0.1:9/send", "quiet_seconds": 3600,
+       "rules": [{"line": "front-desk", "after": "both",
+                  "template": "我是{agent_name}，手机{agent_mobile}"}]}
+CONTACTS = {"PJSIP/1001": ("王芳", "13900139000")}
+
+
+def with_sms(settings: Settings, **overrides: object) -> Settings:
+    return replace(settings, sms=SmsSettings.model_validate({**SMS, **overrides}))
+
+
+async def outbox_rows(db: Database) -> list[dict[str, object]]:
+    async with db.connection() as conn:
+        return [dict(r) for r in (await conn.execute(
+            sa.select(sms_outbox).order_by(sms_outbox.c.id))).mappings()]
+
+
+async def save(db: Database, settings: Settings, *records: object) -> None:
+    async with db.begin() as conn:
+        await save_calls(conn, list(records), settings,  # type: ignore[arg-type]
+                         contacts=CONTACTS.get)
+
+
+async def test_a_call_queues_its_sms_in_its_transaction(any_db: Database,
+                                                        store_settings: Settings) -> None:
+    settings = with_sms(store_settings)
+    await save(any_db, settings, call("a.1", caller="+8613912345678"))
+    rows = await outbox_rows(any_db)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["status"] == "queued" and row["to_number"] == "+8613912345678"
+    assert row["text"] == "我是王芳，手机13900139000" and row["kind"] == "answered"
+    async with any_db.connection() as conn:
+        call_id = await conn.scalar(sa.select(calls.c.id).where(calls.c.linkedid == "a.1"))
+    assert row["call_id"] == call_id
+
+    # A transaction that fails leaves neither the call nor its SMS.
+    try:
+        async with any_db.begin() as conn:
+            await save_calls(conn, [call("a.2", caller="+8613700000000")], settings,
+                             contacts=CONTACTS.get)
+            raise RuntimeError("crash before commit")
+    except RuntimeError:
+        pass
+    assert len(await outbox_rows(any_db)) == 1
+
+
+async def test_quiet_time_opt_outs_and_replays(any_db: Database,
+                                               store_settings: Settings) -> None:
+    settings = with_sms(store_settings)
+    x, y, z = "+8613900000001", "+8613900000002", "+8613900000003"
+    # Two calls of one number in one batch: one SMS; replaying the batch queues nothing.
+    batch = [call("q.1", caller=x), call("q.2", caller=x), call("q.3", caller=y)]
+    await save(any_db, settings, *batch)
+    await save(any_db, settings, *batch)
+    assert sorted(r["linkedid"] for r in await outbox_rows(any_db)) == ["q.1", "q.3"]
+    # A later batch within the quiet time: none to x; a missed call to z is sent.
+    await save(any_db, settings, call("q.4", caller=x),
+               call("q.5", caller=z, outcome="missed"))
+    rows = await outbox_rows(any_db)
+    assert [(r["linkedid"], r["kind"]) for r in rows] == [
+        ("q.1", "answered"), ("q.3", "answered"), ("q.5", "missed")]
+    # Opted out: nothing, whatever the quiet time.
+    async with any_db.begin() as conn:
+        assert await add_optout(conn, "+8613900000009", "admin", utc(time.time()))
+        assert not await add_optout(conn, "+8613900000009", "admin", utc(time.time()))
+    await save(any_db, settings, call("q.6", caller="+8613900000009"))
+    # A quiet time of 0: a second SMS to x goes.
+    await save(any_db, with_sms(store_settings, quiet_seconds=0), call("q.7", caller=x))
+    assert [r["linkedid"] for r in await outbox_rows(any_db)] == ["q.1", "q.3", "q.5", "q.7"]
+    # Internal, withheld and outbound calls and lines without a rule get nothing.
+    await save(any_db, settings, call("n.1", caller="1001"), call("n.2", caller=None),
+               call("n.3", caller="+8613900000004", direction="outbound"),
+               call("n.4", caller="+8613900000005", line="sales"))
+    assert len(await outbox_rows(any_db)) == 4
+
+
+async def test_table_outbox_sends_retries_and_leases(any_db: Database,
+                                                     store_settings: Settings) -> None:
+    server = WebhookServer()
+    await server.start()
+    try:
+        settings = with_sms(store_settings, url=server.url, retry_base_seconds=0.01,
+                            retry_max_seconds=0.01)
+        assert settings.sms is not None
+        await save(any_db, settings, call("w.1", caller="+8613900000011"))
+        outbox = TableOutbox(any_db)
+        gateway = gateway_from_settings(settings.sms)
+        worker = SmsWorker.from_settings(outbox, gateway, settings.sms)
+        server.answer_next(503)  # an outage: retried with the same key
+        assert await worker.run_once() == 1
+        [row] = await outbox_rows(any_db)
+        assert row["status"] == "queued" and row["attempts"] == 1 and row["last_error"]
+        # A claim leases the message: a second claim within the lease gets nothing.
+        later = time.time() + 1
+        claimed = await outbox.claim(later, 10, lease_seconds=60)
+        assert [m.attempts for m in claimed] == [2]
+        assert await outbox.claim(later, 10, lease_seconds=60) == []
+        # The lease runs out (the sender died): due again, same key.
+        again = await outbox.claim(later + 61, 10, lease_seconds=60)
+        assert [m.idempotency_key for m in again] == [claimed[0].idempotency_key]
+        await outbox.mark_retry(again[0].id, time.time(), "test")
+        assert await worker.run_once() == 1
+        [row] = await outbox_rows(any_db)
+        assert row["status"] == "sent" and row["provider_id"] and row["sent_at"]
+        assert [r.status for r in server.received] == [503, 200]
+        assert len({r.body["idempotency_key"] for r in server.received}) == 1
+        async with any_db.connection() as conn:
+            assert [r["status"] for r in await list_outbox(conn, status="sent")] == ["sent"]
+            assert await list_outbox(conn, status="queued") == []
+        await gateway.close()
+    finally:
+        await server.stop()
