@@ -86,6 +86,7 @@ class Daemon:
     recoveries: dict[str, CelRecovery] = field(default_factory=dict)
     operations: list[Operation] = field(default_factory=list)
     router: Router | None = None
+    sms: SmsWorker | None = None  # the SMS sender, with [sms]
     on_record: list[Callable[[CallRecord], None]] = field(default_factory=list)
     api_url: str | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -209,6 +210,7 @@ async def sms_part(d: Daemon) -> AsyncIterator[None]:
     gateway = gateway_from_settings(settings)
     worker = SmsWorker.from_settings(TableOutbox(d.db), gateway, settings, metrics=metrics)
     d.writer.contacts = rota_contacts(d)
+    d.sms = worker
 
     def stored(records: Sequence[CallRecord], saved: Saved) -> None:
         for line, reason in saved.sms_skipped:

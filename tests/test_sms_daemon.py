@@ -114,14 +114,9 @@ async def test_one_sms_after_an_answered_call_none_within_the_quiet_time(
                 [first.linkedid, third.linkedid])
 
             # The outbox and each call's SMS status over the API.
-            async with asyncio.timeout(WAIT):
-                while True:  # the worker marks the third sent after its POST returned
-                    async with db.connection() as conn:
-                        statuses = set((await conn.execute(
-                            sa.select(sms_outbox.c.status))).scalars())
-                    if statuses == {"sent"}:
-                        break
-                    await asyncio.sleep(0.05)
+            assert d.sms is not None
+            async with asyncio.timeout(WAIT):  # marked sent after the POST returned
+                await d.sms.wait_finished(2)
             async with aiohttp.ClientSession() as session:
                 base = f"{d.api_url}/api/v1"
                 outbox = (await get(session, f"{base}/sms"))["items"]

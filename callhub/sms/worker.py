@@ -63,6 +63,8 @@ class SmsWorker:
         self.lease_seconds = lease_seconds
         self._wake = asyncio.Event()
         self._stopping = False
+        self.finished = 0  # messages sent, failed or expired by this worker
+        self._finished_changed = asyncio.Condition()
 
     @classmethod
     def from_settings(cls, outbox: Outbox, gateway: SmsGateway, settings: SmsSettings, *,
@@ -75,6 +77,16 @@ class SmsWorker:
     def notify(self) -> None:
         """Something was queued: look now rather than at the next poll."""
         self._wake.set()
+
+    async def wait_finished(self, count: int) -> None:
+        """Until this worker has finished `count` messages (bound it with a timeout)."""
+        async with self._finished_changed:
+            await self._finished_changed.wait_for(lambda: self.finished >= count)
+
+    async def _finish(self) -> None:
+        async with self._finished_changed:
+            self.finished += 1
+            self._finished_changed.notify_all()
 
     def stop(self) -> None:
         self._stopping = True
@@ -114,6 +126,7 @@ class SmsWorker:
             log.info("sms.expired", **self._fields(message))
             if self.metrics:
                 self.metrics.failed(message.line, expired=True)
+            await self._finish()
             return
         try:
             result = await self.gateway.send(message.outgoing())
@@ -130,6 +143,7 @@ class SmsWorker:
             log.info("sms.sent", **self._fields(message), provider_id=result.provider_id)
             if self.metrics:
                 self.metrics.sent(message.line, now - message.call_ended_at)
+            await self._finish()
         elif result.status == "retryable" and message.attempts < self.retry.max_attempts:
             at = now + self.retry.delay(message.attempts, result.retry_after)
             await self.outbox.mark_retry(message.id, at, error)
@@ -141,6 +155,7 @@ class SmsWorker:
             log.warning("sms.failed", **self._fields(message), error=error)
             if self.metrics:
                 self.metrics.failed(message.line)
+            await self._finish()
 
     def _fields(self, message: OutboxMessage) -> dict[str, object]:
         """What every sms.* line says about a message; the number masked."""
