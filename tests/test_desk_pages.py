@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import get_args
 
 import pytest
 from desk_fixtures import Desk
 from store_fixtures import TOKENS, auth
 
+from callhub.api.schemas import SmsStatus
 from callhub.config import ROLES
 from callhub.desk import i18n
 from callhub.records import ATTEMPT_RESULTS, OUTCOMES, REASONS
@@ -134,7 +136,7 @@ def test_every_text_the_script_and_page_use_is_in_the_catalogues_and_none_is_unu
         "hangup": ("external", "agent", "system"), "category": ("inquiry", "complaint",
                                                                 "repair", "other"),
         "wstatus": worklist.STATUSES, "fstatus": followups.STATUSES, "how": followups.HOWS,
-        "role": ROLES,
+        "role": ROLES, "sms": get_args(SmsStatus),
     }
     assert prefixes <= set(dynamic), prefixes - set(dynamic)
     needed = literal | {f"{p}.{v}" for p in prefixes for v in dynamic[p]}

@@ -484,6 +484,7 @@
           fact(t("calls.talk"), secs(c.talk_seconds)),
           fact(t("calls.hangupBy"), tv("hangup", c.hangup_by)),
           fact(t("calls.worklist"), c.worklist ? tv("wstatus", c.worklist.status) : "—"),
+          fact(t("calls.sms"), h("span", { id: "call-sms", text: c.sms_status ? tv("sms", c.sms_status) : "—" })),
           fact(t("calls.pbx"), c.pbx + " · " + c.linkedid))),
       h("section", { class: "card" }, h("h3", { text: t("calls.timeline") }), timeline(c)),
       h("section", { class: "card" }, h("h3", { text: t("calls.classify") }),
