@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import time
 import tomllib
 from dataclasses import replace
@@ -13,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import sqlalchemy as sa
 from ami_fixtures import sim_pbx
 from sms_fixtures import WebhookServer
 from store_fixtures import TOKENS, DbFactory, auth
 
-from callhub.config import ApiToken, settings_from_mapping
+from callhub.config import ApiToken, ConfigError, load_settings, settings_from_mapping
 from callhub.daemon import Daemon, running
 from callhub.routing.model import Agent, Rota
 from callhub.sim.ami_server import AmiSimulator
@@ -134,3 +136,23 @@ async def test_one_sms_after_an_answered_call_none_within_the_quiet_time(
                 assert caller not in metrics and MOBILE not in metrics
     finally:
         await server.stop()
+
+
+def test_sms_config_masks_secrets_and_names_bad_keys(tmp_path: Path) -> None:
+    path = tmp_path / "callhub.toml"
+    path.write_text(ACCEPTANCE.replace("quiet_seconds", 'token = "file-token-1"\nquiet_seconds'),
+                    "utf-8")
+    settings = load_settings(path, env={"CALLHUB_SMS_HMAC_SECRET": "env-secret-1"})
+    assert settings.sms is not None and settings.sms.hmac_secret is not None
+    assert settings.sms.hmac_secret.get_secret_value() == "env-secret-1"
+    shown = json.dumps(settings.masked(), ensure_ascii=False)
+    assert "file-token-1" not in shown and "env-secret-1" not in shown
+    assert settings.masked()["sms"]["token"] == "***"
+    bad = ACCEPTANCE.replace('after = "answered"', 'after = "sometimes"')
+    with pytest.raises(ConfigError, match=r"^sms\.rules\[0\]\.after: "):
+        settings_from_mapping(tomllib.loads(bad))
+    with pytest.raises(ConfigError, match=r"^sms\.url: "):
+        settings_from_mapping(tomllib.loads(ACCEPTANCE.replace(
+            'url = "http://127.0.0.1:9000/send"', "")))
+    no_sms = settings_from_mapping(tomllib.loads(ACCEPTANCE.split("[sms]")[0]))
+    assert no_sms.sms is None
