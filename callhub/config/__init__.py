@@ -32,8 +32,8 @@ from callhub.config.models import (
     Settings,
 )
 from callhub.config.problems import ConfigError
+from callhub.config.sms import apply_sms_env
 from callhub.config.values import mask_url, parse_duration, parse_listen
-from callhub.sms.settings import apply_sms_env
 
 
 def load_settings(path: str | Path | None = None,

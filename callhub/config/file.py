@@ -36,8 +36,8 @@ from callhub.config.models import (
 )
 from callhub.config.problems import ConfigError, config_error, keyed, problem
 from callhub.config.report import ReportSettings
+from callhub.config.sms import SmsSettings, sms_settings_from_table
 from callhub.config.values import duration, listen
-from callhub.sms.settings import SmsSettings, sms_settings_from_table
 
 # A table field named `listen` would hide the parser inside its class body.
 _LISTEN = BeforeValidator(listen)

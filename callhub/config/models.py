@@ -27,8 +27,8 @@ from pydantic.dataclasses import dataclass
 
 from callhub.config.problems import ConfigError, keyed, problem
 from callhub.config.report import ReportSettings
+from callhub.config.sms import SmsSettings
 from callhub.config.values import listen, mask_url
-from callhub.sms.settings import SmsSettings
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///callhub.db"
 DEFAULT_API_LISTEN = "127.0.0.1:8080"
