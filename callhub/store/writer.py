@@ -387,7 +387,10 @@ class CallWriter:
                 self._advance(end, 0)
                 continue
             if not batch:
-                await self._release()
+                if self.pending == 0 or self._stopping.is_set():
+                    # Idle: the connection goes back to the pool. Calls still being
+                    # logged are a backlog that lasts: keep it for them.
+                    await self._release()
                 if self._stopping.is_set() and (self.pending == 0 or self._past(deadline)):
                     return
                 await self._notify()
