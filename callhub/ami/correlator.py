@@ -26,12 +26,12 @@ How the channels of a call are told apart:
 from __future__ import annotations
 
 import itertools
-import math
 import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from callhub.ami.callrules import clean, rings_for
 from callhub.ami.parser import AmiMessage, EventFilter
 from callhub.config import PbxConfig
 from callhub.records import (
@@ -82,12 +82,6 @@ def base_of(channel: str) -> str:
     if channel.endswith((";1", ";2")):
         return channel[:-2]
     return channel
-
-
-def _clean(value: str | None) -> str | None:
-    if not value or value == "<unknown>":
-        return None
-    return value
 
 
 @dataclass(slots=True)
@@ -470,7 +464,7 @@ class Correlator:
         if call.side(name) == "origin":
             if call.direction == "internal" and channel.get("Context") in self.inbound_contexts:
                 call.direction = "inbound"
-                call.did = _clean(channel.get("Exten"))
+                call.did = clean(channel.get("Exten"))
             self._take_callerid(call, channel)
         elif call.origin is not None:
             leg = call.legs.get(base_of(name))
@@ -499,7 +493,7 @@ class Correlator:
     def _set_origin(self, call: _Call, event: AmiMessage) -> None:
         call.origin = base_of(event.get("Channel", ""))
         context = event.get("Context", "")
-        exten = _clean(event.get("Exten"))
+        exten = clean(event.get("Exten"))
         if context in self.inbound_contexts:
             call.direction = "inbound"
             call.did = exten if exten != "s" else None
@@ -509,8 +503,8 @@ class Correlator:
         self._take_callerid(call, event)
 
     def _take_callerid(self, call: _Call, event: AmiMessage) -> None:
-        number = _clean(event.get("CallerIDNum"))
-        name = _clean(event.get("CallerIDName"))
+        number = clean(event.get("CallerIDNum"))
+        name = clean(event.get("CallerIDName"))
         if number and (call.direction != "outbound" or call.caller_number is None):
             call.caller_number = number
         if name and (call.direction != "outbound" or call.caller_name is None):
@@ -546,7 +540,7 @@ class Correlator:
         if (call.direction == "internal" and app == "Dial"
                 and event.get("Context") in self.outbound_contexts and call.answered_at is None):
             call.direction = "outbound"
-            call.called_number = _clean(exten)
+            call.called_number = clean(exten)
         # The caller's own phone half (;1) runs no dialplan of ours.
         if (call.direction == "inbound" and call.answered_at is None
                 and not channel.endswith(";1")
@@ -934,8 +928,7 @@ class Correlator:
                 ring_end = max(leg.ended_at or ended_at for leg in ringing
                                if leg.ring_started_at is not None)
             ring_seconds = max(ring_end - ring_started_at, 0.0)
-        cadence = self.pbx.ring_cadence_seconds
-        rings = 0 if ring_seconds <= 0 else math.floor(ring_seconds / cadence) + 1
+        rings = rings_for(ring_seconds, self.pbx.ring_cadence_seconds)
         wait_until = call.answered_at if call.answered_at is not None else ended_at
         outcome, reason = self._outcome(call, attempts)
         wait_seconds = max(wait_until - call.arrived_at, 0.0)
