@@ -165,22 +165,28 @@ async def test_wrong_secret_logs_clearly_and_backs_off_without_crash_loop(
     assert wrong not in caplog.text
 
 
+async def drop_each_session(sim: AmiSimulator, connection: AmiConnection, drops: int) -> None:
+    """Run `connection`, drop each of its first `drops` sessions once it is up, and stop it
+    when the session after the last drop is up."""
+    task = asyncio.create_task(connection.run())
+    try:
+        for session in range(1, drops + 1):
+            await connection.wait_sessions(session, within=10)
+            sim.drop_clients()
+        await connection.wait_sessions(drops + 1, within=10)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
 async def test_a_session_that_lasted_resets_the_backoff(ami_simulator: AmiSimulator) -> None:
     """Six drops in a row, each after a good login: every retry comes from the base again."""
     sim = ami_simulator
     base, cap = 0.05, 30.0
     connection = AmiConnection(sim_pbx(sim), lambda event: None, backoff_base=base,
                                backoff_max=cap, stable_after=0.0)
-    task = asyncio.create_task(connection.run())
-    try:
-        for drops in range(1, 7):
-            await connection.wait_sessions(drops, within=10)
-            sim.drop_clients()
-        await connection.wait_sessions(7, within=10)
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+    await drop_each_session(sim, connection, 6)
     assert connection.failures == 0
     assert len(connection.retry_delays) >= 6
     assert all(d <= base for d in connection.retry_delays[:6])
@@ -193,16 +199,7 @@ async def test_a_session_cut_before_it_lasted_keeps_backing_off(
     base, cap = 0.01, 30.0
     connection = AmiConnection(sim_pbx(sim), lambda event: None, backoff_base=base,
                                backoff_max=cap, stable_after=3600.0)
-    task = asyncio.create_task(connection.run())
-    try:
-        for drops in range(1, 6):
-            await connection.wait_sessions(drops, within=10)
-            sim.drop_clients()
-        await connection.wait_sessions(6, within=10)
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+    await drop_each_session(sim, connection, 5)
     delays = connection.retry_delays[:5]
     assert delays[4] > base * 4  # 2**4 steps up: not reset by sessions that did not last
 
