@@ -22,12 +22,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from ami_fixtures import SIM_SECRET, SIM_USER
 from cel_fixtures import CEL_DDL
 from daemon_fixtures import Daemon, write_config
-from sqlalchemy.engine import make_url
-from store_fixtures import DbFactory, TcpProxy, pg_url, via_proxy
-from test_faults_wal import stored, until_stored
+from store_fixtures import TcpProxy, pg_url, via_proxy
+from test_faults_wal import pbx_and_database, stored, until_stored
 
 from callhub.ami.cel_ami import cel_rows
 from callhub.sim.ami_server import AmiSimulator
@@ -67,22 +65,11 @@ class World:
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
-    factory = DbFactory("postgresql", tmp_path)
-    db = await factory.create()
-    async with db.begin() as conn:
-        await conn.execute(sa.text(CEL_DDL.format(table=f'"{db.schema}".cel',
-                                                  eventtime="timestamp")))
-    url = make_url(pg_url())
-    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432, schema=db.schema)
-    await proxy.start()
-    sim = AmiSimulator(username=SIM_USER, secret=SIM_SECRET)
-    await sim.start()
-    try:
+    async with pbx_and_database(tmp_path) as (sim, proxy, db):
+        async with db.begin() as conn:
+            await conn.execute(sa.text(CEL_DDL.format(table=f'"{db.schema}".cel',
+                                                      eventtime="timestamp")))
         yield World(sim, db, proxy, tmp_path)
-    finally:
-        await sim.stop()
-        await proxy.stop()
-        await factory.cleanup()
 
 
 async def start(config: Path) -> Daemon:

@@ -56,8 +56,11 @@ class World:
                             database_url=via_proxy(pg_url(), self.proxy))
 
 
-@pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
+@contextlib.asynccontextmanager
+async def pbx_and_database(tmp_path: Path
+                           ) -> AsyncIterator[tuple[AmiSimulator, TcpProxy, Database]]:
+    """An AMI simulator, and a PostgreSQL schema of the test's own behind a proxy that
+    also puts the daemon's connections in that schema."""
     factory = DbFactory("postgresql", tmp_path)
     db = await factory.create()
     url = make_url(pg_url())
@@ -66,11 +69,17 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     sim = AmiSimulator(username=SIM_USER, secret=SIM_SECRET)
     await sim.start()
     try:
-        yield World(sim, proxy, db, tmp_path)
+        yield sim, proxy, db
     finally:
         await sim.stop()
         await proxy.stop()
         await factory.cleanup()
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    async with pbx_and_database(tmp_path) as (sim, proxy, db):
+        yield World(sim, proxy, db, tmp_path)
 
 
 async def stored(db: Database) -> dict[str, dict[str, Any]]:
