@@ -1,20 +1,37 @@
-"""The `callhub` command: one sub-command per job, each defined beside the code it runs."""
+"""The `callhub` command: one sub-command per job, each defined beside the code it runs.
+
+Only the module of the sub-command being run is imported: the others stand in the
+parser as a name and a one-line help. Importing all of them cost about a second at
+every start, and made a `callhub run` process load the simulator.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
-from callhub import __version__, backfill_cli, config_cli, report, run_cli
-from callhub.ami import replay
+from callhub import __version__
 from callhub.config import ConfigError
-from callhub.routing import cli as rota_cli
-from callhub.sim import cli as simulate_cli
-from callhub.store import cli as db_cli
+
+# name -> (module defining it with `add_parser(sub)`, the help `callhub --help` lists).
+# tests/test_cli.py checks each help against the one its module gives.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "config": ("callhub.config_cli", "check a settings file"),
+    "replay": ("callhub.ami.replay", "replay recorded AMI traces and print the call records"),
+    "simulate": ("callhub.sim.cli", "run an AMI simulator (replayed traces or synthetic calls)"),
+    "rota": ("callhub.routing.cli", "load, check and show the routing rota"),
+    "db": ("callhub.store.cli", "database schema"),
+    "run": ("callhub.run_cli", "run the daemon (AMI ingestion, writer, API, FastAGI routing)"),
+    "report": ("callhub.report", "a day's, week's or month's figures per line and agent"),
+    "backfill": ("callhub.backfill_cli",
+                 "rebuild the calls of a time window from Asterisk's CEL table"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None, *, lazy: bool = False) -> argparse.ArgumentParser:
+    """The whole parser; with `lazy`, only the sub-command `only` is defined in full."""
     parser = argparse.ArgumentParser(
         prog="callhub",
         description="Call records, ring counts, rota routing and a callback worklist "
@@ -23,16 +40,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     parser.add_argument("--version", action="version", version=f"callhub {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    config_cli.add_parser(sub)
-    replay.add_parser(sub)
-    simulate_cli.add_parser(sub)
-    rota_cli.add_parser(sub)
-    db_cli.add_parser(sub)
-    run_cli.add_parser(sub)
-    report.add_parser(sub)
-    backfill_cli.add_parser(sub)
+    for name, (module, summary) in COMMANDS.items():
+        if lazy and name != only:
+            sub.add_parser(name, help=summary, add_help=False)
+        else:
+            importlib.import_module(module).add_parser(sub)
     _accept_config_anywhere(parser)
     return parser
+
+
+def command_in(argv: Sequence[str]) -> str | None:
+    """The sub-command argv names, found without importing any: the first word that is one."""
+    words = iter(argv)
+    for word in words:
+        if word == "--config":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
 
 
 CONFIG_HELP = "TOML settings file (default: $CALLHUB_CONFIG, else built-in defaults)"
@@ -54,8 +79,9 @@ def _accept_config_anywhere(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(command_in(words), lazy=True)
+    args = parser.parse_args(words)
     try:
         code: int = args.func(args)
     except ConfigError as exc:

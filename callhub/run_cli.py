@@ -10,15 +10,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from callhub.config import load_settings
 from callhub.daemon import Daemon, PartFailed, StartupError, serve
 from callhub.logs import configure_logging
-from callhub.sim.demo import Demo
 from callhub.store.db import settle_sqlite_workers
+
+if TYPE_CHECKING:
+    from callhub.sim.demo import Demo
 
 
 def add_parser(sub: Any) -> None:
@@ -38,11 +40,17 @@ def add_parser(sub: Any) -> None:
     parser.set_defaults(func=run_command)
 
 
+def _demo(args: argparse.Namespace) -> Demo:
+    """The simulated PBX, imported only when asked for: a plain `run` loads no simulator."""
+    from callhub.sim.demo import Demo
+    return Demo(rate=args.demo_rate, speed=args.demo_speed)
+
+
 def run_command(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     configure_logging(settings.log_level)
     d = Daemon(settings, migrate=not args.no_migrate)
-    demo = Demo(rate=args.demo_rate, speed=args.demo_speed) if args.demo else None
+    demo = _demo(args) if args.demo else None
     async def run() -> None:
         try:
             if demo is None:

@@ -1,0 +1,76 @@
+"""The `callhub` command imports only the sub-command it runs, and lists them all."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from callhub.cli import COMMANDS, build_parser, command_in
+
+
+def _subcommand_helps(parser: argparse.ArgumentParser) -> dict[str, str | None]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return {choice.dest: choice.help for choice in action._choices_actions}
+    raise AssertionError("no sub-commands")
+
+
+def test_the_listed_help_of_each_command_is_the_one_its_module_gives() -> None:
+    full = _subcommand_helps(build_parser())
+    listed = {name: summary for name, (_, summary) in COMMANDS.items()}
+    assert full == listed
+
+
+@pytest.mark.parametrize(("argv", "command"), [
+    (["run"], "run"),
+    (["--config", "run", "report", "--period", "day"], "report"),
+    (["--config=x.toml", "db", "upgrade"], "db"),
+    (["-h"], None),
+    (["bogus", "run"], None),
+    ([], None),
+])
+def test_the_command_is_found_before_parsing(argv: list[str], command: str | None) -> None:
+    assert command_in(argv) == command
+
+
+def _modules_after(argv: list[str], cwd: Path) -> tuple[int, set[str], str]:
+    probe = ("import sys; from callhub.cli import main\n"
+             "try:\n    code = main(sys.argv[1:])\n"
+             "except SystemExit as exc:\n    code = exc.code\n"
+             "loaded = [m for m in sys.modules if m.startswith('callhub')]\n"
+             "print('\\n'.join(loaded), file=sys.stderr)\n"
+             "raise SystemExit(code)\n")
+    result = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True,
+                            text=True, timeout=120, cwd=cwd)
+    return result.returncode, set(result.stderr.split()), result.stdout
+
+
+def test_a_command_imports_its_own_module_and_no_other_command(tmp_path: Path) -> None:
+    config = tmp_path / "callhub.toml"
+    config.write_text('database_url = "sqlite+aiosqlite:///calls.db"\n', encoding="utf-8")
+    code, loaded, out = _modules_after(["config", "check", str(config)], tmp_path)
+    assert code == 0, out
+    assert "callhub.config_cli" in loaded
+    others = {module for name, (module, _) in COMMANDS.items() if name != "config"}
+    assert loaded & others == set()
+    assert not any(m.startswith("callhub.sim") for m in loaded)
+
+
+def test_help_lists_every_command_without_importing_them(tmp_path: Path) -> None:
+    code, loaded, out = _modules_after(["--help"], tmp_path)
+    assert code == 0
+    for name, (module, summary) in COMMANDS.items():
+        assert name in out and summary in out
+        assert module not in loaded
+
+
+def test_run_without_demo_loads_no_simulator(tmp_path: Path) -> None:
+    """`callhub run --help` defines run in full; the simulator comes only with --demo."""
+    code, loaded, out = _modules_after(["run", "--help"], tmp_path)
+    assert code == 0 and "--demo" in out
+    assert "callhub.run_cli" in loaded
+    assert not any(m.startswith("callhub.sim") for m in loaded)
