@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import Field
 
 from callhub.api import csv_export, cursors
+from callhub.api.auth import ROLE
 from callhub.api.base import (
     DB,
     SETTINGS,
@@ -19,12 +21,15 @@ from callhub.api.base import (
     reply,
 )
 from callhub.api.params import BadParameter, Body, Filter, Moment, NoQuery, Path, Query, Text
-from callhub.api.schemas import Call, CallPage, Direction, ErrorBody, Outcome, Reason
+from callhub.api.schemas import Call, CallPage, Direction, ErrorBody, Outcome, Reason, Resolution
 from callhub.store import queries
+from callhub.store.errors import NotFound
+from callhub.store.resolution import MAX_DEPARTMENT, set_resolution
 
 MAX_LIMIT = 500
 MAX_NOTE = 4000
 MAX_ID = 2**31 - 1
+MAX_WHO = 200
 
 Status = Literal["pending", "handled", "dismissed"]
 
@@ -70,10 +75,18 @@ class CallId(Path):
 
 
 class CallPatch(Body):
-    """PATCH /calls/{id}: category (from the configured list) and/or note; null clears."""
+    """PATCH /calls/{id}: category (from the configured list), note and/or resolution;
+    null clears. Setting a resolution records who (the token's role, after `who`) and when."""
 
     category: Text | None = None
     note: Annotated[Text, Field(max_length=MAX_NOTE)] | None = None
+    resolution: Resolution | None = Field(None, description=(
+        "resolved, referred (give `department`), pending or unresolved; null clears it."))
+    department: Annotated[Text, Field(min_length=1, max_length=MAX_DEPARTMENT)] | None = Field(
+        None, description="With resolution `referred` only: the department it went to.")
+    who: Annotated[Text, Field(min_length=1, max_length=MAX_WHO)] | None = Field(
+        None, description="With a resolution: the name of who set it (recorded before the "
+                          "token's role).")
 
 
 def call_filter(args: CallFilters) -> queries.CallFilter:
@@ -132,17 +145,47 @@ async def get_call(request: web.Request) -> web.StreamResponse:
     return reply(request, call_json(row))
 
 
+def _resolution_of(body: CallPatch, given: set[str]) -> tuple[str | None, str | None] | None:
+    """(resolution, department) when the body sets or clears the resolution, else None."""
+    if "resolution" not in given:
+        for key in ("department", "who"):
+            if key in given:
+                raise BadParameter(key, "goes with resolution")
+        return None
+    department = body.department.strip() if body.department is not None else None
+    if body.resolution == "referred" and not department:
+        raise BadParameter("department", "give the department a referred matter went to")
+    if body.resolution != "referred" and "department" in given and body.department is not None:
+        raise BadParameter("department", "only a referred matter has a department")
+    if body.who is not None and not body.who.strip():
+        raise BadParameter("who", "must not be blank")
+    return body.resolution, department
+
+
 async def patch_call(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     call_id = path_of(request, CallId).id
     body = body_of(request, CallPatch)
     values = body.model_dump(exclude_unset=True)
     if not values:
-        raise BadParameter("body", "give category and/or note")
+        raise BadParameter("body", "give category, note and/or resolution")
     if body.category is not None and body.category not in settings.categories:
         raise BadParameter("category", f"must be one of {', '.join(settings.categories)}")
+    resolution = _resolution_of(body, set(values))
+    for key in ("resolution", "department", "who"):
+        values.pop(key, None)
+    role = request[ROLE]
+    who = f"{body.who.strip()} ({role})" if body.who is not None else role
     async with request.app[DB].begin() as conn:
-        found = await queries.update_call(conn, call_id, values)
+        found = True
+        if values:
+            found = await queries.update_call(conn, call_id, values)
+        if found and resolution is not None:
+            try:
+                await set_resolution(conn, call_id, *resolution, now=datetime.now(UTC),
+                                     who=who)
+            except NotFound:
+                found = False
         row = await queries.get_call(conn, call_id) if found else None
     if row is None:
         return reply(request, {"error": "not_found", "message": f"no call {call_id}"}, 404)
@@ -162,7 +205,9 @@ OPERATIONS = (
               path_params=CallId,
               responses={"200": Reply("The call.", Call), "404": NOT_FOUND}),
     Operation("PATCH", "/api/v1/calls/{id}", patch_call, "supervisor",
-              "Set a call's category (from the configured list) and/or note.", "calls",
+              "Set a call's category (from the configured list), note and/or resolution "
+              "(resolved, referred to a department, pending, unresolved: recorded with who "
+              "and when).", "calls",
               query=NoQuery, path_params=CallId, body=CallPatch,
               responses={"200": Reply("The updated call.", Call), "404": NOT_FOUND}),
 )

@@ -17,6 +17,7 @@ from aiohttp import web
 from pydantic import Field
 
 from callhub.api import cursors
+from callhub.api.auth import ROLE
 from callhub.api.base import (
     DB,
     SETTINGS,
@@ -37,9 +38,10 @@ from callhub.api.params import (
     Text,
     parse_datetime,
 )
-from callhub.api.schemas import ErrorBody, Followup, FollowupList
+from callhub.api.schemas import ErrorBody, Followup, FollowupList, Resolution, Satisfaction
 from callhub.config import ConfigError, parse_duration
 from callhub.store import followups as store
+from callhub.store import resolution as rating
 
 Clock = Callable[[], float]
 FOLLOWUP_CLOCK: web.AppKey[Clock] = web.AppKey("followup_clock", Clock)  # type: ignore[arg-type]
@@ -89,6 +91,26 @@ class Closing(Body):
 
     who: Note | None = None
     note: Note | None = None
+
+
+class Completing(Closing):
+    """Who closed it, a note, and what the follow-up call found."""
+
+    outcome: Resolution | None = Field(None, description=(
+        "The caller's matter as they tell it: resolved, referred, pending or unresolved."))
+    satisfaction: Satisfaction | None = Field(None, description=(
+        "satisfied, fair, dissatisfied, or unreachable (the caller was not reached)."))
+
+
+class Rating(Body):
+    """What a done follow-up found (one closed by a callback has nothing recorded yet)."""
+
+    outcome: Resolution | None = Field(None, description=(
+        "resolved, referred, pending or unresolved."))
+    satisfaction: Satisfaction | None = Field(None, description=(
+        "satisfied, fair, dissatisfied or unreachable."))
+    note: Note | None = None
+    who: Note | None = None
 
 
 def now_of(app: web.Application) -> datetime:
@@ -202,18 +224,45 @@ async def list_followups(request: web.Request) -> web.StreamResponse:
 async def _close(request: web.Request, status: str) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     followup_id = path_of(request, FollowupId).id
-    body = body_of(request, Closing)
+    body = body_of(request, Completing if status == "done" else Closing)
     who, note = _text("who", body.who), _text("note", body.note)
+    found = ((body.outcome, body.satisfaction) if isinstance(body, Completing)
+             else (None, None))
     now = now_of(request.app)
     async with request.app[DB].begin() as conn:
-        await store.close(conn, followup_id, status, now=now, who=who, note=note)
+        await store.close(conn, followup_id, status, now=now, who=who, note=note,
+                          outcome=found[0], satisfaction=found[1],
+                          rated_by=_by(request, who))
         row = await store.get_followup(conn, followup_id)
     assert row is not None
     return reply(request, followup_json(row, now, settings.followup_overdue_seconds))
 
 
+def _by(request: web.Request, who: str | None) -> str:
+    """Who recorded it: the token's role, after the name the client gave."""
+    role = request[ROLE]
+    return f"{who.strip()} ({role})" if who is not None else role
+
+
 async def mark_done(request: web.Request) -> web.StreamResponse:
     return await _close(request, "done")
+
+
+async def rate(request: web.Request) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    followup_id = path_of(request, FollowupId).id
+    body = body_of(request, Rating)
+    if body.outcome is None and body.satisfaction is None and body.note is None:
+        raise BadParameter("body", "give outcome, satisfaction and/or note")
+    who, note = _text("who", body.who), _text("note", body.note)
+    who = _by(request, who)
+    now = now_of(request.app)
+    async with request.app[DB].begin() as conn:
+        await rating.rate_followup(conn, followup_id, outcome=body.outcome,
+                                   satisfaction=body.satisfaction, note=note, now=now, who=who)
+        row = await store.get_followup(conn, followup_id)
+    assert row is not None
+    return reply(request, followup_json(row, now, settings.followup_overdue_seconds))
 
 
 async def cancel(request: web.Request) -> web.StreamResponse:
@@ -245,8 +294,18 @@ OPERATIONS = (
               "followups", query=FollowupQuery,
               responses={"200": Reply("A page of follow-ups.", FollowupList)}),
     Operation("POST", "/api/v1/followups/{id}/done", mark_done, "supervisor",
-              "Close an open follow-up by hand (how=manual).", "followups",
-              query=NoQuery, path_params=FollowupId, body=Closing, responses=CLOSE_RESPONSES),
+              "Close an open follow-up by hand (how=manual), with what it found: the "
+              "matter's `outcome` and the caller's `satisfaction`.", "followups",
+              query=NoQuery, path_params=FollowupId, body=Completing,
+              responses=CLOSE_RESPONSES),
+    Operation("PATCH", "/api/v1/followups/{id}", rate, "supervisor",
+              "Record what a done follow-up found (outcome, satisfaction, note), e.g. one "
+              "a callback closed; recorded with who and when.", "followups",
+              query=NoQuery, path_params=FollowupId, body=Rating,
+              responses={"200": Reply("The follow-up after the change.", Followup),
+                         "404": NOT_FOUND,
+                         "409": Reply("The follow-up is open or cancelled, not done.",
+                                      ErrorBody)}),
     Operation("POST", "/api/v1/followups/{id}/cancel", cancel, "supervisor",
               "Cancel an open follow-up (no call needed).", "followups",
               query=NoQuery, path_params=FollowupId, body=Closing, responses=CLOSE_RESPONSES),

@@ -21,6 +21,8 @@ from typing_extensions import TypedDict
 
 from callhub.records import OUTCOMES, REASONS
 from callhub.routing.rota_file import MAX_RING_TIMEOUT
+from callhub.store.resolution import RESOLUTIONS, SATISFACTIONS
+from callhub.store.resolution_stats import RESOLUTION_FIGURES_DOC
 from callhub.store.stats import FIGURES_DOC, GROUPS
 
 
@@ -73,6 +75,8 @@ class WorklistRef(TypedDict):
 
 
 SmsStatus = Literal["queued", "sending", "sent", "failed", "expired"]
+Resolution = Literal[RESOLUTIONS]  # type: ignore[valid-type]
+Satisfaction = Literal[SATISFACTIONS]  # type: ignore[valid-type]
 
 
 class Call(TypedDict):
@@ -118,6 +122,15 @@ class Call(TypedDict):
     transfers: list[dict[str, Any]]
     category: str | None
     note: str | None
+    resolution: Annotated[Resolution | None, Field(
+        description="The caller's matter: resolved, referred (to resolution_department), "
+                    "pending or unresolved; null: none set yet (docs/api.md).")]
+    resolution_department: Annotated[str | None, Field(
+        description="The department a referred matter went to.")]
+    resolution_at: Annotated[Time | None, Field(description="When the resolution was set.")]
+    resolution_by: Annotated[str | None, Field(
+        description="Who set it: the token's role, after the name the client gave "
+                    "(`王芳 (supervisor)`).")]
     worklist: WorklistRef | None
     sms_status: Annotated[SmsStatus | None, Field(
         description="The status of the call's latest SMS in the outbox (docs/sms.md); null: "
@@ -197,6 +210,15 @@ class Followup(TypedDict):
     how: Literal["callback", "manual", "cancelled", "category_changed"] | None
     closed_call_id: int | None
     note: str | None
+    outcome: Annotated[Resolution | None, Field(
+        description="What the follow-up found of the caller's matter (as a call's "
+                    "resolution); null: not recorded.")]
+    satisfaction: Annotated[Satisfaction | None, Field(
+        description="The caller's satisfaction: satisfied, fair, dissatisfied, or "
+                    "unreachable (not reached); null: not recorded.")]
+    rated_at: Annotated[Time | None, Field(description="When outcome or satisfaction "
+                                                       "was recorded.")]
+    rated_by: Annotated[str | None, Field(description="Who recorded them.")]
     caller_name: str | None
     line: str | None
     direction: Direction
@@ -320,6 +342,9 @@ def _figure(name: str) -> Any:
 
 
 _FIGURES: dict[str, Any] = {name: _figure(name) for name in FIGURES_DOC}
+_FIGURES.update({name: Annotated[float | None if name.endswith("_rate") else int,
+                                 Field(description=RESOLUTION_FIGURES_DOC[name])]
+                 for name in RESOLUTION_FIGURES_DOC})
 Figures = TypedDict("Figures", _FIGURES)  # type: ignore[misc]
 Figures.__doc__ = "The desk's figures over a period (or one group of it)."
 Figures.__pydantic_config__ = CLOSED  # type: ignore[attr-defined]

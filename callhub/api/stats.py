@@ -11,7 +11,7 @@ from pydantic import Field
 from callhub.api.base import DB, SETTINGS, Operation, Reply, query_of, reply
 from callhub.api.params import BadParameter, Filter, Moment, Query
 from callhub.api.schemas import Stats
-from callhub.store import stats
+from callhub.store import resolution_stats, stats
 
 MAX_DAYS = 400
 
@@ -47,6 +47,7 @@ async def get_stats(request: web.Request) -> web.StreamResponse:
                          tz=tz, pbx=args.pbx)
     async with request.app[DB].connection() as conn:
         figures = await stats.compute(conn, q)
+        figures = await resolution_stats.compute_into(conn, q, figures)
     return reply(request, {
         "from": start, "to": end, "group_by": q.group_by, "rings": q.rings,
         "seconds": q.seconds, "short_abandons_excluded": q.exclude_short_abandons,
@@ -56,7 +57,9 @@ async def get_stats(request: web.Request) -> web.StreamResponse:
 
 OPERATIONS = (
     Operation("GET", "/api/v1/stats", get_stats, "viewer",
-              "Answer rates, rings, service level, abandons and callbacks over a period.",
+              "Answer rates, rings, service level, abandons and callbacks over a period; "
+              "resolution rate (resolved / calls with a resolution set) and satisfaction "
+              "rate (satisfied / follow-ups answered satisfied, fair or dissatisfied).",
               "stats", query=StatsQuery,
               responses={"200": Reply("Totals, and groups with group_by.", Stats)}),
 )

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callhub.config import Settings
 from callhub.store.errors import InvalidTransition, NotApplicable, NotFound
+from callhub.store.resolution import rating_values
 from callhub.store.tables import calls, followups
 
 STATUSES = ("open", "done", "cancelled")
@@ -148,10 +149,17 @@ async def close_by_callbacks(conn: AsyncConnection) -> list[Closed]:
 
 
 async def close(conn: AsyncConnection, followup_id: int, status: str, *, now: datetime,
-                who: str | None = None, note: str | None = None) -> None:
-    """A supervisor closes an open follow-up: `done` (how=manual) or `cancelled`."""
+                who: str | None = None, note: str | None = None,
+                outcome: str | None = None, satisfaction: str | None = None,
+                rated_by: str | None = None) -> None:
+    """A supervisor closes an open follow-up: `done` (how=manual) or `cancelled`; a done
+    one may record what it found (callhub/store/resolution.py)."""
     if status not in ("done", "cancelled"):
         raise ValueError(f"status must be done or cancelled, not {status!r}")
+    rating = rating_values(outcome, satisfaction, now=now,
+                           who=rated_by if rated_by is not None else who)
+    if rating and status != "done":
+        raise ValueError("only a done follow-up has an outcome or satisfaction")
     current = await conn.scalar(sa.select(followups.c.status)
                                 .where(followups.c.id == followup_id))
     if current is None:
@@ -164,7 +172,7 @@ async def close(conn: AsyncConnection, followup_id: int, status: str, *, now: da
     if note is not None:
         values["note"] = note
     await conn.execute(sa.update(followups).where(followups.c.id == followup_id)
-                       .values(**values))
+                       .values(**values, **rating))
 
 
 @dataclass(frozen=True, slots=True)

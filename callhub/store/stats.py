@@ -445,3 +445,8 @@ async def compute(conn: AsyncConnection, q: StatsQuery) -> dict[str, Any]:
         blocks.append(block)
     blocks.sort(key=lambda g: (g["key"] is None, "" if g["key"] is None else str(g["key"])))
     return {"totals": totals.figures(), "groups": blocks}
+
+
+# The grouping, for the figures computed elsewhere (callhub/store/resolution_stats.py).
+key_columns = _key_columns
+group_key = _group_key

@@ -88,6 +88,13 @@ calls = sa.Table(
     # Set by supervisors through the API; a rewrite of the call keeps them.
     sa.Column("category", sa.String(64)),
     sa.Column("note", sa.Text),
+    # The caller's matter (issue 13), set by supervisors like category and note, with who
+    # and when (callhub/store/resolution.py): resolved / referred (to `resolution_department`)
+    # / pending / unresolved; null: none set yet. The writer's upsert never touches them.
+    sa.Column("resolution", sa.String(16)),
+    sa.Column("resolution_department", sa.String(128)),
+    sa.Column("resolution_at", UtcDateTime()),
+    sa.Column("resolution_by", sa.String(256)),
     sa.Column("updated_at", UtcDateTime(), nullable=False),
     sa.UniqueConstraint("pbx", "linkedid", name="uq_calls_pbx_linkedid"),
 )
@@ -198,6 +205,13 @@ followups = sa.Table(
     sa.Column("how", sa.String(16)),
     sa.Column("closed_call_id", sa.Integer, sa.ForeignKey("calls.id", ondelete="SET NULL")),
     sa.Column("note", sa.Text),
+    # What the follow-up call found (issue 13), recorded when it is done: the matter's
+    # state as the caller tells it (resolved / referred / pending / unresolved) and their
+    # satisfaction (satisfied / fair / dissatisfied / unreachable), with who and when.
+    sa.Column("outcome", sa.String(16)),
+    sa.Column("satisfaction", sa.String(16)),
+    sa.Column("rated_at", UtcDateTime()),
+    sa.Column("rated_by", sa.String(256)),
     sa.Column("updated_at", UtcDateTime(), nullable=False),
 )
 sa.Index("ix_followups_status_due", followups.c.status, followups.c.due_at)

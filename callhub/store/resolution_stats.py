@@ -1,0 +1,151 @@
+"""Resolution rate and satisfaction rate over a period, per hour, day, agent or line.
+
+Kept apart from callhub/store/stats.py (its own two grouped queries) so each can be
+tuned on its own; `add_to` puts these figures into that module's result, so
+GET /api/v1/stats, the desk and `callhub report` show them beside the others.
+
+Definitions (docs/api.md, the API's descriptions, tests/test_resolution_stats.py):
+
+- The calls counted are those `stats.compute` counts: inbound and outbound calls that
+  arrived in the period (of the PBX, when given), grouped by their arrival hour or day,
+  their answering agent or their line.
+- resolution_rate = resolved / calls with a resolution set. Calls without one are not
+  in it (no verdict yet); `referred`, `pending` and `unresolved` count against it.
+- satisfaction_rate = follow-ups answered `satisfied` / follow-ups answered `satisfied`,
+  `fair` or `dissatisfied`, over the follow-ups of those calls (each answer counts, so a
+  call followed up twice counts twice). `unreachable` (nobody to ask) is counted on its
+  own and left out of the rate, as are follow-ups with no satisfaction recorded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from callhub.store import stats
+from callhub.store.resolution import RATED, RESOLUTIONS, SATISFACTIONS
+from callhub.store.tables import calls, followups
+
+RESOLUTION_FIGURES_DOC = {
+    "resolutions_set": "Calls with a resolution set (resolved, referred, pending or "
+                       "unresolved).",
+    "resolved": "Calls whose resolution is resolved.",
+    "referred": "Calls whose resolution is referred (to a department).",
+    "resolution_pending": "Calls whose resolution is pending.",
+    "unresolved": "Calls whose resolution is unresolved.",
+    "resolution_rate": "resolved / calls with a resolution set (calls without one are left "
+                       "out; referred, pending and unresolved count against it).",
+    "satisfied": "Follow-ups of these calls answered satisfied.",
+    "fair": "Follow-ups of these calls answered fair.",
+    "dissatisfied": "Follow-ups of these calls answered dissatisfied.",
+    "unreachable": "Follow-ups of these calls that could not reach the caller.",
+    "satisfaction_rate": "satisfied / follow-ups answered satisfied, fair or dissatisfied "
+                         "(unreachable and unrated ones left out).",
+}
+# The count figure of each stored value.
+RESOLUTION_COUNTS = {"resolved": "resolved", "referred": "referred",
+                     "pending": "resolution_pending", "unresolved": "unresolved"}
+assert tuple(RESOLUTION_COUNTS) == RESOLUTIONS
+assert all(s in RESOLUTION_FIGURES_DOC for s in SATISFACTIONS)
+
+
+@dataclass(slots=True)
+class _Counts:
+    by_resolution: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RESOLUTIONS, 0))
+    by_satisfaction: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(SATISFACTIONS, 0))
+
+    def add(self, other: _Counts) -> None:
+        for name in RESOLUTIONS:
+            self.by_resolution[name] += other.by_resolution[name]
+        for name in SATISFACTIONS:
+            self.by_satisfaction[name] += other.by_satisfaction[name]
+
+    def figures(self) -> dict[str, Any]:
+        r, s = self.by_resolution, self.by_satisfaction
+        set_ = sum(r.values())
+        rated = sum(s[name] for name in RATED)
+        return {
+            "resolutions_set": set_,
+            **{RESOLUTION_COUNTS[name]: r[name] for name in RESOLUTIONS},
+            "resolution_rate": _ratio(r["resolved"], set_),
+            **s,
+            "satisfaction_rate": _ratio(s["satisfied"], rated),
+        }
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def _call_conditions(q: stats.StatsQuery) -> list[sa.ColumnElement[bool]]:
+    """The calls `stats.compute` counts."""
+    c = calls.c
+    where = [c.arrived_at >= q.start, c.arrived_at < q.end,
+             c.direction.in_(("inbound", "outbound"))]
+    if q.pbx is not None:
+        where.append(c.pbx == q.pbx)
+    return where
+
+
+async def compute(conn: AsyncConnection, q: stats.StatsQuery) -> dict[str, Any]:
+    """{"totals": figures, "groups": {API group key: figures}} (groups: with group_by)."""
+    pieces = stats.offset_pieces(q.start, q.end, q.tz)
+    c = calls.c
+    keys = stats.key_columns(q, c.arrived_at, c.agent, c.line, pieces)
+    groups: dict[tuple[Any, int], _Counts] = {}
+
+    def acc(k: Any, koff: Any) -> _Counts:
+        return groups.setdefault((k, int(koff)), _Counts())
+
+    base = (sa.select(*keys, c.resolution.label("v"))
+            .where(*_call_conditions(q), c.resolution.is_not(None)).subquery("rbase"))
+    for k, koff, value, n in (await conn.execute(
+            sa.select(base.c.k, base.c.koff, base.c.v, sa.func.count())
+            .group_by(base.c.k, base.c.koff, base.c.v))).all():
+        if value in RESOLUTIONS:
+            acc(k, koff).by_resolution[value] += n
+    f = followups.c
+    fbase = (sa.select(*keys, f.satisfaction.label("v")).select_from(
+        followups.join(calls, c.id == f.call_id))
+        .where(*_call_conditions(q), f.satisfaction.is_not(None)).subquery("sbase"))
+    for k, koff, value, n in (await conn.execute(
+            sa.select(fbase.c.k, fbase.c.koff, fbase.c.v, sa.func.count())
+            .group_by(fbase.c.k, fbase.c.koff, fbase.c.v))).all():
+        if value in SATISFACTIONS:
+            acc(k, koff).by_satisfaction[value] += n
+    totals = _Counts()
+    for counts in groups.values():
+        totals.add(counts)
+    out: dict[str, Any] = {"totals": totals.figures()}
+    if q.group_by is not None:
+        out["groups"] = {stats.group_key(q, k, koff): counts.figures()
+                         for (k, koff), counts in groups.items()}
+    return out
+
+
+def empty() -> dict[str, Any]:
+    """The figures of a group with no resolution and no satisfaction recorded."""
+    return _Counts().figures()
+
+
+def add_to(result: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`stats.compute`'s result with these figures added to its totals and each group.
+
+    Both count the same calls, so every group here is a group there; a group there
+    with nothing recorded gets zero counts and no rates.
+    """
+    result["totals"].update(extra["totals"])
+    found = extra.get("groups", {})
+    for block in result.get("groups", ()):
+        block.update(found.get(block["key"], empty()))
+    return result
+
+
+async def compute_into(conn: AsyncConnection, q: stats.StatsQuery,
+                       result: dict[str, Any]) -> dict[str, Any]:
+    """`add_to(result, compute(conn, q))`: the one call the API and the report make."""
+    return add_to(result, await compute(conn, q))
