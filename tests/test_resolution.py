@@ -263,3 +263,24 @@ async def test_stats_of_a_period_with_nothing_recorded_have_no_rates(desk: Desk)
     for block in (body["totals"], *body["groups"]):
         assert block["resolution_rate"] is None and block["satisfaction_rate"] is None
         assert block["resolutions_set"] == 0 and block["satisfied"] == 0
+
+
+async def test_the_csv_export_carries_the_resolution(desk: Desk) -> None:
+    import csv
+    import io
+
+    referred = await one_call(desk, "c-ref")
+    plain = await one_call(desk, "c-plain")
+    assert (await patch(desk, referred, {"resolution": "referred", "department": "=维修部",
+                                         "who": "王芳"}))[0] == 200
+    response = await desk.client.get("/api/v1/calls", params={"format": "csv"}, headers=SUP)
+    assert response.status == 200
+    rows = {int(r["id"]): r for r in csv.DictReader(
+        io.StringIO((await response.read()).decode("utf-8-sig")))}
+    call = await (await desk.client.get(f"/api/v1/calls/{referred}", headers=SUP)).json()
+    local = datetime.fromisoformat(call["resolution_at"]).astimezone(SHANGHAI)
+    assert (rows[referred]["resolution"], rows[referred]["resolution_department"],
+            rows[referred]["resolution_by"], rows[referred]["resolution_at"]) == (
+        "referred", "'=维修部", "王芳 (supervisor)", local.strftime("%Y-%m-%d %H:%M:%S"))
+    assert [rows[plain][k] for k in ("resolution", "resolution_department", "resolution_at",
+                                     "resolution_by")] == [""] * 4

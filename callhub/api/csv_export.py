@@ -26,6 +26,7 @@ COLUMNS = (
     "rings", "wait_seconds", "talk_seconds", "hold_seconds", "outcome", "reason", "voicemail",
     "short_abandon", "agent", "agent_name", "hangup_by", "hangup_cause", "queue", "incomplete",
     "category", "note", "worklist_status",
+    "resolution", "resolution_department", "resolution_at", "resolution_by",
 )
 PAGE = 1000
 PHONE = re.compile(r"^[+-]?\d[\d ]*$")
