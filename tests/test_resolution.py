@@ -284,3 +284,56 @@ async def test_the_csv_export_carries_the_resolution(desk: Desk) -> None:
         "referred", "'=维修部", "王芳 (supervisor)", local.strftime("%Y-%m-%d %H:%M:%S"))
     assert [rows[plain][k] for k in ("resolution", "resolution_department", "resolution_at",
                                      "resolution_by")] == [""] * 4
+
+
+async def test_the_report_gives_the_rates_per_period_line_agent_and_day(desk: Desk) -> None:
+    import csv
+    import io
+
+    from callhub.report import build_report, render
+
+    day = datetime(2026, 11, 24, tzinfo=SHANGHAI)  # a Tuesday: its week is 23 to 29 November
+    plan = [("4008001000", "PJSIP/1001", "resolved", "satisfied"),
+            ("4008001000", "PJSIP/1002", "unresolved", "dissatisfied"),
+            ("4008002000", "PJSIP/1001", "resolved", "fair"),
+            ("4008002000", "PJSIP/1002", "referred", "unreachable")]
+    for n, (line, agent, resolution, answer) in enumerate(plan):
+        (call_id,) = await store(desk.db, desk.settings, make_call(
+            f"w-{n}", at=(day + timedelta(hours=9 + n)).timestamp(), line=line,
+            called_number=line, agent=agent))
+        body: dict[str, Any] = {"resolution": resolution}
+        if resolution == "referred":
+            body["department"] = "维修部"
+        assert (await patch(desk, call_id, body))[0] == 200
+        followup_id = await make_followup(desk, call_id)
+        await desk.client.post(f"/api/v1/followups/{followup_id}/done", headers=SUP,
+                               json={"satisfaction": answer})
+    report = await build_report(desk.db, desk.settings, day.date(), period="week")
+    params = {"from": "2026-11-23", "to": "2026-11-30"}
+    for scope, group_by in (("totals", None), ("lines", "line"), ("agents", "agent")):
+        response = await desk.client.get("/api/v1/stats", headers=SUP, params={
+            **params, **({"group_by": group_by} if group_by else {})})
+        api = await response.json()
+        blocks = [api["totals"]] if group_by is None else api["groups"]
+        mine = [report["totals"]] if group_by is None else report[scope]
+        assert [figures_of(b) for b in mine] == [figures_of(b) for b in blocks], scope
+    totals = report["totals"]
+    assert totals["resolution_rate"] == round(2 / 4, 4)
+    assert totals["satisfaction_rate"] == round(1 / 3, 4)
+    tuesday = next(d for d in report["days"] if d["date"] == "2026-11-24")
+    assert figures_of(tuesday) == figures_of(totals)
+    assert all(d["resolutions_set"] == 0 for d in report["days"] if d is not tuesday)
+
+    text = render(report, "text")
+    period_row = next(line for line in text.splitlines() if line.startswith("period "))
+    assert f"{totals['resolution_rate'] * 100:.1f} %" in period_row
+    assert f"{totals['satisfaction_rate'] * 100:.1f} %" in period_row
+    rows = list(csv.DictReader(io.StringIO(render(report, "csv").lstrip("\ufeff"))))
+    by_scope = {(r["scope"], r["key"]): r for r in rows}
+    for g in report["lines"]:
+        assert float(by_scope[("line", g["key"])]["resolution_rate"]) == g["resolution_rate"]
+    assert float(by_scope[("day", "")]["satisfaction_rate"]) == totals["satisfaction_rate"]
+    for lang, word in (("zh", "解决率"), ("en", "Resolution rate")):
+        page = render(report, "html", lang)
+        section = page[page.index('<table id="resolution"'):]
+        assert word in page and f"{totals['resolution_rate'] * 100:.1f} %" in section

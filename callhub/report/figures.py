@@ -14,11 +14,12 @@ from typing import Any
 
 from callhub.config import Settings
 from callhub.report.periods import Period, period_containing
-from callhub.store import stats
+from callhub.report.resolution import text_section
+from callhub.store import resolution_stats, stats
 from callhub.store.db import Database
 
 FORMATS = ("text", "csv", "json", "html")
-FIGURES = tuple(stats.FIGURES_DOC)
+FIGURES = (*stats.FIGURES_DOC, *resolution_stats.RESOLUTION_FIGURES_DOC)
 
 
 def day_query(settings: Settings, day: date, group_by: str | None, rings: int = 3,
@@ -52,6 +53,11 @@ async def build_report(db: Database, settings: Settings, day: date, *, rings: in
         agents = await stats.compute(conn, period_query(settings, span, "agent", rings, pbx))
         per_day = (await stats.compute(conn, period_query(settings, span, "day", rings, pbx))
                    if period != "day" else None)
+        for result, group_by in ((totals, None), (lines, "line"), (agents, "agent"),
+                                 (per_day, "day")):
+            if result is not None:
+                await resolution_stats.compute_into(
+                    conn, period_query(settings, span, group_by, rings, pbx), result)
     q = period_query(settings, span, None, rings, pbx)
     report: dict[str, Any] = {
         "date": span.first.isoformat(), "period": period, "last_date": span.last.isoformat(),
@@ -67,7 +73,16 @@ async def build_report(db: Database, settings: Settings, day: date, *, rings: in
                            "answered": found[d.isoformat()]["answered"]
                            if d.isoformat() in found else 0}
                           for d in span.days]
+        add_day_rates(report["days"], per_day["groups"])
     return report
+
+
+def add_day_rates(days: list[dict[str, Any]], groups: list[dict[str, Any]]) -> None:
+    """Each day's resolution and satisfaction figures (callhub/store/resolution_stats.py)."""
+    found = {str(g["key"])[:10]: g for g in groups}
+    for day in days:
+        figures = found.get(day["date"]) or resolution_stats.empty()
+        day.update({name: figures[name] for name in resolution_stats.RESOLUTION_FIGURES_DOC})
 
 
 def to_json(report: dict[str, Any]) -> str:
@@ -166,6 +181,7 @@ def to_text(report: dict[str, Any]) -> str:
           or "(not answered)", str(g["answered"]), _pct(g["within_rings_rate_answered"]),
           _num(g["avg_ring_seconds"], " s"), _pct(g["agent_hangup_first_rate"]),
           str(g["outbound"])] for g in report["agents"]])
+    lines += text_section(report, _table)
     return "\n".join(lines) + "\n"
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from callhub.report.resolution import html_section
+
 TEXT: dict[str, dict[str, str]] = {
     "en": {
         "title.day": "callhub daily report", "title.week": "callhub weekly report",
@@ -148,6 +150,7 @@ def to_html(report: dict[str, Any], lang: str = "zh") -> str:
     ]
     if report.get("days"):
         parts.append(_days_chart(t, report["days"]))
+    parts.append(html_section(report, lang, CELL, NUM))
     html_lang = "zh-CN" if lang == "zh" else "en"
     return (f'<!DOCTYPE html>\n<html lang="{html_lang}"><head><meta charset="utf-8">'
             f'<title>{escape(title(report, lang))}</title></head>'
