@@ -257,13 +257,53 @@
         last ? h("a", { href: "#/call/" + last.id, class: "link", text: t("worklist.open") }) : null));
   }
 
+  // ---- resolution and satisfaction ---------------------------------------
+  const RESOLUTIONS = ["resolved", "referred", "pending", "unresolved"];
+  const SATISFACTIONS = ["satisfied", "fair", "dissatisfied", "unreachable"];
+  function satisfactionSelect(current) {
+    return h("select", { "data-field": "satisfaction", "aria-label": t("followups.satisfaction") },
+      h("option", { value: "", text: "—" }),
+      SATISFACTIONS.map((k) => h("option", { value: k, selected: k === current, text: tv("sat", k) })));
+  }
+  function resolutionText(c) {
+    if (!c.resolution) return t("resolution.none");
+    const what = tv("res", c.resolution) + (c.resolution_department ? " → " + c.resolution_department : "");
+    return t("resolution.setBy", { what, who: c.resolution_by || "—", when: dateTime(c.resolution_at) });
+  }
+
+  function resolutionCard(c) {
+    const shown = h("p", { id: "call-resolution", text: resolutionText(c) });
+    const pick = h("select", { id: "resolution" }, h("option", { value: "", text: "—" }),
+      RESOLUTIONS.map((k) => h("option", { value: k, selected: k === c.resolution, text: tv("res", k) })));
+    const department = h("input", { id: "department", type: "text", maxlength: 128, value: c.resolution_department || "" });
+    const deptLabel = h("label", { id: "department-label" }, t("resolution.department"), department);
+    const sync = () => { deptLabel.hidden = pick.value !== "referred"; };
+    pick.addEventListener("change", sync);
+    sync();
+    return h("section", { class: "card" }, h("h3", { text: t("resolution.title") }), shown,
+      h("div", { class: "filters" },
+        h("label", {}, t("resolution.label"), pick), deptLabel,
+        h("div", { class: "buttons" }, h("button", { class: "primary", id: "save-resolution", onclick: async () => {
+          const body = { resolution: pick.value || null };
+          if (pick.value === "referred") body.department = department.value.trim();
+          if (pick.value && state.who) body.who = state.who;
+          try {
+            const updated = await api("/api/v1/calls/" + c.id, { method: "PATCH", body });
+            shown.textContent = resolutionText(updated);
+            toast(t("resolution.saved"));
+          } catch (e) { toast(e.message, "error"); }
+        }, text: t("resolution.save") }))));
+  }
+
   function followupRow(f) {
     const note = h("input", { type: "text", class: "note", placeholder: t("worklist.note"), "aria-label": t("worklist.note") });
+    const satisfaction = satisfactionSelect();
     const close = (what) => async (ev) => {
       ev.target.disabled = true;
       try {
         const body = { who: state.who || t("role." + state.role) };
         if (note.value.trim()) body.note = note.value.trim();
+        if (what === "done" && satisfaction.value) body.satisfaction = satisfaction.value;
         await api("/api/v1/followups/" + f.id + "/" + what, { method: "POST", body });
         toast(t(what === "done" ? "followups.closed" : "followups.cancelled", { number: f.number }));
         await refreshWorklist();
@@ -275,6 +315,7 @@
       h("td", {}, dateTime(f.due_at), " ", f.overdue ? h("span", { class: "badge bad", text: t("followups.overdue") }) : h("span", { class: "badge warn", text: t("followups.due") })),
       h("td", { text: f.note || "" }),
       h("td", {}, note),
+      h("td", {}, satisfaction),
       h("td", { class: "actions" },
         h("button", { class: "primary", "data-action": "followup-done", onclick: close("done"), text: t("followups.done") }),
         h("button", { "data-action": "followup-cancel", onclick: close("cancel"), text: t("followups.cancel") }),
@@ -296,7 +337,7 @@
       h("section", { class: "card" },
         h("div", { class: "head" }, h("h2", { text: t("followups.title") }), h("span", { class: "count", id: "followups-count" })),
         h("table", { id: "followups" },
-          h("thead", {}, h("tr", {}, ["worklist.number", "calls.category", "followups.dueAt", "calls.note", "worklist.note", ""].map((k) => h("th", { text: k ? t(k) : "" })))),
+          h("thead", {}, h("tr", {}, ["worklist.number", "calls.category", "followups.dueAt", "calls.note", "worklist.note", "followups.satisfaction", ""].map((k) => h("th", { text: k ? t(k) : "" })))),
           h("tbody", {})),
         h("p", { class: "empty", id: "followups-empty", hidden: true, text: t("followups.empty") })));
     state.seenEntries = null;
@@ -499,6 +540,7 @@
               loadCallFollowups(id, fuList);
             } catch (e) { toast(e.message, "error"); }
           }, text: t("calls.save") })))),
+      resolutionCard(c),
       h("section", { class: "card" }, h("h3", { text: t("followups.ofCall") }), fuList,
         h("div", { class: "filters" },
           h("label", {}, t("followups.after"), after),
@@ -511,16 +553,32 @@
     loadCallFollowups(id, fuList);
   }
 
+  function followupAnswer(callId, f, box) {
+    // A done follow-up shows its answer, or lets one be recorded (one closed by a callback).
+    if (f.status !== "done") return "";
+    if (f.satisfaction) return h("span", { class: "satisfaction", text: tv("sat", f.satisfaction) });
+    const pick = satisfactionSelect();
+    return h("span", {}, pick, " ", h("button", { "data-action": "rate", onclick: async () => {
+      if (!pick.value) return;
+      try {
+        await api("/api/v1/followups/" + f.id, { method: "PATCH", body: { satisfaction: pick.value, who: state.who || null } });
+        toast(t("followups.rated"));
+        loadCallFollowups(callId, box);
+      } catch (e) { toast(e.message, "error"); }
+    }, text: t("followups.rate") }));
+  }
+
   async function loadCallFollowups(id, box) {
     try {
       const list = await api("/api/v1/calls/" + id + "/followups");
       if (!list.items.length) { box.replaceChildren(h("p", { class: "empty", text: t("followups.none") })); return; }
-      box.replaceChildren(h("table", {}, h("thead", {}, h("tr", {}, ["followups.dueAt", "followups.status", "followups.source", "followups.closedBy"].map((k) => h("th", { text: t(k) })))),
-        h("tbody", {}, list.items.map((f) => h("tr", { class: f.overdue ? "overdue" : null },
+      box.replaceChildren(h("table", { id: "call-followup-list" }, h("thead", {}, h("tr", {}, ["followups.dueAt", "followups.status", "followups.source", "followups.closedBy", "followups.satisfaction"].map((k) => h("th", { text: t(k) })))),
+        h("tbody", {}, list.items.map((f) => h("tr", { class: f.overdue ? "overdue" : null, "data-followup": f.id },
           h("td", {}, dateTime(f.due_at), " ", f.overdue ? h("span", { class: "badge bad", text: t("followups.overdue") }) : (f.due ? h("span", { class: "badge warn", text: t("followups.due") }) : null)),
           h("td", { text: tv("fstatus", f.status) + (f.how ? " · " + tv("how", f.how) : "") }),
           h("td", { text: f.source === "rule" ? t("followups.byRule", { category: tv("category", f.category) }) : t("followups.byHand") }),
-          h("td", { text: f.closed_by ? f.closed_by + " · " + dateTime(f.closed_at) : "" }))))));
+          h("td", { text: f.closed_by ? f.closed_by + " · " + dateTime(f.closed_at) : "" }),
+          h("td", {}, followupAnswer(id, f, box)))))));
     } catch (e) { box.replaceChildren(errorBox(e)); }
   }
 
@@ -582,6 +640,28 @@
       h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: cols.length, class: "empty", text: t("today.none") }))));
   }
 
+  function showResolution(f, lines, agents) {
+    const card = (id, label, rate, detail) => h("div", { class: "figure plain", id: "fig-" + id },
+      h("div", { class: "label", text: label }), h("div", { class: "value", text: pct(rate) }),
+      h("div", { class: "target", text: detail }));
+    const answers = (g) => g.satisfied + g.fair + g.dissatisfied;
+    document.getElementById("resolution-figures").replaceChildren(
+      card("resolution", t("resolution.rate"), f.resolution_rate, t("resolution.ofSet", { a: f.resolved, n: f.resolutions_set })),
+      card("satisfaction", t("satisfaction.rate"), f.satisfaction_rate, t("satisfaction.ofAnswers", { a: f.satisfied, n: answers(f), u: f.unreachable })));
+    const table = (id, groups, kind) => {
+      const shown = groups.filter((g) => g.resolutions_set || answers(g) || g.unreachable);
+      const name = (g) => kind === "line" ? (g.key || t("today.noLine")) : (g.key ? (g.agent_name ? g.agent_name + " (" + g.key + ")" : g.key) : t("today.noAgent"));
+      const cols = [kind === "line" ? "today.line" : "today.agent", "resolution.set", "resolution.resolved", "resolution.rate", "satisfaction.answers", "satisfaction.satisfied", "satisfaction.rate"];
+      const rows = shown.map((g) => h("tr", {}, h("td", { text: name(g) }),
+        [g.resolutions_set, g.resolved, pct(g.resolution_rate), answers(g), g.satisfied, pct(g.satisfaction_rate)].map((v) => h("td", { class: "num", text: v }))));
+      return h("table", { id }, h("thead", {}, h("tr", {}, cols.map((k) => h("th", { text: t(k) })))),
+        h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: cols.length, class: "empty", text: t("today.none") }))));
+    };
+    document.getElementById("resolution-groups").replaceChildren(
+      h("h4", { text: t("today.perLine") }), table("resolution-lines", lines, "line"),
+      h("h4", { text: t("today.perAgent") }), table("resolution-agents", agents, "agent"));
+  }
+
   function viewToday() {
     const day = h("input", { type: "date", id: "day", value: today(), onchange: () => refreshToday() });
     main().replaceChildren(
@@ -591,7 +671,10 @@
         h("div", { class: "figures", id: "figures" })),
       h("section", { class: "card" }, h("h3", { text: t("today.perHour") }), h("div", { id: "chart" })),
       h("section", { class: "card" }, h("h3", { text: t("today.perLine") }), h("div", { id: "per-line" })),
-      h("section", { class: "card" }, h("h3", { text: t("today.perAgent") }), h("div", { id: "per-agent" })));
+      h("section", { class: "card" }, h("h3", { text: t("today.perAgent") }), h("div", { id: "per-agent" })),
+      h("section", { class: "card" }, h("h3", { text: t("resolution.today") }),
+        h("p", { class: "hint", text: t("resolution.defined") }),
+        h("div", { class: "figures", id: "resolution-figures" }), h("div", { id: "resolution-groups" })));
     refreshToday();
     state.timer = setInterval(refreshToday, Math.max(boot.poll_seconds, 5) * 1000);
   }
@@ -630,6 +713,7 @@
     document.getElementById("chart").replaceChildren(hourChart(hours.groups || [], day));
     document.getElementById("per-line").replaceChildren(groupTable("lines", lines.groups || [], "line"));
     document.getElementById("per-agent").replaceChildren(groupTable("agents", agents.groups || [], "agent"));
+    showResolution(f, lines.groups || [], agents.groups || []);
     const live = document.getElementById("live");
     live.textContent = t("live.updated", { time: time(new Date().toISOString()) });
     live.className = "live ok";
