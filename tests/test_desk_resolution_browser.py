@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 from desk_fixtures import Desk, day_start, expect, launch_chromium, screenshot_path, seed_day
