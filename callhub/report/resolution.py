@@ -34,6 +34,9 @@ TEXT: dict[str, dict[str, str]] = {
         "agent": "坐席", "date": "日期", "none": "（无）", "not_answered": "（未接听）",
     },
 }
+# The text report's narrower headers, in COLUMNS order.
+TEXT_HEADER = ("set", "resolved", "referred", "pending", "unresolved", "resolution",
+               "answers", "satisfied", "unreachable", "satisfaction")
 COLUMNS = ("set", "resolved", "referred", "pending", "unresolved", "resolution_rate",
            "answers", "satisfied", "unreachable", "satisfaction_rate")
 
@@ -71,8 +74,7 @@ def text_section(report: dict[str, Any], table: Callable[[Sequence[str], Sequenc
     body = [[f"{scope.lower()} {name}", *_cells(g)] for scope, name, g in rows(report, "en")]
     if not body:
         return []
-    return ["", t["title"], *table(["", *(t[c].lower() for c in COLUMNS)], body),
-            t["legend"]]
+    return ["", t["title"], *table(["", *TEXT_HEADER], body), t["legend"]]
 
 
 def html_section(report: dict[str, Any], lang: str, cell: str, num: str) -> str:
