@@ -37,6 +37,7 @@ from callhub.config.models import (
 from callhub.config.problems import ConfigError, config_error, keyed, problem
 from callhub.config.report import ReportSettings
 from callhub.config.sms import SmsSettings, sms_settings_from_table
+from callhub.config.targets import ANY_LINE, LineTable
 from callhub.config.values import duration, listen
 
 # A table field named `listen` would hide the parser inside its class body.
@@ -176,6 +177,7 @@ class SettingsFile(_Table):
     desk: DeskTable = DeskTable()
     report: ReportSettings = ReportSettings()
     sms: Annotated[SmsSettings | None, BeforeValidator(_sms_table)] = None
+    lines: dict[StrictStr, LineTable] = {}
 
     @model_validator(mode="after")
     def _across_tables(self) -> SettingsFile:
@@ -186,6 +188,12 @@ class SettingsFile(_Table):
             if category not in self.categories:
                 raise keyed(f"followups.{category}", "unknown category (categories: "
                                                      f"{', '.join(self.categories)})")
+        known = {line for p in self.pbx for line in p.lines.values()}
+        for line in self.lines:
+            if line != ANY_LINE and line not in known:
+                raise keyed(f"lines.{line}", "unknown line (the lines [pbx.lines] maps DIDs to: "
+                            f"{', '.join(sorted(known)) or 'none'}; \"*\" sets every other "
+                            "line's target)")
         return self
 
     def settings(self) -> Settings:
@@ -210,6 +218,7 @@ class SettingsFile(_Table):
             desk_targets=self.desk.targets.model_dump(),
             report=self.report,
             sms=self.sms,
+            line_tables=self.lines,
         )
 
 

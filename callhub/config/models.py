@@ -28,6 +28,7 @@ from pydantic.dataclasses import dataclass
 from callhub.config.problems import ConfigError, keyed, problem
 from callhub.config.report import ReportSettings
 from callhub.config.sms import SmsSettings
+from callhub.config.targets import LineTable, LineTargets, line_targets
 from callhub.config.values import listen, mask_url
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///callhub.db"
@@ -199,10 +200,19 @@ class Settings:
     report: ReportSettings = field(default_factory=ReportSettings)
     # `[sms]`: the SMS after the call (callhub.sms); None: no SMS is planned or sent.
     sms: SmsSettings | None = None
+    # `[lines."<line>"]`: each line's ring and answer-rate targets (callhub/config/targets.py).
+    line_tables: Mapping[str, LineTable] = field(default_factory=dict)
 
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    def line_targets(self, pbx: str | None = None) -> LineTargets:
+        """Every line's targets; `known` lists the lines of `[pbx.lines]` (of `pbx` only
+        when given) and those with a `[lines]` table."""
+        known = [line for p in self.pbxs if pbx is None or p.name == pbx
+                 for line in p.lines.values()]
+        return line_targets(self.line_tables, known, self.desk_targets["within_rings_rate"])
 
     def pbx(self, name: str) -> PbxConfig:
         for pbx in self.pbxs:
@@ -232,6 +242,8 @@ class Settings:
                 value = value.masked()
             elif f.name == "sms":
                 value = value.masked() if value is not None else None
+            elif f.name == "line_tables":
+                value = {k: v.model_dump(exclude_none=True) for k, v in value.items()}
             out[f.name] = _plain(value)
         return out
 
