@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from store_fixtures import make_call, store
 
 from callhub.config import Settings
+from callhub.config.targets import LineTarget, LineTargets
 from callhub.records import CallRecord
 from callhub.store import stats
 from callhub.store.db import Database
@@ -31,6 +32,11 @@ DAYS = 12
 ZONES = ("Europe/Berlin", "Asia/Kathmandu", "Asia/Shanghai")
 AGENTS = {"PJSIP/1001": "李娜", "PJSIP/1002": "Müller", "PJSIP/1003": None}
 LINES = ("hotline", "repairs", None)
+# Each line's own ring target: hotline 5, repairs 2, any other (and no line) 3; "petition"
+# is configured and has no call.
+TARGETS = LineTargets(LineTarget(3, 0.9), {"hotline": LineTarget(5, 0.8),
+                                           "repairs": LineTarget(2, 0.95)},
+                      known=("petition", "repairs", "hotline"))
 
 
 def random_calls(seed: int) -> list[CallRecord]:
@@ -110,6 +116,7 @@ def reference(records: list[CallRecord], entries: list[Any], q: stats.StatsQuery
         counted = [r for r in inbound if not (q.exclude_short_abandons and r in short)]
         answered = [r for r in counted if r.outcome == "answered"]
         within_rings = sum(r.rings <= q.rings for r in answered)
+        within_target = sum(r.rings <= q.targets.of(r.line).target_rings for r in answered)
         within_seconds = sum(r.wait_seconds <= q.seconds for r in answered)
         known = [r for r in answered if r.hangup_by is not None]
         ring_times = sorted(r.ring_seconds for r in answered)
@@ -130,6 +137,8 @@ def reference(records: list[CallRecord], entries: list[Any], q: stats.StatsQuery
             "answered_within_rings": within_rings,
             "within_rings_rate": rate(within_rings, len(counted)),
             "within_rings_rate_answered": rate(within_rings, len(answered)),
+            "answered_within_target": within_target,
+            "within_target_rate": rate(within_target, len(counted)),
             "answered_within_seconds": within_seconds,
             "service_level": rate(within_seconds, len(counted)),
             "service_level_answered": rate(within_seconds, len(answered)),
@@ -154,7 +163,34 @@ def reference(records: list[CallRecord], entries: list[Any], q: stats.StatsQuery
             block: dict[str, Any] = {"key": k}
             if q.group_by == "agent":
                 block["agent_name"] = names.get(k) if k else None
-            out["groups"].append(block | figures(rows[k]))
+            block |= figures(rows[k])
+            if q.group_by == "line":
+                target = q.targets.of(k)
+                block |= {"target_rings": target.target_rings,
+                          "answer_rate_target": target.answer_rate_target}
+            out["groups"].append(block)
+    return out
+
+
+def reference_line_targets(records: list[CallRecord], q: stats.StatsQuery
+                           ) -> list[dict[str, Any]]:
+    """Every configured line, then every other line with calls, against its own target."""
+    mine = [r for r in records if q.start.timestamp() <= r.arrived_at < q.end.timestamp()
+            and not (q.pbx and r.pbx != q.pbx) and r.direction == "inbound"
+            and not (q.exclude_short_abandons and r.short_abandon and r.outcome == "abandoned")]
+    seen = sorted({r.line for r in mine if r.line} - set(q.targets.known))
+    out = []
+    for line in [*q.targets.known, *seen]:
+        target = q.targets.of(line)
+        calls = [r for r in mine if r.line == line]
+        answered = [r for r in calls if r.outcome == "answered"]
+        within = sum(r.rings <= target.target_rings for r in answered)
+        rate = round(within / len(calls), 4) if calls else None
+        out.append({"line": line, "target_rings": target.target_rings,
+                    "answer_rate_target": target.answer_rate_target, "inbound": len(calls),
+                    "answered": len(answered), "answered_within_target": within,
+                    "within_target_rate": rate,
+                    "target_met": None if rate is None else rate >= target.answer_rate_target})
     return out
 
 
@@ -178,13 +214,15 @@ async def test_sql_figures_are_the_row_by_row_figures(
         entries = (await conn.execute(sa.select(worklist_entries))).all()
     assert any(e.status == "handled" and e.time_to_callback_seconds for e in entries)
     tz: tzinfo = ZoneInfo(zone)
-    whole = stats.StatsQuery(start=START, end=START + timedelta(days=DAYS), tz=tz)
+    whole = stats.StatsQuery(start=START, end=START + timedelta(days=DAYS), tz=tz,
+                             targets=TARGETS)
     inner = replace(whole, start=datetime(2026, 10, 22, 7, 30, tzinfo=tz),
                     end=datetime(2026, 10, 27, 1, 15, tzinfo=tz))
     queries = [replace(q, group_by=g) for q in (whole, inner) for g in (None, *stats.GROUPS)]
     queries += [replace(whole, group_by="hour", rings=1, seconds=9.9, pbx="main"),
                 replace(inner, group_by="agent", exclude_short_abandons=False, rings=6),
-                replace(whole, group_by="day", pbx="branch", seconds=0)]
+                replace(whole, group_by="day", pbx="branch", seconds=0),
+                replace(inner, group_by="line", targets=LineTargets())]
     async with any_db.connection() as conn:
         for q in queries:
             got = await stats.compute(conn, q)
@@ -194,7 +232,17 @@ async def test_sql_figures_are_the_row_by_row_figures(
                 g["key"] for g in want.get("groups", [])], q
             for g, w in zip(got.get("groups", []), want.get("groups", []), strict=True):
                 same(g, w)
+            assert got["line_targets"] == reference_line_targets(records, q), q
+            assert got["default_target"] == {"target_rings": q.targets.default.target_rings,
+                                             "answer_rate_target":
+                                                 q.targets.default.answer_rate_target}
     assert want["totals"]["inbound"] > 0
+    # Each line's own target counts: hotline's 5 rings take calls that 3 rings would not.
+    lines = {t["line"]: t for t in reference_line_targets(records, whole)}
+    assert lines["hotline"]["answered_within_target"] > sum(
+        r.rings <= 3 and r.outcome == "answered" and r.line == "hotline"
+        and r.direction == "inbound" for r in records)
+    assert lines["petition"]["inbound"] == 0 and lines["petition"]["target_met"] is None
 
 
 def test_nearest_rank_is_exact() -> None:

@@ -352,9 +352,41 @@ Group = TypedDict("Group", {
     "key": Annotated[str | None, Field(description="The hour (local, with its offset), day, "
                                                    "agent or line; null: none known.")],
     "agent_name": NotRequired[str | None],
+    "target_rings": NotRequired[Annotated[int, Field(description=(
+        "group_by=line: the line's ring target, used for answered_within_target."))]],
+    "answer_rate_target": NotRequired[Annotated[float, Field(description=(
+        "group_by=line: the share of the line's inbound calls to answer within "
+        "target_rings."))]],
     **_FIGURES})  # type: ignore[misc]
 Group.__doc__ = "The figures of one hour, day, agent or line."
 Group.__pydantic_config__ = CLOSED  # type: ignore[attr-defined]
+
+
+class Target(TypedDict):
+    """A line's targets ([lines] in the config; the default for lines without one)."""
+
+    __pydantic_config__ = CLOSED  # type: ignore[misc]
+    target_rings: Annotated[int, Field(description=(
+        "An answered call is within target when it rang at most this many times."))]
+    answer_rate_target: Annotated[float, Field(description=(
+        "The share of inbound calls to answer within target_rings (0..1)."))]
+
+
+class LineTargetFigures(TypedDict):
+    """One line over the period, against its own targets."""
+
+    __pydantic_config__ = CLOSED  # type: ignore[misc]
+    line: str
+    target_rings: Annotated[int, Field(description="The line's ring target.")]
+    answer_rate_target: Annotated[float, Field(description="The line's answer-rate target.")]
+    inbound: Annotated[int, Field(description=FIGURES_DOC["inbound"])]
+    answered: Annotated[int, Field(description=FIGURES_DOC["answered"])]
+    answered_within_target: Annotated[int, Field(description=(
+        "Answered with rings <= target_rings."))]
+    within_target_rate: Annotated[float | None, Field(description=(
+        "answered_within_target / inbound; null without inbound calls."))]
+    target_met: Annotated[bool | None, Field(description=(
+        "within_target_rate >= answer_rate_target; null without inbound calls."))]
 
 
 Stats = TypedDict("Stats", {
@@ -365,7 +397,13 @@ Stats = TypedDict("Stats", {
     "seconds": float,
     "short_abandons_excluded": bool,
     "totals": Figures,
-    "groups": NotRequired[list[Group]]})
+    "groups": NotRequired[list[Group]],
+    "default_target": Annotated[Target, Field(description=(
+        "The targets of lines without a [lines] table of their own, and of calls with "
+        "no line."))],
+    "line_targets": Annotated[list[LineTargetFigures], Field(description=(
+        "Every configured line (and any other line with calls) against its own targets."))],
+})
 Stats.__doc__ = "Figures over a period: totals, and one block per group with group_by."
 Stats.__pydantic_config__ = CLOSED  # type: ignore[attr-defined]
 

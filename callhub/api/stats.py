@@ -23,7 +23,9 @@ class StatsQuery(Query):
                                                 "from + 1 day).")
     group_by: Literal[stats.GROUPS] | None = Field(  # type: ignore[valid-type]
         None, description="One block of figures per hour, day, agent or line.")
-    rings: int = Field(3, ge=1, le=100, description="N of the answer-within-N-rings rates.")
+    rings: int = Field(3, ge=1, le=100, description=(
+        "N of the answer-within-N-rings rates, the same for every line (each line's own "
+        "target is in line_targets and answered_within_target)."))
     seconds: float = Field(20, ge=0, le=86400, allow_inf_nan=False, description=(
         "T of the within-T-seconds service level (caller's wait)."))
     pbx: Filter | None = Field(None, description="Only this PBX.")
@@ -44,7 +46,7 @@ async def get_stats(request: web.Request) -> web.StreamResponse:
     q = stats.StatsQuery(start=start, end=end, group_by=args.group_by, rings=args.rings,
                          seconds=args.seconds,
                          exclude_short_abandons=settings.stats_exclude_short_abandons,
-                         tz=tz, pbx=args.pbx)
+                         tz=tz, pbx=args.pbx, targets=settings.line_targets(args.pbx))
     async with request.app[DB].connection() as conn:
         figures = await stats.compute(conn, q)
         figures = await resolution_stats.compute_into(conn, q, figures)
@@ -58,6 +60,7 @@ async def get_stats(request: web.Request) -> web.StreamResponse:
 OPERATIONS = (
     Operation("GET", "/api/v1/stats", get_stats, "viewer",
               "Answer rates, rings, service level, abandons and callbacks over a period; "
+              "each line's calls against its own ring and answer-rate targets; "
               "resolution rate (resolved / calls with a resolution set) and satisfaction "
               "rate (satisfied / follow-ups answered satisfied, fair or dissatisfied).",
               "stats", query=StatsQuery,

@@ -31,6 +31,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
+from callhub.config.targets import LineTargets, TargetTally, tally_rings
 from callhub.store.tables import calls, worklist_entries
 
 # What each figure of a stats block means (the API documents it, the report orders by it).
@@ -45,6 +46,9 @@ FIGURES_DOC = {
     "answered_within_rings": "Answered with rings <= N.",
     "within_rings_rate": "answered within N rings / inbound (unanswered count against it).",
     "within_rings_rate_answered": "answered within N rings / answered.",
+    "answered_within_target": "Answered within the ring target of the call's own line "
+                              "(its target_rings, [lines] in the config).",
+    "within_target_rate": "answered within their line's target / inbound.",
     "answered_within_seconds": "Answered with the caller's wait <= T seconds.",
     "service_level": "answered within T seconds / inbound.",
     "service_level_answered": "answered within T seconds / answered.",
@@ -76,6 +80,7 @@ class _Acc:
     short_abandons: int = 0
     missed: int = 0
     within_rings: int = 0
+    within_target: int = 0
     within_seconds: int = 0
     hangup_known: int = 0
     agent_hung_up_first: int = 0
@@ -89,7 +94,8 @@ class _Acc:
     def add(self, other: _Acc) -> None:
         """Add another group's counts and sums (not its percentiles)."""
         for name in ("inbound", "outbound", "answered", "abandoned", "short_abandons",
-                     "missed", "within_rings", "within_seconds", "hangup_known",
+                     "missed", "within_rings", "within_target", "within_seconds",
+                     "hangup_known",
                      "agent_hung_up_first", "ring_sum", "wait_sum", "pending_callbacks",
                      "handled_callbacks"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
@@ -106,6 +112,8 @@ class _Acc:
             "answered_within_rings": self.within_rings,
             "within_rings_rate": _ratio(self.within_rings, self.inbound),
             "within_rings_rate_answered": _ratio(self.within_rings, self.answered),
+            "answered_within_target": self.within_target,
+            "within_target_rate": _ratio(self.within_target, self.inbound),
             "answered_within_seconds": self.within_seconds,
             "service_level": _ratio(self.within_seconds, self.inbound),
             "service_level_answered": _ratio(self.within_seconds, self.answered),
@@ -152,6 +160,8 @@ class StatsQuery:
     exclude_short_abandons: bool = True
     tz: tzinfo | None = None  # None: the system's local time
     pbx: str | None = None
+    # Each line's ring target (answered_within_target) and answer-rate target.
+    targets: LineTargets = field(default_factory=LineTargets)
 
 
 # -- local hours and days in SQL ------------------------------------------------------------
@@ -351,7 +361,7 @@ async def compute(conn: AsyncConnection, q: StatsQuery) -> dict[str, Any]:
     base = sa.select(
         *_key_columns(q, c.arrived_at, c.agent, c.line, pieces),
         kind.label("kind"), hung_up.label("hung_up"), c.rings, c.ring_seconds,
-        c.wait_seconds,
+        c.wait_seconds, c.line.label("line"),
         *((sa.case((sa.and_(c.agent != "", c.agent_name != ""), c.agent_name))
            .label("agent_name"),) if q.group_by == "agent" else ()),
     ).where(*where).offset(0).subquery("base")
@@ -398,6 +408,11 @@ async def compute(conn: AsyncConnection, q: StatsQuery) -> dict[str, Any]:
             if row.in_all:
                 totals.p90_ring = float(row.v)
 
+    # Each line's calls against its own ring target: counted per group, line and rings.
+    by_line = await _line_tallies(conn, base, counted, q.targets)
+    for (k, koff), tallies in by_line.items():
+        acc(k, koff).within_target = sum(t.within_target for t in tallies.values())
+
     # Worklist entries whose first miss is in the period: counts and median callback time.
     w = worklist_entries.c
     wwhere = [w.first_missed_at >= q.start, w.first_missed_at < q.end]
@@ -431,22 +446,73 @@ async def compute(conn: AsyncConnection, q: StatsQuery) -> dict[str, Any]:
 
     for a in groups.values():
         totals.add(a)
+    targets = {"default_target": _target(q.targets, None),
+               "line_targets": line_target_figures(q.targets, by_line.values())}
     if not grouped:  # one group, the totals
         only = groups.get((0, 0))
         if only is not None:
             totals.p90_ring, totals.median_middle = only.p90_ring, only.median_middle
-        return {"totals": totals.figures()}
+        return {"totals": totals.figures(), **targets}
     blocks = []
     for (k, koff), a in groups.items():
         block: dict[str, Any] = {"key": _group_key(q, k, koff)}
         if q.group_by == "agent":
             block["agent_name"] = agent_names.get(k) if k else None
         block.update(a.figures())
+        if q.group_by == "line":
+            block.update(_target(q.targets, k or None))
         blocks.append(block)
     blocks.sort(key=lambda g: (g["key"] is None, "" if g["key"] is None else str(g["key"])))
-    return {"totals": totals.figures(), "groups": blocks}
+    return {"totals": totals.figures(), "groups": blocks, **targets}
 
 
 # The grouping, for the figures computed elsewhere (callhub/store/resolution_stats.py).
 key_columns = _key_columns
 group_key = _group_key
+
+
+# -- each line's own target --------------------------------------------------------------------
+
+async def _line_tallies(conn: AsyncConnection, base: sa.Subquery,
+                        counted: sa.ColumnElement[bool], targets: LineTargets
+                        ) -> dict[tuple[Any, int], dict[str | None, TargetTally]]:
+    """Per group key, per line: the counted inbound calls against the line's target.
+
+    The database counts calls per (group, line, rings of an answered call); which
+    rings are within a line's target is `tally_rings`' rule, as for a rollup's counts."""
+    b = base.c
+    rings = sa.case((b.kind == ANSWERED, b.rings)).label("answered_rings")
+    stmt = sa.select(b.k, b.koff, b.line, rings, sa.func.count()).where(counted) \
+        .group_by(b.k, b.koff, b.line, rings)
+    rows: dict[tuple[Any, int], list[tuple[str | None, int | None, int]]] = {}
+    for k, koff, line, answered_rings, n in (await conn.execute(stmt)).all():
+        rows.setdefault((k, koff), []).append((line or None, answered_rings, n))
+    return {key: tally_rings(found, targets) for key, found in rows.items()}
+
+
+def _target(targets: LineTargets, line: str | None) -> dict[str, Any]:
+    target = targets.of(line)
+    return {"target_rings": target.target_rings,
+            "answer_rate_target": target.answer_rate_target}
+
+
+def line_target_figures(targets: LineTargets,
+                        tallies: Iterable[dict[str | None, TargetTally]]
+                        ) -> list[dict[str, Any]]:
+    """Every configured line, and every other line with calls: its targets, its calls, and
+    the share answered within its target_rings (`target_met`: at least its answer-rate
+    target; null without calls). Calls without a line are in the totals only."""
+    per_line: dict[str, TargetTally] = {line: TargetTally() for line in targets.known}
+    for found in tallies:
+        for line, tally in found.items():
+            if line is not None:
+                per_line.setdefault(line, TargetTally()).add(tally)
+    order = [*targets.known, *sorted(set(per_line) - set(targets.known))]
+    out = []
+    for line in order:
+        tally = per_line[line]
+        rate = _ratio(tally.within_target, tally.inbound)
+        out.append({"line": line, **_target(targets, line), "inbound": tally.inbound,
+                    "answered": tally.answered, "answered_within_target": tally.within_target,
+                    "within_target_rate": rate, "target_met": targets.of(line).met(rate)})
+    return out
