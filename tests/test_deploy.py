@@ -131,7 +131,8 @@ def test_dashboard_parses_and_queries_only_exported_metrics() -> None:
                    "callhub_calls_total", "callhub_call_reasons_total",
                    "callhub_worklist_pending", "callhub_callback_seconds_bucket",
                    "callhub_agent_attempts_total", "callhub_ami_connected",
-                   "callhub_db_buffered_calls", "callhub_db_write_errors_total"):
+                   "callhub_db_buffered_calls", "callhub_db_write_errors_total",
+                   "callhub_answered_within_target_ratio", "callhub_line_answer_rate_target"):
         assert metric in used, f"the dashboard shows nothing of {metric}"
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
@@ -142,8 +143,8 @@ def test_dashboard_parses_and_queries_only_exported_metrics() -> None:
     for where, expr in queries:
         for var in re.findall(r"\$(\w+)", expr):
             assert var in variables or var.startswith("__"), f"{where}: ${var} is undefined"
-    target = next(v for v in dashboard["templating"]["list"] if v["name"] == "target")
-    assert 0 < float(target["query"]) <= 1
+    # No target typed into the dashboard: each line's is the exported gauge (issue 13).
+    assert "target" not in variables
 
 
 def test_alert_rules_parse_use_exported_metrics_and_cover_the_issue() -> None:
@@ -153,16 +154,19 @@ def test_alert_rules_parse_use_exported_metrics_and_cover_the_issue() -> None:
         assert {"alert", "expr", "labels", "annotations"} <= set(rule), rule
         check_promql(rule["expr"], rule["alert"], names)
     by_metric = {m: r for r in rules for m in METRIC.findall(r["expr"])}
-    ratio = by_metric["callhub_answered_within_rings_ratio"]
-    assert 'rings="3"' in ratio["expr"] and ratio["for"] == "30m"
+    # Each line against its own target: the gauge of its answer-rate target, no number.
+    ratio = by_metric["callhub_answered_within_target_ratio"]
+    assert ratio["for"] == "30m"
+    assert re.search(r"<\s*on\s*\(line\)\s*callhub_line_answer_rate_target", ratio["expr"])
+    assert not re.search(r"<\s*[0-9.]+", ratio["expr"])
     assert by_metric["callhub_ami_connected"]["for"] == "1m"
     assert "2 * 3600" in by_metric["callhub_worklist_oldest_pending_timestamp_seconds"]["expr"]
     assert "callhub_db_write_errors_total" in by_metric
     assert "callhub_db_buffered_calls" in by_metric
-    # The alert's target is the dashboard's target line.
+    # The alert's target is the one the dashboard draws beside each line's ratio.
     dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
-    target = next(v for v in dashboard["templating"]["list"] if v["name"] == "target")
-    assert f"< {target['query']}" in ratio["expr"]
+    drawn = [expr for _, expr in dashboard_queries(dashboard["panels"])]
+    assert any(expr.strip() == "callhub_line_answer_rate_target" for expr in drawn)
 
 
 def test_docs_promql_uses_exported_metrics_and_served_buckets() -> None:

@@ -19,6 +19,8 @@ from zoneinfo import ZoneInfo
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from callhub.config import Settings
+from callhub.config.targets import LineTargets
+from callhub.metrics.targets import LineTargetCollector, LineTargetWindows
 from callhub.metrics.windows import RingWindows, RingWindowsCollector
 from callhub.records import ATTEMPT_RESULTS, OUTCOMES, REASONS, CallRecord
 
@@ -39,14 +41,16 @@ class CallhubMetrics:
 
     `pbxs`, `agents` and `lines` are the configured names (the label values
     allowed); an empty `pbxs` accepts any PBX name (replay without a config).
-    The windowed ratios read `clock` at scrape time.
+    The windowed ratios read `clock` at scrape time. `targets` are each line's ring
+    and answer-rate targets (`callhub_answered_within_target_ratio`).
     """
 
     def __init__(self, registry: CollectorRegistry | None = None,
                  agents: Iterable[str] = (), lines: Iterable[str] = (), *,
                  pbxs: Iterable[str] = (), within_rings: Sequence[int] = (3,),
                  timezone: str = "UTC", exclude_short_abandons: bool = True,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 targets: LineTargets | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self.known_agents = set(agents)
         self.known_lines = set(lines)
@@ -130,9 +134,13 @@ class CallhubMetrics:
                                           "callback.", buckets=CALLBACK_BUCKETS, registry=r)
         self.windows = RingWindows(within_rings, ZoneInfo(timezone), exclude_short_abandons,
                                    clock)
+        self.line_targets = LineTargetWindows(
+            targets or LineTargets(), (*sorted(self.known_lines), OTHER), ZoneInfo(timezone),
+            exclude_short_abandons, clock)
         for pbx in self.known_pbxs:
             self._init_pbx(pbx)
         r.register(RingWindowsCollector(self.windows))
+        r.register(LineTargetCollector(self.line_targets))
 
     def _init_pbx(self, pbx: str) -> None:
         """Series of a configured PBX exist from the start (at 0), so that `increase()`
@@ -159,6 +167,7 @@ class CallhubMetrics:
             timezone=settings.timezone,
             exclude_short_abandons=settings.stats_exclude_short_abandons,
             clock=clock,
+            targets=settings.line_targets(),
         )
 
     def pbx_label(self, pbx: str) -> str:
@@ -182,6 +191,7 @@ class CallhubMetrics:
                 self.agent_attempts.labels(self.agent_label(attempt.interface),
                                            bounded(attempt.result, ATTEMPT_RESULTS)).inc()
         self.windows.observe(pbx, record)
+        self.line_targets.observe(line, record)
         if direction != "inbound":
             if outcome == "answered":
                 self.talk_seconds.labels(pbx).observe(record.talk_seconds)
