@@ -20,6 +20,8 @@ from callhub.store.db import Database
 
 FORMATS = ("text", "csv", "json", "html")
 FIGURES = (*stats.FIGURES_DOC, *resolution_stats.RESOLUTION_FIGURES_DOC)
+# A line row's own targets, after the figures (empty on the other rows).
+TARGET_COLUMNS = ("target_rings", "answer_rate_target")
 
 
 def day_query(settings: Settings, day: date, group_by: str | None, rings: int = 3,
@@ -30,7 +32,7 @@ def day_query(settings: Settings, day: date, group_by: str | None, rings: int = 
     return stats.StatsQuery(start=start, end=start + timedelta(days=1), group_by=group_by,
                             rings=rings, seconds=20.0,
                             exclude_short_abandons=settings.stats_exclude_short_abandons,
-                            tz=tz, pbx=pbx)
+                            tz=tz, pbx=pbx, targets=settings.line_targets(pbx))
 
 
 def period_query(settings: Settings, period: Period, group_by: str | None, rings: int = 3,
@@ -39,7 +41,7 @@ def period_query(settings: Settings, period: Period, group_by: str | None, rings
     start, end = period.bounds(settings.tz)
     return stats.StatsQuery(start=start, end=end, group_by=group_by, rings=rings, seconds=20.0,
                             exclude_short_abandons=settings.stats_exclude_short_abandons,
-                            tz=settings.tz, pbx=pbx)
+                            tz=settings.tz, pbx=pbx, targets=settings.line_targets(pbx))
 
 
 async def build_report(db: Database, settings: Settings, day: date, *, rings: int = 3,
@@ -65,6 +67,7 @@ async def build_report(db: Database, settings: Settings, day: date, *, rings: in
         "to": q.end.isoformat(), "rings": rings, "seconds": q.seconds, "pbx": pbx,
         "short_abandons_excluded": q.exclude_short_abandons,
         "totals": totals["totals"], "lines": lines["groups"], "agents": agents["groups"],
+        "default_target": totals["default_target"], "line_targets": totals["line_targets"],
     }
     if per_day is not None:
         found = {str(g["key"])[:10]: g for g in per_day["groups"]}
@@ -94,14 +97,15 @@ def to_csv(report: dict[str, Any]) -> str:
     out = io.StringIO()
     out.write("\ufeff")
     writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(["date", "scope", "key", "name", *FIGURES])
+    writer.writerow(["date", "scope", "key", "name", *FIGURES, *TARGET_COLUMNS])
     rows: list[tuple[str, str | None, str | None, dict[str, Any]]] = [
         ("day", None, None, report["totals"])]
     rows += [("line", g["key"], None, g) for g in report["lines"]]
     rows += [("agent", g["key"], g.get("agent_name"), g) for g in report["agents"]]
     for scope, key, name, figures in rows:
         writer.writerow([report["date"], scope, _cell(key), _cell(name),
-                         *(_cell(figures[f]) for f in FIGURES)])
+                         *(_cell(figures[f]) for f in FIGURES),
+                         *(_cell(figures.get(c)) for c in TARGET_COLUMNS)])
     return out.getvalue()
 
 
@@ -148,7 +152,7 @@ def to_text(report: dict[str, Any]) -> str:
              + (f" to {report['last_date']}" if report.get("period", "day") != "day" else "")
              + f" ({report['timezone']})"
              + (f", pbx {report['pbx']}" if report["pbx"] else ""), ""]
-    lines += _table(["", "count", "rate"], [
+    rows = [
         ["Inbound calls", str(t["inbound"]), ""],
         ["Answered", str(t["answered"]), _pct(t["answer_rate"])],
         [f"Answered within {n} rings", str(t["answered_within_rings"]),
@@ -164,7 +168,11 @@ def to_text(report: dict[str, Any]) -> str:
         ["Callbacks handled", str(t["handled_callbacks"]),
          "median " + _minutes(t["median_time_to_callback_seconds"])],
         ["Agent hung up first", "", _pct(t["agent_hangup_first_rate"])],
-    ])
+    ]
+    if "within_target_rate" in t:  # each call against its own line's ring target
+        rows.insert(3, ["Answered within each line's target", str(t["answered_within_target"]),
+                        _pct(t["within_target_rate"])])
+    lines += _table(["", "count", "rate"], rows)
     lines += ["", "Per line"]
     lines += _table(
         ["line", "inbound", "answered", "answer", f"<={n} rings", "missed", "abandoned",
@@ -173,6 +181,9 @@ def to_text(report: dict[str, Any]) -> str:
           _pct(g["within_rings_rate"]), str(g["missed"]), str(g["abandoned"]),
           str(g["pending_callbacks"]), _minutes(g["median_time_to_callback_seconds"])]
          for g in report["lines"]])
+    if report.get("line_targets"):
+        lines += ["", "Per line against its own target"]
+        lines += target_table(report)
     lines += ["", "Per agent"]
     lines += _table(
         ["agent", "answered", f"<={n} rings of answered", "avg ring", "agent hung up first",
@@ -183,6 +194,21 @@ def to_text(report: dict[str, Any]) -> str:
           str(g["outbound"])] for g in report["agents"]])
     lines += text_section(report, _table)
     return "\n".join(lines) + "\n"
+
+
+def target_text(target_rings: int, answer_rate_target: float) -> str:
+    """A line's targets in a few characters: `<=5 rings, >=80 %`."""
+    return f"<={target_rings} rings, >={answer_rate_target * 100:g} %"
+
+
+def target_table(report: dict[str, Any]) -> list[str]:
+    """Each line's targets, calls and within-target rate, and whether it met its target."""
+    met = {True: "met", False: "not met", None: "-"}
+    return _table(
+        ["line", "target", "inbound", "within target", "rate", ""],
+        [[t["line"], target_text(t["target_rings"], t["answer_rate_target"]), str(t["inbound"]),
+          str(t["answered_within_target"]), _pct(t["within_target_rate"]), met[t["target_met"]]]
+         for t in report.get("line_targets", [])])
 
 
 PERIOD_WORD = {"day": "daily", "week": "weekly", "month": "monthly"}

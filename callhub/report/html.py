@@ -26,6 +26,12 @@ TEXT: dict[str, dict[str, str]] = {
         "legend": "Bars: answer rate (dark) and the within-{n}-rings rate (light), 0–100 %",
         "legend_day": "Bars: inbound (light) and answered (dark)", "figure": "Figure",
         "value": "Value", "date": "Date",
+        "per_line_target": "Per line against its own target",
+        "within_target": "Answered within each line's target", "target": "Target",
+        "target_text": "≤{rings} rings, ≥{rate}", "within_target_n": "Within target",
+        "within_target_rate": "Rate", "met": "met", "not_met": "not met",
+        "legend_target": "Bars: each line's within-target rate; the mark is its answer-rate "
+                         "target",
     },
     "zh": {
         "title.day": "callhub 日报", "title.week": "callhub 周报",
@@ -39,6 +45,10 @@ TEXT: dict[str, dict[str, str]] = {
         "legend": "柱：接听率（深色）与{n}声内接听占比（浅色），0–100 %",
         "legend_day": "柱：呼入（浅色）与已接听（深色）", "figure": "指标", "value": "数值",
         "date": "日期",
+        "per_line_target": "各线路对照自身目标", "within_target": "各线路目标声数内接听",
+        "target": "目标", "target_text": "{rings}声内，≥{rate}", "within_target_n": "目标内接听",
+        "within_target_rate": "比率", "met": "达标", "not_met": "未达标",
+        "legend_target": "柱：各线路目标声数内接听率；竖线为该线路的接听率目标",
     },
 }
 
@@ -79,6 +89,43 @@ def _rate_table(t: dict[str, str], title: str, first: str, rows: list[tuple[str,
             f'<p style="margin:0 0 6px;color:#4a5568;font-size:12px">'
             f'{escape(t["legend"].format(n=n))}</p>'
             f'<table style="border-collapse:collapse;font-size:13px">'
+            f'<tr>{head}</tr>{"".join(body)}</table>')
+
+
+def _target_bar(value: float | None, target: float, width: int = 160) -> str:
+    """A line's within-target rate as a bar, with its answer-rate target as a mark."""
+    filled = 0 if value is None else round(max(0.0, min(1.0, value)) * width)
+    mark = round(max(0.0, min(1.0, target)) * width)
+    color = DARK if value is not None and value >= target else "#c53030"
+    return (f'<svg width="{width}" height="10" role="img" aria-label="{_pct(value)}" '
+            f'style="display:block"><rect width="{width}" height="10" fill="#edf2f7"/>'
+            f'<rect width="{filled}" height="10" fill="{color}"/>'
+            f'<rect x="{max(mark - 1, 0)}" width="2" height="10" fill="#1a202c"/></svg>')
+
+
+def _target_table(t: dict[str, str], targets: list[dict[str, Any]]) -> str:
+    """Each line against its own ring and answer-rate targets, and whether it met them."""
+    head = "".join(f'<th style="{CELL}text-align:left">{escape(h)}</th>' for h in (
+        t["line"], t["target"], t["inbound"], t["within_target_n"], t["within_target_rate"],
+        "", ""))
+    body = []
+    for g in targets:
+        target = t["target_text"].format(rings=g["target_rings"],
+                                         rate=_pct(g["answer_rate_target"]))
+        met = {True: t["met"], False: t["not_met"], None: "-"}[g["target_met"]]
+        body.append(
+            f'<tr><td style="{CELL}">{escape(g["line"])}</td>'
+            f'<td style="{CELL}">{escape(target)}</td>'
+            f'<td style="{NUM}">{g["inbound"]}</td>'
+            f'<td style="{NUM}">{g["answered_within_target"]}</td>'
+            f'<td style="{NUM}">{_pct(g["within_target_rate"])}</td>'
+            f'<td style="{CELL}">{escape(met)}</td>'
+            f'<td style="{CELL}">{_target_bar(g["within_target_rate"], g["answer_rate_target"])}'
+            f'</td></tr>')
+    return (f'<h2 style="font-size:16px;margin:20px 0 6px">{escape(t["per_line_target"])}</h2>'
+            f'<p style="margin:0 0 6px;color:#4a5568;font-size:12px">'
+            f'{escape(t["legend_target"])}</p>'
+            f'<table style="border-collapse:collapse;font-size:13px" id="line-targets">'
             f'<tr>{head}</tr>{"".join(body)}</table>')
 
 
@@ -132,6 +179,8 @@ def to_html(report: dict[str, Any], lang: str = "zh") -> str:
         (t["outbound"], str(tot["outbound"])), (t["pending"], str(tot["pending_callbacks"])),
         (t["handled"], str(tot["handled_callbacks"])),
     ]
+    if "within_target_rate" in tot:
+        summary.append((t["within_target"], _pct(tot["within_target_rate"])))
     summary_rows = "".join(f'<tr><td style="{CELL}">{escape(k)}</td><td style="{NUM}">{v}</td>'
                            f'</tr>' for k, v in summary)
     lines = [(g["key"] or t["none"], g) for g in report["lines"]]
@@ -145,6 +194,7 @@ def to_html(report: dict[str, Any], lang: str = "zh") -> str:
         f'<tr><th style="{CELL}text-align:left">{escape(t["figure"])}</th>'
         f'<th style="{CELL}">{escape(t["value"])}</th></tr>{summary_rows}</table>',
         _rate_table(t, t["per_line"], t["line"], lines, n),
+        *([_target_table(t, report["line_targets"])] if report.get("line_targets") else []),
         _rate_table(t, t["per_agent"], t["agent"], agents, n,
                     "within_rings_rate_answered", "within_answered"),
     ]
