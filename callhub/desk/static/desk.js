@@ -623,17 +623,31 @@
     return h("div", {}, svg, legend);
   }
 
-  function groupTable(id, groups, kind) {
+  // A line's own target ("≤5 rings · ≥80%") and its within-target rate, green when met.
+  function targetCells(g, fallback) {
+    const rings = g.target_rings === undefined ? fallback.target_rings : g.target_rings;
+    const rate = g.answer_rate_target === undefined ? fallback.answer_rate_target : g.answer_rate_target;
+    const met = g.within_target_rate === null || g.within_target_rate === undefined ? null : g.within_target_rate >= rate;
+    return [h("td", { class: "target", text: t("today.targetValue", { rings, rate: pct(rate) }) }),
+      h("td", { class: "num within-target " + (met === null ? "" : met ? "good" : "bad"), text: pct(g.within_target_rate) })];
+  }
+
+  function groupTable(id, groups, kind, fallback) {
     const cols = kind === "line"
-      ? ["today.line", "today.inbound", "today.answered", "today.answerRate", "today.withinRate", "today.missed", "today.abandoned", "today.pending", "today.medianCallback"]
+      ? ["today.line", "today.inbound", "today.answered", "today.answerRate", "today.withinRate", "today.target", "today.withinTargetRate", "today.missed", "today.abandoned", "today.pending", "today.medianCallback"]
       : ["today.agent", "today.answered", "today.withinRateAnswered", "today.avgRing", "today.agentHangup", "today.outbound"];
     // The no-agent / no-line group only matters when it has calls of its own kind.
     const shown = groups.filter((g) => g.key || (kind === "line" ? g.inbound : g.answered + g.outbound));
     const rows = shown.map((g) => {
       const name = kind === "line" ? (g.key || t("today.noLine")) : (g.key ? (g.agent_name ? g.agent_name + " (" + g.key + ")" : g.key) : t("today.noAgent"));
-      const cells = kind === "line"
-        ? [g.inbound, g.answered, pct(g.answer_rate), pct(g.within_rings_rate), g.missed, g.abandoned, g.pending_callbacks, duration(g.median_time_to_callback_seconds)]
-        : [g.answered, pct(g.within_rings_rate_answered), secs(g.avg_ring_seconds), pct(g.agent_hangup_first_rate), g.outbound];
+      if (kind === "line") {
+        const num = (v) => h("td", { class: "num", text: v });
+        return h("tr", { "data-line": g.key || "" }, h("td", { text: name }),
+          [g.inbound, g.answered, pct(g.answer_rate), pct(g.within_rings_rate)].map(num),
+          targetCells(g, fallback),
+          [g.missed, g.abandoned, g.pending_callbacks, duration(g.median_time_to_callback_seconds)].map(num));
+      }
+      const cells = [g.answered, pct(g.within_rings_rate_answered), secs(g.avg_ring_seconds), pct(g.agent_hangup_first_rate), g.outbound];
       return h("tr", {}, h("td", { text: name }), cells.map((v) => h("td", { class: "num", text: v })));
     });
     return h("table", { id }, h("thead", {}, h("tr", {}, cols.map((k) => h("th", { text: t(k, { n: boot.rings }) })))),
@@ -660,6 +674,18 @@
     document.getElementById("resolution-groups").replaceChildren(
       h("h4", { text: t("today.perLine") }), table("resolution-lines", lines, "line"),
       h("h4", { text: t("today.perAgent") }), table("resolution-agents", agents, "agent"));
+  }
+
+  // Each call against its own line's ring target; green when every line with calls met its
+  // answer-rate target, red when one did not.
+  function lineTargetsCard(f, lineTargets) {
+    const judged = lineTargets.filter((l) => l.target_met !== null);
+    const met = judged.filter((l) => l.target_met).length;
+    const ok = judged.length ? met === judged.length : null;
+    return h("div", { class: "figure " + (ok === null ? "" : ok ? "good" : "bad"), id: "fig-target" },
+      h("div", { class: "label", text: t("today.withinTarget") }),
+      h("div", { class: "value", text: pct(f.within_target_rate) }),
+      h("div", { class: "target", text: judged.length ? t("today.linesMet", { m: met, n: judged.length }) : t("today.noTargetCalls") }));
   }
 
   function viewToday() {
@@ -709,9 +735,10 @@
       targetCard("pending", t("today.pending"), f.pending_callbacks, String(f.pending_callbacks), T.pending_callbacks, (v) => v <= T.pending_callbacks, t("today.targetAtMost", { v: T.pending_callbacks })),
       targetCard("callback", t("today.medianCallback"), callbackMinutes, duration(f.median_time_to_callback_seconds), T.median_time_to_callback_minutes, (v) => v <= T.median_time_to_callback_minutes, t("today.targetAtMost", { v: duration(T.median_time_to_callback_minutes * 60) })),
       h("div", { class: "figure plain", id: "fig-inbound" }, h("div", { class: "label", text: t("today.inbound") }), h("div", { class: "value", text: String(f.inbound) }),
-        h("div", { class: "target", text: t("today.answeredOf", { a: f.answered, o: f.outbound }) })));
+        h("div", { class: "target", text: t("today.answeredOf", { a: f.answered, o: f.outbound }) })),
+      lineTargetsCard(f, totals.line_targets || []));
     document.getElementById("chart").replaceChildren(hourChart(hours.groups || [], day));
-    document.getElementById("per-line").replaceChildren(groupTable("lines", lines.groups || [], "line"));
+    document.getElementById("per-line").replaceChildren(groupTable("lines", lines.groups || [], "line", lines.default_target));
     document.getElementById("per-agent").replaceChildren(groupTable("agents", agents.groups || [], "agent"));
     showResolution(f, lines.groups || [], agents.groups || []);
     const live = document.getElementById("live");
