@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
-from store_fixtures import make_call, store
+from store_fixtures import TOKENS, make_call, store
 
 from callhub.api import followups as followups_api
 from callhub.api.app import make_app
@@ -242,3 +242,30 @@ def day_start(ts: float) -> datetime:
 
 
 ONE_DAY = timedelta(days=1)
+
+
+async def serve_file_desk(tmp_path: Path, settings: Settings) -> Desk:
+    """The desk on a fresh SQLite file with a real-time clock (browser tests with their own
+    settings; close it with `close_desk`)."""
+    db = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'desk.db'}")
+    await migrate.upgrade(db)
+    return await serve_desk(db, settings, Clock(0.0, real=True), keeper_interval=0.5)
+
+
+async def close_desk(desk: Desk) -> None:
+    await desk.keeper.stop()
+    await desk.client.close()
+    await desk.db.close()
+
+
+async def sign_in_as(page: Any, desk: Desk, role: str, name: str = "值班长") -> None:
+    """Sign in on the desk's page with the role's test token."""
+    await page.goto(desk.url)
+    await page.fill("#token", TOKENS[role])
+    await page.fill("#who-name", name)
+    await page.click("#signin-button")
+    await page.wait_for_selector("#nav:not([hidden])")
+
+
+# The browser locale that makes the desk pick each language.
+LOCALES = {"zh": "zh-CN", "en": "en-GB"}

@@ -1,9 +1,7 @@
-"""The desk in headless Chromium, in Chinese and English: each line's own target on the Today
-page, and the SMS after the call on the call page (issue 13).
+"""The desk's Today page in headless Chromium, in Chinese and English: each line's own ring
+target and answer-rate target, and whether the line met it (issue 13).
 
-The page's figures are checked against GET /api/v1/stats and the calls'
-own rings; the SMS is really sent, by the SMS worker to a local webhook, so
-the call page shows what the outbox recorded.
+The page's figures are checked against GET /api/v1/stats and the calls' own rings.
 """
 
 from __future__ import annotations
@@ -16,41 +14,21 @@ from typing import Any
 
 import pytest
 from desk_fixtures import (
-    Clock,
+    LOCALES,
     Desk,
+    close_desk,
     day_of_calls,
     day_start,
-    expect,
     launch_chromium,
     screenshot_path,
-    serve_desk,
+    serve_file_desk,
+    sign_in_as,
 )
-from sms_fixtures import WebhookServer
-from store_fixtures import TOKENS, auth, make_call, store
+from store_fixtures import auth, store
 
 from callhub.config import Settings
 from callhub.config.targets import LineTable
 from callhub.desk.i18n import CATALOGUES
-from callhub.sms.settings import sms_settings_from_table
-from callhub.sms.webhook import WebhookGateway
-from callhub.sms.worker import SmsWorker
-from callhub.store import migrate
-from callhub.store.db import Database
-from callhub.store.sms_outbox import TableOutbox
-
-LOCALES = {"zh": "zh-CN", "en": "en-GB"}
-
-
-async def served(tmp_path: Path, settings: Settings) -> Desk:
-    db = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'desk.db'}")
-    await migrate.upgrade(db)
-    return await serve_desk(db, settings, Clock(0.0, real=True), keeper_interval=0.5)
-
-
-async def close(desk: Desk) -> None:
-    await desk.keeper.stop()
-    await desk.client.close()
-    await desk.db.close()
 
 
 @pytest.fixture
@@ -58,19 +36,11 @@ async def target_desk(tmp_path: Path, desk_settings: Settings) -> AsyncIterator[
     """The desk with repairs held to 5 rings and 60 %, front-desk to the defaults."""
     settings = replace(desk_settings, line_tables={
         "repairs": LineTable(target_rings=5, answer_rate_target=0.6)})
-    desk = await served(tmp_path, settings)
+    desk = await serve_file_desk(tmp_path, settings)
     try:
         yield desk
     finally:
-        await close(desk)
-
-
-async def sign_in(page: Any, desk: Desk, role: str) -> None:
-    await page.goto(desk.url)
-    await page.fill("#token", TOKENS[role])
-    await page.fill("#who-name", "值班长")
-    await page.click("#signin-button")
-    await page.wait_for_selector("#nav:not([hidden])")
+        await close_desk(desk)
 
 
 def pct(value: float) -> str:
@@ -103,7 +73,7 @@ async def test_today_shows_each_lines_own_target_and_whether_it_was_met(
 
     async with launch_chromium(LOCALES[lang]) as browser:
         page = await browser.new_page()
-        await sign_in(page, desk, "viewer")
+        await sign_in_as(page, desk, "viewer")
         await page.wait_for_selector("#fig-target .value")
         await page.wait_for_selector("#lines tr[data-line=repairs]")
         assert await page.get_attribute("html", "lang") == ("zh-CN" if lang == "zh" else "en")
@@ -131,63 +101,3 @@ async def test_today_shows_each_lines_own_target_and_whether_it_was_met(
             assert state in (await cell.get_attribute("class") or "").split(), line
         await page.screenshot(path=screenshot_path(f"inproc-today-targets-{lang}"),
                               full_page=True)
-
-
-@pytest.fixture
-async def webhook() -> AsyncIterator[WebhookServer]:
-    server = WebhookServer(token="bearer-token-1")
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.mark.parametrize("lang", ["zh", "en"])
-async def test_the_call_page_shows_the_sms_status_the_outbox_recorded(
-        tmp_path: Path, desk_settings: Settings, webhook: WebhookServer, lang: str) -> None:
-    sms = sms_settings_from_table({
-        "gateway": "webhook", "url": webhook.url, "token": "bearer-token-1",
-        "quiet_seconds": 0,
-        "rules": [{"line": "front-desk", "after": "answered",
-                   "template": "您好！我是{agent_name}，感谢您的来电。"}]})
-    desk = await served(tmp_path, replace(desk_settings, sms=sms))
-    try:
-        now = time.time()
-        sent, _, none = await store(
-            desk.db, desk.settings,
-            make_call("sms.1", at=now - 300, line="front-desk", caller_number="+8613900001111"),
-            make_call("sms.2", at=now - 200, line="front-desk", caller_number="+8613900002222"),
-            make_call("sms.3", at=now - 100, line="repairs", caller_number="+8613900003333"))
-        # The worker sends what is queued (both front-desk calls); then one more is queued.
-        gateway = WebhookGateway(webhook.url, token="bearer-token-1")
-        try:
-            assert await SmsWorker.from_settings(TableOutbox(desk.db), gateway, sms) \
-                .run_once() == 2
-        finally:
-            await gateway.close()
-        assert sorted(r.body["to"] for r in webhook.received) == [
-            "+8613900001111", "+8613900002222"]
-        queued, = await store(desk.db, desk.settings, make_call(
-            "sms.4", at=now - 50, line="front-desk", caller_number="+8613900004444"))
-        statuses: dict[int, tuple[str, str | None]] = {}
-        for call_id in (sent, queued, none):
-            call = await (await desk.client.get(f"/api/v1/calls/{call_id}",
-                                                headers=auth("supervisor"))).json()
-            statuses[call_id] = (call["external_number"], call["sms_status"])
-        assert [status for _, status in statuses.values()] == ["sent", "queued", None]
-
-        text = CATALOGUES[lang]
-        async with launch_chromium(LOCALES[lang]) as browser:
-            page = await browser.new_page()
-            await sign_in(page, desk, "supervisor")
-            for call_id, (number, status) in statuses.items():
-                await page.goto(desk.url + f"#/call/{call_id}")
-                await expect(page.locator("#call-number")).to_have_text(number)
-                label = page.locator("dl.facts dt", has_text=text["calls.sms"])
-                assert await label.count() == 1
-                await expect(page.locator("#call-sms")).to_have_text(
-                    text[f"sms.{status}"] if status else "—")
-                if status == "sent":
-                    await page.screenshot(path=screenshot_path(f"inproc-call-sms-{lang}"),
-                                          full_page=True)
-    finally:
-        await close(desk)

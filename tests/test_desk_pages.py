@@ -141,14 +141,14 @@ def test_every_text_the_script_and_page_use_is_in_the_catalogues_and_none_is_unu
     }
     assert prefixes <= set(dynamic), prefixes - set(dynamic)
     needed = literal | {f"{p}.{v}" for p in prefixes for v in dynamic[p]}
-    server = {"title", "nav.worklist", "nav.calls", "nav.today", "language", "signout",
-              "noscript"}
+    server = {"title", "nav.worklist", "nav.calls", "nav.today", "nav.sms", "language",
+              "signout", "noscript"}
     assert (needed | passed) - set(i18n.EN) == set()
     assert set(i18n.EN) - needed - passed - server == set(), "unused text"
     for key in re.findall(r"\{\{(\w+)\}\}", PAGE):
         assert key in ("html_lang", "title", "nav_worklist", "nav_calls", "nav_today",
-                       "language", "sign_out", "noscript", "version", "boot", "zh_current",
-                       "en_current")
+                       "nav_sms", "language", "sign_out", "noscript", "version", "boot",
+                       "zh_current", "en_current")
 
 
 @pytest.mark.parametrize(("header", "cookie", "expected"), [

@@ -61,6 +61,7 @@ def render_page(settings: Settings, lang: str) -> str:
         "nav_worklist": strings["nav.worklist"],
         "nav_calls": strings["nav.calls"],
         "nav_today": strings["nav.today"],
+        "nav_sms": strings["nav.sms"],
         "language": strings["language"],
         "sign_out": strings["signout"],
         "noscript": strings["noscript"],

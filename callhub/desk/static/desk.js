@@ -19,6 +19,7 @@
     view: null,
     callsQuery: null,
     callsCursor: null,
+    smsCursor: null,
     seenEntries: null,
     drafts: {},
   };
@@ -152,13 +153,14 @@
     if (!state.role) { state.view = "signin"; renderShell(); return viewSignIn(); }
     const hash = location.hash.replace(/^#\/?/, "");
     const [name, arg] = hash.split("/");
-    state.view = name === "call" ? "calls" : (["worklist", "calls", "today"].includes(name) ? name : null);
+    state.view = name === "call" ? "calls" : (["worklist", "calls", "today", "sms"].includes(name) ? name : null);
     if (!state.view) { location.hash = canSeeNumbers() ? "#/worklist" : "#/today"; return; }
     renderShell();
     if (state.view !== "today" && !canSeeNumbers()) return viewNeedsSupervisor();
     if (name === "call") return viewCall(Number(arg));
     if (name === "worklist") return viewWorklist();
     if (name === "calls") return viewCalls();
+    if (name === "sms") return viewSms();
     return viewToday();
   }
 
@@ -744,6 +746,89 @@
     const live = document.getElementById("live");
     live.textContent = t("live.updated", { time: time(new Date().toISOString()) });
     live.className = "live ok";
+  }
+
+  // ---- SMS: the outbox and the opt-out list (supervisor and admin) ---------
+  const SMS_STATUSES = ["queued", "sending", "sent", "failed", "expired"];
+  const SMS_BADGE = { queued: "warn", sending: "warn", sent: "o-answered", failed: "bad", expired: "bad" };
+
+  function viewSms() {
+    const status = h("select", { id: "sms-status", onchange: () => refreshOutbox(false) },
+      h("option", { value: "", text: t("outbox.any") }),
+      SMS_STATUSES.map((s) => h("option", { value: s, text: tv("sms", s) })));
+    const number = h("input", { id: "optout-number", type: "tel", autocomplete: "off", required: true });
+    const form = h("form", { id: "optout-form", class: "filters", onsubmit: async (ev) => {
+      ev.preventDefault();
+      try {
+        const added = await api("/api/v1/sms/optouts", { method: "POST", body: { number: number.value.trim() } });
+        number.value = "";
+        toast(t("optouts.done", { number: added.number }), "ok");
+        refreshOptouts();
+      } catch (e) { toast(e.message, "error"); }
+    } },
+      h("label", {}, t("optouts.number"), number),
+      h("div", { class: "buttons" }, h("button", { type: "submit", class: "primary", id: "optout-add", text: t("optouts.add") })));
+    main().replaceChildren(
+      h("section", { class: "card" },
+        h("div", { class: "head" }, h("h2", { text: t("outbox.title") }), h("label", { class: "inline" }, t("outbox.status"), status)),
+        h("table", { id: "outbox" },
+          h("thead", {}, h("tr", {}, ["outbox.queued", "outbox.to", "outbox.line", "outbox.kind", "outbox.status", "outbox.attempts", "outbox.sent", "outbox.error", "outbox.text"].map((k) => h("th", { text: t(k) })))),
+          h("tbody", {})),
+        h("p", { class: "empty", id: "outbox-empty", hidden: true, text: t("outbox.none") }),
+        h("button", { id: "outbox-more", hidden: true, onclick: () => refreshOutbox(true), text: t("outbox.more") })),
+      h("section", { class: "card" }, h("h2", { text: t("optouts.title") }), form, h("div", { id: "optouts" })));
+    refreshOutbox(false);
+    refreshOptouts();
+  }
+
+  function outboxRow(m) {
+    const go = () => { if (m.call_id) location.hash = "#/call/" + m.call_id; };
+    return h("tr", { class: m.call_id ? "click" : "", "data-sms": m.id, "data-status": m.status, tabindex: 0, onclick: go,
+      onkeydown: (ev) => { if (ev.key === "Enter") go(); } },
+      h("td", { text: dateTime(m.created_at) }),
+      h("td", {}, h("span", { class: "number", text: m.to_number })),
+      h("td", { text: m.line || "—" }),
+      h("td", { text: m.kind === "missed" ? t("outbox.kindMissed") : t("outbox.kindAnswered") }),
+      h("td", {}, h("span", { class: "badge sms-status " + (SMS_BADGE[m.status] || ""), text: tv("sms", m.status) })),
+      h("td", { class: "num", text: m.attempts }),
+      h("td", { text: m.sent_at ? dateTime(m.sent_at) : "—" }),
+      h("td", { text: m.last_error || "" }),
+      h("td", { class: "sms-text", text: m.text }));
+  }
+
+  async function refreshOutbox(more) {
+    const body = document.querySelector("#outbox tbody");
+    if (!body) return;
+    if (!more) { body.replaceChildren(); state.smsCursor = null; }
+    const status = document.getElementById("sms-status").value;
+    try {
+      const page = await api("/api/v1/sms?" + qs({ status, limit: 50, cursor: more ? state.smsCursor : null }));
+      body.append(...page.items.map(outboxRow));
+      state.smsCursor = page.next_cursor;
+      document.getElementById("outbox-more").hidden = !page.next_cursor;
+      document.getElementById("outbox-empty").hidden = body.children.length > 0;
+    } catch (e) { toast(e.message, "error"); }
+  }
+
+  async function refreshOptouts() {
+    const box = document.getElementById("optouts");
+    if (!box) return;
+    try {
+      const list = await api("/api/v1/sms/optouts");
+      box.replaceChildren(list.items.length ? h("table", { id: "optout-list" },
+        h("thead", {}, h("tr", {}, ["optouts.number", "optouts.added", "optouts.by", ""].map((k) => h("th", { text: k ? t(k) : "" })))),
+        h("tbody", {}, list.items.map((o) => h("tr", { "data-number": o.number },
+          h("td", {}, h("span", { class: "number", text: o.number })),
+          h("td", { text: dateTime(o.created_at) }),
+          h("td", { text: o.by ? tv("role", o.by) : "—" }),
+          h("td", {}, h("button", { "data-action": "optout-remove", text: t("optouts.remove"), onclick: async () => {
+            try {
+              await api("/api/v1/sms/optouts?" + qs({ number: o.number }), { method: "DELETE", raw: true });
+              toast(t("optouts.removed", { number: o.number }), "ok");
+              refreshOptouts();
+            } catch (e) { toast(e.message, "error"); }
+          } })))))) : h("p", { class: "empty", id: "optouts-empty", text: t("optouts.none") }));
+    } catch (e) { box.replaceChildren(errorBox(e)); }
   }
 
   // ---- start --------------------------------------------------------------
