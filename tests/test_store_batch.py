@@ -318,3 +318,13 @@ async def test_writer_keeps_one_connection_through_a_backlog_and_skips_known_age
     async with any_db.connection() as conn:
         names = dict((await conn.execute(sa.select(agents.c.interface, agents.c.name))).all())
     assert names["PJSIP/1001"] == "王芳" and names["PJSIP/1002"] == "Li Na" and len(names) == 7
+
+
+def test_the_row_columns_are_the_tables_columns_in_order() -> None:
+    """The COPY and the executemany path send `rows.CALL_COLUMNS`: every column the writer
+    sets, in table order; a column added to the table must be added there too."""
+    from callhub.store.rows import ATTEMPT_COLUMNS, CALL_COLUMNS
+
+    assert CALL_COLUMNS == tuple(c.name for c in calls.columns
+                                 if c.name not in ("id", "category", "note"))
+    assert ATTEMPT_COLUMNS == tuple(c.name for c in attempts.columns if c.name != "id")

@@ -18,58 +18,20 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callhub.config import Settings
-from callhub.records import CallRecord, iso
-from callhub.store import worklist
+from callhub.records import CallRecord
+from callhub.store import bulk, worklist
 from callhub.store.chunks import chunks, in_chunk
+from callhub.store.rows import ATTEMPT_COLUMNS, attempt_values, call_row
 from callhub.store.sms_queue import ContactLookup, queue_sms
-from callhub.store.tables import agents, attempts, calls, utc
+from callhub.store.tables import agents, attempts, calls
 from callhub.store.upsert import insert
 
 CALL_KEY = ("pbx", "linkedid")
-
-
-def call_row(record: CallRecord, now: datetime) -> dict[str, Any]:
-    """A CallRecord as a `calls` row (no id, no supervisor fields)."""
-    return {
-        "pbx": record.pbx,
-        "linkedid": record.linkedid,
-        "direction": record.direction,
-        "line": record.line,
-        "called_number": record.called_number,
-        "caller_number": record.caller_number,
-        "caller_name": record.caller_name,
-        "external_number": record.external_number,
-        "arrived_at": utc(record.arrived_at),
-        "ring_started_at": utc(record.ring_started_at),
-        "answered_at": utc(record.answered_at),
-        "ended_at": utc(record.ended_at),
-        "ring_seconds": record.ring_seconds,
-        "rings": record.rings,
-        "wait_seconds": record.wait_seconds,
-        "talk_seconds": record.talk_seconds,
-        "hold_seconds": record.hold_seconds,
-        "outcome": record.outcome,
-        "reason": record.reason,
-        "voicemail": record.voicemail,
-        "short_abandon": record.short_abandon,
-        "agent": record.agent,
-        "agent_name": record.agent_name,
-        "hangup_by": record.hangup_by,
-        "hangup_cause": record.hangup_cause,
-        "queue": record.queue,
-        "incomplete": record.incomplete,
-        "truncated": record.truncated,
-        "source": record.source,
-        "rings_estimated": record.rings_estimated,
-        "transfers": [{"type": t.type, "to": t.to, "at": iso(t.at)} for t in record.transfers],
-        "updated_at": now,
-    }
 
 
 async def upsert_calls(conn: AsyncConnection, records: Sequence[CallRecord], now: datetime,
@@ -77,42 +39,36 @@ async def upsert_calls(conn: AsyncConnection, records: Sequence[CallRecord], now
     """Insert or update calls by (pbx, linkedid) and replace their attempts; their ids.
 
     The keys must be distinct (PostgreSQL refuses to update a row twice in
-    one statement). SQLAlchemy sends the rows as multi-row VALUES, split
-    below the dialect's parameter limit. `stored`: the ids of those calls
+    one statement). PostgreSQL gets them by COPY and one merge
+    (callhub.store.bulk); SQLite as multi-row VALUES, split below its
+    parameter limit. `stored`: the ids of those calls
     that were stored before (only they can have attempts to delete); None
     when not known.
     """
     if not records:
         return []
-    rows = [call_row(r, now) for r in records]
-    stmt = insert(conn, calls)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=list(CALL_KEY),
-        set_={k: stmt.excluded[k] for k in rows[0] if k not in CALL_KEY},
-    ).returning(calls.c.id, calls.c.pbx, calls.c.linkedid)
-    result = await conn.execute(stmt, rows)
-    by_key = {(row.pbx, row.linkedid): row.id for row in result}
+    if conn.dialect.name == "postgresql":
+        by_key = await bulk.merge_calls(conn, records, now)
+    else:
+        rows = [call_row(r, now) for r in records]
+        stmt = insert(conn, calls)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(CALL_KEY),
+            set_={k: stmt.excluded[k] for k in rows[0] if k not in CALL_KEY},
+        ).returning(calls.c.id, calls.c.pbx, calls.c.linkedid)
+        result = await conn.execute(stmt, rows)
+        by_key = {(row.pbx, row.linkedid): row.id for row in result}
     ids = [by_key[(r.pbx, r.linkedid)] for r in records]
     replaced = ids if stored is None else sorted(stored)
+    attempt_rows = attempt_values(ids, records)
+    if conn.dialect.name == "postgresql":
+        await bulk.replace_attempts(conn, replaced, attempt_rows)
+        return ids
     for part in chunks(replaced, in_chunk(conn)):
         await conn.execute(sa.delete(attempts).where(attempts.c.call_id.in_(part)))
-    attempt_rows = [
-        {
-            "call_id": call_id,
-            "seq": seq,
-            "interface": a.interface,
-            "agent_name": a.agent_name,
-            "offered_at": utc(a.offered_at),
-            "ring_started_at": utc(a.ring_started_at),
-            "ended_at": utc(a.ended_at),
-            "result": a.result,
-            "ring_seconds": a.ring_seconds,
-        }
-        for call_id, record in zip(ids, records, strict=True)
-        for seq, a in enumerate(record.attempts, start=1)
-    ]
     if attempt_rows:
-        await conn.execute(sa.insert(attempts), attempt_rows)
+        await conn.execute(sa.insert(attempts),
+                           [dict(zip(ATTEMPT_COLUMNS, row, strict=True)) for row in attempt_rows])
     return ids
 
 

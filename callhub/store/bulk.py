@@ -1,0 +1,91 @@
+"""PostgreSQL's bulk path for a batch of calls: COPY into a staging table, one merge.
+
+Sending 500 calls as a multi-row VALUES upsert costs more in SQLAlchemy's
+parameter handling (a bind parameter per value, rendered, cast and
+converted one by one) than in PostgreSQL. Here the rows go as asyncpg's
+binary COPY (`copy_records_to_table`, on SQLAlchemy's driver connection, in
+the same transaction) into a temporary table of the session, and one
+`INSERT ... SELECT ... ON CONFLICT (pbx, linkedid) DO UPDATE` merges them
+into `calls`. Attempts need no merge (those of the batch's stored calls are
+deleted first): they are COPYed straight into `attempts`. Lists of keys go
+as one array parameter each (`= ANY($1)`), not an IN list of a parameter
+per key.
+
+SQLite keeps the executemany path of `callhub.store.save`; both give the
+same rows (tests/test_store_batch.py).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from callhub.records import CallRecord
+from callhub.store.rows import ATTEMPT_COLUMNS, CALL_COLUMNS, TRANSFERS, call_values
+
+STAGE = "callhub_stage_calls"
+_KEY = ("pbx", "linkedid")
+
+# The staging table has the columns of `calls` with their types (a value too long fails
+# as it would in `calls`) and none of its constraints or defaults (the sequence of ids is
+# not touched); its rows go at commit. It lives as long as the session: created once per
+# connection, again after a rollback took it away.
+_CREATE_STAGE = (f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE} ON COMMIT DELETE ROWS AS "
+                 f"SELECT 0 AS ord, {', '.join(CALL_COLUMNS)} FROM calls WITH NO DATA")
+_MERGE = (f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) "
+          f"SELECT {', '.join(CALL_COLUMNS)} FROM {STAGE} ORDER BY ord "
+          f"ON CONFLICT (pbx, linkedid) DO UPDATE SET "
+          + ", ".join(f"{c} = excluded.{c}" for c in CALL_COLUMNS if c not in _KEY)
+          + " RETURNING id, pbx, linkedid")
+
+
+async def driver(conn: AsyncConnection) -> Any:
+    """The asyncpg connection under `conn`, inside `conn`'s transaction.
+
+    SQLAlchemy's asyncpg adapter opens the transaction with its first
+    statement; COPY sent before it would commit on its own, so one is sent.
+    """
+    raw = await conn.get_raw_connection()
+    driver_conn = raw.driver_connection
+    assert driver_conn is not None
+    if not driver_conn.is_in_transaction():
+        await conn.execute(sa.text("SELECT 1"))
+    return driver_conn
+
+
+async def merge_calls(conn: AsyncConnection, records: Sequence[CallRecord], now: datetime
+                      ) -> dict[tuple[str, str], int]:
+    """Upsert calls (distinct keys) by (pbx, linkedid); their ids by key. New calls get
+    their ids in the order of `records`."""
+    pg = await driver(conn)
+    # One round trip: the table if this session lacks it, empty (an earlier run of the
+    # same transaction left its rows).
+    await pg.execute(f"{_CREATE_STAGE}; DELETE FROM {STAGE}")
+    await pg.copy_records_to_table(
+        STAGE, columns=("ord", *CALL_COLUMNS),
+        records=[(n, *_for_copy(call_values(r, now))) for n, r in enumerate(records)])
+    merged = await pg.fetch(_MERGE)
+    return {(r["pbx"], r["linkedid"]): r["id"] for r in merged}
+
+
+def _for_copy(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """asyncpg sends a json value as its text."""
+    transfers = values[TRANSFERS]
+    text = json.dumps(transfers) if transfers else "[]"
+    return (*values[:TRANSFERS], text, *values[TRANSFERS + 1:])
+
+
+async def replace_attempts(conn: AsyncConnection, replaced: Sequence[int],
+                           rows: Sequence[tuple[Any, ...]]) -> None:
+    """Delete the attempts of the calls `replaced`, COPY in `rows` (`ATTEMPT_COLUMNS`)."""
+    pg = await driver(conn)
+    if replaced:
+        await pg.execute("DELETE FROM attempts WHERE call_id = ANY($1::integer[])",
+                         list(replaced))
+    if rows:
+        await pg.copy_records_to_table("attempts", columns=ATTEMPT_COLUMNS, records=rows)

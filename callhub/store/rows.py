@@ -1,0 +1,57 @@
+"""A call record as the rows of `calls` and `attempts`, for both ways of writing them.
+
+The values come as tuples in column order (what a COPY sends) and, for the
+executemany path, as dicts built from the same tuples, so the two ways
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from callhub.records import CallRecord, iso
+from callhub.store.tables import utc
+
+# The columns of `calls` the writer sets, in table order (not the id, nor the
+# supervisors' category and note: a rewrite of the call keeps those).
+CALL_COLUMNS = (
+    "pbx", "linkedid", "direction", "line", "called_number", "caller_number", "caller_name",
+    "external_number", "arrived_at", "ring_started_at", "answered_at", "ended_at",
+    "ring_seconds", "rings", "wait_seconds", "talk_seconds", "hold_seconds", "outcome",
+    "reason", "voicemail", "short_abandon", "agent", "agent_name", "hangup_by",
+    "hangup_cause", "queue", "incomplete", "truncated", "source", "rings_estimated",
+    "transfers", "updated_at",
+)
+TRANSFERS = CALL_COLUMNS.index("transfers")
+ATTEMPT_COLUMNS = ("call_id", "seq", "interface", "agent_name", "offered_at",
+                   "ring_started_at", "ended_at", "result", "ring_seconds")
+
+
+def call_values(r: CallRecord, now: datetime) -> tuple[Any, ...]:
+    """A CallRecord as the values of `CALL_COLUMNS` (transfers as a list of dicts)."""
+    return (
+        r.pbx, r.linkedid, r.direction, r.line, r.called_number, r.caller_number,
+        r.caller_name, r.external_number, utc(r.arrived_at), utc(r.ring_started_at),
+        utc(r.answered_at), utc(r.ended_at), r.ring_seconds, r.rings, r.wait_seconds,
+        r.talk_seconds, r.hold_seconds, r.outcome, r.reason, r.voicemail, r.short_abandon,
+        r.agent, r.agent_name, r.hangup_by, r.hangup_cause, r.queue, r.incomplete,
+        r.truncated, r.source, r.rings_estimated,
+        [{"type": t.type, "to": t.to, "at": iso(t.at)} for t in r.transfers], now,
+    )
+
+
+def call_row(record: CallRecord, now: datetime) -> dict[str, Any]:
+    """A CallRecord as a `calls` row (no id, no supervisor fields)."""
+    return dict(zip(CALL_COLUMNS, call_values(record, now), strict=True))
+
+
+def attempt_values(ids: Sequence[int], records: Sequence[CallRecord]) -> list[tuple[Any, ...]]:
+    """The attempts of `records` (stored as `ids`) as values of `ATTEMPT_COLUMNS`."""
+    return [
+        (call_id, seq, a.interface, a.agent_name, utc(a.offered_at), utc(a.ring_started_at),
+         utc(a.ended_at), a.result, a.ring_seconds)
+        for call_id, record in zip(ids, records, strict=True)
+        for seq, a in enumerate(record.attempts, start=1)
+    ]
