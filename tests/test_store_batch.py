@@ -325,6 +325,6 @@ def test_the_row_columns_are_the_tables_columns_in_order() -> None:
     sets, in table order; a column added to the table must be added there too."""
     from callhub.store.rows import ATTEMPT_COLUMNS, CALL_COLUMNS
 
-    assert CALL_COLUMNS == tuple(c.name for c in calls.columns
-                                 if c.name not in ("id", "category", "note"))
-    assert ATTEMPT_COLUMNS == tuple(c.name for c in attempts.columns if c.name != "id")
+    assert tuple(c.name for c in calls.columns
+                                 if c.name not in ("id", "category", "note")) == CALL_COLUMNS
+    assert tuple(c.name for c in attempts.columns if c.name != "id") == ATTEMPT_COLUMNS

@@ -150,6 +150,8 @@ async def save_calls(conn: AsyncConnection, records: Sequence[CallRecord], setti
     """
     now = datetime.now(UTC)
     saved = Saved()
+    if conn.dialect.name == "postgresql":
+        await bulk.begin_batch(conn)
     for whole in distinct_runs(records):
         # The run's calls and its misses' answers as they were stored before it.
         before = await worklist.read_before(conn, whole, settings)

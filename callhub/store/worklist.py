@@ -18,11 +18,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callhub.config import Settings
 from callhub.records import CallRecord
-from callhub.store.chunks import chunks, in_chunk
+from callhub.store.chunks import chunks, is_in, set_chunk
 from callhub.store.errors import InvalidTransition, NotFound
 from callhub.store.tables import calls, utc, worklist_calls, worklist_entries
 
@@ -88,26 +89,39 @@ async def read_before(conn: AsyncConnection, records: Sequence[CallRecord],
     numbers = sorted({r.external_number or "" for r in misses})
     wanted_numbers = set(numbers)
     since = utc(min(r.arrived_at for r in misses)) if misses else None
-    size = in_chunk(conn, lists=2)
+    size = set_chunk(conn, lists=2)
     seen: set[int] = set()
     for start in range(0, max(len(linkedids), len(numbers)), size):
         some_linkedids = linkedids[start:start + size]
         some_numbers = numbers[start:start + size]
-        wanted = []
+        columns = (calls.c.id, calls.c.pbx, calls.c.linkedid, calls.c.external_number,
+                   calls.c.outcome, calls.c.direction, calls.c.answered_at, calls.c.agent,
+                   calls.c.agent_name, worklist_calls.c.call_id.label("listed"))
+        listed = worklist_calls.c.call_id == calls.c.id
+        arms = []
         if some_linkedids:
-            wanted.append(sa.and_(calls.c.pbx.in_(pbxs), calls.c.linkedid.in_(some_linkedids)))
+            if conn.dialect.name == "postgresql":  # the exact keys, joined on the unique index
+                some = sorted(k for k in keys if k[1] in set(some_linkedids))
+                pairs = sa.func.unnest(
+                    sa.bindparam(None, [k[0] for k in some], type_=ARRAY(calls.c.pbx.type)),
+                    sa.bindparam(None, [k[1] for k in some], type_=ARRAY(calls.c.linkedid.type)),
+                ).table_valued("pbx", "linkedid").render_derived(name="batch_keys")
+                arms.append(sa.select(*columns).select_from(
+                    calls.join(pairs, sa.and_(calls.c.pbx == pairs.c.pbx,
+                                              calls.c.linkedid == pairs.c.linkedid))
+                    .outerjoin(worklist_calls, listed)))
+            else:
+                arms.append(sa.select(*columns)
+                            .select_from(calls.outerjoin(worklist_calls, listed))
+                            .where(calls.c.pbx.in_(pbxs), calls.c.linkedid.in_(some_linkedids)))
         if some_numbers:
-            wanted.append(sa.and_(calls.c.external_number.in_(some_numbers),
-                                  calls.c.outcome == "answered",
-                                  calls.c.direction.in_(("inbound", "outbound")),
-                                  calls.c.answered_at >= since))
-        rows = await conn.execute(
-            sa.select(calls.c.id, calls.c.pbx, calls.c.linkedid, calls.c.external_number,
-                      calls.c.outcome, calls.c.direction, calls.c.answered_at, calls.c.agent,
-                      calls.c.agent_name, worklist_calls.c.call_id.label("listed"))
-            .select_from(calls.outerjoin(worklist_calls,
-                                         worklist_calls.c.call_id == calls.c.id))
-            .where(sa.or_(*wanted)))
+            arms.append(sa.select(*columns)
+                        .select_from(calls.outerjoin(worklist_calls, listed))
+                        .where(is_in(conn, calls.c.external_number, some_numbers),
+                               calls.c.outcome == "answered",
+                               calls.c.direction.in_(("inbound", "outbound")),
+                               calls.c.answered_at >= since))
+        rows = await conn.execute(arms[0] if len(arms) == 1 else sa.union_all(*arms))
         for row in rows:
             if row.id in seen:
                 continue
@@ -257,13 +271,13 @@ async def apply_batch(conn: AsyncConnection, records: Sequence[CallRecord], ids:
     if not numbers:
         return []
     loaded: list[_Entry] = []
-    for part in chunks(numbers, in_chunk(conn)):
+    for part in chunks(numbers, set_chunk(conn)):
         rows = await conn.execute(
             sa.select(worklist_entries.c.id, worklist_entries.c.pbx, worklist_entries.c.number,
                       worklist_entries.c.line, worklist_entries.c.first_missed_at,
                       worklist_entries.c.last_missed_at, worklist_entries.c.call_count)
             .where(worklist_entries.c.status == "pending",
-                   worklist_entries.c.number.in_(part)))
+                   is_in(conn, worklist_entries.c.number, part)))
         loaded += [_Entry(row.id, row.pbx, row.number, row.line, row.first_missed_at,
                           row.last_missed_at, row.call_count) for row in rows]
     batch = _Batch(before, loaded)
