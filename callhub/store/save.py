@@ -165,19 +165,33 @@ async def save_calls(conn: AsyncConnection, records: Sequence[CallRecord], setti
                 continue
             before = await worklist.read_before(conn, run, settings)
         ids = await upsert_calls(conn, run, now, before.ids.values())
-        saved.agents |= await upsert_agents(
-            conn, [(r.pbx, r.agent, r.agent_name) for r in run if r.agent], now,
-            {**(known_agents or {}), **saved.agents})
-        saved.callback_seconds += await worklist.apply_batch(conn, run, ids, settings,
-                                                             before, now)
-        if settings.sms is not None:
-            queued = await queue_sms(conn, run, ids, settings.sms, contacts)
-            saved.sms_queued += queued.queued
-            saved.sms_skipped += queued.skipped
+        await after_merge(conn, run, ids, before, settings, now, saved, known_agents, contacts)
         written = {(r.pbx, r.linkedid): call_id for r, call_id in zip(run, ids, strict=True)}
         saved.ids += [written[key] if key in written else stored_ids[key]
                       for key in ((r.pbx, r.linkedid) for r in whole)]
     return saved
+
+
+async def after_merge(conn: AsyncConnection, run: Sequence[CallRecord], ids: Sequence[int],
+                      before: worklist.Before, settings: Settings, now: datetime, saved: Saved,
+                      known_agents: Mapping[tuple[str, str], str | None] | None,
+                      contacts: ContactLookup | None) -> None:
+    """What follows from calls just merged (`run`, stored as `ids`), in their transaction.
+
+    The one place for work that must commit with the calls or not at all:
+    the agent devices, the worklist, the SMS outbox (and whatever else is
+    kept from the calls, e.g. a rollup). Called once per run of distinct
+    calls of a batch, in record order; `before` is what the batch's calls
+    and numbers were before the merge.
+    """
+    saved.agents |= await upsert_agents(
+        conn, [(r.pbx, r.agent, r.agent_name) for r in run if r.agent], now,
+        {**(known_agents or {}), **saved.agents})
+    saved.callback_seconds += await worklist.apply_batch(conn, run, ids, settings, before, now)
+    if settings.sms is not None:
+        queued = await queue_sms(conn, run, ids, settings.sms, contacts)
+        saved.sms_queued += queued.queued
+        saved.sms_skipped += queued.skipped
 
 
 async def sync_agents(conn: AsyncConnection, settings: Settings) -> None:

@@ -101,7 +101,8 @@ async def read_before(conn: AsyncConnection, records: Sequence[CallRecord],
         arms = []
         if some_linkedids:
             if conn.dialect.name == "postgresql":  # the exact keys, joined on the unique index
-                some = sorted(k for k in keys if k[1] in set(some_linkedids))
+                chunk = set(some_linkedids)
+                some = sorted(k for k in keys if k[1] in chunk)
                 pairs = sa.func.unnest(
                     sa.bindparam(None, [k[0] for k in some], type_=ARRAY(calls.c.pbx.type)),
                     sa.bindparam(None, [k[1] for k in some], type_=ARRAY(calls.c.linkedid.type)),
