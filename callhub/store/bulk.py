@@ -28,6 +28,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from callhub.records import CallRecord
 from callhub.store.rows import ATTEMPT_COLUMNS, CALL_COLUMNS, TRANSFERS, call_values
 
+# Off: PostgreSQL takes the executemany path too (bench/ingest.py measures it as the
+# baseline in the same run).
+ENABLED = True
 STAGE = "callhub_stage_calls"
 _KEY = ("pbx", "linkedid")
 
@@ -42,6 +45,11 @@ _MERGE = (f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) "
           f"ON CONFLICT (pbx, linkedid) DO UPDATE SET "
           + ", ".join(f"{c} = excluded.{c}" for c in CALL_COLUMNS if c not in _KEY)
           + " RETURNING id, pbx, linkedid")
+
+
+def used(conn: AsyncConnection) -> bool:
+    """Whether batches on `conn` take this path (PostgreSQL)."""
+    return ENABLED and conn.dialect.name == "postgresql"
 
 
 async def begin_batch(conn: AsyncConnection) -> None:

@@ -11,6 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from callhub.store import bulk
+
 
 def chunks(values: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     """`values` in slices of at most `size` (for statements with one parameter per value)."""
@@ -30,7 +32,7 @@ def is_in(conn: AsyncConnection, column: sa.ColumnElement[Any], values: Sequence
     values: sent as one binary array instead of a rendered parameter each (see
     `set_chunk`; planned well with `bulk.begin_batch`'s custom plans); elsewhere a
     parameter per value."""
-    if conn.dialect.name == "postgresql":
+    if bulk.used(conn):
         return column == sa.any_(sa.bindparam(None, list(values),
                                               type_=postgresql.ARRAY(column.type)))
     return column.in_(values)
@@ -39,6 +41,6 @@ def is_in(conn: AsyncConnection, column: sa.ColumnElement[Any], values: Sequence
 def set_chunk(conn: AsyncConnection, lists: int = 1) -> int:
     """How many values each of `lists` `is_in` lists of one statement may hold: any number
     on PostgreSQL (one array each), `in_chunk` elsewhere."""
-    if conn.dialect.name == "postgresql":
+    if bulk.used(conn):
         return 1 << 30
     return in_chunk(conn, lists)

@@ -47,7 +47,7 @@ async def upsert_calls(conn: AsyncConnection, records: Sequence[CallRecord], now
     """
     if not records:
         return []
-    if conn.dialect.name == "postgresql":
+    if bulk.used(conn):
         by_key = await bulk.merge_calls(conn, records, now)
     else:
         rows = [call_row(r, now) for r in records]
@@ -61,7 +61,7 @@ async def upsert_calls(conn: AsyncConnection, records: Sequence[CallRecord], now
     ids = [by_key[(r.pbx, r.linkedid)] for r in records]
     replaced = ids if stored is None else sorted(stored)
     attempt_rows = attempt_values(ids, records)
-    if conn.dialect.name == "postgresql":
+    if bulk.used(conn):
         await bulk.replace_attempts(conn, replaced, attempt_rows)
         return ids
     for part in chunks(replaced, in_chunk(conn)):
@@ -150,7 +150,7 @@ async def save_calls(conn: AsyncConnection, records: Sequence[CallRecord], setti
     """
     now = datetime.now(UTC)
     saved = Saved()
-    if conn.dialect.name == "postgresql":
+    if bulk.used(conn):
         await bulk.begin_batch(conn)
     for whole in distinct_runs(records):
         # The run's calls and its misses' answers as they were stored before it.

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callhub.config import Settings
 from callhub.records import CallRecord
+from callhub.store import bulk
 from callhub.store.chunks import chunks, is_in, set_chunk
 from callhub.store.errors import InvalidTransition, NotFound
 from callhub.store.tables import calls, utc, worklist_calls, worklist_entries
@@ -100,7 +101,7 @@ async def read_before(conn: AsyncConnection, records: Sequence[CallRecord],
         listed = worklist_calls.c.call_id == calls.c.id
         arms = []
         if some_linkedids:
-            if conn.dialect.name == "postgresql":  # the exact keys, joined on the unique index
+            if bulk.used(conn):  # the exact keys, joined on the unique index
                 chunk = set(some_linkedids)
                 some = sorted(k for k in keys if k[1] in chunk)
                 pairs = sa.func.unnest(
