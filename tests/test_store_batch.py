@@ -328,3 +328,24 @@ def test_the_row_columns_are_the_tables_columns_in_order() -> None:
     assert tuple(c.name for c in calls.columns
                                  if c.name not in ("id", "category", "note")) == CALL_COLUMNS
     assert tuple(c.name for c in attempts.columns if c.name != "id") == ATTEMPT_COLUMNS
+
+
+async def test_copy_path_after_a_rollback_stages_nothing_and_numbers_calls_in_order(
+        any_db: Database, store_settings: Settings) -> None:
+    """PostgreSQL's COPY path (callhub.store.bulk): its staging table, created in a batch
+    that rolled back, is there again for the next one on the same connection; it is
+    empty after each commit, and new calls get their ids in record order."""
+    first, second = busy_hour("r-", 30), busy_hour("s-", 40)
+    async with any_db.connection() as conn:
+        transaction = await conn.begin()
+        await save_calls(conn, first, store_settings)
+        await transaction.rollback()
+        async with conn.begin():
+            saved = await save_calls(conn, second, store_settings)
+        if any_db.dialect == "postgresql":
+            assert await conn.scalar(sa.text("SELECT count(*) FROM callhub_stage_calls")) == 0
+            await conn.rollback()
+    assert saved.ids == sorted(saved.ids) and len(set(saved.ids)) == len(second)
+    async with any_db.connection() as conn:
+        stored = (await conn.execute(sa.select(calls.c.linkedid).order_by(calls.c.id)))
+        assert list(stored.scalars()) == [r.linkedid for r in second]

@@ -5,12 +5,13 @@ nothing and writing the same batch again (a spool replayed after a crash)
 changes nothing: `(pbx, linkedid)` is the key, attempts are replaced, and
 the worklist skips calls it already lists.
 
-A batch costs about ten round trips however many calls it holds (one
-multi-row upsert of the calls, one delete and one insert of their attempts,
-one upsert of their agents, and the worklist's reads and writes), not a few
-per call: the database, not the per-statement latency, sets the pace. A call
-written twice in one batch splits the batch there, so the result is the same
-as writing the records one by one.
+A batch costs about ten round trips however many calls it holds (the
+calls upserted at once, their attempts deleted and inserted at once, the
+agents, the worklist's reads and writes), not a few per call: the
+database, not the per-statement latency, sets the pace. On PostgreSQL the
+calls and attempts go by COPY and a set-based merge (callhub.store.bulk);
+on SQLite as multi-row VALUES. A call written twice in one batch splits the
+batch there, so the result is the same as writing the records one by one.
 """
 
 from __future__ import annotations
