@@ -322,11 +322,13 @@ async def test_writer_keeps_one_connection_through_a_backlog_and_skips_known_age
 
 def test_the_row_columns_are_the_tables_columns_in_order() -> None:
     """The COPY and the executemany path send `rows.CALL_COLUMNS`: every column the writer
-    sets, in table order; a column added to the table must be added there too."""
-    from callhub.store.rows import ATTEMPT_COLUMNS, CALL_COLUMNS
+    sets, in table order; the others are the supervisors' (`KEPT_COLUMNS`). A column added
+    to the table must be added to one of them."""
+    from callhub.store.rows import ATTEMPT_COLUMNS, CALL_COLUMNS, KEPT_COLUMNS
 
     assert tuple(c.name for c in calls.columns
-                                 if c.name not in ("id", "category", "note")) == CALL_COLUMNS
+                 if c.name != "id" and c.name not in KEPT_COLUMNS) == CALL_COLUMNS
+    assert {c.name for c in calls.columns} == {"id", *CALL_COLUMNS, *KEPT_COLUMNS}
     assert tuple(c.name for c in attempts.columns if c.name != "id") == ATTEMPT_COLUMNS
 
 

@@ -25,6 +25,9 @@ CALL_COLUMNS = (
     "transfers", "updated_at",
 )
 TRANSFERS = CALL_COLUMNS.index("transfers")
+# The other columns of `calls`, set by supervisors: a rewrite of the call keeps them.
+KEPT_COLUMNS = ("category", "note", "resolution", "resolution_department", "resolution_at",
+                "resolution_by")
 ATTEMPT_COLUMNS = ("call_id", "seq", "interface", "agent_name", "offered_at",
                    "ring_started_at", "ended_at", "result", "ring_seconds")
 
