@@ -7,7 +7,8 @@ binary COPY (`copy_records_to_table`, on SQLAlchemy's driver connection, in
 the same transaction) into a temporary table of the session, and one
 `INSERT ... SELECT ... ON CONFLICT (pbx, linkedid) DO UPDATE` merges them
 into `calls`. Attempts need no merge (those of the batch's stored calls are
-deleted first): they are COPYed straight into `attempts`. Lists of keys go
+deleted first): they are COPYed straight into `attempts`, and the
+worklist's links into `worklist_calls`. Lists of keys go
 as one array parameter each (`= ANY($1)`), not an IN list of a parameter
 per key.
 
@@ -110,4 +111,11 @@ async def replace_attempts(conn: AsyncConnection, replaced: Sequence[int],
         await pg.execute("DELETE FROM attempts WHERE call_id = ANY($1::integer[])",
                          list(replaced))
     if rows:
-        await pg.copy_records_to_table("attempts", columns=ATTEMPT_COLUMNS, records=rows)
+        await copy_rows(conn, "attempts", ATTEMPT_COLUMNS, rows)
+
+
+async def copy_rows(conn: AsyncConnection, table: str, columns: Sequence[str],
+                    rows: Sequence[tuple[Any, ...]]) -> None:
+    """Insert `rows` (values of `columns`) into `table` by COPY, in `conn`'s transaction."""
+    pg = await driver(conn)
+    await pg.copy_records_to_table(table, columns=list(columns), records=rows)
