@@ -39,6 +39,7 @@ class StreamServer:
         splitter = MessageSplitter()
         splitter.banner = ""
         streaming: asyncio.Task[None] | None = None
+        username = ""
         try:
             while True:
                 data = await reader.read(65536)
@@ -50,6 +51,7 @@ class StreamServer:
                     if "ActionID" in action:
                         reply["ActionID"] = action["ActionID"]
                     if name == "login":
+                        username = action.get("Username", "")
                         reply["Message"] = "Authentication accepted"
                         writer.write(format_message(reply) + format_message({
                             "Event": "FullyBooted", "Privilege": "system,all",
@@ -65,7 +67,7 @@ class StreamServer:
                             done["ActionID"] = action["ActionID"]
                         writer.write(format_message(reply) + format_message(done))
                         if streaming is None:
-                            streaming = asyncio.create_task(self._stream(writer))
+                            streaming = asyncio.create_task(self.stream(writer, username))
                     elif name == "logoff":
                         reply["Response"] = "Goodbye"
                         writer.write(format_message(reply))
@@ -80,7 +82,8 @@ class StreamServer:
                 streaming.cancel()
             writer.close()
 
-    async def _stream(self, writer: asyncio.StreamWriter) -> None:
+    async def stream(self, writer: asyncio.StreamWriter, username: str) -> None:
+        """What a client gets after its first CoreShowChannels (`username`: its login)."""
         try:
             # A page-cached file read is far shorter than a drain: no thread needed.
             with open(self.path, "rb") as fh:  # noqa: ASYNC230
