@@ -38,6 +38,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -54,7 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from amiserver import StreamServer
 from synthetic import LOCAL_AGENTS, PJSIP_AGENTS, Manifest, default_cache_dir, stream
 
-HERE = Path(__file__).resolve().parent
+SELF = Path(__file__).resolve()
+HERE = SELF.parent
 ROOT = HERE.parent
 MARK = b".PPP"  # in the template stream, where a uniqueid's fraction gets its PBX's number
 TICK = 0.01  # the servers' pace: one write per PBX every 10 ms
@@ -310,7 +312,8 @@ class Daemon:
 
     async def _read(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
-        with open(self.log_path, "wb") as log:
+        # Log lines are small and the page cache takes them: no thread needed.
+        with open(self.log_path, "wb") as log:  # noqa: ASYNC230
             async for raw in self.proc.stderr:
                 log.write(raw)
                 self.lines += 1
@@ -360,7 +363,7 @@ def pg_urls(url: str, name: str) -> tuple[str, str, str]:
             own.render_as_string(hide_password=False))
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import asyncpg
 
     events = int(args.rate * args.duration)
@@ -370,11 +373,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"fleet: {args.pbxs} PBXs x {template.events} events ({len(template.calls)} calls) "
           f"at {args.rate:g} events/s each: {args.pbxs * args.rate:,.0f} events/s, "
           f"{sent_calls} calls, ~{template.events / args.rate:.0f} s", flush=True)
-    admin_dsn, own_dsn, own_url = pg_urls(args.database_url, f"callhub_fleet_{uuid.uuid4().hex[:8]}")
+    admin_dsn, own_dsn, own_url = pg_urls(args.database_url,
+                                          f"callhub_fleet_{uuid.uuid4().hex[:8]}")
     database = own_url.rsplit("/", 1)[1]
     admin = await asyncpg.connect(admin_dsn)
     await admin.execute(f'CREATE DATABASE "{database}"')
-    work = Path(tempfile.mkdtemp(prefix="callhub-fleet-"))
     servers: list[asyncio.subprocess.Process] = []
     daemon: Daemon | None = None
     figures: dict[str, Any] = {"pbxs": args.pbxs, "rate_per_pbx": args.rate,
@@ -388,7 +391,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for s in range(args.servers):
             mine = ",".join(str(i) for i in range(s, args.pbxs, args.servers))
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, str(Path(__file__).resolve()), "--serve", str(manifest.path),
+                sys.executable, str(SELF), "--serve", str(manifest.path),
                 "--serve-pbxs", mine, "--rate", str(args.rate), "--pbxs", str(args.pbxs),
                 "--spread", str(args.spread), stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE, limit=1 << 26)
@@ -518,12 +521,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await proc.wait()
         await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         await admin.close()
-        if not args.keep:
-            for child in sorted(work.rglob("*"), reverse=True):
-                child.rmdir() if child.is_dir() else child.unlink()
-            work.rmdir()
-        else:
-            print(f"fleet: kept {work}", flush=True)
     return figures
 
 
@@ -593,7 +590,14 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("needs --database-url or CALLHUB_TEST_DATABASE_URL (PostgreSQL)")
     if args.pbxs > 1000:
         raise SystemExit("at most 1,000 PBXs (three digits in each uniqueid)")
-    figures = report(asyncio.run(run(args)))
+    work = Path(tempfile.mkdtemp(prefix="callhub-fleet-"))
+    try:
+        figures = report(asyncio.run(run(args, work)))
+    finally:
+        if args.keep:
+            print(f"fleet: kept {work} (callhub.toml, callhub.log)", flush=True)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(figures, ensure_ascii=False))
     return 0
 
