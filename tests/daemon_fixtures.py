@@ -13,7 +13,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,23 +36,23 @@ def write_config(tmp_path: Path, sim: AmiSimulator, *, database_url: str | None 
                  template: str = "01_answered_caller_hangup", pbx: str = "lab") -> Path:
     """A callhub.toml for `sim` as PBX `pbx` (contexts and agents of `template`'s lab),
     JSON logs at info, spool in tmp_path/spool, SQLite tmp_path/calls.db unless given."""
+    return write_pbxs_config(tmp_path, {pbx: sim}, database_url=database_url,
+                             template=template)
+
+
+def write_pbxs_config(directory: Path, sims: Mapping[str, AmiSimulator], *,
+                      database_url: str | None = None,
+                      template: str = "01_answered_caller_hangup",
+                      tokens: Sequence[str] = ()) -> Path:
+    """directory/callhub.toml with one [[pbx]] per simulator (name -> simulator), each with
+    the contexts and agents of `template`'s lab; JSON logs at info, spool in
+    directory/spool, SQLite directory/calls.db unless given, API `tokens` ('role:token')."""
     config = load_template(template).config
     agents = "\n".join(f'"{k}" = "{v}"' for k, v in config["agents"].items())
-    url = database_url or f"sqlite+aiosqlite:///{tmp_path / 'calls.db'}"
-    path = tmp_path / "callhub.toml"
-    path.write_text(f"""
-database_url = "{url}"
-spool_dir = "{tmp_path / 'spool'}"
-log_level = "info"
-
-[api]
-listen = "127.0.0.1:{free_port()}"
-
-[fastagi]
-listen = "127.0.0.1:{free_port()}"
-
+    url = database_url or f"sqlite+aiosqlite:///{directory / 'calls.db'}"
+    tables = "".join(f"""
 [[pbx]]
-name = "{pbx}"
+name = "{name}"
 host = "127.0.0.1"
 port = {sim.port}
 username = "{SIM_USER}"
@@ -63,7 +63,20 @@ voicemail_extensions = {json.dumps(config.get("voicemail_extensions", ["voicemai
 
 [pbx.agents]
 {agents}
-""", encoding="utf-8")
+""" for name, sim in sims.items())
+    path = directory / "callhub.toml"
+    path.write_text(f"""
+database_url = "{url}"
+spool_dir = "{directory / 'spool'}"
+log_level = "info"
+
+[api]
+listen = "127.0.0.1:{free_port()}"
+tokens = {json.dumps(list(tokens))}
+
+[fastagi]
+listen = "127.0.0.1:{free_port()}"
+{tables}""", encoding="utf-8")
     return path
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from store_fixtures import DbFactory
+from store_fixtures import DbFactory, pg_url
 
 from callhub.store import migrate
 from callhub.store.db import Database
@@ -46,6 +47,23 @@ async def test_upgrade_twice_is_harmless_and_downgrade_empties(db_factory: DbFac
 
     async with db.connection() as conn:
         assert await conn.run_sync(tables) == set()
+
+
+async def test_processes_upgrading_one_postgresql_at_once_all_succeed(tmp_path: Path) -> None:
+    """Several `callhub run` sharing a database start at once (docs/scaling.md): each
+    migrates, on a connection of its own; one creates the tables, the others wait for it
+    and find the schema at head."""
+    factory = DbFactory("postgresql", tmp_path)
+    first = await factory.create()
+    others = [Database.connect(pg_url(), schema=first.schema) for _ in range(2)]
+    try:
+        await asyncio.gather(*(migrate.upgrade(db) for db in [first, *others]))
+        for db in [first, *others]:
+            assert await migrate.current_revision(db) == migrate.head_revision()
+    finally:
+        for db in others:
+            await db.close()
+        await factory.cleanup()
 
 
 def test_cli_db_upgrade_on_a_fresh_sqlite_file(tmp_path: Path) -> None:

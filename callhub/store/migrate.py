@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -24,8 +25,17 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 async def upgrade(db: Database, revision: str = "head") -> None:
-    """Bring the schema up to `revision` in one transaction (PostgreSQL) or as far as it gets."""
+    """Bring the schema up to `revision` in one transaction (PostgreSQL) or as far as it gets.
+
+    On PostgreSQL the transaction first takes an advisory lock of its schema: several
+    `callhub run` processes sharing one database (docs/scaling.md) may start at once,
+    and the second then waits for the first's migration and finds nothing left to do
+    instead of failing on the tables the first is creating.
+    """
     async with db.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(sa.text(
+                "SELECT pg_advisory_xact_lock(hashtext('callhub.migrate:' || current_schema()))"))
         await conn.run_sync(_upgrade, revision)
 
 
