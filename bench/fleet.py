@@ -300,6 +300,7 @@ class Daemon:
         self.started = asyncio.Event()
         self.changed = asyncio.Event()
         self.errors: list[str] = []
+        self.drops = 0  # AMI sessions callhub gave up (a Ping unanswered behind a backlog)
         self.lines = 0
 
     async def start(self) -> None:
@@ -317,6 +318,7 @@ class Daemon:
             async for raw in self.proc.stderr:
                 log.write(raw)
                 self.lines += 1
+                self.drops += b'"ami.connection_failed"' in raw
                 if b'"ami.connected"' in raw or b'"daemon.started"' in raw or \
                         b'"level": "error"' in raw or b'"level": "critical"' in raw:
                     event = json.loads(raw)
@@ -508,6 +510,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "machine_busy_share": round(busy, 3),
             "callhub_log_lines": daemon.lines, "callhub_errors": daemon.errors[:5],
             "callhub_logins": len(daemon.connected),
+            "callhub_ami_drops": daemon.drops,
         })
         figures["callhub_exit"] = await daemon.stop()
     finally:
@@ -529,6 +532,7 @@ def report(figures: dict[str, Any]) -> dict[str, Any]:
         "lag_p99_lt_1s": figures["lag_p99_ms"] < 1000 and figures["calls_lost"] == 0,
         "nothing_lost_or_twice": figures["calls_lost"] == figures["calls_twice"]
         == figures["calls_unknown"] == figures["calls_wrong_outcome"] == 0,
+        "no_ami_session_dropped": figures["callhub_ami_drops"] == 0,
         "offered_rate_kept": figures["events_per_s_achieved"] is not None
         and figures["events_per_s_achieved"] >= 0.95 * figures["offered_events_per_s"],
     }
