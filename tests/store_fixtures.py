@@ -26,6 +26,7 @@ from callhub.records import Attempt, CallRecord
 from callhub.store import migrate
 from callhub.store.db import Database
 from callhub.store.save import save_calls
+from callhub.store.tables import worklist_calls, worklist_entries
 
 PG_URL_VAR = "CALLHUB_TEST_DATABASE_URL"
 PG_SKIP = "CALLHUB_TEST_DATABASE_URL not set: PostgreSQL tests skipped"
@@ -304,3 +305,15 @@ async def api(any_db: Database, api_settings: Settings) -> AsyncIterator[TestCli
 async def store(db: Database, settings: Settings, *records: CallRecord) -> list[int]:
     async with db.begin() as conn:
         return (await save_calls(conn, list(records), settings)).ids
+
+
+async def assert_worklist_counts_each_call_once(db: Database) -> None:
+    async with db.connection() as conn:
+        entries = {r.id: r.call_count for r in await conn.execute(
+            sa.select(worklist_entries.c.id, worklist_entries.c.call_count))}
+        links = [(r.entry_id, r.call_id) for r in await conn.execute(sa.select(worklist_calls))]
+    per_entry: dict[int, int] = {}
+    for entry, _ in links:
+        per_entry[entry] = per_entry.get(entry, 0) + 1
+    assert per_entry == {e: n for e, n in entries.items() if n}, "a call counted twice"
+    assert len({c for _, c in links}) == len(links)

@@ -22,7 +22,13 @@ import sqlalchemy as sa
 from ami_fixtures import SIM_SECRET, SIM_USER
 from daemon_fixtures import Daemon, write_pbxs_config
 from sqlalchemy.engine import make_url
-from store_fixtures import DbFactory, TcpProxy, pg_url, via_proxy
+from store_fixtures import (
+    DbFactory,
+    TcpProxy,
+    assert_worklist_counts_each_call_once,
+    pg_url,
+    via_proxy,
+)
 
 from callhub.sim.ami_server import AmiSimulator
 from callhub.sim.calls import CallFactory, SynthCall, merge_calls
@@ -132,6 +138,9 @@ async def test_two_processes_each_own_half_the_pbxs_and_write_one_database(
                 want = expected[row["linkedid"]]
                 assert {k: row[k] for k in CHECKED if k in want} == \
                     {k: want[k] for k in CHECKED if k in want}, (row["pbx"], row["linkedid"])
+
+            # The worklist, kept by both writers: each missed call counted once.
+            await assert_worklist_counts_each_call_once(db)
 
             # Each process logged in to its own PBXs only, and finished only their calls.
             for sim in sims.values():

@@ -26,14 +26,20 @@ import sqlalchemy as sa
 from ami_fixtures import SIM_SECRET, SIM_USER
 from daemon_fixtures import Daemon, write_config
 from sqlalchemy.engine import make_url
-from store_fixtures import DbFactory, TcpProxy, pg_url, via_proxy
+from store_fixtures import (
+    DbFactory,
+    TcpProxy,
+    assert_worklist_counts_each_call_once,
+    pg_url,
+    via_proxy,
+)
 
 from callhub.sim.ami_server import AmiSimulator
 from callhub.sim.calls import CallFactory, SynthCall, merge_calls
 from callhub.sim.mix import DEFAULT_MIX, MixSettings, generate_mix
 from callhub.store.db import Database
 from callhub.store.spool import Spool
-from callhub.store.tables import calls, worklist_calls, worklist_entries
+from callhub.store.tables import calls
 
 SEED = 1010
 WAIT = 30.0
@@ -102,18 +108,6 @@ async def until_stored(db: Database, linkedids: Iterable[str], within: float = W
             missing = wanted - set(await stored(db))
             raise AssertionError(f"{len(missing)} calls never stored: {sorted(missing)[:5]}")
         await asyncio.sleep(0.05)  # a poll of another process's database, not a pause
-
-
-async def assert_worklist_counts_each_call_once(db: Database) -> None:
-    async with db.connection() as conn:
-        entries = {r.id: r.call_count for r in await conn.execute(
-            sa.select(worklist_entries.c.id, worklist_entries.c.call_count))}
-        links = [(r.entry_id, r.call_id) for r in await conn.execute(sa.select(worklist_calls))]
-    per_entry: dict[int, int] = {}
-    for entry, _ in links:
-        per_entry[entry] = per_entry.get(entry, 0) + 1
-    assert per_entry == {e: n for e, n in entries.items() if n}, "a call counted twice"
-    assert len({c for _, c in links}) == len(links)
 
 
 def differences(row: dict[str, Any], expected: dict[str, Any]) -> list[str]:
