@@ -47,6 +47,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -301,6 +302,7 @@ class Daemon:
         self.changed = asyncio.Event()
         self.errors: list[str] = []
         self.drops = 0  # AMI sessions callhub gave up (a Ping unanswered behind a backlog)
+        self.finished: dict[tuple[str, str], float] = {}  # its call.finished log lines' times
         self.lines = 0
 
     async def start(self) -> None:
@@ -319,6 +321,10 @@ class Daemon:
                 log.write(raw)
                 self.lines += 1
                 self.drops += b'"ami.connection_failed"' in raw
+                if b'"call.finished"' in raw:
+                    event = json.loads(raw)
+                    at = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
+                    self.finished[(event["pbx"], event["linkedid"])] = at.timestamp()
                 if b'"ami.connected"' in raw or b'"daemon.started"' in raw or \
                         b'"level": "error"' in raw or b'"level": "critical"' in raw:
                     event = json.loads(raw)
@@ -477,6 +483,10 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     for i in range(args.pbxs) for lid, _, outcome in template.calls}
         keys = [(r["pbx"], r["linkedid"]) for r in stored]
         lags = sorted(seen[k] - sent[k] for k in seen if k in sent)
+        # Split by callhub's call.finished log line (at info): ingestion, then the writer.
+        finished = daemon.finished
+        ingest_lags = sorted(finished[k] - sent[k] for k in finished if k in sent)
+        writer_lags = sorted(seen[k] - finished[k] for k in seen if k in finished)
         busy = (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1])
         stream_s = last - first
         figures.update({
@@ -496,6 +506,10 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "lag_p50_ms": round(1000 * (pct(lags, 50) or 0)),
             "lag_p99_ms": round(1000 * (pct(lags, 99) or 0)),
             "lag_max_ms": round(1000 * lags[-1]) if lags else None,
+            "lag_to_finished_p50_ms": round(1000 * (pct(ingest_lags, 50) or 0)),
+            "lag_to_finished_p99_ms": round(1000 * (pct(ingest_lags, 99) or 0)),
+            "lag_finished_to_row_p50_ms": round(1000 * (pct(writer_lags, 50) or 0)),
+            "lag_finished_to_row_p99_ms": round(1000 * (pct(writer_lags, 99) or 0)),
             "callhub_cpu_s": round(cpu1 - cpu0, 1),
             "callhub_cpu_share": round((cpu1 - cpu0) / window, 3),
             "callhub_cpu_ms_per_1000_events": round(1000 * (cpu1 - cpu0) / offered_events
@@ -545,6 +559,10 @@ def report(figures: dict[str, Any]) -> dict[str, Any]:
     print(f"fleet: lag end -> row p50 {figures['lag_p50_ms']} ms, p99 {figures['lag_p99_ms']} "
           f"ms, max {figures['lag_max_ms']} ms (target p99 < 1000 ms; includes up to "
           f"{figures['poll_s'] * 1000:g} ms of polling)", flush=True)
+    print(f"fleet: of which end -> call.finished logged p50 {figures['lag_to_finished_p50_ms']}"
+          f" ms, p99 {figures['lag_to_finished_p99_ms']} ms; call.finished -> row p50 "
+          f"{figures['lag_finished_to_row_p50_ms']} ms, p99 "
+          f"{figures['lag_finished_to_row_p99_ms']} ms", flush=True)
     print(f"fleet: callhub CPU {figures['callhub_cpu_share']:.0%} of a core "
           f"({figures['callhub_cpu_ms_per_1000_events']} ms per 1,000 events, "
           f"{figures['callhub_cpu_ms_per_call']} ms per call), RSS peak "
