@@ -87,7 +87,7 @@ class Template:
 
     path: Path
     events: int
-    calls: list[tuple[str, int, str]]  # (linkedid with MARK, index of its last event, outcome)
+    calls: list[tuple[str, int, str]]  # (linkedid with MARK, index of its end, outcome)
 
 
 def event_offsets(data: bytes) -> list[int]:
@@ -96,20 +96,25 @@ def event_offsets(data: bytes) -> list[int]:
 
 
 def make_template(manifest: Manifest) -> Template:
-    """The synthetic stream with MARK in every uniqueid and linkedid; cached beside it."""
+    """The synthetic stream with MARK in every uniqueid and linkedid; cached beside it.
+
+    A call's end is its last Hangup event: the Cdr, CEL and other events Asterisk sends
+    after it (up to a few seconds of stream at a low rate) do not hold the call open."""
     path = manifest.path.with_suffix(".fleet")
     meta = path.with_suffix(".fleet.json")
     if path.exists() and meta.exists():
         data = json.loads(meta.read_text("utf-8"))
-        if data.get("source_bytes") == manifest.bytes:
+        if data.get("source_bytes") == manifest.bytes and data.get("version") == 2:
             return Template(path, data["events"], [tuple(c) for c in data["calls"]])
     raw = manifest.path.read_bytes()
     marked = _ID_LINE.sub(rb"\1" + MARK + rb"\2\r", raw)
     offsets = event_offsets(marked)
     events = len(offsets) - 1
     last: dict[str, int] = {}
-    linked = re.compile(rb"^Linked[Ii][Dd]: (\S+)\r$", re.M)
+    linked = re.compile(rb"^Linkedid: (\S+)\r$", re.M)
     for index in range(events):
+        if not marked.startswith(b"Event: Hangup\r\n", offsets[index]):
+            continue
         found = linked.search(marked, offsets[index], offsets[index + 1])
         if found:
             last[found.group(1).decode()] = index
@@ -120,7 +125,7 @@ def make_template(manifest: Manifest) -> Template:
         calls.append((key, last[key], outcome))
     calls.sort(key=lambda c: c[1])
     path.write_bytes(marked)
-    meta.write_text(json.dumps({"source_bytes": manifest.bytes, "events": events,
+    meta.write_text(json.dumps({"version": 2, "source_bytes": manifest.bytes, "events": events,
                                 "calls": calls}), "utf-8")
     return Template(path, events, calls)
 
