@@ -13,10 +13,11 @@ recorded calls renamed and re-timed) with its own linkedids and uniqueids
 (the PBX's number is written into each), at `--rate` events a second, paced
 every 10 ms from a common start; the PBXs' starts are spread over the first
 second so that their calls do not end in lockstep. Each server notes the
-wall time at which it wrote each call's last event.
+wall time at which it wrote each call's end: its last Hangup (the Cdr and CEL
+events Asterisk sends after it do not keep the call open).
 
 Measured:
-- lag: a call's last event written by its PBX -> its row seen committed (a
+- lag: a call's end written by its PBX -> its row seen committed (a
   separate connection polls `calls` every `--poll` seconds, which adds up to
   that much to each lag); p50/p99/max, target p99 < 1 s;
 - the callhub process's CPU share (user+sys over wall, /proc/<pid>/stat),
