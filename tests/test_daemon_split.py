@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -81,12 +81,17 @@ async def stored_rows(db: Database) -> list[dict[str, Any]]:
         return [dict(r) for r in (await conn.execute(sa.select(calls))).mappings()]
 
 
-async def until_rows(db: Database, count: int, within: float = 30.0) -> None:
-    """Poll the database (the daemons are other processes) until `count` calls are there."""
+async def until_rows(db: Database, count: int, daemons: Iterable[Daemon],
+                     within: float = 30.0) -> None:
+    """Poll the database (the daemons are other processes) until `count` calls are there;
+    if they never are, say what the daemons' writers logged."""
     deadline = time.monotonic() + within
     while len(await stored_rows(db)) < count:
         if time.monotonic() > deadline:
-            raise AssertionError(f"{len(await stored_rows(db))} of {count} calls stored")
+            said = [line for d in daemons for line in d.lines
+                    if '"writer.' in line or "quarantine" in line or '"level": "error"' in line]
+            raise AssertionError(f"{len(await stored_rows(db))} of {count} calls stored; the "
+                                 f"writers said:\n" + "".join(said[-20:]))
         await asyncio.sleep(0.05)  # a poll of another process's database, not a pause
 
 
@@ -128,7 +133,7 @@ async def test_two_processes_each_own_half_the_pbxs_and_write_one_database(
                                    and {e["pbx"] for e in d.events("ami.connected")}
                                    == set(OWNERS[o]))
             await asyncio.gather(*(sim.send(stream) for sim in sims.values()))
-            await until_rows(db, CALLS_PER_PBX * len(sims))
+            await until_rows(db, CALLS_PER_PBX * len(sims), daemons.values())
 
             rows = await stored_rows(db)
             keys = [(r["pbx"], r["linkedid"]) for r in rows]

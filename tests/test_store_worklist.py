@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
-from store_fixtures import T0, make_call
+import sqlalchemy as sa
+from store_fixtures import T0, DbFactory, make_call, pg_url
 from traces_fixtures import trace, trace_pbx
 
 from callhub.ami.replay import replay_files
 from callhub.config import Settings
 from callhub.records import CallRecord
-from callhub.store import queries, worklist
+from callhub.store import migrate, queries, worklist
 from callhub.store.db import Database
 from callhub.store.errors import InvalidTransition, NotFound
 from callhub.store.save import save_calls
@@ -154,3 +157,44 @@ async def test_manual_handling_and_dismissal(any_db: Database, store_settings: S
             await worklist.mark(conn, 999_999, "handled", "x", None)
     async with any_db.connection() as conn:
         assert await worklist.pending_summary(conn) == (0, None)
+
+
+async def blocked_by(db: Database, pid: int) -> bool:
+    """Whether some session waits for a lock the backend `pid` holds."""
+    async with db.connection() as conn:
+        return bool((await conn.execute(sa.text(
+            "SELECT count(*) FROM pg_stat_activity WHERE CAST(:pid AS integer) = "
+            "ANY(pg_blocking_pids(pid))"), {"pid": pid})).scalar())
+
+
+async def test_two_writers_miss_one_number_at_once_one_entry_no_conflict(
+        tmp_path: Path, store_settings: Settings) -> None:
+    """Two `callhub run` on one PostgreSQL (docs/scaling.md), the same caller missed on a
+    PBX of each: the second writer's transaction starts while the first's, which opened
+    the entry, is not committed. It waits for it and joins the entry, instead of
+    inserting a second open entry and failing on the index (its call quarantined)."""
+    factory = DbFactory("postgresql", tmp_path)
+    db = await factory.create()
+    other = Database.connect(pg_url(), schema=db.schema)
+    try:
+        await migrate.upgrade(db)
+        east = make_call("1.1", outcome="missed", caller_number=CALLER, pbx="east")
+        west = make_call("1.1", at=T0 + 1, outcome="missed", caller_number=CALLER, pbx="west")
+        async with db.begin() as first:
+            await save_calls(first, [east], store_settings)
+            first_pid = (await first.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one()
+            second = asyncio.create_task(save(other, store_settings, west))
+            # Until the second waits for the first (a transaction per look: PostgreSQL
+            # keeps one snapshot of pg_stat_activity per transaction).
+            while not await blocked_by(db, first_pid):
+                if second.done():
+                    await second  # raises what the second writer hit
+                    raise AssertionError("the second writer did not wait for the first")
+                await asyncio.sleep(0.01)  # a poll of the server's view, not a pause
+        await second
+        [entry] = await entries(db)
+        assert entry["call_count"] == 2
+        assert len(entry["calls"]) == 2  # type: ignore[arg-type]
+    finally:
+        await other.close()
+        await factory.cleanup()

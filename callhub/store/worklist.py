@@ -257,6 +257,25 @@ def _b(column: sa.Column[Any]) -> sa.BindParameter[Any]:
     return sa.bindparam(f"b_{column.name}", type_=column.type)
 
 
+async def _lock_numbers(conn: AsyncConnection, numbers: Sequence[str]) -> None:
+    """On PostgreSQL, lock the batch's numbers until the transaction ends, in sorted order.
+
+    Several `callhub run` processes may share one database (docs/scaling.md), and
+    their PBXs the same callers: without the lock two writers could both find no open
+    entry for a number and both insert one, and the second's batch failed on the
+    open-entry index and its call went to the quarantine. With it, the second waits
+    for the first's commit and then reads its entry. Sorted: two batches never wait
+    for each other in a cycle. SQLite has one writer at a time anyway.
+    """
+    if conn.dialect.name != "postgresql":
+        return
+    await conn.execute(
+        sa.text("SELECT count(pg_advisory_xact_lock(hashtext("
+                "'callhub.worklist:' || current_schema() || ':' || n))) "
+                "FROM unnest(CAST(:numbers AS text[])) AS n"),
+        {"numbers": list(numbers)})
+
+
 async def apply_batch(conn: AsyncConnection, records: Sequence[CallRecord], ids: Sequence[int],
                       settings: Settings, before: Before, now: datetime) -> list[float]:
     """Update the worklist for stored calls (inside the writer's transaction), set-based.
@@ -272,6 +291,7 @@ async def apply_batch(conn: AsyncConnection, records: Sequence[CallRecord], ids:
                       if is_worklist_miss(r, settings) or is_reach(r)})
     if not numbers:
         return []
+    await _lock_numbers(conn, numbers)
     loaded: list[_Entry] = []
     for part in chunks(numbers, set_chunk(conn)):
         rows = await conn.execute(
