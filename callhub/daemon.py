@@ -52,9 +52,11 @@ from callhub.routing.service import routing_part
 from callhub.sms import SmsMetrics, SmsWorker, gateway_from_settings
 from callhub.store import migrate, worklist
 from callhub.store.db import Database
+from callhub.store.election import Election
 from callhub.store.recovery import CelRecovery
 from callhub.store.save import Saved, sync_agents
 from callhub.store.sms_outbox import TableOutbox
+from callhub.store.spool_lock import SpoolInUse, SpoolLock
 from callhub.store.writer import CallWriter
 
 log = structlog.get_logger(__name__)
@@ -80,6 +82,7 @@ class Daemon:
     out: TextIO = field(default_factory=lambda: sys.stdout)
     db: Database | None = None
     metrics: CallhubMetrics | None = None
+    election: Election | None = None  # who writes each PBX (a pair on PostgreSQL)
     writer: CallWriter | None = None
     rota: Rota | None = None  # route by this rota in memory, not the state directory's
     ingests: dict[str, PbxIngest] = field(default_factory=dict)
@@ -146,16 +149,42 @@ async def database(d: Daemon) -> AsyncIterator[None]:
 
 
 @asynccontextmanager
-async def writer_part(d: Daemon) -> AsyncIterator[None]:
-    """The batched writer; a spool left by the last run is written first; flushed on stop."""
+async def election_part(d: Daemon) -> AsyncIterator[None]:
+    """On PostgreSQL, the writer/standby election per PBX (a hot-standby pair: two
+    instances, one configuration); on SQLite this instance writes every PBX. Stopped
+    after the writer, so a writer flushes before the standby takes over."""
     assert d.db is not None
-    d.writer = CallWriter(d.db, d.settings, metrics=d.metrics, supervisor=d.supervisor)
-    d.on_record.append(d.writer.submit)
-    await d.writer.start()
+    d.election = Election(d.db, [p.name for p in d.settings.pbxs], supervisor=d.supervisor,
+                          metrics=d.metrics)
+    await d.election.start()
     try:
         yield
     finally:
-        await d.writer.stop()
+        await d.election.stop()
+
+
+@asynccontextmanager
+async def writer_part(d: Daemon) -> AsyncIterator[None]:
+    """The batched writer; a spool left by the last run is written first; flushed on stop.
+    The spool directory is locked: a second instance on it is a startup error."""
+    assert d.db is not None
+    lock = SpoolLock(d.settings.spool_dir)
+    try:
+        lock.acquire()
+    except SpoolInUse as exc:
+        raise StartupError(str(exc)) from None
+    gate = d.election if d.election is not None and d.election.elected else None
+    try:
+        d.writer = CallWriter(d.db, d.settings, metrics=d.metrics, supervisor=d.supervisor,
+                              gate=gate)
+        d.on_record.append(d.writer.submit)
+        await d.writer.start()
+        try:
+            yield
+        finally:
+            await d.writer.stop()
+    finally:
+        lock.release()
 
 
 @asynccontextmanager
@@ -322,6 +351,7 @@ async def report_mailer(d: Daemon) -> AsyncIterator[None]:
 PARTS: list[Part] = [
     metrics_part,
     database,
+    election_part,
     writer_part,
     worklist_gauge,
     report_mailer,

@@ -77,6 +77,7 @@ class PartState:
     ready: bool
     required: bool
     reason: str | None
+    detail: str | None = None
 
 
 class Health:
@@ -88,6 +89,7 @@ class Health:
         self.check = check
         self.ready = False
         self.reason: str | None = "starting"
+        self.detail: str | None = None  # shown whatever the state (e.g. a pair's role)
         self._settled = asyncio.Event()
         self._changed = asyncio.Event()
 
@@ -119,7 +121,7 @@ class Health:
                     reason = await self.check()
             except Exception as exc:  # a failing probe is a reason, never an error page
                 reason = describe(exc)
-        return PartState(self.name, reason is None, self.required, reason)
+        return PartState(self.name, reason is None, self.required, reason, self.detail)
 
 
 class Task:

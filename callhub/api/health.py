@@ -9,7 +9,12 @@ made on its own (tests, tools) still answers for them. The body:
     {"ready": false,
      "reasons": ["fastagi: cannot listen on 127.0.0.1:4573: ..."],
      "parts": {"database": {"ready": true, "required": true, "reason": null},
-               "fastagi": {"ready": false, "required": true, "reason": "cannot ..."}}}
+               "fastagi": {"ready": false, "required": true, "reason": "cannot ..."},
+               "role/pbx1": {"ready": true, "required": false, "reason": null,
+                             "detail": "standby"}}}
+
+A part may carry a `detail` whatever its state: `role/<pbx>` says whether
+this instance is the writer or the standby of a pair (callhub.store.election).
 
 `ready` is false (and the status 503) when any required part is down;
 `reasons` lists those, as `part: reason`.
@@ -75,7 +80,8 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     states = await request.app[SUPERVISOR].states(READY_TIMEOUT)
     reasons = [f"{s.name}: {s.reason}" for s in states if s.required and not s.ready]
     body = {"ready": not reasons, "reasons": reasons,
-            "parts": {s.name: {"ready": s.ready, "required": s.required, "reason": s.reason}
+            "parts": {s.name: {"ready": s.ready, "required": s.required, "reason": s.reason,
+                               **({"detail": s.detail} if s.detail is not None else {})}
                       for s in states}}
     return json_response(body, status=503 if reasons else 200)
 
@@ -83,7 +89,8 @@ async def readyz(request: web.Request) -> web.StreamResponse:
 PART_SCHEMA = {
     "type": "object", "required": ["ready", "required", "reason"],
     "properties": {"ready": {"type": "boolean"}, "required": {"type": "boolean"},
-                   "reason": {"type": ["string", "null"]}}}
+                   "reason": {"type": ["string", "null"]},
+                   "detail": {"type": "string"}}}
 READY_SCHEMA = {"application/json": {"schema": {
     "type": "object", "required": ["ready", "reasons", "parts"],
     "properties": {"ready": {"type": "boolean"},

@@ -103,6 +103,11 @@ class CallhubMetrics:
             "callhub_correlator_errors",
             "AMI events the correlator could not apply (skipped), by event kind (one of the "
             "kinds it handles: a closed set).", ["pbx", "event"], registry=r)
+        self.writer = Gauge("callhub_writer",
+                            "1 while this instance writes the PBX's calls to the database, 0 "
+                            "while it is the standby of a pair (queries select the writer's "
+                            "series with it, so a pair is not counted twice).", ["pbx"],
+                            registry=r)
         self.db_buffered_calls = Gauge("callhub_db_buffered_calls",
                                        "Finished calls not yet in the database.", registry=r)
         self.db_write_errors = Counter("callhub_db_write_errors",

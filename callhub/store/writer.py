@@ -31,6 +31,10 @@ drops new ones, each with an error log and `callhub_calls_dropped_total`.
 `stop()` logs everything still in memory, then keeps storing for
 `stop_timeout` seconds; what is left waits in the spool for the next start.
 
+With a `gate` (a hot-standby pair), each batch is first shown to it: calls of
+a PBX this instance stands by for are not stored but dropped from the spool
+once the writer committed them, and the log waits for them until then.
+
 The background task is supervised (part `writer`, restarted with backoff if
 it dies, e.g. on an OSError reading the spool back); the part is down, with
 the reason, while batches fail, and up again after the next stored batch.
@@ -47,6 +51,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import islice
+from typing import Protocol
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -67,6 +72,23 @@ log = structlog.get_logger(__name__)
 StoredListener = Callable[[Sequence[CallRecord], Saved], None]
 SUSPECT_TRIES = 3  # a lone call failing with an unclassified error while the database answers
 PING_TIMEOUT = 5.0
+
+
+class WriteGate(Protocol):
+    """Who may write which PBX's calls (callhub.store.election, a hot-standby pair)."""
+
+    async def admit(self, records: Sequence[CallRecord]) -> tuple[int, list[CallRecord]]:
+        """(how many leading records to settle now, those of them to store); the others
+        are stored already. 0: nothing yet, ask again after `changed` or `gate_poll`."""
+        ...
+
+    async def fence(self, conn: AsyncConnection, records: Sequence[CallRecord]) -> None:
+        """Run first in each batch's transaction; raises (an outage) if it may not write."""
+        ...
+
+    async def changed(self) -> None:
+        """Until the answer of `admit` may have changed."""
+        ...
 
 
 class _Outage(Exception):
@@ -115,8 +137,11 @@ class CallWriter:
                  stop_timeout: float = 10.0, group_window: float = 0.002,
                  spool_retry: float = 1.0, max_memory: int = 100_000,
                  stuck_after: float = 60.0, quarantine_window: float = 300.0,
-                 supervisor: Supervisor | None = None) -> None:
+                 supervisor: Supervisor | None = None, gate: WriteGate | None = None,
+                 gate_poll: float = 1.0) -> None:
         self.db = db
+        self.gate = gate
+        self.gate_poll = gate_poll
         self.supervisor = supervisor if supervisor is not None else Supervisor()
         self.health = self.supervisor.part("writer", check=self._readiness)
         self.settings = settings
@@ -402,8 +427,18 @@ class CallWriter:
                         await asyncio.wait_for(self._wake.wait(),
                                                max(deadline - time.monotonic(), 0.0))
                 continue
+            settled = len(batch)
             try:
-                await self._write(batch)
+                if self.gate is not None:
+                    batch, end, settled = await self._admit(batch, end)
+                if settled == 0:  # a standby's calls the writer has not committed yet
+                    if self._stopping.is_set():
+                        return  # they wait in the spool for the next start
+                    await self._notify()
+                    await self._gate_wait()
+                    continue
+                if batch:
+                    await self._write(batch)
             except _Outage as outage:
                 if end is None:  # from memory: back to the inbox, in order
                     self._inbox.extendleft(reversed(self._direct))
@@ -430,9 +465,44 @@ class CallWriter:
             if end is None:
                 self._direct = []
             else:
-                self._advance(end, len(batch))
+                self._advance(end, settled)
             self._update_gauge()
             await self._notify()
+
+    async def _admit(self, batch: list[CallRecord], end: Position | None
+                     ) -> tuple[list[CallRecord], Position | None, int]:
+        """Ask the gate: (the calls to store, the position after the settled ones, how many
+        are settled). Raises _Outage when it cannot tell (the database is away)."""
+        assert self.gate is not None
+        try:
+            settled, write = await self.gate.admit(batch)
+        except Exception as exc:
+            if end is None:
+                self._inbox.extendleft(reversed(self._direct))
+                self._direct = []
+            raise _Outage(exc) from exc
+        if 0 < settled < len(batch):
+            if end is None:  # from memory: the rest goes back to the inbox, in order
+                self._inbox.extendleft(reversed(self._direct[settled:]))
+                self._direct = self._direct[:settled]
+            else:
+                _, end = self.spool.read(self._stored, settled, self._logged)
+        elif settled == 0 and end is None:
+            self._inbox.extendleft(reversed(self._direct))
+            self._direct = []
+        return write, end, settled
+
+    async def _gate_wait(self) -> None:
+        """Until the gate's roles change, the writer stops, or `gate_poll` seconds."""
+        assert self.gate is not None
+        waits = {asyncio.ensure_future(self.gate.changed()),
+                 asyncio.ensure_future(self._stopping.wait())}
+        try:
+            await asyncio.wait(waits, timeout=self.gate_poll,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
 
     @staticmethod
     def _past(deadline: float | None) -> bool:
@@ -535,6 +605,8 @@ class CallWriter:
             self._conn = await self.db.engine.connect()  # checked out (and pinged) by the pool
         try:
             async with self._conn.begin():
+                if self.gate is not None:
+                    await self.gate.fence(self._conn, batch)
                 saved = await save_calls(self._conn, batch, self.settings, self._agents,
                                          self.contacts)
         except BaseException:
