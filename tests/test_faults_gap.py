@@ -43,8 +43,9 @@ class World:
     proxy: TcpProxy
     tmp_path: Path
 
-    def config(self) -> Path:
-        path = write_config(self.tmp_path, self.sim,
+    def config(self, directory: Path | None = None) -> Path:
+        """A config in `directory` (default the test's): its own spool and ports."""
+        path = write_config(directory or self.tmp_path, self.sim,
                             database_url=via_proxy(pg_url(), self.proxy))
         text = path.read_text("utf-8").replace(
             "\n[pbx.agents]",

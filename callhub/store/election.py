@@ -23,9 +23,10 @@ The writer's store loop asks this gate (`admit`) what it may do with a batch:
   the log, while it does not. On takeover the new writer stores what it
   holds: the old writer's uncommitted tail, written again at worst, which
   the idempotent save on (pbx, linkedid) makes harmless.
-- a call still not in `calls` `window` seconds after it ended (the writer
-  never saw it: its AMI link was down) is stored by the standby itself, so
-  the standby's log stays bounded by `window` plus the writer's lag.
+- a call the standby has held for `window` seconds (5 min) without seeing
+  it in `calls` (the writer never saw it: its AMI link was down) is stored
+  by the standby itself, so the standby's log stays bounded: the calls of
+  the last `window` seconds, plus what the writer cannot write meanwhile.
 
 Every batch takes `fence` in its transaction: a transaction-level advisory
 lock per PBX (`FENCE_NAMESPACE`) that serialises the writes of both
@@ -46,7 +47,7 @@ import asyncio
 import contextlib
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import sqlalchemy as sa
 import structlog
@@ -82,8 +83,7 @@ class Election:
 
     def __init__(self, db: Database, pbxs: Iterable[str], *, supervisor: Supervisor,
                  metrics: CallhubMetrics | None = None, interval: float = 1.0,
-                 timeout: float = 2.0, silence: float = 5.0, window: float = 300.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 timeout: float = 2.0, silence: float = 5.0, window: float = 300.0) -> None:
         self.db = db
         self.pbxs = list(dict.fromkeys(pbxs))
         self.supervisor = supervisor
@@ -92,13 +92,13 @@ class Election:
         self.timeout = timeout
         self.silence = silence
         self.window = window
-        self.clock = clock
         self.elected = db.dialect == "postgresql"  # SQLite: one instance, no election
         self._writes: dict[str, bool] = dict.fromkeys(self.pbxs, not self.elected)
         self._roles: dict[str, Health] = {p: supervisor.part(f"role/{p}", ready=True,
                                                              required=False)
                                           for p in self.pbxs}
         self._keys: dict[str, int] = {}
+        self._held_since: dict[tuple[str, str], float] = {}  # standby: first seen uncommitted
         self._scope: str | None = None  # current_schema() of the election session
         self._pid: int | None = None
         self._changed = asyncio.Event()
@@ -145,7 +145,8 @@ class Election:
         for pbx in self.pbxs:
             log.info("election.standby", pbx=pbx, reason="starting")
         # Not required: an instance without its election session is a standby, and ready.
-        self._task = self.supervisor.spawn("election", self._run, required=False)
+        self._task = self.supervisor.spawn("election", self._run, required=False,
+                                           ready_on_start=False)
 
     async def stop(self) -> None:
         """Give up every role (closing the session releases the locks)."""
@@ -178,11 +179,12 @@ class Election:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             async with asyncio.timeout(self.timeout):
                 await self._configure(conn)
-            health.up()
             while True:
                 started = time.monotonic()
                 async with asyncio.timeout(self.timeout):
                     await self._tick(conn)
+                if not health.ready:
+                    health.up()  # after the first tick: the roles are known
                 await asyncio.sleep(max(self.interval - (time.monotonic() - started), 0.0))
         finally:
             self._pid = None
@@ -226,19 +228,26 @@ class Election:
         stores (the others are committed already). 0: wait for `changed` or a while."""
         held = [(r.pbx, r.linkedid) for r in records if not self.is_writer(r.pbx)]
         committed = await self._committed(held) if held else set()
-        oldest = self.clock() - self.window
+        now = time.monotonic()
+        for key in held:
+            if key in committed:
+                self._held_since.pop(key, None)
+            else:
+                self._held_since.setdefault(key, now)
         write: list[CallRecord] = []
         for n, record in enumerate(records):
+            key = (record.pbx, record.linkedid)
             if self.is_writer(record.pbx):
                 write.append(record)
-            elif (record.pbx, record.linkedid) in committed:
+            elif key in committed:
                 continue
-            elif record.ended_at < oldest:
+            elif now - self._held_since[key] >= self.window:
                 log.warning("election.standby_stores", pbx=record.pbx, window=self.window,
                             hint="the writer has not stored this call: its AMI link missed it")
                 write.append(record)
             else:
                 return n, write
+            self._held_since.pop(key, None)
         return len(records), write
 
     async def _committed(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
