@@ -185,9 +185,10 @@ async def pg_startup(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 
 
 class TcpProxy:
-    """A loopback TCP proxy a test can cut (every connection dropped, new ones refused)
-    or make a PostgreSQL that refuses logins (`refuse_logins`). With `schema`, it is
-    a PostgreSQL proxy that puts every session in that schema."""
+    """A loopback TCP proxy a test can cut (every connection dropped, new ones refused),
+    freeze (a network cut: nothing passes, nobody hears of it) or make a PostgreSQL that
+    refuses logins (`refuse_logins`). With `schema`, it is a PostgreSQL proxy that puts
+    every session in that schema."""
 
     def __init__(self, target_host: str, target_port: int, schema: str | None = None) -> None:
         self.target = (target_host, target_port)
@@ -198,6 +199,8 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -205,6 +208,7 @@ class TcpProxy:
         return self.port
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._flowing.wait()
         if not self.up:
             writer.transport.abort()
             return
@@ -229,6 +233,7 @@ class TcpProxy:
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
+                await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
         except (OSError, asyncio.IncompleteReadError):
@@ -244,6 +249,10 @@ class TcpProxy:
             writer.transport.abort()
         self._writers.clear()
 
+    def freeze(self) -> None:
+        """A network cut: every byte is held, no connection is closed, new ones hang."""
+        self._flowing.clear()
+
     def refuse_logins(self) -> None:
         """Drop every connection; new ones are answered 'password authentication failed'."""
         self.cut()
@@ -255,6 +264,7 @@ class TcpProxy:
         self.refusing = False
 
     async def stop(self) -> None:
+        self._flowing.set()
         self.cut()
         if self._server is not None:
             self._server.close()

@@ -79,7 +79,7 @@ async def standing_by(daemon: Daemon) -> dict[str, Any]:
     """Until the instance's election has run (its first tick): its /readyz body."""
     deadline = time.monotonic() + WAIT
     while True:
-        status, body = await readyz(daemon)
+        _, body = await readyz(daemon)
         if body["parts"].get("election", {}).get("ready"):
             return body
         assert time.monotonic() < deadline, body

@@ -47,7 +47,8 @@ import asyncio
 import contextlib
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
@@ -165,12 +166,15 @@ class Election:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._pid = None
-                for pbx in self.pbxs:
-                    self._set(pbx, False, f"election session lost ({type(exc).__name__})")
                 health.down(f"election session lost ({type(exc).__name__}); reconnecting")
                 log.warning("election.session_lost", error=type(exc).__name__)
             await asyncio.sleep(self.interval)
+
+    def _lost(self, exc: BaseException) -> None:
+        """Give every role up at once (before closing the session, which may hang)."""
+        self._pid = None
+        for pbx in self.pbxs:
+            self._set(pbx, False, f"election session lost ({type(exc).__name__})")
 
     async def _session(self, health: Health) -> None:
         """One database session: take the free locks and heartbeat every `interval`."""
@@ -181,17 +185,33 @@ class Election:
                 await self._configure(conn)
             while True:
                 started = time.monotonic()
-                async with asyncio.timeout(self.timeout):
-                    await self._tick(conn)
+                await self._bounded(self._tick(conn))
                 if not health.ready:
                     health.up()  # after the first tick: the roles are known
                 await asyncio.sleep(max(self.interval - (time.monotonic() - started), 0.0))
+        except BaseException as exc:
+            self._lost(exc)
+            raise
         finally:
-            self._pid = None
+            # Never back to the pool: the session holds the locks. A cut connection may
+            # hang on close (asyncpg's cancel request): bounded, the server ends it anyway.
             with contextlib.suppress(Exception):
-                await conn.invalidate()  # never back to the pool: the session holds locks
+                async with asyncio.timeout(self.timeout):
+                    await conn.invalidate()
             with contextlib.suppress(Exception):
-                await conn.close()
+                async with asyncio.timeout(self.timeout):
+                    await conn.close()
+
+    async def _bounded(self, step: Coroutine[Any, Any, None]) -> None:
+        """Run `step`; past `timeout`, give the roles up at once, then cancel it (a query
+        on a cut connection can take seconds to cancel)."""
+        task = asyncio.ensure_future(step)
+        done, _ = await asyncio.wait({task}, timeout=self.timeout)
+        if not done:
+            self._lost(TimeoutError())
+            task.cancel()
+            raise TimeoutError(f"no answer within {self.timeout} s")
+        task.result()
 
     async def _configure(self, conn: AsyncConnection) -> None:
         silence_ms = int(self.silence * 1000)

@@ -1,0 +1,257 @@
+"""The hot-standby election (callhub.store.election) and the writer's gate, in process on
+PostgreSQL: each instance has its own connections, through a proxy of its own, to one
+schema, so a test can end one instance's sessions (a crash) or freeze them (a network
+cut) and watch the other take over; an overlap at takeover stores each call, its
+worklist entry and its SMS once. Also: one process per spool directory."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry
+from sqlalchemy.engine import make_url
+from store_fixtures import DbFactory, TcpProxy, make_call, pg_url, via_proxy
+from test_faults_wal import assert_worklist_counts_each_call_once, stored
+from test_sms_store import CONTACTS, outbox_rows, with_sms
+
+from callhub.config import Settings
+from callhub.lifecycle import Supervisor
+from callhub.metrics.collectors import CallhubMetrics
+from callhub.store import migrate
+from callhub.store.db import Database
+from callhub.store.election import NAMESPACE, Election, lock_key
+from callhub.store.spool_lock import SpoolInUse, SpoolLock
+from callhub.store.writer import CallWriter
+
+WAIT = 20.0
+PBXS = ["main", "branch"]
+
+
+@dataclass
+class Instance:
+    """One callhub of a pair: its proxy to the shared schema, database, election."""
+
+    proxy: TcpProxy
+    db: Database
+    supervisor: Supervisor
+    metrics: CallhubMetrics
+    election: Election
+
+    def gauge(self, pbx: str) -> float:
+        value = self.metrics.registry.get_sample_value("callhub_writer", {"pbx": pbx})
+        assert value is not None
+        return value
+
+
+@dataclass
+class Pair:
+    shared: Database  # the test's own view of the schema
+    schema: str
+    instances: list[Instance]
+
+    async def instance(self, **election_args: float) -> Instance:
+        url = make_url(pg_url())
+        proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432, schema=self.schema)
+        await proxy.start()
+        db = Database.connect(via_proxy(pg_url(), proxy))
+        supervisor = Supervisor(backoff_base=0.02, backoff_max=0.1)
+        metrics = CallhubMetrics(CollectorRegistry(), pbxs=PBXS)
+        election = Election(db, PBXS, supervisor=supervisor, metrics=metrics,
+                            **election_args)
+        instance = Instance(proxy, db, supervisor, metrics, election)
+        self.instances.append(instance)
+        await election.start()
+        await asyncio.wait_for(supervisor.parts["election"].wait_ready(), WAIT)
+        return instance
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
+    factory = DbFactory("postgresql", tmp_path)
+    shared = await factory.create()
+    await migrate.upgrade(shared)
+    assert shared.schema is not None
+    made = Pair(shared, shared.schema, [])
+    try:
+        yield made
+    finally:
+        for instance in made.instances:
+            await instance.election.stop()
+            await instance.supervisor.aclose()
+            await instance.proxy.stop()
+            await instance.db.close()
+        await factory.cleanup()
+
+
+async def until(predicate: object, within: float = WAIT) -> float:
+    """Poll `predicate()` (state another task changes); the seconds it took."""
+    started = time.monotonic()
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() - started < within, "waited in vain"
+        await asyncio.sleep(0.02)  # a poll of another task's state, not a pause
+    return time.monotonic() - started
+
+
+def test_the_lock_key_is_stable_and_scoped() -> None:
+    assert lock_key("s1", "main") == lock_key("s1", "main")
+    assert lock_key("s1", "main") != lock_key("s2", "main")
+    assert lock_key("s1", "main") != lock_key("s1", "branch")
+    assert 0 <= lock_key("public", "x" * 300) < 2**31
+
+
+async def test_sqlite_is_one_instance_writing_every_pbx(tmp_path: Path) -> None:
+    db = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'calls.db'}")
+    supervisor = Supervisor()
+    metrics = CallhubMetrics(CollectorRegistry(), pbxs=PBXS)
+    election = Election(db, PBXS, supervisor=supervisor, metrics=metrics)
+    await election.start()
+    try:
+        assert not election.elected and "election" not in supervisor.tasks
+        assert all(election.is_writer(p) for p in PBXS)
+        state = {s.name: s for s in await supervisor.states()}
+        assert state["role/main"].ready and state["role/main"].detail == "writer (single instance)"
+        assert metrics.registry.get_sample_value("callhub_writer", {"pbx": "main"}) == 1
+    finally:
+        await election.stop()
+        await db.close()
+
+
+async def test_one_writer_per_pbx_and_the_standby_takes_over_when_its_session_ends(
+        pair: Pair) -> None:
+    a = await pair.instance()
+    assert all(a.election.is_writer(p) for p in PBXS)
+    b = await pair.instance()  # its first tick is done: the locks were tried
+    assert not any(b.election.is_writer(p) for p in PBXS)
+    assert [a.gauge(p) for p in PBXS] == [1, 1] and [b.gauge(p) for p in PBXS] == [0, 0]
+    states = {s.name: s for s in await b.supervisor.states()}
+    assert states["role/main"].ready and states["role/main"].detail == "standby"
+
+    a.proxy.cut()  # the writer's session ends (as when it is SIGKILLed)
+    took = await until(lambda: all(b.election.is_writer(p) for p in PBXS))
+    assert took < 10.0
+    assert [b.gauge(p) for p in PBXS] == [1, 1]
+    await until(lambda: not any(a.election.is_writer(p) for p in PBXS))
+    assert [a.gauge(p) for p in PBXS] == [0, 0]
+
+    a.proxy.restore()  # the old writer comes back: it stays the standby
+    await asyncio.wait_for(a.supervisor.parts["election"].wait_ready(), WAIT)
+    assert not any(a.election.is_writer(p) for p in PBXS)
+    assert all(b.election.is_writer(p) for p in PBXS)
+
+
+async def test_a_writer_cut_off_by_the_network_is_replaced_within_the_bound(
+        pair: Pair) -> None:
+    a = await pair.instance()
+    b = await pair.instance()
+    assert a.election.is_writer("main") and not b.election.is_writer("main")
+    a.proxy.freeze()  # half-open: no packet passes, no socket is closed
+    cut = time.monotonic()
+    await until(lambda: not a.election.is_writer("main"))  # the heartbeat timed out
+    assert time.monotonic() - cut < a.election.timeout + a.election.interval + 1.0
+    took = await until(lambda: all(b.election.is_writer(p) for p in PBXS))
+    assert took < 10.0  # the server ended the silent session (idle_session_timeout)
+
+
+async def test_the_standby_drops_what_the_writer_committed_and_stores_the_rest_once(
+        pair: Pair, tmp_path: Path) -> None:
+    settings = with_sms(replace(Settings(), spool_dir=str(tmp_path / "unused")))
+    a = await pair.instance()
+    b = await pair.instance()
+
+    def writer(instance: Instance, name: str, poll: float) -> CallWriter:
+        w = CallWriter(instance.db, replace(settings, spool_dir=str(tmp_path / name)),
+                       supervisor=instance.supervisor, gate=instance.election,
+                       gate_poll=poll)
+        w.contacts = CONTACTS.get
+        return w
+
+    # The standby looks for committed calls every 0.1 s here; its twin below never does
+    # before the takeover, so that it stores again what the writer had committed.
+    wa, wb = writer(a, "a", 0.1), writer(b, "b", 0.1)
+    await wa.start()
+    await wb.start()
+    at = time.time()
+    first = [make_call(f"first.{n}", at=at, pbx=PBXS[n % 2],
+                       outcome="missed" if n % 3 else "answered",
+                       caller_number=f"+86139000000{n:02d}", line="front-desk")
+             for n in range(12)]
+    try:
+        for record in first:
+            wa.submit(record)
+            wb.submit(record)
+        await asyncio.wait_for(wa.wait_written(), WAIT)
+        await asyncio.wait_for(wb.wait_written(), WAIT)  # it saw them all committed
+        assert wa.written == len(first) and wb.written == 0
+    finally:
+        await wb.stop()
+    assert not list((tmp_path / "b").glob("wal-*.jsonl"))  # its log is pruned
+
+    # Its twin (same instance, slow to prune) holds the next calls when the writer dies.
+    wb = writer(b, "b", 3600.0)
+    await wb.start()
+    second = [make_call(f"second.{n}", at=at, pbx=PBXS[n % 2],
+                        outcome="missed" if n % 2 else "answered",
+                        caller_number=f"+86139000001{n:02d}", line="front-desk")
+              for n in range(10)]
+    try:
+        for record in second:
+            wa.submit(record)
+            wb.submit(record)
+        await asyncio.wait_for(wa.wait_written(), WAIT)
+        assert wb.pending == len(second) and wb.written == 0
+        await wa.stop()
+        a.proxy.cut()
+        await asyncio.wait_for(wb.wait_written(), WAIT)
+        assert wb.written == len(second)  # the overlap: all of them again
+    finally:
+        await wa.stop()
+        await wb.stop()
+    rows = await stored(pair.shared)  # fails if a call is there twice
+    assert set(rows) == {r.linkedid for r in first + second}
+    await assert_worklist_counts_each_call_once(pair.shared)
+    sms = await outbox_rows(pair.shared)
+    assert sorted(r["linkedid"] for r in sms) == sorted(r.linkedid for r in first + second)
+    assert len({r["idempotency_key"] for r in sms}) == len(sms)
+
+
+async def test_a_writer_that_lost_its_lock_cannot_commit(pair: Pair, tmp_path: Path) -> None:
+    a = await pair.instance()
+    b = await pair.instance()
+    async with b.db.connection() as conn:
+        assert a.election.is_writer("main")
+        # b is the standby: the fence lets it through only for calls it stores itself
+        # (none of "main" here); a, believing itself the writer, is checked.
+        async with conn.begin():
+            await b.election.fence(conn, [make_call("x.1", pbx="main")])
+    async with a.db.connection() as conn, conn.begin():
+        await a.election.fence(conn, [make_call("x.2", pbx="main")])
+    # Its lock gone behind its back (another session ended it), a still believes; the
+    # fence in its next batch refuses.
+    async with pair.shared.connection() as conn:
+        pid = await conn.scalar(sa.text(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            f"AND classid = {NAMESPACE} AND objid = {lock_key(pair.schema, 'main')}"))
+        assert pid is not None
+        await conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    async with a.db.connection() as conn:
+        with pytest.raises(ConnectionError):
+            async with conn.begin():
+                await a.election.fence(conn, [make_call("x.3", pbx="main")])
+
+
+def test_a_spool_directory_takes_one_process(tmp_path: Path) -> None:
+    first, second = SpoolLock(tmp_path / "spool"), SpoolLock(tmp_path / "spool")
+    first.acquire()
+    try:
+        with pytest.raises(SpoolInUse, match="CALLHUB_SPOOL_DIR"):
+            second.acquire()
+    finally:
+        first.release()
+    second.acquire()  # free again once released (or its process ended)
+    second.release()
