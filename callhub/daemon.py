@@ -156,6 +156,8 @@ async def election_part(d: Daemon) -> AsyncIterator[None]:
     assert d.db is not None
     d.election = Election(d.db, [p.name for p in d.settings.pbxs], supervisor=d.supervisor,
                           metrics=d.metrics)
+    if d.metrics is not None:  # only the writer of a PBX exports its call metrics
+        d.metrics.counts = d.election.is_writer
     await d.election.start()
     try:
         yield
@@ -193,11 +195,17 @@ async def worklist_gauge(d: Daemon) -> AsyncIterator[None]:
     if d.metrics is None or d.db is None or d.writer is None:
         yield
         return
-    metrics, db = d.metrics, d.db
+    metrics, db, election = d.metrics, d.db, d.election
     nudge = asyncio.Event()
 
     async def refresh_loop() -> None:
         while True:
+            if election is not None and "writer" not in election.roles.values():
+                metrics.set_worklist(0, None)  # a pair's standby: the writer exports it
+                nudge.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(nudge.wait(), WORKLIST_GAUGE_SECONDS)
+                continue
             try:
                 async with db.connection() as conn:
                     pending, oldest = await worklist.pending_summary(conn)

@@ -105,8 +105,15 @@ async def test_pair_standby_takes_over_from_a_killed_writer_then_cel_fills_the_g
         assert await metric(a, "callhub_writer", 'pbx="lab"') == 1
         assert await metric(b, "callhub_writer", 'pbx="lab"') == 0
 
-        await world.sim.send([m for _, m in merge_calls(before_kill)])
-        await until_metric(b, "callhub_calls_total", "", len(before_kill))
+        # Only the writer exports call metrics: the standby's count stays 0, while its
+        # AMI event counter shows it read every event of the first ten calls.
+        events = [m for _, m in merge_calls(before_kill)]
+        read = await metric(b, "callhub_ami_events_total", 'pbx="lab"')
+        await world.sim.send(events)
+        await until_metric(a, "callhub_calls_total", "", len(before_kill))
+        await until_metric(b, "callhub_ami_events_total", 'pbx="lab"', read + len(events))
+        assert await metric(b, "callhub_calls_total") == 0
+        assert await metric(b, "callhub_active_calls") == 0
         killed = time.monotonic()
         await a.kill()  # SIGKILL: whatever it had not committed, the standby stores
         await b.until(lambda: bool(b.events("election.writer")))
@@ -119,6 +126,9 @@ async def test_pair_standby_takes_over_from_a_killed_writer_then_cel_fills_the_g
         await world.sim.send([m for _, m in merge_calls(after_kill)])
         await until_stored(world.db, [c.linkedid for c in before_kill + after_kill])
         await until_metric(b, "callhub_db_buffered_calls", "", 0)
+        # The new writer counts from its takeover on (the calls that finished while it
+        # stood by were the old writer's to count).
+        assert await metric(b, "callhub_calls_total") == len(after_kill)
         assert await b.stop() == 0
     finally:
         await a.kill()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from metrics_fixtures import make_record
 from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import make_url
 from store_fixtures import DbFactory, TcpProxy, make_call, pg_url, via_proxy
@@ -255,3 +256,21 @@ def test_a_spool_directory_takes_one_process(tmp_path: Path) -> None:
         first.release()
     second.acquire()  # free again once released (or its process ended)
     second.release()
+
+
+def test_a_standby_exports_no_call_metrics_and_keeps_its_windows_for_the_takeover() -> None:
+    clock = 1_800_000_100.0
+    metrics = CallhubMetrics(CollectorRegistry(), pbxs=["main"], clock=lambda: clock)
+    writer = {"main": False}
+    metrics.counts = lambda pbx: writer[pbx]
+    record = make_record(arrived_at=clock - 60, rings=2, pbx="main")
+    metrics.observe_call(record)
+    value = metrics.registry.get_sample_value
+    assert value("callhub_calls_total", {"pbx": "main", "line": "other",
+                                         "direction": "inbound", "outcome": "answered"}) is None
+    assert value("callhub_answered_within_rings_calls", {"pbx": "main", "window": "1h"}) is None
+    writer["main"] = True  # it takes over: the windows count what it saw meanwhile
+    assert value("callhub_answered_within_rings_calls", {"pbx": "main", "window": "1h"}) == 1
+    metrics.observe_call(record)
+    assert sum(s.value for m in metrics.registry.collect() if m.name == "callhub_calls"
+               for s in m.samples if s.name == "callhub_calls_total") == 1

@@ -72,8 +72,8 @@ class PbxIngest:
         self._events_counter = (metrics.ami_events.labels(pbx.name)
                                 if metrics is not None else None)
         if metrics is not None:  # read when scraped, not written per event
-            metrics.active_calls.labels(pbx.name).set_function(
-                lambda: self.correlator.active_calls)
+            metrics.active_calls.labels(pbx.name).set_function(  # 0 on a pair's standby
+                lambda: self.correlator.active_calls if metrics.counts(pbx.name) else 0)
         self.clock = clock
         self.expire_interval = expire_interval
         self.correlator = Correlator(pbx, clock=clock, stale_after=stale_after)

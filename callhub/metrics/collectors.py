@@ -52,6 +52,10 @@ class CallhubMetrics:
                  clock: Callable[[], float] = time.time,
                  targets: LineTargets | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        # Whether this instance exports a PBX's call metrics: a hot-standby pair's standby
+        # does not (the daemon sets it to the election's `is_writer`), so that a pair is
+        # never counted twice; it keeps its ring windows, for when it takes over.
+        self.counts: Callable[[str], bool] = lambda pbx: True
         self.known_agents = set(agents)
         self.known_lines = set(lines)
         self.known_pbxs = set(pbxs)
@@ -144,8 +148,13 @@ class CallhubMetrics:
             exclude_short_abandons, clock)
         for pbx in self.known_pbxs:
             self._init_pbx(pbx)
-        r.register(RingWindowsCollector(self.windows))
-        r.register(LineTargetCollector(self.line_targets))
+        r.register(RingWindowsCollector(self.windows, lambda pbx: self.counts(pbx)))
+        r.register(LineTargetCollector(self.line_targets, self._writes_any))
+
+    def _writes_any(self) -> bool:
+        """Whether this instance exports the per-line figures (lines span PBXs): unless it
+        is the standby of every PBX."""
+        return not self.known_pbxs or any(self.counts(p) for p in self.known_pbxs)
 
     def _init_pbx(self, pbx: str) -> None:
         """Series of a configured PBX exist from the start (at 0), so that `increase()`
@@ -188,6 +197,10 @@ class CallhubMetrics:
         """Count one finished call."""
         pbx = self.pbx_label(record.pbx)
         line = self.line_label(record.line)
+        self.windows.observe(pbx, record)
+        self.line_targets.observe(line, record)
+        if not self.counts(record.pbx):
+            return  # the standby of a pair: the writer counts it
         direction = bounded(record.direction, DIRECTIONS)
         outcome = bounded(record.outcome, OUTCOMES)
         self.calls.labels(pbx, line, direction, outcome).inc()
@@ -195,8 +208,6 @@ class CallhubMetrics:
             if attempt.result is not None:
                 self.agent_attempts.labels(self.agent_label(attempt.interface),
                                            bounded(attempt.result, ATTEMPT_RESULTS)).inc()
-        self.windows.observe(pbx, record)
-        self.line_targets.observe(line, record)
         if direction != "inbound":
             if outcome == "answered":
                 self.talk_seconds.labels(pbx).observe(record.talk_seconds)

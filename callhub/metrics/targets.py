@@ -54,8 +54,10 @@ class LineTargetCollector(Collector):
     TARGET_RINGS = "callhub_line_target_rings"
     ANSWER_RATE_TARGET = "callhub_line_answer_rate_target"
 
-    def __init__(self, tally: LineTargetWindows) -> None:
+    def __init__(self, tally: LineTargetWindows,
+                 exported: Callable[[], bool] = lambda: True) -> None:
         self.tally = tally
+        self.exported = exported  # a pair's standby keeps its windows but exports none
 
     def describe(self) -> Iterable[Metric]:
         return list(self._families())
@@ -67,7 +69,8 @@ class LineTargetCollector(Collector):
             target = targets.of(line)
             rings.add_metric([line], target.target_rings)
             rate.add_metric([line], target.answer_rate_target)
-        for (line, window), figures in sorted(self.tally.windows.figures().items()):
+        figures_by_window = self.tally.windows.figures() if self.exported() else {}
+        for (line, window), figures in sorted(figures_by_window.items()):
             calls.add_metric([line, window], figures.eligible)
             value = figures.ratio(targets.of(line).target_rings)
             if value is not None:

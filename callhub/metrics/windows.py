@@ -155,8 +155,10 @@ class RingWindowsCollector(Collector):
     RATIO = "callhub_answered_within_rings_ratio"
     CALLS = "callhub_answered_within_rings_calls"
 
-    def __init__(self, windows: RingWindows) -> None:
+    def __init__(self, windows: RingWindows,
+                 exported: Callable[[str], bool] = lambda pbx: True) -> None:
         self.windows = windows
+        self.exported = exported  # a standby of a pair keeps its windows but exports none
 
     def describe(self) -> Iterable[Metric]:
         return list(self._families())
@@ -164,6 +166,8 @@ class RingWindowsCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         ratio, calls = self._families()
         for (pbx, window), figures in sorted(self.windows.figures().items()):
+            if not self.exported(pbx):
+                continue
             calls.add_metric([pbx, window], figures.eligible)
             for n in self.windows.within_rings:
                 value = figures.ratio(n)
