@@ -26,7 +26,7 @@ from callhub.lifecycle import Supervisor
 from callhub.metrics.collectors import CallhubMetrics
 from callhub.store import migrate
 from callhub.store.db import Database
-from callhub.store.election import NAMESPACE, Election, lock_key
+from callhub.store.election import FENCE_NAMESPACE, NAMESPACE, Election, lock_key
 from callhub.store.spool_lock import SpoolInUse, SpoolLock
 from callhub.store.writer import CallWriter
 
@@ -274,3 +274,32 @@ def test_a_standby_exports_no_call_metrics_and_keeps_its_windows_for_the_takeove
     metrics.observe_call(record)
     assert sum(s.value for m in metrics.registry.collect() if m.name == "callhub_calls"
                for s in m.samples if s.name == "callhub_calls_total") == 1
+
+
+async def test_batches_of_one_pbx_from_both_instances_run_one_after_the_other(
+        pair: Pair) -> None:
+    a = await pair.instance()
+    b = await pair.instance()
+    key = lock_key(pair.schema, "main")
+    async with b.db.connection() as b_conn, a.db.connection() as a_conn:
+        await b_conn.begin()
+        await b.election.fence(b_conn, [make_call("y.1", pbx="main")])  # b's batch runs
+
+        async def a_batch() -> None:
+            await a_conn.begin()
+            await a.election.fence(a_conn, [make_call("y.1", pbx="main")])
+
+        waiting = asyncio.create_task(a_batch())
+
+        async def a_waits() -> bool:
+            async with pair.shared.connection() as conn:
+                return bool(await conn.scalar(sa.text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                    f"AND NOT granted AND classid = {FENCE_NAMESPACE} AND objid = {key}")))
+
+        deadline = time.monotonic() + WAIT
+        while not await a_waits():  # a's batch queues behind b's
+            assert time.monotonic() < deadline and not waiting.done()
+        await b_conn.commit()
+        await asyncio.wait_for(waiting, WAIT)  # and runs once b's has committed
+        await a_conn.rollback()

@@ -293,12 +293,11 @@ class Election:
         if scope is None:
             scope = str((await conn.execute(sa.text("SELECT current_schema()"))).scalar())
         keys = [lock_key(scope, p) for p in pbxs]  # sorted: no deadlock between instances
-        try:
+        locks = ", ".join(f"pg_advisory_xact_lock({FENCE_NAMESPACE}, {key})" for key in keys)
+        try:  # one round trip: the timeout first, then the locks in key order
             await conn.execute(sa.text(
-                "SELECT set_config('lock_timeout', :wait, true)"), {"wait": FENCE_WAIT})
-            for key in keys:
-                await conn.execute(sa.text(
-                    f"SELECT pg_advisory_xact_lock({FENCE_NAMESPACE}, {key})"))
+                f"SELECT set_config('lock_timeout', :wait, true), {locks}"),
+                {"wait": FENCE_WAIT})
         except Exception as exc:
             raise NotWriter(f"the other instance's batch holds the fence ({exc})") from exc
         mine = [key for pbx, key in zip(pbxs, keys, strict=True) if self.is_writer(pbx)]
