@@ -133,7 +133,10 @@ class Election:
             return
         self._writes[pbx] = writes
         self._show(pbx)
-        log.warning("election.writer" if writes else "election.standby", pbx=pbx, reason=why)
+        if writes:
+            log.warning("election.writer", pbx=pbx, reason=why)
+        else:
+            log.warning("election.standby", pbx=pbx, reason=why)
         self._changed.set()
         self._changed = asyncio.Event()
 
