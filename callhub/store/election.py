@@ -66,6 +66,7 @@ log = structlog.get_logger(__name__)
 NAMESPACE = 0x63616C6C  # "call": the election locks (session level)
 FENCE_NAMESPACE = 0x63616C6D  # the batches' locks (transaction level)
 FENCE_WAIT = "5s"  # a batch waits at most this long for the other instance's batch
+IDLE_SESSION_TIMEOUT_SINCE = 140000  # PostgreSQL 14
 
 
 class NotWriter(ConnectionError):
@@ -102,6 +103,7 @@ class Election:
         self._held_since: dict[tuple[str, str], float] = {}  # standby: first seen uncommitted
         self._scope: str | None = None  # current_schema() of the election session
         self._pid: int | None = None
+        self._warned_version = False
         self._changed = asyncio.Event()
         self._task: Task | None = None
         for pbx in self.pbxs:
@@ -217,15 +219,24 @@ class Election:
         task.result()
 
     async def _configure(self, conn: AsyncConnection) -> None:
-        silence_ms = int(self.silence * 1000)
+        silence_ms = str(int(self.silence * 1000))
+        version = int((await conn.execute(sa.text(
+            "SELECT current_setting('server_version_num')"))).scalar_one())
+        if version >= IDLE_SESSION_TIMEOUT_SINCE:
+            await conn.execute(sa.text("SELECT set_config('idle_session_timeout', :ms, false)"),
+                               {"ms": silence_ms})
+        elif not self._warned_version:
+            self._warned_version = True
+            log.warning("election.no_idle_session_timeout", server_version=version,
+                        hint="PostgreSQL before 14 cannot end a silent lock holder itself: a "
+                             "writer cut off half-open is replaced when TCP keepalives give "
+                             "up (about 4 s more), not within the 6 s bound")
         await conn.execute(sa.text(
-            "SELECT set_config('idle_session_timeout', :silence, false), "
-            "set_config('idle_in_transaction_session_timeout', :silence, false), "
-            "set_config('statement_timeout', :silence, false), "
+            "SELECT set_config('idle_in_transaction_session_timeout', :ms, false), "
+            "set_config('statement_timeout', :ms, false), "
             "set_config('tcp_keepalives_idle', '1', false), "
             "set_config('tcp_keepalives_interval', '1', false), "
-            "set_config('tcp_keepalives_count', '3', false)"),
-            {"silence": str(silence_ms)})
+            "set_config('tcp_keepalives_count', '3', false)"), {"ms": silence_ms})
         row = (await conn.execute(sa.text("SELECT pg_backend_pid(), current_schema()"))).one()
         self._pid, self._scope = int(row[0]), str(row[1])
         self._keys = {p: lock_key(self._scope, p) for p in self.pbxs}
