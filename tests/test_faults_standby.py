@@ -160,3 +160,23 @@ async def test_pair_standby_takes_over_from_a_killed_writer_then_cel_fills_the_g
     for call in before_kill + after_kill:
         assert rows[call.linkedid]["source"] == "ami", call.linkedid
     await assert_worklist_counts_each_call_once(world.db)
+
+
+async def test_a_second_callhub_on_the_same_spool_directory_stops_with_a_clear_error(
+        world: World) -> None:
+    config = pair_config(world, "a")
+    first = await start(config)
+    second = Daemon(config)
+    try:
+        await second.start()
+        assert second.proc is not None
+        code = await asyncio.wait_for(second.proc.wait(), WAIT)
+        await second.kill()  # collects the rest of its output
+        assert code == 2
+        said = "".join(second.lines)
+        assert "is in use by another callhub" in said and "CALLHUB_SPOOL_DIR" in said, said
+        assert first.proc is not None and first.proc.returncode is None  # untouched
+        assert await first.stop() == 0
+    finally:
+        await first.kill()
+        await second.kill()
