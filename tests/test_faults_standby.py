@@ -37,8 +37,9 @@ def pair_config(world: World, name: str) -> Path:
     directory = world.tmp_path / name
     directory.mkdir()
     path = world.config(directory)
-    path.write_text(path.read_text("utf-8").replace(
-        "[api]\n", f'[api]\ntokens = ["viewer:{VIEWER}"]\n', 1), "utf-8")
+    text = re.sub(r"^tokens = .*$", "", path.read_text("utf-8"), count=1, flags=re.M)
+    path.write_text(text.replace("[api]\n", f'[api]\ntokens = ["viewer:{VIEWER}"]\n', 1),
+                    "utf-8")
     return path
 
 
