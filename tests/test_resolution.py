@@ -110,6 +110,79 @@ async def test_storing_the_call_again_keeps_its_resolution(desk: Desk) -> None:
     assert got["resolution_at"] is not None
 
 
+async def listed(desk: Desk, **params: Any) -> list[int]:
+    """The ids GET /calls lists for `params`, every page followed."""
+    ids: list[int] = []
+    cursor = None
+    while True:
+        query = {**params, "limit": 2, **({"cursor": cursor} if cursor else {})}
+        response = await desk.client.get("/api/v1/calls", params=query, headers=SUP)
+        assert response.status == 200, await response.text()
+        body = await response.json()
+        ids += [c["id"] for c in body["items"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return ids
+
+
+async def test_calls_are_listed_by_resolution_and_none_lists_those_not_set(
+        desk: Desk) -> None:
+    resolutions = [RESOLVED[n % len(RESOLVED)] for n in range(15)]
+    random.Random(11).shuffle(resolutions)
+    chosen: dict[int, str | None] = {}
+    for n, resolution in enumerate(resolutions):
+        line = LINES[n % 2]
+        (call_id,) = await store(desk.db, desk.settings, make_call(
+            f"f-{n}", at=desk.clock.now - HOUR + n * 60, line=line, called_number=line))
+        if resolution is not None:
+            body: dict[str, Any] = {"resolution": resolution}
+            if resolution == "referred":
+                body["department"] = "维修部"
+            assert (await patch(desk, call_id, body))[0] == 200
+        chosen[call_id] = resolution
+    # A resolution set then cleared is "none" again.
+    cleared = next(i for i, r in chosen.items() if r is not None)
+    assert (await patch(desk, cleared, {"resolution": None}))[0] == 200
+    chosen[cleared] = None
+    newest_first = sorted(chosen, key=lambda i: -i)  # arrival order is id order here
+    assert await listed(desk) == newest_first
+    on_line = set(await listed(desk, line=LINES[0]))
+    for value in ("resolved", "referred", "pending", "unresolved", "none"):
+        wanted = None if value == "none" else value
+        expected_ids = [i for i in newest_first if chosen[i] == wanted]
+        assert expected_ids, value  # every value has calls to find
+        assert await listed(desk, resolution=value) == expected_ids, value
+        assert await listed(desk, resolution=value, line=LINES[0]) == [
+            i for i in expected_ids if i in on_line], value
+    # The listed calls show what they were listed by.
+    response = await desk.client.get("/api/v1/calls", params={"resolution": "none"},
+                                     headers=SUP)
+    items = (await response.json())["items"]
+    assert items and all(c["resolution"] is None for c in items)
+    response = await desk.client.get("/api/v1/calls", params={"resolution": "done"},
+                                     headers=SUP)
+    assert response.status == 400
+    assert (await response.json())["parameter"] == "resolution"
+
+
+async def test_the_csv_export_takes_the_resolution_filter(desk: Desk) -> None:
+    import csv
+    import io
+
+    open_matter = await one_call(desk, "c-open")
+    settled = await one_call(desk, "c-settled")
+    pending = await one_call(desk, "c-pending")
+    assert (await patch(desk, settled, {"resolution": "resolved"}))[0] == 200
+    assert (await patch(desk, pending, {"resolution": "pending"}))[0] == 200
+    for value, wanted in (("none", {open_matter}), ("pending", {pending}),
+                          ("resolved", {settled})):
+        response = await desk.client.get("/api/v1/calls", headers=SUP,
+                                         params={"format": "csv", "resolution": value})
+        assert response.status == 200
+        rows = list(csv.DictReader(io.StringIO((await response.read()).decode("utf-8-sig"))))
+        assert {int(r["id"]) for r in rows} == wanted, value
+
+
 async def make_followup(desk: Desk, call_id: int) -> int:
     response = await desk.client.post(f"/api/v1/calls/{call_id}/followups", headers=SUP,
                                       json={"after": ["1h"]})

@@ -24,7 +24,7 @@ from callhub.api.params import BadParameter, Body, Filter, Moment, NoQuery, Path
 from callhub.api.schemas import Call, CallPage, Direction, ErrorBody, Outcome, Reason, Resolution
 from callhub.store import queries
 from callhub.store.errors import NotFound
-from callhub.store.resolution import MAX_DEPARTMENT, set_resolution
+from callhub.store.resolution import MAX_DEPARTMENT, RESOLUTIONS, set_resolution
 
 MAX_LIMIT = 500
 MAX_NOTE = 4000
@@ -32,6 +32,7 @@ MAX_ID = 2**31 - 1
 MAX_WHO = 200
 
 Status = Literal["pending", "handled", "dismissed"]
+ResolutionFilter = Literal[(*RESOLUTIONS, queries.NO_RESOLUTION)]  # type: ignore[valid-type]
 
 
 class CallFilters(Query):
@@ -58,6 +59,9 @@ class CallFilters(Query):
     worklist_status: Status | None = Field(None, description="Calls listed on a worklist "
                                                              "entry with this status.")
     pbx: Filter | None = Field(None, description="The PBX name.")
+    resolution: ResolutionFilter | None = Field(None, description=(
+        "Calls with this resolution; `none`: no resolution set yet (with `pending`, the "
+        "matters still open)."))
 
 
 class CallSearch(CallFilters):
@@ -96,7 +100,7 @@ def call_filter(args: CallFilters) -> queries.CallFilter:
         start=args.start, end=args.to, direction=args.direction, outcome=args.outcome,
         reason=args.reason, line=args.line, did=args.did, agent=args.agent,
         caller_number=args.caller_number, number=args.number, min_rings=args.min_rings,
-        worklist_status=args.worklist_status, pbx=args.pbx)
+        worklist_status=args.worklist_status, pbx=args.pbx, resolution=args.resolution)
 
 
 def call_json(row: dict[str, Any]) -> dict[str, Any]:

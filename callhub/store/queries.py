@@ -43,6 +43,14 @@ class CallFilter:
     min_rings: int | None = None
     worklist_status: str | None = None
     pbx: str | None = None
+    resolution: str | None = None  # a resolution, or NO_RESOLUTION: not set yet
+
+
+# `CallFilter.resolution` for calls whose resolution is not set yet (matters still open
+# alongside `pending` ones).
+NO_RESOLUTION = "none"
+# Its condition key: a test (IS NULL) with no value to bind.
+NO_RESOLUTION_KEY = "no_resolution"
 
 
 def _param(name: str, column: Any) -> sa.BindParameter[Any]:
@@ -72,6 +80,10 @@ def _call_conditions(present: frozenset[str]) -> list[sa.ColumnElement[bool]]:
         where.append(sa.or_(c.agent == agent, c.agent_name == agent))
     if "min_rings" in present:
         where.append(c.rings >= _param("min_rings", c.rings))
+    if "resolution" in present:
+        where.append(c.resolution == _param("resolution", c.resolution))
+    if NO_RESOLUTION_KEY in present:
+        where.append(c.resolution.is_(None))
     if "worklist_status" in present:
         where.append(c.id.in_(
             sa.select(worklist_calls.c.call_id)
@@ -113,6 +125,15 @@ def _filter_values(f: Any) -> dict[str, Any]:
     return {name: getattr(f, name) for name in f.__slots__ if getattr(f, name) is not None}
 
 
+def _call_filter_values(f: CallFilter) -> tuple[frozenset[str], dict[str, Any]]:
+    """The condition keys of a CallFilter and the values they bind."""
+    params = _filter_values(f)
+    if params.get("resolution") == NO_RESOLUTION:
+        del params["resolution"]
+        return frozenset(params) | {NO_RESOLUTION_KEY}, params
+    return frozenset(params), params
+
+
 async def _dicts(conn: AsyncConnection, stmt: sa.Executable, params: dict[str, Any]
                  ) -> list[dict[str, Any]]:
     result = await conn.execute(stmt, params)
@@ -123,8 +144,8 @@ async def _dicts(conn: AsyncConnection, stmt: sa.Executable, params: dict[str, A
 async def list_calls(conn: AsyncConnection, f: CallFilter, limit: int,
                      after: tuple[datetime, int] | None = None) -> list[dict[str, Any]]:
     """Up to `limit` calls matching `f`, newest first, after the keyset position `after`."""
-    params = _filter_values(f)
-    stmt = _calls_page(frozenset(params), after is not None)
+    present, params = _call_filter_values(f)
+    stmt = _calls_page(present, after is not None)
     params["limit"] = limit
     if after is not None:
         params["after_at"], params["after_id"] = after
