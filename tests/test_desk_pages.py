@@ -17,6 +17,7 @@ from callhub.config import ROLES
 from callhub.desk import i18n
 from callhub.records import ATTEMPT_RESULTS, OUTCOMES, REASONS
 from callhub.store import followups, resolution, worklist
+from callhub.store.queries import NO_RESOLUTION
 
 DESK = Path(i18n.__file__).parent
 SCRIPT = (DESK / "static" / "desk.js").read_text("utf-8")
@@ -137,7 +138,7 @@ def test_every_text_the_script_and_page_use_is_in_the_catalogues_and_none_is_unu
                                                                 "repair", "other"),
         "wstatus": worklist.STATUSES, "fstatus": followups.STATUSES, "how": followups.HOWS,
         "role": ROLES, "sms": get_args(SmsStatus),
-        "res": resolution.RESOLUTIONS, "sat": resolution.SATISFACTIONS,
+        "res": (*resolution.RESOLUTIONS, NO_RESOLUTION), "sat": resolution.SATISFACTIONS,
     }
     assert prefixes <= set(dynamic), prefixes - set(dynamic)
     needed = literal | {f"{p}.{v}" for p in prefixes for v in dynamic[p]}

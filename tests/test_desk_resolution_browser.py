@@ -8,8 +8,10 @@ against what the API stored and what GET /api/v1/stats gives.
 
 from __future__ import annotations
 
+import csv
+import io
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from desk_fixtures import Desk, day_start, expect, launch_chromium, screenshot_path, seed_day
@@ -115,3 +117,68 @@ async def test_resolution_and_satisfaction_are_set_in_the_desk_and_their_rates_s
         agents = await page.locator("#resolution-agents tbody tr").count()
         assert agents >= 1
         await page.screenshot(path=screenshot_path(f"resolution-today-{lang}"), full_page=True)
+
+
+@pytest.mark.parametrize(("lang", "locale"), [("zh", "zh-CN"), ("en", "en-GB")])
+async def test_the_calls_table_shows_and_filters_by_resolution(
+        live_desk: Desk, lang: str, locale: str) -> None:
+    desk = live_desk
+    text = CATALOGUES[lang]
+    day = day_start(time.time())
+    ids = await seed_day(desk.db, desk.settings, day)
+    chosen = {ids[0]: ("resolved", None), ids[1]: ("pending", None),
+              ids[2]: ("referred", "物业维修部"), ids[3]: ("pending", None)}
+    for call_id, (resolution, department) in chosen.items():
+        body = {"resolution": resolution, **({"department": department} if department else {})}
+        response = await desk.client.patch(f"/api/v1/calls/{call_id}", headers=SUP, json=body)
+        assert response.status == 200
+    period = {"from": day.date().isoformat(),
+              "to": (day + timedelta(days=1)).date().isoformat(), "limit": "500"}
+
+    async def api_ids(resolution: str) -> list[str]:
+        response = await desk.client.get("/api/v1/calls", headers=SUP,
+                                         params={**period, "resolution": resolution})
+        assert response.status == 200
+        return [str(c["id"]) for c in (await response.json())["items"]]
+
+    async with launch_chromium(locale) as browser:
+        page = await browser.new_page()
+        await page.goto(desk.url)
+        await page.fill("#token", TOKENS["supervisor"])
+        await page.click("#signin-button")
+        await page.wait_for_selector("#nav:not([hidden])")
+        await page.goto(desk.url + "#/calls")
+        rows = page.locator("#calls tbody tr")
+        await expect(rows).to_have_count(len(await api_ids("none")) + len(chosen))
+        headers = await page.locator("#calls thead th").all_inner_texts()
+        assert headers[-1] == text["calls.resolution"]
+        referred = page.locator(f"#calls tbody tr[data-call='{ids[2]}'] td.resolution")
+        await expect(referred).to_have_text(f"{text['res.referred']} → 物业维修部")
+        assert await page.inner_text(f"#calls tbody tr[data-call='{ids[4]}'] td.resolution") == ""
+
+        for value in ("pending", "none", "resolved"):
+            wanted = await api_ids(value)
+            assert wanted, value
+            await page.select_option("#f-resolution", value)
+            await page.click("#search-button")
+            await expect(rows).to_have_count(len(wanted))
+            assert [await r.get_attribute("data-call") for r in await rows.all()] == wanted
+            shown = "" if value == "none" else text[f"res.{value}"]
+            assert set(await page.locator("#calls tbody td.resolution").all_inner_texts()) == {
+                shown}
+        labels = await page.locator("#f-resolution option").all_inner_texts()
+        assert labels == [text["calls.any"], *(text[f"res.{k}"] for k in (
+            "resolved", "referred", "pending", "unresolved", "none"))]
+
+        # The export carries the same filter.
+        await page.select_option("#f-resolution", "pending")
+        await page.click("#search-button")
+        await expect(rows).to_have_count(len(await api_ids("pending")))
+        async with page.expect_download() as info:
+            await page.click("#export")
+        download = await info.value
+        exported = (await download.path()).read_bytes().decode("utf-8-sig")
+        rows_csv = list(csv.DictReader(io.StringIO(exported)))
+        assert [r["id"] for r in rows_csv] == await api_ids("pending")
+        assert {r["resolution"] for r in rows_csv} == {"pending"}
+        await page.screenshot(path=screenshot_path(f"resolution-calls-{lang}"), full_page=True)

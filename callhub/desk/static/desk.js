@@ -400,7 +400,7 @@
 
   function callsQuery(form) {
     const v = (name) => form.elements[name].value.trim();
-    const q = { number: v("number"), agent: v("agent"), line: v("line"), outcome: v("outcome"), direction: v("direction") };
+    const q = { number: v("number"), agent: v("agent"), line: v("line"), outcome: v("outcome"), direction: v("direction"), resolution: v("resolution") };
     if (v("from")) q.from = v("from");
     if (v("to")) q.to = addDays(v("to"), 1);  // the form's "to" day is included
     return q;
@@ -420,6 +420,7 @@
       h("label", {}, t("calls.line"), input("line", "search", saved.line)),
       h("label", {}, t("calls.outcome"), sel("outcome", OUTCOMES, "outcome", saved.outcome)),
       h("label", {}, t("calls.direction"), sel("direction", DIRECTIONS, "direction", saved.direction)),
+      h("label", {}, t("calls.resolution"), sel("resolution", RESOLUTIONS.concat(["none"]), "res", saved.resolution)),
       h("div", { class: "buttons" },
         h("button", { type: "submit", class: "primary", id: "search-button", text: t("calls.search") }),
         h("button", { type: "button", id: "export", onclick: () => exportCsv(form), text: t("calls.export") })));
@@ -427,7 +428,7 @@
       h("section", { class: "card" }, h("h2", { text: t("calls.title") }), form),
       h("section", { class: "card" },
         h("table", { id: "calls" },
-          h("thead", {}, h("tr", {}, ["calls.time", "calls.direction", "calls.number", "calls.line", "calls.agent", "calls.outcome", "calls.rings", "calls.wait", "calls.talk", "calls.category"].map((k) => h("th", { text: t(k) })))),
+          h("thead", {}, h("tr", {}, ["calls.time", "calls.direction", "calls.number", "calls.line", "calls.agent", "calls.outcome", "calls.rings", "calls.wait", "calls.talk", "calls.category", "calls.resolution"].map((k) => h("th", { text: t(k) })))),
           h("tbody", {})),
         h("p", { class: "empty", id: "calls-empty", hidden: true, text: t("calls.none") }),
         h("button", { id: "more", hidden: true, onclick: () => searchCalls(form, true), text: t("calls.more") })));
@@ -446,7 +447,9 @@
       h("td", { class: "num", text: c.rings }),
       h("td", { class: "num", text: secs(c.wait_seconds) }),
       h("td", { class: "num", text: secs(c.talk_seconds) }),
-      h("td", { text: c.category ? tv("category", c.category) : "" }));
+      h("td", { text: c.category ? tv("category", c.category) : "" }),
+      h("td", { class: "resolution", title: c.resolution_department || null,
+        text: c.resolution ? tv("res", c.resolution) + (c.resolution_department ? " → " + c.resolution_department : "") : "" }));
   }
 
   async function searchCalls(form, more) {
