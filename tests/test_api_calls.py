@@ -147,6 +147,31 @@ async def test_csv_opens_in_excel_with_chinese_names(api: Client, any_db: Databa
     assert rows[1]["arrived_at"] == local.strftime("%Y-%m-%d %H:%M:%S")  # local time
 
 
+async def test_csv_says_where_each_call_came_from_as_the_json_does(
+        api: Client, any_db: Database, api_settings: Settings) -> None:
+    # A call seen live and one rebuilt from CEL for a gap (its rings estimated).
+    await store(any_db, api_settings, make_call("live", at=T0),
+                make_call("gap", at=T0 + 5, source="cel", rings_estimated=True,
+                          ring_seconds=9.0))
+    response = await api.get("/api/v1/calls", params={"format": "csv"}, headers=SUP)
+    assert response.status == 200
+    rows = {r["linkedid"]: r for r in csv.DictReader(
+        io.StringIO((await response.read()).decode("utf-8-sig")))}
+    calls = {c["linkedid"]: c for c in (await get_json(api, "/api/v1/calls"))["items"]}
+    assert set(rows) == set(calls) == {"live", "gap"}
+    for linkedid, call in calls.items():
+        assert rows[linkedid]["source"] == call["source"], linkedid
+        assert rows[linkedid]["rings_estimated"] == (
+            "yes" if call["rings_estimated"] else "no"), linkedid
+    assert (rows["gap"]["source"], rows["gap"]["rings_estimated"]) == ("cel", "yes")
+    assert (rows["live"]["source"], rows["live"]["rings_estimated"]) == ("ami", "no")
+    # Filtered exports carry them too.
+    response = await api.get("/api/v1/calls", params={"format": "csv", "pbx": "main"},
+                             headers=SUP)
+    header = (await response.read()).decode("utf-8-sig").splitlines()[0].split(",")
+    assert header[-2:] == ["source", "rings_estimated"]
+
+
 async def test_csv_streams_more_than_one_page(api: Client, any_db: Database,
                                               api_settings: Settings) -> None:
     from callhub.api import csv_export

@@ -27,7 +27,9 @@ COLUMNS = (
     "short_abandon", "agent", "agent_name", "hangup_by", "hangup_cause", "queue", "incomplete",
     "category", "note", "worklist_status",
     "resolution", "resolution_department", "resolution_at", "resolution_by",
+    "source", "rings_estimated",
 )
+# New columns go last: a spreadsheet or script reading the export by position keeps working.
 PAGE = 1000
 PHONE = re.compile(r"^[+-]?\d[\d ]*$")
 
