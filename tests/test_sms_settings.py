@@ -91,6 +91,9 @@ def test_a_missed_rule_uses_its_template_for_missed_calls() -> None:
       "rules": [{"line": "a", "after": "off"}, {"line": "a", "after": "missed"}]},
      "sms.rules"),
     ({"gateway": "aliyun"}, "sms.aliyun"),
+    ({"gateway": "webhook", "url": "http://x/", "lease_seconds": 0}, "sms.lease_seconds"),
+    ({"gateway": "webhook", "url": "http://x/", "timeout_seconds": 10, "lease_seconds": 10},
+     "sms.lease_seconds"),
     ({**ALIYUN, "aliyun": {k: v for k, v in ALIYUN["aliyun"].items()
                            if k != "missed_template_code"}},
      "sms.rules[0].missed_template_code"),
@@ -100,6 +103,14 @@ def test_errors_name_the_key(table: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as caught:
         sms_settings_from_table(table)
     assert str(caught.value).startswith(f"{key}: "), str(caught.value)
+
+
+def test_the_senders_lease_outlives_an_attempt_unless_set() -> None:
+    base = {"gateway": "webhook", "url": "http://x/"}
+    assert sms_settings_from_table(base).lease == 60.0
+    assert sms_settings_from_table({**base, "timeout_seconds": 30}).lease == 90.0
+    assert sms_settings_from_table({**base, "timeout_seconds": 2, "lease_seconds": 5}
+                                   ).lease == 5.0
 
 
 def test_aliyun_template_codes_come_from_the_rule_before_the_defaults() -> None:

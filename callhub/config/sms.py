@@ -162,6 +162,9 @@ class SmsSettings(_Model):
     # An SMS about a call older than this is not sent at all (a replay, a long outage).
     expire_seconds: float = Field(default=86400.0, gt=0)
     timeout_seconds: float = Field(default=10.0, gt=0)
+    # How long one sender holds a message it is sending: after a crash mid-send the
+    # message is sent again (same key) once this has passed. None: max(60, 3 x timeout).
+    lease_seconds: float | None = Field(default=None, gt=0)
     retry_base_seconds: float = Field(default=5.0, gt=0)
     retry_max_seconds: float = Field(default=300.0, gt=0)
     max_attempts: int = Field(default=10, ge=1)
@@ -208,7 +211,18 @@ class SmsSettings(_Model):
                                          f"\"aliyun\" (or [sms.aliyun] {key})")
         if self.retry_max_seconds < self.retry_base_seconds:
             raise ValueError("retry_max_seconds: must be >= retry_base_seconds")
+        if self.lease_seconds is not None and self.lease_seconds <= self.timeout_seconds:
+            # A shorter lease would let another sender take a message still being sent.
+            raise ValueError("lease_seconds: must be longer than timeout_seconds")
         return self
+
+    @property
+    def lease(self) -> float:
+        """The sender's lease on a message: `lease_seconds`, else one that outlives a
+        whole attempt (the gateway's timeout) with room to spare."""
+        if self.lease_seconds is not None:
+            return self.lease_seconds
+        return max(60.0, 3 * self.timeout_seconds)
 
     def rule_for(self, line: str | None) -> SmsRule | None:
         """The line's own rule, else the `*` rule, else none."""

@@ -70,9 +70,8 @@ class SmsWorker:
     def from_settings(cls, outbox: Outbox, gateway: SmsGateway, settings: SmsSettings, *,
                       metrics: SmsMetrics | None = None,
                       clock: Callable[[], float] = time.time) -> SmsWorker:
-        # A lease outlives a whole attempt (the gateway's timeout) with room to spare.
         return cls(outbox, gateway, retry=RetryPolicy.from_settings(settings), metrics=metrics,
-                   clock=clock, lease_seconds=max(60.0, 3 * settings.timeout_seconds))
+                   clock=clock, lease_seconds=settings.lease)
 
     def notify(self) -> None:
         """Something was queued: look now rather than at the next poll."""
