@@ -8,8 +8,10 @@ Screenshots go to test-artifacts/screenshots/.
 
 from __future__ import annotations
 
+import csv
+import io
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from desk_fixtures import Desk, day_start, expect, launch_chromium, screenshot_path, seed_day
@@ -126,6 +128,39 @@ async def test_export_downloads_the_searched_calls_as_csv(live_desk: Desk, chrom
     assert text.startswith("\ufeffid,")
     rows = text.strip().splitlines()[1:]
     assert len(rows) == 2 and all("+8613912345678" in r and "王小明" in r for r in rows)
+
+
+async def test_the_export_and_the_table_always_show_the_same_calls(
+        live_desk: Desk, chromium: Any) -> None:
+    """A filter changed after the search and exported at once: the file has what the form
+    says, and the table is searched again to show the same calls."""
+    desk = live_desk
+    day = day_start(time.time())
+    await seed_day(desk.db, desk.settings, day)
+    page = await chromium.new_page()
+    await sign_in(page, desk, "supervisor")
+    await page.click("#nav-calls")
+    rows = page.locator("#calls tbody tr")
+    await page.select_option("#f-direction", "inbound")
+    await page.click("#search-button")
+    response = await desk.client.get("/api/v1/calls", headers=SUP, params={
+        "from": day.date().isoformat(), "to": (day + timedelta(days=1)).date().isoformat(),
+        "direction": "inbound", "outcome": "missed"})
+    missed = [str(c["id"]) for c in (await response.json())["items"]]
+    inbound = await desk.client.get("/api/v1/calls", headers=SUP, params={
+        "from": day.date().isoformat(), "to": (day + timedelta(days=1)).date().isoformat(),
+        "direction": "inbound"})
+    await expect(rows).to_have_count(len((await inbound.json())["items"]))
+    assert 0 < len(missed) < await rows.count()
+
+    await page.select_option("#f-outcome", "missed")  # not searched
+    async with page.expect_download() as info:
+        await page.click("#export")
+    text = (await (await info.value).path()).read_bytes().decode("utf-8-sig")
+    exported = [r["id"] for r in csv.DictReader(io.StringIO(text))]
+    assert exported == missed
+    await expect(rows).to_have_count(len(missed))
+    assert [await r.get_attribute("data-call") for r in await rows.all()] == exported
 
 
 async def test_english_dates_are_written_as_the_browsers_english_writes_them(

@@ -467,8 +467,12 @@
   }
 
   async function exportCsv(form) {
+    // The file and the table always agree: a filter changed since the last search is
+    // searched too, and the file gets the same query (every page of it).
+    const q = callsQuery(form);
+    searchCalls(form, false);
     try {
-      const resp = await api("/api/v1/calls?" + qs(Object.assign({}, callsQuery(form), { format: "csv" })), { raw: true, accept: "text/csv" });
+      const resp = await api("/api/v1/calls?" + qs(Object.assign({}, q, { format: "csv" })), { raw: true, accept: "text/csv" });
       const blob = await resp.blob();
       const a = h("a", { href: URL.createObjectURL(blob), download: "calls-" + (form.elements.from.value || "all") + ".csv" });
       document.body.append(a);
