@@ -8,6 +8,7 @@ the data the test made, never written down.
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from datetime import datetime, timedelta
@@ -163,6 +164,13 @@ async def test_calls_are_listed_by_resolution_and_none_lists_those_not_set(
                                      headers=SUP)
     assert response.status == 400
     assert (await response.json())["parameter"] == "resolution"
+    # The OpenAPI document lists the filter with its values, as the API takes them.
+    doc = await (await desk.client.get("/api/v1/openapi.json", headers=SUP)).json()
+    (param,) = [p for p in doc["paths"]["/api/v1/calls"]["get"]["parameters"]
+                if p["name"] == "resolution"]
+    assert param["in"] == "query" and not param.get("required")
+    assert "none" in json.dumps(param["schema"]) and all(
+        value in json.dumps(param["schema"]) for value in RESOLVED if value)
 
 
 async def test_the_csv_export_takes_the_resolution_filter(desk: Desk) -> None:
