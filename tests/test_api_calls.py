@@ -165,11 +165,18 @@ async def test_csv_says_where_each_call_came_from_as_the_json_does(
             "yes" if call["rings_estimated"] else "no"), linkedid
     assert (rows["gap"]["source"], rows["gap"]["rings_estimated"]) == ("cel", "yes")
     assert (rows["live"]["source"], rows["live"]["rings_estimated"]) == ("ami", "no")
-    # Filtered exports carry them too.
-    response = await api.get("/api/v1/calls", params={"format": "csv", "pbx": "main"},
-                             headers=SUP)
-    header = (await response.read()).decode("utf-8-sig").splitlines()[0].split(",")
-    assert header[-2:] == ["source", "rings_estimated"]
+    # Listed by where they came from, in JSON and CSV.
+    for source in ("ami", "cel"):
+        body = await get_json(api, "/api/v1/calls", source=source)
+        assert [c["linkedid"] for c in body["items"]] == [
+            lid for lid, c in calls.items() if c["source"] == source]
+        response = await api.get("/api/v1/calls", params={"format": "csv", "source": source},
+                                 headers=SUP)
+        text = (await response.read()).decode("utf-8-sig")
+        assert text.splitlines()[0].split(",")[-2:] == ["source", "rings_estimated"]
+        assert {r["source"] for r in csv.DictReader(io.StringIO(text))} == {source}
+    response = await api.get("/api/v1/calls", params={"source": "cdr"}, headers=SUP)
+    assert response.status == 400
 
 
 async def test_csv_streams_more_than_one_page(api: Client, any_db: Database,

@@ -22,6 +22,7 @@ from callhub.api.base import (
 )
 from callhub.api.params import BadParameter, Body, Filter, Moment, NoQuery, Path, Query, Text
 from callhub.api.schemas import Call, CallPage, Direction, ErrorBody, Outcome, Reason, Resolution
+from callhub.records import RecordSource
 from callhub.store import queries
 from callhub.store.errors import NotFound
 from callhub.store.resolution import MAX_DEPARTMENT, RESOLUTIONS, set_resolution
@@ -62,6 +63,8 @@ class CallFilters(Query):
     resolution: ResolutionFilter | None = Field(None, description=(
         "Calls with this resolution; `none`: no resolution set yet (with `pending`, the "
         "matters still open)."))
+    source: RecordSource | None = Field(None, description=(
+        "`ami` (seen live) or `cel` (rebuilt from Asterisk's CEL for a gap)."))
 
 
 class CallSearch(CallFilters):
@@ -100,7 +103,8 @@ def call_filter(args: CallFilters) -> queries.CallFilter:
         start=args.start, end=args.to, direction=args.direction, outcome=args.outcome,
         reason=args.reason, line=args.line, did=args.did, agent=args.agent,
         caller_number=args.caller_number, number=args.number, min_rings=args.min_rings,
-        worklist_status=args.worklist_status, pbx=args.pbx, resolution=args.resolution)
+        worklist_status=args.worklist_status, pbx=args.pbx, resolution=args.resolution,
+        source=args.source)
 
 
 def call_json(row: dict[str, Any]) -> dict[str, Any]:

@@ -44,6 +44,7 @@ class CallFilter:
     worklist_status: str | None = None
     pbx: str | None = None
     resolution: str | None = None  # a resolution, or NO_RESOLUTION: not set yet
+    source: str | None = None
 
 
 # `CallFilter.resolution` for calls whose resolution is not set yet (matters still open
@@ -69,7 +70,7 @@ def _call_conditions(present: frozenset[str]) -> list[sa.ColumnElement[bool]]:
     for name, column in (("direction", c.direction), ("outcome", c.outcome),
                          ("reason", c.reason), ("line", c.line),
                          ("caller_number", c.caller_number), ("number", c.external_number),
-                         ("pbx", c.pbx)):
+                         ("pbx", c.pbx), ("source", c.source)):
         if name in present:
             where.append(column == _param(name, column))
     if "did" in present:
