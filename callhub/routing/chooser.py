@@ -6,14 +6,19 @@ nobody left, the line's fallback. The position moves as soon as a choice is
 made (before the reply goes out), so two calls arriving together start at
 different agents. `choose` is synchronous and does no I/O besides the small
 rotation-state write, so it answers in well under a millisecond.
+
+With a `shared` position (a pair of instances on one PostgreSQL,
+callhub.routing.shared), `choose_shared` lets the database pick the first agent
+in one atomic statement, so the pair moves one position per line; when the
+database does not answer, the local state decides as `choose` does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, Protocol
 
 from callhub.routing.model import Agent, Line, Rota
 from callhub.routing.onduty import DutySlot, on_duty, rota_zone
@@ -53,13 +58,46 @@ class Decision:
                      for i in range(len(self.targets)))
 
 
+class SharedPosition(Protocol):
+    """A rotation position shared with another instance (callhub.routing.shared)."""
+
+    async def advance(self, line: Line, eligible: Sequence[DutySlot]) -> DutySlot | None:
+        """Move the line's shared position to the next of `eligible` and return it; None
+        when the shared position cannot be reached (the caller decides locally)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A routable call before the position moves: who may take it, in local order."""
+
+    line: Line
+    eligible: list[DutySlot]
+    takers: int
+    fallback: str | None
+
+    def decision(self, first: DutySlot) -> Decision:
+        """Routed, starting at `first` and going round the rotation from there."""
+        size = max(len(self.line.rotation), 1)
+        ordered = sorted(self.eligible, key=lambda s: (
+            s is not first, (s.position - first.position) % size, s.agent.id))
+        targets = tuple(s.agent for s in ordered)
+        line = self.line
+        return Decision(line.name, "routed", targets=targets,
+                        ring_timeout=line.ring_timeout, fallback=self.fallback,
+                        on_duty=self.takers,
+                        ring_timeouts=tuple(line.ring_timeout_for(a) for a in targets))
+
+
 class Router:
     """Chooses agents for calls; holds the rota, the rotation state and the busy view."""
 
     def __init__(self, rota: RotaStore | Rota, state: RotationState | None = None,
                  busy: Callable[[], Iterable[str]] | None = None,
                  default_timezone: str = "UTC",
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 shared: SharedPosition | None = None) -> None:
+        self.shared = shared
         self._store = rota if isinstance(rota, RotaStore) else None
         self._fixed = rota if isinstance(rota, Rota) else None
         self.state = state or RotationState(None)
@@ -123,8 +161,9 @@ class Router:
             index = previous.index
         return index + 1
 
-    def choose(self, key: str | None, at: datetime | None = None) -> Decision:
-        """The decision for a call to `key` (a DID or a line name) at `at` (default now)."""
+    def plan(self, key: str | None, at: datetime | None = None) -> Plan | Decision:
+        """Who may take a call to `key` at `at`, in the order the local position gives; a
+        Decision already when nobody can (or the line is unknown)."""
         rota = self.rota
         line = rota.line_for(key)
         if line is None:
@@ -138,10 +177,27 @@ class Router:
         if not eligible:
             return Decision(line.name, "no_agent_available", ring_timeout=line.ring_timeout,
                             fallback=fallback, on_duty=len(takers))
-        first = eligible[0]
-        self.state.set(line.name, first.agent.id, first.position)
-        targets = tuple(s.agent for s in eligible)
-        return Decision(line.name, "routed", targets=targets,
-                        ring_timeout=line.ring_timeout, fallback=fallback,
-                        on_duty=len(takers),
-                        ring_timeouts=tuple(line.ring_timeout_for(a) for a in targets))
+        return Plan(line, eligible, len(takers), fallback)
+
+    def choose(self, key: str | None, at: datetime | None = None) -> Decision:
+        """The decision for a call to `key` (a DID or a line name) at `at` (default now),
+        by the local rotation position."""
+        plan = self.plan(key, at)
+        if isinstance(plan, Decision):
+            return plan
+        first = plan.eligible[0]
+        self.state.set(plan.line.name, first.agent.id, first.position)
+        return plan.decision(first)
+
+    async def choose_shared(self, key: str | None, at: datetime | None = None) -> Decision:
+        """As `choose`, with the position moved in the shared store when there is one (the
+        local state follows it); when that store does not answer, by the local position."""
+        if self.shared is None:
+            return self.choose(key, at)
+        plan = self.plan(key, at)
+        if isinstance(plan, Decision):
+            return plan
+        first = await self.shared.advance(plan.line, plan.eligible)
+        if first is None:  # by the local position as it is now, after the wait
+            return self.choose(key, at)
+        return plan.decision(first)

@@ -205,7 +205,7 @@ class FastAgiHandler:
             rota = self.router.rota
             key = next((k for k in keys if rota.line_for(k) is not None),
                        keys[0] if keys else None)
-            decision = self.router.choose(key)
+            decision = await self.router.choose_shared(key)
         except MalformedRequest as exc:
             decision = replace(self.router.error_decision(key), result="malformed")
             log.warning("fastagi.malformed_request", answer="fallback",

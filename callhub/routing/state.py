@@ -83,11 +83,15 @@ class RotationState:
     def get(self, line: str) -> Position | None:
         return self._lines.get(line)
 
-    def set(self, line: str, agent: str, index: int) -> None:
-        """Move the position. Inside an event loop the file is written just after the
-        current step (one write for a burst of calls, and not before the FastAGI reply
-        has been handed to the socket); outside one, at once."""
-        self._lines[line] = Position(agent, index, self.clock())
+    def items(self) -> list[tuple[str, Position]]:
+        """Every line's position (a copy)."""
+        return list(self._lines.items())
+
+    def set(self, line: str, agent: str, index: int, at: float | None = None) -> None:
+        """Move the position (`at`: when, default now). Inside an event loop the file is
+        written just after the current step (one write for a burst of calls, and not before
+        the FastAGI reply has been handed to the socket); outside one, at once."""
+        self._lines[line] = Position(agent, index, self.clock() if at is None else at)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
