@@ -161,6 +161,7 @@ async def test_database_cut_routes_from_the_file_then_reconciles(pair: Pair) -> 
     async with pair.db.connection() as conn:
         assert [(r.agent, r.position) for r in await read_positions(conn)] == [("ben", 1)]
     # each file follows the shared row (b's after its reconcile and its own call)
+    pair.b.routing.router.state.flush()
     position = RotationState(pair.b.state / POSITION_FILE).get("hotline")
     assert position is not None and position.agent == "ann"
 
