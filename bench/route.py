@@ -66,13 +66,19 @@ async def serve(state: str, database_url: str | None, schema: str | None) -> Non
     db = Database.connect(database_url, schema=schema) if database_url and schema else None
     service = await start_routing(Settings(spool_dir=str(Path(state).parent)),
                                   host="127.0.0.1", port=0, db=db)
-    if service.shared is not None:
-        await service.shared.reconcile()  # what the `route-positions` task does first
-        assert service.shared.up
+    keeper = None
+    if service.shared is not None:  # the `route-positions` task of `callhub run`
+        await service.shared.reconcile()
+        keeper = asyncio.create_task(service.shared.run())
     assert service.address is not None
     print(service.address[1], flush=True)
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.read)
+    local = (service.shared.metrics.local_choices._value.get()
+             if service.shared is not None else 0)
+    print(int(local), flush=True)  # calls decided from the file although shared
+    if keeper is not None:
+        keeper.cancel()
     await service.close()
     if db is not None:
         await db.close()
@@ -130,10 +136,11 @@ async def measure(port: int, calls: int, concurrency: int, pid: int) -> dict[str
     print(f"  CPU per call: server {server_cpu_per_call*1e6:.0f} µs (sequential), "
           f"client {client_cpu_per_call*1e6:.0f} µs; load average "
           f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
-    # Every agent is on duty and free: the rotation must hand out first places evenly.
+    # Every agent is on duty and free: the rotation hands out first places evenly (a
+    # call decided from the file after a database timeout may skip or repeat one).
     counts = [firsts.count(a) for a in AGENTS]
-    assert max(counts) - min(counts) <= 1, counts
     return {
+        "first_offered_spread": max(counts) - min(counts),
         "sequential_p50_ms": round(percentile(sequential, .5) * 1e3, 3),
         "sequential_p99_ms": round(percentile(sequential, .99) * 1e3, 3),
         "baseline_connect_p50_ms": round(statistics.median(baseline) * 1e3, 3),
@@ -180,9 +187,15 @@ async def run_mode(mode: str, args: argparse.Namespace) -> dict[str, float]:
         try:
             assert server.stdout is not None and server.stdin is not None
             port = int(await server.stdout.readline())
-            return await measure(port, args.calls, args.concurrency, server.pid)
+            figures = await measure(port, args.calls, args.concurrency, server.pid)
+            server.stdin.close()
+            figures["decided_from_file"] = float(await server.stdout.readline())
+            if mode == "shared":
+                print(f"  decided from the file after a database timeout: "
+                      f"{figures['decided_from_file']:.0f}", flush=True)
+            return figures
         finally:
-            if server.stdin is not None:
+            if server.stdin is not None and not server.stdin.is_closing():
                 server.stdin.close()
             await asyncio.wait_for(server.wait(), 30)
             if schema is not None:
@@ -212,7 +225,8 @@ if __name__ == "__main__":
     parser.add_argument("--serve", metavar="STATE_DIR", help=argparse.SUPPRESS)
     parser.add_argument("--schema", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    configure_logging("warning")
+    # The baseline's bare connections are malformed requests to callhub: not worth a line.
+    configure_logging("error" if args.serve else "warning")
     if args.serve:
         asyncio.run(serve(args.serve, args.database_url, args.schema))
     else:

@@ -139,7 +139,11 @@ async def start_routing(settings: Settings, *, registry: CollectorRegistry | Non
     if db is not None and db.dialect == "postgresql":
         # A small pool of its own: the writer's batches never hold up a routing decision,
         # and no checkout pays a ping (a dead connection fails over to the file instead).
-        own = db.connect_again(pool_size=SHARED_POOL, max_overflow=0, pre_ping=False)
+        # A move is committed without waiting for the WAL flush: a PostgreSQL crash may
+        # lose the last moves of a fraction of a second (a call starts one agent early),
+        # never a call, and each routed call is spared a disk flush (~2 ms under load).
+        own = db.connect_again(pool_size=SHARED_POOL, max_overflow=0, pre_ping=False,
+                               session={"synchronous_commit": "off"})
         shared = SharedPositions(own, router.state,
                                  metrics=SharedPositionMetrics(metrics.registry))
         router.shared = shared

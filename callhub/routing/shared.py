@@ -81,10 +81,13 @@ class SharedPositions:
         try:
             async with asyncio.timeout(self.timeout):
                 async with self.db.engine.connect() as conn:
-                    conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                    agent, position = await rotation.advance(
-                        conn, line.name, [(s.agent.id, s.position) for s in eligible],
-                        line.rotation, now)
+                    try:
+                        agent, position = await rotation.advance(
+                            conn, line.name, [(s.agent.id, s.position) for s in eligible],
+                            line.rotation, now)
+                    except BaseException:
+                        await conn.invalidate()  # never back to the pool half-used
+                        raise
         except Exception as exc:  # down, cut, timed out, or refused: the file answers
             self._down(exc)
             self.metrics.local_choices.inc()
