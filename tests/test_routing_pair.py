@@ -8,6 +8,7 @@ it is back the positions reconcile (the later move wins) and sharing resumes."""
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from sqlalchemy.engine import make_url
 from store_fixtures import DbFactory, TcpProxy, pg_url
 
 from callhub.config import Settings
+from callhub.daemon import Daemon, running
 from callhub.routing.chooser import Router
 from callhub.routing.service import RoutingService, start_routing
 from callhub.routing.shared import SharedPositions
@@ -196,3 +198,28 @@ async def test_a_database_that_does_not_answer_costs_one_timeout(
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_callhub_run_shares_the_position_on_postgresql(
+        tmp_path: Path, rota_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon wires it: its `route-positions` task reconciles, FastAGI moves the row."""
+    monkeypatch.delenv("CALLHUB_ROUTING_STATE_DIR", raising=False)
+    factory = DbFactory("postgresql", tmp_path)
+    db = await factory.create()
+    settings = Settings(spool_dir=str(tmp_path / "spool"), rota_file=str(rota_file),
+                        api_listen=("127.0.0.1", 0), fastagi_listen=("127.0.0.1", 0))
+    try:
+        d = Daemon(settings, db=db, out=io.StringIO())
+        async with running(d):
+            assert "route-positions" in d.supervisor.tasks
+            assert d.router is not None and isinstance(d.router.shared, SharedPositions)
+            async with asyncio.timeout(10):
+                await d.router.shared.wait_shared()
+            d.router.clock = lambda: MONDAY_10
+            decisions = [await d.router.choose_shared(HOTLINE_DID) for _ in range(2)]
+            assert [x.targets[0].id for x in decisions] == ["ann", "ben"]
+            async with db.connection() as conn:
+                assert [(r.line, r.agent) for r in await read_positions(conn)] == [
+                    ("hotline", "ben")]
+    finally:
+        await factory.cleanup()

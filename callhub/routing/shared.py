@@ -71,6 +71,7 @@ class SharedPositions:
         self.clock = clock
         self.up = False  # until the first reconcile succeeds
         self._wake = asyncio.Event()
+        self._shared = asyncio.Event()
         self.metrics.shared.set(0)
 
     async def advance(self, line: Line, eligible: Sequence[DutySlot]) -> DutySlot | None:
@@ -101,6 +102,7 @@ class SharedPositions:
     def _down(self, exc: BaseException) -> None:
         if self.up:
             self.up = False
+            self._shared.clear()
             self.metrics.shared.set(0)
             detail = (str(exc).splitlines() or [""])[0][:200]
             log.warning("routing.positions_local", error=type(exc).__name__, detail=detail,
@@ -121,9 +123,14 @@ class SharedPositions:
             self.local.set(row.line, row.agent, row.position, at=row.moved_at.timestamp())
         self.local.flush()
         was_up, self.up = self.up, True
+        self._shared.set()
         self.metrics.shared.set(1)
         if not was_up:
             log.info("routing.positions_shared", lines=len(rows), pushed=pushed)
+
+    async def wait_shared(self) -> None:
+        """Until the position is shared (the first reconcile, or the next after an outage)."""
+        await self._shared.wait()
 
     async def run(self) -> None:
         """Reconcile at start and after every outage; retry every `retry_seconds`."""
