@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Literal, Protocol
 
 from callhub.routing.model import Agent, Line, Rota
-from callhub.routing.onduty import DutySlot, on_duty, rota_zone
+from callhub.routing.onduty import DutySlot, local_time, on_duty, rota_zone
 from callhub.routing.state import RotaStore, RotationState
 
 Result = Literal["routed", "no_agent_on_duty", "no_agent_available", "unknown_line", "error",
@@ -98,6 +98,7 @@ class Router:
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  shared: SharedPosition | None = None) -> None:
         self.shared = shared
+        self._duty: dict[str, tuple[Rota, Line, datetime, tuple[DutySlot, ...]]] = {}
         self._store = rota if isinstance(rota, RotaStore) else None
         self._fixed = rota if isinstance(rota, Rota) else None
         self.state = state or RotationState(None)
@@ -136,9 +137,19 @@ class Router:
             return Decision(line=None, result="error")
 
     def on_duty(self, line: Line, at: datetime | None = None) -> list[DutySlot]:
+        """Who is on duty on `line` at `at` (default now). Shifts and exceptions are whole
+        minutes, so the answer is kept for the rest of the local minute (per line, for
+        this rota object: a loaded or edited rota is a new one)."""
         rota = self.rota
-        return on_duty(line, rota.agents, at or self.clock(),
-                       rota_zone(rota, self.default_timezone))
+        zone = rota_zone(rota, self.default_timezone)
+        minute = local_time(at or self.clock(), zone).replace(second=0, microsecond=0)
+        cached = self._duty.get(line.name)
+        if cached is not None and cached[0] is rota and cached[1] is line \
+                and cached[2] == minute:
+            return list(cached[3])
+        slots = on_duty(line, rota.agents, minute, zone)
+        self._duty[line.name] = (rota, line, minute, tuple(slots))
+        return slots
 
     def order(self, line: Line, at: datetime | None = None,
               busy: Iterable[str] | None = None) -> tuple[list[DutySlot], list[DutySlot]]:

@@ -50,6 +50,7 @@ REPLY_TIMEOUT = 2.0
 # The whole answer (every SET VARIABLE and its reply) within this: a client that keeps
 # sending `100 Trying` or garbage cannot hold a handler (and its socket) for ever.
 ANSWER_DEADLINE = 5.0
+LINGER = 1.0  # after giving up on a client that keeps talking (see AgiSession._gone)
 MAX_ENV_BYTES = 16 * 1024
 MAX_ENV_LINES = 200
 BACKLOG = 1024  # a burst of calls must queue, not be refused (the dialplan would fall back)
@@ -81,19 +82,6 @@ class AgiEnvironment:
         """Where the line may come from, best first: an AGI argument, the extension, the DNID."""
         keys = [self.get("agi_arg_1"), self.get("agi_extension"), self.get("agi_dnid")]
         return [k for k in keys if k and k not in ("s", "unknown", "i", "t")]
-
-
-def parse_environment_line(raw: bytes, values: dict[str, str]) -> bool:
-    """Add one `agi_key: value` line to `values`; False at the blank line that ends the
-    environment; MalformedRequest on anything else."""
-    line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-    if not line:
-        return False
-    key, sep, value = line.partition(":")
-    if not sep or not key.startswith("agi_"):
-        raise MalformedRequest(f"not an AGI variable line: {line[:60]!r}")
-    values[key.strip()] = value.strip()
-    return True
 
 
 def quote(value: str) -> str:
@@ -214,6 +202,8 @@ class AgiSession(asyncio.Protocol):
             self._read_environment()
         elif self.state == "answering":
             self._read_replies()
+        elif self.state == "lingering":  # hung up on: what still comes is dropped
+            del self.buffer[:]
         elif len(self.buffer) > MAX_ENV_BYTES:  # deciding: keep what comes, within reason
             del self.buffer[:-MAX_ENV_BYTES]
 
@@ -223,6 +213,8 @@ class AgiSession(asyncio.Protocol):
                             reply=False)
         elif self.state == "answering":
             self._gone("connection closed by Asterisk")
+        elif self.state == "lingering":
+            self._close()
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -236,31 +228,42 @@ class AgiSession(asyncio.Protocol):
     # -- the environment ----------------------------------------------------------------
 
     def _read_environment(self) -> None:
+        """Take every complete line in the buffer, checked one by one: a bad line is
+        answered as soon as it arrives."""
         buffer = self.buffer
-        start = 0
+        last = buffer.rfind(b"\n")
+        if last < 0:
+            if len(buffer) > MAX_ENV_BYTES:
+                del buffer[:]
+                self._malformed("AGI environment line too long", reply=True)
+            return
+        values = self.values
+        consumed = 0
         try:
-            while True:
-                end = buffer.find(b"\n", start)
-                if end < 0:
-                    if len(buffer) - start > MAX_ENV_BYTES:
-                        raise MalformedRequest("AGI environment line too long")
-                    break
-                raw = bytes(buffer[start:end + 1])
-                start = end + 1
-                self.env_bytes += len(raw)
-                if self.env_bytes > MAX_ENV_BYTES or len(self.values) > MAX_ENV_LINES:
+            for raw in bytes(buffer[:last]).split(b"\n"):
+                consumed += len(raw) + 1
+                self.env_bytes += len(raw) + 1
+                if self.env_bytes > MAX_ENV_BYTES or len(values) > MAX_ENV_LINES:
                     raise MalformedRequest("AGI environment too large")
-                if not parse_environment_line(raw, self.values):
-                    del buffer[:start]
-                    if not self.values:
+                line = raw.decode("utf-8", errors="replace").rstrip("\r")
+                if not line:
+                    del buffer[:consumed]
+                    if not values:
                         raise MalformedRequest("empty AGI environment")
                     self._environment_complete()
                     return
+                key, sep, value = line.partition(":")
+                if not sep or not key.startswith("agi_"):
+                    raise MalformedRequest(f"not an AGI variable line: {line[:60]!r}")
+                values[key.strip()] = value.strip()
         except MalformedRequest as exc:
-            del buffer[:start]
+            del buffer[:consumed]
             self._malformed(str(exc), reply=True)
             return
-        del buffer[:start]
+        del buffer[:last + 1]
+        if len(buffer) > MAX_ENV_BYTES:
+            del buffer[:]
+            self._malformed("AGI environment line too long", reply=True)
 
     def _malformed(self, error: str, *, reply: bool) -> None:
         handler = self.handler
@@ -364,14 +367,24 @@ class AgiSession(asyncio.Protocol):
                  targets=len(self.decision.targets), ms=round(seconds * 1000, 2), **context)
         self._close()
 
-    def _gone(self, error: str) -> None:
-        """Asterisk hung up (or went silent) before the answer was complete."""
+    def _gone(self, error: str, linger: bool = False) -> None:
+        """Asterisk hung up (or went silent) before the answer was complete. `linger`: a
+        client still talking gets our FIN first and its last lines are read and dropped
+        for up to LINGER seconds, so it sees the end of the stream and not a reset."""
         context = context_of(self.env) if self.env is not None else {}
         log.warning("fastagi.channel_gone", hint="before the answer was complete",
                     error=error, **context)
-        self.state = "done"
         if self.decision is not None:
             self.handler.observe(self.decision, self.started)
+        transport = self.transport
+        if linger and transport is not None and transport.can_write_eof():
+            self.state = "lingering"
+            transport.write_eof()
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = self.loop.call_later(LINGER, self._timed_out)
+            return
+        self.state = "done"
         self._close()
 
     # -- time limits and the end ----------------------------------------------------------
@@ -387,7 +400,9 @@ class AgiSession(asyncio.Protocol):
         if self.state == "environment":
             self._malformed("TimeoutError", reply=True)
         elif self.state == "answering":
-            self._gone("TimeoutError")
+            self._gone("TimeoutError", linger=True)
+        elif self.state == "lingering":
+            self._close()
         else:  # deciding: the router awaits the database with its own, shorter timeout
             self.timer = self.loop.call_at(now + REPLY_TIMEOUT, self._timed_out)
 
