@@ -2,9 +2,7 @@
 
 Revision ID: 0009_rotation_positions
 Revises: 0008_call_resolution
-
-NOTE for the lead: 0008_call_resolution is another helper's; until it is merged this
-revision is chained to 0007_sms_outbox (see `down_revision`), to be re-chained on merge.
+Create Date: 2026-11-30
 """
 
 from __future__ import annotations
@@ -13,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009_rotation_positions"
-down_revision = "0007_sms_outbox"  # 0008_call_resolution once it is merged
+down_revision = "0008_call_resolution"
 branch_labels = None
 depends_on = None
 
