@@ -429,9 +429,11 @@ def test_extensions_conf_routes_through_callhub_and_falls_back() -> None:
         assert any("CALLHUB_TARGETS" in a for a in routed if a.startswith("Dial("))
         assert any("CUT(CALLHUB_RING_TIMEOUTS," in a for a in routed)
         assert any("${CALLHUB_RING_TIMEOUT}" in a for a in routed if not a.startswith("Dial("))
-        # When the AGI fails (callhub down or silent), a jump to a plain Dial.
-        jump = next(a for a in routed if a.startswith("GotoIf(") and "AGISTATUS" in a)
-        assert '!= "SUCCESS"' in jump
+        # When the AGI fails (callhub down or silent), the second of a pair is asked, then
+        # a jump to a plain Dial.
+        assert "AGI(${CALLHUB_AGI_2})" in routed and "CALLHUB_AGI_2" in globals_
+        jump = next(a for a in routed if a.startswith("GotoIf(") and '!= "SUCCESS"' in a)
+        assert "AGISTATUS" in jump
         target = re.search(r"\?([\w-]+),1\)", jump)
         assert target, jump
         fallback = extens[target.group(1)]

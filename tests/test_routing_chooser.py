@@ -162,7 +162,10 @@ async def test_position_write_is_coalesced_in_the_event_loop(router: Router,
     written = json.loads(path.read_text()) if path.exists() else None
     assert written is None or written["lines"]["hotline"]["agent"] != "cai"  # not yet
     loop = asyncio.get_running_loop()
-    after_write = loop.create_future()
-    loop.call_soon(after_write.set_result, None)  # runs after the write queued before it
-    await after_write
+    next_step = loop.create_future()
+    loop.call_soon(next_step.set_result, None)
+    await next_step  # a step of the loop later (the FastAGI replies go out): not yet
+    assert router.state.writes == 0
+    await router.state.written()  # off the event loop, in a worker thread
     assert json.loads(path.read_text())["lines"]["hotline"]["agent"] == "cai"
+    assert router.state.writes == 1  # three moves, one write

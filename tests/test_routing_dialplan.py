@@ -9,6 +9,7 @@ the test, so a change to the dialplan that it cannot follow is noticed, not skip
 
 from __future__ import annotations
 
+import asyncio
 import operator
 import re
 from collections.abc import Callable, Mapping
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 from routing_fixtures import HOTLINE_DID, AgiServer, berlin
 
-from callhub.sim.agi_client import agi_request, asterisk_environment
+from callhub.sim.agi_client import AgiAnswer, agi_request, asterisk_environment
 from callhub.sim.ami_server import AmiSimulator
 from callhub.sim.routed_calls import AgiCallSimulator
 
@@ -118,13 +119,15 @@ def expand(text: str, variables: Mapping[str, str]) -> str:
 
 def run_dialplan(did: str, agi: Callable[[str], dict[str, str] | None],
                  answers: Callable[[str], bool] = lambda device: False,
-                 context: str = "from-pstn") -> list[tuple[str, int]]:
+                 context: str = "from-pstn",
+                 globals_set: Mapping[str, str] | None = None) -> list[tuple[str, int]]:
     """The Dial()s an inbound call on `did` makes: (device, timeout) in order. `agi(url)`
-    returns the variables callhub set, or None when the AGI connection failed."""
+    returns the variables callhub set, or None when the AGI connection failed.
+    `globals_set` changes [globals] as an admin would (e.g. CALLHUB_AGI_2 for a pair)."""
     globals_, contexts = parse(EXTENSIONS.read_text(encoding="utf-8"))
     extens = contexts[context]
     exten = next(e for e in extens if e == did or (e.startswith("_X") and did.isdigit()))
-    variables = {**globals_, "EXTEN": did}
+    variables = {**globals_, **(globals_set or {}), "EXTEN": did}
     dials: list[tuple[str, int]] = []
     steps = extens[exten]
     i = 0
@@ -252,3 +255,96 @@ def test_callhub_not_answering_dials_the_dialplan_default(
     globals_, _ = parse(EXTENSIONS.read_text(encoding="utf-8"))
     assert run_dialplan(HOTLINE_DID, lambda url: variables) == [
         (globals_["CALLHUB_DEFAULT"], int(globals_["CALLHUB_DEFAULT_TIMEOUT"]))]
+
+
+# -- a pair: the dialplan asks the first callhub, then the second (issue 11) -------------
+
+
+def agi_url(host: str, port: int) -> str:
+    return f"agi://{host}:{port}/route"
+
+
+async def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then closed)."""
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = int(server.sockets[0].getsockname()[1])
+    server.close()
+    await server.wait_closed()
+    return port
+
+
+def asked_over_the_network(answers: Mapping[str, AgiAnswer]
+                           ) -> tuple[Callable[[str], dict[str, str] | None], list[str]]:
+    """An `agi(url)` for run_dialplan from real FastAGI answers (None when the connection
+    failed, as AGISTATUS=FAILURE), and the list of the URLs asked, in order."""
+    asked: list[str] = []
+
+    def agi(url: str) -> dict[str, str] | None:
+        asked.append(url)
+        answer = answers[url]
+        return None if answer.status != "SUCCESS" else dict(answer.variables)
+
+    return agi, asked
+
+
+async def ask(url: str) -> AgiAnswer:
+    host, _, port = url.removeprefix("agi://").removesuffix("/route").rpartition(":")
+    env = asterisk_environment(did=HOTLINE_DID, caller="+8613800000011", host=host,
+                               port=int(port))
+    return await agi_request(host, int(port), env)
+
+
+async def test_the_first_callhub_down_the_second_answers(agi_server: AgiServer) -> None:
+    dead = agi_url("127.0.0.1", await closed_port())
+    live = agi_url(agi_server.host, agi_server.port)
+    answers = {dead: await ask(dead), live: await ask(live)}
+    assert answers[dead].status == "FAILURE" and answers[live].answered
+    agi, asked = asked_over_the_network(answers)
+    dials = run_dialplan(HOTLINE_DID, agi, globals_set={"CALLHUB_AGI": dead,
+                                                         "CALLHUB_AGI_2": live})
+    assert asked == [dead, live]
+    assert dials == [("PJSIP/1001", 12), ("PJSIP/1002", 20), ("PJSIP/1003", 8),
+                     ("PJSIP/1000", 12)]  # the agents callhub #2 chose, then the fallback
+
+
+async def test_the_first_callhub_answers_the_second_is_not_asked(agi_server: AgiServer
+                                                                 ) -> None:
+    live = agi_url(agi_server.host, agi_server.port)
+    dead = agi_url("127.0.0.1", await closed_port())
+    answers = {live: await ask(live)}
+    agi, asked = asked_over_the_network(answers)
+    dials = run_dialplan(HOTLINE_DID, agi, globals_set={"CALLHUB_AGI": live,
+                                                         "CALLHUB_AGI_2": dead})
+    assert asked == [live]
+    assert dials[0] == ("PJSIP/1001", 12)
+
+
+@pytest.mark.parametrize("first", ["refused", "no answer"])
+async def test_both_callhubs_down_dials_the_default(first: str) -> None:
+    globals_, _ = parse(EXTENSIONS.read_text(encoding="utf-8"))
+    default = (globals_["CALLHUB_DEFAULT"], int(globals_["CALLHUB_DEFAULT_TIMEOUT"]))
+    one = agi_url("127.0.0.1", await closed_port())
+    two = agi_url("127.0.0.1", await closed_port())
+    answers = {one: await ask(one), two: await ask(two)}
+    if first == "no answer":  # connected, then closed before CALLHUB_ROUTE_RESULT
+        answers[one] = AgiAnswer(status="SUCCESS", variables={"CALLHUB_TARGETS": "PJSIP/1001"})
+    agi, asked = asked_over_the_network(answers)
+    assert run_dialplan(HOTLINE_DID, agi, globals_set={"CALLHUB_AGI": one,
+                                                       "CALLHUB_AGI_2": two}) == [default]
+    assert asked == [one, two]
+    # one callhub only (CALLHUB_AGI_2 empty, as shipped): asked once, then the default
+    agi, asked = asked_over_the_network(answers)
+    assert run_dialplan(HOTLINE_DID, agi, globals_set={"CALLHUB_AGI": one}) == [default]
+    assert asked == [one]
+
+
+async def test_the_simulator_fails_over_as_the_dialplan_does(agi_server: AgiServer,
+                                                             ami_simulator: AmiSimulator
+                                                             ) -> None:
+    port = await closed_port()
+    sim = AgiCallSimulator(ami_simulator, "127.0.0.1", port,
+                           second=(agi_server.host, agi_server.port))
+    answer, devices, timeouts = await sim.route(HOTLINE_DID, "+8613800000011", 1.8e9)
+    assert answer.answered
+    assert list(zip(devices, timeouts, strict=True)) == [
+        ("PJSIP/1001", 12), ("PJSIP/1002", 20), ("PJSIP/1003", 8), ("PJSIP/1000", 12)]

@@ -6,17 +6,22 @@ nobody left, the line's fallback. The position moves as soon as a choice is
 made (before the reply goes out), so two calls arriving together start at
 different agents. `choose` is synchronous and does no I/O besides the small
 rotation-state write, so it answers in well under a millisecond.
+
+With a `shared` position (a pair of instances on one PostgreSQL,
+callhub.routing.shared), `choose_shared` lets the database pick the first agent
+in one atomic statement, so the pair moves one position per line; when the
+database does not answer, the local state decides as `choose` does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, Protocol
 
 from callhub.routing.model import Agent, Line, Rota
-from callhub.routing.onduty import DutySlot, on_duty, rota_zone
+from callhub.routing.onduty import DutySlot, local_time, on_duty, rota_zone
 from callhub.routing.state import RotaStore, RotationState
 
 Result = Literal["routed", "no_agent_on_duty", "no_agent_available", "unknown_line", "error",
@@ -53,13 +58,47 @@ class Decision:
                      for i in range(len(self.targets)))
 
 
+class SharedPosition(Protocol):
+    """A rotation position shared with another instance (callhub.routing.shared)."""
+
+    async def advance(self, line: Line, eligible: Sequence[DutySlot]) -> DutySlot | None:
+        """Move the line's shared position to the next of `eligible` and return it; None
+        when the shared position cannot be reached (the caller decides locally)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A routable call before the position moves: who may take it, in local order."""
+
+    line: Line
+    eligible: list[DutySlot]
+    takers: int
+    fallback: str | None
+
+    def decision(self, first: DutySlot) -> Decision:
+        """Routed, starting at `first` and going round the rotation from there."""
+        size = max(len(self.line.rotation), 1)
+        ordered = sorted(self.eligible, key=lambda s: (
+            s is not first, (s.position - first.position) % size, s.agent.id))
+        targets = tuple(s.agent for s in ordered)
+        line = self.line
+        return Decision(line.name, "routed", targets=targets,
+                        ring_timeout=line.ring_timeout, fallback=self.fallback,
+                        on_duty=self.takers,
+                        ring_timeouts=tuple(line.ring_timeout_for(a) for a in targets))
+
+
 class Router:
     """Chooses agents for calls; holds the rota, the rotation state and the busy view."""
 
     def __init__(self, rota: RotaStore | Rota, state: RotationState | None = None,
                  busy: Callable[[], Iterable[str]] | None = None,
                  default_timezone: str = "UTC",
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 shared: SharedPosition | None = None) -> None:
+        self.shared = shared
+        self._duty: dict[str, tuple[Rota, Line, datetime, tuple[DutySlot, ...]]] = {}
         self._store = rota if isinstance(rota, RotaStore) else None
         self._fixed = rota if isinstance(rota, Rota) else None
         self.state = state or RotationState(None)
@@ -98,9 +137,19 @@ class Router:
             return Decision(line=None, result="error")
 
     def on_duty(self, line: Line, at: datetime | None = None) -> list[DutySlot]:
+        """Who is on duty on `line` at `at` (default now). Shifts and exceptions are whole
+        minutes, so the answer is kept for the rest of the local minute (per line, for
+        this rota object: a loaded or edited rota is a new one)."""
         rota = self.rota
-        return on_duty(line, rota.agents, at or self.clock(),
-                       rota_zone(rota, self.default_timezone))
+        zone = rota_zone(rota, self.default_timezone)
+        minute = local_time(at or self.clock(), zone).replace(second=0, microsecond=0)
+        cached = self._duty.get(line.name)
+        if cached is not None and cached[0] is rota and cached[1] is line \
+                and cached[2] == minute:
+            return list(cached[3])
+        slots = on_duty(line, rota.agents, minute, zone)
+        self._duty[line.name] = (rota, line, minute, tuple(slots))
+        return slots
 
     def order(self, line: Line, at: datetime | None = None,
               busy: Iterable[str] | None = None) -> tuple[list[DutySlot], list[DutySlot]]:
@@ -123,8 +172,9 @@ class Router:
             index = previous.index
         return index + 1
 
-    def choose(self, key: str | None, at: datetime | None = None) -> Decision:
-        """The decision for a call to `key` (a DID or a line name) at `at` (default now)."""
+    def plan(self, key: str | None, at: datetime | None = None) -> Plan | Decision:
+        """Who may take a call to `key` at `at`, in the order the local position gives; a
+        Decision already when nobody can (or the line is unknown)."""
         rota = self.rota
         line = rota.line_for(key)
         if line is None:
@@ -138,10 +188,27 @@ class Router:
         if not eligible:
             return Decision(line.name, "no_agent_available", ring_timeout=line.ring_timeout,
                             fallback=fallback, on_duty=len(takers))
-        first = eligible[0]
-        self.state.set(line.name, first.agent.id, first.position)
-        targets = tuple(s.agent for s in eligible)
-        return Decision(line.name, "routed", targets=targets,
-                        ring_timeout=line.ring_timeout, fallback=fallback,
-                        on_duty=len(takers),
-                        ring_timeouts=tuple(line.ring_timeout_for(a) for a in targets))
+        return Plan(line, eligible, len(takers), fallback)
+
+    def choose(self, key: str | None, at: datetime | None = None) -> Decision:
+        """The decision for a call to `key` (a DID or a line name) at `at` (default now),
+        by the local rotation position."""
+        plan = self.plan(key, at)
+        if isinstance(plan, Decision):
+            return plan
+        first = plan.eligible[0]
+        self.state.set(plan.line.name, first.agent.id, first.position)
+        return plan.decision(first)
+
+    async def choose_shared(self, key: str | None, at: datetime | None = None) -> Decision:
+        """As `choose`, with the position moved in the shared store when there is one (the
+        local state follows it); when that store does not answer, by the local position."""
+        if self.shared is None:
+            return self.choose(key, at)
+        plan = self.plan(key, at)
+        if isinstance(plan, Decision):
+            return plan
+        first = await self.shared.advance(plan.line, plan.eligible)
+        if first is None:  # by the local position as it is now, after the wait
+            return self.choose(key, at)
+        return plan.decision(first)

@@ -30,7 +30,6 @@ with the fallback, logs the cause and counts it in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -51,6 +50,7 @@ REPLY_TIMEOUT = 2.0
 # The whole answer (every SET VARIABLE and its reply) within this: a client that keeps
 # sending `100 Trying` or garbage cannot hold a handler (and its socket) for ever.
 ANSWER_DEADLINE = 5.0
+LINGER = 1.0  # after giving up on a client that keeps talking (see AgiSession._gone)
 MAX_ENV_BYTES = 16 * 1024
 MAX_ENV_LINES = 200
 BACKLOG = 1024  # a burst of calls must queue, not be refused (the dialplan would fall back)
@@ -84,31 +84,6 @@ class AgiEnvironment:
         return [k for k in keys if k and k not in ("s", "unknown", "i", "t")]
 
 
-async def read_environment(reader: asyncio.StreamReader) -> AgiEnvironment:
-    """Read `key: value` lines up to the blank line; raise MalformedRequest on anything else."""
-    values: dict[str, str] = {}
-    size = 0
-    while True:
-        raw = await reader.readline()
-        if not raw:
-            raise MalformedRequest("connection closed before the end of the AGI environment")
-        if not raw.endswith(b"\n"):
-            raise MalformedRequest("AGI environment line too long")
-        size += len(raw)
-        if size > MAX_ENV_BYTES or len(values) > MAX_ENV_LINES:
-            raise MalformedRequest("AGI environment too large")
-        line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-        if not line:
-            break
-        key, sep, value = line.partition(":")
-        if not sep or not key.startswith("agi_"):
-            raise MalformedRequest(f"not an AGI variable line: {line[:60]!r}")
-        values[key.strip()] = value.strip()
-    if not values:
-        raise MalformedRequest("empty AGI environment")
-    return AgiEnvironment(values)
-
-
 def quote(value: str) -> str:
     """An AGI argument in double quotes (backslash and quote escaped)."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -129,38 +104,15 @@ def decision_variables(decision: Decision) -> list[tuple[str, str]]:
     ]
 
 
-class AgiHangup(ConnectionError):
-    """Asterisk says the channel is gone; stop sending."""
-
-
-async def send_command(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       command: str) -> str:
-    """Send one AGI command and return its `200 ...` reply line."""
-    writer.write(command.encode("utf-8") + b"\n")
-    await writer.drain()
-    while True:
-        try:
-            raw = await asyncio.wait_for(reader.readline(), REPLY_TIMEOUT)
-        except ValueError:  # a reply line over the stream limit: dropped, not fatal
-            continue
-        if not raw:
-            raise AgiHangup("connection closed by Asterisk")
-        reply = raw.decode("utf-8", errors="replace").strip()
-        if not reply:  # no reply is blank: the rest of a malformed request, skipped
-            continue
-        if reply.startswith("100"):  # "100 result=0 Trying..." then the real reply
-            continue
-        if reply == "HANGUP" or reply.startswith("511"):
-            raise AgiHangup(reply)
-        if reply.startswith("520"):  # usage error: the text runs to "520 End of proper usage."
-            while raw and not raw.startswith(b"520 "):
-                with contextlib.suppress(ValueError):
-                    raw = await asyncio.wait_for(reader.readline(), REPLY_TIMEOUT)
-        return reply
-
-
 class FastAgiHandler:
-    """Answers FastAGI connections with the router's decision; never leaves a call hanging."""
+    """Answers FastAGI connections with the router's decision; never leaves a call hanging.
+
+    Each connection is an `AgiSession` (an asyncio Protocol, no task of its own): the
+    decision is made as soon as the environment is complete (synchronously, or awaited
+    when the rotation position is shared through PostgreSQL), then one `SET VARIABLE`
+    goes out per reply that comes in. Asterisk reads its commands with a buffered
+    `fgets` after a `poll` on the socket, so they must not be pipelined.
+    """
 
     def __init__(self, router: Router, metrics: RoutingMetrics | None = None,
                  answer_deadline: float = ANSWER_DEADLINE) -> None:
@@ -169,33 +121,11 @@ class FastAgiHandler:
         self.answer_deadline = answer_deadline
         self.requests = 0
 
-    async def __call__(self, reader: asyncio.StreamReader,
-                       writer: asyncio.StreamWriter) -> None:
-        try:
-            await self._serve(reader, writer)
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+    def session(self) -> AgiSession:
+        return AgiSession(self)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.requests += 1
-        try:
-            env = await asyncio.wait_for(read_environment(reader), HEADER_TIMEOUT)
-        except (MalformedRequest, TimeoutError, ConnectionError, ValueError) as exc:
-            started = time.perf_counter()
-            decision = replace(self.router.error_decision(None), result="malformed")
-            log.warning("fastagi.malformed_request", answer="fallback",
-                        error=str(exc) or type(exc).__name__)
-            if not reader.at_eof():
-                await self._reply(reader, writer, decision, {})
-            self._observe(decision, started)
-            return
-        started = time.perf_counter()
-        context: dict[str, str | None] = {
-            "channel": env.get("agi_channel"), "uniqueid": env.get("agi_uniqueid"),
-            "caller": mask_number(env.get("agi_callerid")),
-        }
+    def decide(self, env: AgiEnvironment) -> tuple[Decision | None, str | None]:
+        """The decision now, or (None, key) when it must be awaited (shared position)."""
         key = None
         try:
             if env.script != SCRIPT:
@@ -205,35 +135,289 @@ class FastAgiHandler:
             rota = self.router.rota
             key = next((k for k in keys if rota.line_for(k) is not None),
                        keys[0] if keys else None)
-            decision = self.router.choose(key)
-        except MalformedRequest as exc:
-            decision = replace(self.router.error_decision(key), result="malformed")
-            log.warning("fastagi.malformed_request", answer="fallback",
-                        error=str(exc), **context)
-        except Exception:
-            decision = self.router.error_decision(key)
-            log.exception("fastagi.routing_failed", answer="fallback",
-                          line=decision.line, **context)
-        await self._reply(reader, writer, decision, context)
-        seconds = self._observe(decision, started)
-        log.info("fastagi.routed", line=decision.line, result=decision.result,
-                 targets=len(decision.targets), ms=round(seconds * 1000, 2), **context)
+            if self.router.shared is not None:
+                return None, key
+            return self.router.choose(key), key
+        except Exception as exc:
+            return self.failed(exc, key, env), key
 
-    async def _reply(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     decision: Decision, context: Mapping[str, str | None]) -> None:
-        try:
-            async with asyncio.timeout(self.answer_deadline):
-                for name, value in decision_variables(decision):
-                    await send_command(reader, writer, f"SET VARIABLE {name} {quote(value)}")
-        except (AgiHangup, TimeoutError, ConnectionError) as exc:
-            log.warning("fastagi.channel_gone", hint="before the answer was complete",
-                        error=str(exc) or type(exc).__name__, **context)
+    def failed(self, exc: BaseException, key: str | None, env: AgiEnvironment) -> Decision:
+        if isinstance(exc, MalformedRequest):
+            log.warning("fastagi.malformed_request", answer="fallback", error=str(exc),
+                        **context_of(env))
+            return replace(self.router.error_decision(key), result="malformed")
+        decision = self.router.error_decision(key)
+        log.error("fastagi.routing_failed", answer="fallback", line=decision.line,
+                  exc_info=exc, **context_of(env))
+        return decision
 
-    def _observe(self, decision: Decision, started: float) -> float:
+    def observe(self, decision: Decision, started: float) -> float:
         seconds = time.perf_counter() - started
         if self.metrics is not None:
             self.metrics.observe(decision, seconds)
         return seconds
+
+
+def context_of(env: AgiEnvironment) -> dict[str, str | None]:
+    """What an info log may say about the call: no full number."""
+    return {"channel": env.get("agi_channel"), "uniqueid": env.get("agi_uniqueid"),
+            "caller": mask_number(env.get("agi_callerid"))}
+
+
+class AgiSession(asyncio.Protocol):
+    """One FastAGI connection: read the environment, decide, send the answer, hang up."""
+
+    def __init__(self, handler: FastAgiHandler) -> None:
+        self.handler = handler
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.values: dict[str, str] = {}
+        self.env_bytes = 0
+        self.state = "environment"  # -> deciding -> answering -> done
+        self.env: AgiEnvironment | None = None
+        self.decision: Decision | None = None
+        self.started = 0.0
+        self.commands: list[bytes] = []
+        self.sent = 0
+        self.skipping = False  # inside a reply line over the limit, or a 520 usage text
+        self.usage = False
+        self.deadline = 0.0
+        self.reply_by = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.closed = False
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.handler.requests += 1
+        self.reply_by = self.loop.time() + HEADER_TIMEOUT
+        self.timer = self.loop.call_at(self.reply_by, self._timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if self.state == "environment":
+            self._read_environment()
+        elif self.state == "answering":
+            self._read_replies()
+        elif self.state == "lingering":  # hung up on: what still comes is dropped
+            del self.buffer[:]
+        elif len(self.buffer) > MAX_ENV_BYTES:  # deciding: keep what comes, within reason
+            del self.buffer[:-MAX_ENV_BYTES]
+
+    def eof_received(self) -> bool:
+        if self.state == "environment":
+            self._malformed("connection closed before the end of the AGI environment",
+                            reply=False)
+        elif self.state == "answering":
+            self._gone("connection closed by Asterisk")
+        elif self.state == "lingering":
+            self._close()
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.state == "environment":
+            self._malformed("connection closed before the end of the AGI environment",
+                            reply=False)
+        elif self.state == "answering":
+            self._gone(str(exc) if exc else "connection closed by Asterisk")
+        self._finish()
+
+    # -- the environment ----------------------------------------------------------------
+
+    def _read_environment(self) -> None:
+        """Take every complete line in the buffer, checked one by one: a bad line is
+        answered as soon as it arrives."""
+        buffer = self.buffer
+        last = buffer.rfind(b"\n")
+        if last < 0:
+            if len(buffer) > MAX_ENV_BYTES:
+                del buffer[:]
+                self._malformed("AGI environment line too long", reply=True)
+            return
+        values = self.values
+        consumed = 0
+        try:
+            for raw in bytes(buffer[:last]).split(b"\n"):
+                consumed += len(raw) + 1
+                self.env_bytes += len(raw) + 1
+                if self.env_bytes > MAX_ENV_BYTES or len(values) > MAX_ENV_LINES:
+                    raise MalformedRequest("AGI environment too large")
+                line = raw.decode("utf-8", errors="replace").rstrip("\r")
+                if not line:
+                    del buffer[:consumed]
+                    if not values:
+                        raise MalformedRequest("empty AGI environment")
+                    self._environment_complete()
+                    return
+                key, sep, value = line.partition(":")
+                if not sep or not key.startswith("agi_"):
+                    raise MalformedRequest(f"not an AGI variable line: {line[:60]!r}")
+                values[key.strip()] = value.strip()
+        except MalformedRequest as exc:
+            del buffer[:consumed]
+            self._malformed(str(exc), reply=True)
+            return
+        del buffer[:last + 1]
+        if len(buffer) > MAX_ENV_BYTES:
+            del buffer[:]
+            self._malformed("AGI environment line too long", reply=True)
+
+    def _malformed(self, error: str, *, reply: bool) -> None:
+        handler = self.handler
+        self.started = time.perf_counter()
+        decision = replace(handler.router.error_decision(None), result="malformed")
+        log.warning("fastagi.malformed_request", answer="fallback", error=error)
+        if reply and self.transport is not None and not self.transport.is_closing():
+            self._answer(decision)
+        else:
+            self.state = "done"
+            handler.observe(decision, self.started)
+            self._close()
+
+    def _environment_complete(self) -> None:
+        self.started = time.perf_counter()
+        self.env = env = AgiEnvironment(self.values)
+        self.state = "deciding"
+        decision, key = self.handler.decide(env)
+        if decision is not None:
+            self._answer(decision)
+            return
+        task = self.loop.create_task(self.handler.router.choose_shared(key))
+        task.add_done_callback(lambda t: self._decided(t, key))
+
+    def _decided(self, task: asyncio.Task[Decision], key: str | None) -> None:
+        assert self.env is not None
+        if task.cancelled():
+            decision = self.handler.router.error_decision(key)
+        elif (exc := task.exception()) is not None:
+            decision = self.handler.failed(exc, key, self.env)
+        else:
+            decision = task.result()
+        if self.closed:  # Asterisk went away meanwhile (the position has moved)
+            self.state = "done"
+            self.handler.observe(decision, self.started)
+            return
+        self._answer(decision)
+
+    # -- the answer -----------------------------------------------------------------------
+
+    def _answer(self, decision: Decision) -> None:
+        self.decision = decision
+        self.commands = [f"SET VARIABLE {name} {quote(value)}\n".encode()
+                         for name, value in decision_variables(decision)]
+        self.state = "answering"
+        self.deadline = self.loop.time() + self.handler.answer_deadline
+        self._send()
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_at(self.reply_by, self._timed_out)
+        if self.buffer:
+            self._read_replies()
+
+    def _send(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.commands[self.sent])
+        self.sent += 1
+        self.reply_by = min(self.loop.time() + REPLY_TIMEOUT, self.deadline)
+
+    def _read_replies(self) -> None:
+        buffer = self.buffer
+        start = 0
+        while self.state == "answering":
+            end = buffer.find(b"\n", start)
+            if end < 0:
+                if len(buffer) - start > MAX_ENV_BYTES:  # a reply line over the limit:
+                    self.skipping = True                # dropped, not fatal
+                    start = len(buffer)
+                break
+            raw = bytes(buffer[start:end + 1])
+            start = end + 1
+            if self.skipping:  # the rest of an over-long line
+                self.skipping = False
+                continue
+            reply = raw.decode("utf-8", errors="replace").strip()
+            if self.usage:  # "520-..." usage text runs to "520 End of proper usage."
+                self.usage = not raw.startswith(b"520 ")
+                if not self.usage:
+                    self._replied()
+                continue
+            if not reply or reply.startswith("100"):  # the rest of a malformed request;
+                continue                              # "100 Trying..." before the reply
+            if reply == "HANGUP" or reply.startswith("511"):
+                self._gone(reply)
+                break
+            if reply.startswith("520-"):
+                self.usage = True
+                continue
+            self._replied()
+        del buffer[:start]
+
+    def _replied(self) -> None:
+        if self.sent < len(self.commands):
+            self._send()
+            return
+        self.state = "done"
+        assert self.decision is not None
+        seconds = self.handler.observe(self.decision, self.started)
+        context = context_of(self.env) if self.env is not None else {}
+        log.info("fastagi.routed", line=self.decision.line, result=self.decision.result,
+                 targets=len(self.decision.targets), ms=round(seconds * 1000, 2), **context)
+        self._close()
+
+    def _gone(self, error: str, linger: bool = False) -> None:
+        """Asterisk hung up (or went silent) before the answer was complete. `linger`: a
+        client still talking gets our FIN first and its last lines are read and dropped
+        for up to LINGER seconds, so it sees the end of the stream and not a reset."""
+        context = context_of(self.env) if self.env is not None else {}
+        log.warning("fastagi.channel_gone", hint="before the answer was complete",
+                    error=error, **context)
+        if self.decision is not None:
+            self.handler.observe(self.decision, self.started)
+        transport = self.transport
+        if linger and transport is not None and transport.can_write_eof():
+            self.state = "lingering"
+            transport.write_eof()
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = self.loop.call_later(LINGER, self._timed_out)
+            return
+        self.state = "done"
+        self._close()
+
+    # -- time limits and the end ----------------------------------------------------------
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if self.state == "done":
+            return
+        now = self.loop.time()
+        if self.state == "answering" and now < self.reply_by:
+            self.timer = self.loop.call_at(self.reply_by, self._timed_out)  # replies came
+            return
+        if self.state == "environment":
+            self._malformed("TimeoutError", reply=True)
+        elif self.state == "answering":
+            self._gone("TimeoutError", linger=True)
+        elif self.state == "lingering":
+            self._close()
+        else:  # deciding: the router awaits the database with its own, shorter timeout
+            self.timer = self.loop.call_at(now + REPLY_TIMEOUT, self._timed_out)
+
+    def _close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        self._finish()
+
+    def _finish(self) -> None:
+        self.closed = True
+        if self.state != "deciding":  # a decision still on its way is observed when made
+            self.state = "done"
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 async def start_fastagi(settings: Settings, router: Router,
@@ -244,8 +428,9 @@ async def start_fastagi(settings: Settings, router: Router,
     listen_host = settings.fastagi_listen[0] if host is None else host
     listen_port = settings.fastagi_listen[1] if port is None else port
     handler = FastAgiHandler(router, metrics, answer_deadline)
-    server = await asyncio.start_server(handler, listen_host, listen_port,
-                                        limit=MAX_ENV_BYTES, backlog=BACKLOG)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(handler.session, listen_host, listen_port,
+                                      backlog=BACKLOG)
     sockname = server.sockets[0].getsockname() if server.sockets else None
     log.info("fastagi.listening", address=f"{sockname[0]}:{sockname[1]}" if sockname else "")
     return server

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,8 +55,18 @@ class Position:
     at: float
 
 
+SAVE_DELAY = 0.05  # seconds a burst of calls is gathered into one write of the file
+
+
 class RotationState:
-    """Per-line rotation position, kept in memory and written through to a JSON file."""
+    """Per-line rotation position, kept in memory and written through to a JSON file.
+
+    Inside an event loop the file is written off the loop: at most one write per
+    SAVE_DELAY, in a worker thread, so no FastAGI answer waits on the disk (a rename
+    takes milliseconds on a busy filesystem). A crash loses at most that last
+    fraction of a second of moves: the next call may start one agent early.
+    Outside a loop, and at `flush()` (shutdown), it is written at once.
+    """
 
     def __init__(self, path: Path | None, clock: Callable[[], float] = time.time) -> None:
         self.path = path
@@ -63,6 +74,12 @@ class RotationState:
         self._lines: dict[str, Position] = {}
         self.write_errors = 0
         self._save_pending = False
+        self._version = 0  # bumped by every move; a write never replaces a newer one
+        self._written = 0
+        self._write_lock = threading.Lock()
+        self._timer: asyncio.TimerHandle | None = None
+        self._inflight: asyncio.Future[None] | None = None
+        self.writes = 0  # files written (a burst of moves is one)
         if path is not None:
             self._load(path)
 
@@ -83,11 +100,16 @@ class RotationState:
     def get(self, line: str) -> Position | None:
         return self._lines.get(line)
 
-    def set(self, line: str, agent: str, index: int) -> None:
-        """Move the position. Inside an event loop the file is written just after the
-        current step (one write for a burst of calls, and not before the FastAGI reply
-        has been handed to the socket); outside one, at once."""
-        self._lines[line] = Position(agent, index, self.clock())
+    def items(self) -> list[tuple[str, Position]]:
+        """Every line's position (a copy)."""
+        return list(self._lines.items())
+
+    def set(self, line: str, agent: str, index: int, at: float | None = None) -> None:
+        """Move the position (`at`: when, default now) and schedule the file's write."""
+        self._lines[line] = Position(agent, index, self.clock() if at is None else at)
+        self._version += 1
+        if self.path is None:
+            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -95,26 +117,60 @@ class RotationState:
             return
         if not self._save_pending:
             self._save_pending = True
-            loop.call_soon(self.flush)
+            self._timer = loop.call_later(SAVE_DELAY, self._save_in_thread, loop)
+
+    def _save_in_thread(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        if not self._save_pending:  # flushed meanwhile
+            return
+        self._save_pending = False
+        version, text = self._snapshot()
+        inflight = self._inflight = loop.run_in_executor(None, self._write, version, text)
+        inflight.add_done_callback(lambda done: self._written_by(done))
+
+    def _written_by(self, done: asyncio.Future[None]) -> None:
+        if self._inflight is done:
+            self._inflight = None
+
+    async def written(self) -> None:
+        """Wait until the file holds every move made so far (without the SAVE_DELAY)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._save_in_thread(asyncio.get_running_loop())
+        if self._inflight is not None:
+            await asyncio.shield(self._inflight)
 
     def flush(self) -> None:
-        """Write now if a write is pending (also on shutdown)."""
-        if self._save_pending:
+        """Write now unless the file already holds every move (also on shutdown)."""
+        if self._save_pending or self._written < self._version:
             self._save_pending = False
             self.save()
 
     def save(self) -> None:
         if self.path is None:
             return
+        self._write(*self._snapshot())
+
+    def _snapshot(self) -> tuple[int, str]:
         data: dict[str, Any] = {"lines": {
             line: {"agent": p.agent, "index": p.index, "at": p.at}
             for line, p in sorted(self._lines.items())}}
-        try:
-            atomic_write(self.path, json.dumps(data, ensure_ascii=False))
-        except OSError as exc:
-            # Routing goes on from memory; the position is only lost on a restart.
-            self.write_errors += 1
-            log.error("routing.position_save_failed", path=str(self.path), error=str(exc))
+        return self._version, json.dumps(data, ensure_ascii=False)
+
+    def _write(self, version: int, text: str) -> None:
+        """Replace the file with `text` unless a newer version is already written."""
+        assert self.path is not None
+        with self._write_lock:
+            if version < self._written:
+                return
+            try:
+                atomic_write(self.path, text)
+                self._written = version
+                self.writes += 1
+            except OSError as exc:
+                # Routing goes on from memory; the position is only lost on a restart.
+                self.write_errors += 1
+                log.error("routing.position_save_failed", path=str(self.path), error=str(exc))
 
 
 class RotaStore:

@@ -122,9 +122,11 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--seed", type=int, default=None, help="random seed for --mix and --agi")
     agi = parser.add_argument_group(
         "AGI mode", "inbound calls routed by callhub's FastAGI, as the shipped dialplan does")
-    agi.add_argument("--agi", metavar="HOST:PORT",
+    agi.add_argument("--agi", metavar="HOST:PORT[,HOST:PORT]",
                      help="ask this FastAGI (callhub's fastagi.listen, e.g. 127.0.0.1:4573) "
-                          "where to ring each inbound call; calls start at the first AMI login")
+                          "where to ring each inbound call, and when it does not answer the "
+                          "second (the other callhub of a pair), as the dialplan does; calls "
+                          "start at the first AMI login")
     agi.add_argument("--agi-rate", type=_rate, default=6.0, metavar="N/min",
                      help="inbound calls per minute in AGI mode (default 6)")
     agi.add_argument("--dids", type=_dids, default=DEMO_DIDS, metavar="DID,...",
@@ -146,7 +148,7 @@ def add_parser(sub: Any) -> None:
 def simulate_command(args: argparse.Namespace) -> int:
     host, port = parse_listen(args.listen, "--listen")
     if args.agi is not None:
-        parse_listen(args.agi, "--agi")
+        _agi_addresses(args.agi)
     configure_logging(args.log_level)
     if not args.trace and not args.mix and not args.agi:
         log.info("simulate.idle", hint="no --trace, --mix or --agi: only logins, pings and "
@@ -199,18 +201,27 @@ async def _replay(sim: AmiSimulator, traces: list[str], speed: float | None,
 async def _agi_calls(sim: AmiSimulator, args: argparse.Namespace, speed: float | None) -> None:
     """--agi: once a client has logged in, a Poisson stream of inbound calls, each routed
     by callhub's FastAGI (callhub.sim.routed_calls), its hunt emitted on `sim`."""
-    host, port = parse_listen(args.agi, "--agi")
+    (host, port), *rest = _agi_addresses(args.agi)
     rng = random.Random(args.seed)
     # Beside --mix, the routed calls count their ids in a range of their own.
     factory = (CallFactory(seed=args.seed, uniqueid_counter=500_000, channel_counter=0x80000)
                if args.mix else None)
     agi = AgiCallSimulator(sim, host, port, behaviour=lambda device: _phone(rng),
-                           default_target=args.agi_default, factory=factory)
+                           default_target=args.agi_default, factory=factory,
+                           second=rest[0] if rest else None)
     log.info("simulate.agi_waiting", hint="calls start at the first AMI login", agi=args.agi)
     await sim.wait_logins(1, within=None)
     arrivals = agi_arrivals(args.agi_rate, args.dids, rng, sim.clock(), args.max_calls)
     await agi.run(arrivals, speed=speed, keep=False)
     log.info("simulate.agi_done", calls=args.max_calls)
+
+
+def _agi_addresses(text: str) -> list[tuple[str, int]]:
+    """--agi HOST:PORT[,HOST:PORT]: one callhub, or the two of a pair in the order asked."""
+    parts = text.split(",")
+    if len(parts) > 2:
+        raise ConfigError("--agi: one HOST:PORT, or two separated by a comma (a pair)")
+    return [parse_listen(part.strip(), "--agi") for part in parts]
 
 
 def _phone(rng: random.Random) -> Behaviour:

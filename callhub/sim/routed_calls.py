@@ -49,16 +49,19 @@ class AgiCallSimulator:
 
     `behaviour(device)` says how each phone reacts. `default_target` is the
     dialplan's own fallback, dialled when callhub does not answer or returns
-    neither targets nor a fallback.
+    neither targets nor a fallback. `second` is the other callhub of a pair
+    (the dialplan's CALLHUB_AGI_2), asked when the first does not answer.
     """
 
     def __init__(self, ami: AmiSimulator, agi_host: str, agi_port: int, *,
                  behaviour: Callable[[str], Behaviour] | Mapping[str, Behaviour] | None = None,
                  default_target: str = "PJSIP/1000", default_ring_timeout: int = 20,
-                 factory: CallFactory | None = None) -> None:
+                 factory: CallFactory | None = None,
+                 second: tuple[str, int] | None = None) -> None:
         self.ami = ami
         self.agi_host = agi_host
         self.agi_port = agi_port
+        self.second = second
         if behaviour is None:
             self.behaviour: Callable[[str], Behaviour] = lambda device: Behaviour()
         elif isinstance(behaviour, Mapping):
@@ -75,11 +78,17 @@ class AgiCallSimulator:
                     ) -> tuple[AgiAnswer, list[str], list[int]]:
         """Ask FastAGI; the devices the dialplan would ring, in order, and how long each."""
         serial = self.factory.uniqueid_counter
-        env = asterisk_environment(
-            did=did, caller=caller, caller_name=caller_name,
-            channel=f"PJSIP/trunk-{self.factory.channel_counter:08x}",
-            uniqueid=f"{int(at)}.{serial}", host=self.agi_host, port=self.agi_port)
-        answer = await agi_request(self.agi_host, self.agi_port, env)
+        addresses = [(self.agi_host, self.agi_port)]
+        if self.second is not None:
+            addresses.append(self.second)
+        for host, port in addresses:  # the first, then the second of a pair
+            env = asterisk_environment(
+                did=did, caller=caller, caller_name=caller_name,
+                channel=f"PJSIP/trunk-{self.factory.channel_counter:08x}",
+                uniqueid=f"{int(at)}.{serial}", host=host, port=port)
+            answer = await agi_request(host, port, env)
+            if answer.answered:
+                break
         if not answer.answered:
             return answer, [self.default_target], [self.default_ring_timeout]
         devices = list(answer.targets)

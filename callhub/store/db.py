@@ -28,8 +28,11 @@ class Database:
 
     @classmethod
     def connect(cls, url: str, *, schema: str | None = None, busy_timeout: float = 5.0,
+                pre_ping: bool = True, session: dict[str, str] | None = None,
                 **engine_args: Any) -> Database:
-        """Create the engine (no connection is opened until first use)."""
+        """Create the engine (no connection is opened until first use). `pre_ping=False`
+        saves a round trip per checkout for a caller that handles a dead connection;
+        `session` sets PostgreSQL settings on every connection (e.g. synchronous_commit)."""
         parsed = make_url(url)
         connect_args: dict[str, Any] = {}
         if parsed.get_backend_name() == "sqlite":
@@ -37,13 +40,21 @@ class Database:
             _create_private(parsed.database)
         elif parsed.get_backend_name() == "postgresql":
             connect_args["timeout"] = busy_timeout  # connect timeout (asyncpg)
+            server_settings = dict(session or {})
             if schema:
-                connect_args["server_settings"] = {"search_path": schema}
-        engine = create_async_engine(url, connect_args=connect_args, pool_pre_ping=True,
+                server_settings["search_path"] = schema
+            if server_settings:
+                connect_args["server_settings"] = server_settings
+        engine = create_async_engine(url, connect_args=connect_args, pool_pre_ping=pre_ping,
                                      **engine_args)
         if parsed.get_backend_name() == "sqlite":
             sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return cls(engine, schema)
+
+    def connect_again(self, **options: Any) -> Database:
+        """Another engine, with a pool of its own, on the same database and schema."""
+        return Database.connect(self.engine.url.render_as_string(hide_password=False),
+                                schema=self.schema, **options)
 
     @property
     def dialect(self) -> str:

@@ -281,3 +281,14 @@ sms_optouts = sa.Table(
     sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.Column("by", sa.String(256)),
 )
+
+# The rotation position of each rota line (issue 11): the agent offered the line's last
+# call and that agent's rotation index, shared by both instances of a pair. Routing also
+# keeps it in a local file, which answers while the database is down.
+rotation_positions = sa.Table(
+    "rotation_positions", metadata,
+    sa.Column("line", sa.String(128), primary_key=True),
+    sa.Column("agent", sa.String(128), nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("moved_at", UtcDateTime(), nullable=False),
+)
