@@ -1,5 +1,7 @@
 """Shared pytest set-up: each area registers its fixtures module here."""
 
+import os
+
 pytest_plugins = [
     "traces_fixtures",
     "metrics_fixtures",
@@ -9,3 +11,6 @@ pytest_plugins = [
     "desk_fixtures",
     "cel_fixtures",
 ]
+
+# Every API answer is checked against its documented model in the tests (production skips it).
+os.environ.setdefault("CALLHUB_API_VALIDATE_RESPONSES", "1")

@@ -27,11 +27,13 @@ from callhub.api.base import (
     METRICS,
     OPERATIONS,
     SETTINGS,
+    VALIDATE,
     Handler,
     IngestStatus,
     Inputs,
     Operation,
     error_response,
+    validate_by_default,
 )
 from callhub.api.openapi import OPENAPI
 from callhub.api.params import BadParameter, parse_body, parse_path, parse_query
@@ -105,9 +107,12 @@ def make_app(settings: Settings, db: Database, *,
              metrics: Any = None,
              extra_operations: Sequence[Operation] = (),
              supervisor: Supervisor | None = None,
-             router: Router | None = None) -> web.Application:
+             router: Router | None = None,
+             validate_responses: bool | None = None) -> web.Application:
     """The API application for `settings` reading `db`; `ingests` by PBX name for /readyz;
-    the rota routes over `router` when one is given."""
+    the rota routes over `router` when one is given. `validate_responses`: check every
+    JSON answer against its documented model (None: when CALLHUB_API_VALIDATE_RESPONSES
+    says so; the test suite does)."""
     app = web.Application(middlewares=[json_errors], client_max_size=256 * 1024)
     app[SETTINGS] = settings
     app[DB] = db
@@ -115,6 +120,7 @@ def make_app(settings: Settings, db: Database, *,
     app[health.SUPERVISOR] = supervisor if supervisor is not None else Supervisor()
     health.add_default_parts(app[health.SUPERVISOR], settings, db, app[INGESTS])
     app[METRICS] = metrics
+    app[VALIDATE] = validate_by_default() if validate_responses is None else validate_responses
     operations = (*BUILTIN_OPERATIONS, *extra_operations)
     if router is not None:
         app[rota.ROUTER] = router
