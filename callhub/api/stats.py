@@ -44,6 +44,7 @@ async def get_stats(request: web.Request) -> web.StreamResponse:
     if end - start > timedelta(days=MAX_DAYS):
         raise BadParameter("to", f"the period may span at most {MAX_DAYS} days")
     q = stats.StatsQuery(start=start, end=end, group_by=args.group_by, rings=args.rings,
+                         rollup=True,
                          seconds=args.seconds,
                          exclude_short_abandons=settings.stats_exclude_short_abandons,
                          tz=tz, pbx=args.pbx, targets=settings.line_targets(args.pbx))

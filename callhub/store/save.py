@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callhub.config import Settings
 from callhub.records import CallRecord
-from callhub.store import bulk, worklist
+from callhub.store import bulk, rollup, worklist
 from callhub.store.chunks import chunks, in_chunk
 from callhub.store.rows import ATTEMPT_COLUMNS, attempt_values, call_row
 from callhub.store.sms_queue import ContactLookup, queue_sms
@@ -170,6 +170,7 @@ async def save_calls(conn: AsyncConnection, records: Sequence[CallRecord], setti
         written = {(r.pbx, r.linkedid): call_id for r, call_id in zip(run, ids, strict=True)}
         saved.ids += [written[key] if key in written else stored_ids[key]
                       for key in ((r.pbx, r.linkedid) for r in whole)]
+    await rollup.refresh(conn, records)  # /stats' hourly rollup, in this same transaction
     return saved
 
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from typing import Any
@@ -32,6 +33,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
 from callhub.config.targets import LineTargets, TargetTally, tally_rings
+from callhub.store import rollup
 from callhub.store.tables import calls, worklist_entries
 
 # What each figure of a stats block means (the API documents it, the report orders by it).
@@ -162,6 +164,9 @@ class StatsQuery:
     pbx: str | None = None
     # Each line's ring target (answered_within_target) and answer-rate target.
     targets: LineTargets = field(default_factory=LineTargets)
+    # Read the calls' figures from the hourly rollup when it can answer (rollup_answers):
+    # the API does; the p90 then reads up to 0.1 s high (callhub/store/rollup.py).
+    rollup: bool = False
 
 
 # -- local hours and days in SQL ------------------------------------------------------------
@@ -327,26 +332,89 @@ def _grouped(stmt: sa.Select[Any], base: sa.Subquery, pg: bool, grouped: bool
     return stmt.add_columns(sa.literal(0, sa.Integer).label("total")).group_by(k, koff)
 
 
-async def compute(conn: AsyncConnection, q: StatsQuery) -> dict[str, Any]:
-    """Totals and (with group_by) one block per group, sorted by key (None last)."""
-    pg = conn.dialect.name == "postgresql"
-    if pg:  # a month's rows sorted by hour: a few MB, more than the default 4 MB in memory
-        await conn.execute(sa.text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
-    pieces = offset_pieces(q.start, q.end, q.tz)
-    grouped = q.group_by is not None
-    totals = _Acc()
-    groups: dict[tuple[Any, int], _Acc] = {}
-    agent_names: dict[Any, str] = {}
+# -- the calls' figures from the hourly rollup -------------------------------------------------
 
-    def acc(k: Any, koff: Any) -> _Acc:
-        found = groups.get((k, koff))
-        if found is None:
-            found = groups[(k, koff)] = _Acc()
-        return found
+def rollup_answers(q: StatsQuery, pieces: list[tuple[datetime | None, int]]) -> bool:
+    """Whether the hourly rollup gives this query's calls figures (see callhub/store/rollup.py).
 
-    # Calls: counts and sums per group (and on PostgreSQL the p90 ring time). Each row is
-    # first reduced to small integer codes, in a subquery kept apart (OFFSET 0) so that
-    # the many FILTERs compare integers instead of re-evaluating text comparisons.
+    Not for group_by=agent (the rollup has no agents), nor a T of the service level
+    that is not whole seconds; the period must start and end on whole UTC hours; by
+    hour or day, every UTC offset of the period must be whole hours and change on a
+    whole UTC hour (a zone such as Asia/Kolkata, +05:30, takes the exact query).
+    """
+    if q.group_by == "agent" or not float(q.seconds).is_integer():
+        return False
+    if q.start.timestamp() % rollup.HOUR or q.end.timestamp() % rollup.HOUR:
+        return False
+    if q.group_by in ("hour", "day"):
+        if any(offset % rollup.HOUR for _, offset in pieces):
+            return False
+        if any(until.timestamp() % rollup.HOUR for until, _ in pieces if until is not None):
+            return False
+    return True
+
+
+async def _calls_from_rollup(conn: AsyncConnection, q: StatsQuery,
+                             pieces: list[tuple[datetime | None, int]],
+                             acc: Callable[[Any, Any], _Acc], totals: _Acc
+                             ) -> dict[tuple[Any, int], dict[str | None, TargetTally]]:
+    """The calls' figures per group, added up from the rollup's hours (rollup_answers);
+    the per-line target tallies."""
+    rows = await rollup.read(conn, q.start, q.end, q.pbx)
+    ends = [(rollup.hour_of(until) if until is not None else None, off) for until, off in pieces]
+    rank = functools.partial(nearest_rank, pct=P90)
+    seconds = int(q.seconds)
+    hists: dict[tuple[Any, int], Counter[int]] = {}
+    everything: Counter[int] = Counter()
+    piece = 0
+    for (_pbx, line, hour, outbound, short, answered, abandoned, missed, other, hangup_known,
+         agent_first, ring_sum, wait_sum, rings_hist, wait_hist, ring_hist) in rows:
+        while ends[piece][0] is not None and hour >= ends[piece][0]:
+            piece += 1
+        if q.group_by == "hour":
+            offset = ends[piece][1]
+            key: tuple[Any, int] = ((hour * rollup.HOUR + offset) // 3600, offset)
+        elif q.group_by == "day":
+            key = ((hour * rollup.HOUR + ends[piece][1]) // 86400, 0)
+        elif q.group_by == "line":
+            key = (line, 0)
+        else:
+            key = (0, 0)
+        a = acc(*key)
+        a.outbound += outbound
+        a.short_abandons += short
+        counted_short = 0 if q.exclude_short_abandons else short
+        a.inbound += answered + abandoned + missed + other + counted_short
+        a.answered += answered
+        a.abandoned += abandoned + counted_short
+        a.missed += missed
+        a.hangup_known += hangup_known
+        a.agent_hung_up_first += agent_first
+        a.ring_sum += ring_sum
+        a.wait_sum += wait_sum
+        if answered:
+            a.within_rings += rollup.at_most(rollup.pairs(rings_hist), q.rings)
+            a.within_seconds += rollup.at_most(rollup.pairs(wait_hist), seconds)
+            ring = rollup.pairs(ring_hist)
+            hist = hists.get(key)
+            if hist is None:
+                hist = hists[key] = Counter()
+            rollup.merge(hist, ring)
+            rollup.merge(everything, ring)
+    for key, hist in hists.items():
+        acc(*key).p90_ring = rollup.p90_ring(hist, rank)
+    totals.p90_ring = rollup.p90_ring(everything, rank)
+    base, counted = _calls_base(q, pieces)  # each line against its target: from the calls
+    return await _line_tallies(conn, base, counted, q.targets)
+
+
+def _calls_base(q: StatsQuery, pieces: list[tuple[datetime | None, int]]
+                ) -> tuple[sa.Subquery, sa.ColumnElement[bool]]:
+    """The period's calls as small codes per row, and which of them count as inbound.
+
+    Each row is first reduced to small integer codes, in a subquery kept apart
+    (OFFSET 0) so that the many FILTERs compare integers instead of re-evaluating
+    text comparisons."""
     c = calls.c
     where = [c.arrived_at >= q.start, c.arrived_at < q.end,
              c.direction.in_(("inbound", "outbound"))]
@@ -367,6 +435,21 @@ async def compute(conn: AsyncConnection, q: StatsQuery) -> dict[str, Any]:
     ).where(*where).offset(0).subquery("base")
     b = base.c
     counted = b.kind >= (ANSWERED if q.exclude_short_abandons else SHORT)
+    return base, counted
+
+
+async def _calls_exact(conn: AsyncConnection, q: StatsQuery,
+                       pieces: list[tuple[datetime | None, int]],
+                       acc: Callable[[Any, Any], _Acc], totals: _Acc,
+                       agent_names: dict[Any, str]
+                       ) -> dict[tuple[Any, int], dict[str | None, TargetTally]]:
+    """The calls' figures per group, counted from `calls`; the per-line target tallies.
+
+    Counts and sums per group (and on PostgreSQL the p90 ring time)."""
+    pg = conn.dialect.name == "postgresql"
+    grouped = q.group_by is not None
+    base, counted = _calls_base(q, pieces)
+    b = base.c
     answered = b.kind == ANSWERED
     count = sa.func.count
     stmt = sa.select(
@@ -407,9 +490,31 @@ async def compute(conn: AsyncConnection, q: StatsQuery) -> dict[str, Any]:
                 acc(row.k, row.koff).p90_ring = float(row.v)
             if row.in_all:
                 totals.p90_ring = float(row.v)
+    return await _line_tallies(conn, base, counted, q.targets)
 
-    # Each line's calls against its own ring target: counted per group, line and rings.
-    by_line = await _line_tallies(conn, base, counted, q.targets)
+
+async def compute(conn: AsyncConnection, q: StatsQuery) -> dict[str, Any]:
+    """Totals and (with group_by) one block per group, sorted by key (None last)."""
+    pg = conn.dialect.name == "postgresql"
+    if pg:  # a month's rows sorted by hour: a few MB, more than the default 4 MB in memory
+        await conn.execute(sa.text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
+    pieces = offset_pieces(q.start, q.end, q.tz)
+    grouped = q.group_by is not None
+    totals = _Acc()
+    groups: dict[tuple[Any, int], _Acc] = {}
+    agent_names: dict[Any, str] = {}
+
+    def acc(k: Any, koff: Any) -> _Acc:
+        found = groups.get((k, koff))
+        if found is None:
+            found = groups[(k, koff)] = _Acc()
+        return found
+
+    if q.rollup and rollup_answers(q, pieces):
+        by_line = await _calls_from_rollup(conn, q, pieces, acc, totals)
+    else:
+        by_line = await _calls_exact(conn, q, pieces, acc, totals, agent_names)
+    # Each line's calls against its own ring target.
     for (k, koff), tallies in by_line.items():
         acc(k, koff).within_target = sum(t.within_target for t in tallies.values())
 
@@ -425,8 +530,8 @@ async def compute(conn: AsyncConnection, q: StatsQuery) -> dict[str, Any]:
     wb = wbase.c
     timed = sa.and_(wb.status == "handled", wb.time_to_callback_seconds.is_not(None))
     wstmt = sa.select(
-        wb.k, wb.koff, count().filter(wb.status == "pending"),
-        count().filter(wb.status == "handled"),
+        wb.k, wb.koff, sa.func.count().filter(wb.status == "pending"),
+        sa.func.count().filter(wb.status == "handled"),
         _disc(0.5 - _HAIR, wb.time_to_callback_seconds, timed) if pg else sa.null(),
         _disc(0.5 + _HAIR, wb.time_to_callback_seconds, timed) if pg else sa.null())
     for k, koff, pending, handled, lower, upper, total in (

@@ -292,3 +292,29 @@ rotation_positions = sa.Table(
     sa.Column("position", sa.Integer, nullable=False),
     sa.Column("moved_at", UtcDateTime(), nullable=False),
 )
+
+# Issue 15: the calls of each (pbx, line, UTC hour) counted and binned, kept by the writer in
+# the transaction that stores them (callhub/store/rollup.py), so /stats over a month reads
+# a few thousand rows instead of tens of thousands of calls. Histograms are JSON objects
+# {bin: count} over answered inbound calls.
+call_hours = sa.Table(
+    "call_hours", metadata,
+    sa.Column("pbx", sa.String(64), nullable=False),
+    sa.Column("line", sa.String(LIMITS["line"])),
+    sa.Column("hour", sa.BigInteger, nullable=False),  # floor(POSIX seconds / 3600), UTC
+    sa.Column("outbound", sa.Integer, nullable=False),
+    sa.Column("short_abandons", sa.Integer, nullable=False),
+    sa.Column("answered", sa.Integer, nullable=False),
+    sa.Column("abandoned", sa.Integer, nullable=False),  # short abandons not included
+    sa.Column("missed", sa.Integer, nullable=False),
+    sa.Column("other_inbound", sa.Integer, nullable=False),  # inbound, any other outcome
+    sa.Column("hangup_known", sa.Integer, nullable=False),  # answered, hangup_by known
+    sa.Column("agent_hung_up_first", sa.Integer, nullable=False),
+    sa.Column("ring_sum", sa.Float, nullable=False),  # answered
+    sa.Column("wait_sum", sa.Float, nullable=False),  # answered
+    sa.Column("rings_hist", sa.Text, nullable=False),  # rings (101: more than 100)
+    sa.Column("wait_hist", sa.Text, nullable=False),  # ceil(wait_seconds), 86401: more
+    sa.Column("ring_hist", sa.Text, nullable=False),  # ceil(ring_seconds * 10)
+    sa.Column("changed_at", UtcDateTime(), nullable=False),
+)
+sa.Index("ix_call_hours_hour_pbx", call_hours.c.hour, call_hours.c.pbx)

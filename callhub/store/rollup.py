@@ -1,0 +1,277 @@
+"""The hourly rollup of calls behind /stats: one row per (pbx, line, UTC hour).
+
+A month of hourly figures read from `calls` is tens of thousands of rows
+counted per request (about 1 s at 20 clients on 1M calls); read from
+`call_hours` it is a few thousand small rows. The writer keeps it in the
+transaction that stores the calls (`refresh`, called once per batch by
+`store.save.save_calls`, which every write path takes: the writer's batches,
+one-shot saves, CEL recovery and backfill), by recomputing the affected
+buckets from `calls` rather than adding to them: a call stored again (a
+replayed spool, a CEL record replaced by the AMI one) is counted once, as
+it is in `calls`.
+
+What the rows keep, per bucket, of the calls `stats.compute` counts (inbound
+and outbound): counts by kind, the answered calls' hang-up counts and
+ring/wait sums, and three histograms of the answered calls as flat JSON
+arrays `[bin, count, bin, count, ...]`:
+
+- rings, exact (bin 101: more than 100; `rings` asks for at most 100), so
+  "answered within N rings" is exact;
+- wait, by whole seconds rounded up, so "answered within T seconds" is exact
+  for a whole T (`wait <= T` exactly when `ceil(wait) <= T`); other T fall
+  back to the exact query;
+- ring time, in tenths of a second rounded up; the p90 is the upper edge of
+  the bin holding the nearest-rank value, so it reads at most 0.1 s high and
+  never low (tests/test_store_rollup.py holds it to that against the exact
+  query).
+
+Sums are added per hour and then per group, so means may differ from the
+exact query's in the last rounded digit. A call is recomputed in the hour
+it arrives in and the hours either side: a call stored again whose arrival
+moved by more than an hour (AMI and CEL both take the first channel's
+creation time; a replay is the same record) would leave its old hour
+counted until `rebuild`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from callhub.records import CallRecord
+from callhub.store.tables import call_hours, calls
+
+HOUR = 3600
+RINGS_CAP = 101  # rings above 100 share a bin (StatsQuery.rings is at most 100)
+WAIT_CAP = 86401  # waits above a day share a bin (StatsQuery.seconds is at most 86400)
+RING_BINS_PER_SECOND = 10
+P90_ERROR_SECONDS = 1 / RING_BINS_PER_SECOND  # the p90 reads at most this much high
+LOCK_KEY = 0x63616C6C68  # PostgreSQL advisory lock: one rollup writer at a time
+FILL_CHUNK_HOURS = 24 * 31
+
+_SOURCE = sa.select(
+    calls.c.pbx, calls.c.line, calls.c.arrived_at, calls.c.direction, calls.c.outcome,
+    calls.c.short_abandon, calls.c.rings, calls.c.ring_seconds, calls.c.wait_seconds,
+    calls.c.hangup_by,
+).where(calls.c.direction.in_(("inbound", "outbound")),
+        calls.c.arrived_at >= sa.bindparam("lo", type_=calls.c.arrived_at.type),
+        calls.c.arrived_at < sa.bindparam("hi", type_=calls.c.arrived_at.type))
+_SOURCE_PBX = _SOURCE.where(calls.c.pbx == sa.bindparam("pbx", type_=calls.c.pbx.type))
+
+
+def hour_of(at: datetime) -> int:
+    """The UTC hour number (POSIX seconds // 3600) of an aware time."""
+    return math.floor(at.timestamp()) // HOUR
+
+
+def _at(hour: int) -> datetime:
+    return datetime.fromtimestamp(hour * HOUR, UTC)
+
+
+@dataclass(slots=True)
+class Bucket:
+    """One (pbx, line, hour)'s counts, sums and histograms."""
+
+    outbound: int = 0
+    short_abandons: int = 0
+    answered: int = 0
+    abandoned: int = 0
+    missed: int = 0
+    other_inbound: int = 0
+    hangup_known: int = 0
+    agent_hung_up_first: int = 0
+    ring_sum: float = 0.0
+    wait_sum: float = 0.0
+    rings: Counter[int] = field(default_factory=Counter)
+    wait: Counter[int] = field(default_factory=Counter)
+    ring: Counter[int] = field(default_factory=Counter)
+
+    def add(self, direction: str, outcome: str, short_abandon: bool, rings: int,
+            ring_seconds: float, wait_seconds: float, hangup_by: str | None) -> None:
+        """Count one call as stats.compute classifies it."""
+        if direction == "outbound":
+            self.outbound += 1
+        elif short_abandon and outcome == "abandoned":
+            self.short_abandons += 1
+        elif outcome == "abandoned":
+            self.abandoned += 1
+        elif outcome == "missed":
+            self.missed += 1
+        elif outcome != "answered":
+            self.other_inbound += 1
+        else:
+            self.answered += 1
+            if hangup_by is not None:
+                self.hangup_known += 1
+                self.agent_hung_up_first += hangup_by == "agent"
+            self.ring_sum += ring_seconds
+            self.wait_sum += wait_seconds
+            self.rings[min(rings, RINGS_CAP)] += 1
+            self.wait[min(math.ceil(wait_seconds), WAIT_CAP)] += 1
+            self.ring[math.ceil(ring_seconds * RING_BINS_PER_SECOND)] += 1
+
+
+def aggregate(rows: Iterable[Sequence[Any]]) -> dict[tuple[str, str | None, int], Bucket]:
+    """Rows of `_SOURCE` into buckets by (pbx, line, hour)."""
+    buckets: dict[tuple[str, str | None, int], Bucket] = {}
+    for (pbx, line, arrived_at, direction, outcome, short_abandon, rings, ring_seconds,
+         wait_seconds, hangup_by) in rows:
+        key = (pbx, line, hour_of(arrived_at))
+        bucket = buckets.get(key)
+        if bucket is None:
+            bucket = buckets[key] = Bucket()
+        bucket.add(direction, outcome, bool(short_abandon), rings, ring_seconds, wait_seconds,
+                   hangup_by)
+    return buckets
+
+
+def _flat(hist: Counter[int]) -> str:
+    return orjson.dumps([x for pair in sorted(hist.items()) for x in pair]).decode()
+
+
+def table_rows(buckets: dict[tuple[str, str | None, int], Bucket], now: datetime
+               ) -> list[dict[str, Any]]:
+    return [{"pbx": pbx, "line": line, "hour": hour, "outbound": b.outbound,
+             "short_abandons": b.short_abandons, "answered": b.answered,
+             "abandoned": b.abandoned, "missed": b.missed, "other_inbound": b.other_inbound,
+             "hangup_known": b.hangup_known, "agent_hung_up_first": b.agent_hung_up_first,
+             "ring_sum": b.ring_sum, "wait_sum": b.wait_sum, "rings_hist": _flat(b.rings),
+             "wait_hist": _flat(b.wait), "ring_hist": _flat(b.ring), "changed_at": now}
+            for (pbx, line, hour), b in buckets.items()]
+
+
+def hour_ranges(keys: Iterable[tuple[str, int]]) -> list[tuple[str, int, int]]:
+    """(pbx, first hour, end hour) runs covering each key's hour and the hours either side."""
+    hours: dict[str, set[int]] = {}
+    for pbx, hour in keys:
+        hours.setdefault(pbx, set()).update((hour - 1, hour, hour + 1))
+    out: list[tuple[str, int, int]] = []
+    for pbx in sorted(hours):
+        ordered = sorted(hours[pbx])
+        lo = prev = ordered[0]
+        for hour in ordered[1:]:
+            if hour != prev + 1:
+                out.append((pbx, lo, prev + 1))
+                lo = hour
+            prev = hour
+        out.append((pbx, lo, prev + 1))
+    return out
+
+
+def _delete(pbx: str, lo: int, hi: int) -> sa.Delete:
+    return sa.delete(call_hours).where(call_hours.c.pbx == pbx, call_hours.c.hour >= lo,
+                                       call_hours.c.hour < hi)
+
+
+async def refresh(conn: AsyncConnection, records: Sequence[CallRecord]) -> None:
+    """Recompute, from `calls`, the buckets the just-stored `records` fall in.
+
+    Call it in the transaction that stored them, after they are written. On
+    PostgreSQL it first takes a transaction-level advisory lock, so two
+    writers (the daemon and a backfill) cannot each recompute an hour without
+    the other's calls.
+    """
+    ranges = hour_ranges((r.pbx, math.floor(r.arrived_at) // HOUR) for r in records)
+    if not ranges:
+        return
+    if conn.dialect.name == "postgresql":
+        await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
+    now = datetime.now(UTC)
+    for pbx, lo, hi in ranges:
+        rows = (await conn.execute(_SOURCE_PBX, {"pbx": pbx, "lo": _at(lo), "hi": _at(hi)})
+                ).all()
+        await conn.execute(_delete(pbx, lo, hi))
+        out = table_rows(aggregate(rows), now)
+        if out:
+            await conn.execute(sa.insert(call_hours), out)
+
+
+def rebuild_sync(connection: Connection) -> int:
+    """Recompute the whole rollup from `calls` (the migration, a bulk load); its rows."""
+    first, last = connection.execute(
+        sa.select(sa.func.min(calls.c.arrived_at), sa.func.max(calls.c.arrived_at))).one()
+    connection.execute(sa.delete(call_hours))
+    if first is None or last is None:
+        return 0
+    lo, end = hour_of(utc_value(first)), hour_of(utc_value(last)) + 1
+    now = datetime.now(UTC)
+    written = 0
+    while lo < end:
+        hi = min(lo + FILL_CHUNK_HOURS, end)
+        rows = connection.execute(_SOURCE, {"lo": _at(lo), "hi": _at(hi)}).all()
+        out = table_rows(aggregate(rows), now)
+        if out:
+            connection.execute(sa.insert(call_hours), out)
+        written += len(out)
+        lo = hi
+    return written
+
+
+def utc_value(value: datetime) -> datetime:
+    """An aggregate's timestamp (naive UTC from SQLite's min/max) as aware UTC."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+async def rebuild(conn: AsyncConnection) -> int:
+    return await conn.run_sync(rebuild_sync)
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+_READ_COLUMNS = [c for c in call_hours.c if c.name not in ("changed_at",)]
+
+
+async def read(conn: AsyncConnection, start: datetime, end: datetime, pbx: str | None
+               ) -> list[Any]:
+    """The rows of the whole hours in [start, end) (both on an hour), hour order."""
+    h = call_hours.c
+    where = [h.hour >= hour_of(start), h.hour < hour_of(end)]
+    if pbx is not None:
+        where.append(h.pbx == pbx)
+    return list((await conn.execute(sa.select(*_READ_COLUMNS).where(*where)
+                                    .order_by(h.hour))).all())
+
+
+def pairs(flat: str) -> list[int]:
+    """A stored histogram as its flat [bin, count, ...] list."""
+    return orjson.loads(flat)  # type: ignore[no-any-return]
+
+
+def at_most(flat: list[int], limit: int) -> int:
+    """How many values of the histogram have a bin <= limit."""
+    total = 0
+    for i in range(0, len(flat), 2):
+        if flat[i] > limit:
+            break
+        total += flat[i + 1]
+    return total
+
+
+def merge(into: Counter[int], flat: list[int]) -> None:
+    for i in range(0, len(flat), 2):
+        into[flat[i]] += flat[i + 1]
+
+
+def p90_ring(hist: Counter[int], rank_of: Any) -> float | None:
+    """The upper edge (seconds) of the ring-time bin holding the nearest-rank p90."""
+    count = sum(hist.values())
+    if not count:
+        return None
+    rank = rank_of(count)
+    seen = 0
+    for ring_bin in sorted(hist):
+        seen += hist[ring_bin]
+        if seen >= rank:
+            return ring_bin / RING_BINS_PER_SECOND
+    raise AssertionError("unreachable: the ranks add up to the count")

@@ -1,0 +1,157 @@
+"""The hourly rollup behind /stats (callhub/store/rollup.py) against the exact query.
+
+The calls of tests/test_store_stats.py (twelve days across Berlin's DST change,
+two PBXs, calls on hour boundaries, short abandons) are stored through
+`save_calls`, which keeps the rollup; every figure read from the rollup must
+be the exact query's (the means to their last rounded digit), but the p90
+ring time, which may read up to rollup.P90_ERROR_SECONDS high and never low.
+Storing calls again (a replay, a CEL record replaced by its AMI one that
+moved to another hour and line) must leave the rollup as a rebuild from
+`calls` would have it; so must the migration that fills it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
+from store_fixtures import make_call, store
+from test_store_stats import DAYS, START, random_calls
+
+from callhub.config import Settings
+from callhub.store import migrate, rollup, stats
+from callhub.store.db import Database
+from callhub.store.tables import call_hours
+
+
+def close(got: dict[str, Any], exact: dict[str, Any]) -> None:
+    """The rollup's figures against the exact query's, within the documented error."""
+    assert got.keys() == exact.keys()
+    for name, value in exact.items():
+        if name == "p90_ring_seconds" and value is not None:
+            assert 0 <= got[name] - value <= rollup.P90_ERROR_SECONDS + 1e-9, name
+        elif name.startswith("avg_") and value is not None:
+            assert got[name] == pytest.approx(value, abs=1.01e-3), name
+        else:
+            assert got[name] == value, name
+
+
+async def compare(db: Database, q: stats.StatsQuery) -> dict[str, Any]:
+    async with db.connection() as conn:
+        exact = await stats.compute(conn, q)
+        got = await stats.compute(conn, replace(q, rollup=True))
+    close(got["totals"], exact["totals"])
+    assert [g["key"] for g in got.get("groups", [])] == [g["key"] for g in
+                                                          exact.get("groups", [])]
+    for g, e in zip(got.get("groups", []), exact.get("groups", []), strict=True):
+        close(g, e)
+    return got
+
+
+async def snapshot(db: Database) -> list[tuple[Any, ...]]:
+    columns = [c for c in call_hours.c if c.name != "changed_at"]
+    async with db.connection() as conn:
+        rows = (await conn.execute(sa.select(*columns))).all()
+    return sorted((tuple(r) for r in rows), key=repr)
+
+
+async def rebuilt(db: Database) -> list[tuple[Any, ...]]:
+    async with db.begin() as conn:
+        await rollup.rebuild(conn)
+    return await snapshot(db)
+
+
+@pytest.mark.parametrize("zone", ["Europe/Berlin", "Asia/Shanghai"])
+async def test_rollup_figures_are_the_exact_figures(
+        any_db: Database, store_settings: Settings, zone: str) -> None:
+    records = random_calls(seed=len(zone))
+    await store(any_db, store_settings, *records)
+    tz = ZoneInfo(zone)
+    whole = stats.StatsQuery(start=START, end=START + timedelta(days=DAYS), tz=tz)
+    queries = [replace(whole, group_by=g) for g in (None, "hour", "day", "line")]
+    queries += [replace(whole, group_by="hour", rings=1, seconds=9, pbx="main"),
+                replace(whole, group_by="line", exclude_short_abandons=False, rings=100,
+                        seconds=86400),
+                replace(whole, group_by="day", pbx="branch", seconds=0)]
+    for q in queries:
+        assert stats.rollup_answers(q, stats.offset_pieces(q.start, q.end, q.tz)), q
+        got = await compare(any_db, q)
+        assert got["totals"]["answered"] > 0
+    # Berlin's autumn change: the hour 02:00 twice, with its two offsets.
+    if zone == "Europe/Berlin":
+        async with any_db.connection() as conn:
+            hours = await stats.compute(conn, replace(whole, group_by="hour", rollup=True))
+        keys = [g["key"] for g in hours["groups"]]
+        assert {"2026-10-25T02:00:00+02:00", "2026-10-25T02:00:00+01:00"} <= set(keys)
+
+
+async def test_what_the_rollup_cannot_answer_takes_the_exact_query(
+        any_db: Database, store_settings: Settings) -> None:
+    records = random_calls(seed=3)
+    await store(any_db, store_settings, *records)
+    berlin, kathmandu = ZoneInfo("Europe/Berlin"), ZoneInfo("Asia/Kathmandu")
+    whole = stats.StatsQuery(start=START, end=START + timedelta(days=DAYS), tz=berlin)
+    fallbacks = [replace(whole, group_by="agent"),
+                 replace(whole, seconds=9.9),
+                 replace(whole, start=datetime(2026, 10, 22, 7, 30, tzinfo=berlin)),
+                 replace(whole, tz=kathmandu, group_by="hour"),
+                 replace(whole, tz=kathmandu, group_by="day")]
+    for q in fallbacks:
+        assert not stats.rollup_answers(q, stats.offset_pieces(q.start, q.end, q.tz)), q
+        async with any_db.connection() as conn:
+            assert await stats.compute(conn, replace(q, rollup=True)) == \
+                await stats.compute(conn, q)
+    # Kathmandu (+05:45) without hours or days: whole UTC hours still answer it.
+    q = replace(whole, tz=kathmandu, group_by="line")
+    assert stats.rollup_answers(q, stats.offset_pieces(q.start, q.end, q.tz))
+    await compare(any_db, q)
+
+
+async def test_calls_stored_again_are_counted_once(
+        any_db: Database, store_settings: Settings) -> None:
+    records = random_calls(seed=11)
+    await store(any_db, store_settings, *records)
+    first = await snapshot(any_db)
+    assert first and first == await rebuilt(any_db)
+
+    # A replay of part of the stream (a spool after a crash) changes nothing.
+    await store(any_db, store_settings, *records[40:120])
+    assert await snapshot(any_db) == first
+
+    # A call rebuilt from CEL, then its AMI record: another outcome, line, and hour.
+    at = START.timestamp() + 5 * 86400 + 3599.5
+    cel = make_call("moved", at=at, source="cel", outcome="missed", line="hotline",
+                    reason="not_answered")
+    await store(any_db, store_settings, cel)
+    ami = make_call("moved", at=at + 1.0, outcome="answered", line="repairs",
+                    ring_seconds=4.2, rings=1, wait_seconds=5.0)
+    await store(any_db, store_settings, ami)
+    after = await snapshot(any_db)
+    assert after != first
+    assert after == await rebuilt(any_db)
+    q = stats.StatsQuery(start=START, end=START + timedelta(days=DAYS), tz=UTC,
+                         group_by="hour")
+    got = await compare(any_db, q)
+    moved = datetime.fromtimestamp(at + 1.0, UTC).replace(minute=0, second=0, microsecond=0)
+    block = next(g for g in got["groups"] if g["key"] == moved.isoformat())
+    assert block["answered"] >= 1
+
+
+async def test_the_migration_fills_the_rollup_for_stored_calls(
+        any_db: Database, store_settings: Settings) -> None:
+    await store(any_db, store_settings, *random_calls(seed=5))
+    kept = await snapshot(any_db)
+    assert kept
+    await migrate.downgrade(any_db, "0010_hourly_rollup-1")
+    await migrate.upgrade(any_db)
+    assert await snapshot(any_db) == kept
+
+
+def test_hour_ranges_cover_each_hour_and_its_neighbours() -> None:
+    assert rollup.hour_ranges([("a", 10), ("a", 12), ("a", 20), ("b", 5)]) == [
+        ("a", 9, 14), ("a", 19, 22), ("b", 4, 7)]
+    assert rollup.hour_ranges([]) == []
