@@ -183,13 +183,18 @@ async def refresh(conn: AsyncConnection, records: Sequence[CallRecord]) -> None:
     ranges = hour_ranges((r.pbx, math.floor(r.arrived_at) // HOUR) for r in records)
     if not ranges:
         return
-    if conn.dialect.name == "postgresql":
+    pg = conn.dialect.name == "postgresql"
+    if pg:
         await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
     now = datetime.now(UTC)
     for pbx, lo, hi in ranges:
-        rows = (await conn.execute(_SOURCE_PBX, {"pbx": pbx, "lo": _at(lo), "hi": _at(hi)})
-                ).all()
-        await conn.execute(_delete(pbx, lo, hi))
+        params = {"pbx": pbx, "lo": _at(lo), "hi": _at(hi)}
+        if pg:  # the old buckets deleted by the statement that reads their calls
+            gone = _delete(pbx, lo, hi).returning(call_hours.c.hour).cte("gone")
+            rows = (await conn.execute(_SOURCE_PBX.add_cte(gone), params)).all()
+        else:
+            rows = (await conn.execute(_SOURCE_PBX, params)).all()
+            await conn.execute(_delete(pbx, lo, hi))
         out = table_rows(aggregate(rows), now)
         if out:
             await conn.execute(sa.insert(call_hours), out)
