@@ -4,4 +4,5 @@ import sys
 
 from callhub.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a spawned API worker imports it (callhub/api/workers.py)
+    sys.exit(main())

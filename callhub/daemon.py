@@ -39,6 +39,7 @@ from callhub.api import limits as http_limits
 from callhub.api.app import make_app
 from callhub.api.base import Operation
 from callhub.api.health import database_check
+from callhub.api.workers import Workers
 from callhub.config import Settings
 from callhub.desk import desk_operations, setup_desk
 from callhub.lifecycle import Supervisor, describe
@@ -323,9 +324,11 @@ async def api(d: Daemon) -> AsyncIterator[None]:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, port = d.settings.api_listen
+    count = d.settings.api_workers
+    workers: Workers | None = None
     await keeper.start()
     try:
-        site = http_limits.GuardedSite(runner, host, port, gate)
+        site = http_limits.GuardedSite(runner, host, port, gate, reuse_port=count > 1)
         try:
             await site.start()
         except OSError as exc:
@@ -335,12 +338,21 @@ async def api(d: Daemon) -> AsyncIterator[None]:
                 f"address") from exc
         bound = runner.addresses[0][1] if runner.addresses else port
         d.api_url = f"http://{host}:{bound}"
-        log.info("daemon.api", url=d.api_url)
+        if count > 1:
+            # The others serve the API on the same port, and forward here (a private
+            # loopback listener) what only this process answers.
+            await http_limits.GuardedSite(runner, "127.0.0.1", 0, gate).start()
+            main_url = f"http://127.0.0.1:{runner.addresses[-1][1]}"
+            workers = Workers(count - 1, d.settings, host, bound, main_url)
+            await workers.start()
+        log.info("daemon.api", url=d.api_url, workers=count)
         print(f"callhub API: {d.api_url}/api/v1/  (OpenAPI: {d.api_url}/api/v1/openapi.json)",
               file=d.out, flush=True)
         print(f"callhub desk: {d.api_url}/desk/", file=d.out, flush=True)
         yield
     finally:
+        if workers is not None:
+            await workers.stop()
         await runner.cleanup()
         await keeper.stop()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,9 @@ def add_parser(sub: Any) -> None:
                         help="--demo: calls per minute (default 12)")
     parser.add_argument("--demo-speed", type=float, default=1.0, metavar="X",
                         help="--demo: run the simulated clock X times faster (default 1)")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="API processes on the API's port (default: [api] workers, 1); "
+                             "the extra ones serve the API only")
     parser.set_defaults(func=run_command)
 
 
@@ -48,6 +52,11 @@ def _demo(args: argparse.Namespace) -> Demo:
 
 def run_command(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
+    if args.workers is not None:
+        if not 1 <= args.workers <= 64:
+            print("callhub: --workers must be between 1 and 64", file=sys.stderr)
+            return 2
+        settings = dataclasses.replace(settings, api_workers=args.workers)
     configure_logging(settings.log_level)
     d = Daemon(settings, migrate=not args.no_migrate)
     demo = _demo(args) if args.demo else None

@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictInt,
     StrictStr,
     ValidationError,
     model_validator,
@@ -96,6 +97,7 @@ class ApiTable(_Table):
     listen: Annotated[tuple[str, int], _LISTEN] = listen(DEFAULT_API_LISTEN)
     tokens: Annotated[tuple[ApiToken, ...], BeforeValidator(_file_tokens)] = ()
     metrics_token: StrictStr | None = None
+    workers: Annotated[StrictInt, Field(ge=1, le=64)] = 1
 
 
 class FastagiTable(_Table):
@@ -203,6 +205,7 @@ class SettingsFile(_Table):
             api_listen=self.api.listen,
             api_tokens=self.api.tokens,
             metrics_token=self.api.metrics_token,
+            api_workers=self.api.workers,
             fastagi_listen=self.fastagi.listen,
             timezone=self.timezone,
             stale_call_seconds=self.stale_call_seconds,

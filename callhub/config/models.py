@@ -182,6 +182,8 @@ class Settings:
     fastagi_listen: Listen = ("127.0.0.1", 4573)
     api_tokens: Tokens = ()
     metrics_token: StrictStr | None = None
+    # `[api] workers`: API processes on api_listen (callhub/api/workers.py); 1: the daemon's.
+    api_workers: Annotated[int, Field(ge=1, le=64)] = 1
     timezone: Annotated[StrictStr, AfterValidator(_timezone)] = "UTC"
     stale_call_seconds: Annotated[Number, Field(ge=1)] = 4 * 3600.0
     spool_dir: StrictStr = "spool"
