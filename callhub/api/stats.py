@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from datetime import datetime, time, timedelta
 from typing import Literal
 
@@ -12,8 +13,20 @@ from callhub.api.base import DB, SETTINGS, Operation, Reply, query_of, reply
 from callhub.api.params import BadParameter, Filter, Moment, Query
 from callhub.api.schemas import Stats
 from callhub.store import resolution_stats, stats
+from callhub.store.db import Database
+from callhub.store.stats_cache import StatsCache
 
 MAX_DAYS = 400
+
+# One cache of figures per database this process serves (callhub/store/stats_cache.py).
+_CACHES: weakref.WeakKeyDictionary[Database, StatsCache] = weakref.WeakKeyDictionary()
+
+
+def cache_of(db: Database) -> StatsCache:
+    cache = _CACHES.get(db)
+    if cache is None:
+        cache = _CACHES[db] = StatsCache()
+    return cache
 
 
 class StatsQuery(Query):
@@ -48,8 +61,9 @@ async def get_stats(request: web.Request) -> web.StreamResponse:
                          seconds=args.seconds,
                          exclude_short_abandons=settings.stats_exclude_short_abandons,
                          tz=tz, pbx=args.pbx, targets=settings.line_targets(args.pbx))
-    async with request.app[DB].connection() as conn:
-        figures = await stats.compute(conn, q)
+    db = request.app[DB]
+    async with db.connection() as conn:
+        figures = await cache_of(db).compute(conn, q)
         figures = await resolution_stats.compute_into(conn, q, figures)
     return reply(request, {
         "from": start, "to": end, "group_by": q.group_by, "rings": q.rings,

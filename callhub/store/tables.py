@@ -317,4 +317,8 @@ call_hours = sa.Table(
     sa.Column("ring_hist", sa.Text, nullable=False),  # ceil(ring_seconds * 10)
     sa.Column("changed_at", UtcDateTime(), nullable=False),
 )
-sa.Index("ix_call_hours_hour_pbx", call_hours.c.hour, call_hours.c.pbx)
+sa.Index("ix_call_hours_hour_pbx", call_hours.c.hour, call_hours.c.pbx, call_hours.c.changed_at)
+# What the stats cache checks of a period's worklist (callhub/store/stats_cache.py), read
+# from the index alone.
+sa.Index("ix_worklist_first_missed_updated", worklist_entries.c.first_missed_at,
+         worklist_entries.c.updated_at, worklist_entries.c.pbx)

@@ -1,4 +1,5 @@
-"""Issue 15: the hourly rollup of calls behind /stats (callhub/store/rollup.py), filled.
+"""Issue 15: the hourly rollup of calls behind /stats (callhub/store/rollup.py), filled;
+the index the stats cache reads the worklist's changes from.
 
 Revision ID: 0010_hourly_rollup
 Revises: 0007_sms_outbox (for now; the lead chains it after 0009_rotation_positions)
@@ -41,11 +42,14 @@ def upgrade() -> None:
         sa.Column("ring_hist", sa.Text, nullable=False),
         sa.Column("changed_at", TS, nullable=False),
     )
-    op.create_index("ix_call_hours_hour_pbx", "call_hours", ["hour", "pbx"])
+    op.create_index("ix_call_hours_hour_pbx", "call_hours", ["hour", "pbx", "changed_at"])
+    op.create_index("ix_worklist_first_missed_updated", "worklist_entries",
+                    ["first_missed_at", "updated_at", "pbx"])
     # The calls stored before this revision, counted as the writer would have.
     rollup.rebuild_sync(op.get_bind())
 
 
 def downgrade() -> None:
+    op.drop_index("ix_worklist_first_missed_updated", "worklist_entries")
     op.drop_index("ix_call_hours_hour_pbx", "call_hours")
     op.drop_table("call_hours")

@@ -1,0 +1,79 @@
+"""The stats cache answers from memory only while nothing it counted changed.
+
+Each write that can change a period's figures (a call stored in it, a worklist
+entry of it handled by hand) must make the next answer the freshly computed
+one; repeated requests with nothing written are answered from memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from store_fixtures import make_call, store
+from test_store_stats import DAYS, START, random_calls
+
+from callhub.config import Settings
+from callhub.store import stats, worklist
+from callhub.store.db import Database
+from callhub.store.stats_cache import StatsCache
+from callhub.store.tables import worklist_entries
+
+
+async def fresh(db: Database, q: stats.StatsQuery) -> dict[str, object]:
+    async with db.connection() as conn:
+        return await stats.compute(conn, q)
+
+
+async def test_the_cache_answers_until_a_write_changes_the_period(
+        any_db: Database, store_settings: Settings) -> None:
+    await store(any_db, store_settings, *random_calls(seed=7))
+    q = stats.StatsQuery(start=START, end=START + timedelta(days=DAYS),
+                         tz=ZoneInfo("Asia/Shanghai"), group_by="hour", rollup=True)
+    cache = StatsCache()
+
+    async def cached() -> dict[str, object]:
+        async with any_db.connection() as conn:
+            return await cache.compute(conn, q)
+
+    first = await cached()
+    assert first == await fresh(any_db, q)
+    assert await cached() == first and (cache.hits, cache.misses) == (1, 1)
+
+    # A call stored in the period: counted at once.
+    await store(any_db, store_settings,
+                make_call("late", at=START.timestamp() + 86400 + 60, outcome="missed",
+                          reason="not_answered", caller_number="+8613900000099"))
+    second = await cached()
+    assert second != first and second == await fresh(any_db, q)
+    assert cache.misses == 2
+
+    # A pending entry of the period handled by hand: counted at once.
+    async with any_db.begin() as conn:
+        entry_id = (await conn.execute(
+            sa.select(worklist_entries.c.id).where(worklist_entries.c.status == "pending",
+                                                   worklist_entries.c.first_missed_at
+                                                   >= START).limit(1))).scalar_one()
+        await worklist.mark(conn, entry_id, "handled", "Li Na", None)
+    third = await cached()
+    assert third != second and third == await fresh(any_db, q)
+
+    # A write outside the period leaves it cached.
+    await store(any_db, store_settings,
+                make_call("later", at=(START + timedelta(days=DAYS + 3)).timestamp()))
+    hits = cache.hits
+    assert await cached() == third and cache.hits == hits + 1
+
+
+async def test_what_the_rollup_cannot_answer_is_not_cached(
+        any_db: Database, store_settings: Settings) -> None:
+    await store(any_db, store_settings, *random_calls(seed=8))
+    q = stats.StatsQuery(start=START, end=START + timedelta(days=DAYS), group_by="agent",
+                         tz=ZoneInfo("Asia/Shanghai"), rollup=True)
+    cache = StatsCache()
+    for _ in range(2):
+        async with any_db.connection() as conn:
+            assert await cache.compute(conn, q) == await fresh(any_db, replace(q, rollup=False))
+    assert (cache.hits, cache.misses) == (0, 0)
