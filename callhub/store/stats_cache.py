@@ -20,6 +20,7 @@ its period's latest would go unnoticed until the next write.
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any
@@ -43,11 +44,11 @@ async def token(conn: AsyncConnection, q: stats.StatsQuery) -> Token:
     if q.pbx is not None:
         hours.append(h.pbx == q.pbx)
         entries.append(w.pbx == q.pbx)
-    calls_part = (await conn.execute(
-        sa.select(sa.func.count(), sa.func.max(h.changed_at)).where(*hours))).one()
-    entries_part = (await conn.execute(
-        sa.select(sa.func.count(), sa.func.max(w.updated_at)).where(*entries))).one()
-    return (*calls_part, *entries_part)
+    parts = [sa.select(sa.func.count()).where(*hours).scalar_subquery(),
+             sa.select(sa.func.max(h.changed_at)).where(*hours).scalar_subquery(),
+             sa.select(sa.func.count()).where(*entries).scalar_subquery(),
+             sa.select(sa.func.max(w.updated_at)).where(*entries).scalar_subquery()]
+    return tuple((await conn.execute(sa.select(*parts))).one())  # one round trip
 
 
 def _key(q: stats.StatsQuery) -> Hashable:
@@ -71,6 +72,8 @@ class StatsCache:
     def __init__(self, size: int = SIZE) -> None:
         self.size = size
         self._kept: OrderedDict[Hashable, tuple[Token, dict[str, Any]]] = OrderedDict()
+        self._computing: dict[tuple[Hashable, Token],
+                              asyncio.Future[dict[str, Any] | None]] = {}
         self.hits = self.misses = 0
 
     async def compute(self, conn: AsyncConnection, q: stats.StatsQuery) -> dict[str, Any]:
@@ -88,8 +91,22 @@ class StatsCache:
             self._kept.move_to_end(key)
             self.hits += 1
             return kept[1]
+        # Requests for the same figures while they are being computed wait for them.
+        computing = self._computing.get((key, now))
+        if computing is not None:
+            done = await asyncio.shield(computing)
+            if done is not None:  # None: that computation failed; try here
+                self.hits += 1
+                return done
         self.misses += 1
-        figures = await stats.compute(conn, q)
+        computing = self._computing[(key, now)] = asyncio.get_running_loop().create_future()
+        figures: dict[str, Any] | None = None
+        try:
+            figures = await stats.compute(conn, q)
+        finally:
+            if self._computing.get((key, now)) is computing:
+                del self._computing[(key, now)]
+            computing.set_result(figures)
         self._kept[key] = (now, figures)
         self._kept.move_to_end(key)
         while len(self._kept) > self.size:
