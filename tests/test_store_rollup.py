@@ -81,6 +81,9 @@ async def test_rollup_figures_are_the_exact_figures(
         assert stats.rollup_answers(q, stats.offset_pieces(q.start, q.end, q.tz)), q
         got = await compare(any_db, q)
         assert got["totals"]["answered"] > 0
+    for g in (None, "hour", "line"):  # a period without calls
+        await compare(any_db, replace(whole, start=START - timedelta(days=9),
+                                      end=START - timedelta(days=8), group_by=g))
     # Berlin's autumn change: the hour 02:00 twice, with its two offsets.
     if zone == "Europe/Berlin":
         async with any_db.connection() as conn:

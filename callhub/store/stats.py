@@ -18,9 +18,9 @@ when `exclude_short_abandons` is set.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
@@ -34,7 +34,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from callhub.config.targets import LineTargets, TargetTally, tally_rings
 from callhub.store import rollup
-from callhub.store.tables import calls, worklist_entries
+from callhub.store.tables import call_hours, calls, worklist_entries
 
 # What each figure of a stats block means (the API documents it, the report orders by it).
 FIGURES_DOC = {
@@ -354,59 +354,86 @@ def rollup_answers(q: StatsQuery, pieces: list[tuple[datetime | None, int]]) -> 
     return True
 
 
+class _Joined(FunctionElement[str]):
+    """The group's non-empty texts joined by ',' (string_agg / group_concat)."""
+
+    type = sa.Text()
+    inherit_cache = True
+
+
+@compiles(_Joined, "postgresql")
+def _joined_pg(element: _Joined, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"string_agg(nullif({compiler.process(element.clauses, **kw)}, ''), ',')"
+
+
+@compiles(_Joined, "sqlite")
+def _joined_sqlite(element: _Joined, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"group_concat(nullif({compiler.process(element.clauses, **kw)}, ''), ',')"
+
+
+def _rollup_key(q: StatsQuery, pieces: list[tuple[datetime | None, int]]
+                ) -> list[sa.ColumnElement[Any]]:
+    """The group key (k, koff) of a rollup row, as _key_columns gives it for its calls."""
+    h = call_hours.c
+    if q.group_by in ("hour", "day"):
+        if len(pieces) == 1:
+            offset: sa.ColumnElement[int] = sa.literal(pieces[0][1], sa.Integer)
+        else:
+            offset = sa.case(*((h.hour < rollup.hour_of(until), sa.literal(off, sa.Integer))
+                               for until, off in pieces[:-1] if until is not None),
+                             else_=sa.literal(pieces[-1][1], sa.Integer))
+        local = h.hour * rollup.HOUR + offset
+        if q.group_by == "hour":
+            return [(local // 3600).label("k"), offset.label("koff")]
+        return [(local // 86400).label("k"), sa.literal(0, sa.Integer).label("koff")]
+    if q.group_by == "line":
+        return [h.line.label("k"), sa.literal(0, sa.Integer).label("koff")]
+    return [sa.literal(0, sa.Integer).label("k"), sa.literal(0, sa.Integer).label("koff")]
+
+
 async def _calls_from_rollup(conn: AsyncConnection, q: StatsQuery,
                              pieces: list[tuple[datetime | None, int]],
                              acc: Callable[[Any, Any], _Acc], totals: _Acc
                              ) -> dict[tuple[Any, int], dict[str | None, TargetTally]]:
-    """The calls' figures per group, added up from the rollup's hours (rollup_answers);
-    the per-line target tallies."""
-    rows = await rollup.read(conn, q.start, q.end, q.pbx)
-    ends = [(rollup.hour_of(until) if until is not None else None, off) for until, off in pieces]
-    rank = functools.partial(nearest_rank, pct=P90)
-    seconds = int(q.seconds)
-    hists: dict[tuple[Any, int], Counter[int]] = {}
-    everything: Counter[int] = Counter()
-    piece = 0
-    for (_pbx, line, hour, outbound, short, answered, abandoned, missed, other, hangup_known,
-         agent_first, ring_sum, wait_sum, rings_hist, wait_hist, ring_hist) in rows:
-        while ends[piece][0] is not None and hour >= ends[piece][0]:
-            piece += 1
-        if q.group_by == "hour":
-            offset = ends[piece][1]
-            key: tuple[Any, int] = ((hour * rollup.HOUR + offset) // 3600, offset)
-        elif q.group_by == "day":
-            key = ((hour * rollup.HOUR + ends[piece][1]) // 86400, 0)
-        elif q.group_by == "line":
-            key = (line, 0)
-        else:
-            key = (0, 0)
-        a = acc(*key)
-        a.outbound += outbound
-        a.short_abandons += short
+    """The calls' figures per group, added up from the rollup's hours (rollup_answers):
+    the sums in SQL, the binned values joined per group and counted in Python. The
+    per-line target tallies still come from the calls (`_line_tallies`)."""
+    h = call_hours.c
+    where = [h.hour >= rollup.hour_of(q.start), h.hour < rollup.hour_of(q.end)]
+    if q.pbx is not None:
+        where.append(h.pbx == q.pbx)
+    key = _rollup_key(q, pieces)
+    total = sa.func.sum
+    stmt = sa.select(
+        *key, total(h.outbound), total(h.short_abandons), total(h.answered),
+        total(h.abandoned), total(h.missed), total(h.other_inbound), total(h.hangup_known),
+        total(h.agent_hung_up_first), total(h.ring_sum), total(h.wait_sum),
+        _Joined(h.rings_bins), _Joined(h.wait_bins), _Joined(h.ring_bins),
+    ).where(*where)
+    if q.group_by is not None:
+        stmt = stmt.group_by(*(c.element for c in key))
+    everything: list[int] = []
+    for (k, koff, outbound, short, answered, abandoned, missed, other, hangup_known,
+         agent_first, ring_sum, wait_sum, rings_bins, wait_bins, ring_bins) in (
+            await conn.execute(stmt)).all():
+        if answered is None:  # no group: no row of the rollup in the period
+            continue
+        a = acc(k, koff)
+        a.outbound, a.short_abandons, a.answered, a.missed = outbound, short, answered, missed
         counted_short = 0 if q.exclude_short_abandons else short
-        a.inbound += answered + abandoned + missed + other + counted_short
-        a.answered += answered
-        a.abandoned += abandoned + counted_short
-        a.missed += missed
-        a.hangup_known += hangup_known
-        a.agent_hung_up_first += agent_first
-        a.ring_sum += ring_sum
-        a.wait_sum += wait_sum
-        if answered:
-            a.within_rings += rollup.at_most(rollup.pairs(rings_hist), q.rings)
-            a.within_seconds += rollup.at_most(rollup.pairs(wait_hist), seconds)
-            ring = rollup.pairs(ring_hist)
-            hist = hists.get(key)
-            if hist is None:
-                hist = hists[key] = Counter()
-            rollup.merge(hist, ring)
-            rollup.merge(everything, ring)
-    for key, hist in hists.items():
-        acc(*key).p90_ring = rollup.p90_ring(hist, rank)
-    totals.p90_ring = rollup.p90_ring(everything, rank)
-    base, counted = _calls_base(q, pieces)  # each line against its target: from the calls
+        a.inbound = answered + abandoned + missed + other + counted_short
+        a.abandoned = abandoned + counted_short
+        a.hangup_known, a.agent_hung_up_first = hangup_known, agent_first
+        a.ring_sum, a.wait_sum = ring_sum or 0.0, wait_sum or 0.0
+        a.within_rings = bisect.bisect_right(rollup.values(rings_bins), q.rings)
+        a.within_seconds = bisect.bisect_right(rollup.values(wait_bins), int(q.seconds))
+        ring = rollup.values(ring_bins)
+        a.p90_ring = rollup.p90_ring(ring, nearest_rank(len(ring), P90))
+        everything += ring
+    everything.sort()
+    totals.p90_ring = rollup.p90_ring(everything, nearest_rank(len(everything), P90))
+    base, counted = _calls_base(q, pieces)
     return await _line_tallies(conn, base, counted, q.targets)
-
 
 def _calls_base(q: StatsQuery, pieces: list[tuple[datetime | None, int]]
                 ) -> tuple[sa.Subquery, sa.ColumnElement[bool]]:

@@ -295,8 +295,8 @@ rotation_positions = sa.Table(
 
 # Issue 15: the calls of each (pbx, line, UTC hour) counted and binned, kept by the writer in
 # the transaction that stores them (callhub/store/rollup.py), so /stats over a month reads
-# a few thousand rows instead of tens of thousands of calls. Histograms are JSON objects
-# {bin: count} over answered inbound calls.
+# a few thousand rows instead of tens of thousands of calls. The *_bins columns are the
+# answered inbound calls' binned values, sorted, comma-separated: a histogram spelled out.
 call_hours = sa.Table(
     "call_hours", metadata,
     sa.Column("pbx", sa.String(64), nullable=False),
@@ -312,9 +312,9 @@ call_hours = sa.Table(
     sa.Column("agent_hung_up_first", sa.Integer, nullable=False),
     sa.Column("ring_sum", sa.Float, nullable=False),  # answered
     sa.Column("wait_sum", sa.Float, nullable=False),  # answered
-    sa.Column("rings_hist", sa.Text, nullable=False),  # rings (101: more than 100)
-    sa.Column("wait_hist", sa.Text, nullable=False),  # ceil(wait_seconds), 86401: more
-    sa.Column("ring_hist", sa.Text, nullable=False),  # ceil(ring_seconds * 10)
+    sa.Column("rings_bins", sa.Text, nullable=False),  # rings (101: more than 100)
+    sa.Column("wait_bins", sa.Text, nullable=False),  # ceil(wait_seconds), 86401: more
+    sa.Column("ring_bins", sa.Text, nullable=False),  # ceil(ring_seconds * 10)
     sa.Column("changed_at", UtcDateTime(), nullable=False),
 )
 sa.Index("ix_call_hours_hour_pbx", call_hours.c.hour, call_hours.c.pbx, call_hours.c.changed_at)

@@ -37,9 +37,9 @@ def upgrade() -> None:
         sa.Column("agent_hung_up_first", sa.Integer, nullable=False),
         sa.Column("ring_sum", sa.Float, nullable=False),
         sa.Column("wait_sum", sa.Float, nullable=False),
-        sa.Column("rings_hist", sa.Text, nullable=False),
-        sa.Column("wait_hist", sa.Text, nullable=False),
-        sa.Column("ring_hist", sa.Text, nullable=False),
+        sa.Column("rings_bins", sa.Text, nullable=False),
+        sa.Column("wait_bins", sa.Text, nullable=False),
+        sa.Column("ring_bins", sa.Text, nullable=False),
         sa.Column("changed_at", TS, nullable=False),
     )
     op.create_index("ix_call_hours_hour_pbx", "call_hours", ["hour", "pbx", "changed_at"])
