@@ -385,7 +385,20 @@ async def hammer(base: str, path: str, queries: Iterator[tuple[str, dict[str, st
                            "max_ms": round(max(v), 1)} for k, v in sorted(by_shape.items())}}
 
 
-async def measure(base: str, f: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+def cpu_seconds(pids: list[int]) -> float | None:
+    """User + system CPU of these processes so far (Linux /proc; None elsewhere)."""
+    try:
+        total = 0
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+        return total / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+
+
+async def measure(base: str, f: dict[str, Any], args: argparse.Namespace,
+                  pids: list[int]) -> dict[str, Any]:
     rng = random.Random(args.seed)
     out: dict[str, Any] = {}
     plan = (("calls", "/api/v1/calls", calls_queries(f, rng), args.requests, True, 50.0),
@@ -398,13 +411,20 @@ async def measure(base: str, f: dict[str, Any], args: argparse.Namespace) -> dic
         if name.split("_")[0] not in args.endpoints.split(","):
             continue
         print(f"{name}: {requests} requests, {args.clients} concurrent clients ...", flush=True)
+        cpu_before = cpu_seconds(pids)
         figures = await hammer(base, path, queries, requests, args.clients, follow)
+        cpu_after = cpu_seconds(pids)
+        if cpu_before is not None and cpu_after is not None:
+            # The server's own CPU per request: what the load of the machine does not change.
+            figures["server_cpu_ms_per_request"] = round(
+                (cpu_after - cpu_before) * 1000 / figures["requests"], 2)
         figures["target_p99_ms"] = target
         figures["met"] = figures["p99_ms"] < target and set(figures["statuses"]) == {"200"}
         print(f"{name}: p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms, max "
               f"{figures['max_ms']} ms, {figures['per_s']} req/s, statuses "
-              f"{figures['statuses']} (target p99 < {target:g} ms: "
-              f"{'met' if figures['met'] else 'NOT met'})", flush=True)
+              f"{figures['statuses']}, server CPU "
+              f"{figures.get('server_cpu_ms_per_request')} ms/request (target p99 < "
+              f"{target:g} ms: {'met' if figures['met'] else 'NOT met'})", flush=True)
         for shape, fig in figures["shapes"].items():
             print(f"    {shape:28} n={fig['n']:5} p50 {fig['p50_ms']:8.1f} ms  max "
                   f"{fig['max_ms']:8.1f} ms", flush=True)
@@ -474,7 +494,8 @@ def main(argv: list[str] | None = None) -> int:
                                             stdout=subprocess.PIPE, text=True))
             assert servers[-1].stdout is not None
             servers[-1].stdout.readline()
-        results.update(asyncio.run(measure(f"http://127.0.0.1:{port}", f, args)))
+        results.update(asyncio.run(measure(f"http://127.0.0.1:{port}", f, args,
+                                           [s.pid for s in servers])))
     finally:
         for server in servers:
             server.terminate()

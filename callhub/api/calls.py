@@ -108,11 +108,13 @@ def call_filter(args: CallFilters) -> queries.CallFilter:
 
 
 def call_json(row: dict[str, Any]) -> dict[str, Any]:
-    """A calls row as the API shows it."""
-    out = {k: v for k, v in row.items() if k not in ("worklist_id", "worklist_status",
-                                                    "updated_at")}
-    out["worklist"] = ({"id": row["worklist_id"], "status": row["worklist_status"]}
-                       if row.get("worklist_id") is not None else None)
+    """A calls row as the API shows it (a copy and three keys dropped: per row, cheaper
+    than picking the other thirty-odd)."""
+    out = dict(row)
+    worklist_id = out.pop("worklist_id", None)
+    status = out.pop("worklist_status", None)
+    out.pop("updated_at", None)
+    out["worklist"] = {"id": worklist_id, "status": status} if worklist_id is not None else None
     return out
 
 

@@ -62,7 +62,8 @@ class Dismissal(Body):
 
 
 def entry_json(entry: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in entry.items() if k != "updated_at"}
+    out = dict(entry)
+    out.pop("updated_at", None)
     out["line"] = entry["line"] or None
     return out
 

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callhub.store.tables import (
@@ -267,13 +268,18 @@ async def get_entry(conn: AsyncConnection, entry_id: int) -> dict[str, Any] | No
     return entries[0]
 
 
-_ENTRY_CALLS = (
+_ENTRY_CALLS_OF = (
     sa.select(worklist_calls.c.entry_id, calls.c.id, calls.c.linkedid, calls.c.arrived_at,
               calls.c.outcome, calls.c.reason, calls.c.ring_seconds, calls.c.wait_seconds,
               calls.c.caller_name, calls.c.called_number)
     .join(calls, calls.c.id == worklist_calls.c.call_id)
-    .where(worklist_calls.c.entry_id.in_(sa.bindparam("ids", expanding=True)))
     .order_by(calls.c.arrived_at, calls.c.id))
+_ENTRY_CALLS = _ENTRY_CALLS_OF.where(
+    worklist_calls.c.entry_id.in_(sa.bindparam("ids", expanding=True)))
+# PostgreSQL: the ids as one array parameter; an expanding IN is re-rendered with a
+# parameter per id on every execution (3 ms of Python for a page of 100 entries).
+_ENTRY_CALLS_PG = _ENTRY_CALLS_OF.where(
+    worklist_calls.c.entry_id == sa.any_(sa.bindparam("ids", type_=postgresql.ARRAY(sa.Integer))))
 
 
 async def _attach_calls(conn: AsyncConnection, entries: Sequence[dict[str, Any]]) -> None:
@@ -282,5 +288,6 @@ async def _attach_calls(conn: AsyncConnection, entries: Sequence[dict[str, Any]]
         e["calls"] = []
     if not by_id:
         return
-    for call in await _dicts(conn, _ENTRY_CALLS, {"ids": list(by_id)}):
+    stmt = _ENTRY_CALLS_PG if conn.dialect.name == "postgresql" else _ENTRY_CALLS
+    for call in await _dicts(conn, stmt, {"ids": list(by_id)}):
         by_id[call.pop("entry_id")]["calls"].append(call)

@@ -36,6 +36,8 @@ class UtcDateTime(sa.types.TypeDecorator[datetime]):
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
+        if value.__class__ is datetime and value.tzinfo is UTC:  # asyncpg's timestamptz
+            return value
         if isinstance(value, str):  # SQLite text from a raw query
             value = datetime.fromisoformat(value)
         if value.tzinfo is None:
