@@ -2,7 +2,8 @@
 the index the stats cache reads the worklist's changes from.
 
 Revision ID: 0010_hourly_rollup
-Revises: 0007_sms_outbox (for now; the lead chains it after 0009_rotation_positions)
+Revises: 0008_call_resolution (for now: main's head today; the lead chains it after
+0009_rotation_positions)
 Create Date: 2026-11-30
 """
 
@@ -16,7 +17,7 @@ from callhub.store import rollup
 TS = sa.DateTime(timezone=True)
 
 revision = "0010_hourly_rollup"
-down_revision = "0007_sms_outbox"
+down_revision = "0008_call_resolution"
 branch_labels = None
 depends_on = None
 
