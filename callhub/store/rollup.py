@@ -235,6 +235,8 @@ def utc_value(value: datetime) -> datetime:
 
 
 async def rebuild(conn: AsyncConnection) -> int:
+    """`rebuild_sync` on an async connection (bench/api.py after its COPY; no command
+    offers it yet)."""
     return await conn.run_sync(rebuild_sync)
 
 
