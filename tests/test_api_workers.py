@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 from ami_fixtures import SIM_SECRET, SIM_USER
-from daemon_fixtures import Daemon, write_config
+from daemon_fixtures import Daemon, write_pbxs_config
 
 from callhub.api.workers import WORKER_HEADER
 from callhub.sim.ami_server import AmiSimulator
@@ -32,10 +32,9 @@ CONNECTIONS = 40
 async def test_two_api_processes_share_the_port(tmp_path: Path) -> None:
     sim = AmiSimulator(username=SIM_USER, secret=SIM_SECRET)
     await sim.start()
-    config = write_config(tmp_path, sim)
+    config = write_pbxs_config(tmp_path, {"lab": sim}, tokens=[f"admin:{TOKEN}"])
     text = config.read_text(encoding="utf-8")
-    config.write_text(text.replace("[api]\n", f'[api]\nworkers = 2\ntokens = ["admin:{TOKEN}"]\n'),
-                      encoding="utf-8")
+    config.write_text(text.replace("[api]\n", "[api]\nworkers = 2\n"), encoding="utf-8")
     daemon = Daemon(config)
     await daemon.start()
     try:
