@@ -2,8 +2,7 @@
 the index the stats cache reads the worklist's changes from.
 
 Revision ID: 0010_hourly_rollup
-Revises: 0008_call_resolution (for now: main's head today; the lead chains it after
-0009_rotation_positions)
+Revises: 0009_rotation_positions
 Create Date: 2026-11-30
 """
 
@@ -17,7 +16,7 @@ from callhub.store import rollup
 TS = sa.DateTime(timezone=True)
 
 revision = "0010_hourly_rollup"
-down_revision = "0008_call_resolution"
+down_revision = "0009_rotation_positions"
 branch_labels = None
 depends_on = None
 
