@@ -190,9 +190,13 @@ async def refresh(conn: AsyncConnection, records: Sequence[CallRecord]) -> None:
     if not ranges:
         return
     pg = conn.dialect.name == "postgresql"
-    if pg:
-        await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
-    now = datetime.now(UTC)
+    if pg:  # `changed_at` from the database's clock, read under the lock: it only grows,
+        # however the writers' hosts' clocks differ (the stats cache relies on it)
+        now = (await conn.execute(sa.text("SELECT clock_timestamp() FROM "
+                                          "(SELECT pg_advisory_xact_lock(:key)) AS locked"),
+                                  {"key": LOCK_KEY})).scalar_one()
+    else:
+        now = datetime.now(UTC)
     for pbx, lo, hi in ranges:
         params = {"pbx": pbx, "lo": _at(lo), "hi": _at(hi)}
         if pg:  # the old buckets deleted by the statement that reads their calls

@@ -13,9 +13,11 @@ every request (two index range reads):
 
 Any write to the period changes the token, so an answer is never older than
 the request (a write committed between the token and the computation only
-costs a recomputation on the next request). This relies on the writers'
-clocks not stepping back: a bucket rewritten with an older `changed_at` than
-its period's latest would go unnoticed until the next write.
+costs a recomputation on the next request). On PostgreSQL `changed_at` is
+the database's clock read under the rollup's lock, so it grows with every
+write whatever the writers' hosts' clocks say; a worklist entry's
+`updated_at` is its writer's clock, so two hosts whose clocks differ can
+leave a worklist figure cached until the next write to that period.
 """
 
 from __future__ import annotations
