@@ -10,6 +10,7 @@ pytest_plugins = [
     "store_fixtures",
     "desk_fixtures",
     "cel_fixtures",
+    "sms_fixtures",
 ]
 
 # Every API answer is checked against its documented model in the tests (production skips it).

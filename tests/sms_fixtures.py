@@ -20,11 +20,12 @@ import hmac
 import itertools
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote_plus
 
+import pytest
 from aiohttp import web
 
 from callhub.records import CallRecord
@@ -250,3 +251,12 @@ class Clock:
 
 def keys(requests: Iterable[WebhookRequest]) -> list[str]:
     return [r.body["idempotency_key"] for r in requests]
+
+
+@pytest.fixture
+async def webhook() -> AsyncIterator[WebhookServer]:
+    """A webhook gateway taking a bearer token (tests of signatures bring their own)."""
+    server = WebhookServer(token="bearer-token-1")
+    await server.start()
+    yield server
+    await server.stop()

@@ -40,14 +40,6 @@ SUP = auth("supervisor")
 
 
 @pytest.fixture
-async def webhook() -> AsyncIterator[WebhookServer]:
-    server = WebhookServer(token="bearer-token-1")
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
 async def sms_desk(tmp_path: Path, desk_settings: Settings, webhook: WebhookServer
                    ) -> AsyncIterator[Desk]:
     """The desk with the issue's [sms] rule on front-desk (quiet time 0: every call sends)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,14 +21,6 @@ from callhub.sms.webhook import WebhookGateway
 from callhub.sms.worker import RetryPolicy, SmsWorker
 
 AGENTS = {"PJSIP/1001": AgentContact(name="王芳", mobile="13900001111")}
-
-
-@pytest.fixture
-async def webhook() -> AsyncIterator[WebhookServer]:
-    server = WebhookServer(token="bearer-token-1")
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def sms_settings(url: str, **overrides: Any) -> SmsSettings:
