@@ -81,14 +81,13 @@ def _ratio(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
-def _call_conditions(q: stats.StatsQuery) -> list[sa.ColumnElement[bool]]:
-    """The calls `stats.compute` counts."""
-    c = calls.c
-    where = [c.arrived_at >= q.start, c.arrived_at < q.end,
-             c.direction.in_(("inbound", "outbound"))]
-    if q.pbx is not None:
-        where.append(c.pbx == q.pbx)
-    return where
+async def _counts_by_value(conn: AsyncConnection, base: sa.Subquery
+                           ) -> list[tuple[Any, Any, Any, int]]:
+    """(group key, offset, value, how many) of a subquery of k, koff and v columns."""
+    b = base.c
+    rows = await conn.execute(
+        sa.select(b.k, b.koff, b.v, sa.func.count()).group_by(b.k, b.koff, b.v))
+    return [(k, koff, value, n) for k, koff, value, n in rows]
 
 
 async def compute(conn: AsyncConnection, q: stats.StatsQuery) -> dict[str, Any]:
@@ -102,19 +101,15 @@ async def compute(conn: AsyncConnection, q: stats.StatsQuery) -> dict[str, Any]:
         return groups.setdefault((k, int(koff)), _Counts())
 
     base = (sa.select(*keys, c.resolution.label("v"))
-            .where(*_call_conditions(q), c.resolution.is_not(None)).subquery("rbase"))
-    for k, koff, value, n in (await conn.execute(
-            sa.select(base.c.k, base.c.koff, base.c.v, sa.func.count())
-            .group_by(base.c.k, base.c.koff, base.c.v))).all():
+            .where(*stats.counted_calls(q), c.resolution.is_not(None)).subquery("rbase"))
+    for k, koff, value, n in await _counts_by_value(conn, base):
         if value in RESOLUTIONS:
             acc(k, koff).by_resolution[value] += n
     f = followups.c
     fbase = (sa.select(*keys, f.satisfaction.label("v")).select_from(
         followups.join(calls, c.id == f.call_id))
-        .where(*_call_conditions(q), f.satisfaction.is_not(None)).subquery("sbase"))
-    for k, koff, value, n in (await conn.execute(
-            sa.select(fbase.c.k, fbase.c.koff, fbase.c.v, sa.func.count())
-            .group_by(fbase.c.k, fbase.c.koff, fbase.c.v))).all():
+        .where(*stats.counted_calls(q), f.satisfaction.is_not(None)).subquery("sbase"))
+    for k, koff, value, n in await _counts_by_value(conn, fbase):
         if value in SATISFACTIONS:
             acc(k, koff).by_satisfaction[value] += n
     totals = _Counts()

@@ -435,6 +435,16 @@ async def _calls_from_rollup(conn: AsyncConnection, q: StatsQuery,
     base, counted = _calls_base(q, pieces)
     return await _line_tallies(conn, base, counted, q.targets)
 
+def counted_calls(q: StatsQuery) -> list[sa.ColumnElement[bool]]:
+    """The calls the figures of `q` count: inbound and outbound arriving in its period."""
+    c = calls.c
+    where = [c.arrived_at >= q.start, c.arrived_at < q.end,
+             c.direction.in_(("inbound", "outbound"))]
+    if q.pbx is not None:
+        where.append(c.pbx == q.pbx)
+    return where
+
+
 def _calls_base(q: StatsQuery, pieces: list[tuple[datetime | None, int]]
                 ) -> tuple[sa.Subquery, sa.ColumnElement[bool]]:
     """The period's calls as small codes per row, and which of them count as inbound.
@@ -443,10 +453,7 @@ def _calls_base(q: StatsQuery, pieces: list[tuple[datetime | None, int]]
     (OFFSET 0) so that the many FILTERs compare integers instead of re-evaluating
     text comparisons."""
     c = calls.c
-    where = [c.arrived_at >= q.start, c.arrived_at < q.end,
-             c.direction.in_(("inbound", "outbound"))]
-    if q.pbx is not None:
-        where.append(c.pbx == q.pbx)
+    where = counted_calls(q)
     kind = sa.case(
         (c.direction == "outbound", OUTBOUND),
         (sa.and_(c.short_abandon, c.outcome == "abandoned"), SHORT),
