@@ -181,8 +181,8 @@ async def after_merge(conn: AsyncConnection, run: Sequence[CallRecord], ids: Seq
     """What follows from calls just merged (`run`, stored as `ids`), in their transaction.
 
     The one place for work that must commit with the calls or not at all:
-    the agent devices, the worklist, the SMS outbox (and whatever else is
-    kept from the calls, e.g. a rollup). Called once per run of distinct
+    the agent devices, the worklist, the SMS outbox (the hourly rollup
+    follows once per batch, in `save_calls`). Called once per run of distinct
     calls of a batch, in record order; `before` is what the batch's calls
     and numbers were before the merge.
     """
