@@ -49,6 +49,7 @@ async def compare(db: Database, q: stats.StatsQuery) -> dict[str, Any]:
                                                           exact.get("groups", [])]
     for g, e in zip(got.get("groups", []), exact.get("groups", []), strict=True):
         close(g, e)
+    assert got["line_targets"] == exact["line_targets"]  # each line against its own target
     return got
 
 

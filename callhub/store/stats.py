@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import functools
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
@@ -396,8 +397,8 @@ async def _calls_from_rollup(conn: AsyncConnection, q: StatsQuery,
                              acc: Callable[[Any, Any], _Acc], totals: _Acc
                              ) -> dict[tuple[Any, int], dict[str | None, TargetTally]]:
     """The calls' figures per group, added up from the rollup's hours (rollup_answers):
-    the sums in SQL, the binned values joined per group and counted in Python. The
-    per-line target tallies still come from the calls (`_line_tallies`)."""
+    the sums in SQL, the binned values joined per group and counted in Python, and
+    the per-line target tallies from the same hours (`_line_tallies_from_rollup`)."""
     h = call_hours.c
     where = [h.hour >= rollup.hour_of(q.start), h.hour < rollup.hour_of(q.end)]
     if q.pbx is not None:
@@ -432,8 +433,33 @@ async def _calls_from_rollup(conn: AsyncConnection, q: StatsQuery,
         everything += ring
     everything.sort()
     totals.p90_ring = rollup.p90_ring(everything, nearest_rank(len(everything), P90))
-    base, counted = _calls_base(q, pieces)
-    return await _line_tallies(conn, base, counted, q.targets)
+    return await _line_tallies_from_rollup(conn, q, key, where)
+
+
+async def _line_tallies_from_rollup(conn: AsyncConnection, q: StatsQuery,
+                                    key: list[sa.ColumnElement[Any]],
+                                    where: list[sa.ColumnElement[bool]]
+                                    ) -> dict[tuple[Any, int], dict[str | None, TargetTally]]:
+    """`_line_tallies` from the rollup's hours: per group and line, the answered calls'
+    rings (binned exactly up to 100, past any line's target) and the unanswered count,
+    fed to the same rule, `tally_rings`; no read of the period's calls."""
+    h = call_hours.c
+    total = sa.func.sum
+    stmt = sa.select(*key, h.line, total(h.short_abandons), total(h.abandoned),
+                     total(h.missed), total(h.other_inbound), _Joined(h.rings_bins)
+                     ).where(*where)
+    stmt = stmt.group_by(*(c.element for c in key), h.line) if q.group_by is not None \
+        else stmt.group_by(h.line)
+    rows: dict[tuple[Any, int], list[tuple[str | None, int | None, int]]] = {}
+    result: Iterable[Any] = await conn.execute(stmt)
+    for k, koff, line, short, abandoned, missed, other, rings_bins in result:
+        found = rows.setdefault((k, koff), [])
+        unanswered = abandoned + missed + other + (0 if q.exclude_short_abandons else short)
+        if unanswered:
+            found.append((line or None, None, unanswered))
+        for rings, n in Counter(rollup.values(rings_bins)).items():
+            found.append((line or None, rings, n))
+    return {group: tally_rings(found, q.targets) for group, found in rows.items()}
 
 def counted_calls(q: StatsQuery) -> list[sa.ColumnElement[bool]]:
     """The calls the figures of `q` count: inbound and outbound arriving in its period."""
