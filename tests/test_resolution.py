@@ -346,6 +346,49 @@ async def test_stats_of_a_period_with_nothing_recorded_have_no_rates(desk: Desk)
         assert block["resolutions_set"] == 0 and block["satisfied"] == 0
 
 
+async def test_stats_count_each_change_of_a_resolution_or_satisfaction_at_once(
+        desk: Desk) -> None:
+    """/stats by hour is answered from the rollup and kept in the stats cache: every change
+    a supervisor makes must be in the very next answer."""
+    call_id = await one_call(desk, line="hotline")
+    await one_call(desk, "c-2", line="repairs")
+    day = datetime.fromtimestamp(desk.clock.now - HOUR, SHANGHAI).date()
+    params = {"from": day.isoformat(), "to": (day + timedelta(days=1)).isoformat(),
+              "group_by": "hour"}
+
+    async def totals() -> dict[str, Any]:
+        response = await desk.client.get("/api/v1/stats", params=params, headers=SUP)
+        assert response.status == 200, await response.text()
+        body = await response.json()
+        assert sum(g["resolutions_set"] for g in body["groups"]) == \
+            body["totals"]["resolutions_set"]
+        return figures_of(body["totals"])
+
+    assert (await totals())["resolutions_set"] == 0
+    assert (await totals())["resolutions_set"] == 0  # the cached answer
+    assert (await patch(desk, call_id, {"resolution": "resolved"}))[0] == 200
+    got = await totals()
+    assert (got["resolved"], got["resolutions_set"], got["resolution_rate"]) == (1, 1, 1.0)
+    assert (await patch(desk, call_id, {"resolution": "unresolved"}))[0] == 200
+    got = await totals()
+    assert (got["resolved"], got["unresolved"], got["resolution_rate"]) == (0, 1, 0.0)
+
+    followup_id = await make_followup(desk, call_id)
+    response = await desk.client.post(f"/api/v1/followups/{followup_id}/done", headers=SUP,
+                                      json={"satisfaction": "fair"})
+    assert response.status == 200
+    got = await totals()
+    assert (got["fair"], got["satisfaction_rate"]) == (1, 0.0)
+    response = await desk.client.patch(f"/api/v1/followups/{followup_id}", headers=SUP,
+                                       json={"satisfaction": "satisfied"})
+    assert response.status == 200
+    got = await totals()
+    assert (got["fair"], got["satisfied"], got["satisfaction_rate"]) == (0, 1, 1.0)
+
+    assert (await patch(desk, call_id, {"resolution": None}))[0] == 200
+    assert (await totals())["resolutions_set"] == 0
+
+
 async def test_the_csv_export_carries_the_resolution(desk: Desk) -> None:
     import csv
     import io

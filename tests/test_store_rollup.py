@@ -12,6 +12,7 @@ moved to another hour and line) must leave the rollup as a rebuild from
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,9 +24,10 @@ from store_fixtures import make_call, store
 from test_store_stats import DAYS, START, random_calls
 
 from callhub.config import Settings
-from callhub.store import migrate, rollup, stats
+from callhub.store import followups, migrate, resolution, resolution_stats, rollup, stats
 from callhub.store.db import Database
-from callhub.store.tables import call_hours
+from callhub.store.errors import NotApplicable
+from callhub.store.tables import call_hours, calls
 
 
 def close(got: dict[str, Any], exact: dict[str, Any]) -> None:
@@ -50,7 +52,35 @@ async def compare(db: Database, q: stats.StatsQuery) -> dict[str, Any]:
     for g, e in zip(got.get("groups", []), exact.get("groups", []), strict=True):
         close(g, e)
     assert got["line_targets"] == exact["line_targets"]  # each line against its own target
+    async with db.connection() as conn:  # the resolution and satisfaction counts: exact
+        assert await resolution_stats.compute(conn, replace(q, rollup=True)) == \
+            await resolution_stats.compute(conn, q)
     return got
+
+
+async def judge(db: Database, seed: int) -> int:
+    """Resolutions and follow-ups' satisfactions on some stored calls, set as the API sets
+    them (each in its own transaction); how many calls got one."""
+    rng = random.Random(seed)
+    now = datetime.now(UTC)
+    async with db.connection() as conn:
+        ids = list((await conn.execute(sa.select(calls.c.id).order_by(calls.c.id))).scalars())
+    judged = 0
+    for call_id in rng.sample(ids, len(ids) // 3):
+        async with db.begin() as conn:
+            verdict = rng.choice(resolution.RESOLUTIONS)
+            await resolution.set_resolution(conn, call_id, verdict,
+                                            "维修部" if verdict == "referred" else None,
+                                            now=now, who="test")
+            judged += 1
+            for _ in range(rng.randrange(3)):
+                try:
+                    (fid,) = await followups.create(conn, call_id, [now], now=now)
+                except NotApplicable:  # no outside number
+                    break
+                await followups.close(conn, fid, "done", now=now,
+                                      satisfaction=rng.choice(resolution.SATISFACTIONS))
+    return judged
 
 
 async def snapshot(db: Database) -> list[tuple[Any, ...]]:
@@ -71,6 +101,7 @@ async def test_rollup_figures_are_the_exact_figures(
         any_db: Database, store_settings: Settings, zone: str) -> None:
     records = random_calls(seed=len(zone))
     await store(any_db, store_settings, *records)
+    assert await judge(any_db, seed=len(zone)) > 50
     tz = ZoneInfo(zone)
     whole = stats.StatsQuery(start=START, end=START + timedelta(days=DAYS), tz=tz)
     queries = [replace(whole, group_by=g) for g in (None, "hour", "day", "line")]
@@ -119,6 +150,7 @@ async def test_calls_stored_again_are_counted_once(
         any_db: Database, store_settings: Settings) -> None:
     records = random_calls(seed=11)
     await store(any_db, store_settings, *records)
+    await judge(any_db, seed=11)  # kept when their calls are stored again
     first = await snapshot(any_db)
     assert first and first == await rebuilt(any_db)
 

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callhub.config import Settings
+from callhub.store import rollup
 from callhub.store.errors import InvalidTransition, NotApplicable, NotFound
 from callhub.store.resolution import rating_values
 from callhub.store.tables import calls, followups
@@ -160,10 +161,11 @@ async def close(conn: AsyncConnection, followup_id: int, status: str, *, now: da
                            who=rated_by if rated_by is not None else who)
     if rating and status != "done":
         raise ValueError("only a done follow-up has an outcome or satisfaction")
-    current = await conn.scalar(sa.select(followups.c.status)
-                                .where(followups.c.id == followup_id))
-    if current is None:
+    found = (await conn.execute(sa.select(followups.c.status, followups.c.call_id)
+                                .where(followups.c.id == followup_id))).first()
+    if found is None:
         raise NotFound(f"no follow-up {followup_id}")
+    current, call_id = found
     if current != "open":
         raise InvalidTransition(f"follow-up {followup_id} is already {current}")
     values: dict[str, Any] = {"status": status, "closed_at": now, "closed_by": who,
@@ -173,6 +175,8 @@ async def close(conn: AsyncConnection, followup_id: int, status: str, *, now: da
         values["note"] = note
     await conn.execute(sa.update(followups).where(followups.c.id == followup_id)
                        .values(**values, **rating))
+    if satisfaction is not None:  # /stats counts satisfactions from the rollup
+        await rollup.refresh_call(conn, call_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,11 +17,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from callhub.store import rollup
 from callhub.store.errors import InvalidTransition, NotFound
-from callhub.store.tables import calls, followups
+from callhub.store.tables import RESOLUTIONS, SATISFACTIONS, calls, followups
 
-RESOLUTIONS = ("resolved", "referred", "pending", "unresolved")
-SATISFACTIONS = ("satisfied", "fair", "dissatisfied", "unreachable")
+__all__ = ["RATED", "RESOLUTIONS", "SATISFACTIONS", "rate_followup", "rating_values",
+           "set_resolution"]
 # Answers that count in the satisfaction rate: the caller was reached and gave one.
 RATED = ("satisfied", "fair", "dissatisfied")
 MAX_DEPARTMENT = 128
@@ -43,6 +44,7 @@ async def set_resolution(conn: AsyncConnection, call_id: int, resolution: str | 
                                 .values(**values, updated_at=now))
     if not result.rowcount:
         raise NotFound(f"no call {call_id}")
+    await rollup.refresh_call(conn, call_id)  # /stats counts resolutions from the rollup
 
 
 def rating_values(outcome: str | None, satisfaction: str | None, *, now: datetime,
@@ -67,10 +69,11 @@ async def rate_followup(conn: AsyncConnection, followup_id: int, *, outcome: str
                         who: str | None) -> None:
     """Record the outcome, satisfaction and/or note of a done follow-up (one closed by a
     callback has none yet); InvalidTransition when it is open or cancelled."""
-    current = await conn.scalar(sa.select(followups.c.status)
-                                .where(followups.c.id == followup_id))
-    if current is None:
+    found = (await conn.execute(sa.select(followups.c.status, followups.c.call_id)
+                                .where(followups.c.id == followup_id))).first()
+    if found is None:
         raise NotFound(f"no follow-up {followup_id}")
+    current, call_id = found
     if current != "done":
         raise InvalidTransition(f"follow-up {followup_id} is {current}, not done: "
                                 "close it with POST /followups/{id}/done")
@@ -79,3 +82,5 @@ async def rate_followup(conn: AsyncConnection, followup_id: int, *, outcome: str
         values["note"] = note
     await conn.execute(sa.update(followups).where(followups.c.id == followup_id)
                        .values(**values, updated_at=now))
+    if satisfaction is not None:  # /stats counts satisfactions from the rollup
+        await rollup.refresh_call(conn, call_id)

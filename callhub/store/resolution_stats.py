@@ -19,6 +19,7 @@ Definitions (docs/api.md, the API's descriptions, tests/test_resolution_stats.py
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callhub.store import stats
 from callhub.store.resolution import RATED, RESOLUTIONS, SATISFACTIONS
-from callhub.store.tables import calls, followups
+from callhub.store.tables import call_hours, calls, followups
 
 RESOLUTION_FIGURES_DOC = {
     "resolutions_set": "Calls with a resolution set (resolved, referred, pending or "
@@ -64,6 +65,10 @@ class _Counts:
         for name in SATISFACTIONS:
             self.by_satisfaction[name] += other.by_satisfaction[name]
 
+    def any(self) -> bool:
+        """Whether anything was recorded (a group of the rollup may have nothing)."""
+        return any(self.by_resolution.values()) or any(self.by_satisfaction.values())
+
     def figures(self) -> dict[str, Any]:
         r, s = self.by_resolution, self.by_satisfaction
         set_ = sum(r.values())
@@ -90,16 +95,59 @@ async def _counts_by_value(conn: AsyncConnection, base: sa.Subquery
     return [(k, koff, value, n) for k, koff, value, n in rows]
 
 
+async def _from_rollup(conn: AsyncConnection, q: stats.StatsQuery,
+                       pieces: list[tuple[Any, int]],
+                       acc: Callable[[Any, Any], _Counts]) -> None:
+    """The counts per group, summed from the hourly rollup (stats.rollup_answers)."""
+    h = call_hours.c
+    key = stats.rollup_key(q, pieces)
+    stmt = sa.select(*key, *(sa.func.sum(h[name]) for name in RESOLUTION_COUNTS.values()),
+                     *(sa.func.sum(h[name]) for name in SATISFACTIONS)
+                     ).where(*stats.rollup_where(q))
+    if q.group_by is not None:
+        stmt = stmt.group_by(*(c.element for c in key))
+    resolutions, satisfactions = len(RESOLUTIONS), len(SATISFACTIONS)
+    for k, koff, *counts in (await conn.execute(stmt)).all():
+        if not any(counts):  # nothing recorded in the group, or no row of the rollup
+            continue
+        found = acc(k, koff)
+        for name, n in zip(RESOLUTIONS, counts[:resolutions], strict=True):
+            found.by_resolution[name] += n
+        for name, n in zip(SATISFACTIONS, counts[resolutions:resolutions + satisfactions],
+                           strict=True):
+            found.by_satisfaction[name] += n
+
+
 async def compute(conn: AsyncConnection, q: stats.StatsQuery) -> dict[str, Any]:
-    """{"totals": figures, "groups": {API group key: figures}} (groups: with group_by)."""
+    """{"totals": figures, "groups": {API group key: figures}} (groups: with group_by).
+
+    From the hourly rollup when the query allows it (`q.rollup`), else from the calls."""
     pieces = stats.offset_pieces(q.start, q.end, q.tz)
-    c = calls.c
-    keys = stats.key_columns(q, c.arrived_at, c.agent, c.line, pieces)
     groups: dict[tuple[Any, int], _Counts] = {}
 
     def acc(k: Any, koff: Any) -> _Counts:
         return groups.setdefault((k, int(koff)), _Counts())
 
+    if q.rollup and stats.rollup_answers(q, pieces):
+        await _from_rollup(conn, q, pieces, acc)
+    else:
+        await _from_calls(conn, q, pieces, acc)
+    totals = _Counts()
+    for counts in groups.values():
+        totals.add(counts)
+    out: dict[str, Any] = {"totals": totals.figures()}
+    if q.group_by is not None:
+        out["groups"] = {stats.group_key(q, k, koff): counts.figures()
+                         for (k, koff), counts in groups.items() if counts.any()}
+    return out
+
+
+async def _from_calls(conn: AsyncConnection, q: stats.StatsQuery,
+                      pieces: list[tuple[Any, int]],
+                      acc: Callable[[Any, Any], _Counts]) -> None:
+    """The counts per group, counted from the calls and their follow-ups."""
+    c = calls.c
+    keys = stats.key_columns(q, c.arrived_at, c.agent, c.line, pieces)
     base = (sa.select(*keys, c.resolution.label("v"))
             .where(*stats.counted_calls(q), c.resolution.is_not(None)).subquery("rbase"))
     for k, koff, value, n in await _counts_by_value(conn, base):
@@ -112,14 +160,6 @@ async def compute(conn: AsyncConnection, q: stats.StatsQuery) -> dict[str, Any]:
     for k, koff, value, n in await _counts_by_value(conn, fbase):
         if value in SATISFACTIONS:
             acc(k, koff).by_satisfaction[value] += n
-    totals = _Counts()
-    for counts in groups.values():
-        totals.add(counts)
-    out: dict[str, Any] = {"totals": totals.figures()}
-    if q.group_by is not None:
-        out["groups"] = {stats.group_key(q, k, koff): counts.figures()
-                         for (k, koff), counts in groups.items()}
-    return out
 
 
 def empty() -> dict[str, Any]:
@@ -135,8 +175,9 @@ def add_to(result: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """
     result["totals"].update(extra["totals"])
     found = extra.get("groups", {})
+    nothing = empty()
     for block in result.get("groups", ()):
-        block.update(found.get(block["key"], empty()))
+        block.update(found.get(block["key"], nothing))
     return result
 
 

@@ -12,13 +12,19 @@ it is in `calls`.
 
 What the rows keep, per bucket, of the calls `stats.compute` counts (inbound
 and outbound): counts by kind, the answered calls' hang-up counts and
-ring/wait sums, and three histograms of the answered calls, each spelled out
-as its binned values, sorted and comma-separated (`3,3,4,7`: a page of
-numbers per hour, which PostgreSQL's string_agg and SQLite's group_concat
-join per group, and which Python reads, sorts and bisects at C speed):
+ring/wait sums, the counts `resolution_stats` gives (calls by resolution,
+their follow-ups by satisfaction), and the answered calls' rings, wait and
+ring time:
 
-- rings, exact (bin 101: more than 100; `rings` asks for at most 100), so
-  "answered within N rings" is exact;
+- rings as cumulative counts, `rings_le[n]` (1-based) = answered calls that
+  rang at most n times, up to the bucket's highest ring count (at most 100,
+  the most `rings` or a line's target asks for; past the end every answered
+  call is within). "Answered within N rings" and each line's own target are
+  then plain sums in SQL (`within`), exact;
+- wait and ring time as their binned values, sorted and comma-separated
+  (`3,3,4,7`: a page of numbers per hour, which PostgreSQL's string_agg and
+  SQLite's group_concat join per group, and which Python reads, sorts and
+  bisects at C speed):
 - wait, by whole seconds rounded up, so "answered within T seconds" is exact
   for a whole T (`wait <= T` exactly when `ceil(wait) <= T`); other T fall
   back to the exact query;
@@ -32,7 +38,8 @@ exact query's in the last rounded digit. A call is recomputed in the hour
 it arrives in and the hours either side: a call stored again whose arrival
 moved by more than an hour (AMI and CEL both take the first channel's
 creation time; a replay is the same record) would leave its old hour
-counted until `rebuild`.
+counted until `rebuild`. Setting a call's resolution or a follow-up's
+satisfaction recomputes the call's hour (`refresh_hours`) in its transaction.
 """
 
 from __future__ import annotations
@@ -47,22 +54,80 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from callhub.records import CallRecord
-from callhub.store.tables import call_hours, calls
+from callhub.store.tables import RESOLUTIONS, SATISFACTIONS, call_hours, calls, followups
 
 HOUR = 3600
+# The rollup's column of each resolution's count (each satisfaction's is its own name).
+RESOLUTION_COLUMNS = {"resolved": "resolved", "referred": "referred",
+                      "pending": "resolution_pending", "unresolved": "unresolved"}
 RINGS_CAP = 101  # rings above 100 share a bin (StatsQuery.rings is at most 100)
+RINGS_ASKED = 100  # the most rings a query or a line's target asks about
 WAIT_CAP = 86401  # waits above a day share a bin (StatsQuery.seconds is at most 86400)
 RING_BINS_PER_SECOND = 10
 P90_ERROR_SECONDS = 1 / RING_BINS_PER_SECOND  # the p90 reads at most this much high
 LOCK_KEY = 0x63616C6C68  # PostgreSQL advisory lock: one rollup writer at a time
 FILL_CHUNK_HOURS = 24 * 31
 
+
+class Joined(FunctionElement[str]):
+    """The group's non-empty texts joined by ',' (string_agg / group_concat)."""
+
+    type = sa.Text()
+    inherit_cache = True
+
+
+@compiles(Joined, "postgresql")
+def _joined_pg(element: Joined, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"string_agg(nullif({compiler.process(element.clauses, **kw)}, ''), ',')"
+
+
+@compiles(Joined, "sqlite")
+def _joined_sqlite(element: Joined, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"group_concat(nullif({compiler.process(element.clauses, **kw)}, ''), ',')"
+
+
+class _Element(FunctionElement[int]):
+    """`rings_le[n]`: element n (1-based) of a bucket's cumulative ring counts, NULL past
+    its end (a PostgreSQL integer array; JSON text on SQLite)."""
+
+    type = sa.Integer()
+    inherit_cache = True
+
+
+@compiles(_Element, "postgresql")
+def _element_pg(element: _Element, compiler: SQLCompiler, **kw: Any) -> str:
+    column, index = (compiler.process(c, **kw) for c in element.clauses)
+    return f"({column})[{index}]"
+
+
+@compiles(_Element, "sqlite")
+def _element_sqlite(element: _Element, compiler: SQLCompiler, **kw: Any) -> str:
+    column, index = (compiler.process(c, **kw) for c in element.clauses)
+    return f"json_extract({column}, '$[' || (({index}) - 1) || ']')"
+
+
+def within(rings: sa.ColumnElement[int] | int) -> sa.ColumnElement[int]:
+    """A bucket's answered calls that rang at most `rings` times (1 to 100; an SQL
+    expression such as a CASE over the line, or a number)."""
+    h = call_hours.c
+    index = rings if isinstance(rings, sa.ColumnElement) else sa.literal(rings, sa.Integer)
+    return sa.func.coalesce(_Element(h.rings_le, index), h.answered)
+
+
+# Each call's follow-ups' satisfactions, joined (one index probe per call).
+_SATISFACTIONS = sa.select(Joined(followups.c.satisfaction)).where(
+    followups.c.call_id == calls.c.id, followups.c.satisfaction.is_not(None)
+).scalar_subquery()
+
 _SOURCE = sa.select(
     calls.c.pbx, calls.c.line, calls.c.arrived_at, calls.c.direction, calls.c.outcome,
     calls.c.short_abandon, calls.c.rings, calls.c.ring_seconds, calls.c.wait_seconds,
-    calls.c.hangup_by,
+    calls.c.hangup_by, calls.c.resolution, _SATISFACTIONS,
 ).where(calls.c.direction.in_(("inbound", "outbound")),
         calls.c.arrived_at >= sa.bindparam("lo", type_=calls.c.arrived_at.type),
         calls.c.arrived_at < sa.bindparam("hi", type_=calls.c.arrived_at.type))
@@ -95,10 +160,20 @@ class Bucket:
     rings: list[int] = field(default_factory=list)
     wait: list[int] = field(default_factory=list)
     ring: list[int] = field(default_factory=list)
+    resolutions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RESOLUTIONS, 0))
+    satisfactions: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(SATISFACTIONS, 0))
 
     def add(self, direction: str, outcome: str, short_abandon: bool, rings: int,
-            ring_seconds: float, wait_seconds: float, hangup_by: str | None) -> None:
-        """Count one call as stats.compute classifies it."""
+            ring_seconds: float, wait_seconds: float, hangup_by: str | None,
+            resolution: str | None = None, satisfactions: str | None = None) -> None:
+        """Count one call as stats.compute and resolution_stats classify it
+        (`satisfactions`: its follow-ups' answers, comma-separated)."""
+        if resolution in self.resolutions:
+            self.resolutions[resolution] += 1
+        for answer in (satisfactions or "").split(","):
+            if answer in self.satisfactions:
+                self.satisfactions[answer] += 1
         if direction == "outbound":
             self.outbound += 1
         elif short_abandon and outcome == "abandoned":
@@ -121,6 +196,23 @@ class Bucket:
             self.ring.append(ring_bin(ring_seconds))
 
 
+def cumulative(rings: list[int]) -> list[int]:
+    """`rings_le`: element n-1 = how many of `rings` are at most n, for n from 1 to the
+    highest of them (at most RINGS_ASKED)."""
+    if not rings:
+        return []
+    top = min(max(rings), RINGS_ASKED)
+    counts = [0] * (top + 1)
+    for value in rings:
+        if value <= top:
+            counts[value] += 1
+    out, running = [], counts[0]  # calls answered before a full ring count in every n
+    for n in range(1, top + 1):
+        running += counts[n]
+        out.append(running)
+    return out
+
+
 def ring_bin(ring_seconds: float) -> int:
     return max(math.ceil(ring_seconds * RING_BINS_PER_SECOND), 0)
 
@@ -129,13 +221,13 @@ def aggregate(rows: Iterable[Sequence[Any]]) -> dict[tuple[str, str | None, int]
     """Rows of `_SOURCE` into buckets by (pbx, line, hour)."""
     buckets: dict[tuple[str, str | None, int], Bucket] = {}
     for (pbx, line, arrived_at, direction, outcome, short_abandon, rings, ring_seconds,
-         wait_seconds, hangup_by) in rows:
+         wait_seconds, hangup_by, resolution, satisfactions) in rows:
         key = (pbx, line, hour_of(arrived_at))
         bucket = buckets.get(key)
         if bucket is None:
             bucket = buckets[key] = Bucket()
         bucket.add(direction, outcome, bool(short_abandon), rings, ring_seconds, wait_seconds,
-                   hangup_by)
+                   hangup_by, resolution, satisfactions)
     return buckets
 
 
@@ -150,8 +242,10 @@ def table_rows(buckets: dict[tuple[str, str | None, int], Bucket], now: datetime
              "short_abandons": b.short_abandons, "answered": b.answered,
              "abandoned": b.abandoned, "missed": b.missed, "other_inbound": b.other_inbound,
              "hangup_known": b.hangup_known, "agent_hung_up_first": b.agent_hung_up_first,
-             "ring_sum": b.ring_sum, "wait_sum": b.wait_sum, "rings_bins": spelled(b.rings),
-             "wait_bins": spelled(b.wait), "ring_bins": spelled(b.ring), "changed_at": now}
+             "ring_sum": b.ring_sum, "wait_sum": b.wait_sum, "rings_le": cumulative(b.rings),
+             "wait_bins": spelled(b.wait), "ring_bins": spelled(b.ring),
+             **{RESOLUTION_COLUMNS[name]: n for name, n in b.resolutions.items()},
+             **b.satisfactions, "changed_at": now}
             for (pbx, line, hour), b in buckets.items()]
 
 
@@ -178,25 +272,64 @@ def _delete(pbx: str, lo: int, hi: int) -> sa.Delete:
                                        call_hours.c.hour < hi)
 
 
-async def refresh(conn: AsyncConnection, records: Sequence[CallRecord]) -> None:
-    """Recompute, from `calls`, the buckets the just-stored `records` fall in.
+async def refresh(conn: AsyncConnection, records: Sequence[CallRecord],
+                  also_changed: Iterable[tuple[str, int]] = ()) -> None:
+    """Recompute, from `calls`, the buckets the just-stored `records` fall in; mark the
+    (pbx, hour)s `also_changed` (worklist entries counted there changed) as changed.
 
     Call it in the transaction that stored them, after they are written. On
     PostgreSQL it first takes a transaction-level advisory lock, so two
     writers (the daemon and a backfill) cannot each recompute an hour without
     the other's calls.
     """
-    ranges = hour_ranges((r.pbx, math.floor(r.arrived_at) // HOUR) for r in records)
-    if not ranges:
+    await refresh_hours(conn, ((r.pbx, math.floor(r.arrived_at) // HOUR) for r in records),
+                        also_changed)
+
+
+async def refresh_call(conn: AsyncConnection, call_id: int) -> None:
+    """Recompute the bucket of one stored call (its resolution or a follow-up's
+    satisfaction changed), in the transaction that changed it."""
+    found = (await conn.execute(sa.select(calls.c.pbx, calls.c.arrived_at)
+                                .where(calls.c.id == call_id))).first()
+    if found is not None:
+        await refresh_hours(conn, [(found.pbx, hour_of(utc_value(found.arrived_at)))])
+
+
+async def touch(conn: AsyncConnection, keys: Iterable[tuple[str, int]]) -> None:
+    """Mark the buckets of these (pbx, UTC hour)s changed without recomputing them: what
+    /stats counts there from elsewhere (the worklist's entries) changed, and the stats
+    cache (callhub/store/stats_cache.py) watches `changed_at`."""
+    await refresh_hours(conn, (), keys)
+
+
+async def _locked_now(conn: AsyncConnection) -> datetime:
+    """The time to stamp changed buckets with, under the rollup's lock on PostgreSQL: the
+    database's clock, read under the lock, only grows, however the writers' hosts' clocks
+    differ (the stats cache relies on it)."""
+    if conn.dialect.name != "postgresql":
+        return datetime.now(UTC)
+    now: datetime = (await conn.execute(
+        sa.text("SELECT clock_timestamp() FROM (SELECT pg_advisory_xact_lock(:key)) AS locked"),
+        {"key": LOCK_KEY})).scalar_one()
+    return now
+
+
+async def refresh_hours(conn: AsyncConnection, keys: Iterable[tuple[str, int]],
+                        also_changed: Iterable[tuple[str, int]] = ()) -> None:
+    """Recompute the buckets of these (pbx, UTC hour)s and the hours either side; stamp
+    those of `also_changed` that this does not recompute as changed."""
+    ranges = hour_ranges(keys)
+    recomputed = {(pbx, hour) for pbx, lo, hi in ranges for hour in range(lo, hi)}
+    stamped: dict[str, list[int]] = {}
+    for pbx, hour in sorted(set(also_changed) - recomputed):
+        stamped.setdefault(pbx, []).append(hour)
+    if not ranges and not stamped:
         return
     pg = conn.dialect.name == "postgresql"
-    if pg:  # `changed_at` from the database's clock, read under the lock: it only grows,
-        # however the writers' hosts' clocks differ (the stats cache relies on it)
-        now = (await conn.execute(sa.text("SELECT clock_timestamp() FROM "
-                                          "(SELECT pg_advisory_xact_lock(:key)) AS locked"),
-                                  {"key": LOCK_KEY})).scalar_one()
-    else:
-        now = datetime.now(UTC)
+    now = await _locked_now(conn)
+    for pbx, hours in stamped.items():
+        await conn.execute(sa.update(call_hours).where(
+            call_hours.c.pbx == pbx, call_hours.c.hour.in_(hours)).values(changed_at=now))
     for pbx, lo, hi in ranges:
         params = {"pbx": pbx, "lo": _at(lo), "hi": _at(hi)}
         if pg:  # the old buckets deleted by the statement that reads their calls

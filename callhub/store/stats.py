@@ -21,7 +21,6 @@ from __future__ import annotations
 import bisect
 import functools
 import math
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
@@ -96,39 +95,55 @@ class _Acc:
 
     def add(self, other: _Acc) -> None:
         """Add another group's counts and sums (not its percentiles)."""
-        for name in ("inbound", "outbound", "answered", "abandoned", "short_abandons",
-                     "missed", "within_rings", "within_target", "within_seconds",
-                     "hangup_known",
-                     "agent_hung_up_first", "ring_sum", "wait_sum", "pending_callbacks",
-                     "handled_callbacks"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.inbound += other.inbound
+        self.outbound += other.outbound
+        self.answered += other.answered
+        self.abandoned += other.abandoned
+        self.short_abandons += other.short_abandons
+        self.missed += other.missed
+        self.within_rings += other.within_rings
+        self.within_target += other.within_target
+        self.within_seconds += other.within_seconds
+        self.hangup_known += other.hangup_known
+        self.agent_hung_up_first += other.agent_hung_up_first
+        self.ring_sum += other.ring_sum
+        self.wait_sum += other.wait_sum
+        self.pending_callbacks += other.pending_callbacks
+        self.handled_callbacks += other.handled_callbacks
 
     def figures(self) -> dict[str, Any]:
+        # Written out flat: a month by hour is 744 of these per answer.
+        inbound, answered, within_rings = self.inbound, self.answered, self.within_rings
+        within_seconds, hangup_known, middle = (self.within_seconds, self.hangup_known,
+                                                self.median_middle)
         return {
-            "inbound": self.inbound,
+            "inbound": inbound,
             "outbound": self.outbound,
-            "answered": self.answered,
+            "answered": answered,
             "abandoned": self.abandoned,
             "short_abandons": self.short_abandons,
             "missed": self.missed,
-            "answer_rate": _ratio(self.answered, self.inbound),
-            "answered_within_rings": self.within_rings,
-            "within_rings_rate": _ratio(self.within_rings, self.inbound),
-            "within_rings_rate_answered": _ratio(self.within_rings, self.answered),
+            "answer_rate": round(answered / inbound, 4) if inbound else None,
+            "answered_within_rings": within_rings,
+            "within_rings_rate": round(within_rings / inbound, 4) if inbound else None,
+            "within_rings_rate_answered": (round(within_rings / answered, 4) if answered
+                                           else None),
             "answered_within_target": self.within_target,
-            "within_target_rate": _ratio(self.within_target, self.inbound),
-            "answered_within_seconds": self.within_seconds,
-            "service_level": _ratio(self.within_seconds, self.inbound),
-            "service_level_answered": _ratio(self.within_seconds, self.answered),
-            "avg_ring_seconds": _mean(self.ring_sum, self.answered),
+            "within_target_rate": round(self.within_target / inbound, 4) if inbound else None,
+            "answered_within_seconds": within_seconds,
+            "service_level": round(within_seconds / inbound, 4) if inbound else None,
+            "service_level_answered": (round(within_seconds / answered, 4) if answered
+                                       else None),
+            "avg_ring_seconds": round(self.ring_sum / answered, 3) if answered else None,
             "p90_ring_seconds": None if self.p90_ring is None else round(self.p90_ring, 3),
-            "avg_speed_of_answer_seconds": _mean(self.wait_sum, self.answered),
-            "agent_hangup_first_rate": _ratio(self.agent_hung_up_first, self.hangup_known),
+            "avg_speed_of_answer_seconds": (round(self.wait_sum / answered, 3) if answered
+                                            else None),
+            "agent_hangup_first_rate": (round(self.agent_hung_up_first / hangup_known, 4)
+                                        if hangup_known else None),
             "pending_callbacks": self.pending_callbacks,
             "handled_callbacks": self.handled_callbacks,
-            "median_time_to_callback_seconds": (
-                round(sum(self.median_middle) / len(self.median_middle), 3)
-                if self.median_middle else None),
+            "median_time_to_callback_seconds": (round(sum(middle) / len(middle), 3)
+                                                if middle else None),
         }
 
 
@@ -205,7 +220,14 @@ def offset_pieces(start: datetime, end: datetime, tz: tzinfo | None
 
     The zone is probed every 6 hours and each change narrowed down to the
     second (zones change their offset at whole seconds, never twice in 6 hours).
+    A month is 125 probes: kept for the periods asked last (the caller gets a copy).
     """
+    return list(_offset_pieces(start, end, tz))
+
+
+@functools.lru_cache(maxsize=256)
+def _offset_pieces(start: datetime, end: datetime, tz: tzinfo | None
+                   ) -> tuple[tuple[datetime | None, int], ...]:
     pieces: list[tuple[datetime | None, int]] = []
     lo, current = start, _offset(start, tz)
     last = end - timedelta(microseconds=1)
@@ -223,7 +245,7 @@ def offset_pieces(start: datetime, end: datetime, tz: tzinfo | None
         pieces.append((lo, current))
         current = _offset(lo, tz)
     pieces.append((None, current))
-    return pieces
+    return tuple(pieces)
 
 
 def _local_seconds(column: Any, pieces: list[tuple[datetime | None, int]]
@@ -355,23 +377,6 @@ def rollup_answers(q: StatsQuery, pieces: list[tuple[datetime | None, int]]) -> 
     return True
 
 
-class _Joined(FunctionElement[str]):
-    """The group's non-empty texts joined by ',' (string_agg / group_concat)."""
-
-    type = sa.Text()
-    inherit_cache = True
-
-
-@compiles(_Joined, "postgresql")
-def _joined_pg(element: _Joined, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"string_agg(nullif({compiler.process(element.clauses, **kw)}, ''), ',')"
-
-
-@compiles(_Joined, "sqlite")
-def _joined_sqlite(element: _Joined, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"group_concat(nullif({compiler.process(element.clauses, **kw)}, ''), ',')"
-
-
 def _rollup_key(q: StatsQuery, pieces: list[tuple[datetime | None, int]]
                 ) -> list[sa.ColumnElement[Any]]:
     """The group key (k, koff) of a rollup row, as _key_columns gives it for its calls."""
@@ -392,31 +397,50 @@ def _rollup_key(q: StatsQuery, pieces: list[tuple[datetime | None, int]]
     return [sa.literal(0, sa.Integer).label("k"), sa.literal(0, sa.Integer).label("koff")]
 
 
-async def _calls_from_rollup(conn: AsyncConnection, q: StatsQuery,
-                             pieces: list[tuple[datetime | None, int]],
-                             acc: Callable[[Any, Any], _Acc], totals: _Acc
-                             ) -> dict[tuple[Any, int], dict[str | None, TargetTally]]:
-    """The calls' figures per group, added up from the rollup's hours (rollup_answers):
-    the sums in SQL, the binned values joined per group and counted in Python, and
-    the per-line target tallies from the same hours (`_line_tallies_from_rollup`)."""
+def target_rings(targets: LineTargets, line: Any) -> sa.ColumnElement[int]:
+    """Each row's line's target_rings, as SQL."""
+    default = sa.literal(targets.default.target_rings, sa.Integer)
+    if not targets.lines:
+        return default
+    return sa.case({name: t.target_rings for name, t in targets.lines.items()}, value=line,
+                   else_=default)
+
+
+def _rollup_where(q: StatsQuery) -> list[sa.ColumnElement[bool]]:
     h = call_hours.c
     where = [h.hour >= rollup.hour_of(q.start), h.hour < rollup.hour_of(q.end)]
     if q.pbx is not None:
         where.append(h.pbx == q.pbx)
+    return where
+
+
+async def _calls_from_rollup(conn: AsyncConnection, q: StatsQuery,
+                             pieces: list[tuple[datetime | None, int]],
+                             acc: Callable[[Any, Any], _Acc], totals: _Acc
+                             ) -> dict[str | None, TargetTally]:
+    """The calls' figures per group, added up from the rollup's hours (rollup_answers),
+    each group's calls within their line's target included; the per-line tallies.
+
+    Counts, sums and the within-N-rings counts in SQL; the wait and ring-time values
+    joined per group and counted in Python."""
+    h = call_hours.c
+    where = _rollup_where(q)
     key = _rollup_key(q, pieces)
     total = sa.func.sum
     stmt = sa.select(
         *key, total(h.outbound), total(h.short_abandons), total(h.answered),
         total(h.abandoned), total(h.missed), total(h.other_inbound), total(h.hangup_known),
         total(h.agent_hung_up_first), total(h.ring_sum), total(h.wait_sum),
-        _Joined(h.rings_bins), _Joined(h.wait_bins), _Joined(h.ring_bins),
+        total(rollup.within(q.rings)), total(rollup.within(target_rings(q.targets, h.line))),
+        rollup.Joined(h.wait_bins), rollup.Joined(h.ring_bins),
     ).where(*where)
     if q.group_by is not None:
         stmt = stmt.group_by(*(c.element for c in key))
     everything: list[int] = []
+    seconds = int(q.seconds)
     for (k, koff, outbound, short, answered, abandoned, missed, other, hangup_known,
-         agent_first, ring_sum, wait_sum, rings_bins, wait_bins, ring_bins) in (
-            await conn.execute(stmt)).all():
+         agent_first, ring_sum, wait_sum, within_rings, within_target, wait_bins,
+         ring_bins) in (await conn.execute(stmt)).all():
         if answered is None:  # no group: no row of the rollup in the period
             continue
         a = acc(k, koff)
@@ -426,40 +450,34 @@ async def _calls_from_rollup(conn: AsyncConnection, q: StatsQuery,
         a.abandoned = abandoned + counted_short
         a.hangup_known, a.agent_hung_up_first = hangup_known, agent_first
         a.ring_sum, a.wait_sum = ring_sum or 0.0, wait_sum or 0.0
-        a.within_rings = bisect.bisect_right(rollup.values(rings_bins), q.rings)
-        a.within_seconds = bisect.bisect_right(rollup.values(wait_bins), int(q.seconds))
+        a.within_rings, a.within_target = within_rings, within_target
+        a.within_seconds = bisect.bisect_right(rollup.values(wait_bins), seconds)
         ring = rollup.values(ring_bins)
         a.p90_ring = rollup.p90_ring(ring, nearest_rank(len(ring), P90))
         everything += ring
     everything.sort()
     totals.p90_ring = rollup.p90_ring(everything, nearest_rank(len(everything), P90))
-    return await _line_tallies_from_rollup(conn, q, key, where)
+    return await _line_tallies_from_rollup(conn, q, where)
 
 
 async def _line_tallies_from_rollup(conn: AsyncConnection, q: StatsQuery,
-                                    key: list[sa.ColumnElement[Any]],
                                     where: list[sa.ColumnElement[bool]]
-                                    ) -> dict[tuple[Any, int], dict[str | None, TargetTally]]:
-    """`_line_tallies` from the rollup's hours: per group and line, the answered calls'
-    rings (binned exactly up to 100, past any line's target) and the unanswered count,
-    fed to the same rule, `tally_rings`; no read of the period's calls."""
+                                    ) -> dict[str | None, TargetTally]:
+    """Per line over the whole period: its inbound calls, answered ones and those
+    answered within its own target_rings, summed by the database."""
     h = call_hours.c
     total = sa.func.sum
-    stmt = sa.select(*key, h.line, total(h.short_abandons), total(h.abandoned),
-                     total(h.missed), total(h.other_inbound), _Joined(h.rings_bins)
-                     ).where(*where)
-    stmt = stmt.group_by(*(c.element for c in key), h.line) if q.group_by is not None \
-        else stmt.group_by(h.line)
-    rows: dict[tuple[Any, int], list[tuple[str | None, int | None, int]]] = {}
-    result: Iterable[Any] = await conn.execute(stmt)
-    for k, koff, line, short, abandoned, missed, other, rings_bins in result:
-        found = rows.setdefault((k, koff), [])
-        unanswered = abandoned + missed + other + (0 if q.exclude_short_abandons else short)
-        if unanswered:
-            found.append((line or None, None, unanswered))
-        for rings, n in Counter(rollup.values(rings_bins)).items():
-            found.append((line or None, rings, n))
-    return {group: tally_rings(found, q.targets) for group, found in rows.items()}
+    short = sa.literal(0, sa.Integer) if q.exclude_short_abandons else h.short_abandons
+    stmt = sa.select(h.line, total(h.answered + h.abandoned + h.missed + h.other_inbound + short),
+                     total(h.answered), total(rollup.within(target_rings(q.targets, h.line)))
+                     ).where(*where).group_by(h.line)
+    out: dict[str | None, TargetTally] = {}
+    for line, inbound, answered, within_target in await conn.execute(stmt):
+        if inbound:
+            out.setdefault(line or None, TargetTally()).add(
+                TargetTally(inbound, answered, within_target))
+    return out
+
 
 def counted_calls(q: StatsQuery) -> list[sa.ColumnElement[bool]]:
     """The calls the figures of `q` count: inbound and outbound arriving in its period."""
@@ -556,9 +574,11 @@ async def _calls_exact(conn: AsyncConnection, q: StatsQuery,
 async def compute(conn: AsyncConnection, q: StatsQuery) -> dict[str, Any]:
     """Totals and (with group_by) one block per group, sorted by key (None last)."""
     pg = conn.dialect.name == "postgresql"
-    if pg:  # a month's rows sorted by hour: a few MB, more than the default 4 MB in memory
-        await conn.execute(sa.text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
     pieces = offset_pieces(q.start, q.end, q.tz)
+    from_rollup = q.rollup and rollup_answers(q, pieces)
+    if pg and not from_rollup:  # a month's calls sorted by hour: a few MB, more than the
+        # default 4 MB in memory
+        await conn.execute(sa.text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
     grouped = q.group_by is not None
     totals = _Acc()
     groups: dict[tuple[Any, int], _Acc] = {}
@@ -570,13 +590,14 @@ async def compute(conn: AsyncConnection, q: StatsQuery) -> dict[str, Any]:
             found = groups[(k, koff)] = _Acc()
         return found
 
-    if q.rollup and rollup_answers(q, pieces):
-        by_line = await _calls_from_rollup(conn, q, pieces, acc, totals)
+    if from_rollup:
+        by_line = [await _calls_from_rollup(conn, q, pieces, acc, totals)]
     else:
-        by_line = await _calls_exact(conn, q, pieces, acc, totals, agent_names)
-    # Each line's calls against its own ring target.
-    for (k, koff), tallies in by_line.items():
-        acc(k, koff).within_target = sum(t.within_target for t in tallies.values())
+        by_group = await _calls_exact(conn, q, pieces, acc, totals, agent_names)
+        # Each group's calls against their line's own ring target.
+        for (k, koff), tallies in by_group.items():
+            acc(k, koff).within_target = sum(t.within_target for t in tallies.values())
+        by_line = list(by_group.values())
 
     # Worklist entries whose first miss is in the period: counts and median callback time.
     w = worklist_entries.c
@@ -612,7 +633,7 @@ async def compute(conn: AsyncConnection, q: StatsQuery) -> dict[str, Any]:
     for a in groups.values():
         totals.add(a)
     targets = {"default_target": _target(q.targets, None),
-               "line_targets": line_target_figures(q.targets, by_line.values())}
+               "line_targets": line_target_figures(q.targets, by_line)}
     if not grouped:  # one group, the totals
         only = groups.get((0, 0))
         if only is not None:
@@ -634,6 +655,8 @@ async def compute(conn: AsyncConnection, q: StatsQuery) -> dict[str, Any]:
 # The grouping, for the figures computed elsewhere (callhub/store/resolution_stats.py).
 key_columns = _key_columns
 group_key = _group_key
+rollup_key = _rollup_key
+rollup_where = _rollup_where
 
 
 # -- each line's own target --------------------------------------------------------------------
@@ -644,7 +667,7 @@ async def _line_tallies(conn: AsyncConnection, base: sa.Subquery,
     """Per group key, per line: the counted inbound calls against the line's target.
 
     The database counts calls per (group, line, rings of an answered call); which
-    rings are within a line's target is `tally_rings`' rule, as for a rollup's counts."""
+    rings are within a line's target is `tally_rings`' rule."""
     b = base.c
     rings = sa.case((b.kind == ANSWERED, b.rings)).label("answered_rings")
     stmt = sa.select(b.k, b.koff, b.line, rings, sa.func.count()).where(counted) \

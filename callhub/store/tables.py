@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect
 
 from callhub.records import FIELD_LIMITS as LIMITS
@@ -297,8 +298,16 @@ rotation_positions = sa.Table(
 
 # Issue 15: the calls of each (pbx, line, UTC hour) counted and binned, kept by the writer in
 # the transaction that stores them (callhub/store/rollup.py), so /stats over a month reads
-# a few thousand rows instead of tens of thousands of calls. The *_bins columns are the
-# answered inbound calls' binned values, sorted, comma-separated: a histogram spelled out.
+# a few thousand rows instead of tens of thousands of calls. `rings_le` counts the answered
+# inbound calls by rings, cumulatively; the *_bins columns are their binned wait and ring
+# time, sorted, comma-separated: a histogram spelled out. The resolution and satisfaction
+# counts are those callhub/store/resolution_stats.py gives.
+# The values a call's resolution and a follow-up's satisfaction take (callhub/store/resolution.py).
+RESOLUTIONS = ("resolved", "referred", "pending", "unresolved")
+SATISFACTIONS = ("satisfied", "fair", "dissatisfied", "unreachable")
+ROLLUP_COUNTS = ("resolved", "referred", "resolution_pending", "unresolved", "satisfied",
+                 "fair", "dissatisfied", "unreachable")
+INT_LIST = sa.JSON().with_variant(ARRAY(sa.Integer), "postgresql")
 call_hours = sa.Table(
     "call_hours", metadata,
     sa.Column("pbx", sa.String(64), nullable=False),
@@ -314,13 +323,15 @@ call_hours = sa.Table(
     sa.Column("agent_hung_up_first", sa.Integer, nullable=False),
     sa.Column("ring_sum", sa.Float, nullable=False),  # answered
     sa.Column("wait_sum", sa.Float, nullable=False),  # answered
-    sa.Column("rings_bins", sa.Text, nullable=False),  # rings (101: more than 100)
+    sa.Column("rings_le", INT_LIST, nullable=False),  # [n-1]: answered with rings <= n
     sa.Column("wait_bins", sa.Text, nullable=False),  # ceil(wait_seconds), 86401: more
     sa.Column("ring_bins", sa.Text, nullable=False),  # ceil(ring_seconds * 10)
+    *(sa.Column(name, sa.Integer, nullable=False) for name in ROLLUP_COUNTS),
     sa.Column("changed_at", UtcDateTime(), nullable=False),
 )
 sa.Index("ix_call_hours_hour_pbx", call_hours.c.hour, call_hours.c.pbx, call_hours.c.changed_at)
-# What the stats cache checks of a period's worklist (callhub/store/stats_cache.py), read
-# from the index alone.
-sa.Index("ix_worklist_first_missed_updated", worklist_entries.c.first_missed_at,
-         worklist_entries.c.updated_at, worklist_entries.c.pbx)
+# What the stats cache checks of a period's worklist (callhub/store/stats_cache.py) and
+# what /stats counts of it (callhub/store/stats.py), read from the index alone.
+sa.Index("ix_worklist_first_missed_figures", worklist_entries.c.first_missed_at,
+         worklist_entries.c.updated_at, worklist_entries.c.pbx, worklist_entries.c.status,
+         postgresql_include=["time_to_callback_seconds"])

@@ -1,4 +1,4 @@
-"""Issue 15: the hourly rollup of calls behind /stats (callhub/store/rollup.py), filled;
+"""Issue 15: the hourly rollup of calls behind /stats (callhub/store/rollup.py);
 the index the stats cache reads the worklist's changes from.
 
 Revision ID: 0010_hourly_rollup
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-
-from callhub.store import rollup
 
 TS = sa.DateTime(timezone=True)
 
@@ -45,8 +43,8 @@ def upgrade() -> None:
     op.create_index("ix_call_hours_hour_pbx", "call_hours", ["hour", "pbx", "changed_at"])
     op.create_index("ix_worklist_first_missed_updated", "worklist_entries",
                     ["first_missed_at", "updated_at", "pbx"])
-    # The calls stored before this revision, counted as the writer would have.
-    rollup.rebuild_sync(op.get_bind())
+    # Filled by 0011_rollup_figures, which makes the table again in the shape the rollup's
+    # code (callhub/store/rollup.py) writes today.
 
 
 def downgrade() -> None:
