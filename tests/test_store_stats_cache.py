@@ -17,7 +17,7 @@ from store_fixtures import make_call, store
 from test_store_stats import DAYS, START, random_calls
 
 from callhub.config import Settings
-from callhub.store import stats, worklist
+from callhub.store import stats, stats_cache, worklist
 from callhub.store.db import Database
 from callhub.store.stats_cache import StatsCache
 from callhub.store.tables import worklist_entries
@@ -25,7 +25,7 @@ from callhub.store.tables import worklist_entries
 
 async def fresh(db: Database, q: stats.StatsQuery) -> dict[str, object]:
     async with db.connection() as conn:
-        return await stats.compute(conn, q)
+        return await stats_cache.figures(conn, q)
 
 
 async def test_the_cache_answers_until_a_write_changes_the_period(
@@ -65,6 +65,23 @@ async def test_the_cache_answers_until_a_write_changes_the_period(
     third = await cached()
     assert third != second and third == await fresh(any_db, q)
 
+    # A callback after the period to a number missed in it: the writer handles the entry,
+    # whose first miss is in the period, far from the hour of the call it stores.
+    async with any_db.connection() as conn:
+        number = (await conn.execute(
+            sa.select(worklist_entries.c.number).where(
+                worklist_entries.c.status == "pending",
+                worklist_entries.c.first_missed_at < START + timedelta(days=DAYS - 2))
+            .limit(1))).scalar_one()
+    await store(any_db, store_settings,
+                make_call("callback", at=(START + timedelta(days=DAYS, hours=5)).timestamp(),
+                          direction="outbound", called_number=number))
+    handled = await cached()
+    assert handled["totals"]["handled_callbacks"] == \
+        third["totals"]["handled_callbacks"] + 1  # type: ignore[index]
+    assert handled == await fresh(any_db, q)
+    third = handled
+
     # A write outside the period leaves it cached.
     await store(any_db, store_settings,
                 make_call("later", at=(START + timedelta(days=DAYS + 3)).timestamp()))
@@ -99,3 +116,28 @@ async def test_requests_for_figures_being_computed_wait_for_them(
     assert all(a == answers[0] for a in answers)
     assert answers[0] == await fresh(any_db, q)
     assert cache.misses == 1 and cache.hits == 4
+
+
+async def test_the_rendered_answer_is_kept_until_a_write_changes_the_period(
+        any_db: Database, store_settings: Settings) -> None:
+    await store(any_db, store_settings, *random_calls(seed=10))
+    q = stats.StatsQuery(start=START, end=START + timedelta(days=DAYS),
+                         tz=ZoneInfo("Asia/Shanghai"), group_by="day", rollup=True)
+    cache = StatsCache()
+    renders: list[dict[str, object]] = []
+
+    def render(figures: dict[str, object]) -> bytes:
+        renders.append(figures)
+        return repr(figures).encode()
+
+    async def rendered() -> bytes:
+        async with any_db.connection() as conn:
+            return await cache.rendered(conn, q, render)
+
+    first = await rendered()
+    assert await rendered() is first and len(renders) == 1
+    assert renders[0] == await fresh(any_db, q)
+    await store(any_db, store_settings,
+                make_call("late", at=START.timestamp() + 3 * 86400, outcome="answered"))
+    second = await rendered()
+    assert second != first and len(renders) == 2 and renders[1] == await fresh(any_db, q)

@@ -152,11 +152,16 @@ def reply(request: web.Request, data: Any, status: int = 200,
     documented passes, 3.0 for an int does not); a mismatch raises, which the
     app logs as a 500.
     """
+    return reply_encoded(request, encode(data), status, headers)
+
+
+def reply_encoded(request: web.Request, body: bytes, status: int = 200,
+                  headers: Mapping[str, str] | None = None) -> web.Response:
+    """`reply` of data already encoded (`encode`), such as an answer kept by a cache."""
     op = request[INPUTS].operation
     doc = op.responses.get(str(status))
     if not isinstance(doc, Reply) or doc.model is None:
         raise LookupError(f"{op.method} {op.path} documents no JSON body for {status}")
-    body = encode(data)
     if request.app.get(VALIDATE, False):
         adapter(doc.model).validate_json(body, strict=True)
     return web.Response(body=body, status=status, content_type="application/json",

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import weakref
 from datetime import datetime, time, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import Field
 
-from callhub.api.base import DB, SETTINGS, Operation, Reply, query_of, reply
+from callhub.api.base import DB, SETTINGS, Operation, Reply, encode, query_of, reply_encoded
 from callhub.api.params import BadParameter, Filter, Moment, Query
 from callhub.api.schemas import Stats
-from callhub.store import resolution_stats, stats
+from callhub.store import stats
 from callhub.store.db import Database
 from callhub.store.stats_cache import StatsCache
 
@@ -62,14 +62,17 @@ async def get_stats(request: web.Request) -> web.StreamResponse:
                          exclude_short_abandons=settings.stats_exclude_short_abandons,
                          tz=tz, pbx=args.pbx, targets=settings.line_targets(args.pbx))
     db = request.app[DB]
+
+    def render(figures: dict[str, Any]) -> bytes:
+        return encode({
+            "from": start, "to": end, "group_by": q.group_by, "rings": q.rings,
+            "seconds": q.seconds, "short_abandons_excluded": q.exclude_short_abandons,
+            **figures,
+        })
+
     async with db.connection() as conn:
-        figures = await cache_of(db).compute(conn, q)
-        figures = await resolution_stats.compute_into(conn, q, figures)
-    return reply(request, {
-        "from": start, "to": end, "group_by": q.group_by, "rings": q.rings,
-        "seconds": q.seconds, "short_abandons_excluded": q.exclude_short_abandons,
-        **figures,
-    })
+        body = await cache_of(db).rendered(conn, q, render)
+    return reply_encoded(request, body)
 
 
 OPERATIONS = (

@@ -116,6 +116,7 @@ class Saved:
     agents: AgentNames = field(default_factory=dict)
     sms_queued: int = 0  # SMS queued in the outbox with these calls ([sms])
     sms_skipped: list[tuple[str | None, str]] = field(default_factory=list)  # (line, reason)
+    worklist_hours: set[tuple[str, int]] = field(default_factory=set)  # (pbx, UTC hour)
 
 
 def distinct_runs(records: Sequence[CallRecord]) -> Iterator[Sequence[CallRecord]]:
@@ -170,7 +171,8 @@ async def save_calls(conn: AsyncConnection, records: Sequence[CallRecord], setti
         written = {(r.pbx, r.linkedid): call_id for r, call_id in zip(run, ids, strict=True)}
         saved.ids += [written[key] if key in written else stored_ids[key]
                       for key in ((r.pbx, r.linkedid) for r in whole)]
-    await rollup.refresh(conn, records)  # /stats' hourly rollup, in this same transaction
+    # /stats' hourly rollup, in this same transaction
+    await rollup.refresh(conn, records, also_changed=saved.worklist_hours)
     return saved
 
 
@@ -189,7 +191,9 @@ async def after_merge(conn: AsyncConnection, run: Sequence[CallRecord], ids: Seq
     saved.agents |= await upsert_agents(
         conn, [(r.pbx, r.agent, r.agent_name) for r in run if r.agent], now,
         {**(known_agents or {}), **saved.agents})
-    saved.callback_seconds += await worklist.apply_batch(conn, run, ids, settings, before, now)
+    applied = await worklist.apply_batch(conn, run, ids, settings, before, now)
+    saved.callback_seconds += applied.seconds
+    saved.worklist_hours |= applied.hours
     if settings.sms is not None:
         queued = await queue_sms(conn, run, ids, settings.sms, contacts)
         saved.sms_queued += queued.queued

@@ -2,55 +2,63 @@
 
 A month by hour is 720 blocks of figures: even from the hourly rollup, adding
 them up costs more Python than a page of calls, and desks ask for the same
-few periods over and over. Only figures the rollup gives are cached; each is
-kept with a token of its inputs, read before it is computed and again on
-every request (two index range reads):
+few periods over and over. Only figures the rollup gives are cached (with
+the API's rendering of them); each is kept with a token of its inputs, read
+before it is computed and again on every request: the period's rollup rows,
+their number and latest `changed_at`, one range read of an index.
 
-- the period's rollup rows: their number and latest `changed_at` (the writer
-  recomputes a bucket with `changed_at` = now whenever a call of it is stored);
-- the period's worklist entries: their number and latest `updated_at` (every
-  change of an entry sets it).
-
-Any write to the period changes the token, so an answer is never older than
-the request (a write committed between the token and the computation only
-costs a recomputation on the next request). On PostgreSQL `changed_at` is
-the database's clock read under the rollup's lock, so it grows with every
-write whatever the writers' hosts' clocks say; a worklist entry's
-`updated_at` is its writer's clock, so two hosts whose clocks differ can
-leave a worklist figure cached until the next write to that period.
+Every write that changes a period's figures stamps its hours' rows with
+`changed_at` = now, in its own transaction: storing a call recomputes its
+hour; setting a call's resolution or a follow-up's satisfaction recomputes
+the call's hour; a worklist entry written by the writer or marked by hand
+stamps the hour of its first miss (`rollup.touch`), which is where /stats
+counts it. So an answer is never older than the request (a write committed
+between the token and the computation only costs a recomputation on the
+next request). On PostgreSQL `changed_at` is the database's clock read
+under the rollup's lock, so it grows with every write whatever the writers'
+hosts' clocks say.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from callhub.store import rollup, stats
-from callhub.store.tables import call_hours, worklist_entries
+from callhub.store import resolution_stats, rollup, stats
+from callhub.store.tables import call_hours
 
 SIZE = 64  # queries kept (a month by hour is about 400 KB of figures)
 
 Token = tuple[Any, ...]
 
 
+def _token_statement(by_pbx: bool) -> sa.Select[int, Any]:
+    """One round trip: the rollup rows' count and latest change in [lo, hi) (of one PBX),
+    read from the index alone; built once, so each request only binds its values."""
+    h = call_hours.c
+    hours: list[sa.ColumnElement[bool]] = [h.hour >= sa.bindparam("lo_hour"),
+                                           h.hour < sa.bindparam("hi_hour")]
+    if by_pbx:
+        hours.append(h.pbx == sa.bindparam("pbx"))
+    return sa.select(sa.func.count(), sa.func.max(h.changed_at)).where(*hours)
+
+
+_TOKEN = {by_pbx: _token_statement(by_pbx) for by_pbx in (False, True)}
+
+
 async def token(conn: AsyncConnection, q: stats.StatsQuery) -> Token:
     """What the figures of `q` were counted from, in a few values."""
-    h, w = call_hours.c, worklist_entries.c
-    hours = [h.hour >= rollup.hour_of(q.start), h.hour < rollup.hour_of(q.end)]
-    entries = [w.first_missed_at >= q.start, w.first_missed_at < q.end]
+    params: dict[str, Any] = {"lo_hour": rollup.hour_of(q.start),
+                              "hi_hour": rollup.hour_of(q.end)}
     if q.pbx is not None:
-        hours.append(h.pbx == q.pbx)
-        entries.append(w.pbx == q.pbx)
-    parts = [sa.select(sa.func.count()).where(*hours).scalar_subquery(),
-             sa.select(sa.func.max(h.changed_at)).where(*hours).scalar_subquery(),
-             sa.select(sa.func.count()).where(*entries).scalar_subquery(),
-             sa.select(sa.func.max(w.updated_at)).where(*entries).scalar_subquery()]
-    return tuple((await conn.execute(sa.select(*parts))).one())  # one round trip
+        params["pbx"] = q.pbx
+    return tuple((await conn.execute(_TOKEN[q.pbx is not None], params)).one())
 
 
 def _key(q: stats.StatsQuery) -> Hashable:
@@ -68,31 +76,58 @@ def _copy(figures: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+async def figures(conn: AsyncConnection, q: stats.StatsQuery) -> dict[str, Any]:
+    """Everything /stats counts: stats.compute's figures with the resolution and
+    satisfaction figures added (both from the rollup when it answers)."""
+    return await resolution_stats.compute_into(conn, q, await stats.compute(conn, q))
+
+
+@dataclass(slots=True)
+class _Kept:
+    token: Token
+    figures: dict[str, Any]
+    body: bytes | None = None  # the figures as the API rendered them, once asked
+
+
 class StatsCache:
-    """`compute` as stats.compute, answering again from memory while the token holds."""
+    """`figures`, answered again from memory while the token holds; also their rendering."""
 
     def __init__(self, size: int = SIZE) -> None:
         self.size = size
-        self._kept: OrderedDict[Hashable, tuple[Token, dict[str, Any]]] = OrderedDict()
-        self._computing: dict[tuple[Hashable, Token],
-                              asyncio.Future[dict[str, Any] | None]] = {}
+        self._kept: OrderedDict[Hashable, _Kept] = OrderedDict()
+        self._computing: dict[tuple[Hashable, Token], asyncio.Future[_Kept | None]] = {}
         self.hits = self.misses = 0
 
     async def compute(self, conn: AsyncConnection, q: stats.StatsQuery) -> dict[str, Any]:
-        """stats.compute(conn, q), from memory while its inputs are unchanged (a copy: the
-        caller may add figures to its blocks)."""
-        return _copy(await self._compute(conn, q))
+        """figures(conn, q), from memory while its inputs are unchanged (a copy: the
+        caller may change it)."""
+        kept = await self._kept_for(conn, q)
+        return _copy(kept.figures) if kept is not None else await figures(conn, q)
 
-    async def _compute(self, conn: AsyncConnection, q: stats.StatsQuery) -> dict[str, Any]:
+    async def rendered(self, conn: AsyncConnection, q: stats.StatsQuery,
+                       render: Callable[[dict[str, Any]], bytes]) -> bytes:
+        """render(figures(conn, q)), kept with the figures: a month by hour is half a
+        megabyte of JSON, so an unchanged answer is sent as the bytes made last time.
+        `render` must depend on nothing but the figures and `q`."""
+        kept = await self._kept_for(conn, q)
+        if kept is None:
+            return render(await figures(conn, q))
+        if kept.body is None:
+            kept.body = render(kept.figures)
+        return kept.body
+
+    async def _kept_for(self, conn: AsyncConnection, q: stats.StatsQuery) -> _Kept | None:
+        """The kept figures of `q`, computed if its inputs changed; None when the rollup
+        does not answer `q` (nothing then to check a cached answer against)."""
         if not (q.rollup and stats.rollup_answers(q, stats.offset_pieces(q.start, q.end, q.tz))):
-            return await stats.compute(conn, q)
+            return None
         now = await token(conn, q)
         key = _key(q)
         kept = self._kept.get(key)
-        if kept is not None and kept[0] == now:
+        if kept is not None and kept.token == now:
             self._kept.move_to_end(key)
             self.hits += 1
-            return kept[1]
+            return kept
         # Requests for the same figures while they are being computed wait for them.
         computing = self._computing.get((key, now))
         if computing is not None:
@@ -102,15 +137,15 @@ class StatsCache:
                 return done
         self.misses += 1
         computing = self._computing[(key, now)] = asyncio.get_running_loop().create_future()
-        figures: dict[str, Any] | None = None
+        fresh: _Kept | None = None
         try:
-            figures = await stats.compute(conn, q)
+            fresh = _Kept(now, await figures(conn, q))
         finally:
             if self._computing.get((key, now)) is computing:
                 del self._computing[(key, now)]
-            computing.set_result(figures)
-        self._kept[key] = (now, figures)
+            computing.set_result(fresh)
+        self._kept[key] = fresh
         self._kept.move_to_end(key)
         while len(self._kept) > self.size:
             self._kept.popitem(last=False)
-        return figures
+        return fresh

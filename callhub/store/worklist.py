@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callhub.config import Settings
 from callhub.records import CallRecord
-from callhub.store import bulk
+from callhub.store import bulk, rollup
 from callhub.store.chunks import chunks, is_in, set_chunk
 from callhub.store.errors import InvalidTransition, NotFound
 from callhub.store.tables import calls, utc, worklist_calls, worklist_entries
@@ -164,6 +164,7 @@ class _Entry:
     handled_call_id: int | None = None
     time_to_callback_seconds: float | None = None
     changed: bool = False
+    loaded_first_missed_at: datetime | None = None  # as stored, for a stored entry
 
 
 class _Batch:
@@ -276,8 +277,18 @@ async def _lock_numbers(conn: AsyncConnection, numbers: Sequence[str]) -> None:
         {"numbers": list(numbers)})
 
 
+@dataclass(slots=True)
+class Applied:
+    """What a batch did to the worklist: the time to callback of every entry it handled,
+    and the (pbx, UTC hour) of the first miss of every entry it wrote (/stats counts
+    entries by it: the stats cache must see those hours change)."""
+
+    seconds: list[float] = field(default_factory=list)
+    hours: set[tuple[str, int]] = field(default_factory=set)
+
+
 async def apply_batch(conn: AsyncConnection, records: Sequence[CallRecord], ids: Sequence[int],
-                      settings: Settings, before: Before, now: datetime) -> list[float]:
+                      settings: Settings, before: Before, now: datetime) -> Applied:
     """Update the worklist for stored calls (inside the writer's transaction), set-based.
 
     `records` (distinct keys) were just stored with `ids`; `before` is what
@@ -285,12 +296,12 @@ async def apply_batch(conn: AsyncConnection, records: Sequence[CallRecord], ids:
     read in one query, the records applied to them in order in memory (as
     if written one by one), and the result written back: changed entries,
     new entries, their calls. Returns the time to callback of every entry
-    the batch handled.
+    the batch handled, and the hours of the entries it wrote.
     """
     numbers = sorted({r.external_number or "" for r in records
                       if is_worklist_miss(r, settings) or is_reach(r)})
     if not numbers:
-        return []
+        return Applied()
     await _lock_numbers(conn, numbers)
     loaded: list[_Entry] = []
     for part in chunks(numbers, set_chunk(conn)):
@@ -301,7 +312,8 @@ async def apply_batch(conn: AsyncConnection, records: Sequence[CallRecord], ids:
             .where(worklist_entries.c.status == "pending",
                    is_in(conn, worklist_entries.c.number, part)))
         loaded += [_Entry(row.id, row.pbx, row.number, row.line, row.first_missed_at,
-                          row.last_missed_at, row.call_count) for row in rows]
+                          row.last_missed_at, row.call_count,
+                          loaded_first_missed_at=row.first_missed_at) for row in rows]
     batch = _Batch(before, loaded)
     for record, call_id in zip(records, ids, strict=True):
         batch.stored(call_id, record)
@@ -310,7 +322,10 @@ async def apply_batch(conn: AsyncConnection, records: Sequence[CallRecord], ids:
         elif is_reach(record):
             batch.reach(call_id, record)
     await _write(conn, batch, now)
-    return batch.seconds
+    hours = {(e.pbx, rollup.hour_of(rollup.utc_value(at)))
+             for e in (*batch.opened, *(e for e in loaded if e.changed))
+             for at in (e.first_missed_at, e.loaded_first_missed_at) if at is not None}
+    return Applied(batch.seconds, hours)
 
 
 async def _write(conn: AsyncConnection, batch: _Batch, now: datetime) -> None:
@@ -357,7 +372,8 @@ async def mark(conn: AsyncConnection, entry_id: int, status: str, who: str | Non
     """
     now = now or datetime.now(UTC)
     row = (await conn.execute(
-        sa.select(worklist_entries.c.status, worklist_entries.c.first_missed_at)
+        sa.select(worklist_entries.c.status, worklist_entries.c.first_missed_at,
+                  worklist_entries.c.pbx)
         .where(worklist_entries.c.id == entry_id))).first()
     if row is None:
         raise NotFound(f"no worklist entry {entry_id}")
@@ -372,6 +388,8 @@ async def mark(conn: AsyncConnection, entry_id: int, status: str, who: str | Non
         values["time_to_callback_seconds"] = took
     await conn.execute(sa.update(worklist_entries)
                        .where(worklist_entries.c.id == entry_id).values(**values))
+    # /stats counts the entry in the hour of its first miss: its cached figures are stale.
+    await rollup.touch(conn, {(row.pbx, rollup.hour_of(rollup.utc_value(row.first_missed_at)))})
     return took
 
 
