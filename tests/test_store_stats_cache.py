@@ -23,6 +23,14 @@ from callhub.store.stats_cache import StatsCache
 from callhub.store.tables import worklist_entries
 
 
+async def stored_period(db: Database, settings: Settings, seed: int, group_by: str
+                        ) -> stats.StatsQuery:
+    """Random calls stored; the query of their whole period, by `group_by`, from the rollup."""
+    await store(db, settings, *random_calls(seed=seed))
+    return stats.StatsQuery(start=START, end=START + timedelta(days=DAYS),
+                            tz=ZoneInfo("Asia/Shanghai"), group_by=group_by, rollup=True)
+
+
 async def fresh(db: Database, q: stats.StatsQuery) -> dict[str, object]:
     async with db.connection() as conn:
         return await stats_cache.figures(conn, q)
@@ -30,9 +38,7 @@ async def fresh(db: Database, q: stats.StatsQuery) -> dict[str, object]:
 
 async def test_the_cache_answers_until_a_write_changes_the_period(
         any_db: Database, store_settings: Settings) -> None:
-    await store(any_db, store_settings, *random_calls(seed=7))
-    q = stats.StatsQuery(start=START, end=START + timedelta(days=DAYS),
-                         tz=ZoneInfo("Asia/Shanghai"), group_by="hour", rollup=True)
+    q = await stored_period(any_db, store_settings, 7, "hour")
     cache = StatsCache()
 
     async def cached() -> dict[str, object]:
@@ -103,9 +109,7 @@ async def test_what_the_rollup_cannot_answer_is_not_cached(
 
 async def test_requests_for_figures_being_computed_wait_for_them(
         any_db: Database, store_settings: Settings) -> None:
-    await store(any_db, store_settings, *random_calls(seed=9))
-    q = stats.StatsQuery(start=START, end=START + timedelta(days=DAYS),
-                         tz=ZoneInfo("Asia/Shanghai"), group_by="hour", rollup=True)
+    q = await stored_period(any_db, store_settings, 9, "hour")
     cache = StatsCache()
 
     async def cached() -> dict[str, object]:
@@ -120,9 +124,7 @@ async def test_requests_for_figures_being_computed_wait_for_them(
 
 async def test_the_rendered_answer_is_kept_until_a_write_changes_the_period(
         any_db: Database, store_settings: Settings) -> None:
-    await store(any_db, store_settings, *random_calls(seed=10))
-    q = stats.StatsQuery(start=START, end=START + timedelta(days=DAYS),
-                         tz=ZoneInfo("Asia/Shanghai"), group_by="day", rollup=True)
+    q = await stored_period(any_db, store_settings, 10, "day")
     cache = StatsCache()
     renders: list[dict[str, object]] = []
 
