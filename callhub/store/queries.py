@@ -202,10 +202,20 @@ def worklist_position(entry: dict[str, Any]) -> WorklistPosition:
                             entry["id"])
 
 
+_ENTRY_CALL_COLUMNS = (calls.c.id, calls.c.linkedid, calls.c.arrived_at, calls.c.outcome,
+                       calls.c.reason, calls.c.ring_seconds, calls.c.wait_seconds,
+                       calls.c.caller_name, calls.c.called_number)
+"""What a worklist entry shows of each of its calls."""
+_ENTRY_KEYS = tuple(col.name for col in worklist_entries.c)
+_CALL_KEYS = tuple(col.name for col in _ENTRY_CALL_COLUMNS)
+
+
 @functools.lru_cache(maxsize=256)
 def _worklist_page(statuses: tuple[str, ...], present: frozenset[str],
                    after_rank: int | None) -> sa.Select[Any] | None:
-    """One index range per status, each in page order and cut at the limit, merged."""
+    """One index range per status, each in page order and cut at the limit, merged; then
+    each entry of the page joined to its calls (a row per call, in page order), so the
+    page and its calls are one statement and one snapshot."""
     w = worklist_entries.c
     where: list[sa.ColumnElement[bool]] = []
     for name, column in (("line", w.line), ("number", w.number)):
@@ -232,8 +242,30 @@ def _worklist_page(statuses: tuple[str, ...], present: frozenset[str],
     if not parts:
         return None
     merged = (parts[0] if len(parts) == 1 else sa.union_all(*parts)).subquery("merged")
-    return (sa.select(*(merged.c[col.name] for col in worklist_entries.c))
-            .order_by(merged.c.rank, merged.c.first_missed_at, merged.c.id).limit(limit))
+    page = (sa.select(merged).order_by(merged.c.rank, merged.c.first_missed_at, merged.c.id)
+            .limit(limit).subquery("page"))
+    return (sa.select(*(page.c[name] for name in _ENTRY_KEYS),
+                      *(col.label(f"call_{col.name}") for col in _ENTRY_CALL_COLUMNS))
+            .select_from(page.outerjoin(worklist_calls, worklist_calls.c.entry_id == page.c.id)
+                         .outerjoin(calls, calls.c.id == worklist_calls.c.call_id))
+            .order_by(page.c.rank, page.c.first_missed_at, page.c.id, calls.c.arrived_at,
+                      calls.c.id))
+
+
+def _entries_of(rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    """The entries of a page's rows (an entry's columns, then one of its calls' or nulls),
+    each with its calls in order."""
+    width = len(_ENTRY_KEYS)
+    entries: list[dict[str, Any]] = []
+    entry: dict[str, Any] = {}
+    for row in rows:
+        if not entries or row[0] != entry["id"]:
+            entry = dict(zip(_ENTRY_KEYS, row[:width], strict=True))
+            entry["calls"] = []
+            entries.append(entry)
+        if row[width] is not None:
+            entry["calls"].append(dict(zip(_CALL_KEYS, row[width:], strict=True)))
+    return entries
 
 
 async def list_worklist(conn: AsyncConnection, f: WorklistFilter, limit: int,
@@ -242,7 +274,8 @@ async def list_worklist(conn: AsyncConnection, f: WorklistFilter, limit: int,
 
     One index range per status (status, first_missed_at, id), each in order and
     cut at `limit`, merged: `pending first` needs no sort of the whole table,
-    and a page starts where the last one ended (keyset).
+    and a page starts where the last one ended (keyset). One statement: the
+    entries and their calls come from the same snapshot.
     """
     params = _filter_values(f)
     status = params.pop("status", None)
@@ -253,9 +286,7 @@ async def list_worklist(conn: AsyncConnection, f: WorklistFilter, limit: int,
     params["limit"] = limit
     if after is not None:
         params["after_at"], params["after_id"] = after.first_missed_at, after.id
-    entries = await _dicts(conn, stmt, params)
-    await _attach_calls(conn, entries)
-    return entries
+    return _entries_of((await conn.execute(stmt, params)).all())
 
 
 async def get_entry(conn: AsyncConnection, entry_id: int) -> dict[str, Any] | None:
@@ -269,9 +300,7 @@ async def get_entry(conn: AsyncConnection, entry_id: int) -> dict[str, Any] | No
 
 
 _ENTRY_CALLS_OF = (
-    sa.select(worklist_calls.c.entry_id, calls.c.id, calls.c.linkedid, calls.c.arrived_at,
-              calls.c.outcome, calls.c.reason, calls.c.ring_seconds, calls.c.wait_seconds,
-              calls.c.caller_name, calls.c.called_number)
+    sa.select(worklist_calls.c.entry_id, *_ENTRY_CALL_COLUMNS)
     .join(calls, calls.c.id == worklist_calls.c.call_id)
     .order_by(calls.c.arrived_at, calls.c.id))
 _ENTRY_CALLS = _ENTRY_CALLS_OF.where(
