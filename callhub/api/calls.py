@@ -136,8 +136,7 @@ async def list_calls(request: web.Request) -> web.StreamResponse:
     db = request.app[DB]
     if wants_csv(request, args.format):
         return await csv_export.stream_calls(request, db, f, after, settings.tz)
-    async with db.connection() as conn:
-        rows = await queries.list_calls(conn, f, args.limit + 1, after)
+    rows = await db.read(lambda conn: queries.list_calls(conn, f, args.limit + 1, after))
     next_cursor = None
     if len(rows) > args.limit:
         last = rows[args.limit - 1]

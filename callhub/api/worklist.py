@@ -78,8 +78,8 @@ async def list_worklist(request: web.Request) -> web.StreamResponse:
         after = queries.WorklistPosition(rank, cursors.moment(at), entry_id)
     f = queries.WorklistFilter(status=args.status, line=args.line, number=args.number,
                                start=args.start, end=args.to)
-    async with request.app[DB].connection() as conn:
-        entries = await queries.list_worklist(conn, f, args.limit + 1, after)
+    entries = await request.app[DB].read(
+        lambda conn: queries.list_worklist(conn, f, args.limit + 1, after))
     next_cursor = None
     if len(entries) > args.limit:
         last = queries.worklist_position(entries[args.limit - 1])
