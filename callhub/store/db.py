@@ -108,6 +108,8 @@ class Database:
             except DBAPIError as exc:
                 if attempt == 2 or not exc.connection_invalidated:
                     raise
+                # The server went away: the pool's other connections are as dead.
+                await self._reads.engine.dispose(close=False)
         raise AssertionError("unreachable")
 
     async def ping(self) -> None:

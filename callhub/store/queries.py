@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from callhub.store import fetch
 from callhub.store.tables import (
     attempts,
     calls,
@@ -151,7 +152,7 @@ async def list_calls(conn: AsyncConnection, f: CallFilter, limit: int,
     params["limit"] = limit
     if after is not None:
         params["after_at"], params["after_id"] = after
-    return await _dicts(conn, stmt, params)
+    return await fetch.dicts(conn, stmt, params)
 
 
 async def get_call(conn: AsyncConnection, call_id: int) -> dict[str, Any] | None:
@@ -286,7 +287,7 @@ async def list_worklist(conn: AsyncConnection, f: WorklistFilter, limit: int,
     params["limit"] = limit
     if after is not None:
         params["after_at"], params["after_id"] = after.first_missed_at, after.id
-    return _entries_of((await conn.execute(stmt, params)).all())
+    return _entries_of(await fetch.rows(conn, stmt, params))
 
 
 async def get_entry(conn: AsyncConnection, entry_id: int) -> dict[str, Any] | None:
