@@ -108,9 +108,9 @@ def call_filter(args: CallFilters) -> queries.CallFilter:
 
 
 def call_json(row: dict[str, Any]) -> dict[str, Any]:
-    """A calls row as the API shows it (a copy and three keys dropped: per row, cheaper
-    than picking the other thirty-odd)."""
-    out = dict(row)
+    """A calls row as the API shows it, made of the row itself (three keys dropped, one
+    added: per row, cheaper than a copy or picking the other thirty-odd)."""
+    out = row
     worklist_id = out.pop("worklist_id", None)
     status = out.pop("worklist_status", None)
     out.pop("updated_at", None)

@@ -86,7 +86,11 @@ async def dicts(conn: AsyncConnection, stmt: sa.Select[Any], params: Mapping[str
         result = await conn.execute(stmt, dict(params))
         keys = list(result.keys())
         return [dict(zip(keys, row, strict=True)) for row in result.all()]
-    return [dict(record) for record in await _records(conn, stmt, params)]
+    records = await _records(conn, stmt, params)
+    if not records:
+        return []
+    keys = list(records[0].keys())
+    return [dict(zip(keys, record, strict=True)) for record in records]  # faster than dict(record)
 
 
 async def rows(conn: AsyncConnection, stmt: sa.Select[Any], params: Mapping[str, Any]

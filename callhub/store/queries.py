@@ -108,6 +108,9 @@ SMS_STATUS = (sa.select(sms_outbox.c.status).where(sms_outbox.c.call_id == calls
               .scalar_subquery().label("sms_status"))
 CALL_COLUMNS = [*calls.c, worklist_entries.c.id.label("worklist_id"),
                 worklist_entries.c.status.label("worklist_status"), SMS_STATUS]
+# A list's calls: no page or export shows when a row was last written (a timestamp
+# decoded per row for nothing).
+LIST_COLUMNS = [c for c in CALL_COLUMNS if c is not calls.c.updated_at]
 
 
 @functools.lru_cache(maxsize=512)
@@ -119,7 +122,7 @@ def _calls_page(present: frozenset[str], after: bool) -> sa.Select[Any]:
     if after:  # (arrived_at, id) < the cursor's, and arrived_at <= for the (x, arrived_at) indexes
         at, last_id = _param("after_at", c.arrived_at), _param("after_id", c.id)
         where += [c.arrived_at <= at, sa.tuple_(c.arrived_at, c.id) < sa.tuple_(at, last_id)]
-    return (sa.select(*CALL_COLUMNS).select_from(_worklist_of_calls()).where(*where)
+    return (sa.select(*LIST_COLUMNS).select_from(_worklist_of_calls()).where(*where)
             .order_by(c.arrived_at.desc(), c.id.desc())
             .limit(sa.bindparam("limit", type_=sa.Integer)))
 
@@ -146,7 +149,8 @@ async def _dicts(conn: AsyncConnection, stmt: sa.Executable, params: dict[str, A
 
 async def list_calls(conn: AsyncConnection, f: CallFilter, limit: int,
                      after: tuple[datetime, int] | None = None) -> list[dict[str, Any]]:
-    """Up to `limit` calls matching `f`, newest first, after the keyset position `after`."""
+    """Up to `limit` calls matching `f`, newest first, after the keyset position `after`
+    (their `LIST_COLUMNS`)."""
     present, params = _call_filter_values(f)
     stmt = _calls_page(present, after is not None)
     params["limit"] = limit
