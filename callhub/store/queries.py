@@ -211,7 +211,8 @@ _ENTRY_CALL_COLUMNS = (calls.c.id, calls.c.linkedid, calls.c.arrived_at, calls.c
                        calls.c.reason, calls.c.ring_seconds, calls.c.wait_seconds,
                        calls.c.caller_name, calls.c.called_number)
 """What a worklist entry shows of each of its calls."""
-_ENTRY_KEYS = tuple(col.name for col in worklist_entries.c)
+_ENTRY_KEYS = tuple(col.name for col in worklist_entries.c if col.name != "updated_at")
+"""What a worklist page shows of an entry (when its row was last written: not shown)."""
 _CALL_KEYS = tuple(col.name for col in _ENTRY_CALL_COLUMNS)
 
 
