@@ -254,6 +254,7 @@ async def serve(url: str, schema: str, port: int, reuse_port: bool) -> None:
 
     from callhub.api.app import make_app
     from callhub.config import ApiToken, Settings
+    from callhub.lifecycle import settle_heap
     from callhub.logs import configure_logging
     from callhub.store.db import Database
 
@@ -265,6 +266,7 @@ async def serve(url: str, schema: str, port: int, reuse_port: bool) -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port, reuse_port=reuse_port)
     await site.start()
+    settle_heap()  # as `callhub run` does once started
     print(runner.addresses[0][1], flush=True)
     try:
         await asyncio.Event().wait()

@@ -42,7 +42,7 @@ from callhub.api.health import database_check
 from callhub.api.workers import Workers
 from callhub.config import Settings
 from callhub.desk import desk_operations, setup_desk
-from callhub.lifecycle import Supervisor, describe
+from callhub.lifecycle import Supervisor, describe, settle_heap
 from callhub.metrics.collectors import CallhubMetrics
 from callhub.metrics.http import metrics_handler
 from callhub.records import CallRecord
@@ -380,6 +380,14 @@ PARTS: list[Part] = [
     routing_part,
     api,
 ]
+
+
+@asynccontextmanager
+async def heap_settled(_d: Daemon) -> AsyncIterator[None]:
+    """The `callhub run` process's last part: `settle_heap` once everything is built. Not
+    in PARTS: tests run daemons inside pytest's own process."""
+    settle_heap()
+    yield
 
 
 @asynccontextmanager

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from callhub.config import load_settings
-from callhub.daemon import Daemon, PartFailed, StartupError, serve
+from callhub.daemon import Daemon, PartFailed, StartupError, heap_settled, serve
 from callhub.logs import configure_logging
 from callhub.store.db import settle_sqlite_workers
 
@@ -63,9 +63,9 @@ def run_command(args: argparse.Namespace) -> int:
     async def run() -> None:
         try:
             if demo is None:
-                await serve(d)
+                await serve(d, after=[heap_settled])
             else:
-                await serve(d, before=demo.before, after=demo.after)
+                await serve(d, before=demo.before, after=[*demo.after, heap_settled])
         finally:
             await settle_sqlite_workers()  # no thread may outlive the loop it reports to
 

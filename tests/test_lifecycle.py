@@ -13,6 +13,7 @@ import io
 import json
 import os
 import socket
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -250,3 +251,21 @@ async def test_api_port_in_use_names_the_setting_and_no_tokens_warns(tmp_path: P
     assert warning["level"] == "warning"
     assert "401" in warning["hint"] and "CALLHUB_API_TOKENS" in warning["hint"]
     assert "callhub API:" not in out
+
+
+def test_settle_heap_freezes_what_the_process_built_and_collects_the_young_less_often() -> None:
+    # In a process of its own: it changes the whole interpreter.
+    script = (
+        "import gc, json\n"
+        "from callhub.lifecycle import YOUNG_COLLECTION_EVERY, settle_heap\n"
+        "kept = [{'n': n} for n in range(1000)]\n"
+        "before = gc.get_freeze_count()\n"
+        "settle_heap()\n"
+        "print(json.dumps([before, gc.get_freeze_count(), gc.get_threshold(),\n"
+        "                  YOUNG_COLLECTION_EVERY, len(kept)]))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, timeout=60)
+    before, frozen, threshold, young, _ = json.loads(out.stdout)
+    assert before == 0
+    assert frozen >= 1000
+    assert threshold[0] == young > 700

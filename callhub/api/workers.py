@@ -34,6 +34,7 @@ from callhub.api import limits as http_limits
 from callhub.api.app import make_app
 from callhub.api.base import Handler
 from callhub.config import Settings
+from callhub.lifecycle import settle_heap
 from callhub.logs import configure_logging
 from callhub.store.db import Database
 
@@ -120,7 +121,11 @@ def _child(settings: Settings, host: str, port: int, main_url: str, ready: Event
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(settings, host, port, main_url, stop, ready.set)
+        def started() -> None:
+            settle_heap()  # this process is the worker's own
+            ready.set()
+
+        await serve(settings, host, port, main_url, stop, started)
 
     asyncio.run(run())
 
