@@ -93,9 +93,9 @@ class Database:
 
         On PostgreSQL the connection comes from a pool of its own in autocommit with no
         pre-ping, so a statement is one round trip (JSON columns parsed by orjson: the same
-        values, a third of the time). A pooled connection found dead (the
-        server restarted) is dropped and `work` runs once more on a new one, as the ping
-        would have done; a second failure is the caller's (503). SQLite: the one engine.
+        values, faster). A pooled connection found dead (the server restarted) is dropped,
+        with the pool's others, and `work` runs once more on a new one, as the ping would
+        have done; a second failure is the caller's (503). SQLite: the one engine.
         """
         if self.dialect != "postgresql":
             async with self.engine.connect() as conn:
