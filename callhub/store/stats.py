@@ -18,13 +18,14 @@ when `exclude_short_abandons` is set.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import functools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -64,6 +65,7 @@ FIGURES_DOC = {
 }
 
 GROUPS = ("hour", "day", "agent", "line")
+T = TypeVar("T")
 
 P90 = 90  # percent, nearest rank
 # A call's kind in the grouped query (inbound kinds from SHORT on).
@@ -571,35 +573,13 @@ async def _calls_exact(conn: AsyncConnection, q: StatsQuery,
     return await _line_tallies(conn, base, counted, q.targets)
 
 
-async def compute(conn: AsyncConnection, q: StatsQuery) -> dict[str, Any]:
-    """Totals and (with group_by) one block per group, sorted by key (None last)."""
+async def _worklist_figures(conn: AsyncConnection, q: StatsQuery,
+                            pieces: list[tuple[datetime | None, int]],
+                            acc: Callable[[Any, Any], _Acc], totals: _Acc) -> None:
+    """Worklist entries whose first miss is in the period: counts and median callback
+    time, per group and in all."""
     pg = conn.dialect.name == "postgresql"
-    pieces = offset_pieces(q.start, q.end, q.tz)
-    from_rollup = q.rollup and rollup_answers(q, pieces)
-    if pg and not from_rollup:  # a month's calls sorted by hour: a few MB, more than the
-        # default 4 MB in memory
-        await conn.execute(sa.text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
     grouped = q.group_by is not None
-    totals = _Acc()
-    groups: dict[tuple[Any, int], _Acc] = {}
-    agent_names: dict[Any, str] = {}
-
-    def acc(k: Any, koff: Any) -> _Acc:
-        found = groups.get((k, koff))
-        if found is None:
-            found = groups[(k, koff)] = _Acc()
-        return found
-
-    if from_rollup:
-        by_line = [await _calls_from_rollup(conn, q, pieces, acc, totals)]
-    else:
-        by_group = await _calls_exact(conn, q, pieces, acc, totals, agent_names)
-        # Each group's calls against their line's own ring target.
-        for (k, koff), tallies in by_group.items():
-            acc(k, koff).within_target = sum(t.within_target for t in tallies.values())
-        by_line = list(by_group.values())
-
-    # Worklist entries whose first miss is in the period: counts and median callback time.
     w = worklist_entries.c
     wwhere = [w.first_missed_at >= q.start, w.first_missed_at < q.end]
     if q.pbx is not None:
@@ -630,6 +610,66 @@ async def compute(conn: AsyncConnection, q: StatsQuery) -> dict[str, Any]:
             if row.in_all:
                 totals.median_middle.append(float(row.v))
 
+
+Reads = Callable[[Callable[[AsyncConnection], Awaitable[Any]]], Awaitable[Any]]
+"""`Database.read`: `work(conn)` on a connection of its own, outside a transaction."""
+Source = AsyncConnection | Reads
+"""Where statements run: one connection, one after the other, or `Reads`, where
+independent ones run at once, each on its own connection."""
+
+
+async def run(source: Source, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """`work` on the source's connection."""
+    if isinstance(source, AsyncConnection):
+        return await work(source)
+    result: T = await source(work)
+    return result
+
+
+async def run_each(source: Source, *works: Callable[[AsyncConnection], Awaitable[Any]]
+                   ) -> list[Any]:
+    """Independent `works`: one after the other on a connection; at once with `Reads` (a
+    cold answer then waits for its slowest statement, not for all of them in turn)."""
+    if isinstance(source, AsyncConnection):
+        return [await work(source) for work in works]
+    return list(await asyncio.gather(*(source(work) for work in works)))
+
+
+async def compute(source: Source, q: StatsQuery) -> dict[str, Any]:
+    """Totals and (with group_by) one block per group, sorted by key (None last)."""
+    pieces = offset_pieces(q.start, q.end, q.tz)
+    from_rollup = q.rollup and rollup_answers(q, pieces)
+    if not from_rollup and not isinstance(source, AsyncConnection):
+        # Counted from the calls, one statement after another (give these a connection
+        # in a transaction: its sorts get more memory).
+        return await run(source, lambda conn: compute(conn, q))
+    grouped = q.group_by is not None
+    totals = _Acc()
+    groups: dict[tuple[Any, int], _Acc] = {}
+    agent_names: dict[Any, str] = {}
+
+    def acc(k: Any, koff: Any) -> _Acc:
+        found = groups.get((k, koff))
+        if found is None:
+            found = groups[(k, koff)] = _Acc()
+        return found
+
+    async def calls_part(conn: AsyncConnection) -> list[dict[str | None, TargetTally]]:
+        if from_rollup:
+            return [await _calls_from_rollup(conn, q, pieces, acc, totals)]
+        if conn.dialect.name == "postgresql":  # a month's calls sorted by hour: a few MB,
+            # more than the default 4 MB in memory
+            await conn.execute(sa.text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
+        by_group = await _calls_exact(conn, q, pieces, acc, totals, agent_names)
+        # Each group's calls against their line's own ring target.
+        for (k, koff), tallies in by_group.items():
+            acc(k, koff).within_target = sum(t.within_target for t in tallies.values())
+        return list(by_group.values())
+
+    async def worklist_part(conn: AsyncConnection) -> None:
+        await _worklist_figures(conn, q, pieces, acc, totals)
+
+    by_line, _ = await run_each(source, calls_part, worklist_part)
     for a in groups.values():
         totals.add(a)
     targets = {"default_target": _target(q.targets, None),

@@ -76,10 +76,15 @@ def _copy(figures: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def figures(conn: AsyncConnection, q: stats.StatsQuery) -> dict[str, Any]:
+async def figures(source: stats.Source, q: stats.StatsQuery) -> dict[str, Any]:
     """Everything /stats counts: stats.compute's figures with the resolution and
-    satisfaction figures added (both from the rollup when it answers)."""
-    return await resolution_stats.compute_into(conn, q, await stats.compute(conn, q))
+    satisfaction figures added (both from the rollup when it answers; with
+    `stats.Reads`, their statements at once)."""
+    if isinstance(source, AsyncConnection):
+        return await resolution_stats.compute_into(source, q, await stats.compute(source, q))
+    result, extra = await asyncio.gather(
+        stats.compute(source, q), source(lambda conn: resolution_stats.compute(conn, q)))
+    return resolution_stats.add_to(result, extra)
 
 
 @dataclass(slots=True)
@@ -98,30 +103,30 @@ class StatsCache:
         self._computing: dict[tuple[Hashable, Token], asyncio.Future[_Kept | None]] = {}
         self.hits = self.misses = 0
 
-    async def compute(self, conn: AsyncConnection, q: stats.StatsQuery) -> dict[str, Any]:
-        """figures(conn, q), from memory while its inputs are unchanged (a copy: the
+    async def compute(self, source: stats.Source, q: stats.StatsQuery) -> dict[str, Any]:
+        """figures(source, q), from memory while its inputs are unchanged (a copy: the
         caller may change it)."""
-        kept = await self._kept_for(conn, q)
-        return _copy(kept.figures) if kept is not None else await figures(conn, q)
+        kept = await self._kept_for(source, q)
+        return _copy(kept.figures) if kept is not None else await figures(source, q)
 
-    async def rendered(self, conn: AsyncConnection, q: stats.StatsQuery,
+    async def rendered(self, source: stats.Source, q: stats.StatsQuery,
                        render: Callable[[dict[str, Any]], bytes]) -> bytes:
-        """render(figures(conn, q)), kept with the figures: a month by hour is half a
+        """render(figures(source, q)), kept with the figures: a month by hour is half a
         megabyte of JSON, so an unchanged answer is sent as the bytes made last time.
         `render` must depend on nothing but the figures and `q`."""
-        kept = await self._kept_for(conn, q)
+        kept = await self._kept_for(source, q)
         if kept is None:
-            return render(await figures(conn, q))
+            return render(await figures(source, q))
         if kept.body is None:
             kept.body = render(kept.figures)
         return kept.body
 
-    async def _kept_for(self, conn: AsyncConnection, q: stats.StatsQuery) -> _Kept | None:
+    async def _kept_for(self, source: stats.Source, q: stats.StatsQuery) -> _Kept | None:
         """The kept figures of `q`, computed if its inputs changed; None when the rollup
         does not answer `q` (nothing then to check a cached answer against)."""
         if not (q.rollup and stats.rollup_answers(q, stats.offset_pieces(q.start, q.end, q.tz))):
             return None
-        now = await token(conn, q)
+        now = await stats.run(source, lambda conn: token(conn, q))
         key = _key(q)
         kept = self._kept.get(key)
         if kept is not None and kept.token == now:
@@ -139,7 +144,7 @@ class StatsCache:
         computing = self._computing[(key, now)] = asyncio.get_running_loop().create_future()
         fresh: _Kept | None = None
         try:
-            fresh = _Kept(now, await figures(conn, q))
+            fresh = _Kept(now, await figures(source, q))
         finally:
             if self._computing.get((key, now)) is computing:
                 del self._computing[(key, now)]
