@@ -102,6 +102,11 @@ def checked(op: Operation, settings: Settings) -> Handler:
     return handler
 
 
+async def _open_reads(app: web.Application) -> None:
+    """The read pool open before the first request (callhub/store/db.py)."""
+    await app[DB].open_reads()
+
+
 def make_app(settings: Settings, db: Database, *,
              ingests: Mapping[str, IngestStatus] | None = None,
              metrics: Any = None,
@@ -126,6 +131,7 @@ def make_app(settings: Settings, db: Database, *,
         app[rota.ROUTER] = router
         operations = (*operations, *rota.OPERATIONS)
     app[OPERATIONS] = operations
+    app.on_startup.append(_open_reads)
     for op in operations:
         handler = checked(op, settings)
         if op.role is not None:

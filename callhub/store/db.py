@@ -22,11 +22,13 @@ from typing import Any, TypeVar
 
 import orjson
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
 
 READ_POOL = 10
 """Connections of the read pool (PostgreSQL). A fixed number, no overflow: a connection
@@ -100,20 +102,52 @@ class Database:
         if self.dialect != "postgresql":
             async with self.engine.connect() as conn:
                 return await work(conn)
-        if self._reads is None:
-            self._reads = self.connect_again(pre_ping=False, isolation_level="AUTOCOMMIT",
-                                             pool_size=READ_POOL, max_overflow=0,
-                                             json_deserializer=orjson.loads)
+        reads = self._read_pool()
         for attempt in (1, 2):
             try:
-                async with self._reads.engine.connect() as conn:
+                async with reads.engine.connect() as conn:
                     return await work(conn)
             except DBAPIError as exc:
                 if attempt == 2 or not exc.connection_invalidated:
                     raise
                 # The server went away: the pool's other connections are as dead.
-                await self._reads.engine.dispose(close=False)
+                await reads.engine.dispose(close=False)
         raise AssertionError("unreachable")
+
+    def _read_pool(self) -> Database:
+        if self._reads is None:
+            self._reads = self.connect_again(pre_ping=False, isolation_level="AUTOCOMMIT",
+                                             pool_size=READ_POOL, max_overflow=0,
+                                             json_deserializer=orjson.loads)
+        return self._reads
+
+    async def open_reads(self) -> None:
+        """Open the read pool's connections now (PostgreSQL), all at once: a connection
+        costs tens of milliseconds to open, and the first burst of requests after a start
+        would otherwise wait for them. A database not reachable yet is left for later
+        (`read` opens them as it goes); the reason is logged."""
+        if self.dialect != "postgresql":
+            return
+        engine = self._read_pool().engine
+        opened = 0
+        all_open = asyncio.Event()
+
+        async def hold() -> None:  # each keeps its connection until all are open
+            nonlocal opened
+            async with engine.connect():
+                opened += 1
+                if opened == READ_POOL:
+                    all_open.set()
+                await all_open.wait()
+
+        tasks = [asyncio.create_task(hold()) for _ in range(READ_POOL)]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        all_open.set()  # after a failure, the others let theirs go
+        failed = [r for r in await asyncio.gather(*tasks, return_exceptions=True)
+                  if isinstance(r, Exception)]
+        if failed:
+            log.warning("db.read_pool_not_opened", opened=opened,
+                        error=type(failed[0]).__name__)
 
     async def ping(self) -> None:
         """Raise unless the database answers a trivial query."""

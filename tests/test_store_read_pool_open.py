@@ -1,0 +1,62 @@
+"""The API's read pool is open before the first request (callhub/store/db.py).
+
+Opening a PostgreSQL connection costs tens of milliseconds; a pool that opened
+them on demand made the first burst of requests after a start wait for ten of
+them at once. A database not reachable at start is not an error there: the
+reads open their connections later, and the reason is logged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from aiohttp.test_utils import TestClient, TestServer
+from store_fixtures import DbFactory, auth, pg_url
+from structlog.testing import capture_logs
+
+from callhub.api.app import make_app
+from callhub.config import Settings
+from callhub.store import migrate
+from callhub.store.db import READ_POOL, Database
+
+
+async def backends(db: Database) -> int:
+    async with db.connection() as conn:
+        found: int = (await conn.execute(sa.text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND backend_type = 'client backend'"))).scalar_one()
+    return found
+
+
+async def test_the_read_pool_is_open_when_the_app_starts(
+        tmp_path: Path, api_settings: Settings) -> None:
+    pg_url()  # skips without PostgreSQL
+    factory = DbFactory("postgresql", tmp_path)
+    try:
+        db = await factory.create()
+        await migrate.upgrade(db)
+        before = await backends(db)
+        client: TestClient[Any, Any] = TestClient(TestServer(make_app(api_settings, db)))
+        await client.start_server()
+        try:
+            assert await backends(db) == before + READ_POOL  # before any request
+            response = await client.get("/api/v1/calls", headers=auth("supervisor"))
+            assert response.status == 200
+            assert await backends(db) == before + READ_POOL  # none opened for it
+        finally:
+            await client.close()
+    finally:
+        await factory.cleanup()
+
+
+async def test_a_database_not_reachable_at_start_is_logged_not_raised() -> None:
+    db = Database.connect("postgresql+asyncpg://callhub:secret@127.0.0.1:1/callhub")
+    try:
+        with capture_logs() as logs:
+            await db.open_reads()
+        [event] = [e for e in logs if e["event"] == "db.read_pool_not_opened"]
+        assert event["opened"] == 0 and "secret" not in repr(event)
+    finally:
+        await db.close()
