@@ -130,7 +130,11 @@ async def database(d: Daemon) -> AsyncIterator[None]:
     """Connect, apply the migrations (unless --no-migrate), copy the configured agents."""
     own = d.db is None
     if d.db is None:
-        d.db = Database.connect(d.settings.database_url)
+        try:
+            d.db = Database.connect(d.settings.database_url,
+                                    read_url=d.settings.read_database_url)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
     try:
         if d.migrate:
             await migrate.upgrade(d.db)

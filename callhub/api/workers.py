@@ -96,7 +96,7 @@ async def _mark(_request: web.Request, response: web.StreamResponse) -> None:
 async def serve(settings: Settings, host: str, port: int, main_url: str,
                 stop: asyncio.Event, ready: Callable[[], None] = lambda: None) -> None:
     """Serve `worker_app` on host:port (SO_REUSEPORT) until `stop` is set."""
-    db = Database.connect(settings.database_url)
+    db = Database.connect(settings.database_url, read_url=settings.read_database_url)
     app = worker_app(settings, db, main_url)
     gate = http_limits.install(app)
     runner = web.AppRunner(app, access_log=None)

@@ -41,6 +41,7 @@ class EnvOverrides(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
 
     database_url: str | None = Field(None, validation_alias="CALLHUB_DATABASE_URL")
+    read_database_url: str | None = Field(None, validation_alias="CALLHUB_READ_DATABASE_URL")
     api_listen: EnvListen = Field(
         None, validation_alias="CALLHUB_API_LISTEN")
     fastagi_listen: EnvListen = Field(

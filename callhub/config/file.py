@@ -165,6 +165,7 @@ class SettingsFile(_Table):
     pbx: Annotated[list[Annotated[PbxConfig, BeforeValidator(_pbx_spelling)]],
                    BeforeValidator(_pbx_tables)] = []
     database_url: StrictStr = DEFAULT_DATABASE_URL
+    read_database_url: StrictStr | None = None
     timezone: StrictStr = "UTC"
     stale_call_seconds: Annotated[Number, Field(ge=1)] = 4 * 3600.0
     spool_dir: StrictStr = "spool"
@@ -202,6 +203,7 @@ class SettingsFile(_Table):
         return Settings(
             pbxs=tuple(self.pbx),
             database_url=self.database_url,
+            read_database_url=self.read_database_url,
             api_listen=self.api.listen,
             api_tokens=self.api.tokens,
             metrics_token=self.api.metrics_token,

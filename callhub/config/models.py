@@ -165,6 +165,10 @@ def _database_url(value: str) -> str:
     return value
 
 
+def _optional_database_url(value: str | None) -> str | None:
+    return None if value is None else _database_url(value)
+
+
 def _log_level(value: str) -> str:
     if value.lower() not in LOG_LEVELS:
         raise problem(f"expected debug, info, warning or error, got {value!r}")
@@ -178,6 +182,8 @@ Tokens = Annotated[tuple[ApiToken, ...], BeforeValidator(api_tokens)]
 class Settings:
     pbxs: tuple[PbxConfig, ...] = ()
     database_url: Annotated[StrictStr, AfterValidator(_database_url)] = DEFAULT_DATABASE_URL
+    # A read replica of database_url (PostgreSQL) for the API's list and stats reads.
+    read_database_url: Annotated[StrictStr | None, AfterValidator(_optional_database_url)] = None
     api_listen: Listen = ("127.0.0.1", 8080)
     fastagi_listen: Listen = ("127.0.0.1", 4573)
     api_tokens: Tokens = ()
@@ -238,8 +244,8 @@ class Settings:
                 value = "***" if value else None
             elif f.name in ("api_listen", "fastagi_listen"):
                 value = f"{value[0]}:{value[1]}"
-            elif f.name == "database_url":
-                value = mask_url(value)
+            elif f.name in ("database_url", "read_database_url"):
+                value = mask_url(value) if value else value
             elif f.name == "report":
                 value = value.masked()
             elif f.name == "sms":

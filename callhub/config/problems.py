@@ -16,6 +16,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 # Keys whose values are never shown in an error.
 SECRET_KEYS = frozenset({"secret", "tokens", "metrics_token", "database_url",
+                         "read_database_url",
                          "cel_database_url", "password",
                          "CALLHUB_API_TOKENS", "CALLHUB_METRICS_TOKEN",
                          "CALLHUB_DATABASE_URL", "CALLHUB_REPORT_SMTP_PASSWORD"})

@@ -38,18 +38,21 @@ opened for one request and closed after it costs more than waiting for a free on
 class Database:
     """One database: its URL, engine and dialect name."""
 
-    def __init__(self, engine: AsyncEngine, schema: str | None = None) -> None:
+    def __init__(self, engine: AsyncEngine, schema: str | None = None,
+                 read_url: str | None = None) -> None:
         self.engine = engine
         self.schema = schema
+        self.read_url = read_url  # a read replica for `read` (PostgreSQL); None: this one
         self._reads: Database | None = None
 
     @classmethod
     def connect(cls, url: str, *, schema: str | None = None, busy_timeout: float = 5.0,
                 pre_ping: bool = True, session: dict[str, str] | None = None,
-                **engine_args: Any) -> Database:
+                read_url: str | None = None, **engine_args: Any) -> Database:
         """Create the engine (no connection is opened until first use). `pre_ping=False`
         saves a round trip per checkout for a caller that handles a dead connection;
-        `session` sets PostgreSQL settings on every connection (e.g. synchronous_commit)."""
+        `session` sets PostgreSQL settings on every connection (e.g. synchronous_commit);
+        `read_url`: a read replica of this PostgreSQL database that `read` reads from."""
         parsed = make_url(url)
         connect_args: dict[str, Any] = {}
         if parsed.get_backend_name() == "sqlite":
@@ -66,7 +69,12 @@ class Database:
                                      **engine_args)
         if parsed.get_backend_name() == "sqlite":
             sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        return cls(engine, schema)
+        if read_url is not None and (
+                parsed.get_backend_name() != "postgresql"
+                or make_url(read_url).get_backend_name() != "postgresql"):
+            raise ValueError("read_database_url: a read replica needs database_url and "
+                             "read_database_url both on PostgreSQL")
+        return cls(engine, schema, read_url)
 
     def connect_again(self, **options: Any) -> Database:
         """Another engine, with a pool of its own, on the same database and schema."""
@@ -97,7 +105,9 @@ class Database:
         pre-ping, so a statement is one round trip (JSON columns parsed by orjson: the same
         values, faster). A pooled connection found dead (the server restarted) is dropped,
         with the pool's others, and `work` runs once more on a new one, as the ping would
-        have done; a second failure is the caller's (503). SQLite: the one engine.
+        have done; a second failure is the caller's (503). With `read_url` the pool is on
+        that read replica: what was just written may show a moment later (the replica's
+        lag). SQLite: the one engine.
         """
         if self.dialect != "postgresql":
             async with self.engine.connect() as conn:
@@ -116,9 +126,10 @@ class Database:
 
     def _read_pool(self) -> Database:
         if self._reads is None:
-            self._reads = self.connect_again(pre_ping=False, isolation_level="AUTOCOMMIT",
-                                             pool_size=READ_POOL, max_overflow=0,
-                                             json_deserializer=orjson.loads)
+            self._reads = Database.connect(
+                self.read_url or self.engine.url.render_as_string(hide_password=False),
+                schema=self.schema, pre_ping=False, isolation_level="AUTOCOMMIT",
+                pool_size=READ_POOL, max_overflow=0, json_deserializer=orjson.loads)
         return self._reads
 
     async def open_reads(self) -> None:
