@@ -45,6 +45,7 @@ satisfaction recomputes the call's hour (`refresh_hours`) in its transaction.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -386,6 +387,17 @@ def values(joined: str | None) -> list[int]:
     out: list[int] = orjson.loads("[" + joined + "]")
     out.sort()
     return out
+
+
+def p90_ring_counted(ring_bins: Counter[int], rank: int) -> float | None:
+    """`p90_ring` of binned values given as how many of each (the period's total: a month
+    is tens of thousands of values, counted faster than sorted)."""
+    seen = 0
+    for value in sorted(ring_bins):
+        seen += ring_bins[value]
+        if seen >= rank:
+            return value / RING_BINS_PER_SECOND
+    return None
 
 
 def p90_ring(ring_bins: list[int], rank: int) -> float | None:

@@ -22,6 +22,7 @@ import asyncio
 import bisect
 import functools
 import math
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
@@ -438,7 +439,7 @@ async def _calls_from_rollup(conn: AsyncConnection, q: StatsQuery,
     ).where(*where)
     if q.group_by is not None:
         stmt = stmt.group_by(*(c.element for c in key))
-    everything: list[int] = []
+    everything: Counter[int] = Counter()
     seconds = int(q.seconds)
     for (k, koff, outbound, short, answered, abandoned, missed, other, hangup_known,
          agent_first, ring_sum, wait_sum, within_rings, within_target, wait_bins,
@@ -456,9 +457,9 @@ async def _calls_from_rollup(conn: AsyncConnection, q: StatsQuery,
         a.within_seconds = bisect.bisect_right(rollup.values(wait_bins), seconds)
         ring = rollup.values(ring_bins)
         a.p90_ring = rollup.p90_ring(ring, nearest_rank(len(ring), P90))
-        everything += ring
-    everything.sort()
-    totals.p90_ring = rollup.p90_ring(everything, nearest_rank(len(everything), P90))
+        everything.update(ring)
+    totals.p90_ring = rollup.p90_ring_counted(everything,
+                                              nearest_rank(everything.total(), P90))
     return await _line_tallies_from_rollup(conn, q, where)
 
 
