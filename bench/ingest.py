@@ -617,9 +617,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         assert server.stdout is not None
         port = int(server.stdout.readline())
-        # The two parse measurements alternate, round after round, so that a busy
-        # neighbour on the machine slows both alike; medians are reported.
-        paired = [p for p in ("panoramisk", "callhub") if p in phases]
+        # The parse measurements (and PbxIngest) alternate, round after round, so that a
+        # busy neighbour on the machine slows them alike; medians are reported.
+        paired = [p for p in ("panoramisk", "callhub", "pbxingest") if p in phases]
         runs: dict[str, list[dict[str, Any]]] = {}
         order = paired * args.rounds + [p for p in phases if p not in paired]
         for phase in order:
@@ -648,11 +648,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{results['callhub_events_per_cpu_s']}, panoramisk "
               f"{results['panoramisk_events_per_cpu_s']}: ratio {results['cpu_ratio']}x, "
               f"per round {results['cpu_ratio_runs']}")
-    if "pbxingest_events_per_s" in results and "panoramisk_events_per_s" in results:
-        results["pbxingest_ratio"] = round(results["pbxingest_events_per_s"]
-                                           / results["panoramisk_events_per_s"], 2)
+    if "pbxingest" in runs and "panoramisk" in runs:
+        pbx_ratios = [i["pbxingest_events_per_s"] / p["panoramisk_events_per_s"]
+                      for p, i in zip(runs["panoramisk"], runs["pbxingest"], strict=True)]
+        results["pbxingest_ratio"] = round(statistics.median(pbx_ratios), 2)
+        results["pbxingest_ratio_runs"] = [round(r, 2) for r in pbx_ratios]
         print(f"PbxIngest {results['pbxingest_events_per_s']} events/s: ratio "
-              f"{results['pbxingest_ratio']}x")
+              f"{results['pbxingest_ratio']}x, per round {results['pbxingest_ratio_runs']}")
     if "callhub_rss_growth_mb" in results:
         results["rss_growth_mb"] = results["callhub_rss_growth_mb"]
         print(f"callhub RSS growth {results['rss_growth_mb']} MB (target < 50)")
