@@ -24,7 +24,7 @@ from store_fixtures import DbFactory, TcpProxy, pg_url
 from callhub.config import Settings
 from callhub.daemon import Daemon, running
 from callhub.routing.chooser import Router
-from callhub.routing.service import RoutingService, start_routing
+from callhub.routing.service import SHARED_POOL, RoutingService, start_routing
 from callhub.routing.shared import SharedPositions
 from callhub.routing.state import POSITION_FILE, RotaStore, RotationState
 from callhub.sim.agi_client import AgiAnswer, agi_request, asterisk_environment
@@ -143,6 +143,16 @@ async def test_both_instances_at_once_share_out_the_calls(pair: Pair) -> None:
     assert firsts == {"PJSIP/1001": 10, "PJSIP/1002": 10, "PJSIP/1003": 10}
     for instance in (pair.a, pair.b):  # every one of them through PostgreSQL
         assert instance.sample("callhub_route_positions_local_total") == 0.0
+
+
+async def test_the_pool_is_open_once_the_position_is_shared(pair: Pair) -> None:
+    """The first calls of a burst do not each open a connection (tens of ms each)."""
+    for instance in (pair.a, pair.b):
+        pool = instance.shared.db.engine.pool
+        assert pool.checkedin() == SHARED_POOL  # type: ignore[attr-defined]
+    answers = await asyncio.gather(*(pair.a.ask() for _ in range(SHARED_POOL)))
+    assert all(answer.targets for answer in answers)
+    assert pair.a.shared.db.engine.pool.checkedin() == SHARED_POOL  # type: ignore[attr-defined]
 
 
 async def test_database_cut_routes_from_the_file_then_reconciles(pair: Pair) -> None:

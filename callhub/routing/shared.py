@@ -90,6 +90,8 @@ class SharedPositions:
                         await conn.invalidate()  # never back to the pool half-used
                         raise
         except Exception as exc:  # down, cut, timed out, or refused: the file answers
+            # The pool's other connections went with this one: dropped, not handed out.
+            await self.db.engine.dispose(close=False)
             self._down(exc)
             self.metrics.local_choices.inc()
             return None
@@ -122,6 +124,10 @@ class SharedPositions:
         for row in rows:
             self.local.set(row.line, row.agent, row.position, at=row.moved_at.timestamp())
         self.local.flush()
+        if not self.up:  # the database answers: its pool's connections opened now, not by
+            # the first calls of a burst (tens of milliseconds each)
+            await self.db.open_pool(self.db.engine.pool.size(),  # type: ignore[attr-defined]
+                                    "routing.pool_not_opened")
         was_up, self.up = self.up, True
         self._shared.set()
         self.metrics.shared.set(1)
@@ -139,6 +145,7 @@ class SharedPositions:
                 try:
                     await self.reconcile()
                 except Exception as exc:
+                    await self.db.engine.dispose(close=False)  # no dead connection kept
                     log.debug("routing.positions_retry", error=str(exc) or type(exc).__name__)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):

@@ -133,13 +133,17 @@ class Database:
         return self._reads
 
     async def open_reads(self) -> None:
-        """Open the read pool's connections now (PostgreSQL), all at once: a connection
-        costs tens of milliseconds to open, and the first burst of requests after a start
-        would otherwise wait for them. A database not reachable yet is left for later
-        (`read` opens them as it goes); the reason is logged."""
-        if self.dialect != "postgresql":
-            return
-        engine = self._read_pool().engine
+        """Open the read pool's connections now (PostgreSQL): the first burst of requests
+        after a start would otherwise wait for them (`open_pool`)."""
+        if self.dialect == "postgresql":
+            await self._read_pool().open_pool(READ_POOL, "db.read_pool_not_opened")
+
+    async def open_pool(self, connections: int, event: str = "db.pool_not_opened") -> None:
+        """Open `connections` of this engine's pool now, all at once: a PostgreSQL
+        connection costs tens of milliseconds to open, and whoever needs one first would
+        otherwise wait for it. A database not reachable yet is left for later (the pool
+        opens them as they are asked for); the reason is logged as `event`."""
+        engine = self.engine
         opened = 0
         all_open = asyncio.Event()
 
@@ -147,18 +151,17 @@ class Database:
             nonlocal opened
             async with engine.connect():
                 opened += 1
-                if opened == READ_POOL:
+                if opened == connections:
                     all_open.set()
                 await all_open.wait()
 
-        tasks = [asyncio.create_task(hold()) for _ in range(READ_POOL)]
+        tasks = [asyncio.create_task(hold()) for _ in range(connections)]
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         all_open.set()  # after a failure, the others let theirs go
         failed = [r for r in await asyncio.gather(*tasks, return_exceptions=True)
                   if isinstance(r, Exception)]
         if failed:
-            log.warning("db.read_pool_not_opened", opened=opened,
-                        error=type(failed[0]).__name__)
+            log.warning(event, opened=opened, error=type(failed[0]).__name__)
 
     async def ping(self) -> None:
         """Raise unless the database answers a trivial query."""
