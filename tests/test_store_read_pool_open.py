@@ -56,7 +56,7 @@ async def test_a_database_not_reachable_at_start_is_logged_not_raised() -> None:
     try:
         with capture_logs() as logs:
             await db.open_reads()
-        [event] = [e for e in logs if e["event"] == "db.read_pool_not_opened"]
-        assert event["opened"] == 0 and "secret" not in repr(event)
+        [event] = [e for e in logs if e["event"] == "db.pool_not_opened"]
+        assert (event["pool"], event["opened"]) == ("read", 0) and "secret" not in repr(event)
     finally:
         await db.close()

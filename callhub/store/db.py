@@ -136,13 +136,14 @@ class Database:
         """Open the read pool's connections now (PostgreSQL): the first burst of requests
         after a start would otherwise wait for them (`open_pool`)."""
         if self.dialect == "postgresql":
-            await self._read_pool().open_pool(READ_POOL, "db.read_pool_not_opened")
+            await self._read_pool().open_pool(READ_POOL, "read")
 
-    async def open_pool(self, connections: int, event: str = "db.pool_not_opened") -> None:
+    async def open_pool(self, connections: int, pool: str) -> None:
         """Open `connections` of this engine's pool now, all at once: a PostgreSQL
         connection costs tens of milliseconds to open, and whoever needs one first would
         otherwise wait for it. A database not reachable yet is left for later (the pool
-        opens them as they are asked for); the reason is logged as `event`."""
+        opens them as they are asked for); the reason is logged (`db.pool_not_opened`,
+        naming the `pool`)."""
         engine = self.engine
         opened = 0
         all_open = asyncio.Event()
@@ -161,7 +162,8 @@ class Database:
         failed = [r for r in await asyncio.gather(*tasks, return_exceptions=True)
                   if isinstance(r, Exception)]
         if failed:
-            log.warning(event, opened=opened, error=type(failed[0]).__name__)
+            log.warning("db.pool_not_opened", pool=pool, opened=opened,
+                        error=type(failed[0]).__name__)
 
     async def ping(self) -> None:
         """Raise unless the database answers a trivial query."""
