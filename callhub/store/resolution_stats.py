@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callhub.store import stats
 from callhub.store.resolution import RATED, RESOLUTIONS, SATISFACTIONS
-from callhub.store.tables import call_hours, calls, followups
+from callhub.store.tables import RESOLUTION_COUNTS, call_hours, calls, followups
 
 RESOLUTION_FIGURES_DOC = {
     "resolutions_set": "Calls with a resolution set (resolved, referred, pending or "
@@ -46,9 +46,6 @@ RESOLUTION_FIGURES_DOC = {
     "satisfaction_rate": "satisfied / follow-ups answered satisfied, fair or dissatisfied "
                          "(unreachable and unrated ones left out).",
 }
-# The count figure of each stored value.
-RESOLUTION_COUNTS = {"resolved": "resolved", "referred": "referred",
-                     "pending": "resolution_pending", "unresolved": "unresolved"}
 assert tuple(RESOLUTION_COUNTS) == RESOLUTIONS
 assert all(s in RESOLUTION_FIGURES_DOC for s in SATISFACTIONS)
 

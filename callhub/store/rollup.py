@@ -60,12 +60,16 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
 from callhub.records import CallRecord
-from callhub.store.tables import RESOLUTIONS, SATISFACTIONS, call_hours, calls, followups
+from callhub.store.tables import (
+    RESOLUTION_COUNTS,
+    RESOLUTIONS,
+    SATISFACTIONS,
+    call_hours,
+    calls,
+    followups,
+)
 
 HOUR = 3600
-# The rollup's column of each resolution's count (each satisfaction's is its own name).
-RESOLUTION_COLUMNS = {"resolved": "resolved", "referred": "referred",
-                      "pending": "resolution_pending", "unresolved": "unresolved"}
 RINGS_CAP = 101  # rings above 100 share a bin (StatsQuery.rings is at most 100)
 RINGS_ASKED = 100  # the most rings a query or a line's target asks about
 WAIT_CAP = 86401  # waits above a day share a bin (StatsQuery.seconds is at most 86400)
@@ -245,7 +249,7 @@ def table_rows(buckets: dict[tuple[str, str | None, int], Bucket], now: datetime
              "hangup_known": b.hangup_known, "agent_hung_up_first": b.agent_hung_up_first,
              "ring_sum": b.ring_sum, "wait_sum": b.wait_sum, "rings_le": cumulative(b.rings),
              "wait_bins": spelled(b.wait), "ring_bins": spelled(b.ring),
-             **{RESOLUTION_COLUMNS[name]: n for name, n in b.resolutions.items()},
+             **{RESOLUTION_COUNTS[name]: n for name, n in b.resolutions.items()},
              **b.satisfactions, "changed_at": now}
             for (pbx, line, hour), b in buckets.items()]
 

@@ -305,8 +305,11 @@ rotation_positions = sa.Table(
 # The values a call's resolution and a follow-up's satisfaction take (callhub/store/resolution.py).
 RESOLUTIONS = ("resolved", "referred", "pending", "unresolved")
 SATISFACTIONS = ("satisfied", "fair", "dissatisfied", "unreachable")
-ROLLUP_COUNTS = ("resolved", "referred", "resolution_pending", "unresolved", "satisfied",
-                 "fair", "dissatisfied", "unreachable")
+# The name of each resolution's count, in the rollup and in /stats (each satisfaction's is its
+# own name).
+RESOLUTION_COUNTS = {"resolved": "resolved", "referred": "referred",
+                     "pending": "resolution_pending", "unresolved": "unresolved"}
+ROLLUP_COUNTS = (*RESOLUTION_COUNTS.values(), *SATISFACTIONS)
 INT_LIST = sa.JSON().with_variant(ARRAY(sa.Integer), "postgresql")
 call_hours = sa.Table(
     "call_hours", metadata,
