@@ -187,7 +187,11 @@ def test_promtool_accepts_the_rules_and_the_scrape_config(tmp_path: Path) -> Non
     rules = subprocess.run(["promtool", "check", "rules", str(ALERTS)],
                            capture_output=True, text=True, check=False)
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    config = yaml.safe_load(PROMETHEUS.read_text(encoding="utf-8"))
+    check_scrape_config(yaml.safe_load(PROMETHEUS.read_text(encoding="utf-8")), tmp_path)
+
+
+def check_scrape_config(config: dict[str, Any], tmp_path: Path) -> None:
+    """promtool accepts a shipped scrape config with the shipped alert rules."""
     config["rule_files"] = [str(ALERTS)]
     path = tmp_path / "prometheus.yml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")

@@ -5,19 +5,18 @@ spool volume and ports, and deploy/prometheus/prometheus-pair.yml scrapes both."
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from test_deploy import (
-    ALERTS,
     COMPOSE,
     DEPLOY,
     PROMETHEUS,
     bind_mounts,
     callhub_settings,
+    check_scrape_config,
     example_env,
     service_env,
 )
@@ -75,10 +74,4 @@ def test_the_standby_service_is_the_first_one_with_its_own_spool_and_ports() -> 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 def test_promtool_accepts_the_pair_scrape_config(tmp_path: Path) -> None:
-    config = load(PROMETHEUS_PAIR)
-    config["rule_files"] = [str(ALERTS)]
-    path = tmp_path / "prometheus.yml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    checked = subprocess.run(["promtool", "check", "config", str(path)],
-                             capture_output=True, text=True, check=False)
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    check_scrape_config(load(PROMETHEUS_PAIR), tmp_path)

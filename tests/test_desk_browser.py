@@ -14,18 +14,22 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from desk_fixtures import Desk, day_start, expect, launch_chromium, screenshot_path, seed_day
-from store_fixtures import TOKENS, auth
+from desk_fixtures import (
+    Desk,
+    day_start,
+    expect,
+    launch_chromium,
+    screenshot_path,
+    seed_day,
+    sign_in_as,
+)
+from store_fixtures import auth
 
 SUP = auth("supervisor")
 
 
-async def sign_in(page: Any, desk: Desk, role: str, name: str = "Supervisor Wu") -> None:
-    await page.goto(desk.url)
-    await page.fill("#token", TOKENS[role])
-    await page.fill("#who-name", name)
-    await page.click("#signin-button")
-    await page.wait_for_selector("#nav:not([hidden])")
+async def sign_in(page: Any, desk: Desk, role: str) -> None:
+    await sign_in_as(page, desk, role, "Supervisor Wu")
 
 
 async def test_a_viewer_sees_todays_figures_as_stats_gives_them_and_no_numbers(
