@@ -115,38 +115,31 @@ class _Acc:
         self.handled_callbacks += other.handled_callbacks
 
     def figures(self) -> dict[str, Any]:
-        # Written out flat: a month by hour is 744 of these per answer.
-        inbound, answered, within_rings = self.inbound, self.answered, self.within_rings
-        within_seconds, hangup_known, middle = (self.within_seconds, self.hangup_known,
-                                                self.median_middle)
         return {
-            "inbound": inbound,
+            "inbound": self.inbound,
             "outbound": self.outbound,
-            "answered": answered,
+            "answered": self.answered,
             "abandoned": self.abandoned,
             "short_abandons": self.short_abandons,
             "missed": self.missed,
-            "answer_rate": round(answered / inbound, 4) if inbound else None,
-            "answered_within_rings": within_rings,
-            "within_rings_rate": round(within_rings / inbound, 4) if inbound else None,
-            "within_rings_rate_answered": (round(within_rings / answered, 4) if answered
-                                           else None),
+            "answer_rate": _ratio(self.answered, self.inbound),
+            "answered_within_rings": self.within_rings,
+            "within_rings_rate": _ratio(self.within_rings, self.inbound),
+            "within_rings_rate_answered": _ratio(self.within_rings, self.answered),
             "answered_within_target": self.within_target,
-            "within_target_rate": round(self.within_target / inbound, 4) if inbound else None,
-            "answered_within_seconds": within_seconds,
-            "service_level": round(within_seconds / inbound, 4) if inbound else None,
-            "service_level_answered": (round(within_seconds / answered, 4) if answered
-                                       else None),
-            "avg_ring_seconds": round(self.ring_sum / answered, 3) if answered else None,
+            "within_target_rate": _ratio(self.within_target, self.inbound),
+            "answered_within_seconds": self.within_seconds,
+            "service_level": _ratio(self.within_seconds, self.inbound),
+            "service_level_answered": _ratio(self.within_seconds, self.answered),
+            "avg_ring_seconds": _mean(self.ring_sum, self.answered),
             "p90_ring_seconds": None if self.p90_ring is None else round(self.p90_ring, 3),
-            "avg_speed_of_answer_seconds": (round(self.wait_sum / answered, 3) if answered
-                                            else None),
-            "agent_hangup_first_rate": (round(self.agent_hung_up_first / hangup_known, 4)
-                                        if hangup_known else None),
+            "avg_speed_of_answer_seconds": _mean(self.wait_sum, self.answered),
+            "agent_hangup_first_rate": _ratio(self.agent_hung_up_first, self.hangup_known),
             "pending_callbacks": self.pending_callbacks,
             "handled_callbacks": self.handled_callbacks,
-            "median_time_to_callback_seconds": (round(sum(middle) / len(middle), 3)
-                                                if middle else None),
+            "median_time_to_callback_seconds": (
+                round(sum(self.median_middle) / len(self.median_middle), 3)
+                if self.median_middle else None),
         }
 
 
@@ -616,7 +609,8 @@ Reads = Callable[[Callable[[AsyncConnection], Awaitable[Any]]], Awaitable[Any]]
 """`Database.read`: `work(conn)` on a connection of its own, outside a transaction."""
 Source = AsyncConnection | Reads
 """Where statements run: one connection, one after the other, or `Reads`, where
-independent ones run at once, each on its own connection."""
+independent ones run at once, each on its own connection. What the rollup cannot answer
+is counted from the calls with more sort memory in a transaction: give it a connection."""
 
 
 async def run(source: Source, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
@@ -640,10 +634,6 @@ async def compute(source: Source, q: StatsQuery) -> dict[str, Any]:
     """Totals and (with group_by) one block per group, sorted by key (None last)."""
     pieces = offset_pieces(q.start, q.end, q.tz)
     from_rollup = q.rollup and rollup_answers(q, pieces)
-    if not from_rollup and not isinstance(source, AsyncConnection):
-        # Counted from the calls, one statement after another (give these a connection
-        # in a transaction: its sorts get more memory).
-        return await run(source, lambda conn: compute(conn, q))
     grouped = q.group_by is not None
     totals = _Acc()
     groups: dict[tuple[Any, int], _Acc] = {}
