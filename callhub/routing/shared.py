@@ -126,8 +126,7 @@ class SharedPositions:
         self.local.flush()
         if not self.up:  # the database answers: its pool's connections opened now, not by
             # the first calls of a burst (tens of milliseconds each)
-            await self.db.open_pool(self.db.engine.pool.size(),  # type: ignore[attr-defined]
-                                    "routing")
+            await self.db.open_pool("routing")
         was_up, self.up = self.up, True
         self._shared.set()
         self.metrics.shared.set(1)

@@ -76,9 +76,10 @@ class Database:
                              "read_database_url both on PostgreSQL")
         return cls(engine, schema, read_url)
 
-    def connect_again(self, **options: Any) -> Database:
-        """Another engine, with a pool of its own, on the same database and schema."""
-        return Database.connect(self.engine.url.render_as_string(hide_password=False),
+    def connect_again(self, url: str | None = None, **options: Any) -> Database:
+        """Another engine, with a pool of its own, on the same database and schema (or on
+        `url`, a replica of it)."""
+        return Database.connect(url or self.engine.url.render_as_string(hide_password=False),
                                 schema=self.schema, **options)
 
     @property
@@ -126,9 +127,8 @@ class Database:
 
     def _read_pool(self) -> Database:
         if self._reads is None:
-            self._reads = Database.connect(
-                self.read_url or self.engine.url.render_as_string(hide_password=False),
-                schema=self.schema, pre_ping=False, isolation_level="AUTOCOMMIT",
+            self._reads = self.connect_again(
+                self.read_url, pre_ping=False, isolation_level="AUTOCOMMIT",
                 pool_size=READ_POOL, max_overflow=0, json_deserializer=orjson.loads)
         return self._reads
 
@@ -136,15 +136,16 @@ class Database:
         """Open the read pool's connections now (PostgreSQL): the first burst of requests
         after a start would otherwise wait for them (`open_pool`)."""
         if self.dialect == "postgresql":
-            await self._read_pool().open_pool(READ_POOL, "read")
+            await self._read_pool().open_pool("read")
 
-    async def open_pool(self, connections: int, pool: str) -> None:
-        """Open `connections` of this engine's pool now, all at once: a PostgreSQL
+    async def open_pool(self, pool: str) -> None:
+        """Open every connection of this engine's pool now, all at once: a PostgreSQL
         connection costs tens of milliseconds to open, and whoever needs one first would
         otherwise wait for it. A database not reachable yet is left for later (the pool
         opens them as they are asked for); the reason is logged (`db.pool_not_opened`,
         naming the `pool`)."""
         engine = self.engine
+        connections: int = engine.pool.size()  # type: ignore[attr-defined]  # a QueuePool
         opened = 0
         all_open = asyncio.Event()
 
