@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callhub.records import CallRecord
+from callhub.store.db import driver_connection
 from callhub.store.rows import ATTEMPT_COLUMNS, CALL_COLUMNS, TRANSFERS, call_values
 
 # Off: PostgreSQL takes the executemany path too (bench/ingest.py measures it as the
@@ -73,9 +74,7 @@ async def driver(conn: AsyncConnection) -> Any:
     SQLAlchemy's asyncpg adapter opens the transaction with its first
     statement; COPY sent before it would commit on its own, so one is sent.
     """
-    raw = await conn.get_raw_connection()
-    driver_conn = raw.driver_connection
-    assert driver_conn is not None
+    driver_conn = await driver_connection(conn)
     if not driver_conn.is_in_transaction():
         await conn.execute(sa.text("SELECT 1"))
     return driver_conn

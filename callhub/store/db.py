@@ -178,6 +178,14 @@ class Database:
         await self.engine.dispose()
 
 
+async def driver_connection(conn: AsyncConnection) -> Any:
+    """The asyncpg connection under `conn` (PostgreSQL), for what SQLAlchemy's execution
+    would slow down or cannot do (COPY, a statement run thousands of times)."""
+    driver = (await conn.get_raw_connection()).driver_connection
+    assert driver is not None
+    return driver
+
+
 def _create_private(path: str | None) -> None:
     """Create a SQLite file readable by its owner only (it holds personal data); SQLite
     gives its -wal and -shm files the same mode. An existing file is left as it is."""

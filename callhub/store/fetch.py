@@ -30,6 +30,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from callhub.store.db import driver_connection
+
 _FIXED = object()  # a parameter whose value is part of the statement
 
 
@@ -67,9 +69,7 @@ async def _records(conn: AsyncConnection, stmt: sa.Select[Any],
                    params: Mapping[str, Any]) -> list[Any]:
     prepared = _prepare(stmt, conn.dialect)
     values = prepared.values(params)
-    raw = await conn.get_raw_connection()
-    driver = raw.driver_connection
-    assert driver is not None
+    driver = await driver_connection(conn)
     try:
         return list(await driver.fetch(prepared.sql, *values))
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from callhub.store.db import driver_connection
 from callhub.store.tables import rotation_positions
 
 
@@ -64,8 +65,7 @@ async def advance(conn: AsyncConnection, line: str, candidates: Sequence[tuple[s
     runs it. PostgreSQL (asyncpg) only."""
     if not candidates:
         raise ValueError("advance needs at least one candidate")
-    driver = (await conn.get_raw_connection()).driver_connection
-    assert driver is not None
+    driver = await driver_connection(conn)
     row = await driver.fetchrow(ADVANCE, line, now, [a for a, _ in candidates],
                                 [p for _, p in candidates], list(rotation),
                                 max(len(rotation), 1))
