@@ -100,6 +100,17 @@ async def any_db(db_factory: DbFactory) -> Database:
 
 
 @pytest.fixture
+async def pg_db(tmp_path: Path) -> AsyncIterator[Database]:
+    """A migrated, empty PostgreSQL database (for what only PostgreSQL has)."""
+    pg_url()
+    factory = DbFactory("postgresql", tmp_path)
+    db = await factory.create()
+    await migrate.upgrade(db)
+    yield db
+    await factory.cleanup()
+
+
+@pytest.fixture
 def store_settings(tmp_path: Path) -> Settings:
     return replace(Settings(), spool_dir=str(tmp_path / "spool"))
 

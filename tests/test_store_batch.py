@@ -27,7 +27,7 @@ from store_fixtures import T0, DbFactory, make_call
 from callhub.config import Settings
 from callhub.records import CallRecord
 from callhub.store import migrate
-from callhub.store.db import Database
+from callhub.store.db import Database, driver_connection
 from callhub.store.save import call_row, insert, save_calls
 from callhub.store.tables import agents, attempts, calls, utc, worklist_calls, worklist_entries
 from callhub.store.worklist import is_reach, is_worklist_miss
@@ -293,7 +293,7 @@ async def test_writer_keeps_one_connection_through_a_backlog_and_skips_known_age
     sa.event.listen(any_db.engine.sync_engine, "before_cursor_execute",
                     lambda _c, _cur, statement, *_a: agent_writes.append(statement)
                     if statement.startswith("INSERT INTO agents") else None)
-    writer = CallWriter(any_db, store_settings, batch_size=10)
+    writer = CallWriter(any_db, store_settings, batch_size=10, keep_idle=0.0)
     backlog = busy_hour("b-", 60)  # six batches, agents PJSIP/1000..1006 named "Li Na"
     for record in backlog:
         writer.submit(record)
@@ -314,10 +314,49 @@ async def test_writer_keeps_one_connection_through_a_backlog_and_skips_known_age
     async with asyncio.timeout(30):
         await writer.wait_written()
     await writer.stop()
-    assert len(checkouts) == 3  # idle in between: the connection went back to the pool
+    assert len(checkouts) == 3  # idle past keep_idle: the connection went back to the pool
     async with any_db.connection() as conn:
         names = dict((await conn.execute(sa.select(agents.c.interface, agents.c.name))).all())
     assert names["PJSIP/1001"] == "王芳" and names["PJSIP/1002"] == "Li Na" and len(names) == 7
+
+
+async def test_writer_keeps_its_connection_between_calls_that_trickle_in(
+        any_db: Database, store_settings: Settings) -> None:
+    """Lone calls a moment apart take the connection the last one used: no checkout (and
+    no ping) per call."""
+    checkouts: list[object] = []
+    sa.event.listen(any_db.engine.sync_engine, "checkout", lambda *args: checkouts.append(1))
+    writer = CallWriter(any_db, store_settings, keep_idle=60.0)
+    await writer.start()
+    for n in range(5):
+        writer.submit(make_call(f"t-{n}", at=T0 + n))
+        async with asyncio.timeout(30):
+            await writer.wait_written()
+    await writer.stop()
+    assert writer.written == 5 and writer.failed_batches == 0
+    assert len(checkouts) == 1
+
+
+async def test_a_kept_connection_found_dead_is_renewed_not_an_outage(
+        pg_db: Database, store_settings: Settings) -> None:
+    """The server ends the writer's idle connection (a restart, an admin's kill): the next
+    call is stored on a new one at once, with no failed batch or backoff."""
+    writer = CallWriter(pg_db, store_settings, keep_idle=60.0, retry_initial=60.0)
+    await writer.start()
+    writer.submit(make_call("d-1"))
+    async with asyncio.timeout(30):
+        await writer.wait_written()
+    assert writer._conn is not None  # kept
+    pid = (await driver_connection(writer._conn)).get_server_pid()
+    async with pg_db.connection() as conn:
+        assert await conn.scalar(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    writer.submit(make_call("d-2", at=T0 + 60))
+    async with asyncio.timeout(30):  # a backoff of retry_initial would take 60 s
+        await writer.wait_written()
+    await writer.stop()
+    assert writer.written == 2 and writer.failed_batches == 0
+    async with pg_db.connection() as conn:
+        assert await conn.scalar(sa.select(sa.func.count()).select_from(calls)) == 2
 
 
 def test_the_row_columns_are_the_tables_columns_in_order() -> None:

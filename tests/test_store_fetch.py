@@ -3,18 +3,17 @@ SQLAlchemy reads, value for value; a failing statement is a DBAPIError as before
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
-from store_fixtures import T0, DbFactory, make_call, store
+from store_fixtures import T0, make_call, store
 
 from callhub.config import Settings
 from callhub.records import Transfer
-from callhub.store import fetch, migrate, queries
+from callhub.store import fetch, queries
 from callhub.store.db import Database
 
 
@@ -26,15 +25,6 @@ async def sqlalchemy_dicts(conn: AsyncConnection, stmt: Any, params: Any) -> lis
 
 async def sqlalchemy_rows(conn: AsyncConnection, stmt: Any, params: Any) -> list[Any]:
     return list((await conn.execute(stmt, dict(params))).all())
-
-
-@pytest.fixture
-async def pg_db(tmp_path: Path) -> Any:
-    factory = DbFactory("postgresql", tmp_path)
-    db = await factory.create()
-    await migrate.upgrade(db)
-    yield db
-    await factory.cleanup()
 
 
 async def test_pages_read_through_asyncpg_equal_sqlalchemys(

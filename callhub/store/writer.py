@@ -15,7 +15,9 @@ of the writer's task do the rest:
   `batch_size` calls (one at a time when calls trickle in, thousands after an
   outage: on PostgreSQL a batch of 2,000 costs about a third less CPU per call
   than one of 500, bench/README.md); the newest `max_buffer` logged calls are kept in memory, older
-  ones are read back from the spool. After a restart the calls after the
+  ones are read back from the spool. The writer keeps its connection for
+  `keep_idle` seconds after a batch, so calls that trickle in cost no checkout
+  (and its ping) each; one found dead by then is replaced at once. After a restart the calls after the
   checkpoint are stored first; one stored just before the crash is stored
   again, which the upsert on (pbx, linkedid) and the idempotent worklist make
   harmless.
@@ -54,6 +56,7 @@ from itertools import islice
 from typing import Protocol
 
 import structlog
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callhub.config import Settings
@@ -72,6 +75,7 @@ log = structlog.get_logger(__name__)
 StoredListener = Callable[[Sequence[CallRecord], Saved], None]
 SUSPECT_TRIES = 3  # a lone call failing with an unclassified error while the database answers
 PING_TIMEOUT = 5.0
+KEEP_IDLE = 5.0  # seconds the writer keeps its connection after its last batch
 
 
 class WriteGate(Protocol):
@@ -135,7 +139,7 @@ class CallWriter:
                  batch_size: int = 2000, max_buffer: int = 10_000,
                  retry_initial: float = 0.25, retry_max: float = 15.0,
                  stop_timeout: float = 10.0, group_window: float = 0.002,
-                 spool_retry: float = 1.0, max_memory: int = 100_000,
+                 keep_idle: float = KEEP_IDLE, spool_retry: float = 1.0, max_memory: int = 100_000,
                  stuck_after: float = 60.0, quarantine_window: float = 300.0,
                  supervisor: Supervisor | None = None, gate: WriteGate | None = None,
                  gate_poll: float = 1.0) -> None:
@@ -153,6 +157,7 @@ class CallWriter:
         self.retry_max = retry_max
         self.stop_timeout = stop_timeout
         self.group_window = group_window
+        self.keep_idle = keep_idle
         self.spool_retry = spool_retry
         self.max_memory = max_memory
         self.stuck_after = stuck_after
@@ -413,14 +418,14 @@ class CallWriter:
                 self._advance(end, 0)
                 continue
             if not batch:
-                if self.pending == 0 or self._stopping.is_set():
-                    # Idle: the connection goes back to the pool. Calls still being
-                    # logged are a backlog that lasts: keep it for them.
+                if self._stopping.is_set():
                     await self._release()
-                if self._stopping.is_set() and (self.pending == 0 or self._past(deadline)):
-                    return
+                    if self.pending == 0 or self._past(deadline):
+                        return
                 await self._notify()
-                if deadline is None:
+                if deadline is None and self.pending == 0 and self._conn is not None:
+                    await self._idle()
+                elif deadline is None:  # calls still being logged: keep the connection
                     await self._wake.wait()
                 else:
                     with contextlib.suppress(TimeoutError):
@@ -599,7 +604,30 @@ class CallWriter:
         log.error("writer.call_quarantined", pbx=record.pbx, linkedid=record.linkedid,
                   error=type(exc).__name__, sqlstate=sqlstate(exc), new=added)
 
+    async def _idle(self) -> None:
+        """Wait for the next call with the connection kept for `keep_idle` seconds, then
+        hand it back to the pool: a checkout costs a ping (a transaction of its own, two
+        round trips) before every lone call, most of a quiet site's few milliseconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self.keep_idle)
+        if not self._wake.is_set():
+            await self._release()
+            await self._wake.wait()
+
     async def _store(self, batch: list[CallRecord]) -> Saved:
+        """`_store_once`; once more on a new connection when the one kept from an earlier
+        batch was found dead (the server restarted meanwhile), as the pool's ping would
+        have found it: not an outage."""
+        kept = self._conn is not None
+        try:
+            return await self._store_once(batch)
+        except DBAPIError as exc:
+            if not (kept and exc.connection_invalidated):
+                raise
+            log.info("writer.connection_renewed", error=type(exc.orig).__name__)
+            return await self._store_once(batch)
+
+    async def _store_once(self, batch: list[CallRecord]) -> Saved:
         """Write one batch in one transaction on the writer's connection."""
         if self._conn is None:
             self._conn = await self.db.engine.connect()  # checked out (and pinged) by the pool
