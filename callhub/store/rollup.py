@@ -34,12 +34,12 @@ ring time:
   query).
 
 Sums are added per hour and then per group, so means may differ from the
-exact query's in the last rounded digit. A call is recomputed in the hour
-it arrives in and the hours either side: a call stored again whose arrival
-moved by more than an hour (AMI and CEL both take the first channel's
-creation time; a replay is the same record) would leave its old hour
-counted until `rebuild`. Setting a call's resolution or a follow-up's
-satisfaction recomputes the call's hour (`refresh_hours`) in its transaction.
+exact query's in the last rounded digit. A batch recomputes the hours its
+calls arrive in and, for calls stored before, the hours they were stored in
+(a CEL record replaced by its AMI one may have moved): only those, as a busy
+hour's calls are read again for every batch that adds to it. Setting a
+call's resolution or a follow-up's satisfaction recomputes the call's hour
+(`refresh_hours`) in its transaction.
 """
 
 from __future__ import annotations
@@ -255,10 +255,10 @@ def table_rows(buckets: dict[tuple[str, str | None, int], Bucket], now: datetime
 
 
 def hour_ranges(keys: Iterable[tuple[str, int]]) -> list[tuple[str, int, int]]:
-    """(pbx, first hour, end hour) runs covering each key's hour and the hours either side."""
+    """(pbx, first hour, end hour) runs of consecutive hours covering the keys' hours."""
     hours: dict[str, set[int]] = {}
     for pbx, hour in keys:
-        hours.setdefault(pbx, set()).update((hour - 1, hour, hour + 1))
+        hours.setdefault(pbx, set()).add(hour)
     out: list[tuple[str, int, int]] = []
     for pbx in sorted(hours):
         ordered = sorted(hours[pbx])
@@ -278,8 +278,10 @@ def _delete(pbx: str, lo: int, hi: int) -> sa.Delete:
 
 
 async def refresh(conn: AsyncConnection, records: Sequence[CallRecord],
+                  stored_hours: Iterable[tuple[str, int]] = (),
                   also_changed: Iterable[tuple[str, int]] = ()) -> None:
-    """Recompute, from `calls`, the buckets the just-stored `records` fall in; mark the
+    """Recompute, from `calls`, the buckets the just-stored `records` fall in and those of
+    `stored_hours` (the (pbx, UTC hour)s those of them stored before were in); mark the
     (pbx, hour)s `also_changed` (worklist entries counted there changed) as changed.
 
     Call it in the transaction that stored them, after they are written. On
@@ -287,8 +289,8 @@ async def refresh(conn: AsyncConnection, records: Sequence[CallRecord],
     writers (the daemon and a backfill) cannot each recompute an hour without
     the other's calls.
     """
-    await refresh_hours(conn, ((r.pbx, math.floor(r.arrived_at) // HOUR) for r in records),
-                        also_changed)
+    await refresh_hours(conn, [*((r.pbx, math.floor(r.arrived_at) // HOUR) for r in records),
+                               *stored_hours], also_changed)
 
 
 async def refresh_call(conn: AsyncConnection, call_id: int) -> None:
@@ -321,8 +323,8 @@ async def _locked_now(conn: AsyncConnection) -> datetime:
 
 async def refresh_hours(conn: AsyncConnection, keys: Iterable[tuple[str, int]],
                         also_changed: Iterable[tuple[str, int]] = ()) -> None:
-    """Recompute the buckets of these (pbx, UTC hour)s and the hours either side; stamp
-    those of `also_changed` that this does not recompute as changed."""
+    """Recompute the buckets of these (pbx, UTC hour)s; stamp those of `also_changed`
+    that this does not recompute as changed."""
     ranges = hour_ranges(keys)
     recomputed = {(pbx, hour) for pbx, lo, hi in ranges for hour in range(lo, hi)}
     stamped: dict[str, list[int]] = {}

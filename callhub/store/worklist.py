@@ -74,6 +74,9 @@ class Before:
     """
 
     ids: dict[tuple[str, str], int] = field(default_factory=dict)
+    stored_hours: set[tuple[str, int]] = field(default_factory=set)
+    """(pbx, UTC hour) each of those arrived in as stored: the rollup recomputes them
+    with the batch's own (a call stored again may have moved to another hour)."""
     listed: set[int] = field(default_factory=set)
     answers: dict[str, list[Answer]] = field(default_factory=dict)
     answer_keys: dict[tuple[str, str], tuple[str, Answer]] = field(default_factory=dict)
@@ -95,7 +98,8 @@ async def read_before(conn: AsyncConnection, records: Sequence[CallRecord],
     for start in range(0, max(len(linkedids), len(numbers)), size):
         some_linkedids = linkedids[start:start + size]
         some_numbers = numbers[start:start + size]
-        columns = (calls.c.id, calls.c.pbx, calls.c.linkedid, calls.c.external_number,
+        columns = (calls.c.id, calls.c.pbx, calls.c.linkedid, calls.c.arrived_at,
+                   calls.c.external_number,
                    calls.c.outcome, calls.c.direction, calls.c.answered_at, calls.c.agent,
                    calls.c.agent_name, worklist_calls.c.call_id.label("listed"))
         listed = worklist_calls.c.call_id == calls.c.id
@@ -131,6 +135,7 @@ async def read_before(conn: AsyncConnection, records: Sequence[CallRecord],
             key = (row.pbx, row.linkedid)
             if key in keys:
                 before.ids[key] = row.id
+                before.stored_hours.add((row.pbx, rollup.hour_of(rollup.utc_value(row.arrived_at))))
                 if row.listed is not None:
                     before.listed.add(row.id)
             if (since is not None and row.outcome == "answered"
