@@ -14,13 +14,13 @@ of the writer's task do the rest:
   spool's checkpoint past it. A batch is whatever is waiting, up to
   `batch_size` calls (one at a time when calls trickle in, thousands after an
   outage: on PostgreSQL a batch of 2,000 costs about a third less CPU per call
-  than one of 500, bench/README.md); the newest `max_buffer` logged calls are kept in memory, older
-  ones are read back from the spool. The writer keeps its connection for
-  `keep_idle` seconds after a batch, so calls that trickle in cost no checkout
-  (and its ping) each; one found dead by then is replaced at once. After a restart the calls after the
-  checkpoint are stored first; one stored just before the crash is stored
-  again, which the upsert on (pbx, linkedid) and the idempotent worklist make
-  harmless.
+  than one of 500, bench/README.md); the newest `max_buffer` logged calls are
+  kept in memory, older ones are read back from the spool. The writer keeps
+  its connection for `keep_idle` seconds after a batch, so calls that trickle
+  in cost no checkout (and its ping) each; one found dead by then is replaced
+  at once. After a restart the calls after the checkpoint are stored first;
+  one stored just before the crash is stored again, which the upsert on
+  (pbx, linkedid) and the idempotent worklist make harmless.
 
 A batch the database refuses for an outage (see `errors.py`) is retried with
 capped exponential backoff, forever. One it refuses for its data is split in
