@@ -33,20 +33,23 @@ ring time:
   never low (tests/test_store_rollup.py holds it to that against the exact
   query).
 
-Sums are added per hour and then per group, so means may differ from the
-exact query's in the last rounded digit. A batch recomputes the hours its
-calls arrive in and, for calls stored before, the hours they were stored in
-(a CEL record replaced by its AMI one may have moved): only those, as a busy
-hour's calls are read again for every batch that adds to it. Setting a
-call's resolution or a follow-up's satisfaction recomputes the call's hour
-(`refresh_hours`) in its transaction.
+Sums are added per hour and then per group (and a bucket's in the order its
+calls were stored), so means may differ from the exact query's in the last
+rounded digit. A batch's new calls are added to their buckets: the hour's
+few rows are read, merged and written back, whatever the number of calls
+in it. A batch's calls that were stored before are recomputed instead,
+from `calls`, in the hour they arrive in and the hour they were stored in
+(a CEL record replaced by its AMI one may have moved); so, with their new
+calls, are those hours. Setting a call's resolution or a follow-up's
+satisfaction recomputes the call's hour (`refresh_hours`) in its
+transaction.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -63,6 +66,7 @@ from callhub.records import CallRecord
 from callhub.store.tables import (
     RESOLUTION_COUNTS,
     RESOLUTIONS,
+    ROLLUP_COUNTS,
     SATISFACTIONS,
     call_hours,
     calls,
@@ -278,19 +282,37 @@ def _delete(pbx: str, lo: int, hi: int) -> sa.Delete:
 
 
 async def refresh(conn: AsyncConnection, records: Sequence[CallRecord],
+                  restored: Collection[tuple[str, str]] = (),
                   stored_hours: Iterable[tuple[str, int]] = (),
                   also_changed: Iterable[tuple[str, int]] = ()) -> None:
-    """Recompute, from `calls`, the buckets the just-stored `records` fall in and those of
-    `stored_hours` (the (pbx, UTC hour)s those of them stored before were in); mark the
-    (pbx, hour)s `also_changed` (worklist entries counted there changed) as changed.
+    """Bring the buckets of the just-stored `records` up to date: those of the calls
+    `restored` ((pbx, linkedid)s that were stored before the batch) and of `stored_hours`
+    (the (pbx, UTC hour)s they were stored in) recomputed from `calls`, the new calls
+    added to theirs; mark the (pbx, hour)s `also_changed` (worklist entries counted
+    there changed) as changed.
 
     Call it in the transaction that stored them, after they are written. On
     PostgreSQL it first takes a transaction-level advisory lock, so two
     writers (the daemon and a backfill) cannot each recompute an hour without
-    the other's calls.
+    the other's calls, nor add to a bucket another is rewriting.
     """
-    await refresh_hours(conn, [*((r.pbx, math.floor(r.arrived_at) // HOUR) for r in records),
-                               *stored_hours], also_changed)
+    recomputed = {(r.pbx, _hour(r)) for r in records if (r.pbx, r.linkedid) in restored}
+    recomputed.update(stored_hours)
+    added = [r for r in records
+             if (r.pbx, r.linkedid) not in restored and (r.pbx, _hour(r)) not in recomputed]
+    await refresh_hours(conn, recomputed, also_changed, added)
+
+
+def _hour(record: CallRecord) -> int:
+    return math.floor(record.arrived_at) // HOUR
+
+
+def _source_rows(records: Iterable[CallRecord]) -> list[tuple[Any, ...]]:
+    """New calls as the rows `_SOURCE` reads of them: what `calls` holds for them now (a
+    call just stored has no resolution and no follow-up yet)."""
+    return [(r.pbx, r.line, datetime.fromtimestamp(r.arrived_at, UTC), r.direction, r.outcome,
+             r.short_abandon, r.rings, r.ring_seconds, r.wait_seconds, r.hangup_by, None, None)
+            for r in records if r.direction in ("inbound", "outbound")]
 
 
 async def refresh_call(conn: AsyncConnection, call_id: int) -> None:
@@ -322,15 +344,19 @@ async def _locked_now(conn: AsyncConnection) -> datetime:
 
 
 async def refresh_hours(conn: AsyncConnection, keys: Iterable[tuple[str, int]],
-                        also_changed: Iterable[tuple[str, int]] = ()) -> None:
-    """Recompute the buckets of these (pbx, UTC hour)s; stamp those of `also_changed`
-    that this does not recompute as changed."""
+                        also_changed: Iterable[tuple[str, int]] = (),
+                        added: Sequence[CallRecord] = ()) -> None:
+    """Recompute the buckets of these (pbx, UTC hour)s; add the new calls `added` (in
+    none of those hours) to theirs; stamp those of `also_changed` that this does not
+    rewrite as changed."""
     ranges = hour_ranges(keys)
     recomputed = {(pbx, hour) for pbx, lo, hi in ranges for hour in range(lo, hi)}
+    new_calls = aggregate(_source_rows(added))
+    rewritten = recomputed | {(pbx, hour) for pbx, _line, hour in new_calls}
     stamped: dict[str, list[int]] = {}
-    for pbx, hour in sorted(set(also_changed) - recomputed):
+    for pbx, hour in sorted(set(also_changed) - rewritten):
         stamped.setdefault(pbx, []).append(hour)
-    if not ranges and not stamped:
+    if not ranges and not stamped and not new_calls:
         return
     pg = conn.dialect.name == "postgresql"
     now = await _locked_now(conn)
@@ -348,6 +374,52 @@ async def refresh_hours(conn: AsyncConnection, keys: Iterable[tuple[str, int]],
         out = table_rows(aggregate(rows), now)
         if out:
             await conn.execute(sa.insert(call_hours), out)
+    if new_calls:
+        await _add(conn, table_rows(new_calls, now), now, pg)
+
+
+async def _add(conn: AsyncConnection, additions: list[dict[str, Any]], now: datetime,
+               pg: bool) -> None:
+    """Add buckets of new calls (`table_rows`) to the stored ones: each hour's rows (a
+    few, one per line) read and deleted, merged, inserted again."""
+    hours: dict[str, set[int]] = {}
+    for row in additions:
+        hours.setdefault(row["pbx"], set()).add(row["hour"])
+    out: list[dict[str, Any]] = []
+    for pbx, some in sorted(hours.items()):
+        where = (call_hours.c.pbx == pbx, call_hours.c.hour.in_(sorted(some)))
+        if pg:  # read by the statement that deletes them
+            stored = (await conn.execute(sa.delete(call_hours).where(*where)
+                                         .returning(*call_hours.c))).mappings().all()
+        else:
+            stored = (await conn.execute(sa.select(call_hours).where(*where))).mappings().all()
+            await conn.execute(sa.delete(call_hours).where(*where))
+        kept = {(row["line"], row["hour"]): {**row, "changed_at": now} for row in stored}
+        for row in additions:
+            if row["pbx"] == pbx:
+                key = (row["line"], row["hour"])
+                kept[key] = merged(kept[key], row) if key in kept else row
+        out.extend(kept.values())
+    await conn.execute(sa.insert(call_hours), out)
+
+
+_SUMMED = ("outbound", "short_abandons", "answered", "abandoned", "missed", "other_inbound",
+           "hangup_known", "agent_hung_up_first", "ring_sum", "wait_sum", *ROLLUP_COUNTS)
+
+
+def merged(row: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
+    """Two rows of one bucket (`table_rows`, or as stored) as one: the row `aggregate`
+    would make of both rows' calls (its sums added in another order)."""
+    out = {**row, **{name: row[name] + more[name] for name in _SUMMED},
+           "changed_at": more["changed_at"]}
+    a, b = list(row["rings_le"]), list(more["rings_le"])
+    # Past a bucket's end every answered call of it is within (see `cumulative`).
+    out["rings_le"] = [(a[n] if n < len(a) else row["answered"])
+                       + (b[n] if n < len(b) else more["answered"])
+                       for n in range(max(len(a), len(b)))]
+    for name in ("wait_bins", "ring_bins"):
+        out[name] = spelled(values(row[name]) + values(more[name]))
+    return out
 
 
 def rebuild_sync(connection: Connection) -> int:

@@ -154,11 +154,13 @@ async def save_calls(conn: AsyncConnection, records: Sequence[CallRecord], setti
     saved = Saved()
     if bulk.used(conn):
         await bulk.begin_batch(conn)
-    stored_hours: set[tuple[str, int]] = set()
+    restored: set[tuple[str, str]] = set()  # the batch's calls that were stored before
+    stored_hours: set[tuple[str, int]] = set()  # where they were
     for whole in distinct_runs(records):
         # The run's calls and its misses' answers as they were stored before it.
         before = await worklist.read_before(conn, whole, settings)
         stored_ids = before.ids
+        restored.update(stored_ids)
         stored_hours |= before.stored_hours
         # A call rebuilt from CEL never overwrites one stored already (from AMI or CEL).
         run = [r for r in whole if r.source != "cel" or (r.pbx, r.linkedid) not in stored_ids]
@@ -174,7 +176,8 @@ async def save_calls(conn: AsyncConnection, records: Sequence[CallRecord], setti
         saved.ids += [written[key] if key in written else stored_ids[key]
                       for key in ((r.pbx, r.linkedid) for r in whole)]
     # /stats' hourly rollup, in this same transaction
-    await rollup.refresh(conn, records, stored_hours, also_changed=saved.worklist_hours)
+    await rollup.refresh(conn, records, restored, stored_hours,
+                         also_changed=saved.worklist_hours)
     return saved
 
 
