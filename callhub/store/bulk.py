@@ -49,9 +49,20 @@ _MERGE = (f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) "
           + " RETURNING id, pbx, linkedid")
 
 
+COPY_FROM = 16
+"""Calls in a batch from which they go by COPY and merge (three round trips: the staging
+table, COPY, merge); a smaller batch is one multi-row upsert, one round trip (a lone call
+is most of what a quiet site writes, and its lag is round trips)."""
+
+
 def used(conn: AsyncConnection) -> bool:
     """Whether batches on `conn` take this path (PostgreSQL)."""
     return ENABLED and conn.dialect.name == "postgresql"
+
+
+def copies(conn: AsyncConnection, calls: int) -> bool:
+    """Whether a batch of `calls` on `conn` goes by COPY and merge (else by upsert)."""
+    return calls >= COPY_FROM and used(conn)
 
 
 async def begin_batch(conn: AsyncConnection) -> None:
@@ -63,7 +74,8 @@ async def begin_batch(conn: AsyncConnection) -> None:
     row with every value of the array (tens of milliseconds at 500 calls,
     where a plan for the values, with `= ANY` of a known array hashed, takes
     a fraction of one). Planning each of the batch's few statements costs
-    far less.
+    far less. A batch too small for COPY (`copies`) keeps the cached plans:
+    planning its dozen statements would cost more than running them.
     """
     await conn.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
 

@@ -41,14 +41,15 @@ async def upsert_calls(conn: AsyncConnection, records: Sequence[CallRecord], now
 
     The keys must be distinct (PostgreSQL refuses to update a row twice in
     one statement). PostgreSQL gets them by COPY and one merge
-    (callhub.store.bulk); SQLite as multi-row VALUES, split below its
-    parameter limit. `stored`: the ids of those calls
+    (callhub.store.bulk) from `bulk.COPY_FROM` calls on; smaller batches and
+    SQLite as multi-row VALUES, split below the parameter limit. `stored`: the ids of those calls
     that were stored before (only they can have attempts to delete); None
     when not known.
     """
     if not records:
         return []
-    if bulk.used(conn):
+    copies = bulk.copies(conn, len(records))
+    if copies:
         by_key = await bulk.merge_calls(conn, records, now)
     else:
         rows = [call_row(r, now) for r in records]
@@ -62,7 +63,7 @@ async def upsert_calls(conn: AsyncConnection, records: Sequence[CallRecord], now
     ids = [by_key[(r.pbx, r.linkedid)] for r in records]
     replaced = ids if stored is None else sorted(stored)
     attempt_rows = attempt_values(ids, records)
-    if bulk.used(conn):
+    if copies:
         await bulk.replace_attempts(conn, replaced, attempt_rows)
         return ids
     for part in chunks(replaced, in_chunk(conn)):
@@ -152,7 +153,7 @@ async def save_calls(conn: AsyncConnection, records: Sequence[CallRecord], setti
     """
     now = datetime.now(UTC)
     saved = Saved()
-    if bulk.used(conn):
+    if bulk.copies(conn, len(records)):
         await bulk.begin_batch(conn)
     restored: set[tuple[str, str]] = set()  # the batch's calls that were stored before
     stored_hours: set[tuple[str, int]] = set()  # where they were

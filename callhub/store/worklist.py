@@ -361,7 +361,7 @@ async def _write(conn: AsyncConnection, batch: _Batch, now: datetime) -> None:
              | _state(e, now) for e in batch.opened])
         for entry, entry_id in zip(batch.opened, result.scalars(), strict=True):
             entry.id = entry_id
-    if batch.links and bulk.used(conn):
+    if batch.links and bulk.copies(conn, len(batch.links)):
         await bulk.copy_rows(conn, "worklist_calls", ("entry_id", "call_id"),
                              [(e.id, c) for e, c in batch.links])
     elif batch.links:
