@@ -5,8 +5,10 @@ to the database, exactly once whatever fails.
 of the writer's task do the rest:
 
 - the log loop appends whatever the inbox holds to the spool and fsyncs it,
-  in a worker thread: one fsync for every call that finished within a few
-  milliseconds (`group_window`), more while the previous fsync ran. A call is
+  in a worker thread: one fsync for every call that finished while the
+  previous fsync ran (and within `group_window` seconds, 0 by default: as with
+  PostgreSQL's commit_delay, waiting for company costs each call the wait,
+  and a busy site's calls group by themselves). A call is
   handed off once fsynced; from then on a crash (SIGKILL, the OOM killer, a
   power cut) cannot lose it.
 - the store loop writes the logged calls in batches, in the order they
@@ -138,7 +140,7 @@ class CallWriter:
                  metrics: CallhubMetrics | None = None, spool: Spool | None = None,
                  batch_size: int = 2000, max_buffer: int = 10_000,
                  retry_initial: float = 0.25, retry_max: float = 15.0,
-                 stop_timeout: float = 10.0, group_window: float = 0.002,
+                 stop_timeout: float = 10.0, group_window: float = 0.0,
                  keep_idle: float = KEEP_IDLE, spool_retry: float = 1.0, max_memory: int = 100_000,
                  stuck_after: float = 60.0, quarantine_window: float = 300.0,
                  supervisor: Supervisor | None = None, gate: WriteGate | None = None,
