@@ -291,3 +291,41 @@ async def test_two_pbxs_have_their_own_connection_and_correlator() -> None:
     assert [(r.pbx, r.linkedid, r.outcome) for r in c2.records] == [
         ("south", call2.linkedid, "missed")]
     assert registry.get_sample_value("callhub_ami_connected", {"pbx": "north"}) == 0
+
+
+async def test_calls_go_stale_by_the_pbx_clock_not_the_hosts(
+        ami_simulator: AmiSimulator) -> None:
+    """A PBX whose clock runs 8 hours behind (local time taken for UTC): a call in progress
+    is not closed as stale at the next expiry; a call whose events stopped more than
+    stale_after ago by the PBX's clock is."""
+    sim = ami_simulator
+    collector = Collector()
+    ingest = make_ingest(sim_pbx(sim), collector, stale_after=600.0)
+    pbx_now = time.time() - 8 * 3600
+    factory = CallFactory(seed=5, uniqueid_counter=300)
+    gone = factory.make("answered", pbx_now - 700, ring_seconds=4.0, talk_seconds=30.0,
+                        agent="Local/agent1@agentsim", number="+8613800000201")
+    live = factory.make("answered", pbx_now - 5, ring_seconds=3.0, talk_seconds=20.0,
+                        agent="Local/agent2@agentsim", number="+8613800000202")
+    stream = merge_calls([gone, live])
+    # `gone` loses its end (its last events never come); `live` is cut before it is answered.
+    sent = [m for at, m in stream if at < pbx_now - 680 or pbx_now - 5 <= at < pbx_now]
+    rest = [m for at, m in stream if at >= pbx_now]
+    assert rest and len(sent) + len(rest) < len(stream)
+
+    await ingest.start()
+    try:
+        await ingest.wait_connected(5)
+        await sim.send(sent)
+        await collector.until(lambda: len(collector.events) >= len(sent))
+        assert ingest.correlator.active_calls == 2
+        ingest.expire_stale()
+        assert collector.linkedids() == [gone.linkedid]  # stale by the PBX's clock
+        assert collector.records[0].incomplete
+        await sim.send(rest)
+        await collector.until(lambda: len(collector.records) >= 2)
+    finally:
+        await ingest.stop()
+    last = collector.records[1]
+    assert last.linkedid == live.linkedid and last.outcome == "answered"
+    assert not last.incomplete

@@ -99,6 +99,8 @@ class PbxIngest:
         self.state_file = state_path(state_dir, pbx.name) if state_dir is not None else None
         self.last_event: float | None = None  # the Timestamp of the last event seen
         self._last_stamp: str | None = None  # the last event's raw Timestamp, not parsed yet
+        self._read_at = 0.0  # the host's clock when that event was read
+        self._skew = 0.0  # the PBX's clock minus the host's, at the last event read
         self.alive_until: float | None = None  # when the last session was last known up
         self._state_written = 0.0  # time.monotonic() of the last state write
         self._seen: dict[str, None] = {}  # linkedids finished in this process (bounded)
@@ -244,13 +246,25 @@ class PbxIngest:
         if self._last_stamp is not None:
             stamp = event_time(self._last_stamp) if self._last_stamp else None
             self.last_event = stamp if stamp is not None else self.clock()
+            if stamp is not None:
+                self._skew = stamp - self._read_at
             self._last_stamp = None
+
+    def pbx_now(self) -> float:
+        """Now by the PBX's clock, which stamps its events: the host's clock moved by how
+        far the two were apart at the last event read. Calls go stale by it: a PBX whose
+        clock is hours off (local time taken for UTC) must not have every call in
+        progress closed as stale at the next expiry."""
+        self._settle_last_event()
+        return self.clock() + self._skew
 
     def _on_read(self, skipped: int) -> None:
         """After each TCP read: events nobody reads (skipped unparsed) count like every
         other, and the counter is moved once per read, not once per event (a Prometheus
         increment takes a lock: ~0.7 µs, 5 % of an event's cost); the state file is
         brought up to date every STATE_EVERY seconds."""
+        if self._last_stamp is not None:
+            self._read_at = self.clock()
         if (self.state_file is not None and self._last_stamp is not None
                 and time.monotonic() - self._state_written >= STATE_EVERY):
             self.save_state()
@@ -315,12 +329,17 @@ class PbxIngest:
                               linkedid=record.linkedid)
 
     async def _expire_loop(self) -> None:
-        """Close calls whose events stopped (stale_after) as incomplete."""
+        """`expire_stale` every `expire_interval` seconds."""
         while True:
             await asyncio.sleep(self.expire_interval)
-            try:
-                records = self.correlator.expire(self.clock())
-            except Exception:
-                log.exception("correlator.expire_failed", pbx=self.pbx.name)
-                continue
-            self._emit(records)
+            self.expire_stale()
+
+    def expire_stale(self) -> None:
+        """Close calls whose events stopped `stale_after` ago (by the PBX's clock) as
+        incomplete."""
+        try:
+            records = self.correlator.expire(self.pbx_now())
+        except Exception:
+            log.exception("correlator.expire_failed", pbx=self.pbx.name)
+            return
+        self._emit(records)
