@@ -277,15 +277,17 @@ _EPOCH = datetime(1970, 1, 1)
 
 
 @functools.lru_cache(maxsize=64)
-def _fixed_zone(offset: int) -> timezone:
-    return timezone(timedelta(seconds=offset))
+def _offset_suffix(offset: int) -> str:
+    """How `isoformat` writes a UTC offset of `offset` seconds ("+08:00")."""
+    return _EPOCH.replace(tzinfo=timezone(timedelta(seconds=offset))).isoformat()[19:]
 
 
 def _group_key(q: StatsQuery, k: Any, koff: int) -> Any:
     """The API's key of a group from the SQL key columns."""
     if q.group_by == "hour":  # the local hour with the offset it had (twice 02:00 in autumn)
-        local = _EPOCH + timedelta(hours=int(k))
-        return local.replace(tzinfo=_fixed_zone(int(koff))).isoformat()
+        # isoformat of the aware time, written as the naive one and its offset (a month
+        # is 744 keys: half the cost)
+        return (_EPOCH + timedelta(hours=int(k))).isoformat() + _offset_suffix(int(koff))
     if q.group_by == "day":
         return (date(1970, 1, 1) + timedelta(days=int(k))).isoformat()
     if q.group_by in ("agent", "line"):
