@@ -63,6 +63,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
 from callhub.records import CallRecord
+from callhub.store.chunks import chunks, in_chunk
 from callhub.store.tables import (
     RESOLUTION_COUNTS,
     RESOLUTIONS,
@@ -353,16 +354,13 @@ async def refresh_hours(conn: AsyncConnection, keys: Iterable[tuple[str, int]],
     recomputed = {(pbx, hour) for pbx, lo, hi in ranges for hour in range(lo, hi)}
     new_calls = aggregate(_source_rows(added))
     rewritten = recomputed | {(pbx, hour) for pbx, _line, hour in new_calls}
-    stamped: dict[str, list[int]] = {}
-    for pbx, hour in sorted(set(also_changed) - rewritten):
-        stamped.setdefault(pbx, []).append(hour)
+    stamped = sorted(set(also_changed) - rewritten)
     if not ranges and not stamped and not new_calls:
         return
     pg = conn.dialect.name == "postgresql"
     now = await _locked_now(conn)
-    for pbx, hours in stamped.items():
-        await conn.execute(sa.update(call_hours).where(
-            call_hours.c.pbx == pbx, call_hours.c.hour.in_(hours)).values(changed_at=now))
+    for part in chunks(stamped, in_chunk(conn, lists=2)):
+        await conn.execute(sa.update(call_hours).where(_in_hours(part)).values(changed_at=now))
     for pbx, lo, hi in ranges:
         params = {"pbx": pbx, "lo": _at(lo), "hi": _at(hi)}
         if pg:  # the old buckets deleted by the statement that reads their calls
@@ -378,29 +376,33 @@ async def refresh_hours(conn: AsyncConnection, keys: Iterable[tuple[str, int]],
         await _add(conn, table_rows(new_calls, now), now, pg)
 
 
+def _in_hours(keys: Sequence[tuple[str, int]]) -> sa.ColumnElement[bool]:
+    """The rows of these (pbx, UTC hour)s: one statement for every PBX of a batch (a
+    statement each cost a wait for the event loop each, a second a batch at 100 busy
+    PBXs)."""
+    return sa.tuple_(call_hours.c.pbx, call_hours.c.hour).in_(keys)
+
+
 async def _add(conn: AsyncConnection, additions: list[dict[str, Any]], now: datetime,
                pg: bool) -> None:
-    """Add buckets of new calls (`table_rows`) to the stored ones: each hour's rows (a
-    few, one per line) read and deleted, merged, inserted again."""
-    hours: dict[str, set[int]] = {}
-    for row in additions:
-        hours.setdefault(row["pbx"], set()).add(row["hour"])
-    out: list[dict[str, Any]] = []
-    for pbx, some in sorted(hours.items()):
-        where = (call_hours.c.pbx == pbx, call_hours.c.hour.in_(sorted(some)))
+    """Add buckets of new calls (`table_rows`) to the stored ones: their hours' rows (a
+    few an hour, one per line) read and deleted, merged, inserted again."""
+    keys = sorted({(row["pbx"], row["hour"]) for row in additions})
+    kept: dict[tuple[str, str | None, int], dict[str, Any]] = {}
+    for part in chunks(keys, in_chunk(conn, lists=2)):
         if pg:  # read by the statement that deletes them
-            stored = (await conn.execute(sa.delete(call_hours).where(*where)
+            stored = (await conn.execute(sa.delete(call_hours).where(_in_hours(part))
                                          .returning(*call_hours.c))).mappings().all()
         else:
-            stored = (await conn.execute(sa.select(call_hours).where(*where))).mappings().all()
-            await conn.execute(sa.delete(call_hours).where(*where))
-        kept = {(row["line"], row["hour"]): {**row, "changed_at": now} for row in stored}
-        for row in additions:
-            if row["pbx"] == pbx:
-                key = (row["line"], row["hour"])
-                kept[key] = merged(kept[key], row) if key in kept else row
-        out.extend(kept.values())
-    await conn.execute(sa.insert(call_hours), out)
+            stored = (await conn.execute(sa.select(call_hours).where(_in_hours(part)))
+                      ).mappings().all()
+            await conn.execute(sa.delete(call_hours).where(_in_hours(part)))
+        kept.update({(row["pbx"], row["line"], row["hour"]): {**row, "changed_at": now}
+                     for row in stored})
+    for row in additions:
+        key = (row["pbx"], row["line"], row["hour"])
+        kept[key] = merged(kept[key], row) if key in kept else row
+    await conn.execute(sa.insert(call_hours), list(kept.values()))
 
 
 _SUMMED = ("outbound", "short_abandons", "answered", "abandoned", "missed", "other_inbound",
