@@ -322,7 +322,7 @@ async def refresh_call(conn: AsyncConnection, call_id: int) -> None:
     found = (await conn.execute(sa.select(calls.c.pbx, calls.c.arrived_at)
                                 .where(calls.c.id == call_id))).first()
     if found is not None:
-        await refresh_hours(conn, [(found.pbx, hour_of(utc_value(found.arrived_at)))])
+        await refresh_hours(conn, [(found.pbx, hour_of(found.arrived_at))])
 
 
 async def touch(conn: AsyncConnection, keys: Iterable[tuple[str, int]]) -> None:

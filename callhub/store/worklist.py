@@ -135,7 +135,7 @@ async def read_before(conn: AsyncConnection, records: Sequence[CallRecord],
             key = (row.pbx, row.linkedid)
             if key in keys:
                 before.ids[key] = row.id
-                before.stored_hours.add((row.pbx, rollup.hour_of(rollup.utc_value(row.arrived_at))))
+                before.stored_hours.add((row.pbx, rollup.hour_of(row.arrived_at)))
                 if row.listed is not None:
                     before.listed.add(row.id)
             if (since is not None and row.outcome == "answered"
@@ -327,7 +327,7 @@ async def apply_batch(conn: AsyncConnection, records: Sequence[CallRecord], ids:
         elif is_reach(record):
             batch.reach(call_id, record)
     await _write(conn, batch, now)
-    hours = {(e.pbx, rollup.hour_of(rollup.utc_value(at)))
+    hours = {(e.pbx, rollup.hour_of(at))
              for e in (*batch.opened, *(e for e in loaded if e.changed))
              for at in (e.first_missed_at, e.loaded_first_missed_at) if at is not None}
     return Applied(batch.seconds, hours)
@@ -394,7 +394,7 @@ async def mark(conn: AsyncConnection, entry_id: int, status: str, who: str | Non
     await conn.execute(sa.update(worklist_entries)
                        .where(worklist_entries.c.id == entry_id).values(**values))
     # /stats counts the entry in the hour of its first miss: its cached figures are stale.
-    await rollup.touch(conn, {(row.pbx, rollup.hour_of(rollup.utc_value(row.first_missed_at)))})
+    await rollup.touch(conn, {(row.pbx, rollup.hour_of(row.first_missed_at))})
     return took
 
 
