@@ -20,8 +20,8 @@ one endpoint at a time over keep-alive HTTP:
 
 It prints p50/p99 per endpoint as it goes; the last line is one JSON object.
 Targets (issue 15): p99 < 50 ms for the lists, < 100 ms for a month of hourly
-stats. `--workers N` serves the app from N processes on one port
-(SO_REUSEPORT), as `callhub run --workers N` does.
+stats. `--workers N` serves the app from N processes, the first dealing the
+connections to all in turn, as `callhub run --workers N` does.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import asyncio
 import json
 import os
 import random
+import socket
 import statistics
 import subprocess
 import sys
@@ -249,9 +250,16 @@ async def facts(url: str, schema: str) -> dict[str, Any]:
 
 # -- the server (its own process) -------------------------------------------------------------
 
-async def serve(url: str, schema: str, port: int, reuse_port: bool) -> None:
+async def serve(url: str, schema: str, deal_to: list[int], channel: int | None) -> None:
+    """The API as `callhub run` serves it (its connection gate included): listening and
+    dealing connections to the processes at the other end of `deal_to`, or serving those
+    dealt to it over `channel` (callhub/api/handoff.py)."""
+    import socket
+
     from aiohttp import web
 
+    from callhub.api import handoff
+    from callhub.api import limits as http_limits
     from callhub.api.app import make_app
     from callhub.config import ApiToken, Settings
     from callhub.lifecycle import settle_heap
@@ -262,14 +270,27 @@ async def serve(url: str, schema: str, port: int, reuse_port: bool) -> None:
     settings = Settings(database_url=sa_url(url), timezone=TZ_NAME,
                         api_tokens=(ApiToken("admin", TOKEN),))
     db = Database.connect(sa_url(url), schema=schema)
-    runner = web.AppRunner(make_app(settings, db), access_log=None)
+    app = make_app(settings, db)
+    gate = http_limits.install(app)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, reuse_port=reuse_port)
-    await site.start()
-    settle_heap()  # as `callhub run` does once started
-    print(runner.addresses[0][1], flush=True)
+    assert runner.server is not None
+    stop = asyncio.Event()
+    if channel is not None:
+        receiver = handoff.Receiver(socket.socket(fileno=channel),
+                                    gate.protocol_factory(runner.server), stop.set)
+        receiver.start()
+        settle_heap()
+        receiver.announce()
+    else:
+        dealer = handoff.Dealer([socket.socket(fileno=fd) for fd in deal_to])
+        await http_limits.GuardedSite(runner, "127.0.0.1", 0, gate, dealer=dealer).start()
+        for mine in dealer.channels:
+            await handoff.announced(mine)
+        settle_heap()  # as `callhub run` does once started
+        print(runner.addresses[0][1], flush=True)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
         await runner.cleanup()
         await db.close()
@@ -456,17 +477,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", action="store_true",
                         help="use the data a --keep run left (no load)")
     parser.add_argument("--workers", type=int, default=1,
-                        help="server processes on the one port (SO_REUSEPORT)")
+                        help="server processes; the first deals connections to the others "
+                             "in turn, as `callhub run --workers N`")
     parser.add_argument("--endpoints", default="calls,worklist,stats",
                         help="which to measure (comma-separated)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--deal-to", type=int, nargs="*", default=[], help=argparse.SUPPRESS)
+    parser.add_argument("--channel", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not args.database_url:
         parser.error("needs PostgreSQL: --database-url or CALLHUB_TEST_DATABASE_URL")
     if args.serve:
-        asyncio.run(serve(args.database_url, args.schema, args.port, args.reuse_port))
+        asyncio.run(serve(args.database_url, args.schema, args.deal_to, args.channel))
         return 0
 
     results: dict[str, Any] = {"cpus": os.cpu_count(), "clients": args.clients}
@@ -486,17 +508,20 @@ def main(argv: list[str] | None = None) -> int:
     results["workers"] = args.workers
     command = [sys.executable, str(Path(__file__).resolve()), "--serve", "--database-url",
                args.database_url, "--schema", args.schema]
-    if args.workers > 1:
-        command.append("--reuse-port")
-    servers = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True)]
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+             for _ in range(args.workers - 1)]  # handoff.channel_pair, without importing callhub
+    mine = [a.fileno() for a, _ in pairs]
+    servers = [subprocess.Popen([*command, "--deal-to", *map(str, mine)], pass_fds=mine,
+                                stdout=subprocess.PIPE, text=True)]
+    for _, theirs in pairs:
+        servers.append(subprocess.Popen([*command, "--channel", str(theirs.fileno())],
+                                        pass_fds=[theirs.fileno()]))
+    for a, b in pairs:
+        a.close()
+        b.close()
     try:
         assert servers[0].stdout is not None
         port = int(servers[0].stdout.readline())
-        for _ in range(args.workers - 1):  # the others on the same port
-            servers.append(subprocess.Popen([*command, "--port", str(port)],
-                                            stdout=subprocess.PIPE, text=True))
-            assert servers[-1].stdout is not None
-            servers[-1].stdout.readline()
         results.update(asyncio.run(measure(f"http://127.0.0.1:{port}", f, args,
                                            [s.pid for s in servers])))
     finally:

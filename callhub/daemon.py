@@ -332,7 +332,14 @@ async def api(d: Daemon) -> AsyncIterator[None]:
     workers: Workers | None = None
     await keeper.start()
     try:
-        site = http_limits.GuardedSite(runner, host, port, gate, reuse_port=count > 1)
+        if count > 1:
+            # The others serve the connections this process deals them, and forward here
+            # (a private loopback listener) what only this process answers.
+            await http_limits.GuardedSite(runner, "127.0.0.1", 0, gate).start()
+            main_url = f"http://127.0.0.1:{runner.addresses[-1][1]}"
+            workers = Workers(count - 1, d.settings, main_url)
+        site = http_limits.GuardedSite(runner, host, port, gate,
+                                       dealer=workers.dealer if workers else None)
         try:
             await site.start()
         except OSError as exc:
@@ -340,14 +347,9 @@ async def api(d: Daemon) -> AsyncIterator[None]:
                 f"the API cannot listen on {host}:{port}: {exc.strerror or exc}; set "
                 f"api.listen in the config or CALLHUB_API_LISTEN=host:port to a free "
                 f"address") from exc
-        bound = runner.addresses[0][1] if runner.addresses else port
+        bound = runner.addresses[-1][1] if runner.addresses else port
         d.api_url = f"http://{host}:{bound}"
-        if count > 1:
-            # The others serve the API on the same port, and forward here (a private
-            # loopback listener) what only this process answers.
-            await http_limits.GuardedSite(runner, "127.0.0.1", 0, gate).start()
-            main_url = f"http://127.0.0.1:{runner.addresses[-1][1]}"
-            workers = Workers(count - 1, d.settings, host, bound, main_url)
+        if workers is not None:
             await workers.start()
         log.info("daemon.api", url=d.api_url, workers=count)
         print(f"callhub API: {d.api_url}/api/v1/  (OpenAPI: {d.api_url}/api/v1/openapi.json)",

@@ -1,13 +1,19 @@
 """`[api] workers = 2`: a real `callhub run` serves the API from two processes on one port.
 
-Fresh connections land on either process (SO_REUSEPORT); both answer the API
-alike, and what only the daemon's process knows (/readyz with its AMI
-connection) comes the same through a worker, which forwards it.
+The daemon's process deals fresh connections in turn to itself and the worker
+(callhub/api/handoff.py); both answer the API alike, and what only the
+daemon's process knows (/readyz with its AMI connection) comes the same
+through a worker, which forwards it. A worker killed with SIGKILL loses no
+later connection: the daemon serves them itself.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -26,10 +32,42 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+async def _exited(pid: int) -> None:
+    """Until `pid` has exited (its descriptors closed), by its pidfd becoming readable."""
+    fd = os.pidfd_open(pid)
+    gone = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().add_reader(fd, gone.set_result, None)
+    try:
+        await asyncio.wait_for(gone, 10)
+    finally:
+        asyncio.get_running_loop().remove_reader(fd)
+        os.close(fd)
+
+
 CONNECTIONS = 40
 
 
-async def test_two_api_processes_share_the_port(tmp_path: Path) -> None:
+async def _answers(url: str, count: int) -> dict[str | None, list[tuple[int, bytes]]]:
+    """`count` requests, each on a new connection, by the process that answered (the
+    worker's pid; None: the daemon's); /api and /readyz two by two, so that either
+    process gets both."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    seen: dict[str | None, list[tuple[int, bytes]]] = {}
+    async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(force_close=True)) as session:
+        for n in range(count):
+            path = "/api/v1/calls?limit=5" if n // 2 % 2 else "/readyz"
+            async with session.get(url + path, headers=headers) as resp:
+                seen.setdefault(resp.headers.get(WORKER_HEADER), []).append(
+                    (resp.status, (path + " ").encode() + await resp.read()))
+    return seen
+
+
+@contextlib.asynccontextmanager
+async def _two_processes(tmp_path: Path) -> AsyncIterator[tuple[Daemon, int]]:
+    """`callhub run` with `[api] workers = 2`, serving: the daemon and its worker's pid."""
     sim = AmiSimulator(username=SIM_USER, secret=SIM_SECRET)
     await sim.start()
     config = write_pbxs_config(tmp_path, {"lab": sim}, tokens=[f"admin:{TOKEN}"])
@@ -41,25 +79,34 @@ async def test_two_api_processes_share_the_port(tmp_path: Path) -> None:
         await daemon.until(lambda: bool(daemon.events("daemon.api")))
         started = daemon.events("api.worker_started")
         assert len(started) == 1
-        worker_pid = started[0]["pid"]
-        url = daemon.events("daemon.api")[0]["url"]
-        headers = {"Authorization": f"Bearer {TOKEN}"}
-        seen: dict[str | None, list[tuple[int, bytes]]] = {}
-        # A new connection each time: the kernel picks the process per connection.
-        async with aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(force_close=True)) as session:
-            for n in range(CONNECTIONS):
-                path = "/api/v1/calls?limit=5" if n % 2 else "/readyz"
-                async with session.get(url + path, headers=headers) as resp:
-                    seen.setdefault(resp.headers.get(WORKER_HEADER), []).append(
-                        (resp.status, (path + " ").encode() + await resp.read()))
-        assert set(seen) == {None, str(worker_pid)}, set(seen)
-        by_process = [sorted(set(answers)) for answers in seen.values()]
-        assert by_process[0] == by_process[1]  # the same answers from either process
-        assert all(status == 200 for answers in seen.values() for status, body in answers
-                   if body.startswith(b"/api"))
-        assert await daemon.stop() == 0
-        assert not _alive(worker_pid)  # the worker went with the daemon
+        yield daemon, started[0]["pid"]
     finally:
         await daemon.kill()
         await sim.stop()
+
+
+async def test_two_api_processes_share_the_port(tmp_path: Path) -> None:
+    async with _two_processes(tmp_path) as (daemon, worker_pid):
+        url = daemon.events("daemon.api")[0]["url"]
+        seen = await _answers(url, CONNECTIONS)
+        assert set(seen) == {None, str(worker_pid)}, set(seen)
+        # Dealt in turn: each process served half of the connections.
+        assert [len(answers) for answers in seen.values()] == [CONNECTIONS // 2] * 2
+        by_process = [sorted(set(answers)) for answers in seen.values()]
+        assert by_process[0] == by_process[1]  # the same answers from either process
+        assert all(status == 200 for answers in seen.values() for status, _body in answers)
+
+        os.kill(worker_pid, signal.SIGKILL)
+        await _exited(worker_pid)
+        after = await _answers(url, 10)
+        assert list(after) == [None]  # every later connection served by the daemon
+        assert all(status == 200 for status, _body in after[None])
+        await daemon.until(lambda: bool(daemon.events("api.worker_channel_lost")))
+        assert await daemon.stop() == 0
+
+
+async def test_the_worker_goes_with_the_daemon(tmp_path: Path) -> None:
+    """The daemon killed with SIGKILL: its worker sees the channel close and exits."""
+    async with _two_processes(tmp_path) as (daemon, worker_pid):
+        await daemon.kill()
+        await _exited(worker_pid)  # within 10 s, else TimeoutError

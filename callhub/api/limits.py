@@ -27,6 +27,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from callhub.api.handoff import Dealer
+
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -167,20 +169,25 @@ def install(app: web.Application, limits: HttpLimits | None = None) -> Gate:
 
 
 class GuardedSite(web.TCPSite):
-    """aiohttp's TCPSite whose connections pass the app's gate (see `install`)."""
+    """aiohttp's TCPSite whose connections pass the app's gate (see `install`); with a
+    `dealer`, those dealt to other processes go to them first (callhub/api/handoff.py)."""
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, gate: Gate,
-                 **kwargs: Any) -> None:
+                 dealer: Dealer | None = None, **kwargs: Any) -> None:
         super().__init__(runner, host, port, **kwargs)
         self.gate = gate
+        self.dealer = dealer
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
         server = self._runner.server
         assert server is not None
         loop = asyncio.get_running_loop()
+        factory: Callable[[], Any] = self.gate.protocol_factory(server)
+        if self.dealer is not None:
+            factory = self.dealer.factory(factory)
         self._server = await loop.create_server(
-            self.gate.protocol_factory(server), self._host, self._port,
+            factory, self._host, self._port,
             ssl=self._ssl_context, backlog=self._backlog,
             reuse_address=self._reuse_address, reuse_port=self._reuse_port)
         if self._server.sockets:

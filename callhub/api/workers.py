@@ -2,15 +2,16 @@
 
 One Python process answers at most about one core's worth of requests; on a
 machine with more cores, `workers = N` starts N - 1 more processes that serve
-the same API on the same address. Every process binds it with SO_REUSEPORT,
-and the kernel spreads new connections over them. Only the daemon's own
-process runs AMI ingestion, the writer, FastAGI and the desk's keeper: the
-others read and write the database like any API client.
+the same API. Only the daemon's process listens on the port: it deals the
+connections in turn to itself and to each worker (callhub/api/handoff.py), so
+each process serves an equal share of them. Only the daemon's process runs AMI
+ingestion, the writer, FastAGI and the desk's keeper: the others read and
+write the database like any API client.
 
 What only the daemon's process can answer (its in-memory state: the rota
 routes, /readyz with each PBX's AMI, /metrics, the desk's pages) a worker
 forwards to it, over a private loopback listener of the daemon's, so every
-route answers the same whichever process the connection landed on; so is
+route answers the same whichever process the connection was dealt to; so is
 anything the worker has no route for.
 """
 
@@ -20,16 +21,16 @@ import asyncio
 import multiprocessing
 import os
 import signal
-from collections.abc import Callable, Sequence
+import socket
+from collections.abc import Callable
 from multiprocessing.process import BaseProcess
-from multiprocessing.synchronize import Event
 from typing import Any
 
 import aiohttp
 import structlog
 from aiohttp import web
 
-from callhub.api import followups
+from callhub.api import followups, handoff
 from callhub.api import limits as http_limits
 from callhub.api.app import make_app
 from callhub.api.base import Handler
@@ -93,27 +94,31 @@ async def _mark(_request: web.Request, response: web.StreamResponse) -> None:
     response.headers[WORKER_HEADER] = str(os.getpid())
 
 
-async def serve(settings: Settings, host: str, port: int, main_url: str,
+async def serve(settings: Settings, channel: socket.socket, main_url: str,
                 stop: asyncio.Event, ready: Callable[[], None] = lambda: None) -> None:
-    """Serve `worker_app` on host:port (SO_REUSEPORT) until `stop` is set."""
+    """Serve `worker_app` on the connections the daemon deals over `channel` until `stop`
+    is set, or until the daemon's end of the channel closes."""
     db = Database.connect(settings.database_url, read_url=settings.read_database_url)
     app = worker_app(settings, db, main_url)
     gate = http_limits.install(app)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
+    assert runner.server is not None
+    receiver = handoff.Receiver(channel, gate.protocol_factory(runner.server), stop.set)
     try:
-        site = http_limits.GuardedSite(runner, host, port, gate, reuse_port=True)
-        await site.start()
-        log.info("api.worker_started", port=port, pid=os.getpid())
+        receiver.start()
         ready()
+        log.info("api.worker_started", pid=os.getpid())  # written before the daemon's line
+        receiver.announce()
         await stop.wait()
     finally:
+        receiver.stop()
         await runner.cleanup()
         await db.close()
 
 
-def _child(settings: Settings, host: str, port: int, main_url: str, ready: Event) -> None:
-    """A worker process: serve until SIGTERM."""
+def _child(settings: Settings, channel: socket.socket, main_url: str) -> None:
+    """A worker process: serve until SIGTERM, or until the daemon is gone."""
     configure_logging(settings.log_level)
 
     async def run() -> None:
@@ -121,11 +126,8 @@ def _child(settings: Settings, host: str, port: int, main_url: str, ready: Event
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        def started() -> None:
-            settle_heap()  # this process is the worker's own
-            ready.set()
-
-        await serve(settings, host, port, main_url, stop, started)
+        # settle_heap: this process is the worker's own.
+        await serve(settings, channel, main_url, stop, settle_heap)
 
     asyncio.run(run())
 
@@ -134,26 +136,35 @@ class Workers:
     """The N - 1 extra API processes of a daemon (spawned, so nothing of the daemon's
     state is inherited)."""
 
-    def __init__(self, count: int, settings: Settings, host: str, port: int,
-                 main_url: str) -> None:
-        self.count, self.settings, self.host, self.port = count, settings, host, port
-        self.main_url = main_url
+    def __init__(self, count: int, settings: Settings, main_url: str) -> None:
+        self.count, self.settings, self.main_url = count, settings, main_url
         self.processes: list[BaseProcess] = []
+        pairs = [handoff.channel_pair() for _ in range(count)]
+        self.dealer = handoff.Dealer([mine for mine, _ in pairs])
+        """Deals the port's connections to this process and the workers (GuardedSite)."""
+        self._theirs = [theirs for _, theirs in pairs]
 
     async def start(self) -> None:
-        """Start them and wait until each listens (RuntimeError if one does not)."""
+        """Start them and wait until each serves (RuntimeError if one does not)."""
         ctx = multiprocessing.get_context("spawn")
-        events: Sequence[Event] = [ctx.Event() for _ in range(self.count)]
-        for ready in events:
+        for channel in self._theirs:
+            # The worker's end of its channel goes to the child as an inherited descriptor.
             process = ctx.Process(target=_child, name="callhub-api-worker", daemon=True,
-                                  args=(self.settings, self.host, self.port, self.main_url,
-                                        ready))
+                                  args=(self.settings, channel, self.main_url))
             process.start()
+            channel.close()  # the child has its own
             self.processes.append(process)
-        loop = asyncio.get_running_loop()
-        for started, ready in zip(self.processes, events, strict=True):
-            if not await loop.run_in_executor(None, ready.wait, START_TIMEOUT):
-                raise RuntimeError(f"API worker {started.pid} did not start listening "
+        self._theirs.clear()
+        # Each says so over its channel (not a multiprocessing.Event, whose set() blocks
+        # for good in the worker when the daemon is killed while waiting on it).
+        for started, channel in zip(self.processes, self.dealer.channels, strict=True):
+            try:
+                async with asyncio.timeout(START_TIMEOUT):
+                    serving = await handoff.announced(channel)
+            except TimeoutError:
+                serving = False
+            if not serving:
+                raise RuntimeError(f"API worker {started.pid} did not start serving "
                                    f"within {START_TIMEOUT:g} s")
 
     async def stop(self) -> None:
@@ -168,3 +179,4 @@ class Workers:
                 process.kill()
                 await loop.run_in_executor(None, process.join, 5.0)
         self.processes.clear()
+        self.dealer.close()
