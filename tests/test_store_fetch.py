@@ -3,6 +3,7 @@ SQLAlchemy reads, value for value; a failing statement is a DBAPIError as before
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -13,8 +14,10 @@ from store_fixtures import T0, make_call, store
 
 from callhub.config import Settings
 from callhub.records import Transfer
-from callhub.store import fetch, queries
+from callhub.store import fetch, queries, tables, worklist
 from callhub.store.db import Database
+
+T0_AT = datetime.fromtimestamp(T0, UTC)
 
 
 async def sqlalchemy_dicts(conn: AsyncConnection, stmt: Any, params: Any) -> list[dict[str, Any]]:
@@ -67,3 +70,38 @@ async def test_a_failing_statement_is_a_dbapi_error(pg_db: Database) -> None:
     assert raised.value.connection_invalidated is False
     assert "division by zero" in str(raised.value.orig)
     assert await pg_db.read(lambda c: fetch.dicts(c, stmt, {"zero": 1})) == [{"one": 1}]
+
+
+async def test_a_lists_worklist_entries_and_latest_sms_are_the_single_calls(
+        any_db: Database, store_settings: Settings) -> None:
+    """A list page reads its calls' worklist entries and SMS statuses by a second statement
+    (queries._add_extras); the single call still joins them in one. Both agree, for calls
+    with no entry, a pending one, a dismissed one, no SMS, one, and two (the later shown)."""
+    records = [make_call(f"x{n}", at=T0 + 60 * n, outcome=outcome,
+                         caller_number=f"+8613900001{n:03d}")
+               for n, outcome in enumerate(["answered", "missed", "missed", "abandoned",
+                                            "missed", "answered"])]
+    ids = await store(any_db, store_settings, *records)
+    async with any_db.begin() as conn:
+        entries = (await conn.execute(sa.select(tables.worklist_calls.c.entry_id)
+                                      .where(tables.worklist_calls.c.call_id.in_(ids[1:3]))
+                                      )).scalars().all()
+        await worklist.mark(conn, entries[0], "dismissed", "test", None)
+        for n, (call_id, status) in enumerate([(ids[0], "failed"), (ids[0], "sent"),
+                                               (ids[2], "sent"), (ids[2], "failed"),
+                                               (ids[3], "queued")]):
+            await conn.execute(sa.insert(tables.sms_outbox).values(
+                idempotency_key=f"k{n}", pbx="main", linkedid=f"x{n}", call_id=call_id,
+                kind="answered", to_number="13900000000", text="t", params={},
+                status=status, next_attempt_at=T0_AT, call_ended_at=T0_AT, created_at=T0_AT))
+    extras = ("worklist_id", "worklist_status", "sms_status")
+    listed = await any_db.read(lambda c: queries.list_calls(c, queries.CallFilter(), 100))
+    assert len(listed) == len(ids)
+    async with any_db.connection() as conn:
+        for row in listed:
+            single = await queries.get_call(conn, row["id"])
+            assert single is not None
+            assert {k: row[k] for k in extras} == {k: single[k] for k in extras}
+    by_id = {row["id"]: row for row in listed}
+    assert [by_id[i]["sms_status"] for i in ids[:4]] == ["sent", None, "failed", "queued"]
+    assert by_id[ids[1]]["worklist_status"] != by_id[ids[2]]["worklist_status"]
