@@ -337,7 +337,7 @@ async def api(d: Daemon) -> AsyncIterator[None]:
             # (a private loopback listener) what only this process answers.
             await http_limits.GuardedSite(runner, "127.0.0.1", 0, gate).start()
             main_url = f"http://127.0.0.1:{runner.addresses[-1][1]}"
-            workers = Workers(count - 1, d.settings, main_url)
+            workers = Workers(count - 1, d.settings, main_url, d.supervisor)
         site = http_limits.GuardedSite(runner, host, port, gate,
                                        dealer=workers.dealer if workers else None)
         try:

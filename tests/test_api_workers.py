@@ -3,14 +3,15 @@
 The daemon's process deals fresh connections in turn to itself and the worker
 (callhub/api/handoff.py); both answer the API alike, and what only the
 daemon's process knows (/readyz with its AMI connection) comes the same
-through a worker, which forwards it. A worker killed with SIGKILL loses no
-later connection: the daemon serves them itself.
+through a worker, which forwards it. A worker killed with SIGKILL fails its
+supervised task and is started again; no later connection is lost meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -98,10 +99,18 @@ async def test_two_api_processes_share_the_port(tmp_path: Path) -> None:
 
         os.kill(worker_pid, signal.SIGKILL)
         await _exited(worker_pid)
-        after = await _answers(url, 10)
-        assert list(after) == [None]  # every later connection served by the daemon
-        assert all(status == 200 for status, _body in after[None])
-        await daemon.until(lambda: bool(daemon.events("api.worker_channel_lost")))
+        # Its task fails, and the supervisor starts another worker, dealt to alike.
+        await daemon.until(lambda: len(daemon.events("api.worker_started")) == 2)
+        assert any(e["task"] == "api-worker-1" for e in daemon.events("lifecycle.task_failed"))
+        new_pid = daemon.events("api.worker_started")[1]["pid"]
+        after = await _answers(url, 20)
+        assert sorted(after, key=str) == sorted([None, str(new_pid)], key=str)
+        assert [len(answers) for answers in after.values()] == [10, 10]
+        assert all(status == 200 for answers in after.values() for status, _body in answers)
+        ready = [json.loads(body.split(b" ", 1)[1]) for answers in after.values()
+                 for _status, body in answers if body.startswith(b"/readyz")]
+        assert all(r["parts"]["api-worker-1"] == {"ready": True, "required": False,
+                                                  "reason": None} for r in ready)
         assert await daemon.stop() == 0
 
 

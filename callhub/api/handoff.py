@@ -66,6 +66,17 @@ class Dealer:
             return _HandOver(self, self.channels[turn - 1], serve_here)
         return make
 
+    def add(self, channel: socket.socket) -> None:
+        """A worker that serves: dealt connections from now on."""
+        channel.setblocking(False)
+        self.channels.append(channel)
+
+    def remove(self, channel: socket.socket) -> None:
+        """A worker that ended: its channel closed, dealt nothing more."""
+        if channel in self.channels:
+            self.channels.remove(channel)
+        channel.close()
+
     def lost(self, channel: socket.socket, error: OSError) -> None:
         """A channel that failed: its worker is dealt nothing more."""
         if channel in self.channels:

@@ -18,6 +18,7 @@ anything the worker has no route for.
 from __future__ import annotations
 
 import asyncio
+import functools
 import multiprocessing
 import os
 import signal
@@ -35,7 +36,7 @@ from callhub.api import limits as http_limits
 from callhub.api.app import make_app
 from callhub.api.base import Handler
 from callhub.config import Settings
-from callhub.lifecycle import settle_heap
+from callhub.lifecycle import PartDown, Supervisor, Task, settle_heap
 from callhub.logs import configure_logging
 from callhub.store.db import Database
 
@@ -134,49 +135,85 @@ def _child(settings: Settings, channel: socket.socket, main_url: str) -> None:
 
 class Workers:
     """The N - 1 extra API processes of a daemon (spawned, so nothing of the daemon's
-    state is inherited)."""
+    state is inherited), each one a supervised task `api-worker-K` of the daemon: a
+    worker that exits or is killed fails its task, is dealt no more connections, and is
+    started again after the supervisor's backoff; /readyz names it meanwhile (a part not
+    required: the daemon's process serves every connection alone meanwhile)."""
 
-    def __init__(self, count: int, settings: Settings, main_url: str) -> None:
+    def __init__(self, count: int, settings: Settings, main_url: str,
+                 supervisor: Supervisor) -> None:
         self.count, self.settings, self.main_url = count, settings, main_url
-        self.processes: list[BaseProcess] = []
-        pairs = [handoff.channel_pair() for _ in range(count)]
-        self.dealer = handoff.Dealer([mine for mine, _ in pairs])
+        self.supervisor = supervisor
+        self.dealer = handoff.Dealer([])
         """Deals the port's connections to this process and the workers (GuardedSite)."""
-        self._theirs = [theirs for _, theirs in pairs]
+        self.tasks: list[Task] = []
+        self.pids: dict[str, int] = {}  # the live worker of each task
 
     async def start(self) -> None:
         """Start them and wait until each serves (RuntimeError if one does not)."""
-        ctx = multiprocessing.get_context("spawn")
-        for channel in self._theirs:
-            # The worker's end of its channel goes to the child as an inherited descriptor.
-            process = ctx.Process(target=_child, name="callhub-api-worker", daemon=True,
-                                  args=(self.settings, channel, self.main_url))
-            process.start()
-            channel.close()  # the child has its own
-            self.processes.append(process)
-        self._theirs.clear()
-        # Each says so over its channel (not a multiprocessing.Event, whose set() blocks
-        # for good in the worker when the daemon is killed while waiting on it).
-        for started, channel in zip(self.processes, self.dealer.channels, strict=True):
+        for n in range(1, self.count + 1):
+            name = f"api-worker-{n}"
+            self.tasks.append(self.supervisor.spawn(
+                name, functools.partial(self._serve, name), required=False,
+                ready_on_start=False))
+        for task in self.tasks:
             try:
                 async with asyncio.timeout(START_TIMEOUT):
-                    serving = await handoff.announced(channel)
+                    await task.health.wait_ready()
             except TimeoutError:
-                serving = False
-            if not serving:
-                raise RuntimeError(f"API worker {started.pid} did not start serving "
-                                   f"within {START_TIMEOUT:g} s")
+                raise RuntimeError(f"API worker {task.name} did not start serving within "
+                                   f"{START_TIMEOUT:g} s") from None
+
+    async def _serve(self, name: str) -> None:
+        """One worker process, from its start until it ends (which fails the task)."""
+        loop = asyncio.get_running_loop()
+        mine, theirs = handoff.channel_pair()
+        # The worker's end of its channel goes to the child as an inherited descriptor.
+        process = multiprocessing.get_context("spawn").Process(
+            target=_child, name="callhub-api-worker", daemon=True,
+            args=(self.settings, theirs, self.main_url))
+        process.start()
+        theirs.close()  # the child has its own
+        ended: asyncio.Future[None] = loop.create_future()
+
+        def exited() -> None:
+            if not ended.done():
+                ended.set_result(None)
+
+        loop.add_reader(process.sentinel, exited)
+        try:
+            # It says so over its channel (not a multiprocessing.Event, whose set() blocks
+            # for good in the worker when the daemon is killed while waiting on it).
+            mine.setblocking(False)
+            async with asyncio.timeout(START_TIMEOUT):
+                if not await handoff.announced(mine):
+                    raise PartDown(f"worker {process.pid} exited before serving")
+            self.dealer.add(mine)
+            assert process.pid is not None
+            self.pids[name] = process.pid
+            self.supervisor.parts[name].up()
+            await ended
+            raise PartDown(f"worker {process.pid} exited (code {process.exitcode})")
+        finally:
+            loop.remove_reader(process.sentinel)
+            self.dealer.remove(mine)
+            self.pids.pop(name, None)
+            await _end(process)
 
     async def stop(self) -> None:
-        """SIGTERM each, and wait for them to exit (killed after 10 s)."""
-        loop = asyncio.get_running_loop()
-        for process in self.processes:
-            if process.is_alive():
-                process.terminate()
-        for process in self.processes:
-            await loop.run_in_executor(None, process.join, 10.0)
-            if process.is_alive():
-                process.kill()
-                await loop.run_in_executor(None, process.join, 5.0)
-        self.processes.clear()
+        """Stop each worker (SIGTERM; killed after 10 s)."""
+        for task in self.tasks:
+            await task.stop()
+        self.tasks.clear()
         self.dealer.close()
+
+
+async def _end(process: BaseProcess) -> None:
+    """SIGTERM `process`, and wait for it to exit (killed after 10 s)."""
+    loop = asyncio.get_running_loop()
+    if process.is_alive():
+        process.terminate()
+    await loop.run_in_executor(None, process.join, 10.0)
+    if process.is_alive():
+        process.kill()
+        await loop.run_in_executor(None, process.join, 5.0)
