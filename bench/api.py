@@ -254,8 +254,6 @@ async def serve(url: str, schema: str, deal_to: list[int], channel: int | None) 
     """The API as `callhub run` serves it (its connection gate included): listening and
     dealing connections to the processes at the other end of `deal_to`, or serving those
     dealt to it over `channel` (callhub/api/handoff.py)."""
-    import socket
-
     from aiohttp import web
 
     from callhub.api import handoff
@@ -508,8 +506,9 @@ def main(argv: list[str] | None = None) -> int:
     results["workers"] = args.workers
     command = [sys.executable, str(Path(__file__).resolve()), "--serve", "--database-url",
                args.database_url, "--schema", args.schema]
-    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-             for _ in range(args.workers - 1)]  # handoff.channel_pair, without importing callhub
+    from callhub.api import handoff
+
+    pairs = [handoff.channel_pair() for _ in range(args.workers - 1)]
     mine = [a.fileno() for a, _ in pairs]
     servers = [subprocess.Popen([*command, "--deal-to", *map(str, mine)], pass_fds=mine,
                                 stdout=subprocess.PIPE, text=True)]

@@ -335,8 +335,9 @@ async def api(d: Daemon) -> AsyncIterator[None]:
         if count > 1:
             # The others serve the connections this process deals them, and forward here
             # (a private loopback listener) what only this process answers.
-            await http_limits.GuardedSite(runner, "127.0.0.1", 0, gate).start()
-            main_url = f"http://127.0.0.1:{runner.addresses[-1][1]}"
+            private = http_limits.GuardedSite(runner, "127.0.0.1", 0, gate)
+            await private.start()
+            main_url = f"http://127.0.0.1:{private.port}"
             workers = Workers(count - 1, d.settings, main_url, d.supervisor)
         site = http_limits.GuardedSite(runner, host, port, gate,
                                        dealer=workers.dealer if workers else None)
@@ -347,8 +348,7 @@ async def api(d: Daemon) -> AsyncIterator[None]:
                 f"the API cannot listen on {host}:{port}: {exc.strerror or exc}; set "
                 f"api.listen in the config or CALLHUB_API_LISTEN=host:port to a free "
                 f"address") from exc
-        bound = runner.addresses[-1][1] if runner.addresses else port
-        d.api_url = f"http://{host}:{bound}"
+        d.api_url = f"http://{host}:{site.port}"
         if workers is not None:
             await workers.start()
         log.info("daemon.api", url=d.api_url, workers=count)

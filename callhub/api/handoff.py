@@ -41,8 +41,11 @@ async def announced(channel: socket.socket) -> bool:
 
 def channel_pair() -> tuple[socket.socket, socket.socket]:
     """A channel: (the dealer's end, the worker's end). SOCK_SEQPACKET keeps each
-    message, its byte and its socket, apart from the next."""
-    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    message, its byte and its socket, apart from the next. The dealer's end does not
+    block: a worker that stopped reading is not waited for."""
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    mine.setblocking(False)
+    return mine, theirs
 
 
 class Dealer:
@@ -50,8 +53,8 @@ class Dealer:
 
     def __init__(self, channels: Sequence[socket.socket]) -> None:
         self.channels = list(channels)
-        for channel in self.channels:
-            channel.setblocking(False)  # a worker that stopped reading is not waited for
+        for channel in self.channels:  # as `channel_pair` makes them (these may be inherited)
+            channel.setblocking(False)
         self._turn = 0
         self.sent = 0
 
@@ -67,8 +70,7 @@ class Dealer:
         return make
 
     def add(self, channel: socket.socket) -> None:
-        """A worker that serves: dealt connections from now on."""
-        channel.setblocking(False)
+        """A worker that serves (its `channel_pair` end): dealt connections from now on."""
         self.channels.append(channel)
 
     def remove(self, channel: socket.socket) -> None:
@@ -78,10 +80,9 @@ class Dealer:
         channel.close()
 
     def lost(self, channel: socket.socket, error: OSError) -> None:
-        """A channel that failed: its worker is dealt nothing more."""
+        """A channel that failed: its worker is dealt nothing more (`remove`)."""
         if channel in self.channels:
-            self.channels.remove(channel)
-            channel.close()
+            self.remove(channel)
             log.warning("api.worker_channel_lost", error=type(error).__name__,
                         workers_left=len(self.channels))
 

@@ -147,7 +147,6 @@ class Workers:
         self.dealer = handoff.Dealer([])
         """Deals the port's connections to this process and the workers (GuardedSite)."""
         self.tasks: list[Task] = []
-        self.pids: dict[str, int] = {}  # the live worker of each task
 
     async def start(self) -> None:
         """Start them and wait until each serves (RuntimeError if one does not)."""
@@ -184,20 +183,16 @@ class Workers:
         try:
             # It says so over its channel (not a multiprocessing.Event, whose set() blocks
             # for good in the worker when the daemon is killed while waiting on it).
-            mine.setblocking(False)
             async with asyncio.timeout(START_TIMEOUT):
                 if not await handoff.announced(mine):
                     raise PartDown(f"worker {process.pid} exited before serving")
             self.dealer.add(mine)
-            assert process.pid is not None
-            self.pids[name] = process.pid
             self.supervisor.parts[name].up()
             await ended
             raise PartDown(f"worker {process.pid} exited (code {process.exitcode})")
         finally:
             loop.remove_reader(process.sentinel)
             self.dealer.remove(mine)
-            self.pids.pop(name, None)
             await _end(process)
 
     async def stop(self) -> None:
