@@ -7,6 +7,7 @@ import itertools
 import logging
 import random
 import time
+from collections.abc import Sequence
 
 import pytest
 import structlog
@@ -14,6 +15,8 @@ from ami_fixtures import Collector, compare_synth, make_ingest, sim_pbx
 from prometheus_client import CollectorRegistry
 
 from callhub.ami.connection import AmiConnection
+from callhub.ami.ingest import PbxIngest
+from callhub.ami.parser import AmiMessage
 from callhub.lifecycle import backoff_delay
 from callhub.metrics.collectors import CallhubMetrics
 from callhub.sim.ami_server import AmiSimulator
@@ -74,6 +77,14 @@ async def test_utf8_name_split_across_reads_survives_into_record(
     assert compare_synth(collector.records, [call]) == []
 
 
+async def _sent_and_read(ingest: PbxIngest, sim: AmiSimulator, collector: Collector,
+                         messages: Sequence[AmiMessage]) -> None:
+    """Once `ingest` is connected, `messages` sent, and each read as an event."""
+    await ingest.wait_connected(5)
+    await sim.send(messages)
+    await collector.until(lambda: len(collector.events) >= len(messages))
+
+
 async def test_drop_mid_call_then_resync_loses_and_duplicates_nothing(
         ami_simulator: AmiSimulator) -> None:
     sim = ami_simulator
@@ -100,9 +111,7 @@ async def test_drop_mid_call_then_resync_loses_and_duplicates_nothing(
 
     await ingest.start()
     try:
-        await ingest.wait_connected(5)
-        await sim.send(before)
-        await collector.until(lambda: len(collector.events) >= len(before))
+        await _sent_and_read(ingest, sim, collector, before)
         assert ingest.correlator.active_calls == 2
         # The link dies and the PBX goes on; nothing can reconnect in between.
         sim.drop_clients()
@@ -315,9 +324,7 @@ async def test_calls_go_stale_by_the_pbx_clock_not_the_hosts(
 
     await ingest.start()
     try:
-        await ingest.wait_connected(5)
-        await sim.send(sent)
-        await collector.until(lambda: len(collector.events) >= len(sent))
+        await _sent_and_read(ingest, sim, collector, sent)
         assert ingest.correlator.active_calls == 2
         ingest.expire_stale()
         assert collector.linkedids() == [gone.linkedid]  # stale by the PBX's clock
