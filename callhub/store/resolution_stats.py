@@ -19,6 +19,7 @@ Definitions (docs/api.md, the API's descriptions, tests/test_resolution_stats.py
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from callhub.store import stats
+from callhub.store import fetch, stats
 from callhub.store.resolution import RATED, RESOLUTIONS, SATISFACTIONS
 from callhub.store.tables import RESOLUTION_COUNTS, call_hours, calls, followups
 
@@ -73,14 +74,10 @@ class _Counts:
         return {
             "resolutions_set": set_,
             **{RESOLUTION_COUNTS[name]: r[name] for name in RESOLUTIONS},
-            "resolution_rate": _ratio(r["resolved"], set_),
+            "resolution_rate": stats.ratio(r["resolved"], set_),
             **s,
-            "satisfaction_rate": _ratio(s["satisfied"], rated),
+            "satisfaction_rate": stats.ratio(s["satisfied"], rated),
         }
-
-
-def _ratio(part: int, whole: int) -> float | None:
-    return round(part / whole, 4) if whole else None
 
 
 async def _counts_by_value(conn: AsyncConnection, base: sa.Subquery
@@ -92,19 +89,28 @@ async def _counts_by_value(conn: AsyncConnection, base: sa.Subquery
     return [(k, koff, value, n) for k, koff, value, n in rows]
 
 
+@functools.lru_cache(maxsize=64)
+def _rollup_counts(group_by: str | None, pieces: stats.Pieces, by_pbx: bool
+                   ) -> sa.Select[Any]:
+    """The counts per group from the rollup; built once per shape (stats.rollup_params
+    binds the period and PBX)."""
+    h = call_hours.c
+    key = stats.rollup_key(group_by, pieces)
+    stmt = sa.select(*key, *(sa.func.sum(h[name]) for name in RESOLUTION_COUNTS.values()),
+                     *(sa.func.sum(h[name]) for name in SATISFACTIONS)
+                     ).where(*stats.rollup_where(by_pbx))
+    if group_by is not None:
+        stmt = stmt.group_by(*(c.element for c in key))
+    return stmt
+
+
 async def _from_rollup(conn: AsyncConnection, q: stats.StatsQuery,
                        pieces: list[tuple[Any, int]],
                        acc: Callable[[Any, Any], _Counts]) -> None:
     """The counts per group, summed from the hourly rollup (stats.rollup_answers)."""
-    h = call_hours.c
-    key = stats.rollup_key(q, pieces)
-    stmt = sa.select(*key, *(sa.func.sum(h[name]) for name in RESOLUTION_COUNTS.values()),
-                     *(sa.func.sum(h[name]) for name in SATISFACTIONS)
-                     ).where(*stats.rollup_where(q))
-    if q.group_by is not None:
-        stmt = stmt.group_by(*(c.element for c in key))
+    stmt = _rollup_counts(q.group_by, tuple(pieces), q.pbx is not None)
     resolutions, satisfactions = len(RESOLUTIONS), len(SATISFACTIONS)
-    for k, koff, *counts in (await conn.execute(stmt)).all():
+    for k, koff, *counts in await fetch.rows(conn, stmt, stats.rollup_params(q)):
         if not any(counts):  # nothing recorded in the group, or no row of the rollup
             continue
         found = acc(k, koff)
@@ -144,7 +150,7 @@ async def _from_calls(conn: AsyncConnection, q: stats.StatsQuery,
                       acc: Callable[[Any, Any], _Counts]) -> None:
     """The counts per group, counted from the calls and their follow-ups."""
     c = calls.c
-    keys = stats.key_columns(q, c.arrived_at, c.agent, c.line, pieces)
+    keys = stats.key_columns(q.group_by, c.arrived_at, c.agent, c.line, pieces)
     base = (sa.select(*keys, c.resolution.label("v"))
             .where(*stats.counted_calls(q), c.resolution.is_not(None)).subquery("rbase"))
     for k, koff, value, n in await _counts_by_value(conn, base):

@@ -23,7 +23,7 @@ import bisect
 import functools
 import math
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from typing import Any, TypeVar
@@ -35,7 +35,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
 from callhub.config.targets import LineTargets, TargetTally, tally_rings
-from callhub.store import rollup
+from callhub.store import fetch, rollup
 from callhub.store.tables import call_hours, calls, worklist_entries
 
 # What each figure of a stats block means (the API documents it, the report orders by it).
@@ -143,8 +143,14 @@ class _Acc:
         }
 
 
-def _ratio(part: int, whole: int) -> float | None:
+@functools.lru_cache(maxsize=1 << 16)
+def ratio(part: int, whole: int) -> float | None:
+    """part / whole to 4 places. Kept: a month by hour rounds ~7,000 ratios of small
+    counts, mostly the same few thousand, and round(x, 4) costs 3x a lookup."""
     return round(part / whole, 4) if whole else None
+
+
+_ratio = ratio
 
 
 def _mean(total: float, count: int) -> float | None:
@@ -244,7 +250,7 @@ def _offset_pieces(start: datetime, end: datetime, tz: tzinfo | None
     return tuple(pieces)
 
 
-def _local_seconds(column: Any, pieces: list[tuple[datetime | None, int]]
+def _local_seconds(column: Any, pieces: Sequence[tuple[datetime | None, int]]
                    ) -> tuple[sa.ColumnElement[int], sa.ColumnElement[int]]:
     """(local POSIX seconds of `column`, the UTC offset used) as SQL expressions."""
     if len(pieces) == 1:
@@ -256,24 +262,32 @@ def _local_seconds(column: Any, pieces: list[tuple[datetime | None, int]]
     return _Epoch(column) + offset, offset
 
 
-def _key_columns(q: StatsQuery, at: Any, agent: Any, line: Any,
-                 pieces: list[tuple[datetime | None, int]]) -> list[sa.ColumnElement[Any]]:
+def _key_columns(group_by: str | None, at: Any, agent: Any, line: Any,
+                 pieces: Sequence[tuple[datetime | None, int]]) -> list[sa.ColumnElement[Any]]:
     """The group key as two SQL columns `k` and `koff` (the offset, for hours only)."""
     null = sa.null()
-    if q.group_by in ("hour", "day"):
+    if group_by in ("hour", "day"):
         local, offset = _local_seconds(at, pieces)
-        size = 3600 if q.group_by == "hour" else 86400
+        size = 3600 if group_by == "hour" else 86400
         return [(local // size).label("k"),
-                (offset if q.group_by == "hour" else sa.literal(0, sa.Integer)).label("koff")]
-    if q.group_by == "agent":
+                (offset if group_by == "hour" else sa.literal(0, sa.Integer)).label("koff")]
+    if group_by == "agent":
         return [(agent if agent is not None else sa.cast(null, sa.String)).label("k"),
                 sa.literal(0, sa.Integer).label("koff")]
-    if q.group_by == "line":
+    if group_by == "line":
         return [line.label("k"), sa.literal(0, sa.Integer).label("koff")]
     return [sa.literal(0, sa.Integer).label("k"), sa.literal(0, sa.Integer).label("koff")]
 
 
 _EPOCH = datetime(1970, 1, 1)
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _hour_key(hour: int, offset: int) -> str:
+    """A local hour's key: isoformat of the aware time, written as the naive one and its
+    offset (half the cost). Kept: the figures and the resolution figures of a month each
+    name its 744 hours, and a desk asks for the same months again."""
+    return (_EPOCH + timedelta(hours=hour)).isoformat() + _offset_suffix(offset)
 
 
 @functools.lru_cache(maxsize=64)
@@ -285,9 +299,7 @@ def _offset_suffix(offset: int) -> str:
 def _group_key(q: StatsQuery, k: Any, koff: int) -> Any:
     """The API's key of a group from the SQL key columns."""
     if q.group_by == "hour":  # the local hour with the offset it had (twice 02:00 in autumn)
-        # isoformat of the aware time, written as the naive one and its offset (a month
-        # is 744 keys: half the cost)
-        return (_EPOCH + timedelta(hours=int(k))).isoformat() + _offset_suffix(int(koff))
+        return _hour_key(int(k), int(koff))
     if q.group_by == "day":
         return (date(1970, 1, 1) + timedelta(days=int(k))).isoformat()
     if q.group_by in ("agent", "line"):
@@ -375,11 +387,13 @@ def rollup_answers(q: StatsQuery, pieces: list[tuple[datetime | None, int]]) -> 
     return True
 
 
-def _rollup_key(q: StatsQuery, pieces: list[tuple[datetime | None, int]]
-                ) -> list[sa.ColumnElement[Any]]:
+Pieces = tuple[tuple[datetime | None, int], ...]
+
+
+def _rollup_key(group_by: str | None, pieces: Pieces) -> list[sa.ColumnElement[Any]]:
     """The group key (k, koff) of a rollup row, as _key_columns gives it for its calls."""
     h = call_hours.c
-    if q.group_by in ("hour", "day"):
+    if group_by in ("hour", "day"):
         if len(pieces) == 1:
             offset: sa.ColumnElement[int] = sa.literal(pieces[0][1], sa.Integer)
         else:
@@ -387,29 +401,83 @@ def _rollup_key(q: StatsQuery, pieces: list[tuple[datetime | None, int]]
                                for until, off in pieces[:-1] if until is not None),
                              else_=sa.literal(pieces[-1][1], sa.Integer))
         local = h.hour * rollup.HOUR + offset
-        if q.group_by == "hour":
+        if group_by == "hour":
             return [(local // 3600).label("k"), offset.label("koff")]
         return [(local // 86400).label("k"), sa.literal(0, sa.Integer).label("koff")]
-    if q.group_by == "line":
+    if group_by == "line":
         return [h.line.label("k"), sa.literal(0, sa.Integer).label("koff")]
     return [sa.literal(0, sa.Integer).label("k"), sa.literal(0, sa.Integer).label("koff")]
 
 
-def target_rings(targets: LineTargets, line: Any) -> sa.ColumnElement[int]:
+RingTargets = tuple[int, tuple[tuple[str, int], ...]]
+"""The default target_rings and each configured line's: what a statement needs of
+LineTargets, hashable."""
+
+
+def ring_targets(targets: LineTargets) -> RingTargets:
+    return (targets.default.target_rings,
+            tuple(sorted((name, t.target_rings) for name, t in targets.lines.items())))
+
+
+def target_rings(targets: RingTargets, line: Any) -> sa.ColumnElement[int]:
     """Each row's line's target_rings, as SQL."""
-    default = sa.literal(targets.default.target_rings, sa.Integer)
-    if not targets.lines:
+    default_rings, lines = targets
+    default = sa.literal(default_rings, sa.Integer)
+    if not lines:
         return default
-    return sa.case({name: t.target_rings for name, t in targets.lines.items()}, value=line,
-                   else_=default)
+    return sa.case(dict(lines), value=line, else_=default)
 
 
-def _rollup_where(q: StatsQuery) -> list[sa.ColumnElement[bool]]:
+def _rollup_where(by_pbx: bool) -> list[sa.ColumnElement[bool]]:
+    """The rollup rows of a period (and a PBX): bound to `rollup_params`."""
     h = call_hours.c
-    where = [h.hour >= rollup.hour_of(q.start), h.hour < rollup.hour_of(q.end)]
-    if q.pbx is not None:
-        where.append(h.pbx == q.pbx)
+    where = [h.hour >= sa.bindparam("lo_hour", type_=sa.BigInteger),
+             h.hour < sa.bindparam("hi_hour", type_=sa.BigInteger)]
+    if by_pbx:
+        where.append(h.pbx == sa.bindparam("pbx", type_=h.pbx.type))
     return where
+
+
+def rollup_params(q: StatsQuery) -> dict[str, Any]:
+    """The values of a rollup statement's period and PBX."""
+    params: dict[str, Any] = {"lo_hour": rollup.hour_of(q.start),
+                              "hi_hour": rollup.hour_of(q.end)}
+    if q.pbx is not None:
+        params["pbx"] = q.pbx
+    return params
+
+
+@functools.lru_cache(maxsize=128)
+def _rollup_figures(group_by: str | None, pieces: Pieces, by_pbx: bool, rings: int,
+                    targets: RingTargets) -> sa.Select[Any]:
+    """The calls' figures per group from the rollup: counts, sums, the within-N-rings
+    counts, the joined wait and ring-time bins. Built once per shape (the period and
+    PBX are bound), so a request runs it straight through asyncpg (callhub/store/fetch.py)."""
+    h = call_hours.c
+    key = _rollup_key(group_by, pieces)
+    total = sa.func.sum
+    stmt = sa.select(
+        *key, total(h.outbound), total(h.short_abandons), total(h.answered),
+        total(h.abandoned), total(h.missed), total(h.other_inbound), total(h.hangup_known),
+        total(h.agent_hung_up_first), total(h.ring_sum), total(h.wait_sum),
+        total(rollup.within(rings)), total(rollup.within(target_rings(targets, h.line))),
+        rollup.Joined(h.wait_bins), rollup.Joined(h.ring_bins),
+    ).where(*_rollup_where(by_pbx))
+    if group_by is not None:
+        stmt = stmt.group_by(*(c.element for c in key))
+    return stmt
+
+
+@functools.lru_cache(maxsize=64)
+def _rollup_line_tallies(by_pbx: bool, short_counted: bool, targets: RingTargets
+                         ) -> sa.Select[Any]:
+    """Per line: inbound calls, answered ones and those within the line's target."""
+    h = call_hours.c
+    total = sa.func.sum
+    short = h.short_abandons if short_counted else sa.literal(0, sa.Integer)
+    return sa.select(h.line, total(h.answered + h.abandoned + h.missed + h.other_inbound + short),
+                     total(h.answered), total(rollup.within(target_rings(targets, h.line)))
+                     ).where(*_rollup_where(by_pbx)).group_by(h.line)
 
 
 async def _calls_from_rollup(conn: AsyncConnection, q: StatsQuery,
@@ -421,24 +489,14 @@ async def _calls_from_rollup(conn: AsyncConnection, q: StatsQuery,
 
     Counts, sums and the within-N-rings counts in SQL; the wait and ring-time values
     joined per group and counted in Python."""
-    h = call_hours.c
-    where = _rollup_where(q)
-    key = _rollup_key(q, pieces)
-    total = sa.func.sum
-    stmt = sa.select(
-        *key, total(h.outbound), total(h.short_abandons), total(h.answered),
-        total(h.abandoned), total(h.missed), total(h.other_inbound), total(h.hangup_known),
-        total(h.agent_hung_up_first), total(h.ring_sum), total(h.wait_sum),
-        total(rollup.within(q.rings)), total(rollup.within(target_rings(q.targets, h.line))),
-        rollup.Joined(h.wait_bins), rollup.Joined(h.ring_bins),
-    ).where(*where)
-    if q.group_by is not None:
-        stmt = stmt.group_by(*(c.element for c in key))
+    targets = ring_targets(q.targets)
+    stmt = _rollup_figures(q.group_by, tuple(pieces), q.pbx is not None, q.rings, targets)
+    params = rollup_params(q)
     everything: Counter[int] = Counter()
     seconds = int(q.seconds)
     for (k, koff, outbound, short, answered, abandoned, missed, other, hangup_known,
          agent_first, ring_sum, wait_sum, within_rings, within_target, wait_bins,
-         ring_bins) in (await conn.execute(stmt)).all():
+         ring_bins) in await fetch.rows(conn, stmt, params):
         if answered is None:  # no group: no row of the rollup in the period
             continue
         a = acc(k, koff)
@@ -455,22 +513,17 @@ async def _calls_from_rollup(conn: AsyncConnection, q: StatsQuery,
         everything.update(ring)
     totals.p90_ring = rollup.p90_ring_counted(everything,
                                               nearest_rank(everything.total(), P90))
-    return await _line_tallies_from_rollup(conn, q, where)
+    return await _line_tallies_from_rollup(conn, q, targets, params)
 
 
 async def _line_tallies_from_rollup(conn: AsyncConnection, q: StatsQuery,
-                                    where: list[sa.ColumnElement[bool]]
+                                    targets: RingTargets, params: dict[str, Any]
                                     ) -> dict[str | None, TargetTally]:
     """Per line over the whole period: its inbound calls, answered ones and those
     answered within its own target_rings, summed by the database."""
-    h = call_hours.c
-    total = sa.func.sum
-    short = sa.literal(0, sa.Integer) if q.exclude_short_abandons else h.short_abandons
-    stmt = sa.select(h.line, total(h.answered + h.abandoned + h.missed + h.other_inbound + short),
-                     total(h.answered), total(rollup.within(target_rings(q.targets, h.line)))
-                     ).where(*where).group_by(h.line)
+    stmt = _rollup_line_tallies(q.pbx is not None, not q.exclude_short_abandons, targets)
     out: dict[str | None, TargetTally] = {}
-    for line, inbound, answered, within_target in await conn.execute(stmt):
+    for line, inbound, answered, within_target in await fetch.rows(conn, stmt, params):
         if inbound:
             out.setdefault(line or None, TargetTally()).add(
                 TargetTally(inbound, answered, within_target))
@@ -503,7 +556,7 @@ def _calls_base(q: StatsQuery, pieces: list[tuple[datetime | None, int]]
         (c.outcome == "missed", MISSED), else_=OTHER)
     hung_up = sa.case((c.hangup_by.is_(None), 0), (c.hangup_by == "agent", 2), else_=1)
     base = sa.select(
-        *_key_columns(q, c.arrived_at, c.agent, c.line, pieces),
+        *_key_columns(q.group_by, c.arrived_at, c.agent, c.line, pieces),
         kind.label("kind"), hung_up.label("hung_up"), c.rings, c.ring_seconds,
         c.wait_seconds, c.line.label("line"),
         *((sa.case((sa.and_(c.agent != "", c.agent_name != ""), c.agent_name))
@@ -569,21 +622,25 @@ async def _calls_exact(conn: AsyncConnection, q: StatsQuery,
     return await _line_tallies(conn, base, counted, q.targets)
 
 
-async def _worklist_figures(conn: AsyncConnection, q: StatsQuery,
-                            pieces: list[tuple[datetime | None, int]],
-                            acc: Callable[[Any, Any], _Acc], totals: _Acc) -> None:
-    """Worklist entries whose first miss is in the period: counts and median callback
-    time, per group and in all."""
-    pg = conn.dialect.name == "postgresql"
-    grouped = q.group_by is not None
+def _worklist_base(group_by: str | None, pieces: Pieces, by_pbx: bool) -> sa.Subquery:
+    """The period's worklist entries (bound: start, end, pbx) with their group key."""
     w = worklist_entries.c
-    wwhere = [w.first_missed_at >= q.start, w.first_missed_at < q.end]
-    if q.pbx is not None:
-        wwhere.append(w.pbx == q.pbx)
-    wbase = sa.select(
-        *_key_columns(q, w.first_missed_at, None, sa.func.nullif(w.line, ""), pieces),
+    where = [w.first_missed_at >= sa.bindparam("start", type_=w.first_missed_at.type),
+             w.first_missed_at < sa.bindparam("end", type_=w.first_missed_at.type)]
+    if by_pbx:
+        where.append(w.pbx == sa.bindparam("pbx", type_=w.pbx.type))
+    return sa.select(
+        *_key_columns(group_by, w.first_missed_at, None, sa.func.nullif(w.line, ""), pieces),
         w.status, w.time_to_callback_seconds,
-    ).where(*wwhere).subquery("wbase")
+    ).where(*where).subquery("wbase")
+
+
+@functools.lru_cache(maxsize=128)
+def _worklist_statement(group_by: str | None, pieces: Pieces, by_pbx: bool, pg: bool
+                        ) -> sa.Select[Any]:
+    """Pending and handled entries per group, and (PostgreSQL) the median's middle
+    values; built once per shape, so a request runs it straight through asyncpg."""
+    wbase = _worklist_base(group_by, pieces, by_pbx)
     wb = wbase.c
     timed = sa.and_(wb.status == "handled", wb.time_to_callback_seconds.is_not(None))
     wstmt = sa.select(
@@ -591,16 +648,33 @@ async def _worklist_figures(conn: AsyncConnection, q: StatsQuery,
         sa.func.count().filter(wb.status == "handled"),
         _disc(0.5 - _HAIR, wb.time_to_callback_seconds, timed) if pg else sa.null(),
         _disc(0.5 + _HAIR, wb.time_to_callback_seconds, timed) if pg else sa.null())
-    for k, koff, pending, handled, lower, upper, total in (
-            await conn.execute(_grouped(wstmt, wbase, pg, grouped))).all():
+    return _grouped(wstmt, wbase, pg, group_by is not None)
+
+
+async def _worklist_figures(conn: AsyncConnection, q: StatsQuery,
+                            pieces: list[tuple[datetime | None, int]],
+                            acc: Callable[[Any, Any], _Acc], totals: _Acc) -> None:
+    """Worklist entries whose first miss is in the period: counts and median callback
+    time, per group and in all."""
+    pg = conn.dialect.name == "postgresql"
+    grouped = q.group_by is not None
+    params: dict[str, Any] = {"start": q.start, "end": q.end}
+    if q.pbx is not None:
+        params["pbx"] = q.pbx
+    stmt = _worklist_statement(q.group_by, tuple(pieces), q.pbx is not None, pg)
+    for k, koff, pending, handled, lower, upper, total in await fetch.rows(conn, stmt,
+                                                                              params):
         a = totals if total else acc(k, koff)
         if lower is not None:
             a.median_middle = [lower, upper]
         if not total:
             a.pending_callbacks, a.handled_callbacks = pending, handled
     if not pg:
+        wbase = _worklist_base(q.group_by, tuple(pieces), q.pbx is not None)
+        wb = wbase.c
+        timed = sa.and_(wb.status == "handled", wb.time_to_callback_seconds.is_not(None))
         for row in (await conn.execute(_ranked(wbase, wb.time_to_callback_seconds, timed,
-                                               grouped, _middle))).all():
+                                               grouped, _middle), params)).all():
             if row.in_group:
                 acc(row.k, row.koff).median_middle.append(float(row.v))
             if row.in_all:

@@ -30,7 +30,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from callhub.store import resolution_stats, rollup, stats
+from callhub.store import fetch, resolution_stats, stats
 from callhub.store.tables import call_hours
 
 SIZE = 64  # queries kept (a month by hour is about 400 KB of figures)
@@ -38,15 +38,12 @@ SIZE = 64  # queries kept (a month by hour is about 400 KB of figures)
 Token = tuple[Any, ...]
 
 
-def _token_statement(by_pbx: bool) -> sa.Select[int, Any]:
+def _token_statement(by_pbx: bool) -> sa.Select[Any]:
     """One round trip: the rollup rows' count and latest change in [lo, hi) (of one PBX),
     read from the index alone; built once, so each request only binds its values."""
     h = call_hours.c
-    hours: list[sa.ColumnElement[bool]] = [h.hour >= sa.bindparam("lo_hour"),
-                                           h.hour < sa.bindparam("hi_hour")]
-    if by_pbx:
-        hours.append(h.pbx == sa.bindparam("pbx"))
-    return sa.select(sa.func.count(), sa.func.max(h.changed_at)).where(*hours)
+    figures: list[sa.ColumnElement[Any]] = [sa.func.count(), sa.func.max(h.changed_at)]
+    return sa.select(*figures).where(*stats.rollup_where(by_pbx))
 
 
 _TOKEN = {by_pbx: _token_statement(by_pbx) for by_pbx in (False, True)}
@@ -54,11 +51,8 @@ _TOKEN = {by_pbx: _token_statement(by_pbx) for by_pbx in (False, True)}
 
 async def token(conn: AsyncConnection, q: stats.StatsQuery) -> Token:
     """What the figures of `q` were counted from, in a few values."""
-    params: dict[str, Any] = {"lo_hour": rollup.hour_of(q.start),
-                              "hi_hour": rollup.hour_of(q.end)}
-    if q.pbx is not None:
-        params["pbx"] = q.pbx
-    return tuple((await conn.execute(_TOKEN[q.pbx is not None], params)).one())
+    (row,) = await fetch.rows(conn, _TOKEN[q.pbx is not None], stats.rollup_params(q))
+    return tuple(row)
 
 
 def _key(q: stats.StatsQuery) -> Hashable:
