@@ -243,6 +243,45 @@ async def test_unanswered_ping_reconnects(ami_simulator: AmiSimulator) -> None:
         await ingest.stop()
 
 
+async def test_a_late_pong_keeps_the_session_while_events_flow(
+        ami_simulator: AmiSimulator) -> None:
+    """A reader behind its PBX reads the Pong late, after the events sent before it: the
+    session stays up while bytes keep coming, many ping_timeouts long, and is dropped
+    once nothing at all comes for ping_timeout."""
+    sim = ami_simulator
+    timeout = 0.1
+    arrived = asyncio.Event()
+    seen: list[AmiMessage] = []
+
+    def on_event(event: AmiMessage) -> None:
+        seen.append(event)
+        arrived.set()
+
+    connection = AmiConnection(sim_pbx(sim), on_event, ping_interval=0.05,
+                               ping_timeout=timeout, backoff_base=0.01, backoff_max=0.05)
+    task = asyncio.create_task(connection.run())
+    try:
+        await connection.wait_sessions(1, within=5)
+        await sim.wait_pings(1)
+        sim.answer_pings = False
+        await sim.wait_pings(sim.stats.pings + 1)  # this Ping's Pong will not come
+        started = time.monotonic()
+        for n in range(40):  # an event every 20 ms (pacing, not waiting): 8 timeouts
+            arrived.clear()
+            await sim.send([{"Event": "DeviceStateChange", "Privilege": "call,all",
+                             "Device": f"PJSIP/{1000 + n}", "State": "INUSE"}])
+            await arrived.wait()
+            await asyncio.sleep(0.02)
+        assert time.monotonic() - started > 5 * timeout
+        assert connection.sessions == 1 and len(seen) >= 40
+        await connection.wait_sessions(2, within=5)  # then silence: the link is dropped
+        assert sim.stats.logins >= 2
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
 async def test_malformed_message_is_counted_and_reader_goes_on(
         ami_simulator: AmiSimulator) -> None:
     sim = ami_simulator
