@@ -143,10 +143,11 @@ class _Acc:
         }
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 13)
 def ratio(part: int, whole: int) -> float | None:
-    """part / whole to 4 places. Kept: a month by hour rounds ~7,000 ratios of small
-    counts, mostly the same few thousand, and round(x, 4) costs 3x a lookup."""
+    """part / whole to 4 places. Kept (~1 MB at most): a month by hour rounds ~7,000
+    ratios of an hour's counts, mostly the same few thousand, and round(x, 4) costs 3x
+    a lookup."""
     return round(part / whole, 4) if whole else None
 
 
