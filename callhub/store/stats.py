@@ -122,19 +122,19 @@ class _Acc:
             "abandoned": self.abandoned,
             "short_abandons": self.short_abandons,
             "missed": self.missed,
-            "answer_rate": _ratio(self.answered, self.inbound),
+            "answer_rate": ratio(self.answered, self.inbound),
             "answered_within_rings": self.within_rings,
-            "within_rings_rate": _ratio(self.within_rings, self.inbound),
-            "within_rings_rate_answered": _ratio(self.within_rings, self.answered),
+            "within_rings_rate": ratio(self.within_rings, self.inbound),
+            "within_rings_rate_answered": ratio(self.within_rings, self.answered),
             "answered_within_target": self.within_target,
-            "within_target_rate": _ratio(self.within_target, self.inbound),
+            "within_target_rate": ratio(self.within_target, self.inbound),
             "answered_within_seconds": self.within_seconds,
-            "service_level": _ratio(self.within_seconds, self.inbound),
-            "service_level_answered": _ratio(self.within_seconds, self.answered),
+            "service_level": ratio(self.within_seconds, self.inbound),
+            "service_level_answered": ratio(self.within_seconds, self.answered),
             "avg_ring_seconds": _mean(self.ring_sum, self.answered),
             "p90_ring_seconds": None if self.p90_ring is None else round(self.p90_ring, 3),
             "avg_speed_of_answer_seconds": _mean(self.wait_sum, self.answered),
-            "agent_hangup_first_rate": _ratio(self.agent_hung_up_first, self.hangup_known),
+            "agent_hangup_first_rate": ratio(self.agent_hung_up_first, self.hangup_known),
             "pending_callbacks": self.pending_callbacks,
             "handled_callbacks": self.handled_callbacks,
             "median_time_to_callback_seconds": (
@@ -150,8 +150,6 @@ def ratio(part: int, whole: int) -> float | None:
     a lookup."""
     return round(part / whole, 4) if whole else None
 
-
-_ratio = ratio
 
 
 def _mean(total: float, count: int) -> float | None:
@@ -807,7 +805,7 @@ def line_target_figures(targets: LineTargets,
     out = []
     for line in order:
         tally = per_line[line]
-        rate = _ratio(tally.within_target, tally.inbound)
+        rate = ratio(tally.within_target, tally.inbound)
         out.append({"line": line, **_target(targets, line), "inbound": tally.inbound,
                     "answered": tally.answered, "answered_within_target": tally.within_target,
                     "within_target_rate": rate, "target_met": targets.of(line).met(rate)})
