@@ -16,9 +16,11 @@ batch there, so the result is the same as writing the records one by one.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -30,7 +32,7 @@ from callhub.store.chunks import chunks, in_chunk
 from callhub.store.rows import ATTEMPT_COLUMNS, attempt_values, call_row
 from callhub.store.sms_queue import ContactLookup, queue_sms
 from callhub.store.tables import agents, attempts, calls
-from callhub.store.upsert import insert
+from callhub.store.upsert import insert, insert_for
 
 CALL_KEY = ("pbx", "linkedid")
 
@@ -53,12 +55,7 @@ async def upsert_calls(conn: AsyncConnection, records: Sequence[CallRecord], now
         by_key = await bulk.merge_calls(conn, records, now)
     else:
         rows = [call_row(r, now) for r in records]
-        stmt = insert(conn, calls)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=list(CALL_KEY),
-            set_={k: stmt.excluded[k] for k in rows[0] if k not in CALL_KEY},
-        ).returning(calls.c.id, calls.c.pbx, calls.c.linkedid)
-        result = await conn.execute(stmt, rows)
+        result = await conn.execute(_upsert(conn.dialect.name, tuple(rows[0])), rows)
         by_key = {(row.pbx, row.linkedid): row.id for row in result}
     ids = [by_key[(r.pbx, r.linkedid)] for r in records]
     replaced = ids if stored is None else sorted(stored)
@@ -72,6 +69,17 @@ async def upsert_calls(conn: AsyncConnection, records: Sequence[CallRecord], now
         await conn.execute(sa.insert(attempts),
                            [dict(zip(ATTEMPT_COLUMNS, row, strict=True)) for row in attempt_rows])
     return ids
+
+
+@functools.lru_cache(maxsize=8)
+def _upsert(dialect: str, columns: tuple[str, ...]) -> Any:
+    """The upsert of calls by (pbx, linkedid), returning their ids. Built once: its
+    `excluded` columns cost ~0.9 ms to make, most of a lone call's Python."""
+    stmt = insert_for(dialect, calls)
+    return stmt.on_conflict_do_update(
+        index_elements=list(CALL_KEY),
+        set_={k: stmt.excluded[k] for k in columns if k not in CALL_KEY},
+    ).returning(calls.c.id, calls.c.pbx, calls.c.linkedid)
 
 
 AgentNames = dict[tuple[str, str], str | None]

@@ -11,6 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 def insert(conn: AsyncConnection, table: sa.Table) -> Any:
     """The dialect's INSERT that knows ON CONFLICT (both SQLite and PostgreSQL do)."""
-    if conn.dialect.name == "postgresql":
+    return insert_for(conn.dialect.name, table)
+
+
+def insert_for(dialect: str, table: sa.Table) -> Any:
+    """`insert` by the dialect's name (for statements built once per dialect)."""
+    if dialect == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
