@@ -12,6 +12,7 @@ stored after it. Everything is idempotent: a call is listed once.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -82,72 +83,112 @@ class Before:
     answer_keys: dict[tuple[str, str], tuple[str, Answer]] = field(default_factory=dict)
 
 
+_BEFORE_COLUMNS = (calls.c.id, calls.c.pbx, calls.c.linkedid, calls.c.arrived_at,
+                   calls.c.external_number, calls.c.outcome, calls.c.direction,
+                   calls.c.answered_at, calls.c.agent, calls.c.agent_name,
+                   worklist_calls.c.call_id.label("listed"))
+"""What `read_before` reads of each call, in this order."""
+_LISTED = worklist_calls.c.call_id == calls.c.id
+
+
+def _answers_of(numbers: Any, since: Any) -> sa.Select[Any]:
+    """The answered calls of these numbers since `since`: the misses' possible answers."""
+    return (sa.select(*_BEFORE_COLUMNS)
+            .select_from(calls.outerjoin(worklist_calls, _LISTED))
+            .where(numbers, calls.c.outcome == "answered",
+                   sa.or_(calls.c.direction == "inbound", calls.c.direction == "outbound"),
+                   calls.c.answered_at >= since))
+
+
+@functools.lru_cache(maxsize=4)
+def _before_pg(with_keys: bool, with_numbers: bool) -> sa.Select[Any]:
+    """`read_before`'s one statement on PostgreSQL, built once per shape: the batch's
+    keys (two arrays, joined on the unique index) and its misses' numbers (an array) are
+    its parameters."""
+    arms: list[sa.Select[Any]] = []
+    if with_keys:
+        pairs = sa.func.unnest(
+            sa.bindparam("key_pbxs", type_=ARRAY(calls.c.pbx.type)),
+            sa.bindparam("key_linkedids", type_=ARRAY(calls.c.linkedid.type)),
+        ).table_valued("pbx", "linkedid").render_derived(name="batch_keys")
+        arms.append(sa.select(*_BEFORE_COLUMNS).select_from(
+            calls.join(pairs, sa.and_(calls.c.pbx == pairs.c.pbx,
+                                      calls.c.linkedid == pairs.c.linkedid))
+            .outerjoin(worklist_calls, _LISTED)))
+    if with_numbers:
+        arms.append(_answers_of(
+            calls.c.external_number == sa.any_(
+                sa.bindparam("numbers", type_=ARRAY(calls.c.external_number.type))),
+            sa.bindparam("since", type_=calls.c.answered_at.type)))
+    if len(arms) == 1:
+        return arms[0]
+    both = sa.union_all(*arms).subquery("before")
+    return sa.select(*both.c)
+
+
 async def read_before(conn: AsyncConnection, records: Sequence[CallRecord],
                       settings: Settings) -> Before:
     """One read (per few hundred calls) before the batch is written: see `Before`."""
     before = Before()
     keys = {(r.pbx, r.linkedid) for r in records}
-    pbxs = sorted({pbx for pbx, _ in keys})
-    linkedids = sorted({linkedid for _, linkedid in keys})
     misses = [r for r in records if is_worklist_miss(r, settings)]
     numbers = sorted({r.external_number or "" for r in misses})
-    wanted_numbers = set(numbers)
     since = utc(min(r.arrived_at for r in misses)) if misses else None
-    size = set_chunk(conn, lists=2)
     seen: set[int] = set()
+    if bulk.used(conn):  # one statement, built once (building it was most of its cost)
+        some = sorted(keys)
+        params: dict[str, Any] = {"key_pbxs": [k[0] for k in some],
+                                  "key_linkedids": [k[1] for k in some]}
+        if numbers:
+            params.update(numbers=numbers, since=since)
+        # Through SQLAlchemy: the batch's transaction begins here, and a connection found
+        # dead is reported as such (the writer renews it).
+        rows = (await conn.execute(_before_pg(bool(keys), bool(numbers)), params)).all()
+        _take(before, rows, seen, keys, set(numbers), since)
+        return before
+    pbxs = sorted({pbx for pbx, _ in keys})
+    linkedids = sorted({linkedid for _, linkedid in keys})
+    size = set_chunk(conn, lists=2)
     for start in range(0, max(len(linkedids), len(numbers)), size):
         some_linkedids = linkedids[start:start + size]
         some_numbers = numbers[start:start + size]
-        columns = (calls.c.id, calls.c.pbx, calls.c.linkedid, calls.c.arrived_at,
-                   calls.c.external_number,
-                   calls.c.outcome, calls.c.direction, calls.c.answered_at, calls.c.agent,
-                   calls.c.agent_name, worklist_calls.c.call_id.label("listed"))
-        listed = worklist_calls.c.call_id == calls.c.id
         arms = []
         if some_linkedids:
-            if bulk.used(conn):  # the exact keys, joined on the unique index
-                chunk = set(some_linkedids)
-                some = sorted(k for k in keys if k[1] in chunk)
-                pairs = sa.func.unnest(
-                    sa.bindparam(None, [k[0] for k in some], type_=ARRAY(calls.c.pbx.type)),
-                    sa.bindparam(None, [k[1] for k in some], type_=ARRAY(calls.c.linkedid.type)),
-                ).table_valued("pbx", "linkedid").render_derived(name="batch_keys")
-                arms.append(sa.select(*columns).select_from(
-                    calls.join(pairs, sa.and_(calls.c.pbx == pairs.c.pbx,
-                                              calls.c.linkedid == pairs.c.linkedid))
-                    .outerjoin(worklist_calls, listed)))
-            else:
-                arms.append(sa.select(*columns)
-                            .select_from(calls.outerjoin(worklist_calls, listed))
-                            .where(calls.c.pbx.in_(pbxs), calls.c.linkedid.in_(some_linkedids)))
+            arms.append(sa.select(*_BEFORE_COLUMNS)
+                        .select_from(calls.outerjoin(worklist_calls, _LISTED))
+                        .where(calls.c.pbx.in_(pbxs), calls.c.linkedid.in_(some_linkedids)))
         if some_numbers:
-            arms.append(sa.select(*columns)
-                        .select_from(calls.outerjoin(worklist_calls, listed))
-                        .where(is_in(conn, calls.c.external_number, some_numbers),
-                               calls.c.outcome == "answered",
-                               calls.c.direction.in_(("inbound", "outbound")),
-                               calls.c.answered_at >= since))
-        rows = await conn.execute(arms[0] if len(arms) == 1 else sa.union_all(*arms))
-        for row in rows:
-            if row.id in seen:
-                continue
-            seen.add(row.id)
-            key = (row.pbx, row.linkedid)
-            if key in keys:
-                before.ids[key] = row.id
-                before.stored_hours.add((row.pbx, rollup.hour_of(row.arrived_at)))
-                if row.listed is not None:
-                    before.listed.add(row.id)
-            if (since is not None and row.outcome == "answered"
-                    and row.direction in ("inbound", "outbound")
-                    and row.external_number in wanted_numbers and row.answered_at is not None
-                    and row.answered_at >= since):
-                answer = Answer(row.id, row.direction, row.answered_at, row.agent,
-                                row.agent_name)
-                before.answers.setdefault(row.external_number, []).append(answer)
-                if key in keys:
-                    before.answer_keys[key] = (row.external_number, answer)
+            arms.append(_answers_of(is_in(conn, calls.c.external_number, some_numbers),
+                                    since))
+        rows = (await conn.execute(arms[0] if len(arms) == 1 else sa.union_all(*arms))).all()
+        _take(before, rows, seen, keys, set(numbers), since)
     return before
+
+
+def _take(before: Before, rows: Sequence[Sequence[Any]], seen: set[int],
+          keys: set[tuple[str, str]], wanted_numbers: set[str], since: datetime | None
+          ) -> None:
+    """Add `read_before`'s rows (`_BEFORE_COLUMNS`) to `before`; a call read twice (a key
+    of the batch and an answer: `seen`) counts once."""
+    for (call_id, pbx, linkedid, arrived_at, external_number, outcome, direction,
+         answered_at, agent, agent_name, listed) in rows:
+        if call_id in seen:
+            continue
+        seen.add(call_id)
+        key = (pbx, linkedid)
+        if key in keys:
+            before.ids[key] = call_id
+            before.stored_hours.add((pbx, rollup.hour_of(arrived_at)))
+            if listed is not None:
+                before.listed.add(call_id)
+        if (since is not None and outcome == "answered"
+                and direction in ("inbound", "outbound")
+                and external_number in wanted_numbers and answered_at is not None
+                and answered_at >= since):
+            answer = Answer(call_id, direction, answered_at, agent, agent_name)
+            before.answers.setdefault(external_number, []).append(answer)
+            if key in keys:
+                before.answer_keys[key] = (external_number, answer)
 
 
 @dataclass(slots=True, eq=False)
