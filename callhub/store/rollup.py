@@ -47,6 +47,7 @@ transaction.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
@@ -56,6 +57,7 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.ext.compiler import compiles
@@ -383,16 +385,32 @@ def _in_hours(keys: Sequence[tuple[str, int]]) -> sa.ColumnElement[bool]:
     return sa.tuple_(call_hours.c.pbx, call_hours.c.hour).in_(keys)
 
 
+@functools.lru_cache(maxsize=1)
+def _taken_pg() -> Any:
+    """PostgreSQL: the rows of the (pbx, UTC hour)s given as two arrays (`pbxs`,
+    `hours`), deleted and returned. Built once: a tuple IN list is rendered again for
+    every execution, and building it was most of a lone call's rollup update."""
+    pairs = sa.func.unnest(
+        sa.bindparam("pbxs", type_=ARRAY(call_hours.c.pbx.type)),
+        sa.bindparam("hours", type_=ARRAY(call_hours.c.hour.type)),
+    ).table_valued("pbx", "hour").render_derived(name="batch_hours")
+    return sa.delete(call_hours).where(
+        sa.tuple_(call_hours.c.pbx, call_hours.c.hour).in_(sa.select(pairs.c.pbx,
+                                                                     pairs.c.hour))
+    ).returning(*call_hours.c)
+
+
 async def _add(conn: AsyncConnection, additions: list[dict[str, Any]], now: datetime,
                pg: bool) -> None:
     """Add buckets of new calls (`table_rows`) to the stored ones: their hours' rows (a
     few an hour, one per line) read and deleted, merged, inserted again."""
     keys = sorted({(row["pbx"], row["hour"]) for row in additions})
     kept: dict[tuple[str, str | None, int], dict[str, Any]] = {}
-    for part in chunks(keys, in_chunk(conn, lists=2)):
+    for part in ((keys,) if pg else chunks(keys, in_chunk(conn, lists=2))):
         if pg:  # read by the statement that deletes them
-            stored = (await conn.execute(sa.delete(call_hours).where(_in_hours(part))
-                                         .returning(*call_hours.c))).mappings().all()
+            stored = (await conn.execute(_taken_pg(), {"pbxs": [k[0] for k in part],
+                                                       "hours": [k[1] for k in part]})
+                      ).mappings().all()
         else:
             stored = (await conn.execute(sa.select(call_hours).where(_in_hours(part)))
                       ).mappings().all()
