@@ -340,10 +340,12 @@ async def _locked_now(conn: AsyncConnection) -> datetime:
     differ (the stats cache relies on it)."""
     if conn.dialect.name != "postgresql":
         return datetime.now(UTC)
-    now: datetime = (await conn.execute(
-        sa.text("SELECT clock_timestamp() FROM (SELECT pg_advisory_xact_lock(:key)) AS locked"),
-        {"key": LOCK_KEY})).scalar_one()
+    now: datetime = (await conn.execute(_LOCKED_NOW, {"key": LOCK_KEY})).scalar_one()
     return now
+
+
+_LOCKED_NOW = sa.text(
+    "SELECT clock_timestamp() FROM (SELECT pg_advisory_xact_lock(:key)) AS locked")
 
 
 async def refresh_hours(conn: AsyncConnection, keys: Iterable[tuple[str, int]],

@@ -316,11 +316,20 @@ async def _lock_numbers(conn: AsyncConnection, numbers: Sequence[str]) -> None:
     """
     if conn.dialect.name != "postgresql":
         return
-    await conn.execute(
-        sa.text("SELECT count(pg_advisory_xact_lock(hashtext("
-                "'callhub.worklist:' || current_schema() || ':' || n))) "
-                "FROM unnest(CAST(:numbers AS text[])) AS n"),
-        {"numbers": list(numbers)})
+    await conn.execute(_LOCK_NUMBERS, {"numbers": list(numbers)})
+
+
+_LOCK_NUMBERS = sa.text("SELECT count(pg_advisory_xact_lock(hashtext("
+                        "'callhub.worklist:' || current_schema() || ':' || n))) "
+                        "FROM unnest(CAST(:numbers AS text[])) AS n")
+_OPEN_COLUMNS = (worklist_entries.c.id, worklist_entries.c.pbx, worklist_entries.c.number,
+                 worklist_entries.c.line, worklist_entries.c.first_missed_at,
+                 worklist_entries.c.last_missed_at, worklist_entries.c.call_count)
+_OPEN_PG = sa.select(*_OPEN_COLUMNS).where(
+    worklist_entries.c.status == "pending",
+    worklist_entries.c.number == sa.any_(
+        sa.bindparam("numbers", type_=ARRAY(worklist_entries.c.number.type))))
+"""The open entries of a batch's numbers (PostgreSQL: one array, built once)."""
 
 
 @dataclass(slots=True)
@@ -351,12 +360,12 @@ async def apply_batch(conn: AsyncConnection, records: Sequence[CallRecord], ids:
     await _lock_numbers(conn, numbers)
     loaded: list[_Entry] = []
     for part in chunks(numbers, set_chunk(conn)):
-        rows = await conn.execute(
-            sa.select(worklist_entries.c.id, worklist_entries.c.pbx, worklist_entries.c.number,
-                      worklist_entries.c.line, worklist_entries.c.first_missed_at,
-                      worklist_entries.c.last_missed_at, worklist_entries.c.call_count)
-            .where(worklist_entries.c.status == "pending",
-                   is_in(conn, worklist_entries.c.number, part)))
+        if bulk.used(conn):
+            rows = await conn.execute(_OPEN_PG, {"numbers": list(part)})
+        else:
+            rows = await conn.execute(sa.select(*_OPEN_COLUMNS).where(
+                worklist_entries.c.status == "pending",
+                is_in(conn, worklist_entries.c.number, part)))
         loaded += [_Entry(row.id, row.pbx, row.number, row.line, row.first_missed_at,
                           row.last_missed_at, row.call_count,
                           loaded_first_missed_at=row.first_missed_at) for row in rows]
