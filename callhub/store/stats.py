@@ -634,6 +634,11 @@ def _worklist_base(group_by: str | None, pieces: Pieces, by_pbx: bool) -> sa.Sub
     ).where(*where).subquery("wbase")
 
 
+def _timed(wb: Any) -> sa.ColumnElement[bool]:
+    """Of `_worklist_base`'s entries, those with a time to callback (handled)."""
+    return sa.and_(wb.status == "handled", wb.time_to_callback_seconds.is_not(None))
+
+
 @functools.lru_cache(maxsize=128)
 def _worklist_statement(group_by: str | None, pieces: Pieces, by_pbx: bool, pg: bool
                         ) -> sa.Select[Any]:
@@ -641,7 +646,7 @@ def _worklist_statement(group_by: str | None, pieces: Pieces, by_pbx: bool, pg: 
     values; built once per shape, so a request runs it straight through asyncpg."""
     wbase = _worklist_base(group_by, pieces, by_pbx)
     wb = wbase.c
-    timed = sa.and_(wb.status == "handled", wb.time_to_callback_seconds.is_not(None))
+    timed = _timed(wb)
     wstmt = sa.select(
         wb.k, wb.koff, sa.func.count().filter(wb.status == "pending"),
         sa.func.count().filter(wb.status == "handled"),
@@ -671,8 +676,7 @@ async def _worklist_figures(conn: AsyncConnection, q: StatsQuery,
     if not pg:
         wbase = _worklist_base(q.group_by, tuple(pieces), q.pbx is not None)
         wb = wbase.c
-        timed = sa.and_(wb.status == "handled", wb.time_to_callback_seconds.is_not(None))
-        for row in (await conn.execute(_ranked(wbase, wb.time_to_callback_seconds, timed,
+        for row in (await conn.execute(_ranked(wbase, wb.time_to_callback_seconds, _timed(wb),
                                                grouped, _middle), params)).all():
             if row.in_group:
                 acc(row.k, row.koff).median_middle.append(float(row.v))

@@ -133,6 +133,7 @@ async def read_before(conn: AsyncConnection, records: Sequence[CallRecord],
     keys = {(r.pbx, r.linkedid) for r in records}
     misses = [r for r in records if is_worklist_miss(r, settings)]
     numbers = sorted({r.external_number or "" for r in misses})
+    wanted_numbers = set(numbers)
     since = utc(min(r.arrived_at for r in misses)) if misses else None
     seen: set[int] = set()
     if bulk.used(conn):  # one statement, built once (building it was most of its cost)
@@ -144,7 +145,7 @@ async def read_before(conn: AsyncConnection, records: Sequence[CallRecord],
         # Through SQLAlchemy: the batch's transaction begins here, and a connection found
         # dead is reported as such (the writer renews it).
         rows = (await conn.execute(_before_pg(bool(keys), bool(numbers)), params)).all()
-        _take(before, rows, seen, keys, set(numbers), since)
+        _take(before, rows, seen, keys, wanted_numbers, since)
         return before
     pbxs = sorted({pbx for pbx, _ in keys})
     linkedids = sorted({linkedid for _, linkedid in keys})
@@ -161,7 +162,7 @@ async def read_before(conn: AsyncConnection, records: Sequence[CallRecord],
             arms.append(_answers_of(is_in(conn, calls.c.external_number, some_numbers),
                                     since))
         rows = (await conn.execute(arms[0] if len(arms) == 1 else sa.union_all(*arms))).all()
-        _take(before, rows, seen, keys, set(numbers), since)
+        _take(before, rows, seen, keys, wanted_numbers, since)
     return before
 
 
