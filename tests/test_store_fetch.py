@@ -1,5 +1,7 @@
-"""The list pages' rows read straight through asyncpg (callhub.store.fetch) are the rows
-SQLAlchemy reads, value for value; a failing statement is a DBAPIError as before."""
+"""The list pages' rows read straight through asyncpg (callhub.store.fetch), on the read
+pool's connections (callhub.store.read_pool), are the rows SQLAlchemy reads on its own
+connection, value for value and type for type; a failing statement is a DBAPIError as
+before."""
 
 from __future__ import annotations
 
@@ -55,7 +57,8 @@ async def test_pages_read_through_asyncpg_equal_sqlalchemys(
         with monkeypatch.context() as patch:
             patch.setattr(fetch, "dicts", sqlalchemy_dicts)
             patch.setattr(fetch, "rows", sqlalchemy_rows)
-            slow = await pg_db.read(page)
+            async with pg_db.connection() as conn:
+                slow = await page(conn)
         assert fast, page_filter
         assert fast == slow, page_filter
         for got, want in zip(fast, slow, strict=True):

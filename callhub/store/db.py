@@ -4,10 +4,11 @@
 writer writes), foreign keys and a busy timeout; PostgreSQL may be pinned to
 a schema (`search_path`), which tests use to isolate themselves.
 
-On PostgreSQL, `read` runs the API's list reads on a second pool in autocommit
-without a pre-ping: a page is then one round trip to the server instead of six
-(the ping's BEGIN, `;` and ROLLBACK, then BEGIN, the query and ROLLBACK), and
-round trips, not SQL, were most of a page's cost.
+On PostgreSQL, `read` runs the API's list reads on a second pool, asyncpg's own
+(`callhub.store.read_pool`), in autocommit without a pre-ping: a page is then one
+round trip to the server instead of six (the ping's BEGIN, `;` and ROLLBACK, then
+BEGIN, the query and ROLLBACK), and round trips, not SQL, were most of a page's
+cost.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
-import orjson
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from callhub.store.read_pool import Reader, ReadPool
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -39,11 +41,12 @@ class Database:
     """One database: its URL, engine and dialect name."""
 
     def __init__(self, engine: AsyncEngine, schema: str | None = None,
-                 read_url: str | None = None) -> None:
+                 read_url: str | None = None, connect_timeout: float = 5.0) -> None:
         self.engine = engine
         self.schema = schema
+        self.connect_timeout = connect_timeout
         self.read_url = read_url  # a read replica for `read` (PostgreSQL); None: this one
-        self._reads: Database | None = None
+        self._reads: ReadPool | None = None
 
     @classmethod
     def connect(cls, url: str, *, schema: str | None = None, busy_timeout: float = 5.0,
@@ -74,7 +77,7 @@ class Database:
                 or make_url(read_url).get_backend_name() != "postgresql"):
             raise ValueError("read_database_url: a read replica needs database_url and "
                              "read_database_url both on PostgreSQL")
-        return cls(engine, schema, read_url)
+        return cls(engine, schema, read_url, busy_timeout)
 
     def connect_again(self, url: str | None = None, **options: Any) -> Database:
         """Another engine, with a pool of its own, on the same database and schema (or on
@@ -98,17 +101,19 @@ class Database:
         """`async with db.connection() as conn`: reads (autobegin, rolled back on exit)."""
         return self.engine.connect()
 
-    async def read(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    async def read(self, work: Callable[[Reader], Awaitable[T]]) -> T:
         """`work(conn)` for reads that need no transaction: each statement sees its own
-        snapshot, so what must be consistent goes in one statement.
+        snapshot, so what must be consistent goes in one statement. `work` reads through
+        `callhub.store.fetch`, which takes either kind of connection.
 
-        On PostgreSQL the connection comes from a pool of its own in autocommit with no
-        pre-ping, so a statement is one round trip (JSON columns parsed by orjson: the same
-        values, faster). A pooled connection found dead (the server restarted) is dropped,
-        with the pool's others, and `work` runs once more on a new one, as the ping would
-        have done; a second failure is the caller's (503). With `read_url` the pool is on
-        that read replica: what was just written may show a moment later (the replica's
-        lag). SQLite: the one engine.
+        On PostgreSQL the connection is a `PgReader` from a pool of its own
+        (`callhub.store.read_pool`) in autocommit with no pre-ping, so a statement is one
+        round trip (JSON columns parsed by orjson: the same values, faster). A pooled
+        connection found dead (the server restarted) is dropped, with the pool's others,
+        and `work` runs once more on a new one, as the ping would have done; a second
+        failure is the caller's (503). With `read_url` the pool is on that read replica:
+        what was just written may show a moment later (the replica's lag). SQLite: an
+        `AsyncConnection` of the one engine.
         """
         if self.dialect != "postgresql":
             async with self.engine.connect() as conn:
@@ -116,27 +121,30 @@ class Database:
         reads = self._read_pool()
         for attempt in (1, 2):
             try:
-                async with reads.engine.connect() as conn:
-                    return await work(conn)
+                return await reads.run(work)
             except DBAPIError as exc:
                 if attempt == 2 or not exc.connection_invalidated:
                     raise
-                # The server went away: the pool's other connections are as dead.
-                await reads.engine.dispose(close=False)
+                await reads.renew()  # the server went away: the others are as dead
         raise AssertionError("unreachable")
 
-    def _read_pool(self) -> Database:
+    def _read_pool(self) -> ReadPool:
         if self._reads is None:
-            self._reads = self.connect_again(
-                self.read_url, pre_ping=False, isolation_level="AUTOCOMMIT",
-                pool_size=READ_POOL, max_overflow=0, json_deserializer=orjson.loads)
+            url = make_url(self.read_url) if self.read_url else self.engine.url
+            self._reads = ReadPool(url, self.engine.dialect, READ_POOL, schema=self.schema,
+                                   connect_timeout=self.connect_timeout)
         return self._reads
 
     async def open_reads(self) -> None:
         """Open the read pool's connections now (PostgreSQL): the first burst of requests
-        after a start would otherwise wait for them (`open_pool`)."""
-        if self.dialect == "postgresql":
-            await self._read_pool().open_pool("read")
+        after a start would otherwise wait for them. A database not reachable yet is left
+        for later, as in `open_pool` (`db.pool_not_opened`)."""
+        if self.dialect != "postgresql":
+            return
+        opened, failure = await self._read_pool().open()
+        if failure is not None:
+            log.warning("db.pool_not_opened", pool="read", opened=opened,
+                        error=type(failure).__name__)
 
     async def open_pool(self, pool: str) -> None:
         """Open every connection of this engine's pool now, all at once: a PostgreSQL

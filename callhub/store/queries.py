@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callhub.store import fetch
+from callhub.store.read_pool import Reader
 from callhub.store.tables import (
     attempts,
     calls,
@@ -156,7 +157,7 @@ _EXTRAS_PG = _extras(worklist_calls.c.call_id == sa.any_(_IDS_PG),
                      sms_outbox.c.call_id == sa.any_(_IDS_PG))
 
 
-async def _add_extras(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+async def _add_extras(conn: Reader, rows: list[dict[str, Any]]) -> None:
     """Each call's worklist entry (`worklist_id`, `worklist_status`) and latest SMS status
     (`sms_status`), null when it has none.
 
@@ -204,7 +205,7 @@ async def _dicts(conn: AsyncConnection, stmt: sa.Executable, params: dict[str, A
     return [dict(zip(keys, row, strict=True)) for row in result.all()]
 
 
-async def list_calls(conn: AsyncConnection, f: CallFilter, limit: int,
+async def list_calls(conn: Reader, f: CallFilter, limit: int,
                      after: tuple[datetime, int] | None = None) -> list[dict[str, Any]]:
     """Up to `limit` calls matching `f`, newest first, after the keyset position `after`
     (their `PAGE_COLUMNS`, and `_add_extras`)."""
@@ -332,7 +333,7 @@ def _entries_of(rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
     return entries
 
 
-async def list_worklist(conn: AsyncConnection, f: WorklistFilter, limit: int,
+async def list_worklist(conn: Reader, f: WorklistFilter, limit: int,
                         after: WorklistPosition | None = None) -> list[dict[str, Any]]:
     """Entries, pending first, then oldest first (by first miss, then id); each with its calls.
 

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callhub.store import fetch, stats
+from callhub.store.read_pool import Reader
 from callhub.store.resolution import RATED, RESOLUTIONS, SATISFACTIONS
 from callhub.store.tables import RESOLUTION_COUNTS, call_hours, calls, followups
 
@@ -104,7 +105,7 @@ def _rollup_counts(group_by: str | None, pieces: stats.Pieces, by_pbx: bool
     return stmt
 
 
-async def _from_rollup(conn: AsyncConnection, q: stats.StatsQuery,
+async def _from_rollup(conn: Reader, q: stats.StatsQuery,
                        pieces: list[tuple[Any, int]],
                        acc: Callable[[Any, Any], _Counts]) -> None:
     """The counts per group, summed from the hourly rollup (stats.rollup_answers)."""
@@ -121,7 +122,7 @@ async def _from_rollup(conn: AsyncConnection, q: stats.StatsQuery,
             found.by_satisfaction[name] += n
 
 
-async def compute(conn: AsyncConnection, q: stats.StatsQuery) -> dict[str, Any]:
+async def compute(conn: Reader, q: stats.StatsQuery) -> dict[str, Any]:
     """{"totals": figures, "groups": {API group key: figures}} (groups: with group_by).
 
     From the hourly rollup when the query allows it (`q.rollup`), else from the calls."""
@@ -134,7 +135,7 @@ async def compute(conn: AsyncConnection, q: stats.StatsQuery) -> dict[str, Any]:
     if q.rollup and stats.rollup_answers(q, pieces):
         await _from_rollup(conn, q, pieces, acc)
     else:
-        await _from_calls(conn, q, pieces, acc)
+        await _from_calls(stats.connection_of(conn), q, pieces, acc)
     totals = _Counts()
     for counts in groups.values():
         totals.add(counts)

@@ -36,6 +36,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from callhub.config.targets import LineTargets, TargetTally, tally_rings
 from callhub.store import fetch, rollup
+from callhub.store.read_pool import Reader
 from callhub.store.tables import call_hours, calls, worklist_entries
 
 # What each figure of a stats block means (the API documents it, the report orders by it).
@@ -479,7 +480,7 @@ def _rollup_line_tallies(by_pbx: bool, short_counted: bool, targets: RingTargets
                      ).where(*_rollup_where(by_pbx)).group_by(h.line)
 
 
-async def _calls_from_rollup(conn: AsyncConnection, q: StatsQuery,
+async def _calls_from_rollup(conn: Reader, q: StatsQuery,
                              pieces: list[tuple[datetime | None, int]],
                              acc: Callable[[Any, Any], _Acc], totals: _Acc
                              ) -> dict[str | None, TargetTally]:
@@ -515,7 +516,7 @@ async def _calls_from_rollup(conn: AsyncConnection, q: StatsQuery,
     return await _line_tallies_from_rollup(conn, q, targets, params)
 
 
-async def _line_tallies_from_rollup(conn: AsyncConnection, q: StatsQuery,
+async def _line_tallies_from_rollup(conn: Reader, q: StatsQuery,
                                     targets: RingTargets, params: dict[str, Any]
                                     ) -> dict[str | None, TargetTally]:
     """Per line over the whole period: its inbound calls, answered ones and those
@@ -655,7 +656,7 @@ def _worklist_statement(group_by: str | None, pieces: Pieces, by_pbx: bool, pg: 
     return _grouped(wstmt, wbase, pg, group_by is not None)
 
 
-async def _worklist_figures(conn: AsyncConnection, q: StatsQuery,
+async def _worklist_figures(conn: Reader, q: StatsQuery,
                             pieces: list[tuple[datetime | None, int]],
                             acc: Callable[[Any, Any], _Acc], totals: _Acc) -> None:
     """Worklist entries whose first miss is in the period: counts and median callback
@@ -676,15 +677,15 @@ async def _worklist_figures(conn: AsyncConnection, q: StatsQuery,
     if not pg:
         wbase = _worklist_base(q.group_by, tuple(pieces), q.pbx is not None)
         wb = wbase.c
-        for row in (await conn.execute(_ranked(wbase, wb.time_to_callback_seconds, _timed(wb),
-                                               grouped, _middle), params)).all():
+        ranked = _ranked(wbase, wb.time_to_callback_seconds, _timed(wb), grouped, _middle)
+        for row in (await connection_of(conn).execute(ranked, params)).all():
             if row.in_group:
                 acc(row.k, row.koff).median_middle.append(float(row.v))
             if row.in_all:
                 totals.median_middle.append(float(row.v))
 
 
-Reads = Callable[[Callable[[AsyncConnection], Awaitable[Any]]], Awaitable[Any]]
+Reads = Callable[[Callable[[Reader], Awaitable[Any]]], Awaitable[Any]]
 """`Database.read`: `work(conn)` on a connection of its own, outside a transaction."""
 Source = AsyncConnection | Reads
 """Where statements run: one connection, one after the other, or `Reads`, where
@@ -692,7 +693,16 @@ independent ones run at once, each on its own connection. What the rollup cannot
 is counted from the calls with more sort memory in a transaction: give it a connection."""
 
 
-async def run(source: Source, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+def connection_of(conn: Reader) -> AsyncConnection:
+    """`conn` for SQLAlchemy's execution: what the rollup cannot answer (and SQLite's
+    ranking) is not run on the read pool's connections (`Source`)."""
+    if not isinstance(conn, AsyncConnection):
+        raise TypeError("counted from the calls: give a connection (Database.connection), "
+                        "not Database.read")
+    return conn
+
+
+async def run(source: Source, work: Callable[[Reader], Awaitable[T]]) -> T:
     """`work` on the source's connection."""
     if isinstance(source, AsyncConnection):
         return await work(source)
@@ -700,7 +710,7 @@ async def run(source: Source, work: Callable[[AsyncConnection], Awaitable[T]]) -
     return result
 
 
-async def run_each(source: Source, *works: Callable[[AsyncConnection], Awaitable[Any]]
+async def run_each(source: Source, *works: Callable[[Reader], Awaitable[Any]]
                    ) -> list[Any]:
     """Independent `works`: one after the other on a connection; at once with `Reads` (a
     cold answer then waits for its slowest statement, not for all of them in turn)."""
@@ -724,9 +734,10 @@ async def compute(source: Source, q: StatsQuery) -> dict[str, Any]:
             found = groups[(k, koff)] = _Acc()
         return found
 
-    async def calls_part(conn: AsyncConnection) -> list[dict[str | None, TargetTally]]:
+    async def calls_part(reader: Reader) -> list[dict[str | None, TargetTally]]:
         if from_rollup:
-            return [await _calls_from_rollup(conn, q, pieces, acc, totals)]
+            return [await _calls_from_rollup(reader, q, pieces, acc, totals)]
+        conn = connection_of(reader)
         if conn.dialect.name == "postgresql":  # a month's calls sorted by hour: a few MB,
             # more than the default 4 MB in memory
             await conn.execute(sa.text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
@@ -736,7 +747,7 @@ async def compute(source: Source, q: StatsQuery) -> dict[str, Any]:
             acc(k, koff).within_target = sum(t.within_target for t in tallies.values())
         return list(by_group.values())
 
-    async def worklist_part(conn: AsyncConnection) -> None:
+    async def worklist_part(conn: Reader) -> None:
         await _worklist_figures(conn, q, pieces, acc, totals)
 
     by_line, _ = await run_each(source, calls_part, worklist_part)

@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callhub.store import fetch, resolution_stats, stats
+from callhub.store.read_pool import Reader
 from callhub.store.tables import call_hours
 
 SIZE = 64  # queries kept (a month by hour is about 400 KB of figures)
@@ -49,7 +50,7 @@ def _token_statement(by_pbx: bool) -> sa.Select[Any]:
 _TOKEN = {by_pbx: _token_statement(by_pbx) for by_pbx in (False, True)}
 
 
-async def token(conn: AsyncConnection, q: stats.StatsQuery) -> Token:
+async def token(conn: Reader, q: stats.StatsQuery) -> Token:
     """What the figures of `q` were counted from, in a few values."""
     (row,) = await fetch.rows(conn, _TOKEN[q.pbx is not None], stats.rollup_params(q))
     return tuple(row)

@@ -1,0 +1,135 @@
+"""The API's reads on PostgreSQL: a pool of asyncpg connections, without SQLAlchemy's.
+
+A list page is one or two statements, prebuilt and run straight through asyncpg
+(`callhub.store.fetch`). Through SQLAlchemy's pool each page also paid for the
+pool's checkout and its return (an `AsyncConnection`, a greenlet, a task of its
+own to give the connection back, shielded from cancellation): 15-17 % of the
+server's CPU a page at 20 clients (bench/README.md). Here a page borrows an
+asyncpg connection from asyncpg's pool and gives it back as it is: the pool's
+connections are in autocommit (no transaction is ever opened on them) and
+hold no session state to reset, so the reset asyncpg makes by default (a
+round trip per page) is skipped.
+
+JSON values are decoded as SQLAlchemy's dialect decodes them (the same codecs,
+with orjson), so a page's values are SQLAlchemy's (`tests/test_store_fetch.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import asyncpg
+import orjson
+import structlog
+from sqlalchemy.engine import URL, Dialect
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+T = TypeVar("T")
+log = structlog.get_logger(__name__)
+
+# SQLAlchemy's own options in a URL's query, not asyncpg's.
+_SQLALCHEMY_OPTIONS = {"prepared_statement_cache_size", "prepared_statement_name_func",
+                       "async_fallback"}
+
+
+@dataclass(frozen=True, slots=True)
+class PgReader:
+    """A connection of the read pool: asyncpg's own, and the dialect its statements are
+    compiled for (`callhub.store.fetch` takes either this or an `AsyncConnection`)."""
+
+    driver: asyncpg.Connection
+    dialect: Dialect
+
+
+Reader = AsyncConnection | PgReader
+"""What `Database.read` gives its work: a `PgReader` on PostgreSQL, an `AsyncConnection`
+on SQLite."""
+
+
+class ReadPool:
+    """`size` asyncpg connections to `url` (a SQLAlchemy URL), opened as they are first
+    asked for or all at once by `open`, kept open."""
+
+    def __init__(self, url: URL, dialect: Dialect, size: int, *, schema: str | None,
+                 connect_timeout: float) -> None:
+        options: dict[str, Any] = dict(dialect.create_connect_args(url)[1])
+        for name in _SQLALCHEMY_OPTIONS:
+            options.pop(name, None)
+        if schema:
+            options["server_settings"] = {"search_path": schema}
+        options["timeout"] = connect_timeout
+        self._options = options
+        self._dialect = dialect
+        self.size = size
+        self._pool: asyncpg.Pool | None = None
+        self._creating = asyncio.Lock()
+
+    async def _the_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            async with self._creating:
+                if self._pool is None:  # min_size 0: creating it opens no connection
+                    self._pool = await asyncpg.create_pool(
+                        min_size=0, max_size=self.size, max_inactive_connection_lifetime=0,
+                        init=_json_codecs, reset=_kept_as_it_is, **self._options)
+        return self._pool
+
+    async def run(self, work: Callable[[PgReader], Awaitable[T]]) -> T:
+        """`work` on a connection of the pool. Failing to connect is a `DBAPIError` (as
+        from SQLAlchemy's pool; the API answers 503), not tried again at once."""
+        pool = await self._the_pool()
+        try:
+            connection = await pool.acquire()
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise DBAPIError("connect", None, exc) from exc
+        try:
+            return await work(PgReader(connection, self._dialect))
+        finally:
+            await pool.release(connection)
+
+    async def renew(self) -> None:
+        """Drop every connection as it is next given back or asked for (the server went
+        away: the others are as dead as the one found so)."""
+        if self._pool is not None:
+            await self._pool.expire_connections()
+
+    async def open(self) -> tuple[int, BaseException | None]:
+        """Open all `size` connections now, at once: how many are open, and why one
+        could not be (None: all are)."""
+        pool = await self._the_pool()
+        taken = await asyncio.gather(*(pool.acquire() for _ in range(self.size)),
+                                     return_exceptions=True)
+        opened = [c for c in taken if not isinstance(c, BaseException)]
+        for connection in opened:
+            await pool.release(connection)
+        failed = [c for c in taken if isinstance(c, BaseException)]
+        return len(opened), failed[0] if failed else None
+
+    async def close(self, within: float = 5.0) -> None:
+        """Close the connections once given back; any still out after `within` seconds
+        are closed as they are."""
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), within)
+            except TimeoutError:
+                pool.terminate()
+
+
+async def _json_codecs(connection: asyncpg.Connection) -> None:
+    """json and jsonb decoded as SQLAlchemy's asyncpg dialect decodes them (its
+    `setup_asyncpg_json_codec`), by orjson."""
+    await connection.set_type_codec(
+        "json", encoder=str.encode, decoder=lambda raw: orjson.loads(raw),
+        schema="pg_catalog", format="binary")
+    await connection.set_type_codec(
+        "jsonb", encoder=lambda text: b"\x01" + text.encode(),
+        decoder=lambda raw: orjson.loads(raw[1:]), schema="pg_catalog", format="binary")
+
+
+async def _kept_as_it_is(_connection: asyncpg.Connection) -> None:
+    """A connection given back needs no reset: the reads open no transaction, take no
+    lock, LISTEN to nothing and SET nothing."""
