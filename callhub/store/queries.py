@@ -201,7 +201,7 @@ def _call_filter_values(f: CallFilter) -> tuple[frozenset[str], dict[str, Any]]:
 async def _dicts(conn: AsyncConnection, stmt: sa.Executable, params: dict[str, Any]
                  ) -> list[dict[str, Any]]:
     result = await conn.execute(stmt, params)
-    keys = list(result.keys())
+    keys = list(map(str, result.keys()))  # plain str: faster to JSON
     return [dict(zip(keys, row, strict=True)) for row in result.all()]
 
 
@@ -270,9 +270,10 @@ _ENTRY_CALL_COLUMNS = (calls.c.id, calls.c.linkedid, calls.c.arrived_at, calls.c
                        calls.c.reason, calls.c.ring_seconds, calls.c.wait_seconds,
                        calls.c.caller_name, calls.c.called_number)
 """What a worklist entry shows of each of its calls."""
-_ENTRY_KEYS = tuple(col.name for col in worklist_entries.c if col.name != "updated_at")
+# Plain str: SQLAlchemy's column names are a subclass of it, which JSON encodes slower.
+_ENTRY_KEYS = tuple(str(col.name) for col in worklist_entries.c if col.name != "updated_at")
 """What a worklist page shows of an entry (when its row was last written: not shown)."""
-_CALL_KEYS = tuple(col.name for col in _ENTRY_CALL_COLUMNS)
+_CALL_KEYS = tuple(str(col.name) for col in _ENTRY_CALL_COLUMNS)
 
 
 @functools.lru_cache(maxsize=256)
