@@ -1,5 +1,5 @@
-"""The read pool's connections go back as they are, so what a read leaves behind must not
-reach the next one (callhub/store/read_pool.py).
+"""The read pool (callhub/store/read_pool.py): its connections go back as they are, so what
+a read leaves behind must not reach the next one, and reads wait for one in turn.
 
 A client that goes away mid-page cancels its read while PostgreSQL still runs the
 query: the connection must come back to the pool usable, and the pool must not
@@ -17,8 +17,10 @@ from store_fixtures import make_call, store
 from callhub.config import Settings
 from callhub.store import fetch, queries
 from callhub.store.db import READ_POOL, Database
+from callhub.store.read_pool import Reader, ReadPool
 
 SLEEP = sa.select(sa.func.pg_sleep(30).label("slept"))
+ONE = sa.select(sa.literal(1).label("one"))
 ACTIVE = sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                  "AND query LIKE '%pg_sleep%' AND state = 'active' AND pid <> pg_backend_pid()")
 BACKENDS = sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
@@ -54,3 +56,32 @@ async def test_a_read_cancelled_mid_query_leaves_the_pool_whole(
     assert all([p["linkedid"] for p in page] == ["r1"] for page in pages)
     assert await scalar(pg_db, ACTIVE) == 0  # the sleeps were cancelled in PostgreSQL too
     assert await scalar(pg_db, BACKENDS) <= before
+
+
+async def test_reads_get_a_connection_in_the_order_they_asked(pg_db: Database) -> None:
+    """Six clients in closed loop on two connections: each read is served in its turn. A
+    client that gives a connection back and asks again at once does not take it back
+    from the read that was waiting (asyncpg's pool alone lets it)."""
+    reads = ReadPool(pg_db.engine.url, pg_db.engine.dialect, 2, schema=pg_db.schema,
+                     connect_timeout=5)
+    asked: list[int] = []
+    served: list[int] = []
+
+    async def client() -> None:
+        for _ in range(20):
+            turn = len(asked)
+            asked.append(turn)
+
+            async def work(conn: Reader, turn: int = turn) -> None:
+                served.append(turn)
+                await fetch.rows(conn, ONE, {})
+
+            await reads.run(work)
+
+    try:
+        assert await reads.open() == (2, None)  # no read waits for a connection to open
+        await asyncio.gather(*(client() for _ in range(6)))
+    finally:
+        await reads.close()
+    assert len(served) == 120
+    assert served == sorted(served)

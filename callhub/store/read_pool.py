@@ -90,8 +90,8 @@ class ReadPool:
     async def run(self, work: Callable[[PgReader], Awaitable[T]]) -> T:
         """`work` on a connection of the pool. Failing to connect is a `DBAPIError` (as
         from SQLAlchemy's pool; the API answers 503), not tried again at once."""
-        pool = await self._the_pool()
         async with self._turns:
+            pool = await self._the_pool()
             try:
                 connection = await pool.acquire()
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
