@@ -134,7 +134,7 @@ async def _json_codecs(connection: asyncpg.Connection) -> None:
     """json and jsonb decoded as SQLAlchemy's asyncpg dialect decodes them (its
     `setup_asyncpg_json_codec`), by orjson."""
     await connection.set_type_codec(
-        "json", encoder=str.encode, decoder=lambda raw: orjson.loads(raw),
+        "json", encoder=str.encode, decoder=orjson.loads,
         schema="pg_catalog", format="binary")
     await connection.set_type_codec(
         "jsonb", encoder=lambda text: b"\x01" + text.encode(),
