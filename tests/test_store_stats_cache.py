@@ -8,10 +8,13 @@ one; repeated requests with nothing written are answered from memory.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 import sqlalchemy as sa
 from store_fixtures import make_call, store
 from test_store_stats import DAYS, START, random_calls
@@ -19,6 +22,7 @@ from test_store_stats import DAYS, START, random_calls
 from callhub.config import Settings
 from callhub.store import stats, stats_cache, worklist
 from callhub.store.db import Database
+from callhub.store.read_pool import Reader
 from callhub.store.stats_cache import StatsCache
 from callhub.store.tables import worklist_entries
 
@@ -143,3 +147,82 @@ async def test_the_rendered_answer_is_kept_until_a_write_changes_the_period(
                 make_call("late", at=START.timestamp() + 3 * 86400, outcome="answered"))
     second = await rendered()
     assert second != first and len(renders) == 2 and renders[1] == await fresh(any_db, q)
+
+
+def gated_reads(db: Database) -> tuple[stats.Reads, asyncio.Event, asyncio.Event, list[int]]:
+    """`db.read` behind a gate, as the read pool's queue holds a read until a connection is
+    free: the reads, the gate, an event set as the first read waits at it, and how many
+    reads were asked for."""
+    gate, waiting, asked = asyncio.Event(), asyncio.Event(), [0]
+
+    async def reads(work: Callable[[Reader], Awaitable[Any]]) -> Any:
+        asked[0] += 1
+        waiting.set()
+        await gate.wait()
+        return await db.read(work)
+
+    return reads, gate, waiting, asked
+
+
+async def test_requests_arriving_while_a_token_read_waits_share_it(
+        any_db: Database, store_settings: Settings) -> None:
+    q = await stored_period(any_db, store_settings, 11, "hour")
+    cache = StatsCache()
+    reads, gate, waiting, _ = gated_reads(any_db)
+    answers = [asyncio.create_task(cache.compute(reads, q)) for _ in range(3)]
+    await waiting.wait()  # the first one's read is queued; the others came after it
+    gate.set()
+    done = await asyncio.gather(*answers)
+    assert all(a == done[0] for a in done) and done[0] == await fresh(any_db, q)
+    assert (cache.tokens_read, cache.tokens_shared) == (1, 2)
+    assert (cache.misses, cache.hits) == (1, 2)
+
+
+async def test_a_token_read_already_sent_is_not_shared(
+        any_db: Database, store_settings: Settings) -> None:
+    """A request that arrives after the read went out reads for itself: the database may
+    have answered that read with a snapshot older than a write the request must see."""
+    q = await stored_period(any_db, store_settings, 12, "hour")
+    cache = StatsCache()
+    answered, resume = asyncio.Event(), asyncio.Event()
+
+    async def reads(work: Callable[[Reader], Awaitable[Any]]) -> Any:
+        async def then_hold(conn: Reader) -> Any:
+            found = await work(conn)
+            answered.set()
+            await resume.wait()  # the first request's read is out and answered, not returned
+            return found
+
+        return await any_db.read(then_hold if not answered.is_set() else work)
+
+    first = asyncio.create_task(cache.compute(reads, q))
+    await answered.wait()
+    # Within 10 s: a second request sharing the first read would wait for it forever.
+    second = await asyncio.wait_for(cache.compute(reads, q), 10)
+    resume.set()
+    assert await first == second == await fresh(any_db, q)
+    assert (cache.tokens_read, cache.tokens_shared) == (2, 0)
+
+
+async def test_when_the_shared_token_read_fails_the_others_read_their_own(
+        any_db: Database, store_settings: Settings) -> None:
+    q = await stored_period(any_db, store_settings, 13, "hour")
+    cache = StatsCache()
+    reads, gate, waiting, asked = gated_reads(any_db)
+
+    async def failing_first(work: Callable[[Reader], Awaitable[Any]]) -> Any:
+        if asked[0] == 0:
+            await reads(work)  # queued, then the database is gone
+            raise ConnectionError("the database went away")
+        return await reads(work)
+
+    first = asyncio.create_task(cache.compute(failing_first, q))
+    others = [asyncio.create_task(cache.compute(failing_first, q)) for _ in range(2)]
+    await waiting.wait()
+    gate.set()
+    with pytest.raises(ConnectionError):
+        await first
+    done = await asyncio.gather(*others)
+    assert done[0] == done[1] == await fresh(any_db, q)
+    # Neither got the failed read's None as a token: each read one, or shared the other's.
+    assert cache.tokens_read >= 1 and cache.tokens_read + cache.tokens_shared == 2

@@ -5,7 +5,9 @@ them up costs more Python than a page of calls, and desks ask for the same
 few periods over and over. Only figures the rollup gives are cached (with
 the API's rendering of them); each is kept with a token of its inputs, read
 before it is computed and again on every request: the period's rollup rows,
-their number and latest `changed_at`, one range read of an index.
+their number and latest `changed_at`, one range read of an index (requests for
+the same query that arrive while its token read still waits for a connection
+share that read).
 
 Every write that changes a period's figures stamps its hours' rows with
 `changed_at` = now, in its own transaction: storing a call recomputes its
@@ -83,6 +85,15 @@ async def figures(source: stats.Source, q: stats.StatsQuery) -> dict[str, Any]:
 
 
 @dataclass(slots=True)
+class _TokenRead:
+    """A token read waiting for its connection: requests for the same query that arrive
+    before it is sent share it (its snapshot is then taken after they arrived)."""
+
+    answer: asyncio.Future[Token | None]  # None: the read failed; read one of your own
+    sent: bool = False
+
+
+@dataclass(slots=True)
 class _Kept:
     token: Token
     figures: dict[str, Any]
@@ -96,7 +107,9 @@ class StatsCache:
         self.size = size
         self._kept: OrderedDict[Hashable, _Kept] = OrderedDict()
         self._computing: dict[tuple[Hashable, Token], asyncio.Future[_Kept | None]] = {}
+        self._reading: dict[Hashable, _TokenRead] = {}
         self.hits = self.misses = 0
+        self.tokens_read = self.tokens_shared = 0
 
     async def compute(self, source: stats.Source, q: stats.StatsQuery) -> dict[str, Any]:
         """figures(source, q), from memory while its inputs are unchanged (a copy: the
@@ -116,13 +129,44 @@ class StatsCache:
             kept.body = render(kept.figures)
         return kept.body
 
+    async def _token(self, source: stats.Source, q: stats.StatsQuery, key: Hashable
+                     ) -> Token:
+        """The token of `q`, read after this call began.
+
+        At 20 clients a token read waits for one of the read pool's connections behind
+        the others, and each is a round trip (its send was a third of the server's CPU
+        on answers from memory, bench/README.md). A read for the same query still
+        waiting, not yet sent, is shared: its snapshot is taken after this request
+        arrived, so what it sees is as new as a read of this request's own."""
+        waiting = self._reading.get(key)
+        if waiting is not None and not waiting.sent:
+            shared = await asyncio.shield(waiting.answer)
+            if shared is not None:
+                self.tokens_shared += 1
+                return shared
+        mine = self._reading[key] = _TokenRead(asyncio.get_running_loop().create_future())
+
+        async def read(conn: Reader) -> Token:
+            mine.sent = True  # from here on, newcomers read for themselves
+            return await token(conn, q)
+
+        found: Token | None = None
+        try:
+            found = await stats.run(source, read)
+            self.tokens_read += 1
+            return found
+        finally:
+            if self._reading.get(key) is mine:
+                del self._reading[key]
+            mine.answer.set_result(found)
+
     async def _kept_for(self, source: stats.Source, q: stats.StatsQuery) -> _Kept | None:
         """The kept figures of `q`, computed if its inputs changed; None when the rollup
         does not answer `q` (nothing then to check a cached answer against)."""
         if not (q.rollup and stats.rollup_answers(q, stats.offset_pieces(q.start, q.end, q.tz))):
             return None
-        now = await stats.run(source, lambda conn: token(conn, q))
         key = _key(q)
+        now = await self._token(source, q, key)
         kept = self._kept.get(key)
         if kept is not None and kept.token == now:
             self._kept.move_to_end(key)
