@@ -57,9 +57,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from amiserver import StreamServer
 from synthetic import LOCAL_AGENTS, PJSIP_AGENTS, Manifest, default_cache_dir, stream
 
+from callhub.sim.ami_user import AmiUser, event_offsets
+
 SELF = Path(__file__).resolve()
 HERE = SELF.parent
 ROOT = HERE.parent
+SHIPPED = ROOT / "deploy" / "asterisk" / "manager.conf"
 MARK = b".PPP"  # in the template stream, where a uniqueid's fraction gets its PBX's number
 TICK = 0.01  # the servers' pace: one write per PBX every 10 ms
 SECRET = "bench-secret"
@@ -89,11 +92,6 @@ class Template:
     path: Path
     events: int
     calls: list[tuple[str, int, str]]  # (linkedid with MARK, index of its end, outcome)
-
-
-def event_offsets(data: bytes) -> list[int]:
-    """Where each event starts, and the end: event i is data[offsets[i]:offsets[i+1]]."""
-    return [0, *(m.end() for m in re.finditer(b"\r\n\r\n", data))]
 
 
 def make_template(manifest: Manifest) -> Template:
@@ -153,10 +151,12 @@ class FleetServer(StreamServer):
     """Serves each PBX (named by its login) its own copy of the template, paced."""
 
     def __init__(self, template: Template, pbxs: list[int], rate: float, spread: float,
-                 total_pbxs: int) -> None:
+                 total_pbxs: int, user: AmiUser | None = None) -> None:
         super().__init__(template.path)
         data = template.path.read_bytes()
         self.offsets = event_offsets(data)
+        if user is not None:  # the PBX makes every event, on time; the user gets its share
+            data, self.offsets = user.cut(data, self.offsets)
         self.calls = template.calls
         self.copies = {pbx_name(i): (i, data.replace(MARK, pbx_mark(i))) for i in pbxs}
         self.rate = rate
@@ -204,10 +204,10 @@ class FleetServer(StreamServer):
 
 
 async def serve_main(template: Template, pbxs: list[int], rate: float, spread: float,
-                     total: int) -> None:
+                     total: int, user: AmiUser | None) -> None:
     """Print the port; 'ready' once every PBX is logged in; 'go T0' on stdin starts the
     streams; when all is sent, one JSON line of what was sent when; then serve on."""
-    fleet = FleetServer(template, pbxs, rate, spread, total)
+    fleet = FleetServer(template, pbxs, rate, spread, total, user)
     server = await asyncio.start_server(fleet.serve, "127.0.0.1", 0, backlog=1024)
     print(server.sockets[0].getsockname()[1], flush=True)
     loop = asyncio.get_running_loop()
@@ -391,6 +391,14 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     manifest = stream(events, seed=args.seed, cache_dir=args.cache_dir)
     template = make_template(manifest)
     sent_calls = len(template.calls) * args.pbxs
+    delivered = template.events
+    if args.ami_user == "shipped":
+        data = template.path.read_bytes()
+        kept, _ = AmiUser.from_manager_conf(SHIPPED).cut(data, event_offsets(data))
+        delivered = len(event_offsets(kept)) - 1
+        print(f"fleet: as the shipped manager.conf's [callhub] user, each PBX sends "
+              f"{delivered} of its {template.events} events "
+              f"({delivered / template.events:.0%})", flush=True)
     print(f"fleet: {args.pbxs} PBXs x {template.events} events ({len(template.calls)} calls) "
           f"at {args.rate:g} events/s each: {args.pbxs * args.rate:,.0f} events/s, "
           f"{sent_calls} calls, ~{template.events / args.rate:.0f} s", flush=True)
@@ -404,6 +412,8 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     figures: dict[str, Any] = {"pbxs": args.pbxs, "rate_per_pbx": args.rate,
                                "offered_events_per_s": args.pbxs * args.rate,
                                "events_per_pbx": template.events,
+                               "ami_user": args.ami_user,
+                               "events_sent_per_pbx": delivered,
                                "calls_per_pbx": len(template.calls), "calls_sent": sent_calls,
                                "servers": args.servers, "poll_s": args.poll,
                                "cpus": os.cpu_count(), "python": sys.version.split()[0]}
@@ -414,7 +424,8 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, str(SELF), "--serve", str(manifest.path),
                 "--serve-pbxs", mine, "--rate", str(args.rate), "--pbxs", str(args.pbxs),
-                "--spread", str(args.spread), stdin=asyncio.subprocess.PIPE,
+                "--spread", str(args.spread), "--ami-user", args.ami_user,
+                stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE, limit=1 << 26)
             servers.append(proc)
             assert proc.stdout is not None
@@ -610,6 +621,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain", type=float, default=60.0,
                         help="seconds to wait for the last rows after the streams end")
     parser.add_argument("--log-level", default="info", help="callhub's log level")
+    parser.add_argument("--ami-user", choices=("all", "shipped"), default="all",
+                        help="all: every event of the stream goes out (--rate of them a "
+                             "second); shipped: only what Asterisk sends the [callhub] user "
+                             "of deploy/asterisk/manager.conf (its read classes and "
+                             "eventfilter), the PBX still making --rate events a second")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help=f"where streams are kept (default {default_cache_dir()})")
@@ -629,7 +645,8 @@ def main(argv: list[str] | None = None) -> int:
                             [tuple(c) for c in meta["calls"]])
         mine = [int(i) for i in args.serve_pbxs.split(",") if i]
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve_main(template, mine, args.rate, args.spread, args.pbxs))
+            user = AmiUser.from_manager_conf(SHIPPED) if args.ami_user == "shipped" else None
+            asyncio.run(serve_main(template, mine, args.rate, args.spread, args.pbxs, user))
         return 0
     if not args.database_url:
         raise SystemExit("needs --database-url or CALLHUB_TEST_DATABASE_URL (PostgreSQL)")

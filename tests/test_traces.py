@@ -17,6 +17,7 @@ from callhub.ami.parser import iter_file_messages
 from callhub.ami.replay import replay_file
 from callhub.cli import main
 from callhub.records import CallRecord
+from callhub.sim.ami_user import AmiUser, event_offsets
 
 
 @pytest.mark.parametrize("path", all_traces(), ids=lambda p: p.stem)
@@ -55,6 +56,37 @@ def test_the_correlator_fed_only_what_its_filter_keeps_gives_the_same_records(
                 for r in correlator.feed(m)]
     assert splitter.skipped > 0
     assert filtered == whole
+
+
+MANAGER_CONF = Path(__file__).resolve().parent.parent / "deploy" / "asterisk" / "manager.conf"
+
+
+@pytest.mark.parametrize("path", all_traces(), ids=lambda p: p.stem)
+def test_what_asterisk_sends_the_shipped_ami_user_gives_the_ground_truth(path: Path) -> None:
+    """deploy/asterisk/manager.conf's [callhub] user reads only some event classes and
+    filters CEL out: Asterisk never sends it the rest, so no record may need it."""
+    from callhub.ami.parser import iter_messages
+    from callhub.ami.replay import replay_messages
+
+    data = path.read_bytes()
+    sent, _ = shipped_user().cut(data, event_offsets(data))
+    assert len(sent) < len(data)  # the recording session read every class
+    truth = load_truth(path)
+    records = list(replay_messages(iter_messages([sent]), pbx_from_truth(truth)))
+    assert compare(records, truth) == []
+
+
+def test_the_shipped_ami_user_is_sent_its_classes_without_cel() -> None:
+    user = shipped_user()
+    hangup = b"Event: Hangup\r\nPrivilege: call,all\r\nChannel: PJSIP/1001-1\r\n\r\n"
+    cel = b"Event: CEL\r\nPrivilege: call,all\r\nEventName: HANGUP\r\n\r\n"
+    cdr = b"Event: Cdr\r\nPrivilege: cdr,all\r\nDisposition: ANSWERED\r\n\r\n"
+    varset = b"Event: VarSet\r\nPrivilege: dialplan,all\r\nVariable: X\r\n\r\n"
+    assert [user.sends(e) for e in (hangup, cel, cdr, varset)] == [True, False, False, True]
+
+
+def shipped_user() -> AmiUser:
+    return AmiUser.from_manager_conf(MANAGER_CONF)
 
 
 def test_replay_command_prints_records_that_match_every_ground_truth(
