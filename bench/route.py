@@ -1,7 +1,7 @@
 """FastAGI routing latency: Asterisk's side of many AGI sessions against callhub's server.
 
 Measures the round trip as the dialplan sees it (connect, environment, every
-SET VARIABLE answered, close), sequentially and with N concurrent sessions
+command answered, close), sequentially and with N concurrent sessions
 (closed loop: each session starts when one ends), and compares it with a bare
 TCP connect+close to the same server as baseline.
 
@@ -106,14 +106,16 @@ def cpu_seconds(pid: int) -> float:
 class AsteriskSide(asyncio.Protocol):
     """Asterisk's half of one FastAGI session, as lean as Python gets (Asterisk's own is C,
     and this client shares the cores with the server): send the environment, answer each
-    command `200 result=1`, note CALLHUB_TARGET and CALLHUB_ROUTE_RESULT."""
+    command as res_agi.c does (`200 result=0` for an `EXEC MSet`), one line at a time, and
+    at the end pick CALLHUB_TARGET and CALLHUB_ROUTE_RESULT out of what was sent. Picked
+    by `value()`, not parsed as Asterisk would: the bench's values have nothing to escape,
+    and the first answer is read with the simulator's full parser (callhub/sim/agi_parse.py)."""
 
     def __init__(self, request: bytes, done: asyncio.Future[tuple[str, str]]) -> None:
         self.request = request
         self.done = done
         self.buffer = b""
-        self.target = ""
-        self.result = ""
+        self.received = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -124,15 +126,25 @@ class AsteriskSide(asyncio.Protocol):
         self.buffer += data
         while b"\n" in self.buffer:
             line, _, self.buffer = self.buffer.partition(b"\n")
-            if line.startswith(b"SET VARIABLE CALLHUB_TARGET "):
-                self.target = line.split(b" ", 3)[3].strip(b'"').decode()
-            elif line.startswith(b"SET VARIABLE CALLHUB_ROUTE_RESULT "):
-                self.result = line.split(b" ", 3)[3].strip(b'"').decode()
-            self.transport.write(b"200 result=1\n")
+            self.received += line + b"\n"
+            self.transport.write(b"200 result=0\n")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done.done():
-            self.done.set_result((self.result, self.target))
+            self.done.set_result((value(self.received, b"CALLHUB_ROUTE_RESULT="),
+                                  value(self.received, b"CALLHUB_TARGET=")))
+
+
+def value(received: bytes, prefix: bytes) -> str:
+    """The value after `prefix` in an MSet's data, up to the next `,` or `"` (unescaped
+    values only)."""
+    start = received.find(prefix)
+    if start < 0:
+        return ""
+    start += len(prefix)
+    end = min(i for i in (received.find(b",", start), received.find(b'"', start),
+                          len(received)) if i >= 0)
+    return received[start:end].decode()
 
 
 async def agi_session(port: int, request: bytes) -> tuple[float, str, str]:

@@ -27,7 +27,11 @@ async def test_agi_request_reads_the_answer(agi_server: AgiServer) -> None:
     assert answer.status == "SUCCESS" and answer.answered
     assert answer.targets == ["PJSIP/1001", "PJSIP/1002", "PJSIP/1003"]
     assert answer.ring_timeout == 12 and answer.fallback == "PJSIP/1000"
-    assert answer.commands[0] == 'SET VARIABLE CALLHUB_TARGETS "PJSIP/1001&PJSIP/1002&PJSIP/1003"'
+    assert answer.commands == ['EXEC MSet "CALLHUB_TARGETS=PJSIP/1001&PJSIP/1002&PJSIP/1003,'
+                               'CALLHUB_TARGET_COUNT=3,CALLHUB_TARGET=PJSIP/1001,'
+                               'CALLHUB_RING_TIMEOUT=12,CALLHUB_RING_TIMEOUTS=12&20&8,'
+                               'CALLHUB_FALLBACK=PJSIP/1000,CALLHUB_LINE=hotline,'
+                               'CALLHUB_ROUTE_RESULT=routed"']  # one command, one round trip
 
 
 async def test_agi_request_to_nobody_fails_like_asterisk() -> None:

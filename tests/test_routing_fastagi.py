@@ -1,27 +1,32 @@
 """FastAGI over a real loopback TCP socket: the test plays Asterisk byte for byte (the AGI
-environment res_agi.c writes, then `200 result=1` to each command) and checks the channel
-variables the dialplan reads, the fallback on every kind of failure, and the metrics."""
+environment res_agi.c writes, then `200 result=0` to each command, read as Asterisk parses
+it) and checks the channel variables the dialplan reads, the fallback on every kind of
+failure, and the metrics."""
 
 from __future__ import annotations
 
 import asyncio
-import re
+import json
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 from routing_fixtures import AgiServer, asterisk_agi_request, berlin, samples
 
 from callhub.config import Settings
+from callhub.routing.agi_answer import MAX_LINE
 from callhub.routing.chooser import Router
-from callhub.routing.fastagi import quote, start_fastagi
+from callhub.routing.fastagi import start_fastagi
 from callhub.routing.metrics import RoutingMetrics
-
-SET_VARIABLE = re.compile(r'^SET VARIABLE (\w+) "((?:[^"\\]|\\.)*)"$')
+from callhub.routing.state import POSITION_FILE, RotaStore, RotationState
+from callhub.sim.agi_parse import agi_variables
 
 
 async def play_asterisk(server: AgiServer, request: bytes, hangup_after: int | None = None,
                         ) -> dict[str, str]:
-    """Send `request`, answer each command like Asterisk, return the variables set."""
+    """Send `request`, answer each command like Asterisk (`HANGUP` instead after
+    `hangup_after` commands), return the variables set; each command must be an `EXEC MSet`
+    line that res_agi.c reads whole."""
     reader, writer = await asyncio.open_connection(server.host, server.port)
     writer.write(request)
     await writer.drain()
@@ -32,14 +37,14 @@ async def play_asterisk(server: AgiServer, request: bytes, hangup_after: int | N
         if not raw:
             break
         command = raw.decode("utf-8").rstrip("\n")
-        match = SET_VARIABLE.match(command)
-        assert match, f"unexpected AGI command {command!r}"
-        variables[match[1]] = re.sub(r"\\(.)", r"\1", match[2])
+        assert command.startswith("EXEC MSet "), f"unexpected AGI command {command!r}"
+        assert len(raw) <= MAX_LINE, "longer than the line res_agi.c reads"
+        variables.update(agi_variables(command))
         commands += 1
         if hangup_after is not None and commands >= hangup_after:
             writer.write(b"HANGUP\n")
         else:
-            writer.write(b"200 result=1\n")
+            writer.write(b"200 result=0\n")
         await writer.drain()
     writer.close()
     await writer.wait_closed()
@@ -157,8 +162,8 @@ async def test_client_that_leaves_early_does_not_hurt_the_server(agi_server: Agi
     await writer.drain()
     writer.close()
     await writer.wait_closed()
-    hung = await play_asterisk(agi_server, asterisk_agi_request(), hangup_after=2)
-    assert list(hung) == ["CALLHUB_TARGETS", "CALLHUB_TARGET_COUNT"]  # stopped at HANGUP
+    hung = await play_asterisk(agi_server, asterisk_agi_request(), hangup_after=1)
+    assert hung["CALLHUB_ROUTE_RESULT"] == "routed"  # then HANGUP: the server closes
     variables = await play_asterisk(agi_server, asterisk_agi_request())
     assert variables["CALLHUB_ROUTE_RESULT"] == "routed"
     counted = samples(agi_server.metrics, "callhub_route_requests_total")
@@ -174,13 +179,11 @@ async def test_reply_line_over_the_limit_is_skipped_and_the_answer_completes(
     variables: dict[str, str] = {}
     first = True
     while raw := await asyncio.wait_for(reader.readline(), 5):
-        match = SET_VARIABLE.match(raw.decode("utf-8").rstrip("\n"))
-        assert match
-        variables[match[1]] = match[2]
+        variables.update(agi_variables(raw.decode("utf-8").rstrip("\n")))
         if first:
             writer.write(b"200 result=1 (" + b"x" * 20_000 + b")\n")
             first = False
-        writer.write(b"200 result=1\n")
+        writer.write(b"200 result=0\n")
         await writer.drain()
     writer.close()
     assert variables["CALLHUB_ROUTE_RESULT"] == "routed"
@@ -196,7 +199,7 @@ async def test_a_client_that_only_ever_says_trying_is_cut_off(router: Router) ->
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(asterisk_agi_request())
         await writer.drain()
-        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"SET VARIABLE")
+        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"EXEC MSet ")
         closed = asyncio.ensure_future(reader.read())  # b"" once the server hangs up
         for _ in range(100_000):  # bounded: the server must hang up long before
             if closed.done():
@@ -211,10 +214,6 @@ async def test_a_client_that_only_ever_says_trying_is_cut_off(router: Router) ->
         await server.wait_closed()
 
 
-def test_quote_escapes() -> None:
-    assert quote('a"b\\c') == '"a\\"b\\\\c"'
-
-
 def test_metrics_share_a_registry_with_callhub() -> None:
     from callhub.metrics.collectors import CallhubMetrics
 
@@ -224,3 +223,76 @@ def test_metrics_share_a_registry_with_callhub() -> None:
     names = {f.name for f in registry.collect()}
     assert {"callhub_route_requests", "callhub_route_seconds", "callhub_agents_on_duty",
             "callhub_calls"} <= names
+
+
+HOSTILE_LINE = 'Sales, "VIP" \\ (Zürich) [2] = a|b;c ${X} 张三'
+HOSTILE_FALLBACK = "Local/100,1(x)[y]=z;${EXTEN}@客服"
+
+
+def interface(agent: str) -> str:
+    return f"PJSIP/{agent}(x)[y]=z@zone-{agent}"
+
+
+async def hostile_server(tmp_path: Path, agents: int) -> tuple[asyncio.Server, AgiServer]:
+    """A FastAGI server whose rota has a line name and fallback full of what AGI and MSet
+    parse (quotes, backslashes, commas, parentheses, brackets, `=`, spaces, non-ASCII) and
+    `agents` agents on duty whatever the time."""
+    names = [f"a{i}" for i in range(agents)]
+    rota = tmp_path / "rota.toml"
+    toml = json.dumps  # a JSON string or list of strings is a TOML one
+    rota.write_text("\n".join([
+        'timezone = "Europe/Berlin"',
+        *(f"[[agents]]\nid = {toml(n)}\ninterface = {toml(interface(n))}" for n in names),
+        "[[lines]]",
+        f"name = {toml(HOSTILE_LINE, ensure_ascii=False)}",
+        'dids = ["4008001004"]',
+        f"rotation = {toml(names)}",
+        f"fallback = {toml(HOSTILE_FALLBACK, ensure_ascii=False)}",
+        "[[lines.shifts]]",
+        'name = "always"\ndays = ["daily"]\nstart = "00:00"\nend = "24:00"',
+        f"agents = {toml(names)}",
+    ]) + "\n", encoding="utf-8")
+    state = tmp_path / "state"
+    router = Router(RotaStore(state, seed_file=str(rota)), RotationState(state / POSITION_FILE),
+                    busy=set, clock=lambda: berlin("2026-11-30 10:00"))
+    metrics = RoutingMetrics(router=router)
+    server = await start_fastagi(Settings(), router, metrics, host="127.0.0.1", port=0)
+    host, port = server.sockets[0].getsockname()[:2]
+    return server, AgiServer(host, port, router, metrics)
+
+
+async def test_hostile_values_arrive_as_the_rota_has_them(tmp_path: Path) -> None:
+    server, agi = await hostile_server(tmp_path, agents=3)
+    try:
+        variables = await play_asterisk(agi, asterisk_agi_request())
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert variables["CALLHUB_LINE"] == HOSTILE_LINE
+    assert variables["CALLHUB_FALLBACK"] == HOSTILE_FALLBACK
+    assert variables["CALLHUB_TARGETS"].split("&") == [interface(f"a{i}") for i in range(3)]
+    assert variables["CALLHUB_ROUTE_RESULT"] == "routed"
+
+
+async def test_an_answer_longer_than_an_agi_line_goes_in_several(tmp_path: Path) -> None:
+    """48 agents: the variables take ~2,130 bytes, over res_agi.c's 2,047-byte line; the
+    answer comes in two MSets, one per reply, the result in the last."""
+    server, agi = await hostile_server(tmp_path, agents=48)
+    try:
+        reader, writer = await asyncio.open_connection(agi.host, agi.port)
+        writer.write(asterisk_agi_request())
+        lines: list[bytes] = []
+        while raw := await asyncio.wait_for(reader.readline(), 5):
+            lines.append(raw)
+            writer.write(b"200 result=0\n")
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert len(lines) == 2 and all(len(raw) <= MAX_LINE for raw in lines)
+    sets = [agi_variables(raw.decode("utf-8").rstrip("\n")) for raw in lines]
+    assert sets[-1][-1] == ("CALLHUB_ROUTE_RESULT", "routed")
+    variables = dict(pair for pairs in sets for pair in pairs)
+    assert variables["CALLHUB_TARGET_COUNT"] == "48"
+    assert variables["CALLHUB_TARGETS"].split("&") == [interface(f"a{i}") for i in range(48)]
+    assert variables["CALLHUB_LINE"] == HOSTILE_LINE

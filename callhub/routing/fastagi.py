@@ -6,9 +6,9 @@ environment, has no read timeout and calls `asyncio.get_event_loop()`; here
 every read has a deadline and every path ends in an answer.
 
 One request: read the `agi_*` environment up to the blank line, choose
-(synchronously, well under a millisecond), then send one `SET VARIABLE` per
-result and read each `200 result=1`. Variables (dialplan in
-deploy/asterisk/extensions.conf):
+(synchronously, well under a millisecond), then set every result in one
+`EXEC MSet` (callhub/routing/agi_answer.py says why and how it is escaped) and
+read its `200 result=0`. Variables (dialplan in deploy/asterisk/extensions.conf):
 
 - `CALLHUB_TARGETS`: agent interfaces to ring in order, joined by `&`
   (`PJSIP/1001&PJSIP/1003`); `${CUT(CALLHUB_TARGETS,&,i)}` is the i-th.
@@ -38,6 +38,7 @@ import structlog
 
 from callhub.config import Settings
 from callhub.logs import mask_number
+from callhub.routing.agi_answer import mset_commands
 from callhub.routing.chooser import Decision, Router
 from callhub.routing.metrics import RoutingMetrics
 
@@ -47,7 +48,7 @@ SCRIPT = "route"
 SEPARATOR = "&"
 HEADER_TIMEOUT = 2.0
 REPLY_TIMEOUT = 2.0
-# The whole answer (every SET VARIABLE and its reply) within this: a client that keeps
+# The whole answer (every command and its reply) within this: a client that keeps
 # sending `100 Trying` or garbage cannot hold a handler (and its socket) for ever.
 ANSWER_DEADLINE = 5.0
 LINGER = 1.0  # after giving up on a client that keeps talking (see AgiSession._gone)
@@ -84,11 +85,6 @@ class AgiEnvironment:
         return [k for k in keys if k and k not in ("s", "unknown", "i", "t")]
 
 
-def quote(value: str) -> str:
-    """An AGI argument in double quotes (backslash and quote escaped)."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def decision_variables(decision: Decision) -> list[tuple[str, str]]:
     """The channel variables for a decision, in the order they are sent (result last)."""
     targets = decision.interfaces
@@ -109,9 +105,9 @@ class FastAgiHandler:
 
     Each connection is an `AgiSession` (an asyncio Protocol, no task of its own): the
     decision is made as soon as the environment is complete (synchronously, or awaited
-    when the rotation position is shared through PostgreSQL), then one `SET VARIABLE`
-    goes out per reply that comes in. Asterisk reads its commands with a buffered
-    `fgets` after a `poll` on the socket, so they must not be pipelined.
+    when the rotation position is shared through PostgreSQL), then the answer's
+    commands go out one per reply that comes in (one, unless the variables are longer
+    than an AGI line): Asterisk must not be sent a command before it answered the last.
     """
 
     def __init__(self, router: Router, metrics: RoutingMetrics | None = None,
@@ -306,8 +302,7 @@ class AgiSession(asyncio.Protocol):
 
     def _answer(self, decision: Decision) -> None:
         self.decision = decision
-        self.commands = [f"SET VARIABLE {name} {quote(value)}\n".encode()
-                         for name, value in decision_variables(decision)]
+        self.commands = mset_commands(decision_variables(decision))
         self.state = "answering"
         self.deadline = self.loop.time() + self.handler.answer_deadline
         self._send()

@@ -3,7 +3,8 @@
 For an inbound call Asterisk runs `AGI(agi://callhub/route)` (the dialplan in
 deploy/asterisk/extensions.conf): it opens a FastAGI connection, sends the
 AGI environment exactly as res_agi.c writes it, answers every command with
-`200 result=1`, and the dialplan then reads the `CALLHUB_*` variables. If
+`200 result=...`, and the dialplan then reads the `CALLHUB_*` variables (set by
+`EXEC MSet` or `SET VARIABLE`, read as Asterisk parses them: agi_parse.py). If
 callhub does not answer (connection refused, timeout) the dialplan sees
 `AGISTATUS=FAILURE` and dials its own default. `routed_calls.py` turns the
 answer into a ringing call; tests and the routing benchmark use the
@@ -14,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from callhub.sim.agi_parse import agi_variables
 
 AGI_TIMEOUT = 2.0
 
@@ -100,9 +102,6 @@ class AgiAnswer:
         return self.variables.get("CALLHUB_FALLBACK") or None
 
 
-_SET_VARIABLE = re.compile(r'^SET VARIABLE (\S+) "((?:[^"\\]|\\.)*)"$')
-
-
 async def agi_request(host: str, port: int, env: Iterable[tuple[str, str]],
                       within: float = AGI_TIMEOUT) -> AgiAnswer:
     """Play Asterisk's side of one FastAGI session; FAILURE if the server is not there."""
@@ -117,10 +116,9 @@ async def agi_request(host: str, port: int, env: Iterable[tuple[str, str]],
                 while raw := await reader.readline():
                     command = raw.decode("utf-8", errors="replace").rstrip("\r\n")
                     answer.commands.append(command)
-                    match = _SET_VARIABLE.match(command)
-                    if match:
-                        answer.variables[match[1]] = re.sub(r"\\(.)", r"\1", match[2])
-                    writer.write(b"200 result=1\n")
+                    answer.variables.update(agi_variables(command))
+                    writer.write(b"200 result=1\n" if command.startswith("SET ")
+                                 else b"200 result=0\n")
                     await writer.drain()
                 answer.status = "SUCCESS"
             finally:

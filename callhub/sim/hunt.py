@@ -137,7 +137,7 @@ def hunt_template(devices: int, ring_timeout: float | Sequence[float], answer: B
     """A recorded-shape call that rings `devices` placeholder devices in turn: each but the
     last rings out after its ring timeout (`ring_timeout`: one for all, or one per
     device), the last answers as `answer` says. `variables` (what the AGI step set)
-    appear as VarSet events on the inbound channel, as Asterisk reports `SET VARIABLE`.
+    appear as VarSet events on the inbound channel, one per variable MSet sets.
     Returns the template and its placeholder devices (for `CallFactory.make(agents=...)`)."""
     parts = hunt_parts(kind)
     placeholders = [_placeholder(kind, i) for i in range(devices)]
