@@ -40,6 +40,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from callhub.config import Settings
+from callhub.lifecycle import settle_heap
 from callhub.logs import configure_logging
 from callhub.routing.rota_file import save_rota
 from callhub.routing.service import start_routing
@@ -73,6 +74,7 @@ async def serve(state: str, database_url: str | None, schema: str | None) -> Non
         await service.shared.reconcile()
         keeper = asyncio.create_task(service.shared.run())
     assert service.address is not None
+    settle_heap()  # as `callhub run` does once started
     print(service.address[1], flush=True)
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.read)
@@ -163,6 +165,7 @@ async def measure(port: int, calls: int, concurrency: int, pid: int) -> dict[str
     # The simulator's client checks the whole answer once; the lean one times the rest.
     checked = await agi_request(host, port, env)
     assert checked.answered and checked.targets, checked
+    settle_heap()  # Asterisk's C has no collector to pause the sessions in flight
     request = "".join(f"{k}: {v}\n" for k, v in env).encode() + b"\n"
     firsts: list[str] = []
 
