@@ -296,3 +296,24 @@ async def test_an_answer_longer_than_an_agi_line_goes_in_several(tmp_path: Path)
     assert variables["CALLHUB_TARGET_COUNT"] == "48"
     assert variables["CALLHUB_TARGETS"].split("&") == [interface(f"a{i}") for i in range(48)]
     assert variables["CALLHUB_LINE"] == HOSTILE_LINE
+
+
+async def test_an_environment_in_pieces_gets_the_same_answer(agi_server: AgiServer) -> None:
+    """Asterisk writes the environment a line at a time: however it arrives, read alike."""
+    request = asterisk_agi_request(extra={"agi_arg_1": "sales"})
+    whole = await play_asterisk(agi_server, request)
+    reader, writer = await asyncio.open_connection(agi_server.host, agi_server.port)
+    for i in range(0, len(request), 7):  # cut mid-line, each piece sent on its own
+        writer.write(request[i:i + 7])
+        await writer.drain()
+    raw = await asyncio.wait_for(reader.readline(), 5)
+    writer.write(b"200 result=0\n")
+    assert await reader.read() == b""
+    writer.close()
+    pieces = dict(agi_variables(raw.decode("utf-8").rstrip("\n")))
+    assert whole["CALLHUB_TARGETS"] == "PJSIP/1001&PJSIP/1002"
+    assert pieces["CALLHUB_TARGETS"] == "PJSIP/1002&PJSIP/1001"  # the next in the rotation
+    same = ("CALLHUB_LINE", "CALLHUB_TARGET_COUNT", "CALLHUB_RING_TIMEOUT", "CALLHUB_FALLBACK",
+            "CALLHUB_ROUTE_RESULT")
+    assert [pieces[k] for k in same] == [whole[k] for k in same] == [
+        "sales", "2", "15", "PJSIP/1000", "routed"]

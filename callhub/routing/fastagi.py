@@ -30,6 +30,7 @@ with the fallback, logs the cause and counts it in
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -55,6 +56,10 @@ LINGER = 1.0  # after giving up on a client that keeps talking (see AgiSession._
 MAX_ENV_BYTES = 16 * 1024
 MAX_ENV_LINES = 200
 BACKLOG = 1024  # a burst of calls must queue, not be refused (the dialplan would fall back)
+# Complete `agi_key: value` lines up to the blank line, the whole of a usual environment:
+# read by two regular expressions rather than line by line (~20 us less a call).
+_WHOLE_ENV = re.compile(rb"(?:agi_[^:\n]*:[^\n]*\n)+\r*\n")
+_ENV_PAIR = re.compile(r"([^:\n]*):([^\n]*)\n")
 
 
 class MalformedRequest(ValueError):
@@ -227,6 +232,16 @@ class AgiSession(asyncio.Protocol):
         """Take every complete line in the buffer, checked one by one: a bad line is
         answered as soon as it arrives."""
         buffer = self.buffer
+        whole = _WHOLE_ENV.match(buffer)
+        if (whole is not None and self.env_bytes + whole.end() <= MAX_ENV_BYTES
+                and len(self.values) + whole.group().count(b"\n") <= MAX_ENV_LINES):
+            # as the loop below would read them, at once
+            text = buffer[:whole.end()].decode("utf-8", errors="replace")
+            self.values.update({k.strip(): v.strip() for k, v in _ENV_PAIR.findall(text)})
+            self.env_bytes += whole.end()
+            del buffer[:whole.end()]
+            self._environment_complete()
+            return
         last = buffer.rfind(b"\n")
         if last < 0:
             if len(buffer) > MAX_ENV_BYTES:
@@ -306,9 +321,10 @@ class AgiSession(asyncio.Protocol):
         self.state = "answering"
         self.deadline = self.loop.time() + self.handler.answer_deadline
         self._send()
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.loop.call_at(self.reply_by, self._timed_out)
+        if self.timer is None or self.timer.when() > self.reply_by:  # else it is re-armed
+            if self.timer is not None:                              # when it fires early
+                self.timer.cancel()
+            self.timer = self.loop.call_at(self.reply_by, self._timed_out)
         if self.buffer:
             self._read_replies()
 
