@@ -14,7 +14,7 @@ directory), in two modes:
 - `shared`: the position shared through PostgreSQL (a pair), in a fresh
   schema (with --database-url or CALLHUB_TEST_DATABASE_URL; skipped without).
 
-The client (this process) is a lean asyncio Protocol standing in for
+The client (this process) is a lean epoll loop standing in for
 Asterisk's C (one full answer is checked with the simulator's client first);
 it shares the machine's cores with the server and, in `shared` mode,
 PostgreSQL. Prints figures as it goes; the last line is one
@@ -29,6 +29,8 @@ import argparse
 import asyncio
 import json
 import os
+import select
+import socket
 import statistics
 import sys
 import tempfile
@@ -105,39 +107,60 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class AsteriskSide(asyncio.Protocol):
-    """Asterisk's half of one FastAGI session, as lean as Python gets (Asterisk's own is C,
-    and this client shares the cores with the server): send the environment, answer each
-    command as res_agi.c does (`200 result=0` for an `EXEC MSet`), one line at a time, and
-    at the end pick CALLHUB_TARGET and CALLHUB_ROUTE_RESULT out of what was sent. Picked
-    by `value()`, not parsed as Asterisk would: the bench's values have nothing to escape,
-    and the first answer is read with the simulator's full parser (callhub/sim/agi_parse.py)."""
+class AsteriskSide:
+    """Asterisk's half of `calls` FastAGI sessions, `concurrency` at a time (closed loop),
+    in one epoll loop on non-blocking sockets, as res_agi.c does it in C (connect, wait
+    until writable, send the environment, then read a line and answer it `200 result=0`
+    until the server closes), without asyncio's transports, futures and tasks on the
+    cores the server needs. CALLHUB_TARGET and CALLHUB_ROUTE_RESULT are picked out of
+    what was sent by `value()`, not parsed as Asterisk would: the bench's values have
+    nothing to escape, and the first answer is read with the simulator's full parser
+    (callhub/sim/agi_parse.py)."""
 
-    def __init__(self, request: bytes, done: asyncio.Future[tuple[str, str]]) -> None:
+    def __init__(self, port: int, request: bytes) -> None:
+        self.address = ("127.0.0.1", port)
         self.request = request
-        self.done = done
-        self.buffer = b""
-        self.received = b""
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self.request)
+    def run(self, calls: int, concurrency: int) -> list[tuple[float, str, str]]:
+        """(seconds connect to close, CALLHUB_ROUTE_RESULT, CALLHUB_TARGET) per session."""
+        poller = select.epoll()
+        open_: dict[int, tuple[socket.socket, float, bytearray]] = {}
+        done: list[tuple[float, str, str]] = []
+        started = 0
+        while len(done) < calls:
+            while started < calls and len(open_) < concurrency:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                t0 = time.perf_counter()
+                sock.connect_ex(self.address)
+                poller.register(sock.fileno(), select.EPOLLOUT)
+                open_[sock.fileno()] = (sock, t0, bytearray())
+                started += 1
+            for fd, events in poller.poll():
+                sock, t0, received = open_[fd]
+                if events & select.EPOLLOUT:  # connected
+                    sock.send(self.request)
+                    poller.modify(fd, select.EPOLLIN)
+                    continue
+                try:
+                    data = sock.recv(65536)
+                except ConnectionResetError:
+                    data = b""
+                if data:
+                    received += data
+                    sock.send(b"200 result=0\n" * data.count(b"\n"))
+                    continue
+                poller.unregister(fd)
+                sock.close()
+                del open_[fd]
+                done.append((time.perf_counter() - t0,
+                             value(received, b"CALLHUB_ROUTE_RESULT="),
+                             value(received, b"CALLHUB_TARGET=")))
+        poller.close()
+        return done
 
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while b"\n" in self.buffer:
-            line, _, self.buffer = self.buffer.partition(b"\n")
-            self.received += line + b"\n"
-            self.transport.write(b"200 result=0\n")
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.done.done():
-            self.done.set_result((value(self.received, b"CALLHUB_ROUTE_RESULT="),
-                                  value(self.received, b"CALLHUB_TARGET=")))
-
-
-def value(received: bytes, prefix: bytes) -> str:
+def value(received: bytes | bytearray, prefix: bytes) -> str:
     """The value after `prefix` in an MSet's data, up to the next `,` or `"` (unescaped
     values only)."""
     start = received.find(prefix)
@@ -146,17 +169,7 @@ def value(received: bytes, prefix: bytes) -> str:
     start += len(prefix)
     end = min(i for i in (received.find(b",", start), received.find(b'"', start),
                           len(received)) if i >= 0)
-    return received[start:end].decode()
-
-
-async def agi_session(port: int, request: bytes) -> tuple[float, str, str]:
-    """(seconds, CALLHUB_ROUTE_RESULT, CALLHUB_TARGET) of one session, connect to close."""
-    loop = asyncio.get_running_loop()
-    started = time.perf_counter()
-    done: asyncio.Future[tuple[str, str]] = loop.create_future()
-    await loop.create_connection(lambda: AsteriskSide(request, done), "127.0.0.1", port)
-    result, target = await done
-    return time.perf_counter() - started, result, target
+    return bytes(received[start:end]).decode()
 
 
 async def measure(port: int, calls: int, concurrency: int, pid: int) -> dict[str, float]:
@@ -166,31 +179,25 @@ async def measure(port: int, calls: int, concurrency: int, pid: int) -> dict[str
     checked = await agi_request(host, port, env)
     assert checked.answered and checked.targets, checked
     settle_heap()  # Asterisk's C has no collector to pause the sessions in flight
-    request = "".join(f"{k}: {v}\n" for k, v in env).encode() + b"\n"
+    asterisk = AsteriskSide(port, "".join(f"{k}: {v}\n" for k, v in env).encode() + b"\n")
     firsts: list[str] = []
 
-    async def one() -> float:
-        seconds, result, target = await agi_session(port, request)
-        assert result == "routed", result
-        firsts.append(target)
-        return seconds
+    def sessions(concurrency: int) -> list[float]:
+        answers = asterisk.run(calls, concurrency)
+        assert all(result == "routed" for _, result, _ in answers), answers[:3]
+        firsts.extend(target for _, _, target in answers)
+        return [seconds for seconds, _, _ in answers]
 
     server_cpu = cpu_seconds(pid)
-    sequential = [await one() for _ in range(calls)]
+    sequential = sessions(1)
     server_cpu_per_call = (cpu_seconds(pid) - server_cpu) / calls
     print(f"  sequential: {calls} routed calls, p50 {percentile(sequential, .5)*1e3:.2f} ms, "
           f"p99 {percentile(sequential, .99)*1e3:.2f} ms", flush=True)
     baseline = [await bare_connect(host, port) for _ in range(calls // 4)]
     print(f"  baseline TCP connect+close: p50 {statistics.median(baseline)*1e3:.2f} ms",
           flush=True)
-    gate = asyncio.Semaphore(concurrency)
-
-    async def gated() -> float:
-        async with gate:
-            return await one()
-
     started, client_cpu, server_cpu = time.perf_counter(), time.process_time(), cpu_seconds(pid)
-    concurrent = await asyncio.gather(*(gated() for _ in range(calls)))
+    concurrent = sessions(concurrency)
     wall = time.perf_counter() - started
     client_cpu_per_call = (time.process_time() - client_cpu) / calls
     server_cpu_concurrent = (cpu_seconds(pid) - server_cpu) / calls
