@@ -148,14 +148,18 @@ async def test_both_instances_at_once_share_out_the_calls(pair: Pair) -> None:
         assert instance.sample("callhub_route_positions_local_total") == 0.0
 
 
-async def test_the_pool_is_open_once_the_position_is_shared(pair: Pair) -> None:
-    """The first calls of a burst do not each open a connection (tens of ms each)."""
+async def test_the_connections_are_open_once_the_position_is_shared(pair: Pair) -> None:
+    """The first calls of a burst do not each open a connection (tens of ms each): they
+    were opened and are kept for the calls, one more stays in the pool for reconciling."""
     for instance in (pair.a, pair.b):
         pool = instance.shared.db.engine.pool
-        assert pool.checkedin() == SHARED_POOL  # type: ignore[attr-defined]
-    answers = await asyncio.gather(*(pair.a.ask() for _ in range(SHARED_POOL)))
+        assert instance.shared.kept == SHARED_POOL
+        assert pool.checkedout() == SHARED_POOL  # type: ignore[attr-defined]
+    answers = await asyncio.gather(*(pair.a.ask() for _ in range(SHARED_POOL + 4)))
     assert all(answer.targets for answer in answers)
-    assert pair.a.shared.db.engine.pool.checkedin() == SHARED_POOL  # type: ignore[attr-defined]
+    assert pair.a.shared.kept == SHARED_POOL
+    assert pair.a.shared.db.engine.pool.checkedout() == SHARED_POOL  # type: ignore[attr-defined]
+    await pair.a.shared.reconcile()  # on the one left in the pool, while the calls keep theirs
 
 
 async def test_database_cut_routes_from_the_file_then_reconciles(pair: Pair) -> None:

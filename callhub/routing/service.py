@@ -121,6 +121,7 @@ class RoutingService:
             await self.server.wait_closed()
         self.router.state.flush()
         if self.shared is not None:
+            await self.shared.close()
             await self.shared.db.close()
 
 
@@ -147,9 +148,9 @@ async def start_routing(settings: Settings, *, registry: CollectorRegistry | Non
         # A move is committed without waiting for the WAL flush: a PostgreSQL crash may
         # lose the last moves of a fraction of a second (a call starts one agent early),
         # never a call, and each routed call is spared a disk flush (~2 ms under load).
-        own = db.connect_again(pool_size=SHARED_POOL, max_overflow=0, pre_ping=False,
+        own = db.connect_again(pool_size=SHARED_POOL + 1, max_overflow=0, pre_ping=False,
                                session={"synchronous_commit": "off"})
-        shared = SharedPositions(own, router.state,
+        shared = SharedPositions(own, router.state, connections=SHARED_POOL,
                                  metrics=SharedPositionMetrics(metrics.registry))
         router.shared = shared
     server = await start_fastagi(settings, router, metrics, host, port) if listen else None

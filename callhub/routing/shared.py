@@ -6,6 +6,11 @@ PostgreSQL (callhub.store.rotation.advance, one atomic statement), so the pair
 goes round the rotation as one instance does. Every move is mirrored into the
 local state file with the same time.
 
+The statement runs on connections taken from routing's pool once, when sharing starts,
+and kept: taking one from SQLAlchemy's pool and giving it back cost ~50 us of CPU a
+call, a fifth of a shared-mode call's in callhub (bench/route.py). One more connection
+stays in the pool for `reconcile`.
+
 When PostgreSQL does not answer within `timeout` (0.25 s: the dialplan is
 waiting), that call and every following one are decided from the local file
 at once (no call waits for a dead database twice), `routing.positions_local`
@@ -28,6 +33,7 @@ from datetime import UTC, datetime
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callhub.routing.model import Line
 from callhub.routing.onduty import DutySlot
@@ -61,10 +67,13 @@ class SharedPositions:
 
     def __init__(self, db: Database, local: RotationState, *,
                  metrics: SharedPositionMetrics | None = None, timeout: float = TIMEOUT,
-                 retry_seconds: float = RETRY_SECONDS,
+                 retry_seconds: float = RETRY_SECONDS, connections: int = 1,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.db = db
         self.local = local
+        self.connections = connections  # kept for `advance` (the pool needs one more)
+        self._idle: asyncio.Queue[AsyncConnection] = asyncio.Queue()
+        self._held: set[AsyncConnection] = set()
         self.metrics = metrics or SharedPositionMetrics()
         self.timeout = timeout
         self.retry_seconds = retry_seconds
@@ -81,25 +90,71 @@ class SharedPositions:
         now = self.clock()
         try:
             async with asyncio.timeout(self.timeout):
-                async with self.db.engine.connect() as conn:
-                    try:
-                        agent, position = await rotation.advance(
-                            conn, line.name, [(s.agent.id, s.position) for s in eligible],
-                            line.rotation, now)
-                    except BaseException:
-                        await conn.invalidate()  # never back to the pool half-used
-                        raise
+                conn = await self._idle.get()
+                try:
+                    agent, position = await rotation.advance(
+                        conn, line.name, [(s.agent.id, s.position) for s in eligible],
+                        line.rotation, now)
+                except BaseException:
+                    self._held.discard(conn)
+                    await conn.invalidate()  # never used again half-used
+                    raise
         except Exception as exc:  # down, cut, timed out, or refused: the file answers
-            # The pool's other connections went with this one: dropped, not handed out.
+            # The other connections went with this one: dropped, not handed out.
+            await self._let_go()
             await self.db.engine.dispose(close=False)
             self._down(exc)
             self.metrics.local_choices.inc()
             return None
+        await self._give_back(conn)
         self.local.set(line.name, agent, position, at=now.timestamp())
         for slot in eligible:
             if slot.agent.id == agent and slot.position == position:
                 return slot
         return None  # cannot happen: the database picks one of `eligible`
+
+    async def _give_back(self, conn: AsyncConnection) -> None:
+        if conn in self._held:
+            self._idle.put_nowait(conn)
+        else:  # let go meanwhile (another call failed): to the pool, not kept
+            await conn.close()
+
+    async def _let_go(self, *, invalidate: bool = True) -> None:
+        """Stop keeping the idle connections (those in use follow when done): invalidated
+        (a dead database: no goodbye awaited) or given back to the pool."""
+        self._held.clear()
+        while not self._idle.empty():
+            conn = self._idle.get_nowait()
+            await (conn.invalidate() if invalidate else conn.close())
+
+    async def _hold(self) -> None:
+        """Open `connections` connections at once and keep them (a PostgreSQL connection
+        costs tens of milliseconds to open: not by the first calls of a burst). Those that
+        fail to open are logged and left out; calls then wait for the others."""
+        await self._let_go(invalidate=False)
+
+        async def connect() -> AsyncConnection:
+            return await self.db.engine.connect()
+
+        opened = await asyncio.gather(*(connect() for _ in range(self.connections)),
+                                      return_exceptions=True)
+        failed = [c for c in opened if isinstance(c, BaseException)]
+        for conn in opened:
+            if isinstance(conn, AsyncConnection):
+                self._held.add(conn)
+                self._idle.put_nowait(conn)
+        if failed:
+            log.warning("db.pool_not_opened", pool="routing", opened=len(self._held),
+                        error=type(failed[0]).__name__)
+
+    @property
+    def kept(self) -> int:
+        """How many connections are kept for the calls now."""
+        return len(self._held)
+
+    async def close(self) -> None:
+        """Give the kept connections back (before the engine is disposed)."""
+        await self._let_go(invalidate=False)
 
     def _down(self, exc: BaseException) -> None:
         if self.up:
@@ -124,9 +179,8 @@ class SharedPositions:
         for row in rows:
             self.local.set(row.line, row.agent, row.position, at=row.moved_at.timestamp())
         self.local.flush()
-        if not self.up:  # the database answers: its pool's connections opened now, not by
-            # the first calls of a burst (tens of milliseconds each)
-            await self.db.open_pool("routing")
+        if not self.up:  # the database answers: the calls' connections opened now
+            await self._hold()
         was_up, self.up = self.up, True
         self._shared.set()
         self.metrics.shared.set(1)
