@@ -141,41 +141,13 @@ class Database:
     async def open_reads(self) -> None:
         """Open the read pool's connections now (PostgreSQL): the first burst of requests
         after a start would otherwise wait for them. A database not reachable yet is left
-        for later, as in `open_pool` (`db.pool_not_opened`)."""
+        for later; the reason is logged (`db.pool_not_opened`)."""
         if self.dialect != "postgresql":
             return
         opened, failure = await self._read_pool().open()
         if failure is not None:
             log.warning("db.pool_not_opened", pool="read", opened=opened,
                         error=type(failure).__name__)
-
-    async def open_pool(self, pool: str) -> None:
-        """Open every connection of this engine's pool now, all at once: a PostgreSQL
-        connection costs tens of milliseconds to open, and whoever needs one first would
-        otherwise wait for it. A database not reachable yet is left for later (the pool
-        opens them as they are asked for); the reason is logged (`db.pool_not_opened`,
-        naming the `pool`)."""
-        engine = self.engine
-        connections: int = engine.pool.size()  # type: ignore[attr-defined]  # a QueuePool
-        opened = 0
-        all_open = asyncio.Event()
-
-        async def hold() -> None:  # each keeps its connection until all are open
-            nonlocal opened
-            async with engine.connect():
-                opened += 1
-                if opened == connections:
-                    all_open.set()
-                await all_open.wait()
-
-        tasks = [asyncio.create_task(hold()) for _ in range(connections)]
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        all_open.set()  # after a failure, the others let theirs go
-        failed = [r for r in await asyncio.gather(*tasks, return_exceptions=True)
-                  if isinstance(r, Exception)]
-        if failed:
-            log.warning("db.pool_not_opened", pool=pool, opened=opened,
-                        error=type(failed[0]).__name__)
 
     async def ping(self) -> None:
         """Raise unless the database answers a trivial query."""
