@@ -260,3 +260,24 @@ def test_the_spool_keeps_records_exactly_and_reads_the_old_format(tmp_path: Path
     spool = Spool(tmp_path)
     spool.append([record])
     assert [r.linkedid for r in spool.unstored()] == ["old", "1"]
+    assert spool.unstored()[1] == record
+
+
+def test_the_spool_keeps_odd_values_exactly(tmp_path: Path) -> None:
+    """A lone surrogate (orjson cannot write it), NaN and infinity (orjson writes null):
+    such a record's line falls back to json and reads back the same."""
+    import dataclasses
+    import math
+
+    plain = make_call("plain", at=T0 + 0.5, caller_name="Müller 张三")
+    surrogate = make_call("surrogate", at=T0 + 1, caller_name="x\ud800y")
+    nan = dataclasses.replace(make_call("nan", at=T0 + 2), ring_seconds=math.nan)
+    inf = dataclasses.replace(make_call("inf", at=T0 + 3), hold_seconds=math.inf)
+    spool = Spool(tmp_path)
+    spool.append([plain, surrogate, nan, inf])
+    back = Spool(tmp_path).unstored()
+    assert back[:2] == [plain, surrogate]
+    assert math.isnan(back[2].ring_seconds)
+    assert dataclasses.replace(back[2], ring_seconds=0.0) == dataclasses.replace(
+        nan, ring_seconds=0.0)
+    assert back[3] == inf
