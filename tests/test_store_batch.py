@@ -392,3 +392,20 @@ async def test_copy_path_after_a_rollback_stages_nothing_and_numbers_calls_in_or
     async with any_db.connection() as conn:
         stored = (await conn.execute(sa.select(calls.c.linkedid).order_by(calls.c.id)))
         assert list(stored.scalars()) == [r.linkedid for r in second]
+
+
+async def test_a_copy_batch_plans_its_statements_for_their_values_to_the_end(
+        any_db: Database, store_settings: Settings) -> None:
+    """A COPY batch plans its own statements for their arrays (`bulk.begin_batch`) while
+    each COPY's foreign-key checks keep PostgreSQL's cached plans (`bulk.copy_rows`):
+    after the attempts and the worklist's links, the batch's later statements (the
+    rollup's) are still planned for their values."""
+    if any_db.dialect != "postgresql":
+        return
+    async with any_db.connection() as conn, conn.begin():
+        saved = await save_calls(conn, busy_hour("p-", 60), store_settings)
+        mode = await conn.scalar(sa.text("SHOW plan_cache_mode"))
+    assert len(saved.ids) == 60 and mode == "force_custom_plan"
+    async with any_db.connection() as conn:  # both COPYs ran (bulk.COPY_FROM rows or more)
+        links = await conn.scalar(sa.select(sa.func.count()).select_from(worklist_calls))
+        assert links is not None and links >= bulk.COPY_FROM
