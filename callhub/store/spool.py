@@ -198,11 +198,15 @@ class Spool:
     def append(self, records: Sequence[CallRecord]) -> list[Position]:
         """Add records at the end, durable (fsynced) when this returns; their positions.
 
-        Runs in a worker thread (one at a time). A failed write (disk full) is cut
-        back off, so no half line stays for the next record to be glued to; the
-        OSError is raised and the records are not in the log.
+        A failed write (disk full) is cut back off, so no half line stays for the
+        next record to be glued to; the OSError is raised and the records are not
+        in the log.
         """
-        lines = encode(records)
+        return self.append_lines(encode(records))
+
+    def append_lines(self, lines: Sequence[bytes]) -> list[Position]:
+        """`append` of records already encoded (`encode`): the part that waits for the
+        disk, for a worker thread (one at a time), which holds no GIL while it waits."""
         if not lines:
             return []
         if self._fd is not None and self._size >= self.segment_bytes:
