@@ -409,3 +409,45 @@ async def test_a_copy_batch_plans_its_statements_for_their_values_to_the_end(
     async with any_db.connection() as conn:  # both COPYs ran (bulk.COPY_FROM rows or more)
         links = await conn.scalar(sa.select(sa.func.count()).select_from(worklist_calls))
         assert links is not None and links >= bulk.COPY_FROM
+
+
+async def test_a_copy_batch_stores_every_time_to_the_microsecond(
+        db_factory: DbFactory, store_settings: Settings) -> None:
+    """The COPY path stages a call's times as POSIX seconds and PostgreSQL makes them
+    timestamps (`bulk._exact_time`): to the microsecond what one call at a time (a
+    datetime from Python) stores, halves of a microsecond rounded to even as Python
+    rounds them, before 1970 too."""
+    rng = random.Random(20261202)
+    times = [T0 + 0.5e-6, T0 + 1.5e-6, T0 + 2.5e-6, 1.5e-6, -1.5, -0.5e-6,
+             *(T0 + rng.randrange(10**8) / 10**6 for _ in range(20)),
+             *(T0 + (rng.randrange(10**8) + 0.5) / 10**6 for _ in range(20)),
+             *(rng.uniform(-2e9, 4e9) for _ in range(20))]
+    batch = []
+    for n, at in enumerate(times):
+        record = make_call(f"t{n}", at=at, outcome="missed", caller_number=f"+86{n:09d}")
+        batch.append(replace(record, ring_started_at=at + rng.random(),
+                             ended_at=at + 100 * rng.random()))
+    dbs = []
+    for name in ("one-by-one", "batched"):
+        url = None
+        if db_factory.kind == "sqlite":
+            url = f"sqlite+aiosqlite:///{db_factory.tmp_path / name}.db"
+        db = await db_factory.create(url)
+        await migrate.upgrade(db)
+        dbs.append(db)
+    for record in batch:
+        async with dbs[0].begin() as conn:
+            await save_calls(conn, [record], store_settings)
+    async with dbs[1].begin() as conn:
+        await save_calls(conn, batch, store_settings)
+    stored = []
+    for db in dbs:
+        async with db.connection() as conn:
+            rows = await conn.execute(sa.select(calls.c.linkedid, calls.c.arrived_at,
+                                                calls.c.ring_started_at, calls.c.answered_at,
+                                                calls.c.ended_at).order_by(calls.c.linkedid))
+            stored.append([tuple(row) for row in rows])
+    want = sorted((r.linkedid, utc(r.arrived_at), utc(r.ring_started_at), None,
+                   utc(r.ended_at)) for r in batch)
+    assert stored[0] == want
+    assert stored[1] == want

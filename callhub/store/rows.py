@@ -25,6 +25,11 @@ CALL_COLUMNS = (
     "transfers", "updated_at",
 )
 TRANSFERS = CALL_COLUMNS.index("transfers")
+# The times among them (at these positions), and the last one, set by the batch.
+TIME_COLUMNS = ("arrived_at", "ring_started_at", "answered_at", "ended_at")
+ARRIVED = CALL_COLUMNS.index("arrived_at")
+assert CALL_COLUMNS[ARRIVED:ARRIVED + len(TIME_COLUMNS)] == TIME_COLUMNS
+assert CALL_COLUMNS[-1] == "updated_at"
 # The other columns of `calls`, set by supervisors: a rewrite of the call keeps them.
 KEPT_COLUMNS = ("category", "note", "resolution", "resolution_department", "resolution_at",
                 "resolution_by")
@@ -32,17 +37,25 @@ ATTEMPT_COLUMNS = ("call_id", "seq", "interface", "agent_name", "offered_at",
                    "ring_started_at", "ended_at", "result", "ring_seconds")
 
 
-def call_values(r: CallRecord, now: datetime) -> tuple[Any, ...]:
-    """A CallRecord as the values of `CALL_COLUMNS` (transfers as a list of dicts)."""
+def call_plain(r: CallRecord) -> tuple[Any, ...]:
+    """A CallRecord as the values of `CALL_COLUMNS` but the last (`updated_at`), its times
+    (`TIME_COLUMNS`) as POSIX seconds, transfers as a list of dicts."""
     return (
         r.pbx, r.linkedid, r.direction, r.line, r.called_number, r.caller_number,
-        r.caller_name, r.external_number, utc(r.arrived_at), utc(r.ring_started_at),
-        utc(r.answered_at), utc(r.ended_at), r.ring_seconds, r.rings, r.wait_seconds,
+        r.caller_name, r.external_number, r.arrived_at, r.ring_started_at,
+        r.answered_at, r.ended_at, r.ring_seconds, r.rings, r.wait_seconds,
         r.talk_seconds, r.hold_seconds, r.outcome, r.reason, r.voicemail, r.short_abandon,
         r.agent, r.agent_name, r.hangup_by, r.hangup_cause, r.queue, r.incomplete,
         r.truncated, r.source, r.rings_estimated,
-        [{"type": t.type, "to": t.to, "at": iso(t.at)} for t in r.transfers], now,
+        [{"type": t.type, "to": t.to, "at": iso(t.at)} for t in r.transfers],
     )
+
+
+def call_values(r: CallRecord, now: datetime) -> tuple[Any, ...]:
+    """A CallRecord as the values of `CALL_COLUMNS` (transfers as a list of dicts)."""
+    v = call_plain(r)
+    return (*v[:ARRIVED], utc(r.arrived_at), utc(r.ring_started_at), utc(r.answered_at),
+            utc(r.ended_at), *v[ARRIVED + len(TIME_COLUMNS):], now)
 
 
 def call_row(record: CallRecord, now: datetime) -> dict[str, Any]:
