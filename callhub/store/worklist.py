@@ -405,7 +405,11 @@ async def _write(conn: AsyncConnection, batch: _Batch, now: datetime) -> None:
             [{"b_id": e.id, "b_added": e.added}
              | {f"b_{k}": v for k, v in _state(e, now).items() if k in names}
              for e in changed])
-    if batch.opened:
+    if batch.opened and bulk.used(conn):
+        for entry, entry_id in zip(batch.opened, await _insert_pg(conn, batch.opened, now),
+                                   strict=True):
+            entry.id = entry_id
+    elif batch.opened:
         result = await conn.execute(
             sa.insert(t).returning(t.c.id, sort_by_parameter_order=True),
             [{"pbx": e.pbx, "number": e.number, "line": e.line, "call_count": e.call_count}
@@ -418,6 +422,39 @@ async def _write(conn: AsyncConnection, batch: _Batch, now: datetime) -> None:
     elif batch.links:
         await conn.execute(sa.insert(worklist_calls),
                            [{"entry_id": e.id, "call_id": c} for e, c in batch.links])
+
+
+_ENTRY_ARRAYS = (("pbx", "text"), ("number", "text"), ("line", "text"),
+                 ("call_count", "integer"), ("status", "text"),
+                 ("first_missed_at", "timestamptz"), ("last_missed_at", "timestamptz"),
+                 ("handled_at", "timestamptz"), ("handled_by", "text"), ("how", "text"),
+                 ("handled_call_id", "integer"), ("time_to_callback_seconds", "float8"))
+_INSERT_PG = (
+    f"INSERT INTO worklist_entries ({', '.join(n for n, _ in _ENTRY_ARRAYS)}, updated_at) "
+    f"SELECT {', '.join(n for n, _ in _ENTRY_ARRAYS)}, ${len(_ENTRY_ARRAYS) + 1}::timestamptz "
+    "FROM unnest(" + ", ".join(f"${k}::{kind}[]" for k, (_, kind) in
+                               enumerate(_ENTRY_ARRAYS, start=1))
+    + f") WITH ORDINALITY AS e({', '.join(n for n, _ in _ENTRY_ARRAYS)}, ord) "
+    "ORDER BY ord RETURNING id")
+"""New entries in one statement of fixed text, a column an array: the multi-row VALUES
+of SQLAlchemy had a parameter per value, a new statement (prepared, and under the batch's
+custom plans planned) for every number of rows: ~6 ms for 170 entries."""
+
+
+async def _insert_pg(conn: AsyncConnection, opened: Sequence[_Entry], now: datetime
+                     ) -> list[int]:
+    """Insert `opened` (PostgreSQL); their ids in their order. The sequence numbers the
+    rows in the SELECT's order (`ord`), so the ids sorted are the entries' in order (as
+    SQLAlchemy's `sort_by_parameter_order` does it on PostgreSQL)."""
+    columns: tuple[list[Any], ...] = tuple([] for _ in _ENTRY_ARRAYS)
+    for e in opened:
+        for column, value in zip(columns, (
+                e.pbx, e.number, e.line, e.call_count, e.status, e.first_missed_at,
+                e.last_missed_at, e.handled_at, e.handled_by, e.how, e.handled_call_id,
+                e.time_to_callback_seconds), strict=True):
+            column.append(value)
+    pg = await bulk.driver(conn)
+    return sorted(row[0] for row in await pg.fetch(_INSERT_PG, *columns, now))
 
 
 async def mark(conn: AsyncConnection, entry_id: int, status: str, who: str | None,
