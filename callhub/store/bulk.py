@@ -18,10 +18,11 @@ same rows (tests/test_store_batch.py).
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -29,6 +30,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from callhub.records import CallRecord
 from callhub.store.db import driver_connection
 from callhub.store.rows import ATTEMPT_COLUMNS, CALL_COLUMNS, TIME_COLUMNS, TRANSFERS, call_plain
+
+T = TypeVar("T")
 
 # Off: PostgreSQL takes the executemany path too (bench/ingest.py measures it as the
 # baseline in the same run).
@@ -112,10 +115,14 @@ async def driver(conn: AsyncConnection) -> Any:
     return driver_conn
 
 
-async def merge_calls(conn: AsyncConnection, records: Sequence[CallRecord], now: datetime
-                      ) -> dict[tuple[str, str], int]:
-    """Upsert calls (distinct keys) by (pbx, linkedid); their ids by key. New calls get
-    their ids in the order of `records`."""
+async def merge_calls(conn: AsyncConnection, records: Sequence[CallRecord], now: datetime,
+                      meanwhile: Callable[[], T]) -> tuple[dict[tuple[str, str], int], T]:
+    """Upsert calls (distinct keys) by (pbx, linkedid); their ids by key, and what
+    `meanwhile` returned. New calls get their ids in the order of `records`.
+
+    `meanwhile` (Python only, no statement) runs while PostgreSQL merges: the merge
+    is most of a batch's time in PostgreSQL (~15 us a call, its indexes), and the two
+    take turns on one connection otherwise."""
     pg = await driver(conn)
     # One round trip: the table if this session lacks it, empty (an earlier run of the
     # same transaction left its rows).
@@ -123,8 +130,13 @@ async def merge_calls(conn: AsyncConnection, records: Sequence[CallRecord], now:
     await pg.copy_records_to_table(
         STAGE, columns=("ord", *_STAGED),
         records=[(n, *_for_copy(call_plain(r))) for n, r in enumerate(records)])
-    merged = await pg.fetch(_MERGE, now)
-    return {(r["pbx"], r["linkedid"]): r["id"] for r in merged}
+    merging = asyncio.ensure_future(pg.fetch(_MERGE, now))
+    try:
+        await asyncio.sleep(0)  # the merge is sent (its statement is prepared already)
+        done = meanwhile()
+    finally:
+        merged = await merging
+    return {(r["pbx"], r["linkedid"]): r["id"] for r in merged}, done
 
 
 def _for_copy(values: tuple[Any, ...]) -> tuple[Any, ...]:

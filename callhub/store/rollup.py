@@ -299,11 +299,32 @@ async def refresh(conn: AsyncConnection, records: Sequence[CallRecord],
     writers (the daemon and a backfill) cannot each recompute an hour without
     the other's calls, nor add to a bucket another is rewriting.
     """
+    await apply(conn, plan(records, restored, stored_hours), also_changed)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What `refresh` does to the buckets, decided without the database (`plan`)."""
+
+    recomputed: set[tuple[str, int]]  # (pbx, UTC hour)s recomputed from `calls`
+    new_calls: dict[tuple[str, str | None, int], Bucket]  # added to their buckets
+
+
+def plan(records: Sequence[CallRecord], restored: Collection[tuple[str, str]] = (),
+         stored_hours: Iterable[tuple[str, int]] = ()) -> Plan:
+    """`refresh`'s Python half (the new calls counted into buckets): the writer runs it
+    while PostgreSQL merges the calls."""
     recomputed = {(r.pbx, _hour(r)) for r in records if (r.pbx, r.linkedid) in restored}
     recomputed.update(stored_hours)
     added = [r for r in records
              if (r.pbx, r.linkedid) not in restored and (r.pbx, _hour(r)) not in recomputed]
-    await refresh_hours(conn, recomputed, also_changed, added)
+    return Plan(recomputed, aggregate(_source_rows(added)))
+
+
+async def apply(conn: AsyncConnection, planned: Plan,
+                also_changed: Iterable[tuple[str, int]] = ()) -> None:
+    """`refresh` as `plan` decided it (in the transaction that stored the calls)."""
+    await refresh_hours(conn, planned.recomputed, also_changed, new_calls=planned.new_calls)
 
 
 def _hour(record: CallRecord) -> int:
@@ -350,13 +371,14 @@ _LOCKED_NOW = sa.text(
 
 async def refresh_hours(conn: AsyncConnection, keys: Iterable[tuple[str, int]],
                         also_changed: Iterable[tuple[str, int]] = (),
-                        added: Sequence[CallRecord] = ()) -> None:
-    """Recompute the buckets of these (pbx, UTC hour)s; add the new calls `added` (in
-    none of those hours) to theirs; stamp those of `also_changed` that this does not
-    rewrite as changed."""
+                        new_calls: dict[tuple[str, str | None, int], Bucket] | None = None
+                        ) -> None:
+    """Recompute the buckets of these (pbx, UTC hour)s; add the buckets of new calls
+    `new_calls` (in none of those hours) to theirs; stamp those of `also_changed` that
+    this does not rewrite as changed."""
     ranges = hour_ranges(keys)
     recomputed = {(pbx, hour) for pbx, lo, hi in ranges for hour in range(lo, hi)}
-    new_calls = aggregate(_source_rows(added))
+    new_calls = new_calls or {}
     rewritten = recomputed | {(pbx, hour) for pbx, _line, hour in new_calls}
     stamped = sorted(set(also_changed) - rewritten)
     if not ranges and not stamped and not new_calls:

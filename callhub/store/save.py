@@ -17,10 +17,10 @@ batch there, so the result is the same as writing the records one by one.
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -29,17 +29,21 @@ from callhub.config import Settings
 from callhub.records import CallRecord
 from callhub.store import bulk, rollup, worklist
 from callhub.store.chunks import chunks, in_chunk
-from callhub.store.rows import ATTEMPT_COLUMNS, attempt_values, call_row
+from callhub.store.rows import ATTEMPT_COLUMNS, attempt_tails, call_row, with_ids
 from callhub.store.sms_queue import ContactLookup, queue_sms
 from callhub.store.tables import agents, attempts, calls
 from callhub.store.upsert import insert, insert_for
 
 CALL_KEY = ("pbx", "linkedid")
+T = TypeVar("T")
 
 
 async def upsert_calls(conn: AsyncConnection, records: Sequence[CallRecord], now: datetime,
-                       stored: Collection[int] | None = None) -> list[int]:
-    """Insert or update calls by (pbx, linkedid) and replace their attempts; their ids.
+                       stored: Collection[int] | None, meanwhile: Callable[[], T]
+                       ) -> tuple[list[int], T]:
+    """Insert or update calls by (pbx, linkedid) and replace their attempts; their ids, and
+    what `meanwhile` returned: Python work with no statement, done while PostgreSQL
+    merges the calls on the COPY path (before it otherwise).
 
     The keys must be distinct (PostgreSQL refuses to update a row twice in
     one statement). PostgreSQL gets them by COPY and one merge
@@ -49,26 +53,29 @@ async def upsert_calls(conn: AsyncConnection, records: Sequence[CallRecord], now
     when not known.
     """
     if not records:
-        return []
+        return [], meanwhile()
     copies = bulk.copies(conn, len(records))
     if copies:
-        by_key = await bulk.merge_calls(conn, records, now)
+        by_key, (tails, done) = await bulk.merge_calls(
+            conn, records, now, meanwhile=lambda: (attempt_tails(records), meanwhile()))
     else:
+        done = meanwhile()
         rows = [call_row(r, now) for r in records]
         result = await conn.execute(_upsert(conn.dialect.name, tuple(rows[0])), rows)
         by_key = {(row.pbx, row.linkedid): row.id for row in result}
+        tails = attempt_tails(records)
     ids = [by_key[(r.pbx, r.linkedid)] for r in records]
     replaced = ids if stored is None else sorted(stored)
-    attempt_rows = attempt_values(ids, records)
+    attempt_rows = with_ids(ids, tails)
     if copies:
         await bulk.replace_attempts(conn, replaced, attempt_rows)
-        return ids
+        return ids, done
     for part in chunks(replaced, in_chunk(conn)):
         await conn.execute(sa.delete(attempts).where(attempts.c.call_id.in_(part)))
     if attempt_rows:
         await conn.execute(sa.insert(attempts),
                            [dict(zip(ATTEMPT_COLUMNS, row, strict=True)) for row in attempt_rows])
-    return ids
+    return ids, done
 
 
 @functools.lru_cache(maxsize=8)
@@ -165,7 +172,9 @@ async def save_calls(conn: AsyncConnection, records: Sequence[CallRecord], setti
         await bulk.begin_batch(conn)
     restored: set[tuple[str, str]] = set()  # the batch's calls that were stored before
     stored_hours: set[tuple[str, int]] = set()  # where they were
-    for whole in distinct_runs(records):
+    runs = list(distinct_runs(records))
+    planned: rollup.Plan | None = None  # the rollup's Python half, made during the merge
+    for whole in runs:
         # The run's calls and its misses' answers as they were stored before it.
         before = await worklist.read_before(conn, whole, settings)
         stored_ids = before.ids
@@ -179,14 +188,19 @@ async def save_calls(conn: AsyncConnection, records: Sequence[CallRecord], setti
                 saved.ids += [stored_ids[(r.pbx, r.linkedid)] for r in whole]
                 continue
             before = await worklist.read_before(conn, run, settings)
-        ids = await upsert_calls(conn, run, now, before.ids.values())
+        # With one run, what the rollup needs is known before the merge.
+        ids, planned = await upsert_calls(
+            conn, run, now, before.ids.values(),
+            functools.partial(rollup.plan, records, restored, stored_hours)
+            if len(runs) == 1 else lambda: None)
         await after_merge(conn, run, ids, before, settings, now, saved, known_agents, contacts)
         written = {(r.pbx, r.linkedid): call_id for r, call_id in zip(run, ids, strict=True)}
         saved.ids += [written[key] if key in written else stored_ids[key]
                       for key in ((r.pbx, r.linkedid) for r in whole)]
     # /stats' hourly rollup, in this same transaction
-    await rollup.refresh(conn, records, restored, stored_hours,
-                         also_changed=saved.worklist_hours)
+    if planned is None:
+        planned = rollup.plan(records, restored, stored_hours)
+    await rollup.apply(conn, planned, also_changed=saved.worklist_hours)
     return saved
 
 
