@@ -451,3 +451,44 @@ async def test_a_copy_batch_stores_every_time_to_the_microsecond(
                    utc(r.ended_at)) for r in batch)
     assert stored[0] == want
     assert stored[1] == want
+
+
+async def test_a_call_another_writer_stores_meanwhile_is_stored_once_by_the_writer(
+        pg_db: Database, store_settings: Settings) -> None:
+    """The writer inserts the calls its batch found new (no merge, `bulk.merge_calls`):
+    one that another transaction stores meanwhile fails the batch when that one commits;
+    the writer stores it again in parts, the merge taking that call. Every call is
+    stored once, the writer's version of the contested one last, none quarantined."""
+    import time
+
+    records = busy_hour("race-", 40)
+    contested = records[10]
+    other = await pg_db.engine.connect()
+    transaction = await other.begin()
+    await save_calls(other, [replace(contested, caller_name="earlier")], store_settings)
+    writer = CallWriter(pg_db, store_settings)
+    for record in records:
+        writer.submit(record)
+    await writer.start()
+
+    async def writer_waits() -> bool:  # its INSERT queues behind the other's row
+        async with pg_db.connection() as conn:
+            return bool(await conn.scalar(sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO calls%'")))
+
+    deadline = time.monotonic() + 30
+    while not await writer_waits():
+        assert time.monotonic() < deadline
+    await transaction.commit()
+    await other.close()
+    async with asyncio.timeout(30):
+        await writer.wait_written()
+    await writer.stop()
+    assert writer.written == 40 and writer.quarantined == 0
+    async with pg_db.connection() as conn:
+        names = dict((await conn.execute(sa.select(calls.c.linkedid, calls.c.caller_name))).all())
+        n_attempts = await conn.scalar(sa.select(sa.func.count()).select_from(attempts))
+    assert sorted(names) == sorted(r.linkedid for r in records)
+    assert names[contested.linkedid] == contested.caller_name
+    assert n_attempts == sum(len(r.attempts) for r in records)

@@ -39,11 +39,11 @@ T = TypeVar("T")
 
 
 async def upsert_calls(conn: AsyncConnection, records: Sequence[CallRecord], now: datetime,
-                       stored: Collection[int] | None, meanwhile: Callable[[], T]
-                       ) -> tuple[list[int], T]:
+                       stored: Collection[int] | None, meanwhile: Callable[[], T],
+                       retried: bool = False) -> tuple[list[int], T]:
     """Insert or update calls by (pbx, linkedid) and replace their attempts; their ids, and
     what `meanwhile` returned: Python work with no statement, done while PostgreSQL
-    merges the calls on the COPY path (before it otherwise).
+    merges the calls on the COPY path (before it otherwise). `retried`: see `save_calls`.
 
     The keys must be distinct (PostgreSQL refuses to update a row twice in
     one statement). PostgreSQL gets them by COPY and one merge
@@ -57,7 +57,8 @@ async def upsert_calls(conn: AsyncConnection, records: Sequence[CallRecord], now
     copies = bulk.copies(conn, len(records))
     if copies:
         by_key, (tails, done) = await bulk.merge_calls(
-            conn, records, now, meanwhile=lambda: (attempt_tails(records), meanwhile()))
+            conn, records, now, meanwhile=lambda: (attempt_tails(records), meanwhile()),
+            new=retried and stored is not None and not stored)
     else:
         done = meanwhile()
         rows = [call_row(r, now) for r in records]
@@ -152,7 +153,7 @@ def distinct_runs(records: Sequence[CallRecord]) -> Iterator[Sequence[CallRecord
 
 async def save_calls(conn: AsyncConnection, records: Sequence[CallRecord], settings: Settings,
                      known_agents: Mapping[tuple[str, str], str | None] | None = None,
-                     contacts: ContactLookup | None = None) -> Saved:
+                     contacts: ContactLookup | None = None, retried: bool = False) -> Saved:
     """Store a batch of records in the current transaction, as if one after another.
 
     A record with `source == "cel"` (a call rebuilt from Asterisk's CEL table
@@ -165,6 +166,10 @@ async def save_calls(conn: AsyncConnection, records: Sequence[CallRecord], setti
     With `settings.sms` set, the SMS after each call is queued in the outbox in
     this same transaction (callhub.store.sms_queue); `contacts` gives the
     answering agent's name and mobile by interface (the daemon's rota).
+
+    `retried`: the caller stores a batch refused for its data again in parts
+    (CallWriter splits it), so calls found new may be inserted rather than merged
+    (`bulk.merge_calls`): one stored by another writer meanwhile fails the batch.
     """
     now = datetime.now(UTC)
     saved = Saved()
@@ -192,7 +197,7 @@ async def save_calls(conn: AsyncConnection, records: Sequence[CallRecord], setti
         ids, planned = await upsert_calls(
             conn, run, now, before.ids.values(),
             functools.partial(rollup.plan, records, restored, stored_hours)
-            if len(runs) == 1 else lambda: None)
+            if len(runs) == 1 else lambda: None, retried)
         await after_merge(conn, run, ids, before, settings, now, saved, known_agents, contacts)
         written = {(r.pbx, r.linkedid): call_id for r, call_id in zip(run, ids, strict=True)}
         saved.ids += [written[key] if key in written else stored_ids[key]

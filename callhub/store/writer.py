@@ -656,7 +656,7 @@ class CallWriter:
                 if self.gate is not None:
                     await self.gate.fence(self._conn, batch)
                 saved = await save_calls(self._conn, batch, self.settings, self._agents,
-                                         self.contacts)
+                                         self.contacts, retried=True)
         except BaseException:
             await self._release(broken=True)
             raise
