@@ -191,7 +191,10 @@ class CallWriter:
         self._direct: list[CallRecord] = []  # taken from the inbox while the spool fails
         # The newest logged calls not yet stored, with their end positions; the first
         # one starts at `_cache_from`. Older logged calls are read back from the spool.
-        self._cache: deque[tuple[CallRecord, Position]] = deque()
+        # (Two deques, not one of pairs: a pair a call, alive until stored, was most of
+        # what a backlog promoted to the collector's oldest generation.)
+        self._cache: deque[CallRecord] = deque()
+        self._cache_ends: deque[Position] = deque()
         self._stored: Position = self.spool.checkpoint  # all before it is stored
         self._logged: Position = self.spool.end  # all before it is in the spool
         self._cache_from: Position = self._logged
@@ -391,12 +394,13 @@ class CallWriter:
                 continue
             self._spool_ok()
             start = self._logged
-            for record, end in zip(self._logging, ends, strict=True):
-                self._cache.append((record, end))
+            self._cache.extend(self._logging)
+            self._cache_ends.extend(ends)
             if len(self._cache) == len(self._logging):
                 self._cache_from = start  # the cache was empty: it starts here
             while len(self._cache) > self.max_buffer:  # the oldest are read back from disk
-                self._cache_from = self._cache.popleft()[1]
+                self._cache.popleft()
+                self._cache_from = self._cache_ends.popleft()
             self._logged = ends[-1]
             self._unstored_logged += len(self._logging)
             self._logging = []
@@ -414,7 +418,7 @@ class CallWriter:
         if self._stored < self._logged:
             if self._cache and self._cache_from == self._stored:
                 taken = list(islice(self._cache, self.batch_size))
-                return [r for r, _ in taken], taken[-1][1]
+                return taken, self._cache_ends[len(taken) - 1]
             records, end = self.spool.read(self._stored, self.batch_size, self._logged)
             if records or end > self._stored:
                 return records, end
@@ -537,8 +541,9 @@ class CallWriter:
         """Calls up to `end` are stored: forget them, move the spool's checkpoint."""
         self._stored = end
         self._unstored_logged = max(self._unstored_logged - count, 0)
-        while self._cache and self._cache[0][1] <= end:
-            self._cache_from = self._cache.popleft()[1]
+        while self._cache and self._cache_ends[0] <= end:
+            self._cache.popleft()
+            self._cache_from = self._cache_ends.popleft()
         if not self._cache:
             self._cache_from = self._logged
         if self._stored >= self._logged:
