@@ -199,17 +199,22 @@ async def clear(db: Database) -> None:
             await conn.execute(sa.delete(table))
 
 
-async def test_batches_store_what_one_by_one_stores(db_factory: DbFactory,
-                                                    store_settings: Settings) -> None:
+async def migrated_pair(db_factory: DbFactory, *names: str) -> list[Database]:
+    """A migrated database for each name (SQLite: a file each; PostgreSQL: a schema each)."""
     dbs = []
-    for name in ("oracle", "batched"):
+    for name in names:
         url = None
         if db_factory.kind == "sqlite":
             url = f"sqlite+aiosqlite:///{db_factory.tmp_path / name}.db"
         db = await db_factory.create(url)
         await migrate.upgrade(db)
         dbs.append(db)
-    oracle_db, batched_db = dbs
+    return dbs
+
+
+async def test_batches_store_what_one_by_one_stores(db_factory: DbFactory,
+                                                    store_settings: Settings) -> None:
+    oracle_db, batched_db = await migrated_pair(db_factory, "oracle", "batched")
     rng = random.Random(20261129)
     scenarios = 25 if db_factory.kind == "postgresql" else 60
     handled = listed_twice = 0
@@ -427,14 +432,7 @@ async def test_a_copy_batch_stores_every_time_to_the_microsecond(
         record = make_call(f"t{n}", at=at, outcome="missed", caller_number=f"+86{n:09d}")
         batch.append(replace(record, ring_started_at=at + rng.random(),
                              ended_at=at + 100 * rng.random()))
-    dbs = []
-    for name in ("one-by-one", "batched"):
-        url = None
-        if db_factory.kind == "sqlite":
-            url = f"sqlite+aiosqlite:///{db_factory.tmp_path / name}.db"
-        db = await db_factory.create(url)
-        await migrate.upgrade(db)
-        dbs.append(db)
+    dbs = await migrated_pair(db_factory, "one-by-one", "batched")
     for record in batch:
         async with dbs[0].begin() as conn:
             await save_calls(conn, [record], store_settings)
