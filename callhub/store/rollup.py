@@ -3,7 +3,7 @@
 A month of hourly figures read from `calls` is tens of thousands of rows
 counted per request (about 1 s at 20 clients on 1M calls); read from
 `call_hours` it is a few thousand small rows. The writer keeps it in the
-transaction that stores the calls (`refresh`, called once per batch by
+transaction that stores the calls (`plan` and `apply`, once per batch by
 `store.save.save_calls`, which every write path takes: the writer's batches,
 one-shot saves, CEL recovery and backfill), by recomputing the affected
 buckets from `calls` rather than adding to them: a call stored again (a
@@ -284,27 +284,9 @@ def _delete(pbx: str, lo: int, hi: int) -> sa.Delete:
                                        call_hours.c.hour < hi)
 
 
-async def refresh(conn: AsyncConnection, records: Sequence[CallRecord],
-                  restored: Collection[tuple[str, str]] = (),
-                  stored_hours: Iterable[tuple[str, int]] = (),
-                  also_changed: Iterable[tuple[str, int]] = ()) -> None:
-    """Bring the buckets of the just-stored `records` up to date: those of the calls
-    `restored` ((pbx, linkedid)s that were stored before the batch) and of `stored_hours`
-    (the (pbx, UTC hour)s they were stored in) recomputed from `calls`, the new calls
-    added to theirs; mark the (pbx, hour)s `also_changed` (worklist entries counted
-    there changed) as changed.
-
-    Call it in the transaction that stored them, after they are written. On
-    PostgreSQL it first takes a transaction-level advisory lock, so two
-    writers (the daemon and a backfill) cannot each recompute an hour without
-    the other's calls, nor add to a bucket another is rewriting.
-    """
-    await apply(conn, plan(records, restored, stored_hours), also_changed)
-
-
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """What `refresh` does to the buckets, decided without the database (`plan`)."""
+    """What `apply` does to the buckets, decided without the database (`plan`)."""
 
     recomputed: set[tuple[str, int]]  # (pbx, UTC hour)s recomputed from `calls`
     new_calls: dict[tuple[str, str | None, int], Bucket]  # added to their buckets
@@ -312,8 +294,11 @@ class Plan:
 
 def plan(records: Sequence[CallRecord], restored: Collection[tuple[str, str]] = (),
          stored_hours: Iterable[tuple[str, int]] = ()) -> Plan:
-    """`refresh`'s Python half (the new calls counted into buckets): the writer runs it
-    while PostgreSQL merges the calls."""
+    """How to bring the buckets of the just-stored `records` up to date: those of the
+    calls `restored` ((pbx, linkedid)s that were stored before the batch) and of
+    `stored_hours` (the (pbx, UTC hour)s they were stored in) recomputed from `calls`,
+    the new calls added to theirs. Python only: the writer makes it while PostgreSQL
+    merges the calls."""
     recomputed = {(r.pbx, _hour(r)) for r in records if (r.pbx, r.linkedid) in restored}
     recomputed.update(stored_hours)
     added = [r for r in records
@@ -323,7 +308,14 @@ def plan(records: Sequence[CallRecord], restored: Collection[tuple[str, str]] = 
 
 async def apply(conn: AsyncConnection, planned: Plan,
                 also_changed: Iterable[tuple[str, int]] = ()) -> None:
-    """`refresh` as `plan` decided it (in the transaction that stored the calls)."""
+    """The buckets brought up to date as `plan` decided; the (pbx, hour)s `also_changed`
+    (worklist entries counted there changed) marked as changed.
+
+    Call it in the transaction that stored the calls, after they are written. On
+    PostgreSQL it first takes a transaction-level advisory lock, so two
+    writers (the daemon and a backfill) cannot each recompute an hour without
+    the other's calls, nor add to a bucket another is rewriting.
+    """
     await refresh_hours(conn, planned.recomputed, also_changed, new_calls=planned.new_calls)
 
 
