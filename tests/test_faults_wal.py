@@ -39,7 +39,7 @@ from callhub.sim.calls import CallFactory, SynthCall, merge_calls
 from callhub.sim.mix import DEFAULT_MIX, MixSettings, generate_mix
 from callhub.store.db import Database
 from callhub.store.spool import Spool
-from callhub.store.tables import calls
+from callhub.store.tables import attempts, calls
 
 SEED = 1010
 WAIT = 30.0
@@ -89,11 +89,15 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
 
 
 async def stored(db: Database) -> dict[str, dict[str, Any]]:
-    """The calls table by linkedid; fails if any call is there twice."""
+    """The calls table by linkedid; fails if any call is there twice, or an attempt is
+    stored without its call (no foreign key checks that: migration 0012)."""
     async with db.connection() as conn:
         if not await conn.run_sync(lambda c: sa.inspect(c).has_table("calls")):
             return {}
         rows = [dict(r) for r in (await conn.execute(sa.select(calls))).mappings()]
+        orphans = await conn.scalar(sa.select(sa.func.count()).select_from(attempts).where(
+            attempts.c.call_id.not_in(sa.select(calls.c.id))))
+    assert orphans == 0, f"{orphans} attempts stored without their call"
     by_id = {r["linkedid"]: r for r in rows}
     assert len(by_id) == len(rows), "a call was stored twice"
     return by_id
