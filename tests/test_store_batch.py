@@ -296,11 +296,12 @@ async def test_writer_keeps_one_connection_through_a_backlog_and_skips_known_age
         any_db: Database, store_settings: Settings) -> None:
     checkouts: list[object] = []
     agent_writes: list[str] = []
-    sa.event.listen(any_db.engine.sync_engine, "checkout", lambda *args: checkouts.append(1))
-    sa.event.listen(any_db.engine.sync_engine, "before_cursor_execute",
+    writer = CallWriter(any_db, store_settings, batch_size=10, keep_idle=0.0)
+    engine = writer.writes.engine.sync_engine  # the writer's own (callhub.store.db_loop)
+    sa.event.listen(engine, "checkout", lambda *args: checkouts.append(1))
+    sa.event.listen(engine, "before_cursor_execute",
                     lambda _c, _cur, statement, *_a: agent_writes.append(statement)
                     if statement.startswith("INSERT INTO agents") else None)
-    writer = CallWriter(any_db, store_settings, batch_size=10, keep_idle=0.0)
     backlog = busy_hour("b-", 60)  # six batches, agents PJSIP/1000..1006 named "Li Na"
     for record in backlog:
         writer.submit(record)
@@ -332,8 +333,9 @@ async def test_writer_keeps_its_connection_between_calls_that_trickle_in(
     """Lone calls a moment apart take the connection the last one used: no checkout (and
     no ping) per call."""
     checkouts: list[object] = []
-    sa.event.listen(any_db.engine.sync_engine, "checkout", lambda *args: checkouts.append(1))
     writer = CallWriter(any_db, store_settings, keep_idle=60.0)
+    sa.event.listen(writer.writes.engine.sync_engine, "checkout",
+                    lambda *args: checkouts.append(1))
     await writer.start()
     for n in range(5):
         writer.submit(make_call(f"t-{n}", at=T0 + n))

@@ -39,6 +39,10 @@ With a `gate` (a hot-standby pair), each batch is first shown to it: calls of
 a PBX this instance stands by for are not stored but dropped from the spool
 once the writer committed them, and the log waits for them until then.
 
+Each batch's statements run on an event loop of the writer's own, in a thread, on
+an engine of its own (callhub.store.db_loop): on the daemon's loop every answer
+from the database waited behind a turn of all the PBXs' events.
+
 The background task is supervised (part `writer`, restarted with backoff if
 it dies, e.g. on an OSError reading the spool back); the part is down, with
 the reason, while batches fail, and up again after the next stored batch.
@@ -67,6 +71,7 @@ from callhub.metrics.collectors import CallhubMetrics
 from callhub.records import CallRecord, bounded
 from callhub.store import quarantine
 from callhub.store.db import Database
+from callhub.store.db_loop import DbLoop
 from callhub.store.failures import Kind, classify, describe, sqlstate
 from callhub.store.save import AgentNames, Saved, save_calls
 from callhub.store.sms_queue import ContactLookup
@@ -211,6 +216,10 @@ class CallWriter:
         self._stored_all = asyncio.Event()  # the store loop has ended
         self._task: Task | None = None
         self._closed = False
+        # The batches' statements run on a loop of their own, on an engine of their own
+        # (`writes`, callhub.store.db_loop); `_conn` is that loop's.
+        self._db_loop = DbLoop("callhub-writer-db")
+        self.writes = db.connect_again(pool_size=1, max_overflow=1)
         self._conn: AsyncConnection | None = None
         self._agents: AgentNames = {}  # agent devices this writer stored, with their names
         # interface -> (name, mobile) for the SMS after the call; the daemon sets it from
@@ -261,6 +270,9 @@ class CallWriter:
                 await task.stop()
         self._closed = True
         await self._release()
+        if self._db_loop.running:
+            await self._db_loop.run(self.writes.engine.dispose())
+            self._db_loop.close()
         if self.pending == 0:
             self.spool.clear()
         else:
@@ -640,6 +652,10 @@ class CallWriter:
             await self._wake.wait()
 
     async def _store(self, batch: list[CallRecord]) -> Saved:
+        """Store one batch, on the writer's own loop (callhub.store.db_loop)."""
+        return await self._db_loop.run(self._store_there(batch))
+
+    async def _store_there(self, batch: list[CallRecord]) -> Saved:
         """`_store_once`; once more on a new connection when the one kept from an earlier
         batch was found dead (the server restarted meanwhile), as the pool's ping would
         have found it: not an outage."""
@@ -654,8 +670,8 @@ class CallWriter:
 
     async def _store_once(self, batch: list[CallRecord]) -> Saved:
         """Write one batch in one transaction on the writer's connection."""
-        if self._conn is None:
-            self._conn = await self.db.engine.connect()  # checked out (and pinged) by the pool
+        if self._conn is None:  # checked out (and pinged) by the pool
+            self._conn = await self.writes.engine.connect()
         try:
             async with self._conn.begin():
                 if self.gate is not None:
@@ -663,13 +679,19 @@ class CallWriter:
                 saved = await save_calls(self._conn, batch, self.settings, self._agents,
                                          self.contacts, retried=True)
         except BaseException:
-            await self._release(broken=True)
+            await self._release_there(broken=True)
             raise
         self._agents.update(saved.agents)
         return saved
 
-    async def _release(self, broken: bool = False) -> None:
-        """Hand the connection back to the pool (idle), or discard it (after a failure)."""
+    async def _release(self) -> None:
+        """Hand the writer's connection back to its pool."""
+        if self._conn is not None:
+            await self._db_loop.run(self._release_there())
+
+    async def _release_there(self, broken: bool = False) -> None:
+        """`_release` on the writer's loop; `broken`: discard the connection (after a
+        failure)."""
         conn, self._conn = self._conn, None
         if conn is None:
             return

@@ -1,0 +1,72 @@
+"""The writer's statements run on a loop of their own (callhub.store.db_loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+import sqlalchemy as sa
+from store_fixtures import make_call
+
+from callhub.config import Settings
+from callhub.store.db import Database
+from callhub.store.db_loop import DbLoop
+from callhub.store.writer import CallWriter
+
+
+async def test_run_answers_from_the_thread_raises_its_errors_and_close_ends_it() -> None:
+    loop = DbLoop("test-db-loop")
+
+    async def where() -> int:
+        await asyncio.sleep(0)
+        return threading.get_ident()
+
+    async def fails() -> None:
+        raise ValueError("from there")
+
+    there = await loop.run(where())
+    assert there != threading.get_ident()
+    with pytest.raises(ValueError, match="from there"):
+        await loop.run(fails())
+    thread = next(t for t in threading.enumerate() if t.name == "test-db-loop")
+    loop.close()
+    assert not thread.is_alive() and not loop.running
+
+
+async def test_cancelling_the_waiter_cancels_the_coroutine_there() -> None:
+    loop = DbLoop("test-db-loop-cancel")
+    started, cancelled = threading.Event(), threading.Event()
+
+    async def forever() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    waiter = asyncio.ensure_future(loop.run(forever()))
+    await asyncio.to_thread(started.wait, 10)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert await asyncio.to_thread(cancelled.wait, 10)
+    loop.close()
+
+
+async def test_the_writers_statements_run_off_the_callers_thread(
+        any_db: Database, store_settings: Settings) -> None:
+    threads: set[int] = set()
+    writer = CallWriter(any_db, store_settings)
+    sa.event.listen(writer.writes.engine.sync_engine, "before_cursor_execute",
+                    lambda *_a: threads.add(threading.get_ident()))
+    await writer.start()
+    for n in range(3):
+        writer.submit(make_call(f"w-{n}"))
+    async with asyncio.timeout(30):
+        await writer.wait_written()
+    await writer.stop()
+    assert writer.written == 3
+    assert threads and threading.get_ident() not in threads
+    assert not any(t.name == "callhub-writer-db" for t in threading.enumerate())
