@@ -286,9 +286,13 @@ class BackendCpu:
     None when PostgreSQL runs elsewhere). Backends that ended count no more."""
 
     def __init__(self, db: Any) -> None:
-        import sqlalchemy as sa
         self.pids: set[int] = set()
         self.remote = False  # a backend not on this host: no figure
+        self.watch(db)
+
+    def watch(self, db: Any) -> None:
+        """Count the backends `db`'s engine opens too (the writer's own)."""
+        import sqlalchemy as sa
         sa.event.listen(db.engine.sync_engine, "connect", self._connected)
 
     def _connected(self, dbapi_connection: Any, _record: Any) -> None:
@@ -322,16 +326,26 @@ class BackendCpu:
 async def _capacity(db: Any, settings: Any, records: list[Any], backends: BackendCpu, *,
                     bulk: bool, batch_size: int | None) -> dict[str, Any]:
     """All `records` submitted at once to a CallWriter (its default batch size unless
-    given) on empty tables: wall time, this process's CPU, the PostgreSQL backends' CPU."""
+    given) on empty tables: wall time, this process's CPU, the PostgreSQL backends' CPU.
+
+    The writer is warmed first, as a running daemon's is: its connection opened and its
+    statements prepared by a batch of other calls, then the tables emptied."""
+    from dataclasses import replace
+
     from callhub.store import bulk as bulk_path
     from callhub.store.writer import CallWriter
 
-    await _empty(db)
     bulk_path.ENABLED = bulk
     try:
         writer = CallWriter(db, settings, max_buffer=len(records) + 1,
                             **({} if batch_size is None else {"batch_size": batch_size}))
+        backends.watch(writer.writes)
         await writer.start()
+        for n, record in enumerate(records[:2 * bulk_path.COPY_FROM]):
+            writer.submit(replace(record, linkedid=f"warm-{n}", agent=None, agent_name=None))
+        async with asyncio.timeout(60):
+            await writer.wait_written()
+        await _empty(db)
         postgres = backends.seconds()
         started, cpu = time.perf_counter(), time.process_time()
         for record in records:
