@@ -569,9 +569,25 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()
             await proc.wait()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await drop_database(admin, database)
         await admin.close()
     return figures
+
+
+async def drop_database(admin: Any, database: str, tries: int = 10) -> None:
+    """DROP DATABASE ... WITH (FORCE); again after a second when it refuses for an
+    autovacuum worker of the database (the bench's user may not end a superuser's
+    process: seen once at the end of a run)."""
+    import asyncpg
+
+    for attempt in range(tries):
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            return
+        except asyncpg.InsufficientPrivilegeError:
+            if attempt == tries - 1:
+                raise
+            await asyncio.sleep(1.0)  # until that worker is done
 
 
 def report(figures: dict[str, Any]) -> dict[str, Any]:
