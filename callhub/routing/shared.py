@@ -92,7 +92,7 @@ class SharedPositions:
             async with asyncio.timeout(self.timeout):
                 conn = await self._idle.get()
                 try:
-                    agent, position = await rotation.advance(
+                    [(agent, position)] = await rotation.advance(
                         conn, line.name, [(s.agent.id, s.position) for s in eligible],
                         line.rotation, now)
                 except BaseException:
