@@ -179,11 +179,11 @@ class SharedPositions:
                 return None
             conn = await self._idle.get()
             self._close(group)  # the calls from now on make the next group
-            first = group.calls[0]
+            _, candidates, _ = group.key
             try:
                 moves = await rotation.advance(
-                    conn, group.line.name, [(s.agent.id, s.position) for s in first.eligible],
-                    group.line.rotation, group.calls[-1].at, places=len(group.calls))
+                    conn, group.line.name, candidates, group.line.rotation,
+                    group.calls[-1].at, places=len(group.calls))
             except BaseException:
                 self._held.discard(conn)
                 await conn.invalidate()  # never used again half-used
