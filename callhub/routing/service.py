@@ -51,8 +51,9 @@ from callhub.store.db import Database
 
 log = structlog.get_logger(__name__)
 
-# Connections kept for the shared rotation position (one statement per call; the pool
-# has one more, for reconciling). With 4, the calls of a burst queued for a connection
+# Connections kept for the shared rotation position (one statement per call then, before
+# the calls of a line arriving together were moved in one; the pool has one more, for
+# reconciling). With 4, the calls of a burst queued for a connection
 # in SQLAlchemy's pool, which cost more CPU and time than PostgreSQL queueing them on
 # the row's lock: bench/route.py, shared, 20 concurrent, 3 runs each in turn (pooled, not
 # kept yet): p99 11.0-11.3 ms, 2,886-2,968 calls/s, 335-350 us a call in callhub with 4;

@@ -2,10 +2,12 @@
 
 Two callhub instances answer the dialplan's FastAGI for the same PBX; each call
 must move one position per line, whichever instance answers. `advance` does it
-in one statement (INSERT ... ON CONFLICT DO UPDATE ... RETURNING): the row lock
-serialises two instances choosing for the same line at once, and the choice is
-made inside PostgreSQL from the row as it is then, so the next call always
-starts after the agent the previous one was offered.
+in one statement (the row read FOR UPDATE, the moves walked by a recursive CTE,
+then INSERT ... ON CONFLICT DO UPDATE): the row lock serialises two instances
+choosing for the same line at once, and the choice is made inside PostgreSQL
+from the row as it is then, so the next call always starts after the agent the
+previous one was offered. Calls that arrive together move the line together:
+one statement moves it k places and returns the k choices in order.
 
 It knows nothing of rotas: the caller passes the agents it may offer the call
 to (agent id and rotation index, sorted by index then id), the line's rotation
@@ -37,39 +39,67 @@ class StoredPosition:
     moved_at: datetime
 
 
-# The next candidate after the stored one, cyclically: the previous index is the stored
-# agent's index in today's rotation (it may have moved in the rota), else the stored index
-# (a swap-in or removed agent: the slot it held). Candidates come sorted by (index, id), so
-# their ordinality breaks ties as Python's sort on the id does. No row yet: the first one.
-# In PostgreSQL's own placeholders: it runs on the asyncpg connection itself (one prepared
-# statement; SQLAlchemy's execution path cost five times the statement's own CPU).
-_CANDIDATES = ("unnest($3::text[], $4::integer[]) WITH ORDINALITY AS c(agent, position, n)")
-ADVANCE = f"""
-INSERT INTO rotation_positions AS rp (line, agent, position, moved_at)
-SELECT $1::varchar, c.agent, c.position, $2::timestamptz
-  FROM {_CANDIDATES} ORDER BY c.n LIMIT 1
-ON CONFLICT (line) DO UPDATE SET (agent, position, moved_at) = (
-  SELECT c.agent, c.position, $2::timestamptz FROM {_CANDIDATES}
-   ORDER BY ((c.position - COALESCE(array_position($5::text[], rp.agent) - 1, rp.position)
-              - 1) % $6 + $6) % $6, c.n
-   LIMIT 1)
-RETURNING agent, position
+# `places` moves at once, each as one call's move would be: the next candidate after the
+# previous agent, cyclically (the previous index is that agent's index in today's rotation
+# (it may have moved in the rota), else its stored index (a swap-in or removed agent: the
+# slot it held); no row yet: the first candidate). Candidates come sorted by (index, id),
+# so their ordinality breaks ties as Python's sort on the id does. The recursive CTE walks
+# the steps from the row read FOR UPDATE, so the pair still waits on the row's lock and each
+# statement starts where the last one left the row. The row is written once, with the last
+# step and `$2`, the last call's time. A row inserted meanwhile by the other instance (the
+# line's very first moves, both at once) makes the insert do nothing and the statement
+# return no rows: run again, it reads that row. In PostgreSQL's own placeholders: it runs
+# on the asyncpg connection itself (one prepared statement; SQLAlchemy's execution path
+# cost five times the statement's own CPU).
+ADVANCE = """
+WITH RECURSIVE
+candidate AS MATERIALIZED (
+    SELECT * FROM unnest($3::text[], $4::integer[]) WITH ORDINALITY AS c(agent, position, n)),
+stored AS MATERIALIZED (
+    SELECT agent, position FROM rotation_positions WHERE line = $1::varchar FOR UPDATE),
+step(i, agent, position) AS (
+    SELECT 0, s.agent::text, s.position FROM (VALUES (1)) AS one(x) LEFT JOIN stored s ON true
+  UNION ALL
+    SELECT p.i + 1, nx.agent, nx.position FROM step p CROSS JOIN LATERAL (
+        SELECT c.agent, c.position FROM candidate c
+         ORDER BY CASE WHEN p.agent IS NULL THEN 0 ELSE
+                  ((c.position - COALESCE(array_position($5::text[], p.agent) - 1, p.position)
+                    - 1) % $6 + $6) % $6 END, c.n
+         LIMIT 1) nx
+     WHERE p.i < $7),
+moved AS (
+    INSERT INTO rotation_positions AS rp (line, agent, position, moved_at)
+    SELECT $1::varchar, s.agent, s.position, $2::timestamptz FROM step s WHERE s.i = $7
+    ON CONFLICT (line) DO UPDATE SET (agent, position, moved_at) =
+        (EXCLUDED.agent, EXCLUDED.position, EXCLUDED.moved_at)
+     WHERE EXISTS (SELECT FROM stored)
+    RETURNING 1)
+SELECT s.agent, s.position FROM step s
+ WHERE s.i > 0 AND EXISTS (SELECT FROM moved) ORDER BY s.i
 """
+_ATTEMPTS = 3  # the second finds the row; a third only if it was deleted meanwhile
 
 
 async def advance(conn: AsyncConnection, line: str, candidates: Sequence[tuple[str, int]],
-                  rotation: Sequence[str], now: datetime) -> tuple[str, int]:
-    """Move `line`'s position to the next of `candidates` (non-empty, sorted by index then
-    id) and return it (agent id, rotation index). One statement, committed on its own
-    (no transaction is open on `conn`), so the row lock is held only while PostgreSQL
-    runs it. PostgreSQL (asyncpg) only."""
+                  rotation: Sequence[str], now: datetime,
+                  places: int = 1) -> list[tuple[str, int]]:
+    """Move `line`'s position `places` times to the next of `candidates` (non-empty, sorted
+    by index then id) and return each place in order (agent id, rotation index): what
+    `places` calls one after another would get. One statement, committed on its own (no
+    transaction is open on `conn`), so the row lock is held only while PostgreSQL runs it.
+    PostgreSQL (asyncpg) only."""
     if not candidates:
         raise ValueError("advance needs at least one candidate")
+    if places < 1:
+        raise ValueError("advance moves at least one place")
     driver = await driver_connection(conn)
-    row = await driver.fetchrow(ADVANCE, line, now, [a for a, _ in candidates],
-                                [p for _, p in candidates], list(rotation),
-                                max(len(rotation), 1))
-    return str(row["agent"]), int(row["position"])
+    args = (line, now, [a for a, _ in candidates], [p for _, p in candidates],
+            list(rotation), max(len(rotation), 1), places)
+    for _ in range(_ATTEMPTS):
+        rows = await driver.fetch(ADVANCE, *args)
+        if rows:
+            return [(str(r["agent"]), int(r["position"])) for r in rows]
+    raise RuntimeError(f"rotation row of {line!r} neither inserted nor updated")
 
 
 async def read_positions(conn: AsyncConnection) -> list[StoredPosition]:

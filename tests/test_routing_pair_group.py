@@ -1,0 +1,320 @@
+"""Calls of a line arriving together move its shared position together (issue 15, target 4):
+one statement moves the line k places and returns what k statements in a row would have.
+
+Checked against the statement that moved one place a call (kept here as the oracle), on
+real PostgreSQL; then two SharedPositions on one database (a pair) under many calls at
+once, and a group whose statement fails or outlasts the timeout."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from callhub.routing.model import Agent, Line
+from callhub.routing.onduty import DutySlot
+from callhub.routing.shared import SharedPositionMetrics, SharedPositions
+from callhub.routing.state import RotationState
+from callhub.store import rotation
+from callhub.store.db import Database, driver_connection
+from callhub.store.rotation import StoredPosition, read_positions
+
+# The statement before grouping (one place a call), as it was: the oracle.
+_CANDIDATES = "unnest($3::text[], $4::integer[]) WITH ORDINALITY AS c(agent, position, n)"
+ONE_PLACE = f"""
+INSERT INTO rotation_positions AS rp (line, agent, position, moved_at)
+SELECT $1::varchar, c.agent, c.position, $2::timestamptz
+  FROM {_CANDIDATES} ORDER BY c.n LIMIT 1
+ON CONFLICT (line) DO UPDATE SET (agent, position, moved_at) = (
+  SELECT c.agent, c.position, $2::timestamptz FROM {_CANDIDATES}
+   ORDER BY ((c.position - COALESCE(array_position($5::text[], rp.agent) - 1, rp.position)
+              - 1) % $6 + $6) % $6, c.n
+   LIMIT 1)
+RETURNING agent, position
+"""
+
+T0 = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+POOL = ("ann", "ben", "cai", "dee", "eve", "fay")  # rota agents
+SWAPS = ("sam", "tom")  # agents of no rotation (swap-ins), or a stored agent since removed
+
+
+@dataclass(frozen=True)
+class Case:
+    rotation: tuple[str, ...]
+    candidates: tuple[tuple[str, int], ...]  # sorted by (index, id), as the router passes
+    stored: tuple[str, int] | None
+    places: int
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> Case:
+    """A rotation, the candidates of a call (rota agents at their slot or elsewhere, swap-ins
+    in a slot), the row as stored (none, an agent that moved or left, an index beyond
+    today's rotation) and how many calls arrive together."""
+    rotation_ = tuple(draw(st.lists(st.sampled_from(POOL), max_size=6, unique=True)))
+    size = max(len(rotation_), 1)
+    slot = st.tuples(st.sampled_from(POOL + SWAPS), st.integers(0, size - 1))
+    candidates = draw(st.lists(slot, min_size=1, max_size=7, unique=True))
+    stored = draw(st.none() | st.tuples(st.sampled_from(POOL + SWAPS),
+                                        st.integers(0, size + 1)))
+    return Case(rotation_, tuple(sorted(candidates, key=lambda c: (c[1], c[0]))), stored,
+                draw(st.integers(1, 7)))
+
+
+async def set_row(db: Database, line: str, stored: tuple[str, int] | None) -> None:
+    async with db.begin() as conn:
+        await conn.execute(sa.text("DELETE FROM rotation_positions"))
+        if stored is not None:
+            await conn.execute(sa.text(
+                "INSERT INTO rotation_positions (line, agent, position, moved_at) "
+                "VALUES (:line, :agent, :position, :at)"),
+                {"line": line, "agent": stored[0], "position": stored[1], "at": T0})
+
+
+async def the_row(db: Database) -> list[StoredPosition]:
+    async with db.connection() as conn:
+        return await read_positions(conn)
+
+
+async def one_by_one(db: Database, case: Case, times: Sequence[datetime]) -> list[tuple[str, int]]:
+    """What `places` calls one after another got from the old statement."""
+    async with db.connection() as conn:
+        driver = await driver_connection(conn)
+        moves = []
+        for at in times:
+            row = await driver.fetchrow(
+                ONE_PLACE, "hotline", at, [a for a, _ in case.candidates],
+                [p for _, p in case.candidates], list(case.rotation),
+                max(len(case.rotation), 1))
+            moves.append((str(row["agent"]), int(row["position"])))
+        return moves
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=cases())
+async def test_k_places_at_once_are_k_single_moves(pg_db: Database, case: Case) -> None:
+    times = [T0 + timedelta(seconds=i + 1) for i in range(case.places)]
+    await set_row(pg_db, "hotline", case.stored)
+    expected = await one_by_one(pg_db, case, times)
+    expected_row = await the_row(pg_db)
+    await set_row(pg_db, "hotline", case.stored)
+    async with pg_db.connection() as conn:
+        got = await rotation.advance(conn, "hotline", case.candidates, case.rotation,
+                                     times[-1], places=case.places)
+    assert got == expected
+    assert await the_row(pg_db) == expected_row
+
+
+async def test_the_pair_s_first_moves_of_a_line_at_once_start_once(pg_db: Database) -> None:
+    """No row yet and both instances inserting it at once: the one that finds the other's
+    row moves on from it, not from the first candidate again."""
+    candidates = [("ann", 0), ("ben", 1), ("cai", 2)]
+    rotation_ = ["ann", "ben", "cai"]
+    for _ in range(5):
+        await set_row(pg_db, "hotline", None)
+        async with pg_db.connection() as a, pg_db.connection() as b:
+            got = await asyncio.gather(
+                rotation.advance(a, "hotline", candidates, rotation_, T0, places=2),
+                rotation.advance(b, "hotline", candidates, rotation_, T0, places=4))
+        firsts = Counter(agent for moves in got for agent, _ in moves)
+        assert firsts == {"ann": 2, "ben": 2, "cai": 2}
+
+
+# -- a pair of SharedPositions on one database ------------------------------------------
+
+ROTA = ("ann", "ben", "cai", "dee")
+HOTLINE = Line(name="hotline", dids=("+4930123",), rotation=ROTA, shifts=())
+
+
+def slots() -> list[DutySlot]:
+    return [DutySlot(Agent(id=a, name=a, interface=f"PJSIP/10{i}"), i)
+            for i, a in enumerate(ROTA)]
+
+
+@dataclass
+class Member:
+    shared: SharedPositions
+    registry: CollectorRegistry
+    db: Database
+
+    def local_total(self) -> float:
+        value = self.registry.get_sample_value("callhub_route_positions_local_total")
+        assert value is not None
+        return value
+
+
+async def member(pg_db: Database, state: Path, within: float = 10.0) -> Member:
+    own = pg_db.connect_again(pool_size=5, max_overflow=0, pre_ping=False,
+                              session={"synchronous_commit": "off"})
+    registry = CollectorRegistry()
+    shared = SharedPositions(own, RotationState(state), connections=4, timeout=within,
+                             metrics=SharedPositionMetrics(registry))
+    await shared.reconcile()
+    return Member(shared, registry, own)
+
+
+@pytest.fixture
+async def pair(pg_db: Database, tmp_path: Path) -> AsyncIterator[tuple[Member, Member]]:
+    a = await member(pg_db, tmp_path / "a.json")
+    b = await member(pg_db, tmp_path / "b.json")
+    yield a, b
+    for m in (a, b):
+        await m.shared.close()
+        await m.db.close()
+
+
+async def test_a_pair_under_many_calls_at_once_goes_round_evenly(
+        pair: tuple[Member, Member], pg_db: Database) -> None:
+    a, b = pair
+    eligible = slots()
+    waves = [await asyncio.gather(*(m.shared.advance(HOTLINE, eligible)
+                                    for _ in range(20) for m in (a, b)))
+             for _ in range(3)]
+    firsts = [slot for wave in waves for slot in wave]
+    assert all(slot is not None for slot in firsts)  # every call through PostgreSQL
+    assert Counter(s.agent.id for s in firsts if s) == dict.fromkeys(ROTA, 30)
+    assert a.local_total() == b.local_total() == 0.0
+    [row] = await the_row(pg_db)  # 120 calls from ann on: the last went to dee
+    assert (row.agent, row.position) == ("dee", 3)
+
+
+def count_statements(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The places each statement moves, in the order they are sent."""
+    statements: list[int] = []
+    advance = rotation.advance
+
+    async def counted(*args: object, places: int = 1) -> list[tuple[str, int]]:
+        statements.append(places)
+        return await advance(*args, places=places)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rotation, "advance", counted)
+    return statements
+
+
+async def test_calls_queued_behind_a_statement_go_in_the_next_one_in_order(
+        pair: tuple[Member, Member], pg_db: Database,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Group commit: the calls that arrive while a statement waits on the row's lock (here
+    held by the other instance's stand-in) go together in the next statement, their
+    choices in the order they arrived, round the rotation as one call after another."""
+    a, _ = pair
+    statements = count_statements(monkeypatch)
+    async with pg_db.begin() as locker:
+        await a.shared.advance(HOTLINE, slots())  # ann; the row exists
+        await locker.execute(sa.text(
+            "SELECT 1 FROM rotation_positions WHERE line = 'hotline' FOR UPDATE"))
+        first = asyncio.create_task(a.shared.advance(HOTLINE, slots()))
+        await wait_for_lock_waiter(locker)
+        queued = [asyncio.create_task(a.shared.advance(HOTLINE, slots())) for _ in range(5)]
+        await asyncio.sleep(0.05)
+        assert not first.done()
+    got = [await first] + [await call for call in queued]
+    assert [s.agent.id for s in got if s] == ["ben", "cai", "dee", "ann", "ben", "cai"]
+    assert statements == [1, 1, 5]
+    position = a.shared.local.get("hotline")
+    assert position is not None and position.agent == "cai"  # the last move, mirrored
+
+
+async def test_calls_waiting_for_a_connection_go_together(
+        pair: tuple[Member, Member], monkeypatch: pytest.MonkeyPatch) -> None:
+    a, _ = pair
+    statements = count_statements(monkeypatch)
+    got = await asyncio.gather(*(a.shared.advance(HOTLINE, slots()) for _ in range(12)))
+    assert [s.agent.id for s in got if s] == [ROTA[i % 4] for i in range(12)]
+    assert statements == [12]
+
+
+async def test_a_lone_call_goes_at_once(pair: tuple[Member, Member]) -> None:
+    a, _ = pair
+    picked = [await a.shared.advance(HOTLINE, slots()) for _ in range(3)]
+    assert [s.agent.id for s in picked if s] == ["ann", "ben", "cai"]
+
+
+async def test_calls_of_other_candidates_go_their_own_way(
+        pair: tuple[Member, Member]) -> None:
+    """A call for whom `ben` is busy is not moved with those who may have ben: the two
+    kinds alternate, each group in a statement of its own."""
+    a, _ = pair
+    everyone, without_ben = slots(), [s for s in slots() if s.agent.id != "ben"]
+    got = await asyncio.gather(*(a.shared.advance(HOTLINE, everyone if i % 2 else without_ben)
+                                 for i in range(12)))
+    assert all(s is not None for s in got)
+    assert all(s.agent.id != "ben" for s in got[0::2] if s)
+    assert len({s.agent.id for s in got if s}) == 4  # ben too, to those who may have him
+
+
+async def test_a_group_whose_statement_outlasts_the_timeout_goes_to_the_file(
+        pg_db: Database, tmp_path: Path) -> None:
+    """The row locked by another connection: the group's statement waits past the first
+    call's timeout; every call of the group is decided from the file, sharing stops, and
+    the calls after it do not wait again."""
+    a = await member(pg_db, tmp_path / "a.json", within=0.3)
+    try:
+        await a.shared.advance(HOTLINE, slots())  # the row exists
+        async with pg_db.begin() as locker:
+            await locker.execute(sa.text(
+                "SELECT 1 FROM rotation_positions WHERE line = 'hotline' FOR UPDATE"))
+            started = asyncio.get_running_loop().time()
+            got = await asyncio.gather(*(a.shared.advance(HOTLINE, slots())
+                                         for _ in range(8)))
+            waited = asyncio.get_running_loop().time() - started
+            assert got == [None] * 8  # the router decides each from the file
+            assert 0.3 <= waited < 1.5
+            assert a.shared.up is False
+            assert a.local_total() == 8.0
+            assert await a.shared.advance(HOTLINE, slots()) is None  # at once, no wait
+            assert a.local_total() == 9.0
+    finally:
+        await a.shared.close()
+        await a.db.close()
+
+
+async def test_a_group_cut_off_by_the_database_goes_to_the_file(
+        pg_db: Database, tmp_path: Path) -> None:
+    """The statements' backends terminated while a group waits on the row's lock: every call
+    of the group gets the file, sharing stops; it resumes after a reconcile."""
+    a = await member(pg_db, tmp_path / "a.json")
+    try:
+        await a.shared.advance(HOTLINE, slots())
+        async with pg_db.begin() as locker:
+            await locker.execute(sa.text(
+                "SELECT 1 FROM rotation_positions WHERE line = 'hotline' FOR UPDATE"))
+            calls = asyncio.gather(*(a.shared.advance(HOTLINE, slots()) for _ in range(6)))
+            await wait_for_lock_waiter(locker)
+            await locker.execute(sa.text(
+                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {WAITING}"))
+            assert await calls == [None] * 6
+        assert a.shared.up is False and a.local_total() == 6.0
+        await a.shared.reconcile()
+        assert (await a.shared.advance(HOTLINE, slots())) is not None
+    finally:
+        await a.shared.close()
+        await a.db.close()
+
+
+# Backends (not this one) waiting on a lock while holding one on this test's table: the
+# statements of the SharedPositions under test, not those of anything else on the server.
+WAITING = ("wait_event_type = 'Lock' AND pid <> pg_backend_pid() AND pid IN ("
+           "SELECT pid FROM pg_locks WHERE relation = 'rotation_positions'::regclass)")
+
+
+async def wait_for_lock_waiter(conn: AsyncConnection) -> None:
+    """Until a statement waits on the row `conn` holds locked."""
+    for _ in range(500):
+        waiting = (await conn.execute(sa.text(
+            f"SELECT count(*) FROM pg_stat_activity WHERE {WAITING}"))).scalar_one()
+        if waiting:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("no statement waits on the row's lock")
