@@ -30,7 +30,7 @@ async def test_run_answers_from_the_thread_raises_its_errors_and_close_ends_it()
     with pytest.raises(ValueError, match="from there"):
         await loop.run(fails())
     thread = next(t for t in threading.enumerate() if t.name == "test-db-loop")
-    loop.close()
+    await loop.close()
     assert not thread.is_alive() and not loop.running
 
 
@@ -52,7 +52,25 @@ async def test_cancelling_the_waiter_cancels_the_coroutine_there() -> None:
     with pytest.raises(asyncio.CancelledError):
         await waiter
     assert await asyncio.to_thread(cancelled.wait, 10)
-    loop.close()
+    await loop.close()
+
+
+async def test_close_cancels_what_still_runs_there_and_ends_the_thread() -> None:
+    loop = DbLoop("test-db-loop-close")
+    started = threading.Event()
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    waiter = asyncio.ensure_future(loop.run(forever()))
+    await asyncio.to_thread(started.wait, 10)
+    thread = next(t for t in threading.enumerate() if t.name == "test-db-loop-close")
+    await loop.close()
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(10):  # a coroutine left pending there would never end
+            await waiter
+    assert not thread.is_alive() and not loop.running
 
 
 async def test_the_writers_statements_run_off_the_callers_thread(

@@ -49,11 +49,26 @@ class DbLoop:
         return await asyncio.wrap_future(
             asyncio.run_coroutine_threadsafe(coro, self._started()))
 
-    def close(self) -> None:
-        """Stop the loop and its thread (after the coroutines sent to it have ended)."""
+    async def settle(self) -> None:
+        """Cancel what still runs there (a batch whose waiter was cancelled) and wait until
+        it has ended."""
+        if self._loop is not None:
+            await self.run(_cancel_the_rest())
+
+    async def close(self) -> None:
+        """Cancel what still runs there, then stop the loop and its thread."""
+        await self.settle()
         loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
         if loop is None or thread is None:
             return
         loop.call_soon_threadsafe(loop.stop)
-        thread.join()
+        await asyncio.to_thread(thread.join)
         loop.close()
+
+
+async def _cancel_the_rest() -> None:
+    """Cancel every other task of the running loop and wait until they have ended."""
+    rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in rest:
+        task.cancel()
+    await asyncio.gather(*rest, return_exceptions=True)

@@ -269,10 +269,11 @@ class CallWriter:
             finally:
                 await task.stop()
         self._closed = True
+        await self._db_loop.settle()  # a batch given up on (the task cancelled) ends first
         await self._release()
         if self._db_loop.running:
             await self._db_loop.run(self.writes.engine.dispose())
-            self._db_loop.close()
+            await self._db_loop.close()
         if self.pending == 0:
             self.spool.clear()
         else:
