@@ -34,6 +34,22 @@ async def test_run_answers_from_the_thread_raises_its_errors_and_close_ends_it()
     assert not thread.is_alive() and not loop.running
 
 
+async def test_a_loop_whose_thread_ended_is_started_again() -> None:
+    loop = DbLoop("test-db-loop-again")
+
+    async def which() -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
+
+    old = await loop.run(which())
+    old.call_soon_threadsafe(old.stop)  # the thread's run_forever returns: the thread ends
+    await asyncio.to_thread(next(t for t in threading.enumerate()
+                                 if t.name == "test-db-loop-again").join, 10)
+    async with asyncio.timeout(10):  # sent to the stopped loop, it would never answer
+        new = await loop.run(which())
+    assert new is not old and new.is_running()
+    await loop.close()
+
+
 async def test_cancelling_the_waiter_cancels_the_coroutine_there() -> None:
     loop = DbLoop("test-db-loop-cancel")
     started, cancelled = threading.Event(), threading.Event()

@@ -36,7 +36,11 @@ class DbLoop:
         return self._loop is not None
 
     def _started(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
+        """The running loop; a new one when none runs (first use, or a thread that ended:
+        a coroutine sent to a loop nobody runs would be waited for forever)."""
+        if self._loop is None or self._thread is None or not self._thread.is_alive():
+            if self._loop is not None and not self._loop.is_running():
+                self._loop.close()
             self._loop = asyncio.new_event_loop()
             self._thread = threading.Thread(target=self._loop.run_forever, name=self.name,
                                             daemon=True)
