@@ -172,12 +172,15 @@ async def replace_attempts(conn: AsyncConnection, replaced: Sequence[int],
 
 async def copy_rows(conn: AsyncConnection, table: str, columns: Sequence[str],
                     rows: Sequence[tuple[Any, ...]]) -> None:
-    """Insert `rows` (values of `columns`) into `table` by COPY, in `conn`'s transaction.
+    """Insert `rows` (values of `columns`) into `table`, a table with foreign keys (the
+    worklist's links), by COPY, in `conn`'s transaction.
 
     With cached plans: every row's foreign-key check runs one query, and under the
     batch's `force_custom_plan` PostgreSQL planned it again for each row (an
-    attempt's COPY took 18 us instead of 9, a worklist link's two checks 30 us);
-    the batch's own statements get theirs back afterwards. Two round trips.
+    attempt's COPY took 18 us instead of 9 while attempts had a key, a worklist link's
+    two checks 30 us); the batch's own statements get theirs back afterwards. Two round
+    trips more than the COPY (a table without keys is COPYed straight, as
+    `replace_attempts` does).
     """
     pg = await driver(conn)
     await pg.execute(_CACHED_PLANS)
