@@ -165,3 +165,51 @@ async def test_an_event_the_correlator_cannot_apply_is_counted_by_kind_and_logge
     assert (logged["event_kind"], logged["linkedid"], logged["error"]) == (
         "Newchannel", "broken-1", "KeyError")
     assert logged["log_level"] == "warning" and "8613800000008" not in repr(logged)
+
+
+def test_what_orjson_cannot_encode_still_makes_one_json_line(log_stream: io.StringIO) -> None:
+    log = structlog.get_logger("callhub.test")
+    log.info("test.odd", big=2**70, keyed={1: "一"}, other=object())
+    log.info("test.plain", n=1)
+    odd, plain = lines(log_stream)
+    assert odd["big"] == 2**70 and odd["keyed"] == {"1": "一"}
+    assert odd["other"].startswith("<object object")
+    assert odd["level"] == "info" and plain["event"] == "test.plain"
+
+
+def test_lines_from_threads_and_libraries_never_interleave(
+        log_stream: io.StringIO, tmp_path: Path) -> None:
+    """callhub's lines and library records share the handler's lock: every line is whole,
+    also on a real file, whose writes let other threads run in between."""
+    import sys
+    import threading
+
+    path = tmp_path / "callhub.log"
+    switch = sys.getswitchinterval()
+    with path.open("w", encoding="utf-8") as stream:
+        configure_logging("info", stream=stream, json=True)
+        log = structlog.get_logger("callhub.test")
+        library = logging.getLogger("asyncpg.test")
+        payload = "x" * 20000
+
+        def ours(n: int) -> None:
+            for i in range(200):
+                log.warning("test.thread", n=n, i=i, payload=payload)
+
+        def theirs() -> None:
+            for i in range(200):
+                library.warning("library %d %s", i, payload)
+
+        threads = [threading.Thread(target=ours, args=(n,)) for n in range(3)]
+        threads.append(threading.Thread(target=theirs))
+        sys.setswitchinterval(1e-6)
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            sys.setswitchinterval(switch)
+    got = [json.loads(line) for line in path.read_text("utf-8").splitlines()]
+    assert len(got) == 800
+    assert sum(e["event"] == "test.thread" for e in got) == 600
