@@ -34,6 +34,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from callhub import loops
 from callhub.ami.ingest import PbxIngest
 from callhub.api import limits as http_limits
 from callhub.api.app import make_app
@@ -405,7 +406,8 @@ async def running(d: Daemon, parts: Sequence[Part] = PARTS, *, before: Sequence[
         async with contextlib.AsyncExitStack() as stack:
             for part in (*before, *parts, *after):
                 await stack.enter_async_context(part(d))
-            log.info("daemon.started", pbxs=[p.name for p in d.settings.pbxs], demo=d.demo)
+            log.info("daemon.started", pbxs=[p.name for p in d.settings.pbxs], demo=d.demo,
+                     event_loop=loops.kind(asyncio.get_running_loop()))
             yield d
             log.info("daemon.stopping")
     finally:

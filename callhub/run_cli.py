@@ -8,13 +8,13 @@ PBX, and turns start-up failures into one readable line and an exit code.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import sys
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from callhub import loops
 from callhub.config import load_settings
 from callhub.daemon import Daemon, PartFailed, StartupError, heap_settled, serve
 from callhub.logs import configure_logging
@@ -70,7 +70,7 @@ def run_command(args: argparse.Namespace) -> int:
             await settle_sqlite_workers()  # no thread may outlive the loop it reports to
 
     try:
-        asyncio.run(run())
+        loops.run(run(), settings.event_loop)
     except StartupError as exc:
         print(f"callhub: {exc}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import socket
+from typing import cast
 
 from callhub.api import handoff
 
@@ -24,8 +25,7 @@ class Echo(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's: no subclass
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data

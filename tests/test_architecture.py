@@ -38,7 +38,7 @@ PACKAGE_DIR = Path(callhub.__file__).resolve().parent
 # (`callhub.ami` covers callhub.ami.*); COMMAND_MODULES are on the top layer wherever
 # they live. "callhub" is the package's own __init__ (the version).
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("base", ("callhub", "callhub.config", "callhub.records", "callhub.logs",
+    ("base", ("callhub", "callhub.config", "callhub.records", "callhub.logs", "callhub.loops",
               "callhub.lifecycle")),
     ("metrics", ("callhub.metrics",)),
     # The SMS after the call: the store decides and queues it in the call's transaction.

@@ -73,6 +73,7 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
     ("[api]\ntokens = ['root:abcdefghij']\n", "api.tokens"),
     ("[api]\ntokens = ['admin:short']\n", "api.tokens"),
     ("database_url = 'callhub.db'\n", "database_url"),
+    ("event_loop = 'trio'\n", "event_loop"),
     ("[[pbx]]\nname='a'\n[pbx.agents]\n'PJSIP/1' = 3\n", "pbx[a].agents.PJSIP/1"),
 ])
 def test_a_bad_value_names_its_key(tmp_path: Path, text: str, key: str) -> None:
@@ -184,6 +185,7 @@ def test_config_check_without_tokens_warns_that_every_route_answers_401(
     ({"CALLHUB_STALE_CALL_SECONDS": "0"}, "CALLHUB_STALE_CALL_SECONDS"),
     ({"CALLHUB_PBX_MAIN_PORT": "70000"}, "CALLHUB_PBX_MAIN_PORT"),
     ({"CALLHUB_PBX_MAIN_PORT": "ami"}, "CALLHUB_PBX_MAIN_PORT"),
+    ({"CALLHUB_EVENT_LOOP": "tokio"}, "CALLHUB_EVENT_LOOP"),
 ])
 def test_a_bad_environment_value_names_its_variable(
         tmp_path: Path, env: dict[str, str], variable: str) -> None:
@@ -223,3 +225,20 @@ def test_cel_keys_default_to_none_and_cel_and_are_masked_in_config_check(
     assert main(["config", "check", str(write(tmp_path, text.replace(url, "cel-s3cret")))]) == 2
     err = capsys.readouterr().err
     assert "cel_database_url" in err and "cel-s3cret" not in err
+
+
+def test_the_event_loop_is_uvloop_where_installed_unless_asyncio_is_asked_for(
+        tmp_path: Path) -> None:
+    import asyncio
+
+    from callhub import loops
+
+    async def which() -> str:
+        return loops.kind(asyncio.get_running_loop())
+
+    default = load_settings(None, env={})
+    assert default.event_loop == "auto"
+    assert loops.run(which(), default.event_loop) == "uvloop"  # a dependency of callhub
+    chosen = load_settings(write(tmp_path, "event_loop = 'uvloop'\n"),
+                           env={"CALLHUB_EVENT_LOOP": "asyncio"})
+    assert loops.run(which(), chosen.event_loop) == "asyncio"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import signal
 import sqlite3
@@ -185,16 +186,17 @@ async def test_demo_process_serves_calls_and_flushes_on_sigterm(tmp_path: Path) 
             proc.kill()
             await proc.wait()
     log = "".join(err)
-    assert '"api.no_tokens"' not in log  # the demo made an admin token
-    assert all(line.startswith("{") for line in log.splitlines() if line), "a non-JSON line"
-    assert '"daemon.stopped"' in log and '"pending_calls": 0' in log
-    logged = {line.split('"linkedid": "')[1].split('"')[0]
-              for line in log.splitlines() if '"call.finished"' in line}
+    entries = [json.loads(line) for line in log.splitlines() if line]  # each one JSON object
+    events = {e["event"]: e for e in entries}
+    assert "api.no_tokens" not in events  # the demo made an admin token
+    assert events["daemon.stopped"]["pending_calls"] == 0
+    assert events["daemon.started"]["event_loop"] == "uvloop"  # installed with callhub
+    logged = {e["linkedid"] for e in entries if e["event"] == "call.finished"}
     with sqlite3.connect(tmp_path / "callhub.db") as conn:
         stored = {row[0] for row in conn.execute("SELECT linkedid FROM calls")}
         numbers = {row[0] for row in conn.execute(
             "SELECT external_number FROM calls WHERE external_number IS NOT NULL")}
     assert logged and logged <= stored  # every finished call is in the database
     # One info line per finished call, with the number masked to its last 4 digits.
-    assert len([x for x in log.splitlines() if '"call.finished"' in x]) == len(logged)
+    assert len([e for e in entries if e["event"] == "call.finished"]) == len(logged)
     assert numbers and not any(n in log for n in numbers if len(n) > 4)

@@ -89,7 +89,7 @@ async def until_rows(db: Database, count: int, daemons: Iterable[Daemon],
     while len(await stored_rows(db)) < count:
         if time.monotonic() > deadline:
             said = [line for d in daemons for line in d.lines
-                    if '"writer.' in line or "quarantine" in line or '"level": "error"' in line]
+                    if '"writer.' in line or "quarantine" in line or '"level":"error"' in line]
             raise AssertionError(f"{len(await stored_rows(db))} of {count} calls stored; the "
                                  f"writers said:\n" + "".join(said[-20:]))
         await asyncio.sleep(0.05)  # a poll of another process's database, not a pause

@@ -21,7 +21,7 @@ import contextlib
 import os
 import socket
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
@@ -113,8 +113,8 @@ class _HandOver(asyncio.Protocol):
             self.inner.connection_made(transport)
             return
         self.dealer.sent += 1
-        assert isinstance(transport, asyncio.Transport)
-        transport.abort()  # only this process's descriptor: the worker's stays open
+        # only this process's descriptor: the worker's stays open
+        cast(asyncio.Transport, transport).abort()
 
     def data_received(self, data: bytes) -> None:
         if self.inner is not None:

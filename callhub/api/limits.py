@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from aiohttp import web
@@ -54,7 +54,8 @@ class _Guarded(asyncio.Protocol):
         self.refused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # a stream transport (uvloop's is not an asyncio.Transport subclass: no isinstance)
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         if len(self.gate.open) >= self.gate.limits.max_connections:
             self.refused = True

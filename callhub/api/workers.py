@@ -31,6 +31,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from callhub import loops
 from callhub.api import followups, handoff
 from callhub.api import limits as http_limits
 from callhub.api.app import make_app
@@ -130,7 +131,7 @@ def _child(settings: Settings, channel: socket.socket, main_url: str) -> None:
         # settle_heap: this process is the worker's own.
         await serve(settings, channel, main_url, stop, settle_heap)
 
-    asyncio.run(run())
+    loops.run(run(), settings.event_loop)
 
 
 class Workers:

@@ -55,6 +55,7 @@ class EnvOverrides(BaseSettings):
     spool_dir: str | None = Field(None, validation_alias="CALLHUB_SPOOL_DIR")
     rota_file: str | None = Field(None, validation_alias="CALLHUB_ROTA_FILE")
     log_level: str | None = Field(None, validation_alias="CALLHUB_LOG_LEVEL")
+    event_loop: str | None = Field(None, validation_alias="CALLHUB_EVENT_LOOP")
 
     @classmethod
     def settings_customise_sources(

@@ -172,6 +172,7 @@ class SettingsFile(_Table):
     categories: Names = DEFAULT_CATEGORIES
     rota_file: StrictStr | None = None
     log_level: StrictStr = "info"
+    event_loop: StrictStr = "auto"
     api: ApiTable = ApiTable()
     fastagi: FastagiTable = FastagiTable()
     worklist: WorklistTable = WorklistTable()
@@ -217,6 +218,7 @@ class SettingsFile(_Table):
             categories=self.categories,
             rota_file=self.rota_file,
             log_level=self.log_level,
+            event_loop=self.event_loop,
             followup_rules=dict(self.followups.model_extra or {}),
             followup_overdue_seconds=self.followups.overdue_after,
             desk_poll_seconds=self.desk.poll_seconds,

@@ -30,6 +30,7 @@ from callhub.config.report import ReportSettings
 from callhub.config.sms import SmsSettings
 from callhub.config.targets import LineTable, LineTargets, line_targets
 from callhub.config.values import listen, mask_url
+from callhub.loops import EVENT_LOOPS, uvloop_installed
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///callhub.db"
 DEFAULT_API_LISTEN = "127.0.0.1:8080"
@@ -169,6 +170,14 @@ def _optional_database_url(value: str | None) -> str | None:
     return None if value is None else _database_url(value)
 
 
+def _event_loop(value: str) -> str:
+    if value not in EVENT_LOOPS:
+        raise problem(f"expected auto, uvloop or asyncio, got {value!r}")
+    if value == "uvloop" and not uvloop_installed():
+        raise problem("uvloop is not installed (pip install uvloop), or use auto")
+    return value
+
+
 def _log_level(value: str) -> str:
     if value.lower() not in LOG_LEVELS:
         raise problem(f"expected debug, info, warning or error, got {value!r}")
@@ -198,6 +207,8 @@ class Settings:
     categories: Names = DEFAULT_CATEGORIES
     rota_file: StrictStr | None = None
     log_level: Annotated[StrictStr, AfterValidator(_log_level)] = "info"
+    # uvloop where installed (callhub/loops.py says why), or asyncio's own loop.
+    event_loop: Annotated[StrictStr, AfterValidator(_event_loop)] = "auto"
     # `[followups]`: category -> follow-up delays in seconds after the call ended.
     followup_rules: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     followup_overdue_seconds: float = 3600.0

@@ -34,6 +34,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import cast
 
 import structlog
 
@@ -191,8 +192,8 @@ class AgiSession(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a stream transport (uvloop's is not an asyncio.Transport subclass: no isinstance)
+        self.transport = cast(asyncio.Transport, transport)
         self.handler.requests += 1
         self.reply_by = self.loop.time() + HEADER_TIMEOUT
         self.timer = self.loop.call_at(self.reply_by, self._timed_out)

@@ -20,6 +20,8 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from callhub.loops import new_loop_like
+
 T = TypeVar("T")
 
 
@@ -37,11 +39,12 @@ class DbLoop:
 
     def _started(self) -> asyncio.AbstractEventLoop:
         """The running loop; a new one when none runs (first use, or a thread that ended:
-        a coroutine sent to a loop nobody runs would be waited for forever)."""
+        a coroutine sent to a loop nobody runs would be waited for forever), of the
+        caller's kind (uvloop in the daemon)."""
         if self._loop is None or self._thread is None or not self._thread.is_alive():
             if self._loop is not None and not self._loop.is_running():
                 self._loop.close()
-            self._loop = asyncio.new_event_loop()
+            self._loop = new_loop_like(asyncio.get_running_loop())
             self._thread = threading.Thread(target=self._loop.run_forever, name=self.name,
                                             daemon=True)
             self._thread.start()
