@@ -552,6 +552,9 @@ def main(argv: list[str] | None = None) -> int:
                              "in turn, as `callhub run --workers N`")
     parser.add_argument("--endpoints", default="calls,worklist,stats",
                         help="which to measure (comma-separated)")
+    parser.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+                        help="the server's loop (default auto: uvloop where installed, as "
+                             "`callhub run`)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--deal-to", type=int, nargs="*", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--channel", type=int, help=argparse.SUPPRESS)
@@ -559,7 +562,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.database_url:
         parser.error("needs PostgreSQL: --database-url or CALLHUB_TEST_DATABASE_URL")
     if args.serve:
-        asyncio.run(serve(args.database_url, args.schema, args.deal_to, args.channel))
+        from callhub import loops
+        loops.run(serve(args.database_url, args.schema, args.deal_to, args.channel),
+                  args.event_loop)
         return 0
 
     results: dict[str, Any] = {"cpus": os.cpu_count(), "clients": args.clients}
@@ -578,7 +583,9 @@ def main(argv: list[str] | None = None) -> int:
         (f["last"] - f["first"]).total_seconds() / (30.44 * 86400), 1))
     results["workers"] = args.workers
     command = [sys.executable, str(Path(__file__).resolve()), "--serve", "--database-url",
-               args.database_url, "--schema", args.schema]
+               args.database_url, "--schema", args.schema, "--event-loop", args.event_loop]
+    from callhub import loops
+    results["event_loop"] = loops.resolve(args.event_loop)
     from callhub.api import handoff
 
     pairs = [handoff.channel_pair() for _ in range(args.workers - 1)]

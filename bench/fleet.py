@@ -57,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from amiserver import StreamServer
 from synthetic import LOCAL_AGENTS, PJSIP_AGENTS, Manifest, default_cache_dir, stream
 
+from callhub import loops
 from callhub.sim.ami_user import AmiUser, event_offsets
 
 SELF = Path(__file__).resolve()
@@ -262,12 +263,13 @@ def free_port() -> int:
 
 
 def write_config(directory: Path, database_url: str, ports: list[int], pbxs: int,
-                 log_level: str) -> Path:
+                 log_level: str, event_loop: str) -> Path:
     """callhub.toml: one [[pbx]] per PBX, on the server process that serves it."""
     agents = "\n".join(f'"{k}" = "{v}"' for k, v in {**LOCAL_AGENTS, **PJSIP_AGENTS}.items())
     parts = [f"""database_url = "{database_url}"
 spool_dir = "{directory / 'spool'}"
 log_level = "{log_level}"
+event_loop = "{event_loop}"
 
 [api]
 listen = "127.0.0.1:{free_port()}"
@@ -416,7 +418,8 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                                "events_sent_per_pbx": delivered,
                                "calls_per_pbx": len(template.calls), "calls_sent": sent_calls,
                                "servers": args.servers, "poll_s": args.poll,
-                               "cpus": os.cpu_count(), "python": sys.version.split()[0]}
+                               "cpus": os.cpu_count(), "python": sys.version.split()[0],
+                               "event_loop": loops.resolve(args.event_loop)}
     try:
         ports = []
         for s in range(args.servers):
@@ -430,7 +433,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             servers.append(proc)
             assert proc.stdout is not None
             ports.append(int(await proc.stdout.readline()))
-        config = write_config(work, own_url, ports, args.pbxs, args.log_level)
+        config = write_config(work, own_url, ports, args.pbxs, args.log_level, args.event_loop)
         daemon = Daemon(config, work / "callhub.log")
         started = time.perf_counter()
         await daemon.start()
@@ -637,6 +640,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain", type=float, default=60.0,
                         help="seconds to wait for the last rows after the streams end")
     parser.add_argument("--log-level", default="info", help="callhub's log level")
+    parser.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+                        help="callhub's event_loop setting (default auto: uvloop where installed)")
     parser.add_argument("--ami-user", choices=("all", "shipped"), default="all",
                         help="all: every event of the stream goes out (--rate of them a "
                              "second); shipped: only what Asterisk sends the [callhub] user "

@@ -528,20 +528,26 @@ def _pct(values: list[float], pct: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(pct) - 1]
 
 
+def _resolved_loop(choice: str) -> str:
+    from callhub import loops
+    return loops.resolve(choice)
+
+
 def run_phase(args: argparse.Namespace) -> None:
     manifest = load_manifest(Path(args.stream))
     if manifest is None:
         raise SystemExit(f"no valid stream at {args.stream}")
+    from callhub import loops
     if args.phase == "panoramisk":
-        figures = asyncio.run(phase_panoramisk(args.port, manifest))
+        figures = loops.run(phase_panoramisk(args.port, manifest), args.event_loop)
     elif args.phase == "callhub":
-        figures = asyncio.run(phase_callhub(args.port, manifest))
+        figures = loops.run(phase_callhub(args.port, manifest), args.event_loop)
     elif args.phase == "pbxingest":
-        figures = asyncio.run(phase_pbxingest(args.port, manifest))
+        figures = loops.run(phase_pbxingest(args.port, manifest), args.event_loop)
     else:
-        figures = asyncio.run(phase_writer(args.port, manifest, args.database_url,
-                                           args.rounds, not args.no_live,
-                                           args.writer_batch_size))
+        figures = loops.run(phase_writer(args.port, manifest, args.database_url,
+                                         args.rounds, not args.no_live,
+                                         args.writer_batch_size), args.event_loop)
     print(json.dumps(figures), flush=True)
 
 
@@ -554,6 +560,7 @@ def _child(phase: str, port: int, manifest: Manifest, args: argparse.Namespace
     if args.database_url:
         cmd += ["--database-url", args.database_url]
     cmd += ["--rounds", str(args.rounds)] + (["--no-live"] if args.no_live else [])
+    cmd += ["--event-loop", args.event_loop]
     if args.writer_batch_size:
         cmd += ["--writer-batch-size", str(args.writer_batch_size)]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False,
@@ -608,6 +615,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--writer-batch-size", type=int, default=None,
                         help="writer phase: the CallWriter's batch_size for the capacity runs "
                              "(default: its default)")
+    parser.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+                        help="every phase's loop, panoramisk's too (default auto: uvloop where "
+                             "installed, as `callhub run`)")
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -627,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
         "events": manifest.events, "calls": manifest.calls,
         "stream_mb": round(manifest.bytes / 1e6, 1),
         "expected_outcomes": dict(manifest.expected_outcomes), "cpus": os.cpu_count(),
-        "python": sys.version.split()[0]}
+        "python": sys.version.split()[0], "event_loop": _resolved_loop(args.event_loop)}
     print(f"stream: kinds {manifest.kinds}; expected outcomes {results['expected_outcomes']}")
     server = subprocess.Popen([sys.executable, str(HERE / "amiserver.py"), str(manifest.path)],
                               stdout=subprocess.PIPE, text=True)

@@ -41,6 +41,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from callhub import loops
 from callhub.config import Settings
 from callhub.lifecycle import settle_heap
 from callhub.logs import configure_logging
@@ -250,7 +251,7 @@ async def run_mode(mode: str, args: argparse.Namespace) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="callhub-bench-route-") as tmp:
         state = Path(tmp) / "routing"
         state.mkdir()
-        cmd = [sys.executable, __file__, "--serve", str(state)]
+        cmd = [sys.executable, __file__, "--serve", str(state), "--event-loop", args.event_loop]
         schema = None
         if mode == "shared":
             schema = await fresh_schema(args.database_url)
@@ -277,6 +278,7 @@ async def run_mode(mode: str, args: argparse.Namespace) -> dict[str, float]:
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"calls": args.calls, "concurrency": args.concurrency}
+    result["event_loop"] = loops.resolve(args.event_loop)
     met: dict[str, bool] = {}
     for mode in args.modes:
         if mode == "shared" and not args.database_url:
@@ -295,12 +297,15 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--modes", type=lambda s: s.split(","), default=["file", "shared"])
     parser.add_argument("--database-url", default=os.environ.get("CALLHUB_TEST_DATABASE_URL"))
+    parser.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+                        help="the server's loop (default auto: uvloop where installed, as "
+                             "`callhub run`)")
     parser.add_argument("--serve", metavar="STATE_DIR", help=argparse.SUPPRESS)
     parser.add_argument("--schema", help=argparse.SUPPRESS)
     args = parser.parse_args()
     # The baseline's bare connections are malformed requests to callhub: not worth a line.
     configure_logging("error" if args.serve else "warning")
     if args.serve:
-        asyncio.run(serve(args.serve, args.database_url, args.schema))
+        loops.run(serve(args.serve, args.database_url, args.schema), args.event_loop)
     else:
         print(json.dumps(asyncio.run(main(args))))

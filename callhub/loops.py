@@ -24,11 +24,18 @@ def uvloop_installed() -> bool:
     return importlib.util.find_spec("uvloop") is not None
 
 
-def loop_factory(choice: str = "auto") -> LoopFactory:
-    """How to make a loop for `choice` (one of EVENT_LOOPS): auto is uvloop if installed."""
+def resolve(choice: str) -> str:
+    """The loop `choice` (one of EVENT_LOOPS) means here: auto is uvloop if installed."""
     if choice not in EVENT_LOOPS:
         raise ValueError(f"event loop {choice!r}: expected one of {', '.join(EVENT_LOOPS)}")
-    if choice == "asyncio" or (choice == "auto" and not uvloop_installed()):
+    if choice == "auto":
+        return "uvloop" if uvloop_installed() else "asyncio"
+    return choice
+
+
+def loop_factory(choice: str = "auto") -> LoopFactory:
+    """How to make a loop for `choice` (one of EVENT_LOOPS)."""
+    if resolve(choice) == "asyncio":
         return asyncio.new_event_loop
     import uvloop  # "uvloop" without it installed: ImportError says so
     return uvloop.new_event_loop

@@ -24,6 +24,7 @@ os.environ.setdefault("CALLHUB_API_VALIDATE_RESPONSES", "1")
 # whose code works the loop's transports and threads directly run on both.
 BOTH_LOOPS = {
     "test_routing_fastagi.py",    # the FastAGI server's Protocol
+    "test_routing_pair_group.py", # the shared position's groups (loop turns)
     "test_ami_connection.py",     # the AMI sessions (panoramisk's transports)
     "test_store_db_loop.py",      # the writer's loop in a thread
     "test_api_limits.py",         # the HTTP gate's Protocol

@@ -235,6 +235,23 @@ async def test_calls_waiting_for_a_connection_go_together(
     assert statements == [12]
 
 
+async def test_a_call_a_turn_or_two_behind_joins_the_group(
+        pair: tuple[Member, Member], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call whose decision starts a loop turn or two after the group's (its session's
+    callback, then its task, as on a busy server) still goes in the group's statement."""
+    a, _ = pair
+    statements = count_statements(monkeypatch)
+
+    async def behind(turns: int) -> DutySlot | None:
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        return await a.shared.advance(HOTLINE, slots())
+
+    got = await asyncio.gather(behind(0), behind(1), behind(2))
+    assert [s.agent.id for s in got if s] == ["ann", "ben", "cai"]
+    assert statements == [3]
+
+
 async def test_a_lone_call_goes_at_once(pair: tuple[Member, Member]) -> None:
     a, _ = pair
     picked = [await a.shared.advance(HOTLINE, slots()) for _ in range(3)]
