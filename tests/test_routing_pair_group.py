@@ -8,6 +8,7 @@ once, and a group whose statement fails or outlasts the timeout."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from callhub.routing import shared as shared_module
 from callhub.routing.model import Agent, Line
 from callhub.routing.onduty import DutySlot
 from callhub.routing.shared import SharedPositionMetrics, SharedPositions
@@ -250,6 +252,42 @@ async def test_a_call_a_turn_or_two_behind_joins_the_group(
     got = await asyncio.gather(behind(0), behind(1), behind(2))
     assert [s.agent.id for s in got if s] == ["ann", "ben", "cai"]
     assert statements == [3]
+
+
+async def test_a_busy_loop_does_not_hold_a_group_for_all_its_turns(
+        pair: tuple[Member, Member], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each turn of this loop takes 1 ms of other work: the group goes after the turn that
+    passes GATHER_SECONDS, not after GATHER_TURNS of them."""
+    a, _ = pair
+    await a.shared.advance(HOTLINE, slots())  # the row exists; connections warm
+    loop = asyncio.get_running_loop()
+    turns = 0
+
+    def busy() -> None:
+        nonlocal turns
+        turns += 1
+        until = time.perf_counter() + 0.001
+        while time.perf_counter() < until:  # another PBX's events, say
+            pass
+        handle[0] = loop.call_soon(busy)
+
+    sent_at: list[int] = []
+    advance = rotation.advance
+
+    async def counted(*args: object, places: int = 1) -> list[tuple[str, int]]:
+        sent_at.append(turns)
+        return await advance(*args, places=places)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rotation, "advance", counted)
+    handle = [loop.call_soon(busy)]
+    try:
+        started = turns
+        await a.shared.advance(HOTLINE, slots())
+    finally:
+        handle[0].cancel()
+    # one turn of gathering, and the few every call takes (its task, the group's, ...)
+    assert sent_at and sent_at[0] - started < shared_module.GATHER_TURNS
+    assert shared_module.GATHER_SECONDS < 0.001
 
 
 async def test_a_lone_call_goes_at_once(pair: tuple[Member, Member]) -> None:

@@ -72,13 +72,16 @@ class SharedPositionMetrics:
                                      registry=r)
 
 
-# Loop turns a group stays open once the statement before it is done: a call whose
-# environment was already read (or whose connection was already accepted) is two or three
-# turns from joining it (the protocol's callback, the decision's task, its first step).
-# Without them, on uvloop (whose turns are quicker) a statement moved 1.1-1.3 calls
-# against 1.6 on asyncio's loop, and cost more CPU a call; with 2-4, 5.5-6.6k calls/s
-# and p99 4.8-7.2 ms against 3.6-5.5k and 7.5-13.0 ms (bench/route.py, shared, in turns).
-GATHER_TURNS = 3
+# A group stays open a few loop turns once the statement before it is done, so that
+# calls already on their way join it: a call whose environment was read (or whose
+# connection was accepted) is two or three turns from joining (the protocol's callback,
+# the decision's task, its first step), and the next sessions of a burst a few more.
+# bench/route.py, shared, uvloop, 4 runs each in turns: 3 turns p99 6.5-7.7 ms, 5.3-5.9k
+# calls/s; 5 turns 4.6-5.8 ms; 8 turns 4.5-5.7 ms, 6.8-7.5k calls/s; none (a statement
+# then moved 1.1-1.3 calls) 7.5-13.0 ms. At most GATHER_SECONDS, for a loop whose turns
+# are long (a daemon busy with many PBXs' events) must not hold a call for 8 of them.
+GATHER_TURNS = 8
+GATHER_SECONDS = 0.0005
 
 # A group's calls: the same line, candidates (agent id, rotation index) and rotation.
 _Key = tuple[str, tuple[tuple[str, int], ...], tuple[str, ...]]
@@ -101,6 +104,16 @@ class _Group:
     line: Line
     deadline: float
     calls: list[_Call] = field(default_factory=list)
+
+
+async def _gather() -> None:
+    """Let GATHER_TURNS loop turns pass, or fewer when they take GATHER_SECONDS."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + GATHER_SECONDS
+    for _ in range(GATHER_TURNS):
+        await asyncio.sleep(0)
+        if loop.time() >= until:
+            return
 
 
 class SharedPositions:
@@ -183,8 +196,7 @@ class SharedPositions:
         async with asyncio.timeout_at(group.deadline):
             if after is not None:
                 await asyncio.wait([after])  # not cancelled with this one
-            for _ in range(GATHER_TURNS):  # calls already on their way join this group
-                await asyncio.sleep(0)
+            await _gather()
             if not self.up:
                 return None
             conn = await self._idle.get()
