@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -191,13 +191,14 @@ async def test_a_pair_under_many_calls_at_once_goes_round_evenly(
     assert (row.agent, row.position) == ("dee", 3)
 
 
-def count_statements(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The places each statement moves, in the order they are sent."""
+def count_statements(monkeypatch: pytest.MonkeyPatch,
+                     noted: Callable[[int], int] = lambda places: places) -> list[int]:
+    """What `noted` says of each statement as it is sent (the places it moves), in order."""
     statements: list[int] = []
     advance = rotation.advance
 
     async def counted(*args: object, places: int = 1) -> list[tuple[str, int]]:
-        statements.append(places)
+        statements.append(noted(places))
         return await advance(*args, places=places)  # type: ignore[arg-type]
 
     monkeypatch.setattr(rotation, "advance", counted)
@@ -271,14 +272,7 @@ async def test_a_busy_loop_does_not_hold_a_group_for_all_its_turns(
             pass
         handle[0] = loop.call_soon(busy)
 
-    sent_at: list[int] = []
-    advance = rotation.advance
-
-    async def counted(*args: object, places: int = 1) -> list[tuple[str, int]]:
-        sent_at.append(turns)
-        return await advance(*args, places=places)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(rotation, "advance", counted)
+    sent_at = count_statements(monkeypatch, noted=lambda _: turns)  # the turn it went
     handle = [loop.call_soon(busy)]
     try:
         started = turns
