@@ -1,9 +1,11 @@
 """The event loop callhub runs on: uvloop where it is installed, asyncio's own otherwise.
 
 uvloop (libuv underneath) takes less CPU per connection and per read than
-asyncio's selector loop. Measured in turns with `bench/route.py`: the FastAGI
-server's p99 at 20 concurrent sessions 2.7-3.5 ms on uvloop against 5.5-6.6 ms,
-90 against 120 µs of server CPU a call (bench/README.md). `event_loop =
+asyncio's selector loop. Measured in turns with `bench/route.py` (bench/README.md):
+the FastAGI server's p99 at 20 concurrent sessions 2.7-3.5 ms on uvloop against
+5.5-6.6 ms on asyncio's, 85-95 against 115-125 µs of server CPU a call (the
+shared rotation position gathers its groups for uvloop's quicker turns:
+callhub/routing/shared.py). `event_loop =
 "asyncio"` in the configuration (or CALLHUB_EVENT_LOOP) keeps asyncio's loop,
 should uvloop ever misbehave on a site; `"uvloop"` insists on it.
 """
