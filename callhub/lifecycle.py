@@ -25,10 +25,11 @@ import asyncio
 import contextlib
 import gc
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import structlog
 
@@ -291,6 +292,14 @@ class Supervisor:
         if self.failure is None:
             self.failure = (task.name, exc)
         self.failed.set()
+
+
+async def cancel_and_wait(tasks: Collection[asyncio.Task[Any]]) -> None:
+    """Cancel `tasks` and wait until each has ended (whatever it raised): nothing of
+    theirs still runs once this returns."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 YOUNG_COLLECTION_EVERY = 10_000

@@ -45,6 +45,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from callhub.lifecycle import cancel_and_wait
 from callhub.routing.model import Line
 from callhub.routing.onduty import DutySlot
 from callhub.routing.state import RotationState
@@ -268,10 +269,7 @@ class SharedPositions:
     async def close(self) -> None:
         """Stop the statements still waiting or running (their calls are decided from the
         file) and give the kept connections back (before the engine is disposed)."""
-        tasks = list(self._moving)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(list(self._moving))
         await self._let_go(invalidate=False)
 
     def _down(self, exc: BaseException) -> None:

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from callhub.lifecycle import cancel_and_wait
 from callhub.loops import new_loop_like
 
 T = TypeVar("T")
@@ -75,7 +76,4 @@ class DbLoop:
 
 async def _cancel_the_rest() -> None:
     """Cancel every other task of the running loop and wait until they have ended."""
-    rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    for task in rest:
-        task.cancel()
-    await asyncio.gather(*rest, return_exceptions=True)
+    await cancel_and_wait([t for t in asyncio.all_tasks() if t is not asyncio.current_task()])
