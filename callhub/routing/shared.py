@@ -11,8 +11,9 @@ connection) are moved together, as group commit does: one statement moves the
 line k places and returns the k choices in order, what k statements in a row
 would have given. The 20 calls at once of bench/route.py otherwise queued on the
 row's lock, one statement after another. Only calls with the same candidates and
-rotation share a statement (the usual case); a lone call goes at once, it waits
-for no company.
+rotation share a statement (the usual case). A group waits for company only a
+few loop turns once the statement before it is done (`GATHER_TURNS`, at most
+`GATHER_SECONDS`): the calls already read by then join it.
 
 The statement runs on connections taken from routing's pool once, when sharing starts,
 and kept: taking one from SQLAlchemy's pool and giving it back cost ~50 us of CPU a
