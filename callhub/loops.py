@@ -57,7 +57,4 @@ def kind(loop: asyncio.AbstractEventLoop) -> str:
 def new_loop_like(loop: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
     """A new loop of the same kind as `loop`: a thread's loop beside the daemon's runs on
     what the daemon runs on (the tests' asyncio loop, the daemon's uvloop)."""
-    if kind(loop) == "uvloop":
-        import uvloop
-        return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
+    return loop_factory(kind(loop))()
