@@ -532,6 +532,7 @@ async def measure(base: str, f: dict[str, Any], args: argparse.Namespace,
 # -- main -------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
+    from callhub.loops import EVENT_LOOPS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", default=os.environ.get("CALLHUB_TEST_DATABASE_URL"),
                         help="PostgreSQL URL (default $CALLHUB_TEST_DATABASE_URL)")
@@ -552,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
                              "in turn, as `callhub run --workers N`")
     parser.add_argument("--endpoints", default="calls,worklist,stats",
                         help="which to measure (comma-separated)")
-    parser.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto",
                         help="the server's loop (default auto: uvloop where installed, as "
                              "`callhub run`)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)

@@ -640,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain", type=float, default=60.0,
                         help="seconds to wait for the last rows after the streams end")
     parser.add_argument("--log-level", default="info", help="callhub's log level")
-    parser.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+    parser.add_argument("--event-loop", choices=loops.EVENT_LOOPS, default="auto",
                         help="callhub's event_loop setting (default auto: uvloop where installed)")
     parser.add_argument("--ami-user", choices=("all", "shipped"), default="all",
                         help="all: every event of the stream goes out (--rate of them a "

@@ -592,6 +592,7 @@ def _combine(phase: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from callhub.loops import EVENT_LOOPS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000,
                         help="events in the synthetic stream (default 1,000,000)")
@@ -615,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--writer-batch-size", type=int, default=None,
                         help="writer phase: the CallWriter's batch_size for the capacity runs "
                              "(default: its default)")
-    parser.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="auto",
                         help="every phase's loop, panoramisk's too (default auto: uvloop where "
                              "installed, as `callhub run`)")
     parser.add_argument("--timeout", type=float, default=1800.0)

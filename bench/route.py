@@ -297,7 +297,7 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--modes", type=lambda s: s.split(","), default=["file", "shared"])
     parser.add_argument("--database-url", default=os.environ.get("CALLHUB_TEST_DATABASE_URL"))
-    parser.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+    parser.add_argument("--event-loop", choices=loops.EVENT_LOOPS, default="auto",
                         help="the server's loop (default auto: uvloop where installed, as "
                              "`callhub run`)")
     parser.add_argument("--serve", metavar="STATE_DIR", help=argparse.SUPPRESS)
