@@ -75,7 +75,7 @@ from callhub.store.db_loop import DbLoop
 from callhub.store.failures import Kind, classify, describe, sqlstate
 from callhub.store.save import AgentNames, Saved, save_calls
 from callhub.store.sms_queue import ContactLookup
-from callhub.store.spool import Position, Spool, encode
+from callhub.store.spool import Lines, Position, Spool
 
 log = structlog.get_logger(__name__)
 
@@ -103,19 +103,18 @@ class WriteGate(Protocol):
         ...
 
 
-async def _encoded(records: list[CallRecord]) -> list[bytes]:
+async def _encoded(records: list[CallRecord]) -> Lines:
     """The spool's lines of `records`, encoded on the event loop a slice at a time.
 
     In the spool's worker thread the encoding held the GIL for up to a switch
     interval (5 ms) each time the store loop got an answer from the database:
     a first batch of 2,000 calls waited ~60 ms in all. Here it runs while the
-    store loop waits, ENCODE_SLICE calls (about 1.5 ms) between yields."""
-    if len(records) <= ENCODE_SLICE:
-        return encode(records)
-    lines: list[bytes] = []
+    store loop waits, ENCODE_SLICE calls (under a millisecond) between yields."""
+    lines = Lines()
     for start in range(0, len(records), ENCODE_SLICE):
-        lines += encode(records[start:start + ENCODE_SLICE])
-        await asyncio.sleep(0)
+        if start:
+            await asyncio.sleep(0)
+        lines.add(records[start:start + ENCODE_SLICE])
     return lines
 
 
