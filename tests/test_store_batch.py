@@ -231,7 +231,8 @@ async def test_batches_store_what_one_by_one_stores(db_factory: DbFactory,
             async with oracle_db.begin() as conn:
                 expected_seconds += await oracle_save(conn, batch, settings)
             async with batched_db.begin() as conn:
-                saved = await save_calls(conn, batch, settings)
+                # retried: as the writer stores (calls found new are inserted, not merged)
+                saved = await save_calls(conn, batch, settings, retried=rng.random() < 0.5)
             got_seconds += saved.callback_seconds
             assert len(saved.ids) == len(batch)
             listed_twice += len(batch) - len({(r.pbx, r.linkedid) for r in batch})
@@ -243,6 +244,28 @@ async def test_batches_store_what_one_by_one_stores(db_factory: DbFactory,
         await clear(batched_db)
     # The histories did exercise what matters: callbacks and calls written twice.
     assert handled > scenarios and listed_twice > scenarios
+
+
+async def test_a_writers_batches_of_new_and_stored_calls_store_what_one_by_one_stores(
+        db_factory: DbFactory, store_settings: Settings) -> None:
+    """Batches as the writer sends them (`retried`), big enough for COPY: the first all
+    new calls (inserted, their ids matched to the records by order), the second new ones
+    and calls of the first again (merged). Every call with its own attempts and worklist
+    links, as one by one."""
+    oracle_db, batched_db = await migrated_pair(db_factory, "oracle", "batched")
+    rng = random.Random(20261202)
+    size = 3 * bulk.COPY_FROM
+    history = [replace(random_call(rng, n), linkedid=f"{n}.7") for n in range(2 * size)]
+    first = history[:size]
+    second = history[size:] + [replace(r, caller_name="again") for r in rng.sample(first, 8)]
+    assert sum(len(r.attempts) for r in first) > size // 4
+    for batch in (first, second):
+        async with oracle_db.begin() as conn:
+            await oracle_save(conn, batch, store_settings)
+        async with batched_db.begin() as conn:
+            saved = await save_calls(conn, batch, store_settings, retried=True)
+        assert len(saved.ids) == len(batch)
+    assert await state(batched_db) == await state(oracle_db)
 
 
 def busy_hour(prefix: str, n: int) -> list[CallRecord]:

@@ -56,7 +56,7 @@ async def upsert_calls(conn: AsyncConnection, records: Sequence[CallRecord], now
         return [], meanwhile()
     copies = bulk.copies(conn, len(records))
     if copies:
-        by_key, (tails, done) = await bulk.merge_calls(
+        ids, (tails, done) = await bulk.merge_calls(
             conn, records, now, meanwhile=lambda: (attempt_tails(records), meanwhile()),
             new=retried and stored is not None and not stored)
     else:
@@ -64,8 +64,8 @@ async def upsert_calls(conn: AsyncConnection, records: Sequence[CallRecord], now
         rows = [call_row(r, now) for r in records]
         result = await conn.execute(_upsert(conn.dialect.name, tuple(rows[0])), rows)
         by_key = {(row.pbx, row.linkedid): row.id for row in result}
+        ids = [by_key[(r.pbx, r.linkedid)] for r in records]
         tails = attempt_tails(records)
-    ids = [by_key[(r.pbx, r.linkedid)] for r in records]
     replaced = ids if stored is None else sorted(stored)
     attempt_rows = with_ids(ids, tails)
     if copies:
