@@ -192,12 +192,22 @@ async def test_run_mix_overlapping_calls_match_what_they_should_produce(
     assert compare_synth(collector.records, calls) == []
 
 
-async def test_simulate_command_serves_a_mix_until_interrupted() -> None:
+def _ignore_sigint() -> None:
+    """As a background job of a script starts: SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize(("stop", "background"), [
+    (signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)],
+    ids=["ctrl-c", "sigterm", "ctrl-c-started-in-background"])
+async def test_simulate_command_serves_a_mix_until_interrupted(
+        stop: signal.Signals, background: bool) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "callhub", "simulate", "--listen", "127.0.0.1:0", "--mix",
         "--rate", "60", "--seed", "3", "--speed", "200", "--secret", SIM_SECRET,
         "--log-level", "warning",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        preexec_fn=_ignore_sigint if background else None)
     try:
         assert proc.stdout is not None
         line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
@@ -214,8 +224,13 @@ async def test_simulate_command_serves_a_mix_until_interrupted() -> None:
             await ingest.stop()
         assert len(set(collector.linkedids())) == len(collector.records)
     finally:
-        proc.send_signal(signal.SIGINT)
-        _, stderr = await asyncio.wait_for(proc.communicate(), 20)
+        proc.send_signal(stop)
+        try:
+            _, stderr = await asyncio.wait_for(proc.communicate(), 20)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise AssertionError(f"simulate did not stop on {stop.name}") from None
     assert proc.returncode == 0, stderr.decode()
 
 

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import random
+import signal
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -96,7 +97,7 @@ def add_parser(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
         "simulate", help="run an AMI simulator (replayed traces or synthetic calls)",
         description="Serve AMI like Asterisk 22 does (banner, Login, Ping, "
-                    "CoreShowChannels, Logoff, events) until Ctrl-C. Events come from "
+                    "CoreShowChannels, Logoff, events) until Ctrl-C or SIGTERM. Events come from "
                     "recorded traces (--trace) and/or a steady mix of synthetic calls "
                     "(--mix) cut from recorded Asterisk calls, renamed and re-timed.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -178,13 +179,39 @@ async def _simulate(args: argparse.Namespace, host: str, port: int) -> None:
     if args.agi:
         jobs.append(asyncio.create_task(_agi_calls(sim, args, speed)))
     try:
-        if jobs:
-            await asyncio.gather(*jobs)
-        await asyncio.Event().wait()  # keep serving until Ctrl-C
+        await _serve_until_stopped(jobs)
     finally:
         for job in jobs:
             job.cancel()
         await sim.stop()
+
+
+async def _serve_until_stopped(jobs: list[asyncio.Task[Any]]) -> None:
+    """Until SIGINT or SIGTERM, as `callhub run`; a job that fails ends it sooner.
+
+    Handled here, not left to Python's KeyboardInterrupt: a simulator started in
+    the background by a script inherits SIGINT ignored, and a service manager
+    sends SIGTERM."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        if jobs:
+            done = asyncio.ensure_future(asyncio.gather(*jobs))
+            await asyncio.wait({done, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if done.done():
+                done.result()  # a job's failure is the command's
+            else:
+                done.cancel()
+        await stopped
+    finally:
+        stopped.cancel()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
 
 
 async def _replay(sim: AmiSimulator, traces: list[str], speed: float | None,
