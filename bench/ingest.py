@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import json
 import os
 import statistics
@@ -168,6 +167,7 @@ async def phase_panoramisk(port: int, manifest: Manifest) -> dict[str, Any]:
 async def phase_callhub(port: int, manifest: Manifest) -> dict[str, Any]:
     from callhub.ami.correlator import Correlator
     from callhub.ami.parser import EventFilter, MessageSplitter
+    from callhub.lifecycle import settle_heap
     from callhub.metrics.collectors import CallhubMetrics
 
     loop = asyncio.get_running_loop()
@@ -179,7 +179,7 @@ async def phase_callhub(port: int, manifest: Manifest) -> dict[str, Any]:
     splitter = MessageSplitter(wanted=wanted)
     check = RecordCheck(manifest)
     sampler = Sampler(manifest.events // 2)
-    gc.collect()
+    settle_heap()  # as `callhub run` does once started (panoramisk's phase runs bare)
 
     class Pipeline(asyncio.Protocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -224,6 +224,7 @@ async def _ingest_run(port: int, manifest: Manifest, prefix: str,
     """PbxIngest against the server until BenchEnd; its figures and the ingest."""
     from callhub.ami.ingest import PbxIngest
     from callhub.ami.parser import EventFilter
+    from callhub.lifecycle import settle_heap
     from callhub.metrics.collectors import CallhubMetrics
     from callhub.routing.busy import BusyTracker
 
@@ -253,7 +254,7 @@ async def _ingest_run(port: int, manifest: Manifest, prefix: str,
     busy = BusyTracker()
     ingest.add_listener(busy.feed, BusyTracker.EVENTS)
     ingest.add_listener(listener, EventFilter(frozenset({END_EVENT, "Newchannel"})))
-    gc.collect()
+    settle_heap()  # as `callhub run` does once started (panoramisk's phase runs bare)
     started, cpu = time.perf_counter(), time.process_time()
     await ingest.start()
     await done
