@@ -21,7 +21,8 @@ Measured:
   separate connection polls `calls` every `--poll` seconds, which adds up to
   that much to each lag); p50/p99/max, target p99 < 1 s;
 - the callhub process's CPU share (user+sys over wall, /proc/<pid>/stat),
-  from the start of the streams to the last row, and its RSS (peak, end);
+  from the start of the streams to the last row, its page faults over the
+  same window, and its RSS (peak, end);
 - the PostgreSQL backends serving callhub, the AMI servers, and the whole
   machine's busy share over the same window (what else the cores were doing);
 - calls stored against calls sent: none lost, none twice, none unknown, every
@@ -230,6 +231,13 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def page_faults(pid: int) -> int:
+    """Minor page faults of a process (/proc/<pid>/stat): 2.5 us each on the VM of
+    bench/README.md."""
+    with open(f"/proc/{pid}/stat") as fh:
+        return int(fh.read().rsplit(")", 1)[1].split()[7])
 
 
 def runqueue_wait_seconds(pid: int) -> float:
@@ -453,6 +461,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         rss_start = rss_peak
         t0 = time.time() + 0.3
         cpu0, busy0, waited0 = cpu_seconds(pid), machine_busy(), runqueue_wait_seconds(pid)
+        faults0 = page_faults(pid)
         server_cpu0 = sum(cpu_seconds(p.pid) for p in servers)
         pg_cpu0: dict[int, float] = {}
         for row in await poll.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1 "
@@ -488,6 +497,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             await asyncio.sleep(args.poll)  # the poll's period (measuring, not syncing)
         window = time.time() - t0
         cpu1, busy1, waited1 = cpu_seconds(pid), machine_busy(), runqueue_wait_seconds(pid)
+        faults = page_faults(pid) - faults0
         if streamed is None:  # every row was there before the servers reported
             streamed = (cpu1 - cpu0, window)
         server_cpu = sum(cpu_seconds(p.pid) for p in servers) - server_cpu0
@@ -551,6 +561,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                                                     * 1000, 2) if offered_events else None,
             "callhub_cpu_ms_per_call": round(1000 * (cpu1 - cpu0) / len(stored), 3)
             if stored else None,
+            "callhub_page_faults": faults,
             "callhub_rss_start_mb": round(rss_start), "callhub_rss_peak_mb": round(rss_peak),
             "callhub_rss_end_mb": round(rss_end),
             "postgres_cpu_s": round(pg_cpu, 1),
