@@ -255,12 +255,19 @@ async def test_api_port_in_use_names_the_setting_and_no_tokens_warns(tmp_path: P
     assert "callhub API:" not in out
 
 
+def _printed_by(script: str) -> Any:
+    """What `script`, run in a Python process of its own, printed as JSON (settle_heap
+    changes the whole process)."""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, timeout=60)
+    return json.loads(out.stdout)
+
+
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt's M_TOP_PAD is glibc's")
 def test_a_settled_heap_keeps_its_top_so_freed_blocks_cost_no_page_faults() -> None:
-    # In a process of its own: it changes the whole process. Blocks of 100 kB (a socket
-    # read's size, under glibc's mmap threshold) made and freed 30 at a time, more than
-    # the holes in the heap hold: glibc gives the top back after each round and faults it
-    # in again at the next, unless the top is kept.
+    # Blocks of 100 kB (a socket read's size, under glibc's mmap threshold) made and
+    # freed 30 at a time, more than the holes in the heap hold: glibc gives the top back
+    # after each round and faults it in again at the next, unless the top is kept.
     script = (
         "import json, resource\n"
         "from callhub.lifecycle import settle_heap\n"
@@ -273,15 +280,12 @@ def test_a_settled_heap_keeps_its_top_so_freed_blocks_cost_no_page_faults() -> N
         "before = faults()\n"
         "settle_heap()\n"
         "print(json.dumps([before, faults()]))\n")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         check=True, timeout=60)
-    before, after = json.loads(out.stdout)
+    before, after = _printed_by(script)
     assert before > 50 * 100  # each round faulted most of its 3 MB in again
     assert after < before / 20
 
 
 def test_settle_heap_freezes_what_the_process_built_and_collects_the_young_less_often() -> None:
-    # In a process of its own: it changes the whole interpreter.
     script = (
         "import gc, json\n"
         "from callhub.lifecycle import YOUNG_COLLECTION_EVERY, settle_heap\n"
@@ -290,9 +294,7 @@ def test_settle_heap_freezes_what_the_process_built_and_collects_the_young_less_
         "settle_heap()\n"
         "print(json.dumps([before, gc.get_freeze_count(), gc.get_threshold(),\n"
         "                  YOUNG_COLLECTION_EVERY, len(kept)]))\n")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         check=True, timeout=60)
-    before, frozen, threshold, young, _ = json.loads(out.stdout)
+    before, frozen, threshold, young, _ = _printed_by(script)
     assert before == 0
     assert frozen >= 1000
     assert threshold[0] == young > 700
