@@ -54,7 +54,7 @@ class Lines:
     line's length.
 
     One buffer, not a bytes object a line: 2,000 lines kept as they came from
-    orjson (each in a fresh allocation of the C heap) cost ~4 page faults a
+    orjson (each in a fresh allocation of the C heap) cost ~1.2 page faults a
     line, 2.5 us each on a VM, and the join before the write copied them all
     again: 6.0 against 3.3 us a call to encode and join (bench/README.md)."""
 
