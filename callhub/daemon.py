@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -43,7 +42,7 @@ from callhub.api.health import database_check
 from callhub.api.workers import Workers
 from callhub.config import Settings
 from callhub.desk import desk_operations, setup_desk
-from callhub.lifecycle import Supervisor, describe, settle_heap
+from callhub.lifecycle import Supervisor, describe, settle_heap, stopped_by_signals
 from callhub.metrics.collectors import CallhubMetrics
 from callhub.metrics.http import metrics_handler
 from callhub.records import CallRecord
@@ -423,11 +422,7 @@ async def serve(d: Daemon, parts: Sequence[Part] = PARTS, *, before: Sequence[Pa
     A task under the `stop` policy that dies stops it too: PartFailed is raised
     after the clean stop.
     """
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, d.stopping.set)
-    try:
+    with stopped_by_signals(d.stopping):
         async with running(d, parts, before=before, after=after):
             waiters = {asyncio.ensure_future(d.stopping.wait()),
                        asyncio.ensure_future(d.supervisor.failed.wait())}
@@ -439,7 +434,3 @@ async def serve(d: Daemon, parts: Sequence[Part] = PARTS, *, before: Sequence[Pa
         if d.supervisor.failure is not None:
             name, exc = d.supervisor.failure
             raise PartFailed(f"{name} failed ({describe(exc)}); its policy stops the daemon")
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(sig)

@@ -21,7 +21,6 @@ import asyncio
 import functools
 import multiprocessing
 import os
-import signal
 import socket
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
@@ -37,7 +36,7 @@ from callhub.api import limits as http_limits
 from callhub.api.app import make_app
 from callhub.api.base import Handler
 from callhub.config import Settings
-from callhub.lifecycle import PartDown, Supervisor, Task, settle_heap
+from callhub.lifecycle import PartDown, Supervisor, Task, settle_heap, stopped_by_signals
 from callhub.logs import configure_logging
 from callhub.store.db import Database
 
@@ -125,11 +124,9 @@ def _child(settings: Settings, channel: socket.socket, main_url: str) -> None:
 
     async def run() -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        # settle_heap: this process is the worker's own.
-        await serve(settings, channel, main_url, stop, settle_heap)
+        with stopped_by_signals(stop):
+            # settle_heap: this process is the worker's own.
+            await serve(settings, channel, main_url, stop, settle_heap)
 
     loops.run(run(), settings.event_loop)
 

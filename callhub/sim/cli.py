@@ -11,13 +11,13 @@ import argparse
 import asyncio
 import contextlib
 import random
-import signal
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import structlog
 
 from callhub.config import ConfigError, parse_listen
+from callhub.lifecycle import stopped_by_signals
 from callhub.logs import configure_logging
 from callhub.sim.ami_server import AmiSimulator
 from callhub.sim.calls import CallFactory
@@ -187,31 +187,21 @@ async def _simulate(args: argparse.Namespace, host: str, port: int) -> None:
 
 
 async def _serve_until_stopped(jobs: list[asyncio.Task[Any]]) -> None:
-    """Until SIGINT or SIGTERM, as `callhub run`; a job that fails ends it sooner.
-
-    Handled here, not left to Python's KeyboardInterrupt: a simulator started in
-    the background by a script inherits SIGINT ignored, and a service manager
-    sends SIGTERM."""
-    loop = asyncio.get_running_loop()
+    """Until SIGINT or SIGTERM, as `callhub run`; a job that fails ends it sooner."""
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    stopped = asyncio.ensure_future(stop.wait())
-    try:
-        if jobs:
-            done = asyncio.ensure_future(asyncio.gather(*jobs))
-            await asyncio.wait({done, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            if done.done():
-                done.result()  # a job's failure is the command's
-            else:
-                done.cancel()
-        await stopped
-    finally:
-        stopped.cancel()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(sig)
+    with stopped_by_signals(stop):
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            if jobs:
+                done = asyncio.ensure_future(asyncio.gather(*jobs))
+                await asyncio.wait({done, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                if done.done():
+                    done.result()  # a job's failure is the command's
+                else:
+                    done.cancel()
+            await stopped
+        finally:
+            stopped.cancel()
 
 
 async def _replay(sim: AmiSimulator, traces: list[str], speed: float | None,
