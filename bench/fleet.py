@@ -226,18 +226,22 @@ async def serve_main(template: Template, pbxs: list[int], rate: float, spread: f
 
 # -- measuring the callhub process ----------------------------------------------------------
 
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command's name (the state first)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
+    fields = _stat(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def page_faults(pid: int) -> int:
     """Minor page faults of a process (/proc/<pid>/stat): 2.5 us each on the VM of
     bench/README.md."""
-    with open(f"/proc/{pid}/stat") as fh:
-        return int(fh.read().rsplit(")", 1)[1].split()[7])
+    return int(_stat(pid)[7])
 
 
 def runqueue_wait_seconds(pid: int) -> float:
