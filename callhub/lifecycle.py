@@ -365,6 +365,6 @@ def keep_heap_top() -> bool:
     top kept, 640 (bench/README.md). The process keeps up to 4 MiB more."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # TypeError: Windows opens no process
         return False
     return bool(mallopt(_M_TOP_PAD, HEAP_TOP_PAD))
