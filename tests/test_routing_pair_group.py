@@ -195,13 +195,13 @@ def count_statements(monkeypatch: pytest.MonkeyPatch,
                      noted: Callable[[int], int] = lambda places: places) -> list[int]:
     """What `noted` says of each statement as it is sent (the places it moves), in order."""
     statements: list[int] = []
-    advance = rotation.advance
+    advance_on = rotation.advance_on
 
     async def counted(*args: object, places: int = 1) -> list[tuple[str, int]]:
         statements.append(noted(places))
-        return await advance(*args, places=places)  # type: ignore[arg-type]
+        return await advance_on(*args, places=places)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(rotation, "advance", counted)
+    monkeypatch.setattr(rotation, "advance_on", counted)
     return statements
 
 

@@ -17,8 +17,9 @@ few loop turns once the statement before it is done (`GATHER_TURNS`, at most
 
 The statement runs on connections taken from routing's pool once, when sharing starts,
 and kept: taking one from SQLAlchemy's pool and giving it back cost ~50 us of CPU a
-call, a fifth of a shared-mode call's in callhub (bench/route.py). One more connection
-stays in the pool for `reconcile`.
+call, a fifth of a shared-mode call's in callhub (bench/route.py), and so is the asyncpg
+connection under each (asking SQLAlchemy for it cost ~25 us a statement). One more
+connection stays in the pool for `reconcile`.
 
 When PostgreSQL does not answer within `timeout` (0.25 s: the dialplan is
 waiting; a group's from its first call), that call (every call of its group) and
@@ -41,6 +42,7 @@ import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -51,7 +53,7 @@ from callhub.routing.model import Line
 from callhub.routing.onduty import DutySlot
 from callhub.routing.state import RotationState
 from callhub.store import rotation
-from callhub.store.db import Database
+from callhub.store.db import Database, driver_connection
 
 log = structlog.get_logger(__name__)
 
@@ -87,6 +89,8 @@ GATHER_SECONDS = 0.0005
 
 # A group's calls: the same line, candidates (agent id, rotation index) and rotation.
 _Key = tuple[str, tuple[tuple[str, int], ...], tuple[str, ...]]
+# A kept connection and the asyncpg connection under it.
+_Kept = tuple[AsyncConnection, Any]
 
 
 @dataclass(slots=True)
@@ -128,7 +132,9 @@ class SharedPositions:
         self.db = db
         self.local = local
         self.connections = connections  # kept for `advance` (the pool needs one more)
-        self._idle: asyncio.Queue[AsyncConnection] = asyncio.Queue()
+        # Each kept connection with its asyncpg connection, taken once (callhub.store.
+        # rotation.advance_on): asking SQLAlchemy for it cost ~25 us of CPU a statement.
+        self._idle: asyncio.Queue[_Kept] = asyncio.Queue()
         self._held: set[AsyncConnection] = set()
         self._open: dict[_Key, _Group] = {}  # calls joining before their statement goes
         self._last: dict[_Key, asyncio.Task[None]] = {}  # each key's latest statement
@@ -201,18 +207,19 @@ class SharedPositions:
             await _gather()
             if not self.up:
                 return None
-            conn = await self._idle.get()
+            kept = await self._idle.get()
             self._close(group)  # the calls from now on make the next group
             _, candidates, _ = group.key
+            conn, driver = kept
             try:
-                moves = await rotation.advance(
-                    conn, group.line.name, candidates, group.line.rotation,
+                moves = await rotation.advance_on(
+                    driver, group.line.name, candidates, group.line.rotation,
                     group.calls[-1].at, places=len(group.calls))
             except BaseException:
                 self._held.discard(conn)
                 await conn.invalidate()  # never used again half-used
                 raise
-        await self._give_back(conn)
+        await self._give_back(kept)
         return moves
 
     def _close(self, group: _Group) -> None:
@@ -228,18 +235,18 @@ class SharedPositions:
                 return slot
         return None  # cannot happen: the database picks one of `eligible`
 
-    async def _give_back(self, conn: AsyncConnection) -> None:
-        if conn in self._held:
-            self._idle.put_nowait(conn)
+    async def _give_back(self, kept: _Kept) -> None:
+        if kept[0] in self._held:
+            self._idle.put_nowait(kept)
         else:  # let go meanwhile (another call failed): to the pool, not kept
-            await conn.close()
+            await kept[0].close()
 
     async def _let_go(self, *, invalidate: bool = True) -> None:
         """Stop keeping the idle connections (those in use follow when done): invalidated
         (a dead database: no goodbye awaited) or given back to the pool."""
         self._held.clear()
         while not self._idle.empty():
-            conn = self._idle.get_nowait()
+            conn, _ = self._idle.get_nowait()
             await (conn.invalidate() if invalidate else conn.close())
 
     async def _hold(self) -> None:
@@ -248,16 +255,21 @@ class SharedPositions:
         fail to open are logged and left out; calls then wait for the others."""
         await self._let_go(invalidate=False)
 
-        async def connect() -> AsyncConnection:
-            return await self.db.engine.connect()
+        async def connect() -> _Kept:
+            conn = await self.db.engine.connect()
+            try:
+                return conn, await driver_connection(conn)
+            except BaseException:
+                await conn.close()
+                raise
 
         opened = await asyncio.gather(*(connect() for _ in range(self.connections)),
                                       return_exceptions=True)
         failed = [c for c in opened if isinstance(c, BaseException)]
-        for conn in opened:
-            if isinstance(conn, AsyncConnection):
-                self._held.add(conn)
-                self._idle.put_nowait(conn)
+        for kept in opened:
+            if not isinstance(kept, BaseException):
+                self._held.add(kept[0])
+                self._idle.put_nowait(kept)
         if failed:
             log.warning("db.pool_not_opened", pool="routing", opened=len(self._held),
                         error=type(failed[0]).__name__)

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -88,11 +89,20 @@ async def advance(conn: AsyncConnection, line: str, candidates: Sequence[tuple[s
     `places` calls one after another would get. One statement, committed on its own (no
     transaction is open on `conn`), so the row lock is held only while PostgreSQL runs it.
     PostgreSQL (asyncpg) only."""
+    return await advance_on(await driver_connection(conn), line, candidates, rotation, now,
+                            places)
+
+
+async def advance_on(driver: Any, line: str, candidates: Sequence[tuple[str, int]],
+                     rotation: Sequence[str], now: datetime,
+                     places: int = 1) -> list[tuple[str, int]]:
+    """`advance` on the asyncpg connection itself: for a caller that keeps its connection
+    and took the driver's once (SQLAlchemy's `get_raw_connection` is a greenlet switch,
+    ~25 us of CPU a statement, a fifth of a lone routed call's in SharedPositions)."""
     if not candidates:
         raise ValueError("advance needs at least one candidate")
     if places < 1:
         raise ValueError("advance moves at least one place")
-    driver = await driver_connection(conn)
     args = (line, now, [a for a, _ in candidates], [p for _, p in candidates],
             list(rotation), max(len(rotation), 1), places)
     for _ in range(_ATTEMPTS):
