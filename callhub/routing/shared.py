@@ -202,7 +202,7 @@ class SharedPositions:
                              after: asyncio.Task[None] | None) -> list[tuple[str, int]] | None:
         """The group's moves, or None when sharing stopped while it waited (the file)."""
         async with asyncio.timeout_at(group.deadline):
-            if after is not None:
+            if after is not None and not after.done():
                 await asyncio.wait([after])  # not cancelled with this one
             await _gather()
             if not self.up:
