@@ -401,6 +401,11 @@ def pg_urls(url: str, name: str) -> tuple[str, str, str]:
 async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import asyncpg
 
+    # SIGTERM (a harness giving up on the run) cancels it, so that its `finally` stops
+    # the daemon and the servers and drops the database; by default they outlive it.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     events = int(args.rate * args.duration)
     manifest = stream(events, seed=args.seed, cache_dir=args.cache_dir)
     template = make_template(manifest)
@@ -691,6 +696,10 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="callhub-fleet-"))
     try:
         figures = report(asyncio.run(run(args, work)))
+    except asyncio.CancelledError:
+        print("fleet: stopped by SIGTERM; the daemon, the servers and the database are gone",
+              file=sys.stderr, flush=True)
+        return 128 + signal.SIGTERM
     finally:
         if args.keep:
             print(f"fleet: kept {work} (callhub.toml, callhub.log)", flush=True)

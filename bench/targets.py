@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -86,24 +87,40 @@ def run_bench(bench: Bench, extra: list[str], env: dict[str, str],
     missed figure's run said besides the figure.
     """
     command = [sys.executable, str(BENCH / bench.args[0]), *bench.args[1:], *extra]
-    try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True,
-                              timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        print(f"  {bench.name}: no answer within {timeout:.0f} s", flush=True)
-        return None
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stop(proc)
+            print(f"  {bench.name}: no answer within {timeout:.0f} s", flush=True)
+            return None
+        except BaseException:  # Ctrl-C or SIGTERM here: the bench cleans up first
+            stop(proc)
+            raise
     if save is not None:
         stamp = time.strftime("%H%M%S")
         (save / f"{stamp}-{bench.name}.out").write_text(
-            f"$ {' '.join(command)}\n{done.stdout}\n--- stderr\n{done.stderr}")
-    lines = done.stdout.strip().splitlines()
+            f"$ {' '.join(command)}\n{stdout}\n--- stderr\n{stderr}")
+    lines = stdout.strip().splitlines()
     try:
         result: dict[str, Any] = json.loads(lines[-1])
     except (IndexError, json.JSONDecodeError):
-        tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        print(f"  {bench.name}: failed (exit {done.returncode}): {tail}", flush=True)
+        tail = (stderr.strip().splitlines() or ["(no output)"])[-1]
+        print(f"  {bench.name}: failed (exit {proc.returncode}): {tail}", flush=True)
         return None
     return result
+
+
+def stop(proc: subprocess.Popen[str], grace: float = 60) -> None:
+    """SIGTERM, so that the bench stops its servers and drops its database; SIGKILL
+    if it has not ended within `grace` seconds."""
+    proc.terminate()
+    try:
+        proc.communicate(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
 
 
 def record(bench: Bench, result: dict[str, Any] | None, tallies: dict[str, Tally]) -> None:
@@ -137,6 +154,8 @@ def main() -> int:
     parser.add_argument("--save", type=Path, metavar="DIR",
                         help="write each run's whole output to a file in DIR")
     args = parser.parse_args()
+    # SIGTERM stops the bench running now as Ctrl-C does (run_bench), then this.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     skip = {name for name in args.skip.split(",") if name}
     unknown = skip - {b.name for b in (*IN_TURNS, INGEST)}
     if unknown:
@@ -183,4 +202,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("targets: stopped; the bench that was running stopped first", file=sys.stderr)
+        sys.exit(130)
