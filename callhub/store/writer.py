@@ -83,8 +83,7 @@ StoredListener = Callable[[Sequence[CallRecord], Saved], None]
 SUSPECT_TRIES = 3  # a lone call failing with an unclassified error while the database answers
 PING_TIMEOUT = 5.0
 KEEP_IDLE = 5.0  # seconds the writer keeps its connection after its last batch
-ENCODE_SLICE = 250  # calls encoded for the spool at a time (~0.7 ms)
-ENCODE_BUDGET = 0.004  # seconds of encoding before the event loop gets a turn
+ENCODE_SLICE = 250  # calls encoded for the spool between two turns of the event loop
 
 
 class WriteGate(Protocol):
@@ -110,16 +109,11 @@ async def _encoded(records: list[CallRecord]) -> Lines:
     In the spool's worker thread the encoding held the GIL for up to a switch
     interval (5 ms) each time the store loop got an answer from the database:
     a first batch of 2,000 calls waited ~60 ms in all. Here it runs while the
-    store loop waits, ENCODE_SLICE calls (under a millisecond) at a time, and
-    yields once ENCODE_BUDGET has passed: on a loop busy with 100 PBXs a yield
-    waits for a whole turn of it (tens of milliseconds), and one after every
-    slice held a batch of 1,600 calls up to a second (bench/fleet.py)."""
+    store loop waits, ENCODE_SLICE calls (under a millisecond) between yields."""
     lines = Lines()
-    began = time.perf_counter()
     for start in range(0, len(records), ENCODE_SLICE):
-        if start and time.perf_counter() - began >= ENCODE_BUDGET:
+        if start:
             await asyncio.sleep(0)
-            began = time.perf_counter()
         lines.add(records[start:start + ENCODE_SLICE])
     return lines
 
