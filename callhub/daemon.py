@@ -34,6 +34,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from callhub import loops
+from callhub.ami import native
 from callhub.ami.ingest import PbxIngest
 from callhub.api import limits as http_limits
 from callhub.api.app import make_app
@@ -406,7 +407,12 @@ async def running(d: Daemon, parts: Sequence[Part] = PARTS, *, before: Sequence[
             for part in (*before, *parts, *after):
                 await stack.enter_async_context(part(d))
             log.info("daemon.started", pbxs=[p.name for p in d.settings.pbxs], demo=d.demo,
-                     event_loop=loops.kind(asyncio.get_running_loop()))
+                     event_loop=loops.kind(asyncio.get_running_loop()),
+                     ami_hot_path=native.CHOSEN.runs)
+            if native.CHOSEN.stale:
+                log.warning("ami.native_stale", reason=native.CHOSEN.reason,
+                            hint="the AMI parser and correlator run as Python, about a "
+                                 "third slower: installing callhub again compiles them")
             yield d
             log.info("daemon.stopping")
     finally:

@@ -19,6 +19,7 @@ import pytest
 from ami_fixtures import sim_pbx
 from store_fixtures import TOKENS, DbFactory, auth
 
+from callhub.ami import native
 from callhub.config import ApiToken, Settings
 from callhub.daemon import Daemon, StartupError, running
 from callhub.sim.ami_server import AmiSimulator
@@ -191,6 +192,9 @@ async def test_demo_process_serves_calls_and_flushes_on_sigterm(tmp_path: Path) 
     assert "api.no_tokens" not in events  # the demo made an admin token
     assert events["daemon.stopped"]["pending_calls"] == 0
     assert events["daemon.started"]["event_loop"] == "uvloop"  # installed with callhub
+    # which build of the AMI parser and correlator runs: the one this install chose
+    assert events["daemon.started"]["ami_hot_path"] == native.CHOSEN.runs
+    assert "ami.native_stale" not in events
     logged = {e["linkedid"] for e in entries if e["event"] == "call.finished"}
     with sqlite3.connect(tmp_path / "callhub.db") as conn:
         stored = {row[0] for row in conn.execute("SELECT linkedid FROM calls")}
