@@ -331,9 +331,12 @@ class Daemon:
         self.drops = 0  # AMI sessions callhub gave up (a Ping unanswered behind a backlog)
         self.finished: dict[tuple[str, str], float] = {}  # its call.finished log lines' times
         self.lines = 0
+        self.hot_path: str | None = None  # compiled or python (its daemon.started line)
 
     async def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CALLHUB_")}
+        # Its own config only; CALLHUB_PURE_PYTHON (which build runs) passes through.
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("CALLHUB_") or k == "CALLHUB_PURE_PYTHON"}
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "callhub", "--config", str(self.config), "run", env=env,
             cwd=str(self.config.parent), stdout=asyncio.subprocess.DEVNULL,
@@ -358,6 +361,7 @@ class Daemon:
                     if event.get("event") == "ami.connected":
                         self.connected.add(str(event.get("pbx")))
                     elif event.get("event") == "daemon.started":
+                        self.hot_path = event.get("ami_hot_path")
                         self.started.set()
                     else:
                         self.errors.append(raw.decode("utf-8", "replace")[:300])
@@ -459,6 +463,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             assert proc.stdout is not None
             assert (await proc.stdout.readline()).strip() == b"ready"
         figures["startup_s"] = round(time.perf_counter() - started, 1)
+        figures["ami_hot_path"] = daemon.hot_path
         assert daemon.proc is not None
         pid = daemon.proc.pid
         print(f"fleet: callhub run (pid {pid}) logged in to {len(daemon.connected)} PBXs in "

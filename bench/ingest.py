@@ -164,6 +164,14 @@ async def phase_panoramisk(port: int, manifest: Manifest) -> dict[str, Any]:
             **sampler.figures("panoramisk")}
 
 
+def _hot_path() -> str:
+    """compiled or python: how callhub's parser and correlator run in the callhub phases
+    (callhub/ami/native.py; CALLHUB_PURE_PYTHON=1 compares the two)."""
+    from callhub.ami import native
+
+    return native.CHOSEN.runs
+
+
 async def phase_callhub(port: int, manifest: Manifest) -> dict[str, Any]:
     from callhub.ami.correlator import Correlator
     from callhub.ami.parser import EventFilter, MessageSplitter
@@ -639,7 +647,8 @@ def main(argv: list[str] | None = None) -> int:
         "events": manifest.events, "calls": manifest.calls,
         "stream_mb": round(manifest.bytes / 1e6, 1),
         "expected_outcomes": dict(manifest.expected_outcomes), "cpus": os.cpu_count(),
-        "python": sys.version.split()[0], "event_loop": _resolved_loop(args.event_loop)}
+        "python": sys.version.split()[0], "event_loop": _resolved_loop(args.event_loop),
+        "ami_hot_path": _hot_path()}
     print(f"stream: kinds {manifest.kinds}; expected outcomes {results['expected_outcomes']}")
     server = subprocess.Popen([sys.executable, str(HERE / "amiserver.py"), str(manifest.path)],
                               stdout=subprocess.PIPE, text=True)
