@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import hashlib
 import importlib.machinery
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from traces_fixtures import all_traces
 
-from callhub.ami import native
+from callhub.ami import native, parser
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = ("pkg.fast", "pkg.faster")
@@ -112,3 +117,48 @@ def test_the_python_fallback_passes_the_parser_correlator_and_trace_tests(
         env={**os.environ, **env}, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert " passed" in done.stdout.splitlines()[-1]
+
+
+def parser_from_source() -> ModuleType:
+    """callhub/ami/parser.py imported as Python under a name of its own, beside the build."""
+    spec = importlib.util.spec_from_file_location("parser_from_source",
+                                                  ROOT / "callhub" / "ami" / "parser.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while defining
+    spec.loader.exec_module(module)
+    return module
+
+
+SOURCE = parser_from_source()
+REAL = b"".join(path.read_bytes() for path in all_traces()[:12])
+
+
+def split_all(module: ModuleType, chunks: list[bytes], events: frozenset[str] | None
+              ) -> tuple[list[list[dict[str, str]]], int, int, int, str | None]:
+    wanted = None if events is None else module.EventFilter(events, frozenset({"A"}))
+    splitter = module.MessageSplitter(max_message_bytes=4096, wanted=wanted)
+    out = [splitter.feed(chunk) for chunk in chunks]
+    return out, splitter.messages, splitter.malformed, splitter.skipped, splitter.banner
+
+
+@pytest.mark.skipif(native.CHOSEN.runs != "compiled",
+                    reason="the AMI hot path runs as Python here: nothing to compare it with")
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), events=st.none() | st.sampled_from(
+    [frozenset(), frozenset({"Newchannel", "Hangup", "VarSet"}), frozenset({"DialBegin"})]))
+def test_the_compiled_splitter_splits_as_its_source_does(data: st.DataObject,
+                                                         events: frozenset[str] | None) -> None:
+    """Hostile bytes, real traces cut anywhere, oversized messages: the same messages, counts
+    and banner from the compiled splitter as from the source it was built from."""
+    assert parser.__file__ is not None and not parser.__file__.endswith(".py")
+    start = data.draw(st.integers(0, len(REAL) - 1))
+    stream = data.draw(st.sampled_from([
+        REAL[start:start + 20_000],
+        b"Asterisk Call Manager/11.0.0\r\n" + REAL[start:start + 5_000],
+    ])) + data.draw(st.binary(max_size=600)) + data.draw(st.sampled_from(
+        [b"", b"Event: X\r\n" + b"k" * 5000 + b"\r\n\r\n", b"Key:no space\r\n\r\n",
+         "Event: VarSet\r\nVariable: A\r\nValue: 张三\r\n\r\n".encode()]))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=40)))
+    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    assert split_all(parser, chunks, events) == split_all(SOURCE, chunks, events)
