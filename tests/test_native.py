@@ -25,8 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULES = ("pkg.fast", "pkg.faster")
 
 
-def build(directory: Path, *, compiled: tuple[str, ...] = ("fast", "faster"),
-          record: dict[str, str] | None = None) -> Path:
+def build(directory: Path, *, compiled: tuple[str, ...] = ("fast", "faster")) -> Path:
     """A package directory as setup.py leaves one: sources, extensions (empty files: found,
     never loaded, by `decide`), and the record of what was compiled."""
     directory.mkdir(parents=True)
@@ -34,9 +33,8 @@ def build(directory: Path, *, compiled: tuple[str, ...] = ("fast", "faster"),
         (directory / f"{name}.py").write_text(f"NAME = {name!r}\n")
     for name in compiled:
         (directory / f"{name}{importlib.machinery.EXTENSION_SUFFIXES[0]}").touch()
-    if record is None:
-        record = {f"pkg.{name}": hashlib.sha256((directory / f"{name}.py").read_bytes())
-                  .hexdigest() for name in ("fast", "faster")}
+    record = {f"pkg.{name}": hashlib.sha256((directory / f"{name}.py").read_bytes())
+              .hexdigest() for name in ("fast", "faster")}
     (directory / native.RECORD).write_text(json.dumps(record))
     return directory
 
