@@ -83,13 +83,20 @@ async def judge(db: Database, seed: int) -> int:
     return judged
 
 
+def plain(column: str, value: Any) -> Any:
+    """A rollup value as compared: sums to 9 decimals, bins sorted (both added batch by
+    batch, in another order than a rebuild adds them)."""
+    if column in ("wait_bins", "ring_bins"):
+        return rollup.values(value)
+    return round(value, 9) if isinstance(value, float) else value
+
+
 async def snapshot(db: Database) -> list[tuple[Any, ...]]:
-    """The rollup's rows, its sums to 9 decimals (added batch by batch, in another order
-    than a rebuild adds them)."""
+    """The rollup's rows, as compared (`plain`)."""
     columns = [c for c in call_hours.c if c.name != "changed_at"]
     async with db.connection() as conn:
         rows = (await conn.execute(sa.select(*columns))).all()
-    return sorted((tuple(round(v, 9) if isinstance(v, float) else v for v in r)
+    return sorted((tuple(plain(c.name, v) for c, v in zip(columns, r, strict=True))
                    for r in rows), key=repr)
 
 

@@ -21,10 +21,10 @@ ring time:
   the most `rings` or a line's target asks for; past the end every answered
   call is within). "Answered within N rings" and each line's own target are
   then plain sums in SQL (`within`), exact;
-- wait and ring time as their binned values, sorted and comma-separated
-  (`3,3,4,7`: a page of numbers per hour, which PostgreSQL's string_agg and
-  SQLite's group_concat join per group, and which Python reads, sorts and
-  bisects at C speed):
+- wait and ring time as their binned values, comma-separated (`3,4,7,3`:
+  a page of numbers per hour, sorted within each batch's part, in no order
+  across them, as PostgreSQL's string_agg and SQLite's group_concat join
+  them per group; Python reads, sorts and bisects them at C speed):
 - wait, by whole seconds rounded up, so "answered within T seconds" is exact
   for a whole T (`wait <= T` exactly when `ceil(wait) <= T`); other T fall
   back to the exact query;
@@ -35,19 +35,19 @@ ring time:
 
 Sums are added per hour and then per group (and a bucket's in the order its
 calls were stored), so means may differ from the exact query's in the last
-rounded digit. A batch's new calls are added to their buckets: the hour's
-few rows are read, merged and written back, whatever the number of calls
-in it. A batch's calls that were stored before are recomputed instead,
-from `calls`, in the hour they arrive in and the hour they were stored in
-(a CEL record replaced by its AMI one may have moved); so, with their new
-calls, are those hours. Setting a call's resolution or a follow-up's
-satisfaction recomputes the call's hour (`refresh_hours`) in its
-transaction.
+rounded digit. A batch's new calls are added to their buckets: on
+PostgreSQL by one statement that adds each to its stored row (counts and
+sums added, bins appended), on SQLite by reading, merging and writing back
+the hour's few rows, whatever the number of calls in it. A batch's calls
+that were stored before are recomputed instead, from `calls`, in the hour
+they arrive in and the hour they were stored in (a CEL record replaced by
+its AMI one may have moved); so, with their new calls, are those hours.
+Setting a call's resolution or a follow-up's satisfaction recomputes the
+call's hour (`refresh_hours`) in its transaction.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
@@ -57,7 +57,6 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.ext.compiler import compiles
@@ -65,6 +64,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
 from callhub.records import CallRecord
+from callhub.store.bulk import driver
 from callhub.store.chunks import chunks, in_chunk
 from callhub.store.tables import (
     RESOLUTION_COUNTS,
@@ -403,36 +403,28 @@ def _in_hours(keys: Sequence[tuple[str, int]]) -> sa.ColumnElement[bool]:
     return sa.tuple_(call_hours.c.pbx, call_hours.c.hour).in_(keys)
 
 
-@functools.lru_cache(maxsize=1)
-def _taken_pg() -> Any:
-    """PostgreSQL: the rows of the (pbx, UTC hour)s given as two arrays (`pbxs`,
-    `hours`), deleted and returned. Built once: a tuple IN list is rendered again for
-    every execution, and building it was most of a lone call's rollup update."""
-    pairs = sa.func.unnest(
-        sa.bindparam("pbxs", type_=ARRAY(call_hours.c.pbx.type)),
-        sa.bindparam("hours", type_=ARRAY(call_hours.c.hour.type)),
-    ).table_valued("pbx", "hour").render_derived(name="batch_hours")
-    return sa.delete(call_hours).where(
-        sa.tuple_(call_hours.c.pbx, call_hours.c.hour).in_(sa.select(pairs.c.pbx,
-                                                                     pairs.c.hour))
-    ).returning(*call_hours.c)
-
-
 async def _add(conn: AsyncConnection, additions: list[dict[str, Any]], now: datetime,
                pg: bool) -> None:
-    """Add buckets of new calls (`table_rows`) to the stored ones: their hours' rows (a
-    few an hour, one per line) read and deleted, merged, inserted again."""
+    """Add buckets of new calls (`table_rows`) to the stored ones.
+
+    PostgreSQL adds them in one statement (`_ADD_PG`): a batch's bucket rows as one
+    array a column, each added to its stored row by an UPDATE, inserted where none
+    is. Before, the touched hours' rows came back whole (their bins, thousands of
+    values an hour), were merged in Python and inserted again: a quarter of the
+    writer thread's time in a batch (bench/README.md). The advisory lock taken
+    before (`_locked_now`) keeps another writer from inserting the same bucket
+    meanwhile. SQLite reads, merges and writes them back (`merged`).
+    """
+    if pg:
+        driver_conn = await driver(conn)
+        await driver_conn.execute(_ADD_PG, *_columns(additions), now)
+        return
     keys = sorted({(row["pbx"], row["hour"]) for row in additions})
     kept: dict[tuple[str, str | None, int], dict[str, Any]] = {}
-    for part in ((keys,) if pg else chunks(keys, in_chunk(conn, lists=2))):
-        if pg:  # read by the statement that deletes them
-            stored = (await conn.execute(_taken_pg(), {"pbxs": [k[0] for k in part],
-                                                       "hours": [k[1] for k in part]})
-                      ).mappings().all()
-        else:
-            stored = (await conn.execute(sa.select(call_hours).where(_in_hours(part)))
-                      ).mappings().all()
-            await conn.execute(sa.delete(call_hours).where(_in_hours(part)))
+    for part in chunks(keys, in_chunk(conn, lists=2)):
+        stored = (await conn.execute(sa.select(call_hours).where(_in_hours(part)))
+                  ).mappings().all()
+        await conn.execute(sa.delete(call_hours).where(_in_hours(part)))
         kept.update({(row["pbx"], row["line"], row["hour"]): {**row, "changed_at": now}
                      for row in stored})
     for row in additions:
@@ -443,11 +435,55 @@ async def _add(conn: AsyncConnection, additions: list[dict[str, Any]], now: date
 
 _SUMMED = ("outbound", "short_abandons", "answered", "abandoned", "missed", "other_inbound",
            "hangup_known", "agent_hung_up_first", "ring_sum", "wait_sum", *ROLLUP_COUNTS)
+_BINS = ("wait_bins", "ring_bins")
+_MERGED = tuple(c.name for c in call_hours.c if c.name != "changed_at")
+# How each column's values travel in `_ADD_PG`'s arrays (`rings_le` as its array's text:
+# the lists differ in length, and a PostgreSQL array of arrays cannot).
+_ARRAY_TYPES = {"pbx": "text", "line": "text", "hour": "int8", "ring_sum": "float8",
+                "wait_sum": "float8", "rings_le": "text", "wait_bins": "text",
+                "ring_bins": "text"}
+
+
+def _columns(additions: list[dict[str, Any]]) -> list[list[Any]]:
+    """`_ADD_PG`'s arrays: each of `_MERGED`'s columns' values over the rows."""
+    out = [[row[name] for row in additions] for name in _MERGED]
+    rings = _MERGED.index("rings_le")
+    out[rings] = ["{" + ",".join(map(str, value)) + "}" for value in out[rings]]
+    return out
+
+
+def _same_bucket(a: str, b: str) -> str:
+    return f"{a}.hour = {b}.hour AND {a}.pbx = {b}.pbx AND {a}.line IS NOT DISTINCT FROM {b}.line"
+
+
+# `merged` in SQL. Within an UPDATE's SET every column reads its old value, so the
+# padding of `rings_le` past a bucket's end is the old row's `answered`, as in `merged`.
+_ADD_PG = (
+    "WITH batch AS (SELECT "
+    + ", ".join("rings_le::integer[] AS rings_le" if name == "rings_le" else name
+                for name in _MERGED)
+    + " FROM unnest("
+    + ", ".join(f"${n}::{_ARRAY_TYPES.get(name, 'int4')}[]"
+                for n, name in enumerate(_MERGED, 1))
+    + f") AS b({', '.join(_MERGED)})), "
+    + "added AS (UPDATE call_hours AS h SET "
+    + ", ".join(f"{name} = h.{name} + b.{name}" for name in _SUMMED)
+    + ", rings_le = ARRAY(SELECT coalesce(h.rings_le[i], h.answered)"
+      " + coalesce(b.rings_le[i], b.answered) FROM generate_series(1, "
+      "greatest(cardinality(h.rings_le), cardinality(b.rings_le))) AS i ORDER BY i), "
+    + ", ".join(f"{name} = concat_ws(',', nullif(h.{name}, ''), nullif(b.{name}, ''))"
+                for name in _BINS)
+    + f", changed_at = ${len(_MERGED) + 1} FROM batch AS b WHERE {_same_bucket('h', 'b')}"
+    + " RETURNING h.hour, h.pbx, h.line) "
+    + f"INSERT INTO call_hours ({', '.join(_MERGED)}, changed_at) "
+    + f"SELECT {', '.join(_MERGED)}, ${len(_MERGED) + 1} FROM batch AS b "
+    + f"WHERE NOT EXISTS (SELECT FROM added AS a WHERE {_same_bucket('a', 'b')})")
 
 
 def merged(row: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
     """Two rows of one bucket (`table_rows`, or as stored) as one: the row `aggregate`
-    would make of both rows' calls (its sums added in another order)."""
+    would make of both rows' calls (its sums added in another order, its bins in
+    another order)."""
     out = {**row, **{name: row[name] + more[name] for name in _SUMMED},
            "changed_at": more["changed_at"]}
     a, b = list(row["rings_le"]), list(more["rings_le"])
@@ -455,8 +491,8 @@ def merged(row: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
     out["rings_le"] = [(a[n] if n < len(a) else row["answered"])
                        + (b[n] if n < len(b) else more["answered"])
                        for n in range(max(len(a), len(b)))]
-    for name in ("wait_bins", "ring_bins"):
-        out[name] = spelled(values(row[name]) + values(more[name]))
+    for name in _BINS:
+        out[name] = ",".join(text for text in (row[name], more[name]) if text)
     return out
 
 
