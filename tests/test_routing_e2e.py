@@ -133,7 +133,10 @@ async def test_simulated_day_of_500_calls(tmp_path: Path, ami_simulator: AmiSimu
     await ingest.start()
     try:
         await ingest.wait_connected()
-        sim = AgiCallSimulator(ami_simulator, host, port, behaviour=behaviour)
+        # What routing decides is checked here, not how fast: a stalled test machine
+        # (3 s once) must not turn an answer into the dialplan's fallback.
+        sim = AgiCallSimulator(ami_simulator, host, port, behaviour=behaviour,
+                               agi_timeout=60.0)
         routed = await sim.run(arrivals, on_arrival=at_arrival)
         await collector.until(lambda: len(collector.records) >= CALLS, within=60)
     finally:

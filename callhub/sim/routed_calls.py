@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from callhub.ami.parser import AmiMessage
-from callhub.sim.agi_client import AgiAnswer, agi_request, asterisk_environment
+from callhub.sim.agi_client import AGI_TIMEOUT, AgiAnswer, agi_request, asterisk_environment
 from callhub.sim.ami_server import AmiSimulator
 from callhub.sim.calls import CallFactory, SynthCall
 from callhub.sim.hunt import Behaviour, hunt_template
@@ -57,8 +57,10 @@ class AgiCallSimulator:
                  behaviour: Callable[[str], Behaviour] | Mapping[str, Behaviour] | None = None,
                  default_target: str = "PJSIP/1000", default_ring_timeout: int = 20,
                  factory: CallFactory | None = None,
-                 second: tuple[str, int] | None = None) -> None:
+                 second: tuple[str, int] | None = None,
+                 agi_timeout: float = AGI_TIMEOUT) -> None:
         self.ami = ami
+        self.agi_timeout = agi_timeout  # the dialplan's wait for FastAGI's answer
         self.agi_host = agi_host
         self.agi_port = agi_port
         self.second = second
@@ -86,7 +88,7 @@ class AgiCallSimulator:
                 did=did, caller=caller, caller_name=caller_name,
                 channel=f"PJSIP/trunk-{self.factory.channel_counter:08x}",
                 uniqueid=f"{int(at)}.{serial}", host=host, port=port)
-            answer = await agi_request(host, port, env)
+            answer = await agi_request(host, port, env, within=self.agi_timeout)
             if answer.answered:
                 break
         if not answer.answered:
