@@ -12,7 +12,9 @@ moved to another hour and line) must leave the rollup as a rebuild from
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,13 +22,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
-from store_fixtures import make_call, store
+from store_fixtures import T0, make_call, store
 from test_store_stats import DAYS, START, random_calls
 
 from callhub.config import Settings
 from callhub.store import followups, migrate, resolution, resolution_stats, rollup, stats
 from callhub.store.db import Database
 from callhub.store.errors import NotApplicable
+from callhub.store.save import save_calls
 from callhub.store.tables import call_hours, calls
 
 
@@ -219,6 +222,41 @@ async def test_calls_stored_batch_by_batch_are_added_to_their_buckets(
                              tz=ZoneInfo("Asia/Shanghai"))
     for group_by in (None, "hour", "day", "line"):
         await compare(any_db, replace(whole, group_by=group_by))
+
+
+async def test_a_second_writer_adds_to_the_buckets_of_the_first_once_it_commits(
+        pg_db: Database, store_settings: Settings) -> None:
+    """Two transactions storing new calls of the same hour at once (the daemon and a
+    backfill): each adds its calls to the hour's stored buckets and inserts those it finds
+    none of, which it cannot see while the other has not committed. The second waits on
+    the rollup's lock until the first commits, so it adds to the first's buckets instead
+    of inserting them again."""
+    # Other callers and no agent: the worklist's lock on a number and the agents' row
+    # would make the second wait as well, lock or not.
+    first, second = ([make_call(f"{name}.{n}", at=T0 + 10 * i + n, agent=None,
+                                caller_number=f"+86138{i:03d}{n:05d}") for n in range(3)]
+                     for i, name in enumerate(("first", "second")))
+    high, low = rollup.LOCK_KEY >> 32, rollup.LOCK_KEY & 0xFFFFFFFF
+
+    async def waits_for_the_lock() -> bool:
+        async with pg_db.connection() as conn:
+            return bool(await conn.scalar(sa.text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                f"AND classid = {high} AND objid = {low}")))
+
+    async with pg_db.connection() as conn:
+        await conn.begin()
+        await save_calls(conn, first, store_settings)  # its buckets inserted, not committed
+        later = asyncio.create_task(store(pg_db, store_settings, *second))
+        deadline = time.monotonic() + 30
+        while not await waits_for_the_lock():  # the second batch queues behind the first
+            assert time.monotonic() < deadline and not later.done()
+        await conn.commit()
+    await asyncio.wait_for(later, 30)
+    rows = await snapshot(pg_db)
+    assert len({row[:3] for row in rows}) == len(rows)  # (pbx, line, hour): one row each
+    assert rows == await rebuilt(pg_db)
+    assert sum(row[5] for row in rows) == len(first) + len(second)  # answered
 
 
 async def test_the_migration_fills_the_rollup_for_stored_calls(
