@@ -244,9 +244,10 @@ def aggregate(rows: Iterable[Sequence[Any]]) -> dict[tuple[str, str | None, int]
 
 
 def spelled(values: list[int]) -> str:
-    """Binned values as stored: sorted, comma-separated ('' for none). orjson writes the
-    list ~10x faster than `",".join(map(str, ...))` (an hour's few thousand values, twice
-    for every hour a batch touches: 8 % of the writer's thread before)."""
+    """Binned values as a batch writes them: sorted, comma-separated ('' for none; later
+    batches append theirs, see `_add`). orjson writes the list ~10x faster than
+    `",".join(map(str, ...))` (an hour's few thousand values, twice for every hour a
+    batch touches: 8 % of the writer's thread before)."""
     return orjson.dumps(sorted(values))[1:-1].decode()
 
 
