@@ -411,8 +411,9 @@ async def _add(conn: AsyncConnection, additions: list[dict[str, Any]], now: date
     PostgreSQL adds them in one statement (`_ADD_PG`): a batch's bucket rows as one
     array a column, each added to its stored row by an UPDATE, inserted where none
     is. Before, the touched hours' rows came back whole (their bins, thousands of
-    values an hour), were merged in Python and inserted again: a quarter of the
-    writer thread's time in a batch (bench/README.md). The advisory lock taken
+    values an hour), were merged in Python and inserted again: about half of the
+    writer thread's CPU in the fleet bench, where a batch touches 100 PBXs' hours
+    (bench/README.md). The advisory lock taken
     before (`_locked_now`) keeps another writer from inserting the same bucket
     meanwhile. SQLite reads, merges and writes them back (`merged`).
     """
