@@ -10,9 +10,12 @@ the example configuration.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
+import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ import pytest
 import yaml
 from metrics_fixtures import make_record
 
+from callhub.ami import native
 from callhub.ami.correlator import ROUTE_RESULT_VARIABLE
 from callhub.api.health import OPERATIONS as HEALTH_OPERATIONS
 from callhub.api.limits import HttpLimits
@@ -271,6 +275,49 @@ def test_compose_wires_the_five_services_with_existing_files() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     assert re.search(r"^USER (?!root)\w+", dockerfile, re.M), "the image must not run as root"
     assert re.search(r'^ENTRYPOINT \["callhub"\]', dockerfile, re.M)
+
+
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile's instructions, (NAME, arguments), stage by stage (a FROM starts one;
+    continued lines joined, comments left out)."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text(encoding="utf-8"))
+    stages: list[list[tuple[str, str]]] = []
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, _, args = line.strip().partition(" ")
+        if name.upper() == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((name.upper(), args.strip()))
+    return stages
+
+
+def test_the_image_is_built_with_the_compiled_hot_path() -> None:
+    """The build stage gets every file the package's build reads (without setup.py the
+    wheel is plain Python, and the image ran the AMI hot path at a third more CPU), and
+    the image's build stops when the hot path would run as Python."""
+    stages = dockerfile_stages()
+    assert len(stages) >= 2, "a build stage with the compiler, then the image"
+    copied = {source for name, args in stages[0] if name == "COPY"
+              for source in args.split()[:-1]}
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    needed = {"pyproject.toml", "setup.py", pyproject["project"]["readme"], "callhub"}
+    assert needed <= copied, f"the build stage lacks {sorted(needed - copied)}"
+    assert any(name == "RUN" and "wheel" in args for name, args in stages[0])
+    assert any(name == "COPY" and args.startswith("--from=") for name, args in stages[-1])
+    checks = [re.search(r"python -c '([^']*)'", args) for name, args in stages[-1]
+              if name == "RUN" and "native.CHOSEN" in args]
+    assert len(checks) == 1 and checks[0], "one RUN in the image checks the hot path"
+    # The check itself, run here: it passes exactly when the hot path runs compiled.
+    check = checks[0].group(1)
+    here = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                          cwd=ROOT, check=False)
+    assert here.returncode == (0 if native.CHOSEN.runs == "compiled" else 1), here.stderr
+    assert f"AMI hot path: {native.CHOSEN.runs}" in here.stdout
+    python = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                            cwd=ROOT, env={**os.environ, native.PURE_PYTHON: "1"}, check=False)
+    assert python.returncode == 1 and "AMI hot path: python" in python.stdout
 
 
 def test_compose_environment_is_callhub_configuration() -> None:
