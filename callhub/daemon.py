@@ -33,7 +33,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from callhub import loops
+from callhub import __version__, loops
 from callhub.ami import native
 from callhub.ami.ingest import PbxIngest
 from callhub.api import limits as http_limits
@@ -406,9 +406,12 @@ async def running(d: Daemon, parts: Sequence[Part] = PARTS, *, before: Sequence[
         async with contextlib.AsyncExitStack() as stack:
             for part in (*before, *parts, *after):
                 await stack.enter_async_context(part(d))
+            event_loop = loops.kind(asyncio.get_running_loop())
+            if d.metrics is not None:
+                d.metrics.build.info({"version": __version__, "ami_hot_path": native.CHOSEN.runs,
+                                      "event_loop": event_loop})
             log.info("daemon.started", pbxs=[p.name for p in d.settings.pbxs], demo=d.demo,
-                     event_loop=loops.kind(asyncio.get_running_loop()),
-                     ami_hot_path=native.CHOSEN.runs)
+                     event_loop=event_loop, ami_hot_path=native.CHOSEN.runs)
             if native.CHOSEN.stale:
                 log.warning("ami.native_stale", reason=native.CHOSEN.reason,
                             hint="the AMI parser and correlator run as Python, about a "

@@ -28,6 +28,8 @@ from metrics_fixtures import (
     load,
 )
 
+from callhub import __version__, loops
+from callhub.ami import native
 from callhub.config import settings_from_mapping
 from callhub.daemon import Daemon, running
 from callhub.metrics.collectors import CallhubMetrics
@@ -153,6 +155,9 @@ async def test_running_daemon_serves_the_ground_truth(tmp_path: Path) -> None:
         assert scrape.value("callhub_callback_seconds_count") == handled
         assert scrape.value("callhub_db_buffered_calls") == 0
         assert scrape.value("callhub_db_write_errors_total") == 0
+        assert scrape.value("callhub_build_info", version=__version__,
+                            ami_hot_path=native.CHOSEN.runs,
+                            event_loop=loops.kind(asyncio.get_running_loop())) == 1
         finished = {r.linkedid for r in records}
         for (pbx, window), (counted, lo, hi) in expected_windows(
                 truths, finished, clock.now).items():

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from zoneinfo import ZoneInfo
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from callhub.config import Settings
 from callhub.config.targets import LineTargets
@@ -131,6 +131,11 @@ class CallhubMetrics:
         self.calls_dropped = Counter("callhub_calls_dropped",
                                      "Finished calls lost because neither the spool nor "
                                      "memory could take them.", registry=r)
+        # What runs, set once the daemon has started (`callhub_build_info{...} 1`): a host
+        # whose AMI hot path runs as Python (an install without a C compiler) shows here.
+        self.build = Info("callhub_build",
+                          "What this process runs: callhub's version, the AMI parser and "
+                          "correlator (compiled or python) and the event loop.", registry=r)
         self.worklist_pending = Gauge("callhub_worklist_pending",
                                       "Missed and abandoned calls waiting for a callback.",
                                       registry=r)
