@@ -210,7 +210,8 @@ async def worklist_gauge(d: Daemon) -> AsyncIterator[None]:
                 metrics.set_worklist(0, None)  # a pair's standby: the writer exports it
                 nudge.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(nudge.wait(), WORKLIST_GAUGE_SECONDS)
+                    async with asyncio.timeout(WORKLIST_GAUGE_SECONDS):
+                        await nudge.wait()
                 continue
             try:
                 async with db.connection() as conn:
@@ -220,7 +221,8 @@ async def worklist_gauge(d: Daemon) -> AsyncIterator[None]:
                 log.debug("worklist_gauge.failed", error=type(exc).__name__)
             nudge.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(nudge.wait(), WORKLIST_GAUGE_SECONDS)
+                async with asyncio.timeout(WORKLIST_GAUGE_SECONDS):
+                    await nudge.wait()
 
     d.writer.listeners.append(lambda records, saved: nudge.set())
     async with d.supervisor.task("worklist-gauge", refresh_loop, required=False):

@@ -174,8 +174,9 @@ class Task:
         """Cancel the task and wait for it to end."""
         self._final = True
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        # Not `suppress(CancelledError)` around `await self._task`: that also swallowed a
+        # cancellation of this caller, which then went on as if the task had ended.
+        await asyncio.wait({self._task})
         self.health.down("stopped")
         self._supervisor._forget(self)
 
@@ -202,7 +203,8 @@ class Task:
                 log.info("lifecycle.task_restarting", task=self.name, retry_in=round(delay, 3),
                          failures=self.failures)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._finishing.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._finishing.wait()
                 self.restarts += 1
                 continue
             if not self._final:

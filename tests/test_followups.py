@@ -205,6 +205,20 @@ async def test_the_writer_wakes_the_keeper_which_closes_a_due_follow_up(desk: De
     assert {f["how"] for f in (await response.json())["items"]} == {"callback"}
 
 
+async def test_a_stop_that_meets_a_wake_stops_the_keeper(desk: Desk) -> None:
+    """The writer wakes the keeper whenever it stores calls, so at shutdown a wake and the
+    stop can land in the same turn of the loop. On Python 3.11 `asyncio.wait_for` then
+    returned the woken wait and dropped the cancellation: the keeper ticked on, and the
+    daemon's stop waited for it for ever (seen under load, 1 run in ~30)."""
+    ticks = desk.keeper.ticks
+    desk.keeper.wake()
+    await desk.keeper.wait_ticks(ticks + 1)  # waiting for the next wake, as it mostly is
+    desk.keeper.wake()
+    async with asyncio.timeout(10):
+        await desk.keeper.stop()
+    assert desk.keeper.ticks == ticks + 1
+
+
 async def test_the_keeper_leaves_old_calls_alone_but_a_request_applies_the_rule(
         desk: Desk) -> None:
     """A rule added to the config must not flood the desk with last month's repairs."""

@@ -134,6 +134,33 @@ async def test_a_restart_task_is_restarted_with_growing_capped_backoff() -> None
     assert state.ready is False and state.reason == "stopped"
 
 
+async def test_a_stop_cancelled_by_its_caller_is_cancelled_not_finished() -> None:
+    """`Task.stop` waits for its task to end; when the caller is cancelled meanwhile (a
+    timeout around a shutdown), the caller must see it, not go on as if the task had
+    ended (stop swallowed it: the daemon then closed what the task was still using)."""
+    supervisor = Supervisor()
+    cancelled, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_to_stop() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            await release.wait()  # its shutdown takes a while
+            raise
+
+    task = supervisor.spawn("slow", slow_to_stop)
+    await asyncio.sleep(0)  # it started and waits
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await task.stop()
+    assert cancelled.is_set() and not task.done
+    release.set()
+    async with asyncio.timeout(WAIT):
+        await task.wait()
+    await supervisor.aclose()
+
+
 async def test_fastagi_port_in_use_is_a_down_part_naming_the_setting_until_it_frees(
         any_db: Database, api_settings: Settings) -> None:
     blocker = socket.create_server(("127.0.0.1", 0))

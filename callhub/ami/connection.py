@@ -133,9 +133,9 @@ class AmiManager(Manager):  # type: ignore[misc]
 
     async def open(self, username: str, secret: str, within: float) -> None:
         """TCP connect and Login; AmiAuthError when the PBX refuses the credentials."""
-        _transport, protocol = await asyncio.wait_for(
-            self.loop.create_connection(lambda: CallhubAmiProtocol(self), self.config["host"],
-                                        self.config["port"]), within)
+        async with asyncio.timeout(within):
+            _transport, protocol = await self.loop.create_connection(
+                lambda: CallhubAmiProtocol(self), self.config["host"], self.config["port"])
         self.encoding = "utf-8"
         self.protocol = protocol
         self.responses = protocol.responses
@@ -302,7 +302,8 @@ class AmiConnection:
         self.raw_listeners.append(fn)
 
     async def wait_connected(self, timeout: float) -> None:  # noqa: ASYNC109
-        await asyncio.wait_for(self._ready.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self._ready.wait()
 
     async def wait_sessions(self, count: int, within: float) -> None:
         """Until `count` sessions have been established in total (reconnect tests)."""
@@ -310,7 +311,8 @@ class AmiConnection:
             while self.sessions < count or not self.connected:
                 self._state_changed.clear()
                 await self._state_changed.wait()
-        await asyncio.wait_for(_wait(), within)
+        async with asyncio.timeout(within):
+            await _wait()
 
     async def wait_failures(self, count: int, within: float) -> None:
         """Until `count` connection or login attempts have failed in total."""
@@ -318,7 +320,8 @@ class AmiConnection:
             while self.failures < count:
                 self._state_changed.clear()
                 await self._state_changed.wait()
-        await asyncio.wait_for(_wait(), within)
+        async with asyncio.timeout(within):
+            await _wait()
 
     def drop(self) -> None:
         """Close the current session (it reconnects)."""
@@ -421,7 +424,8 @@ class AmiConnection:
         """Ping every ping_interval; return (raise) when the link dies."""
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(manager.lost), self.ping_interval)
+                async with asyncio.timeout(self.ping_interval):
+                    await asyncio.shield(manager.lost)
             if manager.lost.done():
                 raise AmiConnectionLost("connection closed by peer")
             sent = time.monotonic()

@@ -145,7 +145,8 @@ class Gate:
         try:
             if request.body_exists:
                 try:
-                    await asyncio.wait_for(request.read(), self.limits.body_timeout)
+                    async with asyncio.timeout(self.limits.body_timeout):
+                        await request.read()
                 except TimeoutError:
                     raise web.HTTPRequestTimeout(
                         text=f"the request body did not arrive within "

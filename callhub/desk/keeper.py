@@ -120,4 +120,5 @@ class FollowupKeeper:
             self.ticks += 1
             self._ticked.set()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()

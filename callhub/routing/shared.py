@@ -331,4 +331,5 @@ class SharedPositions:
                     log.debug("routing.positions_retry", error=str(exc) or type(exc).__name__)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.retry_seconds)
+                async with asyncio.timeout(self.retry_seconds):
+                    await self._wake.wait()

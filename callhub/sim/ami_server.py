@@ -180,7 +180,8 @@ class AmiSimulator:
         async def _wait() -> None:
             async with self._changed:
                 await self._changed.wait_for(predicate)
-        await asyncio.wait_for(_wait(), within)
+        async with asyncio.timeout(within):
+            await _wait()
 
     async def wait_sent(self, count: int, within: float = 10.0) -> None:
         """Until `count` events have been sent in total."""

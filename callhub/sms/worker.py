@@ -104,7 +104,8 @@ class SmsWorker:
             if done >= self.batch_size or self._stopping:
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+                async with asyncio.timeout(self.poll_seconds):
+                    await self._wake.wait()
 
     async def run_once(self) -> int:
         """Claim one batch of due messages and attempt each once; how many were claimed."""

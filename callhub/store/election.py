@@ -183,7 +183,8 @@ class Election:
 
     async def _session(self, health: Health) -> None:
         """One database session: take the free locks and heartbeat every `interval`."""
-        conn = await asyncio.wait_for(self.db.engine.connect(), self.timeout * 2)
+        async with asyncio.timeout(self.timeout * 2):
+            conn = await self.db.engine.connect()
         try:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             async with asyncio.timeout(self.timeout):

@@ -125,7 +125,8 @@ class ReadPool:
         if self._pool is not None:
             pool, self._pool = self._pool, None
             try:
-                await asyncio.wait_for(pool.close(), within)
+                async with asyncio.timeout(within):
+                    await pool.close()
             except TimeoutError:
                 pool.terminate()
 

@@ -402,7 +402,8 @@ class CallWriter:
                     self._lose_inbox()
                     return
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stored_all.wait(), self.spool_retry)
+                    async with asyncio.timeout(self.spool_retry):
+                        await self._stored_all.wait()
                 continue
             self._spool_ok()
             start = self._logged
@@ -465,8 +466,8 @@ class CallWriter:
                     await self._wake.wait()
                 else:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(),
-                                               max(deadline - time.monotonic(), 0.0))
+                        async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                            await self._wake.wait()
                 continue
             settled = len(batch)
             try:
@@ -492,7 +493,8 @@ class CallWriter:
                                                             deadline - time.monotonic())
                 if not self._stopping.is_set():
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stopping.wait(), wait)
+                        async with asyncio.timeout(wait):
+                            await self._stopping.wait()
                 else:
                     await asyncio.sleep(max(wait, 0.0))
                 backoff = min(backoff * 2, self.retry_max)
@@ -646,7 +648,8 @@ class CallWriter:
         hand it back to the pool: a checkout costs a ping (a transaction of its own, two
         round trips) before every lone call, most of a quiet site's few milliseconds."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), self.keep_idle)
+            async with asyncio.timeout(self.keep_idle):
+                await self._wake.wait()
         if not self._wake.is_set():
             await self._release()
             await self._wake.wait()
