@@ -43,7 +43,7 @@ from callhub.api.health import database_check
 from callhub.api.workers import Workers
 from callhub.config import Settings
 from callhub.desk import desk_operations, setup_desk
-from callhub.lifecycle import Supervisor, describe, settle_heap, stopped_by_signals
+from callhub.lifecycle import Supervisor, describe, settle_heap, stopped_by_signals, wait_set
 from callhub.metrics.collectors import CallhubMetrics
 from callhub.metrics.http import metrics_handler
 from callhub.records import CallRecord
@@ -209,9 +209,7 @@ async def worklist_gauge(d: Daemon) -> AsyncIterator[None]:
             if election is not None and "writer" not in election.roles.values():
                 metrics.set_worklist(0, None)  # a pair's standby: the writer exports it
                 nudge.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(WORKLIST_GAUGE_SECONDS):
-                        await nudge.wait()
+                await wait_set(nudge, WORKLIST_GAUGE_SECONDS)
                 continue
             try:
                 async with db.connection() as conn:
@@ -220,9 +218,7 @@ async def worklist_gauge(d: Daemon) -> AsyncIterator[None]:
             except Exception as exc:  # the database may be down; the writer reports that
                 log.debug("worklist_gauge.failed", error=type(exc).__name__)
             nudge.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(WORKLIST_GAUGE_SECONDS):
-                    await nudge.wait()
+            await wait_set(nudge, WORKLIST_GAUGE_SECONDS)
 
     d.writer.listeners.append(lambda records, saved: nudge.set())
     async with d.supervisor.task("worklist-gauge", refresh_loop, required=False):

@@ -202,9 +202,7 @@ class Task:
                 attempt += 1
                 log.info("lifecycle.task_restarting", task=self.name, retry_in=round(delay, 3),
                          failures=self.failures)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._finishing.wait()
+                await wait_set(self._finishing, delay)
                 self.restarts += 1
                 continue
             if not self._final:
@@ -296,6 +294,18 @@ class Supervisor:
         if self.failure is None:
             self.failure = (task.name, exc)
         self.failed.set()
+
+
+async def wait_set(event: asyncio.Event, seconds: float) -> None:
+    """Until `event` is set or `seconds` have passed, whichever comes first.
+
+    With `asyncio.timeout`, not `wait_for`: on Python 3.11 wait_for returns the wait's
+    result and drops a cancellation that arrives as the event is set (CPython
+    gh-86296), and a task woken as the daemon stopped ran on while the stop waited for
+    it for ever."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
 
 
 async def cancel_and_wait(tasks: Collection[asyncio.Task[Any]]) -> None:

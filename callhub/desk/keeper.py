@@ -12,7 +12,6 @@ ticks fail.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Gauge
 
 from callhub.config import Settings
-from callhub.lifecycle import Supervisor, Task
+from callhub.lifecycle import Supervisor, Task, wait_set
 from callhub.store import followups
 from callhub.store.db import Database
 
@@ -119,6 +118,4 @@ class FollowupKeeper:
                     self.health.up()
             self.ticks += 1
             self._ticked.set()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.interval):
-                    await self._wake.wait()
+            await wait_set(self._wake, self.interval)

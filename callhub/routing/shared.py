@@ -38,7 +38,6 @@ then start at the same agent).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,7 +47,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from callhub.lifecycle import cancel_and_wait
+from callhub.lifecycle import cancel_and_wait, wait_set
 from callhub.routing.model import Line
 from callhub.routing.onduty import DutySlot
 from callhub.routing.state import RotationState
@@ -330,6 +329,4 @@ class SharedPositions:
                     await self.db.engine.dispose(close=False)  # no dead connection kept
                     log.debug("routing.positions_retry", error=str(exc) or type(exc).__name__)
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.retry_seconds):
-                    await self._wake.wait()
+            await wait_set(self._wake, self.retry_seconds)

@@ -12,13 +12,13 @@ fails. Every attempt carries the message's idempotency key.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 
+from callhub.lifecycle import wait_set
 from callhub.logs import mask_number
 from callhub.sms.message import SendResult, SmsGateway
 from callhub.sms.metrics import SmsMetrics
@@ -103,9 +103,7 @@ class SmsWorker:
                 done = 0
             if done >= self.batch_size or self._stopping:
                 continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll_seconds):
-                    await self._wake.wait()
+            await wait_set(self._wake, self.poll_seconds)
 
     async def run_once(self) -> int:
         """Claim one batch of due messages and attempt each once; how many were claimed."""

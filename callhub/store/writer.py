@@ -53,7 +53,6 @@ calls were quarantined lately, or calls were dropped (`status()`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -66,7 +65,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callhub.config import Settings
-from callhub.lifecycle import Supervisor, Task
+from callhub.lifecycle import Supervisor, Task, wait_set
 from callhub.metrics.collectors import CallhubMetrics
 from callhub.records import CallRecord, bounded
 from callhub.store import quarantine
@@ -401,9 +400,7 @@ class CallWriter:
                 if self._stored_all.is_set():
                     self._lose_inbox()
                     return
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.spool_retry):
-                        await self._stored_all.wait()
+                await wait_set(self._stored_all, self.spool_retry)
                 continue
             self._spool_ok()
             start = self._logged
@@ -465,9 +462,7 @@ class CallWriter:
                 elif deadline is None:  # calls still being logged: keep the connection
                     await self._wake.wait()
                 else:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
-                            await self._wake.wait()
+                    await wait_set(self._wake, max(deadline - time.monotonic(), 0.0))
                 continue
             settled = len(batch)
             try:
@@ -492,9 +487,7 @@ class CallWriter:
                 wait = backoff if deadline is None else min(backoff,
                                                             deadline - time.monotonic())
                 if not self._stopping.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(wait):
-                            await self._stopping.wait()
+                    await wait_set(self._stopping, wait)
                 else:
                     await asyncio.sleep(max(wait, 0.0))
                 backoff = min(backoff * 2, self.retry_max)
@@ -647,9 +640,7 @@ class CallWriter:
         """Wait for the next call with the connection kept for `keep_idle` seconds, then
         hand it back to the pool: a checkout costs a ping (a transaction of its own, two
         round trips) before every lone call, most of a quiet site's few milliseconds."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.keep_idle):
-                await self._wake.wait()
+        await wait_set(self._wake, self.keep_idle)
         if not self._wake.is_set():
             await self._release()
             await self._wake.wait()
