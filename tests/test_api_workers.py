@@ -27,17 +27,11 @@ from callhub.sim.ami_server import AmiSimulator
 TOKEN = "workers-admin-token"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-async def _exited(pid: int) -> None:
-    """Until `pid` has exited (its descriptors closed), by its pidfd becoming readable."""
-    fd = os.pidfd_open(pid)
+async def _exited(fd: int) -> None:
+    """Until the process of pidfd `fd` has exited (its descriptors closed), by `fd`
+    becoming readable; closes `fd`. Open it (`os.pidfd_open`) while the process surely
+    runs: once it exits, its parent may reap it at once, and its pid then names nothing
+    (a pidfd opened after a SIGKILL failed so once in a full run of the suite)."""
     gone = asyncio.get_running_loop().create_future()
     asyncio.get_running_loop().add_reader(fd, gone.set_result, None)
     try:
@@ -97,8 +91,9 @@ async def test_two_api_processes_share_the_port(tmp_path: Path) -> None:
         assert by_process[0] == by_process[1]  # the same answers from either process
         assert all(status == 200 for answers in seen.values() for status, _body in answers)
 
-        os.kill(worker_pid, signal.SIGKILL)
-        await _exited(worker_pid)
+        worker = os.pidfd_open(worker_pid)
+        signal.pidfd_send_signal(worker, signal.SIGKILL)
+        await _exited(worker)
         # Its task fails, and the supervisor starts another worker, dealt to alike.
         await daemon.until(lambda: len(daemon.events("api.worker_started")) == 2)
         assert any(e["task"] == "api-worker-1" for e in daemon.events("lifecycle.task_failed"))
@@ -117,5 +112,6 @@ async def test_two_api_processes_share_the_port(tmp_path: Path) -> None:
 async def test_the_worker_goes_with_the_daemon(tmp_path: Path) -> None:
     """The daemon killed with SIGKILL: its worker sees the channel close and exits."""
     async with _two_processes(tmp_path) as (daemon, worker_pid):
+        worker = os.pidfd_open(worker_pid)
         await daemon.kill()
-        await _exited(worker_pid)  # within 10 s, else TimeoutError
+        await _exited(worker)  # within 10 s, else TimeoutError
