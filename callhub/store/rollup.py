@@ -413,9 +413,9 @@ async def _add(conn: AsyncConnection, additions: list[dict[str, Any]], now: date
     is. Before, the touched hours' rows came back whole (their bins, thousands of
     values an hour), were merged in Python and inserted again: about half of the
     writer thread's CPU in the fleet bench, where a batch touches 100 PBXs' hours
-    (bench/README.md). The advisory lock taken
-    before (`_locked_now`) keeps another writer from inserting the same bucket
-    meanwhile. SQLite reads, merges and writes them back (`merged`).
+    (bench/README.md). The advisory lock taken before (`_locked_now`) keeps another
+    writer from inserting the same bucket meanwhile. SQLite reads, merges and writes
+    them back (`merged`).
     """
     if pg:
         driver_conn = await driver(conn)
