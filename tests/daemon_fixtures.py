@@ -25,6 +25,13 @@ from callhub.sim.templates import load_template
 WAIT = 30.0
 
 
+def fault_seed(default: int) -> int:
+    """A fault test's seed: `default`, or `CALLHUB_TEST_SEED` to soak other random kill
+    points and fault rhythms (docs/development.md). A test's guards that it is not
+    vacuous were set with its default; another seed may fail one of those alone."""
+    return int(os.environ.get("CALLHUB_TEST_SEED", default))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

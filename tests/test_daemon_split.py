@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import sqlalchemy as sa
 from ami_fixtures import SIM_SECRET, SIM_USER
-from daemon_fixtures import Daemon, write_pbxs_config
+from daemon_fixtures import Daemon, fault_seed, write_pbxs_config
 from sqlalchemy.engine import make_url
 from store_fixtures import (
     DbFactory,
@@ -36,7 +36,7 @@ from callhub.sim.mix import DEFAULT_MIX, MixSettings, generate_mix
 from callhub.store.db import Database
 from callhub.store.tables import calls
 
-SEED = 1515
+SEED = fault_seed(1515)
 CALLS_PER_PBX = 12
 TOKEN = "supervisor-token-split-0001"
 OWNERS = {"east": ("east-1", "east-2"), "west": ("west-1", "west-2")}

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from cel_fixtures import CEL_DDL
-from daemon_fixtures import Daemon, write_config
+from daemon_fixtures import Daemon, fault_seed, write_config
 from store_fixtures import TcpProxy, pg_url, via_proxy
 from test_faults_wal import pbx_and_database, stored, until_stored
 
@@ -32,7 +32,7 @@ from callhub.sim.ami_server import AmiSimulator
 from callhub.sim.calls import CallFactory, SynthCall, merge_calls
 from callhub.store.db import Database
 
-SEED = 1111
+SEED = fault_seed(1111)
 KINDS = ("answered", "missed", "abandoned", "hunt", "busy")
 
 

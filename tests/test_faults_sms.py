@@ -31,7 +31,7 @@ import pytest
 import sqlalchemy as sa
 from aiohttp import web
 from ami_fixtures import SIM_SECRET, SIM_USER
-from daemon_fixtures import Daemon, write_config
+from daemon_fixtures import Daemon, fault_seed, write_config
 from sqlalchemy.engine import make_url
 from store_fixtures import DbFactory, TcpProxy, pg_url, via_proxy
 
@@ -40,7 +40,7 @@ from callhub.sim.calls import CallFactory, SynthCall, merge_calls
 from callhub.store.db import Database
 from callhub.store.tables import calls, sms_outbox
 
-SEED = 1313
+SEED = fault_seed(1313)
 WAIT = 60.0
 GRACE = 0.5  # as tests/test_faults_wal.py: a call finished this long before a kill is durable
 ROUNDS = 4

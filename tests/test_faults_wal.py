@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from ami_fixtures import SIM_SECRET, SIM_USER
-from daemon_fixtures import Daemon, write_config
+from daemon_fixtures import Daemon, fault_seed, write_config
 from sqlalchemy.engine import make_url
 from store_fixtures import (
     DbFactory,
@@ -41,7 +41,7 @@ from callhub.store.db import Database
 from callhub.store.spool import Spool
 from callhub.store.tables import attempts, calls
 
-SEED = 1010
+SEED = fault_seed(1010)
 WAIT = 30.0
 GRACE = 0.5  # group commit takes milliseconds: a call finished this long before is fsynced
 CHECKED = ("direction", "outcome", "reason", "caller_number", "called_number")
