@@ -355,6 +355,39 @@ async def test_a_group_cut_off_by_the_database_goes_to_the_file(
         await a.db.close()
 
 
+async def test_a_stop_while_sharing_starts_gives_back_the_connections_opened(
+        pg_db: Database, tmp_path: Path) -> None:
+    """Sharing starts by opening its connections at once (`reconcile`). A stop meanwhile (the
+    `route-positions` task cancelled) must leave none of those already open checked out:
+    they were lost with the cancelled gather until the garbage collector found them (an
+    SAWarning, seen under load in tests/test_daemon.py). Here the pool has room for one of
+    the two, so the second waits for it while the first is open."""
+    own = pg_db.connect_again(pool_size=1, max_overflow=0, pool_timeout=30)
+    pool = own.engine.sync_engine.pool
+    checkouts: list[object] = []
+    first_kept = asyncio.Event()  # checkouts: the reconcile's transaction, the first kept
+
+    def checked_out(*args: object) -> None:
+        checkouts.append(args)
+        if len(checkouts) == 2:
+            first_kept.set()
+
+    sa.event.listen(own.engine.sync_engine, "checkout", checked_out)
+    shared = SharedPositions(own, RotationState(tmp_path / "a.json"), connections=2)
+    starting = asyncio.create_task(shared.reconcile())
+    try:
+        async with asyncio.timeout(10):
+            await first_kept.wait()
+        assert pool.checkedout() == 1 and not starting.done()
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        await shared.close()  # what the routing part does after stopping the task
+        assert pool.checkedout() == 0
+    finally:
+        await own.close()
+
+
 # Backends (not this one) waiting on a lock while holding one on this test's table: the
 # statements of the SharedPositions under test, not those of anything else on the server.
 WAITING = ("wait_event_type = 'Lock' AND pid <> pg_backend_pid() AND pid IN ("

@@ -250,25 +250,26 @@ class SharedPositions:
 
     async def _hold(self) -> None:
         """Open `connections` connections at once and keep them (a PostgreSQL connection
-        costs tens of milliseconds to open: not by the first calls of a burst). Those that
+        costs tens of milliseconds to open: not by the first calls of a burst). Each is
+        kept as soon as it is open, so a stop meanwhile (this cancelled) gives back those
+        already open (`close`); collected only at the end, they were lost with the
+        cancelled gather, checked out until the garbage collector found them. Those that
         fail to open are logged and left out; calls then wait for the others."""
         await self._let_go(invalidate=False)
 
-        async def connect() -> _Kept:
+        async def connect() -> None:
             conn = await self.db.engine.connect()
             try:
-                return conn, await driver_connection(conn)
+                driver = await driver_connection(conn)
             except BaseException:
                 await conn.close()
                 raise
+            self._held.add(conn)
+            self._idle.put_nowait((conn, driver))
 
         opened = await asyncio.gather(*(connect() for _ in range(self.connections)),
                                       return_exceptions=True)
         failed = [c for c in opened if isinstance(c, BaseException)]
-        for kept in opened:
-            if not isinstance(kept, BaseException):
-                self._held.add(kept[0])
-                self._idle.put_nowait(kept)
         if failed:
             log.warning("db.pool_not_opened", pool="routing", opened=len(self._held),
                         error=type(failed[0]).__name__)
