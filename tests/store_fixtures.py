@@ -207,6 +207,7 @@ class TcpProxy:
         self.port = 0
         self.up = True
         self.refusing = False
+        self.holding = asyncio.Event()  # set once `freeze` holds a new connection
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -219,6 +220,8 @@ class TcpProxy:
         return self.port
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self._flowing.is_set():
+            self.holding.set()  # frozen: this connection hangs
         await self._flowing.wait()
         if not self.up:
             writer.transport.abort()
@@ -263,6 +266,10 @@ class TcpProxy:
     def freeze(self) -> None:
         """A network cut: every byte is held, no connection is closed, new ones hang."""
         self._flowing.clear()
+
+    def thaw(self) -> None:
+        """The cut healed: what `freeze` held goes on."""
+        self._flowing.set()
 
     def refuse_logins(self) -> None:
         """Drop every connection; new ones are answered 'password authentication failed'."""

@@ -8,18 +8,22 @@ reads open their connections later, and the reason is logged.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from aiohttp.test_utils import TestClient, TestServer
-from store_fixtures import DbFactory, auth, pg_url
+from sqlalchemy.engine import make_url
+from store_fixtures import DbFactory, TcpProxy, auth, pg_url, via_proxy
 from structlog.testing import capture_logs
 
 from callhub.api.app import make_app
 from callhub.config import Settings
 from callhub.store import migrate
 from callhub.store.db import READ_POOL, Database
+from callhub.store.read_pool import Reader, ReadPool
 
 
 async def backends(db: Database) -> int:
@@ -60,3 +64,30 @@ async def test_a_database_not_reachable_at_start_is_logged_not_raised() -> None:
         assert (event["pool"], event["opened"]) == ("read", 0) and "secret" not in repr(event)
     finally:
         await db.close()
+
+
+async def test_an_open_cancelled_midway_gives_back_the_connections_it_took(
+        pg_db: Database, pg_proxy: TcpProxy) -> None:
+    """`open` takes every connection at once (so that each is a new one). Cancelled while
+    one is still opening (here through a frozen proxy), the one it already took goes back:
+    the next read gets it at once instead of opening another through the cut."""
+    url = make_url(via_proxy(pg_url(), pg_proxy))
+    reads = ReadPool(url, pg_db.engine.dialect, 2, schema=pg_db.schema, connect_timeout=30)
+
+    async def taken(conn: Reader) -> None:
+        """A read that needs a connection and no answer from the database."""
+
+    try:
+        await reads.run(taken)  # one connection open, idle in the pool
+        pg_proxy.freeze()
+        opening = asyncio.create_task(reads.open())
+        async with asyncio.timeout(10):
+            await pg_proxy.holding.wait()  # the second connection is held at the proxy
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        async with asyncio.timeout(5):
+            await reads.run(taken)
+    finally:
+        pg_proxy.thaw()
+        await reads.close()

@@ -109,14 +109,21 @@ class ReadPool:
 
     async def open(self) -> tuple[int, BaseException | None]:
         """Open all `size` connections now, at once: how many are open, and why one
-        could not be (None: all are)."""
+        could not be (None: all are). Each is taken until all are, so that none is
+        taken twice; cancelled meanwhile, those taken go back all the same (a gather
+        dropped them: taken for good, and `close` waited for them in vain)."""
         pool = await self._the_pool()
-        taken = await asyncio.gather(*(pool.acquire() for _ in range(self.size)),
-                                     return_exceptions=True)
-        opened = [c for c in taken if not isinstance(c, BaseException)]
-        for connection in opened:
-            await pool.release(connection)
-        failed = [c for c in taken if isinstance(c, BaseException)]
+        taken = [asyncio.ensure_future(pool.acquire()) for _ in range(self.size)]
+        try:
+            await asyncio.wait(taken)
+        finally:
+            for task in taken:
+                task.cancel()  # those still opening, when this was cancelled
+            await asyncio.wait(taken)
+            opened = [t.result() for t in taken if not t.cancelled() and t.exception() is None]
+            for connection in opened:
+                await pool.release(connection)
+        failed = [t.exception() for t in taken if not t.cancelled() and t.exception()]
         return len(opened), failed[0] if failed else None
 
     async def close(self, within: float = 5.0) -> None:
