@@ -28,6 +28,8 @@ from sqlalchemy.engine import URL, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from callhub.lifecycle import cancel_and_wait
+
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
@@ -117,9 +119,7 @@ class ReadPool:
         try:
             await asyncio.wait(taken)
         finally:
-            for task in taken:
-                task.cancel()  # those still opening, when this was cancelled
-            await asyncio.wait(taken)
+            await cancel_and_wait(taken)  # those still opening, when this was cancelled
             opened = [t.result() for t in taken if not t.cancelled() and t.exception() is None]
             for connection in opened:
                 await pool.release(connection)
