@@ -208,15 +208,13 @@ async def worklist_gauge(d: Daemon) -> AsyncIterator[None]:
         while True:
             if election is not None and "writer" not in election.roles.values():
                 metrics.set_worklist(0, None)  # a pair's standby: the writer exports it
-                nudge.clear()
-                await wait_set(nudge, WORKLIST_GAUGE_SECONDS)
-                continue
-            try:
-                async with db.connection() as conn:
-                    pending, oldest = await worklist.pending_summary(conn)
-                metrics.set_worklist(pending, oldest.timestamp() if oldest else None)
-            except Exception as exc:  # the database may be down; the writer reports that
-                log.debug("worklist_gauge.failed", error=type(exc).__name__)
+            else:
+                try:
+                    async with db.connection() as conn:
+                        pending, oldest = await worklist.pending_summary(conn)
+                    metrics.set_worklist(pending, oldest.timestamp() if oldest else None)
+                except Exception as exc:  # the database may be down; the writer says so
+                    log.debug("worklist_gauge.failed", error=type(exc).__name__)
             nudge.clear()
             await wait_set(nudge, WORKLIST_GAUGE_SECONDS)
 
