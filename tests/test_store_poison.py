@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from store_fixtures import T0, DbFactory, TcpProxy, make_call, pg_url, via_proxy
+from store_fixtures import (
+    T0,
+    DbFactory,
+    TcpProxy,
+    assert_worklist_counts_each_call_once,
+    make_call,
+    pg_url,
+    via_proxy,
+)
 
 from callhub.config import Settings
 from callhub.metrics.collectors import CallhubMetrics
@@ -27,9 +35,10 @@ from callhub.store.failures import classify
 from callhub.store.followups import followups
 from callhub.store.spool import Spool
 from callhub.store.tables import calls, worklist_calls, worklist_entries
-from callhub.store.writer import CallWriter
+from callhub.store.writer import SUSPECT_TRIES, CallWriter
 
 WAIT = 30.0
+CALLER = "+8613912345678"
 LONG_NAME = "张" * 150 + "Anna-Maria " * 15  # 315 characters, multibyte first
 
 
@@ -136,6 +145,61 @@ async def test_postgresql_value_too_long_is_a_data_error_and_quarantined(
             listed = await quarantine.listing(conn)
         assert listed[0]["linkedid"] == too_long.linkedid
         assert "value too long" in listed[0]["error"]
+    finally:
+        await factory.cleanup()
+
+
+async def test_an_error_nobody_classified_is_retried_then_blamed_on_the_lone_call(
+        tmp_path: Path, store_settings: Settings) -> None:
+    """An error callhub cannot place (not a data error, not an outage) while the database
+    answers: a batch is split down to the call it follows; that call alone is tried
+    SUSPECT_TRIES times, as an outage would be, before it is quarantined. The database is
+    real: a site's own trigger refuses one call with an SQLSTATE of PL/pgSQL's own class."""
+    factory = DbFactory("postgresql", tmp_path)
+    try:
+        db = await factory.create()
+        await migrate.upgrade(db)
+        async with db.begin() as conn:
+            await conn.execute(sa.text(
+                "CREATE FUNCTION refuse_call() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "IF NEW.linkedid = 'p' THEN RAISE EXCEPTION 'the site refuses this call' "
+                "USING ERRCODE = 'P0001'; END IF; RETURN NEW; END $$"))
+            await conn.execute(sa.text(
+                "CREATE TRIGGER refuse_call BEFORE INSERT OR UPDATE ON calls "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_call()"))
+        metrics = CallhubMetrics()
+        missed = (2, 9, 12, 15)  # one caller's misses: one worklist entry, four calls
+        good = [make_call(f"g{i}", at=T0 + i * 60, outcome="missed", caller_number=CALLER)
+                if i in missed else
+                make_call(f"g{i}", at=T0 + i * 60, caller_number=f"+8613{i:09d}")
+                for i in range(20)]
+        records = [*good[:7], make_call("p", at=T0 + 7 * 60 + 30), *good[7:]]
+        writer = CallWriter(db, store_settings, metrics=metrics, retry_initial=0.01,
+                            retry_max=0.02)
+        for record in records:
+            writer.submit(record)  # before the start: one batch, COPYed
+        await writer.start()
+        async with asyncio.timeout(WAIT):
+            await writer.wait_written()
+        assert writer.quarantined == 1
+        # Tried alone SUSPECT_TRIES times: the first tries failed as an outage would...
+        assert writer.failed_batches == SUSPECT_TRIES - 1
+        assert sample(metrics, "callhub_db_write_errors_total") == SUSPECT_TRIES - 1
+        # ...and once it is quarantined the writer is ready again, saying so.
+        assert writer.health.ready
+        assert any("quarantined" in r for r in writer.status().reasons())
+        await writer.stop()
+        # The batch was stored again on each try: every call once, each miss counted once.
+        stored = [r[0] for r in await rows(db, calls, "linkedid")]
+        assert sorted(stored) == sorted(r.linkedid for r in good)
+        await assert_worklist_counts_each_call_once(db)
+        entries = await rows(db, worklist_entries, "number", "call_count")
+        assert entries == [(CALLER, len(missed))]
+        async with db.connection() as conn:
+            listed = await quarantine.listing(conn)
+        assert [(q["linkedid"], q["error"]) for q in listed] == [
+            ("p", listed[0]["error"])] and "the site refuses this call" in listed[0]["error"]
+        assert len(Spool(store_settings.spool_dir)) == 0
     finally:
         await factory.cleanup()
 
