@@ -167,6 +167,61 @@ async def test_stop_spools_what_it_cannot_write_and_restart_writes_it_first(
     await factory.cleanup()
 
 
+async def test_a_call_handed_over_after_stop_waits_in_the_spool_for_the_next_start(
+        any_db: Database, store_settings: Settings, tmp_path: Path) -> None:
+    """Ingestion may still finish a call while the daemon stops: it goes straight to the
+    spool (the writer's task has ended) and the next start stores it, once. When even the
+    spool cannot take it, it is counted as dropped, not silently lost."""
+    metrics = CallhubMetrics()
+    writer = CallWriter(any_db, store_settings, metrics=metrics)
+    await writer.start()
+    first = calls_named("f", 3, T0)
+    for record in first:
+        writer.submit(record)
+    async with asyncio.timeout(WAIT):
+        await writer.wait_written()
+    await writer.stop()
+    late = calls_named("late", 2, T0 + 100)
+    for record in late:
+        writer.submit(record)
+    assert writer.pending == 2 and writer.dropped == 0
+    assert len(Spool(store_settings.spool_dir)) == 2
+
+    restarted = CallWriter(any_db, store_settings)
+    await restarted.start()
+    async with asyncio.timeout(WAIT):
+        await restarted.wait_written()
+    await restarted.stop()
+    assert restarted.written == 2
+    assert (await stored(any_db))[0] == [r.linkedid for r in first + late]
+
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    nowhere = CallWriter(any_db, Settings(spool_dir=str(blocked / "spool")), metrics=metrics)
+    await nowhere.stop()
+    nowhere.submit(make_call("lost", at=T0 + 200))
+    assert nowhere.dropped == 1 and nowhere.pending == 0
+    assert sample(metrics, "callhub_calls_dropped_total") == 1
+
+
+async def test_past_max_memory_calls_are_dropped_and_counted(
+        any_db: Database, store_settings: Settings) -> None:
+    """The memory bound: calls handed over faster than the spool takes them wait in
+    memory up to `max_memory`; past it each is dropped, counted and logged."""
+    metrics = CallhubMetrics()
+    writer = CallWriter(any_db, store_settings, metrics=metrics, max_memory=5)
+    records = calls_named("m", 8, T0)
+    for record in records:  # not started: nothing takes them from memory
+        writer.submit(record)
+    assert writer.pending == 5 and writer.dropped == 3
+    assert sample(metrics, "callhub_calls_dropped_total") == 3
+    await writer.start()
+    async with asyncio.timeout(WAIT):
+        await writer.wait_written()
+    await writer.stop()
+    assert (await stored(any_db))[0] == [r.linkedid for r in records[:5]]
+
+
 async def test_batches_are_one_transaction_each(any_db: Database,
                                                 store_settings: Settings) -> None:
     writer = CallWriter(any_db, store_settings, batch_size=50)
