@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
-from store_fixtures import T0, DbFactory, TcpProxy, make_call, pg_url, via_proxy
+from store_fixtures import (
+    T0,
+    DbFactory,
+    TcpProxy,
+    assert_worklist_counts_each_call_once,
+    make_call,
+    pg_url,
+    via_proxy,
+)
 
 from callhub.config import Settings
 from callhub.metrics.collectors import CallhubMetrics
@@ -237,6 +246,89 @@ async def test_batches_are_one_transaction_each(any_db: Database,
     assert batches == [50, 50, 20]
     assert writer.written == 120 and writer.failed_batches == 0
     assert len((await stored(any_db))[0]) == 120
+
+
+def test_the_spool_rolls_over_segments_drops_the_stored_and_survives_a_torn_checkpoint(
+        tmp_path: Path) -> None:
+    """Past `segment_bytes` appends go to a new segment; the checkpoint deletes the
+    segments wholly before it; a reopened spool goes on from the checkpoint; one torn
+    by a power cut means "from the oldest segment left" (calls stored again, never
+    skipped)."""
+    directory = tmp_path / "spool"
+    spool = Spool(directory, segment_bytes=2048)
+    records = calls_named("s", 60, T0)
+    ends: list[tuple[int, int]] = []
+    for i in range(0, len(records), 3):  # a group commit at a time, as the writer appends
+        ends += spool.append(records[i:i + 3])
+    segments = sorted({seg for seg, _ in ends})
+    assert len(segments) >= 5, "the segments did not roll over"
+    assert ends == sorted(ends) and len(spool.segments()) == len(segments)
+    plain = [r.to_plain() for r in records]
+    assert [r.to_plain() for r in spool.unstored()] == plain  # across every segment, in order
+
+    done = 31
+    spool.set_checkpoint(ends[done])  # the first 32 are stored
+    left = [int(path.name[4:20]) for path in spool.segments()]
+    assert min(left) >= ends[done][0] > segments[0]  # the stored segments are gone
+    assert [r.to_plain() for r in spool.unstored()] == plain[done + 1:]
+    spool.close()
+
+    reopened = Spool(directory, segment_bytes=2048)
+    assert [r.to_plain() for r in reopened.unstored()] == plain[done + 1:]
+    more = calls_named("t", 2, T0 + 100)
+    (after,) = {seg for seg, _ in reopened.append(more)}
+    assert after > segments[-1]  # a new segment on every open
+    reopened.close()
+
+    (directory / "wal.checkpoint").write_bytes(b'{"segment": 3, "off')  # torn
+    torn = Spool(directory, segment_bytes=2048)
+    again = [r.to_plain() for r in torn.unstored()]
+    everything = plain + [r.to_plain() for r in more]
+    # From the oldest segment left: a tail of everything appended, in order, holding
+    # every call not stored; only stored calls come again.
+    assert again == everything[len(everything) - len(again):]
+    assert len(again) > len(everything) - (done + 1)
+    torn.close()
+
+
+async def test_the_writer_stores_across_segments_once_even_after_a_torn_checkpoint(
+        any_db: Database, store_settings: Settings, tmp_path: Path) -> None:
+    """The writer on a spool of small segments: every call stored once and in order, the
+    stored segments deleted as it goes. Then the disk as a crash would leave it (the
+    spool copied before the clean stop) with its checkpoint torn: the next start stores
+    some calls again and the new ones, each still once in the database."""
+    directory = Path(store_settings.spool_dir)
+    writer = CallWriter(any_db, store_settings, spool=Spool(directory, segment_bytes=2048),
+                        batch_size=7, max_buffer=10)
+    first = calls_named("a", 40, T0)
+    for record in first:
+        writer.submit(record)
+    await writer.start()
+    async with asyncio.timeout(WAIT):
+        await writer.wait_written()
+    assert 1 <= len(writer.spool.segments()) < 5  # stored segments deleted as it went
+    crashed = tmp_path / "crashed"
+    shutil.copytree(directory, crashed)
+    await writer.stop()
+    assert (await stored(any_db))[0] == [r.linkedid for r in first]
+
+    shutil.rmtree(directory)
+    shutil.copytree(crashed, directory)
+    (directory / "wal.checkpoint").write_bytes(b'{"seg')
+    restarted = CallWriter(any_db, store_settings,
+                           spool=Spool(directory, segment_bytes=2048), batch_size=7)
+    second = calls_named("b", 30, T0 + 1000)
+    for record in second:
+        restarted.submit(record)
+    await restarted.start()
+    async with asyncio.timeout(WAIT):
+        await restarted.wait_written()
+    await restarted.stop()
+    assert restarted.written > len(second)  # some of the first stored again
+    linkedids, n_attempts = await stored(any_db)
+    assert linkedids == [r.linkedid for r in first + second]  # each once, in order
+    assert n_attempts == sum(len(r.attempts) for r in first + second)
+    await assert_worklist_counts_each_call_once(any_db)
 
 
 def test_spool_skips_a_torn_last_line_and_survives_reopening(tmp_path: Path) -> None:
