@@ -129,7 +129,11 @@ async def test_broken_rota_store_still_returns_an_answer(agi_server: AgiServer,
     b"this is not agi\n\n",
     b"agi_network: yes\nGET / HTTP/1.1\n\n",
     b"\n",
-])
+    b"agi_network: yes\nagi_request: agi://x/" + b"x" * 20_000,  # a line past 16 KB, unended
+    # A request that would route but for its size: one 20 KB value, or 300 variables.
+    asterisk_agi_request(extra={"agi_accountcode": "x" * 20_000}),
+    asterisk_agi_request(extra={f"agi_accountcode_{i}": "v" for i in range(300)}),
+], ids=["text", "http", "empty", "long-line", "long-value", "many-variables"])
 async def test_malformed_request_gets_the_fallback(agi_server: AgiServer,
                                                    request_bytes: bytes) -> None:
     variables = await play_asterisk(agi_server, request_bytes)
@@ -296,6 +300,35 @@ async def test_an_answer_longer_than_an_agi_line_goes_in_several(tmp_path: Path)
     assert variables["CALLHUB_TARGET_COUNT"] == "48"
     assert variables["CALLHUB_TARGETS"].split("&") == [interface(f"a{i}") for i in range(48)]
     assert variables["CALLHUB_LINE"] == HOSTILE_LINE
+
+
+async def test_usage_text_for_a_command_is_read_through_and_the_answer_completes(
+        tmp_path: Path) -> None:
+    """Asterisk answers a command it cannot run with `520-` usage text, several lines
+    ending at `520 End of proper usage.`: callhub reads it through as the command's
+    reply and goes on. An answer of two MSets (48 agents): the second follows, whole."""
+    server, agi = await hostile_server(tmp_path, agents=48)
+    try:
+        reader, writer = await asyncio.open_connection(agi.host, agi.port)
+        writer.write(asterisk_agi_request())
+        lines: list[bytes] = []
+        while raw := await asyncio.wait_for(reader.readline(), 5):
+            lines.append(raw)
+            if len(lines) == 1:
+                writer.write(b"520-Invalid command syntax.  Proper usage follows:\n"
+                             b" Usage: EXEC <application> <options>\n"
+                             b"520 End of proper usage.\n")
+            else:
+                writer.write(b"200 result=0\n")
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert len(lines) == 2
+    variables = dict(pair for raw in lines
+                     for pair in agi_variables(raw.decode("utf-8").rstrip("\n")))
+    assert variables["CALLHUB_ROUTE_RESULT"] == "routed"
+    assert variables["CALLHUB_TARGET_COUNT"] == "48"
 
 
 async def test_an_environment_in_pieces_gets_the_same_answer(agi_server: AgiServer) -> None:
