@@ -8,6 +8,7 @@ import logging
 import random
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 import structlog
@@ -15,10 +16,12 @@ from ami_fixtures import Collector, compare_synth, make_ingest, sim_pbx
 from prometheus_client import CollectorRegistry
 
 from callhub.ami.connection import AmiConnection
+from callhub.ami.correlator import Correlator
 from callhub.ami.ingest import PbxIngest
 from callhub.ami.parser import AmiMessage
 from callhub.lifecycle import backoff_delay
 from callhub.metrics.collectors import CallhubMetrics
+from callhub.records import CallRecord
 from callhub.sim.ami_server import AmiSimulator
 from callhub.sim.calls import CallFactory, merge_calls
 
@@ -308,6 +311,85 @@ async def test_malformed_message_is_counted_and_reader_goes_on(
     assert registry.get_sample_value("callhub_ami_malformed_total", labels) == 1.0
     assert registry.get_sample_value("callhub_ami_events_total", labels) == len(
         collector.events)
+
+
+async def test_a_listener_that_fails_costs_only_itself_the_calls_are_still_recorded(
+        ami_simulator: AmiSimulator) -> None:
+    """A listener (routing's busy tracker, say) that raises on every event is logged and
+    skipped; the correlator still sees every event and the calls come out right."""
+    sim = ami_simulator
+    collector = Collector()
+    ingest = make_ingest(sim_pbx(sim), collector)
+    failures = 0
+
+    def broken(event: AmiMessage) -> None:
+        nonlocal failures
+        failures += 1
+        raise RuntimeError("listener bug")
+
+    ingest.add_listener(broken)
+    factory = CallFactory(seed=12, uniqueid_counter=200)
+    base = time.time() - 60
+    calls = [factory.make("answered", base, ring_seconds=4.0, talk_seconds=10.0,
+                          agent="Local/agent1@agentsim", number="+8613800000201"),
+             factory.make("abandoned", base + 2, ring_seconds=3.0,
+                          agent="Local/agent2@agentsim", number="+8613800000202")]
+    with structlog.testing.capture_logs() as logs:
+        await ingest.start()
+        try:
+            await ingest.wait_connected(5)
+            await sim.send([m for _, m in merge_calls(calls)])
+            await collector.until(lambda: len(collector.records) >= 2)
+        finally:
+            await ingest.stop()
+    assert compare_synth(collector.records, calls) == []
+    assert failures == len(collector.events) > 0  # called for every event, failing each
+    failed = [e for e in logs if e["event"] == "ami.listener_failed"]
+    assert len(failed) == failures and all(e["log_level"] == "error" for e in failed)
+
+
+async def test_an_event_the_correlator_fails_on_is_logged_and_the_next_calls_come_out(
+        ami_simulator: AmiSimulator) -> None:
+    """The last net under the correlator: an exception it did not catch itself (a bug,
+    injected here on one event) is logged with the event's kind, and the session and the
+    calls after it go on."""
+    sim = ami_simulator
+    collector = Collector()
+    pbx = sim_pbx(sim)
+    ingest = make_ingest(pbx, collector)
+
+    class Failing:
+        """The real correlator (compiled: no subclass), failing on one kind of event."""
+
+        def __init__(self, inner: Correlator) -> None:
+            self.inner = inner
+
+        def feed(self, event: AmiMessage) -> list[CallRecord]:
+            if event.get("Event") == "UserEvent":
+                raise RuntimeError("correlator bug")
+            return self.inner.feed(event)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    ingest.correlator = Failing(ingest.correlator)  # type: ignore[assignment]
+    factory = CallFactory(seed=13, uniqueid_counter=300)
+    call = factory.make("answered", time.time() - 60, ring_seconds=4.0, talk_seconds=10.0,
+                        agent="Local/agent1@agentsim", number="+8613800000301")
+    with structlog.testing.capture_logs() as logs:
+        await ingest.start()
+        try:
+            await ingest.wait_connected(5)
+            await sim.send([{"Event": "UserEvent", "Privilege": "user,all",
+                             "UserEvent": "poison", "Linkedid": "x"}])
+            await sim.send([m for _, m in merge_calls([call])])
+            await collector.until(lambda: len(collector.records) >= 1)
+        finally:
+            await ingest.stop()
+    assert compare_synth(collector.records, [call]) == []
+    assert ingest.connection.sessions == 1  # the reader did not die with the event
+    failed = [e for e in logs if e["event"] == "correlator.feed_failed"]
+    assert [(e["event_kind"], e["linkedid"]) for e in failed] == [("UserEvent", "x")]
 
 
 async def test_two_pbxs_have_their_own_connection_and_correlator() -> None:

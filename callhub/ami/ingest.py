@@ -187,13 +187,13 @@ class PbxIngest:
                 listener(event)
             except Exception:
                 log.exception("ami.listener_failed", pbx=self.pbx.name,
-                              event=event.get("Event"))
+                              event_kind=event.get("Event"))
         errors = self.correlator.errors
         try:
             records = self.correlator.feed(event)
         except Exception:
             log.exception("correlator.feed_failed", pbx=self.pbx.name,
-                          event=event.get("Event"), linkedid=event.get("Linkedid"))
+                          event_kind=event.get("Event"), linkedid=event.get("Linkedid"))
             return
         if self.correlator.errors != errors:
             self._correlator_error(event)
