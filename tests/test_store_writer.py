@@ -359,6 +359,32 @@ def test_spool_skips_a_torn_last_line_and_survives_reopening(tmp_path: Path) -> 
     assert len(again) == 0 and again.segments() == []
 
 
+async def test_damaged_lines_amid_the_spool_are_skipped_counted_and_passed(
+        any_db: Database, store_settings: Settings) -> None:
+    """Lines a disk fault left unreadable (not JSON, JSON of the wrong shape, a record
+    with a wrong value) are skipped and counted; the calls around them are stored, and
+    the checkpoint moves past the damage (it is not read again and again)."""
+    spool = Spool(store_settings.spool_dir)
+    spool.append([make_call("before")])
+    spool.close()
+    damaged = [b"\x00\x00\x00garbage\n", b"[1, 2]\n", b"null\n",
+               b'{"pbx": "main", "linkedid": "x", "arrived_at": "soon"}\n']
+    with spool.segments()[-1].open("ab") as fh:
+        fh.write(b"".join(damaged))
+    spool = Spool(store_settings.spool_dir)
+    spool.append([make_call("after", at=T0 + 60)])
+    spool.close()
+
+    writer = CallWriter(any_db, store_settings)
+    await writer.start()
+    async with asyncio.timeout(WAIT):
+        await writer.wait_written()
+    assert writer.spool.skipped == len(damaged)
+    await writer.stop()
+    assert (await stored(any_db))[0] == ["before", "after"]
+    assert Spool(store_settings.spool_dir).unstored() == []
+
+
 def test_a_failed_spool_write_is_cut_back_off(tmp_path: Path) -> None:
     """Disk full mid-write (a real EFBIG in a child process): no half line stays behind."""
     import subprocess
