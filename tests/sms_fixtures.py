@@ -110,6 +110,7 @@ class WebhookServer(_Server):
         self.received: list[WebhookRequest] = []
         self.delivered: dict[str, dict[str, Any]] = {}
         self.ids = itertools.count(1)
+        self.retry_after = "1"  # the Retry-After header of a 503
 
     @property
     def url(self) -> str:
@@ -150,7 +151,7 @@ class WebhookServer(_Server):
             self.delivered[body["idempotency_key"]] = {**body, "id": reply["id"]}
         self.received.append(WebhookRequest(body, dict(request.headers), status))
         await self._note_request()
-        headers = {"Retry-After": "1"} if status == 503 else {}
+        headers = {"Retry-After": self.retry_after} if status == 503 else {}
         return web.json_response(reply if status == 200 else {"error": status},
                                  status=status, headers=headers)
 

@@ -121,6 +121,10 @@ def test_webhook_signature_helper_matches_its_documentation() -> None:
                                         now=1700000100)
     assert not verify_webhook_signature("k", "1700000000", signature, body, now=1700000400)
     assert not verify_webhook_signature("other", "1700000000", signature, body, now=1700000000)
+    # A timestamp that is no time is never fresh, even signed with the secret.
+    for stamp in ("nan", "inf", "-inf", "soon", ""):
+        signed = webhook_signature("k", stamp, body)
+        assert not verify_webhook_signature("k", stamp, signed, body, now=1700000000), stamp
 
 
 def aliyun_gateway(server: AliyunServer, secret: str | None = None) -> AliyunGateway:

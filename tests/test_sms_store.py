@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+import pytest
 import sqlalchemy as sa
 from sms_fixtures import WebhookServer, call
 
@@ -90,6 +91,35 @@ async def test_quiet_time_opt_outs_and_replays(any_db: Database,
                call("n.3", caller="+8613900000004", direction="outbound"),
                call("n.4", caller="+8613900000005", line="sales"))
     assert len(await outbox_rows(any_db)) == 4
+
+
+@pytest.mark.parametrize("retry_after", ["inf", "1e300", "99999999999", "nan", "-5", "soon"])
+async def test_a_gateways_retry_after_past_the_expiry_is_held_to_it(
+        any_db: Database, store_settings: Settings, retry_after: str) -> None:
+    """A gateway's Retry-After is honoured, up to the message's expiry: one of years (or
+    infinity, or not a number) neither crashes the sender nor parks the message past
+    the time it would expire."""
+    server = WebhookServer()
+    await server.start()
+    try:
+        settings = with_sms(store_settings, url=server.url, retry_base_seconds=1,
+                            retry_max_seconds=2)
+        assert settings.sms is not None
+        await save(any_db, settings, call("r.1", caller="+8613900000012"))
+        outbox = TableOutbox(any_db)
+        gateway = gateway_from_settings(settings.sms)
+        worker = SmsWorker.from_settings(outbox, gateway, settings.sms)
+        server.retry_after = retry_after
+        server.answer_next(503)
+        before = time.time()
+        assert await worker.run_once() == 1
+        [row] = await outbox_rows(any_db)
+        assert row["status"] == "queued" and row["last_error"] == "http_503"
+        due = row["next_attempt_at"].timestamp()
+        assert before + 1 <= due <= time.time() + settings.sms.expire_seconds
+        await gateway.close()
+    finally:
+        await server.stop()
 
 
 async def test_table_outbox_sends_retries_and_leases(any_db: Database,

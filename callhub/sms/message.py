@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -49,11 +50,12 @@ class SmsGateway(Protocol):
 
 
 def retry_after_seconds(value: str | None) -> float | None:
-    """An HTTP Retry-After given in seconds (the date form is ignored)."""
+    """An HTTP Retry-After given in seconds (the date form is ignored, and so is one that
+    is negative, not a number or infinite)."""
     if value is None:
         return None
     try:
         seconds = float(value.strip())
     except ValueError:
         return None
-    return seconds if seconds >= 0 else None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None

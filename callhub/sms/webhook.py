@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -49,10 +50,11 @@ def verify_webhook_signature(secret: str, timestamp: str | None, signature: str 
     if timestamp is None or signature is None:
         return False
     try:
-        if abs(now - float(timestamp)) > tolerance:
-            return False
+        sent_at = float(timestamp)
     except ValueError:
         return False
+    if not math.isfinite(sent_at) or abs(now - sent_at) > tolerance:
+        return False  # "nan" is no time: never fresh
     return hmac.compare_digest(webhook_signature(secret, timestamp, body), signature)
 
 

@@ -143,7 +143,10 @@ class SmsWorker:
                 self.metrics.sent(message.line, now - message.call_ended_at)
             await self._finish()
         elif result.status == "retryable" and message.attempts < self.retry.max_attempts:
-            at = now + self.retry.delay(message.attempts, result.retry_after)
+            # No later than the message expires (a gateway's Retry-After may say years):
+            # claimed then, it is expired, not parked for good.
+            at = min(now + self.retry.delay(message.attempts, result.retry_after),
+                     message.call_ended_at + self.retry.expire_seconds)
             await self.outbox.mark_retry(message.id, at, error)
             log.info("sms.retry", **self._fields(message), error=error, retry_in=round(at - now, 3))
             if self.metrics:
