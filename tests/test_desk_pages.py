@@ -156,6 +156,9 @@ def test_every_text_the_script_and_page_use_is_in_the_catalogues_and_none_is_unu
     (None, None, "en"), ("", None, "en"), ("zh", None, "zh"), ("zh-Hans-CN", None, "zh"),
     ("en;q=0.1, zh;q=0.2", None, "zh"), ("zh;q=0, en", None, "en"),
     ("fr, de", None, "en"), ("zh;q=abc, en;q=0.5", None, "en"), ("EN-gb", "zh", "zh"),
+    # A q that is no weight (not a number, infinite, over 1) counts as none.
+    ("zh;q=nan, en;q=0.5", None, "en"), ("zh;q=inf, en;q=0.5", None, "en"),
+    ("zh;q=2, en;q=0.5", None, "en"),
 ])
 def test_pick_language(header: str | None, cookie: str | None, expected: str) -> None:
     assert i18n.pick_language(header, cookie) == expected

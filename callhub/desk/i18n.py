@@ -514,7 +514,7 @@ def pick_language(accept_language: str | None, cookie: str | None = None) -> str
                     q = float(value)
                 except ValueError:
                     q = 0.0
-        if q <= 0:
+        if not 0 < q <= 1:  # 0: not wanted; not a weight ("abc", "nan", "inf", "2"): none
             continue
         candidate = (-q, index, primary)
         if best is None or candidate < best:
