@@ -75,6 +75,14 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
     ("database_url = 'callhub.db'\n", "database_url"),
     ("event_loop = 'trio'\n", "event_loop"),
     ("[[pbx]]\nname='a'\n[pbx.agents]\n'PJSIP/1' = 3\n", "pbx[a].agents.PJSIP/1"),
+    # TOML writes inf and nan: no time, rate or count of callhub's may be either.
+    ("stale_call_seconds = inf\n", "stale_call_seconds"),
+    ("[desk]\npoll_seconds = inf\n", "desk.poll_seconds"),
+    ("[desk.targets]\nmissed = nan\n", "desk.targets.missed"),
+    ("[sms]\ngateway = 'webhook'\nurl = 'http://127.0.0.1:9/send'\nlease_seconds = inf\n",
+     "sms.lease_seconds"),
+    ("[sms]\ngateway = 'webhook'\nurl = 'http://127.0.0.1:9/send'\nretry_max_seconds = inf\n",
+     "sms.retry_max_seconds"),
 ])
 def test_a_bad_value_names_its_key(tmp_path: Path, text: str, key: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -183,6 +191,7 @@ def test_config_check_without_tokens_warns_that_every_route_answers_401(
 @pytest.mark.parametrize(("env", "variable"), [
     ({"CALLHUB_TIMEZONE": "Mars/Olympus"}, "CALLHUB_TIMEZONE"),
     ({"CALLHUB_STALE_CALL_SECONDS": "0"}, "CALLHUB_STALE_CALL_SECONDS"),
+    ({"CALLHUB_STALE_CALL_SECONDS": "inf"}, "CALLHUB_STALE_CALL_SECONDS"),
     ({"CALLHUB_PBX_MAIN_PORT": "70000"}, "CALLHUB_PBX_MAIN_PORT"),
     ({"CALLHUB_PBX_MAIN_PORT": "ami"}, "CALLHUB_PBX_MAIN_PORT"),
     ({"CALLHUB_EVENT_LOOP": "tokio"}, "CALLHUB_EVENT_LOOP"),

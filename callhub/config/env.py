@@ -38,7 +38,8 @@ EnvListen = Annotated[tuple[str, int] | None, NoDecode, BeforeValidator(_env_lis
 class EnvOverrides(BaseSettings):
     """The variables that override one setting each; unset ones change nothing."""
 
-    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True,
+                                      allow_inf_nan=False)
 
     database_url: str | None = Field(None, validation_alias="CALLHUB_DATABASE_URL")
     read_database_url: str | None = Field(None, validation_alias="CALLHUB_READ_DATABASE_URL")

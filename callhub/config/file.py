@@ -90,7 +90,7 @@ Target = Annotated[Number, Field(ge=0)]
 
 
 class _Table(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ApiTable(_Table):
@@ -115,7 +115,7 @@ class StatsTable(_Table):
 class FollowupsTable(_Table):
     """`overdue_after`, and per category a list of delays after the call: `repair = ["24h"]`."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
     __pydantic_extra__: dict[str, Delays] = Field(init=False)
 
     overdue_after: Annotated[float, BeforeValidator(_text_duration)] = 3600.0

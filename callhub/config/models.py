@@ -83,7 +83,7 @@ def _port(value: int) -> int:
 Names = Annotated[tuple[str, ...], BeforeValidator(_names)]
 TextMap = Annotated[Mapping[StrictStr, StrictStr], BeforeValidator(_text_map)]
 Listen = Annotated[tuple[str, int], BeforeValidator(listen)]
-_DATACLASS = ConfigDict(extra="forbid")
+_DATACLASS = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def _cel_url(value: str | None) -> str | None:

@@ -32,7 +32,7 @@ SCHEDULES = ("off", "daily", "weekly", "monthly")
 SCHEDULE_PERIOD = {"daily": "day", "weekly": "week", "monthly": "month"}
 REPORT_FORMATS = ("html", "text")
 LANGS = ("zh", "en")
-_DATACLASS = ConfigDict(extra="forbid")
+_DATACLASS = ConfigDict(extra="forbid", allow_inf_nan=False)
 _ADDRESS = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
 
 

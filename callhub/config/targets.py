@@ -34,7 +34,7 @@ ANY_LINE = "*"  # `[lines."*"]`: the target of every line without a table of its
 class LineTable(BaseModel):
     """One `[lines."<line>"]` table; an unset answer-rate target is the desk's."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     target_rings: Annotated[StrictInt, Field(ge=1, le=100)] = DEFAULT_TARGET_RINGS
     answer_rate_target: Annotated[float, Strict(), Field(ge=0, le=1)] | None = None

@@ -187,7 +187,7 @@ Days = Annotated[frozenset[int], BeforeValidator(_raising(parse_days))]
 
 
 class _Table(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class AgentTable(_Table):
