@@ -111,6 +111,7 @@ class WebhookServer(_Server):
         self.delivered: dict[str, dict[str, Any]] = {}
         self.ids = itertools.count(1)
         self.retry_after = "1"  # the Retry-After header of a 503
+        self.id_format = "wh-{}"  # the ids it answers with
 
     @property
     def url(self) -> str:
@@ -147,7 +148,7 @@ class WebhookServer(_Server):
         elif body["idempotency_key"] in self.delivered:
             reply = {"id": self.delivered[body["idempotency_key"]]["id"], "duplicate": True}
         else:
-            reply = {"id": f"wh-{next(self.ids)}"}
+            reply = {"id": self.id_format.format(next(self.ids))}
             self.delivered[body["idempotency_key"]] = {**body, "id": reply["id"]}
         self.received.append(WebhookRequest(body, dict(request.headers), status))
         await self._note_request()

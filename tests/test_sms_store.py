@@ -122,6 +122,31 @@ async def test_a_gateways_retry_after_past_the_expiry_is_held_to_it(
         await server.stop()
 
 
+async def test_a_gateways_id_longer_than_its_column_is_kept_cut(
+        any_db: Database, store_settings: Settings) -> None:
+    """A gateway may answer with any id (a site's webhook: a URL, a token): one longer
+    than the column's 128 characters is kept cut, the message sent, not refused by the
+    database at every try (and sent again after every lease)."""
+    server = WebhookServer()
+    server.id_format = "https://sms.example.com/messages/" + "x" * 300 + "/{}"
+    await server.start()
+    try:
+        settings = with_sms(store_settings, url=server.url)
+        assert settings.sms is not None
+        await save(any_db, settings, call("i.1", caller="+8613900000013"))
+        outbox = TableOutbox(any_db)
+        gateway = gateway_from_settings(settings.sms)
+        worker = SmsWorker.from_settings(outbox, gateway, settings.sms)
+        assert await worker.run_once() == 1
+        [row] = await outbox_rows(any_db)
+        assert row["status"] == "sent"
+        assert row["provider_id"] == server.id_format.format(1)[:128]
+        assert len(server.received) == 1
+        await gateway.close()
+    finally:
+        await server.stop()
+
+
 async def test_table_outbox_sends_retries_and_leases(any_db: Database,
                                                      store_settings: Settings) -> None:
     server = WebhookServer()

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callhub.sms.outbox import OutboxMessage
 from callhub.store.db import Database
-from callhub.store.tables import sms_optouts, sms_outbox, utc
+from callhub.store.tables import PROVIDER_ID_LENGTH, sms_optouts, sms_outbox, utc
 from callhub.store.upsert import insert
 
 
@@ -64,7 +64,11 @@ class TableOutbox:
                                .values(lease_until=None, **values))
 
     async def mark_sent(self, message_id: int, at: float, provider_id: str | None) -> None:
-        await self._set(message_id, status="sent", sent_at=utc(at), provider_id=provider_id)
+        # The gateway's id is whatever it answers (a site's webhook: a URL, a token): cut
+        # to the column, or PostgreSQL refuses the row at every try and the message is
+        # sent again after every lease.
+        cut = provider_id[:PROVIDER_ID_LENGTH] if provider_id is not None else None
+        await self._set(message_id, status="sent", sent_at=utc(at), provider_id=cut)
 
     async def mark_retry(self, message_id: int, at: float, error: str) -> None:
         await self._set(message_id, status="queued", next_attempt_at=utc(at),

@@ -252,6 +252,7 @@ report_mailings = sa.Table(
 # status: queued -> sending (leased until lease_until) -> sent | failed | expired;
 # a retry goes back to queued. `idempotency_key` (per call and kind) makes a replayed
 # call queue nothing twice and is sent with every attempt.
+PROVIDER_ID_LENGTH = 128  # the gateway's id of a message sent; longer ones are cut
 sms_outbox = sa.Table(
     "sms_outbox", metadata,
     _id(),
@@ -270,7 +271,7 @@ sms_outbox = sa.Table(
     sa.Column("next_attempt_at", UtcDateTime(), nullable=False),
     sa.Column("lease_until", UtcDateTime()),
     sa.Column("last_error", sa.Text),
-    sa.Column("provider_id", sa.String(128)),
+    sa.Column("provider_id", sa.String(PROVIDER_ID_LENGTH)),
     sa.Column("call_ended_at", UtcDateTime(), nullable=False),
     sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.Column("sent_at", UtcDateTime()),
