@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -278,18 +279,25 @@ async def test_hostile_values_arrive_as_the_rota_has_them(tmp_path: Path) -> Non
     assert variables["CALLHUB_ROUTE_RESULT"] == "routed"
 
 
+async def session_lines(agi: AgiServer, reply: Callable[[int], bytes]) -> list[bytes]:
+    """One AGI session as Asterisk plays it: the request, then `reply(n)` to the n-th
+    command (from 1); the commands as they came."""
+    reader, writer = await asyncio.open_connection(agi.host, agi.port)
+    writer.write(asterisk_agi_request())
+    lines: list[bytes] = []
+    while raw := await asyncio.wait_for(reader.readline(), 5):
+        lines.append(raw)
+        writer.write(reply(len(lines)))
+    writer.close()
+    return lines
+
+
 async def test_an_answer_longer_than_an_agi_line_goes_in_several(tmp_path: Path) -> None:
     """48 agents: the variables take ~2,130 bytes, over res_agi.c's 2,047-byte line; the
     answer comes in two MSets, one per reply, the result in the last."""
     server, agi = await hostile_server(tmp_path, agents=48)
     try:
-        reader, writer = await asyncio.open_connection(agi.host, agi.port)
-        writer.write(asterisk_agi_request())
-        lines: list[bytes] = []
-        while raw := await asyncio.wait_for(reader.readline(), 5):
-            lines.append(raw)
-            writer.write(b"200 result=0\n")
-        writer.close()
+        lines = await session_lines(agi, lambda _: b"200 result=0\n")
     finally:
         server.close()
         await server.wait_closed()
@@ -307,20 +315,12 @@ async def test_usage_text_for_a_command_is_read_through_and_the_answer_completes
     """Asterisk answers a command it cannot run with `520-` usage text, several lines
     ending at `520 End of proper usage.`: callhub reads it through as the command's
     reply and goes on. An answer of two MSets (48 agents): the second follows, whole."""
+    usage = (b"520-Invalid command syntax.  Proper usage follows:\n"
+             b" Usage: EXEC <application> <options>\n"
+             b"520 End of proper usage.\n")
     server, agi = await hostile_server(tmp_path, agents=48)
     try:
-        reader, writer = await asyncio.open_connection(agi.host, agi.port)
-        writer.write(asterisk_agi_request())
-        lines: list[bytes] = []
-        while raw := await asyncio.wait_for(reader.readline(), 5):
-            lines.append(raw)
-            if len(lines) == 1:
-                writer.write(b"520-Invalid command syntax.  Proper usage follows:\n"
-                             b" Usage: EXEC <application> <options>\n"
-                             b"520 End of proper usage.\n")
-            else:
-                writer.write(b"200 result=0\n")
-        writer.close()
+        lines = await session_lines(agi, lambda n: usage if n == 1 else b"200 result=0\n")
     finally:
         server.close()
         await server.wait_closed()

@@ -4,7 +4,9 @@ within one), opt-outs, replays, and the table-backed Outbox the worker drains.""
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
 
 import pytest
 import sqlalchemy as sa
@@ -37,6 +39,37 @@ async def save(db: Database, settings: Settings, *records: object) -> None:
     async with db.begin() as conn:
         await save_calls(conn, list(records), settings,  # type: ignore[arg-type]
                          contacts=CONTACTS.get)
+
+
+@dataclass
+class Sender:
+    """One queued message's way out, as the daemon wires it: the table outbox, the
+    gateway of the settings, the worker; and the webhook at the other end."""
+
+    settings: SmsSettings
+    outbox: TableOutbox
+    worker: SmsWorker
+    server: WebhookServer
+
+
+@asynccontextmanager
+async def one_queued(db: Database, store_settings: Settings, server: WebhookServer,
+                     linkedid: str, caller: str, **sms: object) -> AsyncIterator[Sender]:
+    """A call stored with its message queued, and the sender to drain it."""
+    await server.start()
+    try:
+        settings = with_sms(store_settings, url=server.url, **sms)
+        assert settings.sms is not None
+        await save(db, settings, call(linkedid, caller=caller))
+        gateway = gateway_from_settings(settings.sms)
+        outbox = TableOutbox(db)
+        try:
+            yield Sender(settings.sms, outbox,
+                         SmsWorker.from_settings(outbox, gateway, settings.sms), server)
+        finally:
+            await gateway.close()
+    finally:
+        await server.stop()
 
 
 async def test_a_call_queues_its_sms_in_its_transaction(any_db: Database,
@@ -100,26 +133,16 @@ async def test_a_gateways_retry_after_past_the_expiry_is_held_to_it(
     infinity, or not a number) neither crashes the sender nor parks the message past
     the time it would expire."""
     server = WebhookServer()
-    await server.start()
-    try:
-        settings = with_sms(store_settings, url=server.url, retry_base_seconds=1,
-                            retry_max_seconds=2)
-        assert settings.sms is not None
-        await save(any_db, settings, call("r.1", caller="+8613900000012"))
-        outbox = TableOutbox(any_db)
-        gateway = gateway_from_settings(settings.sms)
-        worker = SmsWorker.from_settings(outbox, gateway, settings.sms)
-        server.retry_after = retry_after
-        server.answer_next(503)
+    server.retry_after = retry_after
+    server.answer_next(503)
+    async with one_queued(any_db, store_settings, server, "r.1", "+8613900000012",
+                          retry_base_seconds=1, retry_max_seconds=2) as s:
         before = time.time()
-        assert await worker.run_once() == 1
+        assert await s.worker.run_once() == 1
         [row] = await outbox_rows(any_db)
         assert row["status"] == "queued" and row["last_error"] == "http_503"
         due = row["next_attempt_at"].timestamp()
-        assert before + 1 <= due <= time.time() + settings.sms.expire_seconds
-        await gateway.close()
-    finally:
-        await server.stop()
+        assert before + 1 <= due <= time.time() + s.settings.expire_seconds
 
 
 async def test_a_gateways_id_longer_than_its_column_is_kept_cut(
@@ -129,37 +152,21 @@ async def test_a_gateways_id_longer_than_its_column_is_kept_cut(
     database at every try (and sent again after every lease)."""
     server = WebhookServer()
     server.id_format = "https://sms.example.com/messages/" + "x" * 300 + "/{}"
-    await server.start()
-    try:
-        settings = with_sms(store_settings, url=server.url)
-        assert settings.sms is not None
-        await save(any_db, settings, call("i.1", caller="+8613900000013"))
-        outbox = TableOutbox(any_db)
-        gateway = gateway_from_settings(settings.sms)
-        worker = SmsWorker.from_settings(outbox, gateway, settings.sms)
-        assert await worker.run_once() == 1
-        [row] = await outbox_rows(any_db)
-        assert row["status"] == "sent"
-        assert row["provider_id"] == server.id_format.format(1)[:128]
-        assert len(server.received) == 1
-        await gateway.close()
-    finally:
-        await server.stop()
+    async with one_queued(any_db, store_settings, server, "i.1", "+8613900000013") as s:
+        assert await s.worker.run_once() == 1
+    [row] = await outbox_rows(any_db)
+    assert row["status"] == "sent"
+    assert row["provider_id"] == server.id_format.format(1)[:128]
+    assert len(server.received) == 1
 
 
 async def test_table_outbox_sends_retries_and_leases(any_db: Database,
                                                      store_settings: Settings) -> None:
     server = WebhookServer()
-    await server.start()
-    try:
-        settings = with_sms(store_settings, url=server.url, retry_base_seconds=0.01,
-                            retry_max_seconds=0.01)
-        assert settings.sms is not None
-        await save(any_db, settings, call("w.1", caller="+8613900000011"))
-        outbox = TableOutbox(any_db)
-        gateway = gateway_from_settings(settings.sms)
-        worker = SmsWorker.from_settings(outbox, gateway, settings.sms)
-        server.answer_next(503)  # an outage: retried with the same key
+    server.answer_next(503)  # an outage: retried with the same key
+    async with one_queued(any_db, store_settings, server, "w.1", "+8613900000011",
+                          retry_base_seconds=0.01, retry_max_seconds=0.01) as s:
+        outbox, worker = s.outbox, s.worker
         assert await worker.run_once() == 1
         [row] = await outbox_rows(any_db)
         assert row["status"] == "queued" and row["attempts"] == 1 and row["last_error"]
@@ -180,6 +187,3 @@ async def test_table_outbox_sends_retries_and_leases(any_db: Database,
         async with any_db.connection() as conn:
             assert [r["status"] for r in await list_outbox(conn, status="sent")] == ["sent"]
             assert await list_outbox(conn, status="queued") == []
-        await gateway.close()
-    finally:
-        await server.stop()

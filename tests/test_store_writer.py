@@ -44,6 +44,14 @@ async def stored(db: Database) -> tuple[list[str], int]:
     return ids, n_attempts
 
 
+async def drained(writer: CallWriter) -> None:
+    """Start the writer, wait until it has stored everything handed over, stop it."""
+    await writer.start()
+    async with asyncio.timeout(WAIT):
+        await writer.wait_written()
+    await writer.stop()
+
+
 def calls_named(prefix: str, n: int, start: float) -> list[CallRecord]:
     """A mix: answered calls and misses (with a callback for some) from distinct numbers."""
     out = []
@@ -168,10 +176,7 @@ async def test_stop_spools_what_it_cannot_write_and_restart_writes_it_first(
     late = calls_named("l", 5, T0 + 100)
     for record in late:
         restarted.submit(record)
-    await restarted.start()
-    async with asyncio.timeout(WAIT):
-        await restarted.wait_written()
-    await restarted.stop()
+    await drained(restarted)
     assert (await stored(db))[0] == [r.linkedid for r in early + late]
     await factory.cleanup()
 
@@ -183,13 +188,10 @@ async def test_a_call_handed_over_after_stop_waits_in_the_spool_for_the_next_sta
     spool cannot take it, it is counted as dropped, not silently lost."""
     metrics = CallhubMetrics()
     writer = CallWriter(any_db, store_settings, metrics=metrics)
-    await writer.start()
     first = calls_named("f", 3, T0)
     for record in first:
         writer.submit(record)
-    async with asyncio.timeout(WAIT):
-        await writer.wait_written()
-    await writer.stop()
+    await drained(writer)
     late = calls_named("late", 2, T0 + 100)
     for record in late:
         writer.submit(record)
@@ -197,10 +199,7 @@ async def test_a_call_handed_over_after_stop_waits_in_the_spool_for_the_next_sta
     assert len(Spool(store_settings.spool_dir)) == 2
 
     restarted = CallWriter(any_db, store_settings)
-    await restarted.start()
-    async with asyncio.timeout(WAIT):
-        await restarted.wait_written()
-    await restarted.stop()
+    await drained(restarted)
     assert restarted.written == 2
     assert (await stored(any_db))[0] == [r.linkedid for r in first + late]
 
@@ -224,10 +223,7 @@ async def test_past_max_memory_calls_are_dropped_and_counted(
         writer.submit(record)
     assert writer.pending == 5 and writer.dropped == 3
     assert sample(metrics, "callhub_calls_dropped_total") == 3
-    await writer.start()
-    async with asyncio.timeout(WAIT):
-        await writer.wait_written()
-    await writer.stop()
+    await drained(writer)
     assert (await stored(any_db))[0] == [r.linkedid for r in records[:5]]
 
 
@@ -239,10 +235,7 @@ async def test_batches_are_one_transaction_each(any_db: Database,
     records = calls_named("x", 120, T0)
     for record in records:
         writer.submit(record)
-    await writer.start()
-    async with asyncio.timeout(WAIT):
-        await writer.wait_written()
-    await writer.stop()
+    await drained(writer)
     assert batches == [50, 50, 20]
     assert writer.written == 120 and writer.failed_batches == 0
     assert len((await stored(any_db))[0]) == 120
@@ -320,10 +313,7 @@ async def test_the_writer_stores_across_segments_once_even_after_a_torn_checkpoi
     second = calls_named("b", 30, T0 + 1000)
     for record in second:
         restarted.submit(record)
-    await restarted.start()
-    async with asyncio.timeout(WAIT):
-        await restarted.wait_written()
-    await restarted.stop()
+    await drained(restarted)
     assert restarted.written > len(second)  # some of the first stored again
     linkedids, n_attempts = await stored(any_db)
     assert linkedids == [r.linkedid for r in first + second]  # each once, in order
