@@ -197,8 +197,8 @@ async def test_an_error_nobody_classified_is_retried_then_blamed_on_the_lone_cal
         assert entries == [(CALLER, len(missed))]
         async with db.connection() as conn:
             listed = await quarantine.listing(conn)
-        assert [(q["linkedid"], q["error"]) for q in listed] == [
-            ("p", listed[0]["error"])] and "the site refuses this call" in listed[0]["error"]
+        assert [q["linkedid"] for q in listed] == ["p"]
+        assert "the site refuses this call" in listed[0]["error"]
         assert len(Spool(store_settings.spool_dir)) == 0
     finally:
         await factory.cleanup()

@@ -24,7 +24,7 @@ from callhub.metrics.collectors import CallhubMetrics
 from callhub.records import CallRecord
 from callhub.store import migrate, queries
 from callhub.store.db import Database
-from callhub.store.spool import Spool
+from callhub.store.spool import CHECKPOINT_FILE, SEGMENT, Spool
 from callhub.store.tables import attempts, calls
 from callhub.store.writer import CallWriter
 
@@ -261,7 +261,7 @@ def test_the_spool_rolls_over_segments_drops_the_stored_and_survives_a_torn_chec
 
     done = 31
     spool.set_checkpoint(ends[done])  # the first 32 are stored
-    left = [int(path.name[4:20]) for path in spool.segments()]
+    left = [int(m[1]) for path in spool.segments() if (m := SEGMENT.fullmatch(path.name))]
     assert min(left) >= ends[done][0] > segments[0]  # the stored segments are gone
     assert [r.to_plain() for r in spool.unstored()] == plain[done + 1:]
     spool.close()
@@ -273,7 +273,7 @@ def test_the_spool_rolls_over_segments_drops_the_stored_and_survives_a_torn_chec
     assert after > segments[-1]  # a new segment on every open
     reopened.close()
 
-    (directory / "wal.checkpoint").write_bytes(b'{"segment": 3, "off')  # torn
+    (directory / CHECKPOINT_FILE).write_bytes(b'{"segment": 3, "off')  # torn
     torn = Spool(directory, segment_bytes=2048)
     again = [r.to_plain() for r in torn.unstored()]
     everything = plain + [r.to_plain() for r in more]
@@ -307,7 +307,7 @@ async def test_the_writer_stores_across_segments_once_even_after_a_torn_checkpoi
 
     shutil.rmtree(directory)
     shutil.copytree(crashed, directory)
-    (directory / "wal.checkpoint").write_bytes(b'{"seg')
+    (directory / CHECKPOINT_FILE).write_bytes(b'{"seg')
     restarted = CallWriter(any_db, store_settings,
                            spool=Spool(directory, segment_bytes=2048), batch_size=7)
     second = calls_named("b", 30, T0 + 1000)
