@@ -126,13 +126,18 @@ class CallRecord:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CallRecord:
-        """The inverse of `to_dict` and of `to_plain` (used by the spool and tests)."""
-        values = dict(data)
+    def from_dict(cls, data: dict[str, Any], dropped: set[str] | None = None) -> CallRecord:
+        """The inverse of `to_dict` and of `to_plain` (used by the spool and tests).
+
+        Fields this version does not know (a spool written by a newer callhub, read
+        after a downgrade) are left out, and their names added to `dropped`: the call
+        is stored without them rather than lost."""
+        values = _known(dict(data), _CALL_NAMES, dropped)
         for key in TIME_FIELDS:
             values[key] = parse_iso(values.get(key))
         values["attempts"] = [
-            Attempt(**{k: parse_iso(v) if k in ATTEMPT_TIME_FIELDS else v for k, v in a.items()})
+            Attempt(**{k: parse_iso(v) if k in ATTEMPT_TIME_FIELDS else v
+                       for k, v in _known(a, _ATTEMPT_NAMES, dropped).items()})
             for a in values.get("attempts", [])
         ]
         values["transfers"] = [
@@ -140,6 +145,17 @@ class CallRecord:
             for t in values.get("transfers", [])
         ]
         return cls(**values)
+
+
+def _known(values: dict[str, Any], names: frozenset[str],
+           dropped: set[str] | None) -> dict[str, Any]:
+    """`values` without the keys not in `names` (their names go to `dropped`)."""
+    if names.issuperset(values):
+        return values
+    unknown = values.keys() - names
+    if dropped is not None:
+        dropped.update(unknown)
+    return {k: v for k, v in values.items() if k not in unknown}
 
 
 # The longest value each free-text field from the PBX may have: the size of its column
@@ -186,6 +202,8 @@ def bounded(record: CallRecord) -> CallRecord:
 
 _CALL_FIELDS = tuple(f.name for f in fields(CallRecord))
 _ATTEMPT_FIELDS = tuple(f.name for f in fields(Attempt))
+_CALL_NAMES = frozenset(_CALL_FIELDS)
+_ATTEMPT_NAMES = frozenset(_ATTEMPT_FIELDS)
 
 
 def iso(ts: float | None) -> str | None:

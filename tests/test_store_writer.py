@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import sqlite3
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from store_fixtures import (
 from callhub.config import Settings
 from callhub.metrics.collectors import CallhubMetrics
 from callhub.records import CallRecord
-from callhub.store import migrate, queries
+from callhub.store import migrate, quarantine, queries
 from callhub.store.db import Database
 from callhub.store.spool import CHECKPOINT_FILE, SEGMENT, Spool
 from callhub.store.tables import attempts, calls
@@ -349,30 +350,117 @@ def test_spool_skips_a_torn_last_line_and_survives_reopening(tmp_path: Path) -> 
     assert len(again) == 0 and again.segments() == []
 
 
-async def test_damaged_lines_amid_the_spool_are_skipped_counted_and_passed(
-        any_db: Database, store_settings: Settings) -> None:
-    """Lines a disk fault left unreadable (not JSON, JSON of the wrong shape, a record
-    with a wrong value) are skipped and counted; the calls around them are stored, and
-    the checkpoint moves past the damage (it is not read again and again)."""
+def damaged_lines() -> list[bytes]:
+    """Lines a disk fault could leave: not JSON, JSON of another shape, a record with a
+    wrong value, one whose attempt is no object, nesting deeper than any parser's."""
+    no_attempt = make_call("no-attempt").to_dict()
+    no_attempt["attempts"] = [1]
+    return [b"\x00\x00\x00garbage", b"[1, 2]", b"null",
+            b'{"pbx": "main", "linkedid": "x", "arrived_at": "soon"}',
+            json.dumps(no_attempt).encode(), b"[" * 5000 + b"]" * 5000]
+
+
+async def test_damaged_lines_amid_the_spool_are_quarantined_and_passed(
+        any_db: Database, store_settings: Settings, tmp_path: Path) -> None:
+    """Unreadable lines between calls are skipped, counted once and kept in the
+    quarantine before their segment goes; the calls around them are stored, and the
+    checkpoint moves past the damage. A crash before the checkpoint moved (the spool
+    as it was) quarantines nothing twice and stores nothing twice."""
     spool = Spool(store_settings.spool_dir)
     spool.append([make_call("before")])
     spool.close()
-    damaged = [b"\x00\x00\x00garbage\n", b"[1, 2]\n", b"null\n",
-               b'{"pbx": "main", "linkedid": "x", "arrived_at": "soon"}\n']
+    damaged = damaged_lines()
     with spool.segments()[-1].open("ab") as fh:
-        fh.write(b"".join(damaged))
+        fh.write(b"".join(line + b"\n" for line in damaged))
     spool = Spool(store_settings.spool_dir)
     spool.append([make_call("after", at=T0 + 60)])
     spool.close()
+    crashed = tmp_path / "crashed"
+    shutil.copytree(store_settings.spool_dir, crashed)
+
+    metrics = CallhubMetrics()
+    writer = CallWriter(any_db, store_settings, metrics=metrics)
+    await drained(writer)
+    assert writer.spool.skipped == len(damaged) and writer.quarantined == len(damaged)
+    assert sample(metrics, "callhub_quarantined_calls_total") == len(damaged)
+    assert (await stored(any_db))[0] == ["before", "after"]
+    assert Spool(store_settings.spool_dir).segments() == []
+    async with any_db.connection() as conn:
+        kept = await quarantine.listing(conn)
+    assert len(kept) == len(damaged)
+    assert all(row["error"].startswith("spool line unreadable: ") for row in kept)
+    records = [json.loads(row["record"]) for row in kept]
+    assert "\x00\x00\x00garbage" in records and [1, 2] in records
+    assert {(row["pbx"], row["linkedid"]) for row in kept} >= {("main", "x"),
+                                                              ("main", "no-attempt")}
+
+    shutil.rmtree(store_settings.spool_dir)
+    shutil.copytree(crashed, store_settings.spool_dir)
+    again = CallWriter(any_db, store_settings)
+    await drained(again)
+    assert again.spool.skipped == len(damaged) and again.quarantined == 0
+    assert (await stored(any_db))[0] == ["before", "after"]
+    async with any_db.connection() as conn:
+        assert await quarantine.count(conn) == len(damaged)
+
+
+async def test_damaged_lines_wait_for_a_locked_database_before_the_checkpoint_passes(
+        tmp_path: Path, store_settings: Settings) -> None:
+    """The quarantine cannot be written (another process holds SQLite's write lock):
+    the writer retries, stores nothing past the damage meanwhile, and keeps every
+    line once the lock goes."""
+    factory = DbFactory("sqlite", tmp_path)
+    db = await factory.create(busy_timeout=0.05)
+    await migrate.upgrade(db)
+    spool = Spool(store_settings.spool_dir)
+    spool.append([make_call("before")])
+    spool.close()
+    damaged = damaged_lines()
+    with spool.segments()[-1].open("ab") as fh:
+        fh.write(b"".join(line + b"\n" for line in damaged))
+    holder = sqlite3.connect(tmp_path / "callhub.db", isolation_level=None, timeout=5)
+    holder.execute("BEGIN EXCLUSIVE")
+    writer = CallWriter(db, store_settings, retry_initial=0.02, retry_max=0.05)
+    first = writer.spool.checkpoint
+    try:
+        await writer.start()
+        async with asyncio.timeout(WAIT):
+            await writer.wait_until(lambda w: w.failed_batches >= 2)
+        assert writer.quarantined == 0 and writer.spool.checkpoint == first
+        holder.execute("COMMIT")
+        async with asyncio.timeout(WAIT):
+            await writer.wait_written()
+        await writer.stop()
+        assert writer.quarantined == len(damaged) and writer.spool.skipped == len(damaged)
+        assert (await stored(db))[0] == ["before"]
+        async with db.connection() as conn:
+            assert await quarantine.count(conn) == len(damaged)
+    finally:
+        holder.close()
+        await factory.cleanup()
+
+
+async def test_a_newer_callhubs_spool_is_stored_without_its_new_fields(
+        any_db: Database, store_settings: Settings) -> None:
+    """A downgrade over a spool a newer callhub wrote: records with fields this version
+    does not know (at the top and in an attempt) are stored without them, not lost."""
+    spool = Spool(store_settings.spool_dir)
+    spool.append([make_call("before")])
+    spool.close()
+    newer = make_call("newer", at=T0 + 30).to_dict()
+    newer["mood"] = "calm"
+    for attempt in newer["attempts"]:
+        attempt["headset"] = "wireless"
+    assert newer["attempts"], "the sample call needs an attempt"
+    with spool.segments()[-1].open("ab") as fh:
+        fh.write(json.dumps(newer).encode() + b"\n")
 
     writer = CallWriter(any_db, store_settings)
-    await writer.start()
-    async with asyncio.timeout(WAIT):
-        await writer.wait_written()
-    assert writer.spool.skipped == len(damaged)
-    await writer.stop()
-    assert (await stored(any_db))[0] == ["before", "after"]
-    assert Spool(store_settings.spool_dir).unstored() == []
+    await drained(writer)
+    assert writer.spool.skipped == 0 and writer.quarantined == 0
+    ids, n_attempts = await stored(any_db)
+    assert ids == ["before", "newer"]
+    assert n_attempts == len(make_call("before").attempts) + len(newer["attempts"])
 
 
 def test_a_failed_spool_write_is_cut_back_off(tmp_path: Path) -> None:

@@ -125,7 +125,8 @@ class CallhubMetrics:
                                     "calls) can be written.", registry=r)
         self.spool_writable.set(1)
         self.quarantined_calls = Counter("callhub_quarantined_calls",
-                                         "Calls the database refused for their data, put in "
+                                         "Calls the database refused for their data, and "
+                                         "spool lines that could not be read back, put in "
                                          "the quarantine table (callhub db quarantine).",
                                          registry=r)
         self.calls_dropped = Counter("callhub_calls_dropped",

@@ -26,7 +26,8 @@ def add_parser(sub: Any) -> None:
     cur.add_argument("--database-url", help="override database_url / $CALLHUB_DATABASE_URL")
     cur.set_defaults(func=current_command)
     qua = actions.add_parser("quarantine",
-                             help="list the calls the database refused (newest first)")
+                             help="list the calls the database refused and the spool lines "
+                                  "that could not be read back (newest first)")
     qua.add_argument("--database-url", help="override database_url / $CALLHUB_DATABASE_URL")
     qua.add_argument("--limit", type=int, default=100, help="at most N calls (default 100)")
     qua.add_argument("--json", action="store_true",

@@ -18,9 +18,13 @@ got. On disk, in `spool_dir` (mode 0700, files 0600):
   segment". Segments wholly before it are deleted.
 
 A position is `(segment, byte offset)`, the end of a record's line; they
-compare in log order. A torn last line (a crash mid-append) or an unreadable
-line is skipped and counted, never fatal. `calls.jsonl`, the spool of
-earlier versions, is taken over as the oldest segment.
+compare in log order. A torn last line (a crash mid-append) is skipped, never
+fatal. A whole line that cannot be read back as a call (a disk fault) is
+skipped too, counted and handed to the writer (`damaged`), which keeps it in
+the quarantine table before the checkpoint passes it: the segment holding it
+is deleted after. A field this version does not know (a spool of a newer
+callhub, after a downgrade) is dropped, not the call. `calls.jsonl`, the
+spool of earlier versions, is taken over as the oldest segment.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import math
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +52,15 @@ CHECKPOINT_FILE = "wal.checkpoint"
 CHECKPOINT_BYTES = 64
 SEGMENT = re.compile(r"^wal-(\d{16})\.jsonl$")
 SEGMENT_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Damaged:
+    """A spool line that could not be read back as a call, kept for the quarantine."""
+
+    at: Position  # the end of the line
+    line: bytes
+    error: str  # the exception's type and first line
 
 
 class Lines:
@@ -125,7 +139,10 @@ class Spool:
     def __init__(self, directory: str | Path, *, segment_bytes: int = SEGMENT_BYTES) -> None:
         self.directory = Path(directory)
         self.segment_bytes = segment_bytes
-        self.skipped = 0
+        self.skipped = 0  # damaged lines passed over, each counted once
+        self.damaged: list[Damaged] = []  # those the writer has not quarantined yet
+        self._skipped_upto: Position = (0, 0)  # a line read again is not counted again
+        self._dropped_fields: set[str] = set()  # a newer callhub's, already logged
         self.checkpoint: Position = (0, 0)
         self._sizes: dict[int, int] = {}  # every segment on disk: its size
         self._fd: int | None = None
@@ -299,6 +316,7 @@ class Spool:
              ) -> tuple[list[CallRecord], Position]:
         """Up to `limit` records after `start`, none past `end`; the position after them."""
         records: list[CallRecord] = []
+        dropped: set[str] = set()  # fields of a newer callhub's records
         pos = start
         for seg in sorted(s for s in list(self._sizes) if s >= start[0]):
             if len(records) >= limit or (seg, 0) >= end:
@@ -319,12 +337,24 @@ class Spool:
                     if not line.strip():
                         continue
                     try:
-                        records.append(CallRecord.from_dict(_loads(line)))
-                    except (ValueError, TypeError, KeyError) as exc:
-                        self.skipped += 1
-                        log.warning("spool.line_skipped", segment=seg,
-                                    offset=offset - len(line), error=str(exc)[:200])
+                        records.append(CallRecord.from_dict(_loads(line), dropped))
+                    except Exception as exc:  # whatever the disk holds, it cannot stop the writer
+                        if pos > self._skipped_upto:
+                            self._skipped_upto = pos
+                            self._skip(pos, line, exc)
+        if dropped - self._dropped_fields:
+            self._dropped_fields |= dropped
+            log.warning("spool.fields_dropped", fields=sorted(dropped),
+                        hint="written by a newer callhub; its calls are stored without them")
         return records, pos
+
+    def _skip(self, at: Position, line: bytes, exc: Exception) -> None:
+        self.skipped += 1
+        text = str(exc).splitlines()
+        self.damaged.append(Damaged(at, line.rstrip(b"\r\n"),
+                                    f"{type(exc).__name__}: {text[0] if text else ''}"))
+        log.warning("spool.line_skipped", segment=at[0], offset=at[1] - len(line),
+                    error=type(exc).__name__)
 
     def unstored(self) -> list[CallRecord]:
         """Every record after the checkpoint (for tests and tools)."""

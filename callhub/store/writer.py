@@ -448,6 +448,14 @@ class CallWriter:
                 deadline = time.monotonic() + self.stop_timeout
             self._wake.clear()  # before looking, so a new call from now on wakes us
             batch, end = self._next_batch()
+            if self.spool.damaged:  # kept before the checkpoint passes them
+                try:
+                    await self._quarantine_damaged()
+                except _Outage as outage:
+                    if await self._wait_out(outage, backoff, deadline):
+                        return
+                    backoff = min(backoff * 2, self.retry_max)
+                    continue
             if not batch and end is not None:
                 self._advance(end, 0)
                 continue
@@ -480,16 +488,8 @@ class CallWriter:
                 if end is None:  # from memory: back to the inbox, in order
                     self._inbox.extendleft(reversed(self._direct))
                     self._direct = []
-                self._failed(outage, backoff)
-                await self._notify()
-                if self._past(deadline):
+                if await self._wait_out(outage, backoff, deadline):
                     return
-                wait = backoff if deadline is None else min(backoff,
-                                                            deadline - time.monotonic())
-                if not self._stopping.is_set():
-                    await wait_set(self._stopping, wait)
-                else:
-                    await asyncio.sleep(max(wait, 0.0))
                 backoff = min(backoff * 2, self.retry_max)
                 continue
             backoff = self.retry_initial
@@ -504,6 +504,21 @@ class CallWriter:
                 self._advance(end, settled)
             self._update_gauge()
             await self._notify()
+
+    async def _wait_out(self, outage: _Outage, backoff: float, deadline: float | None
+                        ) -> bool:
+        """Report a failed try and wait `backoff` (less when stopping); True when the stop's
+        deadline has passed and the loop should end."""
+        self._failed(outage, backoff)
+        await self._notify()
+        if self._past(deadline):
+            return True
+        wait = backoff if deadline is None else min(backoff, deadline - time.monotonic())
+        if not self._stopping.is_set():
+            await wait_set(self._stopping, wait)
+        else:
+            await asyncio.sleep(max(wait, 0.0))
+        return False
 
     async def _admit(self, batch: list[CallRecord], end: Position | None
                      ) -> tuple[list[CallRecord], Position | None, int]:
@@ -635,6 +650,25 @@ class CallWriter:
                 self.metrics.quarantined_calls.inc()
         log.error("writer.call_quarantined", pbx=record.pbx, linkedid=record.linkedid,
                   error=type(exc).__name__, sqlstate=sqlstate(exc), new=added)
+
+    async def _quarantine_damaged(self) -> None:
+        """Keep the spool lines found unreadable in the quarantine (one transaction), so
+        that deleting their segment loses nothing. Raises _Outage."""
+        damaged = list(self.spool.damaged)
+        try:
+            async with self.db.begin() as conn:
+                added = [await quarantine.add_line(conn, d.line, d.error) for d in damaged]
+        except Exception as exc:
+            raise _Outage(exc) from exc
+        del self.spool.damaged[:len(damaged)]
+        new = sum(added)
+        if new:
+            self.quarantined += new
+            self._last_quarantine = time.monotonic()
+            if self.metrics is not None:
+                self.metrics.quarantined_calls.inc(new)
+        log.error("writer.spool_lines_quarantined", lines=len(damaged), new=new,
+                  errors=sorted({d.error.split(":", 1)[0] for d in damaged}))
 
     async def _idle(self) -> None:
         """Wait for the next call with the connection kept for `keep_idle` seconds, then
