@@ -138,9 +138,14 @@ async def database(d: Daemon) -> AsyncIterator[None]:
             raise StartupError(str(exc)) from None
     try:
         if d.migrate:
-            await migrate.upgrade(d.db)
+            try:
+                await migrate.upgrade(d.db)
+            except migrate.SchemaError as exc:
+                raise StartupError(str(exc)) from None
         else:
             current, head = await migrate.current_revision(d.db), migrate.head_revision()
+            if current is not None and not migrate.known(current):
+                raise StartupError(migrate.newer_schema(current))
             if current != head:
                 raise StartupError(f"the database is at revision {current}, callhub needs "
                                    f"{head}: run `callhub db upgrade` (or drop --no-migrate)")

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import sqlalchemy as sa
 from ami_fixtures import sim_pbx
 from store_fixtures import TOKENS, DbFactory, auth
 
@@ -123,6 +124,28 @@ async def test_no_migrate_refuses_an_old_schema(db_factory: DbFactory, tmp_path:
             pass
     await migrate.upgrade(db)
     async with running(Daemon(settings, db=db, migrate=False, out=sys.stderr)) as d:
+        assert d.api_url
+
+
+async def test_a_schema_a_newer_callhub_upgraded_stops_the_start_with_a_clear_error(
+        db_factory: DbFactory, tmp_path: Path) -> None:
+    """A downgrade (or an older process of a fleet restarted) meets a revision it does not
+    know: it refuses to start, with or without migrating, and leaves the schema as is."""
+    settings = replace(Settings(), api_listen=("127.0.0.1", 0),
+                       spool_dir=str(tmp_path / "spool"))
+    db = await db_factory.create()
+    await migrate.upgrade(db)
+    async with db.begin() as conn:
+        await conn.execute(sa.text("UPDATE alembic_version SET version_num = '0099_future'"))
+    for migrating in (True, False):
+        with pytest.raises(StartupError, match="newer callhub upgraded it"):
+            async with running(Daemon(settings, db=db, migrate=migrating)):
+                pass
+    assert await migrate.current_revision(db) == "0099_future"
+    async with db.begin() as conn:
+        await conn.execute(sa.text("UPDATE alembic_version SET version_num = :head"),
+                           {"head": migrate.head_revision()})
+    async with running(Daemon(settings, db=db, migrate=True, out=sys.stderr)) as d:
         assert d.api_url
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +79,32 @@ def test_cli_db_upgrade_on_a_fresh_sqlite_file(tmp_path: Path) -> None:
                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "up to date" in check.stdout
+
+
+def test_cli_says_a_database_is_newer_than_this_callhub_in_one_line(tmp_path: Path) -> None:
+    """`db current`, `db upgrade` and `run` on a revision this callhub does not know, and
+    `db upgrade` to a revision that does not exist: exit non-zero, no traceback."""
+    path = tmp_path / "cli.db"
+    env = {**os.environ, "CALLHUB_DATABASE_URL": f"sqlite+aiosqlite:///{path}",
+           "CALLHUB_API_LISTEN": "127.0.0.1:0", "CALLHUB_SPOOL_DIR": str(tmp_path / "spool")}
+    env.pop("CALLHUB_CONFIG", None)
+
+    def callhub(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "callhub", *args], env=env,
+                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
+
+    assert callhub("db", "upgrade").returncode == 0
+    missing = callhub("db", "upgrade", "0099_nosuch")
+    assert missing.returncode == 1 and "0099_nosuch" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0099_future'")
+    current = callhub("db", "current")
+    assert current.returncode == 1 and "newer than this callhub" in current.stdout
+    for args, code in ((("db", "upgrade"), 1), (("run",), 2), (("run", "--no-migrate"), 2)):
+        done = callhub(*args)
+        assert done.returncode == code, (args, done.stderr[-2000:])
+        assert "newer callhub upgraded it" in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize("bad", ["nonsense", "sqlite+aiosqlite:////nonexistent-dir/x/y.db"])

@@ -98,6 +98,9 @@ def current_command(args: argparse.Namespace) -> int:
     if not ok:
         return 1
     head = migrate.head_revision()
-    state = "up to date" if revision == head else f"behind (head is {head})"
+    if revision is not None and not migrate.known(revision):
+        state = f"newer than this callhub (its newest is {head}): a newer callhub upgraded it"
+    else:
+        state = "up to date" if revision == head else f"behind (head is {head})"
     print(f"database {mask_url(url)} is at revision {revision}: {state}")
     return 0 if revision == head else 1

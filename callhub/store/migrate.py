@@ -9,11 +9,31 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy.engine import Connection
 
 from callhub.store.db import Database
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+class SchemaError(RuntimeError):
+    """A migration that cannot run (a revision unknown here), said in one line."""
+
+
+def newer_schema(current: str) -> str:
+    """Why this callhub cannot use a database a newer callhub upgraded."""
+    return (f"the database is at revision {current}, which this callhub does not know "
+            f"(its newest is {head_revision()}): a newer callhub upgraded it; run that "
+            f"version or a later one")
+
+
+def known(revision: str) -> bool:
+    """Whether `revision` is one of this callhub's migrations."""
+    try:
+        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is not None
+    except CommandError:
+        return False
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -40,12 +60,24 @@ async def upgrade(db: Database, revision: str = "head") -> None:
 
 
 def _upgrade(connection: Connection, revision: str) -> None:
-    command.upgrade(alembic_config(connection), revision)
+    current = MigrationContext.configure(connection).get_current_revision()
+    if current is not None and not known(current):
+        raise SchemaError(newer_schema(current))
+    try:
+        command.upgrade(alembic_config(connection), revision)
+    except CommandError as exc:  # a target revision that does not exist
+        raise SchemaError(str(exc)) from None
 
 
 async def downgrade(db: Database, revision: str) -> None:
+    def run(connection: Connection) -> None:
+        try:
+            command.downgrade(alembic_config(connection), revision)
+        except CommandError as exc:
+            raise SchemaError(str(exc)) from None
+
     async with db.begin() as conn:
-        await conn.run_sync(lambda c: command.downgrade(alembic_config(c), revision))
+        await conn.run_sync(run)
 
 
 async def current_revision(db: Database) -> str | None:

@@ -11,6 +11,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from callhub.config import mask_url
 from callhub.store.db import settle_sqlite_workers
+from callhub.store.migrate import SchemaError
 
 T = TypeVar("T")
 
@@ -30,4 +31,7 @@ def run_db(url: str, job: Callable[[], Coroutine[Any, Any, T]]) -> tuple[bool, T
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         print(f"callhub: database {mask_url(url)}: {type(exc).__name__}: {reason}",
               file=sys.stderr)
+        return False, None
+    except SchemaError as exc:
+        print(f"callhub: database {mask_url(url)}: {exc}", file=sys.stderr)
         return False, None
