@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import structlog
-from ami_fixtures import Collector, compare_synth, make_ingest, sim_pbx
+from ami_fixtures import SIM_SECRET, SIM_USER, Collector, compare_synth, make_ingest, sim_pbx
 from prometheus_client import CollectorRegistry
 
 from callhub.ami.connection import AmiConnection
@@ -457,3 +457,45 @@ async def test_calls_go_stale_by_the_pbx_clock_not_the_hosts(
     last = collector.records[1]
     assert last.linkedid == live.linkedid and last.outcome == "answered"
     assert not last.incomplete
+
+
+@pytest.mark.parametrize("behind", [0.0, 600.0])
+async def test_the_pbx_clocks_offset_is_measured_exported_and_warned_of(behind: float) -> None:
+    """A PBX whose clock is ten minutes behind this host's (no NTP on its network): the
+    offset the last events' Timestamps give is exported per PBX and warned of once; a PBX
+    on time gives an offset of about 0 and no warning."""
+    sim = AmiSimulator(username=SIM_USER, secret=SIM_SECRET, clock=lambda: time.time() - behind)
+    await sim.start()
+    registry = CollectorRegistry()
+    metrics = CallhubMetrics(registry)
+    collector = Collector()
+    pbx = sim_pbx(sim)
+    ingest = make_ingest(pbx, collector, metrics=metrics)
+    call = CallFactory(seed=31).make("answered", sim.clock() - 20, ring_seconds=3.0,
+                                     talk_seconds=15.0)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            await ingest.start()
+            await ingest.wait_connected(5)
+            await sim.send_call(call)
+            await collector.until(lambda: bool(collector.records))
+            for _ in range(3):
+                ingest.check_clock()
+            offset = registry.get_sample_value("callhub_pbx_clock_offset_seconds",
+                                               {"pbx": pbx.name})
+            # The PBX's clock set right: an event stamped by the host's clock.
+            seen = ingest.events
+            await sim.send([{"Event": "DeviceStateChange", "Privilege": "call,all",
+                             "Device": "PJSIP/9", "State": "NOT_INUSE",
+                             "Timestamp": f"{time.time():.6f}"}])
+            await collector.until(lambda: ingest.events > seen)
+            ingest.check_clock()
+    finally:
+        await ingest.stop()
+        await sim.stop()
+    assert offset is not None
+    assert -behind - 5 < offset <= -behind + 0.5  # the call's last event was ~2 s old
+    assert abs(ingest.clock_offset()) < 1
+    said = [(e["event"], e["log_level"]) for e in logs if e["event"].startswith("ami.clock")]
+    assert said == ([("ami.clock_offset", "warning"), ("ami.clock_offset_ok", "info")]
+                    if behind else [])

@@ -51,6 +51,10 @@ log = structlog.get_logger(__name__)
 
 RESYNC_SLICE = 500  # closed calls handed on between two yields to the event loop
 SEEN_MEMORY = 100_000  # finished linkedids remembered for gap recovery
+# A PBX clock this far off the host's is warned of (NTP keeps both within milliseconds;
+# a minute shifts call times visibly); the warning clears under CLOCK_OK_SECONDS.
+CLOCK_WARN_SECONDS = 60.0
+CLOCK_OK_SECONDS = 30.0
 
 
 class PbxIngest:
@@ -74,6 +78,7 @@ class PbxIngest:
         if metrics is not None:  # read when scraped, not written per event
             metrics.active_calls.labels(pbx.name).set_function(  # 0 on a pair's standby
                 lambda: self.correlator.active_calls if metrics.counts(pbx.name) else 0)
+            metrics.pbx_clock_offset.labels(pbx.name).set_function(self.clock_offset)
         self.clock = clock
         self.expire_interval = expire_interval
         self.correlator = Correlator(pbx, clock=clock, stale_after=stale_after)
@@ -101,6 +106,7 @@ class PbxIngest:
         self._last_stamp: str | None = None  # the last event's raw Timestamp, not parsed yet
         self._read_at = 0.0  # the host's clock when that event was read
         self._skew = 0.0  # the PBX's clock minus the host's, at the last event read
+        self._clock_off = False  # warned that the PBX's clock is off (until it is right)
         self.alive_until: float | None = None  # when the last session was last known up
         self._state_written = 0.0  # time.monotonic() of the last state write
         self._seen: dict[str, None] = {}  # linkedids finished in this process (bounded)
@@ -258,6 +264,26 @@ class PbxIngest:
         self._settle_last_event()
         return self.clock() + self._skew
 
+    def clock_offset(self) -> float:
+        """The PBX's clock minus this host's, from the last event read (0 before any):
+        calls are timed by the PBX's clock, so hourly figures and SMS delays move by it."""
+        self._settle_last_event()
+        return self._skew
+
+    def check_clock(self) -> None:
+        """Warn once when the PBX's clock is `CLOCK_WARN_SECONDS` off this host's; say
+        when it is right again (under `CLOCK_OK_SECONDS`)."""
+        offset = self.clock_offset()
+        if not self._clock_off and abs(offset) >= CLOCK_WARN_SECONDS:
+            self._clock_off = True
+            log.warning("ami.clock_offset", pbx=self.pbx.name, offset_seconds=round(offset, 1),
+                        hint="the PBX's clock and this host's differ: call times, hourly "
+                             "figures and SMS delays follow the PBX's; set both by NTP")
+        elif self._clock_off and abs(offset) < CLOCK_OK_SECONDS:
+            self._clock_off = False
+            log.info("ami.clock_offset_ok", pbx=self.pbx.name,
+                     offset_seconds=round(offset, 1))
+
     def _on_read(self, skipped: int) -> None:
         """After each TCP read: events nobody reads (skipped unparsed) count like every
         other, and the counter is moved once per read, not once per event (a Prometheus
@@ -329,10 +355,11 @@ class PbxIngest:
                               linkedid=record.linkedid)
 
     async def _expire_loop(self) -> None:
-        """`expire_stale` every `expire_interval` seconds."""
+        """`expire_stale` and `check_clock` every `expire_interval` seconds."""
         while True:
             await asyncio.sleep(self.expire_interval)
             self.expire_stale()
+            self.check_clock()
 
     def expire_stale(self) -> None:
         """Close calls whose events stopped `stale_after` ago (by the PBX's clock) as

@@ -87,6 +87,11 @@ class CallhubMetrics:
                                   registry=r)
         self.ami_connected = Gauge("callhub_ami_connected", "1 while logged in to AMI.",
                                    ["pbx"], registry=r)
+        self.pbx_clock_offset = Gauge(
+            "callhub_pbx_clock_offset_seconds",
+            "The PBX's clock minus this host's, from the Timestamp of the last AMI event "
+            "read (delivery adds milliseconds). Calls are timed by the PBX's clock: "
+            "hourly figures and SMS delays move by it.", ["pbx"], registry=r)
         self.ami_events = Counter("callhub_ami_events", "AMI events read.", ["pbx"],
                                   registry=r)
         self.ami_malformed = Counter("callhub_ami_malformed",
@@ -166,7 +171,8 @@ class CallhubMetrics:
         """Series of a configured PBX exist from the start (at 0), so that `increase()`
         sees their first change and alerts see a disconnected PBX before it ever connected."""
         self.windows.add_pbx(pbx)
-        for metric in (self.active_calls, self.ami_connected, self.ami_events,
+        for metric in (self.active_calls, self.ami_connected, self.pbx_clock_offset,
+                       self.ami_events,
                        self.ami_malformed, self.ami_reconnects, self.gap_seconds,
                        self.cel_recovered_calls):
             metric.labels(pbx)
