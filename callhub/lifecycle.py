@@ -319,20 +319,29 @@ async def cancel_and_wait(tasks: Collection[asyncio.Task[Any]]) -> None:
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+def _hangup() -> None:
+    log.warning("daemon.sighup_ignored",
+                hint="callhub does not reload its configuration on SIGHUP (the rota file is "
+                     "read again when it changes): restart it to apply a new configuration")
+
+
 @contextmanager
 def stopped_by_signals(stop: asyncio.Event) -> Iterator[None]:
     """While inside, SIGTERM and SIGINT set `stop` (on the running loop, where it can
     take signal handlers). Handled so, not left to KeyboardInterrupt: a process started
     in the background by a script inherits SIGINT ignored, and a service manager sends
-    SIGTERM."""
+    SIGTERM. SIGHUP, which killed the process on the spot (an admin's habit of
+    `kill -HUP` to reload, a closed terminal), is logged and changes nothing."""
     loop = asyncio.get_running_loop()
-    for sig in STOP_SIGNALS:
+    handlers: list[tuple[signal.Signals, Callable[[], None]]] = [
+        *((sig, stop.set) for sig in STOP_SIGNALS), (signal.SIGHUP, _hangup)]
+    for sig, handler in handlers:
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, handler)
     try:
         yield
     finally:
-        for sig in STOP_SIGNALS:
+        for sig, _ in handlers:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
 

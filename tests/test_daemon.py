@@ -161,6 +161,42 @@ async def read_until(stream: asyncio.StreamReader, predicate: Any, lines: list[s
             return line
 
 
+async def test_sighup_is_logged_and_the_daemon_goes_on(tmp_path: Path) -> None:
+    """`kill -HUP` (an admin's habit for a reload, or a closed terminal) killed `callhub
+    run` on the spot; it is logged, the daemon serves on, and SIGTERM still stops it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLHUB_")}
+    env.update(CALLHUB_API_LISTEN="127.0.0.1:0", CALLHUB_LOG_LEVEL="info",
+               CALLHUB_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'callhub.db'}",
+               CALLHUB_SPOOL_DIR=str(tmp_path / "spool"))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "callhub", "run", cwd=tmp_path, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    out: list[str] = []
+    err: list[str] = []
+    try:
+        async with asyncio.timeout(60):
+            url_line = await read_until(proc.stdout, lambda s: "callhub API:" in s, out)
+            base = url_line.split()[2].rstrip("/").removesuffix("/api/v1")
+            for _ in range(2):
+                proc.send_signal(signal.SIGHUP)
+                await read_until(proc.stderr, lambda s: "daemon.sighup_ignored" in s, err)
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"{base}/healthz") as response:
+                    assert response.status == 200
+            assert proc.returncode is None
+            proc.send_signal(signal.SIGTERM)
+            err.append((await proc.stderr.read()).decode("utf-8", "replace"))
+            assert await proc.wait() == 0, "".join(err)[-3000:]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    entries = [json.loads(line) for line in "".join(err).splitlines() if line]
+    assert [e["level"] for e in entries if e["event"] == "daemon.sighup_ignored"] == [
+        "warning", "warning"]
+
+
 async def test_demo_process_serves_calls_and_flushes_on_sigterm(tmp_path: Path) -> None:
     """`callhub run --demo` as a newcomer runs it; SIGTERM leaves every finished call stored."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALLHUB_")}
