@@ -132,26 +132,35 @@ class CallRecord:
         Fields this version does not know (a spool written by a newer callhub, read
         after a downgrade) are left out, and their names added to `dropped`: the call
         is stored without them rather than lost."""
-        values = _known(dict(data), _CALL_NAMES, dropped)
+        values = dict(data)
         for key in TIME_FIELDS:
             values[key] = parse_iso(values.get(key))
-        values["attempts"] = [
-            Attempt(**{k: parse_iso(v) if k in ATTEMPT_TIME_FIELDS else v
-                       for k, v in _known(a, _ATTEMPT_NAMES, dropped).items()})
-            for a in values.get("attempts", [])
-        ]
+        attempts = values.get("attempts", [])
+        try:  # the names are looked at only when they fail: this runs for every spooled call
+            values["attempts"] = [_attempt(a) for a in attempts]
+        except TypeError:
+            values["attempts"] = [_attempt(_known(a, _ATTEMPT_NAMES, dropped))
+                                  for a in attempts]
         values["transfers"] = [
             Transfer(type=t["type"], to=t["to"], at=parse_iso(t["at"]) or 0.0)
             for t in values.get("transfers", [])
         ]
-        return cls(**values)
+        try:
+            return cls(**values)
+        except TypeError:
+            if _CALL_NAMES.issuperset(values):
+                raise
+            return cls(**_known(values, _CALL_NAMES, dropped))
+
+
+def _attempt(data: dict[str, Any]) -> Attempt:
+    return Attempt(**{k: parse_iso(v) if k in ATTEMPT_TIME_FIELDS else v
+                      for k, v in data.items()})
 
 
 def _known(values: dict[str, Any], names: frozenset[str],
            dropped: set[str] | None) -> dict[str, Any]:
     """`values` without the keys not in `names` (their names go to `dropped`)."""
-    if names.issuperset(values):
-        return values
     unknown = values.keys() - names
     if dropped is not None:
         dropped.update(unknown)
