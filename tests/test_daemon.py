@@ -181,9 +181,9 @@ async def test_sighup_is_logged_and_the_daemon_goes_on(tmp_path: Path) -> None:
             for _ in range(2):
                 proc.send_signal(signal.SIGHUP)
                 await read_until(proc.stderr, lambda s: "daemon.sighup_ignored" in s, err)
-            async with aiohttp.ClientSession() as session:
-                async with session.get(f"{base}/healthz") as response:
-                    assert response.status == 200
+            async with aiohttp.ClientSession() as session, session.get(
+                    f"{base}/healthz") as response:
+                assert response.status == 200
             assert proc.returncode is None
             proc.send_signal(signal.SIGTERM)
             err.append((await proc.stderr.read()).decode("utf-8", "replace"))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+import structlog
 from store_fixtures import (
     T0,
     DbFactory,
@@ -234,6 +235,41 @@ async def test_login_refused_is_an_outage_the_calls_wait_and_nothing_is_quaranti
         await factory.cleanup()
 
 
+async def test_a_read_only_database_is_an_outage_the_calls_wait_and_none_is_quarantined(
+        tmp_path: Path, store_settings: Settings) -> None:
+    """PostgreSQL refusing writes (a hot standby after a failover, a database an admin set
+    read-only: SQLSTATE 25006) is the database's state, not the data's: the batch is
+    retried whole, never split or quarantined, and stored once writes are taken again."""
+    factory = DbFactory("postgresql", tmp_path)
+    try:
+        db = await factory.create()
+        await migrate.upgrade(db)
+        read_only = db.connect_again(session={"default_transaction_read_only": "on"})
+        records = [make_call(f"ro{i}", at=T0 + i * 60) for i in range(10)]
+        with structlog.testing.capture_logs() as logs:
+            writer = CallWriter(read_only, store_settings, retry_initial=0.02,
+                                retry_max=0.05, stop_timeout=0.1)
+            for record in records:
+                writer.submit(record)
+            await writer.start()
+            async with asyncio.timeout(WAIT):
+                await writer.wait_until(lambda w: w.failed_batches >= 3)
+            await writer.stop()
+        await read_only.close()
+        assert writer.quarantined == 0 and writer.written == 0
+        assert not [e for e in logs if e["event"] == "writer.batch_split"]
+        assert {e.get("sqlstate") for e in logs if e["event"] == "writer.batch_failed"} == {
+            "25006"}
+        async with db.connection() as conn:
+            assert await quarantine.count(conn) == 0
+        assert len(Spool(store_settings.spool_dir)) == 10
+        again = await run_writer(db, store_settings, [])
+        assert again.written == 10
+        assert [r[0] for r in await rows(db, calls, "linkedid")] == [r.linkedid for r in records]
+    finally:
+        await factory.cleanup()
+
+
 async def test_an_unwritable_spool_is_said_and_calls_are_stored_from_memory(
         any_db: Database, tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-directory"
@@ -317,7 +353,8 @@ def test_errors_are_classified_by_what_they_mean() -> None:
             self.sqlstate = sqlstate
 
     for code, kind in (("22001", "data"), ("23505", "data"), ("28P01", "outage"),
-                       ("08006", "outage"), ("57P01", "outage"), ("42P01", "unknown")):
+                       ("08006", "outage"), ("57P01", "outage"), ("25006", "outage"),
+                       ("25P02", "unknown"), ("42P01", "unknown")):
         assert classify(sa_exc.DBAPIError("INSERT", {}, PgError(code))) == kind, code
 
 

@@ -44,9 +44,11 @@ class Database:
     """One database: its URL, engine and dialect name."""
 
     def __init__(self, engine: AsyncEngine, schema: str | None = None,
-                 read_url: str | None = None, connect_timeout: float = 5.0) -> None:
+                 read_url: str | None = None, connect_timeout: float = 5.0,
+                 session: dict[str, str] | None = None) -> None:
         self.engine = engine
         self.schema = schema
+        self.session = session  # PostgreSQL settings of every connection
         self.connect_timeout = connect_timeout
         self.read_url = read_url  # a read replica for `read` (PostgreSQL); None: this one
         self._reads: ReadPool | None = None
@@ -80,11 +82,12 @@ class Database:
                 or make_url(read_url).get_backend_name() != "postgresql"):
             raise ValueError("read_database_url: a read replica needs database_url and "
                              "read_database_url both on PostgreSQL")
-        return cls(engine, schema, read_url, busy_timeout)
+        return cls(engine, schema, read_url, busy_timeout, session)
 
     def connect_again(self, url: str | None = None, **options: Any) -> Database:
-        """Another engine, with a pool of its own, on the same database and schema (or on
-        `url`, a replica of it)."""
+        """Another engine, with a pool of its own, on the same database, schema and session
+        settings (or on `url`, a replica of it)."""
+        options.setdefault("session", self.session)
         return Database.connect(url or self.engine.url.render_as_string(hide_password=False),
                                 schema=self.schema, **options)
 

@@ -1,12 +1,13 @@
 """Is a failed write the database's fault (an outage: retry) or the data's (split, quarantine)?
 
 An outage (connection refused or dropped, login refused, a timeout, a locked
-SQLite file, the server shutting down) passes: the same batch is retried
-with backoff, forever. A data error (a value too long, a NUL byte, a number
-out of range, a constraint violated, a value Python cannot bind) is about
-some record of the batch: retrying it changes nothing, so the batch is split
-to find that record. Anything else is `unknown`: the writer asks the
-database (a ping) whether it is up before blaming the data.
+SQLite file, the server shutting down, a server taking no writes) passes:
+the same batch is retried with backoff, forever. A data error (a value too
+long, a NUL byte, a number out of range, a constraint violated, a value
+Python cannot bind) is about some record of the batch: retrying it changes
+nothing, so the batch is split to find that record. Anything else is
+`unknown`: the writer asks the database (a ping) whether it is up before
+blaming the data.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ OUTAGE_CLASSES = ("08", "28", "3D", "40", "53", "55", "57", "58", "XX")
 # connection, authorization, no such database, rollback (deadlock, serialization),
 # insufficient resources, lock not available, operator intervention (shutdown),
 # system error, internal error
+OUTAGE_STATES = ("25006",)  # read_only_sql_transaction: a hot standby, a read-only database
 
 
 def sqlstate(exc: BaseException) -> str | None:
@@ -42,7 +44,7 @@ def classify(exc: BaseException) -> Kind:
     if code is not None:
         if code[:2] in DATA_CLASSES:
             return "data"
-        if code[:2] in OUTAGE_CLASSES:
+        if code[:2] in OUTAGE_CLASSES or code in OUTAGE_STATES:
             return "outage"
     if isinstance(exc, (sa_exc.DataError, sa_exc.IntegrityError)):
         return "data"
