@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 import structlog
 from store_fixtures import (
@@ -270,6 +271,46 @@ async def test_a_read_only_database_is_an_outage_the_calls_wait_and_none_is_quar
         await factory.cleanup()
 
 
+@pytest.mark.parametrize(("break_it", "mend_it"), [
+    ("REVOKE INSERT ON attempts FROM CURRENT_USER", "GRANT INSERT ON attempts TO CURRENT_USER"),
+    ("ALTER TABLE calls RENAME COLUMN caller_name TO caller_name_gone",
+     "ALTER TABLE calls RENAME COLUMN caller_name_gone TO caller_name"),
+], ids=["privilege-revoked", "column-renamed"])
+async def test_a_schema_the_writer_cannot_write_is_an_outage_until_it_is_mended(
+        tmp_path: Path, store_settings: Settings, break_it: str, mend_it: str) -> None:
+    """A grant revoked (a migration run as another role) or a column renamed under a
+    running writer (a newer callhub's migration): every call would fail alike, so the
+    writer waits, splits and quarantines nothing, and stores each call once when the
+    schema is mended, without a restart."""
+    factory = DbFactory("postgresql", tmp_path)
+    try:
+        db = await factory.create()
+        await migrate.upgrade(db)
+        async with db.begin() as conn:
+            await conn.execute(sa.text(break_it))
+        records = [make_call(f"s{i}", at=T0 + i * 60) for i in range(10)]
+        with structlog.testing.capture_logs() as logs:
+            writer = CallWriter(db, store_settings, retry_initial=0.02, retry_max=0.05)
+            for record in records:
+                writer.submit(record)
+            await writer.start()
+            async with asyncio.timeout(WAIT):
+                await writer.wait_until(lambda w: w.failed_batches >= 3)
+            assert writer.quarantined == 0 and writer.written == 0
+            async with db.begin() as conn:
+                await conn.execute(sa.text(mend_it))
+            async with asyncio.timeout(WAIT):
+                await writer.wait_written()
+            await writer.stop()
+        assert not [e for e in logs if e["event"] == "writer.batch_split"]
+        assert writer.quarantined == 0 and writer.written == 10
+        assert [r[0] for r in await rows(db, calls, "linkedid")] == [r.linkedid for r in records]
+        async with db.connection() as conn:
+            assert await quarantine.count(conn) == 0
+    finally:
+        await factory.cleanup()
+
+
 async def test_an_unwritable_spool_is_said_and_calls_are_stored_from_memory(
         any_db: Database, tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-directory"
@@ -354,7 +395,8 @@ def test_errors_are_classified_by_what_they_mean() -> None:
 
     for code, kind in (("22001", "data"), ("23505", "data"), ("28P01", "outage"),
                        ("08006", "outage"), ("57P01", "outage"), ("25006", "outage"),
-                       ("25P02", "unknown"), ("42P01", "unknown")):
+                       ("42501", "outage"), ("42P01", "outage"), ("42703", "outage"),
+                       ("25P02", "unknown"), ("42601", "unknown"), ("P0001", "unknown")):
         assert classify(sa_exc.DBAPIError("INSERT", {}, PgError(code))) == kind, code
 
 

@@ -24,7 +24,12 @@ OUTAGE_CLASSES = ("08", "28", "3D", "40", "53", "55", "57", "58", "XX")
 # connection, authorization, no such database, rollback (deadlock, serialization),
 # insufficient resources, lock not available, operator intervention (shutdown),
 # system error, internal error
-OUTAGE_STATES = ("25006",)  # read_only_sql_transaction: a hot standby, a read-only database
+# States of a database that cannot take this callhub's writes at all, whatever the call:
+# read_only_sql_transaction (a hot standby after a failover, a read-only database),
+# insufficient_privilege (a migration run as another role, a revoked grant), no such
+# table, column or schema (a newer callhub's migration while this one still runs).
+# Splitting would end in quarantining every call; waiting keeps them in the spool.
+OUTAGE_STATES = ("25006", "42501", "42P01", "42703", "3F000")
 
 
 def sqlstate(exc: BaseException) -> str | None:
