@@ -265,7 +265,8 @@ async def sms_part(d: Daemon) -> AsyncIterator[None]:
     d.writer.listeners.append(stored)
     log.info("daemon.sms", gateway=gateway.name, rules=len(settings.rules))
     try:
-        async with d.supervisor.task("sms", worker.run, required=False):
+        async with d.supervisor.task("sms", worker.run, required=False,
+                                     check=worker.readiness):
             yield
             worker.stop()
     finally:

@@ -32,6 +32,7 @@ from callhub.config import ENV_OVERRIDES, Settings, load_settings, parse_listen
 from callhub.metrics.collectors import CallhubMetrics
 from callhub.metrics.http import METRICS_PATH
 from callhub.routing.metrics import RoutingMetrics
+from callhub.sms.metrics import SmsMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -69,6 +70,8 @@ def exported() -> dict[str, set[str]]:
     routing = RoutingMetrics(metrics.registry)
     routing.route_requests.labels("hotline", "agents").inc()
     routing.route_seconds.observe(0.001)
+    sms = SmsMetrics(metrics.registry, lines=["hotline"])
+    sms.sent("hotline", 30.0)
     names: dict[str, set[str]] = {}
     for family in metrics.registry.collect():
         for sample in family.samples:

@@ -156,3 +156,46 @@ def test_sms_config_masks_secrets_and_names_bad_keys(tmp_path: Path) -> None:
             'url = "http://127.0.0.1:9000/send"', "")))
     no_sms = settings_from_mapping(tomllib.loads(ACCEPTANCE.split("[sms]")[0]))
     assert no_sms.sms is None
+
+
+async def test_a_gateway_refusing_the_site_is_named_by_readyz_and_the_message_held(
+        db_factory: DbFactory, ami_simulator: AmiSimulator, tmp_path: Path) -> None:
+    """The webhook refuses callhub's token (rotated at the receiver): /readyz names the
+    part `sms` and why (the daemon stays ready: calls are still recorded), the message
+    stays queued, and it goes out once the receiver takes the token again."""
+    server = WebhookServer(token="rotated-at-the-receiver")
+    await server.start()
+    loaded = settings_from_mapping(tomllib.loads(config_text(server).replace(
+        'quiet_seconds = 86400', 'quiet_seconds = 86400\ntoken = "the-old-token"\n'
+        'retry_base_seconds = 0.05\nretry_max_seconds = 0.1\nmax_attempts = 2')))
+    pbx = sim_pbx(ami_simulator, lines=loaded.pbxs[0].lines)
+    settings = replace(loaded, pbxs=(pbx,), api_listen=("127.0.0.1", 0),
+                       fastagi_listen=("127.0.0.1", 0), spool_dir=str(tmp_path / "spool"),
+                       api_tokens=tuple(ApiToken(r, t) for r, t in TOKENS.items()))
+    rota = Rota(agents={"wang": Agent(id="wang", name=NAME, interface=AGENT, mobile=MOBILE)},
+                lines={})
+    d = Daemon(settings, db=await db_factory.create(), out=io.StringIO(), rota=rota)
+    try:
+        async with running(d):
+            assert d.sms is not None
+            await d.ingests["lab"].wait_connected(WAIT)
+            answered = ami_simulator.factory.make("answered", time.time() - 60,
+                                                  number="+8613912345678", agent=AGENT)
+            await ami_simulator.play_calls([answered], speed=None)
+            async with asyncio.timeout(WAIT):
+                await server.wait_for_requests(3)  # past max_attempts (2), still held
+            async with aiohttp.ClientSession() as session:
+                ready = await (await session.get(f"{d.api_url}/readyz",
+                                                 headers=auth("viewer"))).json()
+                assert ready["ready"] is True
+                assert ready["parts"]["sms"]["ready"] is False
+                assert "http_401" in ready["parts"]["sms"]["reason"]
+                server.token = "the-old-token"  # the receiver takes it again
+                async with asyncio.timeout(WAIT):
+                    await d.sms.wait_finished(1)
+                ready = await (await session.get(f"{d.api_url}/readyz",
+                                                 headers=auth("viewer"))).json()
+                assert ready["parts"]["sms"]["ready"] is True
+            assert list(server.delivered) and all(r.status == 401 for r in server.received[:3])
+    finally:
+        await server.stop()

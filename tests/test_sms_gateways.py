@@ -59,28 +59,29 @@ async def test_webhook_posts_the_json_with_bearer_and_hmac(webhook: WebhookServe
     ("wrong-token", "hmac-secret-1"), ("bearer-token-1", "wrong-secret"),
     ("bearer-token-1", None), (None, "hmac-secret-1"),
 ])
-async def test_webhook_with_wrong_credentials_is_refused_and_permanent(
+async def test_webhook_with_wrong_credentials_is_refused_and_the_site_unavailable(
         webhook: WebhookServer, token: str | None, secret: str | None) -> None:
     gateway = WebhookGateway(webhook.url, token=token, hmac_secret=secret)
     try:
         result = await gateway.send(SMS)
     finally:
         await gateway.close()
-    assert result.status == "permanent" and result.error == "http_401"
+    assert result.status == "unavailable" and result.error == "http_401"
     assert webhook.delivered == {}
 
 
 async def test_webhook_status_classes(webhook: WebhookServer) -> None:
-    webhook.answer_next(503, 429, 500, 400, 404)
+    webhook.answer_next(503, 429, 500, 400, 422, 403, 404)
     gateway = WebhookGateway(webhook.url, token="bearer-token-1", hmac_secret="hmac-secret-1")
     try:
-        results = [await gateway.send(SMS) for _ in range(5)]
+        results = [await gateway.send(SMS) for _ in range(7)]
     finally:
         await gateway.close()
-    assert [r.status for r in results] == ["retryable"] * 3 + ["permanent"] * 2
+    assert [r.status for r in results] == (["retryable"] * 3 + ["permanent"] * 2
+                                           + ["unavailable"] * 2)
     assert results[0].retry_after == 1.0
     assert [r.error for r in results] == ["http_503", "http_429", "http_500", "http_400",
-                                          "http_404"]
+                                          "http_422", "http_403", "http_404"]
 
 
 async def test_webhook_unreachable_or_slow_is_retryable() -> None:
@@ -160,27 +161,31 @@ async def test_aliyun_with_a_wrong_secret_fails_the_providers_check(
     finally:
         await gateway.close()
     assert aliyun.refused == ["SignatureDoesNotMatch"]
-    assert result.status == "permanent" and result.error == "SignatureDoesNotMatch"
+    assert result.status == "unavailable" and result.error == "SignatureDoesNotMatch"
 
 
 async def test_aliyun_result_classes(aliyun: AliyunServer) -> None:
     aliyun.answer_next((200, "isv.BUSINESS_LIMIT_CONTROL"), (200, "isv.MOBILE_NUMBER_ILLEGAL"),
                        (500, "isp.SYSTEM_ERROR"), (400, "Throttling.User"),
-                       (200, "isv.TEMPLATE_MISSING_PARAMETERS"))
+                       (200, "isv.TEMPLATE_MISSING_PARAMETERS"), (200, "isv.AMOUNT_NOT_ENOUGH"),
+                       (200, "isv.OUT_OF_SERVICE"), (404, "InvalidAccessKeyId.NotFound"))
     gateway = aliyun_gateway(aliyun)
     try:
-        results = [await gateway.send(SMS) for _ in range(5)]
+        results = [await gateway.send(SMS) for _ in range(8)]
     finally:
         await gateway.close()
     assert [(r.status, r.error) for r in results] == [
         ("retryable", "isv.BUSINESS_LIMIT_CONTROL"), ("permanent", "isv.MOBILE_NUMBER_ILLEGAL"),
         ("retryable", "isp.SYSTEM_ERROR"), ("retryable", "Throttling.User"),
-        ("permanent", "isv.TEMPLATE_MISSING_PARAMETERS")]
+        ("permanent", "isv.TEMPLATE_MISSING_PARAMETERS"),
+        ("unavailable", "isv.AMOUNT_NOT_ENOUGH"), ("unavailable", "isv.OUT_OF_SERVICE"),
+        ("unavailable", "InvalidAccessKeyId.NotFound")]
 
 
 def test_aliyun_answers_that_are_not_json() -> None:
     assert classify(502, "<html>bad gateway</html>").status == "retryable"
-    assert classify(403, "<html>forbidden</html>").status == "permanent"
+    assert classify(403, "<html>forbidden</html>").status == "unavailable"  # a proxy's
+    assert classify(400, "<html>bad request</html>").status == "permanent"
     assert classify(200, '{"Code": "OK"}').provider_id is None
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import structlog
 from prometheus_client import CollectorRegistry
 from sms_fixtures import Clock, WebhookServer, call, keys
 
@@ -180,6 +181,61 @@ async def test_retries_stop_after_max_attempts(webhook: WebhookServer) -> None:
     assert len(webhook.received) == 4
     clock.advance(3600)
     assert await s.worker.run_once() == 0
+
+
+async def test_a_gateway_refusing_the_site_holds_messages_past_max_attempts_until_it_takes_them(
+        webhook: WebhookServer) -> None:
+    """A token the gateway refuses (rotated at the provider, a used-up balance) refuses
+    every message alike: each is held, past max_attempts, and sent once the site is taken
+    again; meanwhile the part's check says why and the gauge is 0. A gateway that refuses
+    only a message (a bad number) still fails it at once."""
+    clock = Clock()
+    s = Setup(webhook, clock, expire_seconds=7200)
+    webhook.token = "the-token-after-rotation"  # callhub still sends bearer-token-1
+    ids = [s.call_ended(call(f"6.{i}", caller=f"1380013801{i}")) for i in range(3)]
+    attempts = s.settings.max_attempts + 3
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(attempts):
+            assert await s.worker.run_once() == 3
+            clock.advance(s.settings.retry_max_seconds)
+        assert all(s.outbox.status(i) == "pending" for i in ids if i is not None)
+        assert len(webhook.received) == 3 * attempts and webhook.delivered == {}
+        reason = await s.worker.readiness()
+        assert reason is not None and "http_401" in reason and "held" in reason
+        assert s.sample("callhub_sms_gateway_available") == 0
+
+        webhook.token = "bearer-token-1"  # the site's token is right again
+        assert await s.worker.run_once() == 3
+        assert all(s.outbox.status(i) == "sent" for i in ids if i is not None)
+        assert await s.worker.readiness() is None
+        assert s.sample("callhub_sms_gateway_available") == 1
+        assert len(webhook.delivered) == 3
+
+        webhook.answer_next(400)  # refused for the message itself: failed, not held
+        refused = s.call_ended(call("6.9", caller="13800138099"))
+        assert await s.worker.run_once() == 1 and s.outbox.status(refused) == "failed"
+    said = [e["event"] for e in logs if e["event"].startswith("sms.gateway_")]
+    assert said == ["sms.gateway_unavailable", "sms.gateway_available"]
+    await s.gateway.close()
+
+
+async def test_a_site_refused_until_its_messages_expire_fails_them_as_expired(
+        webhook: WebhookServer) -> None:
+    """Held is not forever: a message the gateway never took expires with its call."""
+    clock = Clock()
+    s = Setup(webhook, clock, expire_seconds=600)
+    webhook.token = "the-token-after-rotation"
+    message_id = s.call_ended(call("7.2", ended_at=clock.now))
+    assert message_id is not None
+    tries = 0
+    while s.outbox.status(message_id) == "pending":
+        tries += await s.worker.run_once()
+        clock.advance(s.settings.retry_max_seconds)
+    assert s.outbox.status(message_id) == "failed"
+    assert s.outbox.rows[message_id].last_error == "expired"
+    assert tries > s.settings.max_attempts and webhook.delivered == {}
+    assert s.sample("callhub_sms_sent_total", line="front-desk", result="expired") == 1
+    await s.gateway.close()
 
 
 async def test_a_gateway_outage_then_recovery_delivers_every_message_exactly_once(

@@ -49,7 +49,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from callhub.sms.http import SessionHolder
+from callhub.sms.http import UNAVAILABLE_STATUSES, SessionHolder
 from callhub.sms.message import OutgoingSms, SendResult, retry_after_seconds
 
 API_VERSION = "2017-05-25"
@@ -58,6 +58,16 @@ RETRYABLE_CODES = frozenset({
     "Throttling", "Throttling.User", "Throttling.Api", "isv.BUSINESS_LIMIT_CONTROL",
     "isp.SYSTEM_ERROR", "isp.GATEWAY_ERROR", "ServiceUnavailable", "InternalError",
     "SignatureNonceUsed",
+})
+# Codes of the account, its key or its configured signature, not of the message: every
+# message would get them, so each is held (retried until it expires) until the site
+# tops up, renews the key or fixes `sign_name`. A bad number or template stays permanent.
+UNAVAILABLE_CODES = frozenset({
+    "isv.AMOUNT_NOT_ENOUGH", "isv.OUT_OF_SERVICE", "isv.BILLING_DEDUCTION_ERROR",
+    "isv.ACCOUNT_NOT_EXISTS", "isv.ACCOUNT_ABNORMAL", "isv.PRODUCT_UN_SUBSCRIPT",
+    "isv.PRODUCT_UNSUBSCRIBE", "isp.RAM_PERMISSION_DENY", "isv.SMS_SIGN_NAME_ILLEGAL",
+    "isv.SMS_SIGNATURE_ILLEGAL", "InvalidAccessKeyId.NotFound", "InvalidAccessKeyId.Inactive",
+    "SignatureDoesNotMatch", "Forbidden.RAM",
 })
 
 
@@ -157,8 +167,9 @@ class AliyunGateway:
 
 def classify(status: int, text: str, retry_after: float | None = None) -> SendResult:
     """SendSms's answer: Code "OK" with a BizId is sent; throttling, Aliyun's own
-    errors and 5xx are retryable; any other Code (a bad number, template,
-    signature or key) is permanent."""
+    errors and 5xx are retryable; the account's, its key's or its signature's codes
+    (and a 401, 403, 404 or 407 without a code: a proxy) are unavailable; any other
+    Code (a bad number or template) is permanent."""
     try:
         data: Any = json.loads(text)
     except ValueError:
@@ -169,4 +180,7 @@ def classify(status: int, text: str, retry_after: float | None = None) -> SendRe
         return SendResult("sent", provider_id=str(biz_id) if biz_id else None)
     if status >= 500 or code in RETRYABLE_CODES or (code is None and status in (408, 429)):
         return SendResult("retryable", error=code or f"http_{status}", retry_after=retry_after)
+    if code in UNAVAILABLE_CODES or (code is None and status in UNAVAILABLE_STATUSES):
+        return SendResult("unavailable", error=code or f"http_{status}",
+                          retry_after=retry_after)
     return SendResult("permanent", error=code or f"http_{status}")

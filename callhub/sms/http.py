@@ -28,10 +28,17 @@ class SessionHolder:
         self._session = None
 
 
+# The receiver refuses this site (its credentials, its URL), not one message.
+UNAVAILABLE_STATUSES = frozenset({401, 403, 404, 407})
+
+
 def status_class(status: int) -> SendStatus:
-    """'sent' for 2xx; 'retryable' for 408, 425, 429 and 5xx; 'permanent' otherwise."""
+    """'sent' for 2xx; 'retryable' for 408, 425, 429 and 5xx; 'unavailable' for 401,
+    403, 404 and 407; 'permanent' otherwise."""
     if 200 <= status < 300:
         return "sent"
     if status in (408, 425, 429) or status >= 500:
         return "retryable"
+    if status in UNAVAILABLE_STATUSES:
+        return "unavailable"
     return "permanent"

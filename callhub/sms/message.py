@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-SendStatus = Literal["sent", "retryable", "permanent"]
+SendStatus = Literal["sent", "retryable", "unavailable", "permanent"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,8 +25,11 @@ class OutgoingSms:
 
 @dataclass(frozen=True, slots=True)
 class SendResult:
-    """sent (with the provider's message id), retryable (5xx, timeouts, throttling) or
-    permanent (4xx, an invalid number). `error` is a short code, never personal data."""
+    """sent (with the provider's message id), retryable (5xx, timeouts, throttling),
+    unavailable (the gateway refuses this site, not the message: credentials refused, a
+    balance used up, the service suspended; every message would fail alike, so it is held
+    until it expires) or permanent (an invalid number, a bad template). `error` is a short
+    code, never personal data."""
 
     status: SendStatus
     provider_id: str | None = None
@@ -40,7 +43,7 @@ class SendResult:
 
 class SmsGateway(Protocol):
     """Something that sends one SMS and classifies the outcome; it never raises for
-    network or provider errors (they become `retryable` or `permanent`)."""
+    network or provider errors (they become `retryable`, `unavailable` or `permanent`)."""
 
     name: str
 

@@ -6,7 +6,9 @@
 - `callhub_sms_delay_seconds{line}`: from the call's end to the SMS sent;
 - `callhub_sms_within_deadline_ratio`: of the messages finished since start
   (sent, failed or expired), the share sent within `deadline_seconds`
-  (300) of the call's end; absent until one has finished.
+  (300) of the call's end; absent until one has finished;
+- `callhub_sms_gateway_available`: 0 while the gateway refuses this site (its
+  credentials, its balance, its account): messages are held meanwhile.
 
 Line labels are configured line names; anything else is `other`. Numbers
 never appear.
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -58,6 +60,12 @@ class SmsMetrics:
         self.delay_seconds = Histogram("callhub_sms_delay_seconds",
                                        "From the call's end to its SMS sent.", ["line"],
                                        buckets=DELAY_BUCKETS, registry=registry)
+        self.gateway_available = Gauge(
+            "callhub_sms_gateway_available",
+            "0 while the SMS gateway refuses this site (credentials, balance, account), not "
+            "a message: messages are held until it takes them or they expire.",
+            registry=registry)
+        self.gateway_available.set(1)
         registry.register(_DeadlineRatio(self))
         for line in (*self.known_lines, OTHER):
             for result in RESULTS:

@@ -14,7 +14,9 @@ Authentication, either or both:
 
 Response: 2xx is sent; a JSON body's `id` or `message_id` is kept as the
 provider's id. 408, 425, 429 and 5xx (and timeouts, refused connections) are
-retried, honouring `Retry-After` in seconds; any other status is permanent.
+retried, honouring `Retry-After` in seconds; 401, 403, 404 and 407 refuse the
+site (its credentials or URL), not the message: held until it expires; any
+other status is permanent.
 """
 
 from __future__ import annotations

@@ -6,7 +6,10 @@ once instead of at the next poll. Retryable failures come back after an
 exponential backoff (`retry_base_seconds` doubling up to
 `retry_max_seconds`, or the gateway's Retry-After when longer); after
 `max_attempts`, or once the call is older than `expire_seconds`, the message
-fails. Every attempt carries the message's idempotency key.
+fails. A gateway that refuses the site rather than the message (credentials,
+balance, account: `unavailable`) holds every message, whatever its attempts,
+until it takes them or they expire; the part `sms` of /readyz says so
+meanwhile. Every attempt carries the message's idempotency key.
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ class SmsWorker:
         self._stopping = False
         self.finished = 0  # messages sent, failed or expired by this worker
         self._finished_changed = asyncio.Condition()
+        # The gateway refuses this site: its error code and since when (time.time()).
+        self.unavailable: tuple[str, float] | None = None
 
     @classmethod
     def from_settings(cls, outbox: Outbox, gateway: SmsGateway, settings: SmsSettings, *,
@@ -90,6 +95,36 @@ class SmsWorker:
     def stop(self) -> None:
         self._stopping = True
         self._wake.set()
+
+    async def readiness(self) -> str | None:
+        """The part's check: why messages are held, while the gateway refuses the site."""
+        if self.unavailable is None:
+            return None
+        error, since = self.unavailable
+        return (f"the SMS gateway refuses this site ({error}) for "
+                f"{max(self.clock() - since, 0.0):.0f} s; messages are held until it takes "
+                f"them or they expire")
+
+    def _gateway_state(self, result: SendResult) -> None:
+        """Note when the gateway starts or stops refusing the site (a message it judged,
+        sent or refused for itself, shows that it takes the site again)."""
+        if result.status == "unavailable":
+            error = result.error or "unavailable"
+            if self.unavailable is None or self.unavailable[0] != error:
+                log.warning("sms.gateway_unavailable", gateway=self.gateway.name, error=error,
+                            hint="the gateway refuses this site (credentials, balance, "
+                                 "account): messages are held until it takes them or they "
+                                 "expire")
+                self.unavailable = (error, self.clock()
+                                    if self.unavailable is None else self.unavailable[1])
+            if self.metrics:
+                self.metrics.gateway_available.set(0)
+        elif result.status in ("sent", "permanent") and self.unavailable is not None:
+            log.info("sms.gateway_available", gateway=self.gateway.name,
+                     unavailable_seconds=round(self.clock() - self.unavailable[1], 1))
+            self.unavailable = None
+            if self.metrics:
+                self.metrics.gateway_available.set(1)
 
     async def run(self) -> None:
         """Send until `stop()`; an outbox error is logged and retried at the next poll."""
@@ -136,13 +171,16 @@ class SmsWorker:
     async def _record(self, message: OutboxMessage, result: SendResult) -> None:
         now = self.clock()
         error = result.error or result.status
+        self._gateway_state(result)
+        held = result.status == "unavailable"
         if result.status == "sent":
             await self.outbox.mark_sent(message.id, now, result.provider_id)
             log.info("sms.sent", **self._fields(message), provider_id=result.provider_id)
             if self.metrics:
                 self.metrics.sent(message.line, now - message.call_ended_at)
             await self._finish()
-        elif result.status == "retryable" and message.attempts < self.retry.max_attempts:
+        elif held or (result.status == "retryable"
+                      and message.attempts < self.retry.max_attempts):
             # No later than the message expires (a gateway's Retry-After may say years):
             # claimed then, it is expired, not parked for good.
             at = min(now + self.retry.delay(message.attempts, result.retry_after),
