@@ -161,16 +161,20 @@ async def read_until(stream: asyncio.StreamReader, predicate: Any, lines: list[s
             return line
 
 
+async def callhub_run(cwd: Path, *args: str) -> asyncio.subprocess.Process:
+    """`callhub run ARGS` as an admin starts it in `cwd` (its SQLite file and spool
+    there), on a free API port, logging at info; stdout and stderr piped."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLHUB_")}
+    env.update(CALLHUB_API_LISTEN="127.0.0.1:0", CALLHUB_LOG_LEVEL="info")
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "callhub", "run", *args, cwd=cwd, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+
 async def test_sighup_is_logged_and_the_daemon_goes_on(tmp_path: Path) -> None:
     """`kill -HUP` (an admin's habit for a reload, or a closed terminal) killed `callhub
     run` on the spot; it is logged, the daemon serves on, and SIGTERM still stops it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLHUB_")}
-    env.update(CALLHUB_API_LISTEN="127.0.0.1:0", CALLHUB_LOG_LEVEL="info",
-               CALLHUB_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'callhub.db'}",
-               CALLHUB_SPOOL_DIR=str(tmp_path / "spool"))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "callhub", "run", cwd=tmp_path, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await callhub_run(tmp_path)
     assert proc.stdout is not None and proc.stderr is not None
     out: list[str] = []
     err: list[str] = []
@@ -199,12 +203,7 @@ async def test_sighup_is_logged_and_the_daemon_goes_on(tmp_path: Path) -> None:
 
 async def test_demo_process_serves_calls_and_flushes_on_sigterm(tmp_path: Path) -> None:
     """`callhub run --demo` as a newcomer runs it; SIGTERM leaves every finished call stored."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLHUB_")}
-    env.update(CALLHUB_API_LISTEN="127.0.0.1:0", CALLHUB_LOG_LEVEL="info")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "callhub", "run", "--demo", "--demo-rate", "240",
-        "--demo-speed", "10", cwd=tmp_path, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await callhub_run(tmp_path, "--demo", "--demo-rate", "240", "--demo-speed", "10")
     assert proc.stdout is not None and proc.stderr is not None
     out: list[str] = []
     err: list[str] = []

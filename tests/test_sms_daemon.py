@@ -24,6 +24,7 @@ from callhub.config import ApiToken, ConfigError, load_settings, settings_from_m
 from callhub.daemon import Daemon, running
 from callhub.routing.model import Agent, Rota
 from callhub.sim.ami_server import AmiSimulator
+from callhub.store.db import Database
 from callhub.store.tables import sms_outbox
 
 WAIT = 30.0
@@ -62,6 +63,20 @@ def config_text(server: WebhookServer) -> str:
     return text.replace("感谢您的来电。\"", "感谢您的来电。如有需要请拨打{agent_mobile}。\"")
 
 
+def sms_daemon(config: str, ami_simulator: AmiSimulator, db: Database,
+               tmp_path: Path) -> Daemon:
+    """The daemon of `config` ([sms] and the lines) on the simulator's PBX, with the rota's
+    agent who has a mobile."""
+    loaded = settings_from_mapping(tomllib.loads(config))
+    pbx = sim_pbx(ami_simulator, lines=loaded.pbxs[0].lines)
+    settings = replace(loaded, pbxs=(pbx,), api_listen=("127.0.0.1", 0),
+                       fastagi_listen=("127.0.0.1", 0), spool_dir=str(tmp_path / "spool"),
+                       api_tokens=tuple(ApiToken(r, t) for r, t in TOKENS.items()))
+    rota = Rota(agents={"wang": Agent(id="wang", name=NAME, interface=AGENT, mobile=MOBILE)},
+                lines={})
+    return Daemon(settings, db=db, out=io.StringIO(), rota=rota)
+
+
 async def get(session: aiohttp.ClientSession, url: str, role: str = "supervisor",
               **params: Any) -> Any:
     async with session.get(url, headers=auth(role), params=params) as response:
@@ -73,15 +88,8 @@ async def test_one_sms_after_an_answered_call_none_within_the_quiet_time(
         db_factory: DbFactory, ami_simulator: AmiSimulator, tmp_path: Path) -> None:
     server = WebhookServer()
     await server.start()
-    loaded = settings_from_mapping(tomllib.loads(config_text(server)))
-    pbx = sim_pbx(ami_simulator, lines=loaded.pbxs[0].lines)
-    settings = replace(loaded, pbxs=(pbx,), api_listen=("127.0.0.1", 0),
-                       fastagi_listen=("127.0.0.1", 0), spool_dir=str(tmp_path / "spool"),
-                       api_tokens=tuple(ApiToken(r, t) for r, t in TOKENS.items()))
-    rota = Rota(agents={"wang": Agent(id="wang", name=NAME, interface=AGENT, mobile=MOBILE)},
-                lines={})
     db = await db_factory.create()
-    d = Daemon(settings, db=db, out=io.StringIO(), rota=rota)
+    d = sms_daemon(config_text(server), ami_simulator, db, tmp_path)
     caller, other = "+8613912345678", "+8613787654321"
     make = ami_simulator.factory.make
     try:
@@ -165,16 +173,10 @@ async def test_a_gateway_refusing_the_site_is_named_by_readyz_and_the_message_he
     stays queued, and it goes out once the receiver takes the token again."""
     server = WebhookServer(token="rotated-at-the-receiver")
     await server.start()
-    loaded = settings_from_mapping(tomllib.loads(config_text(server).replace(
+    text = config_text(server).replace(
         'quiet_seconds = 86400', 'quiet_seconds = 86400\ntoken = "the-old-token"\n'
-        'retry_base_seconds = 0.05\nretry_max_seconds = 0.1\nmax_attempts = 2')))
-    pbx = sim_pbx(ami_simulator, lines=loaded.pbxs[0].lines)
-    settings = replace(loaded, pbxs=(pbx,), api_listen=("127.0.0.1", 0),
-                       fastagi_listen=("127.0.0.1", 0), spool_dir=str(tmp_path / "spool"),
-                       api_tokens=tuple(ApiToken(r, t) for r, t in TOKENS.items()))
-    rota = Rota(agents={"wang": Agent(id="wang", name=NAME, interface=AGENT, mobile=MOBILE)},
-                lines={})
-    d = Daemon(settings, db=await db_factory.create(), out=io.StringIO(), rota=rota)
+        'retry_base_seconds = 0.05\nretry_max_seconds = 0.1\nmax_attempts = 2')
+    d = sms_daemon(text, ami_simulator, await db_factory.create(), tmp_path)
     try:
         async with running(d):
             assert d.sms is not None

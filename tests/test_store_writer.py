@@ -350,14 +350,21 @@ def test_spool_skips_a_torn_last_line_and_survives_reopening(tmp_path: Path) -> 
     assert len(again) == 0 and again.segments() == []
 
 
-def damaged_lines() -> list[bytes]:
-    """Lines a disk fault could leave: not JSON, JSON of another shape, a record with a
-    wrong value, one whose attempt is no object, nesting deeper than any parser's."""
+def spool_with_damage(directory: str) -> list[bytes]:
+    """A spool of the call `before` and, after it, lines a disk fault could leave: not
+    JSON, JSON of another shape, a record with a wrong value, one whose attempt is no
+    object, nesting deeper than any parser's. Returns those lines."""
     no_attempt = make_call("no-attempt").to_dict()
     no_attempt["attempts"] = [1]
-    return [b"\x00\x00\x00garbage", b"[1, 2]", b"null",
-            b'{"pbx": "main", "linkedid": "x", "arrived_at": "soon"}',
-            json.dumps(no_attempt).encode(), b"[" * 5000 + b"]" * 5000]
+    damaged = [b"\x00\x00\x00garbage", b"[1, 2]", b"null",
+               b'{"pbx": "main", "linkedid": "x", "arrived_at": "soon"}',
+               json.dumps(no_attempt).encode(), b"[" * 5000 + b"]" * 5000]
+    spool = Spool(directory)
+    spool.append([make_call("before")])
+    spool.close()
+    with spool.segments()[-1].open("ab") as fh:
+        fh.write(b"".join(line + b"\n" for line in damaged))
+    return damaged
 
 
 async def test_damaged_lines_amid_the_spool_are_quarantined_and_passed(
@@ -366,12 +373,7 @@ async def test_damaged_lines_amid_the_spool_are_quarantined_and_passed(
     quarantine before their segment goes; the calls around them are stored, and the
     checkpoint moves past the damage. A crash before the checkpoint moved (the spool
     as it was) quarantines nothing twice and stores nothing twice."""
-    spool = Spool(store_settings.spool_dir)
-    spool.append([make_call("before")])
-    spool.close()
-    damaged = damaged_lines()
-    with spool.segments()[-1].open("ab") as fh:
-        fh.write(b"".join(line + b"\n" for line in damaged))
+    damaged = spool_with_damage(store_settings.spool_dir)
     spool = Spool(store_settings.spool_dir)
     spool.append([make_call("after", at=T0 + 60)])
     spool.close()
@@ -412,12 +414,7 @@ async def test_damaged_lines_wait_for_a_locked_database_before_the_checkpoint_pa
     factory = DbFactory("sqlite", tmp_path)
     db = await factory.create(busy_timeout=0.05)
     await migrate.upgrade(db)
-    spool = Spool(store_settings.spool_dir)
-    spool.append([make_call("before")])
-    spool.close()
-    damaged = damaged_lines()
-    with spool.segments()[-1].open("ab") as fh:
-        fh.write(b"".join(line + b"\n" for line in damaged))
+    damaged = spool_with_damage(store_settings.spool_dir)
     holder = sqlite3.connect(tmp_path / "callhub.db", isolation_level=None, timeout=5)
     holder.execute("BEGIN EXCLUSIVE")
     writer = CallWriter(db, store_settings, retry_initial=0.02, retry_max=0.05)
