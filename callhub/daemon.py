@@ -143,6 +143,10 @@ async def database(d: Daemon) -> AsyncIterator[None]:
             except migrate.SchemaError as exc:
                 raise StartupError(str(exc)) from None
         else:
+            try:
+                await migrate.check_encoding(d.db)
+            except migrate.SchemaError as exc:
+                raise StartupError(str(exc)) from None
             current, head = await migrate.current_revision(d.db), migrate.head_revision()
             if current is not None and not migrate.known(current):
                 raise StartupError(migrate.newer_schema(current))

@@ -7,13 +7,18 @@ import os
 import sqlite3
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy.engine import make_url
 from store_fixtures import DbFactory, pg_url
 
+from callhub.config import Settings
+from callhub.daemon import Daemon, StartupError, running
 from callhub.store import migrate
 from callhub.store.db import Database
 from callhub.store.tables import metadata
@@ -121,3 +126,41 @@ async def test_database_close_is_idempotent(tmp_path: Path) -> None:
     await db.ping()
     await db.close()
     await db.close()
+
+
+async def test_a_postgresql_database_that_cannot_hold_chinese_names_is_refused(
+        tmp_path: Path) -> None:
+    """A database created LATIN1 (a server set up under another locale) refuses '张三'
+    (SQLSTATE 22P05, a data error: every call with such a name would be quarantined).
+    `callhub run`, with or without migrating, and `callhub db upgrade` refuse it up front,
+    naming the encoding, and create nothing in it."""
+    name = f"callhub_latin1_{os.getpid()}"
+    admin = Database.connect(pg_url(), isolation_level="AUTOCOMMIT")
+    async with admin.engine.connect() as conn:
+        await conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        await conn.execute(sa.text(f"""CREATE DATABASE "{name}" ENCODING 'LATIN1'
+                                       LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"""))
+    url = make_url(pg_url()).set(database=name).render_as_string(hide_password=False)
+    db = Database.connect(url)
+    try:
+        settings = replace(Settings(), api_listen=("127.0.0.1", 0),
+                           spool_dir=str(tmp_path / "spool"))
+        for migrating in (True, False):
+            with pytest.raises(StartupError, match="encoding is LATIN1"):
+                async with running(Daemon(settings, db=db, migrate=migrating)):
+                    pass
+        env = {**os.environ, "CALLHUB_DATABASE_URL": url}
+        env.pop("CALLHUB_CONFIG", None)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "callhub", "db", "upgrade", env=env, cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _, raw = await asyncio.wait_for(proc.communicate(), 60)
+        stderr = raw.decode("utf-8", "replace")
+        assert proc.returncode == 1 and "encoding is LATIN1" in stderr
+        assert "Traceback" not in stderr
+        assert await migrate.current_revision(db) is None
+    finally:
+        await db.close()
+        async with admin.engine.connect() as conn:
+            await conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        await admin.close()

@@ -28,6 +28,32 @@ def newer_schema(current: str) -> str:
             f"version or a later one")
 
 
+# What PostgreSQL stores callhub's text in: UTF8, or SQL_ASCII (bytes as given). Any
+# other encoding refuses characters it lacks (22P05): every call with a Chinese name
+# would end in the quarantine.
+ENCODINGS = ("UTF8", "SQL_ASCII")
+
+
+def encoding_problem(connection: Connection) -> str | None:
+    """Why this PostgreSQL database cannot hold the PBX's names, or None."""
+    if connection.dialect.name != "postgresql":
+        return None
+    encoding = connection.execute(sa.text("SHOW server_encoding")).scalar()
+    if encoding in ENCODINGS:
+        return None
+    return (f"the database's encoding is {encoding}: callers' and agents' names (Chinese "
+            f"ones among them) cannot all be stored; create it with ENCODING 'UTF8' "
+            f"(CREATE DATABASE callhub ENCODING 'UTF8' TEMPLATE template0)")
+
+
+async def check_encoding(db: Database) -> None:
+    """Raise SchemaError when the database cannot hold every name (PostgreSQL)."""
+    async with db.connection() as conn:
+        problem = await conn.run_sync(encoding_problem)
+    if problem is not None:
+        raise SchemaError(problem)
+
+
 def known(revision: str) -> bool:
     """Whether `revision` is one of this callhub's migrations."""
     try:
@@ -60,6 +86,9 @@ async def upgrade(db: Database, revision: str = "head") -> None:
 
 
 def _upgrade(connection: Connection, revision: str) -> None:
+    problem = encoding_problem(connection)
+    if problem is not None:
+        raise SchemaError(problem)
     current = MigrationContext.configure(connection).get_current_revision()
     if current is not None and not known(current):
         raise SchemaError(newer_schema(current))
