@@ -312,6 +312,8 @@ def test_backoff_doubles_to_its_cap_and_honours_a_longer_retry_after() -> None:
     assert [policy.delay(n) for n in range(1, 7)] == [5, 10, 20, 40, 60, 60]
     assert policy.delay(1, retry_after=30) == 30
     assert policy.delay(4, retry_after=30) == 40
+    # A message held for a day at a short cap has tried thousands of times: still the cap.
+    assert policy.delay(2000) == policy.delay(10**9) == 60
 
 
 async def test_the_memory_outbox_queues_one_message_per_idempotency_key() -> None:

@@ -45,7 +45,9 @@ class RetryPolicy:
 
     def delay(self, attempts: int, retry_after: float | None = None) -> float:
         """Seconds before the next attempt after `attempts` failed ones."""
-        backoff = min(self.max_seconds, self.base_seconds * 2.0 ** max(attempts - 1, 0))
+        # Capped: 2.0 ** 1024 overflows, and a held message may try thousands of times.
+        doublings = min(max(attempts - 1, 0), 62)
+        backoff = min(self.max_seconds, self.base_seconds * 2.0 ** doublings)
         return max(backoff, retry_after or 0.0)
 
 
