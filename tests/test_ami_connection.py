@@ -499,3 +499,46 @@ async def test_the_pbx_clocks_offset_is_measured_exported_and_warned_of(behind: 
     said = [(e["event"], e["log_level"]) for e in logs if e["event"].startswith("ami.clock")]
     assert said == ([("ami.clock_offset", "warning"), ("ami.clock_offset_ok", "info")]
                     if behind else [])
+
+
+async def test_events_without_a_timestamp_are_warned_of_and_named_in_the_part(
+        ami_simulator: AmiSimulator) -> None:
+    """manager.conf without `timestampevents = yes`: the calls still come out (timed on
+    arrival), one warning says what to set, and the part `ami/<pbx>` names it in its
+    detail until stamped events come again."""
+    sim = ami_simulator
+    collector = Collector()
+    pbx = sim_pbx(sim)
+    ingest = make_ingest(pbx, collector)
+    call = CallFactory(seed=41).make("answered", time.time() - 20, ring_seconds=3.0,
+                                     talk_seconds=5.0)
+    unstamped = [{k: v for k, v in m.items() if k != "Timestamp"}
+                 for _, m in merge_calls([call])]
+
+    async def detail() -> str | None:
+        part, = [p for p in await ingest.supervisor.states() if p.name == f"ami/{pbx.name}"]
+        return part.detail
+
+    try:
+        with structlog.testing.capture_logs() as logs:
+            await ingest.start()
+            await ingest.wait_connected(5)
+            await sim.send(unstamped)
+            await collector.until(lambda: bool(collector.records))
+            ingest.check_clock()
+            ingest.check_clock()
+            said = await detail()
+            seen = ingest.events
+            await sim.send([{"Event": "DeviceStateChange", "Privilege": "call,all",
+                             "Device": "PJSIP/9", "State": "NOT_INUSE",
+                             "Timestamp": f"{time.time():.6f}"}])
+            await collector.until(lambda: ingest.events > seen)
+            ingest.check_clock()
+            cleared = await detail()
+    finally:
+        await ingest.stop()
+    assert [r.linkedid for r in collector.records] == [call.linkedid]
+    assert said is not None and "timestampevents = yes" in said
+    assert cleared is None
+    warned = [e for e in logs if e["event"] == "ami.no_timestamps"]
+    assert len(warned) == 1 and warned[0]["log_level"] == "warning"

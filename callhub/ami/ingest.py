@@ -55,6 +55,8 @@ SEEN_MEMORY = 100_000  # finished linkedids remembered for gap recovery
 # a minute shifts call times visibly); the warning clears under CLOCK_OK_SECONDS.
 CLOCK_WARN_SECONDS = 60.0
 CLOCK_OK_SECONDS = 30.0
+NO_TIMESTAMPS = ("events carry no Timestamp (timestampevents = yes in manager.conf): "
+                 "calls are timed when their events are read")
 
 
 class PbxIngest:
@@ -107,6 +109,8 @@ class PbxIngest:
         self._read_at = 0.0  # the host's clock when that event was read
         self._skew = 0.0  # the PBX's clock minus the host's, at the last event read
         self._clock_off = False  # warned that the PBX's clock is off (until it is right)
+        self.unstamped = False  # the last event settled had no Timestamp header
+        self._unstamped_said = False
         self.alive_until: float | None = None  # when the last session was last known up
         self._state_written = 0.0  # time.monotonic() of the last state write
         self._seen: dict[str, None] = {}  # linkedids finished in this process (bounded)
@@ -251,6 +255,7 @@ class PbxIngest:
         """`last_event` from the last event's Timestamp (the host's clock without one)."""
         if self._last_stamp is not None:
             stamp = event_time(self._last_stamp) if self._last_stamp else None
+            self.unstamped = not self._last_stamp
             self.last_event = stamp if stamp is not None else self.clock()
             if stamp is not None:
                 self._skew = stamp - self._read_at
@@ -272,8 +277,19 @@ class PbxIngest:
 
     def check_clock(self) -> None:
         """Warn once when the PBX's clock is `CLOCK_WARN_SECONDS` off this host's; say
-        when it is right again (under `CLOCK_OK_SECONDS`)."""
+        when it is right again (under `CLOCK_OK_SECONDS`). Warn once, and name it in the
+        part's detail while it lasts, when events come without a Timestamp
+        (manager.conf's `timestampevents` is off): calls are then timed when their
+        events are read, and a burst read late shortens their rings."""
         offset = self.clock_offset()
+        detail = NO_TIMESTAMPS if self.unstamped else None
+        if self._tasks and self._tasks[0].health.detail != detail:
+            self._tasks[0].health.detail = detail
+        if self.unstamped and not self._unstamped_said:
+            self._unstamped_said = True
+            log.warning("ami.no_timestamps", pbx=self.pbx.name,
+                        hint="set timestampevents = yes for callhub's user in Asterisk's "
+                             "manager.conf: calls are timed when their events are read")
         if not self._clock_off and abs(offset) >= CLOCK_WARN_SECONDS:
             self._clock_off = True
             log.warning("ami.clock_offset", pbx=self.pbx.name, offset_seconds=round(offset, 1),
