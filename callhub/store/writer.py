@@ -363,9 +363,7 @@ class CallWriter:
         try:
             await self._store_loop()
         finally:
-            if self._direct:  # taken from memory when the task failed: not lost
-                self._inbox.extendleft(reversed(self._direct))
-                self._direct = []
+            self._put_back_direct()  # taken from memory when the task failed: not lost
             self._stored_all.set()
             self._log_wake.set()
             try:
@@ -452,6 +450,7 @@ class CallWriter:
                 try:
                     await self._quarantine_damaged()
                 except _Outage as outage:
+                    self._put_back_direct()
                     if await self._wait_out(outage, backoff, deadline):
                         return
                     backoff = min(backoff * 2, self.retry_max)
@@ -485,9 +484,7 @@ class CallWriter:
                 if batch:
                     await self._write(batch)
             except _Outage as outage:
-                if end is None:  # from memory: back to the inbox, in order
-                    self._inbox.extendleft(reversed(self._direct))
-                    self._direct = []
+                self._put_back_direct()
                 if await self._wait_out(outage, backoff, deadline):
                     return
                 backoff = min(backoff * 2, self.retry_max)
@@ -504,6 +501,13 @@ class CallWriter:
                 self._advance(end, settled)
             self._update_gauge()
             await self._notify()
+
+    def _put_back_direct(self) -> None:
+        """Calls taken straight from memory (the spool unwritable) and not stored go back
+        to the front of the inbox, in order (none when the batch came from the spool)."""
+        if self._direct:
+            self._inbox.extendleft(reversed(self._direct))
+            self._direct = []
 
     async def _wait_out(self, outage: _Outage, backoff: float, deadline: float | None
                         ) -> bool:
@@ -528,9 +532,7 @@ class CallWriter:
         try:
             settled, write = await self.gate.admit(batch)
         except Exception as exc:
-            if end is None:
-                self._inbox.extendleft(reversed(self._direct))
-                self._direct = []
+            self._put_back_direct()
             raise _Outage(exc) from exc
         if 0 < settled < len(batch):
             if end is None:  # from memory: the rest goes back to the inbox, in order
@@ -538,9 +540,8 @@ class CallWriter:
                 self._direct = self._direct[:settled]
             else:
                 _, end = self.spool.read(self._stored, settled, self._logged)
-        elif settled == 0 and end is None:
-            self._inbox.extendleft(reversed(self._direct))
-            self._direct = []
+        elif settled == 0:
+            self._put_back_direct()
         return write, end, settled
 
     async def _gate_wait(self) -> None:
