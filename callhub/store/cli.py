@@ -1,4 +1,5 @@
-"""`callhub db upgrade|current|quarantine`: the schema, and the calls the database refused."""
+"""`callhub db upgrade|current|quarantine|restore`: the schema, and the calls the database
+refused."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 from typing import Any
 
 from callhub.config import load_settings, mask_url
-from callhub.store import migrate, quarantine
+from callhub.store import migrate, quarantine, restore
 from callhub.store.db import Database
 from callhub.store.oneshot import run_db
 
@@ -33,6 +34,18 @@ def add_parser(sub: Any) -> None:
     qua.add_argument("--json", action="store_true",
                      help="one JSON object per call, with the whole record")
     qua.set_defaults(func=quarantine_command)
+    res = actions.add_parser(
+        "restore", help="store quarantined calls again, once what refused them is mended",
+        description="Store quarantined calls (ids from `callhub db quarantine`) as the "
+                    "writer would have, worklist and figures included, and delete their "
+                    "rows; a call refused again keeps its row and is listed with the "
+                    "reason. Exit 1 when any is kept.")
+    which = res.add_mutually_exclusive_group(required=True)
+    which.add_argument("ids", nargs="*", type=int, default=[], metavar="ID",
+                       help="quarantine ids")
+    which.add_argument("--all", action="store_true", help="every quarantined call")
+    res.add_argument("--database-url", help="override database_url / $CALLHUB_DATABASE_URL")
+    res.set_defaults(func=restore_command)
 
 
 def _url(args: argparse.Namespace) -> str:
@@ -82,6 +95,28 @@ def quarantine_command(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"{len(rows)} quarantined call(s) shown", file=sys.stderr)
     return 0
+
+
+def restore_command(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    url: str = args.database_url or settings.database_url
+
+    async def run() -> restore.Restored:
+        db = Database.connect(url)
+        try:
+            return await restore.restore(db, settings, None if args.all else args.ids)
+        finally:
+            await db.close()
+
+    ok, done = run_db(url, run)
+    if not ok or done is None:
+        return 1
+    for qid, reason in done.kept:
+        print(f"{qid}\tkept: {reason}")
+    for qid in done.missing:
+        print(f"{qid}\tnot in the quarantine")
+    print(f"{len(done.stored)} call(s) stored again, {len(done.kept)} kept", file=sys.stderr)
+    return 1 if done.kept or done.missing else 0
 
 
 def current_command(args: argparse.Namespace) -> int:
