@@ -4,6 +4,7 @@ together going to different agents, and the position surviving a restart."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from routing_fixtures import HOTLINE_DID, berlin
 from callhub.routing.busy import BusyTracker
 from callhub.routing.chooser import Router
 from callhub.routing.rota_file import RotaError
-from callhub.routing.state import POSITION_FILE, RotaStore, RotationState
+from callhub.routing.state import POSITION_FILE, Position, RotaStore, RotationState
 
 MONDAY_10 = berlin("2026-11-30 10:00")
 
@@ -98,6 +99,43 @@ def test_damaged_position_file_restarts_from_the_top(rota_file: Path, state_path
     r = Router(RotaStore(state_path, seed_file=str(rota_file)),
                RotationState(state_path / POSITION_FILE))
     assert firsts(r, 2) == ["ann", "ben"]
+
+
+@pytest.mark.parametrize("hotline", [
+    '{"agent": "ben", "index": 1e999, "at": 1}',  # infinity: an OverflowError at start
+    '{"agent": "ben", "index": 4294967296, "at": 1}',  # past the shared row's integer
+    '{"agent": "%s", "index": 1, "at": 1}' % ("b" * 129),  # past the shared row's column
+    '{"agent": 7, "index": 1}',
+    '{"agent": "ben", "index": true}',
+    '["ben", 1]',
+    '{"agent": "ben", "index": 1, "at": 1}, "%s": {"agent": "ann", "index": 0}' % ("l" * 129),
+])
+def test_an_unusable_line_in_the_position_file_costs_that_line_only(
+        rota_file: Path, state_path: Path, hotline: str) -> None:
+    state_path.mkdir()
+    (state_path / POSITION_FILE).write_text(
+        '{"lines": {"sales": {"agent": "dora", "index": 0, "at": 1.5}, "hotline": '
+        + hotline + "}}", encoding="utf-8")
+    state = RotationState(state_path / POSITION_FILE)
+    assert state.get("sales") == Position("dora", 0, 1.5)
+    assert all(len(line) <= 128 for line, _ in state.items())
+    r = Router(RotaStore(state_path, seed_file=str(rota_file)), state)
+    kept = state.get("hotline")
+    assert firsts(r, 2) == (["cai", "ann"] if kept else ["ann", "ben"])
+
+
+@pytest.mark.parametrize("at", ["NaN", "Infinity", "-1", "1e300", '"yesterday"'])
+def test_a_position_at_no_usable_time_is_older_than_any_move(
+        state_path: Path, at: str) -> None:
+    state_path.mkdir()
+    (state_path / POSITION_FILE).write_text(
+        '{"lines": {"hotline": {"agent": "ben", "index": 1, "at": ' + at + "}}}",
+        encoding="utf-8")
+    state = RotationState(state_path / POSITION_FILE)
+    assert state.get("hotline") == Position("ben", 1, 0.0)
+    state.save()  # and the file written from it is plain JSON again
+    assert json.loads((state_path / POSITION_FILE).read_text(encoding="utf-8"),
+                      parse_constant=lambda c: pytest.fail(f"{c} written"))
 
 
 def test_rotation_continues_from_a_swapped_in_agent(router: Router) -> None:

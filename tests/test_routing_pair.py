@@ -245,3 +245,39 @@ async def test_callhub_run_shares_the_position_on_postgresql(
                     ("hotline", "ben")]
     finally:
         await factory.cleanup()
+
+
+@pytest.mark.parametrize(("hotline", "after"), [
+    ('{"agent": "ben", "index": 1, "at": NaN}', "cai"),  # kept, at no known time
+    ('{"agent": "ben", "index": 1, "at": 1e300}', "cai"),
+    ('{"agent": "ben", "index": 4294967296, "at": 1}', "ann"),  # dropped: from the top
+    ('{"agent": "%s", "index": 1, "at": 1}' % ("b" * 129), "ann"),
+])
+async def test_a_damaged_position_file_does_not_keep_the_position_from_being_shared(
+        tmp_path: Path, rota_file: Path, monkeypatch: pytest.MonkeyPatch,
+        hotline: str, after: str) -> None:
+    """A value the shared row cannot hold (a hand-edited or damaged file) made every
+    reconcile fail: the instance routed from its file for good, saying only at debug."""
+    monkeypatch.delenv("CALLHUB_ROUTING_STATE_DIR", raising=False)
+    factory = DbFactory("postgresql", tmp_path)
+    db = await factory.create()
+    await migrate.upgrade(db)
+    state = tmp_path / "a" / "routing"
+    state.mkdir(parents=True)
+    (state / POSITION_FILE).write_text('{"lines": {"hotline": ' + hotline + "}}",
+                                       encoding="utf-8")
+    instance = await start_instance("a", tmp_path, rota_file, pg_url(), db.schema)
+    try:
+        instance.shared.timeout = 10.0
+        await instance.shared.reconcile()
+        assert instance.sample("callhub_route_positions_shared") == 1.0
+        answer = await instance.ask()
+        assert answer.targets[0] == {"ann": "PJSIP/1001", "cai": "PJSIP/1003"}[after]
+        async with db.connection() as conn:
+            rows = await read_positions(conn)
+        assert [(r.line, r.agent) for r in rows] == [("hotline", after)]  # moved in the row
+        assert instance.sample("callhub_route_positions_local_total") == 0.0
+    finally:
+        await instance.routing.close()
+        await instance.db.close()
+        await factory.cleanup()

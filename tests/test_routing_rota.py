@@ -126,6 +126,10 @@ def _broken(old: str, new: str) -> str:
      "lines[1]: name: must not start or end with spaces"),
     ('name = "sales"', 'name = "sa\\u200bles"',
      "lines[1]: name: must not contain control characters"),
+    ('name = "sales"', 'name = "' + "销" * 129 + '"',
+     "name: must be at most 128 characters, got 129"),
+    ('id = "ben"', 'id = "' + "b" * 129 + '"',
+     "id: must be at most 128 characters, got 129"),
     ('dids = ["4008009000"]', 'dids = [" 4008009000"]',
      "line 'sales': dids: expected a list of non-empty strings without surrounding spaces"),
 ])

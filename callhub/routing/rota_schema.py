@@ -19,6 +19,10 @@ from callhub.config.problems import keyed, problem
 from callhub.routing.model import DEFAULT_RING_TIMEOUT, WEEKDAYS
 
 MAX_RING_TIMEOUT = 600
+# Line names and agent ids are kept in columns of 128 characters (the shared rotation
+# position, the worklist, the SMS outbox): a longer one made PostgreSQL refuse every
+# shared-mode call of its line and, once in the state file, every reconcile after it.
+MAX_NAME = 128
 FULL_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
@@ -101,6 +105,14 @@ def _text(value: Any) -> Any:
     return value
 
 
+def _name(value: Any) -> Any:
+    """A line name or agent id (or the name that stands for one): text of MAX_NAME at most."""
+    value = _text(value)
+    if len(value) > MAX_NAME:
+        raise problem(f"must be at most {MAX_NAME} characters, got {len(value)}")
+    return value
+
+
 def _texts(value: Any) -> Any:
     if not isinstance(value, list):
         raise problem(f"expected list, got {value!r}")
@@ -173,8 +185,9 @@ def _swaps(value: Any) -> Any:
     return dict(value)
 
 
-Text = Annotated[str, BeforeValidator(_text)]
 OptionalText = Annotated[str | None, BeforeValidator(_text)]
+Name = Annotated[str, BeforeValidator(_name)]
+OptionalName = Annotated[str | None, BeforeValidator(_name)]
 Texts = Annotated[tuple[str, ...], BeforeValidator(_texts)]
 OptionalTexts = Annotated[tuple[str, ...] | None, BeforeValidator(_texts)]
 Seconds = Annotated[StrictInt, BeforeValidator(_seconds)]
@@ -191,8 +204,8 @@ class _Table(BaseModel):
 
 
 class AgentTable(_Table):
-    id: OptionalText = None
-    name: OptionalText = None
+    id: OptionalName = None
+    name: OptionalName = None
     interface: Annotated[str, BeforeValidator(_interface)]
     active: StrictBool = True
     cleared: StrictBool = True
@@ -245,7 +258,7 @@ class ExceptionTable(_Table):
 
 
 class LineTable(_Table):
-    name: Text
+    name: Name
     dids: Texts = ()
     rotation: OptionalTexts = None
     shifts: list[ShiftTable] = []

@@ -30,6 +30,7 @@ from callhub.routing.rota_file import (
     rota_from_data,
     save_rota,
 )
+from callhub.routing.rota_schema import MAX_NAME
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +54,28 @@ class Position:
     agent: str
     index: int
     at: float
+
+
+# What the shared position's row can hold (callhub.store.tables.rotation_positions): a
+# value past these (a damaged or hand-edited file) made every reconcile fail, so the pair
+# never shared its rotation again. The newest time a datetime holds: year 9999.
+MAX_INDEX = 2**31 - 1
+LATEST = 253402300799.0
+
+
+def _position(line: str, item: Any) -> Position | None:
+    """A line's position as the file has it, or None when the file's is unusable; a time
+    that is no time (NaN, out of range) becomes 0: older than any move."""
+    if not isinstance(item, dict) or len(line) > MAX_NAME:
+        return None
+    agent, index, at = item.get("agent"), item.get("index"), item.get("at", 0.0)
+    if not isinstance(agent, str) or not 0 < len(agent) <= MAX_NAME:
+        return None
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index <= MAX_INDEX:
+        return None
+    if not isinstance(at, int | float) or isinstance(at, bool) or not 0.0 <= at <= LATEST:
+        at = 0.0  # also NaN, which compares false
+    return Position(agent, index, float(at))
 
 
 SAVE_DELAY = 0.05  # seconds a burst of calls is gathered into one write of the file
@@ -86,16 +109,26 @@ class RotationState:
     def _load(self, path: Path) -> None:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            for line, item in data.get("lines", {}).items():
-                self._lines[str(line)] = Position(str(item["agent"]), int(item["index"]),
-                                                  float(item.get("at", 0.0)))
+            lines = data.get("lines", {})
+            if not isinstance(lines, dict):
+                raise ValueError(f"lines: expected an object, got {type(lines).__name__}")
         except FileNotFoundError:
             return
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (OSError, ValueError, AttributeError, RecursionError) as exc:
             # A damaged file costs the rotation position, never routing itself.
             log.warning("routing.position_unreadable", hint="starting from the top", path=str(path),
                         error=str(exc))
-            self._lines.clear()
+            return
+        unusable = 0
+        for line, item in lines.items():
+            position = _position(line, item)
+            if position is None:
+                unusable += 1
+            else:
+                self._lines[line] = position
+        if unusable:
+            log.warning("routing.position_unreadable", path=str(path), lines=unusable,
+                        hint="those lines start from the top")
 
     def get(self, line: str) -> Position | None:
         return self._lines.get(line)
