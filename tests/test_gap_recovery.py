@@ -22,7 +22,7 @@ from cel_fixtures import CelDb, pbx_toml, run_callhub, trace_rows, window_of
 from prometheus_client import CollectorRegistry
 from traces_fixtures import trace
 
-from callhub.ami.gap import Gap, read_state, state_path
+from callhub.ami.gap import Gap, StreamState, read_state, state_path
 from callhub.ami.groundtruth import load_truth, pbx_from_truth
 from callhub.lifecycle import Supervisor
 from callhub.metrics.collectors import CallhubMetrics
@@ -79,6 +79,26 @@ async def test_a_dropped_link_reports_its_gap_and_the_state_survives_a_restart(
         await again.stop()
     counted = registry.get_sample_value("callhub_gap_seconds_total", {"pbx": "lab"})
     assert counted is not None and 0 < counted <= time.time() - stopped_at + 1
+
+
+@pytest.mark.parametrize("text", [
+    '{"last_event": NaN, "alive_until": 1700000000}',
+    '{"last_event": 1700000000, "alive_until": Infinity}',
+    '{"last_event": 1e300, "alive_until": 1700000000}',
+    '{"last_event": -1, "alive_until": 1700000000}',
+    '{"last_event": 1' + "0" * 400 + ', "alive_until": 1700000000}',  # OverflowError
+    '[' * 100_000 + ']' * 100_000,  # RecursionError
+    '["last_event"]',
+])
+def test_a_state_file_with_no_usable_time_is_unreadable_not_fatal(
+        tmp_path: Path, text: str) -> None:
+    """A damaged file is read as none (no gap known), not as a gap whose CEL read fails at
+    every try, nor an exception out of PbxIngest's start."""
+    path = state_path(tmp_path, "lab")
+    path.write_text(text, encoding="utf-8")
+    assert read_state(path) is None
+    path.write_text('{"last_event": 1700000000.5, "alive_until": 1700000010}', encoding="utf-8")
+    assert read_state(path) == StreamState(1700000000.5, 1700000010.0)
 
 
 def rows_of(name: str) -> list[dict[str, object]]:

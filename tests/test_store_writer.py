@@ -274,15 +274,19 @@ def test_the_spool_rolls_over_segments_drops_the_stored_and_survives_a_torn_chec
     assert after > segments[-1]  # a new segment on every open
     reopened.close()
 
-    (directory / CHECKPOINT_FILE).write_bytes(b'{"segment": 3, "off')  # torn
-    torn = Spool(directory, segment_bytes=2048)
-    again = [r.to_plain() for r in torn.unstored()]
     everything = plain + [r.to_plain() for r in more]
-    # From the oldest segment left: a tail of everything appended, in order, holding
-    # every call not stored; only stored calls come again.
-    assert again == everything[len(everything) - len(again):]
-    assert len(again) > len(everything) - (done + 1)
-    torn.close()
+    for damage in (b'{"segment": 3, "off',  # torn
+                   b'{"segment": 1e999, "offset": 0}',  # was an OverflowError at open
+                   b"[" * 100_000,  # was a RecursionError
+                   b'{"segment": [3], "offset": 0}'):
+        (directory / CHECKPOINT_FILE).write_bytes(damage)
+        torn = Spool(directory, segment_bytes=2048)
+        again = [r.to_plain() for r in torn.unstored()]
+        # From the oldest segment left: a tail of everything appended, in order, holding
+        # every call not stored; only stored calls come again.
+        assert again == everything[len(everything) - len(again):], damage
+        assert len(again) > len(everything) - (done + 1)
+        torn.close()
 
 
 async def test_the_writer_stores_across_segments_once_even_after_a_torn_checkpoint(

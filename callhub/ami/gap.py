@@ -17,6 +17,8 @@ from pathlib import Path
 
 import structlog
 
+from callhub.ami.correlator import MAX_TIMESTAMP
+
 log = structlog.get_logger(__name__)
 
 STATE_EVERY = 5.0  # seconds between two writes of the state file while events flow
@@ -54,10 +56,15 @@ def read_state(path: Path) -> StreamState | None:
     """The state a previous run left; None when there is none (or it cannot be read)."""
     try:
         data = json.loads(path.read_text("utf-8"))
-        return StreamState(float(data["last_event"]), float(data["alive_until"]))
+        state = StreamState(float(data["last_event"]), float(data["alive_until"]))
+        if not all(0.0 <= t < MAX_TIMESTAMP for t in (state.last_event, state.alive_until)):
+            # NaN or a time no clock gives: the gap's CEL read would fail on it at every
+            # try, and hold up every later gap of the PBX behind it.
+            raise ValueError("not a time")
+        return state
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
         log.warning("ami.state_unreadable", path=str(path), error=type(exc).__name__)
         return None
 

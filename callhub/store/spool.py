@@ -187,9 +187,9 @@ class Spool:
             return int(data["segment"]), int(data["offset"])
         except FileNotFoundError:
             return (0, 0)
-        except (ValueError, KeyError, TypeError) as exc:
-            # Torn by a power cut: start from the oldest segment (stored calls are
-            # stored again, harmlessly).
+        except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
+            # Torn by a power cut, or damaged: start from the oldest segment (stored calls
+            # are stored again, harmlessly).
             log.warning("spool.checkpoint_unreadable", error=str(exc))
             return (0, 0)
 
