@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,26 @@ def test_missing_file_and_bad_toml_are_clear(tmp_path: Path) -> None:
         load_settings(tmp_path / "nope.toml", env={})
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(write(tmp_path, "[[pbx]\n"), env={})
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "cannot read .*: Is a directory"),
+    (b'timezone = "\xff"\n', "is not UTF-8 text"),
+    (b"a = " + b"[" * 100_000, "is not valid TOML: nested too deeply"),
+])
+def test_an_unreadable_config_is_one_clear_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes | None,
+        message: str) -> None:
+    path = tmp_path / "callhub.toml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(path, env={})
+    assert main(["config", "check", str(path)]) != 0
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err and len(err.splitlines()) == 1
 
 
 def test_config_check_prints_settings_with_secrets_masked(

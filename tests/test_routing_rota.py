@@ -157,6 +157,16 @@ def test_toml_syntax_error_names_file_and_position(tmp_path: Path) -> None:
         load_rota(path)
 
 
+@pytest.mark.parametrize(("name", "text"), [("deep.json", "[" * 100_000),
+                                            ("deep.toml", "a = " + "[" * 100_000)])
+def test_a_rota_nested_too_deeply_is_a_clear_error(tmp_path: Path, name: str,
+                                                   text: str) -> None:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(RotaError, match=f"{name}: not valid (JSON|TOML): nested too deeply"):
+        load_rota(path)
+
+
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RotaError, match="no such file"):
         load_rota(tmp_path / "nope.toml")

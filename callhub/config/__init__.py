@@ -48,8 +48,14 @@ def load_settings(path: str | Path | None = None,
                 data = tomllib.load(fh)
         except FileNotFoundError:
             raise ConfigError(f"config: no such file {str(path)!r}") from None
+        except OSError as exc:  # a directory, no permission
+            raise ConfigError(f"config: cannot read {str(path)!r}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config: {path} is not UTF-8 text (byte {exc.start})") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config: {path} is not valid TOML: {exc}") from None
+        except RecursionError:
+            raise ConfigError(f"config: {path} is not valid TOML: nested too deeply") from None
     if isinstance(data.get("sms"), Mapping):  # CALLHUB_SMS_* secrets over the file's
         data["sms"] = apply_sms_env(data["sms"], env)
     return apply_env(settings_from_mapping(data), env)

@@ -257,9 +257,10 @@ def load_rota(path: str | Path) -> Rota:
         data = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
     except UnicodeDecodeError:
         raise RotaError(f"{p}: not UTF-8 text") from None
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise RotaError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'TOML'}: "
-                        f"{exc}") from None
+                        f"{why}") from None
     if not isinstance(data, dict):
         raise RotaError(f"{p}: expected a table at the top")
     return rota_from_data(data, source=str(p))
