@@ -131,6 +131,14 @@ def test_bad_dates_and_databases_get_one_clear_line(
     code, _, err = run(capsys, "--config", str(config), "report", "--date", "29.11.2026",
                        "--database-url", url)
     assert code == 2 and "--date: expected YYYY-MM-DD" in err
+    for day, period in (("9999-12-31", "month"), ("9999-12-31", "week"), ("0001-01-01", "day")):
+        code, out, err = run(capsys, "--config", str(config), "report", "--date", day,
+                             "--period", period, "--database-url", url)
+        assert code == 2 and out == "" and err.strip().splitlines() == [
+            f"callhub report: --date: the year must be 1900 to 9998, got {day!r}"]
+    code, out, _ = run(capsys, "--config", str(config), "report", "--date", "9998-12-31",
+                       "--period", "month", "--database-url", url)  # the last month there is
+    assert code == 0 and "9998-12" in out
     empty = f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
     code, out, err = run(capsys, "--config", str(config), "report", "--date", "today",
                          "--database-url", empty)

@@ -37,6 +37,11 @@ __all__ = ["FIGURES", "FORMATS", "build_report", "day_query", "parse_day", "peri
            "render", "to_csv", "to_json", "to_text"]
 
 
+# The dates a report may be asked for: a month of 9999 ended past what a datetime holds
+# (a traceback), and the API takes moments in these years alone.
+FIRST_YEAR, LAST_YEAR = 1900, 9998
+
+
 def parse_day(text: str, tz: tzinfo, today: date | None = None) -> date:
     """YYYY-MM-DD, `today` or `yesterday` (in the configured time zone)."""
     today = today or datetime.now(tz).date()
@@ -45,10 +50,13 @@ def parse_day(text: str, tz: tzinfo, today: date | None = None) -> date:
     if text == "yesterday":
         return today - timedelta(days=1)
     try:
-        return date.fromisoformat(text)
+        day = date.fromisoformat(text)
     except ValueError:
         raise ValueError(f"--date: expected YYYY-MM-DD, today or yesterday, got {text!r}") \
             from None
+    if not FIRST_YEAR <= day.year <= LAST_YEAR:  # the API's moments' range too
+        raise ValueError(f"--date: the year must be {FIRST_YEAR} to {LAST_YEAR}, got {text!r}")
+    return day
 
 
 def add_parser(sub: Any) -> None:
