@@ -88,3 +88,18 @@ def test_show_uses_rota_file_from_settings(tmp_path: Path, rota_file: Path,
     assert main(["--config", str(config), "rota", "show", "--line", "sales",
                  "--at", "2026-11-30T03:00+01:00"]) == 0
     assert "Ann" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("at", ["9999-12-31T23:59", "1899-12-31T12:00"])
+def test_show_at_a_year_out_of_range_is_one_clear_line(
+        settings_file: Path, rota_file: Path, capsys: pytest.CaptureFixture[str],
+        at: str) -> None:
+    """In 9999 the next shift change overflowed a datetime: a traceback."""
+    main(["--config", str(settings_file), "rota", "load", str(rota_file)])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        main(["--config", str(settings_file), "rota", "show", "--at", at])
+    assert stopped.value.code == f"callhub: --at: the year must be 1900 to 9998, got {at!r}"
+    assert main(["--config", str(settings_file), "rota", "show",
+                 "--at", "9998-12-31T23:59"]) == 0  # the latest there is
+    assert "line hotline" in capsys.readouterr().out

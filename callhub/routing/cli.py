@@ -76,10 +76,13 @@ def parse_at(text: str | None) -> datetime | None:
     if text is None:
         return None
     try:
-        return datetime.fromisoformat(text.replace(" ", "T", 1))
+        at = datetime.fromisoformat(text.replace(" ", "T", 1))
     except ValueError:
         raise SystemExit(f"callhub: --at: expected an ISO date-time such as "
                          f"2026-12-24T09:30, got {text!r}") from None
+    if not 1900 <= at.year <= 9998:  # as the API's; the next shift change of 9999 overflowed
+        raise SystemExit(f"callhub: --at: the year must be 1900 to 9998, got {text!r}")
+    return at
 
 
 def show_command(args: argparse.Namespace) -> int:
