@@ -171,6 +171,42 @@ def test_every_command_accepts_config_after_it() -> None:
         assert parser.parse_args(argv).config == "x.toml", argv
 
 
+@pytest.mark.parametrize(("given", "runs_on"), [
+    ("postgresql://callhub:pw@db/callhub", "postgresql+asyncpg://callhub:pw@db/callhub"),
+    ("postgres://callhub:pw@db:5433/callhub", "postgresql+asyncpg://callhub:pw@db:5433/callhub"),
+    ("PostgreSQL+AsyncPG://db/callhub", "postgresql+asyncpg://db/callhub"),
+    ("sqlite:///var/lib/callhub/calls.db", "sqlite+aiosqlite:///var/lib/callhub/calls.db"),
+    ("sqlite+aiosqlite:///calls.db", "sqlite+aiosqlite:///calls.db"),
+])
+def test_a_database_url_as_libpq_writes_it_runs_on_the_async_driver(
+        tmp_path: Path, given: str, runs_on: str) -> None:
+    """SQLAlchemy's default drivers for these (psycopg2, pysqlite) are not installed or not
+    async: `postgresql://...` was a ModuleNotFoundError traceback at the first connect."""
+    text = (f"database_url = '{given}'\nread_database_url = '{given}'\n"
+            f"[[pbx]]\nname = 'main'\ncel_database_url = '{given}'\n")
+    settings = load_settings(write(tmp_path, text), env={})
+    assert settings.database_url == settings.read_database_url == runs_on
+    assert settings.pbx("main").cel_database_url == runs_on
+    assert load_settings(None, env={"CALLHUB_DATABASE_URL": given}).database_url == runs_on
+
+
+@pytest.mark.parametrize("url", ["mysql://callhub@db/callhub", "postgresql+psycopg2://db/c",
+                                 "sqlite+pysqlite:///c.db", "oracle://db/c"])
+def test_a_database_callhub_does_not_run_on_is_named_in_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str) -> None:
+    scheme = url.split("://")[0] + "://"
+    for key, text in (("database_url", f"database_url = '{url}'\n"),
+                      ("pbx[main].cel_database_url",
+                       f"[[pbx]]\nname = 'main'\ncel_database_url = '{url}'\n")):
+        assert main(["config", "check", str(write(tmp_path, text))]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        assert key in err and "PostgreSQL" in err and repr(scheme) in err
+    assert main(["report", "--database-url", url]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and repr(scheme) in err
+
+
 def test_config_check_masks_a_password_in_the_database_urls_query(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = ("postgresql+asyncpg://callhub@db:5432/callhub?password=q-s3cret&sslmode=require"
@@ -251,7 +287,7 @@ def test_cel_keys_default_to_none_and_cel_and_are_masked_in_config_check(
     assert shown["cel_database_url"] == "postgresql+asyncpg://asterisk:***@pbxdb/asterisk"
     assert shown["cel_table"] == "asterisk.cel"
     from_env = load_settings(path, env={"CALLHUB_PBX_MAIN_CEL_DATABASE_URL": "sqlite:///c.db"})
-    assert from_env.pbx("main").cel_database_url == "sqlite:///c.db"
+    assert from_env.pbx("main").cel_database_url == "sqlite+aiosqlite:///c.db"
     assert main(["config", "check", str(write(tmp_path, text.replace(url, "cel-s3cret")))]) == 2
     err = capsys.readouterr().err
     assert "cel_database_url" in err and "cel-s3cret" not in err

@@ -164,3 +164,21 @@ async def test_a_postgresql_database_that_cannot_hold_chinese_names_is_refused(
         async with admin.engine.connect() as conn:
             await conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
         await admin.close()
+
+
+async def test_a_postgresql_url_without_a_driver_connects_on_asyncpg(tmp_path: Path) -> None:
+    """`postgresql://...` as libpq writes it: SQLAlchemy's default driver for it, psycopg2,
+    is not installed (a ModuleNotFoundError at the first connect)."""
+    factory = DbFactory("postgresql", tmp_path)
+    made = await factory.create()
+    plain = make_url(pg_url()).set(drivername="postgresql").render_as_string(
+        hide_password=False)
+    assert plain.startswith("postgresql://")
+    db = Database.connect(plain, schema=made.schema)
+    try:
+        await migrate.upgrade(db)
+        assert db.engine.dialect.driver == "asyncpg"
+        assert await migrate.current_revision(made) == migrate.head_revision()
+    finally:
+        await db.close()
+        await factory.cleanup()

@@ -29,6 +29,7 @@ from callhub.config.problems import ConfigError, keyed, problem
 from callhub.config.report import ReportSettings
 from callhub.config.sms import SmsSettings
 from callhub.config.targets import LineTable, LineTargets, line_targets
+from callhub.config.values import database_url as valid_database_url
 from callhub.config.values import listen, mask_url
 from callhub.loops import EVENT_LOOPS, uvloop_installed
 
@@ -86,13 +87,6 @@ Listen = Annotated[tuple[str, int], BeforeValidator(listen)]
 _DATACLASS = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-def _cel_url(value: str | None) -> str | None:
-    if value is not None and "://" not in value:
-        raise problem("expected a SQLAlchemy URL such as "
-                      "'postgresql+asyncpg://user:password@host/asterisk'")
-    return value
-
-
 @dataclass(frozen=True, slots=True, config=_DATACLASS)
 class PbxConfig:
     """One Asterisk PBX: how to reach its AMI and how to read its calls."""
@@ -111,7 +105,7 @@ class PbxConfig:
     lines: TextMap = field(default_factory=dict)
     # Where Asterisk's cel_pgsql writes this PBX's CEL (usegmtime=yes): the calls of a gap
     # in the AMI stream are rebuilt from it (docs/reliability.md). None: no gap recovery.
-    cel_database_url: Annotated[StrictStr | None, AfterValidator(_cel_url)] = None
+    cel_database_url: Annotated[StrictStr | None, AfterValidator(_optional_database_url)] = None
     cel_table: Annotated[StrictStr, Field(min_length=1)] = "cel"
 
     def line_for(self, did: str | None) -> str | None:
@@ -160,14 +154,8 @@ def _timezone(value: str) -> str:
     return value
 
 
-def _database_url(value: str) -> str:
-    if "://" not in value:
-        raise problem(f"expected a SQLAlchemy URL such as {DEFAULT_DATABASE_URL!r}")
-    return value
-
-
 def _optional_database_url(value: str | None) -> str | None:
-    return None if value is None else _database_url(value)
+    return None if value is None else valid_database_url(value)
 
 
 def _event_loop(value: str) -> str:
@@ -190,7 +178,7 @@ Tokens = Annotated[tuple[ApiToken, ...], BeforeValidator(api_tokens)]
 @dataclass(frozen=True, slots=True, config=_DATACLASS)
 class Settings:
     pbxs: tuple[PbxConfig, ...] = ()
-    database_url: Annotated[StrictStr, AfterValidator(_database_url)] = DEFAULT_DATABASE_URL
+    database_url: Annotated[StrictStr, AfterValidator(valid_database_url)] = DEFAULT_DATABASE_URL
     # A read replica of database_url (PostgreSQL) for the API's list and stats reads.
     read_database_url: Annotated[StrictStr | None, AfterValidator(_optional_database_url)] = None
     api_listen: Listen = ("127.0.0.1", 8080)

@@ -49,6 +49,38 @@ def listen(value: Any) -> tuple[str, int]:
     return host, port
 
 
+# The async driver callhub runs each database on. A URL without a driver, as libpq and
+# most tools write one ("postgresql://..."), means this one; SQLAlchemy's default for it
+# (psycopg2, pysqlite) is not installed, or not async: a traceback at the first connect.
+ASYNC_DRIVERS = {"postgresql": "asyncpg", "sqlite": "aiosqlite"}
+DIALECT_ALIASES = {"postgres": "postgresql"}
+
+
+def async_database_url(url: str) -> str:
+    """`url` on callhub's async driver (`postgresql://` and `postgres://` become
+    `postgresql+asyncpg://`, `sqlite://` becomes `sqlite+aiosqlite://`); ValueError for any
+    other database or driver, saying what is taken."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError("expected a SQLAlchemy URL such as "
+                         "'postgresql+asyncpg://user:password@host/callhub'")
+    dialect, _, driver = scheme.lower().partition("+")
+    dialect = DIALECT_ALIASES.get(dialect, dialect)
+    wanted = ASYNC_DRIVERS.get(dialect)
+    if wanted is None or driver not in ("", wanted):
+        raise ValueError(f"callhub runs on PostgreSQL ('postgresql+asyncpg://...') or SQLite "
+                         f"('sqlite+aiosqlite:///...'), got {scheme + '://'!r}")
+    return f"{dialect}+{wanted}://{rest}"
+
+
+def database_url(value: Any) -> str:
+    """`async_database_url` as a model's validator."""
+    try:
+        return async_database_url(value)
+    except ValueError as exc:
+        raise problem(str(exc)) from None
+
+
 def _with_key(parse: Any, value: Any, key: str) -> Any:
     try:
         return parse(value)

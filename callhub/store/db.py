@@ -24,9 +24,10 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from callhub.config.values import async_database_url
 from callhub.store.read_pool import Reader, ReadPool
 
 T = TypeVar("T")
@@ -61,6 +62,8 @@ class Database:
         saves a round trip per checkout for a caller that handles a dead connection;
         `session` sets PostgreSQL settings on every connection (e.g. synchronous_commit);
         `read_url`: a read replica of this PostgreSQL database that `read` reads from."""
+        url = _async_url(url)
+        read_url = None if read_url is None else _async_url(read_url)
         parsed = make_url(url)
         connect_args: dict[str, Any] = {}
         if parsed.get_backend_name() == "sqlite":
@@ -208,3 +211,12 @@ async def settle_sqlite_workers(within: float = 2.0) -> None:
 def _join_all(threads: list[threading.Thread], timeout: float) -> None:
     for thread in threads:
         thread.join(timeout)
+
+
+def _async_url(url: str) -> str:
+    """The URL on callhub's async driver (`postgresql://...` as libpq writes it, too); an
+    ArgumentError naming what is taken for any other (printed as one line by `run_db`)."""
+    try:
+        return async_database_url(url)
+    except ValueError as exc:
+        raise ArgumentError(str(exc)) from None
