@@ -143,7 +143,7 @@ def test_bad_dates_and_databases_get_one_clear_line(
     code, out, err = run(capsys, "--config", str(config), "report", "--date", "today",
                          "--database-url", empty)
     assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
-    assert "database" in err
+    assert "database" in err and "`callhub db upgrade` creates them" in err
 
 
 def test_parse_day_knows_today_and_yesterday() -> None:

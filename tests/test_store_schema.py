@@ -21,6 +21,7 @@ from callhub.config import Settings
 from callhub.daemon import Daemon, StartupError, running
 from callhub.store import migrate
 from callhub.store.db import Database
+from callhub.store.oneshot import run_db
 from callhub.store.tables import metadata
 
 
@@ -182,3 +183,27 @@ async def test_a_postgresql_url_without_a_driver_connects_on_asyncpg(tmp_path: P
     finally:
         await db.close()
         await factory.cleanup()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_command_on_a_database_without_the_tables_says_how_to_make_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str) -> None:
+    factory = DbFactory(kind, tmp_path)
+    made = asyncio.run(factory.create())
+    url = made.engine.url.render_as_string(hide_password=False)
+
+    async def count() -> int:
+        db = Database.connect(url, schema=made.schema)
+        try:
+            async with db.connection() as conn:
+                return int((await conn.execute(sa.text("SELECT count(*) FROM calls"))).scalar_one())
+        finally:
+            await db.close()
+
+    try:
+        assert run_db(url, count) == (False, None)
+    finally:
+        asyncio.run(factory.cleanup())
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.endswith(
+        "(callhub's tables are not there: `callhub db upgrade` creates them)"), err
