@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from callhub import loops
+from callhub.argtypes import above_zero
 from callhub.config import load_settings
 from callhub.daemon import Daemon, PartFailed, StartupError, heap_settled, serve
 from callhub.logs import configure_logging
@@ -22,6 +23,12 @@ from callhub.store.db import settle_sqlite_workers
 
 if TYPE_CHECKING:
     from callhub.sim.demo import Demo
+
+
+# The demo's bounds: 0 or less, NaN or infinity stopped the daemon with a ValueError after
+# it started, or hung it in a loop that SIGTERM did not stop (--demo-speed 0).
+MAX_DEMO_RATE = 60_000
+MAX_DEMO_SPEED = 1_000
 
 
 def add_parser(sub: Any) -> None:
@@ -34,10 +41,11 @@ def add_parser(sub: Any) -> None:
                         help="use the built-in AMI simulator as the PBX (a steady call mix)")
     parser.add_argument("--no-migrate", action="store_true",
                         help="do not apply database migrations on start")
-    parser.add_argument("--demo-rate", type=float, default=12.0, metavar="N",
-                        help="--demo: calls per minute (default 12)")
-    parser.add_argument("--demo-speed", type=float, default=1.0, metavar="X",
-                        help="--demo: run the simulated clock X times faster (default 1)")
+    parser.add_argument("--demo-rate", type=above_zero(MAX_DEMO_RATE), default=12.0, metavar="N",
+                        help=f"--demo: calls per minute, up to {MAX_DEMO_RATE:,} (default 12)")
+    parser.add_argument("--demo-speed", type=above_zero(MAX_DEMO_SPEED), default=1.0, metavar="X",
+                        help=f"--demo: run the simulated clock X times faster, up to "
+                             f"{MAX_DEMO_SPEED:,} (default 1)")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="API processes on the API's port (default: [api] workers, 1); "
                              "the extra ones serve the API only")

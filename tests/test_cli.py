@@ -74,3 +74,34 @@ def test_run_without_demo_loads_no_simulator(tmp_path: Path) -> None:
     assert code == 0 and "--demo" in out
     assert "callhub.run_cli" in loaded
     assert not any(m.startswith("callhub.sim") for m in loaded)
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    # The daemon started, then stopped on a ValueError (nan), or hung where SIGTERM did not
+    # reach it (--demo-speed 0, --demo-rate inf).
+    (["run", "--demo", "--demo-rate", "nan"], "--demo-rate: must be above 0 and at most"),
+    (["run", "--demo", "--demo-rate", "inf"], "--demo-rate: must be above 0 and at most"),
+    (["run", "--demo", "--demo-rate", "-5"], "--demo-rate: must be above 0 and at most"),
+    (["run", "--demo", "--demo-rate", "ten"], "--demo-rate: expected a number, got 'ten'"),
+    (["run", "--demo", "--demo-speed", "0"], "--demo-speed: must be above 0 and at most"),
+    (["run", "--demo", "--demo-speed", "1e9"], "--demo-speed: must be above 0 and at most"),
+    # An OverflowError traceback on SQLite; a negative LIMIT an error on PostgreSQL.
+    (["db", "restore", "99999999999999999999999"], "ID: must be 1 to"),
+    (["db", "restore", "0"], "ID: must be 1 to"),
+    (["db", "quarantine", "--limit", "-1"], "--limit: must be 1 to"),
+    (["db", "quarantine", "--limit", "0"], "--limit: must be 1 to"),
+])
+def test_a_number_out_of_range_is_refused_before_anything_starts(
+        argv: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(argv)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert says in err and err.strip().splitlines()[-1].startswith("callhub ")
+
+
+@pytest.mark.parametrize("argv", [["run", "--demo", "--demo-rate", "0.5", "--demo-speed", "1000"],
+                                  ["db", "restore", str(2**63 - 1)],
+                                  ["db", "quarantine", "--limit", "1"]])
+def test_the_numbers_at_the_bounds_are_taken(argv: list[str]) -> None:
+    build_parser().parse_args(argv)

@@ -8,10 +8,14 @@ import json
 import sys
 from typing import Any
 
+from callhub.argtypes import whole
 from callhub.config import load_settings, mask_url
 from callhub.store import migrate, quarantine, restore
 from callhub.store.db import Database
 from callhub.store.oneshot import run_db
+
+MAX_LIMIT = 1_000_000
+MAX_ID = 2**63 - 1  # an id past the column's bigint was an OverflowError traceback on SQLite
 
 
 def add_parser(sub: Any) -> None:
@@ -30,7 +34,8 @@ def add_parser(sub: Any) -> None:
                              help="list the calls the database refused and the spool lines "
                                   "that could not be read back (newest first)")
     qua.add_argument("--database-url", help="override database_url / $CALLHUB_DATABASE_URL")
-    qua.add_argument("--limit", type=int, default=100, help="at most N calls (default 100)")
+    qua.add_argument("--limit", type=whole(1, MAX_LIMIT), default=100,
+                     help=f"at most N calls, 1 to {MAX_LIMIT:,} (default 100)")
     qua.add_argument("--json", action="store_true",
                      help="one JSON object per call, with the whole record")
     qua.set_defaults(func=quarantine_command)
@@ -41,7 +46,7 @@ def add_parser(sub: Any) -> None:
                     "rows; a call refused again keeps its row and is listed with the "
                     "reason. Exit 1 when any is kept.")
     which = res.add_mutually_exclusive_group(required=True)
-    which.add_argument("ids", nargs="*", type=int, default=[], metavar="ID",
+    which.add_argument("ids", nargs="*", type=whole(1, MAX_ID), default=[], metavar="ID",
                        help="quarantine ids")
     which.add_argument("--all", action="store_true", help="every quarantined call")
     res.add_argument("--database-url", help="override database_url / $CALLHUB_DATABASE_URL")

@@ -1,0 +1,34 @@
+"""argparse types for the commands' numbers: a bad one is argparse's one-line usage error,
+never a traceback or a daemon that starts and then stops (or hangs) on it."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+
+def whole(lowest: int, highest: int) -> Callable[[str], int]:
+    """A whole number from `lowest` to `highest`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not lowest <= value <= highest:
+            raise argparse.ArgumentTypeError(f"must be {lowest} to {highest:,}, got {text!r}")
+        return value
+    return parse
+
+
+def above_zero(highest: float) -> Callable[[str], float]:
+    """A number above 0 and at most `highest` (NaN and infinity are neither)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not 0 < value <= highest:
+            raise argparse.ArgumentTypeError(f"must be above 0 and at most {highest:,}, "
+                                             f"got {text!r}")
+        return value
+    return parse
