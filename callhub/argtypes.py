@@ -6,6 +6,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+# The years of the times callhub takes (API parameters, report dates, backfill windows,
+# rota show): a period, window or shift change at year 9999's end overflowed a datetime
+# (a traceback), and no call of callhub's is older than 1900.
+FIRST_YEAR, LAST_YEAR = 1900, 9998
+YEARS = f"the year must be {FIRST_YEAR} to {LAST_YEAR}"
+
+
+def in_years(year: int) -> bool:
+    return FIRST_YEAR <= year <= LAST_YEAR
+
 
 def whole(lowest: int, highest: int) -> Callable[[str], int]:
     """A whole number from `lowest` to `highest`."""

@@ -27,6 +27,7 @@ from typing import Any, TextIO
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
 from callhub.ami.cel import interpret
+from callhub.argtypes import YEARS, in_years
 from callhub.config import ConfigError, PbxConfig, Settings, load_settings
 from callhub.records import CallRecord, bounded
 from callhub.store.cel_source import DEFAULT_TABLE, read_cel
@@ -70,6 +71,8 @@ def parse_time(value: str) -> datetime:
         moment = datetime.fromisoformat(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {value!r}") from None
+    if not in_years(moment.year):
+        raise argparse.ArgumentTypeError(f"{YEARS}, got {value!r}")
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 

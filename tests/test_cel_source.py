@@ -128,3 +128,8 @@ def test_backfill_command_says_what_is_wrong(cel_db: CelDb, tmp_path: Path,
     with pytest.raises(SystemExit):
         main(["backfill", "--from", "yesterday", "--to", later])
     assert "not an ISO 8601 time" in capsys.readouterr().err
+    for start, end in (("9999-12-31T22:00", "9999-12-31T23:00"),  # OverflowError tracebacks
+                       ("0001-01-01", "2026-01-01")):  # past the CEL read's margin
+        with pytest.raises(SystemExit):
+            main([*window[:3], "--from", start, "--to", end, "--cel-database-url", cel_db.url])
+        assert "the year must be 1900 to 9998" in capsys.readouterr().err

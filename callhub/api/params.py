@@ -25,6 +25,8 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from callhub.argtypes import YEARS, in_years
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -107,8 +109,8 @@ def _local_datetime(raw: str, tz: tzinfo) -> datetime:
         if value.tzinfo is None:
             value = value.replace(tzinfo=tz)
         value.astimezone(tz)  # out-of-range offsets fail here, not in a query
-        if not 1900 <= value.year <= 9998:
-            raise ValueError("year out of range")
+        if not in_years(value.year):
+            raise ValueError(YEARS)
     except (ValueError, OverflowError) as exc:
         raise ValueError(f"expected an ISO 8601 date or date-time such as 2026-11-29 or "
                          f"2026-11-29T08:00:00+08:00 ({exc}); got {raw[:40]!r}") from None

@@ -16,6 +16,7 @@ import sys
 from datetime import date, datetime, timedelta, tzinfo
 from typing import Any
 
+from callhub.argtypes import YEARS, in_years
 from callhub.config import load_settings
 from callhub.config.report import LANGS
 from callhub.report.figures import (
@@ -37,11 +38,6 @@ __all__ = ["FIGURES", "FORMATS", "build_report", "day_query", "parse_day", "peri
            "render", "to_csv", "to_json", "to_text"]
 
 
-# The dates a report may be asked for: a month of 9999 ended past what a datetime holds
-# (a traceback), and the API takes moments in these years alone.
-FIRST_YEAR, LAST_YEAR = 1900, 9998
-
-
 def parse_day(text: str, tz: tzinfo, today: date | None = None) -> date:
     """YYYY-MM-DD, `today` or `yesterday` (in the configured time zone)."""
     today = today or datetime.now(tz).date()
@@ -54,8 +50,8 @@ def parse_day(text: str, tz: tzinfo, today: date | None = None) -> date:
     except ValueError:
         raise ValueError(f"--date: expected YYYY-MM-DD, today or yesterday, got {text!r}") \
             from None
-    if not FIRST_YEAR <= day.year <= LAST_YEAR:  # the API's moments' range too
-        raise ValueError(f"--date: the year must be {FIRST_YEAR} to {LAST_YEAR}, got {text!r}")
+    if not in_years(day.year):
+        raise ValueError(f"--date: {YEARS}, got {text!r}")
     return day
 
 

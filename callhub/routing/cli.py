@@ -15,6 +15,7 @@ import sys
 from datetime import datetime
 from typing import Any
 
+from callhub.argtypes import YEARS, in_years
 from callhub.config import load_settings
 from callhub.routing.chooser import Router
 from callhub.routing.duty import line_report
@@ -80,8 +81,8 @@ def parse_at(text: str | None) -> datetime | None:
     except ValueError:
         raise SystemExit(f"callhub: --at: expected an ISO date-time such as "
                          f"2026-12-24T09:30, got {text!r}") from None
-    if not 1900 <= at.year <= 9998:  # as the API's; the next shift change of 9999 overflowed
-        raise SystemExit(f"callhub: --at: the year must be 1900 to 9998, got {text!r}")
+    if not in_years(at.year):
+        raise SystemExit(f"callhub: --at: {YEARS}, got {text!r}")
     return at
 
 
