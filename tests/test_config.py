@@ -69,6 +69,12 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
     ("[[pbx]]\nname='a'\nsurprise = 1\n", "pbx[a].surprise"),
     ("[[pbx]]\nport = 1\n", "pbx[0].name"),
     ("[[pbx]]\nname='a'\n[[pbx]]\nname='a'\n", "pbx"),
+    # CALLHUB_PBX_MAIN_SECRET would reach both, and "pbx 1" and "pbx_1" share one AMI state
+    # file, each reading the other's gap.
+    ("[[pbx]]\nname='Main'\n[[pbx]]\nname='main'\n", "pbx"),
+    ("[[pbx]]\nname='pbx 1'\n[[pbx]]\nname='pbx_1'\n", "pbx"),
+    # The calls' pbx column is 64 long: PostgreSQL refused (quarantined) every call.
+    (f"[[pbx]]\nname='{'总' * 65}'\n", f"pbx[{'总' * 65}].name"),
     ("timezone = 'Mars/Olympus'\n", "timezone"),
     ("[api]\nlisten = 'nowhere'\n", "api.listen"),
     ("[api]\ntokens = ['root:abcdefghij']\n", "api.tokens"),

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from callhub.config.env import ENV_OVERRIDES, apply_env, pbx_prefix
+from callhub.config.env import ENV_OVERRIDES, apply_env
 from callhub.config.file import settings_from_mapping
 from callhub.config.models import (
     DEFAULT_API_LISTEN,
@@ -30,6 +30,7 @@ from callhub.config.models import (
     ApiToken,
     PbxConfig,
     Settings,
+    pbx_prefix,
 )
 from callhub.config.problems import ConfigError
 from callhub.config.sms import apply_sms_env

@@ -16,7 +16,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.sources import EnvSettingsSource
 
-from callhub.config.models import ApiToken, Settings, api_tokens
+from callhub.config.models import ApiToken, Settings, api_tokens, pbx_prefix
 from callhub.config.problems import ConfigError, config_error
 from callhub.config.values import listen
 
@@ -97,11 +97,6 @@ PBX_KEYS = ("host", "port", "username", "secret", "cel_database_url", "cel_table
 _PORT = TypeAdapter(int)
 # The report mail's SMTP password, kept out of the file (a secret; never echoed).
 REPORT_SMTP_PASSWORD = "CALLHUB_REPORT_SMTP_PASSWORD"
-
-
-def pbx_prefix(name: str) -> str:
-    """CALLHUB_PBX_<NAME>: the name upper-cased, anything but letters and digits as '_'."""
-    return "CALLHUB_PBX_" + "".join(c if c.isalnum() else "_" for c in name).upper()
 
 
 def _under(prefix: str) -> Callable[[str], str]:

@@ -34,6 +34,7 @@ from callhub.config.models import (
     PbxConfig,
     Settings,
     api_tokens,
+    pbx_prefix,
 )
 from callhub.config.problems import ConfigError, config_error, keyed, problem
 from callhub.config.report import ReportSettings
@@ -188,6 +189,12 @@ class SettingsFile(_Table):
         names = [p.name for p in self.pbx]
         if len(set(names)) != len(names):
             raise keyed("pbx", f"names must be unique, got {names}")
+        prefixes: dict[str, str] = {}
+        for name in names:  # one's secret override would reach both, their AMI state one file
+            other = prefixes.setdefault(pbx_prefix(name), name)
+            if other != name:
+                raise keyed("pbx", f"{other!r} and {name!r} are too alike: both are "
+                                   f"{pbx_prefix(name)}_* in the environment; rename one")
         for category in self.followups.model_extra or {}:
             if category not in self.categories:
                 raise keyed(f"followups.{category}", "unknown category (categories: "

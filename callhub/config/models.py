@@ -87,11 +87,21 @@ Listen = Annotated[tuple[str, int], BeforeValidator(listen)]
 _DATACLASS = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+# The longest PBX name: the `pbx` columns of calls and the worklist are 64 long (a longer
+# one made PostgreSQL refuse every call of that PBX: each quarantined).
+MAX_PBX_NAME = 64
+
+
+def pbx_prefix(name: str) -> str:
+    """CALLHUB_PBX_<NAME>: the name upper-cased, anything but letters and digits as '_'."""
+    return "CALLHUB_PBX_" + "".join(c if c.isalnum() else "_" for c in name).upper()
+
+
 @dataclass(frozen=True, slots=True, config=_DATACLASS)
 class PbxConfig:
     """One Asterisk PBX: how to reach its AMI and how to read its calls."""
 
-    name: Annotated[StrictStr, Field(min_length=1)]
+    name: Annotated[StrictStr, Field(min_length=1, max_length=MAX_PBX_NAME)]
     host: StrictStr = "127.0.0.1"
     port: Annotated[StrictInt, AfterValidator(_port)] = 5038
     username: StrictStr | None = None
