@@ -32,6 +32,7 @@ from callhub.config.targets import LineTable, LineTargets, line_targets
 from callhub.config.values import database_url as valid_database_url
 from callhub.config.values import listen, mask_url
 from callhub.loops import EVENT_LOOPS, uvloop_installed
+from callhub.records import FIELD_LIMITS
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///callhub.db"
 DEFAULT_API_LISTEN = "127.0.0.1:8080"
@@ -75,6 +76,18 @@ def _text_map(value: Any) -> Any:
     return value
 
 
+def _line_map(value: Any) -> Any:
+    """DID -> line name; a name longer than the calls' `line` column would be cut there, and
+    the call then matched neither its `[lines]` targets nor the rota's line."""
+    value = _text_map(value)
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if len(v) > FIELD_LIMITS["line"]:
+                raise keyed(str(k), f"a line name is at most {FIELD_LIMITS['line']} "
+                                    f"characters, got {len(v)}")
+    return value
+
+
 def _port(value: int) -> int:
     if not 0 < value < 65536:
         raise problem(f"must be 1-65535, got {value}")
@@ -83,6 +96,7 @@ def _port(value: int) -> int:
 
 Names = Annotated[tuple[str, ...], BeforeValidator(_names)]
 TextMap = Annotated[Mapping[StrictStr, StrictStr], BeforeValidator(_text_map)]
+LineMap = Annotated[Mapping[StrictStr, StrictStr], BeforeValidator(_line_map)]
 Listen = Annotated[tuple[str, int], BeforeValidator(listen)]
 _DATACLASS = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -112,7 +126,7 @@ class PbxConfig:
     voicemail_extensions: Names = ()
     short_abandon_seconds: Annotated[Number, Field(ge=0)] = 5.0
     agents: TextMap = field(default_factory=dict)
-    lines: TextMap = field(default_factory=dict)
+    lines: LineMap = field(default_factory=dict)
     # Where Asterisk's cel_pgsql writes this PBX's CEL (usegmtime=yes): the calls of a gap
     # in the AMI stream are rebuilt from it (docs/reliability.md). None: no gap recovery.
     cel_database_url: Annotated[StrictStr | None, AfterValidator(_optional_database_url)] = None
