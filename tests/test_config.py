@@ -75,6 +75,7 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
     ("[[pbx]]\nname='pbx 1'\n[[pbx]]\nname='pbx_1'\n", "pbx"),
     # The calls' pbx column is 64 long: PostgreSQL refused (quarantined) every call.
     (f"[[pbx]]\nname='{'总' * 65}'\n", f"pbx[{'总' * 65}].name"),
+    ("categories = ['repair', '" + "类" * 65 + "']\n", "categories"),  # the calls' column
     # cut to the calls' line column, the call matched neither its targets nor the rota
     (f"[[pbx]]\nname='a'\n[pbx.lines]\n'4008001004' = '{'线' * 129}'\n",
      "pbx[a].lines.4008001004"),

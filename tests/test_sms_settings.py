@@ -98,6 +98,12 @@ def test_a_missed_rule_uses_its_template_for_missed_calls() -> None:
                            if k != "missed_template_code"}},
      "sms.rules[0].missed_template_code"),
     ({**ALIYUN, "aliyun": {**ALIYUN["aliyun"], "sign_name": ""}}, "sms.aliyun.sign_name"),
+    # The outbox's column is 64 long: every message of a longer code failed to queue.
+    ({**ALIYUN, "aliyun": {**ALIYUN["aliyun"], "template_code": "SMS_" + "9" * 61}},
+     "sms.aliyun.template_code"),
+    ({**ALIYUN, "rules": [{"line": "a", "after": "missed",
+                           "missed_template_code": "SMS_" + "9" * 61}]},
+     "sms.rules[0].missed_template_code"),
 ])
 def test_errors_name_the_key(table: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as caught:

@@ -29,7 +29,7 @@ from callhub.config.models import (
     DEFAULT_DESK_TARGETS,
     DEFAULT_FASTAGI_LISTEN,
     ApiToken,
-    Names,
+    Categories,
     Number,
     PbxConfig,
     Settings,
@@ -170,7 +170,7 @@ class SettingsFile(_Table):
     timezone: StrictStr = "UTC"
     stale_call_seconds: Annotated[Number, Field(ge=1)] = 4 * 3600.0
     spool_dir: StrictStr = "spool"
-    categories: Names = DEFAULT_CATEGORIES
+    categories: Categories = DEFAULT_CATEGORIES
     rota_file: StrictStr | None = None
     log_level: StrictStr = "info"
     event_loop: StrictStr = "auto"

@@ -67,6 +67,14 @@ def _names(value: Any) -> Any:
     return tuple(value)
 
 
+def _categories(value: Any) -> Any:
+    value = _names(value)
+    longer = [v for v in value if len(v) > MAX_CATEGORY]
+    if longer:  # the calls' category column: classifying a call with one failed
+        raise problem(f"a category is at most {MAX_CATEGORY} characters, got {longer[0]!r}")
+    return value
+
+
 def _text_map(value: Any) -> Any:
     if not isinstance(value, Mapping):
         return value  # the dict type check says so
@@ -95,6 +103,8 @@ def _port(value: int) -> int:
 
 
 Names = Annotated[tuple[str, ...], BeforeValidator(_names)]
+MAX_CATEGORY = 64
+Categories = Annotated[tuple[str, ...], BeforeValidator(_categories)]
 TextMap = Annotated[Mapping[StrictStr, StrictStr], BeforeValidator(_text_map)]
 LineMap = Annotated[Mapping[StrictStr, StrictStr], BeforeValidator(_line_map)]
 Listen = Annotated[tuple[str, int], BeforeValidator(listen)]
@@ -216,7 +226,7 @@ class Settings:
     spool_dir: StrictStr = "spool"
     worklist_include_short_abandons: StrictBool = False
     stats_exclude_short_abandons: StrictBool = True
-    categories: Names = DEFAULT_CATEGORIES
+    categories: Categories = DEFAULT_CATEGORIES
     rota_file: StrictStr | None = None
     log_level: Annotated[StrictStr, AfterValidator(_log_level)] = "info"
     # uvloop where installed (callhub/loops.py says why), or asyncio's own loop.

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -78,6 +78,10 @@ def template_fields(template: str) -> set[str]:
     return names
 
 
+# The outbox's template_code column: a longer code made every message of it fail to queue.
+TEMPLATE_CODE_LENGTH = 64
+TemplateCode = Annotated[str | None, Field(min_length=1, max_length=TEMPLATE_CODE_LENGTH)]
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True,
                               allow_inf_nan=False)
@@ -96,8 +100,8 @@ class SmsRule(_Model):
     after: After
     template: str | None = Field(default=None, min_length=1)
     missed_template: str | None = Field(default=None, min_length=1)
-    template_code: str | None = Field(default=None, min_length=1)
-    missed_template_code: str | None = Field(default=None, min_length=1)
+    template_code: TemplateCode = None
+    missed_template_code: TemplateCode = None
 
     @field_validator("template", "missed_template")
     @classmethod
@@ -131,8 +135,8 @@ class AliyunSettings(_Model):
     access_key_id: str = Field(min_length=1)
     access_key_secret: SecretStr
     sign_name: str = Field(min_length=1)
-    template_code: str | None = Field(default=None, min_length=1)
-    missed_template_code: str | None = Field(default=None, min_length=1)
+    template_code: TemplateCode = None
+    missed_template_code: TemplateCode = None
     region_id: str = "cn-hangzhou"
     endpoint: str = "https://dysmsapi.aliyuncs.com/"
 
