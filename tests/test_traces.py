@@ -12,7 +12,7 @@ import pytest
 from traces_fixtures import all_traces
 
 from callhub.ami.correlator import Correlator
-from callhub.ami.groundtruth import compare, load_truth, pbx_from_truth
+from callhub.ami.groundtruth import compare, load_truth, pbx_from_truth, truth_path
 from callhub.ami.parser import iter_file_messages
 from callhub.ami.replay import replay_file
 from callhub.cli import main
@@ -148,6 +148,25 @@ def test_replay_table_and_config_file(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_replay_of_a_missing_file_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["replay", "/nonexistent/x.ami"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_replay_of_a_directory_is_its_traces_in_name_order(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    traces = all_traces()[:2]
+    for trace in reversed(traces):
+        for path in (trace, truth_path(trace)):
+            (tmp_path / path.name).write_bytes(path.read_bytes())
+    (tmp_path / "notes.txt").write_text("not a trace")
+    assert main(["replay", "--check", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[-1] for line in out[:2]] == [str(tmp_path / t.name) for t in traces]
+    assert out[-1] == "2 of 2 traces match"
+
+
+def test_replay_of_a_directory_without_traces_says_so(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", str(tmp_path)]) == 2
+    assert "no .ami traces in the directory" in capsys.readouterr().err
 
 
 def test_installed_console_script_replays() -> None:

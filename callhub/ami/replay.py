@@ -67,7 +67,9 @@ def add_parser(sub: Any) -> None:
                     "The PBX settings come from --config (first [[pbx]] or --pbx NAME); "
                     "without a config, a trace's ground-truth .json beside it supplies "
                     "them, else built-in defaults.")
-    parser.add_argument("traces", nargs="+", metavar="TRACE.ami")
+    parser.add_argument("traces", nargs="+", metavar="TRACE.ami",
+                        help="a recorded AMI stream, or a directory: every .ami file in it, "
+                             "in name order")
     parser.add_argument("--pbx", metavar="NAME", help="which [[pbx]] of the config to use")
     parser.add_argument("--format", choices=("jsonl", "table"), default="jsonl",
                         help="one JSON object per call (default) or an aligned table")
@@ -90,14 +92,32 @@ def _pbx_for(trace: str, args: argparse.Namespace) -> PbxConfig:
     return PbxConfig(name="replay")
 
 
+def trace_files(paths: list[str]) -> list[str]:
+    """The traces named: a directory stands for its .ami files, in name order."""
+    traces: list[str] = []
+    for path in paths:
+        if Path(path).is_dir():
+            found = sorted(str(trace) for trace in Path(path).glob("*.ami") if trace.is_file())
+            if not found:
+                raise FileNotFoundError(f"no .ami traces in the directory {path!r}")
+            traces.extend(found)
+        elif Path(path).is_file():
+            traces.append(path)
+        else:
+            raise FileNotFoundError(f"no such file {path!r}")
+    return traces
+
+
 def replay_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     all_records: list[CallRecord] = []
     failures = 0
-    for trace in args.traces:
-        if not Path(trace).is_file():
-            print(f"callhub replay: no such file {trace!r}", file=sys.stderr)
-            return 2
+    try:
+        traces = trace_files(args.traces)
+    except FileNotFoundError as exc:
+        print(f"callhub replay: {exc}", file=sys.stderr)
+        return 2
+    for trace in traces:
         pbx = _pbx_for(trace, args)
         records = replay_file(trace, pbx)
         all_records.extend(records)
@@ -113,7 +133,7 @@ def replay_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
             for problem in problems:
                 print(f"         {problem}", file=out)
     if args.check:
-        print(f"{len(args.traces) - failures} of {len(args.traces)} traces match",
+        print(f"{len(traces) - failures} of {len(traces)} traces match",
               file=out)
         return 1 if failures else 0
     if args.format == "jsonl":
