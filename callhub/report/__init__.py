@@ -16,7 +16,7 @@ import sys
 from datetime import date, datetime, timedelta, tzinfo
 from typing import Any
 
-from callhub.argtypes import YEARS, in_years
+from callhub.argtypes import YEARS, in_years, whole
 from callhub.config import load_settings
 from callhub.config.report import LANGS
 from callhub.report.figures import (
@@ -69,7 +69,8 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--format", choices=FORMATS, default="text", help="default text")
     parser.add_argument("--lang", choices=LANGS,
                         help="the HTML page's language (default [report] lang, else zh)")
-    parser.add_argument("--rings", type=int, default=3, help="N of within-N-rings (default 3)")
+    parser.add_argument("--rings", type=whole(1, 100), default=3,
+                        help="N of within-N-rings, 1 to 100 (default 3)")
     parser.add_argument("--pbx", help="only this PBX")
     parser.add_argument("--database-url", help="override database_url / $CALLHUB_DATABASE_URL")
     parser.set_defaults(func=report_command)
@@ -81,9 +82,6 @@ def report_command(args: argparse.Namespace) -> int:
         day = parse_day(args.date, settings.tz)
     except ValueError as exc:
         print(f"callhub report: {exc}", file=sys.stderr)
-        return 2
-    if not 1 <= args.rings <= 100:
-        print("callhub report: --rings: must be between 1 and 100", file=sys.stderr)
         return 2
     url: str = args.database_url or settings.database_url
 
