@@ -459,6 +459,16 @@ async def test_calls_go_stale_by_the_pbx_clock_not_the_hosts(
     assert not last.incomplete
 
 
+async def send_an_event_stamped_now(sim: AmiSimulator, ingest: PbxIngest,
+                                    collector: Collector) -> None:
+    """One event stamped by this host's clock (a PBX on time), taken in before returning."""
+    seen = ingest.events
+    await sim.send([{"Event": "DeviceStateChange", "Privilege": "call,all",
+                     "Device": "PJSIP/9", "State": "NOT_INUSE",
+                     "Timestamp": f"{time.time():.6f}"}])
+    await collector.until(lambda: ingest.events > seen)
+
+
 @pytest.mark.parametrize("behind", [0.0, 600.0])
 async def test_the_pbx_clocks_offset_is_measured_exported_and_warned_of(behind: float) -> None:
     """A PBX whose clock is ten minutes behind this host's (no NTP on its network): the
@@ -484,11 +494,7 @@ async def test_the_pbx_clocks_offset_is_measured_exported_and_warned_of(behind: 
             offset = registry.get_sample_value("callhub_pbx_clock_offset_seconds",
                                                {"pbx": pbx.name})
             # The PBX's clock set right: an event stamped by the host's clock.
-            seen = ingest.events
-            await sim.send([{"Event": "DeviceStateChange", "Privilege": "call,all",
-                             "Device": "PJSIP/9", "State": "NOT_INUSE",
-                             "Timestamp": f"{time.time():.6f}"}])
-            await collector.until(lambda: ingest.events > seen)
+            await send_an_event_stamped_now(sim, ingest, collector)
             ingest.check_clock()
     finally:
         await ingest.stop()
@@ -528,11 +534,7 @@ async def test_events_without_a_timestamp_are_warned_of_and_named_in_the_part(
             ingest.check_clock()
             ingest.check_clock()
             said = await detail()
-            seen = ingest.events
-            await sim.send([{"Event": "DeviceStateChange", "Privilege": "call,all",
-                             "Device": "PJSIP/9", "State": "NOT_INUSE",
-                             "Timestamp": f"{time.time():.6f}"}])
-            await collector.until(lambda: ingest.events > seen)
+            await send_an_event_stamped_now(sim, ingest, collector)
             ingest.check_clock()
             cleared = await detail()
     finally:

@@ -10,6 +10,8 @@ import signal
 import sqlite3
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -161,41 +163,45 @@ async def read_until(stream: asyncio.StreamReader, predicate: Any, lines: list[s
             return line
 
 
-async def callhub_run(cwd: Path, *args: str) -> asyncio.subprocess.Process:
+@asynccontextmanager
+async def callhub_run(cwd: Path, *args: str) -> AsyncIterator[
+        tuple[asyncio.subprocess.Process, asyncio.StreamReader, asyncio.StreamReader]]:
     """`callhub run ARGS` as an admin starts it in `cwd` (its SQLite file and spool
-    there), on a free API port, logging at info; stdout and stderr piped."""
+    there), on a free API port, logging at info; stdout and stderr piped. The body has
+    60 s; a process still running after it is killed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALLHUB_")}
     env.update(CALLHUB_API_LISTEN="127.0.0.1:0", CALLHUB_LOG_LEVEL="info")
-    return await asyncio.create_subprocess_exec(
+    proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "callhub", "run", *args, cwd=cwd, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        async with asyncio.timeout(60):
+            yield proc, proc.stdout, proc.stderr
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 async def test_sighup_is_logged_and_the_daemon_goes_on(tmp_path: Path) -> None:
     """`kill -HUP` (an admin's habit for a reload, or a closed terminal) killed `callhub
     run` on the spot; it is logged, the daemon serves on, and SIGTERM still stops it."""
-    proc = await callhub_run(tmp_path)
-    assert proc.stdout is not None and proc.stderr is not None
     out: list[str] = []
     err: list[str] = []
-    try:
-        async with asyncio.timeout(60):
-            url_line = await read_until(proc.stdout, lambda s: "callhub API:" in s, out)
-            base = url_line.split()[2].rstrip("/").removesuffix("/api/v1")
-            for _ in range(2):
-                proc.send_signal(signal.SIGHUP)
-                await read_until(proc.stderr, lambda s: "daemon.sighup_ignored" in s, err)
-            async with aiohttp.ClientSession() as session, session.get(
-                    f"{base}/healthz") as response:
-                assert response.status == 200
-            assert proc.returncode is None
-            proc.send_signal(signal.SIGTERM)
-            err.append((await proc.stderr.read()).decode("utf-8", "replace"))
-            assert await proc.wait() == 0, "".join(err)[-3000:]
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    async with callhub_run(tmp_path) as (proc, stdout, stderr):
+        url_line = await read_until(stdout, lambda s: "callhub API:" in s, out)
+        base = url_line.split()[2].rstrip("/").removesuffix("/api/v1")
+        for _ in range(2):
+            proc.send_signal(signal.SIGHUP)
+            await read_until(stderr, lambda s: "daemon.sighup_ignored" in s, err)
+        async with aiohttp.ClientSession() as session, session.get(
+                f"{base}/healthz") as response:
+            assert response.status == 200
+        assert proc.returncode is None
+        proc.send_signal(signal.SIGTERM)
+        err.append((await stderr.read()).decode("utf-8", "replace"))
+        assert await proc.wait() == 0, "".join(err)[-3000:]
     entries = [json.loads(line) for line in "".join(err).splitlines() if line]
     assert [e["level"] for e in entries if e["event"] == "daemon.sighup_ignored"] == [
         "warning", "warning"]
@@ -203,47 +209,41 @@ async def test_sighup_is_logged_and_the_daemon_goes_on(tmp_path: Path) -> None:
 
 async def test_demo_process_serves_calls_and_flushes_on_sigterm(tmp_path: Path) -> None:
     """`callhub run --demo` as a newcomer runs it; SIGTERM leaves every finished call stored."""
-    proc = await callhub_run(tmp_path, "--demo", "--demo-rate", "240", "--demo-speed", "10")
-    assert proc.stdout is not None and proc.stderr is not None
     out: list[str] = []
     err: list[str] = []
-    try:
-        async with asyncio.timeout(60):
-            url_line = await read_until(proc.stdout, lambda s: "callhub API:" in s, out)
-            desk_line = await read_until(proc.stdout, lambda s: "callhub desk:" in s, out)
-            token_line = await read_until(proc.stdout, lambda s: "demo admin token" in s, out)
-            base = url_line.split()[2].rstrip("/")
-            token = token_line.split()[-1]
-            finished = 0
+    async with callhub_run(tmp_path, "--demo", "--demo-rate", "240", "--demo-speed", "10") as (
+            proc, stdout, stderr):
+        url_line = await read_until(stdout, lambda s: "callhub API:" in s, out)
+        desk_line = await read_until(stdout, lambda s: "callhub desk:" in s, out)
+        token_line = await read_until(stdout, lambda s: "demo admin token" in s, out)
+        base = url_line.split()[2].rstrip("/")
+        token = token_line.split()[-1]
+        finished = 0
 
-            def count(line: str) -> bool:
-                nonlocal finished
-                finished += '"call.finished"' in line
-                return finished >= 5
+        def count(line: str) -> bool:
+            nonlocal finished
+            finished += '"call.finished"' in line
+            return finished >= 5
 
-            await read_until(proc.stderr, count, err)
-            # Keep draining stderr from here on: a full pipe would block the daemon's
-            # (synchronous) log writes, and with them its event loop and our requests.
-            drain = asyncio.ensure_future(proc.stderr.read())
-            async with aiohttp.ClientSession() as session:
-                async with session.get(f"{base}/calls") as response:
-                    assert response.status == 401
-                async with session.get(f"{base}/calls",
-                                       headers={"Authorization": f"Bearer {token}"}) as r:
-                    assert r.status == 200
-                desk_url = desk_line.split()[-1]
-                assert desk_url == base.removesuffix("/api/v1") + "/desk/"
-                async with session.get(desk_url) as r:
-                    assert r.status == 200 and r.content_type == "text/html"
-                async with session.get(base.removesuffix("/api/v1") + "/") as r:
-                    assert r.status == 200 and str(r.url) == desk_url  # / leads to the desk
-            proc.send_signal(signal.SIGTERM)
-            err.append((await drain).decode("utf-8", "replace"))
-            assert await proc.wait() == 0, "".join(err)[-3000:]
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await read_until(stderr, count, err)
+        # Keep draining stderr from here on: a full pipe would block the daemon's
+        # (synchronous) log writes, and with them its event loop and our requests.
+        drain = asyncio.ensure_future(stderr.read())
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/calls") as response:
+                assert response.status == 401
+            async with session.get(f"{base}/calls",
+                                   headers={"Authorization": f"Bearer {token}"}) as r:
+                assert r.status == 200
+            desk_url = desk_line.split()[-1]
+            assert desk_url == base.removesuffix("/api/v1") + "/desk/"
+            async with session.get(desk_url) as r:
+                assert r.status == 200 and r.content_type == "text/html"
+            async with session.get(base.removesuffix("/api/v1") + "/") as r:
+                assert r.status == 200 and str(r.url) == desk_url  # / leads to the desk
+        proc.send_signal(signal.SIGTERM)
+        err.append((await drain).decode("utf-8", "replace"))
+        assert await proc.wait() == 0, "".join(err)[-3000:]
     log = "".join(err)
     entries = [json.loads(line) for line in log.splitlines() if line]  # each one JSON object
     events = {e["event"]: e for e in entries}
