@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+import structlog
 from metrics_fixtures import make_record
 from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import make_url
@@ -144,6 +145,27 @@ async def test_one_writer_per_pbx_and_the_standby_takes_over_when_its_session_en
     await asyncio.wait_for(a.supervisor.parts["election"].wait_ready(), WAIT)
     assert not any(a.election.is_writer(p) for p in PBXS)
     assert all(b.election.is_writer(p) for p in PBXS)
+
+
+async def test_a_stop_gives_the_roles_up_quietly_and_a_lost_session_warns(pair: Pair) -> None:
+    """Every `callhub run` stop warned "election session lost (CancelledError)" per PBX, as
+    if its session had died; a stop is said at info, a lost session still as a warning."""
+    a = await pair.instance()
+    b = await pair.instance()
+    with structlog.testing.capture_logs() as logs:
+        a.proxy.cut()
+        await until(lambda: all(b.election.is_writer(p) for p in PBXS))
+        await until(lambda: not any(a.election.is_writer(p) for p in PBXS))
+    lost = [(e["event"], e["log_level"]) for e in logs if e.get("pbx") and "lost" in e["reason"]]
+    assert sorted(lost) == [("election.standby", "warning")] * len(PBXS)
+    assert [(e["event"], e["log_level"]) for e in logs if e.get("reason") == "lock acquired"] == [
+        ("election.writer", "warning")] * len(PBXS)
+    with structlog.testing.capture_logs() as logs:
+        await b.election.stop()
+    assert not any(b.election.is_writer(p) for p in PBXS)
+    said = [(e["event"], e["pbx"], e["log_level"], e["reason"]) for e in logs
+            if e["event"].startswith("election.")]
+    assert sorted(said) == sorted(("election.standby", p, "info", "stopping") for p in PBXS)
 
 
 async def test_a_writer_cut_off_by_the_network_is_replaced_within_the_bound(

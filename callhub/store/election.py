@@ -67,6 +67,7 @@ NAMESPACE = 0x63616C6C  # "call": the election locks (session level)
 FENCE_NAMESPACE = 0x63616C6D  # the batches' locks (transaction level)
 FENCE_WAIT = "5s"  # a batch waits at most this long for the other instance's batch
 IDLE_SESSION_TIMEOUT_SINCE = 140000  # PostgreSQL 14
+STOPPING = "stopping"  # the reason of roles given up because callhub stops
 
 
 class NotWriter(ConnectionError):
@@ -135,10 +136,9 @@ class Election:
             return
         self._writes[pbx] = writes
         self._show(pbx)
-        if writes:
-            log.warning("election.writer", pbx=pbx, reason=why)
-        else:
-            log.warning("election.standby", pbx=pbx, reason=why)
+        # A role changing is a takeover an operator should see; giving it up to stop is not.
+        say = log.info if why == STOPPING else log.warning
+        say("election.writer" if writes else "election.standby", pbx=pbx, reason=why)
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -159,9 +159,8 @@ class Election:
         if self._task is not None:
             task, self._task = self._task, None
             await task.stop()
-        for pbx in self.pbxs:
-            if self.elected:
-                self._set(pbx, False, "stopping")
+        if self.elected:
+            self._give_up(STOPPING)
 
     async def _run(self) -> None:
         health = self.supervisor.parts["election"]
@@ -177,9 +176,12 @@ class Election:
 
     def _lost(self, exc: BaseException) -> None:
         """Give every role up at once (before closing the session, which may hang)."""
+        self._give_up(f"election session lost ({type(exc).__name__})")
+
+    def _give_up(self, why: str) -> None:
         self._pid = None
         for pbx in self.pbxs:
-            self._set(pbx, False, f"election session lost ({type(exc).__name__})")
+            self._set(pbx, False, why)
 
     async def _session(self, health: Health) -> None:
         """One database session: take the free locks and heartbeat every `interval`."""
@@ -195,6 +197,9 @@ class Election:
                 if not health.ready:
                     health.up()  # after the first tick: the roles are known
                 await asyncio.sleep(max(self.interval - (time.monotonic() - started), 0.0))
+        except asyncio.CancelledError:  # the task stopped: callhub is stopping
+            self._give_up(STOPPING)
+            raise
         except BaseException as exc:
             self._lost(exc)
             raise
