@@ -7,6 +7,7 @@ worklist entry and its SMS once. Also: one process per spool directory."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -25,9 +26,11 @@ from test_sms_store import CONTACTS, outbox_rows, with_sms
 from callhub.config import Settings
 from callhub.lifecycle import Supervisor
 from callhub.metrics.collectors import CallhubMetrics
+from callhub.store import election as election_module
 from callhub.store import migrate
 from callhub.store.db import Database
-from callhub.store.election import FENCE_NAMESPACE, NAMESPACE, Election, lock_key
+from callhub.store.election import FENCE_NAMESPACE, NAMESPACE, Election, NotWriter, lock_key
+from callhub.store.failures import classify
 from callhub.store.spool_lock import SpoolInUse, SpoolLock
 from callhub.store.writer import CallWriter
 
@@ -296,6 +299,33 @@ def test_a_standby_exports_no_call_metrics_and_keeps_its_windows_for_the_takeove
     metrics.observe_call(record)
     assert sum(s.value for m in metrics.registry.collect() if m.name == "callhub_calls"
                for s in m.samples if s.name == "callhub_calls_total") == 1
+
+
+async def test_the_fence_blames_the_other_instance_only_for_its_lock(
+        pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch that waited out the other instance's fence is NotWriter; a connection cut
+    under the fence was reported as that too ("the other instance's batch holds the fence
+    (connection is closed)"): it is the outage it is, classified as one."""
+    monkeypatch.setattr(election_module, "FENCE_WAIT", "200ms")
+    a = await pair.instance()
+    b = await pair.instance()
+    async with b.db.connection() as b_conn, a.db.connection() as a_conn:
+        await b_conn.begin()
+        await b.election.fence(b_conn, [make_call("z.1", pbx="main")])
+        await a_conn.begin()
+        with pytest.raises(NotWriter, match="holds the fence"):
+            await a.election.fence(a_conn, [make_call("z.1", pbx="main")])
+        await a_conn.rollback()
+        await b_conn.rollback()
+    async with a.db.connection() as a_conn:
+        await a_conn.begin()
+        a.proxy.cut()
+        with pytest.raises(Exception) as raised:
+            await a.election.fence(a_conn, [make_call("z.2", pbx="main")])
+        assert not isinstance(raised.value, NotWriter)
+        assert classify(raised.value) == "outage"
+        with contextlib.suppress(Exception):
+            await a_conn.invalidate()
 
 
 async def test_batches_of_one_pbx_from_both_instances_run_one_after_the_other(

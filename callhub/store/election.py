@@ -59,6 +59,7 @@ from callhub.metrics.collectors import CallhubMetrics
 from callhub.records import CallRecord
 from callhub.store.chunks import chunks, in_chunk
 from callhub.store.db import Database
+from callhub.store.failures import sqlstate
 from callhub.store.tables import calls
 
 log = structlog.get_logger(__name__)
@@ -67,6 +68,7 @@ NAMESPACE = 0x63616C6C  # "call": the election locks (session level)
 FENCE_NAMESPACE = 0x63616C6D  # the batches' locks (transaction level)
 FENCE_WAIT = "5s"  # a batch waits at most this long for the other instance's batch
 IDLE_SESSION_TIMEOUT_SINCE = 140000  # PostgreSQL 14
+LOCK_NOT_AVAILABLE = "55P03"  # the fence's lock_timeout ran out
 STOPPING = "stopping"  # the reason of roles given up because callhub stops
 
 
@@ -318,7 +320,9 @@ class Election:
             await conn.execute(sa.text(
                 f"SELECT set_config('lock_timeout', :wait, true), {locks}"),
                 {"wait": FENCE_WAIT})
-        except Exception as exc:
+        except sa.exc.DBAPIError as exc:
+            if sqlstate(exc) != LOCK_NOT_AVAILABLE:
+                raise  # a dropped connection is an outage, not the other instance's doing
             raise NotWriter(f"the other instance's batch holds the fence ({exc})") from exc
         mine = [key for pbx, key in zip(pbxs, keys, strict=True) if self.is_writer(pbx)]
         if not mine:
