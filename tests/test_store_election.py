@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -169,6 +170,32 @@ async def test_a_stop_gives_the_roles_up_quietly_and_a_lost_session_warns(pair: 
     said = [(e["event"], e["pbx"], e["log_level"], e["reason"]) for e in logs
             if e["event"].startswith("election.")]
     assert sorted(said) == sorted(("election.standby", p, "info", "stopping") for p in PBXS)
+
+
+async def test_an_outage_is_warned_of_once_and_its_end_said(pair: Pair) -> None:
+    """The election retries its session every `interval` through an outage, and warned at
+    each try (a warning a second); now once, again only if the error changes, and the
+    session's return is said with the tries it took."""
+    a = await pair.instance(interval=0.05)
+    part = a.supervisor.parts["election"]
+
+    def warned() -> list[str]:
+        return [e["error"] for e in logs
+                if e["event"] == "election.session_lost" and e["log_level"] == "warning"]
+
+    with structlog.testing.capture_logs() as logs:
+        a.proxy.cut()
+        await until(lambda: not part.ready and "5 tries" in (part.reason or ""))
+        refused = len(warned())  # the session cut, then each connection refused
+        a.proxy.refuse_logins()  # another error: said again
+        await until(lambda: len(warned()) == refused + 1)
+        a.proxy.restore()
+        await until(lambda: part.ready)
+    said = warned()
+    assert 2 <= refused < 5 and all(x != y for x, y in itertools.pairwise(said))
+    back, = [e for e in logs if e["event"] == "election.session_back"]
+    assert back["log_level"] == "info" and back["tries"] >= 6
+    assert all(a.election.is_writer(p) for p in PBXS)
 
 
 async def test_a_writer_cut_off_by_the_network_is_replaced_within_the_bound(

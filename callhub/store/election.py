@@ -107,6 +107,8 @@ class Election:
         self._scope: str | None = None  # current_schema() of the election session
         self._pid: int | None = None
         self._warned_version = False
+        self._tries = 0  # failed tries since the session was lost, and the last one's error
+        self._last_error = ""
         self._changed = asyncio.Event()
         self._task: Task | None = None
         for pbx in self.pbxs:
@@ -172,9 +174,25 @@ class Election:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                health.down(f"election session lost ({type(exc).__name__}); reconnecting")
-                log.warning("election.session_lost", error=type(exc).__name__)
+                self._failed(health, type(exc).__name__)
             await asyncio.sleep(self.interval)
+
+    def _failed(self, health: Health, error: str) -> None:
+        """Warn of a lost session once, and again only when the error changes: the retry
+        every `interval` through an outage would be a warning a second."""
+        self._tries += 1
+        health.down(f"election session lost ({error}); reconnecting, {self._tries} tries")
+        if error != self._last_error:
+            log.warning("election.session_lost", error=error)
+        else:
+            log.debug("election.session_lost", error=error, tries=self._tries)
+        self._last_error = error
+
+    def _back(self, health: Health) -> None:
+        health.up()
+        if self._tries:
+            log.info("election.session_back", tries=self._tries)
+            self._tries, self._last_error = 0, ""
 
     def _lost(self, exc: BaseException) -> None:
         """Give every role up at once (before closing the session, which may hang)."""
@@ -197,7 +215,7 @@ class Election:
                 started = time.monotonic()
                 await self._bounded(self._tick(conn))
                 if not health.ready:
-                    health.up()  # after the first tick: the roles are known
+                    self._back(health)  # after the first tick: the roles are known
                 await asyncio.sleep(max(self.interval - (time.monotonic() - started), 0.0))
         except asyncio.CancelledError:  # the task stopped: callhub is stopping
             self._give_up(STOPPING)
