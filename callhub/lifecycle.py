@@ -128,6 +128,33 @@ class Health:
         return PartState(self.name, reason is None, self.required, reason, self.detail)
 
 
+class Retries:
+    """A part that retries on a timer through an outage (a session every second, a tick
+    every few). Its failure is to be warned of once, and again only when the error
+    changes, not at every try; its end said with the tries it took. Its reason counts
+    them. The caller logs (event names stay literals at the call)."""
+
+    def __init__(self, health: Health) -> None:
+        self.health = health
+        self.tries = 0
+        self._last_error = ""
+
+    def failed(self, error: str, reason: str) -> bool:
+        """One more failed try (`error`: the exception's type name); True if it is news
+        to warn of, False if only a repeat (log it at debug)."""
+        self.tries += 1
+        self.health.down(f"{reason}; {self.tries} tries")
+        news, self._last_error = error != self._last_error, error
+        return news
+
+    def succeeded(self) -> int:
+        """The part works again: how many tries failed before (0: none, nothing to say)."""
+        if not self.health.ready:
+            self.health.up()
+        tries, self.tries, self._last_error = self.tries, 0, ""
+        return tries
+
+
 class Task:
     """One supervised task: its part's health, its policy, and how often it failed."""
 

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+import structlog
 from desk_fixtures import REPAIR_RULE, Desk
-from store_fixtures import auth, make_call, store
+from store_fixtures import DbFactory, TcpProxy, auth, make_call, pg_url, store, via_proxy
 
+from callhub.config import Settings
+from callhub.desk.keeper import FollowupKeeper
+from callhub.store import migrate
 from callhub.store.writer import CallWriter
 
 SUP = auth("supervisor")
@@ -230,3 +235,43 @@ async def test_the_keeper_leaves_old_calls_alone_but_a_request_applies_the_rule(
                                       json={"from_rule": True})
     assert [f["overdue"] for f in (await response.json())["items"]] == [True, True]
     assert (await desk.keeper.tick()).overdue == 2
+
+
+async def test_an_outage_is_warned_of_once_not_at_every_tick(
+        tmp_path: Path, pg_proxy: TcpProxy, desk_settings: Settings) -> None:
+    """The keeper ticks every 5 s and warned at each failed tick through an outage (720 an
+    hour); now once per error, its reason counting the tries, and its end said at info."""
+    factory = DbFactory("postgresql", tmp_path)
+    try:
+        db = await factory.create(url=via_proxy(pg_url(), pg_proxy))
+        await migrate.upgrade(db)
+        keeper = FollowupKeeper(db, desk_settings, interval=3600.0)
+        await keeper.start()
+        try:
+            async with asyncio.timeout(30):
+                await keeper.wait_ticks(1)
+                assert keeper.health.ready
+                with structlog.testing.capture_logs() as logs:
+                    pg_proxy.cut()
+                    for _ in range(6):
+                        ticks = keeper.ticks
+                        keeper.wake()
+                        await keeper.wait_ticks(ticks + 1)
+                    assert not keeper.health.ready
+                    assert "; 6 tries" in (keeper.health.reason or "")
+                    pg_proxy.restore()
+                    ticks = keeper.ticks
+                    keeper.wake()
+                    await keeper.wait_ticks(ticks + 1)
+                assert keeper.health.ready
+        finally:
+            await keeper.stop()
+            await db.close()
+    finally:
+        await factory.cleanup()
+    assert keeper.errors == 6
+    warned = [e["error"] for e in logs
+              if e["event"] == "followups.tick_failed" and e["log_level"] == "warning"]
+    assert 1 <= len(warned) <= 2 and len(set(warned)) == len(warned)  # the cut, the refusals
+    back, = [e for e in logs if e["event"] == "followups.tick_back"]
+    assert back["log_level"] == "info" and back["tries"] == 6

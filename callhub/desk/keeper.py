@@ -21,7 +21,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Gauge
 
 from callhub.config import Settings
-from callhub.lifecycle import Supervisor, Task, wait_set
+from callhub.lifecycle import Retries, Supervisor, Task, wait_set
 from callhub.store import followups
 from callhub.store.db import Database
 
@@ -54,6 +54,7 @@ class FollowupKeeper:
         self.db = db
         self.supervisor = supervisor if supervisor is not None else Supervisor()
         self.health = self.supervisor.part("keeper")
+        self.retries = Retries(self.health)
         self.settings = settings
         self.clock = clock
         self.interval = interval
@@ -110,12 +111,13 @@ class FollowupKeeper:
             except Exception as exc:  # the database may be down: try again next tick
                 self.errors += 1
                 error = type(exc).__name__
-                log.warning("followups.tick_failed", error=error,
-                            detail=str(exc).splitlines()[0] if str(exc) else "")
-                self.health.down(f"tick failed ({error}); retrying")
+                news = self.retries.failed(error, f"tick failed ({error}); retrying")
+                say = log.warning if news else log.debug
+                say("followups.tick_failed", error=error, tries=self.retries.tries,
+                    detail=str(exc).splitlines()[0] if str(exc) else "")
             else:
-                if not self.health.ready:
-                    self.health.up()
+                if tries := self.retries.succeeded():
+                    log.info("followups.tick_back", tries=tries)
             self.ticks += 1
             self._ticked.set()
             await wait_set(self._wake, self.interval)

@@ -54,7 +54,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from callhub.lifecycle import Health, Supervisor, Task
+from callhub.lifecycle import Health, Retries, Supervisor, Task
 from callhub.metrics.collectors import CallhubMetrics
 from callhub.records import CallRecord
 from callhub.store.chunks import chunks, in_chunk
@@ -107,8 +107,6 @@ class Election:
         self._scope: str | None = None  # current_schema() of the election session
         self._pid: int | None = None
         self._warned_version = False
-        self._tries = 0  # failed tries since the session was lost, and the last one's error
-        self._last_error = ""
         self._changed = asyncio.Event()
         self._task: Task | None = None
         for pbx in self.pbxs:
@@ -167,32 +165,18 @@ class Election:
             self._give_up(STOPPING)
 
     async def _run(self) -> None:
-        health = self.supervisor.parts["election"]
+        retries = Retries(self.supervisor.parts["election"])
         while True:
             try:
-                await self._session(health)
+                await self._session(retries)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._failed(health, type(exc).__name__)
+                error = type(exc).__name__
+                news = retries.failed(error, f"election session lost ({error}); reconnecting")
+                say = log.warning if news else log.debug
+                say("election.session_lost", error=error, tries=retries.tries)
             await asyncio.sleep(self.interval)
-
-    def _failed(self, health: Health, error: str) -> None:
-        """Warn of a lost session once, and again only when the error changes: the retry
-        every `interval` through an outage would be a warning a second."""
-        self._tries += 1
-        health.down(f"election session lost ({error}); reconnecting, {self._tries} tries")
-        if error != self._last_error:
-            log.warning("election.session_lost", error=error)
-        else:
-            log.debug("election.session_lost", error=error, tries=self._tries)
-        self._last_error = error
-
-    def _back(self, health: Health) -> None:
-        health.up()
-        if self._tries:
-            log.info("election.session_back", tries=self._tries)
-            self._tries, self._last_error = 0, ""
 
     def _lost(self, exc: BaseException) -> None:
         """Give every role up at once (before closing the session, which may hang)."""
@@ -203,7 +187,7 @@ class Election:
         for pbx in self.pbxs:
             self._set(pbx, False, why)
 
-    async def _session(self, health: Health) -> None:
+    async def _session(self, retries: Retries) -> None:
         """One database session: take the free locks and heartbeat every `interval`."""
         async with asyncio.timeout(self.timeout * 2):
             conn = await self.db.engine.connect()
@@ -214,8 +198,9 @@ class Election:
             while True:
                 started = time.monotonic()
                 await self._bounded(self._tick(conn))
-                if not health.ready:
-                    self._back(health)  # after the first tick: the roles are known
+                # After the first tick: the roles are known.
+                if not retries.health.ready and (tries := retries.succeeded()):
+                    log.info("election.session_back", tries=tries)
                 await asyncio.sleep(max(self.interval - (time.monotonic() - started), 0.0))
         except asyncio.CancelledError:  # the task stopped: callhub is stopping
             self._give_up(STOPPING)
