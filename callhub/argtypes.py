@@ -1,5 +1,6 @@
 """argparse types for the commands' numbers: a bad one is argparse's one-line usage error,
-never a traceback or a daemon that starts and then stops (or hangs) on it."""
+never a traceback or a daemon that starts and then stops (or hangs) on it. Also the
+options several commands share."""
 
 from __future__ import annotations
 
@@ -42,3 +43,9 @@ def above_zero(highest: float) -> Callable[[str], float]:
                                              f"got {text!r}")
         return value
     return parse
+
+
+def add_database_url(parser: argparse.ArgumentParser) -> None:
+    """`--database-url URL`, as every command that reads or writes the calls takes it."""
+    parser.add_argument("--database-url", metavar="URL",
+                        help="override database_url / $CALLHUB_DATABASE_URL")

@@ -16,7 +16,7 @@ import sys
 from datetime import date, datetime, timedelta, tzinfo
 from typing import Any
 
-from callhub.argtypes import YEARS, in_years, whole
+from callhub.argtypes import YEARS, add_database_url, in_years, whole
 from callhub.config import load_settings
 from callhub.config.report import LANGS
 from callhub.report.figures import (
@@ -69,10 +69,10 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--format", choices=FORMATS, default="text", help="default text")
     parser.add_argument("--lang", choices=LANGS,
                         help="the HTML page's language (default [report] lang, else zh)")
-    parser.add_argument("--rings", type=whole(1, 100), default=3,
+    parser.add_argument("--rings", type=whole(1, 100), default=3, metavar="N",
                         help="N of within-N-rings, 1 to 100 (default 3)")
-    parser.add_argument("--pbx", help="only this PBX")
-    parser.add_argument("--database-url", help="override database_url / $CALLHUB_DATABASE_URL")
+    parser.add_argument("--pbx", metavar="NAME", help="only this PBX")
+    add_database_url(parser)
     parser.set_defaults(func=report_command)
 
 

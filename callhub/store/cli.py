@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from callhub.argtypes import whole
+from callhub.argtypes import add_database_url, whole
 from callhub.config import load_settings, mask_url
 from callhub.store import migrate, quarantine, restore
 from callhub.store.db import Database
@@ -25,15 +25,15 @@ def add_parser(sub: Any) -> None:
     actions = parser.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     up = actions.add_parser("upgrade", help="apply the migrations up to the newest (or REV)")
     up.add_argument("revision", nargs="?", default="head", help="target revision (default head)")
-    up.add_argument("--database-url", help="override database_url / $CALLHUB_DATABASE_URL")
+    add_database_url(up)
     up.set_defaults(func=upgrade_command)
     cur = actions.add_parser("current", help="print the database's revision")
-    cur.add_argument("--database-url", help="override database_url / $CALLHUB_DATABASE_URL")
+    add_database_url(cur)
     cur.set_defaults(func=current_command)
     qua = actions.add_parser("quarantine",
                              help="list the calls the database refused and the spool lines "
                                   "that could not be read back (newest first)")
-    qua.add_argument("--database-url", help="override database_url / $CALLHUB_DATABASE_URL")
+    add_database_url(qua)
     qua.add_argument("--limit", type=whole(1, MAX_LIMIT), default=100,
                      help=f"at most N calls, 1 to {MAX_LIMIT:,} (default 100)")
     qua.add_argument("--json", action="store_true",
@@ -49,7 +49,7 @@ def add_parser(sub: Any) -> None:
     which.add_argument("ids", nargs="*", type=whole(1, MAX_ID), default=[], metavar="ID",
                        help="quarantine ids")
     which.add_argument("--all", action="store_true", help="every quarantined call")
-    res.add_argument("--database-url", help="override database_url / $CALLHUB_DATABASE_URL")
+    add_database_url(res)
     res.set_defaults(func=restore_command)
 
 
