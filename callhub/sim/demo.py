@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 
 import structlog
+from sqlalchemy.exc import SQLAlchemyError
 
 from callhub.config import ApiToken, settings_from_mapping
 from callhub.daemon import Daemon, Part
@@ -106,9 +107,13 @@ class Demo:
         async def call_back() -> None:
             while True:
                 await asyncio.sleep(every)  # pacing of the demo, not synchronisation
-                async with db.connection() as conn:
-                    oldest = await queries.list_worklist(
-                        conn, queries.WorklistFilter(status="pending"), 1)
+                try:
+                    async with db.connection() as conn:
+                        oldest = await queries.list_worklist(
+                            conn, queries.WorklistFilter(status="pending"), 1)
+                except (OSError, SQLAlchemyError) as exc:  # the database is away: next round
+                    log.debug("demo.callback_skipped", error=type(exc).__name__)
+                    continue
                 if not oldest:
                     continue
                 now = max(sim.clock(), sim.stream_now)  # the mix may run ahead (--demo-speed)
