@@ -32,6 +32,7 @@ from typing import TextIO
 import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from sqlalchemy.exc import SQLAlchemyError
 
 from callhub import __version__, loops
 from callhub.ami import native
@@ -55,6 +56,8 @@ from callhub.sms import SmsMetrics, SmsWorker, gateway_from_settings
 from callhub.store import migrate, worklist
 from callhub.store.db import Database
 from callhub.store.election import Election
+from callhub.store.failures import describe as describe_failure
+from callhub.store.failures import unreachable
 from callhub.store.recovery import CelRecovery
 from callhub.store.save import Saved, sync_agents
 from callhub.store.sms_outbox import TableOutbox
@@ -64,10 +67,17 @@ from callhub.store.writer import CallWriter
 log = structlog.get_logger(__name__)
 
 WORKLIST_GAUGE_SECONDS = 15.0
+# Waiting for the database at start: each try's bound, the first pause and the longest.
+DATABASE_PING_SECONDS = 5.0
+DATABASE_RETRY_FIRST, DATABASE_RETRY_MAX = 0.5, 10.0
 
 
 class StartupError(RuntimeError):
     """A part cannot start (the message says what to do)."""
+
+
+class StoppedWhileStarting(Exception):
+    """SIGTERM/SIGINT came before callhub was up (while it waited for the database)."""
 
 
 class PartFailed(RuntimeError):
@@ -137,30 +147,68 @@ async def database(d: Daemon) -> AsyncIterator[None]:
         except ValueError as exc:
             raise StartupError(str(exc)) from None
     try:
-        if d.migrate:
-            try:
-                await migrate.upgrade(d.db)
-            except migrate.SchemaError as exc:
-                raise StartupError(str(exc)) from None
-        else:
-            try:
-                await migrate.check_encoding(d.db)
-            except migrate.SchemaError as exc:
-                raise StartupError(str(exc)) from None
-            current, head = await migrate.current_revision(d.db), migrate.head_revision()
-            if current is not None and not migrate.known(current):
-                raise StartupError(migrate.newer_schema(current))
-            if current != head:
-                raise StartupError(f"the database is at revision {current}, callhub needs "
-                                   f"{head}: run `callhub db upgrade` (or drop --no-migrate)")
-        async with d.db.begin() as conn:
-            await sync_agents(conn, d.settings)
+        await reachable(d, d.db)
+        try:
+            await prepare_database(d, d.db)
+        except (OSError, SQLAlchemyError) as exc:  # a refused login, no such database, ...
+            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            raise StartupError(f"database {d.db.url}: {type(exc).__name__}: {reason}") from None
         log.info("daemon.database", url=d.db.url, revision=migrate.head_revision())
         d.supervisor.part("database", check=database_check(d.db), ready=True)
         yield
     finally:
         if own:
             await d.db.close()
+
+
+async def reachable(d: Daemon, db: Database) -> None:
+    """Until the database answers. A PostgreSQL still starting, or not reachable yet
+    after the host's reboot, is waited for (warned of once per error), not a start that
+    fails; SIGTERM meanwhile stops callhub (StoppedWhileStarting)."""
+    delay, said = DATABASE_RETRY_FIRST, ""
+    while True:
+        try:
+            async with asyncio.timeout(DATABASE_PING_SECONDS):
+                await db.ping()
+        except Exception as exc:
+            if not unreachable(exc):
+                return  # the steps that follow say what is wrong
+            error = describe_failure(exc)
+            if error != said:
+                log.warning("daemon.database_waiting", url=db.url, error=error,
+                            retry_in=delay)
+                said = error
+            await wait_set(d.stopping, delay)
+            if d.stopping.is_set():
+                log.info("daemon.stopping", waiting_for="database")
+                raise StoppedWhileStarting from None
+            delay = min(delay * 2, DATABASE_RETRY_MAX)
+            continue
+        if said:
+            log.info("daemon.database_reachable", url=db.url)
+        return
+
+
+async def prepare_database(d: Daemon, db: Database) -> None:
+    """Apply the migrations (or check the schema with --no-migrate); copy the agents."""
+    if d.migrate:
+        try:
+            await migrate.upgrade(db)
+        except migrate.SchemaError as exc:
+            raise StartupError(str(exc)) from None
+    else:
+        try:
+            await migrate.check_encoding(db)
+        except migrate.SchemaError as exc:
+            raise StartupError(str(exc)) from None
+        current, head = await migrate.current_revision(db), migrate.head_revision()
+        if current is not None and not migrate.known(current):
+            raise StartupError(migrate.newer_schema(current))
+        if current != head:
+            raise StartupError(f"the database is at revision {current}, callhub needs "
+                               f"{head}: run `callhub db upgrade` (or drop --no-migrate)")
+    async with db.begin() as conn:
+        await sync_agents(conn, d.settings)
 
 
 @asynccontextmanager

@@ -17,7 +17,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from callhub import loops
 from callhub.argtypes import above_zero
 from callhub.config import load_settings
-from callhub.daemon import Daemon, PartFailed, StartupError, heap_settled, serve
+from callhub.daemon import (
+    Daemon,
+    PartFailed,
+    StartupError,
+    StoppedWhileStarting,
+    heap_settled,
+    serve,
+)
 from callhub.logs import configure_logging
 from callhub.store.db import settle_sqlite_workers
 
@@ -79,6 +86,8 @@ def run_command(args: argparse.Namespace) -> int:
 
     try:
         loops.run(run(), settings.event_loop)
+    except StoppedWhileStarting:
+        return 0  # asked to stop before it was up (the log says so)
     except StartupError as exc:
         print(f"callhub: {exc}", file=sys.stderr)
         return 2

@@ -19,15 +19,17 @@ from typing import Any
 import aiohttp
 import pytest
 import sqlalchemy as sa
+import structlog
 from ami_fixtures import sim_pbx
-from store_fixtures import TOKENS, DbFactory, auth
+from store_fixtures import TOKENS, DbFactory, TcpProxy, auth, pg_url, via_proxy
 
 from callhub.ami import native
 from callhub.config import ApiToken, Settings
-from callhub.daemon import Daemon, StartupError, running
+from callhub.daemon import Daemon, StartupError, StoppedWhileStarting, running
 from callhub.sim.ami_server import AmiSimulator
 from callhub.sim.calls import SynthCall
 from callhub.store import migrate
+from callhub.store.db import Database
 
 WAIT = 30.0
 X, Y, Z = "+8613800000004", "+8613800000005", "+8613800000006"
@@ -262,3 +264,83 @@ async def test_demo_process_serves_calls_and_flushes_on_sigterm(tmp_path: Path) 
     # One info line per finished call, with the number masked to its last 4 digits.
     assert len([e for e in entries if e["event"] == "call.finished"]) == len(logged)
     assert numbers and not any(n in log for n in numbers if len(n) > 4)
+
+
+@pytest.fixture
+async def pg_behind_proxy(tmp_path: Path, pg_proxy: TcpProxy) -> AsyncIterator[Database]:
+    """An empty PostgreSQL schema reached through `pg_proxy`."""
+    factory = DbFactory("postgresql", tmp_path)
+    try:
+        yield await factory.create(url=via_proxy(pg_url(), pg_proxy))
+    finally:
+        await factory.cleanup()
+
+
+def plain_settings(tmp_path: Path) -> Settings:
+    return replace(Settings(), api_listen=("127.0.0.1", 0), spool_dir=str(tmp_path / "spool"))
+
+
+async def until_logged(logs: list[dict[str, Any]], event: str) -> dict[str, Any]:
+    """Poll the captured log (another task writes it) for `event`."""
+    while True:
+        found = [e for e in logs if e["event"] == event]
+        if found:
+            return found[0]
+        await asyncio.sleep(0.02)  # a poll of another task's state, not a pause
+
+
+async def test_a_database_not_up_yet_is_waited_for_at_start(
+        tmp_path: Path, pg_proxy: TcpProxy, pg_behind_proxy: Database) -> None:
+    """After a host's reboot PostgreSQL may come up after callhub: `callhub run` stopped on
+    "ConnectionRefusedError" (not a word of the database). It waits, warns once, and
+    starts (migrating) when the database answers."""
+    pg_proxy.cut()
+    d = Daemon(plain_settings(tmp_path), db=pg_behind_proxy, out=io.StringIO())
+    up, leave = asyncio.Event(), asyncio.Event()
+
+    async def run() -> None:
+        async with running(d):
+            up.set()
+            await leave.wait()
+
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(run())
+        try:
+            async with asyncio.timeout(WAIT):
+                waiting = await until_logged(logs, "daemon.database_waiting")
+                assert not up.is_set() and "***" in waiting["url"]
+                pg_proxy.restore()
+                await up.wait()
+        finally:
+            leave.set()
+            await task
+    assert [e["event"] for e in logs if e["event"].startswith("daemon.database")] == [
+        "daemon.database_waiting", "daemon.database_reachable", "daemon.database"]
+    assert await migrate.current_revision(pg_behind_proxy) == migrate.head_revision()
+
+
+async def test_a_stop_while_waiting_for_the_database_is_a_clean_stop(
+        tmp_path: Path, pg_proxy: TcpProxy, pg_behind_proxy: Database) -> None:
+    pg_proxy.cut()
+    d = Daemon(plain_settings(tmp_path), db=pg_behind_proxy, out=io.StringIO())
+    with structlog.testing.capture_logs() as logs:
+        async with asyncio.timeout(WAIT):
+            task = asyncio.create_task(running(d).__aenter__())
+            await until_logged(logs, "daemon.database_waiting")
+            d.stopping.set()  # as SIGTERM does
+            with pytest.raises(StoppedWhileStarting):
+                await task
+    assert [e["event"] for e in logs] == ["daemon.database_waiting", "daemon.stopping"]
+
+
+async def test_a_refused_login_at_start_names_the_database(
+        tmp_path: Path, pg_proxy: TcpProxy, pg_behind_proxy: Database) -> None:
+    """Not waited for: an admin must mend it. The message names the database (masked)."""
+    pg_proxy.refuse_logins()
+    with pytest.raises(StartupError) as refused:
+        async with asyncio.timeout(WAIT), running(Daemon(plain_settings(tmp_path),
+                                                        db=pg_behind_proxy)):
+            pass
+    said = str(refused.value)
+    assert said.startswith("database postgresql+asyncpg://") and "***" in said
+    assert "password authentication failed" in said

@@ -64,6 +64,16 @@ def classify(exc: BaseException) -> Kind:
     return "unknown"
 
 
+def unreachable(exc: BaseException) -> bool:
+    """The database server could not be reached: not running, still starting up (57P03),
+    the network. Worth waiting for; a refused login or a missing database is not."""
+    for err in (exc, getattr(exc, "orig", None), exc.__cause__):
+        if isinstance(err, OSError):  # refused, unreachable, timed out, no such host yet
+            return True
+    code = sqlstate(exc)
+    return code is not None and (code[:2] == "08" or code == "57P03")
+
+
 def describe(exc: BaseException) -> str:
     """The error's type and the first line of its message (no parameters: they hold
     personal data), for logs and the quarantine."""
