@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from callhub import loops
-from callhub.argtypes import above_zero
+from callhub.argtypes import above_zero, whole
 from callhub.config import load_settings
 from callhub.daemon import (
     Daemon,
@@ -53,8 +53,9 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--demo-speed", type=above_zero(MAX_DEMO_SPEED), default=1.0, metavar="X",
                         help=f"--demo: run the simulated clock X times faster, up to "
                              f"{MAX_DEMO_SPEED:,} (default 1)")
-    parser.add_argument("--workers", type=int, default=None, metavar="N",
-                        help="API processes on the API's port (default: [api] workers, 1); "
+    parser.add_argument("--workers", type=whole(1, 64), default=None, metavar="N",
+                        help="API processes on the API's port, 1 to 64 (default: [api] "
+                             "workers, 1); "
                              "the extra ones serve the API only")
     parser.set_defaults(func=run_command)
 
@@ -68,9 +69,6 @@ def _demo(args: argparse.Namespace) -> Demo:
 def run_command(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     if args.workers is not None:
-        if not 1 <= args.workers <= 64:
-            print("callhub: --workers must be between 1 and 64", file=sys.stderr)
-            return 2
         settings = dataclasses.replace(settings, api_workers=args.workers)
     configure_logging(settings.log_level)
     d = Daemon(settings, migrate=not args.no_migrate)

@@ -91,6 +91,7 @@ def test_run_without_demo_loads_no_simulator(tmp_path: Path) -> None:
     (["db", "quarantine", "--limit", "-1"], "--limit: must be 1 to"),
     (["db", "quarantine", "--limit", "0"], "--limit: must be 1 to"),
     (["report", "--rings", "0"], "--rings: must be 1 to 100"),
+    (["run", "--workers", "65"], "--workers: must be 1 to 64"),
     (["report", "--rings", "3.5"], "--rings: expected a whole number, got '3.5'"),
 ])
 def test_a_number_out_of_range_is_refused_before_anything_starts(
@@ -105,6 +106,7 @@ def test_a_number_out_of_range_is_refused_before_anything_starts(
 @pytest.mark.parametrize("argv", [["run", "--demo", "--demo-rate", "0.5", "--demo-speed", "1000"],
                                   ["db", "restore", str(2**63 - 1)],
                                   ["db", "quarantine", "--limit", "1"],
-                                  ["report", "--rings", "100"]])
+                                  ["report", "--rings", "100"],
+                                  ["run", "--workers", "64"]])
 def test_the_numbers_at_the_bounds_are_taken(argv: list[str]) -> None:
     build_parser().parse_args(argv)
