@@ -134,22 +134,23 @@ class Retries:
     changes, not at every try; its end said with the tries it took. Its reason counts
     them. The caller logs (event names stay literals at the call)."""
 
-    def __init__(self, health: Health) -> None:
-        self.health = health
+    def __init__(self, health: Health | None = None) -> None:
+        self.health = health  # None: a task whose readiness is told another way
         self.tries = 0
         self._last_error = ""
 
-    def failed(self, error: str, reason: str) -> bool:
+    def failed(self, error: str, reason: str = "") -> bool:
         """One more failed try (`error`: the exception's type name); True if it is news
         to warn of, False if only a repeat (log it at debug)."""
         self.tries += 1
-        self.health.down(f"{reason}; {self.tries} tries")
+        if self.health is not None:
+            self.health.down(f"{reason}; {self.tries} tries")
         news, self._last_error = error != self._last_error, error
         return news
 
     def succeeded(self) -> int:
         """The part works again: how many tries failed before (0: none, nothing to say)."""
-        if not self.health.ready:
+        if self.health is not None and not self.health.ready:
             self.health.up()
         tries, self.tries, self._last_error = self.tries, 0, ""
         return tries

@@ -330,16 +330,17 @@ async def test_the_memory_outbox_queues_one_message_per_idempotency_key() -> Non
 
 
 class FlakyClaims(WatchedOutbox):
-    """An outbox whose first claim fails (the database is away for a moment)."""
+    """An outbox whose first claims fail, each with its error (the database is away)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *failures: Exception) -> None:
         super().__init__()
+        self.failures = list(failures) or [ConnectionError("database away")]
         self.claims = 0
 
     async def claim(self, now: float, limit: int, lease_seconds: float) -> list[OutboxMessage]:
         self.claims += 1
-        if self.claims == 1:
-            raise ConnectionError("database away")
+        if self.claims <= len(self.failures):
+            raise self.failures[self.claims - 1]
         return await super().claim(now, limit, lease_seconds)
 
 
@@ -359,3 +360,30 @@ async def test_a_running_worker_outlives_an_outbox_error(webhook: WebhookServer)
         await task
         await s.gateway.close()
     assert flaky.claims >= 2 and len(webhook.delivered) == 1
+
+
+async def test_an_outbox_failing_poll_after_poll_is_logged_once_per_error(
+        webhook: WebhookServer) -> None:
+    """The worker polls every second: an outbox error at each poll of an outage was an
+    error with a traceback a second. Now one per error, then debug; its end said."""
+    s = Setup(webhook, clock=time.time)
+    flaky = FlakyClaims(*[ConnectionRefusedError("refused")] * 5, TimeoutError("slow"))
+    s.outbox = flaky
+    s.worker = SmsWorker(flaky, s.gateway, clock=time.time, poll_seconds=0.01)
+    message_id = s.call_ended(call("9.2"))
+    assert message_id is not None
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(s.worker.run())
+        try:
+            async with asyncio.timeout(5):
+                await flaky.wait_sent([message_id])
+        finally:
+            s.worker.stop()
+            await task
+            await s.gateway.close()
+    failed = [e for e in logs if e["event"] == "sms.outbox_failed"]
+    said = [e for e in failed if e["log_level"] == "error"]
+    assert len(said) == 2 and len(failed) in (2, 6)  # the repeats at debug, where captured
+    back, = [e for e in logs if e["event"] == "sms.outbox_back"]
+    assert back["log_level"] == "info" and back["tries"] == 6
+    assert s.worker.outbox_retries.tries == 0

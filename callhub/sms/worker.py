@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from callhub.lifecycle import wait_set
+from callhub.lifecycle import Retries, wait_set
 from callhub.logs import mask_number
 from callhub.sms.message import SendResult, SmsGateway
 from callhub.sms.metrics import SmsMetrics
@@ -72,6 +72,7 @@ class SmsWorker:
         self._finished_changed = asyncio.Condition()
         # The gateway refuses this site: its error code and since when (time.time()).
         self.unavailable: tuple[str, float] | None = None
+        self.outbox_retries = Retries()  # the outbox failing poll after poll
 
     @classmethod
     def from_settings(cls, outbox: Outbox, gateway: SmsGateway, settings: SmsSettings, *,
@@ -135,9 +136,16 @@ class SmsWorker:
             self._wake.clear()
             try:
                 done = await self.run_once()
-            except Exception:
-                log.exception("sms.outbox_failed")
+            except Exception as exc:  # the database is away, as a rule: the next poll
                 done = 0
+                if self.outbox_retries.failed(type(exc).__name__):
+                    log.exception("sms.outbox_failed")  # once per error, not every poll
+                else:
+                    log.debug("sms.outbox_failed", error=type(exc).__name__,
+                              tries=self.outbox_retries.tries)
+            else:
+                if tries := self.outbox_retries.succeeded():
+                    log.info("sms.outbox_back", tries=tries)
             if done >= self.batch_size or self._stopping:
                 continue
             await wait_set(self._wake, self.poll_seconds)

@@ -198,8 +198,8 @@ class Election:
             while True:
                 started = time.monotonic()
                 await self._bounded(self._tick(conn))
-                # After the first tick: the roles are known.
-                if not retries.health.ready and (tries := retries.succeeded()):
+                # Ready after the first tick: the roles are known.
+                if tries := retries.succeeded():
                     log.info("election.session_back", tries=tries)
                 await asyncio.sleep(max(self.interval - (time.monotonic() - started), 0.0))
         except asyncio.CancelledError:  # the task stopped: callhub is stopping
