@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import structlog
 from routing_fixtures import HOTLINE_DID, berlin
 
 from callhub.routing.busy import BusyTracker
@@ -91,6 +92,30 @@ def test_position_survives_a_restart(router: Router, rota_file: Path, state_path
     restarted = Router(RotaStore(state_path, seed_file=str(rota_file)),
                        RotationState(state_path / POSITION_FILE))
     assert firsts(restarted, 2) == ["cai", "ann"]
+
+
+def test_a_position_file_that_cannot_be_written_is_said_once_and_routing_goes_on(
+        router: Router, state_path: Path) -> None:
+    """A full disk, or a path that cannot be replaced: the position lives on in memory,
+    and the error was logged at every call; now once per error, and its end is said."""
+    state = router.state
+    firsts(router, 1)  # outside an event loop each move writes the file at once
+    saved = state.writes
+    (state_path / POSITION_FILE).unlink()
+    (state_path / POSITION_FILE).mkdir()  # every write now fails alike
+    with structlog.testing.capture_logs() as logs:
+        firsts(router, 3)
+        assert state.write_errors == 3 and state.writes == saved
+        (state_path / POSITION_FILE).rmdir()
+        moved = firsts(router, 1)
+    said = [e for e in logs if e["event"] == "routing.position_save_failed"
+            and e["log_level"] == "error"]
+    assert len(said) == 1 and "Is a directory" in said[0]["error"]
+    back, = [e for e in logs if e["event"] == "routing.position_saved"]
+    assert back["log_level"] == "info" and back["tries"] == 3
+    assert state.writes == saved + 1
+    position = RotationState(state_path / POSITION_FILE).get("hotline")
+    assert position is not None and position.agent == moved[0]
 
 
 def test_damaged_position_file_restarts_from_the_top(rota_file: Path, state_path: Path) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import structlog
 
 from callhub.config import Settings
+from callhub.lifecycle import Retries
 from callhub.routing.model import EMPTY_ROTA, Rota
 from callhub.routing.rota_file import (
     RotaError,
@@ -96,6 +97,7 @@ class RotationState:
         self.clock = clock
         self._lines: dict[str, Position] = {}
         self.write_errors = 0
+        self.save_retries = Retries()  # the file failing write after write (a full disk)
         self._save_pending = False
         self._version = 0  # bumped by every move; a write never replaces a newer one
         self._written = 0
@@ -198,12 +200,19 @@ class RotationState:
                 return
             try:
                 atomic_write(self.path, text)
-                self._written = version
-                self.writes += 1
             except OSError as exc:
-                # Routing goes on from memory; the position is only lost on a restart.
+                # Routing goes on from memory; the position is only lost on a restart. Said
+                # once per error: a full disk would be an error line at every call.
                 self.write_errors += 1
-                log.error("routing.position_save_failed", path=str(self.path), error=str(exc))
+                kind = f"{type(exc).__name__}({exc.errno})"  # the message names a temp file
+                say = log.error if self.save_retries.failed(kind) else log.debug
+                say("routing.position_save_failed", path=str(self.path), error=str(exc),
+                    tries=self.save_retries.tries)
+                return
+            self._written = version
+            self.writes += 1
+            if tries := self.save_retries.succeeded():
+                log.info("routing.position_saved", path=str(self.path), tries=tries)
 
 
 class RotaStore:
