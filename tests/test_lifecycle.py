@@ -29,7 +29,7 @@ from structlog.testing import capture_logs
 from callhub.api.app import make_app
 from callhub.config import Settings
 from callhub.daemon import Daemon, running
-from callhub.lifecycle import Policy, Supervisor
+from callhub.lifecycle import Health, Policy, Retries, Supervisor
 from callhub.sim.agi_client import agi_request, asterisk_environment
 from callhub.store.db import Database
 from callhub.store.spool import Spool
@@ -325,3 +325,17 @@ def test_settle_heap_freezes_what_the_process_built_and_collects_the_young_less_
     assert before == 0
     assert frozen >= 1000
     assert threshold[0] == young > 700
+
+
+def test_retries_tell_news_from_repeats_and_count_to_the_end() -> None:
+    health = Health("keeper")
+    health.up()
+    retries = Retries(health)
+    said = [retries.failed(error, "tick failed")
+            for error in ("ConnectionRefusedError", "ConnectionRefusedError", "TimeoutError",
+                          "TimeoutError", "ConnectionRefusedError")]
+    assert said == [True, False, True, False, True]
+    assert not health.ready and health.reason == "tick failed; 5 tries"
+    assert retries.succeeded() == 5 and health.ready
+    assert retries.succeeded() == 0  # nothing to say when nothing failed
+    assert retries.failed("ConnectionRefusedError")  # a new outage is news again
