@@ -57,7 +57,7 @@ from callhub.store import migrate, worklist
 from callhub.store.db import Database
 from callhub.store.election import Election
 from callhub.store.failures import describe as describe_failure
-from callhub.store.failures import unreachable
+from callhub.store.failures import explain, unreachable
 from callhub.store.recovery import CelRecovery
 from callhub.store.save import Saved, sync_agents
 from callhub.store.sms_outbox import TableOutbox
@@ -151,8 +151,7 @@ async def database(d: Daemon) -> AsyncIterator[None]:
         try:
             await prepare_database(d, d.db)
         except (OSError, SQLAlchemyError) as exc:  # a refused login, no such database, ...
-            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-            raise StartupError(f"database {d.db.url}: {type(exc).__name__}: {reason}") from None
+            raise StartupError(explain(d.db.url, exc)) from None
         log.info("daemon.database", url=d.db.url, revision=migrate.head_revision())
         d.supervisor.part("database", check=database_check(d.db), ready=True)
         yield

@@ -344,3 +344,13 @@ async def test_a_refused_login_at_start_names_the_database(
     said = str(refused.value)
     assert said.startswith("database postgresql+asyncpg://") and "***" in said
     assert "password authentication failed" in said
+
+
+async def test_a_sqlite_file_in_a_missing_directory_says_which(tmp_path: Path) -> None:
+    """SQLite says only "unable to open database file"; callhub names the directory."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'gone' / 'callhub.db'}"
+    settings = replace(plain_settings(tmp_path), database_url=url)
+    with pytest.raises(StartupError, match=f"the directory {tmp_path / 'gone'} does not exist"):
+        async with asyncio.timeout(WAIT), running(Daemon(settings)):
+            pass
+    assert not (tmp_path / "gone").exists()

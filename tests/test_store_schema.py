@@ -207,3 +207,21 @@ def test_a_command_on_a_database_without_the_tables_says_how_to_make_them(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.endswith(
         "(callhub's tables are not there: `callhub db upgrade` creates them)"), err
+
+
+def test_a_command_on_a_sqlite_file_in_a_missing_directory_names_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'gone' / 'callhub.db'}"
+
+    async def current() -> str | None:
+        db = Database.connect(url)
+        try:
+            return await migrate.current_revision(db)
+        finally:
+            await db.close()
+
+    assert run_db(url, current) == (False, None)
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [f"callhub: database {url}: OperationalError: unable to open "
+                                f"database file (the directory {tmp_path / 'gone'} does not "
+                                "exist)"]

@@ -12,9 +12,14 @@ blaming the data.
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
 from typing import Literal
 
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
+
+from callhub.config import mask_url
 
 Kind = Literal["outage", "data", "unknown"]
 
@@ -72,6 +77,21 @@ def unreachable(exc: BaseException) -> bool:
             return True
     code = sqlstate(exc)
     return code is not None and (code[:2] == "08" or code == "57P03")
+
+
+def explain(url: str, exc: BaseException) -> str:
+    """One line for a database error met by a command or at start: the database (password
+    masked), the error, and what to do where callhub can tell."""
+    reason = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0]
+    if sqlstate(exc) == "42P01" or reason.startswith("no such table"):
+        reason += " (callhub's tables are not there: `callhub db upgrade` creates them)"
+    with contextlib.suppress(sa_exc.ArgumentError):
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            directory = Path(parsed.database).parent
+            if not directory.is_dir():
+                reason += f" (the directory {directory} does not exist)"
+    return f"database {mask_url(url)}: {type(exc).__name__}: {reason}"
 
 
 def describe(exc: BaseException) -> str:

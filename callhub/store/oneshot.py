@@ -11,7 +11,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from callhub.config import mask_url
 from callhub.store.db import settle_sqlite_workers
-from callhub.store.failures import sqlstate
+from callhub.store.failures import explain
 from callhub.store.migrate import SchemaError
 
 T = TypeVar("T")
@@ -29,11 +29,7 @@ def run_db(url: str, job: Callable[[], Coroutine[Any, Any, T]]) -> tuple[bool, T
     try:
         return True, asyncio.run(settled())
     except (SQLAlchemyError, OSError, ArgumentError) as exc:
-        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        if sqlstate(exc) == "42P01" or reason.startswith("no such table"):
-            reason += " (callhub's tables are not there: `callhub db upgrade` creates them)"
-        print(f"callhub: database {mask_url(url)}: {type(exc).__name__}: {reason}",
-              file=sys.stderr)
+        print(f"callhub: {explain(url, exc)}", file=sys.stderr)
         return False, None
     except SchemaError as exc:
         print(f"callhub: database {mask_url(url)}: {exc}", file=sys.stderr)
