@@ -217,6 +217,20 @@ def test_a_database_callhub_does_not_run_on_is_named_in_one_line(
     assert len(err.strip().splitlines()) == 1 and repr(scheme) in err
 
 
+@pytest.mark.parametrize(("url", "says"), [
+    # Read as the host "s3cret@db": callhub waited for ever for a host that is not there.
+    ("postgresql://callhub:pa@s3cret@db/callhub", "must be URL-encoded as %40"),
+    ("postgresql://callhub:pw@db:99999/callhub", "the port must be 1-65535, got 99999"),
+    ("postgresql://callhub:pw@db:54x2/callhub", "the port must be a number"),
+])
+def test_a_database_url_that_cannot_reach_any_host_is_refused_without_its_password(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str, says: str) -> None:
+    assert main(["config", "check", str(write(tmp_path, f"database_url = '{url}'\n"))]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "database_url" in err and says in err
+    assert "s3cret" not in err and "pw" not in err.replace("postgresql", "")
+
+
 def test_config_check_masks_a_password_in_the_database_urls_query(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = ("postgresql+asyncpg://callhub@db:5432/callhub?password=q-s3cret&sslmode=require"

@@ -12,6 +12,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from pydantic_core import PydanticCustomError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from callhub.config.problems import ConfigError, problem
 
@@ -70,7 +72,19 @@ def async_database_url(url: str) -> str:
     if wanted is None or driver not in ("", wanted):
         raise ValueError(f"callhub runs on PostgreSQL ('postgresql+asyncpg://...') or SQLite "
                          f"('sqlite+aiosqlite:///...'), got {scheme + '://'!r}")
-    return f"{dialect}+{wanted}://{rest}"
+    converted = f"{dialect}+{wanted}://{rest}"
+    # Mistakes that would otherwise wait for a host that does not exist: the messages
+    # never repeat the URL's parts, which may hold the password.
+    try:
+        parsed = make_url(converted)
+    except (ArgumentError, ValueError):
+        raise ValueError("the URL cannot be read (the port must be a number; "
+                         "URL-encode special characters in the user and password)") from None
+    if parsed.host is not None and "@" in parsed.host:
+        raise ValueError("an '@' in the user name or password must be URL-encoded as %40")
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        raise ValueError(f"the port must be 1-65535, got {parsed.port}")
+    return converted
 
 
 def database_url(value: Any) -> str:
