@@ -44,7 +44,14 @@ from callhub.api.health import database_check
 from callhub.api.workers import Workers
 from callhub.config import Settings
 from callhub.desk import desk_operations, setup_desk
-from callhub.lifecycle import Supervisor, describe, settle_heap, stopped_by_signals, wait_set
+from callhub.lifecycle import (
+    Retries,
+    Supervisor,
+    describe,
+    settle_heap,
+    stopped_by_signals,
+    wait_set,
+)
 from callhub.metrics.collectors import CallhubMetrics
 from callhub.metrics.http import metrics_handler
 from callhub.records import CallRecord
@@ -164,7 +171,7 @@ async def reachable(d: Daemon, db: Database) -> None:
     """Until the database answers. A PostgreSQL still starting, or not reachable yet
     after the host's reboot, is waited for (warned of once per error), not a start that
     fails; SIGTERM meanwhile stops callhub (StoppedWhileStarting)."""
-    delay, said = DATABASE_RETRY_FIRST, ""
+    delay, retries = DATABASE_RETRY_FIRST, Retries()
     while True:
         try:
             async with asyncio.timeout(DATABASE_PING_SECONDS):
@@ -173,17 +180,16 @@ async def reachable(d: Daemon, db: Database) -> None:
             if not unreachable(exc):
                 return  # the steps that follow say what is wrong
             error = describe_failure(exc)
-            if error != said:
+            if retries.failed(error):
                 log.warning("daemon.database_waiting", url=db.url, error=error,
                             retry_in=delay)
-                said = error
             await wait_set(d.stopping, delay)
             if d.stopping.is_set():
                 log.info("daemon.stopping", waiting_for="database")
                 raise StoppedWhileStarting from None
             delay = min(delay * 2, DATABASE_RETRY_MAX)
             continue
-        if said:
+        if retries.succeeded():
             log.info("daemon.database_reachable", url=db.url)
         return
 

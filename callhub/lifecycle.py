@@ -140,8 +140,9 @@ class Retries:
         self._last_error = ""
 
     def failed(self, error: str, reason: str = "") -> bool:
-        """One more failed try (`error`: the exception's type name); True if it is news
-        to warn of, False if only a repeat (log it at debug)."""
+        """One more failed try (`error`: what tells one failure from another, such as the
+        exception's type name); True if it is news to warn of, False if only a repeat (log
+        it at debug)."""
         self.tries += 1
         if self.health is not None:
             self.health.down(f"{reason}; {self.tries} tries")
