@@ -8,6 +8,7 @@ Screenshots go to test-artifacts/screenshots/.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import time
@@ -188,3 +189,57 @@ async def test_english_dates_are_written_as_the_browsers_english_writes_them(
             row = page.locator("#call-followups tbody tr")
             await row.first.wait_for()
             assert written in await row.first.inner_text(), locale
+
+
+async def test_only_the_latest_search_fills_the_calls_table(
+        live_desk: Desk, chromium: Any) -> None:
+    """The view's first search (every direction) and the supervisor's own (inbound) are
+    both on their way; the first answers first: the table shows the inbound calls only,
+    not both answers' rows."""
+    desk = live_desk
+    day = day_start(time.time())
+    await seed_day(desk.db, desk.settings, day)
+    page = await chromium.new_page()
+    await sign_in(page, desk, "supervisor")
+    held: asyncio.Queue[Any] = asyncio.Queue()
+    await page.route("**/api/v1/calls?*", held.put_nowait)
+    await page.click("#nav-calls")
+    first = await held.get()
+    await page.select_option("#f-direction", "inbound")
+    await page.click("#search-button")
+    second = await held.get()
+    assert "direction=inbound" in second.request.url
+    assert "direction=" not in first.request.url
+
+    async with page.expect_response(first.request.url) as answer:
+        await first.continue_()
+    await (await answer.value).finished()
+    await second.continue_()
+    inbound = await desk.client.get("/api/v1/calls", headers=SUP, params={
+        "from": day.date().isoformat(), "to": (day + timedelta(days=1)).date().isoformat(),
+        "direction": "inbound", "limit": 50})
+    ids = [str(c["id"]) for c in (await inbound.json())["items"]]
+    rows = page.locator("#calls tbody tr")
+    await expect(rows).to_have_count(len(ids))
+    assert [await r.get_attribute("data-call") for r in await rows.all()] == ids
+
+
+async def test_signing_in_draws_the_first_view_once(live_desk: Desk, chromium: Any) -> None:
+    """Signing in draws the worklist once: drawn again by the hash's change as well, a view
+    the supervisor opened meanwhile was drawn anew over a filter just chosen in it."""
+    page = await chromium.new_page()
+    await page.add_init_script("""
+        window.drawn = 0;
+        window.hashchanges = 0;
+        new MutationObserver((records) => {
+          for (const r of records) for (const n of r.addedNodes)
+            if (n.querySelector && n.querySelector("#worklist")) window.drawn += 1;
+        }).observe(document, { childList: true, subtree: true });
+        // Added after the desk's own listener, so it runs once the desk has routed.
+        addEventListener("DOMContentLoaded", () => addEventListener("hashchange", () => {
+          window.hashchanges += 1;
+        }));
+    """)
+    await sign_in(page, live_desk, "supervisor")
+    await page.wait_for_function("() => window.hashchanges >= 1")
+    assert await page.evaluate("() => window.drawn") == 1

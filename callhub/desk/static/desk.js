@@ -19,6 +19,7 @@
     view: null,
     callsQuery: null,
     callsCursor: null,
+    callsSearch: 0,  // the latest search of the calls table (an older answer is dropped)
     smsCursor: null,
     seenEntries: null,
     drafts: {},
@@ -194,8 +195,11 @@
       state.role = role;
       sessionStorage.setItem(TOKEN, state.token);
       sessionStorage.setItem(WHO, state.who);
-      location.hash = canSeeNumbers() ? "#/worklist" : "#/today";
-      route();
+      // A changed hash routes through its hashchange event; routing here as well drew
+      // the view twice, and a view the supervisor had opened meanwhile was drawn again
+      // over what they had typed in it.
+      const home = canSeeNumbers() ? "#/worklist" : "#/today";
+      if (location.hash === home) route(); else location.hash = home;
     } },
       h("h2", { text: t("signin.title") }),
       h("p", { class: "hint", text: t("signin.hint") }),
@@ -457,8 +461,12 @@
     state.callsQuery = Object.assign({}, q, { fromDay: form.elements.from.value, toDay: form.elements.to.value });
     const body = document.querySelector("#calls tbody");
     if (!more) { body.replaceChildren(); state.callsCursor = null; }
+    // Only the latest search fills the table: an earlier one answering later (the view's
+    // first search, a filter changed before it came back) would add its rows to these.
+    const search = ++state.callsSearch;
     try {
       const page = await api("/api/v1/calls?" + qs(Object.assign({}, q, { limit: 50, cursor: more ? state.callsCursor : null })));
+      if (search !== state.callsSearch || !body.isConnected) return;
       body.append(...page.items.map(callRow));
       state.callsCursor = page.next_cursor;
       document.getElementById("more").hidden = !page.next_cursor;
