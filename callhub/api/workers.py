@@ -186,6 +186,9 @@ class Workers:
                     raise PartDown(f"worker {process.pid} exited before serving")
             self.dealer.add(mine)
             self.supervisor.parts[name].up()
+            # Dealt connections and ready from here: the worker's own api.worker_started
+            # comes before, while the daemon does not deal to it yet.
+            log.info("api.worker_serving", task=name, pid=process.pid)
             await ended
             raise PartDown(f"worker {process.pid} exited (code {process.exitcode})")
         finally:
