@@ -8,6 +8,10 @@ requests first, ingestion stops next, and the writer flushes every finished
 call before the database closes. Adding a part (e.g. FastAGI) is one line
 in `PARTS`. SIGTERM and SIGINT set `Daemon.stopping`.
 
+AMI is heard before the database is waited for (a PostgreSQL that comes up
+after callhub, after a reboot): the writer takes and spools calls from the
+start, held, and stores them once the database is migrated (`storing`).
+
 Background work runs on the Daemon's one `Supervisor` (callhub.lifecycle):
 parts start their tasks there with a declared policy (restart with backoff,
 or stop the daemon) and register their health, which /readyz reports part
@@ -145,7 +149,8 @@ async def metrics_part(d: Daemon) -> AsyncIterator[None]:
 
 @asynccontextmanager
 async def database(d: Daemon) -> AsyncIterator[None]:
-    """Connect, apply the migrations (unless --no-migrate), copy the configured agents."""
+    """The database's engine (nothing is asked of the database yet: `database_ready`
+    waits for it, after ingestion has started); closed last."""
     own = d.db is None
     if d.db is None:
         try:
@@ -154,17 +159,26 @@ async def database(d: Daemon) -> AsyncIterator[None]:
         except ValueError as exc:
             raise StartupError(str(exc)) from None
     try:
-        await reachable(d, d.db)
-        try:
-            await prepare_database(d, d.db)
-        except (OSError, SQLAlchemyError) as exc:  # a refused login, no such database, ...
-            raise StartupError(explain(d.db.url, exc)) from None
-        log.info("daemon.database", url=d.db.url, revision=migrate.head_revision())
-        d.supervisor.part("database", check=database_check(d.db), ready=True)
         yield
     finally:
         if own:
             await d.db.close()
+
+
+@asynccontextmanager
+async def database_ready(d: Daemon) -> AsyncIterator[None]:
+    """Wait for the database, apply the migrations (unless --no-migrate), copy the
+    configured agents. After ingestion: calls that end meanwhile go to the spool, and
+    the held writer stores them once `storing` opens it."""
+    assert d.db is not None
+    await reachable(d, d.db)
+    try:
+        await prepare_database(d, d.db)
+    except (OSError, SQLAlchemyError) as exc:  # a refused login, no such database, ...
+        raise StartupError(explain(d.db.url, exc)) from None
+    log.info("daemon.database", url=d.db.url, revision=migrate.head_revision())
+    d.supervisor.part("database", check=database_check(d.db), ready=True)
+    yield
 
 
 async def reachable(d: Daemon, db: Database) -> None:
@@ -219,14 +233,14 @@ async def prepare_database(d: Daemon, db: Database) -> None:
 @asynccontextmanager
 async def election_part(d: Daemon) -> AsyncIterator[None]:
     """On PostgreSQL, the writer/standby election per PBX (a hot-standby pair: two
-    instances, one configuration); on SQLite this instance writes every PBX. Stopped
-    after the writer, so a writer flushes before the standby takes over."""
+    instances, one configuration); on SQLite this instance writes every PBX. Made before
+    the writer (its gate) and stopped after it, so a writer flushes before the standby
+    takes over; started by `storing`, once the database answers."""
     assert d.db is not None
     d.election = Election(d.db, [p.name for p in d.settings.pbxs], supervisor=d.supervisor,
                           metrics=d.metrics)
     if d.metrics is not None:  # only the writer of a PBX exports its call metrics
         d.metrics.counts = d.election.is_writer
-    await d.election.start()
     try:
         yield
     finally:
@@ -246,7 +260,7 @@ async def writer_part(d: Daemon) -> AsyncIterator[None]:
     gate = d.election if d.election is not None and d.election.elected else None
     try:
         d.writer = CallWriter(d.db, d.settings, metrics=d.metrics, supervisor=d.supervisor,
-                              gate=gate)
+                              gate=gate, held=True)  # until `storing`
         d.on_record.append(d.writer.submit)
         await d.writer.start()
         try:
@@ -255,6 +269,18 @@ async def writer_part(d: Daemon) -> AsyncIterator[None]:
             await d.writer.stop()
     finally:
         lock.release()
+
+
+@asynccontextmanager
+async def storing(d: Daemon) -> AsyncIterator[None]:
+    """Calls are stored from here on: the database is ready, the parts that act on
+    stored calls (the SMS queue's contacts, the worklist gauge) listen; the election
+    starts (on PostgreSQL its writer is the one that stores) and the writer opens."""
+    if d.election is not None:
+        await d.election.start()
+    if d.writer is not None:
+        d.writer.open()
+    yield
 
 
 @asynccontextmanager
@@ -439,10 +465,12 @@ PARTS: list[Part] = [
     database,
     election_part,
     writer_part,
+    ingestion,  # before the database is waited for: no call ends unheard meanwhile
+    database_ready,
     worklist_gauge,
     report_mailer,
     sms_part,
-    ingestion,
+    storing,
     routing_part,
     api,
 ]

@@ -330,7 +330,64 @@ async def test_a_stop_while_waiting_for_the_database_is_a_clean_stop(
             d.stopping.set()  # as SIGTERM does
             with pytest.raises(StoppedWhileStarting):
                 await task
-    assert [e["event"] for e in logs] == ["daemon.database_waiting", "daemon.stopping"]
+    assert [e["event"] for e in logs if e["event"].startswith(("daemon.", "election."))] == [
+        "daemon.no_pbx", "daemon.database_waiting", "daemon.stopping"]
+
+
+async def stored_linkedids(db: Database) -> list[str]:
+    async with db.connection() as conn:
+        return list((await conn.execute(sa.text("SELECT linkedid FROM calls"))).scalars())
+
+
+async def test_calls_that_end_while_the_database_is_awaited_are_stored_once_it_answers(
+        tmp_path: Path, pg_proxy: TcpProxy, pg_behind_proxy: Database,
+        ami_simulator: AmiSimulator) -> None:
+    """AMI is heard from the start: calls that end while callhub waits for PostgreSQL
+    (nothing listened to AMI then) go to the spool. A stop meanwhile keeps them there;
+    the next start, still waiting, hears more; all are stored once, when it answers."""
+    pg_proxy.cut()
+    settings = replace(plain_settings(tmp_path), pbxs=(sim_pbx(ami_simulator),))
+    heard = desk_calls(ami_simulator)
+    first = Daemon(settings, db=pg_behind_proxy, out=io.StringIO())
+    with structlog.testing.capture_logs() as logs:
+        async with asyncio.timeout(WAIT):
+            task = asyncio.create_task(running(first).__aenter__())
+            await until_logged(logs, "daemon.database_waiting")
+            await first.ingests["lab"].wait_connected(WAIT)
+            await ami_simulator.play_calls(heard[:2], speed=None)
+            assert first.writer is not None
+            await first.writer.wait_until(lambda w: w.pending == 2)
+            first.stopping.set()  # as SIGTERM does
+            with pytest.raises(StoppedWhileStarting):
+                await task
+    assert [e["calls"] for e in logs if e["event"] == "writer.calls_left_in_spool"] == [2]
+
+    second = Daemon(settings, db=pg_behind_proxy, out=io.StringIO())
+    up, leave = asyncio.Event(), asyncio.Event()
+
+    async def run() -> None:
+        async with running(second):
+            up.set()
+            await leave.wait()
+
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(run())
+        try:
+            async with asyncio.timeout(WAIT):
+                await until_logged(logs, "daemon.database_waiting")
+                await second.ingests["lab"].wait_connected(WAIT)
+                await ami_simulator.play_calls(heard[2:], speed=None)
+                assert second.writer is not None
+                await second.writer.wait_until(lambda w: w.pending == len(heard))
+                assert not up.is_set() and second.writer.written == 0
+                pg_proxy.restore()
+                await up.wait()
+                await second.writer.wait_written()
+        finally:
+            leave.set()
+            await task
+    assert sorted(await stored_linkedids(pg_behind_proxy)) == sorted(
+        c.linkedid for c in heard)
 
 
 async def test_a_refused_login_at_start_names_the_database(

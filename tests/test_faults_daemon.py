@@ -40,7 +40,9 @@ async def test_sigterm_with_writes_blocked_spools_them_and_the_next_run_stores_e
     holder: sqlite3.Connection | None = None
     try:
         await first.start()
-        await first.until(lambda: bool(first.events("ami.connected")))
+        # (AMI is heard before the database is migrated: wait for both.)
+        await first.until(lambda: bool(first.events("ami.connected"))
+                          and bool(first.events("daemon.started")))
         # Another process takes the database's write lock: every batch now waits on it.
         holder = sqlite3.connect(tmp_path / "calls.db", isolation_level=None, timeout=5)
         holder.execute("BEGIN EXCLUSIVE")

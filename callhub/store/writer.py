@@ -164,8 +164,13 @@ class CallWriter:
                  keep_idle: float = KEEP_IDLE, spool_retry: float = 1.0, max_memory: int = 100_000,
                  stuck_after: float = 60.0, quarantine_window: float = 300.0,
                  supervisor: Supervisor | None = None, gate: WriteGate | None = None,
-                 gate_poll: float = 1.0) -> None:
+                 gate_poll: float = 1.0, held: bool = False) -> None:
         self.db = db
+        # held: calls are taken and spooled, but not stored until `open()` (the daemon
+        # hears AMI while it waits for the database and migrates it).
+        self._open = asyncio.Event()
+        if not held:
+            self._open.set()
         self.gate = gate
         self.gate_poll = gate_poll
         self.supervisor = supervisor if supervisor is not None else Supervisor()
@@ -253,6 +258,10 @@ class CallWriter:
                 log.warning("writer.spool_recovered", calls=self._recovered,
                             spool=str(self.spool.directory))
             self._task = self.supervisor.spawn("writer", self._run)
+
+    def open(self) -> None:
+        """A held writer starts storing (the database is reachable and migrated)."""
+        self._open.set()
 
     async def stop(self) -> None:
         """Log everything, store what it can within `stop_timeout`, end the task."""
@@ -439,6 +448,8 @@ class CallWriter:
         return [], None
 
     async def _store_loop(self) -> None:
+        if not await self._opened():
+            return  # stopped before the database was ready: the calls wait in the spool
         backoff = self.retry_initial
         deadline: float | None = None
         while True:
@@ -501,6 +512,18 @@ class CallWriter:
                 self._advance(end, settled)
             self._update_gauge()
             await self._notify()
+
+    async def _opened(self) -> bool:
+        """Until `open()` (True) or the stop (False)."""
+        if not self._open.is_set():
+            waits = {asyncio.ensure_future(self._open.wait()),
+                     asyncio.ensure_future(self._stopping.wait())}
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waits:
+                    waiter.cancel()
+        return self._open.is_set()
 
     def _put_back_direct(self) -> None:
         """Calls taken straight from memory (the spool unwritable) and not stored go back
