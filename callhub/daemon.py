@@ -10,7 +10,8 @@ in `PARTS`. SIGTERM and SIGINT set `Daemon.stopping`.
 
 AMI is heard before the database is waited for (a PostgreSQL that comes up
 after callhub, after a reboot): the writer takes and spools calls from the
-start, held, and stores them once the database is migrated (`storing`).
+start, held, and stores them once the database is migrated (`storing`);
+FastAGI routes by the rota meanwhile.
 
 Background work runs on the Daemon's one `Supervisor` (callhub.lifecycle):
 parts start their tasks there with a declared policy (restart with backoff,
@@ -466,12 +467,12 @@ PARTS: list[Part] = [
     election_part,
     writer_part,
     ingestion,  # before the database is waited for: no call ends unheard meanwhile
+    routing_part,  # and calls are routed by the rota meanwhile (positions: the local file)
     database_ready,
     worklist_gauge,
     report_mailer,
     sms_part,
     storing,
-    routing_part,
     api,
 ]
 

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import signal
+import socket
 import sqlite3
 import sys
 import time
@@ -26,8 +27,10 @@ from store_fixtures import TOKENS, DbFactory, TcpProxy, auth, pg_url, via_proxy
 from callhub.ami import native
 from callhub.config import ApiToken, Settings
 from callhub.daemon import Daemon, StartupError, StoppedWhileStarting, running
+from callhub.sim.agi_client import agi_request, asterisk_environment
 from callhub.sim.ami_server import AmiSimulator
 from callhub.sim.calls import SynthCall
+from callhub.sim.demo import Demo
 from callhub.store import migrate
 from callhub.store.db import Database
 
@@ -388,6 +391,30 @@ async def test_calls_that_end_while_the_database_is_awaited_are_stored_once_it_a
             await task
     assert sorted(await stored_linkedids(pg_behind_proxy)) == sorted(
         c.linkedid for c in heard)
+
+
+async def test_fastagi_routes_by_the_rota_while_the_database_is_awaited(
+        tmp_path: Path, pg_proxy: TcpProxy, pg_behind_proxy: Database) -> None:
+    """An inbound call while callhub waits for PostgreSQL is routed by the rota (it was
+    the dialplan's default: FastAGI listened only once the database answered)."""
+    pg_proxy.cut()
+    with socket.socket() as s:  # a free port for FastAGI (the daemon does not report it)
+        s.bind(("127.0.0.1", 0))
+        agi_port = s.getsockname()[1]
+    settings = replace(plain_settings(tmp_path), fastagi_listen=("127.0.0.1", agi_port))
+    d = Daemon(settings, db=pg_behind_proxy, out=io.StringIO())
+    demo = Demo(rate=0.1)  # its rota in memory, and a simulated PBX
+    with structlog.testing.capture_logs() as logs:
+        async with asyncio.timeout(WAIT):
+            task = asyncio.create_task(running(d, before=demo.before).__aenter__())
+            await until_logged(logs, "daemon.database_waiting")
+            answer = await agi_request("127.0.0.1", agi_port, asterisk_environment(
+                did="4008001000", caller="+8613800000001", port=agi_port))
+            d.stopping.set()
+            with pytest.raises(StoppedWhileStarting):
+                await task
+    assert answer.variables["CALLHUB_ROUTE_RESULT"] == "routed"
+    assert answer.variables["CALLHUB_LINE"] == "hotline" and answer.targets
 
 
 async def test_a_refused_login_at_start_names_the_database(
