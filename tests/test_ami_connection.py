@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import random
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -171,7 +173,10 @@ async def test_wrong_secret_logs_clearly_and_backs_off_without_crash_loop(
     assert elapsed >= sum(delays[:6])  # attempts waited their delays: no crash loop
     failures = [e for e in logs if e["event"] == "ami.login_failed"]
     assert len(failures) >= 7
-    assert failures[0]["log_level"] == "error"
+    # Said once at error, the refusals that repeat it at debug (an outage of hours was
+    # an error line every 30 s).
+    assert [e["log_level"] for e in failures[:3]] == ["error", "debug", "debug"]
+    assert [e["tries"] for e in failures[:3]] == [1, 2, 3]
     assert "Authentication failed" in failures[0]["error"]
     assert all(wrong not in repr(e) for e in logs)
     assert wrong not in caplog.text
@@ -544,3 +549,32 @@ async def test_events_without_a_timestamp_are_warned_of_and_named_in_the_part(
     assert cleared is None
     warned = [e for e in logs if e["event"] == "ami.no_timestamps"]
     assert len(warned) == 1 and warned[0]["log_level"] == "warning"
+
+
+async def test_a_pbx_not_up_is_warned_of_once_and_its_return_says_the_tries() -> None:
+    """A PBX down for a while: one warning per error, not one per try (an hour's outage
+    was 120 warnings and 120 reconnect lines), and ami.connected says how many failed."""
+    with socket.socket() as s:  # a port nothing listens on, for the PBX to come up on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sim = AmiSimulator(port=port, username=SIM_USER, secret=SIM_SECRET)
+    connection = AmiConnection(sim_pbx(sim), lambda event: None, backoff_base=0.01,
+                               backoff_max=0.02)
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(connection.run())
+        try:
+            await connection.wait_failures(5, within=10)
+            await sim.start()
+            await connection.wait_sessions(1, within=10)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await sim.stop()
+    failed = [e for e in logs if e["event"] == "ami.connection_failed"]
+    assert len(failed) >= 5
+    assert [e["log_level"] for e in failed] == ["warning"] + ["debug"] * (len(failed) - 1)
+    scheduled = [e["log_level"] for e in logs if e["event"] == "ami.reconnect_scheduled"]
+    assert scheduled == ["info"] + ["debug"] * (len(scheduled) - 1)
+    connected = [e for e in logs if e["event"] == "ami.connected"]
+    assert [e["failed_tries"] for e in connected] == [len(failed)]

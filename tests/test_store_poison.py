@@ -307,6 +307,12 @@ async def test_a_schema_the_writer_cannot_write_is_an_outage_until_it_is_mended(
         assert [r[0] for r in await rows(db, calls, "linkedid")] == [r.linkedid for r in records]
         async with db.connection() as conn:
             assert await quarantine.count(conn) == 0
+        # The outage is warned of once, its repeats at debug; its end says the tries.
+        failed = [e for e in logs if e["event"] == "writer.batch_failed"]
+        assert len(failed) == writer.failed_batches >= 3
+        assert [e["log_level"] for e in failed] == ["warning"] + ["debug"] * (len(failed) - 1)
+        back = [e for e in logs if e["event"] == "writer.database_back"]
+        assert [(e["failed_tries"], e["log_level"]) for e in back] == [(len(failed), "info")]
     finally:
         await factory.cleanup()
 

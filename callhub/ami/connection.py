@@ -37,7 +37,7 @@ from panoramisk.message import Message
 from callhub.ami.discovery import Inventory, discover
 from callhub.ami.parser import AmiMessage, EventFilter, MessageSplitter
 from callhub.config import PbxConfig
-from callhub.lifecycle import backoff_delay
+from callhub.lifecycle import Retries, backoff_delay
 
 log = structlog.get_logger(__name__)
 
@@ -271,6 +271,9 @@ class AmiConnection:
         self.retry_delays: list[float] = []
         self.sessions = 0
         self.failures = 0
+        # An outage (PBX down, refused logins) is warned of once per error, repeats at
+        # debug; ami.connected says how many tries failed before.
+        self.retries = Retries()
         self.version: str | None = None
         self.last_error: str | None = None  # why the last attempt or session ended
         self._manager: AmiManager | None = None
@@ -334,22 +337,32 @@ class AmiConnection:
         pbx = self.pbx.name
         while True:
             self._synced_at = None
+            news = True
             try:
                 await self._session()
             except asyncio.CancelledError:
                 raise
             except AmiAuthError as exc:
                 self.last_error = str(exc)
-                log.error("ami.login_failed", pbx=pbx, host=self.pbx.host, port=self.pbx.port,
-                          username=self.pbx.username, error=str(exc),
-                          hint="check username and secret in [[pbx]] and manager.conf")
+                news = self.retries.failed(f"login: {exc}")
+                (log.error if news else log.debug)(
+                    "ami.login_failed", pbx=pbx, host=self.pbx.host, port=self.pbx.port,
+                    username=self.pbx.username, error=str(exc), tries=self.retries.tries,
+                    hint="check username and secret in [[pbx]] and manager.conf")
             except (OSError, TimeoutError, AmiError) as exc:
                 self.last_error = str(exc) or type(exc).__name__
-                log.warning("ami.connection_failed", pbx=pbx, host=self.pbx.host,
-                            port=self.pbx.port, error=str(exc) or type(exc).__name__)
+                news = self.retries.failed(f"{type(exc).__name__}: {self.last_error}")
+                (log.warning if news else log.debug)(
+                    "ami.connection_failed", pbx=pbx, host=self.pbx.host, port=self.pbx.port,
+                    error=self.last_error, tries=self.retries.tries)
             except Exception as exc:
                 self.last_error = type(exc).__name__
-                log.exception("ami.session_error", pbx=pbx)
+                news = self.retries.failed(f"session: {self.last_error}")
+                if news:
+                    log.exception("ami.session_error", pbx=pbx)
+                else:
+                    log.debug("ami.session_error", pbx=pbx, error=self.last_error,
+                              tries=self.retries.tries)
             # A session ends by an exception as a rule (the peer went away), so whether it
             # was a good one is read from when it synced, not from a return value.
             if self._synced_at is None:
@@ -360,7 +373,8 @@ class AmiConnection:
             delay = backoff_delay(attempt, self.backoff_base, self.backoff_max, self.rng)
             attempt += 1
             self.retry_delays.append(delay)
-            log.info("ami.reconnect_scheduled", pbx=pbx, retry_in=round(delay, 3))
+            (log.info if news else log.debug)("ami.reconnect_scheduled", pbx=pbx,
+                                              retry_in=round(delay, 3))
             await self._sleep(delay)
 
     async def _session(self) -> None:
@@ -391,7 +405,8 @@ class AmiConnection:
             if self.on_state is not None:
                 self.on_state(True)
             log.info("ami.connected", pbx=self.pbx.name, host=self.pbx.host,
-                     port=self.pbx.port, version=self.version, live_channels=len(channels))
+                     port=self.pbx.port, version=self.version, live_channels=len(channels),
+                     failed_tries=self.retries.succeeded())
             await self._keepalive(manager)
         finally:
             manager.close()

@@ -65,7 +65,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callhub.config import Settings
-from callhub.lifecycle import Supervisor, Task, wait_set
+from callhub.lifecycle import Retries, Supervisor, Task, wait_set
 from callhub.metrics.collectors import CallhubMetrics
 from callhub.records import CallRecord, bounded
 from callhub.store import quarantine
@@ -191,6 +191,7 @@ class CallWriter:
         self.quarantine_window = quarantine_window
         self.written = 0
         self.failed_batches = 0
+        self._retries = Retries()  # the writer's own health says why, with the calls pending
         self.quarantined = 0
         self.dropped = 0
         self.listeners: list[StoredListener] = []
@@ -504,7 +505,8 @@ class CallWriter:
             if not self.health.ready:
                 self.health.up()
             if self._failing_since is not None:
-                log.info("writer.database_back", pending=self.pending)
+                log.info("writer.database_back", pending=self.pending,
+                         failed_tries=self._retries.succeeded())
                 self._failing_since = None
             if end is None:
                 self._direct = []
@@ -606,9 +608,13 @@ class CallWriter:
         if self.metrics is not None:
             self.metrics.db_write_errors.inc()
         error = type(outage.cause).__name__
-        log.warning("writer.batch_failed", error=error,
-                    sqlstate=sqlstate(outage.cause), reason=str(outage)[:200],
-                    pending=self.pending, retry_in=round(backoff, 2))
+        state = sqlstate(outage.cause)
+        # Once per error, its repeats at debug (an hour's outage was 240 warnings):
+        # callhub_db_buffered_calls and /readyz keep the count of the calls waiting.
+        news = self._retries.failed(f"{error} {state}")
+        (log.warning if news else log.debug)(
+            "writer.batch_failed", error=error, sqlstate=state, reason=str(outage)[:200],
+            pending=self.pending, retry_in=round(backoff, 2), tries=self._retries.tries)
         self.health.down(f"storing calls failed ({error}); {self.pending} pending, retrying")
 
     # -- one batch -----------------------------------------------------------------------
