@@ -292,13 +292,10 @@ async def until_logged(logs: list[dict[str, Any]], event: str) -> dict[str, Any]
         await asyncio.sleep(0.02)  # a poll of another task's state, not a pause
 
 
-async def test_a_database_not_up_yet_is_waited_for_at_start(
-        tmp_path: Path, pg_proxy: TcpProxy, pg_behind_proxy: Database) -> None:
-    """After a host's reboot PostgreSQL may come up after callhub: `callhub run` stopped on
-    "ConnectionRefusedError" (not a word of the database). It waits, warns once, and
-    starts (migrating) when the database answers."""
-    pg_proxy.cut()
-    d = Daemon(plain_settings(tmp_path), db=pg_behind_proxy, out=io.StringIO())
+@asynccontextmanager
+async def started_in_a_task(d: Daemon) -> AsyncIterator[asyncio.Event]:
+    """Start `d` in a task, as its start may wait: the event is set once every part runs;
+    leaving the block stops it."""
     up, leave = asyncio.Event(), asyncio.Event()
 
     async def run() -> None:
@@ -306,17 +303,27 @@ async def test_a_database_not_up_yet_is_waited_for_at_start(
             up.set()
             await leave.wait()
 
+    task = asyncio.create_task(run())
+    try:
+        yield up
+    finally:
+        leave.set()
+        await task
+
+
+async def test_a_database_not_up_yet_is_waited_for_at_start(
+        tmp_path: Path, pg_proxy: TcpProxy, pg_behind_proxy: Database) -> None:
+    """After a host's reboot PostgreSQL may come up after callhub: `callhub run` stopped on
+    "ConnectionRefusedError" (not a word of the database). It waits, warns once, and
+    starts (migrating) when the database answers."""
+    pg_proxy.cut()
+    d = Daemon(plain_settings(tmp_path), db=pg_behind_proxy, out=io.StringIO())
     with structlog.testing.capture_logs() as logs:
-        task = asyncio.create_task(run())
-        try:
-            async with asyncio.timeout(WAIT):
-                waiting = await until_logged(logs, "daemon.database_waiting")
-                assert not up.is_set() and "***" in waiting["url"]
-                pg_proxy.restore()
-                await up.wait()
-        finally:
-            leave.set()
-            await task
+        async with started_in_a_task(d) as up, asyncio.timeout(WAIT):
+            waiting = await until_logged(logs, "daemon.database_waiting")
+            assert not up.is_set() and "***" in waiting["url"]
+            pg_proxy.restore()
+            await up.wait()
     assert [e["event"] for e in logs if e["event"].startswith("daemon.database")] == [
         "daemon.database_waiting", "daemon.database_reachable", "daemon.database"]
     assert await migrate.current_revision(pg_behind_proxy) == migrate.head_revision()
@@ -366,29 +373,17 @@ async def test_calls_that_end_while_the_database_is_awaited_are_stored_once_it_a
     assert [e["calls"] for e in logs if e["event"] == "writer.calls_left_in_spool"] == [2]
 
     second = Daemon(settings, db=pg_behind_proxy, out=io.StringIO())
-    up, leave = asyncio.Event(), asyncio.Event()
-
-    async def run() -> None:
-        async with running(second):
-            up.set()
-            await leave.wait()
-
     with structlog.testing.capture_logs() as logs:
-        task = asyncio.create_task(run())
-        try:
-            async with asyncio.timeout(WAIT):
-                await until_logged(logs, "daemon.database_waiting")
-                await second.ingests["lab"].wait_connected(WAIT)
-                await ami_simulator.play_calls(heard[2:], speed=None)
-                assert second.writer is not None
-                await second.writer.wait_until(lambda w: w.pending == len(heard))
-                assert not up.is_set() and second.writer.written == 0
-                pg_proxy.restore()
-                await up.wait()
-                await second.writer.wait_written()
-        finally:
-            leave.set()
-            await task
+        async with started_in_a_task(second) as up, asyncio.timeout(WAIT):
+            await until_logged(logs, "daemon.database_waiting")
+            await second.ingests["lab"].wait_connected(WAIT)
+            await ami_simulator.play_calls(heard[2:], speed=None)
+            assert second.writer is not None
+            await second.writer.wait_until(lambda w: w.pending == len(heard))
+            assert not up.is_set() and second.writer.written == 0
+            pg_proxy.restore()
+            await up.wait()
+            await second.writer.wait_written()
     assert sorted(await stored_linkedids(pg_behind_proxy)) == sorted(
         c.linkedid for c in heard)
 
