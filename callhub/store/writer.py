@@ -192,6 +192,7 @@ class CallWriter:
         self.written = 0
         self.failed_batches = 0
         self._retries = Retries()  # the writer's own health says why, with the calls pending
+        self._backoff = retry_initial  # the wait after the next failed try
         self.quarantined = 0
         self.dropped = 0
         self.listeners: list[StoredListener] = []
@@ -451,7 +452,7 @@ class CallWriter:
     async def _store_loop(self) -> None:
         if not await self._opened():
             return  # stopped before the database was ready: the calls wait in the spool
-        backoff = self.retry_initial
+        self._backoff = self.retry_initial
         deadline: float | None = None
         while True:
             if self._stopping.is_set() and deadline is None:
@@ -462,10 +463,8 @@ class CallWriter:
                 try:
                     await self._quarantine_damaged()
                 except _Outage as outage:
-                    self._put_back_direct()
-                    if await self._wait_out(outage, backoff, deadline):
+                    if await self._wait_out(outage, deadline):
                         return
-                    backoff = min(backoff * 2, self.retry_max)
                     continue
             if not batch and end is not None:
                 self._advance(end, 0)
@@ -496,12 +495,10 @@ class CallWriter:
                 if batch:
                     await self._write(batch)
             except _Outage as outage:
-                self._put_back_direct()
-                if await self._wait_out(outage, backoff, deadline):
+                if await self._wait_out(outage, deadline):
                     return
-                backoff = min(backoff * 2, self.retry_max)
                 continue
-            backoff = self.retry_initial
+            self._backoff = self.retry_initial
             if not self.health.ready:
                 self.health.up()
             if self._failing_since is not None:
@@ -534,10 +531,14 @@ class CallWriter:
             self._inbox.extendleft(reversed(self._direct))
             self._direct = []
 
-    async def _wait_out(self, outage: _Outage, backoff: float, deadline: float | None
-                        ) -> bool:
-        """Report a failed try and wait `backoff` (less when stopping); True when the stop's
-        deadline has passed and the loop should end."""
+    async def _wait_out(self, outage: _Outage, deadline: float | None) -> bool:
+        """After a failed try: calls taken from memory go back to the inbox, the failure is
+        reported, and the loop waits its backoff (less when stopping), doubled for the next
+        failure up to `retry_max`. True when the stop's deadline has passed and the loop
+        should end."""
+        self._put_back_direct()
+        backoff = self._backoff
+        self._backoff = min(backoff * 2, self.retry_max)
         self._failed(outage, backoff)
         await self._notify()
         if self._past(deadline):
