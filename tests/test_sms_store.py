@@ -187,3 +187,21 @@ async def test_table_outbox_sends_retries_and_leases(any_db: Database,
         async with any_db.connection() as conn:
             assert [r["status"] for r in await list_outbox(conn, status="sent")] == ["sent"]
             assert await list_outbox(conn, status="queued") == []
+
+
+async def test_retry_now_makes_only_the_messages_held_for_the_site_due(
+        any_db: Database, store_settings: Settings) -> None:
+    """The table's `retry_now`: a queued message last refused with one of the errors and
+    due later is due now; one refused for another reason, or already due, is left."""
+    server = WebhookServer()
+    async with one_queued(any_db, store_settings, server, "h.1", "+8613900000021") as s:
+        await save(any_db, with_sms(store_settings, url=server.url),
+                   call("h.2", caller="+8613900000022"))
+        now = time.time()
+        first, second = await s.outbox.claim(now, 10, lease_seconds=60)
+        await s.outbox.mark_retry(first.id, now + 300, "http_401")
+        await s.outbox.mark_retry(second.id, now + 300, "http_503")
+        assert await s.outbox.retry_now({"http_401"}, now + 1) == 1
+        assert [m.id for m in await s.outbox.claim(now + 1, 10, lease_seconds=60)] == [
+            first.id]
+        assert await s.outbox.retry_now({"http_401"}, now + 2) == 0  # sending: not queued

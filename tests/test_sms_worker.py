@@ -219,6 +219,34 @@ async def test_a_gateway_refusing_the_site_holds_messages_past_max_attempts_unti
     await s.gateway.close()
 
 
+async def test_messages_held_for_the_site_go_at_once_when_it_is_taken_again(
+        webhook: WebhookServer) -> None:
+    """A message held while the gateway refused the site waits its backoff (up to
+    retry_max_seconds), so once the site is taken again it went that much later, past
+    the 5-minute text. The first message the gateway takes makes every held one due."""
+    clock = Clock()
+    s = Setup(webhook, clock, expire_seconds=7200)
+    webhook.token = "the-token-after-rotation"  # refused for the site
+    held = s.call_ended(call("7.1", caller="13800138071"))
+    assert held is not None
+    for _ in range(4):
+        assert await s.worker.run_once() == 1
+        clock.now = s.outbox.rows[held].next_attempt_at  # due again after its backoff
+    assert await s.worker.run_once() == 1  # a fifth refusal: next try 32 s away
+    assert s.outbox.rows[held].next_attempt_at - clock() >= 30
+
+    webhook.token = "bearer-token-1"  # the site is taken again
+    new = s.call_ended(call("7.2", caller="13800138072"))
+    with structlog.testing.capture_logs() as logs:
+        assert await s.worker.run_once() == 1  # only the new one is due
+        assert s.outbox.status(new) == "sent"
+        assert await s.worker.run_once() == 1  # the held one, without waiting out 32 s
+    assert s.outbox.status(held) == "sent"
+    available = [e for e in logs if e["event"] == "sms.gateway_available"]
+    assert [e["released"] for e in available] == [1]
+    await s.gateway.close()
+
+
 async def test_a_site_refused_until_its_messages_expire_fails_them_as_expired(
         webhook: WebhookServer) -> None:
     """Held is not forever: a message the gateway never took expires with its call."""

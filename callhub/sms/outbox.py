@@ -10,7 +10,7 @@ should keep `idempotency_key` UNIQUE, so saving one call twice queues one SMS.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
@@ -58,6 +58,11 @@ class Outbox(Protocol):
         ...
 
     async def mark_failed(self, message_id: int, at: float, error: str) -> None: ...
+
+    async def retry_now(self, errors: Collection[str], now: float) -> int:
+        """Pending messages last refused with one of `errors` (the site refused, not the
+        message) are due at `now`, not at their backoff's time; how many."""
+        ...
 
 
 @dataclass(slots=True)
@@ -126,3 +131,10 @@ class MemoryOutbox:
     async def mark_failed(self, message_id: int, at: float, error: str) -> None:
         row = self.rows[message_id]
         row.status, row.last_error, row.claimed_until = "failed", error, None
+
+    async def retry_now(self, errors: Collection[str], now: float) -> int:
+        due = [r for r in self.rows.values() if r.status == "pending"
+               and r.last_error in errors and r.next_attempt_at > now]
+        for row in due:
+            row.next_attempt_at = now
+        return len(due)

@@ -72,6 +72,7 @@ class SmsWorker:
         self._finished_changed = asyncio.Condition()
         # The gateway refuses this site: its error code and since when (time.time()).
         self.unavailable: tuple[str, float] | None = None
+        self._held_for: set[str] = set()  # the errors messages were held for meanwhile
         self.outbox_retries = Retries()  # the outbox failing poll after poll
 
     @classmethod
@@ -108,11 +109,14 @@ class SmsWorker:
                 f"{max(self.clock() - since, 0.0):.0f} s; messages are held until it takes "
                 f"them or they expire")
 
-    def _gateway_state(self, result: SendResult) -> None:
+    async def _gateway_state(self, result: SendResult) -> None:
         """Note when the gateway starts or stops refusing the site (a message it judged,
-        sent or refused for itself, shows that it takes the site again)."""
+        sent or refused for itself, shows that it takes the site again). When it takes it
+        again, the messages held meanwhile are due at once: their backoff (up to
+        retry_max_seconds) would send them minutes late, past the 5-minute text."""
         if result.status == "unavailable":
             error = result.error or "unavailable"
+            self._held_for.add(error)
             if self.unavailable is None or self.unavailable[0] != error:
                 log.warning("sms.gateway_unavailable", gateway=self.gateway.name, error=error,
                             hint="the gateway refuses this site (credentials, balance, "
@@ -123,11 +127,16 @@ class SmsWorker:
             if self.metrics:
                 self.metrics.gateway_available.set(0)
         elif result.status in ("sent", "permanent") and self.unavailable is not None:
-            log.info("sms.gateway_available", gateway=self.gateway.name,
-                     unavailable_seconds=round(self.clock() - self.unavailable[1], 1))
-            self.unavailable = None
+            since = self.unavailable[1]
+            # Raises when the outbox is away: the state stays, the next send tries again.
+            released = await self.outbox.retry_now(self._held_for, self.clock())
+            self.unavailable, self._held_for = None, set()
             if self.metrics:
                 self.metrics.gateway_available.set(1)
+            log.info("sms.gateway_available", gateway=self.gateway.name,
+                     unavailable_seconds=round(self.clock() - since, 1), released=released)
+            if released:
+                self._wake.set()
 
     async def run(self) -> None:
         """Send until `stop()`; an outbox error is logged and retried at the next poll."""
@@ -181,7 +190,7 @@ class SmsWorker:
     async def _record(self, message: OutboxMessage, result: SendResult) -> None:
         now = self.clock()
         error = result.error or result.status
-        self._gateway_state(result)
+        await self._gateway_state(result)
         held = result.status == "unavailable"
         if result.status == "sent":
             await self.outbox.mark_sent(message.id, now, result.provider_id)

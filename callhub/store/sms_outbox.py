@@ -10,6 +10,7 @@ gateway drops the repeat.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -77,6 +78,16 @@ class TableOutbox:
     async def mark_failed(self, message_id: int, at: float, error: str) -> None:
         await self._set(message_id, status="expired" if error == "expired" else "failed",
                         last_error=error[:500])
+
+    async def retry_now(self, errors: Collection[str], now: float) -> int:
+        t = sms_outbox.c
+        async with self.db.begin() as conn:
+            result = await conn.execute(
+                sa.update(sms_outbox)
+                .where(t.status == "queued", t.last_error.in_([e[:500] for e in errors]),
+                       t.next_attempt_at > utc(now))
+                .values(next_attempt_at=utc(now)))
+        return int(result.rowcount)
 
 
 # -- what the API reads and changes ---------------------------------------------------
