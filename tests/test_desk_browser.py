@@ -203,11 +203,12 @@ async def test_only_the_latest_search_fills_the_calls_table(
     await sign_in(page, desk, "supervisor")
     held: asyncio.Queue[Any] = asyncio.Queue()
     await page.route("**/api/v1/calls?*", held.put_nowait)
-    await page.click("#nav-calls")
-    first = await held.get()
-    await page.select_option("#f-direction", "inbound")
-    await page.click("#search-button")
-    second = await held.get()
+    async with asyncio.timeout(10):
+        await page.click("#nav-calls")
+        first = await held.get()
+        await page.select_option("#f-direction", "inbound")
+        await page.click("#search-button")
+        second = await held.get()
     assert "direction=inbound" in second.request.url
     assert "direction=" not in first.request.url
 
@@ -243,3 +244,34 @@ async def test_signing_in_draws_the_first_view_once(live_desk: Desk, chromium: A
     await sign_in(page, live_desk, "supervisor")
     await page.wait_for_function("() => window.hashchanges >= 1")
     assert await page.evaluate("() => window.drawn") == 1
+
+
+async def test_a_call_answered_after_the_supervisor_left_it_is_not_drawn(
+        live_desk: Desk, chromium: Any) -> None:
+    """A call opened, then the calls table before the call's answer came back: the table
+    stays, not the call drawn over it (the supervisor would act on a page they left)."""
+    desk = live_desk
+    day = day_start(time.time())
+    ids = await seed_day(desk.db, desk.settings, day)
+    page = await chromium.new_page()
+    await sign_in(page, desk, "supervisor")
+    held: asyncio.Queue[Any] = asyncio.Queue()
+    await page.route("**/api/v1/calls/*", held.put_nowait)  # the one call
+    await page.route("**/api/v1/calls?*", held.put_nowait)  # the table's search
+    async with asyncio.timeout(10):
+        await page.evaluate(f"location.hash = '#/call/{ids[0]}'")
+        call = await held.get()
+        await page.click("#nav-calls")
+        table = await held.get()
+    assert f"/api/v1/calls/{ids[0]}" in call.request.url and "?" in table.request.url
+
+    async with page.expect_response(call.request.url) as answer:
+        await call.continue_()
+    await (await answer.value).finished()
+    await table.continue_()
+    listed = await desk.client.get("/api/v1/calls", headers=SUP, params={
+        "from": day.date().isoformat(), "to": (day + timedelta(days=1)).date().isoformat(),
+        "limit": 50})
+    await expect(page.locator("#calls tbody tr")).to_have_count(
+        len((await listed.json())["items"]))
+    assert await page.locator("#timeline").count() == 0

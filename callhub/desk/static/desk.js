@@ -21,6 +21,7 @@
     callsCursor: null,
     callsSearch: 0,  // the latest search of the calls table (an older answer is dropped)
     smsCursor: null,
+    smsSearch: 0,  // the latest search of the outbox table
     seenEntries: null,
     drafts: {},
   };
@@ -517,9 +518,16 @@
   function fact(label, value) { return [h("dt", { text: label }), h("dd", {}, value)]; }
 
   async function viewCall(id) {
-    main().replaceChildren(h("p", { class: "hint", text: t("loading") }));
+    // Drawn only while its placeholder is shown: a view opened meanwhile (another call,
+    // the calls table) is not drawn over when this call's answer comes back.
+    const loading = h("p", { class: "hint", text: t("loading") });
+    main().replaceChildren(loading);
     let c;
-    try { c = await api("/api/v1/calls/" + id); } catch (e) { main().replaceChildren(errorBox(e)); return; }
+    try { c = await api("/api/v1/calls/" + id); } catch (e) {
+      if (loading.isConnected) main().replaceChildren(errorBox(e));
+      return;
+    }
+    if (!loading.isConnected) return;
     const category = h("select", { id: "category" }, h("option", { value: "", text: "—" }),
       boot.categories.map((k) => h("option", { value: k, selected: k === c.category, text: tv("category", k) })));
     const note = h("textarea", { id: "note", rows: 3, maxlength: 4000 });
@@ -816,8 +824,10 @@
     if (!body) return;
     if (!more) { body.replaceChildren(); state.smsCursor = null; }
     const status = document.getElementById("sms-status").value;
+    const search = ++state.smsSearch;  // only the latest fills the table (as searchCalls)
     try {
       const page = await api("/api/v1/sms?" + qs({ status, limit: 50, cursor: more ? state.smsCursor : null }));
+      if (search !== state.smsSearch || !body.isConnected) return;
       body.append(...page.items.map(outboxRow));
       state.smsCursor = page.next_cursor;
       document.getElementById("outbox-more").hidden = !page.next_cursor;
