@@ -117,6 +117,7 @@ class Daemon:
     on_record: list[Callable[[CallRecord], None]] = field(default_factory=list)
     api_url: str | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    database_up: asyncio.Event = field(default_factory=asyncio.Event)  # answered, migrated
     supervisor: Supervisor = field(default_factory=Supervisor)
     report_clock: Clock | None = None  # the report mailer's clock (tests inject one)
     mailer: ReportMailer | None = None
@@ -179,6 +180,7 @@ async def database_ready(d: Daemon) -> AsyncIterator[None]:
         raise StartupError(explain(d.db.url, exc)) from None
     log.info("daemon.database", url=d.db.url, revision=migrate.head_revision())
     d.supervisor.part("database", check=database_check(d.db), ready=True)
+    d.database_up.set()
     yield
 
 

@@ -172,6 +172,7 @@ class DaemonLike(Protocol):
     supervisor: Supervisor
     router: Router | None
     db: Database | None
+    database_up: asyncio.Event  # set once the database answers and is migrated
 
 
 @asynccontextmanager
@@ -190,8 +191,17 @@ async def routing_part(d: DaemonLike) -> AsyncIterator[None]:
     try:
         async with contextlib.AsyncExitStack() as stack:
             if routing.shared is not None:
+                shared = routing.shared
+
+                async def positions() -> None:
+                    # Not before the database is migrated (FastAGI may start first): until
+                    # then the local file answers, and no session is opened on a database
+                    # that callhub may yet refuse and leave.
+                    await d.database_up.wait()
+                    await shared.run()
+
                 await stack.enter_async_context(d.supervisor.task(
-                    "route-positions", routing.shared.run, required=False))
+                    "route-positions", positions, required=False))
             await stack.enter_async_context(d.supervisor.task(
                 "fastagi", lambda: routing.serve_fastagi(d.settings, health),
                 ready_on_start=False))
