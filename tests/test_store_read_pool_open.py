@@ -9,6 +9,7 @@ reads open their connections later, and the reason is logged.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy.engine import make_url
-from store_fixtures import DbFactory, TcpProxy, auth, pg_url, via_proxy
+from store_fixtures import TcpProxy, auth, pg_url, via_proxy
 from structlog.testing import capture_logs
 
 from callhub.api.app import make_app
@@ -36,10 +37,15 @@ async def backends(db: Database) -> int:
 
 async def test_the_read_pool_is_open_when_the_app_starts(
         tmp_path: Path, api_settings: Settings) -> None:
-    pg_url()  # skips without PostgreSQL
-    factory = DbFactory("postgresql", tmp_path)
+    # A database of its own: the sessions are counted by database, and other tests
+    # (parallel workers) use the test database meanwhile.
+    name = f"callhub_reads_{uuid.uuid4().hex[:12]}"
+    admin = Database.connect(pg_url(), isolation_level="AUTOCOMMIT")  # skips without PG
+    async with admin.engine.connect() as conn:
+        await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    db = Database.connect(make_url(pg_url()).set(database=name).render_as_string(
+        hide_password=False))
     try:
-        db = await factory.create()
         await migrate.upgrade(db)
         before = await backends(db)
         client: TestClient[Any, Any] = TestClient(TestServer(make_app(api_settings, db)))
@@ -52,7 +58,10 @@ async def test_the_read_pool_is_open_when_the_app_starts(
         finally:
             await client.close()
     finally:
-        await factory.cleanup()
+        await db.close()
+        async with admin.engine.connect() as conn:
+            await conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        await admin.close()
 
 
 async def test_a_database_not_reachable_at_start_is_logged_not_raised() -> None:
