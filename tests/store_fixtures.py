@@ -111,6 +111,27 @@ async def pg_db(tmp_path: Path) -> AsyncIterator[Database]:
 
 
 @pytest.fixture
+async def pg_own_database() -> AsyncIterator[Database]:
+    """A migrated PostgreSQL database of the test's own, not a schema: for a test that
+    counts the database's sessions (other tests, on parallel workers, use the shared one).
+    Dropped afterwards."""
+    name = f"callhub_own_{uuid.uuid4().hex[:12]}"
+    admin = Database.connect(pg_url(), isolation_level="AUTOCOMMIT")
+    async with admin.engine.connect() as conn:
+        await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    db = Database.connect(make_url(pg_url()).set(database=name).render_as_string(
+        hide_password=False))
+    try:
+        await migrate.upgrade(db)
+        yield db
+    finally:
+        await db.close()
+        async with admin.engine.connect() as conn:
+            await conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        await admin.close()
+
+
+@pytest.fixture
 def store_settings(tmp_path: Path) -> Settings:
     return replace(Settings(), spool_dir=str(tmp_path / "spool"))
 

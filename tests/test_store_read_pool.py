@@ -34,7 +34,8 @@ async def scalar(db: Database, stmt: sa.TextClause) -> int:
 
 
 async def test_a_read_cancelled_mid_query_leaves_the_pool_whole(
-        pg_db: Database, store_settings: Settings) -> None:
+        pg_own_database: Database, store_settings: Settings) -> None:
+    pg_db = pg_own_database  # its sessions are counted: a database of its own
     await store(pg_db, store_settings, make_call("r1"))
     await pg_db.open_reads()
     before = await scalar(pg_db, BACKENDS)

@@ -9,8 +9,6 @@ reads open their connections later, and the reason is logged.
 from __future__ import annotations
 
 import asyncio
-import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +20,6 @@ from structlog.testing import capture_logs
 
 from callhub.api.app import make_app
 from callhub.config import Settings
-from callhub.store import migrate
 from callhub.store.db import READ_POOL, Database
 from callhub.store.read_pool import Reader, ReadPool
 
@@ -36,32 +33,18 @@ async def backends(db: Database) -> int:
 
 
 async def test_the_read_pool_is_open_when_the_app_starts(
-        tmp_path: Path, api_settings: Settings) -> None:
-    # A database of its own: the sessions are counted by database, and other tests
-    # (parallel workers) use the test database meanwhile.
-    name = f"callhub_reads_{uuid.uuid4().hex[:12]}"
-    admin = Database.connect(pg_url(), isolation_level="AUTOCOMMIT")  # skips without PG
-    async with admin.engine.connect() as conn:
-        await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    db = Database.connect(make_url(pg_url()).set(database=name).render_as_string(
-        hide_password=False))
+        pg_own_database: Database, api_settings: Settings) -> None:
+    db = pg_own_database  # its sessions are counted: a database of its own
+    before = await backends(db)
+    client: TestClient[Any, Any] = TestClient(TestServer(make_app(api_settings, db)))
+    await client.start_server()
     try:
-        await migrate.upgrade(db)
-        before = await backends(db)
-        client: TestClient[Any, Any] = TestClient(TestServer(make_app(api_settings, db)))
-        await client.start_server()
-        try:
-            assert await backends(db) == before + READ_POOL  # before any request
-            response = await client.get("/api/v1/calls", headers=auth("supervisor"))
-            assert response.status == 200
-            assert await backends(db) == before + READ_POOL  # none opened for it
-        finally:
-            await client.close()
+        assert await backends(db) == before + READ_POOL  # before any request
+        response = await client.get("/api/v1/calls", headers=auth("supervisor"))
+        assert response.status == 200
+        assert await backends(db) == before + READ_POOL  # none opened for it
     finally:
-        await db.close()
-        async with admin.engine.connect() as conn:
-            await conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-        await admin.close()
+        await client.close()
 
 
 async def test_a_database_not_reachable_at_start_is_logged_not_raised() -> None:
