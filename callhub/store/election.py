@@ -119,6 +119,11 @@ class Election:
         return self._writes.get(pbx, not self.elected)
 
     @property
+    def holding(self) -> int:
+        """Calls this standby holds: seen finished, not yet seen committed by the writer."""
+        return len(self._held_since)
+
+    @property
     def roles(self) -> dict[str, str]:
         return {p: "writer" if w else "standby" for p, w in self._writes.items()}
 
