@@ -498,7 +498,9 @@ async def test_a_call_another_writer_stores_meanwhile_is_stored_once_by_the_writ
         async with pg_db.connection() as conn:
             return bool(await conn.scalar(sa.text(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO calls%'")))
+                "AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO calls%' "
+                # this schema's calls (other workers' writers wait in theirs)
+                "AND pid IN (SELECT pid FROM pg_locks WHERE relation = 'calls'::regclass)")))
 
     deadline = time.monotonic() + 30
     while not await writer_waits():
