@@ -55,6 +55,7 @@ from callhub.lifecycle import (
     describe,
     settle_heap,
     stopped_by_signals,
+    wait_first,
     wait_set,
 )
 from callhub.metrics.collectors import CallhubMetrics
@@ -523,13 +524,7 @@ async def serve(d: Daemon, parts: Sequence[Part] = PARTS, *, before: Sequence[Pa
     """
     with stopped_by_signals(d.stopping):
         async with running(d, parts, before=before, after=after):
-            waiters = {asyncio.ensure_future(d.stopping.wait()),
-                       asyncio.ensure_future(d.supervisor.failed.wait())}
-            try:
-                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for waiter in waiters:
-                    waiter.cancel()
+            await wait_first(d.stopping.wait(), d.supervisor.failed.wait())
         if d.supervisor.failure is not None:
             name, exc = d.supervisor.failure
             raise PartFailed(f"{name} failed ({describe(exc)}); its policy stops the daemon")

@@ -337,6 +337,18 @@ async def wait_set(event: asyncio.Event, seconds: float) -> None:
             await event.wait()
 
 
+async def wait_first(*waits: Awaitable[Any], seconds: float | None = None) -> None:
+    """Until the first of `waits` ends (or `seconds` have passed); the others are
+    cancelled. For a task that waits on one of several events, such as its work and
+    the stop."""
+    futures = {asyncio.ensure_future(wait) for wait in waits}
+    try:
+        await asyncio.wait(futures, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future in futures:
+            future.cancel()
+
+
 async def cancel_and_wait(tasks: Collection[asyncio.Task[Any]]) -> None:
     """Cancel `tasks` and wait until each has ended (whatever it raised): nothing of
     theirs still runs once this returns."""

@@ -65,7 +65,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callhub.config import Settings
-from callhub.lifecycle import Retries, Supervisor, Task, wait_set
+from callhub.lifecycle import Retries, Supervisor, Task, wait_first, wait_set
 from callhub.metrics.collectors import CallhubMetrics
 from callhub.records import CallRecord, bounded
 from callhub.store import quarantine
@@ -515,13 +515,7 @@ class CallWriter:
     async def _opened(self) -> bool:
         """Until `open()` (True) or the stop (False)."""
         if not self._open.is_set():
-            waits = {asyncio.ensure_future(self._open.wait()),
-                     asyncio.ensure_future(self._stopping.wait())}
-            try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for waiter in waits:
-                    waiter.cancel()
+            await wait_first(self._open.wait(), self._stopping.wait())
         return self._open.is_set()
 
     def _put_back_direct(self) -> None:
@@ -573,14 +567,7 @@ class CallWriter:
     async def _gate_wait(self) -> None:
         """Until the gate's roles change, the writer stops, or `gate_poll` seconds."""
         assert self.gate is not None
-        waits = {asyncio.ensure_future(self.gate.changed()),
-                 asyncio.ensure_future(self._stopping.wait())}
-        try:
-            await asyncio.wait(waits, timeout=self.gate_poll,
-                               return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waits:
-                waiter.cancel()
+        await wait_first(self.gate.changed(), self._stopping.wait(), seconds=self.gate_poll)
 
     @staticmethod
     def _past(deadline: float | None) -> bool:
