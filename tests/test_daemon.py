@@ -11,7 +11,7 @@ import socket
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +26,7 @@ from store_fixtures import TOKENS, DbFactory, TcpProxy, auth, pg_url, via_proxy
 
 from callhub.ami import native
 from callhub.config import ApiToken, Settings
-from callhub.daemon import Daemon, StartupError, StoppedWhileStarting, running
+from callhub.daemon import Daemon, Part, StartupError, StoppedWhileStarting, running
 from callhub.sim.agi_client import agi_request, asterisk_environment
 from callhub.sim.ami_server import AmiSimulator
 from callhub.sim.calls import SynthCall
@@ -329,17 +329,28 @@ async def test_a_database_not_up_yet_is_waited_for_at_start(
     assert await migrate.current_revision(pg_behind_proxy) == migrate.head_revision()
 
 
+@asynccontextmanager
+async def waiting_for_the_database(d: Daemon, logs: list[dict[str, Any]],
+                                   before: Sequence[Part] = ()) -> AsyncIterator[None]:
+    """`d` starting in a task, until it says it waits for the database; on leaving, it is
+    stopped as SIGTERM does, and its start ends in StoppedWhileStarting."""
+    task = asyncio.create_task(running(d, before=before).__aenter__())
+    try:
+        await until_logged(logs, "daemon.database_waiting")
+        yield
+    finally:
+        d.stopping.set()  # as SIGTERM does
+        with pytest.raises(StoppedWhileStarting):
+            await task
+
+
 async def test_a_stop_while_waiting_for_the_database_is_a_clean_stop(
         tmp_path: Path, pg_proxy: TcpProxy, pg_behind_proxy: Database) -> None:
     pg_proxy.cut()
     d = Daemon(plain_settings(tmp_path), db=pg_behind_proxy, out=io.StringIO())
     with structlog.testing.capture_logs() as logs:
-        async with asyncio.timeout(WAIT):
-            task = asyncio.create_task(running(d).__aenter__())
-            await until_logged(logs, "daemon.database_waiting")
-            d.stopping.set()  # as SIGTERM does
-            with pytest.raises(StoppedWhileStarting):
-                await task
+        async with asyncio.timeout(WAIT), waiting_for_the_database(d, logs):
+            pass
     assert [e["event"] for e in logs if e["event"].startswith(("daemon.", "election."))] == [
         "daemon.no_pbx", "daemon.database_waiting", "daemon.stopping"]
 
@@ -360,16 +371,11 @@ async def test_calls_that_end_while_the_database_is_awaited_are_stored_once_it_a
     heard = desk_calls(ami_simulator)
     first = Daemon(settings, db=pg_behind_proxy, out=io.StringIO())
     with structlog.testing.capture_logs() as logs:
-        async with asyncio.timeout(WAIT):
-            task = asyncio.create_task(running(first).__aenter__())
-            await until_logged(logs, "daemon.database_waiting")
+        async with asyncio.timeout(WAIT), waiting_for_the_database(first, logs):
             await first.ingests["lab"].wait_connected(WAIT)
             await ami_simulator.play_calls(heard[:2], speed=None)
             assert first.writer is not None
             await first.writer.wait_until(lambda w: w.pending == 2)
-            first.stopping.set()  # as SIGTERM does
-            with pytest.raises(StoppedWhileStarting):
-                await task
     assert [e["calls"] for e in logs if e["event"] == "writer.calls_left_in_spool"] == [2]
 
     second = Daemon(settings, db=pg_behind_proxy, out=io.StringIO())
@@ -400,14 +406,9 @@ async def test_fastagi_routes_by_the_rota_while_the_database_is_awaited(
     d = Daemon(settings, db=pg_behind_proxy, out=io.StringIO())
     demo = Demo(rate=0.1)  # its rota in memory, and a simulated PBX
     with structlog.testing.capture_logs() as logs:
-        async with asyncio.timeout(WAIT):
-            task = asyncio.create_task(running(d, before=demo.before).__aenter__())
-            await until_logged(logs, "daemon.database_waiting")
+        async with asyncio.timeout(WAIT), waiting_for_the_database(d, logs, demo.before):
             answer = await agi_request("127.0.0.1", agi_port, asterisk_environment(
                 did="4008001000", caller="+8613800000001", port=agi_port))
-            d.stopping.set()
-            with pytest.raises(StoppedWhileStarting):
-                await task
     assert answer.variables["CALLHUB_ROUTE_RESULT"] == "routed"
     assert answer.variables["CALLHUB_LINE"] == "hotline" and answer.targets
 
