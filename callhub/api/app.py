@@ -12,6 +12,7 @@ plus the database and each PBX's AMI.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ from callhub.api.base import (
     Inputs,
     Operation,
     error_response,
+    json_response,
     validate_by_default,
 )
 from callhub.api.openapi import OPENAPI
@@ -107,17 +109,41 @@ async def _open_reads(app: web.Application) -> None:
     await app[DB].open_reads()
 
 
+STARTING_RETRY_SECONDS = 5
+
+
+def after_database(ready: asyncio.Event, handler: Handler) -> Handler:
+    """`handler` once `ready` is set; before, 503 `starting` (the daemon listens while it
+    waits for its database at start, so that /healthz and /readyz answer meanwhile)."""
+
+    async def gated(request: web.Request) -> web.StreamResponse:
+        if not ready.is_set():
+            return json_response(
+                {"error": "starting", "message": "callhub is starting and waits for its "
+                 "database (GET /readyz says why); try again shortly"},
+                status=503, headers={"Retry-After": str(STARTING_RETRY_SECONDS)})
+        return await handler(request)
+
+    gated.__name__ = getattr(handler, "__name__", "handler")
+    return gated
+
+
 def make_app(settings: Settings, db: Database, *,
              ingests: Mapping[str, IngestStatus] | None = None,
              metrics: Any = None,
              extra_operations: Sequence[Operation] = (),
              supervisor: Supervisor | None = None,
              router: Router | None = None,
-             validate_responses: bool | None = None) -> web.Application:
+             validate_responses: bool | None = None,
+             database_ready: asyncio.Event | None = None) -> web.Application:
     """The API application for `settings` reading `db`; `ingests` by PBX name for /readyz;
     the rota routes over `router` when one is given. `validate_responses`: check every
     JSON answer against its documented model (None: when CALLHUB_API_VALIDATE_RESPONSES
-    says so; the test suite does)."""
+    says so; the test suite does).
+
+    `database_ready`: the app serves before the database is ready (the daemon at
+    start); routes that need it answer 503 until the event is set, and the read pool
+    is left to the caller to open then (`Database.open_reads`)."""
     app = web.Application(middlewares=[json_errors], client_max_size=256 * 1024)
     app[SETTINGS] = settings
     app[DB] = db
@@ -131,9 +157,12 @@ def make_app(settings: Settings, db: Database, *,
         app[rota.ROUTER] = router
         operations = (*operations, *rota.OPERATIONS)
     app[OPERATIONS] = operations
-    app.on_startup.append(_open_reads)
+    if database_ready is None:
+        app.on_startup.append(_open_reads)
     for op in operations:
         handler = checked(op, settings)
+        if database_ready is not None and op.database:
+            handler = after_database(database_ready, handler)
         if op.role is not None:
             handler = auth.require(op.role, settings.api_tokens, handler)
         app.router.add_route(op.method, op.path, handler)

@@ -59,6 +59,9 @@ class Operation:
     the request against before the handler runs (`query` None: not checked by
     the app; every /api/v1 operation declares one, `NoQuery` for none).
     `responses` maps a status to a `Reply` (or to a literal OpenAPI response).
+    `database`: the handler reads or writes the database, so it answers 503 while
+    the daemon still waits for it at start (`make_app(database_ready=...)`); the
+    health checks, /metrics and the rota's routes (in memory) answer meanwhile.
     """
 
     method: str
@@ -72,6 +75,7 @@ class Operation:
     body: type[BaseModel] | None = None
     responses: Mapping[str, Reply | Mapping[str, Any]] = field(default_factory=dict)
     produces: tuple[str, ...] = ("application/json",)
+    database: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,10 +100,11 @@ READY_SCHEMA = {"application/json": {"schema": {
 OPERATIONS = (
     Operation("GET", "/healthz", healthz, None, "The process is alive (no token needed).",
               "health", responses={"200": {"description": "Alive.", "content": {
-                  "application/json": {"schema": {"type": "object"}}}}}),
+                  "application/json": {"schema": {"type": "object"}}}}}, database=False),
     Operation("GET", "/readyz", readyz, "viewer",
               "Every part of the process by name (database, each PBX's AMI, writer, fastagi, "
               "keeper, ...); 503 with the reasons when a required part is down.",
               "health", responses={"200": {"description": "Ready.", "content": READY_SCHEMA},
-                                   "503": {"description": "Not ready.", "content": READY_SCHEMA}}),
+                                   "503": {"description": "Not ready.", "content": READY_SCHEMA}},
+              database=False),
 )

@@ -126,7 +126,9 @@ def build(operations: Iterable[Operation], version: str = "0.1.0") -> dict[str, 
                 "Unauthorized": _error("No token, or not a known one."),
                 "Forbidden": _error("The token's role is too small."),
                 "NotFound": _error("No such item."),
-                "Unavailable": _error("The database cannot be reached; try again shortly."),
+                "Unavailable": _error("The database cannot be reached, or callhub is starting "
+                                      "and waits for it (/readyz says which); try again "
+                                      "shortly."),
             },
         },
         "security": [{"bearer": []}],
@@ -140,4 +142,5 @@ async def openapi_json(request: web.Request) -> web.StreamResponse:
 
 OPENAPI = Operation("GET", "/api/v1/openapi.json", openapi_json, "viewer",
                     "This document.", "meta", query=NoQuery,
-                    responses={"200": Reply("The OpenAPI 3.1 document.", dict[str, Any])})
+                    responses={"200": Reply("The OpenAPI 3.1 document.", dict[str, Any])},
+                    database=False)

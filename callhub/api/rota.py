@@ -258,7 +258,8 @@ async def on_duty(request: web.Request) -> web.StreamResponse:
 
 
 def _op(method: str, path: str, handler: Any, summary: str, **kw: Any) -> Operation:
-    return Operation(method, path, handler, "admin", summary, "routing", **kw)
+    """A rota route: in memory and the state directory, never the database."""
+    return Operation(method, path, handler, "admin", summary, "routing", database=False, **kw)
 
 
 NOT_FOUND = Reply("No such agent or line.", ErrorBody)
