@@ -49,7 +49,9 @@ from callhub.api.health import database_check
 from callhub.api.workers import Workers
 from callhub.config import Settings
 from callhub.desk import desk_operations, setup_desk
+from callhub.desk.keeper import FollowupKeeper
 from callhub.lifecycle import (
+    Health,
     Retries,
     Supervisor,
     describe,
@@ -122,6 +124,8 @@ class Daemon:
     supervisor: Supervisor = field(default_factory=Supervisor)
     report_clock: Clock | None = None  # the report mailer's clock (tests inject one)
     mailer: ReportMailer | None = None
+    keeper: FollowupKeeper | None = None  # the desk's follow-ups (made by `api`)
+    api_workers: Workers | None = None  # the API's other processes (made by `api`)
 
     def record(self, record: CallRecord) -> None:
         """A finished call from any PBX: every `on_record` callback gets it, in order."""
@@ -146,7 +150,7 @@ async def metrics_part(d: Daemon) -> AsyncIterator[None]:
     d.operations.append(Operation(
         "GET", "/metrics", metrics_handler(d.metrics.registry, d.settings.metrics_token), None,
         "Prometheus metrics (a bearer token only when api.metrics_token is set).", "metrics",
-        produces=("text/plain",)))
+        produces=("text/plain",), database=False))
     yield
 
 
@@ -161,6 +165,8 @@ async def database(d: Daemon) -> AsyncIterator[None]:
                                     read_url=d.settings.read_database_url)
         except ValueError as exc:
             raise StartupError(str(exc)) from None
+    # /readyz: "starting" until `database_ready` says what it waits for, then a ping.
+    d.supervisor.part("database", check=database_check(d.db))
     try:
         yield
     finally:
@@ -174,21 +180,24 @@ async def database_ready(d: Daemon) -> AsyncIterator[None]:
     configured agents. After ingestion: calls that end meanwhile go to the spool, and
     the held writer stores them once `storing` opens it."""
     assert d.db is not None
-    await reachable(d, d.db)
+    health = d.supervisor.part("database", check=database_check(d.db))
+    await reachable(d, d.db, health)
+    health.down("applying the migrations" if d.migrate else "checking the schema")
     try:
         await prepare_database(d, d.db)
     except (OSError, SQLAlchemyError) as exc:  # a refused login, no such database, ...
         raise StartupError(explain(d.db.url, exc)) from None
     log.info("daemon.database", url=d.db.url, revision=migrate.head_revision())
-    d.supervisor.part("database", check=database_check(d.db), ready=True)
+    health.up()
     d.database_up.set()
     yield
 
 
-async def reachable(d: Daemon, db: Database) -> None:
+async def reachable(d: Daemon, db: Database, health: Health) -> None:
     """Until the database answers. A PostgreSQL still starting, or not reachable yet
-    after the host's reboot, is waited for (warned of once per error), not a start that
-    fails; SIGTERM meanwhile stops callhub (StoppedWhileStarting)."""
+    after the host's reboot, is waited for (warned of once per error, and `health` says
+    so on /readyz), not a start that fails; SIGTERM meanwhile stops callhub
+    (StoppedWhileStarting)."""
     delay, retries = DATABASE_RETRY_FIRST, Retries()
     while True:
         try:
@@ -198,6 +207,7 @@ async def reachable(d: Daemon, db: Database) -> None:
             if not unreachable(exc):
                 return  # the steps that follow say what is wrong
             error = describe_failure(exc)
+            health.down(f"waiting for the database to answer ({error})")
             if retries.failed(error):
                 log.warning("daemon.database_waiting", url=db.url, error=error,
                             retry_in=delay)
@@ -402,7 +412,10 @@ async def ingestion(d: Daemon) -> AsyncIterator[None]:
 
 @asynccontextmanager
 async def api(d: Daemon) -> AsyncIterator[None]:
-    """The HTTP API on settings.api_listen (port 0: any free port), the desk and its keeper."""
+    """The HTTP API on settings.api_listen (port 0: any free port), listening before the
+    database is waited for: /healthz, /readyz (which says what is awaited), /metrics and
+    the rota's routes answer from the start; the routes that need the database answer
+    503 `starting` until it is ready, when `api_serving` starts the rest."""
     assert d.db is not None
     if not d.settings.api_tokens:
         log.warning("api.no_tokens",
@@ -412,25 +425,23 @@ async def api(d: Daemon) -> AsyncIterator[None]:
                          "tokens in the config file")
     app = make_app(d.settings, d.db, ingests=d.ingests, metrics=d.metrics,
                    extra_operations=[*d.operations, *desk_operations()],
-                   supervisor=d.supervisor, router=d.router)
-    keeper = setup_desk(app, writer=d.writer)  # /desk/ and the follow-up keeper
+                   supervisor=d.supervisor, router=d.router, database_ready=d.database_up)
+    d.keeper = setup_desk(app, writer=d.writer)  # /desk/ and the follow-up keeper
     gate = http_limits.install(app)  # connection cap, head and body deadlines
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, port = d.settings.api_listen
-    count = d.settings.api_workers
-    workers: Workers | None = None
-    await keeper.start()
     try:
-        if count > 1:
+        if d.settings.api_workers > 1:
             # The others serve the connections this process deals them, and forward here
             # (a private loopback listener) what only this process answers.
             private = http_limits.GuardedSite(runner, "127.0.0.1", 0, gate)
             await private.start()
-            main_url = f"http://127.0.0.1:{private.port}"
-            workers = Workers(count - 1, d.settings, main_url, d.supervisor)
-        site = http_limits.GuardedSite(runner, host, port, gate,
-                                       dealer=workers.dealer if workers else None)
+            d.api_workers = Workers(d.settings.api_workers - 1, d.settings,
+                                    f"http://127.0.0.1:{private.port}", d.supervisor)
+        site = http_limits.GuardedSite(
+            runner, host, port, gate,
+            dealer=d.api_workers.dealer if d.api_workers else None)
         try:
             await site.start()
         except OSError as exc:
@@ -439,18 +450,31 @@ async def api(d: Daemon) -> AsyncIterator[None]:
                 f"api.listen in the config or CALLHUB_API_LISTEN=host:port to a free "
                 f"address") from exc
         d.api_url = f"http://{host}:{site.port}"
-        if workers is not None:
-            await workers.start()
-        log.info("daemon.api", url=d.api_url, workers=count)
+        log.info("api.listening", url=d.api_url)
+        yield
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def api_serving(d: Daemon) -> AsyncIterator[None]:
+    """The API whole, once the database is ready: its read pool opened, the desk's
+    follow-up keeper, the API's worker processes (`[api] workers`)."""
+    assert d.db is not None and d.keeper is not None
+    await d.db.open_reads()
+    await d.keeper.start()
+    try:
+        if d.api_workers is not None:
+            await d.api_workers.start()
+        log.info("daemon.api", url=d.api_url, workers=d.settings.api_workers)
         print(f"callhub API: {d.api_url}/api/v1/  (OpenAPI: {d.api_url}/api/v1/openapi.json)",
               file=d.out, flush=True)
         print(f"callhub desk: {d.api_url}/desk/", file=d.out, flush=True)
         yield
     finally:
-        if workers is not None:
-            await workers.stop()
-        await runner.cleanup()
-        await keeper.stop()
+        if d.api_workers is not None:
+            await d.api_workers.stop()
+        await d.keeper.stop()
 
 
 @asynccontextmanager
@@ -471,12 +495,13 @@ PARTS: list[Part] = [
     writer_part,
     ingestion,  # before the database is waited for: no call ends unheard meanwhile
     routing_part,  # and calls are routed by the rota meanwhile (positions: the local file)
+    api,  # and /healthz, /readyz say so meanwhile
     database_ready,
     worklist_gauge,
     report_mailer,
     sms_part,
     storing,
-    api,
+    api_serving,
 ]
 
 

@@ -413,6 +413,55 @@ async def test_fastagi_routes_by_the_rota_while_the_database_is_awaited(
     assert answer.variables["CALLHUB_LINE"] == "hotline" and answer.targets
 
 
+async def test_the_api_says_what_it_waits_for_while_the_database_is_awaited(
+        tmp_path: Path, pg_proxy: TcpProxy, pg_behind_proxy: Database) -> None:
+    """While callhub waits for PostgreSQL at start, nothing listened on the API's port: a
+    liveness probe failed (an orchestrator restarted callhub in a loop) and /readyz could
+    not say why. Now the health checks, /metrics and the rota answer; the routes that need
+    the database answer 503 `starting` until it is ready, then serve."""
+    pg_proxy.cut()
+    settings = replace(plain_settings(tmp_path),
+                       api_tokens=tuple(ApiToken(r, t) for r, t in TOKENS.items()))
+    d = Daemon(settings, db=pg_behind_proxy, out=io.StringIO())
+    demo = Demo(rate=0.1)  # a rota in memory, and a simulated PBX
+
+    async def get(path: str, role: str = "admin") -> tuple[int, dict[str, Any], str | None]:
+        async with aiohttp.ClientSession(headers=auth(role)) as http, \
+                http.get(f"{d.api_url}{path}") as response:
+            return response.status, await response.json(), response.headers.get("Retry-After")
+
+    with structlog.testing.capture_logs() as logs:
+        async with asyncio.timeout(WAIT), waiting_for_the_database(d, logs, demo.before):
+            assert (await get("/healthz"))[0] == 200
+            status, ready, _ = await get("/readyz", "viewer")
+            assert status == 503 and not ready["ready"]
+            assert ready["parts"]["database"]["reason"].startswith(
+                "waiting for the database to answer (Connection")
+            status, body, retry = await get("/api/v1/calls", "supervisor")
+            assert (status, body["error"], retry) == (503, "starting", "5")
+            assert (await get("/api/v1/stats", "viewer"))[0] == 503
+            status, rotas, _ = await get("/api/v1/rotas")
+            assert status == 200 and "hotline" in [line["name"] for line in rotas["lines"]]
+            metrics = await get_text(f"{d.api_url}/metrics")
+            assert "callhub_build_info" in metrics
+            assert "daemon.api" not in [e["event"] for e in logs]  # not whole yet
+
+    d = Daemon(settings, db=pg_behind_proxy, out=io.StringIO())
+    pg_proxy.restore()
+    async with started_in_a_task(d) as up, asyncio.timeout(WAIT):
+        await up.wait()
+        status, page, _ = await get("/api/v1/calls", "supervisor")
+        assert status == 200 and page["items"] == []
+        status, ready, _ = await get("/readyz", "viewer")
+        assert ready["parts"]["database"] == {"ready": True, "required": True, "reason": None}
+
+
+async def get_text(url: str) -> str:
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        assert response.status == 200
+        return await response.text()
+
+
 async def test_a_refused_login_at_start_names_the_database(
         tmp_path: Path, pg_proxy: TcpProxy, pg_behind_proxy: Database) -> None:
     """Not waited for: an admin must mend it. The message names the database (masked)."""
