@@ -99,3 +99,22 @@ async def test_the_cascade_holds_across_the_migration_both_ways(
     async with db.begin() as conn:
         await conn.execute(sa.delete(calls).where(calls.c.id == ids[1]))
     assert await attempts_by_call(db) == {i: 2 for i in ids[2:]}
+
+
+async def test_a_schema_emptied_of_its_tables_but_not_its_functions_migrates_again(
+        pg_db: Database, store_settings: Settings) -> None:
+    """An admin who empties callhub's schema by dropping its tables leaves the trigger
+    functions behind (they belong to no table); the next start failed on "function
+    callhub_delete_attempts already exists" and callhub would not start."""
+    async with pg_db.begin() as conn:
+        tables = (await conn.execute(sa.text(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = current_schema()"))).scalars().all()
+        await conn.execute(sa.text(
+            "DROP TABLE " + ", ".join(f'"{t}"' for t in tables) + " CASCADE"))
+    await migrate.upgrade(pg_db)
+    assert await migrate.current_revision(pg_db) == migrate.head_revision()
+    ids = await stored(pg_db, store_settings, 20)
+    async with pg_db.begin() as conn:
+        await conn.execute(sa.delete(calls).where(calls.c.id == ids[0]))
+    assert await attempts_by_call(pg_db) == {i: 2 for i in ids[1:]}

@@ -25,15 +25,16 @@ branch_labels = None
 depends_on = None
 
 # `SET search_path FROM CURRENT`: the function finds the `attempts` of the schema it was
-# made in, whatever the deleting session's search_path.
+# made in, whatever the deleting session's search_path. `OR REPLACE`: a schema emptied of
+# its tables by hand keeps the functions, and the migration runs again on it.
 _PG_UP = (
-    """CREATE FUNCTION callhub_delete_attempts() RETURNS trigger LANGUAGE plpgsql
+    """CREATE OR REPLACE FUNCTION callhub_delete_attempts() RETURNS trigger LANGUAGE plpgsql
        SET search_path FROM CURRENT AS $$
        BEGIN
          DELETE FROM attempts WHERE call_id IN (SELECT id FROM gone);
          RETURN NULL;
        END $$""",
-    """CREATE FUNCTION callhub_truncate_attempts() RETURNS trigger LANGUAGE plpgsql
+    """CREATE OR REPLACE FUNCTION callhub_truncate_attempts() RETURNS trigger LANGUAGE plpgsql
        SET search_path FROM CURRENT AS $$
        BEGIN
          TRUNCATE attempts;
