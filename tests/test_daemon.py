@@ -437,6 +437,8 @@ async def test_the_api_says_what_it_waits_for_while_the_database_is_awaited(
             assert status == 503 and not ready["ready"]
             assert ready["parts"]["database"]["reason"].startswith(
                 "waiting for the database to answer (Connection")
+            # It stores nothing yet, and says why (it said "standby", as if another wrote).
+            assert ready["parts"]["role/demo"]["detail"] == "standby (not elected yet)"
             status, body, retry = await get("/api/v1/calls", "supervisor")
             assert (status, body["error"], retry) == (503, "starting", "5")
             assert (await get("/api/v1/stats", "viewer"))[0] == 503

@@ -109,6 +109,7 @@ class Election:
         self._warned_version = False
         self._changed = asyncio.Event()
         self._task: Task | None = None
+        self._started = False
         for pbx in self.pbxs:
             self._show(pbx)
 
@@ -134,7 +135,11 @@ class Election:
     def _show(self, pbx: str) -> None:
         writes = self._writes[pbx]
         role = "writer" if writes else "standby"
-        self._roles[pbx].detail = role if self.elected else f"{role} (single instance)"
+        if not self.elected:
+            role += " (single instance)"
+        elif not self._started:  # made, not started: the daemon waits for the database
+            role += " (not elected yet)"
+        self._roles[pbx].detail = role
         if self.metrics is not None:
             self.metrics.writer.labels(pbx).set(1 if writes else 0)
 
@@ -160,6 +165,9 @@ class Election:
         # Not required: an instance without its election session is a standby, and ready.
         self._task = self.supervisor.spawn("election", self._run, required=False,
                                            ready_on_start=False)
+        self._started = True
+        for pbx in self.pbxs:
+            self._show(pbx)
 
     async def stop(self) -> None:
         """Give up every role (closing the session releases the locks)."""
