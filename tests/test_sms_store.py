@@ -205,3 +205,24 @@ async def test_retry_now_makes_only_the_messages_held_for_the_site_due(
         assert [m.id for m in await s.outbox.claim(now + 1, 10, lease_seconds=60)] == [
             first.id]
         assert await s.outbox.retry_now({"http_401"}, now + 2) == 0  # sending: not queued
+
+
+
+async def test_retry_now_with_a_limit_makes_the_held_message_due_soonest_due(
+        any_db: Database, store_settings: Settings) -> None:
+    """A probe of the site: of the messages held for it, only the one due soonest."""
+    server = WebhookServer()
+    async with one_queued(any_db, store_settings, server, "p.1", "+8613900000031") as s:
+        for n in (2, 3):
+            await save(any_db, with_sms(store_settings, url=server.url),
+                       call(f"p.{n}", caller=f"+861390000003{n}"))
+        now = time.time()
+        held = await s.outbox.claim(now, 10, lease_seconds=60)
+        for message, later in zip(held, (300, 100, 200), strict=True):
+            await s.outbox.mark_retry(message.id, now + later, "http_401")
+        assert await s.outbox.retry_now({"http_401"}, now + 1, limit=1) == 1
+        assert [m.id for m in await s.outbox.claim(now + 1, 10, lease_seconds=60)] == [
+            held[1].id]
+        assert await s.outbox.retry_now({"http_401"}, now + 2, limit=1) == 1
+        assert [m.id for m in await s.outbox.claim(now + 2, 10, lease_seconds=60)] == [
+            held[2].id]

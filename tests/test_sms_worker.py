@@ -247,6 +247,44 @@ async def test_messages_held_for_the_site_go_at_once_when_it_is_taken_again(
     await s.gateway.close()
 
 
+async def test_a_refusal_lifted_is_found_by_a_probe_of_one_held_message(
+        webhook: WebhookServer) -> None:
+    """With no new message, the messages held for the site waited out their own backoff
+    (minutes) after the gateway took the site again. Every `probe_seconds` while it
+    refuses, the held message due soonest is tried at once: one request, not one per
+    message; when the gateway takes it, the others are due at once."""
+    clock = Clock()
+    s = Setup(webhook, clock, expire_seconds=7200, retry_max_seconds=300)
+    webhook.token = "the-token-after-rotation"  # refused for the site
+    held = [s.call_ended(call(f"8.{i}", caller=f"1380013808{i}")) for i in range(3)]
+    assert all(h is not None for h in held)
+    rows = [s.outbox.rows[h] for h in held if h is not None]
+    for _ in range(6):
+        assert await s.worker.run_once() == 3
+        clock.now = min(r.next_attempt_at for r in rows)
+    assert await s.worker.run_once() == 3  # a seventh refusal: backed off for minutes
+    due_by_backoff = min(r.next_attempt_at for r in rows)
+    assert due_by_backoff - clock() > 3 * s.worker.probe_seconds
+
+    clock.advance(s.worker.probe_seconds - 1)
+    assert await s.worker.run_once() == 0  # no probe before its time
+    sent = len(webhook.received)
+    clock.advance(1)
+    with structlog.testing.capture_logs() as logs:
+        assert await s.worker.run_once() == 1  # still refused: one message asked
+    assert len(webhook.received) == sent + 1
+    assert [e["event"] for e in logs if e["event"].startswith("sms.gateway")] == [
+        "sms.gateway_probe"]
+
+    webhook.token = "bearer-token-1"  # the site is taken again
+    clock.advance(s.worker.probe_seconds)
+    assert await s.worker.run_once() == 1  # the probe, taken
+    assert await s.worker.run_once() == 2  # the others, without waiting out their backoff
+    assert [r.status for r in rows] == ["sent"] * 3 and clock() < due_by_backoff
+    assert len(webhook.delivered) == 3
+    await s.gateway.close()
+
+
 async def test_a_site_refused_until_its_messages_expire_fails_them_as_expired(
         webhook: WebhookServer) -> None:
     """Held is not forever: a message the gateway never took expires with its call."""

@@ -59,9 +59,11 @@ class Outbox(Protocol):
 
     async def mark_failed(self, message_id: int, at: float, error: str) -> None: ...
 
-    async def retry_now(self, errors: Collection[str], now: float) -> int:
+    async def retry_now(self, errors: Collection[str], now: float,
+                        limit: int | None = None) -> int:
         """Pending messages last refused with one of `errors` (the site refused, not the
-        message) are due at `now`, not at their backoff's time; how many."""
+        message) are due at `now`, not at their backoff's time; how many. `limit`: only
+        that many, those due soonest (a probe of the site)."""
         ...
 
 
@@ -132,9 +134,11 @@ class MemoryOutbox:
         row = self.rows[message_id]
         row.status, row.last_error, row.claimed_until = "failed", error, None
 
-    async def retry_now(self, errors: Collection[str], now: float) -> int:
-        due = [r for r in self.rows.values() if r.status == "pending"
-               and r.last_error in errors and r.next_attempt_at > now]
+    async def retry_now(self, errors: Collection[str], now: float,
+                        limit: int | None = None) -> int:
+        due = sorted((r for r in self.rows.values() if r.status == "pending"
+                      and r.last_error in errors and r.next_attempt_at > now),
+                     key=lambda r: (r.next_attempt_at, r.message.id))[:limit]
         for row in due:
             row.next_attempt_at = now
         return len(due)

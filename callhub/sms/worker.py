@@ -9,7 +9,9 @@ exponential backoff (`retry_base_seconds` doubling up to
 fails. A gateway that refuses the site rather than the message (credentials,
 balance, account: `unavailable`) holds every message, whatever its attempts,
 until it takes them or they expire; the part `sms` of /readyz says so
-meanwhile. Every attempt carries the message's idempotency key.
+meanwhile, and every `probe_seconds` the held message due soonest is tried at
+once (a probe: the first message the gateway takes again makes every held one
+due). Every attempt carries the message's idempotency key.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ from callhub.sms.outbox import Outbox, OutboxMessage
 from callhub.sms.settings import SmsSettings
 
 log = structlog.get_logger(__name__)
+
+
+SITE_PROBE_SECONDS = 30.0
+"""While the gateway refuses the site, how often a held message is tried at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +63,8 @@ class SmsWorker:
     def __init__(self, outbox: Outbox, gateway: SmsGateway, *,
                  retry: RetryPolicy | None = None, metrics: SmsMetrics | None = None,
                  clock: Callable[[], float] = time.time, batch_size: int = 20,
-                 poll_seconds: float = 1.0, lease_seconds: float = 60.0) -> None:
+                 poll_seconds: float = 1.0, lease_seconds: float = 60.0,
+                 probe_seconds: float = SITE_PROBE_SECONDS) -> None:
         self.outbox = outbox
         self.gateway = gateway
         self.retry = retry or RetryPolicy()
@@ -66,6 +73,7 @@ class SmsWorker:
         self.batch_size = batch_size
         self.poll_seconds = poll_seconds
         self.lease_seconds = lease_seconds
+        self.probe_seconds = probe_seconds
         self._wake = asyncio.Event()
         self._stopping = False
         self.finished = 0  # messages sent, failed or expired by this worker
@@ -73,6 +81,7 @@ class SmsWorker:
         # The gateway refuses this site: its error code and since when (time.time()).
         self.unavailable: tuple[str, float] | None = None
         self._held_for: set[str] = set()  # the errors messages were held for meanwhile
+        self._probe_at = 0.0  # while the site is refused: when to try a held message
         self.outbox_retries = Retries()  # the outbox failing poll after poll
 
     @classmethod
@@ -117,6 +126,7 @@ class SmsWorker:
         if result.status == "unavailable":
             error = result.error or "unavailable"
             self._held_for.add(error)
+            self._probe_at = self.clock() + self.probe_seconds  # this try was one
             if self.unavailable is None or self.unavailable[0] != error:
                 log.warning("sms.gateway_unavailable", gateway=self.gateway.name, error=error,
                             hint="the gateway refuses this site (credentials, balance, "
@@ -161,6 +171,7 @@ class SmsWorker:
 
     async def run_once(self) -> int:
         """Claim one batch of due messages and attempt each once; how many were claimed."""
+        await self._probe()
         messages = await self.outbox.claim(self.clock(), self.batch_size, self.lease_seconds)
         outcomes = await asyncio.gather(*(self._attempt(m) for m in messages),
                                         return_exceptions=True)
@@ -170,6 +181,19 @@ class SmsWorker:
             if isinstance(outcome, BaseException):
                 raise outcome
         return len(messages)
+
+    async def _probe(self) -> None:
+        """While the gateway refuses the site, the held message due soonest is due now
+        every `probe_seconds`: held messages back off to retry_max_seconds (300 s by
+        default), so a refusal lifted (a balance topped up) went unnoticed that long,
+        past the 5-minute text. One message, not all: a refused site is asked once."""
+        now = self.clock()
+        if self.unavailable is None or now < self._probe_at:
+            return
+        self._probe_at = now + self.probe_seconds
+        if await self.outbox.retry_now(self._held_for, now, limit=1):
+            log.info("sms.gateway_probe", gateway=self.gateway.name,
+                     unavailable_seconds=round(now - self.unavailable[1], 1))
 
     async def _attempt(self, message: OutboxMessage) -> None:
         now = self.clock()

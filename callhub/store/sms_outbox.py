@@ -79,14 +79,17 @@ class TableOutbox:
         await self._set(message_id, status="expired" if error == "expired" else "failed",
                         last_error=error[:500])
 
-    async def retry_now(self, errors: Collection[str], now: float) -> int:
+    async def retry_now(self, errors: Collection[str], now: float,
+                        limit: int | None = None) -> int:
         t = sms_outbox.c
+        held = sa.and_(t.status == "queued", t.last_error.in_([e[:500] for e in errors]),
+                       t.next_attempt_at > utc(now))
+        if limit is not None:  # those due soonest
+            held = sa.and_(held, t.id.in_(sa.select(t.id).where(held)
+                                          .order_by(t.next_attempt_at, t.id).limit(limit)))
         async with self.db.begin() as conn:
             result = await conn.execute(
-                sa.update(sms_outbox)
-                .where(t.status == "queued", t.last_error.in_([e[:500] for e in errors]),
-                       t.next_attempt_at > utc(now))
-                .values(next_attempt_at=utc(now)))
+                sa.update(sms_outbox).where(held).values(next_attempt_at=utc(now)))
         return int(result.rowcount)
 
 
