@@ -207,7 +207,6 @@ async def test_retry_now_makes_only_the_messages_held_for_the_site_due(
         assert await s.outbox.retry_now({"http_401"}, now + 2) == 0  # sending: not queued
 
 
-
 async def test_retry_now_with_a_limit_makes_the_held_message_due_soonest_due(
         any_db: Database, store_settings: Settings) -> None:
     """A probe of the site: of the messages held for it, only the one due soonest."""
