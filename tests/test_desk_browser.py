@@ -13,9 +13,13 @@ import csv
 import io
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+from aiohttp.test_utils import TestClient, TestServer
 from desk_fixtures import (
+    LOCALES,
+    Clock,
     Desk,
     day_start,
     expect,
@@ -24,7 +28,15 @@ from desk_fixtures import (
     seed_day,
     sign_in_as,
 )
+from prometheus_client import CollectorRegistry
 from store_fixtures import auth
+
+from callhub.api import followups as followups_api
+from callhub.api.app import make_app
+from callhub.config import Settings
+from callhub.desk import setup_desk
+from callhub.store import migrate
+from callhub.store.db import Database
 
 SUP = auth("supervisor")
 
@@ -275,3 +287,35 @@ async def test_a_call_answered_after_the_supervisor_left_it_is_not_drawn(
     await expect(page.locator("#calls tbody tr")).to_have_count(
         len((await listed.json())["items"]))
     assert await page.locator("#timeline").count() == 0
+
+
+async def test_a_desk_opened_while_callhub_waits_for_its_database_says_so_in_chinese(
+        tmp_path: Path, desk_settings: Settings) -> None:
+    """While callhub waits for its database at start the desk is served, and its data
+    answer 503 `starting`: the Chinese desk said so in the server's English sentence.
+    Once the database is ready, the same view loads."""
+    db = Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'desk.db'}")
+    await migrate.upgrade(db)
+    ready = asyncio.Event()
+    app = make_app(desk_settings, db, extra_operations=followups_api.OPERATIONS,
+                   database_ready=ready)
+    keeper = setup_desk(app)
+    client: TestClient[Any, Any] = TestClient(TestServer(app))
+    await client.start_server()
+    desk = Desk(client, db, desk_settings, Clock(0.0, real=True), keeper, CollectorRegistry())
+    try:
+        async with launch_chromium(LOCALES["zh"]) as browser:
+            page = await browser.new_page()
+            await sign_in_as(page, desk, "supervisor")  # the token needs no database
+            # The worklist, live, says why it retries; a view loaded once, why it failed.
+            await page.wait_for_selector("#live.lost:has-text('正在启动')")
+            await page.click("#nav-calls")  # a search: its failure in words of the desk's
+            await page.wait_for_selector("#toast.error:has-text('callhub 正在启动')")
+            await page.click("#nav-today")
+            await page.wait_for_selector("#live.lost:has-text('正在启动')")
+            ready.set()  # the database is ready: the live view's next refresh loads
+            await page.wait_for_selector("#live.ok")
+            await page.wait_for_selector("#fig-inbound .value")
+    finally:
+        await client.close()
+        await db.close()

@@ -28,6 +28,8 @@ EN: dict[str, str] = {
     "unit.hours": "{n} h",
     "unit.days": "{n} d",
     "error.load": "Could not load: {message}",
+    "error.starting": "callhub is starting and waits for its database; try again shortly.",
+    "error.databaseUnavailable": "The database cannot be reached; try again shortly.",
     "needs.supervisor": "This page shows callers' numbers: it needs a supervisor or admin "
                         "token. Your token can see Today's figures.",
     "role.viewer": "Viewer",
@@ -44,6 +46,7 @@ EN: dict[str, str] = {
     "live.waiting": "Connecting…",
     "live.updated": "Live · updated {time}",
     "live.lost": "Connection lost, retrying…",
+    "live.starting": "callhub is starting and waits for its database; retrying…",
     "worklist.title": "Callers to call back",
     "worklist.hint": "Missed and abandoned callers, oldest first. The list updates by "
                      "itself; an answered call to or from the number clears it.",
@@ -269,6 +272,8 @@ ZH: dict[str, str] = {
     "unit.hours": "{n} 小时",
     "unit.days": "{n} 天",
     "error.load": "加载失败：{message}",
+    "error.starting": "callhub 正在启动，等待数据库就绪，请稍后再试。",
+    "error.databaseUnavailable": "无法连接数据库，请稍后再试。",
     "needs.supervisor": "此页面显示来电号码，需要主管或管理员令牌。您的令牌可以查看今日数据。",
     "role.viewer": "查看者",
     "role.supervisor": "主管",
@@ -284,6 +289,7 @@ ZH: dict[str, str] = {
     "live.waiting": "连接中…",
     "live.updated": "实时 · 更新于 {time}",
     "live.lost": "连接中断，正在重试…",
+    "live.starting": "callhub 正在启动，等待数据库就绪，正在重试…",
     "worklist.title": "待回电来电",
     "worklist.hint": "未接和放弃的来电，最早的在前。列表自动刷新；"
                      "与该号码之间任何一次接通的通话都会将其清除。",

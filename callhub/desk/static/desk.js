@@ -107,8 +107,10 @@
   const pct = (v) => (v === null || v === undefined ? "—" : (v * 100).toFixed(1) + "%");
 
   // ---- API ----------------------------------------------------------------
+  // The server's error codes the desk has words for (else it shows the server's sentence).
+  const SERVER_ERRORS = { starting: "error.starting", database_unavailable: "error.databaseUnavailable" };
   class ApiError extends Error {
-    constructor(status, message) { super(message); this.status = status; }
+    constructor(status, message, code) { super(message); this.status = status; this.code = code; }
   }
   async function api(path, options) {
     const opts = Object.assign({ method: "GET" }, options || {});
@@ -118,9 +120,13 @@
     const resp = await fetch(path, { method: opts.method, headers, body, cache: "no-store", credentials: "omit" });
     if (resp.status === 401) { signOut(t("signin.expired")); throw new ApiError(401, t("signin.expired")); }
     if (!resp.ok) {
-      let message = resp.statusText;
-      try { message = (await resp.json()).message || message; } catch (e) { /* not JSON */ }
-      throw new ApiError(resp.status, message);
+      let message = resp.statusText, code;
+      try {
+        const problem = await resp.json();
+        code = problem.error;
+        message = Object.hasOwn(SERVER_ERRORS, code) ? t(SERVER_ERRORS[code]) : problem.message || message;
+      } catch (e) { /* not JSON */ }
+      throw new ApiError(resp.status, message, code);
     }
     if (opts.raw) return resp;
     return resp.json();
@@ -352,6 +358,12 @@
     state.timer = setInterval(refreshWorklist, boot.poll_seconds * 1000);
   }
 
+  function liveLost(live, e) {  // a live view's refresh failed: it retries at the next
+    if (!live) return;
+    live.textContent = t(e.code === "starting" ? "live.starting" : "live.lost");
+    live.className = "live lost";
+  }
+
   async function refreshWorklist() {
     if (document.hidden && state.seenEntries !== null) return;  // a background tab waits
     const live = document.getElementById("live");
@@ -362,7 +374,7 @@
         api("/api/v1/followups?" + qs({ status: "open", due: "yes", limit: 500 })),
       ]);
     } catch (e) {
-      if (live) { live.textContent = t("live.lost"); live.className = "live lost"; }
+      liveLost(live, e);
       return;
     }
     if (state.view !== "worklist" || !document.getElementById("worklist")) return;
@@ -744,8 +756,7 @@
         api("/api/v1/stats?" + qs(Object.assign({ group_by: "hour" }, base))),
       ]);
     } catch (e) {
-      const live = document.getElementById("live");
-      if (live) { live.textContent = t("live.lost"); live.className = "live lost"; }
+      liveLost(document.getElementById("live"), e);
       return;
     }
     if (state.view !== "today" || !document.getElementById("figures")) return;
