@@ -41,6 +41,7 @@ from callhub.ami.correlator import Correlator, event_time
 from callhub.ami.discovery import Inventory
 from callhub.ami.gap import STATE_EVERY, Gap, StreamState, read_state, state_path, write_state
 from callhub.ami.parser import AmiMessage, EventFilter
+from callhub.ami.read_classes import MISSING_CLASS_MEANS, WANTS, ReadClassWatch
 from callhub.config import PbxConfig
 from callhub.lifecycle import Supervisor, Task
 from callhub.logs import mask_number
@@ -57,6 +58,7 @@ CLOCK_WARN_SECONDS = 60.0
 CLOCK_OK_SECONDS = 30.0
 NO_TIMESTAMPS = ("events carry no Timestamp (timestampevents = yes in manager.conf): "
                  "calls are timed when their events are read")
+READ_CLASSES = "read = call,agent,dialplan"  # what the shipped manager.conf user reads
 
 
 class PbxIngest:
@@ -99,6 +101,8 @@ class PbxIngest:
         # listeners of every event for the names no filter lists.
         self._listeners_of: dict[str, list[Callable[[AmiMessage], None]]] = {}
         self._every_event: list[Callable[[AmiMessage], None]] = []
+        self.read_classes = ReadClassWatch()  # the AMI user's read classes, judged
+        self.add_listener(self._watch_read_classes, WANTS)
         self._events_counted = 0
         self._tasks: list[Task] = []
         self._had_session = False
@@ -282,9 +286,7 @@ class PbxIngest:
         (manager.conf's `timestampevents` is off): calls are then timed when their
         events are read, and a burst read late shortens their rings."""
         offset = self.clock_offset()
-        detail = NO_TIMESTAMPS if self.unstamped else None
-        if self._tasks and self._tasks[0].health.detail != detail:
-            self._tasks[0].health.detail = detail
+        self._show_detail()
         if self.unstamped and not self._unstamped_said:
             self._unstamped_said = True
             log.warning("ami.no_timestamps", pbx=self.pbx.name,
@@ -320,10 +322,39 @@ class PbxIngest:
         if self.metrics is not None:
             self.metrics.ami_malformed.labels(self.pbx.name).inc(count)
 
+    def _watch_read_classes(self, event: AmiMessage) -> None:
+        """Warn when the events show that the AMI user lacks a class callhub reads (its
+        calls would be stored wrong), and name it in the part's detail until its events
+        come; say when they do."""
+        before = set(self.read_classes.missing)
+        if not self.read_classes.seen(event):
+            return
+        for lacking in sorted(self.read_classes.missing - before):
+            log.warning("ami.read_class_missing", pbx=self.pbx.name, read_class=lacking,
+                        hint=f"{MISSING_CLASS_MEANS[lacking]}; give callhub's user in "
+                             f"Asterisk's manager.conf `{READ_CLASSES}`, then run "
+                             f"`manager reload`")
+        for back in sorted(before - self.read_classes.missing):
+            log.info("ami.read_class_back", pbx=self.pbx.name, read_class=back)
+        self._show_detail()
+
+    def _show_detail(self) -> None:
+        """The `ami/<pbx>` part's detail: what is wrong with the events, whatever the
+        link's state (no timestamps, read classes missing); None when nothing is."""
+        notes = [NO_TIMESTAMPS] if self.unstamped else []
+        if self.read_classes.missing:
+            notes.append(f"the AMI user seems to lack the read class "
+                         f"{', '.join(sorted(self.read_classes.missing))} ({READ_CLASSES} "
+                         f"in manager.conf): calls are stored wrong meanwhile")
+        detail = "; ".join(notes) or None
+        if self._tasks and self._tasks[0].health.detail != detail:
+            self._tasks[0].health.detail = detail
+
     def _on_state(self, up: bool) -> None:
         reconnected = up and self._had_session
         self._had_session = self._had_session or up
         if up:
+            self.read_classes.new_session()
             self._gap_ended()
         else:
             self.alive_until = self.clock()
