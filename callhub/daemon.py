@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -54,6 +55,7 @@ from callhub.lifecycle import (
     Health,
     Retries,
     Supervisor,
+    backoff_delay,
     describe,
     settle_heap,
     stopped_by_signals,
@@ -198,7 +200,7 @@ async def reachable(d: Daemon, db: Database, health: Health) -> None:
     after the host's reboot, is waited for (warned of once per error, and `health` says
     so on /readyz), not a start that fails; SIGTERM meanwhile stops callhub
     (StoppedWhileStarting)."""
-    delay, retries = DATABASE_RETRY_FIRST, Retries()
+    retries, rng = Retries(), random.Random()
     while True:
         try:
             async with asyncio.timeout(DATABASE_PING_SECONDS):
@@ -207,15 +209,19 @@ async def reachable(d: Daemon, db: Database, health: Health) -> None:
             if not unreachable(exc):
                 return  # the steps that follow say what is wrong
             error = describe_failure(exc)
-            health.down(f"waiting for the database to answer ({error})")
-            if retries.failed(error):
+            news = retries.failed(error)
+            health.down(f"waiting for the database to answer ({error}); {retries.tries} tries")
+            # Jittered, as every retry of callhub's: a pair's two instances do not knock in
+            # step on a PostgreSQL that is coming up.
+            delay = backoff_delay(retries.tries - 1, DATABASE_RETRY_FIRST, DATABASE_RETRY_MAX,
+                                  rng)
+            if news:
                 log.warning("daemon.database_waiting", url=db.url, error=error,
-                            retry_in=delay)
+                            retry_in=round(delay, 2))
             await wait_set(d.stopping, delay)
             if d.stopping.is_set():
                 log.info("daemon.stopping", waiting_for="database")
                 raise StoppedWhileStarting from None
-            delay = min(delay * 2, DATABASE_RETRY_MAX)
             continue
         if retries.succeeded():
             log.info("daemon.database_reachable", url=db.url)
