@@ -41,9 +41,11 @@ async def test_a_loop_whose_thread_ended_is_started_again() -> None:
         return asyncio.get_running_loop()
 
     old = await loop.run(which())
+    # Found before it is stopped: once stopped, it may end before it is looked for.
+    thread = next(t for t in threading.enumerate() if t.name == "test-db-loop-again")
     old.call_soon_threadsafe(old.stop)  # the thread's run_forever returns: the thread ends
-    await asyncio.to_thread(next(t for t in threading.enumerate()
-                                 if t.name == "test-db-loop-again").join, 10)
+    await asyncio.to_thread(thread.join, 10)
+    assert not thread.is_alive()
     async with asyncio.timeout(10):  # sent to the stopped loop, it would never answer
         new = await loop.run(which())
     assert new is not old and new.is_running()
