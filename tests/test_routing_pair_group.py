@@ -8,6 +8,7 @@ once, and a group whose statement fails or outlasts the timeout."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -385,6 +386,43 @@ async def test_a_stop_while_sharing_starts_gives_back_the_connections_opened(
         await shared.close()  # what the routing part does after stopping the task
         assert pool.checkedout() == 0
     finally:
+        await own.close()
+
+
+async def test_retries_on_a_database_that_refuses_leave_no_session_open(
+        pg_own_database: Database, tmp_path: Path) -> None:
+    """A database that answers but refuses the reconcile (its table renamed away, as a
+    newer callhub's migration might): `run` tries again every `retry_seconds`, each try
+    on a connection of the pool. Each try's connection is closed before the next; dropped
+    unclosed, each kept its session open on the server until the garbage collector found
+    it (switched off here: callhub must close them itself), one more per retry."""
+    db = pg_own_database  # its sessions are counted: a database of its own
+    own = db.connect_again(pool_size=3, max_overflow=0, pre_ping=False,
+                           session={"application_name": "routing-under-test"})
+    shared = SharedPositions(own, RotationState(tmp_path / "a.json"), connections=2)
+
+    async def sessions() -> int:
+        async with db.connection() as conn:
+            return int((await conn.execute(sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name = 'routing-under-test'"))).scalar_one())
+
+    async with db.begin() as conn:
+        await conn.execute(sa.text("ALTER TABLE rotation_positions RENAME TO rotation_away"))
+    gc.disable()
+    try:
+        for _ in range(6):
+            assert await shared.try_reconcile() is False
+        assert shared.up is False
+        assert await sessions() <= 1  # the last try's, ended before the next
+        async with db.begin() as conn:
+            await conn.execute(sa.text("ALTER TABLE rotation_away RENAME TO rotation_positions"))
+        assert await shared.try_reconcile() is True
+        assert shared.up is True and shared.kept == 2
+        assert await sessions() == 2  # the kept ones (the reconcile's is one of them)
+    finally:
+        gc.enable()
+        await shared.close()
         await own.close()
 
 

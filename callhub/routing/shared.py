@@ -184,9 +184,9 @@ class SharedPositions:
         try:
             moves = await self._advance_group(group, after)
         except Exception as exc:  # down, cut, timed out, or refused: the file answers
-            # The other connections went with this one: dropped, not handed out.
+            # The other connections went with this one: dropped, not handed out (those in
+            # the pool are ended by `run` before its next reconcile).
             await self._let_go()
-            await self.db.engine.dispose(close=False)
             self._down(exc)
         finally:  # also when cancelled (closing): no call is left waiting
             self._close(group)
@@ -324,10 +324,18 @@ class SharedPositions:
         """Reconcile at start and after every outage; retry every `retry_seconds`."""
         while True:
             if not self.up:
-                try:
-                    await self.reconcile()
-                except Exception as exc:
-                    await self.db.engine.dispose(close=False)  # no dead connection kept
-                    log.debug("routing.positions_retry", error=str(exc) or type(exc).__name__)
+                await self.try_reconcile()
             self._wake.clear()
             await wait_set(self._wake, self.retry_seconds)
+
+    async def try_reconcile(self) -> bool:
+        """`reconcile` once, first ending the connections an outage or a failed try left
+        in the pool (none handed out dead, none left open on a database that refused);
+        a failure is logged at debug (`run` tries again) and returns False."""
+        await self.db.drop_idle()
+        try:
+            await self.reconcile()
+        except Exception as exc:
+            log.debug("routing.positions_retry", error=str(exc) or type(exc).__name__)
+            return False
+        return True

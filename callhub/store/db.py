@@ -160,6 +160,19 @@ class Database:
         async with self.engine.connect() as conn:
             await conn.execute(sa.text("SELECT 1"))
 
+    async def drop_idle(self, within: float = 1.0) -> None:
+        """End the pool's idle connections after a failure, so that none is handed out
+        dead. Each is closed (its session on the server ends) unless the server takes
+        longer than `within` seconds for them all; then they are dropped unclosed (a
+        server that is gone has no session to end). Dropped unclosed always, a database
+        that answered but refused kept a session open per retry until the garbage
+        collector happened to find its connection."""
+        try:
+            async with asyncio.timeout(within):
+                await self.engine.dispose()
+        except TimeoutError:
+            await self.engine.dispose(close=False)
+
     async def close(self) -> None:
         if self._reads is not None:
             await self._reads.close()
