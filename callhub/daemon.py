@@ -433,6 +433,8 @@ async def api(d: Daemon) -> AsyncIterator[None]:
                    extra_operations=[*d.operations, *desk_operations()],
                    supervisor=d.supervisor, router=d.router, database_ready=d.database_up)
     d.keeper = setup_desk(app, writer=d.writer)  # /desk/ and the follow-up keeper
+    # Started once the database is ready (`api_serving`): /readyz says so, not "starting".
+    d.keeper.health.down("waiting for the database")
     gate = http_limits.install(app)  # connection cap, head and body deadlines
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

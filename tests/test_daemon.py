@@ -439,6 +439,8 @@ async def test_the_api_says_what_it_waits_for_while_the_database_is_awaited(
                 "waiting for the database to answer (Connection")
             # It stores nothing yet, and says why (it said "standby", as if another wrote).
             assert ready["parts"]["role/demo"]["detail"] == "standby (not elected yet)"
+            # What waits for the database says so (the follow-up keeper said "starting").
+            assert ready["parts"]["keeper"]["reason"] == "waiting for the database"
             status, body, retry = await get("/api/v1/calls", "supervisor")
             assert (status, body["error"], retry) == (503, "starting", "5")
             assert (await get("/api/v1/stats", "viewer"))[0] == 503
@@ -456,6 +458,7 @@ async def test_the_api_says_what_it_waits_for_while_the_database_is_awaited(
         assert status == 200 and page["items"] == []
         status, ready, _ = await get("/readyz", "viewer")
         assert ready["parts"]["database"] == {"ready": True, "required": True, "reason": None}
+        assert ready["parts"]["keeper"]["ready"] is True
 
 
 async def get_text(url: str) -> str:
