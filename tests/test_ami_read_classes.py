@@ -98,6 +98,16 @@ def test_a_user_without_call_is_found() -> None:
     assert watched(events(without("call"), traces())) == {"call"}
 
 
+def test_one_call_looping_in_the_dialplan_is_not_taken_for_a_missing_call_class() -> None:
+    """A session that starts while one call loops in an IVR (an operator's menu played
+    again and again) gets that call's dialplan events and no call event for as long as
+    the loop lasts: the `call` class is there, the call just made no channel yet."""
+    dialplan = [m for m in events(SHIPPED, traces("01_answered_caller_hangup"))
+                if m["Event"] == "Newexten"]
+    assert len({m["Linkedid"] for m in dialplan}) == 1
+    assert watched(dialplan * 20) == set()
+
+
 def test_a_class_found_missing_is_cleared_by_its_first_event_in_a_later_session() -> None:
     watch = ReadClassWatch()
     for message in events(without("dialplan"), traces()):

@@ -14,7 +14,9 @@ without `agent`, and no call at all without `call`
 - `agent`: channels that entered the Queue application (their Newexten) hang up
   and no queue event (QueueCallerJoin, AgentCalled) ever came (a queue that
   refuses callers, `joinempty`, sends none either: the warning says so);
-- `call`: dialplan events keep coming and no call event ever does.
+- `call`: dialplan events of several calls (their Linkedid) come and no call event
+  ever does (one call looping in an IVR, met by a new session, is one call: a count
+  of its Newexten events took it for a missing class).
 
 Counted per session (a `manager reload` changes a user's classes at its next
 login); a class found missing stays so until one of its events arrives.
@@ -43,7 +45,7 @@ MISSING_CLASS_MEANS = {
 
 HANGUPS_WITHOUT_DIALPLAN = 3  # channels made and hung up with no Newexten in the session
 QUEUED_WITHOUT_AGENT = 3  # channels queued and hung up with no queue event in the session
-DIALPLAN_WITHOUT_CALLS = 20  # Newexten events with no call event in the session
+DIALPLAN_WITHOUT_CALLS = 3  # calls (Linkedids) running dialplan, no call event in the session
 
 
 class ReadClassWatch:
@@ -56,7 +58,7 @@ class ReadClassWatch:
     def new_session(self) -> None:
         """A login: count afresh (what was found missing stays until its events come)."""
         self._seen: set[str] = set()
-        self._newexten = 0
+        self._dialplan_calls: set[str] = set()  # Linkedids of Newexten, until call is seen
         self._made: set[str] = set()  # channels made in this session, not hung up yet
         self._hung_up = 0  # of those, how many hung up
         self._queued: set[str] = set()  # channels that entered the Queue application
@@ -78,12 +80,13 @@ class ReadClassWatch:
             if "dialplan" not in self._seen:  # else nothing to judge by it
                 self._made.add(channel)
         elif kind == "Newexten":
-            self._newexten += 1
             self._made.clear()
             if event.get("Application") == "Queue" and "agent" not in self._seen:
                 self._queued.add(channel)
-            if self._newexten >= DIALPLAN_WITHOUT_CALLS and "call" not in self._seen:
-                changed |= self._lacks("call")
+            if "call" not in self._seen:
+                self._dialplan_calls.add(event.get("Linkedid") or channel)
+                if len(self._dialplan_calls) >= DIALPLAN_WITHOUT_CALLS:
+                    changed |= self._lacks("call")
         elif kind == "Hangup":
             if channel in self._made:
                 self._made.discard(channel)
