@@ -61,10 +61,13 @@ class Pair:
     schema: str
     instances: list[Instance]
 
-    async def instance(self, **election_args: float) -> Instance:
+    async def instance(self, *, cut: bool = False, **election_args: float) -> Instance:
+        """A started instance; `cut`: its database cut off from the start (not awaited)."""
         url = make_url(pg_url())
         proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432, schema=self.schema)
         await proxy.start()
+        if cut:
+            proxy.cut()
         db = Database.connect(via_proxy(pg_url(), proxy))
         supervisor = Supervisor(backoff_base=0.02, backoff_max=0.1)
         metrics = CallhubMetrics(CollectorRegistry(), pbxs=PBXS)
@@ -73,7 +76,8 @@ class Pair:
         instance = Instance(proxy, db, supervisor, metrics, election)
         self.instances.append(instance)
         await election.start()
-        await asyncio.wait_for(supervisor.parts["election"].wait_ready(), WAIT)
+        if not cut:
+            await asyncio.wait_for(supervisor.parts["election"].wait_ready(), WAIT)
         return instance
 
 
@@ -170,6 +174,25 @@ async def test_a_stop_gives_the_roles_up_quietly_and_a_lost_session_warns(pair: 
     said = [(e["event"], e["pbx"], e["log_level"], e["reason"]) for e in logs
             if e["event"].startswith("election.")]
     assert sorted(said) == sorted(("election.standby", p, "info", "stopping") for p in PBXS)
+
+
+async def test_a_role_is_not_yet_elected_until_a_session_has_tried_the_locks(
+        pair: Pair) -> None:
+    """Started while its database is cut off (it answered the daemon's start, then went),
+    an instance has no role yet: /readyz said plain "standby" through the failing tries,
+    as if another instance wrote."""
+    a = await pair.instance(cut=True, interval=0.05)
+    part = a.supervisor.parts["election"]
+    await until(lambda: any(f"; {n} tries" in (part.reason or "") for n in range(3, 99)))
+    details = {p: a.supervisor.parts[f"role/{p}"].detail for p in PBXS}
+    assert details == dict.fromkeys(PBXS, "standby (not elected yet)")
+    a.proxy.restore()
+    await until(lambda: part.ready)
+    assert {p: a.supervisor.parts[f"role/{p}"].detail for p in PBXS} == dict.fromkeys(
+        PBXS, "writer")
+    b = await pair.instance(interval=0.05)  # the locks are a's: b is elected standby
+    assert {p: b.supervisor.parts[f"role/{p}"].detail for p in PBXS} == dict.fromkeys(
+        PBXS, "standby")
 
 
 async def test_an_outage_is_warned_of_once_and_its_end_said(pair: Pair) -> None:

@@ -109,7 +109,7 @@ class Election:
         self._warned_version = False
         self._changed = asyncio.Event()
         self._task: Task | None = None
-        self._started = False
+        self._decided = False  # a session has tried the locks: the roles are known
         for pbx in self.pbxs:
             self._show(pbx)
 
@@ -137,7 +137,7 @@ class Election:
         role = "writer" if writes else "standby"
         if not self.elected:
             role += " (single instance)"
-        elif not self._started:  # made, not started: the daemon waits for the database
+        elif not writes and not self._decided:  # no session yet (nor the database, maybe)
             role += " (not elected yet)"
         self._roles[pbx].detail = role
         if self.metrics is not None:
@@ -165,9 +165,6 @@ class Election:
         # Not required: an instance without its election session is a standby, and ready.
         self._task = self.supervisor.spawn("election", self._run, required=False,
                                            ready_on_start=False)
-        self._started = True
-        for pbx in self.pbxs:
-            self._show(pbx)
 
     async def stop(self) -> None:
         """Give up every role (closing the session releases the locks)."""
@@ -212,6 +209,10 @@ class Election:
                 started = time.monotonic()
                 await self._bounded(self._tick(conn))
                 # Ready after the first tick: the roles are known.
+                if not self._decided:
+                    self._decided = True
+                    for pbx in self.pbxs:
+                        self._show(pbx)
                 if tries := retries.succeeded():
                     log.info("election.session_back", tries=tries)
                 await asyncio.sleep(max(self.interval - (time.monotonic() - started), 0.0))
