@@ -192,7 +192,9 @@ class SmsWorker:
             return
         self._probe_at = now + self.probe_seconds
         if await self.outbox.retry_now(self._held_for, now, limit=1):
-            log.info("sms.gateway_probe", gateway=self.gateway.name,
+            # At debug: an outage is warned of once and its end said once (a weekend
+            # without balance was ~2,900 info lines a day of this).
+            log.debug("sms.gateway_probe", gateway=self.gateway.name,
                      unavailable_seconds=round(now - self.unavailable[1], 1))
 
     async def _attempt(self, message: OutboxMessage) -> None:
