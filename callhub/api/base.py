@@ -61,7 +61,8 @@ class Operation:
     `responses` maps a status to a `Reply` (or to a literal OpenAPI response).
     `database`: the handler reads or writes the database, so it answers 503 while
     the daemon still waits for it at start (`make_app(database_ready=...)`); the
-    health checks, /metrics and the rota's routes (in memory) answer meanwhile.
+    health checks, /metrics, the OpenAPI document and the rota's routes (in memory)
+    answer meanwhile (the desk's pages are not operations: always served).
     """
 
     method: str
