@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -394,7 +395,9 @@ async def ingestion(d: Daemon) -> AsyncIterator[None]:
                                f"to AMI (CALLHUB_PBX_<NAME>_SECRET can supply the secret)")
         ingest = PbxIngest(pbx, d.record, metrics=d.metrics,
                            stale_after=d.settings.stale_call_seconds,
-                           supervisor=d.supervisor, state_dir=d.settings.spool_dir)
+                           supervisor=d.supervisor, state_dir=d.settings.spool_dir,
+                           undurable_since=None if d.writer is None
+                           else functools.partial(d.writer.unspooled_since, pbx.name))
         d.ingests[pbx.name] = ingest
         if pbx.cel_database_url and d.writer is not None:
             recovery = CelRecovery(pbx, d.writer.submit, seen_on_ami=ingest.seen_on_ami,

@@ -24,6 +24,8 @@ from traces_fixtures import trace
 
 from callhub.ami.gap import Gap, StreamState, read_state, state_path
 from callhub.ami.groundtruth import load_truth, pbx_from_truth
+from callhub.ami.ingest import PbxIngest
+from callhub.config import Settings
 from callhub.lifecycle import Supervisor
 from callhub.metrics.collectors import CallhubMetrics
 from callhub.records import CallRecord
@@ -32,9 +34,58 @@ from callhub.sim.calls import CallFactory, merge_calls
 from callhub.store import migrate
 from callhub.store.db import Database
 from callhub.store.recovery import CelRecovery
+from callhub.store.spool import Spool
 from callhub.store.tables import calls
+from callhub.store.writer import CallWriter
 
 WAIT = 10.0
+
+
+async def test_the_state_file_is_never_past_the_end_of_a_call_not_yet_in_the_spool(
+        ami_simulator: AmiSimulator, tmp_path: Path) -> None:
+    """Killed between a call's end and its group's fsync, callhub has lost the call from
+    the spool; the gap its next start finds must reach back to the call for CEL to rebuild
+    it. So while a finished call is not yet in the spool, the state file's last event
+    stays before that call's end (a margin for CEL's stamps); once it is, the file says
+    the last event seen."""
+    sim = ami_simulator
+    spool = tmp_path / "spool"
+    writer = CallWriter(Database.connect(f"sqlite+aiosqlite:///{tmp_path / 'c.db'}"),
+                        replace(Settings(), spool_dir=str(spool)), held=True)
+    collector = Collector()
+
+    def handed(record: CallRecord) -> None:  # as the daemon hands a call on
+        collector.record(record)
+        writer.submit(record)
+
+    ingest = PbxIngest(sim_pbx(sim), handed, state_dir=tmp_path,
+                       undurable_since=lambda: writer.unspooled_since("lab"))
+    ingest.add_listener(collector.event)
+    call = CallFactory(seed=4, uniqueid_counter=400).make("answered", time.time() - 600)
+    last_sent = max(float(m["Timestamp"]) for m in call.messages)
+    path = state_path(tmp_path, "lab")
+    await ingest.start()
+    try:
+        await ingest.wait_connected(5)
+        await sim.send([m for _, m in merge_calls([call])])
+        await collector.until(lambda: len(collector.records) == 1)
+        [record] = collector.records
+        ingest.save_state()  # the writer has not spooled it: a kill now would lose it
+        waiting = read_state(path)
+        assert waiting is not None and waiting.last_event <= record.ended_at - 1.0
+        assert writer.unspooled_since("lab") == record.ended_at
+        assert writer.unspooled_since("branch") is None
+
+        await writer.start()  # held (no database): it spools, and stores nothing
+        async with asyncio.timeout(WAIT):
+            await writer.wait_until(lambda w: w.unspooled_since("lab") is None)
+        ingest.save_state()
+        spooled = read_state(path)
+        assert spooled is not None and spooled.last_event == last_sent
+    finally:
+        await ingest.stop()
+        await writer.stop()
+    assert [r.linkedid for r in Spool(spool).unstored()] == [call.linkedid]  # for next start
 
 
 async def test_a_dropped_link_reports_its_gap_and_the_state_survives_a_restart(

@@ -6,6 +6,9 @@ event seen (its `Timestamp`) and the last moment the session was known alive
 are kept in a tiny file per PBX under the spool directory, `ami-<pbx>.state`
 (mode 0600; rewritten every few seconds while events flow, and at disconnect
 and stop; a crash loses at most those few seconds, which only widens the gap).
+The last event written is never past the end of a call handed on but not yet
+in the spool (`undurable_since`): killed before that call's fsync, callhub
+finds it again in the gap, from CEL.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from callhub.ami.correlator import MAX_TIMESTAMP
 log = structlog.get_logger(__name__)
 
 STATE_EVERY = 5.0  # seconds between two writes of the state file while events flow
+# The state file's last event is kept this far before the end of a call a crash would still
+# lose (not in the spool yet): cel_pgsql may stamp its rows a moment before AMI's Hangup.
+UNSPOOLED_MARGIN = 1.0
 
 
 @dataclass(frozen=True, slots=True)

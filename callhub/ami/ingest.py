@@ -39,7 +39,15 @@ import structlog
 from callhub.ami.connection import AmiConnection
 from callhub.ami.correlator import Correlator, event_time
 from callhub.ami.discovery import Inventory
-from callhub.ami.gap import STATE_EVERY, Gap, StreamState, read_state, state_path, write_state
+from callhub.ami.gap import (
+    STATE_EVERY,
+    UNSPOOLED_MARGIN,
+    Gap,
+    StreamState,
+    read_state,
+    state_path,
+    write_state,
+)
 from callhub.ami.parser import AmiMessage, EventFilter
 from callhub.ami.read_classes import MISSING_CLASS_MEANS, WANTS, ReadClassWatch
 from callhub.config import PbxConfig
@@ -71,8 +79,12 @@ class PbxIngest:
                  ping_timeout: float | None = None,
                  expire_interval: float = 60.0, supervisor: Supervisor | None = None,
                  state_dir: str | Path | None = None,
-                 on_gap: Callable[[Gap], None] | None = None) -> None:
+                 on_gap: Callable[[Gap], None] | None = None,
+                 undurable_since: Callable[[], float | None] | None = None) -> None:
         self.pbx = pbx
+        # The end of the earliest call handed on (`on_record`) that a crash would still
+        # lose, or None: the state file's last event stays before it (callhub.ami.gap).
+        self.undurable_since = undurable_since
         self.supervisor = supervisor if supervisor is not None else Supervisor()
         self.on_record = on_record
         self.metrics = metrics
@@ -138,7 +150,11 @@ class PbxIngest:
             return
         alive = self.clock() if self.connected else (self.alive_until or self.last_event)
         self._state_written = time.monotonic()
-        write_state(self.state_file, StreamState(self.last_event, alive))
+        last = self.last_event
+        unspooled = self.undurable_since() if self.undurable_since is not None else None
+        if unspooled is not None:  # killed now, that call is found again only in the gap
+            last = min(last, unspooled - UNSPOOLED_MARGIN)
+        write_state(self.state_file, StreamState(last, alive))
 
     @property
     def connected(self) -> bool:

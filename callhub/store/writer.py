@@ -240,6 +240,16 @@ class CallWriter:
         return (len(self._inbox) + len(self._logging) + len(self._direct)
                 + self._unstored_logged)
 
+    def unspooled_since(self, pbx: str) -> float | None:
+        """The end (PBX time) of the earliest call of `pbx` taken and not yet in the spool
+        nor the database, which a crash now would lose; None when there is none.
+
+        For the AMI state file (callhub.ami.gap): it never says the stream was seen past
+        such a call's end, so the gap a crash leaves reaches back to the call and CEL
+        recovery rebuilds it (the few milliseconds before a group's fsync)."""
+        return min((r.ended_at for part in (self._logging, self._direct, self._inbox)
+                    for r in part if r.pbx == pbx), default=None)
+
     def submit(self, record: CallRecord) -> None:
         """Take one finished call; returns at once (the spool is written by the task)."""
         record = bounded(record)
