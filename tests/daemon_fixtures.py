@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -32,13 +31,6 @@ def fault_seed(default: int) -> int:
     return int(os.environ.get("CALLHUB_TEST_SEED", default))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
 def write_config(tmp_path: Path, sim: AmiSimulator, *, database_url: str | None = None,
                  template: str = "01_answered_caller_hangup", pbx: str = "lab") -> Path:
     """A callhub.toml for `sim` as PBX `pbx` (contexts and agents of `template`'s lab),
@@ -53,7 +45,10 @@ def write_pbxs_config(directory: Path, sims: Mapping[str, AmiSimulator], *,
                       tokens: Sequence[str] = ()) -> Path:
     """directory/callhub.toml with one [[pbx]] per simulator (name -> simulator), each with
     the contexts and agents of `template`'s lab; JSON logs at info, spool in
-    directory/spool, SQLite directory/calls.db unless given, API `tokens` ('role:token')."""
+    directory/spool, SQLite directory/calls.db unless given, API `tokens` ('role:token').
+    The API and FastAGI listen on ports the system picks at each start (read them from
+    `daemon.api` / `fastagi.listening`): a port picked once for the config was free when
+    picked, and taken by another test's socket before a later restart now and then."""
     config = load_template(template).config
     agents = "\n".join(f'"{k}" = "{v}"' for k, v in config["agents"].items())
     url = database_url or f"sqlite+aiosqlite:///{directory / 'calls.db'}"
@@ -78,11 +73,11 @@ spool_dir = "{directory / 'spool'}"
 log_level = "info"
 
 [api]
-listen = "127.0.0.1:{free_port()}"
+listen = "127.0.0.1:0"
 tokens = {json.dumps(list(tokens))}
 
 [fastagi]
-listen = "127.0.0.1:{free_port()}"
+listen = "127.0.0.1:0"
 {tables}""", encoding="utf-8")
     return path
 

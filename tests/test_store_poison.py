@@ -15,9 +15,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import sqlalchemy as sa
 import structlog
+from sqlalchemy.engine import make_url
 from store_fixtures import (
     T0,
     DbFactory,
@@ -204,6 +206,35 @@ async def test_an_error_nobody_classified_is_retried_then_blamed_on_the_lone_cal
         assert len(Spool(store_settings.spool_dir)) == 0
     finally:
         await factory.cleanup()
+
+
+async def test_a_statement_on_a_connection_the_network_dropped_is_an_outage() -> None:
+    """The writer's COPY path talks to asyncpg directly. A statement sent after the network
+    dropped the connection between two of a batch raised asyncpg's own "connection is
+    closed", which callhub could not place; the database answering the ping a moment
+    later (a flapping link) then blamed the data: the batch was split and its calls
+    quarantined (seen as calls lost in tests/test_faults_wal.py, under load). A value
+    asyncpg cannot encode is still the data's."""
+    url = make_url(pg_url())
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    await proxy.start()
+    conn = await asyncpg.connect(via_proxy(pg_url(), proxy).replace("+asyncpg", ""))
+    closed = asyncio.Event()
+    conn.add_termination_listener(lambda _conn: closed.set())
+    try:
+        with pytest.raises(Exception) as refused:
+            await conn.execute("SELECT $1::integer", "not a number")
+        assert classify(refused.value) == "data"
+        proxy.cut()  # the network drops the connection while nothing is sent
+        async with asyncio.timeout(5):
+            await closed.wait()
+        with pytest.raises(Exception) as dropped:
+            await conn.copy_records_to_table("calls", records=[("lab",)], columns=["pbx"])
+        assert "connection is closed" in str(dropped.value)
+        assert classify(dropped.value) == "outage"
+    finally:
+        await conn.close(timeout=1)
+        await proxy.stop()
 
 
 async def test_login_refused_is_an_outage_the_calls_wait_and_nothing_is_quarantined(

@@ -16,6 +16,7 @@ import contextlib
 from pathlib import Path
 from typing import Literal
 
+import asyncpg
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
@@ -64,6 +65,13 @@ def classify(exc: BaseException) -> Kind:
         return "outage"
     if isinstance(exc, sa_exc.StatementError) and not isinstance(exc, sa_exc.DBAPIError):
         return "data"  # a value SQLAlchemy could not bind (e.g. a naive datetime)
+    if isinstance(exc, asyncpg.InterfaceError) and not isinstance(exc, ValueError):
+        # asyncpg itself, on the writer's COPY path (not wrapped by SQLAlchemy): above all
+        # "connection is closed", a statement after the network dropped the connection
+        # between two of a batch. Unknown, the database answering the ping a moment later
+        # (a flapping link) blamed the data: the batch was split and its calls quarantined.
+        # (asyncpg's DataError, a value it cannot encode, is a ValueError: the data's.)
+        return "outage"
     if isinstance(exc, (ValueError, TypeError, OverflowError, UnicodeError, KeyError)):
         return "data"  # a record Python could not turn into rows
     return "unknown"
