@@ -229,6 +229,8 @@ class Life:
     killed_at: float | None = None
     finished: list[tuple[str, float]] = field(default_factory=list)
     in_db_at_kill: set[str] = field(default_factory=set)
+    # What the run said of batches split and calls quarantined: why a call went missing.
+    notes: list[str] = field(default_factory=list)
 
 
 async def flap(proxy: TcpProxy, rng: random.Random) -> None:
@@ -299,6 +301,8 @@ async def test_sigkill_at_random_points_with_the_database_up_down_and_flapping(
         life.finished = [(str(e["linkedid"]), finished_at(e))
                          for e in daemon.events("call.finished")]
         life.in_db_at_kill = set(await stored(world.db))
+        life.notes = [line for line in daemon.lines if "writer.batch_split" in line
+                      or "quarantined" in line]
 
     # The last run: the database stays up, the rest of the stream, a clean stop.
     daemon = await start(world, config)
@@ -311,13 +315,16 @@ async def test_sigkill_at_random_points_with_the_database_up_down_and_flapping(
         assert await daemon.stop() == 0
     finally:
         await daemon.kill()
+    final.notes = [line for line in daemon.lines if "writer.batch_split" in line
+                   or "quarantined" in line]
     rows = await stored(world.db)
     expected = {c.linkedid: c.expected for c in synth}
 
     assert set(rows) <= set(expected), "a call that was never played was stored"
     lost = [(life.mode, lid) for life in lives for lid, at in life.finished
             if life.killed_at is not None and at <= life.killed_at - GRACE and lid not in rows]
-    assert lost == [], "calls finished before a SIGKILL were lost"
+    notes = [f"{life.mode}: {note}" for life in [*lives, final] for note in life.notes]
+    assert lost == [], f"calls finished before a SIGKILL were lost; the runs said: {notes}"
     for life in [*lives, final]:  # played whole to one run: there, with the right fields
         for lid, (a, b) in span.items():
             if life.first <= a and b < life.last and (life is final or any(
