@@ -233,6 +233,12 @@ class Life:
     notes: list[str] = field(default_factory=list)
 
 
+def splits_and_quarantines(daemon: Daemon) -> list[str]:
+    """What a run said of batches split and calls quarantined: why a call went missing."""
+    return [line for line in daemon.lines if "writer.batch_split" in line
+            or "quarantined" in line]
+
+
 async def flap(proxy: TcpProxy, rng: random.Random) -> None:
     """The database goes away and comes back every few tenths of a second."""
     while True:
@@ -301,8 +307,7 @@ async def test_sigkill_at_random_points_with_the_database_up_down_and_flapping(
         life.finished = [(str(e["linkedid"]), finished_at(e))
                          for e in daemon.events("call.finished")]
         life.in_db_at_kill = set(await stored(world.db))
-        life.notes = [line for line in daemon.lines if "writer.batch_split" in line
-                      or "quarantined" in line]
+        life.notes = splits_and_quarantines(daemon)
 
     # The last run: the database stays up, the rest of the stream, a clean stop.
     daemon = await start(world, config)
@@ -315,8 +320,7 @@ async def test_sigkill_at_random_points_with_the_database_up_down_and_flapping(
         assert await daemon.stop() == 0
     finally:
         await daemon.kill()
-    final.notes = [line for line in daemon.lines if "writer.batch_split" in line
-                   or "quarantined" in line]
+    final.notes = splits_and_quarantines(daemon)
     rows = await stored(world.db)
     expected = {c.linkedid: c.expected for c in synth}
 

@@ -213,7 +213,7 @@ async def test_a_statement_on_a_connection_the_network_dropped_is_an_outage() ->
     dropped the connection between two of a batch raised asyncpg's own "connection is
     closed", which callhub could not place; the database answering the ping a moment
     later (a flapping link) then blamed the data: the batch was split and its calls
-    quarantined (seen as calls lost in tests/test_faults_wal.py, under load). A value
+    quarantined (the likely cause of calls lost once in tests/test_faults_wal.py). A value
     asyncpg cannot encode is still the data's."""
     url = make_url(pg_url())
     proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)

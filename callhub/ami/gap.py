@@ -27,7 +27,7 @@ log = structlog.get_logger(__name__)
 STATE_EVERY = 5.0  # seconds between two writes of the state file while events flow
 # The state file's last event is kept this far before the end of a call a crash would still
 # lose (not in the spool yet): cel_pgsql may stamp its rows a moment before AMI's Hangup.
-UNSPOOLED_MARGIN = 1.0
+UNDURABLE_MARGIN = 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,7 +41,7 @@ from callhub.ami.correlator import Correlator, event_time
 from callhub.ami.discovery import Inventory
 from callhub.ami.gap import (
     STATE_EVERY,
-    UNSPOOLED_MARGIN,
+    UNDURABLE_MARGIN,
     Gap,
     StreamState,
     read_state,
@@ -151,9 +151,9 @@ class PbxIngest:
         alive = self.clock() if self.connected else (self.alive_until or self.last_event)
         self._state_written = time.monotonic()
         last = self.last_event
-        unspooled = self.undurable_since() if self.undurable_since is not None else None
-        if unspooled is not None:  # killed now, that call is found again only in the gap
-            last = min(last, unspooled - UNSPOOLED_MARGIN)
+        undurable = self.undurable_since() if self.undurable_since is not None else None
+        if undurable is not None:  # killed now, that call is found again only in the gap
+            last = min(last, undurable - UNDURABLE_MARGIN)
         write_state(self.state_file, StreamState(last, alive))
 
     @property

@@ -195,7 +195,7 @@ class SmsWorker:
             # At debug: an outage is warned of once and its end said once (a weekend
             # without balance was ~2,900 info lines a day of this).
             log.debug("sms.gateway_probe", gateway=self.gateway.name,
-                     unavailable_seconds=round(now - self.unavailable[1], 1))
+                      unavailable_seconds=round(now - self.unavailable[1], 1))
 
     async def _attempt(self, message: OutboxMessage) -> None:
         now = self.clock()
