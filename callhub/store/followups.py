@@ -173,8 +173,13 @@ async def close(conn: AsyncConnection, followup_id: int, status: str, *, now: da
                               "updated_at": now}
     if note is not None:
         values["note"] = note
-    await conn.execute(sa.update(followups).where(followups.c.id == followup_id)
-                       .values(**values, **rating))
+    # Guarded by the status, so of two closes at once the second updates nothing.
+    closed = await conn.execute(sa.update(followups)
+                                .where(followups.c.id == followup_id,
+                                       followups.c.status == "open")
+                                .values(**values, **rating))
+    if closed.rowcount != 1:
+        raise InvalidTransition(f"follow-up {followup_id} was closed meanwhile")
     if satisfaction is not None:  # /stats counts satisfactions from the rollup
         await rollup.refresh_call(conn, call_id)
 

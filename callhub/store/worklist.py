@@ -479,8 +479,14 @@ async def mark(conn: AsyncConnection, entry_id: int, status: str, who: str | Non
         took = max((now - row.first_missed_at).total_seconds(), 0.0)
         values["how"] = "manual"
         values["time_to_callback_seconds"] = took
-    await conn.execute(sa.update(worklist_entries)
-                       .where(worklist_entries.c.id == entry_id).values(**values))
+    # The status guard makes the close atomic: of two supervisors closing one entry at
+    # once (or a supervisor and the writer's callback), the second updates nothing.
+    done = await conn.execute(sa.update(worklist_entries)
+                              .where(worklist_entries.c.id == entry_id,
+                                     worklist_entries.c.status == "pending")
+                              .values(**values))
+    if done.rowcount != 1:
+        raise InvalidTransition(f"worklist entry {entry_id} was closed meanwhile")
     # /stats counts the entry in the hour of its first miss: its cached figures are stale.
     await rollup.touch(conn, {(row.pbx, rollup.hour_of(row.first_missed_at))})
     return took

@@ -1,0 +1,96 @@
+"""Two supervisors close the same worklist entry or follow-up at the same moment: one
+wins, the other is told it was closed (InvalidTransition, the API's 409), and the row
+keeps the winner's who and how.
+
+On PostgreSQL (READ COMMITTED) the second close reads the row as still open while the
+first is uncommitted, then waits on its row lock; the test holds the first transaction
+open until the database shows the second one waiting, so the interleaving is the racy
+one every run, not by chance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+from store_fixtures import T0, make_call, store
+
+from callhub.config import Settings
+from callhub.store import followups, worklist
+from callhub.store.db import Database
+from callhub.store.errors import InvalidTransition
+from callhub.store.tables import followups as followups_table
+from callhub.store.tables import worklist_entries
+
+Close = Callable[[AsyncConnection, str], Awaitable[object]]
+
+
+async def wait_until_blocked(db: Database, first: AsyncConnection) -> None:
+    """Return once some session waits on a lock the first transaction holds."""
+    first_pid = (await first.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one()
+    async with db.connection() as watcher:
+        for _ in range(2000):
+            waiting = (await watcher.execute(sa.text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE :pid = ANY(pg_blocking_pids(pid))"), {"pid": first_pid})).scalar_one()
+            if waiting:
+                return
+            await watcher.rollback()
+            await asyncio.sleep(0.005)  # polling the database's own view, not a guess
+    pytest.fail("the second close never waited on the first one's row lock")
+
+
+async def race(db: Database, close: Close) -> None:
+    """The first close holds its transaction until the second is waiting on it; the
+    second must then fail, not overwrite."""
+    async with db.begin() as first:
+        await close(first, "Alice")
+        second = asyncio.create_task(_in_transaction(db, close, "Bob"))
+        await wait_until_blocked(db, first)
+    with pytest.raises(InvalidTransition):
+        await second
+
+
+async def _in_transaction(db: Database, close: Close, who: str) -> None:
+    async with db.begin() as conn:
+        await close(conn, who)
+
+
+async def test_two_supervisors_closing_one_worklist_entry_one_gets_a_conflict(
+        pg_db: Database, store_settings: Settings) -> None:
+    await store(pg_db, store_settings, make_call("m1", at=T0, outcome="missed"))
+    async with pg_db.connection() as conn:
+        entry_id = (await conn.execute(sa.select(worklist_entries.c.id))).scalar_one()
+
+    async def close(conn: AsyncConnection, who: str) -> object:
+        status = "handled" if who == "Alice" else "dismissed"
+        return await worklist.mark(conn, entry_id, status, who, None)
+
+    await race(pg_db, close)
+    async with pg_db.connection() as conn:
+        row = (await conn.execute(sa.select(worklist_entries.c.status,
+                                            worklist_entries.c.handled_by))).one()
+    assert tuple(row) == ("handled", "Alice")
+
+
+async def test_two_supervisors_closing_one_follow_up_one_gets_a_conflict(
+        pg_db: Database, store_settings: Settings) -> None:
+    (call_id,) = await store(pg_db, store_settings, make_call("c1", at=T0))
+    now = datetime.now(UTC)
+    async with pg_db.begin() as conn:
+        (followup_id,) = await followups.create(conn, call_id, [now], now=now)
+
+    async def close(conn: AsyncConnection, who: str) -> object:
+        status = "done" if who == "Alice" else "cancelled"
+        await followups.close(conn, followup_id, status, now=now, who=who)
+        return None
+
+    await race(pg_db, close)
+    async with pg_db.connection() as conn:
+        row = (await conn.execute(sa.select(followups_table.c.status,
+                                            followups_table.c.closed_by))).one()
+    assert tuple(row) == ("done", "Alice")
