@@ -16,6 +16,7 @@ import structlog
 from desk_fixtures import REPAIR_RULE, Desk
 from store_fixtures import DbFactory, TcpProxy, auth, make_call, pg_url, store, via_proxy
 
+from callhub.api.params import MAX_WHO
 from callhub.config import Settings
 from callhub.desk.keeper import FollowupKeeper
 from callhub.store import migrate
@@ -160,7 +161,8 @@ async def test_bad_follow_up_requests_get_400s_naming_the_field(desk: Desk) -> N
     for body, field in (({}, "body"), ({"after": ["24h"], "due": ["2026-12-01"]}, "body"),
                         ({"after": ["soon"]}, "after[0]"), ({"due": ["tomorrow"]}, "due[0]"),
                         ({"due": []}, "due"), ({"after": ["24h"], "color": "red"}, "color"),
-                        ({"after": ["900d"]}, "after[0]"), ({"after": [5]}, "after[0]")):
+                        ({"after": ["900d"]}, "after[0]"), ({"after": [5]}, "after[0]"),
+                        ({"after": ["99999999d"]}, "after[0]")):
         response = await desk.client.post(url, headers=SUP, json=body)
         assert response.status == 400, body
         assert (await response.json())["parameter"] == field, body
@@ -175,6 +177,40 @@ async def test_bad_follow_up_requests_get_400s_naming_the_field(desk: Desk) -> N
     response = await desk.client.post(f"/api/v1/calls/{withheld}/followups", headers=SUP,
                                       json={"after": ["1h"]})
     assert response.status == 400 and "no outside number" in (await response.json())["message"]
+
+
+async def test_a_who_is_kept_whole_up_to_its_limit_and_longer_is_a_400(desk: Desk) -> None:
+    """Every write that records who did it, at the longest `who` it accepts and one
+    character more: the first is stored whole, the second a 400 naming `who`, never the
+    database's refusal (a 503)."""
+    call_ids = await store(desk.db, desk.settings, *(
+        make_call(f"m{i}", at=desk.clock.now - HOUR + i, outcome="missed",
+                  caller_number=f"+86139000000{i:02d}") for i in range(4)))
+    made = await desk.client.post(f"/api/v1/calls/{call_ids[0]}/followups", headers=SUP,
+                                  json={"after": ["1h", "2h"]})
+    first, second = [f["id"] for f in (await made.json())["items"]]
+    entries = [e["id"] for e in (await (await desk.client.get(
+        "/api/v1/worklist", headers=SUP)).json())["items"]]
+    limit = MAX_WHO
+    writes: list[tuple[str, str, dict[str, Any], str]] = [
+        ("post", f"/api/v1/worklist/{entries[0]}/handled", {}, "handled_by"),
+        ("post", f"/api/v1/worklist/{entries[1]}/dismiss", {}, "handled_by"),
+        ("post", f"/api/v1/calls/{call_ids[2]}/followups", {"after": ["1h"]}, "created_by"),
+        ("post", f"/api/v1/followups/{first}/done", {}, "closed_by"),
+        ("post", f"/api/v1/followups/{second}/cancel", {}, "closed_by"),
+        ("patch", f"/api/v1/calls/{call_ids[3]}", {"resolution": "resolved"},
+         "resolution_by")]
+    for method, url, body, column in writes:
+        too_long = await getattr(desk.client, method)(
+            url, headers=SUP, json={**body, "who": "王" * (limit + 1)})
+        assert too_long.status == 400, (url, await too_long.text())
+        assert (await too_long.json())["parameter"] == "who", url
+        kept = await getattr(desk.client, method)(url, headers=SUP,
+                                                  json={**body, "who": "王" * limit})
+        assert kept.status in (200, 201), (url, await kept.text())
+        reply = await kept.json()
+        stored = reply["items"][0] if "items" in reply else reply
+        assert stored[column].startswith("王" * limit), (url, stored[column])
 
 
 async def test_the_follow_up_routes_are_in_the_openapi_document(desk: Desk) -> None:

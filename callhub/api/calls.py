@@ -20,7 +20,7 @@ from callhub.api.base import (
     query_of,
     reply,
 )
-from callhub.api.params import BadParameter, Body, Filter, Moment, NoQuery, Path, Query, Text
+from callhub.api.params import BadParameter, Body, Filter, Moment, NoQuery, Path, Query, Text, Who
 from callhub.api.schemas import Call, CallPage, Direction, ErrorBody, Outcome, Reason, Resolution
 from callhub.records import RecordSource
 from callhub.store import queries
@@ -30,7 +30,6 @@ from callhub.store.resolution import MAX_DEPARTMENT, RESOLUTIONS, set_resolution
 MAX_LIMIT = 500
 MAX_NOTE = 4000
 MAX_ID = 2**31 - 1
-MAX_WHO = 200
 
 Status = Literal["pending", "handled", "dismissed"]
 ResolutionFilter = Literal[(*RESOLUTIONS, queries.NO_RESOLUTION)]  # type: ignore[valid-type]
@@ -91,7 +90,7 @@ class CallPatch(Body):
         "resolved, referred (give `department`), pending or unresolved; null clears it."))
     department: Annotated[Text, Field(min_length=1, max_length=MAX_DEPARTMENT)] | None = Field(
         None, description="With resolution `referred` only: the department it went to.")
-    who: Annotated[Text, Field(min_length=1, max_length=MAX_WHO)] | None = Field(
+    who: Annotated[Who, Field(min_length=1)] | None = Field(
         None, description="With a resolution: the name of who set it (recorded before the "
                           "token's role).")
 

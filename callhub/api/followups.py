@@ -36,6 +36,7 @@ from callhub.api.params import (
     Path,
     Query,
     Text,
+    Who,
     parse_datetime,
 )
 from callhub.api.schemas import ErrorBody, Followup, FollowupList, Resolution, Satisfaction
@@ -82,14 +83,14 @@ class NewFollowups(Body):
     after: Annotated[list[str], Field(min_length=1, max_length=MAX_DUE, description=(
         "Delays after the call ended."), examples=[["24h", "2d"]])] | None = None
     from_rule: bool | None = Field(None, description="true: the call's category's rule.")
-    who: Note | None = None
+    who: Who | None = None
     note: Note | None = None
 
 
 class Closing(Body):
     """Who closed it, and a note."""
 
-    who: Note | None = None
+    who: Who | None = None
     note: Note | None = None
 
 
@@ -110,7 +111,7 @@ class Rating(Body):
     satisfaction: Satisfaction | None = Field(None, description=(
         "satisfied, fair, dissatisfied or unreachable."))
     note: Note | None = None
-    who: Note | None = None
+    who: Who | None = None
 
 
 def now_of(app: web.Application) -> datetime:
@@ -149,6 +150,8 @@ def _due_times(body: NewFollowups, request: web.Request, now: datetime,
                     name, _, why = str(exc).partition(": ")
                     raise BadParameter(name, why) from None
                 assert call_ended is not None
+                if seconds > MAX_AHEAD.total_seconds():  # before timedelta overflows
+                    raise BadParameter(f"{key}[{i}]", "more than a year ahead")
                 at = call_ended + timedelta(seconds=seconds)
             if at > now + MAX_AHEAD:
                 raise BadParameter(f"{key}[{i}]", "more than a year ahead")

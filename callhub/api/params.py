@@ -130,6 +130,11 @@ Text = Annotated[str, AfterValidator(_storable)]
 Filter = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_storable)]
 """A query-string value matched exactly against a column."""
 
+MAX_WHO = 200
+"""A name of who did something: the columns keep 256 characters, room for the name and
+the token's role after it ("王芳 (supervisor)")."""
+Who = Annotated[Text, Field(max_length=MAX_WHO)]
+
 Moment = Annotated[datetime, BeforeValidator(_moment)]
 """ISO 8601 date or date-time; without an offset, local time in the configured zone."""
 

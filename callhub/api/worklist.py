@@ -18,7 +18,7 @@ from callhub.api.base import (
     query_of,
     reply,
 )
-from callhub.api.params import BadParameter, Body, Filter, Moment, NoQuery, Path, Query, Text
+from callhub.api.params import BadParameter, Body, Filter, Moment, NoQuery, Path, Query, Text, Who
 from callhub.api.schemas import ErrorBody, WorklistEntry, WorklistPage
 from callhub.store import queries, worklist
 
@@ -50,14 +50,14 @@ class EntryId(Path):
 class Handled(Body):
     """Who handled the entry, and a note."""
 
-    who: Annotated[Note, Field(min_length=1)]
+    who: Annotated[Who, Field(min_length=1)]
     note: Note | None = None
 
 
 class Dismissal(Body):
     """Who dismissed the entry, and a note."""
 
-    who: Note | None = None
+    who: Who | None = None
     note: Note | None = None
 
 
