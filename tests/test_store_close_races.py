@@ -1,6 +1,7 @@
-"""Two supervisors close the same worklist entry or follow-up at the same moment: one
-wins, the other is told it was closed (InvalidTransition, the API's 409), and the row
-keeps the winner's who and how.
+"""Two act on the same row at the same moment. Two supervisors closing one worklist
+entry or follow-up: one wins, the other is told it was closed (InvalidTransition, the
+API's 409), and the row keeps the winner's who and how. A category rule applied by two
+at once (the keeper and a request): its follow-ups exist once, and neither fails.
 
 On PostgreSQL (READ COMMITTED) the second close reads the row as still open while the
 first is uncommitted, then waits on its row lock; the test holds the first transaction
@@ -12,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -23,8 +25,8 @@ from callhub.config import Settings
 from callhub.store import followups, worklist
 from callhub.store.db import Database
 from callhub.store.errors import InvalidTransition
+from callhub.store.tables import calls, worklist_entries
 from callhub.store.tables import followups as followups_table
-from callhub.store.tables import worklist_entries
 
 Close = Callable[[AsyncConnection, str], Awaitable[object]]
 
@@ -44,20 +46,22 @@ async def wait_until_blocked(db: Database, first: AsyncConnection) -> None:
     pytest.fail("the second close never waited on the first one's row lock")
 
 
-async def race(db: Database, close: Close) -> None:
-    """The first close holds its transaction until the second is waiting on it; the
-    second must then fail, not overwrite."""
+async def race(db: Database, close: Close) -> object:
+    """The first close holds its transaction until the second is waiting on it; what
+    the second returned (or raised: the exception, returned)."""
     async with db.begin() as first:
         await close(first, "Alice")
         second = asyncio.create_task(_in_transaction(db, close, "Bob"))
         await wait_until_blocked(db, first)
-    with pytest.raises(InvalidTransition):
-        await second
+    try:
+        return await second
+    except InvalidTransition as exc:
+        return exc
 
 
-async def _in_transaction(db: Database, close: Close, who: str) -> None:
+async def _in_transaction(db: Database, close: Close, who: str) -> object:
     async with db.begin() as conn:
-        await close(conn, who)
+        return await close(conn, who)
 
 
 async def test_two_supervisors_closing_one_worklist_entry_one_gets_a_conflict(
@@ -70,7 +74,7 @@ async def test_two_supervisors_closing_one_worklist_entry_one_gets_a_conflict(
         status = "handled" if who == "Alice" else "dismissed"
         return await worklist.mark(conn, entry_id, status, who, None)
 
-    await race(pg_db, close)
+    assert isinstance(await race(pg_db, close), InvalidTransition)
     async with pg_db.connection() as conn:
         row = (await conn.execute(sa.select(worklist_entries.c.status,
                                             worklist_entries.c.handled_by))).one()
@@ -89,8 +93,27 @@ async def test_two_supervisors_closing_one_follow_up_one_gets_a_conflict(
         await followups.close(conn, followup_id, status, now=now, who=who)
         return None
 
-    await race(pg_db, close)
+    assert isinstance(await race(pg_db, close), InvalidTransition)
     async with pg_db.connection() as conn:
         row = (await conn.execute(sa.select(followups_table.c.status,
                                             followups_table.c.closed_by))).one()
     assert tuple(row) == ("done", "Alice")
+
+
+async def test_a_rule_applied_by_two_at_once_makes_its_follow_ups_once(
+        pg_db: Database, store_settings: Settings) -> None:
+    settings = replace(store_settings, followup_rules={"repair": (3600.0, 7200.0)})
+    (call_id,) = await store(pg_db, settings, make_call("c1", at=T0))
+    async with pg_db.begin() as conn:
+        await conn.execute(sa.update(calls).values(category="repair"))
+    now = datetime.now(UTC)
+
+    async def apply(conn: AsyncConnection, who: str) -> object:
+        return await followups.apply_rule(conn, call_id, settings, now=now)
+
+    assert await race(pg_db, apply) == []
+    async with pg_db.connection() as conn:
+        due = (await conn.scalars(sa.select(followups_table.c.due_at)
+                                  .order_by(followups_table.c.due_at))).all()
+    ended = datetime.fromtimestamp(make_call("c1", at=T0).ended_at, UTC)
+    assert due == [ended + timedelta(seconds=d) for d in settings.followup_rules["repair"]]

@@ -25,6 +25,7 @@ from callhub.store import rollup
 from callhub.store.errors import InvalidTransition, NotApplicable, NotFound
 from callhub.store.resolution import rating_values
 from callhub.store.tables import calls, followups
+from callhub.store.upsert import insert
 
 STATUSES = ("open", "done", "cancelled")
 HOWS = ("callback", "manual", "cancelled", "category_changed")
@@ -63,10 +64,17 @@ async def create(conn: AsyncConnection, call_id: int, due: Sequence[datetime], *
         raise NotApplicable(f"call {call_id} has no outside number to call back")
     ids = []
     for at in sorted(due):
-        ids.append((await conn.execute(sa.insert(followups).values(
+        stmt = insert(conn, followups).values(
             call_id=call_id, pbx=call.pbx, number=call.external_number, due_at=at,
             status="open", source=source, category=category, created_at=now,
-            created_by=who, note=note, updated_at=now).returning(followups.c.id))).scalar_one())
+            created_by=who, note=note, updated_at=now)
+        if source == "rule":  # a rule applied at once by two (keeper, request) lands once
+            stmt = stmt.on_conflict_do_nothing(
+                index_elements=["call_id", "category", "due_at"],
+                index_where=followups.c.source == "rule")
+        made = (await conn.execute(stmt.returning(followups.c.id))).scalar()
+        if made is not None:
+            ids.append(made)
     return ids
 
 
