@@ -3,13 +3,14 @@ clocks change in Europe/Berlin, and dated exceptions."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import random
+from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
 from routing_fixtures import BERLIN, berlin
 
-from callhub.routing.model import Rota
-from callhub.routing.onduty import on_duty
+from callhub.routing.model import Agent, DatedException, Line, Rota, Shift
+from callhub.routing.onduty import next_change, on_duty
 
 
 def duty(rota: Rota, at: datetime, line: str = "hotline") -> list[str]:
@@ -95,3 +96,48 @@ def test_partial_day_absence(sample_rota: Rota) -> None:
 
 def test_naive_moment_is_taken_as_local(sample_rota: Rota) -> None:
     assert duty(sample_rota, datetime(2026, 11, 30, 8, 0)) == DAY
+
+
+def scan_next_change(line: Line, at: datetime, horizon: timedelta) -> datetime | None:
+    """The definition, minute by minute: the first minute whose on-duty set differs."""
+    agents = {i: Agent(id=i, name=i, interface=f"X/{i}") for i in "abcdef"}
+    local = at.astimezone(BERLIN).replace(second=0, microsecond=0)
+    current = {s.agent.id for s in on_duty(line, agents, local, BERLIN)}
+    moment = local + timedelta(minutes=1)
+    while moment <= local + horizon:
+        if {s.agent.id for s in on_duty(line, agents, moment, BERLIN)} != current:
+            return moment
+        moment += timedelta(minutes=1)
+    return None
+
+
+def random_line(rng: random.Random, around: date) -> Line:
+    def clock() -> time:
+        return time(rng.randrange(24), rng.choice([0, 0, 15, 30, 59]),
+                    rng.choice([0, 0, 0, 30]))
+    shifts = tuple(
+        Shift(name=f"s{k}", days=frozenset(rng.sample(range(7), rng.randint(1, 7))),
+              start=clock(), end=clock(), agents=tuple(rng.sample("abcde", 2)),
+              ends_at_midnight=rng.random() < 0.1)
+        for k in range(rng.randint(0, 4)))
+    exceptions = tuple(
+        DatedException(name=f"e{k}", day=around + timedelta(days=rng.randrange(-1, 8)),
+                       start=rng.choice([None, clock()]), end=rng.choice([None, clock()]),
+                       closed=rng.random() < 0.2, absent=tuple(rng.sample("abcde", 1)),
+                       swaps={rng.choice("abcde"): "f"} if rng.random() < 0.3 else {},
+                       extra=tuple(rng.sample("abcde", rng.randint(0, 1))))
+        for k in range(rng.randint(0, 3)))
+    return Line(name="l", dids=("1",), rotation=tuple("abcde"), shifts=shifts,
+                exceptions=exceptions)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_next_change_is_the_first_minute_the_on_duty_set_changes(seed: int) -> None:
+    """Against the minute-by-minute definition, on random shifts and exceptions (odd
+    minutes and seconds among them) and moments around the clock changes."""
+    rng = random.Random(seed)
+    at = berlin(rng.choice(["2026-03-27 10:17", "2026-10-23 23:59:40", "2026-12-01 00:00"]))
+    at += timedelta(minutes=rng.randrange(3 * 24 * 60))
+    line = random_line(rng, at.date())
+    horizon = timedelta(days=7)
+    assert next_change(line, at, BERLIN, horizon) == scan_next_change(line, at, horizon)
