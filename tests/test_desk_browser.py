@@ -29,12 +29,13 @@ from desk_fixtures import (
     sign_in_as,
 )
 from prometheus_client import CollectorRegistry
-from store_fixtures import auth
+from store_fixtures import auth, make_call, store
 
 from callhub.api import followups as followups_api
 from callhub.api.app import make_app
 from callhub.config import Settings
 from callhub.desk import setup_desk
+from callhub.desk.pages import LIST_LIMIT
 from callhub.store import migrate
 from callhub.store.db import Database
 
@@ -127,6 +128,26 @@ async def test_follow_ups_due_and_overdue_on_the_worklist_and_a_rule_from_the_ca
     call = await (await desk.client.get(f"/api/v1/calls/{ids[2]}", headers=SUP)).json()
     assert (call["category"], call["note"]) == ("repair", "热水器漏水")
     await page.screenshot(path=screenshot_path("inproc-call-followups"), full_page=True)
+
+
+async def test_more_pending_than_the_view_draws_says_so_and_not_a_total(
+        live_desk: Desk, chromium: Any) -> None:
+    """Past the rows the worklist draws, the count says only the oldest are shown; the
+    newest caller, not drawn, is not claimed in a total."""
+    desk = live_desk
+    start = time.time() - 3600
+    await store(desk.db, desk.settings, *(
+        make_call(f"m{i}", at=start + i, outcome="missed", caller_number=f"+86139{i:08d}")
+        for i in range(LIST_LIMIT + 1)))
+    page = await chromium.new_page()
+    await sign_in(page, desk, "supervisor")
+    rows = page.locator("#worklist tbody tr")
+    await expect(rows).to_have_count(LIST_LIMIT)
+    count = await page.inner_text("#worklist-count")
+    assert count == f"over {LIST_LIMIT} waiting: the oldest {LIST_LIMIT} shown"
+    assert f"+86139{LIST_LIMIT:08d}" not in await page.inner_text("#worklist")
+    await rows.nth(0).locator("[data-action=dismiss]").click()
+    await expect(page.locator("#worklist-count")).to_have_text(f"{LIST_LIMIT} waiting")
 
 
 async def test_export_downloads_the_searched_calls_as_csv(live_desk: Desk, chromium: Any) -> None:

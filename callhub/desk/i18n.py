@@ -51,6 +51,7 @@ EN: dict[str, str] = {
     "worklist.hint": "Missed and abandoned callers, oldest first. The list updates by "
                      "itself; an answered call to or from the number clears it.",
     "worklist.count": "{n} waiting",
+    "worklist.count_more": "over {n} waiting: the oldest {n} shown",
     "worklist.empty": "Nobody is waiting for a call back.",
     "worklist.number": "Number",
     "worklist.line": "Line",
@@ -66,6 +67,7 @@ EN: dict[str, str] = {
     "worklist.dismissed": "{number} dismissed.",
     "followups.title": "Follow-up calls due",
     "followups.count": "{n} due, {overdue} overdue",
+    "followups.count_more": "over {n} due: the first {n} shown",
     "followups.empty": "No follow-up call is due.",
     "followups.ofCall": "Follow-up calls",
     "followups.none": "No follow-up calls for this call.",
@@ -294,6 +296,7 @@ ZH: dict[str, str] = {
     "worklist.hint": "未接和放弃的来电，最早的在前。列表自动刷新；"
                      "与该号码之间任何一次接通的通话都会将其清除。",
     "worklist.count": "{n} 个待回电",
+    "worklist.count_more": "待回电超过 {n} 个：显示最早的 {n} 个",
     "worklist.empty": "没有需要回电的来电。",
     "worklist.number": "号码",
     "worklist.line": "线路",
@@ -309,6 +312,7 @@ ZH: dict[str, str] = {
     "worklist.dismissed": "{number} 已忽略。",
     "followups.title": "到期的回访电话",
     "followups.count": "{n} 个到期，{overdue} 个逾期",
+    "followups.count_more": "到期超过 {n} 个：显示最早的 {n} 个",
     "followups.empty": "没有到期的回访电话。",
     "followups.ofCall": "回访电话",
     "followups.none": "此通话没有回访电话。",

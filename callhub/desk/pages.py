@@ -37,6 +37,11 @@ SECURITY_HEADERS = {
 }
 
 
+LIST_LIMIT = 500
+"""Rows the worklist view draws of pending entries and of due follow-ups (the oldest
+first); past it the count says how many are shown, not a total it does not know."""
+
+
 def boot_data(settings: Settings, lang: str) -> dict[str, Any]:
     """What the script needs besides the API: text, time zone, targets, categories."""
     return {
@@ -44,6 +49,7 @@ def boot_data(settings: Settings, lang: str) -> dict[str, Any]:
         "strings": dict(CATALOGUES[lang]),
         "timezone": settings.timezone,
         "poll_seconds": settings.desk_poll_seconds,
+        "list_limit": LIST_LIMIT,
         "targets": dict(settings.desk_targets),
         "categories": list(settings.categories),
         "rings": WITHIN_RINGS,

@@ -370,8 +370,8 @@
     let entries, due;
     try {
       [entries, due] = await Promise.all([
-        api("/api/v1/worklist?" + qs({ status: "pending", limit: 500 })),
-        api("/api/v1/followups?" + qs({ status: "open", due: "yes", limit: 500 })),
+        api("/api/v1/worklist?" + qs({ status: "pending", limit: boot.list_limit })),
+        api("/api/v1/followups?" + qs({ status: "open", due: "yes", limit: boot.list_limit })),
       ]);
     } catch (e) {
       liveLost(live, e);
@@ -394,7 +394,9 @@
     });
     body.replaceChildren(...rows);
     state.seenEntries = new Set(entries.items.map((e) => e.id));
-    document.getElementById("worklist-count").textContent = t("worklist.count", { n: entries.items.length });
+    document.getElementById("worklist-count").textContent = entries.next_cursor
+      ? t("worklist.count_more", { n: entries.items.length })
+      : t("worklist.count", { n: entries.items.length });
     document.getElementById("worklist-empty").hidden = entries.items.length > 0;
     const fbody = document.querySelector("#followups tbody");
     const fold = new Map([...fbody.children].map((tr) => [tr.dataset.followup, tr]));
@@ -407,7 +409,9 @@
       return tr;
     }));
     const overdue = due.items.filter((f) => f.overdue).length;
-    document.getElementById("followups-count").textContent = t("followups.count", { n: due.items.length, overdue });
+    document.getElementById("followups-count").textContent = due.next_cursor
+      ? t("followups.count_more", { n: due.items.length })
+      : t("followups.count", { n: due.items.length, overdue });
     document.getElementById("followups-empty").hidden = due.items.length > 0;
   }
 
