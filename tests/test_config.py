@@ -80,6 +80,7 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
     (f"[[pbx]]\nname='a'\n[pbx.lines]\n'4008001004' = '{'线' * 129}'\n",
      "pbx[a].lines.4008001004"),
     ("timezone = 'Mars/Olympus'\n", "timezone"),
+    ("timezone = 'America'\n", "timezone"),  # a folder of the tz database
     ("[api]\nlisten = 'nowhere'\n", "api.listen"),
     ("[api]\ntokens = ['root:abcdefghij']\n", "api.tokens"),
     ("[api]\ntokens = ['admin:short']\n", "api.tokens"),

@@ -58,18 +58,33 @@ def test_show_json_by_did_after_midnight(settings_file: Path, rota_file: Path,
     assert report["next_change"] == "2026-12-05T06:00+01:00"
 
 
+@pytest.mark.parametrize(("old", "new", "problem"), [
+    ('end = "22:00"', 'end = "22:75"',
+     "line 'hotline', shift 'evening': end: expected \"HH:MM\", got '22:75'"),
+    # A folder of the tz database is no zone (ZoneInfo fails with IsADirectoryError).
+    ('timezone = "Europe/Berlin"', 'timezone = "America"',
+     "timezone: unknown time zone 'America'"),
+    # Seconds were dropped when the rota was saved: 08:00:30-08:00 passed the check and
+    # failed the load with a traceback (start equal to end).
+    ('start = "08:00"', 'start = "08:00:30"',
+     "line 'hotline', shift 'day': start: whole minutes only"),
+])
 def test_load_refuses_a_bad_file_and_keeps_the_old_rota(
         settings_file: Path, rota_file: Path, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+        capsys: pytest.CaptureFixture[str], old: str, new: str, problem: str) -> None:
     main(["--config", str(settings_file), "rota", "load", str(rota_file)])
     saved = (tmp_path / "spool" / "routing" / "rota.json").read_bytes()
     bad = tmp_path / "bad.toml"
-    bad.write_text(SAMPLE_ROTA.replace('end = "22:00"', 'end = "22:75"'), encoding="utf-8")
+    assert old in SAMPLE_ROTA
+    bad.write_text(SAMPLE_ROTA.replace(old, new), encoding="utf-8")
+    capsys.readouterr()
     assert main(["--config", str(settings_file), "rota", "load", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert "line 'hotline', shift 'evening': end: expected \"HH:MM\", got '22:75'" in err
+    assert err.startswith("callhub: rota error: ") and problem in err, err
+    assert len(err.splitlines()) == 1, err  # one clear line, no traceback
     assert (tmp_path / "spool" / "routing" / "rota.json").read_bytes() == saved
     assert main(["--config", str(settings_file), "rota", "check", str(bad)]) == 2
+    assert problem in capsys.readouterr().err
 
 
 def test_show_without_a_rota_says_so(settings_file: Path,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import field, fields
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from pydantic import (
     AfterValidator,
@@ -30,7 +30,7 @@ from callhub.config.report import ReportSettings
 from callhub.config.sms import SmsSettings
 from callhub.config.targets import LineTable, LineTargets, line_targets
 from callhub.config.values import database_url as valid_database_url
-from callhub.config.values import listen, mask_url
+from callhub.config.values import listen, mask_url, time_zone
 from callhub.loops import EVENT_LOOPS, uvloop_installed
 from callhub.records import FIELD_LIMITS
 
@@ -180,14 +180,6 @@ def api_tokens(value: Any) -> Any:
     return tuple(tokens)
 
 
-def _timezone(value: str) -> str:
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise problem(f"unknown time zone {value!r}") from None
-    return value
-
-
 def _optional_database_url(value: str | None) -> str | None:
     return None if value is None else valid_database_url(value)
 
@@ -221,7 +213,7 @@ class Settings:
     metrics_token: StrictStr | None = None
     # `[api] workers`: API processes on api_listen (callhub/api/workers.py); 1: the daemon's.
     api_workers: Annotated[int, Field(ge=1, le=64)] = 1
-    timezone: Annotated[StrictStr, AfterValidator(_timezone)] = "UTC"
+    timezone: Annotated[StrictStr, AfterValidator(time_zone)] = "UTC"
     stale_call_seconds: Annotated[Number, Field(ge=1)] = 4 * 3600.0
     spool_dir: StrictStr = "spool"
     worklist_include_short_abandons: StrictBool = False

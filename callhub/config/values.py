@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic_core import PydanticCustomError
 from sqlalchemy.engine import make_url
@@ -129,3 +130,14 @@ def mask_url(url: str) -> str:
         query = urlencode([(k, "***" if _SECRET_PARAM.search(k) else v) for k, v in pairs],
                           safe="*/:")
     return f"{scheme}://{rest}{qmark}{query}"
+
+
+def time_zone(value: str) -> str:
+    """An IANA time zone's name, checked; a PydanticCustomError naming it otherwise. A
+    folder of the tz database ("America") fails inside ZoneInfo as an OSError, not as
+    ZoneInfoNotFoundError: it is as unknown."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise problem(f"unknown time zone {value!r}") from None
+    return value

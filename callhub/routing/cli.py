@@ -19,6 +19,7 @@ from callhub.argtypes import YEARS, in_years
 from callhub.config import load_settings
 from callhub.routing.chooser import Router
 from callhub.routing.duty import line_report
+from callhub.routing.model import Rota
 from callhub.routing.onduty import local_time, rota_zone
 from callhub.routing.rota_file import RotaError, load_rota
 from callhub.routing.state import POSITION_FILE, RotaStore, RotationState, state_dir
@@ -50,9 +51,13 @@ def _summary(path: str) -> tuple[int, str]:
     except RotaError as exc:
         print(f"callhub: rota error: {exc}", file=sys.stderr)
         return 2, ""
+    return 0, _describe(rota)
+
+
+def _describe(rota: Rota) -> str:
     shifts = sum(len(line.shifts) for line in rota.lines.values())
-    return 0, (f"{len(rota.agents)} agents, {len(rota.lines)} lines "
-               f"({', '.join(rota.lines) or 'none'}), {shifts} shifts")
+    return (f"{len(rota.agents)} agents, {len(rota.lines)} lines "
+            f"({', '.join(rota.lines) or 'none'}), {shifts} shifts")
 
 
 def check_command(args: argparse.Namespace) -> int:
@@ -64,12 +69,17 @@ def check_command(args: argparse.Namespace) -> int:
 
 def load_command(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    code, text = _summary(args.file)
-    if code:
-        return code
-    store = RotaStore(state_dir(settings))
-    store.replace(load_rota(args.file))
-    print(f"loaded {args.file} into {store.path}: {text}")
+    try:
+        rota = load_rota(args.file)
+        store = RotaStore(state_dir(settings))
+        store.replace(rota)
+    except RotaError as exc:
+        print(f"callhub: rota error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the state directory: not writable, disk full
+        print(f"callhub: cannot save the rota: {exc}", file=sys.stderr)
+        return 1
+    print(f"loaded {args.file} into {store.path}: {_describe(rota)}")
     return 0
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import date, time
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, StrictBool, StrictInt, model_validator
 
 from callhub.config.problems import keyed, problem
+from callhub.config.values import time_zone
 from callhub.routing.model import DEFAULT_RING_TIMEOUT, WEEKDAYS
 
 MAX_RING_TIMEOUT = 600
@@ -39,7 +39,7 @@ def text_problem(value: str) -> str | None:
 
 
 def parse_time(value: Any, allow_24: bool = False) -> tuple[time, bool]:
-    """'HH:MM' (or 'HH:MM:SS') to a time; '24:00' as (00:00, True) where allowed."""
+    """'HH:MM' (or 'HH:MM:00') to a time; '24:00' as (00:00, True) where allowed."""
     if isinstance(value, time):
         return value, False
     if not isinstance(value, str):
@@ -51,9 +51,12 @@ def parse_time(value: Any, allow_24: bool = False) -> tuple[time, bool]:
         parts = [int(p) for p in text.split(":")]
         if len(parts) not in (2, 3) or len(text.split(":")[0]) > 2:
             raise ValueError
-        return time(parts[0], parts[1], parts[2] if len(parts) == 3 else 0), False
+        at = time(parts[0], parts[1], parts[2] if len(parts) == 3 else 0)
     except ValueError:
         raise ValueError(f'expected "HH:MM", got {value!r}') from None
+    if at.second:  # shifts are whole minutes (the rota is saved, and on duty cached, so)
+        raise ValueError(f'whole minutes only: expected "HH:MM", got {value!r}')
+    return at, False
 
 
 def parse_days(value: Any) -> frozenset[int]:
@@ -159,12 +162,7 @@ def _raising(parse: Any) -> Any:
 
 
 def _timezone(value: Any) -> Any:
-    value = _text(value)
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise problem(f"unknown time zone {value!r}") from None
-    return value
+    return time_zone(_text(value))
 
 
 def _day(value: Any) -> date:
