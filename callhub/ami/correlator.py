@@ -46,7 +46,13 @@ from callhub.records import (
 
 _SUFFIX = re.compile(r"-[0-9a-fA-F]{6,}(;\d)?$")
 _HANGUP_EVENTS = frozenset({"HangupRequest", "SoftHangupRequest", "Hangup"})
-_GIVE_UP_APPS = frozenset({"Busy", "Congestion", "Hangup", "VoiceMail", "Playtones"})
+# Applications of the inbound dialplan that stop looking for an agent; Playtones does only
+# when it plays one of _GIVE_UP_TONES (indications.conf names): ringback played while the
+# dialplan looks the agent up (`Playtones(ring)`, then AGI and Dial) is still routing.
+_GIVE_UP_APPS = frozenset({"Busy", "Congestion", "Hangup", "VoiceMail"})
+_GIVE_UP_TONES = frozenset({"busy", "congestion", "info"})
+# Applications that offer the call to agents: the dialplan running one is routing (again).
+_ROUTING_APPS = frozenset({"Dial", "Queue"})
 _DIAL_RESULTS: dict[str, AttemptResult] = {
     "ANSWER": "answered",
     "NOANSWER": "no_answer",
@@ -172,7 +178,7 @@ class _Call:
     incomplete: bool = False
     live: dict[str, str] = field(default_factory=dict)  # uniqueid -> channel name
     states: dict[str, str] = field(default_factory=dict)  # uniqueid -> ChannelStateDesc
-    last_app: dict[str, str] = field(default_factory=dict)  # channel name -> application
+    giving_up: set[str] = field(default_factory=set)  # channels running a give-up application
     legs: dict[str, _Leg] = field(default_factory=dict)  # base name -> leg
     bridges: dict[str, set[str]] = field(default_factory=dict)  # bridge id -> channel names
     answered_at: float | None = None
@@ -529,7 +535,11 @@ class Correlator:
     def _on_newexten(self, call: _Call, event: AmiMessage, now: float) -> None:
         channel = event.get("Channel", "")
         app = event.get("Application", "")
-        call.last_app[channel] = app
+        gives_up = _gives_up(app, event.get("AppData", ""))
+        if gives_up:
+            call.giving_up.add(channel)
+        else:
+            call.giving_up.discard(channel)
         if app == "VoiceMail":
             call.voicemail = True
         if call.side(channel) != "origin":
@@ -543,9 +553,11 @@ class Correlator:
             call.called_number = clean(exten)
         # The caller's own phone half (;1) runs no dialplan of ours.
         if (call.direction == "inbound" and call.answered_at is None
-                and not channel.endswith(";1")
-                and (app in _GIVE_UP_APPS or exten in self.voicemail_extensions)):
-            call.gave_up = True
+                and not channel.endswith(";1")):
+            if gives_up or exten in self.voicemail_extensions:
+                call.gave_up = True
+            elif app in _ROUTING_APPS:
+                call.gave_up = False  # it offers the call to agents after all
 
     def _on_varset(self, call: _Call, event: AmiMessage, now: float) -> None:
         if event.get("Variable") == ROUTE_RESULT_VARIABLE:
@@ -878,7 +890,7 @@ class Correlator:
 
     def _dialplan_hangs_up(self, call: _Call, channel: str) -> bool:
         """True when the dialplan leg itself is running Hangup/Busy/...: the system ends it."""
-        return not channel.endswith(";1") and call.last_app.get(channel) in _GIVE_UP_APPS
+        return not channel.endswith(";1") and channel in call.giving_up
 
     def _waiting_reason(self, call: _Call) -> str:
         attempts = call.attempts()
@@ -998,6 +1010,13 @@ def _attempt(leg: _Leg, agent_name: str | None) -> Attempt:
         result=leg.result,
         ring_seconds=ring_seconds,
     )
+
+
+def _gives_up(app: str, data: str) -> bool:
+    """An application that ends the dialplan's search for an agent (busy, voicemail...)."""
+    if app == "Playtones":
+        return data.split(",", 1)[0].strip().lower() in _GIVE_UP_TONES
+    return app in _GIVE_UP_APPS
 
 
 def member_interface(member: str) -> str:
