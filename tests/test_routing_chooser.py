@@ -172,6 +172,21 @@ def test_rotation_continues_from_a_swapped_in_agent(router: Router) -> None:
     assert router.choose(HOTLINE_DID, berlin("2026-12-28 10:00")).targets[0].id == "ben"
 
 
+def test_rotation_continues_with_the_successor_of_an_agent_removed_from_it(
+        router: Router) -> None:
+    """The agent who took the last call leaves the rotation: those after it move up one
+    place, so the next call goes to the one who followed it, not the one after that."""
+    assert firsts(router, 2) == ["ann", "ben"]
+    rota = router.rota
+    hotline = rota.lines["hotline"]
+    without_ben = replace(hotline, rotation=tuple(a for a in hotline.rotation if a != "ben"),
+                          shifts=tuple(replace(s, agents=tuple(a for a in s.agents if a != "ben"))
+                                       for s in hotline.shifts),
+                          exceptions=())  # some name ben
+    router.replace_rota(replace(rota, lines={**rota.lines, "hotline": without_ben}))
+    assert firsts(router, 3) == ["cai", "ann", "cai"]
+
+
 def test_busy_tracker_reads_device_state_and_the_correlator() -> None:
     in_call = {"PJSIP/1003"}
     tracker = BusyTracker([lambda: in_call])

@@ -1,9 +1,10 @@
 """Calls of a line arriving together move its shared position together (issue 15, target 4):
 one statement moves the line k places and returns what k statements in a row would have.
 
-Checked against the statement that moved one place a call (kept here as the oracle), on
-real PostgreSQL; then two SharedPositions on one database (a pair) under many calls at
-once, and a group whose statement fails or outlasts the timeout."""
+Checked against the router's own rule for the next place (what a lone instance does from
+its file), written out here as the oracle, on real PostgreSQL; then two SharedPositions on
+one database (a pair) under many calls at once, and a group whose statement fails or
+outlasts the timeout."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import asyncio
 import gc
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,22 +30,8 @@ from callhub.routing.onduty import DutySlot
 from callhub.routing.shared import SharedPositionMetrics, SharedPositions
 from callhub.routing.state import RotationState
 from callhub.store import rotation
-from callhub.store.db import Database, driver_connection
+from callhub.store.db import Database
 from callhub.store.rotation import StoredPosition, read_positions
-
-# The statement before grouping (one place a call), as it was: the oracle.
-_CANDIDATES = "unnest($3::text[], $4::integer[]) WITH ORDINALITY AS c(agent, position, n)"
-ONE_PLACE = f"""
-INSERT INTO rotation_positions AS rp (line, agent, position, moved_at)
-SELECT $1::varchar, c.agent, c.position, $2::timestamptz
-  FROM {_CANDIDATES} ORDER BY c.n LIMIT 1
-ON CONFLICT (line) DO UPDATE SET (agent, position, moved_at) = (
-  SELECT c.agent, c.position, $2::timestamptz FROM {_CANDIDATES}
-   ORDER BY ((c.position - COALESCE(array_position($5::text[], rp.agent) - 1, rp.position)
-              - 1) % $6 + $6) % $6, c.n
-   LIMIT 1)
-RETURNING agent, position
-"""
 
 T0 = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 POOL = ("ann", "ben", "cai", "dee", "eve", "fay")  # rota agents
@@ -57,6 +44,7 @@ class Case:
     candidates: tuple[tuple[str, int], ...]  # sorted by (index, id), as the router passes
     stored: tuple[str, int] | None
     places: int
+    covers: tuple[str, ...] = ()  # the line's swap-ins
 
 
 @st.composite
@@ -70,8 +58,9 @@ def cases(draw: st.DrawFn) -> Case:
     candidates = draw(st.lists(slot, min_size=1, max_size=7, unique=True))
     stored = draw(st.none() | st.tuples(st.sampled_from(POOL + SWAPS),
                                         st.integers(0, size + 1)))
+    covers = tuple(draw(st.lists(st.sampled_from(SWAPS), unique=True)))
     return Case(rotation_, tuple(sorted(candidates, key=lambda c: (c[1], c[0]))), stored,
-                draw(st.integers(1, 7)))
+                draw(st.integers(1, 7)), covers)
 
 
 async def set_row(db: Database, line: str, stored: tuple[str, int] | None) -> None:
@@ -89,34 +78,39 @@ async def the_row(db: Database) -> list[StoredPosition]:
         return await read_positions(conn)
 
 
-async def one_by_one(db: Database, case: Case, times: Sequence[datetime]) -> list[tuple[str, int]]:
-    """What `places` calls one after another got from the old statement."""
-    async with db.connection() as conn:
-        driver = await driver_connection(conn)
-        moves = []
-        for at in times:
-            row = await driver.fetchrow(
-                ONE_PLACE, "hotline", at, [a for a, _ in case.candidates],
-                [p for _, p in case.candidates], list(case.rotation),
-                max(len(case.rotation), 1))
-            moves.append((str(row["agent"]), int(row["position"])))
-        return moves
+def one_by_one(case: Case) -> list[tuple[str, int]]:
+    """What `places` calls one after another get by the router's rule: the next candidate
+    after the previous agent's index in the rotation, after the slot a swap-in took, or
+    from the slot of an agent since removed (those after it moved up into it); no
+    previous agent: the first candidate."""
+    size = max(len(case.rotation), 1)
+    previous, moves = case.stored, []
+    for _ in range(case.places):
+        if previous is None:
+            previous = case.candidates[0]
+        else:
+            agent, index = previous
+            if agent in case.rotation:
+                start = case.rotation.index(agent) + 1
+            else:
+                start = index + (agent in case.covers)
+            previous = min(case.candidates, key=lambda c: ((c[1] - start) % size, c[1], c[0]))
+        moves.append(previous)
+    return moves
 
 
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=cases())
 async def test_k_places_at_once_are_k_single_moves(pg_db: Database, case: Case) -> None:
-    times = [T0 + timedelta(seconds=i + 1) for i in range(case.places)]
-    await set_row(pg_db, "hotline", case.stored)
-    expected = await one_by_one(pg_db, case, times)
-    expected_row = await the_row(pg_db)
+    at = T0 + timedelta(seconds=case.places)
     await set_row(pg_db, "hotline", case.stored)
     async with pg_db.connection() as conn:
         got = await rotation.advance(conn, "hotline", case.candidates, case.rotation,
-                                     times[-1], places=case.places)
+                                     at, places=case.places, covers=case.covers)
+    expected = one_by_one(case)
     assert got == expected
-    assert await the_row(pg_db) == expected_row
+    assert await the_row(pg_db) == [StoredPosition("hotline", *expected[-1], at)]
 
 
 async def test_the_pair_s_first_moves_of_a_line_at_once_start_once(pg_db: Database) -> None:
@@ -198,9 +192,10 @@ def count_statements(monkeypatch: pytest.MonkeyPatch,
     statements: list[int] = []
     advance_on = rotation.advance_on
 
-    async def counted(*args: object, places: int = 1) -> list[tuple[str, int]]:
+    async def counted(*args: object, places: int = 1, **more: object
+                      ) -> list[tuple[str, int]]:
         statements.append(noted(places))
-        return await advance_on(*args, places=places)  # type: ignore[arg-type]
+        return await advance_on(*args, places=places, **more)  # type: ignore[arg-type, misc]
 
     monkeypatch.setattr(rotation, "advance_on", counted)
     return statements

@@ -168,9 +168,13 @@ class Router:
         if previous is None:
             return 0
         index = line.rotation_index(previous.agent)
-        if index is None:  # a swap-in or removed agent: the slot it held
-            index = previous.index
-        return index + 1
+        if index is not None:
+            return index + 1
+        if previous.agent in line.covers():  # a swap-in: on after the slot it took
+            return previous.index + 1
+        # An agent since removed from the rotation: those after it moved up one place, so
+        # the one that followed it now holds its slot.
+        return previous.index
 
     def plan(self, key: str | None, at: datetime | None = None) -> Plan | Decision:
         """Who may take a call to `key` at `at`, in the order the local position gives; a

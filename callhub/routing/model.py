@@ -103,6 +103,12 @@ class Line:
             return own
         return agent.ring_timeout if agent.ring_timeout is not None else self.ring_timeout
 
+    def covers(self) -> tuple[str, ...]:
+        """The agents who stand in for one of the rotation on some date (the swaps' covers)
+        and are not in it themselves: each takes the absent agent's slot."""
+        ids = {cover for e in self.exceptions for cover in e.swaps.values()}
+        return tuple(sorted(ids.difference(self.rotation)))
+
     def rotation_index(self, agent_id: str) -> int | None:
         try:
             return self.rotation.index(agent_id)

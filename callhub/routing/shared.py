@@ -86,8 +86,8 @@ class SharedPositionMetrics:
 GATHER_TURNS = 8
 GATHER_SECONDS = 0.0005
 
-# A group's calls: the same line, candidates (agent id, rotation index) and rotation.
-_Key = tuple[str, tuple[tuple[str, int], ...], tuple[str, ...]]
+# A group's calls: the same line, candidates (agent id, rotation index), rotation and covers.
+_Key = tuple[str, tuple[tuple[str, int], ...], tuple[str, ...], tuple[str, ...]]
 # A kept connection and the asyncpg connection under it.
 _Kept = tuple[AsyncConnection, Any]
 
@@ -158,7 +158,8 @@ class SharedPositions:
     def _group_for(self, line: Line, eligible: Sequence[DutySlot]) -> _Group:
         """The open group of calls like this one (the same line, candidates and rotation),
         or a new one, whose statement follows the one in flight for them, if any."""
-        key = (line.name, tuple((s.agent.id, s.position) for s in eligible), line.rotation)
+        key = (line.name, tuple((s.agent.id, s.position) for s in eligible), line.rotation,
+               line.covers())
         group = self._open.get(key)
         if group is None:
             loop = asyncio.get_running_loop()
@@ -208,12 +209,12 @@ class SharedPositions:
                 return None
             kept = await self._idle.get()
             self._close(group)  # the calls from now on make the next group
-            _, candidates, _ = group.key
+            _, candidates, _, covers = group.key
             conn, driver = kept
             try:
                 moves = await rotation.advance_on(
                     driver, group.line.name, candidates, group.line.rotation,
-                    group.calls[-1].at, places=len(group.calls))
+                    group.calls[-1].at, places=len(group.calls), covers=covers)
             except BaseException:
                 self._held.discard(conn)
                 await conn.invalidate()  # never used again half-used

@@ -41,9 +41,10 @@ class StoredPosition:
 
 
 # `places` moves at once, each as one call's move would be: the next candidate after the
-# previous agent, cyclically (the previous index is that agent's index in today's rotation
-# (it may have moved in the rota), else its stored index (a swap-in or removed agent: the
-# slot it held); no row yet: the first candidate). Candidates come sorted by (index, id),
+# previous agent, cyclically (after that agent's index in today's rotation (it may have
+# moved in the rota); else after the slot it took, for a swap-in (`$8`, the line's covers);
+# else from its stored index, for an agent since removed (those after it moved up into its
+# slot); no row yet: the first candidate). Candidates come sorted by (index, id),
 # so their ordinality breaks ties as Python's sort on the id does. The recursive CTE walks
 # the steps from the row read FOR UPDATE, so the pair still waits on the row's lock and each
 # statement starts where the last one left the row. The row is written once, with the last
@@ -64,8 +65,9 @@ step(i, agent, position) AS (
     SELECT p.i + 1, nx.agent, nx.position FROM step p CROSS JOIN LATERAL (
         SELECT c.agent, c.position FROM candidate c
          ORDER BY CASE WHEN p.agent IS NULL THEN 0 ELSE
-                  ((c.position - COALESCE(array_position($5::text[], p.agent) - 1, p.position)
-                    - 1) % $6 + $6) % $6 END, c.n
+                  ((c.position - COALESCE(array_position($5::text[], p.agent),
+                                          p.position + (p.agent = ANY($8::text[]))::integer))
+                    % $6 + $6) % $6 END, c.n
          LIMIT 1) nx
      WHERE p.i < $7),
 moved AS (
@@ -82,20 +84,21 @@ _ATTEMPTS = 3  # the second finds the row; a third only if it was deleted meanwh
 
 
 async def advance(conn: AsyncConnection, line: str, candidates: Sequence[tuple[str, int]],
-                  rotation: Sequence[str], now: datetime,
-                  places: int = 1) -> list[tuple[str, int]]:
+                  rotation: Sequence[str], now: datetime, places: int = 1,
+                  covers: Sequence[str] = ()) -> list[tuple[str, int]]:
     """Move `line`'s position `places` times to the next of `candidates` (non-empty, sorted
     by index then id) and return each place in order (agent id, rotation index): what
-    `places` calls one after another would get. One statement, committed on its own (no
+    `places` calls one after another would get. `covers`: the line's swap-ins (agents of no
+    rotation who take an absent one's slot). One statement, committed on its own (no
     transaction is open on `conn`), so the row lock is held only while PostgreSQL runs it.
     PostgreSQL (asyncpg) only."""
     return await advance_on(await driver_connection(conn), line, candidates, rotation, now,
-                            places)
+                            places, covers)
 
 
 async def advance_on(driver: Any, line: str, candidates: Sequence[tuple[str, int]],
-                     rotation: Sequence[str], now: datetime,
-                     places: int = 1) -> list[tuple[str, int]]:
+                     rotation: Sequence[str], now: datetime, places: int = 1,
+                     covers: Sequence[str] = ()) -> list[tuple[str, int]]:
     """`advance` on the asyncpg connection itself: for a caller that keeps its connection
     and took the driver's once (SQLAlchemy's `get_raw_connection` is a greenlet switch,
     ~25 us of CPU a statement, a fifth of a lone routed call's in SharedPositions)."""
@@ -104,7 +107,7 @@ async def advance_on(driver: Any, line: str, candidates: Sequence[tuple[str, int
     if places < 1:
         raise ValueError("advance moves at least one place")
     args = (line, now, [a for a, _ in candidates], [p for _, p in candidates],
-            list(rotation), max(len(rotation), 1), places)
+            list(rotation), max(len(rotation), 1), places, list(covers))
     for _ in range(_ATTEMPTS):
         rows = await driver.fetch(ADVANCE, *args)
         if rows:
