@@ -7,7 +7,10 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from callhub.routing.agi_answer import MAX_LINE, mset_commands, mset_value, quote
+from callhub.routing.agi_answer import MAX_LINE, fits, mset_commands, mset_value, quote
+from callhub.routing.chooser import Decision
+from callhub.routing.fastagi import decision_variables
+from callhub.routing.model import Agent
 from callhub.sim.agi_parse import agi_variables, parse_args, separate_args
 
 NAMES = [f"CALLHUB_V{i}" for i in range(8)]
@@ -58,3 +61,24 @@ def test_mset_as_asterisk_documents_it() -> None:
     assert agi_variables('EXEC MSet "A=\\"x\\",B=1\\\\,2"') == [("A", "x"), ("B", "1,2")]
     assert agi_variables('SET VARIABLE A "b c"') == [("A", "b c")]
     assert agi_variables("NOOP") == []
+
+
+@given(st.integers(1, 150), st.integers(5, 60))
+def test_a_target_list_longer_than_a_line_keeps_the_first_agents_that_fit(
+        agents: int, name_length: int) -> None:
+    """Many agents on duty with long interface names: every command is one line res_agi
+    reads whole, and the targets and their timeouts are the first agents, as many as fit."""
+    interfaces = [f"PJSIP/{'d' * name_length}{i:03d}" for i in range(agents)]
+    decision = Decision("hotline", "routed", tuple(
+        Agent(id=f"a{i}", name=f"a{i}", interface=iface) for i, iface in enumerate(interfaces)),
+        ring_timeout=15, ring_timeouts=tuple(10 + i % 20 for i in range(agents)))
+    lines = mset_commands(decision_variables(decision))
+    assert all(len(line) <= MAX_LINE for line in lines)
+    got = dict(p for line in lines for p in agi_variables(line.decode().rstrip("\n")))
+    sent = got["CALLHUB_TARGETS"].split("&")
+    assert sent == interfaces[:len(sent)] and int(got["CALLHUB_TARGET_COUNT"]) == len(sent)
+    assert got["CALLHUB_RING_TIMEOUTS"].split("&") == [
+        str(t) for t in decision.target_timeouts[:len(sent)]]
+    assert got["CALLHUB_ROUTE_RESULT"] == "routed"
+    if len(sent) < agents:  # cut only where one more would not fit
+        assert not fits("CALLHUB_TARGETS", "&".join(interfaces[:len(sent) + 1]))

@@ -17,8 +17,9 @@ Two parsers read the line, escaped here in reverse order:
 
 res_agi.c reads a command into a 2,048-byte buffer (`AGI_BUF_LEN`): a longer line is cut
 and its rest read as a second command. Variables that do not fit in one line go in
-several MSets, `CALLHUB_ROUTE_RESULT` always in the last (one variable longer than a line
-cannot be set through AGI at all: it goes alone, and is cut).
+several MSets, `CALLHUB_ROUTE_RESULT` always in the last. One variable longer than a line
+cannot be set through AGI at all (`fits` says which): the target list is cut to the agents
+that fit before it is sent (callhub/routing/fastagi.py).
 """
 
 from __future__ import annotations
@@ -58,6 +59,11 @@ def mset_commands(variables: Sequence[tuple[str, str]]) -> list[bytes]:
         taken.append(pair)
     commands.append(_line(taken))
     return commands
+
+
+def fits(name: str, value: str) -> bool:
+    """Whether `name=value` can be set at all: alone in one MSet line of MAX_LINE."""
+    return len(_line([f"{name}={mset_value(value)}"])) <= MAX_LINE
 
 
 def _line(pairs: list[str]) -> bytes:

@@ -40,7 +40,7 @@ import structlog
 
 from callhub.config import Settings
 from callhub.logs import mask_number
-from callhub.routing.agi_answer import mset_commands
+from callhub.routing.agi_answer import MAX_LINE, fits, mset_commands
 from callhub.routing.chooser import Decision, Router
 from callhub.routing.metrics import RoutingMetrics
 
@@ -92,14 +92,23 @@ class AgiEnvironment:
 
 
 def decision_variables(decision: Decision) -> list[tuple[str, str]]:
-    """The channel variables for a decision, in the order they are sent (result last)."""
-    targets = decision.interfaces
+    """The channel variables for a decision, in the order they are sent (result last).
+
+    A target list longer than one AGI line (some 90 agents on duty, with long interface
+    names) cannot be set: Asterisk would read its cut-off rest as a command. The list
+    keeps the first agents that fit; they ring for many minutes before the last of them.
+    """
+    targets = list(decision.interfaces)
+    timeouts = [str(s) for s in decision.target_timeouts]
+    if len(SEPARATOR.join(targets)) * 4 + 64 > MAX_LINE:  # escaped, at most 4 bytes a char
+        while len(targets) > 1 and not fits("CALLHUB_TARGETS", SEPARATOR.join(targets)):
+            del targets[-1], timeouts[-1]
     return [
         ("CALLHUB_TARGETS", SEPARATOR.join(targets)),
         ("CALLHUB_TARGET_COUNT", str(len(targets))),
         ("CALLHUB_TARGET", targets[0] if targets else ""),
         ("CALLHUB_RING_TIMEOUT", str(decision.ring_timeout)),
-        ("CALLHUB_RING_TIMEOUTS", SEPARATOR.join(str(s) for s in decision.target_timeouts)),
+        ("CALLHUB_RING_TIMEOUTS", SEPARATOR.join(timeouts)),
         ("CALLHUB_FALLBACK", decision.fallback or ""),
         ("CALLHUB_LINE", decision.line or ""),
         ("CALLHUB_ROUTE_RESULT", decision.result),
