@@ -54,7 +54,10 @@ BAD_CURSORS = {
         forged("w", 0, NOW, 2**63 + 1), forged("w", 1, YEAR_1, 5),
         forged("w", 0, YEAR_99999, 5), forged("w", 2, NOW, 5), forged("c", NOW, 5),
     ],
-    "/api/v1/followups": [forged("f", 2**63 + 1), forged("f", -1), forged("f", 2**31)],
+    "/api/v1/followups": [
+        forged("f", 0, NOW, 2**63 + 1), forged("f", 1, YEAR_1, 5), forged("f", 0, NOW, 2**31),
+        forged("f", 0, YEAR_99999, 5), forged("f", 2, NOW, 5), forged("f", 5),  # an offset
+    ],
 }
 
 
@@ -81,15 +84,19 @@ async def test_a_forged_cursor_is_a_400_naming_it(full_api: Client, path: str,
 
 async def test_the_largest_cursor_values_reach_the_database(
         full_api: Client, any_db: Database, api_settings: Settings) -> None:
-    await store(any_db, api_settings, make_call("a", at=T0),
-                make_call("b", at=T0 + 60, outcome="missed"))
+    call_id, _ = await store(any_db, api_settings, make_call("a", at=T0),
+                             make_call("b", at=T0 + 60, outcome="missed"))
+    made = await full_api.post(f"/api/v1/calls/{call_id}/followups", headers=ADMIN,
+                               json={"after": ["1h"]})
+    assert made.status == 201, await made.text()
     top = cursors.micros(datetime(9999, 1, 1, tzinfo=UTC)) - 1
     bottom = cursors.micros(datetime(1900, 1, 1, tzinfo=UTC))
     cases = [("/api/v1/calls", forged("c", top, 2**31 - 1), 2),  # everything is older
              ("/api/v1/calls", forged("c", bottom, 1), 0),  # nothing is older
              ("/api/v1/worklist", forged("w", 0, bottom, 1), 1),  # the pending entry
              ("/api/v1/worklist", forged("w", 1, top, 2**31 - 1), 0),
-             ("/api/v1/followups", forged("f", 2**31 - 1), 0)]
+             ("/api/v1/followups", forged("f", 1, top, 2**31 - 1), 0),
+             ("/api/v1/followups", forged("f", 0, bottom, 1), 1)]  # the open one
     for path, cursor, expected in cases:
         response = await full_api.get(path, params={"cursor": cursor}, headers=ADMIN)
         assert response.status == 200, (path, await response.text())

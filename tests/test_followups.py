@@ -213,6 +213,40 @@ async def test_a_who_is_kept_whole_up_to_its_limit_and_longer_is_a_400(desk: Des
         assert stored[column].startswith("王" * limit), (url, stored[column])
 
 
+async def test_pages_show_every_follow_up_once_while_some_are_closed_between_pages(
+        desk: Desk) -> None:
+    """Open first then by due time (ties by id), every follow-up on exactly one page, also
+    when the supervisor closes the first page's ones before asking for the next (with
+    pages by offset, those closed ones left and as many open ones were never shown)."""
+    call_ids = await store(desk.db, desk.settings, *(
+        make_call(f"c{i}", at=desk.clock.now - HOUR, caller_number=f"+8613900000{i:03d}")
+        for i in range(5)))
+    made = []
+    for i, call_id in enumerate(call_ids):  # due times tie across calls
+        response = await desk.client.post(f"/api/v1/calls/{call_id}/followups", headers=SUP,
+                                          json={"after": ["1h", "2h", f"{3 + i % 2}h"]})
+        made += [f["id"] for f in (await response.json())["items"]]
+    seen: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params = {"limit": "4", **({"cursor": cursor} if cursor else {})}
+        page = await (await desk.client.get("/api/v1/followups", params=params,
+                                            headers=SUP)).json()
+        seen += page["items"]
+        for f in page["items"][:2]:  # closed between pages: they leave the open part
+            if f["status"] == "open":
+                closed = await desk.client.post(f"/api/v1/followups/{f['id']}/cancel",
+                                                headers=SUP)
+                assert closed.status == 200
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    open_seen = [f["id"] for f in seen if f["status"] == "open"]
+    assert sorted(open_seen) == sorted(made)  # every one, once, as it was when listed
+    keys = [(f["status"] != "open", f["due_at"], f["id"]) for f in seen]
+    assert keys == sorted(keys)  # the closed ones, listed again after the open ones
+
+
 async def test_the_follow_up_routes_are_in_the_openapi_document(desk: Desk) -> None:
     doc = await (await desk.client.get("/api/v1/openapi.json", headers=SUP)).json()
     assert {"post", "get"} <= set(doc["paths"]["/api/v1/calls/{id}/followups"])

@@ -38,7 +38,6 @@ def moment(value: int) -> datetime:
 Micros = Annotated[int, Field(ge=micros(datetime(1900, 1, 1, tzinfo=UTC)),
                               le=micros(datetime(9999, 1, 1, tzinfo=UTC)) - 1)]
 RowId = Annotated[int, Field(ge=1, le=2**31 - 1)]  # ids are 32-bit on PostgreSQL
-Offset = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Rank = Literal[0, 1]
 
 
@@ -71,5 +70,5 @@ class CursorKind:
 
 CALLS = CursorKind("c", (Micros, RowId))  # the last call's (arrived_at, id)
 WORKLIST = CursorKind("w", (Rank, Micros, RowId))  # (pending-first rank, first miss, id)
-FOLLOWUPS = CursorKind("f", (Offset,))  # rows already shown
+FOLLOWUPS = CursorKind("f", (Rank, Micros, RowId))  # (open-first rank, due time, id)
 SMS = CursorKind("s", (Micros, RowId))  # the last message's (created_at, id)

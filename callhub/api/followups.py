@@ -205,7 +205,10 @@ async def list_followups(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     args = query_of(request, FollowupQuery)
     now = now_of(request.app)
-    offset = cursors.FOLLOWUPS.decode(args.cursor)[0] if args.cursor is not None else 0
+    after = None
+    if args.cursor is not None:
+        rank, at, followup_id = cursors.FOLLOWUPS.decode(args.cursor)
+        after = store.FollowupPosition(rank, cursors.moment(at), followup_id)
     limit = args.limit
     status = args.status
     if args.due is not None:
@@ -216,11 +219,15 @@ async def list_followups(request: web.Request) -> web.StreamResponse:
                                due_by=now if args.due == "yes" else None,
                                due_after=now if args.due == "no" else None)
     async with request.app[DB].connection() as conn:
-        rows = await store.list_followups(conn, flt, limit=limit + 1, offset=offset)
+        rows = await store.list_followups(conn, flt, limit=limit + 1, after=after)
+    next_cursor = None
+    if len(rows) > limit:
+        last = store.position_of(rows[limit - 1])
+        next_cursor = cursors.FOLLOWUPS.encode(last.rank, cursors.micros(last.due_at), last.id)
     return reply(request, {
         "items": [followup_json(r, now, settings.followup_overdue_seconds)
                   for r in rows[:limit]],
-        "next_cursor": cursors.FOLLOWUPS.encode(offset + limit) if len(rows) > limit else None,
+        "next_cursor": next_cursor,
     })
 
 

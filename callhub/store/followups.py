@@ -206,9 +206,24 @@ FOLLOWUP_COLUMNS = (*followups.c, calls.c.caller_name, calls.c.line, calls.c.dir
                     calls.c.category.label("call_category"))
 
 
+@dataclass(frozen=True, slots=True)
+class FollowupPosition:
+    """Where a page ended, in the list's order: (open first rank, due time, id)."""
+
+    rank: int  # 0 open, 1 closed
+    due_at: datetime
+    id: int
+
+
+def position_of(row: dict[str, Any]) -> FollowupPosition:
+    return FollowupPosition(0 if row["status"] == "open" else 1, row["due_at"], row["id"])
+
+
 async def list_followups(conn: AsyncConnection, flt: FollowupFilter, *, limit: int = 100,
-                         offset: int = 0) -> list[dict[str, Any]]:
-    """Follow-ups, open first, then by due time; each with its call's name, line, category."""
+                         after: FollowupPosition | None = None) -> list[dict[str, Any]]:
+    """Follow-ups, open first, then by due time; each with its call's name, line, category.
+    After a position (keyset): a follow-up closed or added while a supervisor pages on
+    neither repeats nor hides another, as an offset did."""
     f = followups.c
     where: list[sa.ColumnElement[bool]] = []
     if flt.status is not None:
@@ -222,9 +237,13 @@ async def list_followups(conn: AsyncConnection, flt: FollowupFilter, *, limit: i
     if flt.number is not None:
         where.append(f.number == flt.number)
     open_first = sa.case((f.status == "open", 0), else_=1)
+    if after is not None:
+        at = sa.bindparam("after_at", after.due_at, type_=f.due_at.type)
+        where.append(sa.or_(open_first > after.rank, sa.and_(
+            open_first == after.rank, sa.tuple_(f.due_at, f.id) > sa.tuple_(at, after.id))))
     rows = (await conn.execute(
         sa.select(*FOLLOWUP_COLUMNS).join(calls, calls.c.id == f.call_id).where(*where)
-        .order_by(open_first, f.due_at, f.id).limit(limit).offset(offset))).mappings().all()
+        .order_by(open_first, f.due_at, f.id).limit(limit))).mappings().all()
     return [dict(r) for r in rows]
 
 
