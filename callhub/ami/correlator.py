@@ -500,12 +500,14 @@ class Correlator:
         call.origin = base_of(event.get("Channel", ""))
         context = event.get("Context", "")
         exten = clean(event.get("Exten"))
+        # `s`: no number yet (a channel an Originate created, a trunk without DID); an
+        # outbound call's number is then the extension its dialplan dials.
         if context in self.inbound_contexts:
             call.direction = "inbound"
             call.did = exten if exten != "s" else None
         elif context in self.outbound_contexts:
             call.direction = "outbound"
-            call.called_number = exten
+            call.called_number = exten if exten != "s" else None
         self._take_callerid(call, event)
 
     def _take_callerid(self, call: _Call, event: AmiMessage) -> None:
@@ -547,10 +549,12 @@ class Correlator:
         exten = event.get("Exten", "")
         if exten in self.voicemail_extensions:
             call.voicemail = True
-        if (call.direction == "internal" and app == "Dial"
-                and event.get("Context") in self.outbound_contexts and call.answered_at is None):
+        if (app == "Dial" and event.get("Context") in self.outbound_contexts
+                and call.answered_at is None
+                and (call.direction == "internal"
+                     or (call.direction == "outbound" and call.called_number is None))):
             call.direction = "outbound"
-            call.called_number = clean(exten)
+            call.called_number = clean(exten) if exten != "s" else None
         # The caller's own phone half (;1) runs no dialplan of ours.
         if (call.direction == "inbound" and call.answered_at is None
                 and not channel.endswith(";1")):
