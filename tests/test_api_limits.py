@@ -13,6 +13,8 @@ from aiohttp import ClientSession, web
 
 from callhub.api.limits import Gate, GuardedSite, HttpLimits, install
 
+MAX_BODY = 4096
+
 
 @dataclass
 class Served:
@@ -20,6 +22,7 @@ class Served:
     host: str
     port: int
     gate: Gate
+    max_body: int
 
 
 async def _hello(request: web.Request) -> web.Response:
@@ -32,7 +35,7 @@ async def _echo(request: web.Request) -> web.Response:
 
 @pytest.fixture
 async def served() -> AsyncIterator[Served]:
-    app = web.Application()
+    app = web.Application(client_max_size=MAX_BODY)
     app.router.add_get("/hello", _hello)
     app.router.add_post("/echo", _echo)
     gate = install(app, HttpLimits(max_connections=20, header_timeout=0.3, body_timeout=0.3))
@@ -41,7 +44,7 @@ async def served() -> AsyncIterator[Served]:
     site = GuardedSite(runner, "127.0.0.1", 0, gate)
     await site.start()
     try:
-        yield Served(f"http://127.0.0.1:{site.port}", "127.0.0.1", site.port, gate)
+        yield Served(f"http://127.0.0.1:{site.port}", "127.0.0.1", site.port, gate, MAX_BODY)
     finally:
         await runner.cleanup()
 
@@ -88,7 +91,18 @@ async def test_a_body_that_stops_coming_gets_408(served: Served) -> None:
     await writer.drain()
     status = await asyncio.wait_for(reader.readline(), 10)
     assert status.startswith(b"HTTP/1.1 408")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert b"Content-Type: application/json" in head  # the API's errors are all JSON
     writer.close()
+
+
+async def test_a_body_over_the_size_limit_gets_a_json_413(served: Served) -> None:
+    async with ClientSession() as session, session.post(
+            served.url + "/echo", data=b"x" * (served.max_body + 1)) as resp:
+        assert resp.status == 413
+        body = await resp.json()
+    assert body["error"] == "request_entity_too_large", body
+    assert str(served.max_body) in body["message"], body
 
 
 async def test_an_idle_keep_alive_connection_is_not_cut_but_a_half_sent_second_head_is(

@@ -27,6 +27,7 @@ from typing import Any, cast
 import structlog
 from aiohttp import web
 
+from callhub.api.base import error_response
 from callhub.api.handoff import Dealer
 
 log = structlog.get_logger(__name__)
@@ -143,14 +144,17 @@ class Gate:
         if guarded is not None:
             guarded.request_started()
         try:
-            if request.body_exists:
+            if request.body_exists:  # JSON errors, as the app's (this runs before them)
                 try:
                     async with asyncio.timeout(self.limits.body_timeout):
                         await request.read()
                 except TimeoutError:
-                    raise web.HTTPRequestTimeout(
-                        text=f"the request body did not arrive within "
-                             f"{self.limits.body_timeout:g} s") from None
+                    return error_response(408, "request_timeout", (
+                        f"the request body did not arrive within "
+                        f"{self.limits.body_timeout:g} s"))
+                except web.HTTPRequestEntityTooLarge as exc:
+                    return error_response(413, "request_entity_too_large",
+                                          exc.text or "the request body is too large")
                 if guarded is not None:
                     guarded.body_read()
             return await handler(request)
