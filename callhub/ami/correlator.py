@@ -19,6 +19,11 @@ How the channels of a call are told apart:
 - a call picked up from another phone (`Pickup`) takes the picker's channel
   in, and the picker's own Linkedid (which Asterisk keeps on some of its
   later events) is merged into the call, so nothing of it stays open;
+- a channel whose events come to carry another open call's Linkedid was bridged
+  with that (older) call: a SIP phone's attended transfer to the agent it
+  consulted, a phone retrieving a parked call. It moves there (`_move`); the
+  call it leaves ends when nothing of it is left. The caller's own channel of
+  an inbound call never moves: its events stay with its call;
 - busy devices are those with a channel up in a call (answered, or a phone
   dialling out): a phone that only rings is not busy.
 """
@@ -234,6 +239,9 @@ class Correlator:
         self._finished: dict[str, None] = {}
         # A picker's own Linkedid -> the call it picked up (its later events belong there).
         self._merged: dict[str, str] = {}
+        # Uniqueid of a live channel -> the Linkedid of the call it is in; a channel whose
+        # events name another open call has moved there (`_move`).
+        self._homes: dict[str, str] = {}
         # Queue member interface (Local/1001@from-queue) -> its StateInterface device.
         self.state_interfaces: dict[str, str] = {}
         # Device names the PBX told (endpoints' caller ID); `[pbx.agents]` wins over them.
@@ -307,8 +315,20 @@ class Correlator:
             now = self.clock()
         if self._resync is not None:
             self._resync.saw(linkedid, event)
+        left: CallRecord | None = None  # a call the event's channel left and finished
         try:
             call = self.calls.get(linkedid)
+            if kind != "Newchannel":
+                uniqueid = event.get("Uniqueid")
+                if uniqueid and (call is None or uniqueid not in call.live):
+                    home = self._home(uniqueid)
+                    if home is not None and home is not call:
+                        if call is None or self._stays(home, uniqueid):
+                            call = home
+                        else:
+                            left = self._move(home, call, uniqueid, now)
+                        if self._resync is not None:
+                            self._resync.saw(call.linkedid, event)
             if call is None:
                 if linkedid in self._finished:
                     return []
@@ -322,11 +342,14 @@ class Correlator:
             call.last_event_at = now
             handler(call, event, now)
             if call.ended_at is not None:
-                return [self._finish(call)]
+                done = self._finish(call)
+                return [left, done] if left is not None else [done]
+            if left is not None:
+                return [left]
         except (KeyError, ValueError, TypeError) as exc:
             self.errors += 1
             self.last_error = exc
-        return []
+        return [left] if left is not None else []
 
     def expire(self, now: float | None = None) -> list[CallRecord]:
         """Close calls whose events stopped more than `stale_after` ago, flagged incomplete."""
@@ -379,6 +402,8 @@ class Correlator:
                 continue
             if linkedid in window.candidates:
                 up = {c["Uniqueid"] for c in live.get(linkedid, ())}
+                for uniqueid in [u for u in call.live if u not in up]:
+                    self._homes.pop(uniqueid, None)
                 call.live = {u: n for u, n in call.live.items() if u in up}
         for linkedid, members in live.items():
             known = self.calls.get(linkedid)
@@ -464,6 +489,7 @@ class Correlator:
         name = channel.get("Channel", "")
         changed = channel["Uniqueid"] not in call.live
         call.live[channel["Uniqueid"]] = name
+        self._homes[channel["Uniqueid"]] = call.linkedid
         call.states[channel["Uniqueid"]] = channel.get("ChannelStateDesc", "")
         if call.origin is None and channel["Uniqueid"] == call.linkedid:
             self._set_origin(call, channel)
@@ -523,6 +549,7 @@ class Correlator:
     def _on_newchannel(self, call: _Call, event: AmiMessage, now: float) -> None:
         first = not call.live
         call.live[event["Uniqueid"]] = event["Channel"]
+        self._homes[event["Uniqueid"]] = call.linkedid
         call.states[event["Uniqueid"]] = event.get("ChannelStateDesc", "")
         if call.origin is None and (event["Uniqueid"] == call.linkedid or first):
             self._set_origin(call, event)
@@ -748,7 +775,8 @@ class Correlator:
                        ("OrigTransfererChannel", "SecondTransfererChannel")}
         answered = [leg for leg in call.legs.values()
                     if leg.attempt and leg.result == "answered" and leg.base not in transferers]
-        target = answered[-1].interface if answered else event.get("TransferTargetChannel", "")
+        target = (answered[-1].interface if answered
+                  else interface_of(event.get("TransferTargetChannel", "")))
         call.transfers.append(Transfer(type="attended", to=target, at=now))
 
     def _on_pickup(self, call: _Call, event: AmiMessage, now: float) -> None:
@@ -765,6 +793,7 @@ class Correlator:
             call.states.pop(uniqueid, None)
             target.live[uniqueid] = picker
             target.states[uniqueid] = event.get("ChannelStateDesc", "Up")
+            self._homes[uniqueid] = target.linkedid
             if not call.live:
                 self._merge(call, target)
         rung = target.legs.get(base_of(event.get("TargetChannel", "")))
@@ -776,6 +805,64 @@ class Correlator:
                                 target.direction == "inbound")
         leg.end("answered", now)
         self._answered(target, leg, now)
+
+    def _home(self, uniqueid: str) -> _Call | None:
+        """The open call a live channel is in."""
+        linkedid = self._homes.get(uniqueid)
+        home = self.calls.get(linkedid) if linkedid is not None else None
+        return home if home is not None and uniqueid in home.live else None
+
+    @staticmethod
+    def _stays(home: _Call, uniqueid: str) -> bool:
+        """The caller's own channel of an inbound call never leaves its call (two callers
+        bridged together, a conference): its events stay with it whatever Linkedid they
+        carry."""
+        return home.direction == "inbound" and home.side(home.live[uniqueid]) == "origin"
+
+    def _move(self, home: _Call, into: _Call, uniqueid: str, now: float) -> CallRecord | None:
+        """A channel of `home` carries `into`'s Linkedid: Asterisk bridged it with a channel
+        of that (older) call and gave it that call's Linkedid: a SIP phone's attended
+        transfer (REFER with Replaces) to the agent it consulted, a parked call retrieved.
+        The channel leaves `home` for `into`, with its bridges. A leg dialled in `home`
+        (the consult call's target) is a leg of `into`, with its offer, ringing and answer,
+        and an attempt of an inbound call when it is an agent device, as an attended
+        transfer's consult call is (DESIGN.md); the channel that started `home` (the phone
+        that retrieved the parked call) is a leg of `into` and no attempt.
+
+        `home` left empty is finished, ended at its own last event (its record returned),
+        or merged into `into` when it was that one channel's own call, as a picker's is."""
+        name = home.live.pop(uniqueid)
+        into.live[uniqueid] = name
+        into.states[uniqueid] = home.states.pop(uniqueid, "")
+        self._homes[uniqueid] = into.linkedid
+        for bridge, members in home.bridges.items():
+            if name in members:
+                members.discard(name)
+                into.bridges.setdefault(bridge, set()).add(name)
+        if home.holds:
+            self._hold_end(home, name, now)
+        base = base_of(name)
+        own = base == home.origin
+        if into.side(name) == "other":
+            dialled = None if own else home.legs.get(base)
+            interface = dialled.interface if dialled is not None else interface_of(name)
+            offer = (dialled is not None and into.direction == "inbound"
+                     and interface in self.agent_interfaces)
+            leg = self._new_leg(into, name, interface, now, offer)
+            if dialled is not None:
+                leg.offered_at = dialled.offered_at
+                leg.ring_started_at = dialled.ring_started_at
+                if dialled.result is not None and dialled.ended_at is not None:
+                    leg.end(dialled.result, dialled.ended_at)
+                    if leg.result == "answered":
+                        self._answered(into, leg, dialled.ended_at)
+        if home.live:
+            return None
+        if own:
+            self._merge(home, into)
+            return None
+        home.ended_at = home.last_event_at
+        return self._finish(home)
 
     def _merge(self, call: _Call, into: _Call) -> None:
         """`call` had only the channel that moved into `into`: it is no call of its own;
@@ -881,7 +968,8 @@ class Correlator:
             if leg.result is None:
                 leg.end(_CAUSE_RESULTS.get(event.get("Cause", ""), "cancelled"), now)
         uniqueid = event.get("Uniqueid", "")
-        call.live.pop(uniqueid, None)
+        if call.live.pop(uniqueid, None) is not None:
+            self._homes.pop(uniqueid, None)
         call.states.pop(uniqueid, None)
         for members in call.bridges.values():
             members.discard(channel)
@@ -914,6 +1002,9 @@ class Correlator:
     def _release(self, call: _Call) -> None:
         """Forget a finished call (its linkedids stay known as finished for a while)."""
         self.calls.pop(call.linkedid, None)
+        for uniqueid in call.live:
+            if self._homes.get(uniqueid) == call.linkedid:
+                del self._homes[uniqueid]
         for linkedid in (call.linkedid, *(call.merged or ())):
             self._merged.pop(linkedid, None)
             self._finished[linkedid] = None
