@@ -64,6 +64,15 @@ async def _in_transaction(db: Database, close: Close, who: str) -> object:
         return await close(conn, who)
 
 
+async def assert_the_first_close_stands(db: Database, close: Close, status: sa.Column[str],
+                                        who: sa.Column[str], first_status: str) -> None:
+    """The second close is refused, and the row keeps the first one's status and who."""
+    assert isinstance(await race(db, close), InvalidTransition)
+    async with db.connection() as conn:
+        row = (await conn.execute(sa.select(status, who))).one()
+    assert tuple(row) == (first_status, "Alice")
+
+
 async def test_two_supervisors_closing_one_worklist_entry_one_gets_a_conflict(
         pg_db: Database, store_settings: Settings) -> None:
     await store(pg_db, store_settings, make_call("m1", at=T0, outcome="missed"))
@@ -74,11 +83,8 @@ async def test_two_supervisors_closing_one_worklist_entry_one_gets_a_conflict(
         status = "handled" if who == "Alice" else "dismissed"
         return await worklist.mark(conn, entry_id, status, who, None)
 
-    assert isinstance(await race(pg_db, close), InvalidTransition)
-    async with pg_db.connection() as conn:
-        row = (await conn.execute(sa.select(worklist_entries.c.status,
-                                            worklist_entries.c.handled_by))).one()
-    assert tuple(row) == ("handled", "Alice")
+    await assert_the_first_close_stands(pg_db, close, worklist_entries.c.status,
+                                        worklist_entries.c.handled_by, "handled")
 
 
 async def test_two_supervisors_closing_one_follow_up_one_gets_a_conflict(
@@ -93,11 +99,8 @@ async def test_two_supervisors_closing_one_follow_up_one_gets_a_conflict(
         await followups.close(conn, followup_id, status, now=now, who=who)
         return None
 
-    assert isinstance(await race(pg_db, close), InvalidTransition)
-    async with pg_db.connection() as conn:
-        row = (await conn.execute(sa.select(followups_table.c.status,
-                                            followups_table.c.closed_by))).one()
-    assert tuple(row) == ("done", "Alice")
+    await assert_the_first_close_stands(pg_db, close, followups_table.c.status,
+                                        followups_table.c.closed_by, "done")
 
 
 async def test_a_rule_applied_by_two_at_once_makes_its_follow_ups_once(
