@@ -261,10 +261,12 @@ class _CallBuilder:
         self.direction: Direction = start_direction(origin_row.context, pbx)
         self.did: str | None = None
         self.called_number: str | None = None
+        # `s`: no number yet (a channel an Originate created, a trunk without DID); an
+        # outbound call's number is then the extension its dialplan dials.
         if self.direction == "inbound":
             self.did = clean(origin_row.exten) if origin_row.exten != "s" else None
         elif self.direction == "outbound":
-            self.called_number = clean(origin_row.exten)
+            self.called_number = clean(origin_row.exten) if origin_row.exten != "s" else None
         self.caller_number: str | None = None
         self.caller_name: str | None = None
         self.origin_extens: set[str] = set()
@@ -304,10 +306,14 @@ class _CallBuilder:
         if row.exten in self.pbx.voicemail_extensions:
             self.voicemail = True
         self._take_callerid(row)
-        if (self.direction == "internal" and row.context in self.pbx.outbound_contexts
-                and row.exten not in ("", "s")):
+        # The origin's first row in an outbound context with a number: CEL logs no Dial of
+        # the caller's, and an originated channel's next row may be its bridge after the
+        # far end answered, or its hangup when nobody did; both still carry the number.
+        if (row.context in self.pbx.outbound_contexts and row.exten not in ("", "s")
+                and (self.direction == "internal"
+                     or (self.direction == "outbound" and self.called_number is None))):
             self.direction = "outbound"
-            self.called_number = row.exten
+            self.called_number = clean(row.exten)
         if self.first_hangup is None and row.app and row.type not in ("HANGUP", "CHAN_END"):
             self.last_app = row.app
         if row.app == "Queue":
