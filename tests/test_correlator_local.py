@@ -277,3 +277,47 @@ def test_an_optimised_local_leg_names_the_phone_it_had_reached_unseen() -> None:
     record = correlate(messages)
     assert attempts(record) == [("PJSIP/1001", "cancelled"), ("PJSIP/1002", "answered")]
     assert record.agent == "PJSIP/1002" and record.outcome == "answered"
+
+
+# -- a Local member falling to voicemail --------------------------------------------------
+
+
+def to_voicemail(messages: list[AmiMessage]) -> list[AmiMessage]:
+    """1002's phone is not answered: the Local leg's dial to it ends NOANSWER and the Local
+    half goes on in `[ext-local]` to `VoiceMail(1002@default,u)`, which answers it; the ring
+    group's Dial connects the caller to the mailbox (1001 is cancelled), the caller leaves a
+    message and hangs up as in r01."""
+    inner_end = next(i for i, m in enumerate(messages) if m.get("Event") == "DialEnd"
+                     and m.get("DestChannel") == PHONE2)
+    end = messages[inner_end]
+    assert end["DialStatus"] == "ANSWER"
+    gone = next(m for m in messages if m.get("Event") == "Hangup" and m.get("Channel") == PHONE2)
+    dial = next(m for m in messages if m.get("Event") == "Newexten"
+                and m.get("Channel") == f"{L1002};2" and m.get("Application") == "Dial")
+    at = end["Timestamp"]
+    mailbox = [
+        like(end, "DialEnd", DialStatus="NOANSWER", DestChannelState="5",
+             DestChannelStateDesc="Ringing"),
+        {**gone, "ChannelState": "5", "ChannelStateDesc": "Ringing", "Timestamp": at},
+        {**like(dial, "Newexten", Application="VoiceMail", AppData="1002@default,u"),
+         "Timestamp": at},
+    ]
+    before = [m for m in messages[:inner_end] if not (
+        m.get("Event") == "Newstate" and about(m, PHONE2) and m["ChannelStateDesc"] == "Up")]
+    after = [m for m in messages[inner_end + 1:]
+             if not about(m, PHONE2) and m.get("BridgeUniqueid") != INNER_BRIDGE]
+    return [*before, *mailbox, *after]
+
+
+def test_a_local_member_falling_to_voicemail_is_missed_to_voicemail() -> None:
+    """DESIGN.md: `missed` is an unanswered call that ended without the caller giving up
+    first, reason `voicemail` when the call ran VoiceMail; a voicemail greeting is no agent's
+    answer. The caller hanging up after the message gave nothing up, wherever the mailbox
+    ran: in a Local member of the ring group here, on the caller's own channel in trace 04."""
+    record = correlate(to_voicemail(r01()))
+    assert attempts(record) == [("PJSIP/1001", "cancelled"), ("PJSIP/1002", "no_answer")]
+    assert record.answered_at is None and record.agent is None and record.voicemail
+    assert (record.outcome, record.reason) == ("missed", "voicemail")
+    on_caller = "04_missed_noanswer_voicemail"
+    own = correlate(stamped(trace_messages(on_caller)), trace_pbx(on_caller))
+    assert (own.outcome, own.reason, own.voicemail) == (record.outcome, record.reason, True)

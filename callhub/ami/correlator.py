@@ -569,9 +569,15 @@ class Correlator:
             call.giving_up.add(channel)
         else:
             call.giving_up.discard(channel)
+        side = call.side(channel)
         if app == "VoiceMail":
             call.voicemail = True
-        if call.side(channel) != "origin":
+            if side == "leg" and call.direction == "inbound" and call.answered_at is None:
+                # A leg's mailbox (a Local ring-group member's VoiceMail after its phone
+                # rang out) answers the caller as one on the caller's own channel does:
+                # the search for an agent is over, the caller hanging up gives nothing up.
+                call.gave_up = True
+        if side != "origin":
             return
         exten = event.get("Exten", "")
         if exten in self.voicemail_extensions:
