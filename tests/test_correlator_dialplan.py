@@ -9,9 +9,8 @@ caller hangs up) with the single dialplan step a test is about added on the inbo
 
 from __future__ import annotations
 
-from traces_fixtures import first, like, stamped, trace_messages, trace_pbx
+from traces_fixtures import first, like, only_record, stamped, trace_messages
 
-from callhub.ami.correlator import Correlator
 from callhub.ami.parser import AmiMessage
 from callhub.records import CallRecord
 
@@ -20,11 +19,7 @@ INBOUND = "Local/4008001000@from-pstn-00000004;2"  # the leg that runs the routi
 
 
 def correlate(messages: list[AmiMessage]) -> CallRecord:
-    correlator = Correlator(trace_pbx(T03))
-    records = [r for m in messages for r in correlator.feed(m)]
-    assert correlator.active_calls == 0, "a call stayed open"
-    (record,) = records
-    return record
+    return only_record(T03, messages)
 
 
 def dial_of(messages: list[AmiMessage]) -> int:

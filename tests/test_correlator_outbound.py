@@ -11,9 +11,8 @@ agent leg it dials), and the originate's own DialBegin/DialEnd to it carry no `C
 
 from __future__ import annotations
 
-from traces_fixtures import first, like, stamped, trace_messages, trace_pbx
+from traces_fixtures import first, like, only_record, stamped, trace_messages
 
-from callhub.ami.correlator import Correlator
 from callhub.ami.parser import AmiMessage
 from callhub.records import CallRecord
 
@@ -23,11 +22,7 @@ NUMBER = "+8613700000099"
 
 
 def correlate(messages: list[AmiMessage]) -> CallRecord:
-    correlator = Correlator(trace_pbx(P09))
-    records = [r for m in messages for r in correlator.feed(m)]
-    assert correlator.active_calls == 0, "a call stayed open"
-    (record,) = records
-    return record
+    return only_record(P09, messages)
 
 
 def originated(messages: list[AmiMessage]) -> list[AmiMessage]:

@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 
+from callhub.ami.correlator import Correlator
 from callhub.ami.groundtruth import load_truth, pbx_from_truth
 from callhub.ami.parser import AmiMessage, iter_file_messages
 from callhub.config import PbxConfig
+from callhub.records import CallRecord
 
 TRACES_DIR = Path(os.environ.get(
     "CALLHUB_TRACES_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "traces"))
@@ -36,6 +38,16 @@ def trace_messages(name: str) -> list[AmiMessage]:
 
 def trace_pbx(name: str) -> PbxConfig:
     return pbx_from_truth(load_truth(trace(name)))
+
+
+def only_record(name: str, messages: list[AmiMessage]) -> CallRecord:
+    """The one call `messages` (a trace's, changed) make, with the trace's PBX; no call
+    left open."""
+    correlator = Correlator(trace_pbx(name))
+    records = [r for m in messages for r in correlator.feed(m)]
+    assert correlator.active_calls == 0, "a call stayed open"
+    (record,) = records
+    return record
 
 
 @pytest.fixture(scope="session")
