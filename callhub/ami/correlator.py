@@ -796,10 +796,7 @@ class Correlator:
         uniqueid = event.get("Uniqueid", "")
         if target is not call:
             call.live.pop(uniqueid, None)
-            call.states.pop(uniqueid, None)
-            target.live[uniqueid] = picker
-            target.states[uniqueid] = event.get("ChannelStateDesc", "Up")
-            self._homes[uniqueid] = target.linkedid
+            self._rehome(call, target, uniqueid, picker, event.get("ChannelStateDesc", "Up"))
             if not call.live:
                 self._merge(call, target)
         rung = target.legs.get(base_of(event.get("TargetChannel", "")))
@@ -811,6 +808,13 @@ class Correlator:
                                 target.direction == "inbound")
         leg.end("answered", now)
         self._answered(target, leg, now)
+
+    def _rehome(self, home: _Call, into: _Call, uniqueid: str, name: str, state: str) -> None:
+        """Channel `uniqueid` (taken out of `home.live`) is live in `into` from now on."""
+        home.states.pop(uniqueid, None)
+        into.live[uniqueid] = name
+        into.states[uniqueid] = state
+        self._homes[uniqueid] = into.linkedid
 
     def _home(self, uniqueid: str) -> _Call | None:
         """The open call a live channel is in."""
@@ -838,9 +842,7 @@ class Correlator:
         `home` left empty is finished, ended at its own last event (its record returned),
         or merged into `into` when it was that one channel's own call, as a picker's is."""
         name = home.live.pop(uniqueid)
-        into.live[uniqueid] = name
-        into.states[uniqueid] = home.states.pop(uniqueid, "")
-        self._homes[uniqueid] = into.linkedid
+        self._rehome(home, into, uniqueid, name, home.states.get(uniqueid, ""))
         for bridge, members in home.bridges.items():
             if name in members:
                 members.discard(name)

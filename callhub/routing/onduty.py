@@ -91,9 +91,10 @@ def next_change(line: Line, at: datetime, tz: ZoneInfo, horizon: timedelta) -> d
     agents = _no_filter(line)
     current = {s.agent.id for s in on_duty(line, agents, local, tz)}
     end = local + horizon
+    boundaries = _boundaries(line)
     day = local.date()
     while (first := datetime.combine(day, time(0, 0), tzinfo=local.tzinfo)) <= end:
-        for clock in _boundaries(line):
+        for clock in boundaries:
             moment = first.replace(hour=clock.hour, minute=clock.minute)
             if not local < moment <= end:
                 continue
