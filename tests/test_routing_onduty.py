@@ -4,6 +4,7 @@ clocks change in Europe/Berlin, and dated exceptions."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
@@ -86,6 +87,19 @@ def test_swap_puts_the_cover_in_the_absent_agents_slot(sample_rota: Rota) -> Non
         ("lead", 0), ("ben", 1), ("cai", 2), ("dora", 3), ("eve", 4)]
     # the day before and after: ann as usual
     assert duty(sample_rota, berlin("2026-12-23 09:00"))[0] == "ann"
+
+
+def test_a_cover_from_the_rotation_keeps_their_own_slot(sample_rota: Rota) -> None:
+    """dora covering ben's evening shift (dora is on the rotation, off duty that evening)
+    works at dora's own place, not ben's: one agent, one place in the rotation."""
+    hotline = sample_rota.lines["hotline"]
+    evening = berlin("2026-11-30 18:00")  # the evening shift: ben and cai
+    assert duty(sample_rota, evening) == ["ben", "cai"]
+    swap = DatedException(name="dora for ben", day=date(2026, 11, 30), swaps={"ben": "dora"})
+    swapped = {**sample_rota.lines, "hotline": replace(hotline, exceptions=(swap,))}
+    slots = on_duty(swapped["hotline"], sample_rota.agents, evening, BERLIN)
+    assert [(s.agent.id, s.position) for s in slots] == [
+        ("cai", hotline.rotation.index("cai")), ("dora", hotline.rotation.index("dora"))]
 
 
 def test_partial_day_absence(sample_rota: Rota) -> None:
