@@ -205,11 +205,16 @@ def through_another_local(messages: list[AmiMessage], local: str, outer: str,
     return out
 
 
-def test_a_follow_me_chain_is_an_attempt_of_the_phone_at_its_end() -> None:
-    messages = through_another_local(r01(), L1001, "Local/fm1001@followme-0000000a",
+def follow_me(messages: list[AmiMessage]) -> list[AmiMessage]:
+    """Each ring-group member reached through a follow-me Local leg of its own."""
+    messages = through_another_local(messages, L1001, "Local/fm1001@followme-0000000a",
                                      ("1796051639.186", "1796051639.187"))
-    messages = through_another_local(messages, L1002, "Local/fm1002@followme-0000000b",
-                                     ("1796051639.188", "1796051639.189"))
+    return through_another_local(messages, L1002, "Local/fm1002@followme-0000000b",
+                                 ("1796051639.188", "1796051639.189"))
+
+
+def test_a_follow_me_chain_is_an_attempt_of_the_phone_at_its_end() -> None:
+    messages = follow_me(r01())
     assert sum(m.get("Channel", "").startswith("Local/fm") for m in messages
                if m.get("Event") == "DialBegin") == 2
     record = correlate(messages)
@@ -321,3 +326,47 @@ def test_a_local_member_falling_to_voicemail_is_missed_to_voicemail() -> None:
     on_caller = "04_missed_noanswer_voicemail"
     own = correlate(stamped(trace_messages(on_caller)), trace_pbx(on_caller))
     assert (own.outcome, own.reason, own.voicemail) == (record.outcome, record.reason, True)
+
+
+# -- the order of attempts through Local members ---------------------------------------
+
+
+def second_member_dials_first(messages: list[AmiMessage], *, before_its_offer: bool
+                              ) -> list[AmiMessage]:
+    """The ring group offers Local/1001 then Local/1002 (the caller's DialBegins keep their
+    order), but 1002's Local half dials its phone before 1001's half dials its own: right
+    after 1002 was offered or, when `before_its_offer`, before either offer was reported.
+    1001's inner DialBegin is stamped just after 1002's, as if it came then."""
+    inner1 = messages[first(messages, "DialBegin", PHONE1)]
+    inner2 = messages[first(messages, "DialBegin", PHONE2)]
+    late1 = {**inner1, "Timestamp": f"{float(inner2['Timestamp']) + 0.000001:.6f}"}
+    rest = [m for m in messages if m is not inner1 and m is not inner2]
+    offered2 = first(rest, "DialBegin", f"{L1002};1") + 1
+    if before_its_offer:
+        offered1 = first(rest, "DialBegin", f"{L1001};1")
+        return [*rest[:offered1], inner2, *rest[offered1:offered2], late1, *rest[offered2:]]
+    return [*rest[:offered2], inner2, late1, *rest[offered2:]]
+
+
+def test_attempts_through_local_members_keep_the_order_the_members_were_offered() -> None:
+    """DESIGN.md: the order of attempts is the order in which they were offered; through
+    a Local member that is the caller's DialBegin to the member, not the moment the
+    member's Local half (running on its own thread) got round to dialling its phone.
+    Offer times, ring starts and results stay those of the recorded order; the same
+    through a follow-me chain (Local dialling Local dialling the phone)."""
+    for chain in (lambda messages: messages, follow_me):
+        recorded = correlate(chain(r01()))
+        by_phone = {a.interface: a for a in recorded.attempts}
+        for before_its_offer in (False, True):
+            messages = chain(second_member_dials_first(r01(), before_its_offer=before_its_offer))
+            inner = [m["DestChannel"] for m in messages if m.get("Event") == "DialBegin"
+                     and m["DestChannel"].startswith("PJSIP/")]
+            assert inner == [PHONE2, PHONE1]
+            record = correlate(messages)
+            assert attempts(record) == [("PJSIP/1001", "cancelled"),
+                                        ("PJSIP/1002", "answered")]
+            for attempt in record.attempts:
+                assert attempt == by_phone[attempt.interface]
+            assert (record.ring_started_at, record.ring_seconds, record.rings,
+                    record.agent) == (recorded.ring_started_at, recorded.ring_seconds,
+                                      recorded.rings, recorded.agent)

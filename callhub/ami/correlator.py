@@ -14,8 +14,9 @@ How the channels of a call are told apart:
   Local other half; on an inbound call a leg to an agent device is an attempt.
 - a Local leg that dials on (FreePBX ring groups, queue members, follow-me) is
   a step of a chain: the devices it reaches are the attempts, never the Local
-  leg itself (`_Leg.devices`); a queue member's `StateInterface` names the
-  device of a Local member before it dials;
+  leg itself (`_Leg.devices`), and they take its place in the order of offers
+  (`_Leg.via`); a queue member's `StateInterface` names the device of a Local
+  member before it dials;
 - a call picked up from another phone (`Pickup`) takes the picker's channel
   in, and the picker's own Linkedid (which Asterisk keeps on some of its
   later events) is merged into the call, so nothing of it stays open;
@@ -111,7 +112,7 @@ class _Leg:
     local: bool = False  # a Local channel: what it dials takes its place
     mapped: bool = False  # a Local queue member named by its StateInterface device
     dialled_by: str | None = None  # base of the channel whose DialBegin made it
-    linked: bool = False  # reached through a Local leg (in that leg's `devices`)
+    via: str | None = None  # base of the Local leg it was reached through (in its `devices`)
     devices: list[_Leg] | None = None
     optimized: bool = False  # a Local leg being optimised away: its hangups end nothing
     ring_started_at: float | None = None
@@ -212,7 +213,20 @@ class _Call:
         return "leg" if base in self.legs else "other"
 
     def attempts(self) -> list[_Leg]:
-        return [leg for leg in self.legs.values() if leg.attempt]
+        """The attempts in the order they were offered (DESIGN.md). A device reached through
+        a Local leg takes that leg's place: its offer is the Local leg's own, so it sorts
+        by the chain it ends, from the call's own dial down, not by when the Local half
+        (which runs on a thread of its own) came to dial it."""
+        position = {base: i for i, base in enumerate(self.legs)}
+
+        def offered(leg: _Leg) -> tuple[int, ...]:
+            chain = [position[leg.base]]
+            while leg.via is not None and leg.via in self.legs and len(chain) <= len(position):
+                leg = self.legs[leg.via]
+                chain.append(position[leg.base])
+            return tuple(reversed(chain))
+
+        return sorted((leg for leg in self.legs.values() if leg.attempt), key=offered)
 
     def bridged_with_origin(self, base: str) -> bool:
         for members in self.bridges.values():
@@ -648,7 +662,7 @@ class Correlator:
         if leg.local:
             # Its other half may have dialled before this DialBegin was published.
             for other in list(call.legs.values()):
-                if other.dialled_by == base and not other.linked and other is not leg:
+                if other.dialled_by == base and other.via is None and other is not leg:
                     self._link(call, leg, other)
         return leg
 
@@ -660,7 +674,7 @@ class Correlator:
             leg.offered_at = min(leg.offered_at, via.offered_at)  # offered when the chain was
         via.devices.append(leg)
         via.attempt = False
-        leg.linked = True
+        leg.via = via.base
         leg.offer = via.offer
         self._set_attempt(call, leg)
 
@@ -1029,7 +1043,7 @@ class Correlator:
             if leg.result is None:
                 leg.end("cancelled", ended_at)
         legs = list(call.legs.values())
-        attempts = [leg for leg in legs if leg.attempt]
+        attempts = call.attempts()
         ringing = attempts if call.direction == "inbound" else legs
         if call.answered_at is not None:
             ringing = [leg for leg in ringing if leg.offered_at <= call.answered_at]
