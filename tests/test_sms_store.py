@@ -189,6 +189,30 @@ async def test_table_outbox_sends_retries_and_leases(any_db: Database,
             assert await list_outbox(conn, status="queued") == []
 
 
+async def test_a_claim_says_the_number_was_opted_out_since_it_was_queued(
+        any_db: Database, store_settings: Settings) -> None:
+    """The table's claim reads the opt-out list: a message retried after its number was
+    opted out fails unsent, and a held try gives its attempt back."""
+    server = WebhookServer()
+    server.answer_next(503)
+    async with one_queued(any_db, store_settings, server, "o.1", "+8613900000041",
+                          retry_base_seconds=0.01, retry_max_seconds=0.01) as s:
+        assert await s.worker.run_once() == 1
+        [row] = await outbox_rows(any_db)
+        assert row["status"] == "queued" and row["attempts"] == 1
+        claimed = await s.outbox.claim(time.time() + 1, 10, lease_seconds=60)
+        assert [(m.attempts, m.opted_out) for m in claimed] == [(2, False)]
+        await s.outbox.mark_retry(claimed[0].id, time.time(), "http_401", counted=False)
+        [row] = await outbox_rows(any_db)
+        assert row["attempts"] == 1
+        async with any_db.begin() as conn:
+            await add_optout(conn, "+8613900000041", "test", utc(time.time()))
+        assert await s.worker.run_once() == 1
+        [row] = await outbox_rows(any_db)
+        assert row["status"] == "failed" and row["last_error"] == "opted_out"
+        assert len(server.received) == 1
+
+
 async def test_retry_now_makes_only_the_messages_held_for_the_site_due(
         any_db: Database, store_settings: Settings) -> None:
     """The table's `retry_now`: a queued message last refused with one of the errors and

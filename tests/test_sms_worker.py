@@ -219,6 +219,50 @@ async def test_a_gateway_refusing_the_site_holds_messages_past_max_attempts_unti
     await s.gateway.close()
 
 
+async def test_a_message_held_through_an_outage_keeps_its_retries_for_after_it(
+        webhook: WebhookServer) -> None:
+    """Tries the site was refused are not the message's: held past max_attempts, the
+    first transient error once the site is taken again (a 503) is retried, not final."""
+    clock = Clock()
+    s = Setup(webhook, clock, expire_seconds=7200)
+    webhook.token = "the-token-after-rotation"  # refused for the site
+    held = s.call_ended(call("9.1", caller="13800138091"))
+    assert held is not None
+    for _ in range(s.settings.max_attempts + 2):
+        assert await s.worker.run_once() == 1
+        clock.now = s.outbox.rows[held].next_attempt_at
+    assert s.outbox.status(held) == "pending"
+
+    webhook.token = "bearer-token-1"
+    webhook.answer_next(503)  # the gateway's first answer after the outage
+    assert await s.worker.run_once() == 1
+    assert s.outbox.status(held) == "pending"
+    clock.now = s.outbox.rows[held].next_attempt_at
+    assert await s.worker.run_once() == 1
+    assert s.outbox.status(held) == "sent" and len(webhook.delivered) == 1
+    await s.gateway.close()
+
+
+async def test_a_number_opted_out_while_its_message_waits_gets_no_sms(
+        webhook: WebhookServer) -> None:
+    """The opt-out is checked again at every claim, not only when the message is
+    queued: a caller who opts out while the message is retried gets nothing."""
+    clock = Clock()
+    s = Setup(webhook, clock)
+    message_id = s.call_ended(call("9.2", caller="13800138092"))
+    assert message_id is not None
+    webhook.answer_next(503)
+    assert await s.worker.run_once() == 1 and s.outbox.status(message_id) == "pending"
+    s.outbox.optouts.add("13800138092")
+    clock.now = s.outbox.rows[message_id].next_attempt_at
+    assert await s.worker.run_once() == 1
+    assert s.outbox.status(message_id) == "failed"
+    assert s.outbox.rows[message_id].last_error == "opted_out"
+    assert len(webhook.received) == 1 and webhook.delivered == {}
+    assert s.sample("callhub_sms_sent_total", line="front-desk", result="failed") == 1
+    await s.gateway.close()
+
+
 async def test_messages_held_for_the_site_go_at_once_when_it_is_taken_again(
         webhook: WebhookServer) -> None:
     """A message held while the gateway refused the site waits its backoff (up to

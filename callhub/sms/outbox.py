@@ -36,6 +36,7 @@ class OutboxMessage:
     params: Mapping[str, str] = field(default_factory=dict)
     template_code: str | None = None
     attempts: int = 0
+    opted_out: bool = False  # the number was opted out since the message was queued
 
     def outgoing(self) -> OutgoingSms:
         return OutgoingSms(to=self.to, text=self.text, call_id=self.call_id,
@@ -48,13 +49,16 @@ class Outbox(Protocol):
 
     async def claim(self, now: float, limit: int, lease_seconds: float) -> list[OutboxMessage]:
         """Up to `limit` pending messages due at `now` (next attempt reached, no live
-        lease), oldest first; leases them until now + lease_seconds and counts an attempt."""
+        lease), oldest first; leases them until now + lease_seconds and counts an attempt.
+        A message to a number opted out since it was queued comes `opted_out`."""
         ...
 
     async def mark_sent(self, message_id: int, at: float, provider_id: str | None) -> None: ...
 
-    async def mark_retry(self, message_id: int, at: float, error: str) -> None:
-        """Back to pending, due again at `at`; the lease ends."""
+    async def mark_retry(self, message_id: int, at: float, error: str, *,
+                         counted: bool = True) -> None:
+        """Back to pending, due again at `at`; the lease ends. Not `counted`: the claim's
+        attempt is taken back (the gateway refused the site, not this message)."""
         ...
 
     async def mark_failed(self, message_id: int, at: float, error: str) -> None: ...
@@ -85,6 +89,7 @@ class MemoryOutbox:
 
     def __init__(self) -> None:
         self.rows: dict[int, OutboxRow] = {}
+        self.optouts: set[str] = set()  # numbers opted out (the table's sms_optouts)
         self._ids = itertools.count(1)
 
     def add(self, plan: SmsPlan, now: float) -> int | None:
@@ -119,16 +124,19 @@ class MemoryOutbox:
         for row in due:
             row.claimed_until = now + lease_seconds
             row.message = replace(row.message, attempts=row.message.attempts + 1)
-            claimed.append(row.message)
+            claimed.append(replace(row.message, opted_out=row.message.to in self.optouts))
         return claimed
 
     async def mark_sent(self, message_id: int, at: float, provider_id: str | None) -> None:
         row = self.rows[message_id]
         row.status, row.sent_at, row.provider_id, row.claimed_until = "sent", at, provider_id, None
 
-    async def mark_retry(self, message_id: int, at: float, error: str) -> None:
+    async def mark_retry(self, message_id: int, at: float, error: str, *,
+                         counted: bool = True) -> None:
         row = self.rows[message_id]
         row.next_attempt_at, row.last_error, row.claimed_until = at, error, None
+        if not counted:
+            row.message = replace(row.message, attempts=row.message.attempts - 1)
 
     async def mark_failed(self, message_id: int, at: float, error: str) -> None:
         row = self.rows[message_id]

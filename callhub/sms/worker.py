@@ -7,8 +7,9 @@ exponential backoff (`retry_base_seconds` doubling up to
 `retry_max_seconds`, or the gateway's Retry-After when longer); after
 `max_attempts`, or once the call is older than `expire_seconds`, the message
 fails. A gateway that refuses the site rather than the message (credentials,
-balance, account: `unavailable`) holds every message, whatever its attempts,
-until it takes them or they expire; the part `sms` of /readyz says so
+balance, account: `unavailable`) holds every message, its tries not counted,
+until it takes them or they expire; a message to a number opted out while it
+waited fails unsent; the part `sms` of /readyz says so
 meanwhile, and every `probe_seconds` the held message due soonest is tried at
 once (a probe: the first message the gateway takes again makes every held one
 due). Every attempt carries the message's idempotency key.
@@ -199,6 +200,13 @@ class SmsWorker:
 
     async def _attempt(self, message: OutboxMessage) -> None:
         now = self.clock()
+        if message.opted_out:  # opted out while the message waited (retries, a hold)
+            await self.outbox.mark_failed(message.id, now, "opted_out")
+            log.info("sms.opted_out", **self._fields(message))
+            if self.metrics:
+                self.metrics.failed(message.line)
+            await self._finish()
+            return
         if now - message.call_ended_at > self.retry.expire_seconds:
             await self.outbox.mark_failed(message.id, now, "expired")
             log.info("sms.expired", **self._fields(message))
@@ -226,11 +234,15 @@ class SmsWorker:
             await self._finish()
         elif held or (result.status == "retryable"
                       and message.attempts < self.retry.max_attempts):
-            # No later than the message expires (a gateway's Retry-After may say years):
-            # claimed then, it is expired, not parked for good.
-            at = min(now + self.retry.delay(message.attempts, result.retry_after),
-                     message.call_ended_at + self.retry.expire_seconds)
-            await self.outbox.mark_retry(message.id, at, error)
+            # A try refused for the site is no try of the message: not counted against
+            # max_attempts (a message held through an outage would fail at its first 503
+            # after it), and tried again after the longest backoff (the probe finds the
+            # site taken again sooner). No later than the message expires (a gateway's
+            # Retry-After may say years): claimed then, it is expired, not parked for good.
+            wait = (max(self.retry.max_seconds, result.retry_after or 0.0) if held
+                    else self.retry.delay(message.attempts, result.retry_after))
+            at = min(now + wait, message.call_ended_at + self.retry.expire_seconds)
+            await self.outbox.mark_retry(message.id, at, error, counted=not held)
             log.info("sms.retry", **self._fields(message), error=error, retry_in=round(at - now, 3))
             if self.metrics:
                 self.metrics.retried(message.line)

@@ -5,7 +5,8 @@
 `sending` until `lease_until`, in one short transaction; on PostgreSQL
 `FOR UPDATE SKIP LOCKED` keeps two senders from claiming one message.
 A resend after a lapsed lease carries the same idempotency key, so the
-gateway drops the repeat.
+gateway drops the repeat. A claimed message says whether its number was
+opted out since it was queued (the worker then fails it unsent).
 """
 
 from __future__ import annotations
@@ -49,15 +50,16 @@ class TableOutbox:
                 sa.update(sms_outbox).where(t.id.in_(ids))
                 .values(status="sending", lease_until=utc(now + lease_seconds),
                         attempts=t.attempts + 1))
+            opted = t.to_number.in_(sa.select(sms_optouts.c.number)).label("opted_out")
             rows = (await conn.execute(
-                sa.select(sms_outbox).where(t.id.in_(ids))
+                sa.select(sms_outbox, opted).where(t.id.in_(ids))
                 .order_by(t.next_attempt_at, t.id))).mappings().all()
         return [OutboxMessage(
             id=r["id"], to=r["to_number"], text=r["text"], call_id=f"{r['pbx']}:{r['linkedid']}",
             idempotency_key=r["idempotency_key"], kind=r["kind"], line=r["line"],
             call_ended_at=_seconds(r["call_ended_at"]), created_at=_seconds(r["created_at"]),
             params=dict(r["params"] or {}), template_code=r["template_code"],
-            attempts=r["attempts"]) for r in rows]
+            attempts=r["attempts"], opted_out=bool(r["opted_out"])) for r in rows]
 
     async def _set(self, message_id: int, **values: object) -> None:
         async with self.db.begin() as conn:
@@ -71,9 +73,11 @@ class TableOutbox:
         cut = provider_id[:PROVIDER_ID_LENGTH] if provider_id is not None else None
         await self._set(message_id, status="sent", sent_at=utc(at), provider_id=cut)
 
-    async def mark_retry(self, message_id: int, at: float, error: str) -> None:
+    async def mark_retry(self, message_id: int, at: float, error: str, *,
+                         counted: bool = True) -> None:
         await self._set(message_id, status="queued", next_attempt_at=utc(at),
-                        last_error=error[:500])
+                        last_error=error[:500],
+                        **({} if counted else {"attempts": sms_outbox.c.attempts - 1}))
 
     async def mark_failed(self, message_id: int, at: float, error: str) -> None:
         await self._set(message_id, status="expired" if error == "expired" else "failed",
