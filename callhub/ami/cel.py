@@ -20,6 +20,9 @@ and then interpreted as a whole, by DESIGN.md's definitions:
   HANGUP `extra` (hangupcause, and the dialling channel's dialstatus:
   CANCEL means the caller left while it rang). PICKUP moves the picker's
   channel into the picked call, answered at the pickup;
+- a channel whose rows come to carry an older open call's linkedid (a SIP
+  attended transfer's consulted agent, a phone retrieving a parked call) moves
+  into that call with its earlier rows, as on AMI (`CelInterpreter`);
 - CEL has no ringing event: an offer rings from its leg's CHAN_START to its
   ANSWER or its end (an offer that ends busy or unavailable never rang), and
   every record from here says so with `rings_estimated`;
@@ -135,21 +138,47 @@ def _parse(row: CelRow, seq: int) -> _Row:
                 extra=extra)
 
 
+@dataclass(slots=True)
+class _Adrift:
+    """A channel still up when its call's linkedid ended: it carries another linkedid now
+    (Asterisk gave it an older call's in a bridge) and its next row tells which."""
+
+    home: str  # the linkedid it left
+    rows: list[_Row]  # its rows there
+    own: bool  # it started that call (a phone that retrieved a parked call)
+
+
 class CelInterpreter:
-    """Groups CEL rows into calls; `feed` returns the calls a row finished."""
+    """Groups CEL rows into calls; `feed` returns the calls a row finished.
+
+    A channel whose rows come to carry another open call's linkedid moves into that call,
+    as the correlator's does (`Correlator._move`): a SIP phone's attended transfer to the
+    agent it consulted, a phone retrieving a parked call. Its earlier rows go with it (the
+    consult call's offer and answer of the agent become the caller's call's), and the call it
+    left records without it; a call whose own first channel moved (the retriever's) is no
+    record of its own. The caller's channel of an inbound call never moves: its rows stay
+    with its call, which then ends when that channel does. CEL writes no row for the change
+    of linkedid; the bridging row still carries the old one, and a linkedid whose last
+    channel changed it ends (`LINKEDID_END`) while that channel is up."""
 
     def __init__(self, pbx: PbxConfig) -> None:
         self.pbx = pbx
         self._calls: dict[str, list[_Row]] = {}
         self._moved: dict[str, str] = {}  # uniqueid -> linkedid of the call it was picked into
-        self._home: dict[str, str] = {}  # uniqueid -> the open call its last row went to
-        self._gone: dict[str, set[str]] = {}  # linkedid -> its uniqueids picked into another
+        self._home: dict[str, str] = {}  # uniqueid of a live channel -> the call its rows go to
+        self._gone: dict[str, set[str]] = {}  # linkedid -> its uniqueids moved into another
+        self._joined: dict[str, set[str]] = {}  # linkedid -> channels that left calls of their own
+        self._origins: dict[str, tuple[str, bool]] = {}  # linkedid -> (origin's base, inbound)
+        self._outliving: set[str] = set()  # inbound calls whose linkedid ended, caller still up
+        self._adrift: dict[str, _Adrift] = {}  # uniqueid -> the call it left, not yet arrived
+        self._pending: dict[str, tuple[list[_Row], _Row]] = {}  # calls all of whose channels
+        # left for another linkedid, the first of them its own: no record once one arrives
         self._finished: dict[str, None] = {}
         self._seq = 0
         self.errors = 0  # rows that could not be read (counted, skipped)
 
     def feed(self, row: CelRow) -> list[CallRecord]:
-        """Take one row (in eventtime, id order); return the call it finished, if any."""
+        """Take one row (in eventtime, id order); return the calls it finished, if any."""
         self._seq += 1
         try:
             parsed = _parse(row, self._seq)
@@ -158,11 +187,21 @@ class CelInterpreter:
             return []
         if parsed.type == "LINKEDID_END":
             return self._finish(parsed.linkedid, parsed, complete=True)
-        target = self._moved.get(parsed.uniqueid, parsed.linkedid)
+        target, records = self._call_of(parsed)
         if target in self._finished:
-            return []  # a late row of a call already rebuilt
+            return records  # a late row of a call already rebuilt
         self._calls.setdefault(target, []).append(parsed)
-        self._home[parsed.uniqueid] = target
+        if parsed.type == "CHAN_START" and parsed.uniqueid == target:
+            self._origins[target] = (parsed.base, start_direction(parsed.context, self.pbx)
+                                     == "inbound")
+        if parsed.type == "CHAN_END":
+            self._home.pop(parsed.uniqueid, None)
+            self._adrift.pop(parsed.uniqueid, None)
+            if target in self._outliving and not self._alive(target, origin=True):
+                self._outliving.discard(target)
+                return records + self._finish(target, parsed, complete=True)
+        else:
+            self._home[parsed.uniqueid] = target
         if parsed.type == "PICKUP":
             picker = str(parsed.extra.get("pickup_channel_uniqueid") or "")
             if picker:
@@ -170,35 +209,104 @@ class CelInterpreter:
                 home = self._home.get(picker)
                 if home is not None and home != target:
                     self._gone.setdefault(home, set()).add(picker)
-        return []
+                    self._home[picker] = target
+        return records
 
     def flush(self) -> list[CallRecord]:
         """Every call still open (its LINKEDID_END not among the rows), flagged incomplete."""
-        return [record for linkedid in list(self._calls)
-                for record in self._finish(linkedid, None, complete=False)]
+        pending = [self._pending_record(linkedid) for linkedid in list(self._pending)]
+        return pending + [record for linkedid in list(self._calls)
+                          for record in self._finish(linkedid, None, complete=False)]
 
     @property
     def open_calls(self) -> int:
-        return len(self._calls)
+        return len(self._calls) + len(self._pending)
+
+    def _call_of(self, row: _Row) -> tuple[str, list[CallRecord]]:
+        """The call `row` belongs to, and the records a channel's arrival there finished."""
+        uniqueid = row.uniqueid
+        target = self._moved.get(uniqueid, row.linkedid)
+        home = self._home.get(uniqueid)
+        if home is not None and home != target and home in self._calls:
+            if target not in self._calls or self._stays(home, row):
+                return home, []  # the caller's own channel, or a call not among the rows
+            rows = [r for r in self._calls[home] if r.uniqueid == uniqueid]
+            own = uniqueid == home
+            self._gone.setdefault(home, set()).add(uniqueid)
+            self._arrive(target, rows, row.base if own else None)
+            return target, []
+        adrift = self._adrift.get(uniqueid)
+        if adrift is None or adrift.home == target:
+            return target, []
+        del self._adrift[uniqueid]
+        if target not in self._calls:
+            # nowhere to arrive among the rows: the call it left records as it was
+            return target, ([self._pending_record(adrift.home)]
+                            if adrift.home in self._pending else [])
+        self._pending.pop(adrift.home, None)  # its own call is no record: it joined this one
+        self._arrive(target, adrift.rows, row.base if adrift.own else None)
+        return target, []
+
+    def _arrive(self, linkedid: str, rows: list[_Row], own: str | None) -> None:
+        """A channel's rows in the call it left join `linkedid`'s, in row order; `own`: the
+        channel's base when it started the call it left (a leg here, and no attempt)."""
+        self._calls[linkedid] = sorted([*self._calls[linkedid], *rows], key=lambda r: r.seq)
+        if own is not None:
+            self._joined.setdefault(linkedid, set()).add(own)
+
+    def _stays(self, home: str, row: _Row) -> bool:
+        """The caller's own channel of an inbound call never leaves its call."""
+        base, inbound = self._origins.get(home, ("", False))
+        return inbound and row.base == base
+
+    def _alive(self, linkedid: str, origin: bool = False) -> set[str]:
+        """The channels of an open call that are up (of its origin only, with `origin`)."""
+        rows = self._calls.get(linkedid, [])
+        ended = {r.uniqueid for r in rows if r.type == "CHAN_END"}
+        base = self._origins.get(linkedid, ("", False))[0]
+        return {r.uniqueid for r in rows if r.uniqueid not in ended
+                and self._home.get(r.uniqueid) == linkedid
+                and (not origin or r.base == base)}
 
     def _finish(self, linkedid: str, end: _Row | None, complete: bool) -> list[CallRecord]:
-        rows = self._calls.pop(linkedid, None)
+        rows = self._calls.get(linkedid)
         if rows is None:
             return []
+        alive = self._alive(linkedid) if end is not None else set()
+        if alive and self._alive(linkedid, origin=True) and self._origins.get(
+                linkedid, ("", False))[1]:
+            self._outliving.add(linkedid)  # the caller talks on under an older linkedid
+            return []
+        del self._calls[linkedid]
         self._finished[linkedid] = None
         if len(self._finished) > FINISHED_MEMORY:
             del self._finished[next(iter(self._finished))]
         gone = self._gone.pop(linkedid, set())
+        origin = self._origins.pop(linkedid, ("", False))[0]
+        self._outliving.discard(linkedid)
         channels = {row.uniqueid for row in rows}
         for uniqueid in channels:
             if self._home.get(uniqueid) == linkedid:
                 del self._home[uniqueid]
         for uniqueid in [u for u, target in self._moved.items() if target == linkedid]:
             del self._moved[uniqueid]
+        for uniqueid in alive:
+            mine = [row for row in rows if row.uniqueid == uniqueid]
+            self._adrift[uniqueid] = _Adrift(linkedid, mine, mine[0].base == origin)
+            if len(self._adrift) > FINISHED_MEMORY:
+                del self._adrift[next(iter(self._adrift))]
+        joined = self._joined.pop(linkedid, set())
         if channels <= gone:
             return []  # a picker's own call: its only channel joined the call it picked up
+        if channels <= gone | alive and linkedid in alive and end is not None:
+            self._pending[linkedid] = (rows, end)  # its channel is on its way to another call
+            return []
         ended_at = end.at if end is not None else rows[-1].at
-        return [_CallBuilder(self.pbx, linkedid, rows, ended_at, complete).record()]
+        return [_CallBuilder(self.pbx, linkedid, rows, ended_at, complete, joined).record()]
+
+    def _pending_record(self, linkedid: str) -> CallRecord:
+        rows, end = self._pending.pop(linkedid)
+        return _CallBuilder(self.pbx, linkedid, rows, end.at, True, set()).record()
 
 
 def interpret(rows: Iterable[CelRow], pbx: PbxConfig) -> list[CallRecord]:
@@ -225,6 +333,7 @@ class _Leg:
     causes: set[int] = field(default_factory=set)
     picked: bool = False  # another device picked up the call it was ringing with
     picker: bool = False  # it picked the call up
+    joined: bool = False  # it left a call of its own for this one (retrieved a parked call)
     parent: _Leg | None = None  # the Local leg that dialled it
     carrier: bool = False  # a Local leg that dialled a device
     result: AttemptResult | None = None
@@ -246,8 +355,9 @@ class _CallBuilder:
     """One finished call's rows turned into its record (DESIGN.md's definitions)."""
 
     def __init__(self, pbx: PbxConfig, linkedid: str, rows: list[_Row], ended_at: float,
-                 complete: bool) -> None:
+                 complete: bool, joined: set[str]) -> None:
         self.pbx = pbx
+        self.joined = joined  # channels that left calls of their own for this one
         self.linkedid = linkedid
         self.rows = rows
         self.ended_at = ended_at
@@ -345,7 +455,8 @@ class _CallBuilder:
     def _read_leg(self, row: _Row) -> None:
         leg = self.legs.get(row.base)
         if leg is None:
-            leg = self.legs[row.base] = _Leg(row.base, row.channel, row.seq, row.at)
+            leg = self.legs[row.base] = _Leg(row.base, row.channel, row.seq, row.at,
+                                             joined=row.base in self.joined)
         if row.type == "CHAN_START":
             if leg.local:
                 leg.own_exten = row.exten or None
@@ -381,7 +492,8 @@ class _CallBuilder:
         self._link_carriers(legs)
         inbound = self.direction == "inbound"
         attempts = [leg for leg in legs if inbound and self._is_attempt(leg)]
-        offers = attempts if inbound else [leg for leg in legs if not leg.carrier]
+        offers = attempts if inbound else [leg for leg in legs
+                                           if not leg.carrier and not leg.joined]
         answered = [leg for leg in offers if leg.answered_at is not None]
         answering = min(answered, key=lambda leg: (leg.answered_at or 0.0, leg.answer_seq),
                         default=None)
@@ -452,8 +564,8 @@ class _CallBuilder:
                 leg.parent.carrier = True
 
     def _is_attempt(self, leg: _Leg) -> bool:
-        if leg.carrier:
-            return False  # its device is the attempt
+        if leg.carrier or leg.joined:
+            return False  # its device is the attempt; a retriever was offered nothing
         if leg.interface in self.pbx.agents or leg.picker:
             return True
         return not leg.local and self._dialled_by_origin(leg)
