@@ -100,7 +100,7 @@ async def test_a_category_rule_follow_up_comes_due_and_an_answered_callback_clos
     assert [f["status"] for f in (await response.json())["items"]] == ["open", "done"]
 
 
-async def test_a_category_change_cancels_the_old_rule_and_the_rule_applies_once(
+async def test_a_category_change_cancels_the_old_rule_and_putting_it_back_reopens_it(
         desk: Desk) -> None:
     call_id, _ = await repair_call(desk)
     response = await desk.client.post(f"/api/v1/calls/{call_id}/followups", headers=SUP,
@@ -117,11 +117,28 @@ async def test_a_category_change_cancels_the_old_rule_and_the_rule_applies_once(
     items = await followups(desk)
     assert [(f["status"], f["how"]) for f in items] == [("cancelled", "category_changed")] * 2
 
-    # Back to repair: the rule's follow-ups were made once already, none are added.
+    # Back to repair (the change was a mistake): the same follow-ups are open again, at
+    # the times the rule gave them; none is added.
     await desk.client.patch(f"/api/v1/calls/{call_id}", headers=SUP,
                             json={"category": "repair"})
-    assert (await desk.keeper.tick()).created == 0
-    assert await followups(desk, status="open") == []
+    await desk.keeper.tick()
+    reopened = await followups(desk, status="open")
+    assert sorted((f["id"], f["due_at"]) for f in reopened) == sorted(
+        (f["id"], f["due_at"]) for f in items)
+    assert all(f["how"] is None and f["closed_at"] is None for f in reopened)
+    assert len(await followups(desk)) == 2
+
+    # One done meanwhile stays done when the category goes away and comes back.
+    first = min(reopened, key=lambda f: f["due_at"])
+    done = await desk.client.post(f"/api/v1/followups/{first['id']}/done", headers=SUP,
+                                  json={"who": "王芳"})
+    assert done.status == 200, await done.text()
+    for category in ("inquiry", "repair"):
+        await desk.client.patch(f"/api/v1/calls/{call_id}", headers=SUP,
+                                json={"category": category})
+        await desk.keeper.tick()
+    assert sorted((f["id"], f["status"]) for f in await followups(desk)) == sorted(
+        [(first["id"], "done"), *((f["id"], "open") for f in reopened if f is not first)])
 
 
 async def test_follow_ups_by_hand_due_times_delays_done_and_cancel(desk: Desk) -> None:

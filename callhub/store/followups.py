@@ -78,12 +78,20 @@ async def create(conn: AsyncConnection, call_id: int, due: Sequence[datetime], *
     return ids
 
 
+# A rule follow-up cancelled because its call's category changed (reopened if it returns).
+_CANCELLED_BY_CHANGE = sa.and_(followups.c.status == "cancelled",
+                               followups.c.how == "category_changed")
+
+
 async def apply_rule(conn: AsyncConnection, call_id: int, settings: Settings, *,
                      now: datetime) -> list[int]:
-    """Bring a call's rule follow-ups in line with its category; the ids created.
+    """Bring a call's rule follow-ups in line with its category; the ids created or
+    reopened.
 
-    Open rule follow-ups of another category are cancelled; the rule of the
-    current category is applied once (never again after its follow-ups closed).
+    Open rule follow-ups of another category are cancelled; those of the current
+    category that a change of category cancelled are open again (a category set by
+    mistake and put back loses nothing); the rule of the current category is applied
+    once (never again after its follow-ups closed).
     """
     call = await call_info(conn, call_id)
     f = followups.c
@@ -95,6 +103,14 @@ async def apply_rule(conn: AsyncConnection, call_id: int, settings: Settings, *,
     delays = settings.followup_rules.get(call.category or "")
     if not delays or not call.external_number:
         return []
+    reopened = list((await conn.scalars(
+        sa.update(followups)
+        .where(f.call_id == call_id, f.source == "rule", f.category == call.category,
+               _CANCELLED_BY_CHANGE)
+        .values(status="open", how=None, closed_at=None, updated_at=now)
+        .returning(f.id))).all())
+    if reopened:
+        return sorted(reopened)
     done = await conn.scalar(sa.select(sa.func.count()).select_from(followups).where(
         f.call_id == call_id, f.source == "rule", f.category == call.category))
     if done:
@@ -108,7 +124,8 @@ async def sync_rules(conn: AsyncConnection, settings: Settings, *, now: datetime
     """Apply the category rules to every recent call that needs it; follow-ups created.
 
     Two indexed reads: open rule follow-ups whose call changed category (few),
-    and the calls of the last days (arrival index) in a rule category without them.
+    and the calls of the last days (arrival index) in a rule category without them
+    or with some of them cancelled by an earlier change of category.
     """
     f = followups.c
     c = calls.c
@@ -120,12 +137,14 @@ async def sync_rules(conn: AsyncConnection, settings: Settings, *, now: datetime
     if settings.followup_rules:
         longest = max(max(d) for d in settings.followup_rules.values())
         since = now - RULE_HORIZON - timedelta(seconds=longest)
-        has_rule_followups = sa.exists().where(f.call_id == c.id, f.source == "rule",
-                                               f.category == c.category)
+        of_its_rule = (f.call_id == c.id, f.source == "rule", f.category == c.category)
+        # Without its rule's follow-ups, or with some a change of category cancelled.
+        applied = sa.exists().where(*of_its_rule, ~_CANCELLED_BY_CHANGE)
+        put_back = sa.exists().where(*of_its_rule, _CANCELLED_BY_CHANGE)
         needing = list((await conn.scalars(
             sa.select(c.id).where(c.arrived_at >= since,
                                   c.category.in_(list(settings.followup_rules)),
-                                  c.external_number.is_not(None), ~has_rule_followups)
+                                  c.external_number.is_not(None), ~applied | put_back)
         )).all())
     created = 0
     for call_id in sorted({*changed, *needing}):
