@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from collections.abc import Iterable
 from datetime import datetime, tzinfo
 from typing import Any
 
 from aiohttp import web
 
+from callhub.spreadsheet import safe_text
 from callhub.store import queries
 from callhub.store.db import Database
 
@@ -31,7 +31,6 @@ COLUMNS = (
 )
 # New columns go last: a spreadsheet or script reading the export by position keeps working.
 PAGE = 1000
-PHONE = re.compile(r"^[+-]?\d[\d ]*$")
 
 
 def cell(value: Any, tz: tzinfo) -> str:
@@ -41,10 +40,7 @@ def cell(value: Any, tz: tzinfo) -> str:
         return "yes" if value else "no"
     if isinstance(value, datetime):
         return value.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
-    text = str(value)
-    if text[:1] in ("=", "+", "-", "@", "\t", "\r") and not PHONE.match(text):
-        return "'" + text
-    return text
+    return safe_text(str(value))
 
 
 def render(rows: Iterable[dict[str, Any]], tz: tzinfo, header: bool = False) -> bytes:

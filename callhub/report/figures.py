@@ -15,6 +15,7 @@ from typing import Any
 from callhub.config import Settings
 from callhub.report.periods import Period, period_containing
 from callhub.report.resolution import text_section
+from callhub.spreadsheet import safe_text
 from callhub.store import resolution_stats, stats
 from callhub.store.db import Database
 
@@ -112,9 +113,9 @@ def to_csv(report: dict[str, Any]) -> str:
 def _cell(value: Any) -> str:
     if value is None:
         return ""
-    text = str(value)
-    # A name must not run as a spreadsheet formula.
-    return "'" + text if text[:1] in ("=", "+", "-", "@") and not text[1:2].isdigit() else text
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)  # a figure (negative too) stays a number
+    return safe_text(str(value))  # a name must not run as a spreadsheet formula
 
 
 def _pct(value: float | None) -> str:
