@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +24,7 @@ from callhub.config.report import ReportSettings, SmtpSettings
 from callhub.daemon import Daemon, database, report_mailer, running
 from callhub.report.figures import build_report
 from callhub.report.mailer import ReportMailer
-from callhub.store import mailings
+from callhub.store import mailings, migrate
 from callhub.store.db import Database
 
 # Monday 09:00 in Shanghai: the week of 2026-11-23 to 29 (the seeded calls) ended last night.
@@ -171,3 +173,44 @@ async def test_the_daemon_part_retries_a_failed_send(
             await task
     assert waits[0] == 30.0, "the first retry comes after the backoff's first step"
     assert len(inbox.messages) == 1
+
+
+async def test_a_database_away_when_the_mail_is_sent_does_not_mail_it_twice(
+        tmp_path: Path, desk_settings: Settings, inbox: Inbox) -> None:  # noqa: F811
+    """The SMTP server took the mail, and the database is locked by another process when
+    the mailer records it: it keeps trying to record it (the claim left open would be
+    taken again after its lease, and the period mailed a second time)."""
+    path = tmp_path / "callhub.db"
+    db = Database.connect(f"sqlite+aiosqlite:///{path}", busy_timeout=0.05)
+    await migrate.upgrade(db)
+    settings = mail_settings(desk_settings, inbox, schedule="daily", format="text")
+    other = sqlite3.connect(path, isolation_level=None)
+    deliver = inbox.handle_DATA
+
+    async def locked_after_delivery(server: SMTP, session: Session,
+                                    envelope: Envelope) -> str:
+        answer = await deliver(server, session, envelope)
+        other.execute("BEGIN EXCLUSIVE")  # another process holds the database
+        return answer
+
+    inbox.handle_DATA = locked_after_delivery  # type: ignore[method-assign]
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 2:
+            other.execute("ROLLBACK")  # the database is back for the third try
+
+    now = MONDAY
+    mailer = ReportMailer(db, settings, clock=lambda: now, sleep=sleep)
+    try:
+        period = await mailer.run_once()
+        assert period is not None and waits == [30.0, 60.0]
+        now = MONDAY + timedelta(minutes=20)  # past the claim's lease
+        assert await mailer.run_once() is None
+        assert len(inbox.messages) == 1
+        async with db.connection() as conn:
+            assert [m["sent_at"] is not None for m in await mailings.listing(conn)] == [True]
+    finally:
+        other.close()
+        await db.close()

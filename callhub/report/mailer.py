@@ -138,11 +138,27 @@ class ReportMailer:
             async with self.db.begin() as conn:
                 await mailings.release(conn, period.kind, period.first)
             raise
-        async with self.db.begin() as conn:
-            await mailings.mark_sent(conn, period.kind, period.first, self.clock())
+        await self._record_sent(period)
         log.info("report.mailed", period=period.kind, start=period.first.isoformat(),
                  recipients=len(cfg.recipients))
         return period
+
+    async def _record_sent(self, period: Period) -> None:
+        """Record the mail sent, however long the database takes to come back: a failure
+        raised from here would leave the claim open, and the period would be mailed again
+        once its lease ran out."""
+        retry = RETRY_FIRST
+        while True:
+            try:
+                async with self.db.begin() as conn:
+                    await mailings.mark_sent(conn, period.kind, period.first, self.clock())
+                return
+            except Exception as exc:
+                log.warning("report.record_failed", period=period.kind,
+                            start=period.first.isoformat(), error=describe(exc),
+                            retry_in=retry)
+                await self.sleep(retry)
+                retry = min(retry * 2, RETRY_MAX)
 
     async def run(self) -> None:
         """Forever: mail what is due, then sleep until the next period falls due."""
