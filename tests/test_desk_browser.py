@@ -130,6 +130,32 @@ async def test_follow_ups_due_and_overdue_on_the_worklist_and_a_rule_from_the_ca
     await page.screenshot(path=screenshot_path("inproc-call-followups"), full_page=True)
 
 
+async def test_saving_a_call_page_opened_earlier_keeps_what_another_saved_meanwhile(
+        live_desk: Desk, chromium: Any) -> None:
+    """Two supervisors open one call; the first sets its category (planning the rule's
+    follow-ups), the second, whose page still shows none, saves a note: the category and
+    its follow-ups stay."""
+    desk = live_desk
+    (call_id,) = await store(desk.db, desk.settings, make_call(
+        "both", at=time.time() - 3600, caller_number="+8613900139077"))
+    first, second = await chromium.new_page(), await chromium.new_page()
+    for page in (first, second):
+        await sign_in(page, desk, "supervisor")
+        await page.goto(desk.url + f"#/call/{call_id}")
+        await page.wait_for_selector("#timeline li")
+    await first.select_option("#category", "repair")
+    await first.click("#save-call")
+    await first.wait_for_selector("#call-followups tbody tr >> nth=1")
+    await second.fill("#note", "客户下午在家")
+    await second.click("#save-call")
+    await second.wait_for_selector("#call-followups tbody tr >> nth=1")
+    call = await (await desk.client.get(f"/api/v1/calls/{call_id}", headers=SUP)).json()
+    assert (call["category"], call["note"]) == ("repair", "客户下午在家")
+    planned = await (await desk.client.get(f"/api/v1/calls/{call_id}/followups",
+                                           headers=SUP)).json()
+    assert [f["status"] for f in planned["items"]] == ["open", "open"]
+
+
 async def test_more_pending_than_the_view_draws_says_so_and_not_a_total(
         live_desk: Desk, chromium: Any) -> None:
     """Past the rows the worklist draws, the count says only the oldest are shown; the

@@ -575,7 +575,16 @@
           h("label", { class: "wide" }, t("calls.note"), note),
           h("div", { class: "buttons" }, h("button", { class: "primary", id: "save-call", onclick: async () => {
             try {
-              await api("/api/v1/calls/" + id, { method: "PATCH", body: { category: category.value || null, note: note.value.trim() || null } });
+              // Only what this supervisor changed since the page loaded: a page opened
+              // before another's save would otherwise put back what it showed then.
+              const body = {};
+              if ((category.value || null) !== (c.category || null)) body.category = category.value || null;
+              if ((note.value.trim() || null) !== (c.note || null)) body.note = note.value.trim() || null;
+              if (Object.keys(body).length) {
+                const updated = await api("/api/v1/calls/" + id, { method: "PATCH", body });
+                c.category = updated.category;
+                c.note = updated.note;
+              }
               const made = await api("/api/v1/calls/" + id + "/followups", { method: "POST", body: { from_rule: true } });
               toast(made.items.length ? t("calls.savedRule", { n: made.items.length }) : t("calls.saved"));
               loadCallFollowups(id, fuList);
