@@ -190,9 +190,16 @@ def why(error: ErrorDetails, known: Sequence[str] = ()) -> str:
         return "expected a list"
     if kind in ("dict_type", "model_type", "model_attributes_type"):
         return "expected a JSON object"
+    # A length limit over a text type with its own validator is reported as a list's.
+    text = isinstance(error.get("input"), str)
     if kind == "too_short":
+        if text:
+            return "must not be empty" if ctx.get("min_length") == 1 else \
+                f"shorter than {ctx.get('min_length')} characters"
         return f"give at least {ctx.get('min_length')} item(s)"
     if kind == "too_long":
+        if text:
+            return f"longer than {ctx.get('max_length')} characters"
         return f"give at most {ctx.get('max_length')} items"
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
