@@ -156,6 +156,28 @@ async def test_saving_a_call_page_opened_earlier_keeps_what_another_saved_meanwh
     assert [f["status"] for f in planned["items"]] == ["open", "open"]
 
 
+async def test_a_long_or_disguised_caller_name_shows_as_what_it_is_within_the_page(
+        live_desk: Desk, chromium: Any) -> None:
+    """A name with a right-to-left override shows its letters in their order, and the
+    longest name the store keeps wraps inside the worklist instead of widening it."""
+    desk = live_desk
+    disguised = "\u202eevil\u202c 张三"
+    long_name = "李" + "x" * 255
+    await store(desk.db, desk.settings,
+                make_call("rlo", at=time.time() - 60, outcome="missed",
+                          caller_number="+8613900139001", caller_name=disguised),
+                make_call("long", at=time.time() - 30, outcome="missed",
+                          caller_number="+8613900139002", caller_name=long_name))
+    page = await chromium.new_page()
+    await page.set_viewport_size({"width": 1200, "height": 800})
+    await sign_in(page, desk, "supervisor")
+    names = page.locator("#worklist tbody .name")
+    await expect(names).to_have_count(2)
+    assert sorted(await names.all_text_contents()) == sorted(["evil 张三", long_name])
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 1200, f"the page is {width} px wide in a 1200 px window"
+
+
 async def test_more_pending_than_the_view_draws_says_so_and_not_a_total(
         live_desk: Desk, chromium: Any) -> None:
     """Past the rows the worklist draws, the count says only the oldest are shown; the

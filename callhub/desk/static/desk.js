@@ -41,17 +41,21 @@
   }
 
   // ---- DOM ----------------------------------------------------------------
+  // Bidi overrides, embeddings and isolates in a caller's name could make it show as
+  // another name (or reorder what follows it); no text the desk shows needs them.
+  const BIDI_CONTROLS = /[\u202A-\u202E\u2066-\u2069]/g;
+  const plain = (v) => String(v).replace(BIDI_CONTROLS, "");
   function h(tag, attrs, ...children) {
     const el = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {
       if (v === null || v === undefined || v === false) continue;
       if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
-      else if (k === "text") el.textContent = v;
+      else if (k === "text") el.textContent = plain(v);
       else el.setAttribute(k, v === true ? "" : String(v));
     }
     for (const c of children.flat()) {
       if (c === null || c === undefined || c === false) continue;
-      el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+      el.append(c instanceof Node ? c : document.createTextNode(plain(c)));
     }
     return el;
   }
