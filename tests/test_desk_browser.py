@@ -178,6 +178,31 @@ async def test_a_long_or_disguised_caller_name_shows_as_what_it_is_within_the_pa
     assert width <= 1200, f"the page is {width} px wide in a 1200 px window"
 
 
+async def test_what_is_typed_in_a_follow_up_stays_when_it_turns_overdue_and_ages_move_on(
+        live_desk: Desk, chromium: Any) -> None:
+    """A follow-up row turning overdue between two polls keeps the note and answer being
+    entered in it (it was drawn again, empty); a kept worklist row's "ago" moves on."""
+    desk = live_desk
+    (call_id,) = await store(desk.db, desk.settings, make_call(
+        "fu", at=time.time() - 5, outcome="missed", caller_number="+8613900139003"))
+    turns_overdue = time.time() - desk.settings.followup_overdue_seconds + 2
+    made = await desk.client.post(f"/api/v1/calls/{call_id}/followups", headers=SUP, json={
+        "due": [datetime.fromtimestamp(turns_overdue, UTC).isoformat()]})
+    assert made.status == 201
+    page = await chromium.new_page()
+    await sign_in(page, desk, "supervisor")
+    row = page.locator("#followups tbody tr")
+    await expect(row).to_have_count(1)
+    age = page.locator("#worklist tbody .ago")
+    first_age = await age.inner_text()
+    await row.locator("input.note").fill("客户说已修好")
+    await row.locator("select[data-field=satisfaction]").select_option("satisfied")
+    await expect(row).to_have_class("overdue", timeout=10_000)
+    assert await row.locator("input.note").input_value() == "客户说已修好"
+    assert await row.locator("select[data-field=satisfaction]").input_value() == "satisfied"
+    await expect(age).not_to_have_text(first_age, timeout=10_000)
+
+
 async def test_more_pending_than_the_view_draws_says_so_and_not_a_total(
         live_desk: Desk, chromium: Any) -> None:
     """Past the rows the worklist draws, the count says only the oldest are shown; the

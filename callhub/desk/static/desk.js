@@ -264,7 +264,7 @@
       h("td", {}, h("span", { class: "number", text: entry.number }), entryName(entry) ? h("div", { class: "name", text: entryName(entry) }) : null),
       h("td", { text: entry.line || "—" }),
       h("td", { class: "num", text: entry.call_count }),
-      h("td", {}, dateTime(entry.first_missed_at), h("div", { class: "sub", text: ago(entry.first_missed_at) })),
+      h("td", {}, dateTime(entry.first_missed_at), h("div", { class: "sub ago", "data-at": entry.first_missed_at, text: ago(entry.first_missed_at) })),
       h("td", {}, dateTime(entry.last_missed_at), last ? h("div", { class: "sub", text: tv("outcome", last.outcome) }) : null),
       h("td", { class: "num", text: secs(entryWait(entry)) }),
       h("td", {}, note),
@@ -312,6 +312,11 @@
         }, text: t("resolution.save") }))));
   }
 
+  function dueBadge(f) {
+    return f.overdue ? h("span", { class: "badge bad", text: t("followups.overdue") })
+      : h("span", { class: "badge warn", text: t("followups.due") });
+  }
+
   function followupRow(f) {
     const note = h("input", { type: "text", class: "note", placeholder: t("worklist.note"), "aria-label": t("worklist.note") });
     const satisfaction = satisfactionSelect();
@@ -329,7 +334,7 @@
     return h("tr", { "data-followup": f.id, class: f.overdue ? "overdue" : null },
       h("td", {}, h("span", { class: "number", text: f.number }), f.caller_name ? h("div", { class: "name", text: f.caller_name }) : null),
       h("td", { text: tv("category", f.category || f.call_category) }),
-      h("td", {}, dateTime(f.due_at), " ", f.overdue ? h("span", { class: "badge bad", text: t("followups.overdue") }) : h("span", { class: "badge warn", text: t("followups.due") })),
+      h("td", {}, dateTime(f.due_at), " ", dueBadge(f)),
       h("td", { text: f.note || "" }),
       h("td", {}, note),
       h("td", {}, satisfaction),
@@ -397,6 +402,7 @@
       return tr;
     });
     body.replaceChildren(...rows);
+    for (const el of body.querySelectorAll(".ago")) el.textContent = ago(el.dataset.at);  // kept rows too
     state.seenEntries = new Set(entries.items.map((e) => e.id));
     document.getElementById("worklist-count").textContent = entries.next_cursor
       ? t("worklist.count_more", { n: entries.items.length })
@@ -405,9 +411,13 @@
     const fbody = document.querySelector("#followups tbody");
     const fold = new Map([...fbody.children].map((tr) => [tr.dataset.followup, tr]));
     fbody.replaceChildren(...due.items.map((f) => {
-      const sig = [f.id, f.overdue].join("|");
+      const sig = [f.id, f.due_at, f.category, f.note].join("|");
       const keep = fold.get(String(f.id));
-      if (keep && keep.dataset.sig === sig) return keep;
+      if (keep && keep.dataset.sig === sig) {  // a note or answer being entered stays
+        keep.className = f.overdue ? "overdue" : "";
+        keep.querySelector(".badge").replaceWith(dueBadge(f));
+        return keep;
+      }
       const tr = followupRow(f);
       tr.dataset.sig = sig;
       return tr;
