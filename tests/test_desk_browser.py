@@ -413,3 +413,28 @@ async def test_a_desk_opened_while_callhub_waits_for_its_database_says_so_in_chi
     finally:
         await client.close()
         await db.close()
+
+
+async def test_an_entry_closed_by_another_meanwhile_says_so_in_chinese_and_keeps_the_note(
+        live_desk: Desk) -> None:
+    """Two supervisors on one entry: the second's click gets the desk's words (not the
+    server's English), the row goes at once, and the note typed is shown, not lost."""
+    desk = live_desk
+    await store(desk.db, desk.settings, make_call(
+        "twice", at=time.time() - 60, outcome="missed", caller_number="+8613900139004"))
+    async with launch_chromium(LOCALES["zh"]) as browser:
+        page = await browser.new_page()
+        await sign_in_as(page, desk, "supervisor")
+        rows = page.locator("#worklist tbody tr")
+        await expect(rows).to_have_count(1)
+        await rows.nth(0).locator("input.note").fill("回电两次未接，明早再打")
+        [entry] = (await (await desk.client.get("/api/v1/worklist", headers=SUP)).json())[
+            "items"]
+        first = await desk.client.post(f"/api/v1/worklist/{entry['id']}/handled", headers=SUP,
+                                       json={"who": "王芳"})
+        assert first.status == 200
+        await rows.nth(0).locator("[data-action=handled]").click()
+        toast = page.locator("#toast.error")
+        await expect(toast).to_contain_text("已由其他人处理")
+        await expect(toast).to_contain_text("您的备注未保存：回电两次未接，明早再打")
+        await expect(rows).to_have_count(0)

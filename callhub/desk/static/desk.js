@@ -112,7 +112,9 @@
 
   // ---- API ----------------------------------------------------------------
   // The server's error codes the desk has words for (else it shows the server's sentence).
-  const SERVER_ERRORS = { starting: "error.starting", database_unavailable: "error.databaseUnavailable" };
+  const SERVER_ERRORS = { starting: "error.starting", database_unavailable: "error.databaseUnavailable",
+    conflict: "error.conflict", not_found: "error.notFound", bad_parameter: "error.badInput",
+    bad_request: "error.badInput" };
   class ApiError extends Error {
     constructor(status, message, code) { super(message); this.status = status; this.code = code; }
   }
@@ -121,14 +123,19 @@
     const headers = { Authorization: "Bearer " + state.token, Accept: opts.accept || "application/json" };
     let body;
     if (opts.body !== undefined) { headers["Content-Type"] = "application/json"; body = JSON.stringify(opts.body); }
-    const resp = await fetch(path, { method: opts.method, headers, body, cache: "no-store", credentials: "omit" });
+    let resp;
+    try {
+      resp = await fetch(path, { method: opts.method, headers, body, cache: "no-store", credentials: "omit" });
+    } catch (e) { throw new ApiError(0, t("error.network")); }  // no answer: callhub or the network is down
     if (resp.status === 401) { signOut(t("signin.expired")); throw new ApiError(401, t("signin.expired")); }
     if (!resp.ok) {
       let message = resp.statusText, code;
       try {
         const problem = await resp.json();
         code = problem.error;
-        message = Object.hasOwn(SERVER_ERRORS, code) ? t(SERVER_ERRORS[code]) : problem.message || message;
+        // In the desk's language; the server's sentence (in English) follows as the detail.
+        message = Object.hasOwn(SERVER_ERRORS, code)
+          ? t(SERVER_ERRORS[code], { message: problem.message || "" }) : problem.message || message;
       } catch (e) { /* not JSON */ }
       throw new ApiError(resp.status, message, code);
     }
@@ -257,7 +264,16 @@
         delete state.drafts[entry.id];
         toast(t(status === "handled" ? "worklist.done" : "worklist.dismissed", { number: entry.number }));
         await refreshWorklist();
-      } catch (e) { ev.target.disabled = false; toast(e.message, "error"); }
+      } catch (e) {
+        ev.target.disabled = false;
+        if (e.code !== "conflict") { toast(e.message, "error"); return; }
+        // Closed by another meanwhile: its row goes at once; the note typed here is shown,
+        // not lost with it.
+        const typed = note.value.trim();
+        delete state.drafts[entry.id];
+        toast(e.message + (typed ? " " + t("worklist.noteNotSaved", { note: typed }) : ""), "error");
+        await refreshWorklist();
+      }
     };
     const last = (entry.calls || [])[entry.calls.length - 1];
     return h("tr", { "data-entry": entry.id, class: isNew ? "new" : null },
