@@ -33,6 +33,7 @@ from store_fixtures import auth, make_call, store
 
 from callhub.api import followups as followups_api
 from callhub.api.app import make_app
+from callhub.api.params import MAX_NOTE
 from callhub.config import Settings
 from callhub.desk import setup_desk
 from callhub.desk.pages import LIST_LIMIT
@@ -195,6 +196,7 @@ async def test_what_is_typed_in_a_follow_up_stays_when_it_turns_overdue_and_ages
     await expect(row).to_have_count(1)
     age = page.locator("#worklist tbody .ago")
     first_age = await age.inner_text()
+    assert await row.locator("input.note").get_attribute("maxlength") == str(MAX_NOTE)
     await row.locator("input.note").fill("客户说已修好")
     await row.locator("select[data-field=satisfaction]").select_option("satisfied")
     await expect(row).to_have_class("overdue", timeout=10_000)
@@ -427,6 +429,9 @@ async def test_an_entry_closed_by_another_meanwhile_says_so_in_chinese_and_keeps
         await sign_in_as(page, desk, "supervisor")
         rows = page.locator("#worklist tbody tr")
         await expect(rows).to_have_count(1)
+        # The boxes take no more than the API keeps (a longer text was a 400 on every try).
+        assert await rows.nth(0).locator("input.note").get_attribute("maxlength") == str(
+            MAX_NOTE)
         await rows.nth(0).locator("input.note").fill("回电两次未接，明早再打")
         [entry] = (await (await desk.client.get("/api/v1/worklist", headers=SUP)).json())[
             "items"]

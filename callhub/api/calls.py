@@ -20,7 +20,18 @@ from callhub.api.base import (
     query_of,
     reply,
 )
-from callhub.api.params import BadParameter, Body, Filter, Moment, NoQuery, Path, Query, Text, Who
+from callhub.api.params import (
+    BadParameter,
+    Body,
+    Filter,
+    Moment,
+    NoQuery,
+    Note,
+    Path,
+    Query,
+    Text,
+    Who,
+)
 from callhub.api.schemas import Call, CallPage, Direction, ErrorBody, Outcome, Reason, Resolution
 from callhub.records import RecordSource
 from callhub.store import queries
@@ -28,7 +39,6 @@ from callhub.store.errors import NotFound
 from callhub.store.resolution import MAX_DEPARTMENT, RESOLUTIONS, set_resolution
 
 MAX_LIMIT = 500
-MAX_NOTE = 4000
 MAX_ID = 2**31 - 1
 
 Status = Literal["pending", "handled", "dismissed"]
@@ -85,7 +95,7 @@ class CallPatch(Body):
     null clears. Setting a resolution records who (the token's role, after `who`) and when."""
 
     category: Text | None = None
-    note: Annotated[Text, Field(max_length=MAX_NOTE)] | None = None
+    note: Note | None = None
     resolution: Resolution | None = Field(None, description=(
         "resolved, referred (give `department`), pending or unresolved; null clears it."))
     department: Annotated[Text, Field(min_length=1, max_length=MAX_DEPARTMENT)] | None = Field(

@@ -33,9 +33,9 @@ from callhub.api.params import (
     Body,
     Filter,
     NoQuery,
+    Note,
     Path,
     Query,
-    Text,
     Who,
     parse_datetime,
 )
@@ -47,12 +47,10 @@ from callhub.store import resolution as rating
 Clock = Callable[[], float]
 FOLLOWUP_CLOCK: web.AppKey[Clock] = web.AppKey("followup_clock", Clock)  # type: ignore[arg-type]
 MAX_DUE = 20
-MAX_TEXT = 4000
 MAX_LIMIT = 1000
 MAX_AHEAD = timedelta(days=366)
 MAX_ID = 2**31 - 1
 
-Note = Annotated[Text, Field(max_length=MAX_TEXT)]
 
 
 class FollowupQuery(Query):

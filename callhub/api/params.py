@@ -135,6 +135,10 @@ MAX_WHO = 200
 the token's role after it ("王芳 (supervisor)")."""
 Who = Annotated[Text, Field(max_length=MAX_WHO)]
 
+MAX_NOTE = 4000
+"""A supervisor's note (on a call, a worklist entry, a follow-up)."""
+Note = Annotated[Text, Field(max_length=MAX_NOTE)]
+
 Moment = Annotated[datetime, BeforeValidator(_moment)]
 """ISO 8601 date or date-time; without an offset, local time in the configured zone."""
 

@@ -18,15 +18,23 @@ from callhub.api.base import (
     query_of,
     reply,
 )
-from callhub.api.params import BadParameter, Body, Filter, Moment, NoQuery, Path, Query, Text, Who
+from callhub.api.params import (
+    BadParameter,
+    Body,
+    Filter,
+    Moment,
+    NoQuery,
+    Note,
+    Path,
+    Query,
+    Who,
+)
 from callhub.api.schemas import ErrorBody, WorklistEntry, WorklistPage
 from callhub.store import queries, worklist
 
 MAX_LIMIT = 1000
-MAX_TEXT = 4000
 MAX_ID = 2**31 - 1
 
-Note = Annotated[Text, Field(max_length=MAX_TEXT)]
 
 
 class WorklistQuery(Query):

@@ -19,6 +19,7 @@ from aiohttp import web
 from callhub import __version__
 from callhub.api.auth import role_of
 from callhub.api.base import SETTINGS, json_response
+from callhub.api.params import MAX_NOTE, MAX_WHO
 from callhub.config import Settings
 from callhub.desk.i18n import CATALOGUES, pick_language
 
@@ -50,6 +51,8 @@ def boot_data(settings: Settings, lang: str) -> dict[str, Any]:
         "timezone": settings.timezone,
         "poll_seconds": settings.desk_poll_seconds,
         "list_limit": LIST_LIMIT,
+        "note_limit": MAX_NOTE,  # the API's limits, so that a box never takes more
+        "who_limit": MAX_WHO,
         "targets": dict(settings.desk_targets),
         "categories": list(settings.categories),
         "rings": WITHIN_RINGS,

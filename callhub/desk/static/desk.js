@@ -202,7 +202,7 @@
   function viewSignIn() {
     const err = h("p", { class: "error", id: "signin-error", role: "alert" });
     const token = h("input", { id: "token", type: "password", autocomplete: "current-password", required: true });
-    const who = h("input", { id: "who-name", type: "text", autocomplete: "name", value: state.who });
+    const who = h("input", { id: "who-name", type: "text", autocomplete: "name", maxlength: boot.who_limit, value: state.who });
     const form = h("form", { class: "card signin", id: "signin", onsubmit: async (ev) => {
       ev.preventDefault();
       err.textContent = "";
@@ -255,7 +255,7 @@
   }
 
   function entryRow(entry, isNew) {
-    const note = h("input", { type: "text", class: "note", placeholder: t("worklist.note"), "aria-label": t("worklist.note"), value: state.drafts[entry.id] || "",
+    const note = h("input", { type: "text", class: "note", maxlength: boot.note_limit, placeholder: t("worklist.note"), "aria-label": t("worklist.note"), value: state.drafts[entry.id] || "",
       oninput: (ev) => { state.drafts[entry.id] = ev.target.value; } });
     const act = (status) => async (ev) => {
       ev.target.disabled = true;
@@ -334,7 +334,7 @@
   }
 
   function followupRow(f) {
-    const note = h("input", { type: "text", class: "note", placeholder: t("worklist.note"), "aria-label": t("worklist.note") });
+    const note = h("input", { type: "text", class: "note", maxlength: boot.note_limit, placeholder: t("worklist.note"), "aria-label": t("worklist.note") });
     const satisfaction = satisfactionSelect();
     const close = (what) => async (ev) => {
       ev.target.disabled = true;
@@ -576,7 +576,7 @@
     if (!loading.isConnected) return;
     const category = h("select", { id: "category" }, h("option", { value: "", text: "—" }),
       boot.categories.map((k) => h("option", { value: k, selected: k === c.category, text: tv("category", k) })));
-    const note = h("textarea", { id: "note", rows: 3, maxlength: 4000 });
+    const note = h("textarea", { id: "note", rows: 3, maxlength: boot.note_limit });
     note.value = c.note || "";
     const fuList = h("div", { id: "call-followups" });
     const after = h("input", { id: "followup-after", type: "text", value: "24h", size: 6, "aria-label": t("followups.after") });
