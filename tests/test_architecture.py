@@ -39,7 +39,7 @@ PACKAGE_DIR = Path(callhub.__file__).resolve().parent
 # they live. "callhub" is the package's own __init__ (the version).
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("callhub", "callhub.config", "callhub.records", "callhub.logs", "callhub.loops",
-              "callhub.lifecycle", "callhub.argtypes")),
+              "callhub.lifecycle", "callhub.argtypes", "callhub.spreadsheet")),
     ("metrics", ("callhub.metrics",)),
     # The SMS after the call: the store decides and queues it in the call's transaction.
     ("sms", ("callhub.sms",)),
