@@ -30,16 +30,14 @@ from test_correlator_transfer import (
     P01,
     TARGET,
     TRUNK,
-    at,
     caller_call,
     consult_call,
     feed,
-    of,
     sip_attended_transfer,
     when,
 )
+from test_correlator_transfer import parked_and_retrieved as retrieved_on_ami
 from traces_fixtures import (
-    like,
     merged_by_time,
     rewritten,
     shifted,
@@ -223,34 +221,10 @@ def parked_and_retrieved() -> tuple[list[AmiMessage], list[dict[str, Any]], floa
     retriever's BRIDGE_ENTER still carries its own linkedid, which ends as the caller joins
     (LINKEDID_END of a channel that is up, as the picker's in q05); its rows after that
     carry the caller's. Returns the events, the rows and the time 1002 hung up."""
-    talk, caller_end = caller_call()
-    caller_enter = next(m for m in talk if m.get("Event") == "BridgeEnter"
-                        and m.get("Channel") == TRUNK)
-    parked = when(talk, "BridgeEnter", TRUNK) + 2.0
-    first_gone = [at(m, parked) for m in of(caller_end, AGENT1)]
-    holding = [at(like(caller_enter, "BridgeLeave"), parked + 0.001),
-               at({**caller_enter, "BridgeUniqueid": "holding"}, parked + 0.002)]
-    consulting, consult_end = consult_call(parked + 10.0)
-    retriever = "PJSIP/1002-00000012"
-    dials = [m for m in rewritten(consulting, {CONSULT: retriever})
-             if m.get("Channel") == retriever and m.get("Event") in ("Newchannel", "Newexten")]
-    dials = [{**m, "Exten": "701"} for m in dials[:2]]  # Newchannel, its first step
-    retrieved = float(dials[-1]["Timestamp"]) + 0.5
-    bridge = "retrieved"
-    own_enter = at(like(dials[0], "BridgeEnter", BridgeUniqueid=bridge,
-                        ChannelState="6", ChannelStateDesc="Up"), retrieved)
-    joined = {"Linkedid": CALLER_ID}
-    moves = [at(like(caller_enter, "BridgeLeave", BridgeUniqueid="holding"), retrieved),
-             at({**caller_enter, "BridgeUniqueid": bridge}, retrieved + 0.001)]
-    hangup = retrieved + 5.0
-    retriever_gone = [at({**m, **joined}, hangup) for m in
-                      rewritten(of(consult_end, CONSULT, "HangupRequest", "Hangup"),
-                                {CONSULT: retriever})]
-    leaves = at({**own_enter, **joined, "Event": "BridgeLeave"}, hangup)
-    caller_gone = [at(m, hangup + 0.001) for m in caller_end if m.get("Channel") != AGENT1
-                   and "Channel" in m]
-    events = [*talk, *first_gone, *holding, *dials, own_enter, *moves,
-              retriever_gone[0], leaves, *retriever_gone[1:], *caller_gone]
+    ami = retrieved_on_ami()
+    talk, caller_end, dials, retriever = ami.talk, ami.caller_end, ami.dials, ami.retriever
+    parked, retrieved, hangup, bridge = ami.parked, ami.retrieved, ami.hangup, ami.bridge
+    consulting, consult_end, events = ami.consulting, ami.consult_end, ami.events
 
     p01, p09 = talk + caller_end, rewritten(consulting + consult_end, {CONSULT: retriever})
     enter1, enter_trunk = row(p01, "BRIDGE_ENTER", AGENT1), row(p01, "BRIDGE_ENTER", TRUNK)

@@ -16,6 +16,8 @@ them; the AttendedTransfer event is made of the channels' own snapshots.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from traces_fixtures import (
     like,
     merged_by_time,
@@ -180,11 +182,28 @@ def test_a_transfer_that_moves_the_caller_into_the_consult_bridge_ends_alike() -
     assert abs(consult.ended_at - tx) < 0.01 and abs(consult.talk_seconds - 3.0) < 0.01
 
 
-def test_a_phone_retrieving_a_parked_call_joins_that_call() -> None:
+@dataclass
+class Retrieval:
+    """A call parked by 1001 and retrieved by 1002's phone: its AMI events, and the parts
+    and moments the CEL rows of the same call are made from (tests/test_cel_transfer.py)."""
+
+    events: list[AmiMessage]
+    talk: list[AmiMessage]
+    caller_end: list[AmiMessage]
+    consulting: list[AmiMessage]
+    consult_end: list[AmiMessage]
+    retriever: str
+    bridge: str
+    dials: list[AmiMessage]
+    parked: float
+    retrieved: float
+    hangup: float
+
+
+def parked_and_retrieved() -> Retrieval:
     """1001 leaves the caller parked (its channel hangs up; the caller waits in a holding
     bridge); 1002's phone dials the parking space (a channel and Linkedid of its own), is
-    bridged with the caller, talks 5 s and hangs up first: one call, the caller's, and
-    nothing of 1002's own Linkedid stays open."""
+    bridged with the caller, talks 5 s and hangs up first."""
     talk, caller_end = caller_call()
     caller_enter = next(m for m in talk if m.get("Event") == "BridgeEnter"
                         and m.get("Channel") == TRUNK)
@@ -211,8 +230,19 @@ def test_a_phone_retrieving_a_parked_call_joins_that_call() -> None:
     leaves = at({**own_enter, **joined, "Event": "BridgeLeave"}, hangup)
     caller_gone = [at(m, hangup + 0.001) for m in caller_end if m.get("Channel") != AGENT1
                    and "Channel" in m]
-    messages = [*talk, *first_gone, *holding, *dials, own_enter, *moves,
-                retriever_gone[0], leaves, *retriever_gone[1:], *caller_gone]
+    events = [*talk, *first_gone, *holding, *dials, own_enter, *moves,
+              retriever_gone[0], leaves, *retriever_gone[1:], *caller_gone]
+    return Retrieval(events, talk, caller_end, consulting, consult_end, retriever, bridge,
+                     dials, parked, retrieved, hangup)
+
+
+def test_a_phone_retrieving_a_parked_call_joins_that_call() -> None:
+    """1001 leaves the caller parked (its channel hangs up; the caller waits in a holding
+    bridge); 1002's phone dials the parking space (a channel and Linkedid of its own), is
+    bridged with the caller, talks 5 s and hangs up first: one call, the caller's, and
+    nothing of 1002's own Linkedid stays open."""
+    retrieval = parked_and_retrieved()
+    messages, hangup = retrieval.events, retrieval.hangup
     correlator = Correlator(trace_pbx(P01))
     records = feed(correlator, messages)
     assert correlator.active_calls == 0, "a call stayed open"
