@@ -491,7 +491,8 @@ class _CallBuilder:
         legs = sorted(self.legs.values(), key=lambda leg: (leg.offered_at, leg.seq))
         self._link_carriers(legs)
         inbound = self.direction == "inbound"
-        attempts = [leg for leg in legs if inbound and self._is_attempt(leg)]
+        attempts = sorted((leg for leg in legs if inbound and self._is_attempt(leg)),
+                          key=_offer_order)
         offers = attempts if inbound else [leg for leg in legs
                                            if not leg.carrier and not leg.joined]
         answered = [leg for leg in offers if leg.answered_at is not None]
@@ -714,3 +715,15 @@ class _CallBuilder:
                         reached.add(other)
                         frontier.append(other)
         return self.origin in reached
+
+
+def _offer_order(leg: _Leg) -> list[tuple[float, int]]:
+    """Where an attempt was offered (DESIGN.md orders attempts so): a device dialled through
+    Local legs sorts by the offer of the first of them (the caller's offer of the ring
+    group's member), then down the chain; a device dialled straight by its own offer."""
+    chain: list[tuple[float, int]] = []
+    at: _Leg | None = leg
+    while at is not None:
+        chain.append((at.offered_at, at.seq))
+        at = at.parent
+    return chain[::-1]
