@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 import structlog
 from ami_fixtures import sim_pbx
-from store_fixtures import TOKENS, DbFactory, TcpProxy, auth, pg_url, via_proxy
+from store_fixtures import T0, TOKENS, DbFactory, TcpProxy, auth, make_call, pg_url, via_proxy
 
 from callhub.ami import native
 from callhub.config import ApiToken, Settings
@@ -33,6 +33,7 @@ from callhub.sim.calls import SynthCall
 from callhub.sim.demo import Demo
 from callhub.store import migrate
 from callhub.store.db import Database
+from callhub.store.spool import Spool
 
 WAIT = 30.0
 X, Y, Z = "+8613800000004", "+8613800000005", "+8613800000006"
@@ -488,3 +489,35 @@ async def test_a_sqlite_file_in_a_missing_directory_says_which(tmp_path: Path) -
         async with asyncio.timeout(WAIT), running(Daemon(settings)):
             pass
     assert not (tmp_path / "gone").exists()
+
+
+async def test_a_hung_database_is_reported_and_does_not_hold_the_stop(
+        tmp_path: Path, pg_proxy: TcpProxy, pg_behind_proxy: Database) -> None:
+    """PostgreSQL stops answering with its sockets open (a frozen VM, packets dropped):
+    /readyz says so within seconds, naming the database and the writer; the calls wait in
+    the spool; SIGTERM stops the daemon without waiting for the socket to reset."""
+    settings = replace(plain_settings(tmp_path),
+                       api_tokens=tuple(ApiToken(r, t) for r, t in TOKENS.items()))
+    d = Daemon(settings, db=pg_behind_proxy, out=io.StringIO())
+    async with started_in_a_task(d) as up:
+        async with asyncio.timeout(WAIT):
+            await up.wait()
+        assert d.writer is not None
+        d.writer.batch_timeout = 0.5  # 30 s in production
+        d.writer.stop_timeout = 1.0  # 10 s
+        pg_proxy.freeze()
+        d.writer.submit(make_call("hung-1", at=T0))
+        async with asyncio.timeout(WAIT):
+            await d.writer.wait_until(lambda w: w.failed_batches >= 1)
+        async with aiohttp.ClientSession(headers=auth("viewer")) as http:
+            asked = time.monotonic()
+            async with asyncio.timeout(WAIT), http.get(f"{d.api_url}/readyz") as response:
+                status, ready = response.status, await response.json()
+            answered = time.monotonic() - asked
+        assert status == 503 and answered < 4.0, answered
+        assert ready["parts"]["database"]["reason"].startswith("no answer")
+        assert "TimeoutError" in ready["parts"]["writer"]["reason"]
+        stopping = time.monotonic()
+    took = time.monotonic() - stopping
+    assert took < d.writer.stop_timeout + 5.0, took
+    assert [r.linkedid for r in Spool(settings.spool_dir).unstored()] == ["hung-1"]

@@ -22,6 +22,7 @@ this instance is the writer or the standby of a pair (callhub.store.election).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
 from aiohttp import web
@@ -37,11 +38,20 @@ SUPERVISOR: web.AppKey[Supervisor] = web.AppKey("supervisor", Supervisor)
 READY_TIMEOUT = CHECK_TIMEOUT
 
 
+PING_TIMEOUT = 2.0
+"""Seconds the `database` check waits for its ping: a database that hangs (its socket
+open, no answer) made /readyz take the whole CHECK_TIMEOUT and say only "TimeoutError";
+a probe's own timeout is often a second or two."""
+
+
 def database_check(db: Database) -> Check:
     """The `database` part's check: a ping (any failure is the reason)."""
     async def ping() -> str | None:
         try:
-            await db.ping()
+            async with asyncio.timeout(PING_TIMEOUT):
+                await db.ping()
+        except TimeoutError:
+            return f"no answer in {PING_TIMEOUT:g} s"
         except Exception as exc:  # any failure means not ready; say which
             return f"unreachable ({type(exc).__name__})"
         return None

@@ -108,4 +108,4 @@ def describe(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None)
     text = str(orig if orig is not None else exc).splitlines()
     first = text[0] if text else ""
-    return f"{type(exc).__name__}: {first}"[:500]
+    return f"{type(exc).__name__}: {first}"[:500] if first else type(exc).__name__

@@ -81,6 +81,8 @@ log = structlog.get_logger(__name__)
 StoredListener = Callable[[Sequence[CallRecord], Saved], None]
 SUSPECT_TRIES = 3  # a lone call failing with an unclassified error while the database answers
 PING_TIMEOUT = 5.0
+BATCH_TIMEOUT = 30.0  # a batch of 2,000 takes ~0.1 s; one with no answer by then never gets one
+STOP_GRACE = 1.0  # past `stop_timeout`, for the batch in flight before the task is cancelled
 KEEP_IDLE = 5.0  # seconds the writer keeps its connection after its last batch
 ENCODE_SLICE = 250  # calls encoded for the spool between two turns of the event loop
 
@@ -160,7 +162,8 @@ class CallWriter:
                  metrics: CallhubMetrics | None = None, spool: Spool | None = None,
                  batch_size: int = 2000, max_buffer: int = 10_000,
                  retry_initial: float = 0.25, retry_max: float = 15.0,
-                 stop_timeout: float = 10.0, group_window: float = 0.0,
+                 stop_timeout: float = 10.0, batch_timeout: float = BATCH_TIMEOUT,
+                 group_window: float = 0.0,
                  keep_idle: float = KEEP_IDLE, spool_retry: float = 1.0, max_memory: int = 100_000,
                  stuck_after: float = 60.0, quarantine_window: float = 300.0,
                  supervisor: Supervisor | None = None, gate: WriteGate | None = None,
@@ -183,6 +186,7 @@ class CallWriter:
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self.stop_timeout = stop_timeout
+        self.batch_timeout = batch_timeout
         self.group_window = group_window
         self.keep_idle = keep_idle
         self.spool_retry = spool_retry
@@ -284,7 +288,12 @@ class CallWriter:
             task, self._task = self._task, None
             task.finish()  # no restart from here on: what is left stays in the spool
             try:
-                await task.wait()
+                # Bounded: a batch in flight on a database that hangs would otherwise
+                # hold the stop for its whole `batch_timeout`.
+                await wait_first(task.wait(), seconds=self.stop_timeout + STOP_GRACE)
+                if not task.done:
+                    log.warning("writer.stop_cut", pending=self.pending,
+                                waited=self.stop_timeout + STOP_GRACE)
             finally:
                 await task.stop()
         self._closed = True
@@ -708,8 +717,18 @@ class CallWriter:
             await self._wake.wait()
 
     async def _store(self, batch: list[CallRecord]) -> Saved:
-        """Store one batch, on the writer's own loop (callhub.store.db_loop)."""
-        return await self._db_loop.run(self._store_there(batch))
+        """Store one batch, on the writer's own loop (callhub.store.db_loop), within
+        `batch_timeout` seconds: a database that hangs (its socket open, no answer ever)
+        sends no error, and the writer would wait on it for ever, storing nothing and
+        counting no failure. A TimeoutError is an outage: the batch is retried."""
+        return await self._db_loop.run(self._store_within(batch, self.batch_timeout))
+
+    async def _store_within(self, batch: list[CallRecord], seconds: float) -> Saved:
+        try:
+            async with asyncio.timeout(seconds):
+                return await self._store_there(batch)
+        except TimeoutError:  # this limit's, or the driver's own for a connect (5 s)
+            raise TimeoutError("no answer from the database") from None
 
     async def _store_there(self, batch: list[CallRecord]) -> Saved:
         """`_store_once`; once more on a new connection when the one kept from an earlier
