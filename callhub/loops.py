@@ -17,7 +17,10 @@ import importlib.util
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+import structlog
+
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
@@ -36,11 +39,37 @@ def resolve(choice: str) -> str:
 
 
 def loop_factory(choice: str = "auto") -> LoopFactory:
-    """How to make a loop for `choice` (one of EVENT_LOOPS)."""
+    """How to make a loop for `choice` (one of EVENT_LOOPS), with `quiet_abandoned_closes`."""
     if resolve(choice) == "asyncio":
-        return asyncio.new_event_loop
-    import uvloop  # "uvloop" without it installed: ImportError says so
-    return uvloop.new_event_loop
+        make: LoopFactory = asyncio.new_event_loop
+    else:
+        import uvloop  # "uvloop" without it installed: ImportError says so
+        make = uvloop.new_event_loop
+
+    def made() -> asyncio.AbstractEventLoop:
+        loop = make()
+        loop.set_exception_handler(quiet_abandoned_closes)
+        return loop
+
+    return made
+
+
+def quiet_abandoned_closes(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The loop's exception handler: SQLAlchemy's graceful close of an invalidated asyncpg
+    connection, left behind when its caller was cancelled, at debug; the rest as asyncio
+    logs it.
+
+    SQLAlchemy closes a broken connection in a shielded task (2 s limit); a caller
+    cancelled meanwhile (a batch cut off at stop, a database that hangs) leaves that task
+    to fail alone, and asyncio logged "Task exception was never retrieved" with a
+    traceback at error, for a connection already dropped by force."""
+    future = context.get("future")
+    exc = context.get("exception")
+    if (isinstance(future, asyncio.Task) and isinstance(exc, (TimeoutError, OSError))
+            and getattr(future.get_coro(), "__name__", "") == "_terminate_graceful_close"):
+        log.debug("db.close_abandoned", error=type(exc).__name__)
+        return
+    loop.default_exception_handler(context)
 
 
 def run(main: Coroutine[Any, Any, T], choice: str = "auto") -> T:
