@@ -153,3 +153,25 @@ def test_parse_day_knows_today_and_yesterday() -> None:
     assert parse_day("2026-02-28", SHANGHAI, today) == date(2026, 2, 28)
     with pytest.raises(ValueError, match="--date"):
         parse_day("2026-02-30", SHANGHAI, today)
+
+
+def test_a_pbx_neither_configured_nor_stored_is_refused_naming_the_known_ones(
+        report_db: tuple[Path, str, dict[str, Any]], capsys: pytest.CaptureFixture[str]) -> None:
+    config, url, expected = report_db  # the stored calls are the PBX "main"'s; no [[pbx]]
+    common = ("--config", str(config), "report", "--date", "2026-11-29", "--database-url", url)
+    code, out, err = run(capsys, *common, "--pbx", "mian")  # a typo: not an all-zero report
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [
+        "callhub report: --pbx: no PBX named 'mian' is known "
+        "(configured: none; with stored calls: main)"]
+    code, out, _ = run(capsys, *common, "--pbx", "main", "--format", "json")
+    assert code == 0 and json.loads(out)["totals"] == expected["totals"]
+    # A configured PBX with no calls yet is a quiet PBX, not a typo: its zeros are right.
+    config.write_text('timezone = "Asia/Shanghai"\n[[pbx]]\nname = "branch"\n'
+                      '[[pbx]]\nname = "main"\n', encoding="utf-8")
+    code, out, _ = run(capsys, *common, "--pbx", "branch", "--format", "json")
+    assert code == 0 and json.loads(out)["totals"]["inbound"] == 0
+    code, out, err = run(capsys, *common, "--pbx", "brnach")
+    assert code == 2 and out == "" and err.strip().splitlines() == [
+        "callhub report: --pbx: no PBX named 'brnach' is known "
+        "(configured: branch, main; with stored calls: main)"]

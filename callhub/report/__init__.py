@@ -17,7 +17,7 @@ from datetime import date, datetime, timedelta, tzinfo
 from typing import Any
 
 from callhub.argtypes import YEARS, add_database_url, in_years, whole
-from callhub.config import load_settings
+from callhub.config import Settings, load_settings
 from callhub.config.report import LANGS
 from callhub.report.figures import (
     FIGURES,
@@ -33,6 +33,7 @@ from callhub.report.figures import (
 from callhub.report.periods import KINDS
 from callhub.store.db import Database
 from callhub.store.oneshot import run_db
+from callhub.store.queries import pbx_has_calls, stored_pbxs
 
 __all__ = ["FIGURES", "FORMATS", "build_report", "day_query", "parse_day", "period_query",
            "render", "to_csv", "to_json", "to_text"]
@@ -71,9 +72,33 @@ def add_parser(sub: Any) -> None:
                         help="the HTML page's language (default [report] lang, else zh)")
     parser.add_argument("--rings", type=whole(1, 100), default=3, metavar="N",
                         help="N of within-N-rings, 1 to 100 (default 3)")
-    parser.add_argument("--pbx", metavar="NAME", help="only this PBX")
+    parser.add_argument("--pbx", metavar="NAME",
+                        help="only this PBX (a [[pbx]] of the config or one with stored "
+                             "calls; another is refused, exit 2)")
     add_database_url(parser)
     parser.set_defaults(func=report_command)
+
+
+class UnknownPbx(Exception):
+    """`--pbx` names a PBX neither the config nor any stored call knows (a typo)."""
+
+    def __init__(self, name: str, configured: list[str], stored: list[str]) -> None:
+        def names(found: list[str]) -> str:
+            return ", ".join(found) if found else "none"
+        super().__init__(f"--pbx: no PBX named {name!r} is known (configured: "
+                         f"{names(configured)}; with stored calls: {names(stored)})")
+
+
+async def check_pbx(db: Database, settings: Settings, name: str) -> None:
+    """Raise UnknownPbx unless `name` is a configured PBX or one with stored calls: a
+    report of a misspelt PBX would be all zeros, indistinguishable from a quiet day."""
+    configured = [p.name for p in settings.pbxs]
+    if name in configured:
+        return
+    async with db.connection() as conn:
+        if await pbx_has_calls(conn, name):
+            return
+        raise UnknownPbx(name, configured, await stored_pbxs(conn))
 
 
 def report_command(args: argparse.Namespace) -> int:
@@ -88,12 +113,18 @@ def report_command(args: argparse.Namespace) -> int:
     async def job() -> dict[str, Any]:
         db = Database.connect(url)
         try:
+            if args.pbx is not None:
+                await check_pbx(db, settings, args.pbx)
             return await build_report(db, settings, day, rings=args.rings, pbx=args.pbx,
                                       period=args.period)
         finally:
             await db.close()
 
-    ok, report = run_db(url, job)
+    try:
+        ok, report = run_db(url, job)
+    except UnknownPbx as exc:
+        print(f"callhub report: {exc}", file=sys.stderr)
+        return 2
     if not ok or report is None:
         return 1
     sys.stdout.write(render(report, args.format, args.lang or settings.report.lang))

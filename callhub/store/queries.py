@@ -389,3 +389,15 @@ async def _attach_calls(conn: AsyncConnection, entries: Sequence[dict[str, Any]]
     stmt = _ENTRY_CALLS_PG if conn.dialect.name == "postgresql" else _ENTRY_CALLS
     for call in await _dicts(conn, stmt, {"ids": list(by_id)}):
         by_id[call.pop("entry_id")]["calls"].append(call)
+
+
+async def pbx_has_calls(conn: AsyncConnection, pbx: str) -> bool:
+    """Whether any call of `pbx` is stored (one probe of the (pbx, linkedid) index)."""
+    found = await conn.execute(sa.select(calls.c.id).where(calls.c.pbx == pbx).limit(1))
+    return found.first() is not None
+
+
+async def stored_pbxs(conn: AsyncConnection) -> list[str]:
+    """The PBXs with stored calls, in name order (a scan: for an error message, not a page)."""
+    found = await conn.execute(sa.select(calls.c.pbx).distinct().order_by(calls.c.pbx))
+    return [str(name) for (name,) in found]
