@@ -32,6 +32,7 @@ from callhub.config import ConfigError, PbxConfig, Settings, load_settings
 from callhub.records import CallRecord, bounded
 from callhub.store.cel_source import DEFAULT_TABLE, read_cel
 from callhub.store.db import Database
+from callhub.store.failures import explain
 from callhub.store.oneshot import run_db
 from callhub.store.save import Saved, save_calls
 
@@ -123,7 +124,9 @@ def backfill_command(args: argparse.Namespace, out: TextIO | None = None) -> int
         print(f"callhub backfill: no table {table!r} in the CEL database", file=sys.stderr)
         return 1
     except (SQLAlchemyError, OSError, ValueError) as exc:
-        print(f"callhub backfill: cannot read the CEL table: {exc}", file=sys.stderr)
+        # One line naming the database (password masked), as the other commands' errors.
+        print(f"callhub backfill: cannot read the CEL table {table!r}: {explain(url, exc)}",
+              file=sys.stderr)
         return 1
     if args.store:
         finished = [r for r in records if not r.incomplete]

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from cel_fixtures import CelDb, pbx_toml, run_callhub, trace_rows, window_of
+from sqlalchemy.engine import make_url
+from store_fixtures import pg_url
 from traces_fixtures import all_traces, trace
 
 from callhub.ami.cel import interpret
@@ -108,6 +110,22 @@ async def test_backfill_command_prints_the_calls_of_a_window(cel_db: CelDb,
                              "calls": [c for t in truths.values() for c in t["expected"]["calls"]]}}
     assert compare(records, together) == []
     assert "3 calls rebuilt from CEL, none stored" in err
+
+
+def test_a_cel_database_refusing_the_login_is_one_line_naming_it_password_masked(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CALLHUB_CONFIG", raising=False)
+    url = make_url(pg_url()).set(password="not-the-password")
+    wrong = url.render_as_string(hide_password=False)
+    now = datetime.now(UTC)
+    code = main(["backfill", "--pbx", "main", "--from", now.isoformat(),
+                 "--to", (now + timedelta(hours=1)).isoformat(), "--cel-database-url", wrong])
+    out, err = capsys.readouterr()
+    assert code == 1 and out == ""
+    assert len(err.strip().splitlines()) == 1, err  # not SQLAlchemy's "Background on ..."
+    masked = f"{url.drivername}://{url.username}:***@{url.host}:{url.port}/{url.database}"
+    assert err.startswith(f"callhub backfill: cannot read the CEL table 'cel': database {masked}: ")
+    assert "password authentication failed" in err and "not-the-password" not in err
 
 
 def test_backfill_command_says_what_is_wrong(cel_db: CelDb, tmp_path: Path,
