@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import stat
 import time
 from dataclasses import replace
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+import structlog
 from ami_fixtures import Collector, make_ingest, sim_pbx
 from cel_fixtures import CelDb, pbx_toml, run_callhub, trace_rows, window_of
 from prometheus_client import CollectorRegistry
@@ -25,7 +27,7 @@ from traces_fixtures import trace
 from callhub.ami.gap import Gap, StreamState, read_state, state_path
 from callhub.ami.groundtruth import load_truth, pbx_from_truth
 from callhub.ami.ingest import PbxIngest
-from callhub.config import Settings
+from callhub.config import PbxConfig, Settings
 from callhub.lifecycle import Supervisor
 from callhub.metrics.collectors import CallhubMetrics
 from callhub.records import CallRecord
@@ -130,6 +132,43 @@ async def test_a_dropped_link_reports_its_gap_and_the_state_survives_a_restart(
         await again.stop()
     counted = registry.get_sample_value("callhub_gap_seconds_total", {"pbx": "lab"})
     assert counted is not None and 0 < counted <= time.time() - stopped_at + 1
+
+
+def test_a_state_file_that_cannot_be_written_is_warned_of_once_per_error_and_its_return_said(
+        tmp_path: Path) -> None:
+    """Saved every few seconds while events flow: an unwritable file (a full disk, the spool
+    directory gone) warned at every save would bury the log. One warning per distinct
+    error, the repeats at debug, and a line when it is writable again."""
+    state_dir = tmp_path / "spool"
+    state_dir.mkdir()
+    path = state_path(state_dir, "lab")
+    path.write_text('{"last_event": 1700000000.5, "alive_until": 1700000010}', encoding="utf-8")
+    ingest = make_ingest(PbxConfig(name="lab", username="callhub", secret="s"), Collector(),
+                         state_dir=state_dir)  # not started: only its state file
+    path.unlink()
+    path.mkdir()  # the file's place taken by a directory: the replace fails (EISDIR)
+    (path / "x").touch()
+
+    def saves(n: int) -> list[tuple[str, str, object]]:
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(n):
+                ingest.save_state()
+        return [(e["log_level"], e["event"], e.get("error", e.get("failed_tries")))
+                for e in logs if e["event"].startswith("ami.state_")]
+
+    assert saves(3) == [("warning", "ami.state_unwritable", "IsADirectoryError(21)"),
+                        ("debug", "ami.state_unwritable", "IsADirectoryError(21)"),
+                        ("debug", "ami.state_unwritable", "IsADirectoryError(21)")]
+    shutil.rmtree(state_dir)
+    state_dir.write_text("")  # another error: the directory's place taken by a file
+    assert saves(2) == [("warning", "ami.state_unwritable", "FileExistsError(17)"),
+                        ("debug", "ami.state_unwritable", "FileExistsError(17)")]
+    state_dir.unlink()  # mended: the next save makes the directory and writes the file
+    assert saves(2) == [("info", "ami.state_writable", 5)]
+    assert read_state(path) == StreamState(1700000000.5, 1700000010.0)
+    path.unlink()
+    path.mkdir()  # failing again after a write: news again, even the same error
+    assert saves(1) == [("warning", "ami.state_unwritable", "IsADirectoryError(21)")]
 
 
 @pytest.mark.parametrize("text", [

@@ -21,6 +21,7 @@ from pathlib import Path
 import structlog
 
 from callhub.ami.correlator import MAX_TIMESTAMP
+from callhub.lifecycle import Retries
 
 log = structlog.get_logger(__name__)
 
@@ -75,8 +76,12 @@ def read_state(path: Path) -> StreamState | None:
         return None
 
 
-def write_state(path: Path, state: StreamState) -> bool:
-    """Replace the state file (no fsync: losing the last write only widens a gap)."""
+def write_state(path: Path, state: StreamState, retries: Retries | None = None) -> bool:
+    """Replace the state file (no fsync: losing the last write only widens a gap).
+
+    A file that cannot be written (a full disk, a read-only spool directory) is tried
+    again at the next save, every few seconds: with the PBX's `retries` it is warned of
+    once per distinct error (repeats at debug) and said when it is writable again."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +89,13 @@ def write_state(path: Path, state: StreamState) -> bool:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             json.dump({"last_event": state.last_event, "alive_until": state.alive_until}, out)
         os.replace(tmp, path)
-        return True
     except OSError as exc:
-        log.warning("ami.state_unwritable", path=str(path), error=type(exc).__name__)
+        kind = f"{type(exc).__name__}({exc.errno})"  # its message names the temporary file
+        news = retries.failed(kind) if retries is not None else True
+        say = log.warning if news else log.debug
+        say("ami.state_unwritable", path=str(path), error=kind,
+            tries=retries.tries if retries is not None else 1)
         return False
+    if retries is not None and (tries := retries.succeeded()):
+        log.info("ami.state_writable", path=str(path), failed_tries=tries)
+    return True

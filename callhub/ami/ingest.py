@@ -51,7 +51,7 @@ from callhub.ami.gap import (
 from callhub.ami.parser import AmiMessage, EventFilter
 from callhub.ami.read_classes import MISSING_CLASS_MEANS, WANTS, ReadClassWatch
 from callhub.config import PbxConfig
-from callhub.lifecycle import Supervisor, Task
+from callhub.lifecycle import Retries, Supervisor, Task
 from callhub.logs import mask_number
 from callhub.metrics.collectors import CallhubMetrics
 from callhub.records import CallRecord, bounded
@@ -129,6 +129,7 @@ class PbxIngest:
         self._unstamped_said = False
         self.alive_until: float | None = None  # when the last session was last known up
         self._state_written = 0.0  # time.monotonic() of the last state write
+        self.state_retries = Retries()  # the state file failing write after write
         self._seen: dict[str, None] = {}  # linkedids finished in this process (bounded)
         # Where the stream stopped before the next session (a previous run's state file,
         # or this process's last session): the gap that session ends starts there.
@@ -154,7 +155,7 @@ class PbxIngest:
         undurable = self.undurable_since() if self.undurable_since is not None else None
         if undurable is not None:  # killed now, that call is found again only in the gap
             last = min(last, undurable - UNDURABLE_MARGIN)
-        write_state(self.state_file, StreamState(last, alive))
+        write_state(self.state_file, StreamState(last, alive), self.state_retries)
 
     @property
     def connected(self) -> bool:
