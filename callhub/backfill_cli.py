@@ -33,7 +33,7 @@ from callhub.records import CallRecord, bounded
 from callhub.store.cel_source import DEFAULT_TABLE, read_cel
 from callhub.store.db import Database
 from callhub.store.failures import explain
-from callhub.store.oneshot import run_db
+from callhub.store.oneshot import does_not_exist, missing_sqlite_file, run_db
 from callhub.store.save import Saved, save_calls
 
 
@@ -118,6 +118,10 @@ def backfill_command(args: argparse.Namespace, out: TextIO | None = None) -> int
     if args.end <= args.start:
         print("callhub backfill: --to must be after --from", file=sys.stderr)
         return 2
+    if (missing := missing_sqlite_file(url)) is not None:  # not created by reading it
+        print(f"callhub backfill: cannot read the CEL table {table!r}: "
+              f"{does_not_exist(url, missing, hint='')}", file=sys.stderr)
+        return 1
     try:
         records = asyncio.run(backfill(url, table, pbx, args.start, args.end))
     except NoSuchTableError:

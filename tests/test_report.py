@@ -6,6 +6,7 @@ import asyncio
 import csv
 import io
 import json
+import sqlite3
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -140,6 +141,13 @@ def test_bad_dates_and_databases_get_one_clear_line(
                        "--period", "month", "--database-url", url)  # the last month there is
     assert code == 0 and "9998-12" in out
     empty = f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+    code, out, err = run(capsys, "--config", str(config), "report", "--date", "today",
+                         "--database-url", empty)
+    assert code == 1 and out == "" and err.splitlines() == [
+        f"callhub: database {empty} does not exist: no file {tmp_path / 'empty.db'} "
+        "(`callhub db upgrade` creates it)"]
+    assert not (tmp_path / "empty.db").exists()  # a report creates no database
+    sqlite3.connect(tmp_path / "empty.db").close()  # a file without callhub's tables
     code, out, err = run(capsys, "--config", str(config), "report", "--date", "today",
                          "--database-url", empty)
     assert code == 1 and out == "" and len(err.strip().splitlines()) == 1

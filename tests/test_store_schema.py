@@ -17,6 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import make_url
 from store_fixtures import DbFactory, pg_url
 
+from callhub.cli import main
 from callhub.config import Settings
 from callhub.daemon import Daemon, StartupError, running
 from callhub.store import migrate
@@ -220,8 +221,49 @@ def test_a_command_on_a_sqlite_file_in_a_missing_directory_names_it(
         finally:
             await db.close()
 
-    assert run_db(url, current) == (False, None)
+    assert run_db(url, current, may_create=True) == (False, None)  # as `db upgrade` runs
     err = capsys.readouterr().err.strip()
     assert err.splitlines() == [f"callhub: database {url}: OperationalError: unable to open "
                                 f"database file (the directory {tmp_path / 'gone'} does not "
                                 "exist)"]
+
+
+def test_a_read_only_command_on_a_sqlite_file_not_there_says_so_and_creates_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connecting creates a SQLite file (as `callhub run` wants); a command that only reads
+    or adds to an existing database left an empty file behind a typo in the path, and
+    `db current` said "at revision None: behind"."""
+    monkeypatch.delenv("CALLHUB_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "typo.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    monkeypatch.setenv("CALLHUB_DATABASE_URL", url)
+    said = (f"callhub: database {url} does not exist: no file {path} "
+            "(`callhub db upgrade` creates it)")
+    window = ["--from", "2026-11-29T00:00Z", "--to", "2026-11-29T01:00Z"]
+    for args in (["db", "current"], ["db", "current", "--database-url", "sqlite:///typo.db"],
+                 ["db", "quarantine"], ["db", "restore", "--all"],
+                 ["report", "--date", "2026-11-29"]):
+        code = main(args)
+        out, err = capsys.readouterr()
+        assert (code, out) == (1, ""), args
+        relative = "--database-url" in args
+        assert err.splitlines() == [said.replace(url, "sqlite:///typo.db") if relative
+                                    else said], args
+        assert list(tmp_path.iterdir()) == [], args
+    cel = tmp_path / "cel.db"
+    code = main(["backfill", "--pbx", "main", *window,
+                 "--cel-database-url", f"sqlite+aiosqlite:///{cel}"])
+    assert code == 1 and capsys.readouterr().err.splitlines() == [
+        f"callhub backfill: cannot read the CEL table 'cel': database "
+        f"sqlite+aiosqlite:///{cel} does not exist: no file {cel}"]
+    gone = tmp_path / "gone" / "callhub.db"
+    assert main(["db", "current", "--database-url", f"sqlite:///{gone}"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"callhub: database sqlite:///{gone} does not exist: no file {gone} "
+        f"(the directory {gone.parent} does not exist)"]
+    assert list(tmp_path.iterdir()) == []
+    assert main(["db", "upgrade"]) == 0 and path.exists()  # upgrade creates it, as before
+    capsys.readouterr()
+    assert main(["db", "current"]) == 0 and "up to date" in capsys.readouterr().out

@@ -69,7 +69,7 @@ def upgrade_command(args: argparse.Namespace) -> int:
         finally:
             await db.close()
 
-    ok, revision = run_db(url, run)
+    ok, revision = run_db(url, run, may_create=True)
     if not ok:
         return 1
     print(f"database {mask_url(url)} is at revision {revision}")

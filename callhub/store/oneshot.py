@@ -1,12 +1,19 @@
-"""One database job from a command line (db upgrade, report): errors as one line, not a trace."""
+"""One database job from a command line (db upgrade, report): errors as one line, not a trace.
+
+Only `callhub db upgrade` may create a SQLite database: connecting creates the file
+(callhub.store.db, as `callhub run` wants), so every other command checks first that
+it is there, rather than leave an empty file behind a typo in the path."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from callhub.config import mask_url
@@ -17,8 +24,36 @@ from callhub.store.migrate import SchemaError
 T = TypeVar("T")
 
 
-def run_db(url: str, job: Callable[[], Coroutine[Any, Any, T]]) -> tuple[bool, T | None]:
-    """Run `job`; a database error is printed as one line (no traceback) and gives False."""
+def missing_sqlite_file(url: str) -> str | None:
+    """The absolute path of the file a SQLite URL names when there is no such file (None:
+    it is there, in memory, a `file:` URI, not SQLite, or not a URL: connecting says)."""
+    with contextlib.suppress(ArgumentError):
+        parsed = make_url(url)
+        path = parsed.database
+        if (parsed.get_backend_name() == "sqlite" and path and path != ":memory:"
+                and not path.startswith("file:") and not os.path.exists(path)):
+            return os.path.abspath(path)
+    return None
+
+
+def does_not_exist(url: str, path: str,
+                   hint: str = " (`callhub db upgrade` creates it)") -> str:
+    """The one line saying a SQLite database is not there (`hint`: what creates it)."""
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):  # which `callhub db upgrade` does not make either
+        hint = f" (the directory {directory} does not exist)"
+    return f"database {mask_url(url)} does not exist: no file {path}{hint}"
+
+
+def run_db(url: str, job: Callable[[], Coroutine[Any, Any, T]], *,
+           may_create: bool = False) -> tuple[bool, T | None]:
+    """Run `job`; a database error is printed as one line (no traceback) and gives False.
+    Unless `may_create`, a SQLite database whose file is not there is such an error, and
+    no file is created."""
+    if not may_create and (path := missing_sqlite_file(url)) is not None:
+        print(f"callhub: {does_not_exist(url, path)}", file=sys.stderr)
+        return False, None
+
     async def settled() -> T:
         try:
             return await job()
