@@ -150,6 +150,28 @@ def test_replay_of_a_missing_file_is_a_clear_error(capsys: pytest.CaptureFixture
     assert "no such file" in capsys.readouterr().err
 
 
+def test_replay_of_a_file_that_is_not_an_ami_trace_says_so(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A binary, a log or an empty file has no AMI events: said, exit 2, not a silent 0."""
+    log = tmp_path / "asterisk.log"
+    log.write_text("[Nov 29 10:00:01] NOTICE[123] chan_pjsip.c: Call from 1001\n")
+    empty = tmp_path / "empty.ami"
+    empty.write_bytes(b"")
+    for path in (sys.executable, str(log), str(empty)):
+        assert main(["replay", path]) == 2, path
+        out, err = capsys.readouterr()
+        assert out == "" and err.splitlines() == [
+            f"callhub replay: no AMI events in {path} (not a recorded AMI stream)"]
+    trace = all_traces()[0]  # beside a real trace: its records, and still exit 2
+    assert main(["replay", str(log), str(trace)]) == 2
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == len(load_truth(trace)["expected"]["calls"])
+    assert err.splitlines() == [
+        f"callhub replay: no AMI events in {log} (not a recorded AMI stream)"]
+    assert main(["replay", "--check", str(log), str(trace)]) == 2
+    assert capsys.readouterr().out.splitlines()[-1] == "1 of 2 traces match"
+
+
 def test_replay_of_a_directory_is_its_traces_in_name_order(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     traces = all_traces()[:2]

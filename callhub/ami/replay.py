@@ -117,9 +117,16 @@ def replay_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"callhub replay: {exc}", file=sys.stderr)
         return 2
+    not_ami: list[str] = []
     for trace in traces:
         pbx = _pbx_for(trace, args)
-        records = replay_file(trace, pbx)
+        messages = _EventCount(iter_file_messages(trace))
+        records = list(replay_messages(messages, pbx))
+        if not messages.events:  # a binary, a log, the wrong file: not silently nothing
+            print(f"callhub replay: no AMI events in {trace} (not a recorded AMI stream)",
+                  file=sys.stderr)
+            not_ami.append(trace)
+            continue
         all_records.extend(records)
         if args.check:
             if not truth_path(trace).exists():
@@ -133,15 +140,28 @@ def replay_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
             for problem in problems:
                 print(f"         {problem}", file=out)
     if args.check:
-        print(f"{len(traces) - failures} of {len(traces)} traces match",
+        print(f"{len(traces) - failures - len(not_ami)} of {len(traces)} traces match",
               file=out)
-        return 1 if failures else 0
+        return 2 if not_ami else 1 if failures else 0
     if args.format == "jsonl":
         for record in all_records:
             print(json.dumps(record.to_dict(), ensure_ascii=False), file=out)
     else:
         print_table(all_records, out)
-    return 0
+    return 2 if not_ami else 0
+
+
+class _EventCount:
+    """The messages of a file, passed on, counting its AMI events (`Event:` headers)."""
+
+    def __init__(self, messages: Iterable[dict[str, str]]) -> None:
+        self._messages = messages
+        self.events = 0
+
+    def __iter__(self) -> Iterator[dict[str, str]]:
+        for message in self._messages:
+            self.events += "Event" in message
+            yield message
 
 
 TABLE_COLUMNS = ("linkedid", "direction", "called_number", "caller_number", "outcome", "reason",
