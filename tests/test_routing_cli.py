@@ -118,3 +118,17 @@ def test_show_at_a_year_out_of_range_is_one_clear_line(
     assert main(["--config", str(settings_file), "rota", "show",
                  "--at", "9998-12-31T23:59"]) == 0  # the latest there is
     assert "line hotline" in capsys.readouterr().out
+
+
+def test_a_rota_of_one_agent_one_line_one_shift_is_counted_in_the_singular(
+        settings_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rota = tmp_path / "small.toml"
+    rota.write_text('[[agents]]\nid = "ann"\nname = "Ann"\ninterface = "PJSIP/1001"\n\n'
+                    '[[lines]]\nname = "hotline"\ndids = ["4008001004"]\n'
+                    'rotation = ["ann"]\n\n[[lines.shifts]]\nname = "day"\n'
+                    'days = ["mon-fri"]\nstart = "08:00"\nend = "17:00"\n'
+                    'agents = ["ann"]\n', encoding="utf-8")
+    assert main(["--config", str(settings_file), "rota", "check", str(rota)]) == 0
+    assert capsys.readouterr().out == f"{rota}: ok: 1 agent, 1 line (hotline), 1 shift\n"
+    assert main(["--config", str(settings_file), "rota", "load", str(rota)]) == 0
+    assert capsys.readouterr().out.endswith(": 1 agent, 1 line (hotline), 1 shift\n")

@@ -56,8 +56,13 @@ def _summary(path: str) -> tuple[int, str]:
 
 def _describe(rota: Rota) -> str:
     shifts = sum(len(line.shifts) for line in rota.lines.values())
-    return (f"{len(rota.agents)} agents, {len(rota.lines)} lines "
-            f"({', '.join(rota.lines) or 'none'}), {shifts} shifts")
+    return (f"{_count(len(rota.agents), 'agent')}, {_count(len(rota.lines), 'line')} "
+            f"({', '.join(rota.lines) or 'none'}), {_count(shifts, 'shift')}")
+
+
+def _count(n: int, noun: str) -> str:
+    """`1 line`, `2 lines`, `0 lines`."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def check_command(args: argparse.Namespace) -> int:
