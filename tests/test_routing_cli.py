@@ -132,3 +132,25 @@ def test_a_rota_of_one_agent_one_line_one_shift_is_counted_in_the_singular(
     assert capsys.readouterr().out == f"{rota}: ok: 1 agent, 1 line (hotline), 1 shift\n"
     assert main(["--config", str(settings_file), "rota", "load", str(rota)]) == 0
     assert capsys.readouterr().out.endswith(": 1 agent, 1 line (hotline), 1 shift\n")
+
+
+@pytest.mark.parametrize(("action", "says"), [
+    ("load", ["only when it is right", "rota.json", "CALLHUB_ROUTING_STATE_DIR",
+              "<spool_dir>/routing", "exit 2 when the file is wrong"]),
+    ("check", ["reading nothing else and changing nothing", "exit 2"]),
+    ("show", ["rota.json", "rota_file", "rotation.json", "nobody is skipped as busy"]),
+])
+def test_each_rota_action_s_help_says_what_it_does_and_what_it_reads(
+        action: str, says: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["rota", action, "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal
+    for words in says:
+        assert words in text, (action, words)
+    with pytest.raises(SystemExit):
+        main(["rota", "--help"])
+    listing = " ".join(capsys.readouterr().out.split())
+    assert {"load": "make it the active rota (rota.json)",
+            "check": "without loading it (reads only the file)",
+            "show": "in rotation order (reads the active rota)"}[action] in listing

@@ -24,24 +24,46 @@ from callhub.routing.onduty import local_time, rota_zone
 from callhub.routing.rota_file import RotaError, load_rota
 from callhub.routing.state import POSITION_FILE, RotaStore, RotationState, state_dir
 
+STATE = ("the routing state directory ($CALLHUB_ROUTING_STATE_DIR, else <spool_dir>/routing "
+         "of the settings)")
+
 
 def add_parser(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
         "rota", help="load, check and show the routing rota",
-        description="Routing by rota: agents, shifts and the rotation order per line.")
+        description="Routing by rota: agents, shifts and the rotation order per line "
+                    "(the file's format: docs/rota.md). `check` reads only a rota file; "
+                    "`load` makes one the active rota; `show` reads the active rota.")
     actions = parser.add_subparsers(dest="rota_command", metavar="ACTION", required=True)
-    load = actions.add_parser("load", help="check a rota file and make it the active rota")
+    load = actions.add_parser(
+        "load", help="check a rota file and make it the active rota (rota.json)",
+        description=f"Check the rota file and, only when it is right, write it as the "
+                    f"active rota: rota.json in {STATE}. A running daemon routes by it "
+                    f"within a second. Prints what it loaded; exit 2 when the file is "
+                    f"wrong (nothing changed), 1 when it cannot be saved.")
     load.add_argument("file", help="rota TOML file")
     load.set_defaults(func=load_command)
-    check = actions.add_parser("check", help="check a rota file without loading it")
+    check = actions.add_parser(
+        "check", help="check a rota file without loading it (reads only the file)",
+        description="Check the rota file as `load` would, reading nothing else and "
+                    "changing nothing: prints its agents, lines and shifts, or the first "
+                    "error (exit 2).")
     check.add_argument("file", help="rota TOML file")
     check.set_defaults(func=check_command)
-    show = actions.add_parser("show", help="who is on duty on a line, in rotation order")
+    show = actions.add_parser(
+        "show", help="who is on duty on a line, in rotation order (reads the active rota)",
+        description=f"Print who is on duty on each line (or --line) at a moment, in the "
+                    f"order the next call would be offered. Reads the active rota "
+                    f"(rota.json in {STATE}; without one, the settings' rota_file) and "
+                    f"the rotation position beside it ({POSITION_FILE}). Offline, busy "
+                    f"devices are not known: nobody is skipped as busy.")
     show.add_argument("--line", help="line name or DID (default: every line)")
     show.add_argument("--at", metavar="TIME",
                       help="ISO date-time, e.g. 2026-12-24T09:30 (local to the rota's "
                            "timezone unless an offset is given; default: now)")
-    show.add_argument("--format", choices=("table", "json"), default="table")
+    show.add_argument("--format", choices=("table", "json"), default="table",
+                      help="a readable table (default) or JSON: a list, one object per "
+                           "line of the rota")
     show.set_defaults(func=show_command)
 
 
