@@ -125,6 +125,23 @@ def test_the_command_prints_json_csv_and_text(
     assert inbound_line.split()[-1] == str(totals["inbound"])
 
 
+def test_a_week_s_or_a_month_s_csv_names_its_period_in_the_totals_row(
+        report_db: tuple[Path, str, dict[str, Any]], capsys: pytest.CaptureFixture[str]) -> None:
+    config, url, _ = report_db
+    for period, first in (("day", "2026-11-29"), ("week", "2026-11-23"),
+                          ("month", "2026-11-01")):
+        common = ("--config", str(config), "report", "--date", "2026-11-29", "--period", period,
+                  "--database-url", url)
+        code, out, _ = run(capsys, *common, "--format", "json")
+        assert code == 0
+        totals = json.loads(out)["totals"]
+        code, out, _ = run(capsys, *common, "--format", "csv")
+        rows = list(csv.DictReader(io.StringIO(out[1:])))
+        assert code == 0 and (rows[0]["date"], rows[0]["scope"]) == (first, period)
+        assert int(rows[0]["inbound"]) == totals["inbound"] > 0
+        assert {r["scope"] for r in rows[1:]} == {"line", "agent"}
+
+
 def test_bad_dates_and_databases_get_one_clear_line(
         report_db: tuple[Path, str, dict[str, Any]], tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:

@@ -100,7 +100,7 @@ def to_csv(report: dict[str, Any]) -> str:
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(["date", "scope", "key", "name", *FIGURES, *TARGET_COLUMNS])
     rows: list[tuple[str, str | None, str | None, dict[str, Any]]] = [
-        ("day", None, None, report["totals"])]
+        (report.get("period", "day"), None, None, report["totals"])]  # day, week or month
     rows += [("line", g["key"], None, g) for g in report["lines"]]
     rows += [("agent", g["key"], g.get("agent_name"), g) for g in report["agents"]]
     for scope, key, name, figures in rows:
