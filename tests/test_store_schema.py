@@ -267,3 +267,21 @@ def test_a_read_only_command_on_a_sqlite_file_not_there_says_so_and_creates_noth
     assert main(["db", "upgrade"]) == 0 and path.exists()  # upgrade creates it, as before
     capsys.readouterr()
     assert main(["db", "current"]) == 0 and "up to date" in capsys.readouterr().out
+
+
+def test_an_upgrade_to_a_revision_named_by_its_file_says_which_revision_is_meant(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first migration's file is 0001_initial.py, its revision `0001`: a target named by
+    the file was Alembic's bare "Can't locate revision"."""
+    monkeypatch.delenv("CALLHUB_CONFIG", raising=False)
+    url = f"sqlite+aiosqlite:///{tmp_path / 'u.db'}"
+    assert main(["db", "upgrade", "0001_initial", "--database-url", url]) == 1
+    [said] = capsys.readouterr().err.splitlines()
+    assert said.startswith(f"callhub: database {url}: Can't locate revision identified by "
+                           "'0001_initial' (this callhub's revisions: 0001, 0002_followups, ")
+    assert said.endswith(f", {migrate.head_revision()}; did you mean 0001?)")
+    assert main(["db", "upgrade", "0099_nosuch", "--database-url", url]) == 1
+    assert capsys.readouterr().err.rstrip().endswith(f", {migrate.head_revision()})")
+    assert main(["db", "upgrade", "0001", "--database-url", url]) == 0
+    assert capsys.readouterr().out == f"database {url} is at revision 0001\n"

@@ -95,7 +95,19 @@ def _upgrade(connection: Connection, revision: str) -> None:
     try:
         command.upgrade(alembic_config(connection), revision)
     except CommandError as exc:  # a target revision that does not exist
-        raise SchemaError(str(exc)) from None
+        raise SchemaError(unknown_revision(revision, str(exc))) from None
+
+
+def unknown_revision(revision: str, error: str) -> str:
+    """Alembic's error for a target it cannot find, with this callhub's revisions and the
+    one meant where the number tells (`0001_initial`, the first script's file name, is
+    the revision `0001`)."""
+    script = ScriptDirectory.from_config(alembic_config())
+    ids = [r.revision for r in reversed(list(script.walk_revisions()))]  # oldest first
+    number = revision.split("_", 1)[0]
+    meant = [r for r in ids if r.split("_", 1)[0] == number and r != revision]
+    hint = f"; did you mean {meant[0]}?" if len(meant) == 1 else ""
+    return f"{error} (this callhub's revisions: {', '.join(ids)}{hint})"
 
 
 async def downgrade(db: Database, revision: str) -> None:
