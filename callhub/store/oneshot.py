@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from callhub.config import mask_url
+from callhub.config.values import async_database_url
 from callhub.store.db import settle_sqlite_workers
 from callhub.store.failures import explain
 from callhub.store.migrate import SchemaError
@@ -26,9 +27,10 @@ T = TypeVar("T")
 
 def missing_sqlite_file(url: str) -> str | None:
     """The absolute path of the file a SQLite URL names when there is no such file (None:
-    it is there, in memory, a `file:` URI, not SQLite, or not a URL: connecting says)."""
-    with contextlib.suppress(ArgumentError):
-        parsed = make_url(url)
+    it is there, in memory, a `file:` URI, not SQLite, or a URL callhub does not run on:
+    connecting says)."""
+    with contextlib.suppress(ArgumentError, ValueError):
+        parsed = make_url(async_database_url(url))
         path = parsed.database
         if (parsed.get_backend_name() == "sqlite" and path and path != ":memory:"
                 and not path.startswith("file:") and not os.path.exists(path)):
