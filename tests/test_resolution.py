@@ -456,7 +456,7 @@ async def test_the_report_gives_the_rates_per_period_line_agent_and_day(desk: De
     by_scope = {(r["scope"], r["key"]): r for r in rows}
     for g in report["lines"]:
         assert float(by_scope[("line", g["key"])]["resolution_rate"]) == g["resolution_rate"]
-    assert float(by_scope[("day", "")]["satisfaction_rate"]) == totals["satisfaction_rate"]
+    assert float(by_scope[("week", "")]["satisfaction_rate"]) == totals["satisfaction_rate"]
     for lang, word in (("zh", "解决率"), ("en", "Resolution rate")):
         page = render(report, "html", lang)
         section = page[page.index('<table id="resolution"'):]
