@@ -17,9 +17,23 @@ from test_store_writer import WAIT, calls_named, drained, sample, stored
 
 from callhub.config import Settings
 from callhub.metrics.collectors import CallhubMetrics
+from callhub.records import CallRecord
 from callhub.store import migrate
+from callhub.store.db import Database
 from callhub.store.spool import Spool
 from callhub.store.writer import CallWriter
+
+
+async def left_in_the_spool_then_stored(db: Database, settings: Settings, proxy: TcpProxy,
+                                        hung: list[CallRecord], before: list[CallRecord]
+                                        ) -> None:
+    """The calls the hung database never took wait in the spool, in order; once it
+    answers again, the next writer stores them after `before`, each once."""
+    assert [r.linkedid for r in Spool(settings.spool_dir).unstored()] == [
+        r.linkedid for r in hung]
+    proxy.thaw()
+    await drained(CallWriter(db, settings))
+    assert (await stored(db))[0] == [r.linkedid for r in before + hung]
 
 
 async def test_a_hung_database_fails_the_batch_and_stop_leaves_the_calls_in_the_spool(
@@ -53,13 +67,7 @@ async def test_a_hung_database_fails_the_batch_and_stop_leaves_the_calls_in_the_
             await writer.stop()  # SIGTERM: the database still gives no answer
         took = time.monotonic() - started
         assert took < writer.stop_timeout + writer.batch_timeout + 2.0, took
-        assert [r.linkedid for r in Spool(store_settings.spool_dir).unstored()] == [
-            r.linkedid for r in hung]
-
-        pg_proxy.thaw()
-        restarted = CallWriter(db, store_settings)
-        await drained(restarted)
-        assert (await stored(db))[0] == [r.linkedid for r in before + hung]
+        await left_in_the_spool_then_stored(db, store_settings, pg_proxy, hung, before)
     finally:
         pg_proxy.thaw()
         await factory.cleanup()
@@ -92,13 +100,7 @@ async def test_stop_cuts_a_batch_that_hangs_at_its_deadline(
         took = time.monotonic() - started
         assert took < writer.stop_timeout + 3.0, took
         assert writer.written == 1
-        assert [r.linkedid for r in Spool(store_settings.spool_dir).unstored()] == [
-            r.linkedid for r in hung]
-
-        pg_proxy.thaw()
-        restarted = CallWriter(db, store_settings)
-        await drained(restarted)
-        assert (await stored(db))[0] == [r.linkedid for r in first + hung]
+        await left_in_the_spool_then_stored(db, store_settings, pg_proxy, hung, first)
     finally:
         pg_proxy.thaw()
         await factory.cleanup()
