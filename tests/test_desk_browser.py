@@ -426,6 +426,9 @@ async def test_an_entry_closed_by_another_meanwhile_says_so_in_chinese_and_keeps
         "twice", at=time.time() - 60, outcome="missed", caller_number="+8613900139004"))
     async with launch_chromium(LOCALES["zh"]) as browser:
         page = await browser.new_page()
+        # The page's timers wait for the test: its 0.5 s refresh would otherwise take the
+        # row away once the other supervisor closed it, before this one's click (CI, once).
+        await page.clock.install()
         await sign_in_as(page, desk, "supervisor")
         rows = page.locator("#worklist tbody tr")
         await expect(rows).to_have_count(1)
