@@ -1,6 +1,6 @@
 """argparse types for the commands' numbers: a bad one is argparse's one-line usage error,
 never a traceback or a daemon that starts and then stops (or hangs) on it. Also the
-options several commands share."""
+options several commands share, and how their summaries count (`count`)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,11 @@ YEARS = f"the year must be {FIRST_YEAR} to {LAST_YEAR}"
 
 def in_years(year: int) -> bool:
     return FIRST_YEAR <= year <= LAST_YEAR
+
+
+def count(n: int, noun: str) -> str:
+    """`1 line`, `2 lines`, `0 lines`: the commands' summaries said `1 lines`, `1 calls`."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def whole(lowest: int, highest: int) -> Callable[[str], int]:

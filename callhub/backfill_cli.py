@@ -27,7 +27,7 @@ from typing import Any, TextIO
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
 from callhub.ami.cel import interpret
-from callhub.argtypes import YEARS, in_years
+from callhub.argtypes import YEARS, count, in_years
 from callhub.config import ConfigError, PbxConfig, Settings, load_settings
 from callhub.records import CallRecord, bounded
 from callhub.store.cel_source import DEFAULT_TABLE, read_cel
@@ -137,12 +137,12 @@ def backfill_command(args: argparse.Namespace, out: TextIO | None = None) -> int
         done, saved = run_db(settings.database_url, lambda: store(settings, finished))
         if not done or saved is None:
             return 1
-        print(f"callhub backfill: {len(records)} calls rebuilt from CEL, "
+        print(f"callhub backfill: {count(len(records), 'call')} rebuilt from CEL, "
               f"{len(finished) - saved.skipped} stored, {saved.skipped} already stored, "
               f"{len(records) - len(finished)} in progress (not stored)", file=sys.stderr)
         return 0
     for record in records:
         print(json.dumps(record.to_dict(), ensure_ascii=False), file=out)
-    print(f"callhub backfill: {len(records)} calls rebuilt from CEL, none stored",
+    print(f"callhub backfill: {count(len(records), 'call')} rebuilt from CEL, none stored",
           file=sys.stderr)
     return 0

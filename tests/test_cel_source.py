@@ -112,6 +112,30 @@ async def test_backfill_command_prints_the_calls_of_a_window(cel_db: CelDb,
     assert "3 calls rebuilt from CEL, none stored" in err
 
 
+async def test_backfill_counts_one_call_in_the_singular(cel_db: CelDb, tmp_path: Path) -> None:
+    """An operator's review read "1 calls rebuilt from CEL"."""
+    await cel_db.create()
+    name = "03_abandoned_ringing"
+    rows = trace_rows(trace(name))
+    await cel_db.insert(rows)
+    config = tmp_path / "callhub.toml"
+    db_url = f"sqlite+aiosqlite:///{tmp_path / 'calls.db'}"
+    config.write_text(f"database_url = {json.dumps(db_url)}\n"
+                      + pbx_toml(load_truth(trace(name))["expected"]["config"]), encoding="utf-8")
+    start, end = window_of(rows)
+    window = ["backfill", "--config", str(config), "--from", start.isoformat(),
+              "--to", end.isoformat(), "--cel-database-url", cel_db.url,
+              "--cel-table", cel_db.table]
+    code, out, err = await run_callhub(*window, cwd=tmp_path)
+    assert code == 0 and len(out.splitlines()) == 1, err
+    assert err == "callhub backfill: 1 call rebuilt from CEL, none stored\n"
+    assert (await run_callhub("db", "upgrade", "--config", str(config), cwd=tmp_path))[0] == 0
+    code, out, err = await run_callhub(*window, "--store", cwd=tmp_path)
+    assert (code, out) == (0, ""), err
+    assert err == ("callhub backfill: 1 call rebuilt from CEL, 1 stored, 0 already stored, "
+                   "0 in progress (not stored)\n")
+
+
 def test_a_cel_database_refusing_the_login_is_one_line_naming_it_password_masked(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CALLHUB_CONFIG", raising=False)

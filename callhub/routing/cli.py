@@ -15,7 +15,7 @@ import sys
 from datetime import datetime
 from typing import Any
 
-from callhub.argtypes import YEARS, in_years
+from callhub.argtypes import YEARS, count, in_years
 from callhub.config import load_settings
 from callhub.routing.chooser import Router
 from callhub.routing.duty import line_report
@@ -78,13 +78,8 @@ def _summary(path: str) -> tuple[int, str]:
 
 def _describe(rota: Rota) -> str:
     shifts = sum(len(line.shifts) for line in rota.lines.values())
-    return (f"{_count(len(rota.agents), 'agent')}, {_count(len(rota.lines), 'line')} "
-            f"({', '.join(rota.lines) or 'none'}), {_count(shifts, 'shift')}")
-
-
-def _count(n: int, noun: str) -> str:
-    """`1 line`, `2 lines`, `0 lines`."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+    return (f"{count(len(rota.agents), 'agent')}, {count(len(rota.lines), 'line')} "
+            f"({', '.join(rota.lines) or 'none'}), {count(shifts, 'shift')}")
 
 
 def check_command(args: argparse.Namespace) -> int:
