@@ -126,15 +126,20 @@ def _line(t: LineTable, agents: Mapping[str, Agent]) -> Line:
     where = f"line {t.name!r}"
     shifts = tuple(_shift(s, s.name or f"#{i + 1}", where, t.rotation)
                    for i, s in enumerate(t.shifts))
+    for agent_id in t.rotation or ():
+        if agent_id not in agents:
+            raise RotaError(f"{where}: rotation: unknown agent {agent_id!r}")
+    for shift in shifts:  # before a rotation is derived from them, which would be blamed
+        for agent_id in shift.agents:
+            if agent_id not in agents:
+                raise RotaError(f"{where}, shift {shift.name!r}: agents: unknown agent "
+                                f"{agent_id!r}")
     rotation = t.rotation
     if rotation is None:
         order: list[str] = []
         for shift in shifts:
             order.extend(a for a in shift.agents if a not in order)
         rotation = tuple(order)
-    for agent_id in rotation:
-        if agent_id not in agents:
-            raise RotaError(f"{where}: rotation: unknown agent {agent_id!r}")
     for shift in shifts:
         for agent_id in shift.agents:
             if agent_id not in rotation:
