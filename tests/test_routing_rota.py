@@ -114,6 +114,18 @@ def _broken(old: str, new: str) -> str:
      "line 'hotline', exception #1: date: expected \"YYYY-MM-DD\""),
     ('swap = { ann = "lead" }', 'swap = { ann = "nobody" }',
      "line 'hotline', exception 'ann swaps with lead': swap: unknown agent 'nobody'"),
+    ('swap = { ann = "lead" }', 'swap = { zoe = "lead" }',
+     "line 'hotline', exception 'ann swaps with lead': swap: unknown agent 'zoe'"),
+    ('swap = { ann = "lead" }', 'swap = { lead = "ann" }',
+     "line 'hotline', exception 'ann swaps with lead': swap: 'lead' is not in the line's "
+     "rotation"),
+    ('absent = ["ben"]', 'absent = ["zoe"]',
+     "line 'hotline', exception 'ben away in the afternoon': absent: unknown agent 'zoe'"),
+    ('absent = ["ben"]', 'absent = ["lead"]',
+     "line 'hotline', exception 'ben away in the afternoon': absent: 'lead' is not in the "
+     "line's rotation"),
+    ('absent = ["ben"]', 'extra = ["zoe"]',
+     "line 'hotline', exception 'ben away in the afternoon': extra: unknown agent 'zoe'"),
     ('closed = true', 'closed = false',
      "line 'hotline', exception 'christmas': closed: an exception needs"),
     ('dids = ["4008009000"]', 'dids = ["4008001004"]',

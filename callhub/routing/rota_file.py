@@ -148,12 +148,12 @@ def _line(t: LineTable, agents: Mapping[str, Agent]) -> Line:
     exceptions = tuple(_exception(e) for e in t.exceptions)
     for e in exceptions:
         ew = f"{where}, exception {e.name!r}"
-        for agent_id in (*e.absent, *e.swaps):
-            if agent_id not in rotation:
-                raise RotaError(f"{ew}: {agent_id!r} is not in the line's rotation")
-        for agent_id in e.extra:
-            if agent_id not in rotation:
-                raise RotaError(f"{ew}: extra: {agent_id!r} is not in the line's rotation")
+        for key, ids in (("absent", e.absent), ("swap", tuple(e.swaps)), ("extra", e.extra)):
+            for agent_id in ids:
+                if agent_id not in agents:
+                    raise RotaError(f"{ew}: {key}: unknown agent {agent_id!r}")
+                if agent_id not in rotation:
+                    raise RotaError(f"{ew}: {key}: {agent_id!r} is not in the line's rotation")
         for agent_id in e.swaps.values():
             if agent_id not in agents:
                 raise RotaError(f"{ew}: swap: unknown agent {agent_id!r}")
