@@ -160,6 +160,17 @@ def test_mistakes_are_refused_naming_where(tmp_path: Path, old: str, new: str,
     assert message in str(info.value)
 
 
+def test_an_exception_may_end_at_24_00(tmp_path: Path, sample_rota: Rota) -> None:
+    """docs/rota.md allows `end = "24:00"`: on an exception it is the rest of the day, as
+    an end left out (ben's afternoon off, from 12:00)."""
+    path = tmp_path / "rota.toml"
+    path.write_text(_broken('start = "12:00"\nabsent', 'start = "12:00"\nend = "24:00"\nabsent'),
+                    encoding="utf-8")
+    away = load_rota(path).lines["hotline"].exceptions[2]
+    assert away == sample_rota.lines["hotline"].exceptions[2]
+    assert away.covers(time(23, 59)) and not away.covers(time(11, 59))
+
+
 def test_unnamed_shift_is_named_by_its_number() -> None:
     data = {"agents": [{"id": "a", "interface": "PJSIP/1"}],
             "lines": [{"name": "l", "rotation": ["a"],

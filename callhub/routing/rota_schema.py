@@ -197,6 +197,16 @@ EndTime = Annotated[tuple[time, bool], BeforeValidator(_raising(
 Days = Annotated[frozenset[int], BeforeValidator(_raising(parse_days))]
 
 
+def _until(value: Any) -> time | None:
+    """An exception's end: '24:00' is the end of its day, as an end left out (docs/rota.md
+    allows 24:00 as an end; an exception's was refused as 'expected "HH:MM"')."""
+    at, midnight = parse_time(value, allow_24=True)
+    return None if midnight else at
+
+
+Until = Annotated[time | None, BeforeValidator(_raising(_until))]
+
+
 class _Table(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -240,7 +250,7 @@ class ExceptionTable(_Table):
     date: Day
     name: OptionalText = None
     start: Time = None
-    end: Time = None
+    end: Until = None
     closed: StrictBool = False
     absent: Texts = ()
     swap: Annotated[dict[str, str], BeforeValidator(_swaps)] = {}
