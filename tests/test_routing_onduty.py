@@ -45,6 +45,19 @@ def test_whole_day_shift_ending_24_00(sample_rota: Rota) -> None:
         assert duty(sample_rota, berlin(moment), "sales") == ["ann", "ben"]
 
 
+def test_overlapping_shifts_add_up(sample_rota: Rota) -> None:
+    """docs/rota.md: shifts of a line may overlap; whoever any of them puts on duty is on
+    duty, once, in rotation order."""
+    hotline = sample_rota.lines["hotline"]
+    mid = Shift(name="mid", days=frozenset(range(5)), start=time(12, 0), end=time(20, 0),
+                agents=("eve", "ann"))
+    rota = sample_rota.with_line(replace(hotline, shifts=(*hotline.shifts, mid)))
+    assert duty(rota, berlin("2026-11-30 11:59")) == DAY
+    assert duty(rota, berlin("2026-11-30 12:00")) == DAY  # ann and eve are not doubled
+    assert duty(rota, berlin("2026-11-30 17:00")) == ["ann", "ben", "cai", "eve"]
+    assert duty(rota, berlin("2026-11-30 20:00")) == ["ben", "cai"]
+
+
 def test_spring_forward_night(sample_rota: Rota) -> None:
     # Sunday 2026-03-29: 02:00 CET becomes 03:00 CEST. Saturday's 22:00-06:00 night shift
     # ends at 06:00 wall clock = 04:00 UTC (a fixed +01:00 would put it at 05:00 UTC).
