@@ -285,3 +285,27 @@ def test_an_upgrade_to_a_revision_named_by_its_file_says_which_revision_is_meant
     assert capsys.readouterr().err.rstrip().endswith(f", {migrate.head_revision()})")
     assert main(["db", "upgrade", "0001", "--database-url", url]) == 0
     assert capsys.readouterr().out == f"database {url} is at revision 0001\n"
+
+
+def test_an_upgrade_to_a_wrong_target_leaves_no_new_sqlite_file_behind(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`db upgrade` creates a SQLite file that is not there yet; with a target it could not
+    reach it created the file, said the target was wrong, and left the file (an operator's
+    review). The target is judged first, in the words it gets on a database that exists."""
+    monkeypatch.delenv("CALLHUB_CONFIG", raising=False)
+    path = tmp_path / "new.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    said: dict[str, str] = {}
+    for target in ("0001_initial", "0099_nosuch", "+99"):
+        assert main(["db", "upgrade", target, "--database-url", url]) == 1, target
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith(f"callhub: database {url}: "), err
+        assert len(err.splitlines()) == 1, err
+        said[target] = err
+        assert list(tmp_path.iterdir()) == [], target
+    assert main(["db", "upgrade", "+1", "--database-url", url]) == 0  # reachable from empty
+    assert capsys.readouterr().out == f"database {url} is at revision 0001\n"
+    for target in ("0001_initial", "0099_nosuch"):
+        assert main(["db", "upgrade", target, "--database-url", url]) == 1
+        assert capsys.readouterr().err == said[target]

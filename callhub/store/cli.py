@@ -12,7 +12,7 @@ from callhub.argtypes import add_database_url, whole
 from callhub.config import load_settings, mask_url
 from callhub.store import migrate, quarantine, restore
 from callhub.store.db import Database
-from callhub.store.oneshot import run_db
+from callhub.store.oneshot import missing_sqlite_file, run_db
 
 MAX_LIMIT = 1_000_000
 MAX_ID = 2**63 - 1  # an id past the column's bigint was an OverflowError traceback on SQLite
@@ -60,8 +60,11 @@ def _url(args: argparse.Namespace) -> str:
 
 def upgrade_command(args: argparse.Namespace) -> int:
     url = _url(args)
+    new_file = missing_sqlite_file(url) is not None
 
     async def run() -> str | None:
+        if new_file:  # connecting creates the file: a wrong target must not leave it behind
+            migrate.check_target(args.revision)
         db = Database.connect(url)
         try:
             await migrate.upgrade(db, args.revision)

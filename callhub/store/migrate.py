@@ -98,6 +98,21 @@ def _upgrade(connection: Connection, revision: str) -> None:
         raise SchemaError(unknown_revision(revision, str(exc))) from None
 
 
+def check_target(revision: str) -> None:
+    """Raise SchemaError when an empty database cannot be upgraded to `revision`.
+
+    `callhub db upgrade` asks this before it creates a SQLite file (connecting creates
+    it): a mistyped target was refused only once the file was there, and left it behind
+    for nothing. The target is judged by the code Alembic's upgrade runs on it
+    (`_upgrade_revs`, from "base", where an empty database is), so it is refused in the
+    same words as on a database that exists."""
+    script = ScriptDirectory.from_config(alembic_config())
+    try:
+        script._upgrade_revs(revision, "base")
+    except CommandError as exc:
+        raise SchemaError(unknown_revision(revision, str(exc))) from None
+
+
 def unknown_revision(revision: str, error: str) -> str:
     """Alembic's error for a target it cannot find, with this callhub's revisions and the
     one meant where the number tells (`0001_initial`, the first script's file name, is
