@@ -113,6 +113,40 @@ async def test_webhook_unreachable_or_slow_is_retryable() -> None:
     assert result.status == "retryable" and result.error is not None
 
 
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_a_webhook_url_that_redirects_holds_the_message_and_follows_nothing(
+        status: int) -> None:
+    """A moved URL (a proxy sending http to https, a path renamed) answers 3xx. Followed,
+    a 301, 302 or 303 turned the POST into a GET of the new page, whose 200 marked the
+    message sent though no SMS went; a 307 or 308 re-sent the credentials wherever it
+    pointed. It is the site's URL, wrong for every message: held, named, as a 404 is."""
+    seen: list[str] = []
+
+    async def moved(request: web.Request) -> web.Response:
+        seen.append(f"{request.method} {request.path}")
+        return web.Response(status=status, headers={"Location": "/new"})
+
+    async def page(request: web.Request) -> web.Response:
+        seen.append(f"{request.method} {request.path}")
+        return web.json_response({"id": "a web page, not a gateway"})
+
+    app = web.Application()
+    app.router.add_post("/send", moved)
+    app.router.add_route("*", "/new", page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    gateway = WebhookGateway(f"http://127.0.0.1:{port}/send", token="bearer-token-1")
+    try:
+        result = await gateway.send(SMS)
+    finally:
+        await gateway.close()
+        await runner.cleanup()
+    assert (result.status, result.error) == ("unavailable", f"http_{status}")
+    assert seen == ["POST /send"]
+
+
 def test_webhook_signature_helper_matches_its_documentation() -> None:
     body = json.dumps({"to": "1"}).encode()
     signature = webhook_signature("k", "1700000000", body)
@@ -185,6 +219,7 @@ async def test_aliyun_result_classes(aliyun: AliyunServer) -> None:
 def test_aliyun_answers_that_are_not_json() -> None:
     assert classify(502, "<html>bad gateway</html>").status == "retryable"
     assert classify(403, "<html>forbidden</html>").status == "unavailable"  # a proxy's
+    assert classify(301, "<html>moved</html>").status == "unavailable"  # a moved endpoint
     assert classify(400, "<html>bad request</html>").status == "permanent"
     assert classify(200, '{"Code": "OK"}').provider_id is None
 

@@ -49,7 +49,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from callhub.sms.http import UNAVAILABLE_STATUSES, SessionHolder
+from callhub.sms.http import SessionHolder, refuses_site
 from callhub.sms.message import OutgoingSms, SendResult, retry_after_seconds
 
 API_VERSION = "2017-05-25"
@@ -152,7 +152,8 @@ class AliyunGateway:
         try:
             async with self.http.session().post(self.endpoint, data=body.encode(),
                                                 headers=headers,
-                                                timeout=self.http.timeout) as response:
+                                                timeout=self.http.timeout,
+                                                allow_redirects=False) as response:
                 text = await response.text(errors="replace")
                 return classify(response.status, text,
                                 retry_after_seconds(response.headers.get("Retry-After")))
@@ -168,8 +169,8 @@ class AliyunGateway:
 def classify(status: int, text: str, retry_after: float | None = None) -> SendResult:
     """SendSms's answer: Code "OK" with a BizId is sent; throttling, Aliyun's own
     errors and 5xx are retryable; the account's, its key's or its signature's codes
-    (and a 401, 403, 404 or 407 without a code: a proxy) are unavailable; any other
-    Code (a bad number or template) is permanent."""
+    (and a 401, 403, 404, 407 or 3xx without a code: a proxy, a moved endpoint) are
+    unavailable; any other Code (a bad number or template) is permanent."""
     try:
         data: Any = json.loads(text)
     except ValueError:
@@ -180,7 +181,7 @@ def classify(status: int, text: str, retry_after: float | None = None) -> SendRe
         return SendResult("sent", provider_id=str(biz_id) if biz_id else None)
     if status >= 500 or code in RETRYABLE_CODES or (code is None and status in (408, 429)):
         return SendResult("retryable", error=code or f"http_{status}", retry_after=retry_after)
-    if code in UNAVAILABLE_CODES or (code is None and status in UNAVAILABLE_STATUSES):
+    if code in UNAVAILABLE_CODES or (code is None and refuses_site(status)):
         return SendResult("unavailable", error=code or f"http_{status}",
                           retry_after=retry_after)
     return SendResult("permanent", error=code or f"http_{status}")

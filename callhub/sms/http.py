@@ -32,13 +32,20 @@ class SessionHolder:
 UNAVAILABLE_STATUSES = frozenset({401, 403, 404, 407})
 
 
+def refuses_site(status: int) -> bool:
+    """401, 403, 404, 407, and any 3xx: a redirect says the URL moved, wrong for every
+    message alike. Gateways post with `allow_redirects=False`: followed, a 301, 302 or
+    303 turned the POST into a GET of the new page, whose 200 counted as sent."""
+    return status in UNAVAILABLE_STATUSES or 300 <= status < 400
+
+
 def status_class(status: int) -> SendStatus:
-    """'sent' for 2xx; 'retryable' for 408, 425, 429 and 5xx; 'unavailable' for 401,
+    """'sent' for 2xx; 'retryable' for 408, 425, 429 and 5xx; 'unavailable' for 3xx, 401,
     403, 404 and 407; 'permanent' otherwise."""
     if 200 <= status < 300:
         return "sent"
     if status in (408, 425, 429) or status >= 500:
         return "retryable"
-    if status in UNAVAILABLE_STATUSES:
+    if refuses_site(status):
         return "unavailable"
     return "permanent"

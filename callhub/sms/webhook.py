@@ -14,9 +14,9 @@ Authentication, either or both:
 
 Response: 2xx is sent; a JSON body's `id` or `message_id` is kept as the
 provider's id. 408, 425, 429 and 5xx (and timeouts, refused connections) are
-retried, honouring `Retry-After` in seconds; 401, 403, 404 and 407 refuse the
-site (its credentials or URL), not the message: held until it expires; any
-other status is permanent.
+retried, honouring `Retry-After` in seconds; 401, 403, 404, 407 and a redirect
+(3xx, not followed) refuse the site (its credentials or URL), not the message:
+held until it expires; any other status is permanent.
 """
 
 from __future__ import annotations
@@ -93,7 +93,8 @@ class WebhookGateway:
         body, headers = self.request(sms)
         try:
             async with self.http.session().post(self.url, data=body, headers=headers,
-                                                timeout=self.http.timeout) as response:
+                                                timeout=self.http.timeout,
+                                                allow_redirects=False) as response:
                 text = await response.text(errors="replace")
                 status = status_class(response.status)
                 if status == "sent":
