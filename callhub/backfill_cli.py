@@ -12,7 +12,10 @@ With `--store` the finished calls are written to callhub's database instead,
 through the writer's own save path (store.save): a call already stored (from
 AMI or an earlier backfill) is left alone, so running it twice, or over a
 window the daemon's gap recovery already covered, changes nothing. Calls
-still in progress (incomplete) are not stored: they are the AMI session's.
+still in progress (incomplete) are not stored: they are the AMI session's. That
+database is checked before any CEL row is read (there, reachable, at this callhub's
+schema): a CEL table can be large, and reading it was for nothing when the calls could
+not be stored.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from callhub.ami.cel import interpret
 from callhub.argtypes import YEARS, count, in_years
 from callhub.config import ConfigError, PbxConfig, Settings, load_settings
 from callhub.records import CallRecord, bounded
+from callhub.store import migrate
 from callhub.store.cel_source import DEFAULT_TABLE, read_cel
 from callhub.store.db import Database
 from callhub.store.failures import explain
@@ -95,6 +99,16 @@ async def backfill(url: str, table: str, pbx: PbxConfig, start: datetime,
     return interpret(rows, pbx)
 
 
+async def check_target(url: str) -> None:
+    """Raise unless the database at `url` can take the calls (SchemaError: no tables, an
+    old or newer schema; SQLAlchemy's error: unreachable, a refused login)."""
+    db = Database.connect(url)
+    try:
+        await migrate.check_current(db)
+    finally:
+        await db.close()
+
+
 async def store(settings: Settings, records: list[CallRecord]) -> Saved:
     """Store the records where their calls are not stored yet (one transaction)."""
     db = Database.connect(settings.database_url)
@@ -122,6 +136,10 @@ def backfill_command(args: argparse.Namespace, out: TextIO | None = None) -> int
         print(f"callhub backfill: cannot read the CEL table {table!r}: "
               f"{does_not_exist(url, missing, hint='')}", file=sys.stderr)
         return 1
+    if args.store:  # before CEL is read: a large table, read for nothing if nothing can be stored
+        done, _ = run_db(settings.database_url, lambda: check_target(settings.database_url))
+        if not done:
+            return 1
     try:
         records = asyncio.run(backfill(url, table, pbx, args.start, args.end))
     except NoSuchTableError:

@@ -269,6 +269,47 @@ def test_a_read_only_command_on_a_sqlite_file_not_there_says_so_and_creates_noth
     assert main(["db", "current"]) == 0 and "up to date" in capsys.readouterr().out
 
 
+def test_backfill_store_checks_its_database_before_it_reads_cel(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`backfill --store` said that the database it stores in was not there (or had no
+    tables) only after reading the window's CEL rows, which may be a large table read for
+    nothing. The CEL database here refuses connections: an error about it would mean it
+    was read first."""
+    monkeypatch.delenv("CALLHUB_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    cel = "postgresql+asyncpg://cel:secret@127.0.0.1:1/asterisk"  # nothing listens on port 1
+    args = ["backfill", "--pbx", "main", "--from", "2026-11-29T00:00Z",
+            "--to", "2026-11-29T01:00Z", "--cel-database-url", cel, "--store"]
+
+    def said(path: Path) -> str:
+        monkeypatch.setenv("CALLHUB_DATABASE_URL", f"sqlite+aiosqlite:///{path}")
+        code = main(args)
+        out, err = capsys.readouterr()
+        assert (code, out) == (1, ""), err
+        assert len(err.splitlines()) == 1, err
+        return err.rstrip("\n")
+
+    gone = tmp_path / "gone.db"
+    assert said(gone) == (f"callhub: database sqlite+aiosqlite:///{gone} does not exist: "
+                          f"no file {gone} (`callhub db upgrade` creates it)")
+    assert not gone.exists()
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    assert said(empty) == (f"callhub: database sqlite+aiosqlite:///{empty}: callhub's tables "
+                           "are not there: `callhub db upgrade` creates them")
+    old = tmp_path / "old.db"
+    assert main(["db", "upgrade", "0005", "--database-url", f"sqlite:///{old}"]) == 0
+    capsys.readouterr()
+    assert said(old) == (f"callhub: database sqlite+aiosqlite:///{old}: the database is at "
+                         f"revision 0005_call_source, callhub needs {migrate.head_revision()}: "
+                         "run `callhub db upgrade`")
+    assert main(["db", "upgrade", "--database-url", f"sqlite:///{old}"]) == 0
+    capsys.readouterr()
+    assert said(old).startswith("callhub backfill: cannot read the CEL table 'cel': database "
+                                "postgresql+asyncpg://cel:***@127.0.0.1:1/asterisk: ")
+
+
 def test_an_upgrade_to_a_revision_named_by_its_file_says_which_revision_is_meant(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -54,6 +54,21 @@ async def check_encoding(db: Database) -> None:
         raise SchemaError(problem)
 
 
+async def check_current(db: Database) -> None:
+    """Raise SchemaError unless the database can take this callhub's calls as they are:
+    its encoding holds every name and its schema is at this callhub's newest revision
+    (for a command that writes calls without migrating, asked before it does the work)."""
+    await check_encoding(db)
+    current, head = await current_revision(db), head_revision()
+    if current is None:
+        raise SchemaError("callhub's tables are not there: `callhub db upgrade` creates them")
+    if not known(current):
+        raise SchemaError(newer_schema(current))
+    if current != head:
+        raise SchemaError(f"the database is at revision {current}, callhub needs {head}: "
+                          f"run `callhub db upgrade`")
+
+
 def known(revision: str) -> bool:
     """Whether `revision` is one of this callhub's migrations."""
     try:
