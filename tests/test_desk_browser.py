@@ -446,3 +446,33 @@ async def test_an_entry_closed_by_another_meanwhile_says_so_in_chinese_and_keeps
         await expect(toast).to_contain_text("已由其他人处理")
         await expect(toast).to_contain_text("您的备注未保存：回电两次未接，明早再打")
         await expect(rows).to_have_count(0)
+
+
+async def test_a_follow_up_closed_by_another_meanwhile_goes_and_keeps_what_was_typed(
+        live_desk: Desk) -> None:
+    """As a worklist entry: "Done" on a follow-up another supervisor (or a callback)
+    closed meanwhile says so in the desk's words, the row goes at once, and the note and
+    answer typed are shown, not lost when the next poll takes the row away."""
+    desk = live_desk
+    (call_id,) = await store(desk.db, desk.settings, make_call(
+        "fu-twice", at=time.time() - 3600, outcome="missed", caller_number="+8613900139005"))
+    made = await desk.client.post(f"/api/v1/calls/{call_id}/followups", headers=SUP, json={
+        "due": [datetime.fromtimestamp(time.time() - 60, UTC).isoformat()]})
+    assert made.status == 201
+    async with launch_chromium(LOCALES["zh"]) as browser:
+        page = await browser.new_page()
+        await page.clock.install()  # no refresh takes the row before the click (as above)
+        await sign_in_as(page, desk, "supervisor")
+        rows = page.locator("#followups tbody tr")
+        await expect(rows).to_have_count(1)
+        await rows.nth(0).locator("input.note").fill("热水器已修好")
+        await rows.nth(0).locator("select[data-field=satisfaction]").select_option("satisfied")
+        [followup] = (await made.json())["items"]
+        other = await desk.client.post(f"/api/v1/followups/{followup['id']}/cancel",
+                                       headers=SUP, json={"who": "王芳"})
+        assert other.status == 200
+        await rows.nth(0).locator("[data-action=followup-done]").click()
+        toast = page.locator("#toast.error")
+        await expect(toast).to_contain_text("已由其他人处理")
+        await expect(toast).to_contain_text("您的备注未保存：热水器已修好 · 满意")
+        await expect(rows).to_have_count(0)

@@ -345,7 +345,16 @@
         await api("/api/v1/followups/" + f.id + "/" + what, { method: "POST", body });
         toast(t(what === "done" ? "followups.closed" : "followups.cancelled", { number: f.number }));
         await refreshWorklist();
-      } catch (e) { ev.target.disabled = false; toast(e.message, "error"); }
+      } catch (e) {
+        ev.target.disabled = false;
+        if (e.code !== "conflict") { toast(e.message, "error"); return; }
+        // Closed by another (or a callback) meanwhile: as a worklist entry, its row goes at
+        // once and what was typed here is shown, not lost when the next poll drops the row.
+        const typed = [note.value.trim(), satisfaction.value ? tv("sat", satisfaction.value) : ""]
+          .filter(Boolean).join(" · ");
+        toast(e.message + (typed ? " " + t("worklist.noteNotSaved", { note: typed }) : ""), "error");
+        await refreshWorklist();
+      }
     };
     return h("tr", { "data-followup": f.id, class: f.overdue ? "overdue" : null },
       h("td", {}, h("span", { class: "number", text: f.number }), f.caller_name ? h("div", { class: "name", text: f.caller_name }) : null),
