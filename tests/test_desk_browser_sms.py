@@ -181,3 +181,24 @@ async def test_a_viewer_cannot_open_the_sms_page(sms_desk: Desk, chromium: Any) 
     await page.click("#nav-sms")
     await page.wait_for_selector("text=needs a supervisor or admin token")
     assert await page.locator("#outbox").count() == 0
+
+
+async def test_an_opt_out_removed_by_another_meanwhile_leaves_the_list(
+        sms_desk: Desk, chromium: Any) -> None:
+    """"Remove" on a number another supervisor removed meanwhile says it is not there, and
+    the list is read again: the row went (it stayed, and every click said the same)."""
+    desk = sms_desk
+    added = await desk.client.post("/api/v1/sms/optouts", headers=SUP,
+                                   json={"number": "+8613900006666"})
+    assert added.status == 201
+    page = await chromium.new_page()
+    await sign_in_as(page, desk, "supervisor")
+    await page.click("#nav-sms")
+    listed = page.locator("#optout-list tr[data-number='+8613900006666']")
+    await expect(listed).to_have_count(1)
+    gone = await desk.client.delete("/api/v1/sms/optouts", headers=SUP,
+                                    params={"number": "+8613900006666"})
+    assert gone.status == 204
+    await listed.locator("[data-action=optout-remove]").click()
+    await expect(page.locator("#toast.error")).to_contain_text("Not found")
+    await expect(page.locator("#optouts-empty")).to_be_visible()

@@ -914,7 +914,10 @@
               await api("/api/v1/sms/optouts?" + qs({ number: o.number }), { method: "DELETE", raw: true });
               toast(t("optouts.removed", { number: o.number }), "ok");
               refreshOptouts();
-            } catch (e) { toast(e.message, "error"); }
+            } catch (e) {
+              toast(e.message, "error");
+              if (e.status === 404) refreshOptouts();  // removed by another meanwhile: its row goes
+            }
           } })))))) : h("p", { class: "empty", id: "optouts-empty", text: t("optouts.none") }));
     } catch (e) { box.replaceChildren(errorBox(e)); }
   }
