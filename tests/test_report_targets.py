@@ -122,3 +122,41 @@ def test_every_format_says_which_target_each_line_used(
     out = capsys.readouterr().out
     assert code == 0 and json.loads(out)["line_targets"] == report["line_targets"]
     assert SHANGHAI.key in out
+
+
+def test_one_ring_is_said_in_the_singular_in_every_wording(tmp_path: Path) -> None:
+    """`--rings 1` and a line held to 1 ring read "within 1 rings" and "<=1 rings" (an
+    operator's review found the same in `callhub backfill`'s "1 calls")."""
+    config = tmp_path / "callhub.toml"
+    config.write_text(CONFIG.replace("target_rings = 4", "target_rings = 1"), encoding="utf-8")
+    settings = load_settings(config, env={})
+    url = f"sqlite+aiosqlite:///{tmp_path / 'report.db'}"
+
+    async def seed() -> dict[str, Any]:
+        db = Database.connect(url)
+        try:
+            await migrate.upgrade(db)
+            await store(db, settings, *day_of_calls(DAY))
+            return await build_report(db, settings, DAY.date(), rings=1)
+        finally:
+            await db.close()
+
+    report = asyncio.run(seed())
+    text = render(report, "text")
+    assert "1 rings" not in text
+    assert "Answered within 1 ring " in text
+    header = next(line.split() for line in text.splitlines() if line.startswith("line "))
+    assert header[4:7] == ["<=1", "ring", "missed"]
+    assert "<=1 ring of answered" in text
+    assert any(line.startswith("repairs") and "<=1 ring, >=60 %" in line
+               for line in text.splitlines())
+    english = render(report, "html", "en")
+    assert "1 rings" not in english
+    assert all(said in english for said in (
+        "Answered within 1 ring<", "Within 1 ring of answered", "the rate within 1 ring ",
+        "≤1 ring, ≥60.0 %"))
+    chinese = render(report, "html", "zh")
+    assert all(said in chinese for said in ("1声内接听", "接听中1声内占比", "1声内，≥60.0 %"))
+    report["rings"] = 3  # more than one: as before
+    assert "Answered within 3 rings" in render(report, "text")
+    assert "Answered within 3 rings<" in render(report, "html", "en")

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
+from callhub.argtypes import count
 from callhub.config import Settings
 from callhub.report.periods import Period, period_containing
 from callhub.report.resolution import text_section
@@ -156,7 +157,7 @@ def to_text(report: dict[str, Any]) -> str:
     rows = [
         ["Inbound calls", str(t["inbound"]), ""],
         ["Answered", str(t["answered"]), _pct(t["answer_rate"])],
-        [f"Answered within {n} rings", str(t["answered_within_rings"]),
+        [f"Answered within {count(n, 'ring')}", str(t["answered_within_rings"]),
          _pct(t["within_rings_rate"])],
         [f"Answered within {report['seconds']:g} s", str(t["answered_within_seconds"]),
          _pct(t["service_level"])],
@@ -176,7 +177,7 @@ def to_text(report: dict[str, Any]) -> str:
     lines += _table(["", "count", "rate"], rows)
     lines += ["", "Per line"]
     lines += _table(
-        ["line", "inbound", "answered", "answer", f"<={n} rings", "missed", "abandoned",
+        ["line", "inbound", "answered", "answer", f"<={count(n, 'ring')}", "missed", "abandoned",
          "pending", "median callback"],
         [[g["key"] or "(none)", str(g["inbound"]), str(g["answered"]), _pct(g["answer_rate"]),
           _pct(g["within_rings_rate"]), str(g["missed"]), str(g["abandoned"]),
@@ -187,8 +188,8 @@ def to_text(report: dict[str, Any]) -> str:
         lines += target_table(report)
     lines += ["", "Per agent"]
     lines += _table(
-        ["agent", "answered", f"<={n} rings of answered", "avg ring", "agent hung up first",
-         "outbound"],
+        ["agent", "answered", f"<={count(n, 'ring')} of answered", "avg ring",
+         "agent hung up first", "outbound"],
         [[(f"{g['agent_name']} ({g['key']})" if g.get("agent_name") else g["key"])
           or "(not answered)", str(g["answered"]), _pct(g["within_rings_rate_answered"]),
           _num(g["avg_ring_seconds"], " s"), _pct(g["agent_hangup_first_rate"]),
@@ -199,7 +200,7 @@ def to_text(report: dict[str, Any]) -> str:
 
 def target_text(target_rings: int, answer_rate_target: float) -> str:
     """A line's targets in a few characters: `<=5 rings, >=80 %`."""
-    return f"<={target_rings} rings, >={answer_rate_target * 100:g} %"
+    return f"<={count(target_rings, 'ring')}, >={answer_rate_target * 100:g} %"
 
 
 def target_table(report: dict[str, Any]) -> list[str]:

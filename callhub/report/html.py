@@ -11,6 +11,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from callhub.argtypes import count
 from callhub.report.resolution import html_section
 
 TEXT: dict[str, dict[str, str]] = {
@@ -18,17 +19,17 @@ TEXT: dict[str, dict[str, str]] = {
         "title.day": "callhub daily report", "title.week": "callhub weekly report",
         "title.month": "callhub monthly report", "timezone": "Time zone",
         "inbound": "Inbound calls", "answered": "Answered", "answer_rate": "Answer rate",
-        "within": "Answered within {n} rings", "missed": "Missed", "abandoned": "Abandoned",
+        "within": "Answered within {rings}", "missed": "Missed", "abandoned": "Abandoned",
         "outbound": "Outbound calls", "pending": "Callbacks pending",
         "handled": "Callbacks handled", "per_line": "Per line", "per_agent": "Per agent",
         "per_day": "Calls per day", "line": "Line", "agent": "Agent", "none": "(none)",
-        "not_answered": "(not answered)", "within_answered": "Within {n} rings of answered",
-        "legend": "Bars: answer rate (dark) and the within-{n}-rings rate (light), 0–100 %",
+        "not_answered": "(not answered)", "within_answered": "Within {rings} of answered",
+        "legend": "Bars: answer rate (dark) and the rate within {rings} (light), 0–100 %",
         "legend_day": "Bars: inbound (light) and answered (dark)", "figure": "Figure",
         "value": "Value", "date": "Date",
         "per_line_target": "Per line against its own target",
         "within_target": "Answered within each line's target", "target": "Target",
-        "target_text": "≤{rings} rings, ≥{rate}", "within_target_n": "Within target",
+        "target_text": "≤{rings}, ≥{rate}", "within_target_n": "Within target",
         "within_target_rate": "Rate", "met": "met", "not_met": "not met",
         "legend_target": "Bars: each line's within-target rate; the mark is its answer-rate "
                          "target",
@@ -46,7 +47,7 @@ TEXT: dict[str, dict[str, str]] = {
         "legend_day": "柱：呼入（浅色）与已接听（深色）", "figure": "指标", "value": "数值",
         "date": "日期",
         "per_line_target": "各线路对照自身目标", "within_target": "各线路目标声数内接听",
-        "target": "目标", "target_text": "{rings}声内，≥{rate}", "within_target_n": "目标内接听",
+        "target": "目标", "target_text": "{n}声内，≥{rate}", "within_target_n": "目标内接听",
         "within_target_rate": "比率", "met": "达标", "not_met": "未达标",
         "legend_target": "柱：各线路目标声数内接听率；竖线为该线路的接听率目标",
     },
@@ -55,6 +56,12 @@ TEXT: dict[str, dict[str, str]] = {
 DARK, LIGHT = "#2b6cb0", "#90cdf4"
 CELL = "padding:4px 8px;border-bottom:1px solid #e2e8f0;"
 NUM = CELL + "text-align:right;"
+
+
+def _rings(template: str, n: int, **more: str) -> str:
+    """A TEXT template with a ring count: `{n}` the number (zh: `3声内`), `{rings}` the
+    number and its noun (en: `1 ring`, `3 rings`; "within 1 rings" was a review's find)."""
+    return template.format(n=n, rings=count(n, "ring"), **more)
 
 
 def _pct(value: float | None) -> str:
@@ -75,7 +82,7 @@ def _rate_table(t: dict[str, str], title: str, first: str, rows: list[tuple[str,
     """A row per group with its figures and two bars; an agent's within-N rate is of the
     calls it answered (as in the text report), a line's of its inbound calls."""
     head = "".join(f'<th style="{CELL}text-align:left">{escape(h)}</th>' for h in (
-        first, t["inbound"], t["answered"], t["answer_rate"], t[header].format(n=n), ""))
+        first, t["inbound"], t["answered"], t["answer_rate"], _rings(t[header], n), ""))
     body = []
     for name, g in rows:
         body.append(
@@ -87,7 +94,7 @@ def _rate_table(t: dict[str, str], title: str, first: str, rows: list[tuple[str,
             f'{_bar(g[answered_key], LIGHT)}</td></tr>')
     return (f'<h2 style="font-size:16px;margin:20px 0 6px">{escape(title)}</h2>'
             f'<p style="margin:0 0 6px;color:#4a5568;font-size:12px">'
-            f'{escape(t["legend"].format(n=n))}</p>'
+            f'{escape(_rings(t["legend"], n))}</p>'
             f'<table style="border-collapse:collapse;font-size:13px">'
             f'<tr>{head}</tr>{"".join(body)}</table>')
 
@@ -110,8 +117,8 @@ def _target_table(t: dict[str, str], targets: list[dict[str, Any]]) -> str:
         "", ""))
     body = []
     for g in targets:
-        target = t["target_text"].format(rings=g["target_rings"],
-                                         rate=_pct(g["answer_rate_target"]))
+        target = _rings(t["target_text"], g["target_rings"],
+                        rate=_pct(g["answer_rate_target"]))
         met = {True: t["met"], False: t["not_met"], None: "-"}[g["target_met"]]
         body.append(
             f'<tr><td style="{CELL}">{escape(g["line"])}</td>'
@@ -174,7 +181,7 @@ def to_html(report: dict[str, Any], lang: str = "zh") -> str:
     summary = [
         (t["inbound"], str(tot["inbound"])), (t["answered"], str(tot["answered"])),
         (t["answer_rate"], _pct(tot["answer_rate"])),
-        (t["within"].format(n=n), _pct(tot["within_rings_rate"])),
+        (_rings(t["within"], n), _pct(tot["within_rings_rate"])),
         (t["missed"], str(tot["missed"])), (t["abandoned"], str(tot["abandoned"])),
         (t["outbound"], str(tot["outbound"])), (t["pending"], str(tot["pending_callbacks"])),
         (t["handled"], str(tot["handled_callbacks"])),
