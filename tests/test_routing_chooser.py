@@ -87,6 +87,14 @@ def test_unknown_did_gives_the_rota_fallback(router: Router) -> None:
     assert decision.fallback == "PJSIP/1000"
 
 
+def test_a_line_without_a_fallback_of_its_own_takes_the_rotas(router: Router) -> None:
+    """docs/rota.md: the rota's `fallback` serves DIDs no line lists and the lines that name
+    none (sales), after the last agent or when nobody is on duty."""
+    assert router.rota.lines["sales"].fallback is None
+    decision = router.choose("4008009000", MONDAY_10)
+    assert decision.line == "sales" and decision.fallback == "PJSIP/1000"
+
+
 def test_position_survives_a_restart(router: Router, rota_file: Path, state_path: Path) -> None:
     assert firsts(router, 2) == ["ann", "ben"]
     restarted = Router(RotaStore(state_path, seed_file=str(rota_file)),

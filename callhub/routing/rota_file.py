@@ -10,7 +10,7 @@ claim) is checked here, while the routing model is built.
 Schema (see README "Routing by rota")::
 
     timezone = "Europe/Berlin"      # optional; default: the configured timezone
-    fallback = "PJSIP/1000"         # optional; for calls on a DID no line lists
+    fallback = "PJSIP/1000"         # optional; for a DID no line lists, and lines without one
 
     [[agents]]
     id = "li"                       # what shifts and rotations refer to
