@@ -269,6 +269,30 @@ def test_a_read_only_command_on_a_sqlite_file_not_there_says_so_and_creates_noth
     assert main(["db", "current"]) == 0 and "up to date" in capsys.readouterr().out
 
 
+def test_an_upgrade_to_a_target_alembic_cannot_parse_is_one_line_not_a_traceback(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """These targets trip an assert in Alembic's parser: `db upgrade ''` was an
+    AssertionError traceback, on a new database and on one that exists."""
+    monkeypatch.delenv("CALLHUB_CONFIG", raising=False)
+    new, existing = tmp_path / "new.db", tmp_path / "existing.db"
+    assert main(["db", "upgrade", "0001", "--database-url", f"sqlite:///{existing}"]) == 0
+    capsys.readouterr()
+    for target in ("", "@", "head-99", "heads+1"):
+        for path in (new, existing):
+            url = f"sqlite:///{path}"
+            assert main(["db", "upgrade", target, "--database-url", url]) == 1, target
+            out, err = capsys.readouterr()
+            [said] = err.splitlines()
+            assert out == "" and said.startswith(
+                f"callhub: database {url}: Can't locate revision identified by {target!r} "
+                "(this callhub's revisions: 0001, "), err
+            assert said.endswith(f", {migrate.head_revision()})"), err
+        assert not new.exists(), target
+    assert main(["db", "current", "--database-url", f"sqlite:///{existing}"]) == 1
+    assert "is at revision 0001: behind" in capsys.readouterr().out
+
+
 def test_backfill_store_checks_its_database_before_it_reads_cel(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:

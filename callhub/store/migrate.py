@@ -107,25 +107,31 @@ def _upgrade(connection: Connection, revision: str) -> None:
     current = MigrationContext.configure(connection).get_current_revision()
     if current is not None and not known(current):
         raise SchemaError(newer_schema(current))
+    check_target(revision, current)
     try:
         command.upgrade(alembic_config(connection), revision)
     except CommandError as exc:  # a target revision that does not exist
         raise SchemaError(unknown_revision(revision, str(exc))) from None
 
 
-def check_target(revision: str) -> None:
-    """Raise SchemaError when an empty database cannot be upgraded to `revision`.
+def check_target(revision: str, current: str | None = None) -> None:
+    """Raise SchemaError when a database at `current` (None: an empty one) cannot be
+    upgraded to `revision`.
 
     `callhub db upgrade` asks this before it creates a SQLite file (connecting creates
     it): a mistyped target was refused only once the file was there, and left it behind
     for nothing. The target is judged by the code Alembic's upgrade runs on it
-    (`_upgrade_revs`, from "base", where an empty database is), so it is refused in the
-    same words as on a database that exists."""
+    (`_upgrade_revs`), so it is refused in the same words as by the upgrade. Some
+    malformed targets (``, `@`, `head-99`, `heads+1`) trip an assert in Alembic's parser
+    instead of its "Can't locate revision": a traceback, and never a revision."""
     script = ScriptDirectory.from_config(alembic_config())
     try:
-        script._upgrade_revs(revision, "base")
+        script._upgrade_revs(revision, current or "base")
     except CommandError as exc:
         raise SchemaError(unknown_revision(revision, str(exc))) from None
+    except AssertionError:
+        raise SchemaError(unknown_revision(
+            revision, f"Can't locate revision identified by {revision!r}")) from None
 
 
 def unknown_revision(revision: str, error: str) -> str:
