@@ -88,6 +88,9 @@ def _broken(old: str, new: str) -> str:
     ('rotation = ["ann", "ben"]\n\n[[lines.shifts]]\nname = "always"\n',
      '\n[[lines.shifts]]\nname = "always"\nagents = ["ann", "bob"]\n',
      "line 'sales', shift 'always': agents: unknown agent 'bob'"),
+    ('rotation = ["ann", "ben"]', 'rotation = []',
+     "line 'sales', shift 'always': agents: not given, and the line's rotation (their "
+     "default) is empty"),
     ('rotation = ["ann", "ben", "cai", "dora", "eve"]',
      'rotation = ["ann", "ben", "cai", "dora", "eve", "ann"]',
      "line 'hotline': rotation: listed twice: ann"),

@@ -171,6 +171,9 @@ def _shift(t: ShiftTable, name: str, line: str, rotation: tuple[str, ...] | None
     if agents is None:
         if rotation is None:
             raise RotaError(f"{where}: agents: required when the line has no rotation")
+        if not rotation:  # else blamed on the agents the shift did not write
+            raise RotaError(f"{where}: agents: not given, and the line's rotation (their "
+                            "default) is empty")
         agents = rotation
     if not agents:
         raise RotaError(f"{where}: agents: must name at least one agent")
