@@ -97,7 +97,7 @@ async def test_a_call_a_trigger_refused_is_restored_once_the_trigger_is_gone(
             await conn.execute(sa.text("DROP TRIGGER refuse_call ON calls"))
         code, out, err = await callhub_db(through, tmp_path, "restore", str(listed["p"]))
         assert (code, out) == (0, ""), err
-        assert "1 call(s) stored again, 0 kept" in err
+        assert "1 call stored again, 0 kept" in err
         assert sorted(await stored(db)) == ["a", "b", "p"]
         async with db.connection() as conn:
             assert [q["linkedid"] for q in await quarantine.listing(conn)] == [""]
@@ -133,3 +133,28 @@ async def test_restoring_a_call_stored_meanwhile_stores_it_once(
     await assert_worklist_counts_each_call_once(any_db)
     async with any_db.connection() as conn:
         assert await quarantine.count(conn) == 0
+
+
+async def test_the_listing_and_the_restore_count_one_call_in_the_singular(
+        tmp_path: Path, store_settings: Settings) -> None:
+    """They said "1 quarantined call(s) shown" and "1 call(s) stored again", where the
+    other commands now say "1 call" and "2 calls" (argtypes.count)."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'q.db'}"
+    db = Database.connect(url)
+    try:
+        await migrate.upgrade(db)
+        async with db.begin() as conn:
+            for linkedid in ("one", "two", "three"):
+                await quarantine.add(conn, make_call(linkedid, at=T0), "a test's refusal")
+        code, out, err = await callhub_db(url, tmp_path, "quarantine", "--limit", "1")
+        assert (code, len(out.splitlines()), err) == (0, 1, "1 quarantined call shown\n")
+        code, out, err = await callhub_db(url, tmp_path, "quarantine")
+        assert (code, len(out.splitlines()), err) == (0, 3, "3 quarantined calls shown\n")
+        ids = [line.split("\t")[0] for line in out.splitlines()]
+        code, out, err = await callhub_db(url, tmp_path, "restore", ids[0])
+        assert (code, out, err) == (0, "", "1 call stored again, 0 kept\n")
+        code, out, err = await callhub_db(url, tmp_path, "restore", "--all")
+        assert (code, out, err) == (0, "", "2 calls stored again, 0 kept\n")
+        assert sorted(await stored(db)) == ["one", "three", "two"]
+    finally:
+        await db.close()

@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from callhub.argtypes import add_database_url, whole
+from callhub.argtypes import add_database_url, count, whole
 from callhub.config import load_settings, mask_url
 from callhub.store import migrate, quarantine, restore
 from callhub.store.db import Database
@@ -101,7 +101,7 @@ def quarantine_command(args: argparse.Namespace) -> int:
         else:
             print(f"{row['id']}\t{when}\t{row['pbx']}\t{row['linkedid']}\t{row['error']}")
     if not args.json:
-        print(f"{len(rows)} quarantined call(s) shown", file=sys.stderr)
+        print(f"{count(len(rows), 'quarantined call')} shown", file=sys.stderr)
     return 0
 
 
@@ -123,7 +123,8 @@ def restore_command(args: argparse.Namespace) -> int:
         print(f"{qid}\tkept: {reason}")
     for qid in done.missing:
         print(f"{qid}\tnot in the quarantine")
-    print(f"{len(done.stored)} call(s) stored again, {len(done.kept)} kept", file=sys.stderr)
+    print(f"{count(len(done.stored), 'call')} stored again, {len(done.kept)} kept",
+          file=sys.stderr)
     return 1 if done.kept or done.missing else 0
 
 
