@@ -158,3 +158,39 @@ async def test_the_listing_and_the_restore_count_one_call_in_the_singular(
         assert sorted(await stored(db)) == ["one", "three", "two"]
     finally:
         await db.close()
+
+
+async def test_restore_writes_no_call_into_a_schema_other_than_this_callhubs(
+        tmp_path: Path) -> None:
+    """`callhub run` refuses a database an older or a newer callhub's schema; `db restore`,
+    which stores calls as the writer does, stored them there all the same (a newer
+    callhub's database was written by older code)."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'q.db'}"
+    db = Database.connect(url)
+    head = migrate.head_revision()
+    try:
+        await migrate.upgrade(db)
+        async with db.begin() as conn:
+            await quarantine.add(conn, make_call("q", at=T0), "a test's refusal")
+            await conn.execute(sa.text("UPDATE alembic_version SET version_num = '0099_later'"))
+        code, out, err = await callhub_db(url, tmp_path, "restore", "--all")
+        assert (code, out) == (1, "") and err == (
+            f"callhub: database {url}: the database is at revision 0099_later, which this "
+            f"callhub does not know (its newest is {head}): a newer callhub upgraded it; run "
+            "that version or a later one\n")
+        async with db.begin() as conn:
+            await conn.execute(sa.text(f"UPDATE alembic_version SET version_num = '{head}'"))
+        await migrate.downgrade(db, "0011_rollup_figures")
+        code, out, err = await callhub_db(url, tmp_path, "restore", "--all")
+        assert (code, out) == (1, "") and err == (
+            f"callhub: database {url}: the database is at revision 0011_rollup_figures, "
+            f"callhub needs {head}: run `callhub db upgrade`\n")
+        assert await stored(db) == []
+        async with db.connection() as conn:
+            assert await quarantine.count(conn) == 1
+        await migrate.upgrade(db)
+        code, out, err = await callhub_db(url, tmp_path, "restore", "--all")
+        assert (code, out, err) == (0, "", "1 call stored again, 0 kept\n")
+        assert await stored(db) == ["q"]
+    finally:
+        await db.close()

@@ -112,6 +112,9 @@ def restore_command(args: argparse.Namespace) -> int:
     async def run() -> restore.Restored:
         db = Database.connect(url)
         try:
+            # As `callhub run` would not write calls into a schema other than its own (an
+            # older one lacks columns; a newer callhub's may mean other things by them).
+            await migrate.check_current(db)
             return await restore.restore(db, settings, None if args.all else args.ids)
         finally:
             await db.close()
