@@ -15,6 +15,7 @@ import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from email.utils import parseaddr
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
@@ -34,6 +35,15 @@ DEMO_LINES = dict(zip(DEMO_DIDS, ("hotline", "repairs", "complaints", "front-des
                       strict=True))
 DEMO_CALLBACK_SECONDS = 20.0
 CALLBACK_AGENT = "Local/agent2@agentsim"
+
+
+def sip_phone_agents() -> dict[str, str]:
+    """The simulator's SIP phones as agents (`PJSIP/1001` -> `Li Na`), beside the trace
+    template's Local ones: the calls they answer are then counted under their own
+    `agent` label and on the desk by name, not as `other` (metrics label only the
+    devices of `[pbx.agents]`)."""
+    return {f"PJSIP/{endpoint}": name for endpoint, caller_id in DEMO_ENDPOINTS.items()
+            if (name := parseaddr(caller_id)[0])}
 
 
 @dataclass
@@ -64,7 +74,8 @@ class Demo:
         port = await sim.start()
         config = {k: v for k, v in template_for("answered").config.items() if k != "pbx"}
         config.update(name="demo", host="127.0.0.1", port=port, username="callhub",
-                      secret=secret, lines=DEMO_LINES)
+                      secret=secret, lines=DEMO_LINES,
+                      agents={**config.get("agents", {}), **sip_phone_agents()})
         demo_pbx = settings_from_mapping({"pbx": [config]}).pbxs[0]
         tokens = d.settings.api_tokens
         if not any(t.role == "admin" for t in tokens):  # the demo prints one to try
