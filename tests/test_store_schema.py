@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 from dataclasses import replace
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from store_fixtures import DbFactory, pg_url
 from callhub.cli import main
 from callhub.config import Settings
 from callhub.daemon import Daemon, StartupError, running
+from callhub.report import build_report
 from callhub.store import migrate
 from callhub.store.db import Database
 from callhub.store.oneshot import run_db
@@ -208,6 +210,37 @@ def test_a_command_on_a_database_without_the_tables_says_how_to_make_them(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.endswith(
         "(callhub's tables are not there: `callhub db upgrade` creates them)"), err
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_report_on_an_older_schema_says_the_schema_is_not_this_callhubs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str) -> None:
+    """A report on a database a migration behind said only "no such column:
+    calls.resolution" (SQLite) or "column calls.resolution does not exist"."""
+    factory = DbFactory(kind, tmp_path)
+    made = asyncio.run(factory.create())
+    url = made.engine.url.render_as_string(hide_password=False)
+
+    async def older() -> None:
+        await migrate.upgrade(made, "0005_call_source")  # before calls.resolution
+        await made.close()
+
+    async def report() -> dict[str, object]:
+        db = Database.connect(url, schema=made.schema)
+        try:
+            return await build_report(db, Settings(), date(2026, 11, 29))
+        finally:
+            await db.close()
+
+    try:
+        asyncio.run(older())
+        assert run_db(url, report) == (False, None)
+    finally:
+        asyncio.run(factory.cleanup())
+    [said] = capsys.readouterr().err.splitlines()
+    assert "calls.resolution" in said and said.endswith(
+        " (the database's schema is not this callhub's: `callhub db current` says which "
+        "revision it is at, `callhub db upgrade` brings an older one up)"), said
 
 
 def test_a_command_on_a_sqlite_file_in_a_missing_directory_names_it(

@@ -19,7 +19,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from callhub.config import mask_url
 from callhub.config.values import async_database_url
 from callhub.store.db import settle_sqlite_workers
-from callhub.store.failures import explain
+from callhub.store.failures import explain, sqlstate
 from callhub.store.migrate import SchemaError
 
 T = TypeVar("T")
@@ -47,6 +47,17 @@ def does_not_exist(url: str, path: str,
     return f"database {mask_url(url)} does not exist: no file {path}{hint}"
 
 
+def other_schema(exc: BaseException) -> str:
+    """What a column callhub's query names but the database lacks means: its schema is
+    another callhub's, most often an older one (a report said only "no such column:
+    calls.resolution"). Only here, about callhub's own database: a CEL table is not."""
+    reason = str(getattr(exc, "orig", None) or exc)
+    if sqlstate(exc) != "42703" and not reason.startswith("no such column"):
+        return ""
+    return (" (the database's schema is not this callhub's: `callhub db current` says "
+            "which revision it is at, `callhub db upgrade` brings an older one up)")
+
+
 def run_db(url: str, job: Callable[[], Coroutine[Any, Any, T]], *,
            may_create: bool = False) -> tuple[bool, T | None]:
     """Run `job`; a database error is printed as one line (no traceback) and gives False.
@@ -66,7 +77,7 @@ def run_db(url: str, job: Callable[[], Coroutine[Any, Any, T]], *,
     try:
         return True, asyncio.run(settled())
     except (SQLAlchemyError, OSError, ArgumentError) as exc:
-        print(f"callhub: {explain(url, exc)}", file=sys.stderr)
+        print(f"callhub: {explain(url, exc)}{other_schema(exc)}", file=sys.stderr)
         return False, None
     except SchemaError as exc:
         print(f"callhub: database {mask_url(url)}: {exc}", file=sys.stderr)
