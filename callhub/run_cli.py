@@ -27,6 +27,7 @@ from callhub.daemon import (
 )
 from callhub.logs import configure_logging
 from callhub.store.db import settle_sqlite_workers
+from callhub.store.oneshot import does_not_exist, missing_sqlite_file
 
 if TYPE_CHECKING:
     from callhub.sim.demo import Demo
@@ -68,6 +69,12 @@ def _demo(args: argparse.Namespace) -> Demo:
 
 def run_command(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
+    if args.no_migrate and (path := missing_sqlite_file(settings.database_url)) is not None:
+        # Connecting would create the file, and --no-migrate would then refuse its empty
+        # schema and leave it behind: say what is missing before anything starts.
+        hint = " (`callhub db upgrade` creates it, or drop --no-migrate)"
+        print(f"callhub: {does_not_exist(settings.database_url, path, hint)}", file=sys.stderr)
+        return 2
     if args.workers is not None:
         settings = dataclasses.replace(settings, api_workers=args.workers)
     configure_logging(settings.log_level)

@@ -116,6 +116,24 @@ def test_cli_says_a_database_is_newer_than_this_callhub_in_one_line(tmp_path: Pa
         assert "newer callhub upgraded it" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_run_no_migrate_on_a_sqlite_file_not_there_says_so_and_creates_nothing(
+        tmp_path: Path) -> None:
+    """`run --no-migrate` created the file by connecting, refused its empty schema ("at
+    revision None") and left the file behind, as `db upgrade` did with a wrong target."""
+    path = tmp_path / "typo.db"
+    env = {**os.environ, "CALLHUB_DATABASE_URL": f"sqlite+aiosqlite:///{path}",
+           "CALLHUB_API_LISTEN": "127.0.0.1:0", "CALLHUB_FASTAGI_LISTEN": "127.0.0.1:0",
+           "CALLHUB_SPOOL_DIR": str(tmp_path / "spool")}
+    env.pop("CALLHUB_CONFIG", None)
+    done = subprocess.run([sys.executable, "-m", "callhub", "run", "--no-migrate"], env=env,
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr[-2000:]
+    assert done.stderr.splitlines() == [
+        f"callhub: database sqlite+aiosqlite:///{path} does not exist: no file {path} "
+        "(`callhub db upgrade` creates it, or drop --no-migrate)"]
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("bad", ["nonsense", "sqlite+aiosqlite:////nonexistent-dir/x/y.db"])
 def test_cli_db_upgrade_reports_a_bad_url(tmp_path: Path, bad: str) -> None:
     env = {**os.environ, "CALLHUB_DATABASE_URL": bad}
