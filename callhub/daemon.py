@@ -204,8 +204,7 @@ async def reachable(d: Daemon, db: Database, health: Health) -> None:
     retries, rng = Retries(), random.Random()
     while True:
         try:
-            async with asyncio.timeout(DATABASE_PING_SECONDS):
-                await db.ping()
+            await db.ping(within=DATABASE_PING_SECONDS)
         except Exception as exc:
             if not unreachable(exc):
                 return  # the steps that follow say what is wrong

@@ -22,7 +22,6 @@ this instance is the writer or the standby of a pair (callhub.store.election).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 
 from aiohttp import web
@@ -32,6 +31,7 @@ from callhub.api.params import parse_query
 from callhub.config import Settings
 from callhub.lifecycle import CHECK_TIMEOUT, Check, Supervisor
 from callhub.store.db import Database
+from callhub.store.read_pool import NoAnswer
 
 SUPERVISOR: web.AppKey[Supervisor] = web.AppKey("supervisor", Supervisor)
 
@@ -48,10 +48,9 @@ def database_check(db: Database) -> Check:
     """The `database` part's check: a ping (any failure is the reason)."""
     async def ping() -> str | None:
         try:
-            async with asyncio.timeout(PING_TIMEOUT):
-                await db.ping()
-        except TimeoutError:
-            return f"no answer in {PING_TIMEOUT:g} s"
+            await db.ping(within=PING_TIMEOUT)
+        except NoAnswer as exc:
+            return str(exc)  # "no answer in 2 s"
         except Exception as exc:  # any failure means not ready; say which
             return f"unreachable ({type(exc).__name__})"
         return None

@@ -28,7 +28,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from callhub.config.values import async_database_url
-from callhub.store.read_pool import Reader, ReadPool
+from callhub.store.read_pool import Reader, ReadPool, answer_within
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -155,8 +155,26 @@ class Database:
             log.warning("db.pool_not_opened", pool="read", opened=opened,
                         error=type(failure).__name__)
 
-    async def ping(self) -> None:
-        """Raise unless the database answers a trivial query."""
+    async def ping(self, within: float | None = None) -> None:
+        """Raise unless the database answers a trivial query; within `within` seconds,
+        else `read_pool.NoAnswer` ("no answer in 2 s"): a database that hangs sends no
+        error, and the ping would wait until the socket resets.
+
+        The query runs in a task of its own, left at the limit to end alone: cut off,
+        SQLAlchemy closes its connection gracefully (up to 2 s more on a server that
+        hangs) before the cancellation returns, which made a ping "within 2 s" take 4."""
+        if within is None:
+            return await self._ping()
+        task = asyncio.ensure_future(self._ping())
+        task.add_done_callback(_retrieved)
+        try:
+            async with answer_within(within):
+                await asyncio.shield(task)
+        except BaseException:  # no answer in time, or this caller cancelled
+            task.cancel()
+            raise
+
+    async def _ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(sa.text("SELECT 1"))
 
@@ -186,6 +204,13 @@ async def driver_connection(conn: AsyncConnection) -> Any:
     driver = (await conn.get_raw_connection()).driver_connection
     assert driver is not None
     return driver
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    """A ping left to end alone: its failure is the caller's NoAnswer, not asyncio's
+    "exception was never retrieved"."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _create_private(path: str | None) -> None:

@@ -17,7 +17,8 @@ with orjson), so a page's values are SQLAlchemy's (`tests/test_store_fetch.py`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -50,6 +51,31 @@ class PgReader:
 Reader = AsyncConnection | PgReader
 """What `Database.read` gives its work: a `PgReader` on PostgreSQL, an `AsyncConnection`
 on SQLite."""
+
+
+class NoAnswer(TimeoutError):
+    """The database gave no answer within a read's or a ping's limit: it hangs (or is
+    too slow to be of use). A TimeoutError, so an OSError: an outage wherever callhub
+    tells outages from the data's faults (`callhub.store.failures.unreachable`)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no answer in {seconds:g} s")
+        self.seconds = seconds
+
+
+@contextlib.asynccontextmanager
+async def answer_within(seconds: float | None) -> AsyncIterator[None]:
+    """`async with answer_within(s):` the block within `s` seconds (None: no limit), else
+    `NoAnswer`. A TimeoutError of the block's own (a driver's connect timeout) passes as
+    it is."""
+    limit = asyncio.timeout(seconds)
+    try:
+        async with limit:
+            yield
+    except TimeoutError:
+        if seconds is not None and limit.expired():
+            raise NoAnswer(seconds) from None
+        raise
 
 
 class ReadPool:
