@@ -44,6 +44,7 @@ from callhub.lifecycle import Supervisor
 from callhub.routing.chooser import Router
 from callhub.store.db import Database
 from callhub.store.errors import InvalidTransition, NotApplicable, NotFound
+from callhub.store.read_pool import NoAnswer
 
 log = structlog.get_logger(__name__)
 
@@ -60,7 +61,7 @@ BUILTIN_OPERATIONS: tuple[Operation, ...] = (
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error as JSON: 400 naming the parameter, 404/409 for what the store refuses,
-    503 when the database is down."""
+    503 when the database is down or gives no answer within a read's limit (it hangs)."""
     try:
         return await handler(request)
     except BadParameter as exc:
@@ -80,8 +81,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         log.warning("api.database_error", method=request.method, path=request.path,
                     error=type(exc).__name__,
                     detail=str(exc).splitlines()[0] if str(exc) else "")
-        return error_response(503, "database_unavailable",
-                              "the database cannot be reached; try again shortly")
+        why = (f"the database gave no answer in {exc.seconds:g} s" if isinstance(exc, NoAnswer)
+               else "the database cannot be reached")
+        return error_response(503, "database_unavailable", f"{why}; try again shortly")
     except Exception:
         log.exception("api.request_failed", method=request.method, path=request.path)
         return error_response(500, "internal_error", "internal error (logged)")

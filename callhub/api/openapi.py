@@ -126,9 +126,9 @@ def build(operations: Iterable[Operation], version: str = "0.1.0") -> dict[str, 
                 "Unauthorized": _error("No token, or not a known one."),
                 "Forbidden": _error("The token's role is too small."),
                 "NotFound": _error("No such item."),
-                "Unavailable": _error("The database cannot be reached, or callhub is starting "
-                                      "and waits for it (/readyz says which); try again "
-                                      "shortly."),
+                "Unavailable": _error("The database cannot be reached or gave no answer in "
+                                      "time, or callhub is starting and waits for it "
+                                      "(/readyz says which); try again shortly."),
             },
         },
         "security": [{"bearer": []}],

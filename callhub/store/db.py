@@ -8,7 +8,9 @@ On PostgreSQL, `read` runs the API's list reads on a second pool, asyncpg's own
 (`callhub.store.read_pool`), in autocommit without a pre-ping: a page is then one
 round trip to the server instead of six (the ping's BEGIN, `;` and ROLLBACK, then
 BEGIN, the query and ROLLBACK), and round trips, not SQL, were most of a page's
-cost.
+cost. A read there has a time limit (`READ_TIMEOUT`): on a database that hangs it
+fails (`read_pool.NoAnswer`, 503 from the API) instead of holding the pool's
+connections until the socket resets.
 """
 
 from __future__ import annotations
@@ -40,6 +42,14 @@ the reads are short, one process serves at most ~700 pages a second, and more qu
 once only take the CPU the API process needs when PostgreSQL shares its host (2 cores,
 20 clients: /calls p99 46-48 ms against 64-66 ms with 10, /stats 85-132 against 127-149)."""
 
+READ_TIMEOUT = 5.0
+"""Seconds a read on the read pool may take, its wait for a connection included, before
+it fails (`read_pool.NoAnswer`). A page's reads take milliseconds (a month of /stats by
+hour about 0.1 s): one with no answer in 5 s is a database that hangs (its socket open,
+no answer ever), which would otherwise hold the pool's connections until the socket
+resets. As the writer's `batch_timeout`, an attribute (`Database.read_timeout`), not a
+setting."""
+
 
 class Database:
     """One database: its URL, engine and dialect name."""
@@ -52,6 +62,7 @@ class Database:
         self.session = session  # PostgreSQL settings of every connection
         self.connect_timeout = connect_timeout
         self.read_url = read_url  # a read replica for `read` (PostgreSQL); None: this one
+        self.read_timeout = READ_TIMEOUT  # each try of `read` on PostgreSQL
         self._reads: ReadPool | None = None
 
     @classmethod
@@ -120,9 +131,11 @@ class Database:
         round trip (JSON columns parsed by orjson: the same values, faster). A pooled
         connection found dead (the server restarted) is dropped, with the pool's others,
         and `work` runs once more on a new one, as the ping would have done; a second
-        failure is the caller's (503). With `read_url` the pool is on that read replica:
-        what was just written may show a moment later (the replica's lag). SQLite: an
-        `AsyncConnection` of the one engine.
+        failure is the caller's (503). A try with no answer in `read_timeout` seconds
+        raises `read_pool.NoAnswer` (503 too), not tried again: the database hangs, and its
+        connection is dropped. With `read_url` the pool is on that read replica: what was
+        just written may show a moment later (the replica's lag). SQLite: an
+        `AsyncConnection` of the one engine, which answers within its busy timeout.
         """
         if self.dialect != "postgresql":
             async with self.engine.connect() as conn:
@@ -130,7 +143,7 @@ class Database:
         reads = self._read_pool()
         for attempt in (1, 2):
             try:
-                return await reads.run(work)
+                return await reads.run(work, self.read_timeout)
             except DBAPIError as exc:
                 if attempt == 2 or not exc.connection_invalidated:
                     raise
