@@ -237,15 +237,11 @@ async def prepare_database(d: Daemon, db: Database) -> None:
             raise StartupError(str(exc)) from None
     else:
         try:
-            await migrate.check_encoding(db)
+            await migrate.check_current(db)
+        except migrate.SchemaBehind as exc:
+            raise StartupError(f"{exc} (or drop --no-migrate)") from None
         except migrate.SchemaError as exc:
             raise StartupError(str(exc)) from None
-        current, head = await migrate.current_revision(db), migrate.head_revision()
-        if current is not None and not migrate.known(current):
-            raise StartupError(migrate.newer_schema(current))
-        if current != head:
-            raise StartupError(f"the database is at revision {current}, callhub needs "
-                               f"{head}: run `callhub db upgrade` (or drop --no-migrate)")
     async with db.begin() as conn:
         await sync_agents(conn, d.settings)
 

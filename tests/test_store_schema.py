@@ -134,6 +134,31 @@ def test_run_no_migrate_on_a_sqlite_file_not_there_says_so_and_creates_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_run_no_migrate_on_a_schema_behind_says_what_brings_it_up_to_date(
+        tmp_path: Path) -> None:
+    """`run --no-migrate` judges the schema as the commands that write calls do
+    (`migrate.check_current`), adding that a start that migrates would do: a file with no
+    tables said "at revision None"."""
+    empty, old = tmp_path / "empty.db", tmp_path / "old.db"
+    sqlite3.connect(empty).close()
+    assert main(["db", "upgrade", "0005", "--database-url", f"sqlite:///{old}"]) == 0
+    head = migrate.head_revision()
+    for path, why in ((empty, "callhub's tables are not there: `callhub db upgrade` creates "
+                              "them"),
+                      (old, f"the database is at revision 0005_call_source, callhub needs "
+                            f"{head}: run `callhub db upgrade`")):
+        env = {**os.environ, "CALLHUB_DATABASE_URL": f"sqlite+aiosqlite:///{path}",
+               "CALLHUB_API_LISTEN": "127.0.0.1:0", "CALLHUB_FASTAGI_LISTEN": "127.0.0.1:0",
+               "CALLHUB_SPOOL_DIR": str(tmp_path / "spool")}
+        env.pop("CALLHUB_CONFIG", None)
+        done = subprocess.run([sys.executable, "-m", "callhub", "run", "--no-migrate"],
+                              env=env, capture_output=True, text=True, timeout=60,
+                              cwd=tmp_path)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert f"{why} (or drop --no-migrate)" in done.stderr
+        assert "Traceback" not in done.stderr
+
+
 @pytest.mark.parametrize("bad", ["nonsense", "sqlite+aiosqlite:////nonexistent-dir/x/y.db"])
 def test_cli_db_upgrade_reports_a_bad_url(tmp_path: Path, bad: str) -> None:
     env = {**os.environ, "CALLHUB_DATABASE_URL": bad}

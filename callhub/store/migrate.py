@@ -21,6 +21,11 @@ class SchemaError(RuntimeError):
     """A migration that cannot run (a revision unknown here), said in one line."""
 
 
+class SchemaBehind(SchemaError):
+    """The schema is older than this callhub's (or not there): `callhub db upgrade`, or a
+    start that migrates, brings it up to date."""
+
+
 def newer_schema(current: str) -> str:
     """Why this callhub cannot use a database a newer callhub upgraded."""
     return (f"the database is at revision {current}, which this callhub does not know "
@@ -61,12 +66,12 @@ async def check_current(db: Database) -> None:
     await check_encoding(db)
     current, head = await current_revision(db), head_revision()
     if current is None:
-        raise SchemaError("callhub's tables are not there: `callhub db upgrade` creates them")
+        raise SchemaBehind("callhub's tables are not there: `callhub db upgrade` creates them")
     if not known(current):
         raise SchemaError(newer_schema(current))
     if current != head:
-        raise SchemaError(f"the database is at revision {current}, callhub needs {head}: "
-                          f"run `callhub db upgrade`")
+        raise SchemaBehind(f"the database is at revision {current}, callhub needs {head}: "
+                           f"run `callhub db upgrade`")
 
 
 def known(revision: str) -> bool:
