@@ -514,7 +514,7 @@ async def test_a_hung_database_is_reported_and_does_not_hold_the_stop(
             async with asyncio.timeout(WAIT), http.get(f"{d.api_url}/readyz") as response:
                 status, ready = response.status, await response.json()
             answered = time.monotonic() - asked
-        assert status == 503 and answered < 4.0, answered
+        assert status == 503 and answered < 3.0, answered  # its ping gives up at 2 s
         assert ready["parts"]["database"]["reason"].startswith("no answer")
         assert "TimeoutError" in ready["parts"]["writer"]["reason"]
         stopping = time.monotonic()

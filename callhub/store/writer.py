@@ -664,8 +664,7 @@ class CallWriter:
         """An unclassified error: an outage unless the database answers; then the data's
         fault, for a lone call only after SUSPECT_TRIES such failures."""
         try:
-            async with asyncio.timeout(PING_TIMEOUT):
-                await self.db.ping()
+            await self.db.ping(within=PING_TIMEOUT)
         except Exception:
             return "outage"
         if len(records) > 1:
