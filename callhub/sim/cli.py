@@ -11,7 +11,9 @@ import argparse
 import asyncio
 import contextlib
 import random
+import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -23,6 +25,7 @@ from callhub.sim.ami_server import AmiSimulator
 from callhub.sim.calls import CallFactory
 from callhub.sim.hunt import Behaviour
 from callhub.sim.mix import DEFAULT_MIX, DEMO_DIDS, DEMO_ENDPOINTS
+from callhub.sim.recording import load_trace
 from callhub.sim.routed_calls import AgiCallSimulator
 from callhub.sim.templates import SCENARIOS
 
@@ -150,6 +153,10 @@ def simulate_command(args: argparse.Namespace) -> int:
     host, port = parse_listen(args.listen, "--listen")
     if args.agi is not None:
         _agi_addresses(args.agi)
+    for trace in args.trace:
+        if (wrong := trace_problem(trace)) is not None:
+            print(f"callhub simulate: {wrong}", file=sys.stderr)
+            return 2
     configure_logging(args.log_level)
     if not args.trace and not args.mix and not args.agi:
         log.info("simulate.idle", hint="no --trace, --mix or --agi: only logins, pings and "
@@ -157,6 +164,22 @@ def simulate_command(args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_simulate(args, host, port))
     return 0
+
+
+def trace_problem(path: str) -> str | None:
+    """Why `--trace path` cannot be played, or None. Judged before listening, as `callhub
+    replay` judges its files: a trace is read only once a client has logged in, so a
+    misspelt name listened as if all were well and failed (or played nothing) later."""
+    if not Path(path).is_file():
+        return (f"{path!r} is a directory, not a trace" if Path(path).is_dir()
+                else f"no such file {path!r}")
+    try:
+        events = load_trace(path)
+    except OSError as exc:
+        return f"cannot read {path!r}: {exc.strerror or exc}"
+    if not events:  # a binary, a log, the wrong file: not silently nothing
+        return f"no AMI events in {path} (not a recorded AMI stream)"
+    return None
 
 
 async def _simulate(args: argparse.Namespace, host: str, port: int) -> None:
