@@ -185,46 +185,52 @@ def trace_problem(path: str) -> str | None:
 async def _simulate(args: argparse.Namespace, host: str, port: int) -> None:
     sim = AmiSimulator(host, port, username=args.username, secret=args.secret)
     sim.endpoints = dict(DEMO_ENDPOINTS)
-    try:
-        await sim.start()
-    except OSError as exc:
-        raise ConfigError(f"--listen: cannot listen on {host}:{port}: {exc}") from None
-    print(f"AMI simulator listening on {host}:{sim.port} (user {args.username!r})",
-          flush=True)
-    jobs: list[asyncio.Task[Any]] = []
-    speed = args.speed or None
-    if args.trace:
-        jobs.append(asyncio.create_task(_replay(sim, args.trace, speed, args.loop)))
-    if args.mix:
-        jobs.append(asyncio.create_task(sim.run_mix(
-            args.rate, args.seed, pjsip=args.pjsip, kinds=args.kinds,
-            speed=args.speed or 1.0, max_calls=args.max_calls)))
-    if args.agi:
-        jobs.append(asyncio.create_task(_agi_calls(sim, args, speed)))
-    try:
-        await _serve_until_stopped(jobs)
-    finally:
-        for job in jobs:
-            job.cancel()
-        await sim.stop()
-
-
-async def _serve_until_stopped(jobs: list[asyncio.Task[Any]]) -> None:
-    """Until SIGINT or SIGTERM, as `callhub run`; a job that fails ends it sooner."""
     stop = asyncio.Event()
+    # Until SIGINT or SIGTERM, as `callhub run`; taken before the line that says it listens,
+    # which a script waits for: a SIGTERM sent on it killed the process outright.
     with stopped_by_signals(stop):
-        stopped = asyncio.ensure_future(stop.wait())
         try:
-            if jobs:
-                done = asyncio.ensure_future(asyncio.gather(*jobs))
-                await asyncio.wait({done, stopped}, return_when=asyncio.FIRST_COMPLETED)
-                if done.done():
-                    done.result()  # a job's failure is the command's
-                else:
-                    done.cancel()
-            await stopped
+            await sim.start()
+        except OSError as exc:
+            raise ConfigError(f"--listen: cannot listen on {host}:{port}: {exc}") from None
+        print(f"AMI simulator listening on {host}:{sim.port} (user {args.username!r})",
+              flush=True)
+        jobs: list[asyncio.Task[Any]] = []
+        speed = args.speed or None
+        if args.trace:
+            jobs.append(asyncio.create_task(_replay(sim, args.trace, speed, args.loop)))
+        if args.mix:
+            jobs.append(asyncio.create_task(sim.run_mix(
+                args.rate, args.seed, pjsip=args.pjsip, kinds=args.kinds,
+                speed=args.speed or 1.0, max_calls=args.max_calls)))
+        if args.agi:
+            jobs.append(asyncio.create_task(_agi_calls(sim, args, speed)))
+        try:
+            await _serve_until(stop, jobs)
         finally:
-            stopped.cancel()
+            for job in jobs:
+                job.cancel()
+            await sim.stop()
+
+
+async def _serve_until(stop: asyncio.Event, jobs: list[asyncio.Task[Any]]) -> None:
+    """Until `stop` is set; a job that fails ends it sooner, with the job's error.
+
+    The jobs are waited on themselves, not through `asyncio.gather`: a gather cancelled
+    at the stop ended with the jobs' CancelledError as its exception, which nothing
+    retrieved, and asyncio logged "_GatheringFuture exception was never retrieved" with
+    a traceback at every Ctrl-C."""
+    stopped = asyncio.ensure_future(stop.wait())
+    running: set[asyncio.Future[Any]] = set(jobs)
+    try:
+        while not stopped.done():
+            done, running = await asyncio.wait({stopped, *running},
+                                               return_when=asyncio.FIRST_COMPLETED)
+            running.discard(stopped)
+            for job in done - {stopped}:
+                job.result()  # a job's failure is the command's
+    finally:
+        stopped.cancel()
 
 
 async def _replay(sim: AmiSimulator, traces: list[str], speed: float | None,
