@@ -93,7 +93,8 @@ async def test_today_shows_each_lines_own_target_and_whether_it_was_met(
             figures = targets[line]
             row = page.locator(f"#lines tr[data-line={line}]")
             assert await row.locator("td.target").inner_text() == fill(
-                text["today.targetValue"], rings=figures["target_rings"],
+                text["today.targetValue"],
+                rings=fill(text["unit.rings"], n=figures["target_rings"]),  # 5 and 3: plural
                 rate=pct(figures["answer_rate_target"]))
             cell = row.locator("td.within-target")
             assert await cell.inner_text() == pct(figures["within_target_rate"])
@@ -101,3 +102,53 @@ async def test_today_shows_each_lines_own_target_and_whether_it_was_met(
             assert state in (await cell.get_attribute("class") or "").split(), line
         await page.screenshot(path=screenshot_path(f"inproc-today-targets-{lang}"),
                               full_page=True)
+
+
+@pytest.fixture
+async def one_ring_desk(tmp_path: Path, desk_settings: Settings) -> AsyncIterator[Desk]:
+    """The desk with repairs held to 1 ring and 60 %."""
+    settings = replace(desk_settings, line_tables={
+        "repairs": LineTable(target_rings=1, answer_rate_target=0.6)})
+    desk = await serve_file_desk(tmp_path, settings)
+    try:
+        yield desk
+    finally:
+        await close_desk(desk)
+
+
+# What the page writes of one ring and of three, in each language (written out here, not
+# read from the catalogue: the words themselves are what is tested).
+ONE_RING = {
+    "en": {"target": "≤1 ring · ≥60.0%", "answered": "Answered by {agent} (1 ring, {ring} s)",
+           "within": "Answered within 3 rings", "column": "Within 3 rings (of answered)"},
+    "zh": {"target": "1 声内 · ≥60.0%", "answered": "{agent} 接听（1 声，{ring} 秒）",
+           "within": "3 声内接听率", "column": "3 声内（占接听）"},
+}
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+async def test_one_ring_is_said_in_the_singular(one_ring_desk: Desk, lang: str) -> None:
+    """A line's target of 1 ring and a call answered at the first ring: English said
+    "≤1 rings" and "(1 rings, 4 s)"; the Chinese is as it was."""
+    desk = one_ring_desk
+    records = day_of_calls(day_start(time.time()))
+    ids = await store(desk.db, desk.settings, *records)
+    first_ring = next(i for i, r in zip(ids, records, strict=True)
+                      if r.outcome == "answered" and r.rings == 1)
+    call = await (await desk.client.get(f"/api/v1/calls/{first_ring}",
+                                        headers=auth("supervisor"))).json()
+    words = ONE_RING[lang]
+    async with launch_chromium(LOCALES[lang]) as browser:
+        page = await browser.new_page()
+        await sign_in_as(page, desk, "supervisor")
+        await page.goto(desk.url + "#/today")
+        row = page.locator("#lines tr[data-line=repairs]")
+        await row.wait_for()
+        assert await row.locator("td.target").inner_text() == words["target"]
+        assert await page.inner_text("#fig-within .label") == words["within"]
+        assert words["column"] in await page.locator("table thead th").all_inner_texts()
+        await page.goto(desk.url + f"#/call/{first_ring}")
+        answered = page.locator("#timeline li.good .what")
+        await answered.wait_for()
+        assert await answered.inner_text() == words["answered"].format(
+            agent=call["agent_name"], ring=round(call["ring_seconds"]))

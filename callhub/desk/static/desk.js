@@ -97,6 +97,10 @@
     if (v === null || v === undefined) return "—";
     return t("unit.seconds", { n: Math.round(v) });
   }
+  // A count of rings with its noun: "1 ring", "3 rings" (English said "within 1 rings").
+  function ringCount(n) {
+    return t(n === 1 ? "unit.ring" : "unit.rings", { n });
+  }
   function duration(v) {
     if (v === null || v === undefined) return "—";
     v = Math.round(v);
@@ -557,7 +561,7 @@
       if (a.ring_started_at) add(a.ring_started_at, "tl.ringing", { agent: who });
       add(a.ended_at, "tl.attempt", { agent: who, result: tv("result", a.result), ring: secs(a.ring_seconds) }, "a-" + (a.result || ""));
     }
-    add(c.answered_at, "tl.answered", { agent: c.agent_name || c.agent || "—", rings: c.rings, ring: secs(c.ring_seconds) }, "good");
+    add(c.answered_at, "tl.answered", { agent: c.agent_name || c.agent || "—", rings: ringCount(c.rings), ring: secs(c.ring_seconds) }, "good");
     for (const tr of c.transfers || []) add(tr.at, "tl.transfer", { type: tv("transfer", tr.type), to: tr.to });
     const end = c.outcome === "answered" ? t("tl.hangup", { by: tv("hangup", c.hangup_by) })
       : t("tl.ended", { outcome: tv("outcome", c.outcome), reason: tv("reason", c.reason) });
@@ -717,7 +721,7 @@
     const rings = g.target_rings === undefined ? fallback.target_rings : g.target_rings;
     const rate = g.answer_rate_target === undefined ? fallback.answer_rate_target : g.answer_rate_target;
     const met = g.within_target_rate === null || g.within_target_rate === undefined ? null : g.within_target_rate >= rate;
-    return [h("td", { class: "target", text: t("today.targetValue", { rings, rate: pct(rate) }) }),
+    return [h("td", { class: "target", text: t("today.targetValue", { rings: ringCount(rings), rate: pct(rate) }) }),
       h("td", { class: "num within-target " + (met === null ? "" : met ? "good" : "bad"), text: pct(g.within_target_rate) })];
   }
 
@@ -739,7 +743,7 @@
       const cells = [g.answered, pct(g.within_rings_rate_answered), secs(g.avg_ring_seconds), pct(g.agent_hangup_first_rate), g.outbound];
       return h("tr", {}, h("td", { text: name }), cells.map((v) => h("td", { class: "num", text: v })));
     });
-    return h("table", { id }, h("thead", {}, h("tr", {}, cols.map((k) => h("th", { text: t(k, { n: boot.rings }) })))),
+    return h("table", { id }, h("thead", {}, h("tr", {}, cols.map((k) => h("th", { text: t(k, { rings: ringCount(boot.rings) }) })))),
       h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: cols.length, class: "empty", text: t("today.none") }))));
   }
 
@@ -816,7 +820,7 @@
     const f = totals.totals;
     const callbackMinutes = f.median_time_to_callback_seconds === null ? null : f.median_time_to_callback_seconds / 60;
     document.getElementById("figures").replaceChildren(
-      targetCard("within", t("today.withinRate", { n: boot.rings }), f.within_rings_rate, pct(f.within_rings_rate), T.within_rings_rate, (v) => v >= T.within_rings_rate, t("today.targetAtLeast", { v: pct(T.within_rings_rate) })),
+      targetCard("within", t("today.withinRate", { rings: ringCount(boot.rings) }), f.within_rings_rate, pct(f.within_rings_rate), T.within_rings_rate, (v) => v >= T.within_rings_rate, t("today.targetAtLeast", { v: pct(T.within_rings_rate) })),
       targetCard("answer", t("today.answerRate"), f.answer_rate, pct(f.answer_rate), T.answer_rate, (v) => v >= T.answer_rate, t("today.targetAtLeast", { v: pct(T.answer_rate) })),
       targetCard("missed", t("today.missed"), f.missed, String(f.missed), T.missed, (v) => v <= T.missed, t("today.targetAtMost", { v: T.missed })),
       targetCard("abandoned", t("today.abandoned"), f.abandoned, String(f.abandoned), T.abandoned, (v) => v <= T.abandoned, t("today.targetAtMost", { v: T.abandoned })),
