@@ -4,6 +4,7 @@ secrets never show."""
 from __future__ import annotations
 
 import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -157,3 +158,23 @@ def test_secrets_come_from_the_environment_over_the_file() -> None:
     assert settings.aliyun is not None
     assert settings.aliyun.access_key_secret.get_secret_value() == "from-env"
     assert settings.token is not None and settings.token.get_secret_value() == "tok-from-env"
+
+
+def test_a_rule_naming_a_line_no_pbx_maps_is_refused_as_config_check_says(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """As a `[lines."<line>"]` table naming one is: the typo'd rule never matched a call, and
+    that line's callers got no SMS (or the `*` rule's) without a word."""
+    from callhub.cli import main
+
+    path = tmp_path / "callhub.toml"
+    path.write_text(ACCEPTANCE + '"4008001001" = "petition"\n'
+                    '[[sms.rules]]\nline = "*"\nafter = "missed"\n'
+                    '[[sms.rules]]\nline = "front_desk"\nafter = "both"\n', encoding="utf-8")
+    assert main(["config", "check", str(path)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "callhub: configuration error: sms.rules[2].line: unknown line 'front_desk' (the lines "
+        "[pbx.lines] maps DIDs to: front-desk, petition; \"*\" is every other line)"]
+    # The lines it maps, and "*", are taken.
+    path.write_text(path.read_text(encoding="utf-8").replace('"front_desk"', '"petition"'),
+                    encoding="utf-8")
+    assert main(["config", "check", str(path)]) == 0
