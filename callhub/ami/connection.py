@@ -133,9 +133,17 @@ class AmiManager(Manager):  # type: ignore[misc]
 
     async def open(self, username: str, secret: str, within: float) -> None:
         """TCP connect and Login; AmiAuthError when the PBX refuses the credentials."""
-        async with asyncio.timeout(within):
-            _transport, protocol = await self.loop.create_connection(
-                lambda: CallhubAmiProtocol(self), self.config["host"], self.config["port"])
+        host, port = self.config["host"], self.config["port"]
+        try:
+            async with asyncio.timeout(within):
+                _transport, protocol = await self.loop.create_connection(
+                    lambda: CallhubAmiProtocol(self), host, port)
+        except TimeoutError:
+            # A host that drops the SYN (a firewall, a wrong address) says nothing: its
+            # TimeoutError has no message, and "TimeoutError" alone told the admin nothing.
+            raise TimeoutError(f"no TCP connection to {host}:{port} within {within:g} s "
+                               f"(nothing answered: a wrong host, or a firewall dropping "
+                               f"it)") from None
         self.encoding = "utf-8"
         self.protocol = protocol
         self.responses = protocol.responses
