@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import pytest
 import structlog
 from ami_fixtures import SIM_SECRET, SIM_USER, sim_pbx
 
@@ -75,3 +76,70 @@ async def test_a_host_that_never_answers_the_connect_is_named_with_its_address()
     assert said in failed[0]["error"]
     assert connection.last_error is not None and said in connection.last_error
     assert [e["log_level"] for e in failed[1:]] == ["debug"] * (len(failed) - 1)
+
+
+@contextlib.asynccontextmanager
+async def peer(greeting: bytes, answer: bytes | None) -> AsyncIterator[int]:
+    """A TCP server that is not AMI: it sends `greeting` on connect, then `answer` to the
+    first bytes it reads and closes (None: it reads on and never answers)."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.write(greeting)
+            while await reader.read(4096):
+                if answer is not None:
+                    writer.write(answer)
+                    await writer.drain()
+                    break
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+HTTP_400 = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+
+
+@pytest.mark.parametrize(("greeting", "answer", "said"), [
+    (b"", HTTP_400, "'HTTP/1.1 400 Bad Request'"),  # Asterisk's HTTP port (8088)
+    (b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n", None, "'SSH-2.0-OpenSSH_9.2p1 Debian-2'"),
+])
+async def test_a_port_that_is_not_ami_is_named_as_such_at_error_not_counted_malformed(
+        greeting: bytes, answer: bytes | None, said: str) -> None:
+    """A [[pbx]] port that is some other server: one error line that says so, with what
+    it said and what to check, retried with backoff; its lines are not AMI messages
+    (they were counted as malformed, and warned of, at every retry)."""
+    malformed: list[int] = []
+    async with peer(greeting, answer) as port:
+        connection = AmiConnection(pbx_at(port), lambda event: None,
+                                   on_malformed=malformed.append, request_timeout=2,
+                                   backoff_base=0.01, backoff_max=0.04)
+        logs = await failing(connection, 4)
+    failed = [e for e in logs if e["event"] == "ami.connection_failed"]
+    assert [e["log_level"] for e in failed] == ["error"] + ["debug"] * (len(failed) - 1)
+    assert failed[0]["pbx"] == "lab"
+    assert failed[0]["error"] == f"127.0.0.1:{port} is not Asterisk's AMI: it said {said}"
+    assert "check host and port" in failed[0]["hint"]
+    assert connection.last_error == failed[0]["error"]
+    assert malformed == []
+    assert not [e for e in logs if e["event"] == "ami.malformed_message"]
+    assert connection.retry_delays[3] > connection.retry_delays[0]
+
+
+async def test_a_peer_that_takes_the_connection_and_says_nothing_is_said_so() -> None:
+    """Asterisk answering the TCP connection but never greeting (hung), or a port whose
+    server waits for its client: the line and the reason say nothing came at all."""
+    async with peer(b"", None) as port:
+        connection = AmiConnection(pbx_at(port), lambda event: None, request_timeout=0.3,
+                                   backoff_base=0.01, backoff_max=0.02)
+        logs = await failing(connection, 2)
+    failed = [e for e in logs if e["event"] == "ami.connection_failed"]
+    assert failed[0]["log_level"] == "warning"
+    assert failed[0]["error"].startswith(
+        f"127.0.0.1:{port} took the connection but sent nothing within 0.3 s")
+    assert connection.last_error is not None and "no AMI greeting" in connection.last_error

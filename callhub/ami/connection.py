@@ -16,6 +16,10 @@ things in it are replaced here, kept small:
   least some bytes, must come within `ping_timeout` (a reader behind its PBX
   reads its Pong late), and `CoreShowChannels` after every login so the
   caller can reconcile calls that moved while the link was down.
+
+What fails is said so that a PBX admin knows what to mend: a connect nobody
+answers names host:port, a peer whose first line is not AMI's (a wrong port: an
+HTTP or SSH server) is `AmiNotAmi`, and a setting of theirs carries a `hint`.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ RawListener = Callable[[bytes], None]
 class AmiError(Exception):
     """The AMI peer refused or broke the session."""
 
+    hint: str | None = None  # what the admin should check, when it is a setting of theirs
+
 
 class AmiAuthError(AmiError):
     """Login refused (wrong username or secret). The message never holds the secret."""
@@ -56,6 +62,17 @@ class AmiAuthError(AmiError):
 
 class AmiConnectionLost(AmiError):
     """The TCP connection closed or stopped answering pings."""
+
+
+class AmiNotAmi(AmiError):
+    """The peer at host:port is some other server (HTTP, SSH, ...): a wrong port, most
+    likely. Logged at error with what to check, and still retried with backoff like any
+    failure: one PBX's wrong setting must not stop the daemon, and the others' calls."""
+
+    hint = "check host and port in [[pbx]]: AMI listens on manager.conf's port (5038)"
+
+
+GREETING_BYTES = 256  # Asterisk's greeting is one short line: "Asterisk Call Manager/x.y.z"
 
 
 class CallhubAmiProtocol(AMIProtocol):  # type: ignore[misc]
@@ -72,12 +89,16 @@ class CallhubAmiProtocol(AMIProtocol):  # type: ignore[misc]
         self.encoding = "utf-8"
         self.splitter = MessageSplitter(wanted=self._manager.event_filter)
         self.bytes_received = 0
+        self._head: bytes | None = b""  # the first line's bytes until it is judged
+        self.foreign: str | None = None  # that line, when it is not AMI's
 
     def data_received(self, data: bytes) -> None:
         factory: AmiManager = self.factory
         self.bytes_received += len(data)
         for listener in factory.raw_listeners:
             listener(data)
+        if self._head is not None and self._foreign_greeting(data):
+            return
         splitter = self.splitter
         malformed_before, skipped_before = splitter.malformed, splitter.skipped
         messages = splitter.feed(data)
@@ -99,6 +120,25 @@ class CallhubAmiProtocol(AMIProtocol):  # type: ignore[misc]
             message.raw = raw  # the plain dict, keys as sent: what callhub consumes
             self.handle_message(message)
         factory.on_read(skipped)
+
+    def _foreign_greeting(self, data: bytes) -> bool:
+        """Judge the peer by its first line: Asterisk's greeting, or an AMI header (a peer
+        that greets with nothing). Anything else (an HTTP status line after the Login,
+        SSH's greeting) is another server: the connection is closed and `foreign` says
+        what it sent, instead of counting its lines as malformed AMI at every retry."""
+        head = (self._head or b"") + data
+        end = head.find(b"\n")
+        if end < 0 and len(head) < GREETING_BYTES:
+            self._head = head
+            return False
+        self._head = None
+        line = head[:end if end >= 0 else GREETING_BYTES].rstrip(b"\r")
+        if not line.strip() or line.startswith(b"Asterisk Call Manager") or b": " in line:
+            return False
+        text = line.decode("utf-8", "replace")[:80]
+        self.foreign = "".join(c if c.isprintable() else "?" for c in text)
+        self.transport.close()
+        return True
 
     def send(self, data: Any, as_list: bool | None = None) -> asyncio.Future[Any]:
         """panoramisk's send without its exception log, which would print the Login secret."""
@@ -148,8 +188,18 @@ class AmiManager(Manager):  # type: ignore[misc]
         self.protocol = protocol
         self.responses = protocol.responses
         self._connected = True
-        response = await self.request({"Action": "Login", "Username": username,
-                                       "Secret": secret, "Events": "on"}, within)
+        try:
+            response = await self.request({"Action": "Login", "Username": username,
+                                           "Secret": secret, "Events": "on"}, within)
+        except (AmiConnectionLost, TimeoutError) as exc:
+            if protocol.foreign is not None:
+                raise AmiNotAmi(f"{host}:{port} is not Asterisk's AMI: it said "
+                                f"{protocol.foreign!r}") from None
+            if isinstance(exc, TimeoutError) and protocol.bytes_received == 0:
+                raise TimeoutError(f"{host}:{port} took the connection but sent nothing "
+                                   f"within {within:g} s: no AMI greeting, no answer to "
+                                   f"Login (Asterisk hung, or not its AMI port)") from None
+            raise
         if not response.success:
             reason = response.get("Message", "") or response.get("Response", "")
             raise AmiAuthError(f"login as {username!r} refused: {reason}")
@@ -360,9 +410,12 @@ class AmiConnection:
             except (OSError, TimeoutError, AmiError) as exc:
                 self.last_error = str(exc) or type(exc).__name__
                 news = self.retries.failed(f"{type(exc).__name__}: {self.last_error}")
-                (log.warning if news else log.debug)(
+                hint = exc.hint if isinstance(exc, AmiError) else None
+                # A setting of the admin's (a hint) is an error; an outage a warning.
+                (log.debug if not news else log.error if hint else log.warning)(
                     "ami.connection_failed", pbx=pbx, host=self.pbx.host, port=self.pbx.port,
-                    error=self.last_error, tries=self.retries.tries)
+                    error=self.last_error, tries=self.retries.tries,
+                    **({"hint": hint} if hint else {}))
             except Exception as exc:
                 self.last_error = type(exc).__name__
                 news = self.retries.failed(f"session: {self.last_error}")
