@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from callhub.config.values import async_database_url
+
 # The years of the times callhub takes (API parameters, report dates, backfill windows,
 # rota show): a period, window or shift change at year 9999's end overflowed a datetime
 # (a traceback), and no call of callhub's is older than 1900.
@@ -50,7 +52,23 @@ def above_zero(highest: float) -> Callable[[str], float]:
     return parse
 
 
+def database_url(text: str) -> str:
+    """A database URL given on the command line, judged as `database_url` in the config file
+    or `$CALLHUB_DATABASE_URL` is (on callhub's async driver; the same words, which never
+    repeat the URL's parts): a URL those refused with exit 2 was an 'ArgumentError' at the
+    first connect (exit 1), or a traceback. An empty one is refused too: it fell back
+    silently to the configured database."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty (leave the option out for the "
+                                         "configured one)")
+    try:
+        async_database_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text  # as given: the commands' messages name it so (Database.connect converts it)
+
+
 def add_database_url(parser: argparse.ArgumentParser) -> None:
     """`--database-url URL`, as every command that reads or writes the calls takes it."""
-    parser.add_argument("--database-url", metavar="URL",
+    parser.add_argument("--database-url", metavar="URL", type=database_url,
                         help="override database_url / $CALLHUB_DATABASE_URL")

@@ -30,7 +30,7 @@ from typing import Any, TextIO
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
 from callhub.ami.cel import interpret
-from callhub.argtypes import YEARS, count, in_years
+from callhub.argtypes import YEARS, count, database_url, in_years
 from callhub.config import ConfigError, PbxConfig, Settings, load_settings
 from callhub.records import CallRecord, bounded
 from callhub.store import migrate
@@ -54,7 +54,7 @@ def add_parser(sub: Any) -> None:
                         help="start of the window, e.g. 2026-11-29T03:00:00Z")
     parser.add_argument("--to", dest="end", metavar="TIME", type=parse_time, required=True,
                         help="end of the window (exclusive)")
-    parser.add_argument("--cel-database-url", metavar="URL",
+    parser.add_argument("--cel-database-url", metavar="URL", type=database_url,
                         help="SQLAlchemy URL of the database cel_pgsql writes to, e.g. "
                              "postgresql+asyncpg://user:pass@host/asterisk "
                              "(default: the PBX's cel_database_url)")

@@ -213,9 +213,44 @@ def test_a_database_callhub_does_not_run_on_is_named_in_one_line(
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1, err
         assert key in err and "PostgreSQL" in err and repr(scheme) in err
-    assert main(["report", "--database-url", url]) == 1
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and repr(scheme) in err
+    said = err.strip().split(f"{key}: ", 1)[1]
+    assert_the_command_line_says(capsys, url, said)
+
+
+# The options that take a database URL on the command line, with what else each command needs.
+URL_OPTIONS = [
+    ("report", ["report"], "--database-url"),
+    ("db upgrade", ["db", "upgrade"], "--database-url"),
+    ("db current", ["db", "current"], "--database-url"),
+    ("backfill", ["backfill", "--from", "2026-11-29", "--to", "2026-11-30", "--pbx", "main"],
+     "--cel-database-url"),
+]
+
+
+def assert_the_command_line_says(capsys: pytest.CaptureFixture[str], url: str,
+                                 said: str) -> None:
+    """The URL given on the command line is refused as in the config file and the
+    environment: exit 2, the same words. It was an 'ArgumentError' at the first connect
+    (exit 1), or a traceback (a port that is not a number): the one check was there, for the
+    URLs of every source, and the command line's had no other (9b78f9f)."""
+    for command, words, option in URL_OPTIONS:
+        with pytest.raises(SystemExit) as exited:
+            main([*words, option, url])
+        assert exited.value.code == 2, command
+        err = capsys.readouterr().err
+        assert err.splitlines()[-1] == f"callhub {command}: error: argument {option}: {said}"
+
+
+@pytest.mark.parametrize("url", ["", " "], ids=["empty", "blank"])
+def test_an_empty_database_url_on_the_command_line_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        url: str) -> None:
+    """It fell back silently to the configured database (or the PBX's CEL database)."""
+    monkeypatch.chdir(tmp_path)  # where the default database would be, were it used
+    monkeypatch.delenv("CALLHUB_DATABASE_URL", raising=False)
+    monkeypatch.delenv("CALLHUB_CONFIG", raising=False)
+    assert_the_command_line_says(
+        capsys, url, "must not be empty (leave the option out for the configured one)")
 
 
 @pytest.mark.parametrize(("url", "says"), [
@@ -230,6 +265,7 @@ def test_a_database_url_that_cannot_reach_any_host_is_refused_without_its_passwo
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "database_url" in err and says in err
     assert "s3cret" not in err and "pw" not in err.replace("postgresql", "")
+    assert_the_command_line_says(capsys, url, err.strip().split("database_url: ", 1)[1])
 
 
 def test_config_check_masks_a_password_in_the_database_urls_query(
