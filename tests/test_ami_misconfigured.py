@@ -18,6 +18,7 @@ import structlog
 from ami_fixtures import SIM_SECRET, SIM_USER, sim_pbx
 
 from callhub.ami.connection import AmiConnection
+from callhub.ami.ingest import PbxIngest
 from callhub.config import PbxConfig
 from callhub.sim.ami_server import AmiSimulator
 
@@ -143,3 +144,34 @@ async def test_a_peer_that_takes_the_connection_and_says_nothing_is_said_so() ->
     assert failed[0]["error"].startswith(
         f"127.0.0.1:{port} took the connection but sent nothing within 0.3 s")
     assert connection.last_error is not None and "no AMI greeting" in connection.last_error
+
+
+async def test_a_user_whose_write_lacks_reporting_is_told_what_to_set(
+        ami_simulator: AmiSimulator) -> None:
+    """A user that logs in but may not run CoreShowChannels (`write =` without
+    `reporting` or `system`): callhub cannot tell the calls in progress, so it does not
+    count the session as up; it says so at error with what to set, in /readyz too, and
+    retries with backoff, so that `manager reload` mends it without a restart."""
+    sim = ami_simulator
+    sim.denied = {"coreshowchannels"}
+    ingest = PbxIngest(sim_pbx(sim), lambda record: None, backoff_base=0.01,
+                       backoff_max=0.04)
+    with structlog.testing.capture_logs() as logs:
+        await ingest.start()
+        try:
+            await ingest.connection.wait_failures(4, within=10)
+            [part] = [s for s in await ingest.supervisor.states() if s.name == "ami/lab"]
+            sim.denied = set()  # manager.conf mended, `manager reload`
+            await ingest.wait_connected(5)
+        finally:
+            await ingest.stop()
+    failed = [e for e in logs if e["event"] == "ami.connection_failed"]
+    assert [e["log_level"] for e in failed] == ["error"] + ["debug"] * (len(failed) - 1)
+    assert failed[0]["pbx"] == "lab"
+    assert failed[0]["error"] == "CoreShowChannels refused: Permission denied"
+    assert "`write = reporting`" in failed[0]["hint"]
+    assert not part.ready
+    assert part.reason == "AMI not connected (CoreShowChannels refused: Permission denied)"
+    assert ingest.connection.retry_delays[3] > ingest.connection.retry_delays[0]
+    connected = [e for e in logs if e["event"] == "ami.connected"]
+    assert [e["failed_tries"] for e in connected] == [len(failed)]

@@ -72,6 +72,17 @@ class AmiNotAmi(AmiError):
     hint = "check host and port in [[pbx]]: AMI listens on manager.conf's port (5038)"
 
 
+class AmiRefused(AmiError):
+    """The PBX refused an action callhub needs after login (`Permission denied`: the
+    user's `write =` lacks its class). Logged at error with what to set; retried with
+    backoff, since a `manager reload` mends it without restarting callhub."""
+
+    def __init__(self, action: str, reason: str, hint: str | None = None) -> None:
+        super().__init__(f"{action} refused: {reason}")
+        if reason == "Permission denied" and hint is not None:
+            self.hint = hint
+
+
 GREETING_BYTES = 256  # Asterisk's greeting is one short line: "Asterisk Call Manager/x.y.z"
 
 
@@ -493,7 +504,10 @@ class AmiConnection:
         response = await manager.request({"Action": "CoreShowChannels"},
                                          self.request_timeout)
         if not isinstance(response, list):
-            raise AmiError(f"CoreShowChannels refused: {response.get('Message', '')}")
+            raise AmiRefused("CoreShowChannels", response.get("Message", ""), hint=(
+                "give callhub's AMI user `write = reporting` in manager.conf (as "
+                "deploy/asterisk/manager.conf does), then run `manager reload`: callhub "
+                "asks CoreShowChannels after every login for the calls in progress"))
         return [m.raw for m in response if m.get("Event") == "CoreShowChannel"]
 
     async def _keepalive(self, manager: AmiManager) -> None:
