@@ -52,6 +52,15 @@ def above_zero(highest: float) -> Callable[[str], float]:
     return parse
 
 
+def not_empty(text: str) -> str:
+    """A name an option gives: an empty one is refused, as the config refuses an empty key;
+    `backfill --cel-table ""` read the table `cel`, `--pbx ""` took the config's only PBX."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty (leave the option out for the "
+                                         "default)")
+    return text
+
+
 def database_url(text: str) -> str:
     """A database URL given on the command line, judged as `database_url` in the config file
     or `$CALLHUB_DATABASE_URL` is (on callhub's async driver; the same words, which never

@@ -30,7 +30,7 @@ from typing import Any, TextIO
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
 from callhub.ami.cel import interpret
-from callhub.argtypes import YEARS, count, database_url, in_years
+from callhub.argtypes import YEARS, count, database_url, in_years, not_empty
 from callhub.config import ConfigError, PbxConfig, Settings, load_settings
 from callhub.records import CallRecord, bounded
 from callhub.store import migrate
@@ -47,7 +47,7 @@ def add_parser(sub: Any) -> None:
         description="Read the CEL rows (cel_pgsql's table) of every call with a row in "
                     "[--from, --to), rebuild the calls and print them as JSON lines, or "
                     "store them with --store. Times are ISO 8601; without a zone they are UTC.")
-    parser.add_argument("--pbx", metavar="NAME",
+    parser.add_argument("--pbx", metavar="NAME", type=not_empty,
                         help="which [[pbx]] of the config the calls belong to "
                              "(default: the only one)")
     parser.add_argument("--from", dest="start", metavar="TIME", type=parse_time, required=True,
@@ -58,7 +58,7 @@ def add_parser(sub: Any) -> None:
                         help="SQLAlchemy URL of the database cel_pgsql writes to, e.g. "
                              "postgresql+asyncpg://user:pass@host/asterisk "
                              "(default: the PBX's cel_database_url)")
-    parser.add_argument("--cel-table", metavar="NAME",
+    parser.add_argument("--cel-table", metavar="NAME", type=not_empty,
                         help=f"the CEL table, schema-qualified if needed "
                              f"(default: the PBX's cel_table, else {DEFAULT_TABLE!r})")
     mode = parser.add_mutually_exclusive_group()

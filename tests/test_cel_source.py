@@ -175,3 +175,22 @@ def test_backfill_command_says_what_is_wrong(cel_db: CelDb, tmp_path: Path,
         with pytest.raises(SystemExit):
             main([*window[:3], "--from", start, "--to", end, "--cel-database-url", cel_db.url])
         assert "the year must be 1900 to 9998" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--cel-table", "--pbx"])
+@pytest.mark.parametrize("value", ["", "  "], ids=["empty", "blank"])
+def test_an_empty_name_is_refused_not_taken_for_the_default(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str) -> None:
+    """`--cel-table ""` read the table `cel`, `--pbx ""` took the config's only PBX: a
+    script's unset variable did something no one asked for."""
+    config = tmp_path / "callhub.toml"
+    config.write_text('[[pbx]]\nname = "main"\n', encoding="utf-8")
+    cel = f"sqlite+aiosqlite:///{tmp_path / 'cel.db'}"
+    with pytest.raises(SystemExit) as exited:
+        main(["backfill", "--config", str(config), "--from", "2026-11-29", "--to", "2026-11-30",
+              "--cel-database-url", cel, option, value])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"callhub backfill: error: argument {option}: must not be empty (leave the option out "
+        "for the default)")
+    assert not (tmp_path / "cel.db").exists()
