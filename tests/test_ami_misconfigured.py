@@ -175,3 +175,24 @@ async def test_a_user_whose_write_lacks_reporting_is_told_what_to_set(
     assert ingest.connection.retry_delays[3] > ingest.connection.retry_delays[0]
     connected = [e for e in logs if e["event"] == "ami.connected"]
     assert [e["failed_tries"] for e in connected] == [len(failed)]
+
+
+async def test_a_refused_login_points_at_the_secret_and_at_permit(
+        ami_simulator: AmiSimulator) -> None:
+    """Asterisk answers "Authentication failed" alike to a wrong secret and to a host its
+    `permit =` does not let in (a second host of a pair, callhub in a container): the hint
+    names both, and the reason on /readyz says the login was refused."""
+    ingest = PbxIngest(sim_pbx(ami_simulator, secret="not-the-secret"), lambda record: None,
+                       backoff_base=0.01, backoff_max=0.02)
+    with structlog.testing.capture_logs() as logs:
+        await ingest.start()
+        try:
+            await ingest.connection.wait_failures(2, within=10)
+            [part] = [s for s in await ingest.supervisor.states() if s.name == "ami/lab"]
+        finally:
+            await ingest.stop()
+    failed = [e for e in logs if e["event"] == "ami.login_failed"]
+    assert failed[0]["log_level"] == "error" and failed[0]["pbx"] == "lab"
+    assert "username and secret" in failed[0]["hint"] and "permit=" in failed[0]["hint"]
+    assert part.reason == ("AMI not connected (login as 'callhub' refused: "
+                           "Authentication failed)")

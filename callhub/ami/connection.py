@@ -57,7 +57,12 @@ class AmiError(Exception):
 
 
 class AmiAuthError(AmiError):
-    """Login refused (wrong username or secret). The message never holds the secret."""
+    """Login refused (wrong username or secret, or this host not let in by the user's
+    `permit`: Asterisk answers both "Authentication failed"). The message never holds the
+    secret."""
+
+    hint = ("check username and secret in [[pbx]] against manager.conf, and that the "
+            "user's permit= lets this host in")
 
 
 class AmiConnectionLost(AmiError):
@@ -417,7 +422,7 @@ class AmiConnection:
                 (log.error if news else log.debug)(
                     "ami.login_failed", pbx=pbx, host=self.pbx.host, port=self.pbx.port,
                     username=self.pbx.username, error=str(exc), tries=self.retries.tries,
-                    hint="check username and secret in [[pbx]] and manager.conf")
+                    hint=exc.hint)
             except (OSError, TimeoutError, AmiError) as exc:
                 self.last_error = str(exc) or type(exc).__name__
                 news = self.retries.failed(f"{type(exc).__name__}: {self.last_error}")
