@@ -4,6 +4,7 @@ stops. Real processes: the command's own start-up and signal handling are what i
 from __future__ import annotations
 
 import asyncio
+import resource
 import signal
 import subprocess
 import sys
@@ -14,12 +15,19 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _two_gigabytes_at_most() -> None:
+    """A simulator that should have refused its arguments and ran away instead ("--rate
+    inf" took 20 GB) fails the test rather than the machine."""
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+
 def simulate(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     """`callhub simulate ARGS` to its end (a simulator that listened instead is killed at
     `timeout`, failing the test)."""
     return subprocess.run([sys.executable, "-m", "callhub", "simulate",
                            "--listen", "127.0.0.1:0", *args],
-                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          preexec_fn=_two_gigabytes_at_most)
 
 
 @pytest.mark.parametrize(("name", "content", "says"), [
@@ -41,6 +49,32 @@ def test_a_trace_it_cannot_play_is_said_in_one_line_before_it_listens(
     assert done.returncode == 2, done
     assert done.stdout == ""  # never "listening"
     assert done.stderr.splitlines() == ["callhub simulate: " + says.format(path=path)]
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    # "inf" started every call at once in a loop no stop reached, until memory ran out.
+    (("--mix", "--rate", "inf"), "argument --rate: must be above 0 and at most 60,000, "
+                                 "got 'inf'"),
+    (("--mix", "--rate", "nan/min"), "argument --rate: must be above 0 and at most 60,000, "
+                                     "got 'nan'"),  # a traceback
+    (("--agi", "127.0.0.1:9", "--agi-rate", "inf"),
+     "argument --agi-rate: must be above 0 and at most 60,000, got 'inf'"),
+    (("--mix", "--speed", "-1"), "argument --speed: must be 0 (as fast as possible) or "
+                                 "above, got '-1'"),
+    (("--mix", "--speed", "nan"), "argument --speed: must be 0 (as fast as possible) or "
+                                  "above, got 'nan'"),
+    (("--mix", "--kinds", "answered=0"),  # a traceback when the first call was chosen
+     "argument --kinds: at least one kind needs a weight above 0"),
+    (("--mix", "--kinds", "answered=1,busy=-1"),
+     "argument --kinds: a weight is 0 or above, got 'busy=-1'"),
+    (("--mix", "--kinds", "answered=inf,busy=1"),  # a traceback
+     "argument --kinds: a weight is 0 or above, got 'answered=inf'"),
+], ids=["rate-inf", "rate-nan", "agi-rate-inf", "speed-negative", "speed-nan", "kinds-zero",
+        "kinds-negative", "kinds-inf"])
+def test_a_number_it_cannot_play_is_a_usage_error(args: tuple[str, ...], says: str) -> None:
+    done = simulate(*args)
+    assert (done.returncode, done.stdout) == (2, ""), done
+    assert done.stderr.splitlines()[-1] == f"callhub simulate: error: {says}"
 
 
 HUNT = REPO / "callhub" / "sim" / "traces" / "06_huntgroup_rna_then_answer.ami"

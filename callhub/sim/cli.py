@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import random
 import sys
 from collections.abc import Iterator, Sequence
@@ -18,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from callhub.argtypes import above_zero
 from callhub.config import ConfigError, parse_listen
 from callhub.lifecycle import stopped_by_signals
 from callhub.logs import configure_logging
@@ -54,15 +56,28 @@ log in with the --username/--secret given here (defaults: callhub / callhub-secr
 scenario kinds: """ + ", ".join(SCENARIOS)
 
 
+# The highest --rate / --agi-rate, as `run --demo-rate`'s: the calls in flight at once grow
+# with the rate, and a higher one queued more than memory holds ("inf" started every call
+# at once in a loop that never yielded to a stop; "nan" was a traceback).
+MAX_RATE = 60_000
+
+
 def _rate(value: str) -> float:
-    text = value.removesuffix("/min")
+    """Calls a minute, `N` or `N/min`."""
+    return above_zero(MAX_RATE)(value.removesuffix("/min"))
+
+
+def _speed(value: str) -> float:
+    """--speed: 0 (as fast as possible) or a finite factor above it; a negative one, NaN or
+    infinity played as nothing the help says."""
     try:
-        rate = float(text)
+        speed = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected calls per minute, got {value!r}") from None
-    if rate <= 0:
-        raise argparse.ArgumentTypeError("the rate must be > 0")
-    return rate
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not 0 <= speed < math.inf:
+        raise argparse.ArgumentTypeError(f"must be 0 (as fast as possible) or above, "
+                                         f"got {value!r}")
+    return speed
 
 
 def _kinds(value: str) -> dict[str, float]:
@@ -76,6 +91,10 @@ def _kinds(value: str) -> dict[str, float]:
             out[kind] = float(weight or 1)
         except ValueError:
             raise argparse.ArgumentTypeError(f"bad weight in {item!r}") from None
+        if not 0 <= out[kind] < math.inf:
+            raise argparse.ArgumentTypeError(f"a weight is 0 or above, got {item!r}")
+    if not any(out.values()):  # the mix's random choice had nothing to choose: a traceback
+        raise argparse.ArgumentTypeError("at least one kind needs a weight above 0")
     return out
 
 
@@ -111,7 +130,7 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--trace", action="append", default=[], metavar="FILE.ami",
                         help="replay a recorded trace once a client has logged in "
                              "(repeatable; played in order)")
-    parser.add_argument("--speed", type=float, default=1.0, metavar="X",
+    parser.add_argument("--speed", type=_speed, default=1.0, metavar="X",
                         help="time compression: 1 = recorded/real timing (default), "
                              "10 = ten times faster, 0 = as fast as possible")
     parser.add_argument("--loop", action="store_true",
@@ -119,7 +138,7 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--mix", action="store_true",
                         help="generate overlapping synthetic calls (Poisson arrivals)")
     parser.add_argument("--rate", type=_rate, default=6.0, metavar="N/min",
-                        help="calls per minute for --mix (default 6)")
+                        help=f"calls per minute for --mix, up to {MAX_RATE:,} (default 6)")
     parser.add_argument("--kinds", type=_kinds, default=None, metavar="KIND=W,...",
                         help="scenario weights for --mix (default: "
                              + ", ".join(f"{k}={w:g}" for k, w in DEFAULT_MIX.items()) + ")")
@@ -132,7 +151,8 @@ def add_parser(sub: Any) -> None:
                           "second (the other callhub of a pair), as the dialplan does; calls "
                           "start at the first AMI login")
     agi.add_argument("--agi-rate", type=_rate, default=6.0, metavar="N/min",
-                     help="inbound calls per minute in AGI mode (default 6)")
+                     help=f"inbound calls per minute in AGI mode, up to {MAX_RATE:,} "
+                          "(default 6)")
     agi.add_argument("--dids", type=_dids, default=DEMO_DIDS, metavar="DID,...",
                      help="the numbers the calls arrive on (default "
                           + ",".join(DEMO_DIDS) + "); the rota's lines list them")
