@@ -11,6 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from ami_fixtures import SIM_SECRET, Collector, make_ingest, sim_pbx
+
+from callhub.sim.ami_server import AmiSimulator
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -105,3 +108,30 @@ async def test_a_stop_while_it_waits_for_a_login_is_quiet(
             await proc.wait()
             raise AssertionError(f"simulate did not stop on {stop.name}") from None
     assert (proc.returncode, stderr.decode()) == (0, "")
+
+
+async def test_a_mix_at_speed_0_plays_as_fast_as_possible() -> None:
+    """As --speed's help says of 0; the mix took it for 1 and played in real time (twelve
+    calls at the default 6 a minute: two minutes and more)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "callhub", "simulate", "--listen", "127.0.0.1:0", "--mix",
+        "--speed", "0", "--max-calls", "12", "--seed", "5", "--secret", SIM_SECRET,
+        "--log-level", "warning", cwd=REPO,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    collector = Collector()
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
+        port = int(line.split("127.0.0.1:")[1].split()[0])
+        ingest = make_ingest(sim_pbx(AmiSimulator(port=port)), collector)
+        await ingest.start()
+        try:
+            await ingest.wait_connected(10)
+            await collector.until(lambda: len(collector.records) >= 12, within=20)
+        finally:
+            await ingest.stop()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 20)
+    assert (proc.returncode, stderr.decode()) == (0, "")
+    assert len({r.linkedid for r in collector.records}) == 12
