@@ -56,8 +56,7 @@ def not_empty(text: str) -> str:
     """A name an option gives: an empty one is refused, as the config refuses an empty key;
     `backfill --cel-table ""` read the table `cel`, `--pbx ""` took the config's only PBX."""
     if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty (leave the option out for the "
-                                         "default)")
+        raise argparse.ArgumentTypeError("must not be empty (leave it out for the default)")
     return text
 
 

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from callhub import __version__
+from callhub.argtypes import not_empty
 from callhub.config import ConfigError
 
 # name -> (module defining it with `add_parser(sub)`, the help `callhub --help` lists).
@@ -37,7 +38,7 @@ def build_parser(only: str | None = None, *, lazy: bool = False) -> argparse.Arg
         description="Call records, ring counts, rota routing and a callback worklist "
                     "beside an Asterisk PBX.",
     )
-    parser.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    parser.add_argument("--config", metavar="FILE", type=not_empty, help=CONFIG_HELP)
     parser.add_argument("--version", action="version", version=f"callhub {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, summary) in COMMANDS.items():
@@ -68,13 +69,14 @@ def _accept_config_anywhere(parser: argparse.ArgumentParser) -> None:
 
     Every sub-command gets `--config` too; its default is SUPPRESS so that an
     option given before the command is not overwritten by an absent one after it.
+    An empty one is refused (`not_empty`): it read no file, silently, as if none was given.
     """
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for subparser in action.choices.values():
                 if "--config" not in subparser._option_string_actions:
-                    subparser.add_argument("--config", metavar="FILE", help=CONFIG_HELP,
-                                           default=argparse.SUPPRESS)
+                    subparser.add_argument("--config", metavar="FILE", type=not_empty,
+                                           help=CONFIG_HELP, default=argparse.SUPPRESS)
                 _accept_config_anywhere(subparser)
 
 

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from callhub.argtypes import not_empty
 from callhub.config import NO_TOKENS_WARNING, load_settings
 
 
@@ -16,7 +17,8 @@ def add_parser(sub: Any) -> None:
         description="Validate settings and print the effective values (secrets masked).")
     actions = parser.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     check = actions.add_parser("check", help="validate and print the effective settings")
-    check.add_argument("file", nargs="?", help="TOML file (default: --config or $CALLHUB_CONFIG)")
+    check.add_argument("file", nargs="?", type=not_empty,
+                       help="TOML file (default: --config or $CALLHUB_CONFIG)")
     check.set_defaults(func=check_command)
 
 

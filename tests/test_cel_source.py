@@ -191,6 +191,6 @@ def test_an_empty_name_is_refused_not_taken_for_the_default(
               "--cel-database-url", cel, option, value])
     assert exited.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
-        f"callhub backfill: error: argument {option}: must not be empty (leave the option out "
-        "for the default)")
+        f"callhub backfill: error: argument {option}: must not be empty (leave it out for the "
+        "default)")
     assert not (tmp_path / "cel.db").exists()

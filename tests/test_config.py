@@ -369,3 +369,25 @@ def test_the_event_loop_is_uvloop_where_installed_unless_asyncio_is_asked_for(
     chosen = load_settings(write(tmp_path, "event_loop = 'uvloop'\n"),
                            env={"CALLHUB_EVENT_LOOP": "asyncio"})
     assert loops.run(which(), chosen.event_loop) == "asyncio"
+
+
+@pytest.mark.parametrize(("argv", "prog", "argument"), [
+    (["config", "check", ""], "callhub config check", "file"),
+    (["--config", "", "config", "check"], "callhub", "--config"),
+    (["config", "check", "--config", ""], "callhub config check", "--config"),
+    (["report", "--config="], "callhub report", "--config"),
+], ids=["check-file", "config-before", "config-after", "config-equals"])
+def test_an_empty_config_file_name_is_refused_not_taken_for_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        argv: list[str], prog: str, argument: str) -> None:
+    """`config check ""` checked the built-in defaults and said all was well (exit 0), as
+    if no file was named: a script's unset variable passed for a valid config."""
+    monkeypatch.delenv("CALLHUB_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)  # where the defaults' database is, were they taken
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines()[-1] == (f"{prog}: error: argument {argument}: must not be empty "
+                                    "(leave it out for the default)")
