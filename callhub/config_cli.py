@@ -16,7 +16,13 @@ def add_parser(sub: Any) -> None:
         "config", help="check a settings file",
         description="Validate settings and print the effective values (secrets masked).")
     actions = parser.add_subparsers(dest="config_command", metavar="ACTION", required=True)
-    check = actions.add_parser("check", help="validate and print the effective settings")
+    check = actions.add_parser(
+        "check", help="validate and print the effective settings",
+        description="Read the settings file (FILE, else --config, else $CALLHUB_CONFIG; none: "
+                    "the built-in defaults), apply the CALLHUB_* environment variables over "
+                    "it as callhub run does, and print the effective settings as JSON, every "
+                    "secret masked. The first problem is one line naming its key, exit 2; a "
+                    "warning (no API tokens) goes to stderr, exit 0.")
     check.add_argument("file", nargs="?", type=not_empty,
                        help="TOML file (default: --config or $CALLHUB_CONFIG)")
     check.set_defaults(func=check_command)

@@ -166,7 +166,9 @@ def add_parser(sub: Any) -> None:
                         help="PJSIP-style devices (PJSIP/trunk, PJSIP/100N) where a PJSIP "
                              "recording exists, Local channels otherwise")
     parser.add_argument("--log-level", default="info",
-                        choices=("debug", "info", "warning", "error"))
+                        choices=("debug", "info", "warning", "error"),
+                        help="what it logs on stderr (default info; debug also names "
+                             "every call it starts)")
     parser.set_defaults(func=simulate_command)
 
 
