@@ -42,7 +42,7 @@ from callhub.api.params import BadParameter, parse_body, parse_path, parse_query
 from callhub.config import Settings
 from callhub.lifecycle import Supervisor
 from callhub.routing.chooser import Router
-from callhub.store.db import Database
+from callhub.store.db import ChangeCutOff, Database
 from callhub.store.errors import InvalidTransition, NotApplicable, NotFound
 from callhub.store.read_pool import NoAnswer
 
@@ -61,7 +61,8 @@ BUILTIN_OPERATIONS: tuple[Operation, ...] = (
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error as JSON: 400 naming the parameter, 404/409 for what the store refuses,
-    503 when the database is down or gives no answer within a read's limit (it hangs)."""
+    503 when the database is down or gives no answer within the limit of a read or a
+    change (it hangs: `Database.read`, `query`, `change`)."""
     try:
         return await handler(request)
     except BadParameter as exc:
@@ -81,12 +82,25 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         log.warning("api.database_error", method=request.method, path=request.path,
                     error=type(exc).__name__,
                     detail=str(exc).splitlines()[0] if str(exc) else "")
-        why = (f"the database gave no answer in {exc.seconds:g} s" if isinstance(exc, NoAnswer)
-               else "the database cannot be reached")
-        return error_response(503, "database_unavailable", f"{why}; try again shortly")
+        return error_response(503, "database_unavailable", unavailable(exc))
     except Exception:
         log.exception("api.request_failed", method=request.method, path=request.path)
         return error_response(500, "internal_error", "internal error (logged)")
+
+
+def unavailable(exc: BaseException) -> str:
+    """The 503's sentence for a database failure. A change cut off after its COMMIT went
+    out may yet be applied when the database answers again: the client is told to read
+    it again before trying, lest it be made twice (a follow-up added twice)."""
+    if isinstance(exc, ChangeCutOff) and exc.commit_sent:
+        return (f"the database gave no answer in {exc.seconds:g} s to the change sent: it "
+                "may or may not have been saved; reload to see which before trying again")
+    if isinstance(exc, ChangeCutOff):
+        return (f"the database gave no answer in {exc.seconds:g} s; the change was not "
+                "saved; try again shortly")
+    if isinstance(exc, NoAnswer):
+        return f"the database gave no answer in {exc.seconds:g} s; try again shortly"
+    return "the database cannot be reached; try again shortly"
 
 
 def checked(op: Operation, settings: Settings) -> Handler:

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import Field
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callhub.api import csv_export, cursors
 from callhub.api.auth import ROLE
@@ -156,8 +157,7 @@ async def list_calls(request: web.Request) -> web.StreamResponse:
 
 async def get_call(request: web.Request) -> web.StreamResponse:
     call_id = path_of(request, CallId).id
-    async with request.app[DB].connection() as conn:
-        row = await queries.get_call(conn, call_id)
+    row = await request.app[DB].query(lambda conn: queries.get_call(conn, call_id))
     if row is None:
         return reply(request, {"error": "not_found", "message": f"no call {call_id}"}, 404)
     return reply(request, call_json(row))
@@ -194,7 +194,8 @@ async def patch_call(request: web.Request) -> web.StreamResponse:
         values.pop(key, None)
     role = request[ROLE]
     who = f"{body.who.strip()} ({role})" if body.who is not None else role
-    async with request.app[DB].begin() as conn:
+
+    async def patch(conn: AsyncConnection) -> dict[str, Any] | None:
         found = True
         if values:
             found = await queries.update_call(conn, call_id, values)
@@ -204,7 +205,9 @@ async def patch_call(request: web.Request) -> web.StreamResponse:
                                      who=who)
             except NotFound:
                 found = False
-        row = await queries.get_call(conn, call_id) if found else None
+        return await queries.get_call(conn, call_id) if found else None
+
+    row = await request.app[DB].change(patch)
     if row is None:
         return reply(request, {"error": "not_found", "message": f"no call {call_id}"}, 404)
     return reply(request, call_json(row))

@@ -4,6 +4,13 @@ Rows are streamed page by page, never all in memory. A text cell that
 starts like a formula (`=`, `+`, `-`, `@`) gets a leading apostrophe so a
 caller name cannot run in a spreadsheet; plain phone numbers (`+8613...`)
 are left as they are.
+
+Each page is read within the database's limit (`Database.query`), not the export
+as a whole: a long export of a database that answers is never cut. The first page
+is read before the answer starts, so a database that is down or hangs gets the
+API's 503. A later page that fails can no longer change the 200 already sent: the
+connection is then dropped before the body's end, so the client sees a transfer
+cut short (a browser's download fails) rather than a file that looks complete.
 """
 
 from __future__ import annotations
@@ -14,11 +21,15 @@ from collections.abc import Iterable
 from datetime import datetime, tzinfo
 from typing import Any
 
+import structlog
 from aiohttp import web
+from sqlalchemy.exc import SQLAlchemyError
 
 from callhub.spreadsheet import safe_text
 from callhub.store import queries
 from callhub.store.db import Database
+
+log = structlog.get_logger(__name__)
 
 COLUMNS = (
     "id", "pbx", "linkedid", "direction", "line", "called_number", "caller_number",
@@ -55,20 +66,29 @@ def render(rows: Iterable[dict[str, Any]], tz: tzinfo, header: bool = False) -> 
 
 async def stream_calls(request: web.Request, db: Database, f: queries.CallFilter,
                        after: tuple[datetime, int] | None, tz: tzinfo) -> web.StreamResponse:
+    async def page(after: tuple[datetime, int] | None) -> list[dict[str, Any]]:
+        return await db.query(lambda conn: queries.list_calls(conn, f, PAGE, after))
+
+    rows = await page(after)  # before the 200: its failure is the API's 503
     response = web.StreamResponse(headers={
         "Content-Type": "text/csv; charset=utf-8",
         "Content-Disposition": 'attachment; filename="calls.csv"',
     })
     await response.prepare(request)
     await response.write("\ufeff".encode() + render((), tz, header=True))
-    while True:
-        async with db.connection() as conn:
-            rows = await queries.list_calls(conn, f, PAGE, after)
-        if not rows:
-            break
+    sent = 0
+    while rows:
         await response.write(render(rows, tz))
+        sent += len(rows)
         if len(rows) < PAGE:
             break
-        after = (rows[-1]["arrived_at"], rows[-1]["id"])
+        try:
+            rows = await page((rows[-1]["arrived_at"], rows[-1]["id"]))
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            log.warning("api.csv_export_cut", rows_sent=sent, error=type(exc).__name__,
+                        detail=str(exc).splitlines()[0] if str(exc) else "")
+            if request.transport is not None:
+                request.transport.abort()  # the chunked body never ends: the client knows
+            return response
     await response.write_eof()
     return response

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import Field
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callhub.api import cursors
 from callhub.api.auth import ROLE
@@ -169,14 +170,17 @@ async def create_followups(request: web.Request) -> web.StreamResponse:
                                    "the call, e.g. \"24h\") or from_rule (true)")
     who, note = _text("who", body.who), _text("note", body.note)
     now = now_of(app)
-    async with app[DB].begin() as conn:
+
+    async def create(conn: AsyncConnection) -> list[dict[str, Any] | None]:
         if body.from_rule:
             ids = await store.apply_rule(conn, call_id, settings, now=now)
         else:
             ended = await _call_ended(conn, call_id)
             due = _due_times(body, request, now, ended)
             ids = await store.create(conn, call_id, due, now=now, who=who, note=note)
-        rows = [await store.get_followup(conn, i) for i in ids]
+        return [await store.get_followup(conn, i) for i in ids]
+
+    rows = await app[DB].change(create)
     items = [followup_json(r, now, settings.followup_overdue_seconds) for r in rows if r]
     return reply(request, {"items": items}, status=201)
 
@@ -191,10 +195,13 @@ async def call_followups(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     call_id = path_of(request, CallId).id
     now = now_of(request.app)
-    async with request.app[DB].connection() as conn:
+
+    async def of_call(conn: AsyncConnection) -> list[dict[str, Any]]:
         await store.call_info(conn, call_id)
-        rows = await store.list_followups(conn, store.FollowupFilter(call_id=call_id),
+        return await store.list_followups(conn, store.FollowupFilter(call_id=call_id),
                                           limit=MAX_LIMIT)
+
+    rows = await request.app[DB].query(of_call)
     return reply(request, {"items": [followup_json(r, now, settings.followup_overdue_seconds)
                                     for r in rows]})
 
@@ -216,8 +223,8 @@ async def list_followups(request: web.Request) -> web.StreamResponse:
     flt = store.FollowupFilter(status=status, number=args.number,
                                due_by=now if args.due == "yes" else None,
                                due_after=now if args.due == "no" else None)
-    async with request.app[DB].connection() as conn:
-        rows = await store.list_followups(conn, flt, limit=limit + 1, after=after)
+    rows = await request.app[DB].query(
+        lambda conn: store.list_followups(conn, flt, limit=limit + 1, after=after))
     next_cursor = None
     if len(rows) > limit:
         last = store.position_of(rows[limit - 1])
@@ -237,11 +244,14 @@ async def _close(request: web.Request, status: str) -> web.StreamResponse:
     found = ((body.outcome, body.satisfaction) if isinstance(body, Completing)
              else (None, None))
     now = now_of(request.app)
-    async with request.app[DB].begin() as conn:
+
+    async def close(conn: AsyncConnection) -> dict[str, Any] | None:
         await store.close(conn, followup_id, status, now=now, who=who, note=note,
                           outcome=found[0], satisfaction=found[1],
                           rated_by=_by(request, who))
-        row = await store.get_followup(conn, followup_id)
+        return await store.get_followup(conn, followup_id)
+
+    row = await request.app[DB].change(close)
     assert row is not None
     return reply(request, followup_json(row, now, settings.followup_overdue_seconds))
 
@@ -265,10 +275,13 @@ async def rate(request: web.Request) -> web.StreamResponse:
     who, note = _text("who", body.who), _text("note", body.note)
     who = _by(request, who)
     now = now_of(request.app)
-    async with request.app[DB].begin() as conn:
+
+    async def record(conn: AsyncConnection) -> dict[str, Any] | None:
         await rating.rate_followup(conn, followup_id, outcome=body.outcome,
                                    satisfaction=body.satisfaction, note=note, now=now, who=who)
-        row = await store.get_followup(conn, followup_id)
+        return await store.get_followup(conn, followup_id)
+
+    row = await request.app[DB].change(record)
     assert row is not None
     return reply(request, followup_json(row, now, settings.followup_overdue_seconds))
 

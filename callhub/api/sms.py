@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import Field
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callhub.api import cursors
 from callhub.api.auth import ROLE
@@ -61,9 +62,9 @@ async def list_sms(request: web.Request) -> web.StreamResponse:
     if args.cursor is not None:
         at, last_id = cursors.SMS.decode(args.cursor)
         after = (cursors.moment(at), last_id)
-    async with request.app[DB].connection() as conn:
-        rows = await store.list_outbox(conn, status=args.status, start=args.start,
-                                       end=args.to, limit=args.limit + 1, after=after)
+    rows = await request.app[DB].query(lambda conn: store.list_outbox(
+        conn, status=args.status, start=args.start, end=args.to, limit=args.limit + 1,
+        after=after))
     next_cursor = None
     if len(rows) > args.limit:
         last = rows[args.limit - 1]
@@ -72,23 +73,24 @@ async def list_sms(request: web.Request) -> web.StreamResponse:
 
 
 async def list_optouts(request: web.Request) -> web.StreamResponse:
-    async with request.app[DB].connection() as conn:
-        rows = await store.list_optouts(conn)
+    rows = await request.app[DB].query(store.list_optouts)
     return reply(request, {"items": rows})
 
 
 async def add_optout(request: web.Request) -> web.StreamResponse:
     number = _number(request, body_of(request, OptoutBody).number)
-    async with request.app[DB].begin() as conn:
+
+    async def add(conn: AsyncConnection) -> tuple[bool, list[dict[str, Any]]]:
         added = await store.add_optout(conn, number, request.get(ROLE), datetime.now(UTC))
-        rows = [r for r in await store.list_optouts(conn) if r["number"] == number]
+        return added, [r for r in await store.list_optouts(conn) if r["number"] == number]
+
+    added, rows = await request.app[DB].change(add)
     return reply(request, rows[0], status=201 if added else 200)
 
 
 async def remove_optout(request: web.Request) -> web.StreamResponse:
     number = _number(request, query_of(request, OptoutNumber).number)
-    async with request.app[DB].begin() as conn:
-        removed = await store.remove_optout(conn, number)
+    removed = await request.app[DB].change(lambda conn: store.remove_optout(conn, number))
     if not removed:
         return reply(request, {"error": "not_found",
                                "message": "that number is not opted out"}, 404)

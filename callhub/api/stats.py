@@ -76,8 +76,7 @@ async def get_stats(request: web.Request) -> web.StreamResponse:
         # independent ones at once.
         body = await cache.rendered(db.read, q, render)
     else:  # counted from the calls: one transaction, with its own sort memory
-        async with db.connection() as conn:
-            body = await cache.rendered(conn, q, render)
+        body = await db.query(lambda conn: cache.rendered(conn, q, render))
     return reply_encoded(request, body)
 
 

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import Field
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callhub.api import cursors
 from callhub.api.base import (
@@ -103,9 +104,12 @@ async def _mark(request: web.Request, status: str, who: str | None,
     for key, value in (("who", who), ("note", note)):
         if value is not None and not value.strip():
             raise BadParameter(key, "must not be blank")
-    async with request.app[DB].begin() as conn:
+
+    async def mark(conn: AsyncConnection) -> tuple[float | None, dict[str, Any] | None]:
         took = await worklist.mark(conn, entry_id, status, who, note)
-        entry = await queries.get_entry(conn, entry_id)
+        return took, await queries.get_entry(conn, entry_id)
+
+    took, entry = await request.app[DB].change(mark)
     assert entry is not None
     metrics = request.app[METRICS]
     if took is not None and metrics is not None:

@@ -11,6 +11,14 @@ BEGIN, the query and ROLLBACK), and round trips, not SQL, were most of a page's
 cost. A read there has a time limit (`READ_TIMEOUT`): on a database that hangs it
 fails (`read_pool.NoAnswer`, 503 from the API) instead of holding the pool's
 connections until the socket resets.
+
+The API's other work goes through SQLAlchemy's pool by `query` (reads that need one
+transaction) and `change` (a transaction committed), under the same limit on PostgreSQL.
+Each runs in a task of its own, as `ping` does, left at the limit to end alone: cut off
+in the caller's task, SQLAlchemy's graceful close of the stuck connection (up to 2 s more
+on a server that hangs, shielded from the cancellation) came before the answer. Left so,
+the connection goes back to the pool within those 2 s, closed, and the pool opens a new
+one when it is next needed.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import asyncio
 import contextlib
 import os
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
@@ -30,7 +38,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from callhub.config.values import async_database_url
-from callhub.store.read_pool import Reader, ReadPool, answer_within
+from callhub.store.read_pool import NoAnswer, Reader, ReadPool, answer_within
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -44,11 +52,34 @@ once only take the CPU the API process needs when PostgreSQL shares its host (2 
 
 READ_TIMEOUT = 5.0
 """Seconds a read on the read pool may take, its wait for a connection included, before
-it fails (`read_pool.NoAnswer`). A page's reads take milliseconds (a month of /stats by
+it fails (`read_pool.NoAnswer`); the same for each `query` and `change` (the API's other
+work, on SQLAlchemy's pool: a call with its attempts, a page of the CSV export, a
+worklist entry marked, ...). A page's reads take milliseconds (a month of /stats by
 hour about 0.1 s): one with no answer in 5 s is a database that hangs (its socket open,
 no answer ever), which would otherwise hold the pool's connections until the socket
 resets. As the writer's `batch_timeout`, an attribute (`Database.read_timeout`), not a
 setting."""
+
+
+class ChangeCutOff(NoAnswer):
+    """A `change` with no answer within its limit. `commit_sent` False: cut off before its
+    COMMIT went out, so nothing of it was saved (the server rolls back a transaction
+    whose connection is gone). True: the COMMIT had gone out, and the server may apply
+    it once it answers again (a frozen VM thawed, the packets held by the network
+    delivered); nobody can tell which until it is read again."""
+
+    def __init__(self, seconds: float, commit_sent: bool) -> None:
+        super().__init__(seconds)
+        self.commit_sent = commit_sent
+
+
+class _Commit:
+    """Whether a `change`'s COMMIT has been sent (set by its task, read at the limit)."""
+
+    __slots__ = ("sent",)
+
+    def __init__(self) -> None:
+        self.sent = False
 
 
 class Database:
@@ -62,7 +93,8 @@ class Database:
         self.session = session  # PostgreSQL settings of every connection
         self.connect_timeout = connect_timeout
         self.read_url = read_url  # a read replica for `read` (PostgreSQL); None: this one
-        self.read_timeout = READ_TIMEOUT  # each try of `read` on PostgreSQL
+        # each try of `read`, each `query` and `change`, on PostgreSQL
+        self.read_timeout = READ_TIMEOUT
         self._reads: ReadPool | None = None
 
     @classmethod
@@ -150,6 +182,51 @@ class Database:
                 await reads.renew()  # the server went away: the others are as dead
         raise AssertionError("unreachable")
 
+    async def query(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """`work(conn)` on a connection of SQLAlchemy's pool, in a transaction rolled back
+        after it: for reads the read pool does not serve (one call with its attempts, the
+        follow-up and SMS lists, a page of the CSV export, /stats counted from the calls
+        with its own sort memory). On PostgreSQL within `read_timeout` seconds, its wait for
+        a connection and SQLAlchemy's pre-ping included, else `read_pool.NoAnswer`; `work`
+        is then left in its task to end alone (see the module's docstring), so it must
+        not touch what its caller goes on with. SQLite: in the caller's task, which its
+        busy timeout bounds."""
+        if self.dialect != "postgresql":
+            async with self.engine.connect() as conn:
+                return await work(conn)
+        return await _alone(self._connected(work, None), self.read_timeout)
+
+    async def change(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """`work(conn)` in one transaction, committed when it returns (rolled back if it
+        raises): the API's writes. On PostgreSQL within `read_timeout` seconds, the
+        COMMIT's answer included, else `ChangeCutOff`, which says whether the COMMIT had
+        gone out (then the change may yet be applied); `work` is left to end alone, as
+        `query`'s."""
+        if self.dialect != "postgresql":
+            async with self.engine.begin() as conn:
+                return await work(conn)
+        commit = _Commit()
+        try:
+            return await _alone(self._connected(work, commit), self.read_timeout)
+        except NoAnswer as exc:
+            raise ChangeCutOff(exc.seconds, commit.sent) from None
+
+    async def _connected(self, work: Callable[[AsyncConnection], Awaitable[T]],
+                         commit: _Commit | None) -> T:
+        """`work` on a connection of the engine; committed after it with `commit` (which
+        records that the COMMIT is being sent), else rolled back. Cut off (cancelled),
+        its connection is dropped, not given back (`_drop`)."""
+        async with self.engine.connect() as conn:
+            try:
+                result = await work(conn)
+                if commit is not None:
+                    commit.sent = True
+                    await conn.commit()
+            except asyncio.CancelledError:
+                await _drop(conn)
+                raise
+            return result
+
     def _read_pool(self) -> ReadPool:
         if self._reads is None:
             url = make_url(self.read_url) if self.read_url else self.engine.url
@@ -160,7 +237,10 @@ class Database:
     async def open_reads(self) -> None:
         """Open the read pool's connections now (PostgreSQL): the first burst of requests
         after a start would otherwise wait for them. A database not reachable yet is left
-        for later; the reason is logged (`db.pool_not_opened`)."""
+        for later; the reason is logged (`db.pool_not_opened`). One that hangs holds the
+        start no longer than `connect_timeout`: asyncpg's connect timeout covers the whole
+        handshake, and the pool's set-up of a new connection asks the server nothing (the
+        json and jsonb codecs are pg_catalog's, known to asyncpg without a query)."""
         if self.dialect != "postgresql":
             return
         opened, failure = await self._read_pool().open()
@@ -178,14 +258,7 @@ class Database:
         hangs) before the cancellation returns, which made a ping "within 2 s" take 4."""
         if within is None:
             return await self._ping()
-        task = asyncio.ensure_future(self._ping())
-        task.add_done_callback(_retrieved)
-        try:
-            async with answer_within(within):
-                await asyncio.shield(task)
-        except BaseException:  # no answer in time, or this caller cancelled
-            task.cancel()
-            raise
+        await _alone(self._ping(), within)
 
     async def _ping(self) -> None:
         async with self.engine.connect() as conn:
@@ -219,8 +292,39 @@ async def driver_connection(conn: AsyncConnection) -> Any:
     return driver
 
 
-def _retrieved(task: asyncio.Future[None]) -> None:
-    """A ping left to end alone: its failure is the caller's NoAnswer, not asyncio's
+async def _alone(step: Coroutine[Any, Any, T], within: float) -> T:
+    """`step`'s result within `within` seconds, else `NoAnswer`. It runs in a task of its
+    own, cancelled and left to end alone when the caller stops waiting (the limit, or the
+    caller cancelled): SQLAlchemy closes a connection cut off in a query gracefully, up to
+    2 s more on a server that hangs and shielded from the cancellation, and the caller
+    would wait for that."""
+    task = asyncio.ensure_future(step)
+    task.add_done_callback(_retrieved)
+    try:
+        async with answer_within(within):
+            return await asyncio.shield(task)
+    except BaseException:  # no answer in time, or this caller cancelled
+        task.cancel()
+        raise
+
+
+async def _drop(conn: AsyncConnection) -> None:
+    """Terminate the driver's connection under `conn` and invalidate it, after its work was
+    cut off. A statement run straight through asyncpg (`callhub.store.fetch`) is not
+    SQLAlchemy's: cancelled, it left the connection busy with a query on the hung server
+    and a cancel request on its way there, and SQLAlchemy gave it back to its pool as it
+    was. Terminated, the query is dropped unsent or unanswered, no cancel request goes
+    out, and SQLAlchemy's own close of the connection (graceful, 2 s on a server that
+    hangs) ends at once. One that SQLAlchemy already invalidated is left to it."""
+    with contextlib.suppress(Exception):
+        driver = (await conn.get_raw_connection()).driver_connection
+        if driver is not None:
+            driver.terminate()
+        await conn.invalidate()
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """A step left to end alone: its failure is the caller's NoAnswer, not asyncio's
     "exception was never retrieved"."""
     if not task.cancelled():
         task.exception()
