@@ -118,6 +118,35 @@ def test_resync_closes_a_call_that_ended_while_disconnected() -> None:
     assert correlator.active_calls == 0
 
 
+def test_a_call_gone_at_the_resync_ends_when_the_stream_was_last_alive() -> None:
+    """A call the snapshot no longer lists ended in the gap: it is closed when the stream
+    was last known alive (`begin_resync(alive_until)`), never before its own last event
+    nor after the reconnect; without that moment, at the reconnect."""
+    name = "12_version_coreshowchannels"
+    messages = trace_messages(name)
+    ringing_list, _ = _core_show_lists(name)
+    first = messages.index(ringing_list[0])
+    reconnect = 1_900_000_000.0
+    last_event = 0.0  # the call's own last event (the stream's last may be another's)
+
+    def closed_at(alive_until: float | None) -> float | None:
+        nonlocal last_event
+        correlator = Correlator(trace_pbx(name), clock=lambda: reconnect)
+        feed_all(correlator, stamped(messages[:first]))
+        (call,) = correlator.calls.values()
+        last_event = call.last_event_at
+        correlator.begin_resync(alive_until)
+        (record,) = correlator.reconcile([])
+        assert record.incomplete
+        return record.ended_at
+
+    closed_at(None)
+    assert closed_at(last_event + 7.5) == last_event + 7.5
+    assert closed_at(last_event - 60) == last_event  # it was alive at its last event
+    assert closed_at(reconnect + 60) == reconnect  # a moment past the reconnect: now
+    assert closed_at(None) == reconnect
+
+
 def test_a_lazy_resync_changes_the_state_at_once_and_builds_the_same_records_later() -> None:
     """The daemon reads the records of a large resync slice by slice, with events arriving
     in between: the calls are closed before the first record is built."""

@@ -81,7 +81,8 @@ async def test_link_dropped_mid_call_again_and_again(ami_simulator: AmiSimulator
 async def test_asterisk_restart_closes_the_calls_it_killed_and_goes_on() -> None:
     """Asterisk dies with two calls up and comes back on the same port with a new banner
     and FullyBooted; its uniqueids continue. The dead calls are recorded once, as
-    incomplete; the calls before and after are exact."""
+    incomplete, ended when the PBX went away (not at the reconnect: their ring and talk
+    do not count the outage); the calls before and after are exact."""
     first = AmiSimulator(username=SIM_USER, secret=SIM_SECRET)
     port = await first.start()
     factory = CallFactory(seed=7, uniqueid_counter=500)
@@ -99,9 +100,11 @@ async def test_asterisk_restart_closes_the_calls_it_killed_and_goes_on() -> None
         await ingest.wait_connected(5)
         await first.send(before.messages)
         # The killed calls get as far as ringing, then the PBX dies.
+        last_sent = 0.0  # the PBX's time of the last event it sent before it died
         for call in killed:
             half = len(call.messages) // 3
             await first.send(call.messages[:half])
+            last_sent = max([last_sent, *(float(m["Timestamp"]) for m in call.messages[:half])])
         await collector.until(lambda: len(collector.records) >= 1)
         assert ingest.correlator.active_calls == 2
         await first.stop()
@@ -126,6 +129,9 @@ async def test_asterisk_restart_closes_the_calls_it_killed_and_goes_on() -> None
     assert set(seen) == {c.linkedid for c in [before, *killed, *after]}
     by_id = {r.linkedid: r for r in collector.records}
     assert all(by_id[c.linkedid].incomplete for c in killed)
+    for call in killed:  # the drop came right after the last event (1 s for the test's pace)
+        ended = by_id[call.linkedid].ended_at
+        assert ended is not None and last_sent - 1 <= ended <= last_sent + 1, (ended, last_sent)
     assert compare_synth([by_id[c.linkedid] for c in [before, *after]], [before, *after]) == []
     assert ingest.correlator.active_calls == 0
 

@@ -150,6 +150,8 @@ class _ResyncWindow:
     """What happened between asking CoreShowChannels and getting its answer."""
 
     candidates: set[str]  # calls the snapshot decides: no event of theirs since the ask
+    # When the stream was last known alive before the session ended (None: not known).
+    alive_until: float | None = None
     hung_up: set[str] = field(default_factory=set)  # uniqueids that hung up since the ask
 
     # Events of calls not known yet, kept until the snapshot says whether they are live.
@@ -371,10 +373,15 @@ class Correlator:
         stale = [c for c in self.calls.values() if now - c.last_event_at > self.stale_after]
         return [self._close(call, call.last_event_at) for call in stale]
 
-    def begin_resync(self) -> None:
+    def begin_resync(self, alive_until: float | None = None) -> None:
         """Mark the moment `CoreShowChannels` is asked: events fed from now on are
-        newer than the snapshot, and `reconcile` must not undo them."""
-        self._resync = _ResyncWindow(set(self.calls))
+        newer than the snapshot, and `reconcile` must not undo them.
+
+        `alive_until`: when the stream was last known alive before the session ended
+        (by the events' clock). A call the snapshot no longer lists is closed then, not
+        at the reconnect: a restarting Asterisk ended it at the drop, and closed at the
+        reconnect its ring or talk also counted the outage."""
+        self._resync = _ResyncWindow(set(self.calls), alive_until)
 
     def reconcile_lazily(self, channels: list[AmiMessage]) -> Iterator[CallRecord]:
         """Bring the state in line with `CoreShowChannel` events after a (re)connect.
@@ -410,7 +417,8 @@ class Correlator:
         for linkedid, call in list(self.calls.items()):
             if linkedid not in live and linkedid in window.candidates:
                 call.incomplete = True  # its end happened while we could not see it
-                call.ended_at = now
+                call.ended_at = now if window.alive_until is None else min(
+                    now, max(window.alive_until, call.last_event_at))
                 self._release(call)
                 closed.append(call)
                 continue

@@ -100,7 +100,7 @@ class PbxIngest:
         self.correlator = Correlator(pbx, clock=clock, stale_after=stale_after)
         self.connection = AmiConnection(
             pbx, self._on_event, on_resync=self._on_resync,
-            on_resync_start=self.correlator.begin_resync, on_inventory=self._on_inventory,
+            on_resync_start=self._resync_starts, on_inventory=self._on_inventory,
             on_malformed=self._on_malformed, on_state=self._on_state, on_read=self._on_read,
             event_filter=self.correlator.event_filter(),
             ping_interval=ping_interval, ping_timeout=ping_timeout,
@@ -247,6 +247,14 @@ class PbxIngest:
             self.correlator.learn_devices(inventory.names, inventory.members)
         except Exception:
             log.exception("correlator.learn_devices_failed", pbx=self.pbx.name)
+
+    def _resync_starts(self) -> None:
+        """Open the correlator's resync window with when the last session ended, by the
+        PBX's clock (as its events are timed): the calls the resync finds gone ended in
+        the gap, and are closed at its start, not at the reconnect."""
+        stopped = self._stopped
+        self.correlator.begin_resync(
+            None if stopped is None else stopped.alive_until + self.clock_offset())
 
     async def _on_resync(self, channels: list[AmiMessage]) -> None:
         try:
