@@ -36,6 +36,9 @@ EN: dict[str, str] = {
     "error.load": "Could not load: {message}",
     "error.starting": "callhub is starting and waits for its database; try again shortly.",
     "error.databaseUnavailable": "The database cannot be reached; try again shortly.",
+    "error.changeNotConfirmed": "The database did not confirm your change: it may not have "
+                                "been saved. What you typed is kept here; check before "
+                                "saving it again.",
     "error.conflict": "Someone else has handled this meanwhile ({message}).",
     "error.notFound": "Not found: it may have been removed ({message}).",
     "error.badInput": "Please check the input: {message}",
@@ -289,6 +292,8 @@ ZH: dict[str, str] = {
     "error.load": "加载失败：{message}",
     "error.starting": "callhub 正在启动，等待数据库就绪，请稍后再试。",
     "error.databaseUnavailable": "无法连接数据库，请稍后再试。",
+    "error.changeNotConfirmed": "数据库未确认您的更改，可能没有保存。您输入的内容仍保留在此处，"
+                                "请核对后再保存。",
     "error.conflict": "已由其他人处理（{message}）。",
     "error.notFound": "未找到，可能已被删除（{message}）。",
     "error.badInput": "输入有误，请检查：{message}",

@@ -138,8 +138,12 @@
         const problem = await resp.json();
         code = problem.error;
         // In the desk's language; the server's sentence (in English) follows as the detail.
+        // A change the database did not confirm (it hung, or went away) may be saved or
+        // not: not "try again", which could add a follow-up twice; what was typed stays.
+        const key = code === "database_unavailable" && opts.method !== "GET"
+          ? "error.changeNotConfirmed" : SERVER_ERRORS[code];
         message = Object.hasOwn(SERVER_ERRORS, code)
-          ? t(SERVER_ERRORS[code], { message: problem.message || "" }) : problem.message || message;
+          ? t(key, { message: problem.message || "" }) : problem.message || message;
       } catch (e) { /* not JSON */ }
       throw new ApiError(resp.status, message, code);
     }
