@@ -22,7 +22,8 @@ def add_parser(sub: Any) -> None:
                     "the built-in defaults), apply the CALLHUB_* environment variables over "
                     "it as callhub run does, and print the effective settings as JSON, every "
                     "secret masked. The first problem is one line naming its key, exit 2; a "
-                    "warning (no API tokens) goes to stderr, exit 0.")
+                    "warning (no API tokens, a PBX without its AMI username or secret, "
+                    "which may come from the service's environment) goes to stderr, exit 0.")
     check.add_argument("file", nargs="?", type=not_empty,
                        help="TOML file (default: --config or $CALLHUB_CONFIG)")
     check.set_defaults(func=check_command)
@@ -33,4 +34,8 @@ def check_command(args: argparse.Namespace) -> int:
     print(json.dumps(settings.masked(), indent=2, ensure_ascii=False))
     if not settings.api_tokens:
         print(f"callhub: {NO_TOKENS_WARNING}", file=sys.stderr)
+    for pbx in settings.pbxs:
+        missing = pbx.missing_login()
+        if missing is not None:
+            print(f"callhub: {missing}: callhub run will not start without it", file=sys.stderr)
     return 0

@@ -385,9 +385,9 @@ async def ingestion(d: Daemon) -> AsyncIterator[None]:
         log.warning("daemon.no_pbx", hint="add a [[pbx]] table to the config; only the API "
                                           "runs")
     for pbx in d.settings.pbxs:
-        if not (pbx.username and pbx.secret):
-            raise StartupError(f"pbx[{pbx.name}]: username and secret are needed to connect "
-                               f"to AMI (CALLHUB_PBX_<NAME>_SECRET can supply the secret)")
+        missing = pbx.missing_login()
+        if missing is not None:
+            raise StartupError(missing)
         ingest = PbxIngest(pbx, d.record, metrics=d.metrics,
                            stale_after=d.settings.stale_call_seconds,
                            supervisor=d.supervisor, state_dir=d.settings.spool_dir,

@@ -391,3 +391,33 @@ def test_an_empty_config_file_name_is_refused_not_taken_for_none(
     assert out == ""
     assert err.splitlines()[-1] == (f"{prog}: error: argument {argument}: must not be empty "
                                     "(leave it out for the default)")
+
+
+async def test_a_pbx_without_its_ami_login_is_warned_by_check_and_refused_by_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`config check` passed a [[pbx]] with no secret and `run` then refused it naming
+    `CALLHUB_PBX_<NAME>_SECRET`, a variable nobody can set. Both now name the PBX's own
+    variable; check warns (the secret often comes from the service's environment file,
+    not the admin's shell) and stays quiet once it is given."""
+    from dataclasses import replace
+
+    from callhub.daemon import Daemon, StartupError, running
+
+    monkeypatch.delenv("CALLHUB_PBX_LAB_2_SECRET", raising=False)
+    path = write(tmp_path, '[[pbx]]\nname = "lab-2"\nusername = "callhub"\n')
+    said = "pbx[lab-2]: no secret to log in to AMI (`secret` or CALLHUB_PBX_LAB_2_SECRET)"
+    assert main(["config", "check", str(path)]) == 0
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"callhub: {said}: callhub run will not start without it")
+    monkeypatch.setenv("CALLHUB_PBX_LAB_2_SECRET", "from-the-environment")
+    assert main(["config", "check", str(path)]) == 0
+    assert "to log in to AMI" not in capsys.readouterr().err
+    monkeypatch.delenv("CALLHUB_PBX_LAB_2_SECRET")
+    settings = replace(load_settings(str(path)), api_listen=("127.0.0.1", 0),
+                       spool_dir=str(tmp_path / "spool"),
+                       database_url=f"sqlite+aiosqlite:///{tmp_path / 'c.db'}")
+    with pytest.raises(StartupError) as refused:
+        async with running(Daemon(settings)):
+            pass
+    assert str(refused.value) == said

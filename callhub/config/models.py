@@ -148,6 +148,18 @@ class PbxConfig:
             return None
         return self.lines.get(did, did)
 
+    def missing_login(self) -> str | None:
+        """What this PBX lacks to log in to AMI, naming where to give it (None: nothing).
+
+        `callhub run` refuses to start with it; `config check` warns, since the secret
+        often comes from the service's environment file, not from the shell it runs in."""
+        missing = [key for key in ("username", "secret") if not getattr(self, key)]
+        if not missing:
+            return None
+        prefix = pbx_prefix(self.name)
+        where = " and ".join(f"`{key}` or {prefix}_{key.upper()}" for key in missing)
+        return f"pbx[{self.name}]: no {' and no '.join(missing)} to log in to AMI ({where})"
+
 
 @dataclass(frozen=True, slots=True, config=_DATACLASS)
 class ApiToken:
