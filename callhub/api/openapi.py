@@ -127,8 +127,11 @@ def build(operations: Iterable[Operation], version: str = "0.1.0") -> dict[str, 
                 "Forbidden": _error("The token's role is too small."),
                 "NotFound": _error("No such item."),
                 "Unavailable": _error("The database cannot be reached or gave no answer in "
-                                      "time, or callhub is starting and waits for it "
-                                      "(/readyz says which); try again shortly."),
+                                      "time (5 s), or callhub is starting and waits for it "
+                                      "(/readyz says which); try again shortly. A change "
+                                      "it gave no answer to after its COMMIT went out may "
+                                      "or may not have been saved (the message says so): "
+                                      "read it again before trying again."),
             },
         },
         "security": [{"bearer": []}],
