@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -86,12 +88,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(words)
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # here, where a reader gone away is caught, not at exit
     except ConfigError as exc:
         print(f"callhub: configuration error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _reader_gone()
     return code
+
+
+def _reader_gone() -> int:
+    """The output's reader went away (`callhub replay ... | head`): stop quietly, as a
+    filter that SIGPIPE ends does (exit 141), not with a traceback. What is still
+    buffered for stdout goes nowhere, or Python's flush at exit would fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,21 @@ def test_a_number_out_of_range_is_refused_before_anything_starts(
                                   ["run", "--workers", "64"]])
 def test_the_numbers_at_the_bounds_are_taken(argv: list[str]) -> None:
     build_parser().parse_args(argv)
+
+
+SAMPLE_TRACES = Path(__file__).resolve().parent.parent / "callhub" / "sim" / "traces"
+
+
+def test_output_into_a_pipe_nobody_reads_stops_quietly() -> None:
+    """`callhub replay ... | head`: the reader gone, callhub ended in a BrokenPipeError
+    traceback. It stops quietly now, with the exit status of a filter SIGPIPE ends."""
+    traces = sorted(map(str, SAMPLE_TRACES.glob("*.ami")))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # gone before the first line: every write fails
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "callhub", "replay", *traces],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")
