@@ -376,7 +376,8 @@ def test_the_event_loop_is_uvloop_where_installed_unless_asyncio_is_asked_for(
     (["--config", "", "config", "check"], "callhub", "--config"),
     (["config", "check", "--config", ""], "callhub config check", "--config"),
     (["report", "--config="], "callhub report", "--config"),
-], ids=["check-file", "config-before", "config-after", "config-equals"])
+    (["replay", "--pbx", "", "x.ami"], "callhub replay", "--pbx"),
+], ids=["check-file", "config-before", "config-after", "config-equals", "replay-pbx"])
 def test_an_empty_config_file_name_is_refused_not_taken_for_none(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         argv: list[str], prog: str, argument: str) -> None:

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 from callhub.ami.correlator import Correlator, event_time
 from callhub.ami.groundtruth import compare, load_truth, pbx_from_truth, truth_path
 from callhub.ami.parser import MessageSplitter, iter_file_messages
+from callhub.argtypes import not_empty
 from callhub.config import ConfigError, PbxConfig, load_settings
 from callhub.records import CallRecord
 
@@ -70,7 +71,8 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("traces", nargs="+", metavar="TRACE.ami",
                         help="a recorded AMI stream, or a directory: every .ami file in it, "
                              "in name order")
-    parser.add_argument("--pbx", metavar="NAME", help="which [[pbx]] of the config to use")
+    parser.add_argument("--pbx", metavar="NAME", type=not_empty,
+                        help="which [[pbx]] of the config to use")
     parser.add_argument("--format", choices=("jsonl", "table"), default="jsonl",
                         help="one JSON object per call (default) or an aligned table")
     parser.add_argument("--check", action="store_true",
