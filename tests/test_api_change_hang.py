@@ -51,7 +51,7 @@ READ = f"the database gave no answer in {LIMIT:g} s; try again shortly"
 async def proxied_db(factory: DbFactory, proxy: TcpProxy, limit: float = LIMIT) -> Database:
     db = await factory.create(url=via_proxy(pg_url(), proxy))
     await migrate.upgrade(db)
-    db.read_timeout = limit
+    db.read_timeout = db.count_timeout = limit
     return db
 
 
@@ -307,3 +307,36 @@ def sa_listener(target: Any, event: str, fn: Callable[..., None]) -> Iterator[No
         yield
     finally:
         sa.event.remove(target, event, fn)
+
+
+async def test_stats_counted_from_the_calls_has_the_longer_limit_of_a_count(
+        tmp_path: Path, pg_proxy: TcpProxy, api_settings: Settings) -> None:
+    """/stats by agent is counted from the calls: a year of a large site's takes seconds
+    on a healthy database, so it is held to `count_timeout`, not a page's limit; on the
+    same slow database one call's page is cut at the page's limit."""
+    slow = 0.6  # the database's answer to each checkout: past a page's limit
+    factory = DbFactory("postgresql", tmp_path)
+    try:
+        db = await proxied_db(factory, pg_proxy, limit=0.3)
+        db.count_timeout = 5.0
+        (call_id,) = await store(db, api_settings, make_call("a1", at=T0, agent="PJSIP/1001"))
+        client = await served(db, api_settings)
+        loop = asyncio.get_running_loop()
+        try:
+            def slowly(*_args: Any) -> None:
+                pg_proxy.freeze()
+                loop.call_later(slow, pg_proxy.thaw)
+
+            with sa_listener(db.engine.sync_engine.pool, "checkout", slowly):
+                async with asyncio.timeout(WAIT):
+                    counted = await timed(client, "GET", "/api/v1/stats?from=2026-01-01"
+                                          "&to=2026-12-31&group_by=agent")
+                    page = await timed(client, "GET", f"/api/v1/calls/{call_id}")
+            status, body, took = counted
+            assert status == 200 and took > 0.3, (status, body, took)
+            assert page[0] == 503 and page[1]["error"] == "database_unavailable", page
+        finally:
+            pg_proxy.thaw()
+            await client.close()
+    finally:
+        await factory.cleanup()

@@ -76,7 +76,7 @@ async def get_stats(request: web.Request) -> web.StreamResponse:
         # independent ones at once.
         body = await cache.rendered(db.read, q, render)
     else:  # counted from the calls: one transaction, with its own sort memory
-        body = await db.query(lambda conn: cache.rendered(conn, q, render))
+        body = await db.query(lambda conn: cache.rendered(conn, q, render), counting=True)
     return reply_encoded(request, body)
 
 

@@ -60,6 +60,13 @@ no answer ever), which would otherwise hold the pool's connections until the soc
 resets. As the writer's `batch_timeout`, an attribute (`Database.read_timeout`), not a
 setting."""
 
+COUNT_TIMEOUT = 60.0
+"""Seconds a `query` that counts calls may take (/stats by agent, or over a period the
+hourly rollup cannot serve, up to 400 days), not a page's `READ_TIMEOUT`: a large site's
+year of calls takes seconds to count on a healthy database (a month of 41,700 calls ~40
+ms here). A database that hangs still gets its 503, a minute later. An attribute too
+(`Database.count_timeout`)."""
+
 
 class ChangeCutOff(NoAnswer):
     """A `change` with no answer within its limit. `commit_sent` False: cut off before its
@@ -95,6 +102,7 @@ class Database:
         self.read_url = read_url  # a read replica for `read` (PostgreSQL); None: this one
         # each try of `read`, each `query` and `change`, on PostgreSQL
         self.read_timeout = READ_TIMEOUT
+        self.count_timeout = COUNT_TIMEOUT  # a `query` that counts calls
         self._reads: ReadPool | None = None
 
     @classmethod
@@ -182,19 +190,22 @@ class Database:
                 await reads.renew()  # the server went away: the others are as dead
         raise AssertionError("unreachable")
 
-    async def query(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    async def query(self, work: Callable[[AsyncConnection], Awaitable[T]],
+                    counting: bool = False) -> T:
         """`work(conn)` on a connection of SQLAlchemy's pool, in a transaction rolled back
         after it: for reads the read pool does not serve (one call with its attempts, the
         follow-up and SMS lists, a page of the CSV export, /stats counted from the calls
         with its own sort memory). On PostgreSQL within `read_timeout` seconds, its wait for
         a connection and SQLAlchemy's pre-ping included, else `read_pool.NoAnswer`; `work`
         is then left in its task to end alone (see the module's docstring), so it must
-        not touch what its caller goes on with. SQLite: in the caller's task, which its
-        busy timeout bounds."""
+        not touch what its caller goes on with. `counting`: work that counts calls,
+        long on a healthy database, within `count_timeout` instead. SQLite: in the
+        caller's task, which its busy timeout bounds."""
         if self.dialect != "postgresql":
             async with self.engine.connect() as conn:
                 return await work(conn)
-        return await _alone(self._connected(work, None), self.read_timeout)
+        return await _alone(self._connected(work, None),
+                            self.count_timeout if counting else self.read_timeout)
 
     async def change(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """`work(conn)` in one transaction, committed when it returns (rolled back if it
