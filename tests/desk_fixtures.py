@@ -195,6 +195,14 @@ def chromium_path() -> str:
     return path
 
 
+async def hold_page_timers(page: Any) -> None:
+    """Stop the page's timers (its 0.5 s refreshes) where they are, until the test moves
+    them (`page.clock.run_for`). `page.clock.install()`, made before the page loads,
+    fakes them but lets time flow at its real pace; `pause_at` the page's own now stops
+    it, skipping no timer."""
+    await page.clock.pause_at(await page.evaluate("Date.now()") + 1)
+
+
 @contextlib.asynccontextmanager
 async def launch_chromium(locale: str = "en-GB") -> AsyncIterator[Any]:
     """A headless Chromium browser context on a fresh profile directory (Playwright's),

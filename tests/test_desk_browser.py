@@ -23,6 +23,7 @@ from desk_fixtures import (
     Desk,
     day_start,
     expect,
+    hold_page_timers,
     launch_chromium,
     screenshot_path,
     seed_day,
@@ -426,12 +427,14 @@ async def test_an_entry_closed_by_another_meanwhile_says_so_in_chinese_and_keeps
         "twice", at=time.time() - 60, outcome="missed", caller_number="+8613900139004"))
     async with launch_chromium(LOCALES["zh"]) as browser:
         page = await browser.new_page()
-        # The page's timers wait for the test: its 0.5 s refresh would otherwise take the
-        # row away once the other supervisor closed it, before this one's click (CI, once).
+        # The page's timers wait for the test once the row shows: its 0.5 s refresh would
+        # otherwise take the row away once the other supervisor closed it, before this
+        # one's click (CI, twice).
         await page.clock.install()
         await sign_in_as(page, desk, "supervisor")
         rows = page.locator("#worklist tbody tr")
         await expect(rows).to_have_count(1)
+        await hold_page_timers(page)
         # The boxes take no more than the API keeps (a longer text was a 400 on every try).
         assert await rows.nth(0).locator("input.note").get_attribute("maxlength") == str(
             MAX_NOTE)
@@ -465,6 +468,7 @@ async def test_a_follow_up_closed_by_another_meanwhile_goes_and_keeps_what_was_t
         await sign_in_as(page, desk, "supervisor")
         rows = page.locator("#followups tbody tr")
         await expect(rows).to_have_count(1)
+        await hold_page_timers(page)
         await rows.nth(0).locator("input.note").fill("热水器已修好")
         await rows.nth(0).locator("select[data-field=satisfaction]").select_option("satisfied")
         [followup] = (await made.json())["items"]

@@ -13,7 +13,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from desk_fixtures import LOCALES, Clock, expect, launch_chromium, serve_desk, sign_in_as
+from desk_fixtures import (
+    LOCALES,
+    Clock,
+    expect,
+    hold_page_timers,
+    launch_chromium,
+    serve_desk,
+    sign_in_as,
+)
 from store_fixtures import DbFactory, TcpProxy, auth, make_call, pg_url, store, via_proxy
 
 from callhub.config import Settings
@@ -36,10 +44,11 @@ async def test_a_note_sent_as_the_database_hangs_is_kept_and_said_to_be_unconfir
         try:
             async with launch_chromium(LOCALES["zh"]) as browser:
                 page = await browser.new_page()
-                await page.clock.install()  # the worklist refreshes when the test says
+                await page.clock.install()
                 await sign_in_as(page, desk, "supervisor")
                 rows = page.locator("#worklist tbody tr")
                 await expect(rows).to_have_count(1)
+                await hold_page_timers(page)  # the worklist refreshes when the test says
                 note = rows.nth(0).locator("input.note")
                 await note.fill(NOTE)
 
