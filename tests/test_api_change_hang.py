@@ -242,14 +242,9 @@ async def test_the_csv_export_has_a_limit_on_each_page_not_on_the_whole(
         db = await proxied_db(factory, pg_proxy, limit)
         await store(db, api_settings, *(make_call(f"c{i}", at=T0 + i) for i in range(8)))
         client = await served(db, api_settings)
-        loop = asyncio.get_running_loop()
         try:
             # Each page is read on a connection checked out of SQLAlchemy's pool for it.
-            def slowly(*_args: Any) -> None:
-                pg_proxy.freeze()
-                loop.call_later(slow, pg_proxy.thaw)
-
-            with sa_listener(db.engine.sync_engine.pool, "checkout", slowly):
+            with slow_checkouts(db, pg_proxy, slow):
                 async with asyncio.timeout(WAIT):
                     status, text, took = await timed(client, "GET", "/api/v1/calls?format=csv")
             assert status == 200
@@ -309,6 +304,19 @@ def sa_listener(target: Any, event: str, fn: Callable[..., None]) -> Iterator[No
         sa.event.remove(target, event, fn)
 
 
+def slow_checkouts(db: Database, proxy: TcpProxy, seconds: float
+                   ) -> contextlib.AbstractContextManager[None]:
+    """Inside the block the database answers each checkout of SQLAlchemy's pool `seconds`
+    late (the proxy frozen that long): slow, not hung."""
+    loop = asyncio.get_running_loop()
+
+    def slowly(*_args: Any) -> None:
+        proxy.freeze()
+        loop.call_later(seconds, proxy.thaw)
+
+    return sa_listener(db.engine.sync_engine.pool, "checkout", slowly)
+
+
 async def test_stats_counted_from_the_calls_has_the_longer_limit_of_a_count(
         tmp_path: Path, pg_proxy: TcpProxy, api_settings: Settings) -> None:
     """/stats by agent is counted from the calls: a year of a large site's takes seconds
@@ -321,13 +329,8 @@ async def test_stats_counted_from_the_calls_has_the_longer_limit_of_a_count(
         db.count_timeout = 5.0
         (call_id,) = await store(db, api_settings, make_call("a1", at=T0, agent="PJSIP/1001"))
         client = await served(db, api_settings)
-        loop = asyncio.get_running_loop()
         try:
-            def slowly(*_args: Any) -> None:
-                pg_proxy.freeze()
-                loop.call_later(slow, pg_proxy.thaw)
-
-            with sa_listener(db.engine.sync_engine.pool, "checkout", slowly):
+            with slow_checkouts(db, pg_proxy, slow):
                 async with asyncio.timeout(WAIT):
                     counted = await timed(client, "GET", "/api/v1/stats?from=2026-01-01"
                                           "&to=2026-12-31&group_by=agent")
