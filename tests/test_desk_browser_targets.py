@@ -19,6 +19,7 @@ from desk_fixtures import (
     close_desk,
     day_of_calls,
     day_start,
+    expect,
     launch_chromium,
     screenshot_path,
     serve_file_desk,
@@ -152,3 +153,49 @@ async def test_one_ring_is_said_in_the_singular(one_ring_desk: Desk, lang: str) 
         await answered.wait_for()
         assert await answered.inner_text() == words["answered"].format(
             agent=call["agent_name"], ring=round(call["ring_seconds"]))
+
+
+@pytest.fixture
+async def one_line_desk(tmp_path: Path, desk_settings: Settings) -> AsyncIterator[Desk]:
+    """The desk with repairs held to 5 rings and 60 %, and one follow-up for a complaint."""
+    settings = replace(desk_settings, line_tables={
+        "repairs": LineTable(target_rings=5, answer_rate_target=0.6)},
+        followup_rules={**desk_settings.followup_rules, "complaint": (3600.0,)})
+    desk = await serve_file_desk(tmp_path, settings)
+    try:
+        yield desk
+    finally:
+        await close_desk(desk)
+
+
+async def test_a_count_of_one_is_said_in_the_singular(one_line_desk: Desk) -> None:
+    """A site with one line, a category whose rule plans one follow-up, one caller who
+    answered it: English said "1 of 1 lines met their target", "1 follow-up calls
+    planned" and "of 1 answers"."""
+    desk = one_line_desk
+    records = [r for r in day_of_calls(day_start(time.time())) if r.line == "repairs"]
+    ids = await store(desk.db, desk.settings, *records)
+    stats = await (await desk.client.get("/api/v1/stats", params={"group_by": "line"},
+                                         headers=auth("viewer"))).json()
+    [judged] = [t for t in stats["line_targets"] if t["target_met"] is not None]
+    met = int(judged["target_met"])
+    async with launch_chromium(LOCALES["en"]) as browser:
+        page = await browser.new_page()
+        await sign_in_as(page, desk, "supervisor")
+        await page.goto(desk.url + f"#/call/{ids[0]}")
+        await page.wait_for_selector("#timeline li")
+        await page.select_option("#category", "complaint")
+        await page.click("#save-call")
+        await expect(page.locator("#toast")).to_have_text(
+            "Saved; 1 follow-up call planned by the category's rule.")
+        [planned] = (await (await desk.client.get(f"/api/v1/calls/{ids[0]}/followups",
+                                                  headers=auth("supervisor"))).json())["items"]
+        done = await desk.client.post(f"/api/v1/followups/{planned['id']}/done",
+                                      headers=auth("supervisor"),
+                                      json={"who": "Wu", "satisfaction": "satisfied"})
+        assert done.status == 200, await done.text()
+        await page.goto(desk.url + "#/today")
+        await expect(page.locator("#fig-target .target")).to_have_text(
+            f"{met} of 1 line met its target")
+        await expect(page.locator("#fig-satisfaction .target")).to_have_text(
+            "1 satisfied of 1 answer; 0 unreachable")

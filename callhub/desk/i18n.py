@@ -5,8 +5,9 @@ every key the page's script uses). `{name}` marks a value filled in by the
 page. Enum values (outcomes, reasons, ...) are keyed `prefix.value`.
 
 A count of rings is filled in as `unit.ring` (one) or `unit.rings` (any other number),
-never as a bare number before a plural noun: English said "within 1 rings". Chinese has
-one form for both.
+never as a bare number before a plural noun: English said "within 1 rings". Likewise a
+text counting things has a `…One` twin for a count of one ("1 of 1 line met its
+target"). Chinese has one form for both.
 """
 
 from __future__ import annotations
@@ -131,6 +132,7 @@ EN: dict[str, str] = {
     "calls.save": "Save",
     "calls.saved": "Saved.",
     "calls.savedRule": "Saved; {n} follow-up calls planned by the category's rule.",
+    "calls.savedRuleOne": "Saved; {n} follow-up call planned by the category's rule.",
     "tl.arrived": "Call from {number} arrived on line {line}",
     "tl.dialled": "Outbound call to {number}",
     "tl.offered": "Offered to {agent}",
@@ -168,6 +170,7 @@ EN: dict[str, str] = {
     "today.none": "No calls.",
     "today.withinTarget": "Answered within each line's target",
     "today.linesMet": "{m} of {n} lines met their target",
+    "today.linesMetOne": "{m} of {n} line met its target",
     "today.noTargetCalls": "no calls on any line yet",
     "today.target": "Target",
     "today.targetValue": "≤{rings} · ≥{rate}",
@@ -259,6 +262,7 @@ EN: dict[str, str] = {
     "resolution.resolved": "Resolved",
     "satisfaction.rate": "Satisfaction rate",
     "satisfaction.ofAnswers": "{a} satisfied of {n} answers; {u} unreachable",
+    "satisfaction.ofOneAnswer": "{a} satisfied of {n} answer; {u} unreachable",
     "satisfaction.answers": "Answers",
     "satisfaction.satisfied": "Satisfied",
     "res.resolved": "Resolved",
@@ -385,6 +389,7 @@ ZH: dict[str, str] = {
     "calls.save": "保存",
     "calls.saved": "已保存。",
     "calls.savedRule": "已保存；已按类别规则安排 {n} 个回访电话。",
+    "calls.savedRuleOne": "已保存；已按类别规则安排 {n} 个回访电话。",
     "tl.arrived": "来自 {number} 的来电接入线路 {line}",
     "tl.dialled": "呼出至 {number}",
     "tl.offered": "分配给 {agent}",
@@ -422,6 +427,7 @@ ZH: dict[str, str] = {
     "today.none": "没有通话。",
     "today.withinTarget": "各线路目标声数内接听率",
     "today.linesMet": "{n} 条线路中 {m} 条达标",
+    "today.linesMetOne": "{n} 条线路中 {m} 条达标",
     "today.noTargetCalls": "各线路尚无来电",
     "today.target": "目标",
     "today.targetValue": "{rings}内 · ≥{rate}",
@@ -512,6 +518,7 @@ ZH: dict[str, str] = {
     "resolution.resolved": "已解决",
     "satisfaction.rate": "满意率",
     "satisfaction.ofAnswers": "{n} 次答复中满意 {a} 次；未联系上 {u} 次",
+    "satisfaction.ofOneAnswer": "{n} 次答复中满意 {a} 次；未联系上 {u} 次",
     "satisfaction.answers": "回访答复",
     "satisfaction.satisfied": "满意",
     "res.resolved": "已解决",
