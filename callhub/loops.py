@@ -54,20 +54,34 @@ def loop_factory(choice: str = "auto") -> LoopFactory:
     return made
 
 
-def quiet_abandoned_closes(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """The loop's exception handler: SQLAlchemy's graceful close of an invalidated asyncpg
-    connection, left behind when its caller was cancelled, at debug; the rest as asyncio
-    logs it.
+# What asyncpg's TLS probe (its `SSLRequest`, sent first by every connection it opens
+# with the default sslmode `prefer`) sets on its answer's future when the socket goes.
+_PROBE_LOST = ("unexpected connection_lost() call",)
 
-    SQLAlchemy closes a broken connection in a shielded task (2 s limit); a caller
-    cancelled meanwhile (a batch cut off at stop, a database that hangs) leaves that task
-    to fail alone, and asyncio logged "Task exception was never retrieved" with a
-    traceback at error, for a connection already dropped by force."""
+
+def quiet_abandoned_closes(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The loop's exception handler: what asyncpg and SQLAlchemy leave behind of a
+    connection whose caller gave up on a database that hangs, at debug; the rest as
+    asyncio logs it.
+
+    - SQLAlchemy closes a broken connection in a shielded task (2 s limit); a caller
+      cancelled meanwhile (a batch cut off at stop, a database that hangs) leaves that
+      task to fail alone: asyncio logged "Task exception was never retrieved" with a
+      traceback at error, for a connection already dropped by force.
+    - asyncpg opening a connection waits for the answer to its TLS probe on a future of
+      its own; cut off there by callhub's limit (a read, a ping at a server that hangs),
+      the socket is closed and that future fails with nobody waiting: "Future exception
+      was never retrieved" at error, for every connection tried during the outage, which
+      /readyz and the 503s report already."""
     future = context.get("future")
     exc = context.get("exception")
     if (isinstance(future, asyncio.Task) and isinstance(exc, (TimeoutError, OSError))
             and getattr(future.get_coro(), "__name__", "") == "_terminate_graceful_close"):
         log.debug("db.close_abandoned", error=type(exc).__name__)
+        return
+    if (isinstance(future, asyncio.Future) and not isinstance(future, asyncio.Task)
+            and type(exc) is ConnectionError and exc.args == _PROBE_LOST):
+        log.debug("db.connect_abandoned", error="ConnectionError")
         return
     loop.default_exception_handler(context)
 
