@@ -8,7 +8,8 @@ import sys
 from typing import Any
 
 from callhub.argtypes import not_empty
-from callhub.config import NO_TOKENS_WARNING, load_settings
+from callhub.config import NO_TOKENS_WARNING, Settings, load_settings
+from callhub.config.sms import ANY_LINE as SMS_ANY_LINE
 
 
 def add_parser(sub: Any) -> None:
@@ -38,4 +39,20 @@ def check_command(args: argparse.Namespace) -> int:
         missing = pbx.missing_login()
         if missing is not None:
             print(f"callhub: {missing}: callhub run will not start without it", file=sys.stderr)
+    for warning in unmapped_sms_lines(settings):
+        print(f"callhub: {warning}", file=sys.stderr)
     return 0
+
+
+def unmapped_sms_lines(settings: Settings) -> list[str]:
+    """A warning for each SMS rule whose line no `[pbx.lines]` maps DIDs to: it matches
+    the calls of an unmapped DID of that number (a call's line then), or, misspelt,
+    none, its callers getting the `*` rule's text or no SMS."""
+    if settings.sms is None:
+        return []
+    known = {line for pbx in settings.pbxs for line in pbx.lines.values()}
+    return [f"sms.rules[{i}].line {rule.line!r} is no line [pbx.lines] maps DIDs to "
+            f"({', '.join(sorted(known)) or 'none'}): it matches only the calls of an "
+            f"unmapped DID {rule.line!r}"
+            for i, rule in enumerate(settings.sms.rules)
+            if rule.line != SMS_ANY_LINE and rule.line not in known]

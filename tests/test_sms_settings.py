@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from callhub.config import ConfigError
+from callhub.config import ConfigError, load_settings
 from callhub.sms.settings import (
     DEFAULT_ANSWERED_TEMPLATE,
     DEFAULT_MISSED_TEMPLATE,
@@ -160,21 +160,28 @@ def test_secrets_come_from_the_environment_over_the_file() -> None:
     assert settings.token is not None and settings.token.get_secret_value() == "tok-from-env"
 
 
-def test_a_rule_naming_a_line_no_pbx_maps_is_refused_as_config_check_says(
+def test_a_rule_naming_a_line_no_pbx_maps_is_warned_of_and_still_matches_its_did(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """As a `[lines."<line>"]` table naming one is: the typo'd rule never matched a call, and
-    that line's callers got no SMS (or the `*` rule's) without a word."""
+    """A rule's line is a call's line, which is the DID itself where [pbx.lines] does not
+    map it: a site without [pbx.lines] keys its rules by DID (refused for a while, which
+    stopped such a site's start). `config check` warns of such a rule, a typo's too (it
+    never matched a call, its callers getting the `*` rule's text or none)."""
     from callhub.cli import main
 
     path = tmp_path / "callhub.toml"
     path.write_text(ACCEPTANCE + '"4008001001" = "petition"\n'
                     '[[sms.rules]]\nline = "*"\nafter = "missed"\n'
-                    '[[sms.rules]]\nline = "front_desk"\nafter = "both"\n', encoding="utf-8")
-    assert main(["config", "check", str(path)]) == 2
-    assert capsys.readouterr().err.splitlines() == [
-        "callhub: configuration error: sms.rules[2].line: unknown line 'front_desk' (the lines "
-        "[pbx.lines] maps DIDs to: front-desk, petition; \"*\" is every other line)"]
-    # The lines it maps, and "*", are taken.
-    path.write_text(path.read_text(encoding="utf-8").replace('"front_desk"', '"petition"'),
+                    '[[sms.rules]]\nline = "front_desk"\nafter = "both"\n'
+                    '[[sms.rules]]\nline = "4008009999"\nafter = "answered"\n',
                     encoding="utf-8")
     assert main(["config", "check", str(path)]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "sms.rules" in line]
+    assert warned == [
+        f"callhub: sms.rules[{i}].line {line!r} is no line [pbx.lines] maps DIDs to "
+        f"(front-desk, petition): it matches only the calls of an unmapped DID {line!r}"
+        for i, line in ((2, "front_desk"), (3, "4008009999"))]
+    sms = load_settings(str(path)).sms
+    assert sms is not None
+    pbx = load_settings(str(path)).pbxs[0]
+    rule = sms.rule_for(pbx.line_for("4008009999"))  # an unmapped DID's calls
+    assert rule is not None and rule.line == "4008009999" and rule.after == "answered"

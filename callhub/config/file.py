@@ -38,7 +38,6 @@ from callhub.config.models import (
 )
 from callhub.config.problems import ConfigError, config_error, keyed, problem
 from callhub.config.report import ReportSettings
-from callhub.config.sms import ANY_LINE as SMS_ANY_LINE
 from callhub.config.sms import SmsSettings, sms_settings_from_table
 from callhub.config.targets import ANY_LINE, LineTable
 from callhub.config.values import duration, listen
@@ -200,18 +199,15 @@ class SettingsFile(_Table):
             if category not in self.categories:
                 raise keyed(f"followups.{category}", "unknown category (categories: "
                                                      f"{', '.join(self.categories)})")
-        # A line is a name [pbx.lines] maps DIDs to; a table or rule naming any other (a
-        # typo) would never match a call, its line keeping the default target or no SMS.
+        # A line is a name [pbx.lines] maps DIDs to; a table naming any other (a typo)
+        # would never match a call, its line keeping the default target. (An SMS rule may
+        # name an unmapped DID, a call's line then: `config check` warns of it.)
         known = {line for p in self.pbx for line in p.lines.values()}
         lines = f"the lines [pbx.lines] maps DIDs to: {', '.join(sorted(known)) or 'none'}"
         for line in self.lines:
             if line != ANY_LINE and line not in known:
                 raise keyed(f"lines.{line}", f"unknown line ({lines}; \"*\" sets every other "
                                              "line's target)")
-        for i, rule in enumerate(self.sms.rules if self.sms is not None else ()):
-            if rule.line != SMS_ANY_LINE and rule.line not in known:
-                raise keyed(f"sms.rules[{i}].line", f"unknown line {rule.line!r} ({lines}; "
-                                                    "\"*\" is every other line)")
         return self
 
     def settings(self) -> Settings:
