@@ -347,3 +347,42 @@ async def test_stats_counted_from_the_calls_has_the_longer_limit_of_a_count(
             await client.close()
     finally:
         await factory.cleanup()
+
+
+async def test_a_change_whose_connection_is_lost_with_its_commit_out_says_it_may_be_saved(
+        tmp_path: Path, pg_proxy: TcpProxy, api_settings: Settings) -> None:
+    """A failover or a reset while the COMMIT is out: the server may have applied it or
+    not. The 503 said "cannot be reached; try again shortly", and a client trying again
+    could add a follow-up twice; it now says what a change cut off after its COMMIT
+    says. After it, the API serves again."""
+    factory = DbFactory("postgresql", tmp_path)
+    try:
+        db = await proxied_db(factory, pg_proxy, limit=READ_TIMEOUT)
+        client = await served(db, api_settings)
+        loop = asyncio.get_running_loop()
+        try:
+            call_id, _, _ = await seeded(db, api_settings, client)
+
+            def lost(*_args: Any) -> None:  # the COMMIT held, then the connection dropped
+                pg_proxy.freeze()
+                loop.call_soon(pg_proxy.cut)
+
+            with sa_listener(db.engine.sync_engine, "commit", lost):
+                async with asyncio.timeout(WAIT):
+                    status, body, _ = await timed(
+                        client, "POST", f"/api/v1/calls/{call_id}/followups", {"after": ["24h"]})
+            assert status == 503 and body["error"] == "database_unavailable", body
+            assert body["message"] == (
+                "the connection to the database was lost with the change sent: it may or may "
+                "not have been saved; reload to see which before trying again")
+            pg_proxy.restore()
+            pg_proxy.thaw()
+            async with asyncio.timeout(WAIT):
+                status, listed, _ = await timed(client, "GET", f"/api/v1/calls/{call_id}/followups")
+            assert status == 200 and [f["status"] for f in listed["items"]] == ["open"]
+        finally:
+            pg_proxy.restore()
+            pg_proxy.thaw()
+            await client.close()
+    finally:
+        await factory.cleanup()

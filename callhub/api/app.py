@@ -42,7 +42,7 @@ from callhub.api.params import BadParameter, parse_body, parse_path, parse_query
 from callhub.config import Settings
 from callhub.lifecycle import Supervisor
 from callhub.routing.chooser import Router
-from callhub.store.db import ChangeCutOff, Database
+from callhub.store.db import ChangeCutOff, CommitLost, Database
 from callhub.store.errors import InvalidTransition, NotApplicable, NotFound
 from callhub.store.read_pool import NoAnswer
 
@@ -98,6 +98,9 @@ def unavailable(exc: BaseException) -> str:
     if isinstance(exc, ChangeCutOff):
         return (f"the database gave no answer in {exc.seconds:g} s; the change was not "
                 "saved; try again shortly")
+    if isinstance(exc, CommitLost):
+        return ("the connection to the database was lost with the change sent: it may or "
+                "may not have been saved; reload to see which before trying again")
     if isinstance(exc, NoAnswer):
         return f"the database gave no answer in {exc.seconds:g} s; try again shortly"
     return "the database cannot be reached; try again shortly"

@@ -80,6 +80,19 @@ class ChangeCutOff(NoAnswer):
         self.commit_sent = commit_sent
 
 
+class CommitLost(ConnectionError):
+    """A `change`'s connection failed while its COMMIT was out (the server restarted,
+    the network dropped): the server may have applied it before, or not. An error the
+    server answered (a constraint at commit) is no such doubt: the change was not saved.
+    A ConnectionError, so an outage to whoever tells outages from the data's faults."""
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether `exc` is the connection failing, not the server answering an error."""
+    return isinstance(exc, OSError) or (isinstance(exc, DBAPIError)
+                                        and exc.connection_invalidated)
+
+
 class _Commit:
     """Whether a `change`'s COMMIT has been sent (set by its task, read at the limit)."""
 
@@ -235,6 +248,10 @@ class Database:
                     await conn.commit()
             except asyncio.CancelledError:
                 await _drop(conn)
+                raise
+            except (DBAPIError, OSError) as exc:
+                if commit is not None and commit.sent and _connection_lost(exc):
+                    raise CommitLost() from exc
                 raise
             return result
 
