@@ -95,8 +95,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
+        if not _stdout_broken():
+            raise  # a socket's or another pipe's: a fault to show, not a reader gone
         return _reader_gone()
     return code
+
+
+def _stdout_broken() -> bool:
+    """Whether stdout's reader went away: what stdout still holds fails to go again."""
+    try:
+        sys.stdout.write("\n")  # buffered, so it goes with the flush (or fails with it)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return True
+    return False
 
 
 def _reader_gone() -> int:

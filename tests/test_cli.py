@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -129,3 +131,34 @@ def test_output_into_a_pipe_nobody_reads_stops_quietly() -> None:
     finally:
         os.close(write_end)
     assert (done.returncode, done.stderr) == (141, "")
+
+
+def test_a_broken_pipe_not_of_stdout_is_not_taken_for_a_reader_gone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only stdout's reader gone makes callhub stop quietly: a BrokenPipeError of a socket
+    or of another pipe, stdout fine, is a fault shown as it is."""
+    from callhub import cli
+
+    def broken(_args: argparse.Namespace) -> int:
+        raise BrokenPipeError(32, "Broken pipe")  # a socket's, say
+
+    monkeypatch.setattr(cli, "build_parser", lambda *_a, **_k: _parser_running(broken))
+    with pytest.raises(BrokenPipeError):
+        cli.main(["anything"])
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    gone = os.fdopen(write_end, "w")
+    try:
+        monkeypatch.setattr(sys, "stdout", gone)
+        assert cli._stdout_broken()  # and a stdout whose reader went away is
+    finally:
+        monkeypatch.undo()
+        with contextlib.suppress(BrokenPipeError):  # what it holds cannot go
+            gone.close()
+
+
+def _parser_running(func: Any) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("word")
+    parser.set_defaults(func=func)
+    return parser
