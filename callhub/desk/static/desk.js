@@ -97,9 +97,12 @@
     if (v === null || v === undefined) return "—";
     return t("unit.seconds", { n: Math.round(v) });
   }
-  // A count of rings with its noun: "1 ring", "3 rings" (English said "within 1 rings").
-  function ringCount(n) {
-    return t(n === 1 ? "unit.ring" : "unit.rings", { n });
+  // A text counting `n` things: its `one` form for 1, else `many` (English said "1 rings").
+  function counted(n, one, many, vars) {
+    return t(n === 1 ? one : many, vars);
+  }
+  function ringCount(n) {  // "1 ring", "3 rings"
+    return counted(n, "unit.ring", "unit.rings", { n });
   }
   function duration(v) {
     if (v === null || v === undefined) return "—";
@@ -633,7 +636,7 @@
                 c.note = updated.note;
               }
               const made = await api("/api/v1/calls/" + id + "/followups", { method: "POST", body: { from_rule: true } });
-              toast(made.items.length ? t(made.items.length === 1 ? "calls.savedRuleOne" : "calls.savedRule", { n: made.items.length }) : t("calls.saved"));
+              toast(made.items.length ? counted(made.items.length, "calls.savedRuleOne", "calls.savedRule", { n: made.items.length }) : t("calls.saved"));
               loadCallFollowups(id, fuList);
             } catch (e) { toast(e.message, "error"); }
           }, text: t("calls.save") })))),
@@ -758,7 +761,7 @@
     const answers = (g) => g.satisfied + g.fair + g.dissatisfied;
     document.getElementById("resolution-figures").replaceChildren(
       card("resolution", t("resolution.rate"), f.resolution_rate, t("resolution.ofSet", { a: f.resolved, n: f.resolutions_set })),
-      card("satisfaction", t("satisfaction.rate"), f.satisfaction_rate, t(answers(f) === 1 ? "satisfaction.ofOneAnswer" : "satisfaction.ofAnswers", { a: f.satisfied, n: answers(f), u: f.unreachable })));
+      card("satisfaction", t("satisfaction.rate"), f.satisfaction_rate, counted(answers(f), "satisfaction.ofOneAnswer", "satisfaction.ofAnswers", { a: f.satisfied, n: answers(f), u: f.unreachable })));
     const table = (id, groups, kind) => {
       const shown = groups.filter((g) => g.resolutions_set || answers(g) || g.unreachable);
       const name = (g) => kind === "line" ? (g.key || t("today.noLine")) : (g.key ? (g.agent_name ? g.agent_name + " (" + g.key + ")" : g.key) : t("today.noAgent"));
@@ -782,7 +785,7 @@
     return h("div", { class: "figure " + (ok === null ? "" : ok ? "good" : "bad"), id: "fig-target" },
       h("div", { class: "label", text: t("today.withinTarget") }),
       h("div", { class: "value", text: pct(f.within_target_rate) }),
-      h("div", { class: "target", text: judged.length ? t(judged.length === 1 ? "today.linesMetOne" : "today.linesMet", { m: met, n: judged.length }) : t("today.noTargetCalls") }));
+      h("div", { class: "target", text: judged.length ? counted(judged.length, "today.linesMetOne", "today.linesMet", { m: met, n: judged.length }) : t("today.noTargetCalls") }));
   }
 
   function viewToday() {
