@@ -24,8 +24,10 @@ from typing import Any, TextIO
 
 import orjson
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 LIBRARY_LEVEL = logging.WARNING
+HTTP_FAULT_FIELDS = ("http_status", "http_error", "http_client")
 
 
 def render_json(event: dict[str, Any], **_: Any) -> str:
@@ -55,6 +57,23 @@ class LineWriter:
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
 
+class ClientFaultsAsWarnings(logging.Filter):
+    """aiohttp logs a malformed request (a URL past 8 KiB, a broken header) at error, with a
+    traceback and the request's first bytes, which may carry a caller's number. It is the
+    client's fault, not callhub's: one warning, `api.bad_http_request`, without them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fault = record.exc_info[1] if record.exc_info else None
+        if isinstance(fault, HttpProcessingError) and 400 <= fault.code < 500:
+            client = record.args[0] if isinstance(record.args, tuple) and record.args else None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "api.bad_http_request", ()
+            record.exc_info, record.exc_text = None, None
+            record.http_status, record.http_error = fault.code, type(fault).__name__
+            record.http_client = client
+        return True
+
+
 def configure_logging(level: str = "info", stream: TextIO | None = None,
                       json: bool | None = None) -> None:
     """Configure structlog and the stdlib root logger to write one format to `stream`."""
@@ -73,7 +92,8 @@ def configure_logging(level: str = "info", stream: TextIO | None = None,
                      else structlog.dev.ConsoleRenderer(colors=stream.isatty()))
     handler = logging.StreamHandler(stream)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name,
+                           structlog.stdlib.ExtraAdder(allow=HTTP_FAULT_FIELDS)],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                     structlog.processors.format_exc_info, renderer],
     ))
@@ -89,6 +109,11 @@ def configure_logging(level: str = "info", stream: TextIO | None = None,
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(max(numeric, LIBRARY_LEVEL))
+    server = logging.getLogger("aiohttp.server")
+    for old_filter in server.filters[:]:
+        if isinstance(old_filter, ClientFaultsAsWarnings):
+            server.removeFilter(old_filter)
+    server.addFilter(ClientFaultsAsWarnings())
     logging.getLogger("callhub").setLevel(numeric)
 
 

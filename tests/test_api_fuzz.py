@@ -8,6 +8,7 @@ backed by a SQLite file with a few calls and worklist entries in it.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 import schemathesis
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 from hypothesis import HealthCheck, settings
 from live_app import LiveApp, without_auth
 from schemathesis import GenerationMode
@@ -41,6 +43,9 @@ schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.N
                                 max_examples=25)
 CONFORMANCE = [not_a_server_error, status_code_conformance, content_type_conformance,
                response_schema_conformance]
+# aiohttp's HTTP parser refuses a longer URL (400, plain text) before any handler runs:
+# schemathesis builds such URLs from long generated strings now and then.
+MAX_URL = inspect.signature(RequestHandler.__init__).parameters["max_line_size"].default
 FUZZ = settings(max_examples=25, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -60,6 +65,16 @@ async def seeded_app(directory: Path) -> tuple[web.Application, Database]:
     return make_app(settings_, db, extra_operations=followups.OPERATIONS), db
 
 
+def refused_as_too_long(response: Any) -> bool:
+    """The request's URL is past the HTTP parser's limit: the server's own 400 answered it,
+    with no data and no handler run (`test_a_request_line_too_long_...` in test_logs)."""
+    if len(response.request.path_url.encode()) <= MAX_URL:
+        return False
+    assert response.status_code == 400, (response.status_code, response.text[:300])
+    assert not any(value in response.text for value in SECRET_VALUES)
+    return True
+
+
 @pytest.fixture(scope="module")
 def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     directory = tmp_path_factory.mktemp("fuzz")
@@ -72,6 +87,8 @@ def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_no_server_error_with_an_admin_token(case: Any, live_api: str) -> None:
     without_auth(case)
     response = case.call(base_url=live_api, headers=auth("admin"), timeout=10)
+    if refused_as_too_long(response):
+        return
     # The status, content type and body are the ones the document gives for this operation.
     case.validate_response(response, checks=CONFORMANCE)
     assert response.status_code < 500, (case.method, case.formatted_path, case.query,
@@ -86,6 +103,8 @@ def test_no_server_error_with_an_admin_token(case: Any, live_api: str) -> None:
 def test_no_data_without_a_token(case: Any, live_api: str) -> None:
     without_auth(case)
     response = case.call(base_url=live_api, timeout=10)
+    if refused_as_too_long(response):
+        return
     documented = case.method.lower() in DOC["paths"][case.path]
     if not documented:  # schemathesis also tries methods a path does not have
         assert response.status_code == 405

@@ -5,6 +5,7 @@ come out alike (JSON with timestamp and level off a terminal); event names are
 from __future__ import annotations
 
 import ast
+import asyncio
 import io
 import json
 import logging
@@ -83,6 +84,36 @@ async def test_library_records_and_callhub_events_are_one_json_format(
     assert "ZeroDivisionError: a bug in a handler" in aiohttp_error["exception"]
     assert by_event["test.hello"]["level"] == "info" and by_event["test.hello"]["answer"] == 42
     assert "test.hidden" not in by_event and "BEGIN (implicit)" not in by_event
+
+
+async def test_a_request_line_too_long_is_one_warning_without_its_bytes(
+        log_stream: io.StringIO) -> None:
+    """A client's malformed request is its fault: aiohttp logged it at error, with a
+    traceback and the URL's first bytes (here a caller's number)."""
+    async def hello(request: web.Request) -> web.StreamResponse:
+        return web.Response(text="hello")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    number = "13912345678"
+    async with TestServer(app) as server:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        try:
+            writer.write(f"GET /?number={number}&pad={'x' * 9000} HTTP/1.1\r\n"
+                         "Host: callhub\r\n\r\n".encode())
+            await writer.drain()
+            async with asyncio.timeout(10):
+                status_line = await reader.readline()
+        finally:
+            writer.close()
+    assert status_line.split()[1] == b"400", status_line
+
+    served = [e for e in lines(log_stream) if e.get("logger") == "aiohttp.server"]
+    assert [(e["level"], e["event"], e["http_status"], e["http_error"]) for e in served] == [
+        ("warning", "api.bad_http_request", 400, "LineTooLong")]
+    assert served[0]["http_client"] == "127.0.0.1"
+    assert "exception" not in served[0]
+    assert number not in log_stream.getvalue()
 
 
 async def test_the_keepers_info_line_appears_at_info(desk: Desk,
